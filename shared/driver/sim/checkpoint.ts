@@ -1,0 +1,203 @@
+// The `sim` driver's live checkpoint: the memory image as of one instant, cut into chunks while
+// the guest keeps running. Copy-on-write keeps the instant: the first write to a page the
+// checkpoint has not reached yet preserves the old contents first (memory.ts, CopyOnWrite).
+// Starting one costs a copy of the vCPU/device state and a bitmap: no pause of note.
+//
+// Chunk encoding, little-endian:
+//   0   4  magic 'CRTC'
+//   4   1  version (1)
+//   5   1  kind: 0 memory pages, 1 machine state (the final chunk)
+//   6   2  reserved, 0
+//   8   4  chunk index
+//   memory chunk:                          state chunk:
+//   12  4  first page                      12  4  guest page count
+//   16  4  page count                      16  4  state length
+//   20  4  pages present (not zero)        20  4  0
+//   24  .. presence bitmap, 1 bit a page   24  .. machine state
+//      .. the present pages, in order
+//   end-8  8  xxh64 of every byte before it
+// Zero pages are elided: a checkpoint of mostly free memory is small before compression.
+
+import { CorruptDataError, InvalidStateError, UnitOrderError } from '../../errors.js';
+import { xxh64 } from '../../hash.js';
+import type { CheckpointChunk } from '../types.js';
+import { PAGE_BYTES } from '../types.js';
+import { CopyOnWrite, ZERO_PAGE } from './memory.js';
+import { MachineState, type SimMachine } from './machine.js';
+
+export const CHUNK_MAGIC = 0x43545243; // 'CRTC' little-endian
+export const CHUNK_VERSION = 1;
+const CHUNK_HEADER_BYTES = 24;
+const CHUNK_TRAILER_BYTES = 8;
+export const CHUNK_PAGES_DEFAULT = 256; // 1 MiB of guest memory per chunk
+export const CHUNK_PAGES_MAX = 4096; // 16 MiB
+/** Default bound of the copy-on-write pool (pages preserved, not yet sent). */
+export const COW_BYTES_MAX_DEFAULT = 64 * 1024 * 1024;
+
+const zeroBuffer = Buffer.from(ZERO_PAGE.buffer, ZERO_PAGE.byteOffset, ZERO_PAGE.byteLength);
+function isZeroPage(bytes: Uint8Array): boolean {
+  return zeroBuffer.equals(Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength));
+}
+
+function seal(out: Uint8Array): Uint8Array {
+  const end = out.length - CHUNK_TRAILER_BYTES;
+  new DataView(out.buffer, out.byteOffset).setBigUint64(end, xxh64(out.subarray(0, end)), true);
+  return out;
+}
+
+/** A live checkpoint begun but not yet streamed: the instant's machine state, and the copy-on-write pool keeping its memory. */
+export interface CheckpointInstant {
+  readonly state: Uint8Array;
+  readonly cow: CopyOnWrite;
+}
+
+/**
+ * Begins a live checkpoint of `machine` as of now: copies the machine state and installs the
+ * copy-on-write pool. Costs a few hundred bytes and a bitmap: the guest is not paused.
+ */
+export function beginCheckpoint(machine: SimMachine, cowBytesMax: number): CheckpointInstant {
+  const memory = machine.memory;
+  if (memory.cow !== null) throw new InvalidStateError('a live checkpoint of this guest is already in progress');
+  const cow = new CopyOnWrite(memory.pageCount, cowBytesMax);
+  memory.cow = cow;
+  return { state: machine.state.serialize(), cow };
+}
+
+/** Ends a checkpoint early (or again): releases its pool, so the guest never stalls on it. */
+export function endCheckpoint(machine: SimMachine, instant: CheckpointInstant): void {
+  instant.cow.release();
+  if (machine.memory.cow === instant.cow) machine.memory.cow = null;
+}
+
+/**
+ * The chunks of a begun checkpoint, made one at a time as the consumer pulls them. The
+ * checkpoint ends (its pool released) when the stream ends or the consumer stops early.
+ */
+export async function* checkpointChunks(machine: SimMachine, instant: CheckpointInstant, chunkPages: number): AsyncGenerator<CheckpointChunk> {
+  const memory = machine.memory;
+  const { cow, state } = instant;
+  try {
+    let index = 0;
+    const bitmapBytes = Math.ceil(chunkPages / 8);
+    const scratch = new Uint8Array(CHUNK_HEADER_BYTES + bitmapBytes + chunkPages * PAGE_BYTES + CHUNK_TRAILER_BYTES);
+    for (let first = 0; first < memory.pageCount; first += chunkPages) {
+      const count = Math.min(chunkPages, memory.pageCount - first);
+      const view = new DataView(scratch.buffer);
+      let at = CHUNK_HEADER_BYTES + Math.ceil(count / 8);
+      scratch.fill(0, 0, at);
+      let present = 0;
+      for (let i = 0; i < count; i++) {
+        const page = first + i;
+        const preserved = cow.take(page);
+        const bytes = preserved === undefined ? memory.pageBytesOrNull(page) : preserved;
+        if (bytes === null || isZeroPage(bytes)) continue;
+        scratch[CHUNK_HEADER_BYTES + (i >>> 3)] |= 1 << (i & 7);
+        scratch.set(bytes, at);
+        at += PAGE_BYTES;
+        present++;
+      }
+      view.setUint32(0, CHUNK_MAGIC, true);
+      view.setUint8(4, CHUNK_VERSION);
+      view.setUint8(5, 0);
+      view.setUint32(8, index, true);
+      view.setUint32(12, first, true);
+      view.setUint32(16, count, true);
+      view.setUint32(20, present, true);
+      const bytes = seal(scratch.slice(0, at + CHUNK_TRAILER_BYTES));
+      yield { index: index++, final: false, bytes, memoryBytesCovered: count * PAGE_BYTES };
+    }
+    const out = new Uint8Array(CHUNK_HEADER_BYTES + state.length + CHUNK_TRAILER_BYTES);
+    const view = new DataView(out.buffer);
+    view.setUint32(0, CHUNK_MAGIC, true);
+    view.setUint8(4, CHUNK_VERSION);
+    view.setUint8(5, 1);
+    view.setUint32(8, index, true);
+    view.setUint32(12, memory.pageCount, true);
+    view.setUint32(16, state.length, true);
+    out.set(state, CHUNK_HEADER_BYTES);
+    yield { index, final: true, bytes: seal(out), memoryBytesCovered: 0 };
+  } finally {
+    endCheckpoint(machine, instant);
+  }
+}
+
+/**
+ * Restores a checkpoint into a fresh machine, chunk by chunk, in order. Each chunk is validated
+ * completely before any page of it is written, so a rejected chunk changes nothing and the same
+ * (or a repaired) chunk can be offered again.
+ */
+export class CheckpointRestorer {
+  private nextIndex = 0;
+  private nextPage = 0;
+  done = false;
+
+  constructor(private readonly machine: SimMachine) {}
+
+  apply(chunk: CheckpointChunk): void {
+    const bytes = chunk.bytes;
+    if (this.done) throw new UnitOrderError(`checkpoint chunk ${chunk.index} arrived after the final chunk`, 'duplicate', this.nextIndex, chunk.index);
+    if (chunk.index !== this.nextIndex) {
+      const kind = chunk.index < this.nextIndex ? 'duplicate' : 'gap';
+      throw new UnitOrderError(`checkpoint chunk ${chunk.index} out of order: expected chunk ${this.nextIndex} (${kind})`, kind, this.nextIndex, chunk.index);
+    }
+    if (bytes.length < CHUNK_HEADER_BYTES + CHUNK_TRAILER_BYTES) {
+      throw new CorruptDataError(`checkpoint chunk ${chunk.index} truncated: ${bytes.length} bytes`);
+    }
+    const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+    const end = bytes.length - CHUNK_TRAILER_BYTES;
+    const stored = view.getBigUint64(end, true);
+    const actual = xxh64(bytes.subarray(0, end));
+    if (stored !== actual) {
+      throw new CorruptDataError(`checkpoint chunk ${chunk.index}: checksum mismatch (stored ${stored.toString(16)}, computed ${actual.toString(16)}): corrupt or truncated`);
+    }
+    const magic = view.getUint32(0, true);
+    const version = view.getUint8(4);
+    if (magic !== CHUNK_MAGIC || version !== CHUNK_VERSION) {
+      throw new CorruptDataError(`checkpoint chunk ${chunk.index}: magic 0x${magic.toString(16)} version ${version}, expected 0x${CHUNK_MAGIC.toString(16)} version ${CHUNK_VERSION}`);
+    }
+    const index = view.getUint32(8, true);
+    if (index !== chunk.index) throw new CorruptDataError(`checkpoint chunk ${chunk.index} carries index ${index} inside`);
+    const kind = view.getUint8(5);
+    const memory = this.machine.memory;
+    if (kind === 1) {
+      if (!chunk.final) throw new CorruptDataError(`checkpoint chunk ${index} holds the machine state but is not marked final`);
+      const pageCount = view.getUint32(12, true);
+      const stateBytes = view.getUint32(16, true);
+      if (pageCount !== memory.pageCount) throw new CorruptDataError(`checkpoint is of a guest of ${pageCount} pages, the replica has ${memory.pageCount}`);
+      if (this.nextPage !== memory.pageCount) {
+        throw new CorruptDataError(`checkpoint ended after ${this.nextPage} of ${memory.pageCount} pages`);
+      }
+      if (stateBytes !== MachineState.BYTES || CHUNK_HEADER_BYTES + stateBytes !== end) {
+        throw new CorruptDataError(`checkpoint machine state of ${stateBytes} bytes in a chunk of ${bytes.length}, expected ${MachineState.BYTES}`);
+      }
+      this.machine.state = MachineState.deserialize(bytes.subarray(CHUNK_HEADER_BYTES, end));
+      memory.clearDirty();
+      this.done = true;
+      this.nextIndex++;
+      return;
+    }
+    if (kind !== 0 || chunk.final) throw new CorruptDataError(`checkpoint chunk ${index} has kind ${kind}${chunk.final ? ' and is marked final' : ''}, expected memory pages`);
+    const first = view.getUint32(12, true);
+    const count = view.getUint32(16, true);
+    const present = view.getUint32(20, true);
+    if (first !== this.nextPage) throw new CorruptDataError(`checkpoint chunk ${index} starts at page ${first}, expected ${this.nextPage}`);
+    if (count === 0 || count > CHUNK_PAGES_MAX || first + count > memory.pageCount) {
+      throw new CorruptDataError(`checkpoint chunk ${index} covers pages [${first}, ${first + count}) of a ${memory.pageCount}-page guest (at most ${CHUNK_PAGES_MAX} a chunk)`);
+    }
+    const bitmapEnd = CHUNK_HEADER_BYTES + Math.ceil(count / 8);
+    let counted = 0;
+    for (let i = 0; i < count; i++) if (bytes[CHUNK_HEADER_BYTES + (i >>> 3)] & (1 << (i & 7))) counted++;
+    if (counted !== present || bitmapEnd + present * PAGE_BYTES !== end) {
+      throw new CorruptDataError(`checkpoint chunk ${index}: ${present} pages announced, ${counted} in its bitmap, ${end - bitmapEnd} bytes of page data`);
+    }
+    // Valid: now write. The replica's memory is fresh, so elided zero pages need no write.
+    let at = bitmapEnd;
+    for (let i = 0; i < count; i++) {
+      if (!(bytes[CHUNK_HEADER_BYTES + (i >>> 3)] & (1 << (i & 7)))) continue;
+      memory.writePage(first + i, bytes.subarray(at, at + PAGE_BYTES));
+      at += PAGE_BYTES;
+    }
+    this.nextPage = first + count;
+    this.nextIndex++;
+  }
+}

@@ -1,0 +1,61 @@
+// What a `sim` machine is: carried as the opaque `machineConfig` of a guest description, so that
+// a target builds an identical machine. Boot-time content is not part of it: a replica gets its
+// memory from the checkpoint.
+
+import { CorruptDataError, InvalidArgumentError } from '../../errors.js';
+import { PAGE_BYTES } from '../types.js';
+import { isProfileName, type PayloadKind, type ProfileName, resolveRates, type WorkloadRates } from './profiles.js';
+
+export const SIM_MEMORY_BYTES_MIN = 64 * 1024 * 1024;
+export const SIM_MEMORY_BYTES_MAX = 64 * 1024 * 1024 * 1024;
+export const UNIT_MS_MIN = 1;
+export const UNIT_MS_MAX = 100;
+export const UNIT_MS_DEFAULT = 10;
+
+export interface SimMachineConfig {
+  readonly profile: ProfileName;
+  readonly rates: Readonly<WorkloadRates>;
+  readonly payload: PayloadKind;
+  readonly memoryBytes: number;
+  readonly unitMs: number;
+}
+
+export function checkMemoryBytes(memoryBytes: number): void {
+  if (!Number.isSafeInteger(memoryBytes) || memoryBytes < SIM_MEMORY_BYTES_MIN || memoryBytes > SIM_MEMORY_BYTES_MAX || memoryBytes % (2 * 1024 * 1024) !== 0) {
+    throw new InvalidArgumentError(
+      `guest memory of ${memoryBytes} bytes: expected a multiple of 2 MiB from ${SIM_MEMORY_BYTES_MIN / 2 ** 20} MiB to ${SIM_MEMORY_BYTES_MAX / 2 ** 30} GiB`,
+    );
+  }
+}
+
+export function checkUnitMs(unitMs: number): void {
+  if (!Number.isInteger(unitMs) || unitMs < UNIT_MS_MIN || unitMs > UNIT_MS_MAX) {
+    throw new InvalidArgumentError(`unit length ${unitMs} ms: expected an integer from ${UNIT_MS_MIN} to ${UNIT_MS_MAX} ms`);
+  }
+}
+
+export function encodeMachineConfig(config: SimMachineConfig): Uint8Array {
+  return new TextEncoder().encode(JSON.stringify({ v: 1, ...config }));
+}
+
+/** Parses and checks a machine configuration received from a peer. */
+export function decodeMachineConfig(bytes: Uint8Array): SimMachineConfig {
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(new TextDecoder('utf-8', { fatal: true }).decode(bytes));
+  } catch (error) {
+    throw new CorruptDataError(`sim machine configuration is not valid JSON: ${(error as Error).message}`, { cause: error });
+  }
+  const c = parsed as Partial<SimMachineConfig> & { v?: number };
+  if (typeof c !== 'object' || c === null || c.v !== 1) throw new CorruptDataError(`sim machine configuration version ${String(c?.v)} is not supported (expected 1)`);
+  if (typeof c.profile !== 'string' || !isProfileName(c.profile)) throw new InvalidArgumentError(`sim machine configuration: unknown profile '${String(c.profile)}'`);
+  if (c.payload !== 'text' && c.payload !== 'random' && c.payload !== 'mixed') throw new InvalidArgumentError(`sim machine configuration: unknown payload kind '${String(c.payload)}'`);
+  checkMemoryBytes(Number(c.memoryBytes));
+  checkUnitMs(Number(c.unitMs));
+  const rates = resolveRates(c.profile, (c.rates ?? {}) as Partial<WorkloadRates>);
+  return { profile: c.profile, rates, payload: c.payload, memoryBytes: Number(c.memoryBytes), unitMs: Number(c.unitMs) };
+}
+
+export function summarizeConfig(config: SimMachineConfig): string {
+  return `sim ${config.profile}, ${config.memoryBytes / 2 ** 20} MiB, ${config.unitMs} ms units, ${config.memoryBytes / PAGE_BYTES} pages`;
+}

@@ -1,0 +1,162 @@
+// The `sim` hypervisor driver: hosts built-in deterministic guests on this process, as Xen hosts
+// domains in dom0's care. It accounts for memory like a real host: running guests and
+// reservations both take room, and a reservation that does not fit is refused with the numbers.
+
+import { randomUUID } from 'node:crypto';
+import { InvalidArgumentError, NotFoundError, ReservationRefusedError } from '../../errors.js';
+import { Random } from '../../random.js';
+import type { GuestDescription, HostCapacity, HypervisorDriver, TargetReplica } from '../types.js';
+import { checkMemoryBytes, checkUnitMs, decodeMachineConfig, type SimMachineConfig, UNIT_MS_DEFAULT } from './config.js';
+import { type ContentMix, DEFAULT_CONTENT_MIX, fillMemory } from './content.js';
+import { SIM_GUEST_DEFAULTS, type SimGuestOptions, SimSourceGuest } from './guest.js';
+import { SimMachine } from './machine.js';
+import { PROFILES, type ProfileName, resolveRates, type WorkloadRates } from './profiles.js';
+import { SimReplica } from './replica.js';
+
+export interface SimDriverOptions {
+  /** Memory this host offers to guests. */
+  memoryBytesTotal: number;
+  vcpusTotal: number;
+  /** Options of every guest this host runs (pacing, queue and pool limits). */
+  guest: Partial<Omit<SimGuestOptions, 'environmentSeed'>>;
+}
+
+export interface CreateGuestSpec {
+  id?: string;
+  profile: ProfileName;
+  memoryBytes: number;
+  unitMs?: number;
+  rates?: Partial<WorkloadRates>;
+  contentMix?: ContentMix;
+  /** Seed of the boot-time memory contents. */
+  contentSeed?: number;
+  /** Seed of the guest's outside world; default: from the OS. */
+  environmentSeed?: number;
+  /** Start running at once (default) or stay suspended. */
+  start?: boolean;
+}
+
+const GUEST_ID = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/;
+
+export class SimDriver implements HypervisorDriver {
+  readonly name = 'sim';
+  private readonly guests = new Map<string, SimSourceGuest>();
+  private readonly replicas = new Map<string, SimReplica>();
+  private readonly options: SimDriverOptions;
+
+  constructor(options: Partial<SimDriverOptions> = {}) {
+    this.options = {
+      memoryBytesTotal: options.memoryBytesTotal ?? 16 * 2 ** 30,
+      vcpusTotal: options.vcpusTotal ?? 16,
+      guest: options.guest ?? {},
+    };
+  }
+
+  capacity(): HostCapacity {
+    let used = 0;
+    let vcpus = 0;
+    for (const g of this.guests.values()) {
+      used += g.config.memoryBytes;
+      vcpus++;
+    }
+    for (const r of this.replicas.values()) {
+      used += r.config.memoryBytes;
+      vcpus++;
+    }
+    return {
+      driver: this.name,
+      memoryBytesTotal: this.options.memoryBytesTotal,
+      memoryBytesReserved: used,
+      memoryBytesFree: Math.max(0, this.options.memoryBytesTotal - used),
+      vcpusTotal: this.options.vcpusTotal,
+      vcpusReserved: vcpus,
+    };
+  }
+
+  listGuests(): GuestDescription[] {
+    return [...this.guests.values()].map((g) => g.describe());
+  }
+
+  guest(id: string): SimSourceGuest {
+    const g = this.guests.get(id);
+    if (g === undefined) throw new NotFoundError(`no guest '${id}' on this host`);
+    return g;
+  }
+
+  /** Boots a new guest with the given workload. */
+  createGuest(spec: CreateGuestSpec): SimSourceGuest {
+    const id = spec.id ?? `sim-${randomUUID().slice(0, 8)}`;
+    if (!GUEST_ID.test(id)) throw new InvalidArgumentError(`guest id '${id}': expected 1-64 letters, digits, '.', '_' or '-'`);
+    checkMemoryBytes(spec.memoryBytes);
+    const unitMs = spec.unitMs ?? UNIT_MS_DEFAULT;
+    checkUnitMs(unitMs);
+    const rates = resolveRates(spec.profile, spec.rates);
+    this.checkRoom(id, spec.memoryBytes);
+    const config: SimMachineConfig = { profile: spec.profile, rates, payload: PROFILES[spec.profile].payload, memoryBytes: spec.memoryBytes, unitMs };
+    const machine = new SimMachine(spec.memoryBytes, rates);
+    fillMemory(machine.memory, spec.contentMix ?? DEFAULT_CONTENT_MIX, spec.contentSeed ?? 1);
+    machine.memory.clearDirty();
+    const guest = this.host(id, machine, config, spec.environmentSeed);
+    if (spec.start !== false) guest.start();
+    return guest;
+  }
+
+  reserve(description: GuestDescription): TargetReplica {
+    if (description.driver !== this.name) {
+      throw new ReservationRefusedError(`guest '${description.id}' runs on driver '${description.driver}'; this host runs '${this.name}'`);
+    }
+    const config = decodeMachineConfig(description.machineConfig);
+    if (config.memoryBytes !== description.memoryBytes) {
+      throw new InvalidArgumentError(`guest '${description.id}': description says ${description.memoryBytes} bytes, its machine configuration ${config.memoryBytes}`);
+    }
+    if (!GUEST_ID.test(description.id)) throw new InvalidArgumentError(`guest id '${description.id}': expected 1-64 letters, digits, '.', '_' or '-'`);
+    this.checkRoom(description.id, config.memoryBytes);
+    const replica = new SimReplica(description.id, config, {
+      release: (r) => {
+        if (this.replicas.get(r.id) === r) this.replicas.delete(r.id);
+      },
+      activate: (r) => {
+        this.replicas.delete(r.id);
+        const guest = this.host(r.id, r.machine, r.config, undefined);
+        guest.start();
+        return guest;
+      },
+    });
+    this.replicas.set(description.id, replica);
+    return replica;
+  }
+
+  /** Discards every guest and replica (agent shutdown, tests). */
+  shutdown(): void {
+    for (const g of [...this.guests.values()]) g.discard();
+    for (const r of [...this.replicas.values()]) r.discard();
+  }
+
+  private checkRoom(id: string, memoryBytes: number): void {
+    if (this.guests.has(id)) throw new ReservationRefusedError(`guest '${id}' already runs on this host`);
+    if (this.replicas.has(id)) throw new ReservationRefusedError(`guest '${id}' already has a reservation on this host`);
+    const cap = this.capacity();
+    if (memoryBytes > cap.memoryBytesFree) {
+      throw new ReservationRefusedError(
+        `not enough memory for guest '${id}': it needs ${memoryBytes / 2 ** 20} MiB, this host has ${cap.memoryBytesFree / 2 ** 20} MiB free of ${cap.memoryBytesTotal / 2 ** 20} MiB`,
+      );
+    }
+    if (cap.vcpusReserved + 1 > cap.vcpusTotal) {
+      throw new ReservationRefusedError(`no vCPU free for guest '${id}': ${cap.vcpusReserved} of ${cap.vcpusTotal} in use`);
+    }
+  }
+
+  private host(id: string, machine: SimMachine, config: SimMachineConfig, environmentSeed: number | undefined): SimSourceGuest {
+    const guest = new SimSourceGuest(
+      id,
+      machine,
+      config,
+      { ...SIM_GUEST_DEFAULTS, ...this.options.guest, environmentSeed: environmentSeed ?? Random.seedFromOs() },
+      (g) => {
+        if (this.guests.get(g.id) === g) this.guests.delete(g.id);
+      },
+    );
+    this.guests.set(id, guest);
+    return guest;
+  }
+}

@@ -1,0 +1,423 @@
+// A running `sim` guest on its host: the machine, its outside world, a runner that paces units in
+// real time, and (during a migration) the recording that seals each unit into the log.
+//
+// Pacing: unit k starts at boot + k * unitMs of wall time. The runner executes its busy part at
+// once (real CPU work), then sleeps out the idle part. A host too slow to keep up makes the guest
+// run late, as an overcommitted VM does; past `lagMsMax` the schedule is reset and the lost time
+// counted. The instruction budget of a unit adapts to the host's measured speed so that the busy
+// part takes busyFraction of the unit; the budget is recorded, so replay needs no such measure.
+//
+// Bounds: the queue of sealed units waiting for the agent, and the copy-on-write pool of a live
+// checkpoint, both have a limit. Past either, the guest stalls (does not run its next unit) until
+// the consumer catches up, like a vCPU blocked on a full log ring or a write-protect fault; the
+// stall time is reported.
+
+import { AbortedError, InvalidArgumentError, InvalidStateError } from '../../errors.js';
+import type { GuestDescription, GuestState, PageAccess, RecordingStart, RecordingStats, SealedUnit, SourceGuest, CheckpointChunk } from '../types.js';
+import { PAGE_BYTES } from '../types.js';
+import { beginCheckpoint, type CheckpointInstant, checkpointChunks, CHUNK_PAGES_DEFAULT, CHUNK_PAGES_MAX, COW_BYTES_MAX_DEFAULT, endCheckpoint } from './checkpoint.js';
+import { Environment } from './environment.js';
+import { SimMachine } from './machine.js';
+import type { SimMachineConfig } from './config.js';
+import { encodeMachineConfig, summarizeConfig } from './config.js';
+import { type AsyncEvent, encodeUnit, type GuestEvent, type SyncEvent, type UnitHeader } from './unit-codec.js';
+import { machineDigest } from './digest.js';
+
+/**
+ * How the runner paces units: `realtime` as a VM runs (the agents' mode); `asap` back to back,
+ * yielding to the event loop between units (tests, benchmarks); `manual` only when `step()` is
+ * called (tests that interleave execution with other operations precisely).
+ */
+export type Pacing = 'realtime' | 'asap' | 'manual';
+
+export interface SimGuestOptions {
+  pacing: Pacing;
+  /** Seed of the outside world (packets, disk data, hardware random). */
+  environmentSeed: number;
+  /** Fixed instructions per millisecond of busy time; unset: adapt to the host's speed. */
+  instructionsPerMs?: number;
+  /** Sealed units waiting for the agent, at most this many bytes / units before the guest stalls. */
+  logQueueBytesMax: number;
+  logQueueUnitsMax: number;
+  /** Copy-on-write pool of a live checkpoint: pages preserved and not yet sent. */
+  cowBytesMax: number;
+  /** Real-time lag past which the runner gives up catching up and resets its schedule. */
+  lagMsMax: number;
+}
+
+export const SIM_GUEST_DEFAULTS: Readonly<Omit<SimGuestOptions, 'environmentSeed'>> = {
+  pacing: 'realtime',
+  logQueueBytesMax: 64 * 1024 * 1024,
+  logQueueUnitsMax: 10_000,
+  cowBytesMax: COW_BYTES_MAX_DEFAULT,
+  lagMsMax: 1000,
+};
+
+/** Instructions per busy millisecond assumed before the first measurement. */
+const INITIAL_INSTRUCTIONS_PER_MS = 20_000;
+
+interface Recording {
+  readonly firstSequence: number;
+  readonly queue: SealedUnit[];
+  queueBytes: number;
+  unitsRecorded: number;
+  logBytes: number;
+  /** The final unit was sealed (at suspend); nothing more will be recorded. */
+  sealedFinal: boolean;
+  /** The final unit was taken by the consumer. */
+  finished: boolean;
+  checkpoint: CheckpointInstant | null;
+  checkpointTaken: boolean;
+}
+
+export class SimSourceGuest implements SourceGuest {
+  private runState: GuestState;
+  private environment: Environment;
+  private recording: Recording | null = null;
+  private throttle = 1;
+  private instructionsPerMs: number;
+  private pageWriteCarry = 0;
+  private loop: { stop: AbortController; done: Promise<void> } | null = null;
+  private unitWaiters: Array<() => void> = [];
+  private queueWaiters: Array<() => void> = [];
+  private stallMsTotal = 0;
+  private lagResets = 0;
+  private unitsRun = 0;
+  readonly pages: PageAccess;
+
+  constructor(
+    readonly id: string,
+    readonly machine: SimMachine,
+    readonly config: SimMachineConfig,
+    readonly options: SimGuestOptions,
+    private readonly onDiscard: (guest: SimSourceGuest) => void = () => {},
+  ) {
+    if (!(options.cowBytesMax >= PAGE_BYTES) || !(options.logQueueBytesMax >= 1) || !(options.logQueueUnitsMax >= 1)) {
+      throw new InvalidArgumentError(`guest ${id}: cowBytesMax, logQueueBytesMax and logQueueUnitsMax must be positive`);
+    }
+    this.instructionsPerMs = options.instructionsPerMs ?? INITIAL_INSTRUCTIONS_PER_MS;
+    this.environment = new Environment(config.rates, config.payload, options.environmentSeed, machine.state.guestNs);
+    this.runState = 'suspended';
+    const memory = machine.memory;
+    this.pages = {
+      pageCount: memory.pageCount,
+      startDirtyTracking: () => memory.clearDirty(),
+      stopDirtyTracking: () => {},
+      fetchAndClearDirty: () => memory.fetchAndClearDirty(),
+      readPages: (first, count, out) => {
+        this.checkAlive();
+        memory.readPages(first, count, out);
+      },
+    };
+  }
+
+  /** Starts the guest running (a new guest, or one just activated on this host). */
+  start(): void {
+    this.checkAlive();
+    if (this.runState === 'running') return;
+    this.runState = 'running';
+    if (this.options.pacing !== 'manual') this.startLoop();
+  }
+
+  describe(): GuestDescription {
+    return {
+      id: this.id,
+      driver: 'sim',
+      memoryBytes: this.config.memoryBytes,
+      vcpus: 1,
+      unitMs: this.config.unitMs,
+      state: this.runState,
+      machineConfig: encodeMachineConfig(this.config),
+      summary: summarizeConfig(this.config),
+    };
+  }
+
+  get state(): GuestState {
+    return this.runState;
+  }
+
+  /** Runner counters: units executed, wall time stalled on bounds, schedule resets. */
+  runnerStats(): { unitsRun: number; stallMs: number; lagResets: number; instructionsPerMs: number; throttle: number } {
+    return { unitsRun: this.unitsRun, stallMs: this.stallMsTotal, lagResets: this.lagResets, instructionsPerMs: this.instructionsPerMs, throttle: this.throttle };
+  }
+
+  startRecording(): RecordingStart {
+    this.checkAlive();
+    if (this.recording !== null) throw new InvalidStateError(`guest ${this.id} is already recording (since unit ${this.recording.firstSequence})`);
+    const st = this.machine.state;
+    this.recording = {
+      firstSequence: st.unitSequence,
+      queue: [],
+      queueBytes: 0,
+      unitsRecorded: 0,
+      logBytes: 0,
+      sealedFinal: false,
+      finished: false,
+      // The runner is between units whenever this code runs: the checkpoint's instant is the
+      // recording's first unit boundary.
+      checkpoint: beginCheckpoint(this.machine, this.options.cowBytesMax),
+      checkpointTaken: false,
+    };
+    return { firstSequence: st.unitSequence, position: st.position };
+  }
+
+  liveCheckpoint(options: { chunkPages?: number } = {}): AsyncIterable<CheckpointChunk> {
+    const rec = this.recording;
+    if (rec === null || rec.checkpoint === null) throw new InvalidStateError(`guest ${this.id}: a live checkpoint is taken at the start of a recording; start one first`);
+    if (rec.checkpointTaken) throw new InvalidStateError(`guest ${this.id}: the checkpoint of this recording was already taken`);
+    const chunkPages = options.chunkPages ?? CHUNK_PAGES_DEFAULT;
+    if (!Number.isInteger(chunkPages) || chunkPages < 8 || chunkPages > CHUNK_PAGES_MAX || chunkPages % 8 !== 0) {
+      throw new InvalidArgumentError(`chunkPages=${chunkPages}: expected a multiple of 8 in [8, ${CHUNK_PAGES_MAX}]`);
+    }
+    rec.checkpointTaken = true;
+    return checkpointChunks(this.machine, rec.checkpoint, chunkPages);
+  }
+
+  async nextSealedUnit(signal?: AbortSignal): Promise<SealedUnit | null> {
+    for (;;) {
+      const rec = this.recording;
+      if (rec === null || rec.finished) return null;
+      const unit = rec.queue.shift();
+      if (unit !== undefined) {
+        rec.queueBytes -= unit.bytes.length;
+        if (unit.final) rec.finished = true;
+        this.wake('queue');
+        return unit;
+      }
+      if (signal?.aborted) throw new AbortedError(`waiting for a unit of guest ${this.id} was cancelled`, { cause: signal.reason });
+      await new Promise<void>((resolve) => {
+        const onAbort = () => resolve();
+        signal?.addEventListener('abort', onAbort, { once: true });
+        this.unitWaiters.push(() => {
+          signal?.removeEventListener('abort', onAbort);
+          resolve();
+        });
+      });
+    }
+  }
+
+  recordingStats(): RecordingStats {
+    const rec = this.recording;
+    return {
+      unitsRecorded: rec?.unitsRecorded ?? 0,
+      logBytes: rec?.logBytes ?? 0,
+      unitsQueued: rec?.queue.length ?? 0,
+      bytesQueued: rec?.queueBytes ?? 0,
+      stallMs: this.stallMsTotal,
+    };
+  }
+
+  stopRecording(): void {
+    const rec = this.recording;
+    if (rec === null) return;
+    if (rec.checkpoint !== null) endCheckpoint(this.machine, rec.checkpoint);
+    this.recording = null;
+    this.wake('unit');
+    this.wake('queue');
+  }
+
+  async suspend(): Promise<void> {
+    this.checkAlive();
+    if (this.runState === 'suspended') return;
+    this.runState = 'suspended';
+    const loop = this.loop;
+    if (loop !== null) {
+      loop.stop.abort();
+      await loop.done;
+    }
+    const rec = this.recording;
+    if (rec !== null && !rec.sealedFinal) {
+      // The last unit: it covers no more execution (the runner stops between units), and tells
+      // the replica that the log ends here.
+      this.executeUnit(0, 0, [], true);
+    }
+  }
+
+  resume(): void {
+    this.checkAlive();
+    if (this.runState !== 'suspended') throw new InvalidStateError(`guest ${this.id} is ${this.runState}, not suspended`);
+    // A migration that is aborted resumes the source: its recording ends with it.
+    this.stopRecording();
+    this.start();
+  }
+
+  setThrottle(factor: number): void {
+    if (!(factor > 0 && factor <= 1)) throw new InvalidArgumentError(`throttle factor ${factor} is out of range (0, 1]`);
+    this.throttle = factor;
+  }
+
+  discard(): void {
+    if (this.runState === 'discarded') return;
+    this.loop?.stop.abort();
+    this.stopRecording();
+    this.runState = 'discarded';
+    this.machine.memory.free();
+    this.onDiscard(this);
+  }
+
+  digest(): string {
+    this.checkAlive();
+    return machineDigest(this.machine);
+  }
+
+  /**
+   * Runs one unit now, outside real-time pacing (manual pacing, tests). Waits, as the runner
+   * does, while the log queue or the checkpoint pool is full.
+   */
+  async step(units = 1): Promise<void> {
+    if (this.options.pacing !== 'manual') throw new InvalidStateError(`guest ${this.id}: step() needs manual pacing, it is ${this.options.pacing}`);
+    if (this.runState !== 'running') throw new InvalidStateError(`guest ${this.id} is ${this.runState}, not running`);
+    for (let i = 0; i < units; i++) await this.runUnit(new AbortController().signal);
+  }
+
+  private checkAlive(): void {
+    if (this.runState === 'discarded') throw new InvalidStateError(`guest ${this.id} was discarded`);
+  }
+
+  private wake(which: 'unit' | 'queue'): void {
+    const list = which === 'unit' ? this.unitWaiters : this.queueWaiters;
+    if (which === 'unit') this.unitWaiters = [];
+    else this.queueWaiters = [];
+    for (const w of list) w();
+  }
+
+  private startLoop(): void {
+    const stop = new AbortController();
+    const done = this.runLoop(stop.signal).catch((error: unknown) => {
+      if (!(error instanceof AbortedError)) throw error;
+    });
+    this.loop = { stop, done };
+  }
+
+  private async runLoop(signal: AbortSignal): Promise<void> {
+    const unitMs = this.config.unitMs;
+    let next = performance.now();
+    while (!signal.aborted) {
+      await this.runUnit(signal);
+      if (this.options.pacing === 'asap') {
+        await new Promise<void>((resolve) => setImmediate(resolve));
+        continue;
+      }
+      next += unitMs;
+      const now = performance.now();
+      if (now - next > this.options.lagMsMax) {
+        next = now;
+        this.lagResets++;
+      }
+      const delay = next - now;
+      if (delay >= 1) await sleep(delay, signal);
+      else await new Promise<void>((resolve) => setImmediate(resolve));
+    }
+  }
+
+  /** Waits for room in the bounded log queue and copy-on-write pool, then runs one unit. */
+  private async runUnit(signal: AbortSignal): Promise<void> {
+    const rates = this.config.rates;
+    const unitMs = this.config.unitMs;
+    const busyFraction = rates.busyFraction * this.throttle;
+    const instructionCount = Math.max(0, Math.min(0xffffffff, Math.round(busyFraction * unitMs * this.instructionsPerMs)));
+    this.pageWriteCarry += (rates.pageWritesPerSec * unitMs * this.throttle) / 1000;
+    const pageWriteCount = Math.floor(this.pageWriteCarry);
+    this.pageWriteCarry -= pageWriteCount;
+    const events = this.environment.eventsForUnit(unitMs * 1e6, instructionCount, busyFraction);
+    const stallStart = performance.now();
+    let stalled = false;
+    for (;;) {
+      if (signal.aborted) throw new AbortedError('runner stopped');
+      const rec = this.recording;
+      const cow = this.machine.memory.cow;
+      if (rec !== null && (rec.queueBytes >= this.options.logQueueBytesMax || rec.queue.length >= this.options.logQueueUnitsMax)) {
+        stalled = true;
+        await this.waitFor(new Promise<void>((resolve) => this.queueWaiters.push(resolve)), signal);
+        continue;
+      }
+      const bound = SimMachine.pageWritesBound({ pageWriteCount }, events);
+      if (cow !== null && cow.preservedBytes > 0 && !cow.hasRoomFor(bound)) {
+        stalled = true;
+        await this.waitFor(cow.waitForRoom(), signal);
+        continue;
+      }
+      break;
+    }
+    if (stalled) this.stallMsTotal += performance.now() - stallStart;
+    const t0 = performance.now();
+    this.executeUnit(instructionCount, pageWriteCount, events, false);
+    const busyMs = performance.now() - t0;
+    if (this.options.instructionsPerMs === undefined && busyMs > 0.2 && instructionCount > 1000) {
+      // Exponentially weighted, so one slow unit (a GC pause) does not halve the next budget.
+      const measured = instructionCount / busyMs;
+      this.instructionsPerMs = Math.max(100, 0.8 * this.instructionsPerMs + 0.2 * measured);
+    }
+  }
+
+  /** Resolves when `event` does or `signal` aborts, leaving no listener behind. */
+  private waitFor(event: Promise<void>, signal: AbortSignal): Promise<void> {
+    if (signal.aborted) return Promise.resolve();
+    return new Promise<void>((resolve) => {
+      const onAbort = () => resolve();
+      signal.addEventListener('abort', onAbort, { once: true });
+      void event.then(() => {
+        signal.removeEventListener('abort', onAbort);
+        resolve();
+      });
+    });
+  }
+
+  /** Executes one unit on the machine and, while recording, seals it into the log. */
+  private executeUnit(instructionCount: number, pageWriteCount: number, asyncEvents: AsyncEvent[], final: boolean): void {
+    const st = this.machine.state;
+    const header: UnitHeader = {
+      sequence: st.unitSequence,
+      final,
+      startPosition: st.position,
+      instructionCount,
+      pageWriteCount,
+      guestNs: final ? 0 : this.config.unitMs * 1e6,
+    };
+    const rec = this.recording;
+    if (rec === null || rec.sealedFinal) {
+      this.machine.executeUnit(header, asyncEvents, (type, position) => this.environment.sync(type, position));
+      this.unitsRun++;
+      return;
+    }
+    const syncEvents: SyncEvent[] = [];
+    this.machine.executeUnit(header, asyncEvents, (type, position) => {
+      const event = this.environment.sync(type, position);
+      syncEvents.push(event);
+      return event;
+    });
+    this.unitsRun++;
+    const bytes = encodeUnit(header, mergeByPosition(asyncEvents, syncEvents));
+    const unit: SealedUnit = { sequence: header.sequence, bytes, guestNs: header.guestNs, eventCount: asyncEvents.length + syncEvents.length, final };
+    rec.queue.push(unit);
+    rec.queueBytes += bytes.length;
+    rec.unitsRecorded++;
+    rec.logBytes += bytes.length;
+    if (final) rec.sealedFinal = true;
+    this.wake('unit');
+  }
+}
+
+function mergeByPosition(a: readonly GuestEvent[], b: readonly GuestEvent[]): GuestEvent[] {
+  const out: GuestEvent[] = [];
+  let i = 0;
+  let j = 0;
+  while (i < a.length || j < b.length) {
+    if (j >= b.length || (i < a.length && a[i].position <= b[j].position)) out.push(a[i++]);
+    else out.push(b[j++]);
+  }
+  return out;
+}
+
+function sleep(ms: number, signal: AbortSignal): Promise<void> {
+  return new Promise((resolve) => {
+    if (signal.aborted) return resolve();
+    const timer = setTimeout(done, ms);
+    function done() {
+      clearTimeout(timer);
+      signal.removeEventListener('abort', done);
+      resolve();
+    }
+    signal.addEventListener('abort', done, { once: true });
+  });
+}

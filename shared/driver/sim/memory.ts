@@ -1,0 +1,267 @@
+// Guest memory of the `sim` guest: 4 KiB pages in 64 MiB segments, so that no single ArrayBuffer
+// limits the size (8 GiB and more work), and a segment is allocated on its first write, so that
+// memory never written costs nothing (untouched pages read as zero).
+//
+// Besides the pages, three per-page structures, each a bit or a hash per page:
+// - the dirty bitmap, for pre-copy's fetch-and-clear;
+// - the stale bitmap and page-hash table, which make the state digest incremental: only pages
+//   written since the last digest are hashed again;
+// - the copy-on-write state of a live checkpoint in progress (see CopyOnWrite).
+
+import { assert } from '../../assert.js';
+import { xxh64 } from '../../hash.js';
+import { PAGE_BYTES } from '../types.js';
+
+export const PAGE_WORDS = PAGE_BYTES / 4;
+/** Pages per segment (64 MiB). */
+export const SEGMENT_SHIFT = 14;
+export const SEGMENT_PAGES = 1 << SEGMENT_SHIFT;
+export const SEGMENT_MASK = SEGMENT_PAGES - 1;
+
+export const ZERO_PAGE = new Uint8Array(PAGE_BYTES);
+export const ZERO_PAGE_HASH = xxh64(ZERO_PAGE);
+
+/**
+ * The pages a live checkpoint has still to copy, and the old contents of pages the guest wrote
+ * before the checkpoint reached them. The pool of preserved pages is bounded: the guest runner
+ * asks `hasRoomFor` before each unit and stalls the guest while the checkpoint reader catches up,
+ * as a real hypervisor's write-protect fault would.
+ */
+export class CopyOnWrite {
+  /** Bit set: the page was already emitted by the checkpoint, or preserved; writes need no copy. */
+  private readonly done: Uint32Array;
+  private readonly preserved = new Map<number, Uint8Array | null>();
+  private preservedBytesNow = 0;
+  private waiters: Array<() => void> = [];
+
+  constructor(
+    pageCount: number,
+    readonly preservedBytesMax: number,
+  ) {
+    this.done = new Uint32Array(Math.ceil(pageCount / 32));
+  }
+
+  get preservedBytes(): number {
+    return this.preservedBytesNow;
+  }
+
+  hasRoomFor(pageWrites: number): boolean {
+    return this.preservedBytesNow + pageWrites * PAGE_BYTES <= this.preservedBytesMax;
+  }
+
+  /** Resolves when preserved pages were released (or the checkpoint ended). */
+  waitForRoom(): Promise<void> {
+    return new Promise((resolve) => this.waiters.push(resolve));
+  }
+
+  /** Called by the memory before the first write to `page` since the checkpoint began. */
+  needsCopy(page: number): boolean {
+    return (this.done[page >>> 5] & (1 << (page & 31))) === 0;
+  }
+
+  /** Keeps the pre-write contents of `page` (`null`: it was an untouched zero page). */
+  preserve(page: number, contents: Uint8Array | null): void {
+    this.done[page >>> 5] |= 1 << (page & 31);
+    this.preserved.set(page, contents);
+    if (contents !== null) this.preservedBytesNow += PAGE_BYTES;
+  }
+
+  /**
+   * Takes the checkpoint-instant contents of `page` if it was preserved (`undefined` if not, and
+   * then the live page is still as of the instant), and marks it done.
+   */
+  take(page: number): Uint8Array | null | undefined {
+    this.done[page >>> 5] |= 1 << (page & 31);
+    const contents = this.preserved.get(page);
+    if (contents === undefined) return undefined;
+    this.preserved.delete(page);
+    if (contents !== null) {
+      this.preservedBytesNow -= PAGE_BYTES;
+      this.wake();
+    }
+    return contents;
+  }
+
+  /** Ends the checkpoint: releases everything and lets a stalled guest go on. */
+  release(): void {
+    this.preserved.clear();
+    this.preservedBytesNow = 0;
+    this.wake();
+  }
+
+  private wake(): void {
+    const waiters = this.waiters;
+    this.waiters = [];
+    for (const resolve of waiters) resolve();
+  }
+}
+
+export class GuestMemory {
+  readonly pageCount: number;
+  /** 32-bit word views of each segment; `undefined` until the segment is first written. */
+  readonly segments: Array<Int32Array | undefined>;
+  private readonly dirty: Uint32Array;
+  private readonly stale: Uint32Array;
+  private readonly pageHashes: BigUint64Array;
+  private staleCount: number;
+  /** The live checkpoint in progress, if any. */
+  cow: CopyOnWrite | null = null;
+
+  constructor(readonly memoryBytes: number) {
+    assert(memoryBytes > 0 && memoryBytes % PAGE_BYTES === 0, () => `memory size ${memoryBytes} is not a positive multiple of ${PAGE_BYTES}`);
+    this.pageCount = memoryBytes / PAGE_BYTES;
+    this.segments = new Array(Math.ceil(this.pageCount / SEGMENT_PAGES)).fill(undefined);
+    const bitmapWords = Math.ceil(this.pageCount / 32);
+    this.dirty = new Uint32Array(bitmapWords);
+    this.stale = new Uint32Array(bitmapWords);
+    this.pageHashes = new BigUint64Array(this.pageCount).fill(ZERO_PAGE_HASH);
+    this.staleCount = 0;
+  }
+
+  /** Bytes of segments actually allocated (at most the guest's memory size). */
+  get allocatedBytes(): number {
+    let n = 0;
+    for (const s of this.segments) if (s !== undefined) n += s.byteLength;
+    return n;
+  }
+
+  private segment(index: number): Int32Array {
+    let seg = this.segments[index];
+    if (seg === undefined) {
+      const pages = Math.min(SEGMENT_PAGES, this.pageCount - index * SEGMENT_PAGES);
+      seg = new Int32Array(pages * PAGE_WORDS);
+      this.segments[index] = seg;
+    }
+    return seg;
+  }
+
+  /**
+   * Prepares `page` for a write and returns its segment's word view (the page starts at word
+   * `(page & SEGMENT_MASK) * PAGE_WORDS`): preserves the old contents for a checkpoint in
+   * progress, marks the page dirty and its hash stale. Every write to guest memory goes through
+   * here; nothing else may write a segment.
+   */
+  prepareWrite(page: number): Int32Array {
+    const segIndex = page >>> SEGMENT_SHIFT;
+    const cow = this.cow;
+    if (cow !== null && cow.needsCopy(page)) {
+      const existing = this.segments[segIndex];
+      cow.preserve(page, existing === undefined ? null : this.pageBytes(page).slice());
+    }
+    const bit = 1 << (page & 31);
+    const word = page >>> 5;
+    this.dirty[word] |= bit;
+    if ((this.stale[word] & bit) === 0) {
+      this.stale[word] |= bit;
+      this.staleCount++;
+    }
+    return this.segment(segIndex);
+  }
+
+  /** A view of one page's bytes, or `null` for a page never written (all zero). Do not write through it. */
+  pageBytesOrNull(page: number): Uint8Array | null {
+    const seg = this.segments[page >>> SEGMENT_SHIFT];
+    if (seg === undefined) return null;
+    return new Uint8Array(seg.buffer, seg.byteOffset + (page & SEGMENT_MASK) * PAGE_BYTES, PAGE_BYTES);
+  }
+
+  private pageBytes(page: number): Uint8Array {
+    const bytes = this.pageBytesOrNull(page);
+    assert(bytes !== null, () => `page ${page} has no segment`);
+    return bytes;
+  }
+
+  readWord(page: number, wordInPage: number): number {
+    const seg = this.segments[page >>> SEGMENT_SHIFT];
+    return seg === undefined ? 0 : seg[(page & SEGMENT_MASK) * PAGE_WORDS + wordInPage];
+  }
+
+  /** Copies `count` pages from `firstPage` into `out`. */
+  readPages(firstPage: number, count: number, out: Uint8Array): void {
+    this.checkRange(firstPage, count, out.length);
+    for (let i = 0; i < count; i++) {
+      const bytes = this.pageBytesOrNull(firstPage + i);
+      if (bytes === null) out.fill(0, i * PAGE_BYTES, (i + 1) * PAGE_BYTES);
+      else out.set(bytes, i * PAGE_BYTES);
+    }
+  }
+
+  /** Writes `count` pages from `data` starting at `firstPage`, as guest writes (dirty, stale, copy-on-write). */
+  writePages(firstPage: number, count: number, data: Uint8Array): void {
+    this.checkRange(firstPage, count, data.length);
+    for (let i = 0; i < count; i++) this.writePage(firstPage + i, data.subarray(i * PAGE_BYTES, (i + 1) * PAGE_BYTES));
+  }
+
+  writePage(page: number, data: Uint8Array): void {
+    assert(data.length === PAGE_BYTES, () => `page write of ${data.length} bytes, expected ${PAGE_BYTES}`);
+    const seg = this.prepareWrite(page);
+    new Uint8Array(seg.buffer, seg.byteOffset + (page & SEGMENT_MASK) * PAGE_BYTES, PAGE_BYTES).set(data);
+  }
+
+  private checkRange(firstPage: number, count: number, bufferBytes: number): void {
+    assert(
+      Number.isInteger(firstPage) && Number.isInteger(count) && firstPage >= 0 && count >= 0 && firstPage + count <= this.pageCount,
+      () => `pages [${firstPage}, ${firstPage + count}) outside guest memory of ${this.pageCount} pages`,
+    );
+    assert(bufferBytes >= count * PAGE_BYTES, () => `buffer of ${bufferBytes} bytes for ${count} pages`);
+  }
+
+  /** Returns the pages written since the last call, ascending, and clears their dirty bits. */
+  fetchAndClearDirty(): Uint32Array {
+    let count = 0;
+    for (const w of this.dirty) if (w !== 0) count += popcount(w);
+    const pages = new Uint32Array(count);
+    let n = 0;
+    for (let i = 0; i < this.dirty.length; i++) {
+      let w = this.dirty[i];
+      if (w === 0) continue;
+      this.dirty[i] = 0;
+      while (w !== 0) {
+        const low = w & -w;
+        pages[n++] = i * 32 + (31 - Math.clz32(low));
+        w ^= low;
+      }
+    }
+    return pages;
+  }
+
+  clearDirty(): void {
+    this.dirty.fill(0);
+  }
+
+  /**
+   * xxh64 over the table of per-page hashes; only pages written since the last call are hashed
+   * again, so a digest per unit costs in proportion to the unit's dirtying, not to memory size.
+   */
+  pagesDigest(): bigint {
+    if (this.staleCount > 0) {
+      for (let i = 0; i < this.stale.length; i++) {
+        let w = this.stale[i];
+        if (w === 0) continue;
+        this.stale[i] = 0;
+        while (w !== 0) {
+          const low = w & -w;
+          const page = i * 32 + (31 - Math.clz32(low));
+          const bytes = this.pageBytesOrNull(page);
+          this.pageHashes[page] = bytes === null ? ZERO_PAGE_HASH : xxh64(bytes);
+          w ^= low;
+        }
+      }
+      this.staleCount = 0;
+    }
+    return xxh64(new Uint8Array(this.pageHashes.buffer, this.pageHashes.byteOffset, this.pageHashes.byteLength));
+  }
+
+  /** Frees every segment; the memory reads as zero afterwards. */
+  free(): void {
+    this.segments.fill(undefined);
+    this.cow?.release();
+    this.cow = null;
+  }
+}
+
+function popcount(w: number): number {
+  w = w - ((w >>> 1) & 0x55555555);
+  w = (w & 0x33333333) + ((w >>> 2) & 0x33333333);
+  return (Math.imul((w + (w >>> 4)) & 0x0f0f0f0f, 0x01010101) >>> 24) & 0xff;
+}

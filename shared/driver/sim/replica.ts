@@ -1,0 +1,163 @@
+// A `sim` replica on the target: a reservation that receives the checkpoint, then a paused
+// machine that only moves forward by replaying units, then (on activation) a running guest.
+//
+// Replay never waits out idle time: applying a unit costs only its busy part's CPU time.
+
+import { CorruptDataError, InvalidStateError, ReplayDivergenceError, UnitOrderError } from '../../errors.js';
+import type { CheckpointChunk, GuestDescription, GuestState, PageAccess, TargetReplica } from '../types.js';
+import { CheckpointRestorer } from './checkpoint.js';
+import { encodeMachineConfig, type SimMachineConfig, summarizeConfig } from './config.js';
+import { machineDigest } from './digest.js';
+import { SimMachine } from './machine.js';
+import { decodeUnit, EventType, type SyncEvent } from './unit-codec.js';
+
+type ReplicaState = Extract<GuestState, 'restoring' | 'replica' | 'discarded'> | 'diverged' | 'activated';
+
+export class SimReplica implements TargetReplica {
+  readonly machine: SimMachine;
+  private readonly restorer: CheckpointRestorer;
+  private replicaState: ReplicaState = 'restoring';
+  private finalApplied = false;
+  readonly pages: TargetReplica['pages'];
+
+  constructor(
+    readonly id: string,
+    readonly config: SimMachineConfig,
+    private readonly hooks: {
+      /** Frees the reservation (discard). */
+      release: (replica: SimReplica) => void;
+      /** Turns the replica into a guest running on this host (activate). */
+      activate: (replica: SimReplica) => import('../types.js').SourceGuest;
+    },
+  ) {
+    this.machine = new SimMachine(config.memoryBytes, config.rates);
+    this.restorer = new CheckpointRestorer(this.machine);
+    const memory = this.machine.memory;
+    const pages: PageAccess = {
+      pageCount: memory.pageCount,
+      startDirtyTracking: () => memory.clearDirty(),
+      stopDirtyTracking: () => {},
+      fetchAndClearDirty: () => memory.fetchAndClearDirty(),
+      readPages: (first, count, out) => memory.readPages(first, count, out),
+    };
+    this.pages = {
+      ...pages,
+      writePages: (first, count, data) => {
+        this.require('restoring', 'replica');
+        memory.writePages(first, count, data);
+      },
+    };
+  }
+
+  describe(): GuestDescription {
+    return {
+      id: this.id,
+      driver: 'sim',
+      memoryBytes: this.config.memoryBytes,
+      vcpus: 1,
+      unitMs: this.config.unitMs,
+      state: this.replicaState === 'restoring' ? 'restoring' : this.replicaState === 'replica' ? 'replica' : 'discarded',
+      machineConfig: encodeMachineConfig(this.config),
+      summary: summarizeConfig(this.config),
+    };
+  }
+
+  get restored(): boolean {
+    return this.restorer.done;
+  }
+
+  get nextSequence(): number {
+    return this.machine.state.unitSequence;
+  }
+
+  /** True once the final unit (sealed at the source's suspend) was replayed. */
+  get complete(): boolean {
+    return this.finalApplied;
+  }
+
+  restoreChunk(chunk: CheckpointChunk): void {
+    this.require('restoring');
+    this.restorer.apply(chunk);
+    if (this.restorer.done) this.replicaState = 'replica';
+  }
+
+  applyUnit(bytes: Uint8Array): { sequence: number; guestNs: number; final: boolean } {
+    this.require('replica');
+    // Everything is checked before anything is applied: a rejected unit leaves the replica as it was.
+    const unit = decodeUnit(bytes);
+    const st = this.machine.state;
+    if (this.finalApplied) {
+      throw new UnitOrderError(`unit ${unit.sequence} arrived after the final unit ${st.unitSequence - 1}`, 'gap', st.unitSequence, unit.sequence);
+    }
+    if (unit.sequence !== st.unitSequence) {
+      const kind = unit.sequence < st.unitSequence ? 'duplicate' : 'gap';
+      throw new UnitOrderError(
+        kind === 'duplicate'
+          ? `unit ${unit.sequence} was already applied (replica is at unit ${st.unitSequence})`
+          : `unit ${unit.sequence} skips ahead: expected unit ${st.unitSequence}, ${unit.sequence - st.unitSequence} missing`,
+        kind,
+        st.unitSequence,
+        unit.sequence,
+      );
+    }
+    if (unit.startPosition !== st.position) {
+      throw new UnitOrderError(
+        `unit ${unit.sequence} starts at instruction ${unit.startPosition}, the replica is at instruction ${st.position}`,
+        'position',
+        st.unitSequence,
+        unit.sequence,
+      );
+    }
+    if (unit.final && (unit.instructionCount !== 0 || unit.asyncEvents.length + unit.syncEvents.length !== 0)) {
+      throw new CorruptDataError(`final unit ${unit.sequence} carries execution (${unit.instructionCount} instructions); a final unit only ends the log`);
+    }
+    const sync = unit.syncEvents;
+    let next = 0;
+    try {
+      this.machine.executeUnit(unit, unit.asyncEvents, (type, position): SyncEvent => {
+        const event = sync[next];
+        if (event === undefined || event.type !== type || event.position !== position) {
+          throw new ReplayDivergenceError(
+            `replica diverged in unit ${unit.sequence}: the guest read the ${type === EventType.Clock ? 'clock' : 'random source'} at instruction ${position}, ` +
+              (event === undefined ? 'the log has no more synchronous events' : `the log has ${event.type === EventType.Clock ? 'a clock' : 'a random'} read at ${event.position}`),
+          );
+        }
+        next++;
+        return event;
+      });
+      if (next !== sync.length) {
+        throw new ReplayDivergenceError(`replica diverged in unit ${unit.sequence}: ${sync.length - next} recorded synchronous events were never asked for`);
+      }
+    } catch (error) {
+      // Part of the unit ran: the replica no longer matches any state of the source.
+      this.replicaState = 'diverged';
+      throw error;
+    }
+    if (unit.final) this.finalApplied = true;
+    return { sequence: unit.sequence, guestNs: unit.guestNs, final: unit.final };
+  }
+
+  digest(): string {
+    this.require('replica', 'restoring');
+    return machineDigest(this.machine);
+  }
+
+  activate() {
+    this.require('replica');
+    this.replicaState = 'activated';
+    return this.hooks.activate(this);
+  }
+
+  discard(): void {
+    if (this.replicaState === 'discarded' || this.replicaState === 'activated') return;
+    this.replicaState = 'discarded';
+    this.machine.memory.free();
+    this.hooks.release(this);
+  }
+
+  private require(...states: ReplicaState[]): void {
+    if (!states.includes(this.replicaState)) {
+      throw new InvalidStateError(`replica ${this.id} is ${this.replicaState}; this needs it ${states.join(' or ')}`);
+    }
+  }
+}

@@ -1,0 +1,200 @@
+// The hypervisor driver interface: everything the agents need from a hypervisor, and nothing
+// about how it is done. The agents, the protocol, the convergence controller and the bench see a
+// guest's checkpoint as a stream of opaque chunks and its execution log as a sequence of opaque
+// units; only the driver that produced them looks inside. That boundary is what lets the same
+// agents run on the built-in deterministic guest (`sim`), on Xen dom0 (units are Remus epochs, or
+// true log units with an event recorder) and under QEMU record/replay (units are slices of the
+// replay log).
+//
+// Source side: describe, start recording, live checkpoint, next sealed unit, suspend, resume,
+// discard, digest. Target side: reserve, restore from chunks, apply unit, digest, activate,
+// discard. Both sides: dirty-page tracking and page read/write, for the pre-copy and post-copy
+// baselines.
+
+/** Bytes per guest page, for every driver. */
+export const PAGE_BYTES = 4096;
+
+/**
+ * A guest's lifecycle, as its host sees it.
+ * - running: executing in real time (on the source, or on the target after activation);
+ * - suspended: stopped at a unit boundary, state intact; `resume` runs it again;
+ * - restoring: a reservation receiving checkpoint chunks;
+ * - replica: restored and paused, advanced only by applying units;
+ * - discarded: gone; every operation but `describe` fails.
+ */
+export type GuestState = 'running' | 'suspended' | 'restoring' | 'replica' | 'discarded';
+
+/** What a guest is, enough for a target to reserve room for it and build a compatible replica. */
+export interface GuestDescription {
+  /** Stable id of the guest, unique on its host and kept across migrations. */
+  readonly id: string;
+  /** Driver that hosts it (`sim`, `xen`, `qemu`): a target must run the same driver. */
+  readonly driver: string;
+  readonly memoryBytes: number;
+  readonly vcpus: number;
+  /** Guest time one log unit covers. */
+  readonly unitMs: number;
+  readonly state: GuestState;
+  /**
+   * Driver-specific configuration the target needs to build an identical machine (for `sim`: the
+   * workload profile and its rates). Opaque to the agents, carried verbatim.
+   */
+  readonly machineConfig: Uint8Array;
+  /** Human-readable summary of `machineConfig`, for logs and listings. */
+  readonly summary: string;
+}
+
+/** What a host can take, for pre-migration. */
+export interface HostCapacity {
+  readonly driver: string;
+  readonly memoryBytesTotal: number;
+  readonly memoryBytesReserved: number;
+  readonly memoryBytesFree: number;
+  readonly vcpusTotal: number;
+  readonly vcpusReserved: number;
+}
+
+/** One piece of a checkpoint image, in order. `bytes` is the driver's own encoding. */
+export interface CheckpointChunk {
+  /** 0, 1, 2, ... in stream order; the target rejects any other order. */
+  readonly index: number;
+  /** The last chunk of the image (it carries the vCPU and device state). */
+  readonly final: boolean;
+  readonly bytes: Uint8Array;
+  /** Guest memory bytes this chunk accounts for (sent or elided as zero), for progress. */
+  readonly memoryBytesCovered: number;
+}
+
+/** One sealed log unit. `bytes` is the driver's own encoding, checked by the target's driver. */
+export interface SealedUnit {
+  /** Consecutive from the recording's first unit; the target rejects gaps and duplicates. */
+  readonly sequence: number;
+  readonly bytes: Uint8Array;
+  /** Guest time the unit covers (its share of wall time on the source, idle included). */
+  readonly guestNs: number;
+  /** Events recorded in the unit, for statistics. */
+  readonly eventCount: number;
+  /** The unit sealed by `suspend`: nothing follows it. */
+  readonly final: boolean;
+}
+
+/** Where a recording starts: the checkpoint is of this instant, the first unit starts here. */
+export interface RecordingStart {
+  readonly firstSequence: number;
+  /** Driver-defined execution position of the instant (instructions retired, for `sim`). */
+  readonly position: number;
+}
+
+/** Counters a recording keeps, for statistics and the convergence controller. */
+export interface RecordingStats {
+  readonly unitsRecorded: number;
+  readonly logBytes: number;
+  /** Sealed units not yet taken by `nextSealedUnit`. */
+  readonly unitsQueued: number;
+  readonly bytesQueued: number;
+  /** Wall time the guest spent stalled because the log queue or the checkpoint copy-on-write pool was full. */
+  readonly stallMs: number;
+}
+
+/** Page-level access, used by the pre-copy and post-copy baselines (not by CR/TR). */
+export interface PageAccess {
+  /** Total pages of guest memory. */
+  readonly pageCount: number;
+  /** Starts (or restarts) dirty-page logging; every page counts as clean from now. */
+  startDirtyTracking(): void;
+  stopDirtyTracking(): void;
+  /**
+   * Returns the pages written since the last call (or since tracking started), in ascending
+   * order, and marks them clean: an atomic fetch-and-clear of the dirty bitmap.
+   */
+  fetchAndClearDirty(): Uint32Array;
+  /** Copies `count` pages from `firstPage` into `out` (`count * PAGE_BYTES` bytes). */
+  readPages(firstPage: number, count: number, out: Uint8Array): void;
+}
+
+export interface SourceGuest {
+  readonly id: string;
+  describe(): GuestDescription;
+  /**
+   * Starts recording nondeterministic events at the next unit boundary, which becomes the
+   * instant of the live checkpoint. Units are sealed from then on and queue, bounded, for
+   * `nextSealedUnit`; when the queue is full the guest stalls rather than buffer without bound.
+   */
+  startRecording(): RecordingStart;
+  /**
+   * The memory image and vCPU/device state as of the recording's start, produced while the guest
+   * keeps running (copy-on-write). Pull-based: a chunk is made when the consumer asks, so the
+   * consumer's pace is the backpressure.
+   */
+  liveCheckpoint(options?: { chunkPages?: number }): AsyncIterable<CheckpointChunk>;
+  /**
+   * The next sealed unit, waiting for it if none is queued; `null` once the final unit (sealed by
+   * `suspend`) has been taken, or when the recording was stopped.
+   */
+  nextSealedUnit(signal?: AbortSignal): Promise<SealedUnit | null>;
+  recordingStats(): RecordingStats;
+  /** Stops recording and drops queued units; the guest keeps running. */
+  stopRecording(): void;
+  /**
+   * Stops the vCPU at the next unit boundary. While recording, seals the last unit (marked
+   * `final`). The guest's state is kept intact for `resume` or `discard`.
+   */
+  suspend(): Promise<void>;
+  /** Runs a suspended guest again, in real time (after an aborted migration). */
+  resume(): void;
+  /** Slows the guest: `factor` in (0, 1] of its nominal busy work per unit (auto-converge). */
+  setThrottle(factor: number): void;
+  /** Destroys the guest and frees its memory. */
+  discard(): void;
+  /** xxh64 digest over all pages plus vCPU/device state, as 16 hex digits. */
+  digest(): string;
+  readonly pages: PageAccess;
+}
+
+export interface TargetReplica {
+  readonly id: string;
+  describe(): GuestDescription;
+  /**
+   * Applies the next checkpoint chunk. Chunks must come in index order; a corrupt chunk or one
+   * out of order is rejected (CorruptDataError / UnitOrderError) and changes nothing.
+   */
+  restoreChunk(chunk: CheckpointChunk): void;
+  /** True once the final chunk was applied: the replica is paused at the checkpoint instant. */
+  readonly restored: boolean;
+  /**
+   * Replays one unit. The unit is validated completely (checksum, encoding, sequence, position)
+   * before anything is applied: a corrupt, truncated, duplicate or out-of-order unit is rejected
+   * with an error and leaves the replica unchanged. Replay does not wait out the guest's idle
+   * time. Returns the guest time the unit covered.
+   */
+  applyUnit(bytes: Uint8Array): { sequence: number; guestNs: number; final: boolean };
+  /** Sequence number the next unit must carry. */
+  readonly nextSequence: number;
+  digest(): string;
+  /**
+   * Resumes the replica as a live guest on this host, running in real time. Returns the running
+   * guest, which can itself later be migrated onward.
+   */
+  activate(): SourceGuest;
+  /** Destroys the replica (or reservation) and frees its memory and reservation. */
+  discard(): void;
+  readonly pages: PageAccess & {
+    /** Writes `count` pages from `data` starting at `firstPage` (post-copy, pre-copy rounds). */
+    writePages(firstPage: number, count: number, data: Uint8Array): void;
+  };
+}
+
+/** A hypervisor on one host. */
+export interface HypervisorDriver {
+  readonly name: string;
+  capacity(): HostCapacity;
+  listGuests(): GuestDescription[];
+  /** A guest hosted here (running or suspended), or NotFoundError. */
+  guest(id: string): SourceGuest;
+  /**
+   * Reserves room for a guest described by `description` and returns an empty replica ready to
+   * receive checkpoint chunks. Throws ReservationRefusedError, with the reason, when the host
+   * lacks room or cannot run such a guest.
+   */
+  reserve(description: GuestDescription): TargetReplica;
+}

@@ -1,0 +1,32 @@
+// lz4 block compression of checkpoint chunks and log units. The block API is used on purpose:
+// measured here at GB/s, where the package's frame/stream API manages ~250 MB/s.
+import lz4 from 'lz4';
+import { CorruptDataError } from './errors.js';
+
+/**
+ * Compresses `raw`. Returns `null` when compression would not make it smaller, in which case
+ * the caller sends the raw bytes (and says so in its frame), so incompressible data costs no
+ * expansion on the wire.
+ */
+export function compressBlock(raw: Uint8Array): Buffer | null {
+  if (raw.length === 0) return null;
+  const out = Buffer.allocUnsafe(lz4.encodeBound(raw.length));
+  const compressedBytes = lz4.encodeBlock(raw, out);
+  if (compressedBytes <= 0 || compressedBytes >= raw.length) return null;
+  return out.subarray(0, compressedBytes);
+}
+
+/**
+ * Decompresses `compressed` into exactly `rawBytes` bytes. A malformed block, or one that does not
+ * decompress to the announced size, is corrupt data, never a crash.
+ */
+export function decompressBlock(compressed: Uint8Array, rawBytes: number, what: string): Buffer {
+  const out = Buffer.allocUnsafe(rawBytes);
+  const n = lz4.decodeBlock(compressed, out);
+  if (n !== rawBytes) {
+    throw new CorruptDataError(
+      `${what}: lz4 block of ${compressed.length} bytes decompressed to ${n < 0 ? `an error (${n})` : `${n} bytes`}, expected ${rawBytes}`,
+    );
+  }
+  return out;
+}
