@@ -73,8 +73,19 @@ export class Random {
   /** Fills `out` with random bytes. */
   fill(out: Uint8Array): void {
     const words = out.length >>> 2;
-    const view = new DataView(out.buffer, out.byteOffset, out.byteLength);
-    for (let i = 0; i < words; i++) view.setUint32(i * 4, this.nextU32(), true);
+    if (out.byteOffset % 4 === 0) {
+      // Aligned (the common case: pages, packets): whole words at a time.
+      const view = new Uint32Array(out.buffer, out.byteOffset, words);
+      for (let i = 0; i < words; i++) view[i] = this.nextU32();
+    } else {
+      for (let i = 0; i < words * 4; i += 4) {
+        const w = this.nextU32();
+        out[i] = w & 0xff;
+        out[i + 1] = (w >>> 8) & 0xff;
+        out[i + 2] = (w >>> 16) & 0xff;
+        out[i + 3] = w >>> 24;
+      }
+    }
     for (let i = words * 4; i < out.length; i++) out[i] = this.nextU32() & 0xff;
   }
 }

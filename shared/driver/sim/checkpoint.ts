@@ -22,7 +22,7 @@ import { CorruptDataError, InvalidStateError, UnitOrderError } from '../../error
 import { xxh64 } from '../../hash.js';
 import type { CheckpointChunk } from '../types.js';
 import { PAGE_BYTES } from '../types.js';
-import { CopyOnWrite, ZERO_PAGE } from './memory.js';
+import { CopyOnWrite } from './memory.js';
 import { MachineState, type SimMachine } from './machine.js';
 
 export const CHUNK_MAGIC = 0x43545243; // 'CRTC' little-endian
@@ -34,9 +34,11 @@ export const CHUNK_PAGES_MAX = 4096; // 16 MiB
 /** Default bound of the copy-on-write pool (pages preserved, not yet sent). */
 export const COW_BYTES_MAX_DEFAULT = 64 * 1024 * 1024;
 
-const zeroBuffer = Buffer.from(ZERO_PAGE.buffer, ZERO_PAGE.byteOffset, ZERO_PAGE.byteLength);
 function isZeroPage(bytes: Uint8Array): boolean {
-  return zeroBuffer.equals(Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength));
+  // Word at a time; a non-zero page almost always shows it in its first words.
+  const words = new Int32Array(bytes.buffer, bytes.byteOffset, PAGE_BYTES / 4);
+  for (let i = 0; i < words.length; i++) if (words[i] !== 0) return false;
+  return true;
 }
 
 function seal(out: Uint8Array): Uint8Array {
@@ -78,10 +80,12 @@ export async function* checkpointChunks(machine: SimMachine, instant: Checkpoint
   const { cow, state } = instant;
   try {
     let index = 0;
-    const bitmapBytes = Math.ceil(chunkPages / 8);
-    const scratch = new Uint8Array(CHUNK_HEADER_BYTES + bitmapBytes + chunkPages * PAGE_BYTES + CHUNK_TRAILER_BYTES);
+    const chunkBytesMax = CHUNK_HEADER_BYTES + Math.ceil(chunkPages / 8) + chunkPages * PAGE_BYTES + CHUNK_TRAILER_BYTES;
     for (let first = 0; first < memory.pageCount; first += chunkPages) {
       const count = Math.min(chunkPages, memory.pageCount - first);
+      // Each chunk gets its own buffer (the consumer may hold it while the next is made), used
+      // only up to what the present pages fill.
+      const scratch = new Uint8Array(Buffer.allocUnsafeSlow(chunkBytesMax).buffer, 0, chunkBytesMax);
       const view = new DataView(scratch.buffer);
       let at = CHUNK_HEADER_BYTES + Math.ceil(count / 8);
       scratch.fill(0, 0, at);
@@ -103,7 +107,7 @@ export async function* checkpointChunks(machine: SimMachine, instant: Checkpoint
       view.setUint32(12, first, true);
       view.setUint32(16, count, true);
       view.setUint32(20, present, true);
-      const bytes = seal(scratch.slice(0, at + CHUNK_TRAILER_BYTES));
+      const bytes = seal(scratch.subarray(0, at + CHUNK_TRAILER_BYTES));
       yield { index: index++, final: false, bytes, memoryBytesCovered: count * PAGE_BYTES };
     }
     const out = new Uint8Array(CHUNK_HEADER_BYTES + state.length + CHUNK_TRAILER_BYTES);
