@@ -1,113 +1,165 @@
-// `npm run demo`: record a running guest, then replay it elsewhere, and show that both end in the
-// same state. One process, two `sim` hosts: the source runs a guest in real time, takes a live
-// checkpoint while it keeps running, records its nondeterministic events into log units; the
-// target restores the checkpoint and replays the units, skipping the guest's idle time.
+// `npm run demo`: a live migration on this machine. Starts a source agent and a target agent as
+// two processes on loopback, boots a guest on the source, migrates it while it runs, shows the
+// phases and progress, and ends with a summary: the three figures (downtime, total migration
+// time, data transmitted), rounds, units, and whether the digests matched.
 
-import { Command } from 'commander';
-import { InvalidArgumentError } from '../shared/errors.js';
-import { compressBlock } from '../shared/lz4.js';
-import { PROFILE_NAMES, type ProfileName, SimDriver } from '../shared/driver/sim/index.js';
-import { isProfileName } from '../shared/driver/sim/profiles.js';
+import { type ChildProcess, spawn } from 'node:child_process';
+import { once } from 'node:events';
+import { createInterface } from 'node:readline';
+import { fileURLToPath } from 'node:url';
+import { Command, Option } from 'commander';
+import { PROFILE_NAMES } from '../shared/driver/sim/profiles.js';
+import { controlService, grpc, makeClient, pb, unary } from '../shared/transport/grpc.js';
 
 const program = new Command()
   .name('demo')
-  .description('Record a running sim guest and replay it on a second host; compare state digests.')
-  .option('--profile <name>', `workload profile: ${PROFILE_NAMES.join(', ')}`, 'web')
+  .description('Live-migrate a sim guest between two agent processes on loopback.')
+  .addOption(new Option('--profile <name>', 'workload profile').choices(PROFILE_NAMES).default('web'))
   .option('--memory-mib <n>', 'guest memory in MiB', '512')
-  .option('--seconds <n>', 'guest seconds to record after the checkpoint', '3')
-  .option('--json', 'print one JSON object as the last line')
+  .option('--downtime-limit-ms <n>', 'downtime limit', '300')
+  .addOption(new Option('--policy <name>', 'non-convergence policy').choices(['abort', 'force', 'throttle']).default('throttle'))
+  .option('--max-duration-ms <n>', 'maximum migration duration', '120000')
+  .option('--warmup-ms <n>', 'how long the guest runs before the migration starts', '1000')
+  .option('--json', 'print one JSON object with the results as the last line')
   .parse();
+const opts = program.opts<{ profile: string; memoryMib: string; downtimeLimitMs: string; policy: string; maxDurationMs: string; warmupMs: string; json?: boolean }>();
 
-const opts = program.opts<{ profile: string; memoryMib: string; seconds: string; json?: boolean }>();
-if (!isProfileName(opts.profile)) throw new InvalidArgumentError(`--profile ${opts.profile}: expected one of ${PROFILE_NAMES.join(', ')}`);
-const profile: ProfileName = opts.profile;
-const memoryBytes = Number(opts.memoryMib) * 2 ** 20;
-const recordMs = Number(opts.seconds) * 1000;
-if (!(recordMs > 0 && recordMs <= 600_000)) throw new InvalidArgumentError(`--seconds ${opts.seconds}: expected a number in (0, 600]`);
 const say = (line: string) => {
   if (!opts.json) console.log(line);
 };
 const mib = (bytes: number) => `${(bytes / 2 ** 20).toFixed(1)} MiB`;
 
-const source = new SimDriver();
-const target = new SimDriver();
-const bootStart = performance.now();
-const guest = source.createGuest({ id: 'demo-guest', profile, memoryBytes });
-say(`Booted a '${profile}' guest of ${mib(memoryBytes)} in ${(performance.now() - bootStart).toFixed(0)} ms; it now runs in real time in 10 ms units.`);
-await new Promise((resolve) => setTimeout(resolve, 300));
-
-const start = guest.startRecording();
-say(`Recording started at unit ${start.firstSequence} (instruction ${start.position}); taking a live checkpoint while the guest keeps running...`);
-const replica = target.reserve(guest.describe());
-let checkpointRawBytes = 0;
-let checkpointWireBytes = 0;
-const checkpointStart = performance.now();
-for await (const chunk of guest.liveCheckpoint()) {
-  checkpointRawBytes += chunk.bytes.length;
-  checkpointWireBytes += compressBlock(chunk.bytes)?.length ?? chunk.bytes.length;
-  replica.restoreChunk(chunk);
-}
-const checkpointMs = performance.now() - checkpointStart;
-say(
-  `Checkpoint restored on the target in ${checkpointMs.toFixed(0)} ms: ${mib(checkpointRawBytes)} after eliding zero pages, ${mib(checkpointWireBytes)} with lz4.`,
-);
-
-say(`Recording ${(recordMs / 1000).toFixed(1)} s of guest execution while replaying each unit as it is sealed...`);
-let unitsReplayed = 0;
-let logBytes = 0;
-let events = 0;
-let guestNsReplayed = 0;
-let replayMs = 0;
-const replayLoop = (async () => {
-  for (;;) {
-    const unit = await guest.nextSealedUnit();
-    if (unit === null) return;
-    logBytes += unit.bytes.length;
-    events += unit.eventCount;
-    const t0 = performance.now();
-    const applied = replica.applyUnit(unit.bytes);
-    replayMs += performance.now() - t0;
-    guestNsReplayed += applied.guestNs;
-    unitsReplayed++;
+/** Starts an agent process and returns its address once it listens. */
+async function startAgent(role: 'source' | 'target'): Promise<{ child: ChildProcess; address: string }> {
+  const main = fileURLToPath(new URL(`../${role}-agent/main.js`, import.meta.url));
+  const child = spawn(process.execPath, ['--enable-source-maps', main, '--listen', '127.0.0.1:0', '--log-level', process.env.DEMO_LOG_LEVEL ?? 'warn'], { stdio: ['ignore', 'pipe', 'inherit'] });
+  const lines = createInterface({ input: child.stdout! });
+  const timer = setTimeout(() => child.kill('SIGKILL'), 15_000);
+  for await (const line of lines) {
+    const parsed = JSON.parse(line) as { listening?: string };
+    if (parsed.listening) {
+      clearTimeout(timer);
+      return { child, address: parsed.listening };
+    }
   }
-})();
-await new Promise((resolve) => setTimeout(resolve, recordMs));
-const suspendAt = performance.now();
-await guest.suspend();
-await replayLoop;
-const caughtUpMs = performance.now() - suspendAt;
-const sourceDigest = guest.digest();
-const targetDigest = replica.digest();
-const stats = guest.recordingStats();
-const equal = sourceDigest === targetDigest;
-
-say(`Suspended the source; the replica had replayed every unit ${caughtUpMs.toFixed(1)} ms later.`);
-say(`  units replayed:      ${unitsReplayed} (${events} nondeterministic events)`);
-say(`  log:                 ${mib(logBytes)} (${((logBytes / (guestNsReplayed / 1e9 || 1)) / 2 ** 10).toFixed(0)} KiB per guest second)`);
-say(`  replay speed-up:     ${(guestNsReplayed / 1e6 / replayMs).toFixed(1)}x faster than the guest ran (idle time skipped)`);
-say(`  guest stalled:       ${stats.stallMs.toFixed(0)} ms`);
-say(`  source digest:       ${sourceDigest}`);
-say(`  replica digest:      ${targetDigest}`);
-say(equal ? 'The replica is bit-for-bit the source: same memory, same vCPU and device state.' : 'MISMATCH: the replica diverged from the source.');
-
-if (opts.json) {
-  console.log(
-    JSON.stringify({
-      status: equal ? 'completed' : 'failed',
-      method: 'record-replay',
-      profile,
-      memoryBytes,
-      checkpointBytes: checkpointRawBytes,
-      checkpointWireBytes,
-      logBytes,
-      unitsReplayed,
-      events,
-      replaySpeedup: guestNsReplayed / 1e6 / replayMs,
-      sourceDigest,
-      targetDigest,
-    }),
-  );
+  throw new Error(`${role} agent exited before listening (exit code ${child.exitCode})`);
 }
-guest.discard();
-replica.discard();
-process.exitCode = equal ? 0 : 1;
+
+async function stopAgent(child: ChildProcess): Promise<void> {
+  if (child.exitCode !== null) return;
+  child.kill('SIGTERM');
+  const timer = setTimeout(() => child.kill('SIGKILL'), 10_000);
+  await once(child, 'exit');
+  clearTimeout(timer);
+}
+
+const agents: ChildProcess[] = [];
+let exitCode = 1;
+try {
+  const [source, target] = await Promise.all([startAgent('source'), startAgent('target')]);
+  agents.push(source.child, target.child);
+  say(`Started a source agent at ${source.address} and a target agent at ${target.address} (two processes).`);
+  const credentials = grpc.credentials.createInsecure();
+  const sourceControl = makeClient(controlService, 'Control', source.address, credentials);
+  const targetControl = makeClient(controlService, 'Control', target.address, credentials);
+
+  const memoryBytes = Number(opts.memoryMib) * 2 ** 20;
+  const started = await unary(
+    sourceControl,
+    controlService.startGuest,
+    pb.StartGuestRequest.create({ id: 'demo-guest', profile: opts.profile, memoryBytes }),
+    60_000,
+    'starting the guest',
+  );
+  say(`Booted guest '${started.guest?.description?.id}' on the source: ${started.guest?.description?.summary}. It runs in real time.`);
+  await new Promise((resolve) => setTimeout(resolve, Number(opts.warmupMs)));
+
+  const { jobId } = await unary(
+    sourceControl,
+    controlService.startMigration,
+    pb.StartMigrationRequest.create({
+      guestId: 'demo-guest',
+      targetAddress: target.address,
+      method: 'crtr',
+      downtimeLimitMs: Number(opts.downtimeLimitMs),
+      nonConvergencePolicy: opts.policy,
+      maxDurationMs: Number(opts.maxDurationMs),
+    }),
+    10_000,
+    'starting the migration',
+  );
+  say(`Migration ${jobId} started (CR/TR, downtime limit ${opts.downtimeLimitMs} ms, policy ${opts.policy}).`);
+
+  const watch = sourceControl.makeServerStreamRequest(
+    controlService.watchJob.path,
+    controlService.watchJob.requestSerialize,
+    controlService.watchJob.responseDeserialize,
+    pb.WatchJobRequest.create({ jobId, intervalMs: 250 }),
+  );
+  let last: InstanceType<typeof pb.Job> | null = null;
+  const tty = process.stdout.isTTY && !opts.json;
+  for await (const event of watch as AsyncIterable<InstanceType<typeof pb.JobEvent>>) {
+    last = event.job as InstanceType<typeof pb.Job>;
+    const s = last.stats as InstanceType<typeof pb.MigrationStats>;
+    if (event.kind === 'phase') {
+      if (tty) process.stdout.write('\n');
+      say(`  phase: ${event.message}`);
+    } else if (event.kind === 'progress') {
+      const pct = s.memoryBytes > 0 ? (100 * s.checkpointMemoryBytesCovered) / s.memoryBytes : 0;
+      const line = `  ${s.status.padEnd(13)} checkpoint ${pct.toFixed(0).padStart(3)}%  units recorded ${s.unitsRecorded} sent ${s.unitsSent} replayed ${s.unitsReplayed}  ${s.mbps.toFixed(0)} Mbit/s  expected downtime ${s.expectedDowntimeMs.toFixed(0)} ms`;
+      if (tty) process.stdout.write(`\r${line}`);
+      else say(line);
+    }
+  }
+  if (tty) process.stdout.write('\n');
+  const s = last!.stats as InstanceType<typeof pb.MigrationStats>;
+  const targetGuests = await unary(targetControl, controlService.listGuests, pb.ListGuestsRequest.create(), 5_000, 'listing target guests');
+  const sourceGuests = await unary(sourceControl, controlService.listGuests, pb.ListGuestsRequest.create(), 5_000, 'listing source guests');
+  const onTarget = targetGuests.guests.find((g) => g.description?.id === 'demo-guest')?.state ?? 'absent';
+  const onSource = sourceGuests.guests.find((g) => g.description?.id === 'demo-guest')?.state ?? 'absent';
+  const ok = s.status === 'completed' && s.sourceDigest !== '' && s.sourceDigest === s.targetDigest && onTarget === 'running' && onSource === 'absent';
+
+  say('');
+  say(`Migration ${s.status}${s.error ? `: ${s.error}` : ''}.`);
+  say(`  downtime:                ${s.downtimeMs.toFixed(1)} ms (source suspend to target resume; limit ${opts.downtimeLimitMs} ms${s.forced ? ', forced' : ''})`);
+  say(`  total migration time:    ${(s.totalTimeMs / 1000).toFixed(2)} s (start to commit)`);
+  say(`  data transmitted:        ${mib(s.transferredBytes)} between the agents (checkpoint ${mib(s.checkpointWireBytes)} on the wire of ${mib(s.memoryBytes)} guest memory, log ${mib(s.logBytes)})`);
+  say(`  units:                   ${s.unitsRecorded} recorded, ${s.unitsReplayed} replayed at ${s.replayRate.toFixed(1)}x guest speed; ${s.rounds} wait-and-ack rounds`);
+  say(`  digests:                 source ${s.sourceDigest}, target ${s.targetDigest}: ${s.sourceDigest === s.targetDigest ? 'equal' : 'DIFFERENT'}`);
+  say(`  guest now:               ${onTarget} on the target, ${onSource} on the source`);
+  if (opts.json) {
+    console.log(
+      JSON.stringify({
+        status: s.status,
+        method: s.method,
+        profile: opts.profile,
+        memoryBytes: s.memoryBytes,
+        downtimeLimitMs: Number(opts.downtimeLimitMs),
+        downtimeMs: s.downtimeMs,
+        totalTimeMs: s.totalTimeMs,
+        setupTimeMs: s.setupTimeMs,
+        transferredBytes: s.transferredBytes,
+        checkpointBytes: s.checkpointBytes,
+        checkpointWireBytes: s.checkpointWireBytes,
+        logBytes: s.logBytes,
+        unitsRecorded: s.unitsRecorded,
+        unitsReplayed: s.unitsReplayed,
+        rounds: s.rounds,
+        replayRate: s.replayRate,
+        throttle: s.throttle,
+        forced: s.forced,
+        sourceDigest: s.sourceDigest,
+        targetDigest: s.targetDigest,
+        guestOnTarget: onTarget,
+        guestOnSource: onSource,
+        error: s.error,
+      }),
+    );
+  }
+  sourceControl.close();
+  targetControl.close();
+  exitCode = ok ? 0 : 1;
+} finally {
+  await Promise.all(agents.map(stopAgent));
+}
+process.exit(exitCode);

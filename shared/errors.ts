@@ -11,7 +11,10 @@ export type ErrorCode =
   | 'RESOURCE_EXHAUSTED' // a limit: no room for a reservation, an oversized message
   | 'DATA_LOSS' // corrupt or truncated data, or a replica that diverged
   | 'ABORTED' // the operation was cancelled or aborted part-way
-  | 'UNAVAILABLE'; // a peer that cannot be reached
+  | 'UNAVAILABLE' // a peer that cannot be reached
+  | 'ALREADY_EXISTS' // the guest, job or reservation is already there
+  | 'PERMISSION_DENIED' // a peer not allowed to do this
+  | 'DEADLINE_EXCEEDED'; // a bound on duration ran out
 
 export abstract class VmMigrateError extends Error {
   abstract readonly code: ErrorCode;
@@ -72,4 +75,19 @@ export class NotFoundError extends VmMigrateError {
 /** The operation was cancelled before it finished; what it had started was undone. */
 export class AbortedError extends VmMigrateError {
   readonly code = 'ABORTED' as const;
+}
+
+/** The guest (or reservation) already exists where it was to be created. */
+export class AlreadyExistsError extends VmMigrateError {
+  readonly code = 'ALREADY_EXISTS' as const;
+}
+
+/** A peer that cannot be reached, or a connection that broke. */
+export class UnavailableError extends VmMigrateError {
+  readonly code = 'UNAVAILABLE' as const;
+}
+
+/** A migration (or call) that ran past its maximum duration. */
+export class DeadlineExceededError extends VmMigrateError {
+  readonly code = 'DEADLINE_EXCEEDED' as const;
 }

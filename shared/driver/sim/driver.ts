@@ -3,7 +3,7 @@
 // reservations both take room, and a reservation that does not fit is refused with the numbers.
 
 import { randomUUID } from 'node:crypto';
-import { InvalidArgumentError, NotFoundError, ReservationRefusedError } from '../../errors.js';
+import { AlreadyExistsError, InvalidArgumentError, NotFoundError, ReservationRefusedError } from '../../errors.js';
 import { Random } from '../../random.js';
 import type { GuestDescription, HostCapacity, HypervisorDriver, TargetReplica } from '../types.js';
 import { checkMemoryBytes, checkUnitMs, decodeMachineConfig, type SimMachineConfig, UNIT_MS_DEFAULT } from './config.js';
@@ -133,8 +133,8 @@ export class SimDriver implements HypervisorDriver {
   }
 
   private checkRoom(id: string, memoryBytes: number): void {
-    if (this.guests.has(id)) throw new ReservationRefusedError(`guest '${id}' already runs on this host`);
-    if (this.replicas.has(id)) throw new ReservationRefusedError(`guest '${id}' already has a reservation on this host`);
+    if (this.guests.has(id)) throw new AlreadyExistsError(`guest '${id}' already runs on this host`);
+    if (this.replicas.has(id)) throw new AlreadyExistsError(`guest '${id}' already has a reservation on this host`);
     const cap = this.capacity();
     if (memoryBytes > cap.memoryBytesFree) {
       throw new ReservationRefusedError(

@@ -186,6 +186,12 @@ export function resolveRates(profile: ProfileName, overrides: Partial<WorkloadRa
       throw new InvalidArgumentError(`workload rate ${key}=${value} is out of range [${min}, ${max}]`);
     }
   }
+  const payloadMax = 100 * 1024 * 1024;
+  if (payloadBytesPerSec(rates) > payloadMax) {
+    throw new InvalidArgumentError(
+      `workload payload of ${payloadBytesPerSec(rates)} bytes/s (packetsPerSec x packetBytes + diskReadsPerSec x 4096) is over ${payloadMax} bytes/s: a 100 ms unit would not fit a log unit`,
+    );
+  }
   return rates;
 }
 

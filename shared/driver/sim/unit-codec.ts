@@ -33,8 +33,8 @@ export const UNIT_MAGIC = 0x55545243; // 'CRTU' little-endian
 export const UNIT_VERSION = 1;
 export const UNIT_HEADER_BYTES = 40;
 export const UNIT_TRAILER_BYTES = 8;
-/** Largest unit the codec accepts: a 100 ms unit of a 10 Gbit/s receiver fits with room. */
-export const UNIT_BYTES_MAX = 256 * 1024 * 1024;
+/** Largest unit the codec accepts (the protocol carries at most 16 MiB): a 100 ms unit of a 1 Gbit/s receiver fits. */
+export const UNIT_BYTES_MAX = 16 * 1024 * 1024;
 export const UNIT_EVENTS_MAX = 1_000_000;
 export const PACKET_BYTES_MAX = 65535;
 

@@ -1,0 +1,96 @@
+// Statistics of one migration, named after QEMU's `query-migrate` where a meaning matches, with
+// the unit in the name. The same shape travels in the control API (MigrationStats).
+
+/** setup -> active -> stop-and-copy -> committing -> completed; or cancelling -> cancelled; or failed. */
+export type MigrationStatus = 'setup' | 'active' | 'stop-and-copy' | 'committing' | 'completed' | 'cancelling' | 'cancelled' | 'failed';
+
+/** The seven phases (DESIGN.md), plus `done`. */
+export type MigrationPhase = 'pre-migration' | 'reservation' | 'checkpoint' | 'log-transfer' | 'stop-and-copy' | 'commitment' | 'activation' | 'done';
+export const ABORTABLE_PHASES: readonly MigrationPhase[] = ['reservation', 'checkpoint', 'log-transfer', 'stop-and-copy', 'commitment'];
+
+export type MigrationMethod = 'crtr' | 'precopy' | 'postcopy';
+
+export interface MigrationStats {
+  status: MigrationStatus;
+  phase: MigrationPhase;
+  method: MigrationMethod;
+  /** Start to the end of reservation. */
+  setupTimeMs: number;
+  /** Start to the consistent state (commit); until then, time so far. */
+  totalTimeMs: number;
+  /** Source suspend to target resume. */
+  downtimeMs: number;
+  /** Downtime if stop-and-copy began now, from measured rates. */
+  expectedDowntimeMs: number;
+  /** Every byte of every message between the agents for this migration (gRPC framing included). */
+  transferredBytes: number;
+  /** Checkpoint bytes not yet sent plus unsent log. */
+  remainingBytes: number;
+  /** Average throughput so far, megabits per second. */
+  mbps: number;
+  unitsRecorded: number;
+  unitsSent: number;
+  unitsReplayed: number;
+  /** Recorded and not yet replayed on the target. */
+  remainingUnits: number;
+  /** Raw log bytes recorded. */
+  logBytes: number;
+  /** Raw checkpoint chunk bytes (zero pages elided) and their bytes on the wire (lz4). */
+  checkpointBytes: number;
+  checkpointWireBytes: number;
+  checkpointMemoryBytesCovered: number;
+  memoryBytes: number;
+  /** Guest seconds replayed per second on the target. */
+  replayRate: number;
+  logRateBytesPerSec: number;
+  /** Wait-and-ack exchanges (stop requests answered). */
+  rounds: number;
+  sourceDigest: string;
+  targetDigest: string;
+  /** Guest speed factor at the end (1: never throttled). */
+  throttle: number;
+  /** Wall time the guest stalled on full log queue or copy-on-write pool. */
+  stallMs: number;
+  error: string;
+  errorCode: string;
+  /** Stop-and-copy was forced by the non-convergence policy. */
+  forced: boolean;
+  rttMs: number;
+  stopRequestsDenied: number;
+}
+
+export function emptyStats(method: MigrationMethod, memoryBytes: number): MigrationStats {
+  return {
+    status: 'setup',
+    phase: 'pre-migration',
+    method,
+    setupTimeMs: 0,
+    totalTimeMs: 0,
+    downtimeMs: 0,
+    expectedDowntimeMs: 0,
+    transferredBytes: 0,
+    remainingBytes: 0,
+    mbps: 0,
+    unitsRecorded: 0,
+    unitsSent: 0,
+    unitsReplayed: 0,
+    remainingUnits: 0,
+    logBytes: 0,
+    checkpointBytes: 0,
+    checkpointWireBytes: 0,
+    checkpointMemoryBytesCovered: 0,
+    memoryBytes,
+    replayRate: 0,
+    logRateBytesPerSec: 0,
+    rounds: 0,
+    sourceDigest: '',
+    targetDigest: '',
+    throttle: 1,
+    stallMs: 0,
+    error: '',
+    errorCode: '',
+    forced: false,
+    rttMs: 0,
+    stopRequestsDenied: 0,
+  };
+}

@@ -1,0 +1,642 @@
+// One outgoing CR/TR migration, driven from the source: the seven phases in order.
+//
+//   pre-migration  GetCapacity: does the target have room at all?
+//   reservation    Reserve: the target sets room aside (or refuses: the guest is untouched)
+//   checkpoint     start recording; stream the live checkpoint; units stream alongside
+//   log-transfer   units stream as sealed; the target replays and reports; the monitor applies
+//                  the non-convergence policy and the maximum duration
+//   stop-and-copy  on the target's stop request, if our unsent log fits the downtime limit:
+//                  suspend, send the last units, wait for the target to replay the final one
+//   commitment     send our digest; the target compares and commits (or refuses: we resume)
+//   activation     the target resumes the guest; on its confirmation we discard our copy
+//
+// Until the commit is sent, any failure or cancellation aborts: the target discards its replica
+// and the guest runs here (resumed if it was suspended). Once the commit is sent the guest is
+// never resumed here: if the answer is lost, it stays suspended and the job says so.
+
+import { randomUUID } from 'node:crypto';
+import { EventEmitter } from 'node:events';
+import type { Logger } from 'pino';
+import {
+  type BacklogSample,
+  decideStop,
+  expectedDowntimeMs,
+  judgeConvergence,
+  type NonConvergencePolicy,
+  nextThrottle,
+  nonConvergenceAction,
+} from '../shared/convergence.js';
+import type { SourceGuest } from '../shared/driver/types.js';
+import { AbortedError, CorruptDataError, DeadlineExceededError, InvalidStateError, ReservationRefusedError, UnavailableError, VmMigrateError } from '../shared/errors.js';
+import { AGENT_VERSION, packPayload, PROTOCOL_VERSION, type WirePayload } from '../shared/protocol.js';
+import { emptyStats, type MigrationMethod, type MigrationPhase, type MigrationStats } from '../shared/stats.js';
+import { type ByteCounter, countingService, fromStatus, grpc, makeClient, migrationService, pb, statusName, unary } from '../shared/transport/grpc.js';
+
+export interface FaultInjection {
+  abortAtPhase?: MigrationPhase;
+  corruptChunkIndex?: number;
+  corruptUnitSequence?: number;
+  corruptCommitDigest?: boolean;
+}
+
+export interface MigrationRequest {
+  guestId: string;
+  targetAddress: string;
+  method: MigrationMethod;
+  downtimeLimitMs: number;
+  /** 0: unlimited. */
+  maxBandwidthBytesPerSec: number;
+  policy: NonConvergencePolicy;
+  maxDurationMs: number;
+  faults?: FaultInjection;
+}
+
+export interface SourceOptions {
+  /** Deadline of the unary calls (capacity, reservation, release). */
+  callTimeoutMs: number;
+  /** Wait for the target's activation confirmation after the commit. */
+  activationTimeoutMs: number;
+  /** Window over which the backlog must shrink to count as converging. */
+  convergenceWindowMs: number;
+  /** How often the monitor samples the backlog and the clock. */
+  monitorIntervalMs: number;
+  /** Round-trip pings on the transfer stream. */
+  pingIntervalMs: number;
+  credentials: grpc.ChannelCredentials;
+}
+
+export const SOURCE_DEFAULTS: SourceOptions = {
+  callTimeoutMs: 10_000,
+  activationTimeoutMs: 60_000,
+  convergenceWindowMs: 2_000,
+  monitorIntervalMs: 250,
+  pingIntervalMs: 500,
+  credentials: grpc.credentials.createInsecure(),
+};
+
+type TargetMessage = InstanceType<typeof pb.TargetMessage>;
+type Progress = InstanceType<typeof pb.Progress>;
+
+/** Events a job emits: `phase` (a phase began), `progress` (periodic), `end` (final status). */
+export interface MigrationEvents {
+  phase: [MigrationPhase];
+  progress: [];
+  end: [];
+}
+
+export class SourceMigration extends EventEmitter<MigrationEvents> {
+  readonly id = randomUUID();
+  readonly stats: MigrationStats;
+  readonly startedAtMs = Date.now();
+  private readonly t0 = performance.now();
+  private readonly counter: ByteCounter = { sent: 0, received: 0 };
+  private readonly cancelController = new AbortController();
+  private log: Logger;
+  private client: grpc.Client | null = null;
+  private call: grpc.ClientDuplexStream<InstanceType<typeof pb.SourceMessage>, TargetMessage> | null = null;
+  private reservationId = '';
+  private streamOpened = false;
+  private commitSent = false;
+  private committed = false;
+  private progressMsg: Progress = pb.Progress.create();
+  private chunksSent = 0;
+  private readonly unitSizesInFlight: number[] = [];
+  private unitBytesInFlight = 0;
+  private heldUnitBytes = 0;
+  private windows = { chunk: 16, unit: 4096, unitBytes: 64 * 1024 * 1024 };
+  private waiters = new Set<() => void>();
+  private stopGranted = false;
+  private stopForced = false;
+  private checkpointDone = false;
+  private checkpointMs = 0;
+  private throughputBytesPerSec = 0;
+  private commitResult: InstanceType<typeof pb.CommitResult> | null = null;
+  private activated: InstanceType<typeof pb.Activated> | null = null;
+  private streamError: VmMigrateError | null = null;
+  private suspendedAtMs = 0;
+  private readonly backlog: BacklogSample[] = [];
+  private bucket: { tokens: number; atMs: number } = { tokens: 0, atMs: 0 };
+
+  constructor(
+    private readonly guest: SourceGuest,
+    readonly request: MigrationRequest,
+    private readonly options: SourceOptions,
+    log: Logger,
+  ) {
+    super();
+    this.stats = emptyStats(request.method, guest.describe().memoryBytes);
+    this.log = log.child({ migrationId: this.id, guestId: guest.id, target: request.targetAddress });
+  }
+
+  /** Cancels the migration if it has not committed; the guest stays (or resumes) here. */
+  cancel(reason = 'cancelled by request'): void {
+    if (this.commitSent) throw new InvalidStateError(`migration ${this.id} is past its commit point (${this.stats.phase}); it can no longer be cancelled`);
+    if (this.isOver()) return;
+    this.stats.status = 'cancelling';
+    this.cancelController.abort(new AbortedError(reason));
+    this.notify();
+  }
+
+  isOver(): boolean {
+    return this.stats.status === 'completed' || this.stats.status === 'failed' || this.stats.status === 'cancelled';
+  }
+
+  /** Runs the migration to its end; never throws (the outcome is in `stats`). */
+  async run(): Promise<MigrationStats> {
+    try {
+      await this.phases();
+      this.stats.status = 'completed';
+      this.log.info({ downtimeMs: this.stats.downtimeMs, totalTimeMs: this.stats.totalTimeMs, transferredBytes: this.stats.transferredBytes }, 'migration completed');
+    } catch (error) {
+      await this.onFailure(error);
+    } finally {
+      this.refreshStats();
+      this.setPhase('done');
+      this.closeTransport();
+      this.emit('end');
+    }
+    return this.stats;
+  }
+
+  private async phases(): Promise<void> {
+    const req = this.request;
+    const description = this.guest.describe();
+    if (req.method !== 'crtr') throw new InvalidStateError(`method '${req.method}' is not available in this build (only crtr)`);
+    this.client = makeClient(countingService(migrationService, this.counter, 'client'), 'Migration', req.targetAddress, this.options.credentials);
+
+    // Phase 1: pre-migration.
+    this.setPhase('pre-migration');
+    const capacity = await unary(this.client, migrationService.getCapacity, pb.CapacityRequest.create(), this.options.callTimeoutMs, `capacity of ${req.targetAddress}`);
+    if (capacity.driver !== description.driver) {
+      throw new ReservationRefusedError(`target ${req.targetAddress} runs driver '${capacity.driver}', the guest needs '${description.driver}'`);
+    }
+    if (capacity.memoryBytesFree < description.memoryBytes) {
+      throw new ReservationRefusedError(
+        `target ${req.targetAddress} has ${(capacity.memoryBytesFree / 2 ** 20).toFixed(0)} MiB free, the guest needs ${(description.memoryBytes / 2 ** 20).toFixed(0)} MiB`,
+      );
+    }
+
+    // Phase 2: reservation, with the version handshake.
+    this.setPhase('reservation');
+    const reservation = await unary(
+      this.client,
+      migrationService.reserve,
+      pb.ReserveRequest.create({
+        protocolVersion: PROTOCOL_VERSION,
+        agentVersion: AGENT_VERSION,
+        migrationId: this.id,
+        guest: { ...description, machineConfig: description.machineConfig },
+        downtimeLimitMs: req.downtimeLimitMs,
+      }),
+      this.options.callTimeoutMs,
+      `reservation on ${req.targetAddress}`,
+    );
+    if (reservation.protocolVersion !== PROTOCOL_VERSION) {
+      throw new InvalidStateError(`target speaks protocol version ${reservation.protocolVersion}, this agent ${PROTOCOL_VERSION}`);
+    }
+    this.reservationId = reservation.reservationId;
+    this.windows = { chunk: Math.max(1, reservation.chunkWindow), unit: Math.max(1, reservation.unitWindow), unitBytes: Math.max(1, reservation.unitWindowBytes) };
+    this.stats.setupTimeMs = this.elapsedMs();
+    this.stats.status = 'active';
+
+    // Phase 3: checkpoint, with units streaming alongside (phase 4 overlaps it).
+    this.setPhase('checkpoint');
+    this.openStream();
+    const start = this.guest.startRecording();
+    this.send({ open: { reservationId: this.reservationId, migrationId: this.id, firstSequence: start.firstSequence } });
+    const stopPing = this.startPings();
+    const stopMonitor = this.startMonitor();
+    try {
+      const unitPump = this.pumpUnits();
+      unitPump.catch(() => {}); // Observed below; failures also surface through the waits.
+      const checkpointStart = performance.now();
+      await this.pumpCheckpoint();
+      this.checkpointMs = performance.now() - checkpointStart;
+      this.checkpointDone = true;
+      this.throughputBytesPerSec = this.stats.checkpointWireBytes / Math.max(0.001, this.checkpointMs / 1000);
+      if (req.maxBandwidthBytesPerSec > 0) this.throughputBytesPerSec = Math.min(this.throughputBytesPerSec, req.maxBandwidthBytesPerSec);
+
+      // Phase 4 goes on until the target asks to stop and we agree (or the policy forces it).
+      this.setPhase('log-transfer');
+      await this.until(() => this.stopGranted || this.stopForced);
+
+      // Phase 5: stop-and-copy.
+      this.setPhase('stop-and-copy');
+      this.stats.status = 'stop-and-copy';
+      this.suspendedAtMs = performance.now();
+      await this.guest.suspend();
+      const suspendedMs = performance.now() - this.suspendedAtMs;
+      await unitPump;
+      const sentMs = performance.now() - this.suspendedAtMs;
+      await this.until(() => this.progressMsg.finalReplayed);
+      this.log.info({ suspendedMs, sentMs, replayedMs: performance.now() - this.suspendedAtMs }, 'stop-and-copy timing');
+    } finally {
+      stopPing();
+      stopMonitor();
+    }
+
+    // Phase 6: commitment.
+    this.setPhase('commitment');
+    this.stats.status = 'committing';
+    const digest = this.guest.digest();
+    this.stats.sourceDigest = digest;
+    this.checkCancelled();
+    this.commitSent = true;
+    this.send({ commit: { digest: this.request.faults?.corruptCommitDigest ? flipHex(digest) : digest } });
+    await this.until(() => this.commitResult !== null, true);
+    const result = this.commitResult!;
+    this.stats.targetDigest = result.targetDigest;
+    if (!result.matched) {
+      // The target refused the commit and discarded its replica: the guest is only here.
+      this.commitSent = false;
+      throw new CorruptDataError(`commit refused: the target's replica digest ${result.targetDigest} differs from the source's ${digest}`);
+    }
+    this.committed = true;
+    this.stats.totalTimeMs = this.elapsedMs();
+
+    // Phase 7: activation, confirmed by the target.
+    this.setPhase('activation');
+    await this.until(() => this.activated !== null, true, this.options.activationTimeoutMs);
+    const activated = this.activated!;
+    this.log.info({ commitMs: performance.now() - this.suspendedAtMs, resumeToReplyMs: activated.resumeToReplyMs }, 'activation timing');
+    this.stats.downtimeMs = performance.now() - this.suspendedAtMs - activated.resumeToReplyMs;
+    for (const hook of activated.hooks) if (hook.exitCode !== 0) this.log.warn({ hook: hook.command, exitCode: hook.exitCode, error: hook.error }, 'activation hook failed on the target');
+    this.guest.discard();
+  }
+
+  private async onFailure(error: unknown): Promise<void> {
+    const cancelled = this.cancelController.signal.aborted && !(error instanceof VmMigrateError && !(error instanceof AbortedError));
+    const e = error instanceof VmMigrateError ? error : new UnavailableError(error instanceof Error ? error.message : String(error), { cause: error });
+    if (!(error instanceof VmMigrateError)) this.log.error({ err: error }, 'unexpected error in a migration');
+    this.stats.error = e.message;
+    this.stats.errorCode = statusName(grpcCode(e));
+    if (this.committed) {
+      // The guest runs on the target, which committed; we only lack its confirmation.
+      this.stats.status = 'failed';
+      this.stats.error = `committed, but the target's activation was not confirmed (${e.message}); the source copy is kept suspended, not discarded`;
+      this.log.error({ err: e.message }, this.stats.error);
+      return;
+    }
+    if (this.commitSent) {
+      this.stats.status = 'failed';
+      this.stats.error = `commit outcome unknown (${e.message}): the guest is kept suspended on the source; check the target before resuming it`;
+      this.log.error(this.stats.error);
+      return;
+    }
+    // Abort before the commit: the target drops its replica, the guest runs here.
+    this.sendAbort(e.message);
+    if (!this.streamOpened && this.reservationId !== '' && this.client !== null) {
+      await unary(this.client, migrationService.release, pb.ReleaseRequest.create({ reservationId: this.reservationId, reason: e.message }), this.options.callTimeoutMs, 'release').catch(
+        (releaseError: unknown) => this.log.warn({ err: String(releaseError) }, 'could not release the reservation (it expires on its own)'),
+      );
+    }
+    this.guest.stopRecording();
+    if (this.guest.describe().state === 'suspended') this.guest.resume();
+    this.guest.setThrottle(1);
+    this.stats.status = cancelled ? 'cancelled' : 'failed';
+    this.log.warn({ err: e.message, code: this.stats.errorCode, phase: this.stats.phase }, cancelled ? 'migration cancelled: guest runs on the source' : 'migration failed: guest runs on the source');
+  }
+
+  // --- the transfer stream ---------------------------------------------------------------
+
+  private openStream(): void {
+    const m = countingService(migrationService, this.counter, 'client').transfer;
+    const call = this.client!.makeBidiStreamRequest(m.path, m.requestSerialize, m.responseDeserialize) as grpc.ClientDuplexStream<
+      InstanceType<typeof pb.SourceMessage>,
+      TargetMessage
+    >;
+    this.call = call;
+    this.streamOpened = true;
+    call.on('data', (message: TargetMessage) => this.onTargetMessage(message));
+    call.on('error', (error: grpc.ServiceError) => {
+      if (this.streamError === null) this.streamError = fromStatus(error.code, error.details || error.message, `transfer stream to ${this.request.targetAddress}`);
+      this.notify();
+    });
+    call.on('end', () => {
+      if (this.streamError === null && !(this.activated !== null || (this.commitResult !== null && !this.commitResult.matched))) {
+        this.streamError = new UnavailableError(`the target ${this.request.targetAddress} closed the transfer stream`);
+      }
+      this.notify();
+    });
+  }
+
+  private onTargetMessage(message: TargetMessage): void {
+    switch (message.body) {
+      case 'progress':
+        this.onProgress(message.progress as Progress);
+        break;
+      case 'stopRequest':
+        this.onStopRequest(message.stopRequest as InstanceType<typeof pb.StopRequest>);
+        break;
+      case 'commitResult':
+        this.commitResult = message.commitResult as InstanceType<typeof pb.CommitResult>;
+        break;
+      case 'activated':
+        this.activated = message.activated as InstanceType<typeof pb.Activated>;
+        break;
+      case 'error': {
+        const e = message.error!;
+        this.streamError = fromStatus(e.code ?? 2, e.message ?? '', `target ${this.request.targetAddress}`);
+        break;
+      }
+      case 'pong': {
+        const rtt = performance.now() - (message.pong?.sentMs ?? 0);
+        this.stats.rttMs = this.stats.rttMs === 0 ? rtt : 0.8 * this.stats.rttMs + 0.2 * rtt;
+        break;
+      }
+    }
+    this.notify();
+  }
+
+  private onProgress(progress: Progress): void {
+    const newlyReplayed = progress.unitsReplayed - this.progressMsg.unitsReplayed;
+    for (let i = 0; i < newlyReplayed; i++) this.unitBytesInFlight -= this.unitSizesInFlight.shift() ?? 0;
+    this.progressMsg = progress;
+    this.stats.unitsReplayed = progress.unitsReplayed;
+    this.stats.replayRate = progress.replayRate;
+  }
+
+  private onStopRequest(request: InstanceType<typeof pb.StopRequest>): void {
+    this.stats.rounds++;
+    if (!this.checkpointDone || this.stats.phase !== 'log-transfer') {
+      this.send({ stopDecision: { granted: false, reason: `source is in phase ${this.stats.phase}` } });
+      this.stats.stopRequestsDenied++;
+      return;
+    }
+    const rec = this.guest.recordingStats();
+    const unsent = rec.bytesQueued + this.heldUnitBytes;
+    // Units the target has not replayed include those still in flight, which its queue does not
+    // show yet: count from what we recorded.
+    const notReplayed = rec.unitsRecorded - this.progressMsg.unitsReplayed;
+    const decision = decideStop({
+      unsentLogBytes: unsent,
+      unitsNotReplayed: notReplayed,
+      unitsAllowed: request.remainingUnitsAllowed,
+      downtimeLimitMs: this.request.downtimeLimitMs,
+      throughputBytesPerSec: this.throughputBytesPerSec,
+      rttMs: this.stats.rttMs,
+    });
+    this.send({ stopDecision: { granted: decision.granted, reason: decision.reason, unsentLogBytes: unsent, unsentLogBytesAllowed: decision.allowedBytes } });
+    if (decision.granted) {
+      this.stopGranted = true;
+      this.log.info({ remainingUnits: request.remainingUnits, unsentLogBytes: unsent, rounds: this.stats.rounds }, 'stop-and-copy agreed');
+    } else {
+      this.stats.stopRequestsDenied++;
+    }
+  }
+
+  private send(body: Record<string, object>): void {
+    this.call?.write(pb.SourceMessage.create(body as never));
+  }
+
+  /** Writes one message, waiting for the stream's buffer to drain and for the bandwidth limit. */
+  private async write(body: Record<string, object>, bytes: number): Promise<void> {
+    await this.throttleBandwidth(bytes);
+    const call = this.call!;
+    const ok = call.write(pb.SourceMessage.create(body as never));
+    if (!ok) await this.until(() => true, false, undefined, new Promise<void>((resolve) => call.once('drain', () => resolve())));
+  }
+
+  private async throttleBandwidth(bytes: number): Promise<void> {
+    const rate = this.request.maxBandwidthBytesPerSec;
+    if (!(rate > 0)) return;
+    // Token bucket holding at most 50 ms of credit.
+    const now = performance.now();
+    const b = this.bucket;
+    b.tokens = Math.min(rate * 0.05, b.tokens + ((now - b.atMs) / 1000) * rate);
+    b.atMs = now;
+    b.tokens -= bytes;
+    if (b.tokens < 0) await this.sleep((-b.tokens / rate) * 1000);
+  }
+
+  private sendAbort(reason: string): void {
+    if (this.call === null) return;
+    try {
+      this.send({ abort: { reason } });
+      this.call.end();
+    } catch {
+      // The stream is already gone; the target discards on its own.
+    }
+  }
+
+  private closeTransport(): void {
+    try {
+      this.call?.end();
+    } catch {
+      // Already closed.
+    }
+    this.client?.close();
+  }
+
+  // --- the pumps ---------------------------------------------------------------------
+
+  private async pumpCheckpoint(): Promise<void> {
+    const faults = this.request.faults;
+    for await (const chunk of this.guest.liveCheckpoint()) {
+      this.abortAt('checkpoint');
+      await this.until(() => this.chunksSent - this.progressMsg.chunksApplied < this.windows.chunk);
+      const payload = packPayload(chunk.bytes);
+      if (faults?.corruptChunkIndex === chunk.index) corrupt(payload);
+      this.stats.checkpointBytes += chunk.bytes.length;
+      this.stats.checkpointWireBytes += payload.data.length;
+      this.stats.checkpointMemoryBytesCovered += chunk.memoryBytesCovered;
+      this.chunksSent++;
+      await this.write({ chunk: { index: chunk.index, final: chunk.final, memoryBytesCovered: chunk.memoryBytesCovered, payload } }, payload.data.length);
+    }
+    // The target applies chunks as they arrive: wait until it has the whole image.
+    await this.until(() => this.progressMsg.checkpointRestored);
+  }
+
+  private async pumpUnits(): Promise<void> {
+    const faults = this.request.faults;
+    for (;;) {
+      const unit = await this.guest.nextSealedUnit(this.cancelController.signal);
+      if (unit === null) {
+        if (this.stats.phase === 'stop-and-copy' || this.stats.phase === 'commitment') return;
+        throw new AbortedError('recording ended before the final unit');
+      }
+      this.heldUnitBytes = unit.bytes.length;
+      await this.until(() => this.stats.unitsSent - this.progressMsg.unitsReplayed < this.windows.unit && this.unitBytesInFlight + unit.bytes.length <= this.windows.unitBytes);
+      const payload = packPayload(unit.bytes);
+      if (faults?.corruptUnitSequence === unit.sequence) corrupt(payload);
+      this.unitSizesInFlight.push(unit.bytes.length);
+      this.unitBytesInFlight += unit.bytes.length;
+      this.stats.unitsSent++;
+      this.heldUnitBytes = 0;
+      await this.write({ unit: { sequence: unit.sequence, final: unit.final, guestNs: unit.guestNs, eventCount: unit.eventCount, payload } }, payload.data.length);
+      if (unit.final) return;
+    }
+  }
+
+  // --- monitoring ----------------------------------------------------------------------
+
+  /**
+   * Measures the round trip with small unary calls: each goes on its own HTTP/2 stream, so it does
+   * not queue behind checkpoint data as a message on the transfer stream would.
+   */
+  private startPings(): () => void {
+    let inFlight = false;
+    const ping = () => {
+      if (inFlight || this.client === null) return;
+      inFlight = true;
+      const sentMs = performance.now();
+      unary(this.client, migrationService.getCapacity, pb.CapacityRequest.create(), this.options.callTimeoutMs, 'ping')
+        .then(() => {
+          const rtt = performance.now() - sentMs;
+          this.stats.rttMs = this.stats.rttMs === 0 ? rtt : 0.8 * this.stats.rttMs + 0.2 * rtt;
+        })
+        .catch(() => {})
+        .finally(() => (inFlight = false));
+    };
+    const timer = setInterval(ping, this.options.pingIntervalMs);
+    ping();
+    return () => clearInterval(timer);
+  }
+
+  /** Samples the backlog, applies the maximum duration and the non-convergence policy. */
+  private startMonitor(): () => void {
+    const timer = setInterval(() => {
+      this.refreshStats();
+      this.emit('progress');
+      const elapsed = this.elapsedMs();
+      if (this.stats.phase === 'checkpoint' && elapsed >= this.request.maxDurationMs) {
+        this.streamError ??= new DeadlineExceededError(`migration ran ${elapsed.toFixed(0)} ms, its maximum is ${this.request.maxDurationMs} ms (still in the checkpoint phase)`);
+        this.notify();
+        return;
+      }
+      if (this.stats.phase !== 'log-transfer' || this.stopGranted || this.stopForced) return;
+      // Keep the incremental digest fresh, so that the one taken at commitment (inside the
+      // downtime) only hashes the pages of the last few units.
+      this.guest.digest();
+      this.backlog.push({ atMs: elapsed, backlogUnits: this.stats.remainingUnits });
+      if (this.backlog.length > 200) this.backlog.shift();
+      const verdict = judgeConvergence(this.backlog, this.options.convergenceWindowMs, this.progressMsg.remainingUnitsAllowed || 1);
+      const throttle = this.stats.throttle;
+      const decision = nonConvergenceAction(this.request.policy, verdict, elapsed, this.request.maxDurationMs, throttle);
+      switch (decision.action) {
+        case 'abort':
+          this.streamError ??= new DeadlineExceededError(decision.reason);
+          break;
+        case 'force':
+          this.stopForced = true;
+          this.stats.forced = true;
+          this.log.warn({ reason: decision.reason }, 'forcing stop-and-copy');
+          break;
+        case 'throttle': {
+          const next = nextThrottle(throttle);
+          this.guest.setThrottle(next);
+          this.stats.throttle = next;
+          this.backlog.length = 0;
+          this.log.warn({ throttle: next, reason: decision.reason }, 'throttling the guest to converge');
+          break;
+        }
+        case 'continue':
+          break;
+      }
+      this.notify();
+    }, this.options.monitorIntervalMs);
+    return () => clearInterval(timer);
+  }
+
+  refreshStats(): MigrationStats {
+    const s = this.stats;
+    const rec = this.guest.describe().state === 'discarded' ? null : this.guest.recordingStats();
+    if (rec !== null) {
+      s.unitsRecorded = rec.unitsRecorded;
+      s.logBytes = rec.logBytes;
+      s.stallMs = rec.stallMs;
+    }
+    s.transferredBytes = this.counter.sent + this.counter.received;
+    s.remainingUnits = Math.max(0, s.unitsRecorded - s.unitsReplayed);
+    const unsent = (rec?.bytesQueued ?? 0) + this.heldUnitBytes;
+    s.remainingBytes = Math.max(0, s.memoryBytes - s.checkpointMemoryBytesCovered) + unsent;
+    if (!this.committed) s.totalTimeMs = this.elapsedMs();
+    s.mbps = (s.transferredBytes * 8) / 1e6 / Math.max(0.001, this.elapsedMs() / 1000);
+    const guestSeconds = (s.unitsRecorded * this.guest.describe().unitMs) / 1000;
+    s.logRateBytesPerSec = guestSeconds > 0 ? s.logBytes / guestSeconds : 0;
+    s.expectedDowntimeMs = expectedDowntimeMs({
+      unsentLogBytes: unsent,
+      unitsToReplay: s.remainingUnits,
+      unitMs: this.guest.describe().unitMs,
+      replayRate: s.replayRate,
+      throughputBytesPerSec: this.throughputBytesPerSec,
+      rttMs: s.rttMs,
+    });
+    return s;
+  }
+
+  // --- helpers -------------------------------------------------------------------------
+
+  private setPhase(phase: MigrationPhase): void {
+    this.stats.phase = phase;
+    if (phase !== 'done') {
+      this.log.info({ phase }, 'phase');
+      this.abortAt(phase);
+    }
+    this.emit('phase', phase);
+  }
+
+  private abortAt(phase: MigrationPhase): void {
+    if (this.request.faults?.abortAtPhase === phase) {
+      this.cancelController.abort(new AbortedError(`fault injection: abort at phase ${phase}`));
+      throw new AbortedError(`fault injection: abort at phase ${phase}`);
+    }
+  }
+
+  private elapsedMs(): number {
+    return performance.now() - this.t0;
+  }
+
+  private checkCancelled(): void {
+    if (this.cancelController.signal.aborted) throw this.cancelController.signal.reason instanceof Error ? this.cancelController.signal.reason : new AbortedError('cancelled');
+  }
+
+  private notify(): void {
+    const waiters = this.waiters;
+    this.waiters = new Set();
+    for (const w of waiters) w();
+  }
+
+  /**
+   * Waits until `predicate` holds, re-checking on every message from the target. Rejects when
+   * the stream fails, or (unless `pastCommit`) when the migration is cancelled; with `timeoutMs`,
+   * rejects after that long.
+   */
+  private async until(predicate: () => boolean, pastCommit = false, timeoutMs?: number, extra?: Promise<void>): Promise<void> {
+    const deadlineMs = timeoutMs === undefined ? Infinity : performance.now() + timeoutMs;
+    let extraDone = extra === undefined;
+    void extra?.then(() => {
+      extraDone = true;
+      this.notify();
+    });
+    for (;;) {
+      if (!pastCommit) this.checkCancelled();
+      if (this.streamError !== null) throw this.streamError;
+      if (extraDone && predicate()) return;
+      if (performance.now() >= deadlineMs) throw new DeadlineExceededError(`no answer from the target within ${timeoutMs} ms (phase ${this.stats.phase})`);
+      await new Promise<void>((resolve) => {
+        this.waiters.add(resolve);
+        const t = setTimeout(resolve, Math.min(250, Math.max(1, deadlineMs - performance.now())));
+        t.unref();
+      });
+    }
+  }
+
+  private sleep(ms: number): Promise<void> {
+    return new Promise((resolve) => setTimeout(resolve, ms));
+  }
+}
+
+function corrupt(payload: WirePayload): void {
+  const data = new Uint8Array(payload.data);
+  data[data.length >> 1] ^= 0xff;
+  payload.data = data;
+}
+
+function flipHex(digest: string): string {
+  return (digest[0] === '0' ? '1' : '0') + digest.slice(1);
+}
+
+function grpcCode(error: VmMigrateError): number {
+  return grpc.status[error.code as keyof typeof grpc.status] as number;
+}

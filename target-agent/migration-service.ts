@@ -1,0 +1,169 @@
+// The target side of a migration: the Migration gRPC service. Phase 1 (capacity), phase 2
+// (reservation, with the version handshake), and phases 3 to 7 on the Transfer stream, one
+// TargetSession per stream (target-agent/session.ts).
+
+import { randomUUID } from 'node:crypto';
+import type { Logger } from 'pino';
+import type { GuestDescription, HypervisorDriver, TargetReplica } from '../shared/driver/types.js';
+import { InvalidArgumentError, InvalidStateError, NotFoundError, VmMigrateError } from '../shared/errors.js';
+import { AGENT_VERSION, PROTOCOL_VERSION } from '../shared/protocol.js';
+import { grpc, type migrationService, pb, toServiceError } from '../shared/transport/grpc.js';
+import { TargetSession } from './session.js';
+
+export interface TargetOptions {
+  /** Checkpoint chunks the source may have outstanding (sent, not applied). */
+  chunkWindow: number;
+  /** Units the source may have outstanding (sent, not replayed), by count and by bytes. */
+  unitWindow: number;
+  unitWindowBytes: number;
+  /** A reservation not opened by a Transfer within this time is released. */
+  reservationTimeoutMs: number;
+  /** Commands run after the guest resumes here (`sh -c`), each bounded by hookTimeoutMs. */
+  activationHooks: string[];
+  hookTimeoutMs: number;
+  /** Minimum interval between progress reports. */
+  progressIntervalMs: number;
+}
+
+export const TARGET_DEFAULTS: TargetOptions = {
+  chunkWindow: 16,
+  unitWindow: 4096,
+  unitWindowBytes: 64 * 1024 * 1024,
+  reservationTimeoutMs: 60_000,
+  activationHooks: [],
+  hookTimeoutMs: 10_000,
+  progressIntervalMs: 20,
+};
+
+export interface Reservation {
+  readonly id: string;
+  readonly migrationId: string;
+  readonly replica: TargetReplica;
+  readonly downtimeLimitMs: number;
+  readonly unitMs: number;
+  opened: boolean;
+  timer: NodeJS.Timeout;
+}
+
+type Handlers = { [K in keyof typeof migrationService]: grpc.UntypedHandleCall };
+
+export class MigrationService {
+  private readonly reservations = new Map<string, Reservation>();
+  private readonly sessions = new Set<TargetSession>();
+
+  constructor(
+    private readonly driver: HypervisorDriver,
+    readonly options: TargetOptions,
+    private readonly log: Logger,
+  ) {}
+
+  capacity(): InstanceType<typeof pb.Capacity> {
+    const c = this.driver.capacity();
+    return pb.Capacity.create({ ...c, protocolVersion: PROTOCOL_VERSION, agentVersion: AGENT_VERSION });
+  }
+
+  reserve(request: InstanceType<typeof pb.ReserveRequest>): InstanceType<typeof pb.ReserveResponse> {
+    if (request.protocolVersion !== PROTOCOL_VERSION) {
+      throw new InvalidStateError(`protocol version ${request.protocolVersion} is not supported: this agent (${AGENT_VERSION}) speaks version ${PROTOCOL_VERSION}`);
+    }
+    const g = request.guest;
+    if (!g || !g.id) throw new InvalidArgumentError('reservation without a guest description');
+    if (!request.migrationId) throw new InvalidArgumentError('reservation without a migration id');
+    const downtimeLimitMs = request.downtimeLimitMs;
+    if (!(downtimeLimitMs >= 1 && downtimeLimitMs <= 600_000)) throw new InvalidArgumentError(`downtime limit ${downtimeLimitMs} ms: expected 1 to 600000`);
+    const description: GuestDescription = {
+      id: g.id,
+      driver: g.driver ?? '',
+      memoryBytes: g.memoryBytes ?? 0,
+      vcpus: g.vcpus ?? 0,
+      unitMs: g.unitMs ?? 0,
+      state: 'running',
+      machineConfig: g.machineConfig ?? new Uint8Array(0),
+      summary: g.summary ?? '',
+    };
+    const replica = this.driver.reserve(description);
+    const id = randomUUID();
+    const reservation: Reservation = {
+      id,
+      migrationId: request.migrationId,
+      replica,
+      downtimeLimitMs,
+      unitMs: g.unitMs ?? 0,
+      opened: false,
+      timer: setTimeout(() => {
+        if (!reservation.opened) this.release(id, `not opened within ${this.options.reservationTimeoutMs} ms`);
+      }, this.options.reservationTimeoutMs),
+    };
+    reservation.timer.unref();
+    this.reservations.set(id, reservation);
+    this.log.info({ migrationId: request.migrationId, guestId: g.id, reservationId: id, memoryBytes: g.memoryBytes }, 'reserved room for an incoming guest');
+    return pb.ReserveResponse.create({
+      protocolVersion: PROTOCOL_VERSION,
+      agentVersion: AGENT_VERSION,
+      reservationId: id,
+      chunkWindow: this.options.chunkWindow,
+      unitWindow: this.options.unitWindow,
+      unitWindowBytes: this.options.unitWindowBytes,
+    });
+  }
+
+  /** Releases a reservation and discards its replica (unless it was activated). */
+  release(id: string, reason: string): void {
+    const r = this.reservations.get(id);
+    if (r === undefined) return;
+    clearTimeout(r.timer);
+    this.reservations.delete(id);
+    r.replica.discard();
+    this.log.info({ migrationId: r.migrationId, guestId: r.replica.id, reservationId: id, reason }, 'released reservation');
+  }
+
+  /** Takes a reservation for a Transfer stream. */
+  open(id: string): Reservation {
+    const r = this.reservations.get(id);
+    if (r === undefined) throw new NotFoundError(`no reservation '${id}' on this agent (expired or released?)`);
+    if (r.opened) throw new InvalidStateError(`reservation '${id}' is already in use by another transfer`);
+    r.opened = true;
+    clearTimeout(r.timer);
+    return r;
+  }
+
+  /** Forgets a reservation whose replica was activated (the guest now belongs to the driver). */
+  forget(id: string): void {
+    const r = this.reservations.get(id);
+    if (r !== undefined) clearTimeout(r.timer);
+    this.reservations.delete(id);
+  }
+
+  /** Aborts every session and releases every reservation (agent shutdown). */
+  shutdown(reason: string): void {
+    for (const s of [...this.sessions]) s.abort(reason);
+    for (const id of [...this.reservations.keys()]) this.release(id, reason);
+  }
+
+  handlers(): Handlers {
+    const unaryHandler =
+      <Req, Res>(fn: (req: Req) => Res): grpc.handleUnaryCall<Req, Res> =>
+      (call, callback) => {
+        try {
+          callback(null, fn(call.request));
+        } catch (error) {
+          if (!(error instanceof VmMigrateError)) this.log.error({ err: error }, 'unexpected error in a Migration call');
+          callback(toServiceError(error));
+        }
+      };
+    return {
+      getCapacity: unaryHandler(() => this.capacity()),
+      reserve: unaryHandler((req: InstanceType<typeof pb.ReserveRequest>) => this.reserve(req)),
+      release: unaryHandler((req: InstanceType<typeof pb.ReleaseRequest>) => {
+        if (!this.reservations.has(req.reservationId)) throw new NotFoundError(`no reservation '${req.reservationId}' on this agent`);
+        this.release(req.reservationId, req.reason || 'released by the source');
+        return pb.ReleaseResponse.create();
+      }),
+      transfer: ((call: grpc.ServerDuplexStream<InstanceType<typeof pb.SourceMessage>, InstanceType<typeof pb.TargetMessage>>) => {
+        const session = new TargetSession(call, this, this.log);
+        this.sessions.add(session);
+        void session.done.finally(() => this.sessions.delete(session));
+      }) as grpc.handleBidiStreamingCall<InstanceType<typeof pb.SourceMessage>, InstanceType<typeof pb.TargetMessage>>,
+    };
+  }
+}

@@ -1,0 +1,356 @@
+// One incoming migration on the target, on one Transfer stream: restore the checkpoint (phase 3),
+// receive and replay units in order while reporting progress (phase 4), ask for stop-and-copy
+// when the remaining units fit the downtime limit (phase 5), check the source's digest (phase 6),
+// then resume the guest here and run the activation hooks (phase 7).
+//
+// Anything that goes wrong before the commit discards the replica and its reservation: the guest
+// then only exists on the source, which resumes it.
+
+import { spawn } from 'node:child_process';
+import type { Logger } from 'pino';
+import { remainingUnitsAllowed } from '../shared/convergence.js';
+import { CorruptDataError, InvalidStateError, LimitExceededError, VmMigrateError } from '../shared/errors.js';
+import { unpackPayload } from '../shared/protocol.js';
+import { grpc, pb, statusOf } from '../shared/transport/grpc.js';
+import type { MigrationService, Reservation } from './migration-service.js';
+
+type SourceMessage = InstanceType<typeof pb.SourceMessage>;
+type TargetMessage = InstanceType<typeof pb.TargetMessage>;
+
+/**
+ * - open: waiting for the Open message;
+ * - restoring: applying checkpoint chunks (units already queue);
+ * - replaying: checkpoint restored, units replayed as they come;
+ * - committed: digests matched; the guest is ours from here on;
+ * - activated: the guest runs here;
+ * - ended: aborted or failed; the replica was discarded.
+ */
+type SessionState = 'open' | 'restoring' | 'replaying' | 'committed' | 'activated' | 'ended';
+
+interface QueuedUnit {
+  sequence: number;
+  bytes: Uint8Array;
+  final: boolean;
+}
+
+export class TargetSession {
+  private state: SessionState = 'open';
+  private reservation: Reservation | null = null;
+  private readonly queue: QueuedUnit[] = [];
+  private queueBytes = 0;
+  private chunksApplied = 0;
+  private unitsReceived = 0;
+  private unitsReplayed = 0;
+  private bytesReceived = 0;
+  private finalReplayed = false;
+  /** Guest seconds per wall second of replay, exponentially weighted. */
+  private replayRate = 0;
+  private replaying = false;
+  private stopRequestPending = false;
+  private lastStopRequestMs = 0;
+  private lastProgressMs = 0;
+  private lastDigestMs = 0;
+  private readonly rateWindow: Array<{ guestNs: number; ms: number }> = [];
+  private rateGuestNs = 0;
+  private rateMs = 0;
+  private lastReplayEndMs = 0;
+  private progressTimer: NodeJS.Timeout | null = null;
+  private resolveDone!: () => void;
+  readonly done = new Promise<void>((resolve) => (this.resolveDone = resolve));
+
+  constructor(
+    private readonly call: grpc.ServerDuplexStream<SourceMessage, TargetMessage>,
+    private readonly service: MigrationService,
+    private log: Logger,
+  ) {
+    call.on('data', (message: SourceMessage) => this.onMessage(message));
+    call.on('end', () => this.onEnd('the source closed the stream'));
+    call.on('cancelled', () => this.onEnd('the source cancelled the stream'));
+    call.on('error', (error) => this.onEnd(`stream error: ${error.message}`));
+  }
+
+  /** Ends the session from outside (agent shutdown): before the commit, the replica is dropped. */
+  abort(reason: string): void {
+    this.fail(new InvalidStateError(`target agent: ${reason}`));
+  }
+
+  private onMessage(message: SourceMessage): void {
+    if (this.state === 'ended') return;
+    try {
+      const payload = message.chunk?.payload ?? message.unit?.payload;
+      if (payload?.data) this.bytesReceived += payload.data.length;
+      switch (message.body) {
+        // Decoded sub-messages are instances: absent scalars read as their proto3 defaults.
+        case 'open':
+          return this.onOpen(message.open as InstanceType<typeof pb.Open>);
+        case 'chunk':
+          return this.onChunk(message.chunk as InstanceType<typeof pb.CheckpointChunk>);
+        case 'unit':
+          return this.onUnit(message.unit as InstanceType<typeof pb.LogUnit>);
+        case 'stopDecision':
+          return this.onStopDecision(message.stopDecision as InstanceType<typeof pb.StopDecision>);
+        case 'commit':
+          return this.onCommit(message.commit as InstanceType<typeof pb.Commit>);
+        case 'abort':
+          return this.end(`aborted by the source: ${message.abort?.reason ?? ''}`);
+        case 'ping':
+          return this.send({ pong: { sentMs: message.ping?.sentMs ?? 0 } });
+        default:
+          throw new CorruptDataError(`unknown message on the transfer stream (${String(message.body)})`);
+      }
+    } catch (error) {
+      this.fail(error);
+    }
+  }
+
+  private onOpen(open: InstanceType<typeof pb.Open>): void {
+    if (this.state !== 'open') throw new InvalidStateError(`Open received twice (session is ${this.state})`);
+    this.reservation = this.service.open(open.reservationId);
+    this.log = this.log.child({ migrationId: this.reservation.migrationId, guestId: this.reservation.replica.id });
+    this.state = 'restoring';
+    this.log.info({ firstSequence: open.firstSequence }, 'transfer opened: restoring checkpoint');
+  }
+
+  private requireReservation(what: string): Reservation {
+    if (this.reservation === null) throw new InvalidStateError(`${what} before Open`);
+    return this.reservation;
+  }
+
+  private onChunk(chunk: InstanceType<typeof pb.CheckpointChunk>): void {
+    const r = this.requireReservation(`checkpoint chunk ${chunk.index}`);
+    if (this.state !== 'restoring') throw new InvalidStateError(`checkpoint chunk ${chunk.index} after the checkpoint was restored`);
+    const bytes = unpackPayload(chunk.payload, `checkpoint chunk ${chunk.index}`);
+    r.replica.restoreChunk({ index: chunk.index, final: chunk.final, bytes, memoryBytesCovered: chunk.memoryBytesCovered });
+    this.chunksApplied++;
+    if (r.replica.restored) {
+      this.state = 'replaying';
+      // Hash the restored image now rather than at commitment, inside the downtime: later digests
+      // only rehash pages the replay wrote.
+      r.replica.digest();
+      this.log.info({ chunks: this.chunksApplied, queuedUnits: this.queue.length }, 'checkpoint restored: replaying');
+      this.kickReplay();
+    }
+    this.progress(true);
+  }
+
+  private onUnit(unit: InstanceType<typeof pb.LogUnit>): void {
+    this.requireReservation(`unit ${unit.sequence}`);
+    if (this.state !== 'restoring' && this.state !== 'replaying') throw new InvalidStateError(`unit ${unit.sequence} received while ${this.state}`);
+    const opts = this.service.options;
+    const bytes = unpackPayload(unit.payload, `unit ${unit.sequence}`);
+    if (this.queue.length + 1 > opts.unitWindow || this.queueBytes + bytes.length > opts.unitWindowBytes) {
+      throw new LimitExceededError(
+        `unit ${unit.sequence} overflows the unit window: ${this.queue.length} units / ${this.queueBytes} bytes queued, window ${opts.unitWindow} units / ${opts.unitWindowBytes} bytes`,
+      );
+    }
+    this.queue.push({ sequence: unit.sequence, bytes, final: unit.final });
+    this.queueBytes += bytes.length;
+    this.unitsReceived++;
+    this.kickReplay();
+  }
+
+  private onStopDecision(decision: InstanceType<typeof pb.StopDecision>): void {
+    this.stopRequestPending = false;
+    if (!decision.granted) this.log.debug({ reason: decision.reason }, 'stop-and-copy not granted yet');
+    else this.log.info({ unsentLogBytes: decision.unsentLogBytes }, 'stop-and-copy granted');
+  }
+
+  private onCommit(commit: InstanceType<typeof pb.Commit>): void {
+    const r = this.requireReservation('commit');
+    if (this.state !== 'replaying' || !this.finalReplayed || this.queue.length > 0) {
+      throw new InvalidStateError(`commit received before the final unit was replayed (${this.queue.length} units queued, state ${this.state})`);
+    }
+    const targetDigest = r.replica.digest();
+    if (targetDigest !== commit.digest) {
+      this.log.error({ sourceDigest: commit.digest, targetDigest }, 'commit refused: digests differ');
+      this.send({ commitResult: { matched: false, targetDigest } });
+      this.end(`digest mismatch: source ${commit.digest}, replica ${targetDigest}`);
+      return;
+    }
+    // The commit point: from here the guest is this host's. It resumes here even if the stream
+    // breaks now; the source never resumes its copy after sending the commit.
+    this.state = 'committed';
+    this.send({ commitResult: { matched: true, targetDigest } });
+    const resumedAt = performance.now();
+    r.replica.activate();
+    this.service.forget(r.id);
+    this.state = 'activated';
+    this.log.info({ digest: targetDigest }, 'committed and resumed the guest here');
+    void this.runHooks(r).then((hooks) => {
+      this.send({ activated: { resumeToReplyMs: performance.now() - resumedAt, hooks } });
+      this.finish();
+    });
+  }
+
+  private async runHooks(r: Reservation): Promise<Array<{ command: string; exitCode: number; error: string }>> {
+    const results = [];
+    for (const command of this.service.options.activationHooks) {
+      results.push(await runHook(command, this.service.options.hookTimeoutMs, { VMMIGRATE_GUEST_ID: r.replica.id, VMMIGRATE_MIGRATION_ID: r.migrationId }));
+      const last = results[results.length - 1];
+      if (last.exitCode !== 0) this.log.warn({ hook: command, exitCode: last.exitCode, error: last.error }, 'activation hook failed');
+    }
+    return results;
+  }
+
+  /** Replays queued units, yielding to I/O between units, while the checkpoint is restored. */
+  private kickReplay(): void {
+    if (this.replaying || this.state !== 'replaying') {
+      this.progress(false);
+      return;
+    }
+    this.replaying = true;
+    setImmediate(() => this.replayLoop());
+  }
+
+  private replayLoop(): void {
+    const r = this.reservation!;
+    try {
+      const started = performance.now();
+      // Replay for up to 10 ms at a time, then let incoming messages in.
+      while (this.state === 'replaying' && this.queue.length > 0 && performance.now() - started < 10) {
+        const unit = this.queue.shift()!;
+        this.queueBytes -= unit.bytes.length;
+        const t0 = performance.now();
+        const applied = r.replica.applyUnit(unit.bytes);
+        this.unitsReplayed++;
+        this.recordReplay(applied.guestNs, performance.now() - t0);
+        if (applied.final) {
+          this.finalReplayed = true;
+          this.log.info({ unitsReplayed: this.unitsReplayed }, 'final unit replayed');
+        }
+      }
+    } catch (error) {
+      this.replaying = false;
+      this.fail(error);
+      return;
+    }
+    if (this.queue.length === 0 && this.state === 'replaying' && !this.finalReplayed && performance.now() - this.lastDigestMs > 200) {
+      // Idle: keep the incremental digest fresh (see onChunk).
+      this.lastDigestMs = performance.now();
+      r.replica.digest();
+    }
+    this.progress(this.queue.length === 0 || this.finalReplayed);
+    if (this.state === 'replaying' && this.queue.length > 0) setImmediate(() => this.replayLoop());
+    else this.replaying = false;
+  }
+
+  /**
+   * Replay rate as a ratio of sums over the last units (an average of per-unit ratios would be
+   * biased upward by short units), with the time between units of one batch (decoding, I/O)
+   * counted: what the target really achieves, which the stop threshold relies on.
+   */
+  private recordReplay(guestNs: number, ms: number): void {
+    const w = this.rateWindow;
+    const now = performance.now();
+    const overheadMs = this.lastReplayEndMs > 0 && now - ms - this.lastReplayEndMs < 5 ? now - ms - this.lastReplayEndMs : 0;
+    this.lastReplayEndMs = now;
+    w.push({ guestNs, ms: ms + overheadMs });
+    this.rateGuestNs += guestNs;
+    this.rateMs += ms + overheadMs;
+    if (w.length > 100) {
+      const old = w.shift()!;
+      this.rateGuestNs -= old.guestNs;
+      this.rateMs -= old.ms;
+    }
+    if (this.rateMs > 0 && this.rateGuestNs > 0) this.replayRate = this.rateGuestNs / 1e6 / this.rateMs;
+  }
+
+  /** Sends progress (at most every progressIntervalMs unless `force`), and a stop request when due. */
+  private progress(force: boolean): void {
+    if (this.state === 'ended' || this.reservation === null) return;
+    const now = performance.now();
+    const interval = this.service.options.progressIntervalMs;
+    if (!force && now - this.lastProgressMs < interval) {
+      if (this.progressTimer === null) {
+        this.progressTimer = setTimeout(() => {
+          this.progressTimer = null;
+          this.progress(true);
+        }, interval);
+      }
+      return;
+    }
+    this.lastProgressMs = now;
+    const r = this.reservation;
+    const allowed = remainingUnitsAllowed(r.downtimeLimitMs, r.unitMs, this.replayRate || 1);
+    const restored = this.state !== 'restoring' && this.state !== 'open';
+    this.send({
+      progress: {
+        chunksApplied: this.chunksApplied,
+        checkpointRestored: restored,
+        unitsReceived: this.unitsReceived,
+        unitsReplayed: this.unitsReplayed,
+        remainingUnits: this.queue.length,
+        remainingUnitBytes: this.queueBytes,
+        replayRate: this.replayRate,
+        remainingUnitsAllowed: allowed,
+        bytesReceived: this.bytesReceived,
+        finalReplayed: this.finalReplayed,
+      },
+    });
+    if (this.state === 'replaying' && !this.finalReplayed && !this.stopRequestPending && this.queue.length <= allowed && now - this.lastStopRequestMs >= 50) {
+      this.stopRequestPending = true;
+      this.lastStopRequestMs = now;
+      this.send({ stopRequest: { remainingUnits: this.queue.length, remainingUnitsAllowed: allowed } });
+    }
+  }
+
+  private send(body: Partial<Record<NonNullable<TargetMessage['body']>, object>>): void {
+    if (this.state === 'ended') return;
+    try {
+      this.call.write(pb.TargetMessage.create(body as never));
+    } catch (error) {
+      this.log.warn({ err: error }, 'could not write to the transfer stream');
+    }
+  }
+
+  private fail(error: unknown): void {
+    if (this.state === 'ended') return;
+    const code = statusOf(error);
+    const message = error instanceof Error ? error.message : String(error);
+    if (!(error instanceof VmMigrateError)) this.log.error({ err: error }, 'unexpected error in a transfer');
+    this.send({ error: { code, message } });
+    this.end(message);
+  }
+
+  private onEnd(reason: string): void {
+    if (this.state === 'activated') return this.finish();
+    this.end(reason);
+  }
+
+  /** Ends the session; before the commit, the replica and its reservation are discarded. */
+  private end(reason: string): void {
+    if (this.state === 'ended') return;
+    const before = this.state;
+    if (before !== 'committed' && before !== 'activated' && this.reservation !== null) {
+      this.service.release(this.reservation.id, reason);
+      this.log.warn({ reason, phase: before }, 'incoming migration ended before commit: replica discarded');
+    }
+    this.state = 'ended';
+    this.finish();
+  }
+
+  private finish(): void {
+    if (this.progressTimer !== null) clearTimeout(this.progressTimer);
+    this.progressTimer = null;
+    try {
+      this.call.end();
+    } catch {
+      // Already closed.
+    }
+    this.resolveDone();
+  }
+}
+
+function runHook(command: string, timeoutMs: number, env: Record<string, string>): Promise<{ command: string; exitCode: number; error: string }> {
+  return new Promise((resolve) => {
+    const child = spawn('sh', ['-c', command], { env: { ...process.env, ...env }, stdio: ['ignore', 'ignore', 'pipe'], timeout: timeoutMs });
+    let stderr = '';
+    child.stderr.on('data', (d: Buffer) => {
+      if (stderr.length < 4096) stderr += d.toString();
+    });
+    child.on('error', (e) => resolve({ command, exitCode: -1, error: e.message }));
+    child.on('close', (code, signal) =>
+      resolve({ command, exitCode: code ?? -1, error: signal ? `killed by ${signal} (timeout ${timeoutMs} ms?)` : stderr.trim().slice(0, 1024) }),
+    );
+  });
+}
