@@ -202,9 +202,7 @@ t.test('the checkpoint stream of a stopped recording does not deliver live memor
     streamError = error;
   }
   t.comment(`stream after stopRecording: ${streamError instanceof Error ? `${streamError.name}: ${streamError.message}` : `ended, replica restored=${replica.restored}`}`);
-  t.ok(streamError !== undefined || (replica.restored && replica.digest() === instantDigest), 'the stream either fails or still yields the instant', {
-    todo: 'checkpointChunks keeps streaming live (post-instant) memory after endCheckpoint() released the copy-on-write pool (see report)',
-  });
+  t.ok(streamError !== undefined || (replica.restored && replica.digest() === instantDigest), 'the stream either fails or still yields the instant');
 });
 
 t.test('pages written to a replica while it restores do not survive as stale data', async (t) => {
@@ -232,7 +230,5 @@ t.test('pages written to a replica while it restores do not survive as stale dat
   const page = new Uint8Array(PAGE_BYTES);
   replica.pages.readPages(5000, 1, page);
   t.comment(`writePages while restoring was ${refused ? 'refused' : 'accepted'}; page 5000 byte 0 is now ${page[0]}`);
-  t.ok(refused || replica.digest() === instantDigest, 'either the write is refused, or the restore still yields the instant', {
-    todo: 'writePages is allowed while restoring, and CheckpointRestorer skips zero (elided) pages assuming fresh memory (see report)',
-  });
+  t.ok(refused || replica.digest() === instantDigest, 'either the write is refused, or the restore still yields the instant');
 });

@@ -393,11 +393,10 @@ t.test('a step stalled on the full log queue does not run past suspend', async (
   t.equal(units, 3, 'two units and the final one');
   t.ok(replica.complete);
   t.equal(replica.digest(), atSuspend, 'the replica ends where the source was suspended');
-  const todo = 'SimSourceGuest.step(): a unit stalled on the log queue runs, unrecorded, after suspend() (see report)';
   t.comment(`stalled step: ${stepped ? 'resolved' : 'rejected'} ${stepError instanceof Error ? stepError.message : ''}`);
-  t.equal(guest.runnerStats().unitsRun, unitsRun + 1, 'only the final unit ran after the stall began', { todo });
-  t.equal(guest.digest(), atSuspend, 'a suspended guest does not change', { todo });
-  t.equal(guest.digest(), replica.digest(), 'source and replica agree at the end of the migration', { todo });
+  t.equal(guest.runnerStats().unitsRun, unitsRun + 1, 'only the final unit ran after the stall began');
+  t.equal(guest.digest(), atSuspend, 'a suspended guest does not change');
+  t.equal(guest.digest(), replica.digest(), 'source and replica agree at the end of the migration');
 });
 
 t.test('recording a guest that is already suspended still ends with a final unit', async (t) => {
@@ -410,8 +409,7 @@ t.test('recording a guest that is already suspended still ends with a final unit
   t.equal(replica.digest(), guest.digest(), 'the checkpoint of a suspended guest restores');
   await guest.suspend();
   // suspend() is the only way to seal the final unit; without it nextSealedUnit() waits forever.
-  const todo = 'suspend() returns early for a suspended guest and never seals the final unit (see report)';
-  t.equal(guest.recordingStats().unitsQueued, 1, 'suspend sealed the final unit', { todo });
+  t.equal(guest.recordingStats().unitsQueued, 1, 'suspend sealed the final unit');
   if (guest.recordingStats().unitsQueued > 0) {
     const u = await guest.nextSealedUnit();
     t.equal(u?.final, true);

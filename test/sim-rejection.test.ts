@@ -190,9 +190,7 @@ t.test('bad units are rejected and change nothing; the right unit still applies'
   const after = rejects(t, replica, 'final unit again', () => replica.applyUnit(finalUnit.bytes), UnitOrderError, 'FAILED_PRECONDITION', new RegExp(`unit ${finalUnit.sequence}`));
   t.equal((after as UnitOrderError).receivedSequence, finalUnit.sequence);
   // A retransmitted final unit is a duplicate of one applied; the replica calls it a gap.
-  t.equal((after as UnitOrderError).kind, 'duplicate', 'a retransmitted final unit is classified as a duplicate', {
-    todo: 'SimReplica.applyUnit reports every unit after the final one as kind "gap"',
-  });
+  t.equal((after as UnitOrderError).kind, 'duplicate', 'a retransmitted final unit is classified as a duplicate');
   rejects(t, replica, 'old unit after the final one', () => replica.applyUnit(units[2].bytes), UnitOrderError, 'FAILED_PRECONDITION', new RegExp(`unit ${units[2].sequence}`));
   t.equal(replica.digest(), digests[digests.length - 1]);
 });
@@ -236,9 +234,7 @@ t.test('bad checkpoint chunks are rejected and change nothing; the right chunk s
   // A chunk once restored is refused, and changes nothing.
   const again = thrown(() => replica.restoreChunk(last));
   t.ok(again instanceof Error, `the final chunk again is refused (${again?.name}: ${again?.message})`);
-  t.ok(again instanceof UnitOrderError && again.kind === 'duplicate', 'a retransmitted final chunk is an out-of-order (duplicate) chunk, as TargetReplica.restoreChunk documents', {
-    todo: 'SimReplica.restoreChunk throws InvalidStateError once restored; CheckpointRestorer\'s duplicate check is unreachable',
-  });
+  t.ok(again instanceof UnitOrderError && again.kind === 'duplicate', 'a retransmitted final chunk is an out-of-order (duplicate) chunk, as TargetReplica.restoreChunk documents');
   t.equal(replica.digest(), digests[0]);
   t.equal(replica.nextSequence, units[0].sequence);
 

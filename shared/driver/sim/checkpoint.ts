@@ -18,7 +18,7 @@
 //   end-8  8  xxh64 of every byte before it
 // Zero pages are elided: a checkpoint of mostly free memory is small before compression.
 
-import { CorruptDataError, InvalidStateError, UnitOrderError } from '../../errors.js';
+import { AbortedError, CorruptDataError, InvalidStateError, UnitOrderError } from '../../errors.js';
 import { xxh64 } from '../../hash.js';
 import type { CheckpointChunk } from '../types.js';
 import { PAGE_BYTES } from '../types.js';
@@ -51,6 +51,8 @@ function seal(out: Uint8Array): Uint8Array {
 export interface CheckpointInstant {
   readonly state: Uint8Array;
   readonly cow: CopyOnWrite;
+  /** Set when the checkpoint was ended: its stream must not go on with live memory. */
+  ended: boolean;
 }
 
 /**
@@ -62,11 +64,12 @@ export function beginCheckpoint(machine: SimMachine, cowBytesMax: number): Check
   if (memory.cow !== null) throw new InvalidStateError('a live checkpoint of this guest is already in progress');
   const cow = new CopyOnWrite(memory.pageCount, cowBytesMax);
   memory.cow = cow;
-  return { state: machine.state.serialize(), cow };
+  return { state: machine.state.serialize(), cow, ended: false };
 }
 
 /** Ends a checkpoint early (or again): releases its pool, so the guest never stalls on it. */
 export function endCheckpoint(machine: SimMachine, instant: CheckpointInstant): void {
+  instant.ended = true;
   instant.cow.release();
   if (machine.memory.cow === instant.cow) machine.memory.cow = null;
 }
@@ -80,25 +83,31 @@ export async function* checkpointChunks(machine: SimMachine, instant: Checkpoint
   const { cow, state } = instant;
   try {
     let index = 0;
-    const chunkBytesMax = CHUNK_HEADER_BYTES + Math.ceil(chunkPages / 8) + chunkPages * PAGE_BYTES + CHUNK_TRAILER_BYTES;
+    const pages: Array<Uint8Array> = [];
     for (let first = 0; first < memory.pageCount; first += chunkPages) {
+      // Between two chunks the guest ran; if meanwhile the checkpoint was ended (its recording
+      // stopped), the pages not yet sent are no longer as of the instant.
+      if (instant.ended) throw new AbortedError(`checkpoint ended after ${index} chunks: its recording was stopped`);
       const count = Math.min(chunkPages, memory.pageCount - first);
-      // Each chunk gets its own buffer (the consumer may hold it while the next is made), used
-      // only up to what the present pages fill.
-      const scratch = new Uint8Array(Buffer.allocUnsafeSlow(chunkBytesMax).buffer, 0, chunkBytesMax);
-      const view = new DataView(scratch.buffer);
-      let at = CHUNK_HEADER_BYTES + Math.ceil(count / 8);
-      scratch.fill(0, 0, at);
-      let present = 0;
+      const bitmap = new Uint8Array(Math.ceil(count / 8));
+      pages.length = 0;
       for (let i = 0; i < count; i++) {
         const page = first + i;
         const preserved = cow.take(page);
         const bytes = preserved === undefined ? memory.pageBytesOrNull(page) : preserved;
         if (bytes === null || isZeroPage(bytes)) continue;
-        scratch[CHUNK_HEADER_BYTES + (i >>> 3)] |= 1 << (i & 7);
+        bitmap[i >>> 3] |= 1 << (i & 7);
+        pages.push(bytes);
+      }
+      // Sized exactly: a chunk holds no slack (nor stale heap bytes) however many pages are zero.
+      const present = pages.length;
+      const scratch = new Uint8Array(CHUNK_HEADER_BYTES + bitmap.length + present * PAGE_BYTES + CHUNK_TRAILER_BYTES);
+      const view = new DataView(scratch.buffer);
+      scratch.set(bitmap, CHUNK_HEADER_BYTES);
+      let at = CHUNK_HEADER_BYTES + bitmap.length;
+      for (const bytes of pages) {
         scratch.set(bytes, at);
         at += PAGE_BYTES;
-        present++;
       }
       view.setUint32(0, CHUNK_MAGIC, true);
       view.setUint8(4, CHUNK_VERSION);
@@ -107,7 +116,7 @@ export async function* checkpointChunks(machine: SimMachine, instant: Checkpoint
       view.setUint32(12, first, true);
       view.setUint32(16, count, true);
       view.setUint32(20, present, true);
-      const bytes = seal(scratch.subarray(0, at + CHUNK_TRAILER_BYTES));
+      const bytes = seal(scratch);
       yield { index: index++, final: false, bytes, memoryBytesCovered: count * PAGE_BYTES };
     }
     const out = new Uint8Array(CHUNK_HEADER_BYTES + state.length + CHUNK_TRAILER_BYTES);
@@ -133,6 +142,10 @@ export async function* checkpointChunks(machine: SimMachine, instant: Checkpoint
 export class CheckpointRestorer {
   private nextIndex = 0;
   private nextPage = 0;
+
+  get chunksApplied(): number {
+    return this.nextIndex;
+  }
   done = false;
 
   constructor(private readonly machine: SimMachine) {}

@@ -103,7 +103,10 @@ export class SimSourceGuest implements SourceGuest {
       pageCount: memory.pageCount,
       startDirtyTracking: () => memory.clearDirty(),
       stopDirtyTracking: () => {},
-      fetchAndClearDirty: () => memory.fetchAndClearDirty(),
+      fetchAndClearDirty: () => {
+        this.checkAlive();
+        return memory.fetchAndClearDirty();
+      },
       readPages: (first, count, out) => {
         this.checkAlive();
         memory.readPages(first, count, out);
@@ -218,13 +221,15 @@ export class SimSourceGuest implements SourceGuest {
 
   async suspend(): Promise<void> {
     this.checkAlive();
-    if (this.runState === 'suspended') return;
-    this.runState = 'suspended';
-    const loop = this.loop;
-    if (loop !== null) {
-      loop.stop.abort();
-      await loop.done;
+    if (this.runState === 'running') {
+      this.runState = 'suspended';
+      const loop = this.loop;
+      if (loop !== null) {
+        loop.stop.abort();
+        await loop.done;
+      }
     }
+    // Also for a guest recorded while already suspended: its log must still end.
     const rec = this.recording;
     if (rec !== null && !rec.sealedFinal) {
       // The last unit: it covers no more execution (the runner stops between units), and tells
@@ -242,6 +247,7 @@ export class SimSourceGuest implements SourceGuest {
   }
 
   setThrottle(factor: number): void {
+    this.checkAlive();
     if (!(factor > 0 && factor <= 1)) throw new InvalidArgumentError(`throttle factor ${factor} is out of range (0, 1]`);
     this.throttle = factor;
   }
@@ -267,7 +273,9 @@ export class SimSourceGuest implements SourceGuest {
   async step(units = 1): Promise<void> {
     if (this.options.pacing !== 'manual') throw new InvalidStateError(`guest ${this.id}: step() needs manual pacing, it is ${this.options.pacing}`);
     if (this.runState !== 'running') throw new InvalidStateError(`guest ${this.id} is ${this.runState}, not running`);
-    for (let i = 0; i < units; i++) await this.runUnit(new AbortController().signal);
+    for (let i = 0; i < units; i++) {
+      if (!(await this.runUnit(new AbortController().signal))) return;
+    }
   }
 
   private checkAlive(): void {
@@ -310,8 +318,11 @@ export class SimSourceGuest implements SourceGuest {
     }
   }
 
-  /** Waits for room in the bounded log queue and copy-on-write pool, then runs one unit. */
-  private async runUnit(signal: AbortSignal): Promise<void> {
+  /**
+   * Waits for room in the bounded log queue and copy-on-write pool, then runs one unit. Returns
+   * false, running nothing, if the guest was suspended or discarded meanwhile.
+   */
+  private async runUnit(signal: AbortSignal): Promise<boolean> {
     const rates = this.config.rates;
     const unitMs = this.config.unitMs;
     const busyFraction = rates.busyFraction * this.throttle;
@@ -324,6 +335,7 @@ export class SimSourceGuest implements SourceGuest {
     let stalled = false;
     for (;;) {
       if (signal.aborted) throw new AbortedError('runner stopped');
+      if (this.runState !== 'running') return false;
       const rec = this.recording;
       const cow = this.machine.memory.cow;
       if (rec !== null && (rec.queueBytes >= this.options.logQueueBytesMax || rec.queue.length >= this.options.logQueueUnitsMax)) {
@@ -348,6 +360,7 @@ export class SimSourceGuest implements SourceGuest {
       const measured = instructionCount / busyMs;
       this.instructionsPerMs = Math.max(100, 0.8 * this.instructionsPerMs + 0.2 * measured);
     }
+    return true;
   }
 
   /** Resolves when `event` does or `signal` aborts, leaving no listener behind. */

@@ -43,7 +43,8 @@ export class SimReplica implements TargetReplica {
     this.pages = {
       ...pages,
       writePages: (first, count, data) => {
-        this.require('restoring', 'replica');
+        // Not while restoring: the restore skips elided zero pages, assuming fresh memory.
+        this.require('replica');
         memory.writePages(first, count, data);
       },
     };
@@ -76,6 +77,9 @@ export class SimReplica implements TargetReplica {
   }
 
   restoreChunk(chunk: CheckpointChunk): void {
+    if (this.replicaState === 'replica') {
+      throw new UnitOrderError(`checkpoint chunk ${chunk.index} arrived after the checkpoint was restored`, 'duplicate', this.restorer.chunksApplied, chunk.index);
+    }
     this.require('restoring');
     this.restorer.apply(chunk);
     if (this.restorer.done) this.replicaState = 'replica';
@@ -86,7 +90,7 @@ export class SimReplica implements TargetReplica {
     // Everything is checked before anything is applied: a rejected unit leaves the replica as it was.
     const unit = decodeUnit(bytes);
     const st = this.machine.state;
-    if (this.finalApplied) {
+    if (this.finalApplied && unit.sequence >= st.unitSequence) {
       throw new UnitOrderError(`unit ${unit.sequence} arrived after the final unit ${st.unitSequence - 1}`, 'gap', st.unitSequence, unit.sequence);
     }
     if (unit.sequence !== st.unitSequence) {
