@@ -355,7 +355,7 @@ export class SimSourceGuest implements SourceGuest {
     const t0 = performance.now();
     this.executeUnit(instructionCount, pageWriteCount, events, false);
     const busyMs = performance.now() - t0;
-    if (this.options.instructionsPerMs === undefined && busyMs > 0.2 && instructionCount > 1000) {
+    if (this.options.instructionsPerMs === undefined && busyMs > 0.02 && instructionCount >= 100) {
       // Exponentially weighted, so one slow unit (a GC pause) does not halve the next budget.
       const measured = instructionCount / busyMs;
       this.instructionsPerMs = Math.max(100, 0.8 * this.instructionsPerMs + 0.2 * measured);

@@ -102,6 +102,8 @@ export class GuestMemory {
   readonly segments: Array<Int32Array | undefined>;
   private readonly dirty: Uint32Array;
   private readonly stale: Uint32Array;
+  /** Bit set: the page was written at least once. A page never written is zero without reading it. */
+  private readonly written: Uint32Array;
   private readonly pageHashes: BigUint64Array;
   private staleCount: number;
   /** The live checkpoint in progress, if any. */
@@ -114,6 +116,7 @@ export class GuestMemory {
     const bitmapWords = Math.ceil(this.pageCount / 32);
     this.dirty = new Uint32Array(bitmapWords);
     this.stale = new Uint32Array(bitmapWords);
+    this.written = new Uint32Array(bitmapWords);
     this.pageHashes = new BigUint64Array(this.pageCount).fill(ZERO_PAGE_HASH);
     this.staleCount = 0;
   }
@@ -145,11 +148,12 @@ export class GuestMemory {
     const segIndex = page >>> SEGMENT_SHIFT;
     const cow = this.cow;
     if (cow !== null && cow.needsCopy(page)) {
-      const existing = this.segments[segIndex];
-      cow.preserve(page, existing === undefined ? null : this.pageBytes(page).slice());
+      const existing = this.pageBytesOrNull(page);
+      cow.preserve(page, existing === null ? null : existing.slice());
     }
     const bit = 1 << (page & 31);
     const word = page >>> 5;
+    this.written[word] |= bit;
     this.dirty[word] |= bit;
     if ((this.stale[word] & bit) === 0) {
       this.stale[word] |= bit;
@@ -158,17 +162,14 @@ export class GuestMemory {
     return this.segment(segIndex);
   }
 
-  /** A view of one page's bytes, or `null` for a page never written (all zero). Do not write through it. */
+  /**
+   * A view of one page's bytes, or `null` for a page never written (all zero: not even read, as
+   * reading untouched memory makes the kernel map it). Do not write through it.
+   */
   pageBytesOrNull(page: number): Uint8Array | null {
     const seg = this.segments[page >>> SEGMENT_SHIFT];
-    if (seg === undefined) return null;
+    if (seg === undefined || (this.written[page >>> 5] & (1 << (page & 31))) === 0) return null;
     return new Uint8Array(seg.buffer, seg.byteOffset + (page & SEGMENT_MASK) * PAGE_BYTES, PAGE_BYTES);
-  }
-
-  private pageBytes(page: number): Uint8Array {
-    const bytes = this.pageBytesOrNull(page);
-    assert(bytes !== null, () => `page ${page} has no segment`);
-    return bytes;
   }
 
   readWord(page: number, wordInPage: number): number {
@@ -255,6 +256,7 @@ export class GuestMemory {
   /** Frees every segment; the memory reads as zero afterwards. */
   free(): void {
     this.segments.fill(undefined);
+    this.written.fill(0);
     this.cow?.release();
     this.cow = null;
   }
