@@ -5,6 +5,7 @@
 //   npm run bench -- sim --quick     the same, smaller and shorter
 //   npm run bench -- sim --help      its options
 
+import { runAgentMemoryBench } from './agent-memory.js';
 import { runSimBench } from './sim.js';
 
 interface Benchmark {
@@ -17,6 +18,10 @@ const BENCHMARKS: Readonly<Record<string, Benchmark>> = {
   sim: {
     summary: 'the built-in deterministic guest: record/replay per profile, 1 GiB checkpoint throughput, copy-on-write pool',
     run: runSimBench,
+  },
+  memory: {
+    summary: 'memory of both agent processes while they migrate a large guest (default 4 GiB), against the guest size and windows',
+    run: runAgentMemoryBench,
   },
 };
 const DEFAULT_BENCHMARK = 'sim';

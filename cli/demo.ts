@@ -3,13 +3,10 @@
 // phases and progress, and ends with a summary: the three figures (downtime, total migration
 // time, data transmitted), rounds, units, and whether the digests matched.
 
-import { type ChildProcess, spawn } from 'node:child_process';
-import { once } from 'node:events';
-import { createInterface } from 'node:readline';
-import { fileURLToPath } from 'node:url';
 import { Command, Option } from 'commander';
 import { PROFILE_NAMES } from '../shared/driver/sim/profiles.js';
 import { controlService, grpc, makeClient, pb, unary } from '../shared/transport/grpc.js';
+import { type AgentProcess, startAgentProcess, stopAgentProcess } from './agent-process.js';
 
 const program = new Command()
   .name('demo')
@@ -29,35 +26,14 @@ const say = (line: string) => {
 };
 const mib = (bytes: number) => `${(bytes / 2 ** 20).toFixed(1)} MiB`;
 
-/** Starts an agent process and returns its address once it listens. */
-async function startAgent(role: 'source' | 'target'): Promise<{ child: ChildProcess; address: string }> {
-  const main = fileURLToPath(new URL(`../${role}-agent/main.js`, import.meta.url));
-  const child = spawn(process.execPath, ['--enable-source-maps', main, '--listen', '127.0.0.1:0', '--log-level', process.env.DEMO_LOG_LEVEL ?? 'warn'], { stdio: ['ignore', 'pipe', 'inherit'] });
-  const lines = createInterface({ input: child.stdout! });
-  const timer = setTimeout(() => child.kill('SIGKILL'), 15_000);
-  for await (const line of lines) {
-    const parsed = JSON.parse(line) as { listening?: string };
-    if (parsed.listening) {
-      clearTimeout(timer);
-      return { child, address: parsed.listening };
-    }
-  }
-  throw new Error(`${role} agent exited before listening (exit code ${child.exitCode})`);
-}
-
-async function stopAgent(child: ChildProcess): Promise<void> {
-  if (child.exitCode !== null) return;
-  child.kill('SIGTERM');
-  const timer = setTimeout(() => child.kill('SIGKILL'), 10_000);
-  await once(child, 'exit');
-  clearTimeout(timer);
-}
-
-const agents: ChildProcess[] = [];
+const agents: AgentProcess[] = [];
+// DEMO_AGENT_NODE_ARGS: extra Node.js flags for the agents (e.g. "--cpu-prof" to profile them).
+const nodeArgs = (process.env.DEMO_AGENT_NODE_ARGS ?? '').split(' ').filter((a) => a !== '');
+const agentArgs = ['--log-level', process.env.DEMO_LOG_LEVEL ?? 'warn'];
 let exitCode = 1;
 try {
-  const [source, target] = await Promise.all([startAgent('source'), startAgent('target')]);
-  agents.push(source.child, target.child);
+  const [source, target] = await Promise.all([startAgentProcess('source', agentArgs, nodeArgs), startAgentProcess('target', agentArgs, nodeArgs)]);
+  agents.push(source, target);
   say(`Started a source agent at ${source.address} and a target agent at ${target.address} (two processes).`);
   const credentials = grpc.credentials.createInsecure();
   const sourceControl = makeClient(controlService, 'Control', source.address, credentials);
@@ -160,6 +136,6 @@ try {
   targetControl.close();
   exitCode = ok ? 0 : 1;
 } finally {
-  await Promise.all(agents.map(stopAgent));
+  await Promise.all(agents.map((a) => stopAgentProcess(a)));
 }
 process.exit(exitCode);
