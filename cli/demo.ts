@@ -13,13 +13,14 @@ const program = new Command()
   .description('Live-migrate a sim guest between two agent processes on loopback.')
   .addOption(new Option('--profile <name>', 'workload profile').choices(PROFILE_NAMES).default('web'))
   .option('--memory-mib <n>', 'guest memory in MiB', '512')
+  .addOption(new Option('--method <name>', 'migration method').choices(['crtr', 'precopy']).default('crtr'))
   .option('--downtime-limit-ms <n>', 'downtime limit', '300')
   .addOption(new Option('--policy <name>', 'non-convergence policy').choices(['abort', 'force', 'throttle']).default('throttle'))
   .option('--max-duration-ms <n>', 'maximum migration duration', '120000')
   .option('--warmup-ms <n>', 'how long the guest runs before the migration starts', '1000')
   .option('--json', 'print one JSON object with the results as the last line')
   .parse();
-const opts = program.opts<{ profile: string; memoryMib: string; downtimeLimitMs: string; policy: string; maxDurationMs: string; warmupMs: string; json?: boolean }>();
+const opts = program.opts<{ method: string; profile: string; memoryMib: string; downtimeLimitMs: string; policy: string; maxDurationMs: string; warmupMs: string; json?: boolean }>();
 
 const say = (line: string) => {
   if (!opts.json) console.log(line);
@@ -56,7 +57,7 @@ try {
     pb.StartMigrationRequest.create({
       guestId: 'demo-guest',
       targetAddress: target.address,
-      method: 'crtr',
+      method: opts.method,
       downtimeLimitMs: Number(opts.downtimeLimitMs),
       nonConvergencePolicy: opts.policy,
       maxDurationMs: Number(opts.maxDurationMs),
@@ -64,7 +65,7 @@ try {
     10_000,
     'starting the migration',
   );
-  say(`Migration ${jobId} started (CR/TR, downtime limit ${opts.downtimeLimitMs} ms, policy ${opts.policy}).`);
+  say(`Migration ${jobId} started (${opts.method === 'crtr' ? 'CR/TR' : 'pre-copy'}, downtime limit ${opts.downtimeLimitMs} ms, policy ${opts.policy}).`);
 
   const watch = sourceControl.makeServerStreamRequest(
     controlService.watchJob.path,
@@ -100,7 +101,7 @@ try {
   say(`  downtime:                ${s.downtimeMs.toFixed(1)} ms (source suspend to target resume; limit ${opts.downtimeLimitMs} ms${s.forced ? ', forced' : ''})`);
   say(`  total migration time:    ${(s.totalTimeMs / 1000).toFixed(2)} s (start to commit)`);
   say(`  data transmitted:        ${mib(s.transferredBytes)} between the agents (checkpoint ${mib(s.checkpointWireBytes)} on the wire of ${mib(s.memoryBytes)} guest memory, log ${mib(s.logBytes)})`);
-  say(`  units:                   ${s.unitsRecorded} recorded, ${s.unitsReplayed} replayed at ${s.replayRate.toFixed(1)}x guest speed; ${s.rounds} wait-and-ack rounds`);
+  say(`  units:                   ${s.unitsRecorded} recorded, ${s.unitsReplayed} replayed at ${s.replayRate.toFixed(1)}x guest speed; ${s.rounds} ${opts.method === 'crtr' ? 'wait-and-ack' : 'pre-copy'} rounds`);
   say(`  digests:                 source ${s.sourceDigest}, target ${s.targetDigest}: ${s.sourceDigest === s.targetDigest ? 'equal' : 'DIFFERENT'}`);
   say(`  guest now:               ${onTarget} on the target, ${onSource} on the source`);
   if (opts.json) {

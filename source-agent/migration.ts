@@ -29,6 +29,8 @@ import {
 import type { SourceGuest } from '../shared/driver/types.js';
 import { AbortedError, CorruptDataError, DeadlineExceededError, InvalidStateError, ReservationRefusedError, UnavailableError, VmMigrateError } from '../shared/errors.js';
 import { AGENT_VERSION, packPayload, PROTOCOL_VERSION, type WirePayload } from '../shared/protocol.js';
+import { PAGE_BYTES } from '../shared/driver/types.js';
+import { precopyRoundRate, precopyShouldStop } from './precopy-rules.js';
 import { emptyStats, type MigrationMethod, type MigrationPhase, type MigrationStats } from '../shared/stats.js';
 import { type ByteCounter, countingService, fromStatus, grpc, makeClient, migrationService, pb, statusName, unary } from '../shared/transport/grpc.js';
 
@@ -108,6 +110,9 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
   private stopGranted = false;
   private stopForced = false;
   private checkpointDone = false;
+  private pageBatchesSent = 0;
+  /** Pre-copy: dirty pages at the end of each round, for convergence curves. */
+  readonly dirtyHistory: Array<{ atMs: number; dirtyPages: number }> = [];
   private checkpointMs = 0;
   private throughputBytesPerSec = 0;
   private commitResult: InstanceType<typeof pb.CommitResult> | null = null;
@@ -161,7 +166,7 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
   private async phases(): Promise<void> {
     const req = this.request;
     const description = this.guest.describe();
-    if (req.method !== 'crtr') throw new InvalidStateError(`method '${req.method}' is not available in this build (only crtr)`);
+    if (req.method !== 'crtr' && req.method !== 'precopy') throw new InvalidStateError(`method '${req.method}' is not available in this build (crtr, precopy)`);
     this.client = makeClient(countingService(migrationService, this.counter, 'client'), 'Migration', req.targetAddress, this.options.credentials);
 
     // Phase 1: pre-migration.
@@ -199,6 +204,41 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
     this.stats.setupTimeMs = this.elapsedMs();
     this.stats.status = 'active';
 
+    if (req.method === 'precopy') await this.precopyTransfer();
+    else await this.crtrTransfer();
+
+    // Phase 6: commitment.
+    this.setPhase('commitment');
+    this.stats.status = 'committing';
+    const digest = this.guest.digest();
+    this.stats.sourceDigest = digest;
+    this.checkCancelled();
+    this.commitSent = true;
+    this.send({ commit: { digest: this.request.faults?.corruptCommitDigest ? flipHex(digest) : digest } });
+    await this.until(() => this.commitResult !== null, true);
+    const result = this.commitResult!;
+    this.stats.targetDigest = result.targetDigest;
+    if (!result.matched) {
+      // The target refused the commit and discarded its replica: the guest is only here.
+      this.commitSent = false;
+      throw new CorruptDataError(`commit refused: the target's replica digest ${result.targetDigest} differs from the source's ${digest}`);
+    }
+    this.committed = true;
+    this.stats.totalTimeMs = this.elapsedMs();
+
+    // Phase 7: activation, confirmed by the target.
+    this.setPhase('activation');
+    await this.until(() => this.activated !== null, true, this.options.activationTimeoutMs);
+    const activated = this.activated!;
+    this.log.info({ commitMs: performance.now() - this.suspendedAtMs, resumeToReplyMs: activated.resumeToReplyMs }, 'activation timing');
+    this.stats.downtimeMs = performance.now() - this.suspendedAtMs - activated.resumeToReplyMs;
+    for (const hook of activated.hooks) if (hook.exitCode !== 0) this.log.warn({ hook: hook.command, exitCode: hook.exitCode, error: hook.error }, 'activation hook failed on the target');
+    this.guest.discard();
+  }
+
+  /** Phases 3 to 5 of CR/TR: checkpoint with units alongside, log transfer, stop-and-copy. */
+  private async crtrTransfer(): Promise<void> {
+    const req = this.request;
     // Phase 3: checkpoint, with units streaming alongside (phase 4 overlaps it).
     this.setPhase('checkpoint');
     this.openStream();
@@ -234,34 +274,89 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
       stopPing();
       stopMonitor();
     }
+  }
 
-    // Phase 6: commitment.
-    this.setPhase('commitment');
-    this.stats.status = 'committing';
-    const digest = this.guest.digest();
-    this.stats.sourceDigest = digest;
-    this.checkCancelled();
-    this.commitSent = true;
-    this.send({ commit: { digest: this.request.faults?.corruptCommitDigest ? flipHex(digest) : digest } });
-    await this.until(() => this.commitResult !== null, true);
-    const result = this.commitResult!;
-    this.stats.targetDigest = result.targetDigest;
-    if (!result.matched) {
-      // The target refused the commit and discarded its replica: the guest is only here.
-      this.commitSent = false;
-      throw new CorruptDataError(`commit refused: the target's replica digest ${result.targetDigest} differs from the source's ${digest}`);
+  /**
+   * The pre-copy baseline (Clark et al., Xen): round 0 copies every page while the guest runs,
+   * each later round the pages dirtied meanwhile, under Xen's stop rules and adaptive rate
+   * limit (precopy-rules.ts); then suspend, copy the last dirty set and the machine state.
+   */
+  private async precopyTransfer(): Promise<void> {
+    const req = this.request;
+    const pages = this.guest.pages;
+    const memoryBytes = this.stats.memoryBytes;
+    this.setPhase('checkpoint');
+    this.openStream();
+    this.send({ open: { reservationId: this.reservationId, migrationId: this.id, method: 'precopy' } });
+    const stopPing = this.startPings();
+    const stopMonitor = this.startMonitor();
+    try {
+      pages.startDirtyTracking();
+      let sentBytes = 0;
+      let dirtyBytesPerSec = 0;
+      const all = new Uint32Array(pages.pageCount);
+      for (let i = 0; i < all.length; i++) all[i] = i;
+      let toSend: Uint32Array = all;
+      for (let round = 0; ; round++) {
+        const rate = precopyRoundRate(round, dirtyBytesPerSec, req.maxBandwidthBytesPerSec);
+        const roundStart = performance.now();
+        sentBytes += await this.sendPages(toSend, round, rate);
+        if (round === 0) {
+          this.checkpointDone = true;
+          this.throughputBytesPerSec = this.stats.checkpointWireBytes / Math.max(0.001, (performance.now() - roundStart) / 1000);
+        }
+        this.stats.rounds = round + 1;
+        const dirty = pages.fetchAndClearDirty();
+        const roundSeconds = Math.max(0.001, (performance.now() - roundStart) / 1000);
+        dirtyBytesPerSec = (dirty.length * PAGE_BYTES) / roundSeconds;
+        this.stats.remainingBytes = dirty.length * PAGE_BYTES;
+        this.dirtyHistory.push({ atMs: this.elapsedMs(), dirtyPages: dirty.length });
+        const verdict = precopyShouldStop({ roundsDone: round + 1, dirtyPages: dirty.length, sentBytes, memoryBytes });
+        if (verdict.stop || this.elapsedMs() >= req.maxDurationMs) {
+          this.log.info({ rounds: round + 1, reason: verdict.stop ? verdict.reason : 'maximum duration', dirtyPages: dirty.length }, 'pre-copy: stop-and-copy');
+          // Phase 5: stop-and-copy of the last dirty set, then the machine state.
+          this.setPhase('stop-and-copy');
+          this.stats.status = 'stop-and-copy';
+          this.suspendedAtMs = performance.now();
+          await this.guest.suspend();
+          const last = pages.fetchAndClearDirty();
+          const merged = mergeSorted(dirty, last);
+          await this.sendPages(merged, round + 1, req.maxBandwidthBytesPerSec > 0 ? req.maxBandwidthBytesPerSec : Infinity);
+          const state = packPayload(this.guest.machineState());
+          await this.write({ machineState: { payload: state } }, state.data.length);
+          await this.until(() => this.progressMsg.finalReplayed);
+          pages.stopDirtyTracking();
+          return;
+        }
+        toSend = dirty;
+      }
+    } finally {
+      stopPing();
+      stopMonitor();
     }
-    this.committed = true;
-    this.stats.totalTimeMs = this.elapsedMs();
+  }
 
-    // Phase 7: activation, confirmed by the target.
-    this.setPhase('activation');
-    await this.until(() => this.activated !== null, true, this.options.activationTimeoutMs);
-    const activated = this.activated!;
-    this.log.info({ commitMs: performance.now() - this.suspendedAtMs, resumeToReplyMs: activated.resumeToReplyMs }, 'activation timing');
-    this.stats.downtimeMs = performance.now() - this.suspendedAtMs - activated.resumeToReplyMs;
-    for (const hook of activated.hooks) if (hook.exitCode !== 0) this.log.warn({ hook: hook.command, exitCode: hook.exitCode, error: hook.error }, 'activation hook failed on the target');
-    this.guest.discard();
+  /** Sends `list` in batches (window and rate limited); returns the raw page bytes sent. */
+  private async sendPages(list: Uint32Array, round: number, rateBytesPerSec: number): Promise<number> {
+    const batchPages = 256;
+    let raw = 0;
+    for (let i = 0; i < list.length; i += batchPages) {
+      this.abortAt(round === 0 ? 'checkpoint' : this.stats.phase);
+      const batch = list.subarray(i, Math.min(list.length, i + batchPages));
+      await this.until(() => this.pageBatchesSent - this.progressMsg.pageBatchesApplied < this.windows.chunk);
+      const bytes = this.guest.pages.encodePages(batch);
+      const payload = packPayload(bytes);
+      if (this.request.faults?.corruptChunkIndex === this.pageBatchesSent) corrupt(payload);
+      this.pageBatchesSent++;
+      raw += batch.length * PAGE_BYTES;
+      if (round === 0) {
+        this.stats.checkpointBytes += bytes.length;
+        this.stats.checkpointWireBytes += payload.data.length;
+        this.stats.checkpointMemoryBytesCovered += batch.length * PAGE_BYTES;
+      }
+      await this.write({ pages: { round, pageCount: batch.length, payload } }, payload.data.length, rateBytesPerSec);
+    }
+    return raw;
   }
 
   private async onFailure(error: unknown): Promise<void> {
@@ -390,16 +485,15 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
   }
 
   /** Writes one message, waiting for the stream's buffer to drain and for the bandwidth limit. */
-  private async write(body: Record<string, object>, bytes: number): Promise<void> {
-    await this.throttleBandwidth(bytes);
+  private async write(body: Record<string, object>, bytes: number, rateBytesPerSec = this.request.maxBandwidthBytesPerSec): Promise<void> {
+    await this.throttleBandwidth(bytes, rateBytesPerSec);
     const call = this.call!;
     const ok = call.write(pb.SourceMessage.create(body as never));
     if (!ok) await this.until(() => true, false, undefined, new Promise<void>((resolve) => call.once('drain', () => resolve())));
   }
 
-  private async throttleBandwidth(bytes: number): Promise<void> {
-    const rate = this.request.maxBandwidthBytesPerSec;
-    if (!(rate > 0)) return;
+  private async throttleBandwidth(bytes: number, rate: number): Promise<void> {
+    if (!(rate > 0) || rate === Infinity) return;
     // Token bucket holding at most 50 ms of credit.
     const now = performance.now();
     const b = this.bucket;
@@ -504,10 +598,10 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
         this.notify();
         return;
       }
-      if (this.stats.phase !== 'log-transfer' || this.stopGranted || this.stopForced) return;
       // Keep the incremental digest fresh, so that the one taken at commitment (inside the
-      // downtime) only hashes the pages of the last few units.
-      this.guest.digest();
+      // downtime) only hashes the pages written since.
+      if (this.stats.phase === 'log-transfer' || (this.request.method === 'precopy' && this.stats.phase === 'checkpoint')) this.guest.digest();
+      if (this.request.method !== 'crtr' || this.stats.phase !== 'log-transfer' || this.stopGranted || this.stopForced) return;
       this.backlog.push({ atMs: elapsed, backlogUnits: this.stats.remainingUnits });
       if (this.backlog.length > 200) this.backlog.shift();
       const verdict = judgeConvergence(this.backlog, this.options.convergenceWindowMs, this.progressMsg.remainingUnitsAllowed || 1);
@@ -625,6 +719,19 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
   private sleep(ms: number): Promise<void> {
     return new Promise((resolve) => setTimeout(resolve, ms));
   }
+}
+
+/** Union of two ascending page lists, ascending, without duplicates. */
+function mergeSorted(a: Uint32Array, b: Uint32Array): Uint32Array {
+  const out = new Uint32Array(a.length + b.length);
+  let i = 0;
+  let j = 0;
+  let n = 0;
+  while (i < a.length || j < b.length) {
+    const next = j >= b.length || (i < a.length && a[i] <= b[j]) ? a[i++] : b[j++];
+    if (n === 0 || out[n - 1] !== next) out[n++] = next;
+  }
+  return out.subarray(0, n);
 }
 
 function corrupt(payload: WirePayload): void {

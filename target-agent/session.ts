@@ -9,7 +9,7 @@
 import { spawn } from 'node:child_process';
 import type { Logger } from 'pino';
 import { remainingUnitsAllowed } from '../shared/convergence.js';
-import { CorruptDataError, InvalidStateError, LimitExceededError, VmMigrateError } from '../shared/errors.js';
+import { CorruptDataError, InvalidArgumentError, InvalidStateError, LimitExceededError, VmMigrateError } from '../shared/errors.js';
 import { unpackPayload } from '../shared/protocol.js';
 import { grpc, pb, statusOf } from '../shared/transport/grpc.js';
 import type { MigrationService, Reservation } from './migration-service.js';
@@ -39,6 +39,8 @@ export class TargetSession {
   private readonly queue: QueuedUnit[] = [];
   private queueBytes = 0;
   private chunksApplied = 0;
+  private pageBatchesApplied = 0;
+  private method: 'crtr' | 'precopy' = 'crtr';
   private unitsReceived = 0;
   private unitsReplayed = 0;
   private bytesReceived = 0;
@@ -91,6 +93,10 @@ export class TargetSession {
           return this.onStopDecision(message.stopDecision as InstanceType<typeof pb.StopDecision>);
         case 'commit':
           return this.onCommit(message.commit as InstanceType<typeof pb.Commit>);
+        case 'pages':
+          return this.onPages(message.pages as InstanceType<typeof pb.PageBatch>);
+        case 'machineState':
+          return this.onMachineState(message.machineState as InstanceType<typeof pb.MachineState>);
         case 'abort':
           return this.end(`aborted by the source: ${message.abort?.reason ?? ''}`);
         case 'ping':
@@ -105,6 +111,10 @@ export class TargetSession {
 
   private onOpen(open: InstanceType<typeof pb.Open>): void {
     if (this.state !== 'open') throw new InvalidStateError(`Open received twice (session is ${this.state})`);
+    if (open.method !== '' && open.method !== 'crtr' && open.method !== 'precopy') {
+      throw new InvalidArgumentError(`transfer method '${open.method}' is not supported by this agent (crtr, precopy)`);
+    }
+    this.method = open.method === 'precopy' ? 'precopy' : 'crtr';
     this.reservation = this.service.open(open.reservationId);
     this.log = this.log.child({ migrationId: this.reservation.migrationId, guestId: this.reservation.replica.id });
     this.state = 'restoring';
@@ -130,6 +140,30 @@ export class TargetSession {
       this.log.info({ chunks: this.chunksApplied, queuedUnits: this.queue.length }, 'checkpoint restored: replaying');
       this.kickReplay();
     }
+    this.progress(true);
+  }
+
+  private onPages(batch: InstanceType<typeof pb.PageBatch>): void {
+    const r = this.requireReservation(`page batch of round ${batch.round}`);
+    if (this.method !== 'precopy' || this.state !== 'restoring') throw new InvalidStateError(`page batch received in a ${this.method} transfer that is ${this.state}`);
+    const bytes = unpackPayload(batch.payload, `page batch ${this.pageBatchesApplied} (round ${batch.round})`);
+    r.replica.applyPages(bytes);
+    this.pageBatchesApplied++;
+    if (performance.now() - this.lastDigestMs > 250) {
+      // Keep the incremental digest fresh (see onChunk): at commitment only the last pages remain.
+      r.replica.digest();
+      this.lastDigestMs = performance.now();
+    }
+    this.progress(false);
+  }
+
+  private onMachineState(message: InstanceType<typeof pb.MachineState>): void {
+    const r = this.requireReservation('machine state');
+    if (this.method !== 'precopy' || this.state !== 'restoring') throw new InvalidStateError(`machine state received in a ${this.method} transfer that is ${this.state}`);
+    r.replica.restoreMachineState(unpackPayload(message.payload, 'machine state'));
+    this.state = 'replaying';
+    this.finalReplayed = true;
+    this.log.info({ pageBatches: this.pageBatchesApplied }, 'pre-copy complete: pages and machine state restored');
     this.progress(true);
   }
 
@@ -285,6 +319,7 @@ export class TargetSession {
         remainingUnitsAllowed: allowed,
         bytesReceived: this.bytesReceived,
         finalReplayed: this.finalReplayed,
+        pageBatchesApplied: this.pageBatchesApplied,
       },
     });
     if (this.state === 'replaying' && !this.finalReplayed && !this.stopRequestPending && this.queue.length <= allowed && now - this.lastStopRequestMs >= 50) {

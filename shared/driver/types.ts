@@ -110,6 +110,11 @@ export interface PageAccess {
   fetchAndClearDirty(): Uint32Array;
   /** Copies `count` pages from `firstPage` into `out` (`count * PAGE_BYTES` bytes). */
   readPages(firstPage: number, count: number, out: Uint8Array): void;
+  /**
+   * The current contents of `pages` (any order, at most a few thousand) in the driver's own
+   * page-batch encoding, for a TargetReplica's `applyPages`.
+   */
+  encodePages(pages: Uint32Array): Uint8Array;
 }
 
 export interface SourceGuest {
@@ -142,6 +147,11 @@ export interface SourceGuest {
   suspend(): Promise<void>;
   /** Runs a suspended guest again, in real time (after an aborted migration). */
   resume(): void;
+  /**
+   * The vCPU and device state of a suspended guest, in the driver's own encoding (pre-copy and
+   * post-copy send it with the last pages; a TargetReplica's `restoreMachineState` takes it).
+   */
+  machineState(): Uint8Array;
   /** Slows the guest: `factor` in (0, 1] of its nominal busy work per unit (auto-converge). */
   setThrottle(factor: number): void;
   /** Destroys the guest and frees its memory. */
@@ -161,6 +171,19 @@ export interface TargetReplica {
   restoreChunk(chunk: CheckpointChunk): void;
   /** True once the final chunk was applied: the replica is paused at the checkpoint instant. */
   readonly restored: boolean;
+  /**
+   * Pre-copy and post-copy restore by pages instead of a checkpoint: applies one page batch (from
+   * the source's `pages.encodePages`), in any order, a page any number of times (the last one
+   * wins). Validated completely before anything is written. Returns the pages applied.
+   */
+  applyPages(bytes: Uint8Array): number;
+  /**
+   * Ends a restore by pages with the source's `machineState()`: the replica is then restored and
+   * complete (no units follow).
+   */
+  restoreMachineState(bytes: Uint8Array): void;
+  /** Restored and nothing more to apply: the final unit was replayed, or the machine state restored. */
+  readonly complete: boolean;
   /**
    * Replays one unit. The unit is validated completely (checksum, encoding, sequence, position)
    * before anything is applied: a corrupt, truncated, duplicate or out-of-order unit is rejected

@@ -18,6 +18,7 @@ import { PAGE_BYTES } from '../types.js';
 import { beginCheckpoint, type CheckpointInstant, checkpointChunks, CHUNK_PAGES_DEFAULT, CHUNK_PAGES_MAX, COW_BYTES_MAX_DEFAULT, endCheckpoint } from './checkpoint.js';
 import { Environment } from './environment.js';
 import { SimMachine } from './machine.js';
+import { encodePages } from './page-codec.js';
 import type { SimMachineConfig } from './config.js';
 import { encodeMachineConfig, summarizeConfig } from './config.js';
 import { type AsyncEvent, encodeUnit, type GuestEvent, type SyncEvent, type UnitHeader } from './unit-codec.js';
@@ -110,6 +111,10 @@ export class SimSourceGuest implements SourceGuest {
       readPages: (first, count, out) => {
         this.checkAlive();
         memory.readPages(first, count, out);
+      },
+      encodePages: (pages) => {
+        this.checkAlive();
+        return encodePages(memory, pages);
       },
     };
   }
@@ -244,6 +249,12 @@ export class SimSourceGuest implements SourceGuest {
     // A migration that is aborted resumes the source: its recording ends with it.
     this.stopRecording();
     this.start();
+  }
+
+  machineState(): Uint8Array {
+    this.checkAlive();
+    if (this.runState !== 'suspended') throw new InvalidStateError(`guest ${this.id} is ${this.runState}: its machine state is only taken while suspended`);
+    return this.machine.state.serialize();
   }
 
   setThrottle(factor: number): void {

@@ -8,7 +8,9 @@ import type { CheckpointChunk, GuestDescription, GuestState, PageAccess, TargetR
 import { CheckpointRestorer } from './checkpoint.js';
 import { encodeMachineConfig, type SimMachineConfig, summarizeConfig } from './config.js';
 import { machineDigest } from './digest.js';
-import { SimMachine } from './machine.js';
+import { MachineState, SimMachine } from './machine.js';
+import { ZERO_PAGE } from './memory.js';
+import { decodePages, encodePages } from './page-codec.js';
 import { decodeUnit, EventType, type SyncEvent } from './unit-codec.js';
 
 type ReplicaState = Extract<GuestState, 'restoring' | 'replica' | 'discarded'> | 'diverged' | 'activated';
@@ -18,6 +20,7 @@ export class SimReplica implements TargetReplica {
   private readonly restorer: CheckpointRestorer;
   private replicaState: ReplicaState = 'restoring';
   private finalApplied = false;
+  private restoredByPages = false;
   readonly pages: TargetReplica['pages'];
 
   constructor(
@@ -39,6 +42,7 @@ export class SimReplica implements TargetReplica {
       stopDirtyTracking: () => {},
       fetchAndClearDirty: () => memory.fetchAndClearDirty(),
       readPages: (first, count, out) => memory.readPages(first, count, out),
+      encodePages: (pages) => encodePages(memory, pages),
     };
     this.pages = {
       ...pages,
@@ -64,7 +68,7 @@ export class SimReplica implements TargetReplica {
   }
 
   get restored(): boolean {
-    return this.restorer.done;
+    return this.restorer.done || this.restoredByPages;
   }
 
   get nextSequence(): number {
@@ -83,6 +87,31 @@ export class SimReplica implements TargetReplica {
     this.require('restoring');
     this.restorer.apply(chunk);
     if (this.restorer.done) this.replicaState = 'replica';
+  }
+
+  applyPages(bytes: Uint8Array): number {
+    this.require('restoring');
+    if (this.restorer.chunksApplied > 0) throw new InvalidStateError(`replica ${this.id} is being restored from a checkpoint; pages cannot be mixed in`);
+    const memory = this.machine.memory;
+    const batch = decodePages(bytes, memory.pageCount);
+    for (let i = 0; i < batch.pages.length; i++) {
+      const page = batch.pages[i];
+      const data = batch.data[i];
+      if (data !== null) memory.writePage(page, data);
+      else if (memory.pageBytesOrNull(page) !== null) memory.writePage(page, ZERO_PAGE);
+    }
+    return batch.pages.length;
+  }
+
+  restoreMachineState(bytes: Uint8Array): void {
+    this.require('restoring');
+    if (this.restorer.chunksApplied > 0) throw new InvalidStateError(`replica ${this.id} is being restored from a checkpoint, not by pages`);
+    if (bytes.length !== MachineState.BYTES) throw new CorruptDataError(`machine state of ${bytes.length} bytes, expected ${MachineState.BYTES}`);
+    this.machine.state = MachineState.deserialize(bytes);
+    this.machine.memory.clearDirty();
+    this.replicaState = 'replica';
+    this.restoredByPages = true;
+    this.finalApplied = true;
   }
 
   applyUnit(bytes: Uint8Array): { sequence: number; guestNs: number; final: boolean } {
