@@ -1,0 +1,188 @@
+// End-to-end live migrations between two agents started in this process, driven only through the
+// Control API (StartGuest, StartMigration, WatchJob, ListGuests): every workload profile once, and
+// a guest migrated there and back.
+import t, { type Test } from 'tap';
+import { agentCommand, agentOptionsFrom, type RunningAgent, startAgent } from '../cli/agent.js';
+import { PROFILE_NAMES } from '../shared/driver/sim/profiles.js';
+import { controlService, grpc, makeClient, pb, unary } from '../shared/transport/grpc.js';
+
+const MiB = 2 ** 20;
+const GUEST_BYTES = 64 * MiB;
+const ALL_PHASES = ['pre-migration', 'reservation', 'checkpoint', 'log-transfer', 'stop-and-copy', 'commitment', 'activation', 'done'];
+
+type Job = InstanceType<typeof pb.Job>;
+type Stats = InstanceType<typeof pb.MigrationStats>;
+type JobEvent = InstanceType<typeof pb.JobEvent>;
+
+interface Agent {
+  agent: RunningAgent;
+  ctl: grpc.Client;
+  address: string;
+}
+
+/** An agent on 127.0.0.1:0 with its Control client, both closed when `t` ends. */
+async function startTestAgent(t: Test, extra: string[] = []): Promise<Agent> {
+  const opts = agentCommand('source')
+    .parse(['node', 'agent', '--listen', '127.0.0.1:0', '--log-level', 'error', ...extra])
+    .opts();
+  const agent = await startAgent(agentOptionsFrom(opts));
+  const ctl = makeClient(controlService, 'Control', agent.address, grpc.credentials.createInsecure());
+  t.teardown(async () => {
+    ctl.close();
+    await agent.shutdown('test over');
+  });
+  return { agent, ctl, address: agent.address };
+}
+
+async function startGuest(a: Agent, id: string, profile: string, rates: Record<string, number> = {}): Promise<void> {
+  await unary(a.ctl, controlService.startGuest, pb.StartGuestRequest.create({ id, profile, memoryBytes: GUEST_BYTES, rates }), 30_000, `starting guest ${id}`);
+}
+
+/** The guest's state as the agent's ListGuests shows it, or 'absent'. */
+async function guestState(a: Agent, id: string): Promise<string> {
+  const res = await unary(a.ctl, controlService.listGuests, pb.ListGuestsRequest.create(), 10_000, 'listing guests');
+  return res.guests.find((g) => g.description?.id === id)?.state ?? 'absent';
+}
+
+async function startMigration(a: Agent, request: Partial<InstanceType<typeof pb.StartMigrationRequest>>): Promise<string> {
+  const res = await unary(a.ctl, controlService.startMigration, pb.StartMigrationRequest.create(request), 10_000, 'starting a migration');
+  return res.jobId;
+}
+
+/** Follows a job with WatchJob until the server ends the stream; returns the last job and the event kinds. */
+async function watchJob(a: Agent, jobId: string, timeoutMs = 120_000): Promise<{ job: Job; kinds: string[]; phases: string[] }> {
+  const m = controlService.watchJob;
+  const call = a.ctl.makeServerStreamRequest(m.path, m.requestSerialize, m.responseDeserialize, pb.WatchJobRequest.create({ jobId, intervalMs: 100 }));
+  const timer = setTimeout(() => call.cancel(), timeoutMs);
+  const kinds: string[] = [];
+  const phases: string[] = [];
+  let job: Job | null = null;
+  try {
+    for await (const event of call as AsyncIterable<JobEvent>) {
+      kinds.push(event.kind);
+      if (event.kind === 'phase') phases.push(event.message);
+      job = event.job as Job;
+    }
+  } finally {
+    clearTimeout(timer);
+  }
+  if (job === null) throw new Error(`WatchJob ${jobId} ended without an event`);
+  return { job, kinds, phases };
+}
+
+const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+
+/** The assertions every completed migration must pass. */
+function checkCompleted(t: Test, s: Stats, what: string): void {
+  t.equal(s.status, 'completed', `${what}: status (error: ${s.error})`);
+  t.equal(s.phase, 'done', `${what}: phase`);
+  t.equal(s.error, '', `${what}: no error`);
+  t.equal(s.errorCode, '', `${what}: no error code`);
+  t.match(s.sourceDigest, /^[0-9a-f]{16}$/, `${what}: source digest is 16 hex digits`);
+  t.equal(s.targetDigest, s.sourceDigest, `${what}: target digest equals the source's`);
+  t.ok(s.downtimeMs > 0, `${what}: downtime ${s.downtimeMs} ms > 0`);
+  t.ok(s.totalTimeMs > 0, `${what}: total time ${s.totalTimeMs} ms > 0`);
+  t.ok(s.checkpointWireBytes > 0, `${what}: checkpoint wire bytes ${s.checkpointWireBytes} > 0`);
+  t.ok(s.transferredBytes > s.checkpointWireBytes, `${what}: transferred ${s.transferredBytes} B > checkpoint on the wire ${s.checkpointWireBytes} B`);
+  t.equal(s.checkpointMemoryBytesCovered, GUEST_BYTES, `${what}: the checkpoint covered all guest memory`);
+  t.equal(s.memoryBytes, GUEST_BYTES, `${what}: memory bytes`);
+  t.ok(s.unitsReplayed > 0, `${what}: units replayed ${s.unitsReplayed} > 0`);
+  t.equal(s.unitsReplayed, s.unitsRecorded, `${what}: every recorded unit was replayed (recorded ${s.unitsRecorded}, replayed ${s.unitsReplayed})`);
+  t.equal(s.remainingUnits, 0, `${what}: no unit left`);
+}
+
+for (const profile of PROFILE_NAMES) {
+  t.test(`migrates a running 64 MiB '${profile}' guest`, async (t) => {
+    const source = await startTestAgent(t);
+    const target = await startTestAgent(t);
+    const id = `vm-${profile}`;
+    await startGuest(source, id, profile);
+    t.equal(await guestState(source, id), 'running', 'the guest runs on the source');
+    await sleep(200);
+    const jobId = await startMigration(source, {
+      guestId: id,
+      targetAddress: target.address,
+      downtimeLimitMs: 300,
+      // The CPU-bound profiles share this process's one thread with the transfer and the replay.
+      nonConvergencePolicy: 'force',
+      maxDurationMs: 60_000,
+    });
+    const { job, kinds, phases } = await watchJob(source, jobId);
+    const s = job.stats as Stats;
+    t.comment(
+      `${profile}: downtime ${s.downtimeMs.toFixed(1)} ms, total ${s.totalTimeMs.toFixed(0)} ms, ${(s.transferredBytes / MiB).toFixed(1)} MiB, ` +
+        `units ${s.unitsRecorded}/${s.unitsReplayed}, rounds ${s.rounds}, forced ${s.forced}`,
+    );
+    t.equal(job.jobId, jobId);
+    t.equal(job.guestId, id);
+    t.equal(job.targetAddress, target.address);
+    t.equal(kinds[kinds.length - 1], 'completed', 'the last event says completed');
+    // The first phases may pass before WatchJob subscribes: what it saw is a tail of the seven, in order.
+    const first = ALL_PHASES.indexOf(phases[0] ?? '');
+    t.ok(first >= 0 && first <= ALL_PHASES.indexOf('log-transfer'), `the watch saw the phases from log-transfer on at least (${phases.join(', ')})`);
+    t.same(phases, ALL_PHASES.slice(first), 'the phases in order, each once');
+    checkCompleted(t, s, profile);
+    t.equal(s.method, 'crtr');
+
+    t.equal(await guestState(target, id), 'running', 'the guest runs on the target');
+    t.equal(await guestState(source, id), 'absent', 'the guest is gone from the source');
+
+    // GetJob agrees with the stream's last event.
+    const again = await unary(source.ctl, controlService.getJob, pb.GetJobRequest.create({ jobId }), 10_000, 'getting the job');
+    t.equal(again.stats?.status, 'completed', 'GetJob: completed');
+    t.equal(again.stats?.sourceDigest, s.sourceDigest, 'GetJob: same digest');
+
+    // The source host freed the guest's memory; the target holds it.
+    const sourceCapacity = await unary(source.ctl, controlService.getCapacity, pb.GetCapacityRequest.create(), 10_000, 'capacity');
+    const targetCapacity = await unary(target.ctl, controlService.getCapacity, pb.GetCapacityRequest.create(), 10_000, 'capacity');
+    t.equal(sourceCapacity.memoryBytesReserved, 0, 'source: nothing reserved');
+    t.equal(targetCapacity.memoryBytesReserved, GUEST_BYTES, 'target: the guest memory');
+  });
+}
+
+t.test('a migrated guest migrates back to its first host', async (t) => {
+  const a = await startTestAgent(t);
+  const b = await startTestAgent(t);
+  const id = 'vm-back';
+  await startGuest(a, id, 'web');
+  await sleep(200);
+
+  const there = await watchJob(a, await startMigration(a, { guestId: id, targetAddress: b.address, downtimeLimitMs: 300, nonConvergencePolicy: 'force', maxDurationMs: 60_000 }));
+  checkCompleted(t, there.job.stats as Stats, 'a -> b');
+  t.equal(await guestState(b, id), 'running', 'runs on b');
+  t.equal(await guestState(a, id), 'absent', 'gone from a');
+
+  // The guest keeps running on b (its digest moves on), then b migrates it back.
+  const thereDigest = (there.job.stats as Stats).targetDigest;
+  await sleep(300);
+  t.not(b.agent.driver.guest(id).digest(), thereDigest, 'the activated guest runs on b');
+
+  const back = await watchJob(b, await startMigration(b, { guestId: id, targetAddress: a.address, downtimeLimitMs: 300, nonConvergencePolicy: 'force', maxDurationMs: 60_000 }));
+  const s = back.job.stats as Stats;
+  checkCompleted(t, s, 'b -> a');
+  t.not(s.sourceDigest, thereDigest, 'the guest ran on b between the two migrations');
+  t.equal(await guestState(a, id), 'running', 'runs on a again');
+  t.equal(await guestState(b, id), 'absent', 'gone from b');
+
+  // b's job list has the outgoing job; a's has the first one.
+  const jobsOfA = await unary(a.ctl, controlService.listJobs, pb.ListJobsRequest.create(), 10_000, 'jobs');
+  const jobsOfB = await unary(b.ctl, controlService.listJobs, pb.ListJobsRequest.create(), 10_000, 'jobs');
+  t.same(
+    jobsOfA.jobs.map((j) => [j.jobId, j.stats?.status]),
+    [[there.job.jobId, 'completed']],
+  );
+  t.same(
+    jobsOfB.jobs.map((j) => [j.jobId, j.stats?.status]),
+    [[back.job.jobId, 'completed']],
+  );
+});
+
+t.test("the agent's --unit-ms is the unit length of guests started without one", async (t) => {
+  // BUG (see the report): startAgent() never passes AgentOptions.unitMs on (neither to the
+  // SimDriver nor to the Control service), so every guest gets UNIT_MS_DEFAULT (10 ms).
+  const a = await startTestAgent(t, ['--unit-ms', '20']);
+  const started = await unary(a.ctl, controlService.startGuest, pb.StartGuestRequest.create({ id: 'vm-units', profile: 'idle', memoryBytes: GUEST_BYTES }), 30_000, 'start');
+  t.equal(started.guest?.description?.unitMs, 20, 'the default comes from --unit-ms 20');
+  const explicit = await unary(a.ctl, controlService.startGuest, pb.StartGuestRequest.create({ id: 'vm-units-5', profile: 'idle', memoryBytes: GUEST_BYTES, unitMs: 5 }), 30_000, 'start');
+  t.equal(explicit.guest?.description?.unitMs, 5, 'an explicit unit length wins');
+});
