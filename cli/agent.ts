@@ -9,7 +9,7 @@ import { ControlService, CONTROL_DEFAULTS, type ControlOptions } from '../source
 import { SOURCE_DEFAULTS } from '../source-agent/migration.js';
 import { MigrationService, TARGET_DEFAULTS, type TargetOptions } from '../target-agent/migration-service.js';
 import { SimDriver } from '../shared/driver/sim/driver.js';
-import { UNIT_MS_DEFAULT } from '../shared/driver/sim/config.js';
+import { checkUnitMs, UNIT_MS_DEFAULT } from '../shared/driver/sim/config.js';
 import { InvalidArgumentError } from '../shared/errors.js';
 import { controlService, createServer, grpc, migrationService, widenServerSessions } from '../shared/transport/grpc.js';
 
@@ -34,7 +34,8 @@ export interface RunningAgent {
 }
 
 export async function startAgent(options: AgentOptions, log: Logger = pino({ level: options.logLevel }, destination(2))): Promise<RunningAgent> {
-  const driver = new SimDriver({ memoryBytesTotal: options.memoryBytesTotal, vcpusTotal: options.vcpusTotal });
+  checkUnitMs(options.unitMs);
+  const driver = new SimDriver({ memoryBytesTotal: options.memoryBytesTotal, vcpusTotal: options.vcpusTotal, unitMsDefault: options.unitMs });
   const migration = new MigrationService(driver, options.target, log);
   const control = new ControlService(driver, SOURCE_DEFAULTS, options.control, log);
   const server = createServer();

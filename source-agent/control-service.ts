@@ -169,7 +169,8 @@ export class ControlService {
         try {
           job = this.job(call.request.jobId);
         } catch (error) {
-          call.destroy(toServiceError(error));
+          // grpc-js sends the status of a server stream on 'error' (destroy() sends none).
+          call.emit('error', toServiceError(error));
           return;
         }
         const intervalMs = Math.max(20, call.request.intervalMs || 200);

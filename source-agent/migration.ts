@@ -92,6 +92,10 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
   readonly startedAtMs = Date.now();
   private readonly t0 = performance.now();
   private readonly counter: ByteCounter = { sent: 0, received: 0 };
+  /** The Migration methods, counting every byte each way (transferredBytes). */
+  private readonly methods = countingService(migrationService, this.counter, 'client');
+  /** Set once the transfer stream was ended or abandoned: nothing more is written to it. */
+  private transportClosed = false;
   private readonly cancelController = new AbortController();
   private log: Logger;
   private client: grpc.Client | null = null;
@@ -167,11 +171,11 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
     const req = this.request;
     const description = this.guest.describe();
     if (req.method !== 'crtr' && req.method !== 'precopy') throw new InvalidStateError(`method '${req.method}' is not available in this build (crtr, precopy)`);
-    this.client = makeClient(countingService(migrationService, this.counter, 'client'), 'Migration', req.targetAddress, this.options.credentials);
+    this.client = makeClient(this.methods, 'Migration', req.targetAddress, this.options.credentials);
 
     // Phase 1: pre-migration.
     this.setPhase('pre-migration');
-    const capacity = await unary(this.client, migrationService.getCapacity, pb.CapacityRequest.create(), this.options.callTimeoutMs, `capacity of ${req.targetAddress}`);
+    const capacity = await unary(this.client, this.methods.getCapacity, pb.CapacityRequest.create(), this.options.callTimeoutMs, `capacity of ${req.targetAddress}`);
     if (capacity.driver !== description.driver) {
       throw new ReservationRefusedError(`target ${req.targetAddress} runs driver '${capacity.driver}', the guest needs '${description.driver}'`);
     }
@@ -185,7 +189,7 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
     this.setPhase('reservation');
     const reservation = await unary(
       this.client,
-      migrationService.reserve,
+      this.methods.reserve,
       pb.ReserveRequest.create({
         protocolVersion: PROTOCOL_VERSION,
         agentVersion: AGENT_VERSION,
@@ -214,14 +218,15 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
     this.stats.sourceDigest = digest;
     this.checkCancelled();
     this.commitSent = true;
-    this.send({ commit: { digest: this.request.faults?.corruptCommitDigest ? flipHex(digest) : digest } });
+    const sentDigest = this.request.faults?.corruptCommitDigest ? flipHex(digest) : digest;
+    this.send({ commit: { digest: sentDigest } });
     await this.until(() => this.commitResult !== null, true);
     const result = this.commitResult!;
     this.stats.targetDigest = result.targetDigest;
     if (!result.matched) {
       // The target refused the commit and discarded its replica: the guest is only here.
       this.commitSent = false;
-      throw new CorruptDataError(`commit refused: the target's replica digest ${result.targetDigest} differs from the source's ${digest}`);
+      throw new CorruptDataError(`commit refused: the target's replica digest ${result.targetDigest} differs from the digest sent, ${sentDigest}`);
     }
     this.committed = true;
     this.stats.totalTimeMs = this.elapsedMs();
@@ -233,6 +238,7 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
     this.log.info({ commitMs: performance.now() - this.suspendedAtMs, resumeToReplyMs: activated.resumeToReplyMs }, 'activation timing');
     this.stats.downtimeMs = performance.now() - this.suspendedAtMs - activated.resumeToReplyMs;
     for (const hook of activated.hooks) if (hook.exitCode !== 0) this.log.warn({ hook: hook.command, exitCode: hook.exitCode, error: hook.error }, 'activation hook failed on the target');
+    this.refreshStats();
     this.guest.discard();
   }
 
@@ -379,9 +385,10 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
       return;
     }
     // Abort before the commit: the target drops its replica, the guest runs here.
+    this.refreshStats();
     this.sendAbort(e.message);
     if (!this.streamOpened && this.reservationId !== '' && this.client !== null) {
-      await unary(this.client, migrationService.release, pb.ReleaseRequest.create({ reservationId: this.reservationId, reason: e.message }), this.options.callTimeoutMs, 'release').catch(
+      await unary(this.client, this.methods.release, pb.ReleaseRequest.create({ reservationId: this.reservationId, reason: e.message }), this.options.callTimeoutMs, 'release').catch(
         (releaseError: unknown) => this.log.warn({ err: String(releaseError) }, 'could not release the reservation (it expires on its own)'),
       );
     }
@@ -395,7 +402,7 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
   // --- the transfer stream ---------------------------------------------------------------
 
   private openStream(): void {
-    const m = countingService(migrationService, this.counter, 'client').transfer;
+    const m = this.methods.transfer;
     const call = this.client!.makeBidiStreamRequest(m.path, m.requestSerialize, m.responseDeserialize) as grpc.ClientDuplexStream<
       InstanceType<typeof pb.SourceMessage>,
       TargetMessage
@@ -452,6 +459,7 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
   }
 
   private onStopRequest(request: InstanceType<typeof pb.StopRequest>): void {
+    if (this.isOver() || this.transportClosed || this.stopGranted || this.stopForced) return;
     this.stats.rounds++;
     if (!this.checkpointDone || this.stats.phase !== 'log-transfer') {
       this.send({ stopDecision: { granted: false, reason: `source is in phase ${this.stats.phase}` } });
@@ -481,12 +489,14 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
   }
 
   private send(body: Record<string, object>): void {
-    this.call?.write(pb.SourceMessage.create(body as never));
+    if (this.transportClosed || this.call === null) return;
+    this.call.write(pb.SourceMessage.create(body as never));
   }
 
   /** Writes one message, waiting for the stream's buffer to drain and for the bandwidth limit. */
   private async write(body: Record<string, object>, bytes: number, rateBytesPerSec = this.request.maxBandwidthBytesPerSec): Promise<void> {
     await this.throttleBandwidth(bytes, rateBytesPerSec);
+    if (this.transportClosed) throw this.streamError ?? new AbortedError('the transfer stream was closed');
     const call = this.call!;
     const ok = call.write(pb.SourceMessage.create(body as never));
     if (!ok) await this.until(() => true, false, undefined, new Promise<void>((resolve) => call.once('drain', () => resolve())));
@@ -504,20 +514,24 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
   }
 
   private sendAbort(reason: string): void {
-    if (this.call === null) return;
+    if (this.call === null || this.transportClosed) return;
     try {
       this.send({ abort: { reason } });
-      this.call.end();
     } catch {
       // The stream is already gone; the target discards on its own.
     }
+    this.closeTransport();
   }
 
+  /** Ends the transfer stream (the target then ends its side) and closes the channel. */
   private closeTransport(): void {
-    try {
-      this.call?.end();
-    } catch {
-      // Already closed.
+    if (!this.transportClosed) {
+      this.transportClosed = true;
+      try {
+        this.call?.end();
+      } catch {
+        // Already closed.
+      }
     }
     this.client?.close();
   }
@@ -574,7 +588,7 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
       if (inFlight || this.client === null) return;
       inFlight = true;
       const sentMs = performance.now();
-      unary(this.client, migrationService.getCapacity, pb.CapacityRequest.create(), this.options.callTimeoutMs, 'ping')
+      unary(this.client, this.methods.getCapacity, pb.CapacityRequest.create(), this.options.callTimeoutMs, 'ping')
         .then(() => {
           const rtt = performance.now() - sentMs;
           this.stats.rttMs = this.stats.rttMs === 0 ? rtt : 0.8 * this.stats.rttMs + 0.2 * rtt;
@@ -635,7 +649,9 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
   refreshStats(): MigrationStats {
     const s = this.stats;
     const rec = this.guest.describe().state === 'discarded' ? null : this.guest.recordingStats();
-    if (rec !== null) {
+    // Recording counters are monotonic while the recording lasts, and read as zero once it was
+    // stopped (abort) or the guest discarded (completion): keep the last real values then.
+    if (rec !== null && rec.unitsRecorded >= s.unitsRecorded) {
       s.unitsRecorded = rec.unitsRecorded;
       s.logBytes = rec.logBytes;
       s.stallMs = rec.stallMs;

@@ -188,15 +188,14 @@ t.test('the target refuses the reservation itself (no vCPU free): RESOURCE_EXHAU
   t.equal(await reservedBytes(target), GUEST_BYTES, 'the target holds only its resident guest');
 });
 
-t.test('the target refuses a guest it already runs (ALREADY_EXISTS, reported as FAILED_PRECONDITION)', async (t) => {
+t.test('the target refuses a guest it already runs (ALREADY_EXISTS)', async (t) => {
   const { source, target } = await agentPair(t);
   const id = 'vm-twin';
   await startGuest(source, id, 'idle');
   await startGuest(target, id, 'idle');
   const { stats: s } = await migrate(source, { guestId: id, targetAddress: target.address, downtimeLimitMs: 300, maxDurationMs: 60_000 });
   t.equal(s.status, 'failed');
-  // shared/transport/grpc.ts fromStatus maps ALREADY_EXISTS and FAILED_PRECONDITION alike.
-  t.equal(s.errorCode, 'FAILED_PRECONDITION');
+  t.equal(s.errorCode, 'ALREADY_EXISTS');
   t.match(s.error, /^reservation on 127\.0\.0\.1:\d+: guest 'vm-twin' already runs on this host$/);
   t.equal(await guestState(source, id), 'running', 'the source guest still runs');
   t.equal(await guestState(target, id), 'running', "the target's own guest is untouched");
@@ -304,7 +303,7 @@ t.test('a wrong digest at commitment: the target refuses the commit, DATA_LOSS, 
   });
   t.equal(s.status, 'failed');
   t.equal(s.errorCode, 'DATA_LOSS');
-  t.match(s.error, /^commit refused: the target's replica digest [0-9a-f]{16} differs from the source's [0-9a-f]{16}$/);
+  t.match(s.error, /^commit refused: the target's replica digest [0-9a-f]{16} differs from the digest sent, [0-9a-f]{16}$/);
   // Only the digest on the wire was flipped: the replica itself was right.
   t.match(s.sourceDigest, /^[0-9a-f]{16}$/);
   t.equal(s.targetDigest, s.sourceDigest, "the target's replica matched the source's real digest");

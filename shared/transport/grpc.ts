@@ -6,6 +6,7 @@ import * as grpc from '@grpc/grpc-js';
 import { vmmigrate } from '../proto/generated.js';
 import {
   AbortedError,
+  AlreadyExistsError,
   CorruptDataError,
   type ErrorCode,
   InvalidArgumentError,
@@ -208,6 +209,7 @@ export function fromStatus(code: number, message: string, what: string): VmMigra
     case grpc.status.NOT_FOUND:
       return new NotFoundError(text);
     case grpc.status.ALREADY_EXISTS:
+      return new AlreadyExistsError(text);
     case grpc.status.FAILED_PRECONDITION:
       return new InvalidStateError(text);
     case grpc.status.RESOURCE_EXHAUSTED:

@@ -17,6 +17,8 @@ export interface SimDriverOptions {
   /** Memory this host offers to guests. */
   memoryBytesTotal: number;
   vcpusTotal: number;
+  /** Unit length of guests created without one. */
+  unitMsDefault: number;
   /** Options of every guest this host runs (pacing, queue and pool limits). */
   guest: Partial<Omit<SimGuestOptions, 'environmentSeed'>>;
 }
@@ -48,6 +50,7 @@ export class SimDriver implements HypervisorDriver {
     this.options = {
       memoryBytesTotal: options.memoryBytesTotal ?? 16 * 2 ** 30,
       vcpusTotal: options.vcpusTotal ?? 16,
+      unitMsDefault: options.unitMsDefault ?? UNIT_MS_DEFAULT,
       guest: options.guest ?? {},
     };
   }
@@ -88,7 +91,7 @@ export class SimDriver implements HypervisorDriver {
     const id = spec.id ?? `sim-${randomUUID().slice(0, 8)}`;
     if (!GUEST_ID.test(id)) throw new InvalidArgumentError(`guest id '${id}': expected 1-64 letters, digits, '.', '_' or '-'`);
     checkMemoryBytes(spec.memoryBytes);
-    const unitMs = spec.unitMs ?? UNIT_MS_DEFAULT;
+    const unitMs = spec.unitMs ?? this.options.unitMsDefault;
     checkUnitMs(unitMs);
     const rates = resolveRates(spec.profile, spec.rates);
     this.checkRoom(id, spec.memoryBytes);
