@@ -4,6 +4,7 @@
 # can never be stale.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+mkdir -p shared/proto
 out=shared/proto/generated
 # Up to date: nothing to do (the build runs this every time).
 if [ -f "$out.d.ts" ] && [ -z "$(find proto scripts/gen-proto.sh -newer "$out.d.ts" -type f)" ]; then exit 0; fi
