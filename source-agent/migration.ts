@@ -214,7 +214,9 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
     // Phase 6: commitment.
     this.setPhase('commitment');
     this.stats.status = 'committing';
+    const digestStart = performance.now();
     const digest = this.guest.digest();
+    this.log.debug({ digestMs: performance.now() - digestStart, sinceSuspendMs: performance.now() - this.suspendedAtMs }, 'source digest at commitment');
     this.stats.sourceDigest = digest;
     this.checkCancelled();
     this.commitSent = true;
@@ -235,7 +237,7 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
     this.setPhase('activation');
     await this.until(() => this.activated !== null, true, this.options.activationTimeoutMs);
     const activated = this.activated!;
-    this.log.info({ commitMs: performance.now() - this.suspendedAtMs, resumeToReplyMs: activated.resumeToReplyMs }, 'activation timing');
+    this.log.debug({ commitMs: performance.now() - this.suspendedAtMs, resumeToReplyMs: activated.resumeToReplyMs }, 'activation timing');
     this.stats.downtimeMs = performance.now() - this.suspendedAtMs - activated.resumeToReplyMs;
     for (const hook of activated.hooks) if (hook.exitCode !== 0) this.log.warn({ hook: hook.command, exitCode: hook.exitCode, error: hook.error }, 'activation hook failed on the target');
     this.refreshStats();
@@ -275,7 +277,7 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
       await unitPump;
       const sentMs = performance.now() - this.suspendedAtMs;
       await this.until(() => this.progressMsg.finalReplayed);
-      this.log.info({ suspendedMs, sentMs, replayedMs: performance.now() - this.suspendedAtMs }, 'stop-and-copy timing');
+      this.log.debug({ suspendedMs, sentMs, replayedMs: performance.now() - this.suspendedAtMs }, 'stop-and-copy timing');
     } finally {
       stopPing();
       stopMonitor();
@@ -481,6 +483,8 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
     });
     this.send({ stopDecision: { granted: decision.granted, reason: decision.reason, unsentLogBytes: unsent, unsentLogBytesAllowed: decision.allowedBytes } });
     if (decision.granted) {
+      // The digest at commitment is inside the downtime: bring the incremental one up to date now.
+      this.guest.digest();
       this.stopGranted = true;
       this.log.info({ remainingUnits: request.remainingUnits, unsentLogBytes: unsent, rounds: this.stats.rounds }, 'stop-and-copy agreed');
     } else {
@@ -614,7 +618,7 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
       }
       // Keep the incremental digest fresh, so that the one taken at commitment (inside the
       // downtime) only hashes the pages written since.
-      if (this.stats.phase === 'log-transfer' || (this.request.method === 'precopy' && this.stats.phase === 'checkpoint')) this.guest.digest();
+      if (this.stats.phase === 'log-transfer' || this.stats.phase === 'checkpoint') this.guest.digest();
       if (this.request.method !== 'crtr' || this.stats.phase !== 'log-transfer' || this.stopGranted || this.stopForced) return;
       this.backlog.push({ atMs: elapsed, backlogUnits: this.stats.remainingUnits });
       if (this.backlog.length > 200) this.backlog.shift();

@@ -194,7 +194,9 @@ export class TargetSession {
     if (this.state !== 'replaying' || !this.finalReplayed || this.queue.length > 0) {
       throw new InvalidStateError(`commit received before the final unit was replayed (${this.queue.length} units queued, state ${this.state})`);
     }
+    const commitStart = performance.now();
     const targetDigest = r.replica.digest();
+    const digestMs = performance.now() - commitStart;
     if (targetDigest !== commit.digest) {
       this.log.error({ sourceDigest: commit.digest, targetDigest }, 'commit refused: digests differ');
       this.send({ commitResult: { matched: false, targetDigest } });
@@ -209,7 +211,7 @@ export class TargetSession {
     r.replica.activate();
     this.service.forget(r.id);
     this.state = 'activated';
-    this.log.info({ digest: targetDigest }, 'committed and resumed the guest here');
+    this.log.info({ digest: targetDigest, digestMs, commitToResumeMs: performance.now() - commitStart }, 'committed and resumed the guest here');
     void this.runHooks(r).then((hooks) => {
       this.send({ activated: { resumeToReplyMs: performance.now() - resumedAt, hooks } });
       this.finish();

@@ -1,6 +1,9 @@
 // End-to-end live migrations between two agents started in this process, driven only through the
 // Control API (StartGuest, StartMigration, WatchJob, ListGuests): every workload profile once, and
 // a guest migrated there and back.
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import t, { type Test } from 'tap';
 import { agentCommand, agentOptionsFrom, type RunningAgent, startAgent } from '../cli/agent.js';
 import { PROFILE_NAMES } from '../shared/driver/sim/profiles.js';
@@ -178,11 +181,44 @@ t.test('a migrated guest migrates back to its first host', async (t) => {
 });
 
 t.test("the agent's --unit-ms is the unit length of guests started without one", async (t) => {
-  // BUG (see the report): startAgent() never passes AgentOptions.unitMs on (neither to the
-  // SimDriver nor to the Control service), so every guest gets UNIT_MS_DEFAULT (10 ms).
   const a = await startTestAgent(t, ['--unit-ms', '20']);
   const started = await unary(a.ctl, controlService.startGuest, pb.StartGuestRequest.create({ id: 'vm-units', profile: 'idle', memoryBytes: GUEST_BYTES }), 30_000, 'start');
   t.equal(started.guest?.description?.unitMs, 20, 'the default comes from --unit-ms 20');
   const explicit = await unary(a.ctl, controlService.startGuest, pb.StartGuestRequest.create({ id: 'vm-units-5', profile: 'idle', memoryBytes: GUEST_BYTES, unitMs: 5 }), 30_000, 'start');
   t.equal(explicit.guest?.description?.unitMs, 5, 'an explicit unit length wins');
+});
+
+t.test('activation hooks run on the target after the guest resumes, with its ids', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'vmmigrate-hook-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const out = join(dir, 'hook.txt');
+  const source = await startTestAgent(t);
+  const target = await startTestAgent(t, ['--activation-hook', `echo "$VMMIGRATE_GUEST_ID $VMMIGRATE_MIGRATION_ID" > ${out}`, 'exit 3']);
+  await startGuest(source, 'vm-hook', 'idle');
+  const jobId = await startMigration(source, { guestId: 'vm-hook', targetAddress: target.address, downtimeLimitMs: 300, nonConvergencePolicy: 'force', maxDurationMs: 60_000 });
+  const { job } = await watchJob(source, jobId);
+  // A failing hook is reported and logged; the guest runs on the target regardless.
+  checkCompleted(t, job.stats as Stats, 'with hooks');
+  const written = readFileSync(out, 'utf8').trim().split(' ');
+  t.equal(written[0], 'vm-hook', 'the hook saw the guest id');
+  t.match(written[1], /^[0-9a-f-]{36}$/, 'and the migration id');
+  t.equal(await guestState(target, 'vm-hook'), 'running');
+});
+
+t.test('the pre-copy baseline migrates through the same agents, digests equal', async (t) => {
+  const source = await startTestAgent(t);
+  const target = await startTestAgent(t);
+  await startGuest(source, 'vm-pre', 'web');
+  await sleep(200);
+  const { job } = await watchJob(source, await startMigration(source, { guestId: 'vm-pre', targetAddress: target.address, method: 'precopy', downtimeLimitMs: 300, maxDurationMs: 60_000 }));
+  const s = job.stats as Stats;
+  t.equal(s.status, 'completed', `status (error: ${s.error})`);
+  t.equal(s.method, 'precopy');
+  t.match(s.sourceDigest, /^[0-9a-f]{16}$/);
+  t.equal(s.targetDigest, s.sourceDigest, 'digests equal');
+  t.ok(s.rounds >= 1 && s.rounds <= 31, `rounds ${s.rounds} within Xen's bound`);
+  t.equal(s.unitsRecorded, 0, 'no log units');
+  t.ok(s.transferredBytes >= s.checkpointWireBytes && s.checkpointWireBytes > 0);
+  t.equal(await guestState(target, 'vm-pre'), 'running');
+  t.equal(await guestState(source, 'vm-pre'), 'absent');
 });
