@@ -57,6 +57,12 @@ export interface MigrationStats {
   forced: boolean;
   rttMs: number;
   stopRequestsDenied: number;
+  /** At the suspend: units not yet replayed on the target (final unit included), log bytes not yet sent. */
+  stopUnitsToReplay: number;
+  stopLogBytesUnsent: number;
+  /** Pre-copy: pages sent during the stop-and-copy. */
+  stopPagesSent: number;
+  unitMs: number;
 }
 
 export function emptyStats(method: MigrationMethod, memoryBytes: number): MigrationStats {
@@ -92,5 +98,9 @@ export function emptyStats(method: MigrationMethod, memoryBytes: number): Migrat
     forced: false,
     rttMs: 0,
     stopRequestsDenied: 0,
+    stopUnitsToReplay: 0,
+    stopLogBytesUnsent: 0,
+    stopPagesSent: 0,
+    unitMs: 0,
   };
 }

@@ -81,7 +81,7 @@ export class ControlService {
     this.pruneJobs();
     const job = new SourceMigration(
       guest,
-      { guestId: req.guestId, targetAddress: req.targetAddress, method, downtimeLimitMs, maxBandwidthBytesPerSec: req.maxBandwidthBytesPerSec, policy, maxDurationMs, faults },
+      { guestId: req.guestId, targetAddress: req.targetAddress, method, downtimeLimitMs, maxBandwidthBytesPerSec: req.maxBandwidthBytesPerSec, policy, maxDurationMs, faults, disableCompression: req.disableCompression },
       this.sourceOptions,
       this.log,
     );

@@ -51,6 +51,8 @@ export interface MigrationRequest {
   policy: NonConvergencePolicy;
   maxDurationMs: number;
   faults?: FaultInjection;
+  /** Send payloads raw (data-plane benchmarks). */
+  disableCompression?: boolean;
 }
 
 export interface SourceOptions {
@@ -134,6 +136,7 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
   ) {
     super();
     this.stats = emptyStats(request.method, guest.describe().memoryBytes);
+    this.stats.unitMs = guest.describe().unitMs;
     this.log = log.child({ migrationId: this.id, guestId: guest.id, target: request.targetAddress });
   }
 
@@ -273,6 +276,9 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
       this.stats.status = 'stop-and-copy';
       this.suspendedAtMs = performance.now();
       await this.guest.suspend();
+      const rec = this.guest.recordingStats();
+      this.stats.stopUnitsToReplay = rec.unitsRecorded - this.progressMsg.unitsReplayed;
+      this.stats.stopLogBytesUnsent = rec.bytesQueued + this.heldUnitBytes;
       const suspendedMs = performance.now() - this.suspendedAtMs;
       await unitPump;
       const sentMs = performance.now() - this.suspendedAtMs;
@@ -329,6 +335,7 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
           await this.guest.suspend();
           const last = pages.fetchAndClearDirty();
           const merged = mergeSorted(dirty, last);
+          this.stats.stopPagesSent = merged.length;
           await this.sendPages(merged, round + 1, req.maxBandwidthBytesPerSec > 0 ? req.maxBandwidthBytesPerSec : Infinity);
           const state = packPayload(this.guest.machineState());
           await this.write({ machineState: { payload: state } }, state.data.length);
@@ -353,7 +360,7 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
       const batch = list.subarray(i, Math.min(list.length, i + batchPages));
       await this.until(() => this.pageBatchesSent - this.progressMsg.pageBatchesApplied < this.windows.chunk);
       const bytes = this.guest.pages.encodePages(batch);
-      const payload = packPayload(bytes);
+      const payload = packPayload(bytes, !this.request.disableCompression);
       if (this.request.faults?.corruptChunkIndex === this.pageBatchesSent) corrupt(payload);
       this.pageBatchesSent++;
       raw += batch.length * PAGE_BYTES;
@@ -547,7 +554,7 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
     for await (const chunk of this.guest.liveCheckpoint()) {
       this.abortAt('checkpoint');
       await this.until(() => this.chunksSent - this.progressMsg.chunksApplied < this.windows.chunk);
-      const payload = packPayload(chunk.bytes);
+      const payload = packPayload(chunk.bytes, !this.request.disableCompression);
       if (faults?.corruptChunkIndex === chunk.index) corrupt(payload);
       this.stats.checkpointBytes += chunk.bytes.length;
       this.stats.checkpointWireBytes += payload.data.length;
@@ -569,7 +576,7 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
       }
       this.heldUnitBytes = unit.bytes.length;
       await this.until(() => this.stats.unitsSent - this.progressMsg.unitsReplayed < this.windows.unit && this.unitBytesInFlight + unit.bytes.length <= this.windows.unitBytes);
-      const payload = packPayload(unit.bytes);
+      const payload = packPayload(unit.bytes, !this.request.disableCompression);
       if (faults?.corruptUnitSequence === unit.sequence) corrupt(payload);
       this.unitSizesInFlight.push(unit.bytes.length);
       this.unitBytesInFlight += unit.bytes.length;
