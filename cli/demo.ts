@@ -13,7 +13,7 @@ const program = new Command()
   .description('Live-migrate a sim guest between two agent processes on loopback.')
   .addOption(new Option('--profile <name>', 'workload profile').choices(PROFILE_NAMES).default('web'))
   .option('--memory-mib <n>', 'guest memory in MiB', '512')
-  .addOption(new Option('--method <name>', 'migration method').choices(['crtr', 'precopy']).default('crtr'))
+  .addOption(new Option('--method <name>', 'migration method').choices(['crtr', 'precopy', 'postcopy']).default('crtr'))
   .option('--downtime-limit-ms <n>', 'downtime limit', '300')
   .addOption(new Option('--policy <name>', 'non-convergence policy').choices(['abort', 'force', 'throttle']).default('throttle'))
   .option('--max-duration-ms <n>', 'maximum migration duration', '120000')
@@ -65,7 +65,7 @@ try {
     10_000,
     'starting the migration',
   );
-  say(`Migration ${jobId} started (${opts.method === 'crtr' ? 'CR/TR' : 'pre-copy'}, downtime limit ${opts.downtimeLimitMs} ms, policy ${opts.policy}).`);
+  say(`Migration ${jobId} started (${({ crtr: 'CR/TR', precopy: 'pre-copy', postcopy: 'post-copy' } as Record<string, string>)[opts.method]}, downtime limit ${opts.downtimeLimitMs} ms, policy ${opts.policy}).`);
 
   const watch = sourceControl.makeServerStreamRequest(
     controlService.watchJob.path,
@@ -101,7 +101,9 @@ try {
   say(`  downtime:                ${s.downtimeMs.toFixed(1)} ms (source suspend to target resume; limit ${opts.downtimeLimitMs} ms${s.forced ? ', forced' : ''})`);
   say(`  total migration time:    ${(s.totalTimeMs / 1000).toFixed(2)} s (start to commit)`);
   say(`  data transmitted:        ${mib(s.transferredBytes)} between the agents (checkpoint ${mib(s.checkpointWireBytes)} on the wire of ${mib(s.memoryBytes)} guest memory, log ${mib(s.logBytes)})`);
-  say(`  units:                   ${s.unitsRecorded} recorded, ${s.unitsReplayed} replayed at ${s.replayRate.toFixed(1)}x guest speed; ${s.rounds} ${opts.method === 'crtr' ? 'wait-and-ack' : 'pre-copy'} rounds`);
+  if (opts.method === 'crtr') say(`  units:                   ${s.unitsRecorded} recorded, ${s.unitsReplayed} replayed at ${s.replayRate.toFixed(1)}x guest speed; ${s.rounds} wait-and-ack rounds`);
+  else if (opts.method === 'precopy') say(`  rounds:                  ${s.rounds} pre-copy rounds; ${s.stopPagesSent} pages sent during stop-and-copy`);
+  else say(`  pages:                   ${s.demandPages} fetched on demand by the running guest, the rest pushed`);
   say(`  digests:                 source ${s.sourceDigest}, target ${s.targetDigest}: ${s.sourceDigest === s.targetDigest ? 'equal' : 'DIFFERENT'}`);
   say(`  guest now:               ${onTarget} on the target, ${onSource} on the source`);
   if (opts.json) {

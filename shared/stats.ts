@@ -4,8 +4,8 @@
 /** setup -> active -> stop-and-copy -> committing -> completed; or cancelling -> cancelled; or failed. */
 export type MigrationStatus = 'setup' | 'active' | 'stop-and-copy' | 'committing' | 'completed' | 'cancelling' | 'cancelled' | 'failed';
 
-/** The seven phases (DESIGN.md), plus `done`. */
-export type MigrationPhase = 'pre-migration' | 'reservation' | 'checkpoint' | 'log-transfer' | 'stop-and-copy' | 'commitment' | 'activation' | 'done';
+/** The seven phases (DESIGN.md), plus `done`; post-copy adds `page-push` (after activation, before commitment). */
+export type MigrationPhase = 'pre-migration' | 'reservation' | 'checkpoint' | 'log-transfer' | 'stop-and-copy' | 'commitment' | 'activation' | 'page-push' | 'done';
 export const ABORTABLE_PHASES: readonly MigrationPhase[] = ['reservation', 'checkpoint', 'log-transfer', 'stop-and-copy', 'commitment'];
 
 export type MigrationMethod = 'crtr' | 'precopy' | 'postcopy';
@@ -63,6 +63,8 @@ export interface MigrationStats {
   /** Pre-copy: pages sent during the stop-and-copy. */
   stopPagesSent: number;
   unitMs: number;
+  /** Post-copy: pages fetched on demand by the target's running guest. */
+  demandPages: number;
 }
 
 export function emptyStats(method: MigrationMethod, memoryBytes: number): MigrationStats {
@@ -102,5 +104,6 @@ export function emptyStats(method: MigrationMethod, memoryBytes: number): Migrat
     stopLogBytesUnsent: 0,
     stopPagesSent: 0,
     unitMs: 0,
+    demandPages: 0,
   };
 }

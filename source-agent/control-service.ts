@@ -53,7 +53,6 @@ export class ControlService {
     if (!req.targetAddress) throw new InvalidArgumentError('targetAddress is required (host:port of the target agent)');
     const method = (req.method || 'crtr') as MigrationMethod;
     if (method !== 'crtr' && method !== 'precopy' && method !== 'postcopy') throw new InvalidArgumentError(`method '${req.method}': expected crtr, precopy or postcopy`);
-    if (method === 'postcopy') throw new InvalidArgumentError(`method 'postcopy' is not available in this build yet; use crtr or precopy`);
     const policy = (req.nonConvergencePolicy || 'abort') as NonConvergencePolicy;
     if (!NON_CONVERGENCE_POLICIES.includes(policy)) throw new InvalidArgumentError(`nonConvergencePolicy '${req.nonConvergencePolicy}': expected ${NON_CONVERGENCE_POLICIES.join(', ')}`);
     const downtimeLimitMs = req.downtimeLimitMs || this.options.downtimeLimitMsDefault;

@@ -117,6 +117,8 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
   private stopForced = false;
   private checkpointDone = false;
   private pageBatchesSent = 0;
+  /** Post-copy: pages the target asked for, not yet sent. Bounded by the guest's page count per request burst. */
+  private readonly demand: number[] = [];
   /** Pre-copy: dirty pages at the end of each round, for convergence curves. */
   readonly dirtyHistory: Array<{ atMs: number; dirtyPages: number }> = [];
   private checkpointMs = 0;
@@ -173,7 +175,7 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
   private async phases(): Promise<void> {
     const req = this.request;
     const description = this.guest.describe();
-    if (req.method !== 'crtr' && req.method !== 'precopy') throw new InvalidStateError(`method '${req.method}' is not available in this build (crtr, precopy)`);
+    if (req.method !== 'crtr' && req.method !== 'precopy' && req.method !== 'postcopy') throw new InvalidStateError(`unknown method '${req.method}'`);
     this.client = makeClient(this.methods, 'Migration', req.targetAddress, this.options.credentials);
 
     // Phase 1: pre-migration.
@@ -211,6 +213,7 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
     this.stats.setupTimeMs = this.elapsedMs();
     this.stats.status = 'active';
 
+    if (req.method === 'postcopy') return this.postcopyTransfer();
     if (req.method === 'precopy') await this.precopyTransfer();
     else await this.crtrTransfer();
 
@@ -351,6 +354,94 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
     }
   }
 
+  /**
+   * The post-copy baseline (Hines et al., VEE 2009): suspend at once, send the machine state;
+   * the target resumes the guest immediately and asks for the pages it touches before they have
+   * arrived, while we push the rest in order. Commitment at the end: the target checks the pages
+   * as received against our digest at suspend. Once the state is sent there is no way back: the
+   * guest runs on the target.
+   */
+  private async postcopyTransfer(): Promise<void> {
+    const req = this.request;
+    const pages = this.guest.pages;
+    this.setPhase('stop-and-copy');
+    this.stats.status = 'stop-and-copy';
+    this.openStream();
+    this.send({ open: { reservationId: this.reservationId, migrationId: this.id, method: 'postcopy' } });
+    const stopPing = this.startPings();
+    try {
+      this.suspendedAtMs = performance.now();
+      await this.guest.suspend();
+      const state = packPayload(this.guest.machineState());
+      this.checkCancelled();
+      this.commitSent = true; // the point of no return: the target resumes on receiving the state
+      await this.write({ machineState: { payload: state } }, state.data.length);
+      const stateSentAtMs = performance.now();
+      // The digest at suspend, for the commitment; taken while the target already runs the guest.
+      const digest = this.guest.digest();
+      this.stats.sourceDigest = digest;
+
+      this.setPhase('activation');
+      await this.until(() => this.activated !== null, true, this.options.activationTimeoutMs);
+      this.stats.downtimeMs = performance.now() - this.suspendedAtMs - this.activated!.resumeToReplyMs;
+      this.log.debug({ stateSentMs: stateSentAtMs - this.suspendedAtMs, downtimeMs: this.stats.downtimeMs, resumeToReplyMs: this.activated!.resumeToReplyMs }, 'post-copy switch timing');
+
+      // Push every page, the ones the target asks for first.
+      this.setPhase('page-push');
+      const sent = new Uint8Array(pages.pageCount);
+      let cursor = 0;
+      const batchPages = 256;
+      const rate = req.maxBandwidthBytesPerSec > 0 ? req.maxBandwidthBytesPerSec : Infinity;
+      for (;;) {
+        const batch: number[] = [];
+        while (this.demand.length > 0 && batch.length < batchPages) {
+          const p = this.demand.shift()!;
+          if (p < pages.pageCount && sent[p] === 0) {
+            sent[p] = 1;
+            batch.push(p);
+            this.stats.demandPages++;
+          }
+        }
+        while (batch.length < batchPages && cursor < pages.pageCount) {
+          if (sent[cursor] === 0) {
+            sent[cursor] = 1;
+            batch.push(cursor);
+          }
+          cursor++;
+        }
+        if (batch.length === 0) break;
+        await this.until(() => this.pageBatchesSent - this.progressMsg.pageBatchesApplied < this.windows.chunk, true);
+        const bytes = pages.encodePages(Uint32Array.from(batch));
+        const payload = packPayload(bytes, !req.disableCompression);
+        this.pageBatchesSent++;
+        this.stats.checkpointBytes += bytes.length;
+        this.stats.checkpointWireBytes += payload.data.length;
+        this.stats.checkpointMemoryBytesCovered += batch.length * PAGE_BYTES;
+        this.stats.remainingBytes = (pages.pageCount - cursor) * PAGE_BYTES;
+        await this.write({ pages: { round: 0, pageCount: batch.length, payload } }, payload.data.length, rate);
+      }
+      await this.until(() => this.progressMsg.missingPages === 0 && this.progressMsg.pageBatchesApplied >= this.pageBatchesSent, true);
+
+      this.setPhase('commitment');
+      this.stats.status = 'committing';
+      this.send({ commit: { digest: req.faults?.corruptCommitDigest ? flipHex(digest) : digest } });
+      await this.until(() => this.commitResult !== null, true, this.options.activationTimeoutMs);
+      const result = this.commitResult!;
+      this.stats.targetDigest = result.targetDigest;
+      if (!result.matched) {
+        // The target dropped its guest (see CommitResult): ours is the only copy; resume it.
+        this.commitSent = false;
+        throw new CorruptDataError(`post-copy commit refused: the pages the target received hash to ${result.targetDigest}, the source had ${digest}`);
+      }
+      this.committed = true;
+      this.stats.totalTimeMs = this.elapsedMs();
+      this.refreshStats();
+      this.guest.discard();
+    } finally {
+      stopPing();
+    }
+  }
+
   /** Sends `list` in batches (window and rate limited); returns the raw page bytes sent. */
   private async sendPages(list: Uint32Array, round: number, rateBytesPerSec: number): Promise<number> {
     const batchPages = 256;
@@ -450,6 +541,9 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
         this.streamError = fromStatus(e.code ?? 2, e.message ?? '', `target ${this.request.targetAddress}`);
         break;
       }
+      case 'pageRequest':
+        for (const p of message.pageRequest?.pages ?? []) this.demand.push(p);
+        break;
       case 'pong': {
         const rtt = performance.now() - (message.pong?.sentMs ?? 0);
         this.stats.rttMs = this.stats.rttMs === 0 ? rtt : 0.8 * this.stats.rttMs + 0.2 * rtt;

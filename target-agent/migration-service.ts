@@ -134,6 +134,15 @@ export class MigrationService {
     this.reservations.delete(id);
   }
 
+  /** Discards a guest that runs on this host (a post-copy whose commit failed). */
+  discardGuest(id: string): void {
+    try {
+      this.driver.guest(id).discard();
+    } catch (error) {
+      this.log.warn({ guestId: id, err: String(error) }, 'could not discard the guest');
+    }
+  }
+
   /** Aborts every session and releases every reservation (agent shutdown). */
   shutdown(reason: string): void {
     for (const s of [...this.sessions]) s.abort(reason);

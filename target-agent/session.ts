@@ -12,6 +12,7 @@ import { remainingUnitsAllowed } from '../shared/convergence.js';
 import { CorruptDataError, InvalidArgumentError, InvalidStateError, LimitExceededError, VmMigrateError } from '../shared/errors.js';
 import { unpackPayload } from '../shared/protocol.js';
 import { grpc, pb, statusOf } from '../shared/transport/grpc.js';
+import type { PostcopyTarget } from '../shared/driver/types.js';
 import type { MigrationService, Reservation } from './migration-service.js';
 
 type SourceMessage = InstanceType<typeof pb.SourceMessage>;
@@ -21,11 +22,12 @@ type TargetMessage = InstanceType<typeof pb.TargetMessage>;
  * - open: waiting for the Open message;
  * - restoring: applying checkpoint chunks (units already queue);
  * - replaying: checkpoint restored, units replayed as they come;
+ * - postcopy: the guest runs here already, pages still arriving (post-copy);
  * - committed: digests matched; the guest is ours from here on;
  * - activated: the guest runs here;
  * - ended: aborted or failed; the replica was discarded.
  */
-type SessionState = 'open' | 'restoring' | 'replaying' | 'committed' | 'activated' | 'ended';
+type SessionState = 'open' | 'restoring' | 'replaying' | 'postcopy' | 'committed' | 'activated' | 'ended';
 
 interface QueuedUnit {
   sequence: number;
@@ -40,7 +42,10 @@ export class TargetSession {
   private queueBytes = 0;
   private chunksApplied = 0;
   private pageBatchesApplied = 0;
-  private method: 'crtr' | 'precopy' = 'crtr';
+  private method: 'crtr' | 'precopy' | 'postcopy' = 'crtr';
+  /** Post-copy: the guest already runs here; pages still arriving. */
+  private postcopy: PostcopyTarget | null = null;
+  private readonly pageWaiters: Array<{ pages: Uint32Array; resolve: () => void }> = [];
   private unitsReceived = 0;
   private unitsReplayed = 0;
   private bytesReceived = 0;
@@ -111,10 +116,10 @@ export class TargetSession {
 
   private onOpen(open: InstanceType<typeof pb.Open>): void {
     if (this.state !== 'open') throw new InvalidStateError(`Open received twice (session is ${this.state})`);
-    if (open.method !== '' && open.method !== 'crtr' && open.method !== 'precopy') {
-      throw new InvalidArgumentError(`transfer method '${open.method}' is not supported by this agent (crtr, precopy)`);
+    if (open.method !== '' && open.method !== 'crtr' && open.method !== 'precopy' && open.method !== 'postcopy') {
+      throw new InvalidArgumentError(`transfer method '${open.method}' is not supported by this agent (crtr, precopy, postcopy)`);
     }
-    this.method = open.method === 'precopy' ? 'precopy' : 'crtr';
+    this.method = open.method === '' ? 'crtr' : (open.method as 'crtr' | 'precopy' | 'postcopy');
     this.reservation = this.service.open(open.reservationId);
     this.log = this.log.child({ migrationId: this.reservation.migrationId, guestId: this.reservation.replica.id });
     this.state = 'restoring';
@@ -144,6 +149,20 @@ export class TargetSession {
   }
 
   private onPages(batch: InstanceType<typeof pb.PageBatch>): void {
+    if (this.postcopy !== null) {
+      const bytes = unpackPayload(batch.payload, `page batch ${this.pageBatchesApplied}`);
+      this.postcopy.receivePages(bytes);
+      this.pageBatchesApplied++;
+      for (let i = this.pageWaiters.length - 1; i >= 0; i--) {
+        const w = this.pageWaiters[i];
+        if (this.postcopy.present(w.pages)) {
+          this.pageWaiters.splice(i, 1);
+          w.resolve();
+        }
+      }
+      this.progress(this.postcopy.missingPages === 0);
+      return;
+    }
     const r = this.requireReservation(`page batch of round ${batch.round}`);
     if (this.method !== 'precopy' || this.state !== 'restoring') throw new InvalidStateError(`page batch received in a ${this.method} transfer that is ${this.state}`);
     const bytes = unpackPayload(batch.payload, `page batch ${this.pageBatchesApplied} (round ${batch.round})`);
@@ -159,12 +178,38 @@ export class TargetSession {
 
   private onMachineState(message: InstanceType<typeof pb.MachineState>): void {
     const r = this.requireReservation('machine state');
+    if (this.method === 'postcopy') return this.startPostcopy(r, unpackPayload(message.payload, 'machine state'));
     if (this.method !== 'precopy' || this.state !== 'restoring') throw new InvalidStateError(`machine state received in a ${this.method} transfer that is ${this.state}`);
     r.replica.restoreMachineState(unpackPayload(message.payload, 'machine state'));
     this.state = 'replaying';
     this.finalReplayed = true;
     this.log.info({ pageBatches: this.pageBatchesApplied }, 'pre-copy complete: pages and machine state restored');
     this.progress(true);
+  }
+
+  /**
+   * Post-copy: the guest resumes here at once with no page yet; each unit it runs first fetches
+   * the pages it will touch. From this point the guest is this host's (the source stays
+   * suspended); the commitment at the end checks the pages as received against the source.
+   */
+  private startPostcopy(r: Reservation, state: Uint8Array): void {
+    if (this.state !== 'restoring') throw new InvalidStateError(`machine state received while ${this.state}`);
+    const resumedAt = performance.now();
+    const { postcopy } = r.replica.activatePostcopy(state, (pages) => this.fetchPages(pages));
+    this.postcopy = postcopy;
+    this.service.forget(r.id);
+    this.state = 'postcopy';
+    this.log.info({ missingPages: postcopy.missingPages }, 'post-copy: resumed the guest here; fetching its pages');
+    void this.runHooks(r).then((hooks) => {
+      this.send({ activated: { resumeToReplyMs: performance.now() - resumedAt, hooks } });
+    });
+  }
+
+  /** Post-copy: asks the source for `pages` and resolves once they are all here. */
+  private fetchPages(pages: Uint32Array): Promise<void> {
+    if (this.postcopy === null || this.postcopy.present(pages)) return Promise.resolve();
+    for (let i = 0; i < pages.length; i += 4096) this.send({ pageRequest: { pages: Array.from(pages.subarray(i, i + 4096)) } });
+    return new Promise((resolve) => this.pageWaiters.push({ pages, resolve }));
   }
 
   private onUnit(unit: InstanceType<typeof pb.LogUnit>): void {
@@ -191,6 +236,7 @@ export class TargetSession {
 
   private onCommit(commit: InstanceType<typeof pb.Commit>): void {
     const r = this.requireReservation('commit');
+    if (this.postcopy !== null) return this.onPostcopyCommit(r, commit);
     if (this.state !== 'replaying' || !this.finalReplayed || this.queue.length > 0) {
       throw new InvalidStateError(`commit received before the final unit was replayed (${this.queue.length} units queued, state ${this.state})`);
     }
@@ -216,6 +262,26 @@ export class TargetSession {
       this.send({ activated: { resumeToReplyMs: performance.now() - resumedAt, hooks } });
       this.finish();
     });
+  }
+
+  private onPostcopyCommit(r: Reservation, commit: InstanceType<typeof pb.Commit>): void {
+    const postcopy = this.postcopy!;
+    if (postcopy.missingPages > 0) throw new InvalidStateError(`post-copy commit received with ${postcopy.missingPages} pages still missing`);
+    const targetDigest = postcopy.receivedDigest();
+    if (targetDigest !== commit.digest) {
+      // The guest running here started from a state the source never had: drop it, so that the
+      // source (told so by matched=false) can resume its suspended copy.
+      this.log.error({ sourceDigest: commit.digest, targetDigest }, 'post-copy commit refused: digests differ; discarding the guest here');
+      this.service.discardGuest(r.replica.id);
+      this.send({ commitResult: { matched: false, targetDigest } });
+      this.state = 'ended';
+      this.finish();
+      return;
+    }
+    this.send({ commitResult: { matched: true, targetDigest } });
+    this.state = 'activated';
+    this.log.info({ digest: targetDigest }, 'post-copy complete: every page here, digests match');
+    this.finish();
   }
 
   private async runHooks(r: Reservation): Promise<Array<{ command: string; exitCode: number; error: string }>> {
@@ -294,6 +360,7 @@ export class TargetSession {
   /** Sends progress (at most every progressIntervalMs unless `force`), and a stop request when due. */
   private progress(force: boolean): void {
     if (this.state === 'ended' || this.reservation === null) return;
+    if (this.postcopy !== null && this.state !== 'postcopy') return;
     const now = performance.now();
     const interval = this.service.options.progressIntervalMs;
     if (!force && now - this.lastProgressMs < interval) {
@@ -322,6 +389,7 @@ export class TargetSession {
         bytesReceived: this.bytesReceived,
         finalReplayed: this.finalReplayed,
         pageBatchesApplied: this.pageBatchesApplied,
+        missingPages: this.postcopy?.missingPages ?? 0,
       },
     });
     if (this.state === 'replaying' && !this.finalReplayed && !this.stopRequestPending && this.queue.length <= allowed && now - this.lastStopRequestMs >= 50) {
@@ -351,6 +419,12 @@ export class TargetSession {
 
   private onEnd(reason: string): void {
     if (this.state === 'activated') return this.finish();
+    if (this.state === 'postcopy') {
+      // Post-copy's known weakness: the guest runs here, but part of its memory is still on the
+      // source. It waits (stalled on its next missing page) for an operator's decision.
+      this.log.error({ reason, missingPages: this.postcopy?.missingPages }, 'post-copy interrupted: the guest here lacks pages and cannot go on');
+      return this.finish();
+    }
     this.end(reason);
   }
 
@@ -358,7 +432,7 @@ export class TargetSession {
   private end(reason: string): void {
     if (this.state === 'ended') return;
     const before = this.state;
-    if (before !== 'committed' && before !== 'activated' && this.reservation !== null) {
+    if (before !== 'committed' && before !== 'activated' && before !== 'postcopy' && this.reservation !== null) {
       this.service.release(this.reservation.id, reason);
       this.log.warn({ reason, phase: before }, 'incoming migration ended before commit: replica discarded');
     }

@@ -222,3 +222,26 @@ t.test('the pre-copy baseline migrates through the same agents, digests equal', 
   t.equal(await guestState(target, 'vm-pre'), 'running');
   t.equal(await guestState(source, 'vm-pre'), 'absent');
 });
+
+t.test('the post-copy baseline migrates through the same agents: the guest resumes at once, digests equal', async (t) => {
+  const source = await startTestAgent(t);
+  const target = await startTestAgent(t);
+  await startGuest(source, 'vm-post', 'web');
+  await sleep(200);
+  const { job, phases } = await watchJob(source, await startMigration(source, { guestId: 'vm-post', targetAddress: target.address, method: 'postcopy', maxDurationMs: 60_000 }));
+  const s = job.stats as Stats;
+  t.equal(s.status, 'completed', `status (error: ${s.error})`);
+  t.equal(s.method, 'postcopy');
+  t.ok(phases.includes('page-push'), `pages pushed after activation (${phases.join(', ')})`);
+  t.match(s.sourceDigest, /^[0-9a-f]{16}$/);
+  t.equal(s.targetDigest, s.sourceDigest, 'the pages as received and the state at resume hash to the source digest at suspend');
+  t.ok(s.demandPages > 0, `the running guest fetched ${s.demandPages} pages on demand`);
+  t.equal(s.checkpointMemoryBytesCovered, GUEST_BYTES, 'every page was sent once');
+  t.ok(s.downtimeMs > 0 && s.totalTimeMs > s.downtimeMs);
+  t.equal(await guestState(target, 'vm-post'), 'running');
+  t.equal(await guestState(source, 'vm-post'), 'absent');
+  // The guest keeps running on the target with all its memory: it can move on by CR/TR.
+  await sleep(200);
+  const back = await watchJob(target, await startMigration(target, { guestId: 'vm-post', targetAddress: source.address, downtimeLimitMs: 300, nonConvergencePolicy: 'force', maxDurationMs: 60_000 }));
+  checkCompleted(t, back.job.stats as Stats, 'back by CR/TR');
+});

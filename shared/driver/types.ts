@@ -185,6 +185,12 @@ export interface TargetReplica {
   /** Restored and nothing more to apply: the final unit was replayed, or the machine state restored. */
   readonly complete: boolean;
   /**
+   * Post-copy: restores the source's `machineState()` with every page still missing and resumes
+   * the guest here at once. Before the guest touches missing pages it calls `fetch` with them and
+   * waits until they arrive through the returned PostcopyTarget.
+   */
+  activatePostcopy(stateBytes: Uint8Array, fetch: (pages: Uint32Array) => Promise<void>): { guest: SourceGuest; postcopy: PostcopyTarget };
+  /**
    * Replays one unit. The unit is validated completely (checksum, encoding, sequence, position)
    * before anything is applied: a corrupt, truncated, duplicate or out-of-order unit is rejected
    * with an error and leaves the replica unchanged. Replay does not wait out the guest's idle
@@ -205,6 +211,24 @@ export interface TargetReplica {
     /** Writes `count` pages from `data` starting at `firstPage` (post-copy, pre-copy rounds). */
     writePages(firstPage: number, count: number, data: Uint8Array): void;
   };
+}
+
+/** The receiving end of a post-copy migration, while its guest already runs here. */
+export interface PostcopyTarget {
+  /** Pages not received yet. */
+  readonly missingPages: number;
+  /**
+   * Applies a page batch (source's `pages.encodePages`); pages already present (received before,
+   * and maybe written since by the running guest) are kept. Returns the pages stored.
+   */
+  receivePages(bytes: Uint8Array): number;
+  /** Whether every one of `pages` is present. */
+  present(pages: Uint32Array): boolean;
+  /**
+   * Digest of the state as it was sent: the pages as they arrived and the machine state at
+   * resume. Equal to the source's digest at suspend once nothing is missing.
+   */
+  receivedDigest(): string;
 }
 
 /** A hypervisor on one host. */

@@ -118,9 +118,10 @@ export class SimDriver implements HypervisorDriver {
       release: (r) => {
         if (this.replicas.get(r.id) === r) this.replicas.delete(r.id);
       },
-      activate: (r) => {
+      activate: (r, fetch) => {
         this.replicas.delete(r.id);
         const guest = this.host(r.id, r.machine, r.config, undefined);
+        if (fetch !== undefined) guest.setPageFetcher(fetch);
         guest.start();
         return guest;
       },

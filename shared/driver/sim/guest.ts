@@ -84,6 +84,9 @@ export class SimSourceGuest implements SourceGuest {
   private stallMsTotal = 0;
   private lagResets = 0;
   private unitsRun = 0;
+  /** Post-copy: fetches missing pages before a unit touches them. */
+  private pageFetcher: ((pages: Uint32Array) => Promise<void>) | null = null;
+  private pagesFetched = 0;
   readonly pages: PageAccess;
 
   constructor(
@@ -119,6 +122,11 @@ export class SimSourceGuest implements SourceGuest {
     };
   }
 
+  /** Post-copy: how the runner gets pages that have not arrived yet. */
+  setPageFetcher(fetch: (pages: Uint32Array) => Promise<void>): void {
+    this.pageFetcher = fetch;
+  }
+
   /** Starts the guest running (a new guest, or one just activated on this host). */
   start(): void {
     this.checkAlive();
@@ -145,12 +153,20 @@ export class SimSourceGuest implements SourceGuest {
   }
 
   /** Runner counters: units executed, wall time stalled on bounds, schedule resets. */
-  runnerStats(): { unitsRun: number; stallMs: number; lagResets: number; instructionsPerMs: number; throttle: number } {
-    return { unitsRun: this.unitsRun, stallMs: this.stallMsTotal, lagResets: this.lagResets, instructionsPerMs: this.instructionsPerMs, throttle: this.throttle };
+  runnerStats(): { unitsRun: number; stallMs: number; lagResets: number; instructionsPerMs: number; throttle: number; pagesFetched: number } {
+    return {
+      unitsRun: this.unitsRun,
+      stallMs: this.stallMsTotal,
+      lagResets: this.lagResets,
+      instructionsPerMs: this.instructionsPerMs,
+      throttle: this.throttle,
+      pagesFetched: this.pagesFetched,
+    };
   }
 
   startRecording(): RecordingStart {
     this.checkAlive();
+    if (this.machine.memory.missing !== null) throw new InvalidStateError(`guest ${this.id} is still receiving ${this.machine.memory.missingCount} pages by post-copy`);
     if (this.recording !== null) throw new InvalidStateError(`guest ${this.id} is already recording (since unit ${this.recording.firstSequence})`);
     const st = this.machine.state;
     this.recording = {
@@ -362,6 +378,21 @@ export class SimSourceGuest implements SourceGuest {
       }
       break;
     }
+    // Post-copy: the unit may only touch pages that are here. Its address stream is known in
+    // advance (SimMachine.pagesTouched), so the missing ones are fetched first, as a vCPU blocked
+    // on its page faults would wait for them.
+    const memory = this.machine.memory;
+    while (memory.missing !== null) {
+      const touched = this.machine.pagesTouched(this.header(instructionCount, pageWriteCount, false), events);
+      const missing = touched.filter((p) => memory.isMissing(p));
+      if (missing.length === 0) break;
+      if (this.pageFetcher === null) throw new InvalidStateError(`guest ${this.id} has ${memory.missingCount} pages missing and no way to fetch them`);
+      stalled = true;
+      this.pagesFetched += missing.length;
+      await this.waitFor(this.pageFetcher(missing), signal);
+      if (signal.aborted) throw new AbortedError('runner stopped');
+      if (this.runState !== 'running') return false;
+    }
     if (stalled) this.stallMsTotal += performance.now() - stallStart;
     const t0 = performance.now();
     this.executeUnit(instructionCount, pageWriteCount, events, false);
@@ -388,16 +419,13 @@ export class SimSourceGuest implements SourceGuest {
   }
 
   /** Executes one unit on the machine and, while recording, seals it into the log. */
-  private executeUnit(instructionCount: number, pageWriteCount: number, asyncEvents: AsyncEvent[], final: boolean): void {
+  private header(instructionCount: number, pageWriteCount: number, final: boolean): UnitHeader {
     const st = this.machine.state;
-    const header: UnitHeader = {
-      sequence: st.unitSequence,
-      final,
-      startPosition: st.position,
-      instructionCount,
-      pageWriteCount,
-      guestNs: final ? 0 : this.config.unitMs * 1e6,
-    };
+    return { sequence: st.unitSequence, final, startPosition: st.position, instructionCount, pageWriteCount, guestNs: final ? 0 : this.config.unitMs * 1e6 };
+  }
+
+  private executeUnit(instructionCount: number, pageWriteCount: number, asyncEvents: AsyncEvent[], final: boolean): void {
+    const header = this.header(instructionCount, pageWriteCount, final);
     const rec = this.recording;
     if (rec === null || rec.sealedFinal) {
       this.machine.executeUnit(header, asyncEvents, (type, position) => this.environment.sync(type, position));

@@ -317,6 +317,75 @@ export class SimMachine {
     }
   }
 
+  /**
+   * Every page the next unit will touch (read or write), without touching any: a dry run of the
+   * unit's address stream. Addresses depend only on the vCPU's random state, the sweep cursor,
+   * the receive ring's head and the events, never on memory contents, so this is exact. Post-copy
+   * uses it to fetch missing pages before the unit runs (a vCPU blocked on its faults).
+   */
+  pagesTouched(header: UnitHeader, asyncEvents: readonly AsyncEvent[]): Uint32Array {
+    const st = this.state;
+    const layout = this.layout;
+    const rates = this.rates;
+    const touched = new Set<number>();
+    const first = layout.workingSetFirstPage;
+    const span = layout.workingSetPages;
+    const total = header.instructionCount;
+    const writes = header.pageWriteCount;
+    let s = st.rng | 0;
+    let sweep = st.sweepCursor;
+    let rxHead = st.rxHead;
+    let pos = 0;
+    let writeIndex = 0;
+    let eventIndex = 0;
+    for (;;) {
+      while (eventIndex < asyncEvents.length && asyncEvents[eventIndex].position === pos) {
+        const event = asyncEvents[eventIndex++];
+        if (event.type === EventType.Timer) touched.add(layout.timerPage);
+        else if (event.type === EventType.DiskRead) touched.add(layout.pageCacheFirstPage + (event.block % layout.pageCachePages));
+        else {
+          const ringBytes = layout.rxRingPages * PAGE_BYTES;
+          let head = rxHead % ringBytes;
+          let copied = 0;
+          while (copied < event.payload.length) {
+            touched.add(layout.rxRingFirstPage + Math.floor(head / PAGE_BYTES));
+            const n = Math.min(event.payload.length - copied, PAGE_BYTES - (head % PAGE_BYTES));
+            copied += n;
+            head = (head + n) % ringBytes;
+          }
+          rxHead = (head + 63) & ~63 & 0x7fffffff;
+          touched.add(layout.rxDescriptorPage);
+        }
+      }
+      while (writeIndex < writes && SimMachine.writePosition(writeIndex, writes, total) === pos) {
+        // As pageWrite: one draw for sequential-or-random, one more for a random page, one for the offset.
+        s = xorshift(s);
+        let page: number;
+        if (s / 4294967296 < rates.sequentialFraction) {
+          page = first + (sweep % span);
+          sweep = (sweep + 1) % span;
+        } else {
+          s = xorshift(s);
+          page = first + Math.floor((s * span) / 4294967296);
+        }
+        s = xorshift(s);
+        touched.add(page);
+        writeIndex++;
+      }
+      if (pos >= total) break;
+      let stop = total;
+      if (eventIndex < asyncEvents.length) stop = Math.min(stop, asyncEvents[eventIndex].position);
+      if (writeIndex < writes) stop = Math.min(stop, SimMachine.writePosition(writeIndex, writes, total));
+      for (; pos < stop; pos++) {
+        s ^= s << 13;
+        s ^= s >>> 17;
+        s ^= s << 5;
+        touched.add(first + Math.floor(((s >>> 0) * span) / 4294967296));
+      }
+    }
+    return Uint32Array.from(touched).sort();
+  }
+
   /** Upper bound of the pages one unit can write, for the copy-on-write pool's admission check. */
   static pageWritesBound(header: Pick<UnitHeader, 'pageWriteCount'>, asyncEvents: readonly AsyncEvent[]): number {
     let n = header.pageWriteCount;

@@ -108,6 +108,14 @@ export class GuestMemory {
   private staleCount: number;
   /** The live checkpoint in progress, if any. */
   cow: CopyOnWrite | null = null;
+  /**
+   * Post-copy: pages not received yet (bit set), or null when every page is present. The guest
+   * must not touch a missing page: its runner fetches them first (see SimSourceGuest).
+   */
+  missing: Uint32Array | null = null;
+  private missingCountNow = 0;
+  /** Post-copy: xxh64 of each page as it was received, for the digest of the state as sent. */
+  private receivedHashes: BigUint64Array | null = null;
 
   constructor(readonly memoryBytes: number) {
     assert(memoryBytes > 0 && memoryBytes % PAGE_BYTES === 0, () => `memory size ${memoryBytes} is not a positive multiple of ${PAGE_BYTES}`);
@@ -145,6 +153,7 @@ export class GuestMemory {
    * here; nothing else may write a segment.
    */
   prepareWrite(page: number): Int32Array {
+    assert(this.missing === null || !this.isMissing(page), () => `write to page ${page}, which post-copy has not fetched yet`);
     const segIndex = page >>> SEGMENT_SHIFT;
     const cow = this.cow;
     if (cow !== null && cow.needsCopy(page)) {
@@ -251,6 +260,43 @@ export class GuestMemory {
       this.staleCount = 0;
     }
     return xxh64(new Uint8Array(this.pageHashes.buffer, this.pageHashes.byteOffset, this.pageHashes.byteLength));
+  }
+
+  /** Post-copy: marks every page missing (the memory is fresh: nothing was written yet). */
+  markAllMissing(): void {
+    this.missing = new Uint32Array(this.dirty.length).fill(0xffffffff);
+    const tail = this.pageCount % 32;
+    if (tail !== 0) this.missing[this.missing.length - 1] = (1 << tail) - 1;
+    this.missingCountNow = this.pageCount;
+    this.receivedHashes = new BigUint64Array(this.pageCount);
+  }
+
+  get missingCount(): number {
+    return this.missingCountNow;
+  }
+
+  isMissing(page: number): boolean {
+    return this.missing !== null && (this.missing[page >>> 5] & (1 << (page & 31))) !== 0;
+  }
+
+  /**
+   * Post-copy: stores a received page if it is still missing (a page already present was received
+   * before, or fetched on demand and maybe written since: the copy in hand is older) and returns
+   * whether it was stored.
+   */
+  receivePage(page: number, data: Uint8Array | null): boolean {
+    if (!this.isMissing(page)) return false;
+    this.missing![page >>> 5] &= ~(1 << (page & 31));
+    if (data !== null) this.writePage(page, data);
+    this.receivedHashes![page] = data === null ? ZERO_PAGE_HASH : xxh64(data);
+    if (--this.missingCountNow === 0) this.missing = null;
+    return true;
+  }
+
+  /** Post-copy: xxh64 over the hashes of the pages as received (same construction as pagesDigest). */
+  receivedPagesDigest(): bigint {
+    const hashes = this.receivedHashes ?? this.pageHashes;
+    return xxh64(new Uint8Array(hashes.buffer, hashes.byteOffset, hashes.byteLength));
   }
 
   /** Frees every segment; the memory reads as zero afterwards. */

@@ -4,10 +4,10 @@
 // Replay never waits out idle time: applying a unit costs only its busy part's CPU time.
 
 import { CorruptDataError, InvalidStateError, ReplayDivergenceError, UnitOrderError } from '../../errors.js';
-import type { CheckpointChunk, GuestDescription, GuestState, PageAccess, TargetReplica } from '../types.js';
+import type { CheckpointChunk, GuestDescription, GuestState, PageAccess, PostcopyTarget, SourceGuest, TargetReplica } from '../types.js';
 import { CheckpointRestorer } from './checkpoint.js';
 import { encodeMachineConfig, type SimMachineConfig, summarizeConfig } from './config.js';
-import { machineDigest } from './digest.js';
+import { combineDigest, machineDigest } from './digest.js';
 import { MachineState, SimMachine } from './machine.js';
 import { ZERO_PAGE } from './memory.js';
 import { decodePages, encodePages } from './page-codec.js';
@@ -29,8 +29,8 @@ export class SimReplica implements TargetReplica {
     private readonly hooks: {
       /** Frees the reservation (discard). */
       release: (replica: SimReplica) => void;
-      /** Turns the replica into a guest running on this host (activate). */
-      activate: (replica: SimReplica) => import('../types.js').SourceGuest;
+      /** Turns the replica into a guest running on this host (activate); post-copy passes its page fetcher. */
+      activate: (replica: SimReplica, fetch?: (pages: Uint32Array) => Promise<void>) => SourceGuest;
     },
   ) {
     this.machine = new SimMachine(config.memoryBytes, config.rates);
@@ -112,6 +112,34 @@ export class SimReplica implements TargetReplica {
     this.replicaState = 'replica';
     this.restoredByPages = true;
     this.finalApplied = true;
+  }
+
+  activatePostcopy(stateBytes: Uint8Array, fetch: (pages: Uint32Array) => Promise<void>): { guest: SourceGuest; postcopy: PostcopyTarget } {
+    this.require('restoring');
+    if (this.restorer.chunksApplied > 0) throw new InvalidStateError(`replica ${this.id} is being restored from a checkpoint, not by post-copy`);
+    if (stateBytes.length !== MachineState.BYTES) throw new CorruptDataError(`machine state of ${stateBytes.length} bytes, expected ${MachineState.BYTES}`);
+    const memory = this.machine.memory;
+    this.machine.state = MachineState.deserialize(stateBytes);
+    const stateAtResume = stateBytes.slice();
+    memory.markAllMissing();
+    memory.clearDirty();
+    this.replicaState = 'activated';
+    const guest = this.hooks.activate(this, fetch);
+    const pageCount = memory.pageCount;
+    const postcopy: PostcopyTarget = {
+      get missingPages() {
+        return memory.missingCount;
+      },
+      receivePages: (bytes) => {
+        const batch = decodePages(bytes, pageCount);
+        let stored = 0;
+        for (let i = 0; i < batch.pages.length; i++) if (memory.receivePage(batch.pages[i], batch.data[i])) stored++;
+        return stored;
+      },
+      present: (pages) => pages.every((p) => !memory.isMissing(p)),
+      receivedDigest: () => combineDigest(memory.receivedPagesDigest(), stateAtResume),
+    };
+    return { guest, postcopy };
   }
 
   applyUnit(bytes: Uint8Array): { sequence: number; guestNs: number; final: boolean } {
