@@ -62,6 +62,13 @@ export class ControlService {
     for (const job of this.jobs.values()) {
       if (job.request.guestId === req.guestId && !job.isOver()) throw new InvalidStateError(`guest '${req.guestId}' is already being migrated by job ${job.id}`);
     }
+    if (guest.machine.memory.missing !== null) {
+      throw new InvalidStateError(`guest '${req.guestId}' is still receiving ${guest.machine.memory.missingCount} pages of its own post-copy migration; try again when it has them`);
+    }
+    const bandwidth = req.maxBandwidthBytesPerSec;
+    if (bandwidth !== 0 && (bandwidth < 125_000 || bandwidth > 1e12)) {
+      throw new InvalidArgumentError(`maxBandwidthBytesPerSec ${bandwidth}: expected 0 (unlimited) or 125000 (1 Mbit/s) to 1e12`);
+    }
     if (guest.describe().state !== 'running') throw new InvalidStateError(`guest '${req.guestId}' is ${guest.describe().state}; only a running guest migrates`);
     let faults: FaultInjection | undefined;
     const f = req.faultInjection;

@@ -117,8 +117,11 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
   private stopForced = false;
   private checkpointDone = false;
   private pageBatchesSent = 0;
+  private openAcknowledged = false;
   /** Post-copy: pages the target asked for, not yet sent. Bounded by the guest's page count per request burst. */
   private readonly demand: number[] = [];
+  private demandQueued: Uint8Array | null = null;
+  private demandRead = 0;
   /** Pre-copy: dirty pages at the end of each round, for convergence curves. */
   readonly dirtyHistory: Array<{ atMs: number; dirtyPages: number }> = [];
   private checkpointMs = 0;
@@ -370,10 +373,14 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
     this.send({ open: { reservationId: this.reservationId, migrationId: this.id, method: 'postcopy' } });
     const stopPing = this.startPings();
     try {
+      // Suspend only once the target accepted the transfer (its first progress report): a refusal
+      // must find the guest still running here.
+      await this.until(() => this.openAcknowledged);
       this.suspendedAtMs = performance.now();
       await this.guest.suspend();
       const state = packPayload(this.guest.machineState());
       this.checkCancelled();
+      if (this.streamError !== null) throw this.streamError;
       this.commitSent = true; // the point of no return: the target resumes on receiving the state
       await this.write({ machineState: { payload: state } }, state.data.length);
       const stateSentAtMs = performance.now();
@@ -394,8 +401,8 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
       const rate = req.maxBandwidthBytesPerSec > 0 ? req.maxBandwidthBytesPerSec : Infinity;
       for (;;) {
         const batch: number[] = [];
-        while (this.demand.length > 0 && batch.length < batchPages) {
-          const p = this.demand.shift()!;
+        while (this.demandRead < this.demand.length && batch.length < batchPages) {
+          const p = this.demand[this.demandRead++];
           if (p < pages.pageCount && sent[p] === 0) {
             sent[p] = 1;
             batch.push(p);
@@ -542,7 +549,7 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
         break;
       }
       case 'pageRequest':
-        for (const p of message.pageRequest?.pages ?? []) this.demand.push(p);
+        this.onPageRequest(message.pageRequest?.pages ?? []);
         break;
       case 'pong': {
         const rtt = performance.now() - (message.pong?.sentMs ?? 0);
@@ -554,11 +561,31 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
   }
 
   private onProgress(progress: Progress): void {
+    this.openAcknowledged = true;
     const newlyReplayed = progress.unitsReplayed - this.progressMsg.unitsReplayed;
     for (let i = 0; i < newlyReplayed; i++) this.unitBytesInFlight -= this.unitSizesInFlight.shift() ?? 0;
     this.progressMsg = progress;
     this.stats.unitsReplayed = progress.unitsReplayed;
     this.stats.replayRate = progress.replayRate;
+  }
+
+  /**
+   * Post-copy: queues the pages the target's guest waits for. Each page is queued at most once
+   * (a bitmap), so the queue never holds more than the guest's page count.
+   */
+  private onPageRequest(pages: number[]): void {
+    const pageCount = this.guest.pages.pageCount;
+    this.demandQueued ??= new Uint8Array(pageCount);
+    for (const p of pages) {
+      if (!Number.isInteger(p) || p < 0 || p >= pageCount) {
+        this.streamError ??= new CorruptDataError(`the target asked for page ${p} of a ${pageCount}-page guest`);
+        return;
+      }
+      if (this.demandQueued[p] === 0) {
+        this.demandQueued[p] = 1;
+        this.demand.push(p);
+      }
+    }
   }
 
   private onStopRequest(request: InstanceType<typeof pb.StopRequest>): void {
@@ -615,7 +642,7 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
     b.tokens = Math.min(rate * 0.05, b.tokens + ((now - b.atMs) / 1000) * rate);
     b.atMs = now;
     b.tokens -= bytes;
-    if (b.tokens < 0) await this.sleep((-b.tokens / rate) * 1000);
+    if (b.tokens < 0) await this.until(() => true, false, undefined, this.sleep((-b.tokens / rate) * 1000));
   }
 
   private sendAbort(reason: string): void {
@@ -669,7 +696,12 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
         throw new AbortedError('recording ended before the final unit');
       }
       this.heldUnitBytes = unit.bytes.length;
-      await this.until(() => this.stats.unitsSent - this.progressMsg.unitsReplayed < this.windows.unit && this.unitBytesInFlight + unit.bytes.length <= this.windows.unitBytes);
+      // A unit larger than the byte window goes alone, once nothing else is in flight.
+      await this.until(
+        () =>
+          this.stats.unitsSent - this.progressMsg.unitsReplayed < this.windows.unit &&
+          (this.unitBytesInFlight === 0 || this.unitBytesInFlight + unit.bytes.length <= this.windows.unitBytes),
+      );
       const payload = packPayload(unit.bytes, !this.request.disableCompression);
       if (faults?.corruptUnitSequence === unit.sequence) corrupt(payload);
       this.unitSizesInFlight.push(unit.bytes.length);

@@ -123,7 +123,9 @@ export class TargetSession {
     this.reservation = this.service.open(open.reservationId);
     this.log = this.log.child({ migrationId: this.reservation.migrationId, guestId: this.reservation.replica.id });
     this.state = 'restoring';
-    this.log.info({ firstSequence: open.firstSequence }, 'transfer opened: restoring checkpoint');
+    this.log.info({ firstSequence: open.firstSequence, method: this.method }, 'transfer opened');
+    // The first progress report acknowledges the Open: post-copy waits for it before suspending.
+    this.progress(true);
   }
 
   private requireReservation(what: string): Reservation {
@@ -200,9 +202,9 @@ export class TargetSession {
     this.service.forget(r.id);
     this.state = 'postcopy';
     this.log.info({ missingPages: postcopy.missingPages }, 'post-copy: resumed the guest here; fetching its pages');
-    void this.runHooks(r).then((hooks) => {
-      this.send({ activated: { resumeToReplyMs: performance.now() - resumedAt, hooks } });
-    });
+    // Confirmed at once: the source must serve page requests while the hooks run.
+    this.send({ activated: { resumeToReplyMs: performance.now() - resumedAt, hooks: [] } });
+    void this.runHooks(r);
   }
 
   /** Post-copy: asks the source for `pages` and resolves once they are all here. */
@@ -217,7 +219,8 @@ export class TargetSession {
     if (this.state !== 'restoring' && this.state !== 'replaying') throw new InvalidStateError(`unit ${unit.sequence} received while ${this.state}`);
     const opts = this.service.options;
     const bytes = unpackPayload(unit.payload, `unit ${unit.sequence}`);
-    if (this.queue.length + 1 > opts.unitWindow || this.queueBytes + bytes.length > opts.unitWindowBytes) {
+    // A unit larger than the byte window is admitted alone (the source sends it only then).
+    if (this.queue.length + 1 > opts.unitWindow || (this.queue.length > 0 && this.queueBytes + bytes.length > opts.unitWindowBytes)) {
       throw new LimitExceededError(
         `unit ${unit.sequence} overflows the unit window: ${this.queue.length} units / ${this.queueBytes} bytes queued, window ${opts.unitWindow} units / ${opts.unitWindowBytes} bytes`,
       );
@@ -452,16 +455,39 @@ export class TargetSession {
   }
 }
 
+/**
+ * Runs one activation hook with `sh -c` in its own process group. Resolves when the shell exits
+ * (a background process it left holding stderr does not keep us waiting); on timeout the whole
+ * group is killed.
+ */
 function runHook(command: string, timeoutMs: number, env: Record<string, string>): Promise<{ command: string; exitCode: number; error: string }> {
   return new Promise((resolve) => {
-    const child = spawn('sh', ['-c', command], { env: { ...process.env, ...env }, stdio: ['ignore', 'ignore', 'pipe'], timeout: timeoutMs });
+    const child = spawn('sh', ['-c', command], { env: { ...process.env, ...env }, stdio: ['ignore', 'ignore', 'pipe'], detached: true });
     let stderr = '';
+    let timedOut = false;
     child.stderr.on('data', (d: Buffer) => {
       if (stderr.length < 4096) stderr += d.toString();
     });
-    child.on('error', (e) => resolve({ command, exitCode: -1, error: e.message }));
-    child.on('close', (code, signal) =>
-      resolve({ command, exitCode: code ?? -1, error: signal ? `killed by ${signal} (timeout ${timeoutMs} ms?)` : stderr.trim().slice(0, 1024) }),
-    );
+    const timer = setTimeout(() => {
+      timedOut = true;
+      try {
+        process.kill(-child.pid!, 'SIGKILL');
+      } catch {
+        // Already gone.
+      }
+    }, timeoutMs);
+    child.on('error', (e) => {
+      clearTimeout(timer);
+      resolve({ command, exitCode: -1, error: e.message });
+    });
+    child.on('exit', (code, signal) => {
+      clearTimeout(timer);
+      child.stderr.destroy();
+      resolve({
+        command,
+        exitCode: code ?? -1,
+        error: timedOut ? `killed after its ${timeoutMs} ms timeout` : signal ? `killed by ${signal}` : stderr.trim().slice(0, 1024),
+      });
+    });
   });
 }

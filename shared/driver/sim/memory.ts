@@ -30,7 +30,10 @@ export const ZERO_PAGE_HASH = xxh64(ZERO_PAGE);
 export class CopyOnWrite {
   /** Bit set: the page was already emitted by the checkpoint, or preserved; writes need no copy. */
   private readonly done: Uint32Array;
-  private readonly preserved = new Map<number, Uint8Array | null>();
+  /** Pages preserved with contents (bounded by preservedBytesMax). */
+  private readonly preserved = new Map<number, Uint8Array>();
+  /** Pages preserved as never written (zero): a bit each, so they cost no pool and no map entry. */
+  private readonly preservedZero: Uint32Array;
   private preservedBytesNow = 0;
   private waiters: Array<() => void> = [];
 
@@ -39,6 +42,7 @@ export class CopyOnWrite {
     readonly preservedBytesMax: number,
   ) {
     this.done = new Uint32Array(Math.ceil(pageCount / 32));
+    this.preservedZero = new Uint32Array(Math.ceil(pageCount / 32));
   }
 
   get preservedBytes(): number {
@@ -62,8 +66,12 @@ export class CopyOnWrite {
   /** Keeps the pre-write contents of `page` (`null`: it was an untouched zero page). */
   preserve(page: number, contents: Uint8Array | null): void {
     this.done[page >>> 5] |= 1 << (page & 31);
+    if (contents === null) {
+      this.preservedZero[page >>> 5] |= 1 << (page & 31);
+      return;
+    }
     this.preserved.set(page, contents);
-    if (contents !== null) this.preservedBytesNow += PAGE_BYTES;
+    this.preservedBytesNow += PAGE_BYTES;
   }
 
   /**
@@ -72,19 +80,23 @@ export class CopyOnWrite {
    */
   take(page: number): Uint8Array | null | undefined {
     this.done[page >>> 5] |= 1 << (page & 31);
+    const bit = 1 << (page & 31);
+    if ((this.preservedZero[page >>> 5] & bit) !== 0) {
+      this.preservedZero[page >>> 5] &= ~bit;
+      return null;
+    }
     const contents = this.preserved.get(page);
     if (contents === undefined) return undefined;
     this.preserved.delete(page);
-    if (contents !== null) {
-      this.preservedBytesNow -= PAGE_BYTES;
-      this.wake();
-    }
+    this.preservedBytesNow -= PAGE_BYTES;
+    this.wake();
     return contents;
   }
 
   /** Ends the checkpoint: releases everything and lets a stalled guest go on. */
   release(): void {
     this.preserved.clear();
+    this.preservedZero.fill(0);
     this.preservedBytesNow = 0;
     this.wake();
   }
@@ -100,11 +112,11 @@ export class GuestMemory {
   readonly pageCount: number;
   /** 32-bit word views of each segment; `undefined` until the segment is first written. */
   readonly segments: Array<Int32Array | undefined>;
-  private readonly dirty: Uint32Array;
-  private readonly stale: Uint32Array;
+  private dirty: Uint32Array;
+  private stale: Uint32Array;
   /** Bit set: the page was written at least once. A page never written is zero without reading it. */
-  private readonly written: Uint32Array;
-  private readonly pageHashes: BigUint64Array;
+  private written: Uint32Array;
+  private pageHashes: BigUint64Array;
   private staleCount: number;
   /** The live checkpoint in progress, if any. */
   cow: CopyOnWrite | null = null;
@@ -299,10 +311,18 @@ export class GuestMemory {
     return xxh64(new Uint8Array(hashes.buffer, hashes.byteOffset, hashes.byteLength));
   }
 
-  /** Frees every segment; the memory reads as zero afterwards. */
+  /**
+   * Frees every segment and the per-page tables: a discarded guest that something still refers to
+   * (a finished job) holds a few bytes, not megabytes. The memory must not be used afterwards.
+   */
   free(): void {
     this.segments.fill(undefined);
-    this.written.fill(0);
+    this.written = new Uint32Array(0);
+    this.dirty = new Uint32Array(0);
+    this.stale = new Uint32Array(0);
+    this.pageHashes = new BigUint64Array(0);
+    this.missing = null;
+    this.receivedHashes = null;
     this.cow?.release();
     this.cow = null;
   }
