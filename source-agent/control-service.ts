@@ -180,8 +180,13 @@ export class ControlService {
           return;
         }
         const intervalMs = Math.max(20, call.request.intervalMs || 200);
+        // Progress events are skipped while the watcher has not read the previous ones (a slow
+        // reader must not make us buffer without bound); phase and final events always go.
+        let backlogged = false;
+        call.on('drain', () => (backlogged = false));
         const send = (kind: string, message = '') => {
-          call.write(pb.JobEvent.create({ job: jobMessage(job), kind, message }));
+          if (kind === 'progress' && backlogged) return;
+          if (!call.write(pb.JobEvent.create({ job: jobMessage(job), kind, message }))) backlogged = true;
         };
         const onPhase = (phase: MigrationPhase) => send('phase', phase);
         const timer = setInterval(() => send('progress'), intervalMs);

@@ -538,10 +538,13 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
         this.onStopRequest(message.stopRequest as InstanceType<typeof pb.StopRequest>);
         break;
       case 'commitResult':
-        this.commitResult = message.commitResult as InstanceType<typeof pb.CommitResult>;
+        // Only an answer to a commit we sent counts.
+        if (this.commitSent) this.commitResult = message.commitResult as InstanceType<typeof pb.CommitResult>;
+        else this.streamError ??= new InvalidStateError('the target sent a commit result before any commit');
         break;
       case 'activated':
-        this.activated = message.activated as InstanceType<typeof pb.Activated>;
+        if (this.commitSent) this.activated = message.activated as InstanceType<typeof pb.Activated>;
+        else this.streamError ??= new InvalidStateError('the target reported an activation before the commit');
         break;
       case 'error': {
         const e = message.error!;

@@ -5,7 +5,7 @@
 import { randomUUID } from 'node:crypto';
 import type { Logger } from 'pino';
 import type { GuestDescription, HypervisorDriver, TargetReplica } from '../shared/driver/types.js';
-import { InvalidArgumentError, InvalidStateError, NotFoundError, VmMigrateError } from '../shared/errors.js';
+import { InvalidArgumentError, InvalidStateError, LimitExceededError, NotFoundError, VmMigrateError } from '../shared/errors.js';
 import { AGENT_VERSION, PROTOCOL_VERSION } from '../shared/protocol.js';
 import { grpc, type migrationService, pb, toServiceError } from '../shared/transport/grpc.js';
 import { TargetSession } from './session.js';
@@ -46,6 +46,9 @@ export interface Reservation {
 }
 
 type Handlers = { [K in keyof typeof migrationService]: grpc.UntypedHandleCall };
+
+/** Incoming transfers at once: each holds a replica of a guest's size. */
+const SESSIONS_MAX = 64;
 
 export class MigrationService {
   private readonly reservations = new Map<string, Reservation>();
@@ -164,11 +167,17 @@ export class MigrationService {
       getCapacity: unaryHandler(() => this.capacity()),
       reserve: unaryHandler((req: InstanceType<typeof pb.ReserveRequest>) => this.reserve(req)),
       release: unaryHandler((req: InstanceType<typeof pb.ReleaseRequest>) => {
-        if (!this.reservations.has(req.reservationId)) throw new NotFoundError(`no reservation '${req.reservationId}' on this agent`);
+        const r = this.reservations.get(req.reservationId);
+        if (r === undefined) throw new NotFoundError(`no reservation '${req.reservationId}' on this agent`);
+        if (r.opened) throw new InvalidStateError(`reservation '${req.reservationId}' is in use by a transfer; abort the transfer instead`);
         this.release(req.reservationId, req.reason || 'released by the source');
         return pb.ReleaseResponse.create();
       }),
       transfer: ((call: grpc.ServerDuplexStream<InstanceType<typeof pb.SourceMessage>, InstanceType<typeof pb.TargetMessage>>) => {
+        if (this.sessions.size >= SESSIONS_MAX) {
+          call.emit('error', toServiceError(new LimitExceededError(`${this.sessions.size} incoming transfers in progress, the limit is ${SESSIONS_MAX}`)));
+          return;
+        }
         const session = new TargetSession(call, this, this.log);
         this.sessions.add(session);
         void session.done.finally(() => this.sessions.delete(session));

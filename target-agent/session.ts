@@ -16,6 +16,8 @@ import type { PostcopyTarget } from '../shared/driver/types.js';
 import type { MigrationService, Reservation } from './migration-service.js';
 
 type SourceMessage = InstanceType<typeof pb.SourceMessage>;
+/** How long a new transfer stream may go without its Open message. */
+const OPEN_TIMEOUT_MS = 30_000;
 type TargetMessage = InstanceType<typeof pb.TargetMessage>;
 
 /**
@@ -62,6 +64,7 @@ export class TargetSession {
   private rateMs = 0;
   private lastReplayEndMs = 0;
   private progressTimer: NodeJS.Timeout | null = null;
+  private openTimer: NodeJS.Timeout | null = null;
   private resolveDone!: () => void;
   readonly done = new Promise<void>((resolve) => (this.resolveDone = resolve));
 
@@ -71,6 +74,11 @@ export class TargetSession {
     private log: Logger,
   ) {
     call.on('data', (message: SourceMessage) => this.onMessage(message));
+    // A stream that never says which reservation it is for holds resources for nothing.
+    this.openTimer = setTimeout(() => {
+      if (this.state === 'open') this.fail(new InvalidStateError(`no Open within ${OPEN_TIMEOUT_MS} ms of the transfer stream's start`));
+    }, OPEN_TIMEOUT_MS);
+    this.openTimer.unref();
     call.on('end', () => this.onEnd('the source closed the stream'));
     call.on('cancelled', () => this.onEnd('the source cancelled the stream'));
     call.on('error', (error) => this.onEnd(`stream error: ${error.message}`));
@@ -135,6 +143,7 @@ export class TargetSession {
 
   private onChunk(chunk: InstanceType<typeof pb.CheckpointChunk>): void {
     const r = this.requireReservation(`checkpoint chunk ${chunk.index}`);
+    if (this.method !== 'crtr') throw new InvalidStateError(`checkpoint chunk ${chunk.index} in a ${this.method} transfer`);
     if (this.state !== 'restoring') throw new InvalidStateError(`checkpoint chunk ${chunk.index} after the checkpoint was restored`);
     const bytes = unpackPayload(chunk.payload, `checkpoint chunk ${chunk.index}`);
     r.replica.restoreChunk({ index: chunk.index, final: chunk.final, bytes, memoryBytesCovered: chunk.memoryBytesCovered });
@@ -216,6 +225,7 @@ export class TargetSession {
 
   private onUnit(unit: InstanceType<typeof pb.LogUnit>): void {
     this.requireReservation(`unit ${unit.sequence}`);
+    if (this.method !== 'crtr') throw new InvalidStateError(`log unit ${unit.sequence} in a ${this.method} transfer`);
     if (this.state !== 'restoring' && this.state !== 'replaying') throw new InvalidStateError(`unit ${unit.sequence} received while ${this.state}`);
     const opts = this.service.options;
     const bytes = unpackPayload(unit.payload, `unit ${unit.sequence}`);
@@ -444,6 +454,7 @@ export class TargetSession {
   }
 
   private finish(): void {
+    if (this.openTimer !== null) clearTimeout(this.openTimer);
     if (this.progressTimer !== null) clearTimeout(this.progressTimer);
     this.progressTimer = null;
     try {
