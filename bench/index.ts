@@ -1,11 +1,16 @@
 // `npm run bench -- [name] [options]`: runs one benchmark, chosen by the first positional word
-// (default `sim`); the rest of the command line is that benchmark's own options.
+// (default `harness`); the rest of the command line is that benchmark's own options.
 //
-//   npm run bench                    the sim driver benchmark, full
-//   npm run bench -- sim --quick     the same, smaller and shorter
-//   npm run bench -- sim --help      its options
+//   npm run bench                                the migration bench harness, full matrix (hours)
+//   npm run bench -- --quick --out DIR           the same, short (~3 min): report.md, results.json, SVGs
+//   npm run bench -- harness --help              its options
+//   npm run bench -- dataplane                   checkpoint streaming vs raw TCP
+//   npm run bench -- sim --quick                 the sim driver benchmark, smaller and shorter
+//   npm run bench -- memory                      memory of the agents migrating a large guest
 
 import { runAgentMemoryBench } from './agent-memory.js';
+import { runDataplaneBench } from './dataplane.js';
+import { runHarness } from './harness.js';
 import { runSimBench } from './sim.js';
 
 interface Benchmark {
@@ -15,6 +20,14 @@ interface Benchmark {
 }
 
 const BENCHMARKS: Readonly<Record<string, Benchmark>> = {
+  harness: {
+    summary: 'live migrations profiles x methods x links x sizes x repeats through the link emulator: report.md, results.json, SVG plots',
+    run: runHarness,
+  },
+  dataplane: {
+    summary: 'checkpoint streaming throughput between the agent processes against raw TCP, with and without lz4',
+    run: runDataplaneBench,
+  },
   sim: {
     summary: 'the built-in deterministic guest: record/replay per profile, 1 GiB checkpoint throughput, copy-on-write pool',
     run: runSimBench,
@@ -24,7 +37,7 @@ const BENCHMARKS: Readonly<Record<string, Benchmark>> = {
     run: runAgentMemoryBench,
   },
 };
-const DEFAULT_BENCHMARK = 'sim';
+const DEFAULT_BENCHMARK = 'harness';
 
 function usage(): string {
   const names = Object.keys(BENCHMARKS);

@@ -1,0 +1,222 @@
+// `npm run bench -- dataplane`: how fast the agents stream a checkpoint, against raw TCP between
+// two processes on this machine, measured in the same run. Also part of the harness's report.
+//
+// Per repeat:
+// - raw TCP: a child process writes N bytes (N = the guest's memory size) over a loopback socket
+//   to another child process that reads them (bench/raw-tcp.ts); measured before and after the
+//   agent runs, the better of the two kept (other work on the machine only ever slows it);
+// - the agents: fresh source and target processes connected directly on loopback (no link
+//   emulator), an idle 1 GiB guest migrated by CR/TR with lz4 and with disable_compression. An idle
+//   guest has almost no log, so the figure is the checkpoint phase's: from the 'checkpoint' phase
+//   event to 'log-transfer', which the source enters only once the target has restored the whole
+//   image (WatchJob phase events, on the harness's clock).
+//
+// Figures (MB = 10^6 bytes):
+// - wire rate = checkpointWireBytes / checkpoint phase: bytes on the agents' TCP connection per
+//   second, comparable with raw TCP's (the agent/raw TCP ratio printed is this one);
+// - memory rate = checkpointMemoryBytesCovered / checkpoint phase: guest memory moved per second,
+//   which zero-page elision and lz4 raise above the wire rate;
+// - also transferredBytes / totalTimeMs (the whole migration, setup and commit included).
+//
+// With --link-check, the same uncompressed migration also goes through the link emulator with the
+// `lan` profile (1 Gbit/s), once with the emulator in the harness's process and once in a child
+// process: whether the in-process emulator is what limits the harness's lan runs.
+
+import { parseArgs } from 'node:util';
+import { measureRawTcp, type RawTcpResult } from './raw-tcp.js';
+import { type LinkMode, type RunRecord, runOne, seedOf } from './run.js';
+
+const MB = 1e6;
+const MIB = 2 ** 20;
+
+export interface AgentDataplaneFigures {
+  compression: boolean;
+  link: string;
+  linkMode: LinkMode | 'none';
+  status: string;
+  error: string;
+  digestsMatch: boolean;
+  checkpointPhaseMs: number;
+  checkpointWireBytes: number;
+  checkpointMemoryBytesCovered: number;
+  transferredBytes: number;
+  totalTimeMs: number;
+  wireBytesPerSec: number;
+  memoryBytesPerSec: number;
+  transferredBytesPerSec: number;
+  /** wireBytesPerSec / raw TCP's bytes per second. */
+  wireOverRawTcp: number;
+  memoryOverRawTcp: number;
+}
+
+export interface DataplaneRepeat {
+  repeat: number;
+  rawTcp: RawTcpResult;
+  rawTcpRuns: RawTcpResult[];
+  agents: AgentDataplaneFigures[];
+}
+
+export interface DataplaneResult {
+  memoryBytes: number;
+  profile: string;
+  repeats: DataplaneRepeat[];
+  wallMs: number;
+}
+
+export interface DataplaneOptions {
+  memoryMiB: number;
+  repeats: number;
+  linkCheck: boolean;
+  warmupMs: number;
+  /** Called after each step (raw TCP or agent run) with a label, for a progress bar. */
+  onStep?: (label: string) => void;
+}
+
+/** Steps runDataplane takes (for a progress bar's total). */
+export function dataplaneSteps(o: Pick<DataplaneOptions, 'repeats' | 'linkCheck'>): number {
+  return o.repeats * (4 + (o.linkCheck ? 2 : 0));
+}
+
+function figures(r: RunRecord, raw: RawTcpResult): AgentDataplaneFigures {
+  const s = r.stats;
+  const phaseMs = r.checkpointPhaseMs ?? NaN;
+  const wire = Number(s.checkpointWireBytes ?? NaN);
+  const covered = Number(s.checkpointMemoryBytesCovered ?? NaN);
+  const wireRate = wire / (phaseMs / 1000);
+  const memoryRate = covered / (phaseMs / 1000);
+  return {
+    compression: !r.disableCompression,
+    link: r.link,
+    linkMode: r.link === 'direct' ? 'none' : r.linkMode,
+    status: r.status,
+    error: r.error,
+    digestsMatch: r.digestsMatch,
+    checkpointPhaseMs: phaseMs,
+    checkpointWireBytes: wire,
+    checkpointMemoryBytesCovered: covered,
+    transferredBytes: r.transferredBytes,
+    totalTimeMs: r.totalTimeMs,
+    wireBytesPerSec: wireRate,
+    memoryBytesPerSec: memoryRate,
+    transferredBytesPerSec: r.transferredBytes / (r.totalTimeMs / 1000),
+    wireOverRawTcp: wireRate / raw.bytesPerSec,
+    memoryOverRawTcp: memoryRate / raw.bytesPerSec,
+  };
+}
+
+export async function runDataplane(o: DataplaneOptions): Promise<DataplaneResult> {
+  const start = performance.now();
+  const memoryBytes = o.memoryMiB * MIB;
+  const repeats: DataplaneRepeat[] = [];
+  const step = (label: string) => o.onStep?.(label);
+  for (let repeat = 0; repeat < o.repeats; repeat++) {
+    const base = {
+      kind: 'dataplane' as const,
+      profile: 'idle',
+      method: 'crtr' as const,
+      memoryBytes,
+      repeat,
+      seed: seedOf(`dataplane:${o.memoryMiB}:${repeat}`),
+      downtimeLimitMs: 300,
+      policy: 'force' as const,
+      maxDurationMs: 300_000,
+      warmupMs: o.warmupMs,
+      sampleMs: 100,
+      linkMode: 'in-process' as LinkMode,
+    };
+    const rawBefore = await measureRawTcp(memoryBytes);
+    step('dataplane: raw TCP');
+    const runs: RunRecord[] = [];
+    runs.push(await runOne({ ...base, link: 'direct', disableCompression: false }));
+    step('dataplane: agents, lz4');
+    runs.push(await runOne({ ...base, link: 'direct', disableCompression: true }));
+    step('dataplane: agents, raw payloads');
+    if (o.linkCheck) {
+      runs.push(await runOne({ ...base, link: 'lan', disableCompression: true, linkMode: 'in-process' }));
+      step('dataplane: lan link in-process');
+      runs.push(await runOne({ ...base, link: 'lan', disableCompression: true, linkMode: 'child' }));
+      step('dataplane: lan link in a child');
+    }
+    const rawAfter = await measureRawTcp(memoryBytes);
+    step('dataplane: raw TCP');
+    const rawTcp = rawBefore.bytesPerSec >= rawAfter.bytesPerSec ? rawBefore : rawAfter;
+    repeats.push({ repeat, rawTcp, rawTcpRuns: [rawBefore, rawAfter], agents: runs.map((r) => figures(r, rawTcp)) });
+  }
+  return { memoryBytes, profile: 'idle', repeats, wallMs: performance.now() - start };
+}
+
+const mbps = (bytesPerSec: number) => (bytesPerSec / MB).toFixed(0);
+
+/** Markdown section of the report. */
+export function dataplaneMarkdown(d: DataplaneResult): string {
+  const lines: string[] = [];
+  lines.push(`Idle ${d.memoryBytes / MIB} MiB guest, CR/TR, fresh agent processes; raw TCP moves ${d.memoryBytes / MIB} MiB between two child processes on loopback in the same run (best of a measurement before and after the agent runs). MB = 10^6 bytes.`);
+  lines.push('');
+  lines.push('| repeat | path | lz4 | checkpoint phase | wire bytes | wire MB/s | memory MB/s | transferred/total MB/s | raw TCP MB/s | agent/raw TCP (wire) | agent/raw TCP (memory) | digests |');
+  lines.push('|---|---|---|---|---|---|---|---|---|---|---|---|');
+  for (const rep of d.repeats) {
+    for (const a of rep.agents) {
+      const path = a.link === 'direct' ? 'agents direct' : `via ${a.link} link (${a.linkMode})`;
+      if (a.status !== 'completed') {
+        lines.push(`| ${rep.repeat + 1} | ${path} | ${a.compression ? 'on' : 'off'} | ${a.status}: ${a.error} | | | | | ${mbps(rep.rawTcp.bytesPerSec)} | | | |`);
+        continue;
+      }
+      lines.push(
+        `| ${rep.repeat + 1} | ${path} | ${a.compression ? 'on' : 'off'} | ${(a.checkpointPhaseMs / 1000).toFixed(2)} s | ${(a.checkpointWireBytes / MIB).toFixed(0)} MiB | ${mbps(a.wireBytesPerSec)} | ${mbps(a.memoryBytesPerSec)} | ${mbps(a.transferredBytesPerSec)} | ${mbps(rep.rawTcp.bytesPerSec)} | ${a.wireOverRawTcp.toFixed(3)} | ${a.memoryOverRawTcp.toFixed(3)} | ${a.digestsMatch ? 'equal' : 'DIFFERENT'} |`,
+      );
+    }
+  }
+  lines.push('');
+  const ok = d.repeats.flatMap((rep) => rep.agents.filter((a) => a.status === 'completed'));
+  const ratio = (pick: (a: AgentDataplaneFigures) => boolean, f: (a: AgentDataplaneFigures) => number) => {
+    const xs = ok.filter(pick).map(f).sort((a, b) => a - b);
+    return xs.length === 0 ? '–' : xs.length === 1 ? xs[0].toFixed(3) : `${xs[xs.length >> 1].toFixed(3)} (${xs[0].toFixed(3)}–${xs[xs.length - 1].toFixed(3)})`;
+  };
+  const direct = (lz4: boolean) => (a: AgentDataplaneFigures) => a.link === 'direct' && a.compression === lz4;
+  lines.push(
+    `**Agent / raw TCP** (checkpoint wire bytes per second over raw TCP's bytes per second, median over repeats): **${ratio(direct(false), (a) => a.wireOverRawTcp)}** without lz4, **${ratio(direct(true), (a) => a.wireOverRawTcp)}** with lz4; in guest memory moved per second: ${ratio(direct(false), (a) => a.memoryOverRawTcp)} without lz4, ${ratio(direct(true), (a) => a.memoryOverRawTcp)} with lz4.`,
+  );
+  const viaIn = ok.filter((a) => a.link === 'lan' && a.linkMode === 'in-process').map((a) => a.wireBytesPerSec);
+  const viaChild = ok.filter((a) => a.link === 'lan' && a.linkMode === 'child').map((a) => a.wireBytesPerSec);
+  const directOff = ok.filter(direct(false)).map((a) => a.wireBytesPerSec);
+  if (viaIn.length > 0 && viaChild.length > 0) {
+    const med = (xs: number[]) => [...xs].sort((a, b) => a - b)[xs.length >> 1];
+    lines.push('');
+    lines.push(
+      `Link check (uncompressed, wire MB/s, medians): agents direct ${mbps(med(directOff))}, through the lan emulator (125 MB/s line rate) in the harness process ${mbps(med(viaIn))}, in a child process ${mbps(med(viaChild))}. The agents, not the emulator, set the pace when both are well below 125 MB/s and close to the direct figure.`,
+    );
+  }
+  return lines.join('\n');
+}
+
+export async function runDataplaneBench(argv: string[]): Promise<number> {
+  const { values } = parseArgs({
+    args: argv,
+    options: {
+      'memory-mib': { type: 'string', default: '1024' },
+      repeats: { type: 'string', default: '1' },
+      'link-check': { type: 'boolean', default: false },
+      json: { type: 'boolean', default: false },
+      help: { type: 'boolean', short: 'h', default: false },
+    },
+  });
+  if (values.help) {
+    console.log(`usage: npm run bench -- dataplane [--memory-mib 1024] [--repeats 1] [--link-check] [--json]
+
+Checkpoint streaming throughput of the agents (idle guest, CR/TR, with and without lz4) against raw
+TCP between two processes, measured in the same run; prints the ratio agent/raw TCP. --link-check
+also migrates through the lan link emulator, in this process and in a child process.`);
+    return 0;
+  }
+  const result = await runDataplane({
+    memoryMiB: Number(values['memory-mib']),
+    repeats: Math.max(1, Number(values.repeats)),
+    linkCheck: values['link-check'],
+    warmupMs: 1000,
+    onStep: (label) => console.error(`  done: ${label}`),
+  });
+  console.log(dataplaneMarkdown(result));
+  if (values.json) console.log(JSON.stringify(result));
+  const ok = result.repeats.every((r) => r.agents.every((a) => a.status === 'completed' && a.digestsMatch));
+  return ok ? 0 : 1;
+}

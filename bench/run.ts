@@ -1,0 +1,352 @@
+// One benchmark run of the harness: fresh source and target agent processes, a link emulator
+// between them, a guest booted on the source, one migration driven through the Control API and
+// sampled with GetJob (the convergence curve) while a WatchJob stream timestamps the phases; then
+// everything is stopped. Used by the matrix (harness.ts) and the data-plane benchmark.
+
+import type { ChildProcess } from 'node:child_process';
+import { type AgentProcess, startAgentProcess, stopAgentProcess } from '../cli/agent-process.js';
+import { controlService, grpc, makeClient, pb, unary } from '../shared/transport/grpc.js';
+import { LINK_PROFILES, type LinkProfileName, type LinkStats } from '../shared/transport/link.js';
+import { convergenceSeries } from './curve.js';
+import { type LinkHandle, startLinkInProcess, startLinkProcess } from './link-process.js';
+
+export const PAGE_BYTES = 4096;
+export type Method = 'crtr' | 'precopy' | 'postcopy';
+export const ALL_METHODS: readonly Method[] = ['crtr', 'precopy', 'postcopy'];
+/** 'direct': no emulator, the source dials the target agent itself (data-plane benchmark). */
+export type LinkName = LinkProfileName | 'direct';
+export type LinkMode = 'in-process' | 'child';
+
+export interface RunSpec {
+  kind: 'matrix' | 'scaling' | 'dataplane';
+  profile: string;
+  method: Method;
+  link: LinkName;
+  memoryBytes: number;
+  repeat: number;
+  /** environment_seed of the guest: the same for every method of one repeat. */
+  seed: number;
+  downtimeLimitMs: number;
+  /** Non-convergence policy: 'force' in the harness (every run ends with a migration). */
+  policy: 'force' | 'abort' | 'throttle';
+  maxDurationMs: number;
+  warmupMs: number;
+  sampleMs: number;
+  disableCompression: boolean;
+  linkMode: LinkMode;
+}
+
+/** One GetJob sample. `tMs` is harness time since StartMigration was sent. */
+export interface CurvePoint {
+  tMs: number;
+  status: string;
+  phase: string;
+  rounds: number;
+  remainingUnits: number;
+  remainingBytes: number;
+  transferredBytes: number;
+  checkpointMemoryBytesCovered: number;
+  unitsRecorded: number;
+  unitsReplayed: number;
+  /**
+   * What is left, in the run's curveMeasure (filled in after the run, bench/curve.ts): crtr
+   * remainingUnits, precopy dirty pages left to send, postcopy pages not yet on the target.
+   */
+  remaining?: number;
+}
+
+export interface LowerBound {
+  /** stopLogBytesUnsent / link bandwidth (0 on an unshaped link). */
+  logTransferMs: number;
+  /** The link's nominal round trip. */
+  rttMs: number;
+  /** stopUnitsToReplay × unitMs / replayRate. */
+  replayMs: number;
+  boundMs: number;
+}
+
+export interface RunRecord {
+  kind: RunSpec['kind'];
+  profile: string;
+  method: Method;
+  link: LinkName;
+  linkMode: LinkMode;
+  memoryBytes: number;
+  repeat: number;
+  seed: number;
+  downtimeLimitMs: number;
+  policy: RunSpec['policy'];
+  disableCompression: boolean;
+  /** completed | failed | cancelled (the job's), or 'error' (the harness could not run it), 'unavailable'. */
+  status: string;
+  error: string;
+  downtimeMs: number;
+  totalTimeMs: number;
+  transferredBytes: number;
+  rounds: number;
+  digestsMatch: boolean;
+  forced: boolean;
+  /** crtr only: the lower bound on downtime (DESIGN: log left at the suspend, one RTT, replay). */
+  downtimeLowerBoundMs: number | null;
+  lowerBound: LowerBound | null;
+  /** downtimeMs / downtimeLowerBoundMs. */
+  downtimeOverBound: number | null;
+  /** Harness clock, ms since StartMigration: when each phase began (from WatchJob). */
+  phases: Array<{ phase: string; tMs: number }>;
+  /** Checkpoint phase (crtr) or round 0 (precopy), from the phase events and samples; ms. */
+  checkpointPhaseMs: number | null;
+  /** Wall time of the whole run (agents up to agents down). */
+  wallMs: number;
+  bootMs: number;
+  /** Every MigrationStats field at the end. */
+  stats: Record<string, unknown>;
+  curve: CurvePoint[];
+  /** What `curve[].remaining` counts, and where it comes from (bench/curve.ts). */
+  curveMeasure: string;
+  curveSource: string;
+  linkStats: LinkStats | null;
+}
+
+const TERMINAL = new Set(['completed', 'failed', 'cancelled']);
+
+/** Child processes of the run in progress, for killLiveChildren on an interrupt. */
+const liveChildren = new Set<ChildProcess>();
+
+/** SIGKILLs every agent and link process a run has started and not yet stopped. */
+export function killLiveChildren(): void {
+  for (const c of liveChildren) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
+  liveChildren.clear();
+}
+
+export class MethodUnavailableError extends Error {}
+
+type Control = ReturnType<typeof makeClient<typeof controlService>>;
+
+function num(v: unknown): number {
+  return typeof v === 'number' ? v : Number(v ?? 0);
+}
+
+type Stats = InstanceType<typeof pb.MigrationStats>;
+
+/** Every field, defaults included (the generated classes keep defaults on the prototype). */
+function statsObject(s: Stats): Record<string, unknown> {
+  const out: Record<string, unknown> = {};
+  for (const key in s) {
+    const value = (s as unknown as Record<string, unknown>)[key];
+    if (typeof value !== 'function') out[key] = value;
+  }
+  return out;
+}
+
+export function lowerBoundOf(stats: Record<string, unknown>, link: LinkName): LowerBound {
+  const profile = link === 'direct' ? LINK_PROFILES.loopback : LINK_PROFILES[link];
+  const bw = profile.bandwidthBytesPerSec;
+  const logTransferMs = bw > 0 && bw !== Infinity ? (num(stats.stopLogBytesUnsent) / bw) * 1000 : 0;
+  const rttMs = profile.rttMs;
+  const replayRate = num(stats.replayRate);
+  const replayMs = replayRate > 0 ? (num(stats.stopUnitsToReplay) * num(stats.unitMs)) / replayRate : 0;
+  return { logTransferMs, rttMs, replayMs, boundMs: logTransferMs + rttMs + replayMs };
+}
+
+async function startLink(spec: RunSpec, targetAddress: string): Promise<LinkHandle | null> {
+  if (spec.link === 'direct') return null;
+  return spec.linkMode === 'child' ? startLinkProcess(targetAddress, spec.link) : startLinkInProcess(targetAddress, spec.link);
+}
+
+/** Agent flags of every run: quiet logs (they share stderr with the progress bar), room for 4 GiB guests. */
+export const AGENT_ARGS = ['--log-level', 'error', '--memory-mib', '16384'];
+
+/**
+ * Runs one migration as `spec` says. Throws MethodUnavailableError when the source agent refuses
+ * the method as not available (INVALID_ARGUMENT); any other failure is recorded, not thrown.
+ */
+export async function runOne(spec: RunSpec): Promise<RunRecord> {
+  const wallStart = performance.now();
+  const agents: AgentProcess[] = [];
+  let link: LinkHandle | null = null;
+  let control: Control | null = null;
+  const record: RunRecord = {
+    kind: spec.kind,
+    profile: spec.profile,
+    method: spec.method,
+    link: spec.link,
+    linkMode: spec.linkMode,
+    memoryBytes: spec.memoryBytes,
+    repeat: spec.repeat,
+    seed: spec.seed,
+    downtimeLimitMs: spec.downtimeLimitMs,
+    policy: spec.policy,
+    disableCompression: spec.disableCompression,
+    status: 'error',
+    error: '',
+    downtimeMs: NaN,
+    totalTimeMs: NaN,
+    transferredBytes: NaN,
+    rounds: 0,
+    digestsMatch: false,
+    forced: false,
+    downtimeLowerBoundMs: null,
+    lowerBound: null,
+    downtimeOverBound: null,
+    phases: [],
+    checkpointPhaseMs: null,
+    wallMs: 0,
+    bootMs: 0,
+    stats: {},
+    curve: [],
+    curveMeasure: '',
+    curveSource: '',
+    linkStats: null,
+  };
+  let unavailable: MethodUnavailableError | null = null;
+  try {
+    const [source, target] = await Promise.all([startAgentProcess('source', AGENT_ARGS), startAgentProcess('target', AGENT_ARGS)]);
+    agents.push(source, target);
+    liveChildren.add(source.child).add(target.child);
+    link = await startLink(spec, target.address);
+    if (link?.child) liveChildren.add(link.child);
+    const targetAddress = link?.address ?? target.address;
+    control = makeClient(controlService, 'Control', source.address, grpc.credentials.createInsecure());
+    const c = control;
+    const bootStart = performance.now();
+    await unary(
+      c,
+      controlService.startGuest,
+      pb.StartGuestRequest.create({ id: 'bench-guest', profile: spec.profile, memoryBytes: spec.memoryBytes, environmentSeed: spec.seed }),
+      300_000,
+      'starting the guest',
+    );
+    record.bootMs = performance.now() - bootStart;
+    await sleep(spec.warmupMs);
+
+    const t0 = performance.now();
+    let jobId: string;
+    try {
+      ({ jobId } = await unary(
+        c,
+        controlService.startMigration,
+        pb.StartMigrationRequest.create({
+          guestId: 'bench-guest',
+          targetAddress,
+          method: spec.method,
+          downtimeLimitMs: spec.downtimeLimitMs,
+          nonConvergencePolicy: spec.policy,
+          maxDurationMs: spec.maxDurationMs,
+          disableCompression: spec.disableCompression,
+        }),
+        10_000,
+        'starting the migration',
+      ));
+    } catch (error) {
+      const e = error as { code?: string; message?: string };
+      if (e.code === 'INVALID_ARGUMENT' && /not available/i.test(e.message ?? '')) {
+        unavailable = new MethodUnavailableError(e.message ?? 'not available');
+        throw unavailable;
+      }
+      throw error;
+    }
+
+    // Phase timestamps from a WatchJob stream (events are pushed as phases change).
+    const watch = c.makeServerStreamRequest(
+      controlService.watchJob.path,
+      controlService.watchJob.requestSerialize,
+      controlService.watchJob.responseDeserialize,
+      pb.WatchJobRequest.create({ jobId, intervalMs: 1000 }),
+    ) as grpc.ClientReadableStream<InstanceType<typeof pb.JobEvent>>;
+    watch.on('data', (event: InstanceType<typeof pb.JobEvent>) => {
+      if (event.kind === 'phase') record.phases.push({ phase: event.message, tMs: performance.now() - t0 });
+    });
+    watch.on('error', () => undefined);
+
+    // The curve: GetJob every sampleMs until the job ends (bounded: max duration plus a minute).
+    const hardStopMs = spec.maxDurationMs + 60_000;
+    let last: Stats | null = null;
+    for (;;) {
+      await sleep(spec.sampleMs);
+      const job = await unary(c, controlService.getJob, pb.GetJobRequest.create({ jobId }), 10_000, 'sampling the job');
+      const s = job.stats as Stats;
+      last = s;
+      record.curve.push({
+        tMs: Math.round(performance.now() - t0),
+        status: s.status,
+        phase: s.phase,
+        rounds: s.rounds,
+        remainingUnits: s.remainingUnits,
+        remainingBytes: num(s.remainingBytes),
+        transferredBytes: num(s.transferredBytes),
+        checkpointMemoryBytesCovered: num(s.checkpointMemoryBytesCovered),
+        unitsRecorded: s.unitsRecorded,
+        unitsReplayed: s.unitsReplayed,
+      });
+      if (TERMINAL.has(s.status)) break;
+      if (performance.now() - t0 > hardStopMs) {
+        await unary(c, controlService.cancelJob, pb.CancelJobRequest.create({ jobId }), 10_000, 'cancelling').catch(() => undefined);
+        throw new Error(`the job did not end within ${hardStopMs} ms`);
+      }
+    }
+    watch.cancel();
+    const stats = statsObject(last);
+    record.stats = stats;
+    record.status = last.status;
+    record.error = last.error;
+    record.downtimeMs = last.downtimeMs;
+    record.totalTimeMs = last.totalTimeMs;
+    record.transferredBytes = num(last.transferredBytes);
+    record.rounds = last.rounds;
+    record.forced = last.forced;
+    record.digestsMatch = last.sourceDigest !== '' && last.sourceDigest === last.targetDigest;
+    record.checkpointPhaseMs = checkpointPhaseMs(record);
+    const series = convergenceSeries(record);
+    record.curveMeasure = series.measure;
+    record.curveSource = series.source;
+    series.points.forEach((p, i) => (record.curve[i].remaining = Math.round(p.value)));
+    if (spec.method === 'crtr' && last.status === 'completed') {
+      const lb = lowerBoundOf(stats, spec.link);
+      record.lowerBound = lb;
+      record.downtimeLowerBoundMs = lb.boundMs;
+      record.downtimeOverBound = lb.boundMs > 0 ? last.downtimeMs / lb.boundMs : null;
+    }
+  } catch (error) {
+    if (unavailable !== null) throw unavailable;
+    record.status = 'error';
+    record.error = error instanceof Error ? error.message : String(error);
+  } finally {
+    control?.close();
+    if (link !== null) record.linkStats = await link.close().catch(() => null);
+    await Promise.all(agents.map((a) => stopAgentProcess(a)));
+    for (const a of agents) liveChildren.delete(a.child);
+    if (link?.child) liveChildren.delete(link.child);
+    record.wallMs = performance.now() - wallStart;
+  }
+  return record;
+}
+
+/**
+ * How long the checkpoint took: crtr, from the 'checkpoint' phase event to 'log-transfer' (the
+ * source waits there until the target restored the whole image); precopy, from 'checkpoint' to
+ * the first sample with rounds >= 1 (round 0 is the full copy; 100 ms sampling resolution).
+ */
+function checkpointPhaseMs(r: RunRecord): number | null {
+  const start = r.phases.find((p) => p.phase === 'checkpoint')?.tMs;
+  if (start === undefined) return null;
+  if (r.method === 'crtr') {
+    const end = r.phases.find((p) => p.phase === 'log-transfer')?.tMs;
+    return end === undefined ? null : end - start;
+  }
+  const end = r.curve.find((p) => p.rounds >= 1)?.tMs;
+  return end === undefined ? null : end - start;
+}
+
+export function sleep(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+/** FNV-1a of a string, as a non-zero uint32 (environment seeds). */
+export function seedOf(text: string): number {
+  let h = 0x811c9dc5;
+  for (let i = 0; i < text.length; i++) {
+    h ^= text.charCodeAt(i);
+    h = Math.imul(h, 0x01000193) >>> 0;
+  }
+  return h === 0 ? 1 : h;
+}
