@@ -5,38 +5,16 @@
 // must still work.
 import { createServer } from 'node:net';
 import t, { type Test } from 'tap';
-import { agentCommand, agentOptionsFrom, type RunningAgent, startAgent } from '../cli/agent.js';
+import { type Agent, GUEST_BYTES, guestState, sleep, startGuest, startMigration, startTestAgent } from './support/agents.js';
 import type { SimSourceGuest } from '../shared/driver/sim/guest.js';
 import { VmMigrateError } from '../shared/errors.js';
-import { controlService, grpc, makeClient, pb, unary } from '../shared/transport/grpc.js';
+import { controlService, grpc, pb, unary } from '../shared/transport/grpc.js';
 
-const MiB = 2 ** 20;
-const GUEST_BYTES = 64 * MiB;
 
 type Job = InstanceType<typeof pb.Job>;
 type Stats = InstanceType<typeof pb.MigrationStats>;
 type JobEvent = InstanceType<typeof pb.JobEvent>;
 type MigrationRequest = Partial<InstanceType<typeof pb.StartMigrationRequest>>;
-
-interface Agent {
-  agent: RunningAgent;
-  ctl: grpc.Client;
-  address: string;
-}
-
-/** An agent on 127.0.0.1:0 with its Control client, both closed when `t` ends. */
-async function startTestAgent(t: Test, extra: string[] = []): Promise<Agent> {
-  const opts = agentCommand('source')
-    .parse(['node', 'agent', '--listen', '127.0.0.1:0', '--log-level', 'error', ...extra])
-    .opts();
-  const agent = await startAgent(agentOptionsFrom(opts));
-  const ctl = makeClient(controlService, 'Control', agent.address, grpc.credentials.createInsecure());
-  t.teardown(async () => {
-    ctl.close();
-    await agent.shutdown('test over');
-  });
-  return { agent, ctl, address: agent.address };
-}
 
 /** A source agent that honours fault injection, and a plain target agent. */
 async function agentPair(t: Test, targetExtra: string[] = []): Promise<{ source: Agent; target: Agent }> {
@@ -45,23 +23,9 @@ async function agentPair(t: Test, targetExtra: string[] = []): Promise<{ source:
   return { source, target };
 }
 
-async function startGuest(a: Agent, id: string, profile: string, rates: Record<string, number> = {}): Promise<void> {
-  await unary(a.ctl, controlService.startGuest, pb.StartGuestRequest.create({ id, profile, memoryBytes: GUEST_BYTES, rates }), 30_000, `starting guest ${id}`);
-}
-
-/** The guest's state as the agent's ListGuests shows it, or 'absent'. */
-async function guestState(a: Agent, id: string): Promise<string> {
-  const res = await unary(a.ctl, controlService.listGuests, pb.ListGuestsRequest.create(), 10_000, 'listing guests');
-  return res.guests.find((g) => g.description?.id === id)?.state ?? 'absent';
-}
-
 async function reservedBytes(a: Agent): Promise<number> {
   const c = await unary(a.ctl, controlService.getCapacity, pb.GetCapacityRequest.create(), 10_000, 'capacity');
   return c.memoryBytesReserved;
-}
-
-function startMigration(a: Agent, request: MigrationRequest): Promise<string> {
-  return unary(a.ctl, controlService.startMigration, pb.StartMigrationRequest.create(request), 10_000, 'starting a migration').then((r) => r.jobId);
 }
 
 /**
@@ -111,7 +75,6 @@ function expectCode(t: Test, error: Error | undefined, code: string, message: Re
   t.match(error?.message ?? '', message, `${what}: message`);
 }
 
-const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
 /** Polls `read` until `ok` holds or `timeoutMs` passes; returns the last value read. */
 async function eventually<T>(read: () => Promise<T>, ok: (value: T) => boolean, timeoutMs = 10_000): Promise<T> {

@@ -5,52 +5,17 @@ import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import t, { type Test } from 'tap';
-import { agentCommand, agentOptionsFrom, type RunningAgent, startAgent } from '../cli/agent.js';
+import { type Agent, GUEST_BYTES, guestState, MiB, sleep, startGuest, startMigration, startTestAgent } from './support/agents.js';
 import { PROFILE_NAMES } from '../shared/driver/sim/profiles.js';
-import { controlService, grpc, makeClient, pb, unary } from '../shared/transport/grpc.js';
+import { controlService, pb, unary } from '../shared/transport/grpc.js';
 
-const MiB = 2 ** 20;
-const GUEST_BYTES = 64 * MiB;
 const ALL_PHASES = ['pre-migration', 'reservation', 'checkpoint', 'log-transfer', 'stop-and-copy', 'commitment', 'activation', 'done'];
 
 type Job = InstanceType<typeof pb.Job>;
 type Stats = InstanceType<typeof pb.MigrationStats>;
 type JobEvent = InstanceType<typeof pb.JobEvent>;
 
-interface Agent {
-  agent: RunningAgent;
-  ctl: grpc.Client;
-  address: string;
-}
 
-/** An agent on 127.0.0.1:0 with its Control client, both closed when `t` ends. */
-async function startTestAgent(t: Test, extra: string[] = []): Promise<Agent> {
-  const opts = agentCommand('source')
-    .parse(['node', 'agent', '--listen', '127.0.0.1:0', '--log-level', 'error', ...extra])
-    .opts();
-  const agent = await startAgent(agentOptionsFrom(opts));
-  const ctl = makeClient(controlService, 'Control', agent.address, grpc.credentials.createInsecure());
-  t.teardown(async () => {
-    ctl.close();
-    await agent.shutdown('test over');
-  });
-  return { agent, ctl, address: agent.address };
-}
-
-async function startGuest(a: Agent, id: string, profile: string, rates: Record<string, number> = {}): Promise<void> {
-  await unary(a.ctl, controlService.startGuest, pb.StartGuestRequest.create({ id, profile, memoryBytes: GUEST_BYTES, rates }), 30_000, `starting guest ${id}`);
-}
-
-/** The guest's state as the agent's ListGuests shows it, or 'absent'. */
-async function guestState(a: Agent, id: string): Promise<string> {
-  const res = await unary(a.ctl, controlService.listGuests, pb.ListGuestsRequest.create(), 10_000, 'listing guests');
-  return res.guests.find((g) => g.description?.id === id)?.state ?? 'absent';
-}
-
-async function startMigration(a: Agent, request: Partial<InstanceType<typeof pb.StartMigrationRequest>>): Promise<string> {
-  const res = await unary(a.ctl, controlService.startMigration, pb.StartMigrationRequest.create(request), 10_000, 'starting a migration');
-  return res.jobId;
-}
 
 /** Follows a job with WatchJob until the server ends the stream; returns the last job and the event kinds. */
 async function watchJob(a: Agent, jobId: string, timeoutMs = 120_000): Promise<{ job: Job; kinds: string[]; phases: string[] }> {
@@ -73,7 +38,6 @@ async function watchJob(a: Agent, jobId: string, timeoutMs = 120_000): Promise<{
   return { job, kinds, phases };
 }
 
-const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
 /** The assertions every completed migration must pass. */
 function checkCompleted(t: Test, s: Stats, what: string): void {
