@@ -747,7 +747,8 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
       this.refreshStats();
       this.emit('progress');
       const elapsed = this.elapsedMs();
-      if (this.stats.phase === 'checkpoint' && elapsed >= this.request.maxDurationMs) {
+      // (Pre-copy applies its maximum duration itself, between rounds: it then stops and copies.)
+      if (this.stats.phase === 'checkpoint' && this.request.method === 'crtr' && elapsed >= this.request.maxDurationMs) {
         this.streamError ??= new DeadlineExceededError(`migration ran ${elapsed.toFixed(0)} ms, its maximum is ${this.request.maxDurationMs} ms (still in the checkpoint phase)`);
         this.notify();
         return;
@@ -756,6 +757,9 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
       // downtime) only hashes the pages written since.
       if (this.stats.phase === 'log-transfer' || this.stats.phase === 'checkpoint') this.guest.digest();
       if (this.request.method !== 'crtr' || this.stats.phase !== 'log-transfer' || this.stopGranted || this.stopForced) return;
+      // The backlog's trend means something only once the target replays: before its first
+      // replayed unit the backlog grows by construction.
+      if (this.progressMsg.unitsReplayed === 0 && elapsed < this.request.maxDurationMs) return;
       this.backlog.push({ atMs: elapsed, backlogUnits: this.stats.remainingUnits });
       if (this.backlog.length > 200) this.backlog.shift();
       const verdict = judgeConvergence(this.backlog, this.options.convergenceWindowMs, this.progressMsg.remainingUnitsAllowed || 1);
@@ -799,7 +803,8 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
     s.transferredBytes = this.counter.sent + this.counter.received;
     s.remainingUnits = Math.max(0, s.unitsRecorded - s.unitsReplayed);
     const unsent = (rec?.bytesQueued ?? 0) + this.heldUnitBytes;
-    s.remainingBytes = Math.max(0, s.memoryBytes - s.checkpointMemoryBytesCovered) + unsent;
+    // Pre-copy and post-copy set remainingBytes themselves (the dirty set, the pages not pushed).
+    if (this.request.method === 'crtr') s.remainingBytes = Math.max(0, s.memoryBytes - s.checkpointMemoryBytesCovered) + unsent;
     if (!this.committed) s.totalTimeMs = this.elapsedMs();
     s.mbps = (s.transferredBytes * 8) / 1e6 / Math.max(0.001, this.elapsedMs() / 1000);
     const guestSeconds = (s.unitsRecorded * this.guest.describe().unitMs) / 1000;
