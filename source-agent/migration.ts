@@ -118,6 +118,8 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
   private checkpointDone = false;
   private pageBatchesSent = 0;
   private openAcknowledged = false;
+  /** Set when we discarded the source copy (completion): its counters are gone. */
+  private guestDiscarded = false;
   /** Post-copy: pages the target asked for, not yet sent. Bounded by the guest's page count per request burst. */
   private readonly demand: number[] = [];
   private demandQueued: Uint8Array | null = null;
@@ -140,8 +142,9 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
     log: Logger,
   ) {
     super();
-    this.stats = emptyStats(request.method, guest.describe().memoryBytes);
-    this.stats.unitMs = guest.describe().unitMs;
+    const description = guest.describe();
+    this.stats = emptyStats(request.method, description.memoryBytes);
+    this.stats.unitMs = description.unitMs;
     this.log = log.child({ migrationId: this.id, guestId: guest.id, target: request.targetAddress });
   }
 
@@ -250,6 +253,7 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
     this.stats.downtimeMs = performance.now() - this.suspendedAtMs - activated.resumeToReplyMs;
     for (const hook of activated.hooks) if (hook.exitCode !== 0) this.log.warn({ hook: hook.command, exitCode: hook.exitCode, error: hook.error }, 'activation hook failed on the target');
     this.refreshStats();
+    this.guestDiscarded = true;
     this.guest.discard();
   }
 
@@ -443,6 +447,7 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
       this.committed = true;
       this.stats.totalTimeMs = this.elapsedMs();
       this.refreshStats();
+      this.guestDiscarded = true;
       this.guest.discard();
     } finally {
       stopPing();
@@ -792,7 +797,7 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
 
   refreshStats(): MigrationStats {
     const s = this.stats;
-    const rec = this.guest.describe().state === 'discarded' ? null : this.guest.recordingStats();
+    const rec = this.guestDiscarded ? null : this.guest.recordingStats();
     // Recording counters are monotonic while the recording lasts, and read as zero once it was
     // stopped (abort) or the guest discarded (completion): keep the last real values then.
     if (rec !== null && rec.unitsRecorded >= s.unitsRecorded) {
@@ -807,12 +812,12 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
     if (this.request.method === 'crtr') s.remainingBytes = Math.max(0, s.memoryBytes - s.checkpointMemoryBytesCovered) + unsent;
     if (!this.committed) s.totalTimeMs = this.elapsedMs();
     s.mbps = (s.transferredBytes * 8) / 1e6 / Math.max(0.001, this.elapsedMs() / 1000);
-    const guestSeconds = (s.unitsRecorded * this.guest.describe().unitMs) / 1000;
+    const guestSeconds = (s.unitsRecorded * s.unitMs) / 1000;
     s.logRateBytesPerSec = guestSeconds > 0 ? s.logBytes / guestSeconds : 0;
     s.expectedDowntimeMs = expectedDowntimeMs({
       unsentLogBytes: unsent,
       unitsToReplay: s.remainingUnits,
-      unitMs: this.guest.describe().unitMs,
+      unitMs: s.unitMs,
       replayRate: s.replayRate,
       throughputBytesPerSec: this.throughputBytesPerSec,
       rttMs: s.rttMs,

@@ -22,7 +22,7 @@ import { AbortedError, CorruptDataError, InvalidStateError, UnitOrderError } fro
 import { xxh64 } from '../../hash.js';
 import type { CheckpointChunk } from '../types.js';
 import { PAGE_BYTES } from '../types.js';
-import { CopyOnWrite } from './memory.js';
+import { CopyOnWrite, isZeroPage } from './memory.js';
 import { MachineState, type SimMachine } from './machine.js';
 
 export const CHUNK_MAGIC = 0x43545243; // 'CRTC' little-endian
@@ -33,13 +33,6 @@ export const CHUNK_PAGES_DEFAULT = 256; // 1 MiB of guest memory per chunk
 export const CHUNK_PAGES_MAX = 4096; // 16 MiB
 /** Default bound of the copy-on-write pool (pages preserved, not yet sent). */
 export const COW_BYTES_MAX_DEFAULT = 64 * 1024 * 1024;
-
-function isZeroPage(bytes: Uint8Array): boolean {
-  // Word at a time; a non-zero page almost always shows it in its first words.
-  const words = new Int32Array(bytes.buffer, bytes.byteOffset, PAGE_BYTES / 4);
-  for (let i = 0; i < words.length; i++) if (words[i] !== 0) return false;
-  return true;
-}
 
 function seal(out: Uint8Array): Uint8Array {
   const end = out.length - CHUNK_TRAILER_BYTES;

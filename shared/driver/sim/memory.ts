@@ -19,6 +19,13 @@ export const SEGMENT_PAGES = 1 << SEGMENT_SHIFT;
 export const SEGMENT_MASK = SEGMENT_PAGES - 1;
 
 export const ZERO_PAGE = new Uint8Array(PAGE_BYTES);
+
+/** Whether a page is all zero; word at a time (a non-zero page almost always shows it in its first words). */
+export function isZeroPage(bytes: Uint8Array): boolean {
+  const words = new Int32Array(bytes.buffer, bytes.byteOffset, PAGE_BYTES / 4);
+  for (let i = 0; i < words.length; i++) if (words[i] !== 0) return false;
+  return true;
+}
 export const ZERO_PAGE_HASH = xxh64(ZERO_PAGE);
 
 /**

@@ -14,7 +14,7 @@
 import { CorruptDataError, LimitExceededError } from '../../errors.js';
 import { xxh64 } from '../../hash.js';
 import { PAGE_BYTES } from '../types.js';
-import type { GuestMemory } from './memory.js';
+import { type GuestMemory, isZeroPage } from './memory.js';
 
 const MAGIC = 0x50545243; // 'CRTP' little-endian
 const VERSION = 1;
@@ -22,12 +22,6 @@ const HEADER_BYTES = 16;
 const TRAILER_BYTES = 8;
 /** Largest batch: 16 MiB of pages, the protocol's payload limit. */
 export const PAGE_BATCH_PAGES_MAX = 4000;
-
-function isZero(bytes: Uint8Array): boolean {
-  const words = new Int32Array(bytes.buffer, bytes.byteOffset, PAGE_BYTES / 4);
-  for (let i = 0; i < words.length; i++) if (words[i] !== 0) return false;
-  return true;
-}
 
 /** Encodes the current contents of `pages` of `memory`. */
 export function encodePages(memory: GuestMemory, pages: Uint32Array): Uint8Array {
@@ -40,7 +34,7 @@ export function encodePages(memory: GuestMemory, pages: Uint32Array): Uint8Array
     const page = pages[i];
     if (page >= memory.pageCount) throw new CorruptDataError(`page ${page} is outside a guest of ${memory.pageCount} pages`);
     const bytes = memory.pageBytesOrNull(page);
-    if (bytes === null || isZero(bytes)) continue;
+    if (bytes === null || isZeroPage(bytes)) continue;
     bitmap[i >>> 3] |= 1 << (i & 7);
     views.push(bytes);
   }
