@@ -17,7 +17,9 @@ export interface AgentProcess {
  */
 export async function startAgentProcess(role: 'source' | 'target', extraArgs: string[] = [], nodeArgs: string[] = [], startTimeoutMs = 15_000): Promise<AgentProcess> {
   const main = fileURLToPath(new URL(`../${role}-agent/main.js`, import.meta.url));
-  const child = spawn(process.execPath, [...nodeArgs, '--enable-source-maps', main, '--listen', '127.0.0.1:0', ...extraArgs], { stdio: ['ignore', 'pipe', 'inherit'] });
+  // On loopback, plaintext unless the caller brings TLS (a configuration file or TLS flags).
+  const security = extraArgs.some((a) => a === '--config' || a.startsWith('--tls-')) ? [] : ['--insecure-plaintext'];
+  const child = spawn(process.execPath, [...nodeArgs, '--enable-source-maps', main, '--listen', '127.0.0.1:0', ...security, ...extraArgs], { stdio: ['ignore', 'pipe', 'inherit'] });
   const timer = setTimeout(() => child.kill('SIGKILL'), startTimeoutMs);
   try {
     for await (const line of createInterface({ input: child.stdout! })) {

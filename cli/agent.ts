@@ -2,25 +2,28 @@
 // service (incoming guests), over one `sim` host. Every agent can play both roles: a guest that
 // arrived here can later be migrated onward or back. `source-agent` and `target-agent` are the
 // same daemon under two names, with different default ports.
+//
+// Configuration: a YAML file (--config, or VMMIGRATE_CONFIG) with flags laid over it, validated
+// in shared/config.ts. The daemon refuses to start on any invalid field, naming it.
 
 import { Command, Option } from 'commander';
 import { pino, destination, type Logger } from 'pino';
-import { ControlService, CONTROL_DEFAULTS, type ControlOptions } from '../source-agent/control-service.js';
+import { ControlService, CONTROL_DEFAULTS } from '../source-agent/control-service.js';
 import { SOURCE_DEFAULTS } from '../source-agent/migration.js';
-import { MigrationService, TARGET_DEFAULTS, type TargetOptions } from '../target-agent/migration-service.js';
+import { MigrationService, TARGET_DEFAULTS } from '../target-agent/migration-service.js';
 import { SimDriver } from '../shared/driver/sim/driver.js';
-import { checkUnitMs, UNIT_MS_DEFAULT } from '../shared/driver/sim/config.js';
-import { InvalidArgumentError } from '../shared/errors.js';
-import { controlService, createServer, grpc, migrationService, widenServerSessions } from '../shared/transport/grpc.js';
+import { type AgentConfig, ConfigError, readConfigFile, setPath, validateConfig } from '../shared/config.js';
+import { controlService, createServer, grpc, migrationService, onTlsHandshakeFailure, widenServerSessions } from '../shared/transport/grpc.js';
+import { allowlistInterceptor, clientCredentials, loadTlsMaterial, serverCredentials, type TlsMaterial, TlsMaterialError } from '../shared/transport/tls.js';
 
+export type AgentRole = 'source' | 'target';
+
+/** A validated configuration with its TLS material read (null: plaintext, loopback only). */
 export interface AgentOptions {
-  listen: string;
-  memoryBytesTotal: number;
-  vcpusTotal: number;
-  unitMs: number;
-  control: ControlOptions;
-  target: TargetOptions;
-  logLevel: string;
+  config: AgentConfig;
+  tls: TlsMaterial | null;
+  /** Where the configuration came from, for messages: a file name, or 'flags'. */
+  source: string;
 }
 
 export interface RunningAgent {
@@ -33,21 +36,56 @@ export interface RunningAgent {
   shutdown(reason: string): Promise<void>;
 }
 
-export async function startAgent(options: AgentOptions, log: Logger = pino({ level: options.logLevel }, destination(2))): Promise<RunningAgent> {
-  checkUnitMs(options.unitMs);
-  const driver = new SimDriver({ memoryBytesTotal: options.memoryBytesTotal, vcpusTotal: options.vcpusTotal, unitMsDefault: options.unitMs });
-  const migration = new MigrationService(driver, options.target, log);
-  const control = new ControlService(driver, SOURCE_DEFAULTS, options.control, log);
-  const server = createServer();
+export async function startAgent(options: AgentOptions, log: Logger = pino({ level: options.config.log.level }, destination(2))): Promise<RunningAgent> {
+  const { config, tls } = options;
+  const driver = new SimDriver({ memoryBytesTotal: config.host.memoryMib * 2 ** 20, vcpusTotal: config.host.vcpus, unitMsDefault: config.host.unitMs });
+  const migration = new MigrationService(
+    driver,
+    {
+      ...TARGET_DEFAULTS,
+      chunkWindow: config.limits.chunkWindow,
+      unitWindow: config.limits.unitWindow,
+      unitWindowBytes: config.limits.unitWindowMib * 2 ** 20,
+      reservationTimeoutMs: config.limits.reservationTimeoutMs,
+      activationHooks: config.hooks.activation,
+      hookTimeoutMs: config.hooks.timeoutMs,
+    },
+    log,
+  );
+  const control = new ControlService(
+    driver,
+    // Outgoing migrations dial targets with our certificate and accept only allowed peers.
+    { ...SOURCE_DEFAULTS, credentials: clientCredentials(tls, config.allow.peers) },
+    {
+      ...CONTROL_DEFAULTS,
+      downtimeLimitMsDefault: config.migration.downtimeLimitMs,
+      maxDurationMsDefault: config.migration.maxDurationMs,
+      maxBandwidthBytesPerSecDefault: config.migration.maxBandwidth,
+      nonConvergencePolicyDefault: config.migration.nonConvergencePolicy,
+      jobsMax: config.limits.jobsMax,
+      allowFaultInjection: config.allowFaultInjection,
+      plaintext: tls === null,
+    },
+    log,
+  );
+  const server = createServer(tls === null ? [] : [allowlistInterceptor(config.allow, log)]);
   server.addService(migrationService, migration.handlers());
   server.addService(controlService, control.handlers());
-  const port = await new Promise<number>((resolve, reject) =>
-    server.bindAsync(options.listen, grpc.ServerCredentials.createInsecure(), (error, p) => (error ? reject(error) : resolve(p))),
-  );
+  let port: number;
+  try {
+    port = await new Promise<number>((resolve, reject) => server.bindAsync(config.listen, serverCredentials(tls), (error, p) => (error ? reject(error) : resolve(p))));
+  } catch (error) {
+    driver.shutdown();
+    throw new ConfigError('listen', `cannot listen on ${config.listen}: ${(error as Error).message}`);
+  }
   widenServerSessions(server);
-  const host = options.listen.slice(0, options.listen.lastIndexOf(':'));
+  onTlsHandshakeFailure(server, (error, remote) => log.warn({ remote, err: error.message }, 'refused a connection: TLS handshake failed (a client certificate not issued by tls.ca, none, or plaintext)'));
+  const host = config.listen.slice(0, config.listen.lastIndexOf(':'));
   const address = `${host}:${port}`;
-  log.info({ address, memoryBytesTotal: options.memoryBytesTotal }, 'agent listening');
+  log.info(
+    { address, memoryBytesTotal: config.host.memoryMib * 2 ** 20, tls: tls ? { identities: tls.identities } : 'plaintext (loopback only)', allow: tls ? config.allow : undefined, config: options.source },
+    'agent listening',
+  );
   let stopping: Promise<void> | null = null;
   return {
     address,
@@ -68,60 +106,128 @@ export async function startAgent(options: AgentOptions, log: Logger = pino({ lev
   };
 }
 
-function positiveInt(name: string) {
-  return (value: string): number => {
-    const n = Number(value);
-    if (!Number.isSafeInteger(n) || n <= 0) throw new InvalidArgumentError(`${name} ${value}: expected a positive integer`);
-    return n;
-  };
+/** Flag (commander's camelCase name) → configuration field, and how its text becomes a value. */
+const FLAGS: Array<{ option: string; flag: string; field: string; value?: (text: string) => unknown }> = [
+  { option: 'listen', flag: '--listen', field: 'listen' },
+  { option: 'metricsListen', flag: '--metrics-listen', field: 'metricsListen' },
+  { option: 'tlsCa', flag: '--tls-ca', field: 'tls.ca' },
+  { option: 'tlsCert', flag: '--tls-cert', field: 'tls.cert' },
+  { option: 'tlsKey', flag: '--tls-key', field: 'tls.key' },
+  { option: 'insecurePlaintext', flag: '--insecure-plaintext', field: 'tls.plaintext' },
+  { option: 'allowPeer', flag: '--allow-peer', field: 'allow.peers' },
+  { option: 'allowControl', flag: '--allow-control', field: 'allow.control' },
+  { option: 'memoryMib', flag: '--memory-mib', field: 'host.memoryMib', value: Number },
+  { option: 'vcpus', flag: '--vcpus', field: 'host.vcpus', value: Number },
+  { option: 'unitMs', flag: '--unit-ms', field: 'host.unitMs', value: Number },
+  { option: 'downtimeLimitMs', flag: '--downtime-limit-ms', field: 'migration.downtimeLimitMs', value: Number },
+  { option: 'maxBandwidth', flag: '--max-bandwidth', field: 'migration.maxBandwidth' },
+  { option: 'maxDurationMs', flag: '--max-duration-ms', field: 'migration.maxDurationMs', value: Number },
+  { option: 'policy', flag: '--policy', field: 'migration.nonConvergencePolicy' },
+  { option: 'jobsMax', flag: '--jobs-max', field: 'limits.jobsMax', value: Number },
+  { option: 'chunkWindow', flag: '--chunk-window', field: 'limits.chunkWindow', value: Number },
+  { option: 'unitWindow', flag: '--unit-window', field: 'limits.unitWindow', value: Number },
+  { option: 'unitWindowMib', flag: '--unit-window-mib', field: 'limits.unitWindowMib', value: Number },
+  { option: 'activationHook', flag: '--activation-hook', field: 'hooks.activation' },
+  { option: 'hookTimeoutMs', flag: '--hook-timeout-ms', field: 'hooks.timeoutMs', value: Number },
+  { option: 'logLevel', flag: '--log-level', field: 'log.level' },
+  { option: 'allowFaultInjection', flag: '--allow-fault-injection', field: 'allowFaultInjection' },
+];
+
+/**
+ * The configuration from the file (if any) with the flags given laid over it, validated, and
+ * the TLS material read and checked. Throws ConfigError naming the field.
+ */
+export function agentOptionsFrom(role: AgentRole, opts: Record<string, unknown>): AgentOptions {
+  const file = typeof opts.config === 'string' && opts.config !== '' ? opts.config : undefined;
+  const raw = file === undefined ? {} : readConfigFile(file);
+  if (raw === null || typeof raw !== 'object' || Array.isArray(raw)) throw new ConfigError('(file)', `the configuration file ${file} must hold a YAML mapping (field: value lines)`);
+  const doc = raw as Record<string, unknown>;
+  const flagOf: Record<string, string> = {};
+  for (const { option, flag, field, value } of FLAGS) {
+    const given = opts[option];
+    if (given === undefined) continue;
+    setPath(doc, field, typeof given === 'string' && value ? value(given) : given);
+    flagOf[field] = flag;
+  }
+  if (doc.listen === undefined) doc.listen = `127.0.0.1:${role === 'source' ? 7400 : 7401}`;
+  const source = file ?? 'flags';
+  const config = validateConfig(doc, source, flagOf);
+  let tls: TlsMaterial | null = null;
+  if (!config.tls.plaintext) {
+    try {
+      tls = loadTlsMaterial({ ca: config.tls.ca!, cert: config.tls.cert!, key: config.tls.key! });
+    } catch (error) {
+      if (!(error instanceof TlsMaterialError)) throw error;
+      const field = `tls.${error.field}`;
+      throw new ConfigError(field, `invalid configuration in ${source}: ${field}${flagOf[field] ? ` (set by ${flagOf[field]})` : ''}: ${error.message}`);
+    }
+  }
+  return { config, tls, source };
 }
 
-/** The daemon's command line; `role` only sets the default port. */
-export function agentCommand(role: 'source' | 'target'): Command {
+/** The daemon's options. No defaults here: unset flags leave the file's value (or the built-in default) alone. */
+function agentOptionsCommand(role: AgentRole): Command {
   const defaultPort = role === 'source' ? 7400 : 7401;
   return new Command(`${role}-agent`)
-    .description(`run the ${role} agent: Control and Migration gRPC services over a sim host`)
-    .option('--listen <host:port>', 'address to serve on (loopback unless you mean it)', `127.0.0.1:${defaultPort}`)
-    .option('--memory-mib <n>', 'memory this host offers to guests, MiB', positiveInt('--memory-mib'), 16384)
-    .option('--vcpus <n>', 'vCPUs this host offers', positiveInt('--vcpus'), 16)
-    .option('--unit-ms <n>', 'default log unit length, ms (1-100)', positiveInt('--unit-ms'), UNIT_MS_DEFAULT)
-    .option('--downtime-limit-ms <n>', 'default downtime limit of outgoing migrations', positiveInt('--downtime-limit-ms'), CONTROL_DEFAULTS.downtimeLimitMsDefault)
-    .option('--max-duration-ms <n>', 'default maximum duration of outgoing migrations', positiveInt('--max-duration-ms'), CONTROL_DEFAULTS.maxDurationMsDefault)
-    .option('--chunk-window <n>', 'checkpoint chunks an incoming migration may have in flight', positiveInt('--chunk-window'), TARGET_DEFAULTS.chunkWindow)
-    .option('--unit-window <n>', 'log units an incoming migration may have in flight', positiveInt('--unit-window'), TARGET_DEFAULTS.unitWindow)
-    .option('--unit-window-mib <n>', 'log bytes an incoming migration may have in flight, MiB', positiveInt('--unit-window-mib'), TARGET_DEFAULTS.unitWindowBytes / 2 ** 20)
+    .description(`run the ${role} agent: the Control and Migration gRPC services over a sim host (flags override the configuration file)`)
+    .addOption(new Option('--config <file>', 'YAML configuration file (deploy/agent.example.yaml documents it)').env('VMMIGRATE_CONFIG'))
+    .option('--listen <host:port>', `address to serve on (default 127.0.0.1:${defaultPort})`)
+    .option('--metrics-listen <host:port>', 'serve Prometheus metrics over HTTP here (default: off)')
+    .option('--tls-ca <file>', 'PEM CA certificate that issued every agent and client certificate')
+    .option('--tls-cert <file>', "PEM certificate of this agent (server and client)")
+    .option('--tls-key <file>', 'PEM private key of --tls-cert')
+    .option('--insecure-plaintext', 'no TLS: allowed only when --listen is a loopback address')
+    .option('--allow-peer <identity...>', "agent identities (certificate CN, DNS or URI name) allowed to exchange guests with this one; '*': any the CA issued")
+    .option('--allow-control <identity...>', "client identities allowed on the Control API; '*': any the CA issued")
+    .option('--memory-mib <n>', 'memory this host offers to guests, MiB (default 16384)')
+    .option('--vcpus <n>', 'vCPUs this host offers (default 16)')
+    .option('--unit-ms <n>', 'default log unit length, ms (1-100, default 10)')
+    .option('--downtime-limit-ms <n>', 'default downtime limit of outgoing migrations (default 300)')
+    .option('--max-bandwidth <rate>', 'default bandwidth cap of outgoing migrations: bytes/s or e.g. 1gbit, 500MB/s (default 0: unlimited)')
+    .option('--max-duration-ms <n>', 'default maximum duration of outgoing migrations (default 600000)')
+    .addOption(new Option('--policy <name>', 'default non-convergence policy (default abort)').choices(['abort', 'force', 'throttle']))
+    .option('--jobs-max <n>', 'migration jobs kept, finished ones dropped oldest first (default 1000)')
+    .option('--chunk-window <n>', 'checkpoint chunks an incoming migration may have in flight (default 16)')
+    .option('--unit-window <n>', 'log units an incoming migration may have in flight (default 4096)')
+    .option('--unit-window-mib <n>', 'log bytes an incoming migration may have in flight, MiB (default 64)')
     .option('--activation-hook <command...>', 'command run (sh -c) after an incoming guest resumes here; repeatable')
-    .option('--allow-fault-injection', 'honour fault injection in migration requests (tests only)', false)
-    .addOption(new Option('--log-level <level>', 'log level').choices(['trace', 'debug', 'info', 'warn', 'error']).default('info'));
+    .option('--hook-timeout-ms <n>', 'time an activation hook may take before it is killed (default 10000)')
+    .option('--allow-fault-injection', 'honour fault injection in migration requests (tests only)')
+    .addOption(new Option('--log-level <level>', 'log level (default info)').choices(['trace', 'debug', 'info', 'warn', 'error', 'fatal']));
 }
 
-export function agentOptionsFrom(opts: Record<string, unknown>): AgentOptions {
-  return {
-    listen: String(opts.listen),
-    memoryBytesTotal: Number(opts.memoryMib) * 2 ** 20,
-    vcpusTotal: Number(opts.vcpus),
-    unitMs: Number(opts.unitMs),
-    control: {
-      ...CONTROL_DEFAULTS,
-      downtimeLimitMsDefault: Number(opts.downtimeLimitMs),
-      maxDurationMsDefault: Number(opts.maxDurationMs),
-      allowFaultInjection: Boolean(opts.allowFaultInjection),
-    },
-    target: {
-      ...TARGET_DEFAULTS,
-      chunkWindow: Number(opts.chunkWindow),
-      unitWindow: Number(opts.unitWindow),
-      unitWindowBytes: Number(opts.unitWindowMib) * 2 ** 20,
-      activationHooks: (opts.activationHook as string[] | undefined) ?? [],
-    },
-    logLevel: String(opts.logLevel),
-  };
+/** Parses daemon arguments (no program name) into validated options, without starting anything. */
+export function agentOptionsFromArgs(role: AgentRole, args: string[]): AgentOptions {
+  const command = agentOptionsCommand(role).exitOverride().parse(args, { from: 'user' });
+  return agentOptionsFrom(role, command.opts());
 }
 
-/** Runs the daemon until SIGTERM/SIGINT, then shuts down safely. */
-export async function agentMain(role: 'source' | 'target', argv = process.argv): Promise<void> {
-  const command = agentCommand(role).parse(argv);
-  const agent = await startAgent(agentOptionsFrom(command.opts()));
+/** Starts the daemon and runs it until SIGTERM/SIGINT, then shuts down safely. */
+export async function runAgent(role: AgentRole, opts: Record<string, unknown>): Promise<RunningAgent> {
+  let options: AgentOptions;
+  try {
+    options = agentOptionsFrom(role, opts);
+  } catch (error) {
+    if (!(error instanceof ConfigError)) throw error;
+    console.error(`${role}-agent: ${error.message}`);
+    process.exit(2);
+  }
+  const log = pino({ level: options.config.log.level }, destination(2));
+  // Node's warnings go to the log. grpc-js passes an IP address as the TLS server name when a
+  // target is dialled by address, which Node flags as deprecated (DEP0123) on every first dial;
+  // the certificate is still checked against that address, so that one is only worth a debug line.
+  process.removeAllListeners('warning');
+  process.on('warning', (warning: Error & { code?: string }) => {
+    if (warning.code === 'DEP0123') log.debug({ warning: warning.message }, 'node warning');
+    else log.warn({ warning: warning.message, code: warning.code }, 'node warning');
+  });
+  let agent: RunningAgent;
+  try {
+    agent = await startAgent(options, log);
+  } catch (error) {
+    console.error(`${role}-agent: ${(error as Error).message}`);
+    process.exit(error instanceof ConfigError ? 2 : 1);
+  }
   // Tell a parent process where we listen (port 0 picks one).
   console.log(JSON.stringify({ listening: agent.address }));
   for (const signal of ['SIGTERM', 'SIGINT'] as const) {
@@ -129,4 +235,17 @@ export async function agentMain(role: 'source' | 'target', argv = process.argv):
       void agent.shutdown(signal).then(() => process.exit(0));
     });
   }
+  return agent;
+}
+
+/** The daemon's command, with its action: `vmmigrate source-agent ...` and the role's own main. */
+export function agentCommand(role: AgentRole): Command {
+  return agentOptionsCommand(role).action(async (opts: Record<string, unknown>) => {
+    await runAgent(role, opts);
+  });
+}
+
+/** `node dist/source-agent/main.js ...`: the same as `vmmigrate source-agent ...`. */
+export async function agentMain(role: AgentRole, argv = process.argv): Promise<void> {
+  await agentCommand(role).parseAsync(argv);
 }

@@ -87,6 +87,11 @@ export class UnavailableError extends VmMigrateError {
   readonly code = 'UNAVAILABLE' as const;
 }
 
+/** A caller whose certificate names no identity this agent allows for what it called. */
+export class PermissionDeniedError extends VmMigrateError {
+  readonly code = 'PERMISSION_DENIED' as const;
+}
+
 /** A migration (or call) that ran past its maximum duration. */
 export class DeadlineExceededError extends VmMigrateError {
   readonly code = 'DEADLINE_EXCEEDED' as const;

@@ -57,7 +57,7 @@ export interface MigrationStats {
   forced: boolean;
   rttMs: number;
   stopRequestsDenied: number;
-  /** At the suspend: units not yet replayed on the target (final unit included), log bytes not yet sent. */
+  /** At the suspend: units not yet replayed on the target (final unit included); log bytes sent after the suspend (final unit and backlog, after lz4). */
   stopUnitsToReplay: number;
   stopLogBytesUnsent: number;
   /** Pre-copy: pages sent during the stop-and-copy. */

@@ -10,6 +10,7 @@ import { InvalidArgumentError, InvalidStateError, LimitExceededError, NotFoundEr
 import { AGENT_VERSION, PROTOCOL_VERSION } from '../shared/protocol.js';
 import { ABORTABLE_PHASES, type MigrationMethod, type MigrationPhase, type MigrationStats } from '../shared/stats.js';
 import { type controlService, grpc, pb, toServiceError } from '../shared/transport/grpc.js';
+import { hostOf, isLoopbackHost } from '../shared/transport/tls.js';
 import { type FaultInjection, type SourceOptions, SourceMigration } from './migration.js';
 
 export interface ControlOptions {
@@ -17,15 +18,24 @@ export interface ControlOptions {
   maxDurationMsDefault: number;
   /** Jobs kept (finished ones are dropped oldest first past this). */
   jobsMax: number;
+  /** Bandwidth cap of a migration that asks for none (0: unlimited). */
+  maxBandwidthBytesPerSecDefault: number;
+  /** Policy of a migration that names none. */
+  nonConvergencePolicyDefault: NonConvergencePolicy;
   /** Honour fault injection in StartMigration (tests only). */
   allowFaultInjection: boolean;
+  /** This agent runs without TLS: it migrates guests to loopback targets only. */
+  plaintext: boolean;
 }
 
 export const CONTROL_DEFAULTS: ControlOptions = {
   downtimeLimitMsDefault: 300,
   maxDurationMsDefault: 600_000,
   jobsMax: 1000,
+  maxBandwidthBytesPerSecDefault: 0,
+  nonConvergencePolicyDefault: 'abort',
   allowFaultInjection: false,
+  plaintext: false,
 };
 
 type Handlers = { [K in keyof typeof controlService]: grpc.UntypedHandleCall };
@@ -51,9 +61,12 @@ export class ControlService {
   startMigration(req: InstanceType<typeof pb.StartMigrationRequest>): SourceMigration {
     const guest = this.driver.guest(req.guestId);
     if (!req.targetAddress) throw new InvalidArgumentError('targetAddress is required (host:port of the target agent)');
+    if (this.options.plaintext && !isLoopbackHost(hostOf(req.targetAddress))) {
+      throw new InvalidArgumentError(`this agent runs without TLS (tls.plaintext), so it migrates guests to loopback targets only, not to ${req.targetAddress}; configure mutual TLS`);
+    }
     const method = (req.method || 'crtr') as MigrationMethod;
     if (method !== 'crtr' && method !== 'precopy' && method !== 'postcopy') throw new InvalidArgumentError(`method '${req.method}': expected crtr, precopy or postcopy`);
-    const policy = (req.nonConvergencePolicy || 'abort') as NonConvergencePolicy;
+    const policy = (req.nonConvergencePolicy || this.options.nonConvergencePolicyDefault) as NonConvergencePolicy;
     if (!NON_CONVERGENCE_POLICIES.includes(policy)) throw new InvalidArgumentError(`nonConvergencePolicy '${req.nonConvergencePolicy}': expected ${NON_CONVERGENCE_POLICIES.join(', ')}`);
     const downtimeLimitMs = req.downtimeLimitMs || this.options.downtimeLimitMsDefault;
     if (downtimeLimitMs < 1 || downtimeLimitMs > 600_000) throw new InvalidArgumentError(`downtimeLimitMs ${downtimeLimitMs}: expected 1 to 600000`);
@@ -65,7 +78,7 @@ export class ControlService {
     if (guest.machine.memory.missing !== null) {
       throw new InvalidStateError(`guest '${req.guestId}' is still receiving ${guest.machine.memory.missingCount} pages of its own post-copy migration; try again when it has them`);
     }
-    const bandwidth = req.maxBandwidthBytesPerSec;
+    const bandwidth = req.maxBandwidthBytesPerSec || this.options.maxBandwidthBytesPerSecDefault;
     if (bandwidth !== 0 && (bandwidth < 125_000 || bandwidth > 1e12)) {
       throw new InvalidArgumentError(`maxBandwidthBytesPerSec ${bandwidth}: expected 0 (unlimited) or 125000 (1 Mbit/s) to 1e12`);
     }
@@ -87,7 +100,7 @@ export class ControlService {
     this.pruneJobs();
     const job = new SourceMigration(
       guest,
-      { guestId: req.guestId, targetAddress: req.targetAddress, method, downtimeLimitMs, maxBandwidthBytesPerSec: req.maxBandwidthBytesPerSec, policy, maxDurationMs, faults, disableCompression: req.disableCompression },
+      { guestId: req.guestId, targetAddress: req.targetAddress, method, downtimeLimitMs, maxBandwidthBytesPerSec: bandwidth, policy, maxDurationMs, faults, disableCompression: req.disableCompression },
       this.sourceOptions,
       this.log,
     );

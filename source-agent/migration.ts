@@ -111,6 +111,8 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
   private readonly unitSizesInFlight: number[] = [];
   private unitBytesInFlight = 0;
   private heldUnitBytes = 0;
+  /** Log bytes (as sent, after lz4) of the units written once the guest was suspended: the final unit and any backlog. */
+  private logWireBytesAfterSuspend = 0;
   private windows = { chunk: 16, unit: 4096, unitBytes: 64 * 1024 * 1024 };
   private waiters = new Set<() => void>();
   private stopGranted = false;
@@ -288,9 +290,9 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
       await this.guest.suspend();
       const rec = this.guest.recordingStats();
       this.stats.stopUnitsToReplay = rec.unitsRecorded - this.progressMsg.unitsReplayed;
-      this.stats.stopLogBytesUnsent = rec.bytesQueued + this.heldUnitBytes;
       const suspendedMs = performance.now() - this.suspendedAtMs;
       await unitPump;
+      this.stats.stopLogBytesUnsent = this.logWireBytesAfterSuspend;
       const sentMs = performance.now() - this.suspendedAtMs;
       await this.until(() => this.progressMsg.finalReplayed);
       this.log.debug({ suspendedMs, sentMs, replayedMs: performance.now() - this.suspendedAtMs }, 'stop-and-copy timing');
@@ -716,6 +718,7 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
       this.unitBytesInFlight += unit.bytes.length;
       this.stats.unitsSent++;
       this.heldUnitBytes = 0;
+      if (this.suspendedAtMs > 0) this.logWireBytesAfterSuspend += payload.data.length;
       await this.write({ unit: { sequence: unit.sequence, final: unit.final, guestNs: unit.guestNs, eventCount: unit.eventCount, payload } }, payload.data.length);
       if (unit.final) return;
     }

@@ -13,6 +13,8 @@ import {
   InvalidStateError,
   LimitExceededError,
   NotFoundError,
+  PermissionDeniedError,
+  DeadlineExceededError,
   UnavailableError,
   VmMigrateError,
 } from '../errors.js';
@@ -59,8 +61,8 @@ export const FLOW_CONTROL_WINDOW_BYTES = 16 * 1024 * 1024;
  * settings are set on the options object it passes to node:http2, and each new session's
  * connection window is raised once it starts.
  */
-export function createServer(): grpc.Server {
-  const server = new grpc.Server(SERVER_OPTIONS);
+export function createServer(interceptors: grpc.ServerInterceptor[] = []): grpc.Server {
+  const server = new grpc.Server({ ...SERVER_OPTIONS, interceptors });
   const internal = server as unknown as { commonServerOptions?: { settings?: Record<string, number> } };
   if (internal.commonServerOptions) {
     internal.commonServerOptions.settings = { ...internal.commonServerOptions.settings, initialWindowSize: FLOW_CONTROL_WINDOW_BYTES };
@@ -81,6 +83,17 @@ export function widenServerSessions(server: grpc.Server): void {
         }
       });
     });
+  }
+}
+
+/**
+ * Calls `onFailure` for each TLS handshake the server refuses (an untrusted or missing client
+ * certificate, a plaintext client): grpc-js drops these connections without a trace of its own.
+ */
+export function onTlsHandshakeFailure(server: grpc.Server, onFailure: (error: Error, remoteAddress: string) => void): void {
+  const internal = server as unknown as { http2Servers?: Map<import('node:events').EventEmitter, unknown> };
+  for (const http2Server of internal.http2Servers?.keys() ?? []) {
+    http2Server.on('tlsClientError', (error: Error, socket: import('node:net').Socket) => onFailure(error, `${socket.remoteAddress}:${socket.remotePort}`));
   }
 }
 
@@ -219,6 +232,11 @@ export function fromStatus(code: number, message: string, what: string): VmMigra
     case grpc.status.CANCELLED:
     case grpc.status.ABORTED:
       return new AbortedError(text);
+    case grpc.status.PERMISSION_DENIED:
+    case grpc.status.UNAUTHENTICATED:
+      return new PermissionDeniedError(text);
+    case grpc.status.DEADLINE_EXCEEDED:
+      return new DeadlineExceededError(text);
     default:
       return new UnavailableError(`${text} (${statusName(code)})`);
   }

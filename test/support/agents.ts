@@ -1,7 +1,7 @@
 // What the agent tests share: agents started in the test's process on 127.0.0.1:0 with their
 // Control clients (closed when the test ends), and the Control calls every test makes.
 import type { Test } from 'tap';
-import { agentCommand, agentOptionsFrom, type RunningAgent, startAgent } from '../../cli/agent.js';
+import { agentOptionsFromArgs, type RunningAgent, startAgent } from '../../cli/agent.js';
 import { controlService, grpc, makeClient, pb, unary } from '../../shared/transport/grpc.js';
 
 export const MiB = 2 ** 20;
@@ -15,10 +15,7 @@ export interface Agent {
 
 /** An agent on 127.0.0.1:0 with its Control client, both closed when `t` ends. */
 export async function startTestAgent(t: Test, extra: string[] = []): Promise<Agent> {
-  const opts = agentCommand('source')
-    .parse(['node', 'agent', '--listen', '127.0.0.1:0', '--log-level', 'error', ...extra])
-    .opts();
-  const agent = await startAgent(agentOptionsFrom(opts));
+  const agent = await startAgent(agentOptionsFromArgs('source', ['--listen', '127.0.0.1:0', '--log-level', 'error', '--insecure-plaintext', ...extra]));
   const ctl = makeClient(controlService, 'Control', agent.address, grpc.credentials.createInsecure());
   t.teardown(async () => {
     ctl.close();

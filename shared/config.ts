@@ -1,0 +1,203 @@
+// The agent's configuration: a YAML file (deploy/agent.example.yaml documents every field) with
+// command-line flags that override it. Everything is validated at start; an invalid value stops
+// the agent with a message naming the field (and the flag, when a flag set it).
+
+import { readFileSync } from 'node:fs';
+import { parse as parseYaml } from 'yaml';
+import { z } from 'zod';
+import { NON_CONVERGENCE_POLICIES } from './convergence.js';
+import { UNIT_MS_DEFAULT, UNIT_MS_MAX, UNIT_MS_MIN } from './driver/sim/config.js';
+import { hostOf, isLoopbackHost } from './transport/tls.js';
+
+/** Largest configuration file read (it is a few hundred bytes normally). */
+const CONFIG_BYTES_MAX = 1024 * 1024;
+
+const hostPort = z.string().refine((v) => {
+  const colon = v.lastIndexOf(':');
+  if (colon <= 0) return false;
+  const port = Number(v.slice(colon + 1));
+  return Number.isInteger(port) && port >= 0 && port <= 65535;
+}, 'expected host:port (port 0 picks a free one)');
+
+const int = (min: number, max: number) => z.number().int().min(min).max(max);
+
+/** A rate in bytes per second: a number, or a string with a unit (1gbit, 100mbit, 125MB/s, 0 = unlimited). */
+const rate = z.union([z.number().min(0), z.string()]).transform((v, ctx) => {
+  const n = typeof v === 'number' ? v : parseRate(v);
+  if (n === null) {
+    ctx.addIssue({ code: 'custom', message: `'${v}' is not a rate: use bytes/s, or a number with kbit, mbit, gbit, KB/s, MB/s, GB/s (0: unlimited)` });
+    return z.NEVER;
+  }
+  if (n !== 0 && (n < 125_000 || n > 1e12)) {
+    ctx.addIssue({ code: 'custom', message: `${n} bytes/s: expected 0 (unlimited) or 125000 (1 Mbit/s) to 1e12` });
+    return z.NEVER;
+  }
+  return n;
+});
+
+const identities = z.array(z.string().min(1)).max(1000);
+
+export const agentConfigSchema = z.strictObject({
+  listen: hostPort.default('127.0.0.1:7400'),
+  /** Prometheus metrics over HTTP (plain: keep it on loopback or a management network). */
+  metricsListen: hostPort.optional(),
+  tls: z
+    .strictObject({
+      ca: z.string().min(1).optional(),
+      cert: z.string().min(1).optional(),
+      key: z.string().min(1).optional(),
+      /** No TLS at all: refused unless listen is a loopback address. */
+      plaintext: z.boolean().default(false),
+    })
+    .default({ plaintext: false }),
+  allow: z
+    .strictObject({
+      peers: identities.default([]),
+      control: identities.default([]),
+    })
+    .default({ peers: [], control: [] }),
+  host: z
+    .strictObject({
+      memoryMib: int(64, 64 * 1024 * 1024).default(16384),
+      vcpus: int(1, 4096).default(16),
+      unitMs: int(UNIT_MS_MIN, UNIT_MS_MAX).default(UNIT_MS_DEFAULT),
+    })
+    .default({ memoryMib: 16384, vcpus: 16, unitMs: UNIT_MS_DEFAULT }),
+  migration: z
+    .strictObject({
+      downtimeLimitMs: int(1, 600_000).default(300),
+      maxBandwidth: rate.default(0),
+      maxDurationMs: int(100, 24 * 3600_000).default(600_000),
+      nonConvergencePolicy: z.enum(NON_CONVERGENCE_POLICIES).default('abort'),
+    })
+    .default({ downtimeLimitMs: 300, maxBandwidth: 0, maxDurationMs: 600_000, nonConvergencePolicy: 'abort' }),
+  limits: z
+    .strictObject({
+      jobsMax: int(1, 1_000_000).default(1000),
+      chunkWindow: int(1, 1024).default(16),
+      unitWindow: int(1, 1_000_000).default(4096),
+      unitWindowMib: int(1, 4096).default(64),
+      reservationTimeoutMs: int(1000, 3600_000).default(60_000),
+    })
+    .default({ jobsMax: 1000, chunkWindow: 16, unitWindow: 4096, unitWindowMib: 64, reservationTimeoutMs: 60_000 }),
+  hooks: z
+    .strictObject({
+      activation: z.array(z.string().min(1)).max(64).default([]),
+      timeoutMs: int(100, 3600_000).default(10_000),
+    })
+    .default({ activation: [], timeoutMs: 10_000 }),
+  log: z
+    .strictObject({
+      level: z.enum(['trace', 'debug', 'info', 'warn', 'error', 'fatal']).default('info'),
+    })
+    .default({ level: 'info' }),
+  /** Honour fault injection in StartMigration requests (tests only). */
+  allowFaultInjection: z.boolean().default(false),
+});
+
+export type AgentConfig = z.output<typeof agentConfigSchema>;
+
+/** An invalid configuration: `field` is the dotted path of the first bad field. */
+export class ConfigError extends Error {
+  constructor(
+    readonly field: string,
+    message: string,
+  ) {
+    super(message);
+    this.name = 'ConfigError';
+  }
+}
+
+const RATE_UNITS: Record<string, number> = {
+  '': 1,
+  'b/s': 1,
+  bps: 1 / 8,
+  bit: 1 / 8,
+  kbit: 1e3 / 8,
+  mbit: 1e6 / 8,
+  gbit: 1e9 / 8,
+  'kb/s': 1e3,
+  'mb/s': 1e6,
+  'gb/s': 1e9,
+  'kib/s': 2 ** 10,
+  'mib/s': 2 ** 20,
+  'gib/s': 2 ** 30,
+};
+
+/** Bytes per second from '125000', '1gbit', '100 Mbit', '125MB/s', '64MiB/s'; null if not a rate. */
+export function parseRate(text: string): number | null {
+  const m = /^\s*(\d+(?:\.\d+)?)\s*([a-z/]*)\s*$/i.exec(text);
+  if (!m) return null;
+  const factor = RATE_UNITS[m[2]!.toLowerCase()];
+  return factor === undefined ? null : Math.round(Number(m[1]) * factor);
+}
+
+/**
+ * Validates a configuration object (from the file, with flag values laid over it). `flagOf` maps
+ * a dotted field to the flag that set it, so the message can name the flag too.
+ */
+export function validateConfig(raw: unknown, source: string, flagOf: Record<string, string> = {}): AgentConfig {
+  const result = agentConfigSchema.safeParse(raw ?? {});
+  if (!result.success) {
+    const issue = result.error.issues[0]!;
+    let field = issue.path.join('.');
+    let message = issue.message;
+    if (issue.code === 'unrecognized_keys') {
+      const keys = (issue as { keys: string[] }).keys;
+      field = [...issue.path, keys[0]].join('.');
+      message = `unknown field${keys.length > 1 ? 's' : ''} ${keys.map((k) => `'${k}'`).join(', ')} (see deploy/agent.example.yaml for the fields)`;
+    }
+    const flag = flagOf[field] ? ` (set by ${flagOf[field]})` : '';
+    throw new ConfigError(field || '(top level)', `invalid configuration in ${source}: ${field || 'the document'}${flag}: ${message}`);
+  }
+  const config = result.data;
+  checkTransportSecurity(config, source);
+  return config;
+}
+
+/** TLS or explicit plaintext, and plaintext only on loopback. */
+function checkTransportSecurity(config: AgentConfig, source: string): void {
+  const { tls } = config;
+  const fail = (field: string, message: string) => {
+    throw new ConfigError(field, `invalid configuration in ${source}: ${field}: ${message}`);
+  };
+  if (tls.plaintext) {
+    if (tls.ca || tls.cert || tls.key) fail('tls.plaintext', 'plaintext is set together with TLS files; choose one');
+    if (!isLoopbackHost(hostOf(config.listen))) fail('tls.plaintext', `plaintext is allowed only on a loopback address, and listen is ${config.listen}; configure tls.ca, tls.cert and tls.key`);
+    return;
+  }
+  for (const field of ['ca', 'cert', 'key'] as const) {
+    if (!tls[field]) fail(`tls.${field}`, 'missing: mutual TLS needs tls.ca, tls.cert and tls.key (or tls.plaintext: true, loopback only; scripts/gen-test-certs.sh makes a test CA)');
+  }
+  if (config.allow.peers.length === 0) fail('allow.peers', "empty: list the identities (certificate CN or DNS/URI names) of the agents this one exchanges guests with, or '*' for any certificate tls.ca issued");
+  if (config.allow.control.length === 0) fail('allow.control', "empty: list the identities of the Control API's clients (orchestrator, administrators), or '*' for any certificate tls.ca issued");
+}
+
+/** Reads and parses a YAML configuration file (not yet validated). */
+export function readConfigFile(path: string): unknown {
+  let text: string;
+  try {
+    const bytes = readFileSync(path);
+    if (bytes.length > CONFIG_BYTES_MAX) throw new Error(`${bytes.length} bytes, more than ${CONFIG_BYTES_MAX}`);
+    text = bytes.toString('utf8');
+  } catch (error) {
+    throw new ConfigError('(file)', `cannot read the configuration file ${path}: ${(error as Error).message}`);
+  }
+  try {
+    return parseYaml(text, { maxAliasCount: 100 }) ?? {};
+  } catch (error) {
+    throw new ConfigError('(file)', `the configuration file ${path} is not valid YAML: ${(error as Error).message}`);
+  }
+}
+
+/** Sets `value` at a dotted path in a plain object, creating the objects on the way. */
+export function setPath(target: Record<string, unknown>, path: string, value: unknown): void {
+  const parts = path.split('.');
+  let node = target;
+  for (const part of parts.slice(0, -1)) {
+    const next = node[part];
+    if (next === undefined || next === null || typeof next !== 'object' || Array.isArray(next)) node[part] = {};
+    node = node[part] as Record<string, unknown>;
+  }
+  node[parts.at(-1)!] = value;
+}
