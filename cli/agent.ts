@@ -11,6 +11,8 @@ import { MigrationService, TARGET_DEFAULTS, type TargetOptions } from '../target
 import { SimDriver } from '../shared/driver/sim/driver.js';
 import { checkUnitMs, UNIT_MS_DEFAULT } from '../shared/driver/sim/config.js';
 import { InvalidArgumentError } from '../shared/errors.js';
+import { AgentMetrics, startMetricsServer } from '../shared/metrics.js';
+import { addHealthService } from '../shared/transport/health.js';
 import { controlService, createServer, grpc, migrationService, widenServerSessions } from '../shared/transport/grpc.js';
 
 export interface AgentOptions {
@@ -21,6 +23,8 @@ export interface AgentOptions {
   control: ControlOptions;
   target: TargetOptions;
   logLevel: string;
+  /** host:port of the Prometheus endpoint (/metrics, /healthz); none if unset. */
+  metricsListen?: string;
 }
 
 export interface RunningAgent {
@@ -29,6 +33,9 @@ export interface RunningAgent {
   readonly control: ControlService;
   readonly migration: MigrationService;
   readonly log: Logger;
+  readonly metrics: AgentMetrics;
+  /** host:port of /metrics and /healthz, or null without --metrics-listen. */
+  readonly metricsAddress: string | null;
   /** Cancels migrations not yet committed (guests stay here), drops incoming ones, stops serving. */
   shutdown(reason: string): Promise<void>;
 }
@@ -36,17 +43,25 @@ export interface RunningAgent {
 export async function startAgent(options: AgentOptions, log: Logger = pino({ level: options.logLevel }, destination(2))): Promise<RunningAgent> {
   checkUnitMs(options.unitMs);
   const driver = new SimDriver({ memoryBytesTotal: options.memoryBytesTotal, vcpusTotal: options.vcpusTotal, unitMsDefault: options.unitMs });
-  const migration = new MigrationService(driver, options.target, log);
-  const control = new ControlService(driver, SOURCE_DEFAULTS, options.control, log);
+  const metrics = new AgentMetrics({ processMetrics: options.metricsListen !== undefined });
+  const migration = new MigrationService(driver, options.target, log, metrics);
+  const control = new ControlService(driver, SOURCE_DEFAULTS, options.control, log, metrics);
   const server = createServer();
   server.addService(migrationService, migration.handlers());
   server.addService(controlService, control.handlers());
+  const health = addHealthService(server);
   const port = await new Promise<number>((resolve, reject) =>
     server.bindAsync(options.listen, grpc.ServerCredentials.createInsecure(), (error, p) => (error ? reject(error) : resolve(p))),
   );
   widenServerSessions(server);
   const host = options.listen.slice(0, options.listen.lastIndexOf(':'));
   const address = `${host}:${port}`;
+  const metricsServer = options.metricsListen === undefined ? null : await startMetricsServer(options.metricsListen, metrics, log).catch((error: unknown) => {
+    server.forceShutdown();
+    driver.shutdown();
+    throw error;
+  });
+  health.serving();
   log.info({ address, memoryBytesTotal: options.memoryBytesTotal }, 'agent listening');
   let stopping: Promise<void> | null = null;
   return {
@@ -55,13 +70,20 @@ export async function startAgent(options: AgentOptions, log: Logger = pino({ lev
     control,
     migration,
     log,
+    metrics,
+    metricsAddress: metricsServer?.address ?? null,
     shutdown(reason: string) {
       stopping ??= (async () => {
         log.info({ reason }, 'agent shutting down');
+        // Probes see the agent going first; the metrics endpoint stays up until the end, so that a
+        // last scrape sees how the running migrations ended.
+        health.shuttingDown();
+        metricsServer?.shuttingDown();
         await control.shutdown(reason);
         migration.shutdown(reason);
         await new Promise<void>((resolve) => server.tryShutdown(() => resolve()));
         driver.shutdown();
+        await metricsServer?.close();
       })();
       return stopping;
     },
@@ -92,6 +114,7 @@ export function agentCommand(role: 'source' | 'target'): Command {
     .option('--unit-window-mib <n>', 'log bytes an incoming migration may have in flight, MiB', positiveInt('--unit-window-mib'), TARGET_DEFAULTS.unitWindowBytes / 2 ** 20)
     .option('--activation-hook <command...>', 'command run (sh -c) after an incoming guest resumes here; repeatable')
     .option('--allow-fault-injection', 'honour fault injection in migration requests (tests only)', false)
+    .option('--metrics-listen <host:port>', 'serve Prometheus /metrics and /healthz over HTTP here (off unless given)')
     .addOption(new Option('--log-level <level>', 'log level').choices(['trace', 'debug', 'info', 'warn', 'error']).default('info'));
 }
 
@@ -115,6 +138,7 @@ export function agentOptionsFrom(opts: Record<string, unknown>): AgentOptions {
       activationHooks: (opts.activationHook as string[] | undefined) ?? [],
     },
     logLevel: String(opts.logLevel),
+    metricsListen: opts.metricsListen === undefined ? undefined : String(opts.metricsListen),
   };
 }
 
