@@ -13,7 +13,9 @@ import { SOURCE_DEFAULTS } from '../source-agent/migration.js';
 import { MigrationService, TARGET_DEFAULTS } from '../target-agent/migration-service.js';
 import { SimDriver } from '../shared/driver/sim/driver.js';
 import { type AgentConfig, ConfigError, readConfigFile, setPath, validateConfig } from '../shared/config.js';
-import { controlService, createServer, grpc, migrationService, onTlsHandshakeFailure, widenServerSessions } from '../shared/transport/grpc.js';
+import { AgentMetrics, startMetricsServer } from '../shared/metrics.js';
+import { addHealthService } from '../shared/transport/health.js';
+import { controlService, createServer, migrationService, onTlsHandshakeFailure, widenServerSessions } from '../shared/transport/grpc.js';
 import { allowlistInterceptor, clientCredentials, loadTlsMaterial, serverCredentials, type TlsMaterial, TlsMaterialError } from '../shared/transport/tls.js';
 
 export type AgentRole = 'source' | 'target';
@@ -32,6 +34,9 @@ export interface RunningAgent {
   readonly control: ControlService;
   readonly migration: MigrationService;
   readonly log: Logger;
+  readonly metrics: AgentMetrics;
+  /** host:port of /metrics and /healthz, or null without metricsListen. */
+  readonly metricsAddress: string | null;
   /** Cancels migrations not yet committed (guests stay here), drops incoming ones, stops serving. */
   shutdown(reason: string): Promise<void>;
 }
@@ -39,6 +44,7 @@ export interface RunningAgent {
 export async function startAgent(options: AgentOptions, log: Logger = pino({ level: options.config.log.level }, destination(2))): Promise<RunningAgent> {
   const { config, tls } = options;
   const driver = new SimDriver({ memoryBytesTotal: config.host.memoryMib * 2 ** 20, vcpusTotal: config.host.vcpus, unitMsDefault: config.host.unitMs });
+  const metrics = new AgentMetrics({ processMetrics: config.metricsListen !== undefined });
   const migration = new MigrationService(
     driver,
     {
@@ -51,6 +57,7 @@ export async function startAgent(options: AgentOptions, log: Logger = pino({ lev
       hookTimeoutMs: config.hooks.timeoutMs,
     },
     log,
+    metrics,
   );
   const control = new ControlService(
     driver,
@@ -67,10 +74,12 @@ export async function startAgent(options: AgentOptions, log: Logger = pino({ lev
       plaintext: tls === null,
     },
     log,
+    metrics,
   );
   const server = createServer(tls === null ? [] : [allowlistInterceptor(config.allow, log)]);
   server.addService(migrationService, migration.handlers());
   server.addService(controlService, control.handlers());
+  const health = addHealthService(server);
   let port: number;
   try {
     port = await new Promise<number>((resolve, reject) => server.bindAsync(config.listen, serverCredentials(tls), (error, p) => (error ? reject(error) : resolve(p))));
@@ -82,8 +91,19 @@ export async function startAgent(options: AgentOptions, log: Logger = pino({ lev
   onTlsHandshakeFailure(server, (error, remote) => log.warn({ remote, err: error.message }, 'refused a connection: TLS handshake failed (a client certificate not issued by tls.ca, none, or plaintext)'));
   const host = config.listen.slice(0, config.listen.lastIndexOf(':'));
   const address = `${host}:${port}`;
+  let metricsServer: Awaited<ReturnType<typeof startMetricsServer>> | null = null;
+  if (config.metricsListen !== undefined) {
+    try {
+      metricsServer = await startMetricsServer(config.metricsListen, metrics, log);
+    } catch (error) {
+      server.forceShutdown();
+      driver.shutdown();
+      throw new ConfigError('metricsListen', `cannot serve metrics on ${config.metricsListen}: ${(error as Error).message}`);
+    }
+  }
+  health.serving();
   log.info(
-    { address, memoryBytesTotal: config.host.memoryMib * 2 ** 20, tls: tls ? { identities: tls.identities } : 'plaintext (loopback only)', allow: tls ? config.allow : undefined, config: options.source },
+    { address, metricsAddress: metricsServer?.address, memoryBytesTotal: config.host.memoryMib * 2 ** 20, tls: tls ? { identities: tls.identities } : 'plaintext (loopback only)', allow: tls ? config.allow : undefined, config: options.source },
     'agent listening',
   );
   let stopping: Promise<void> | null = null;
@@ -93,13 +113,20 @@ export async function startAgent(options: AgentOptions, log: Logger = pino({ lev
     control,
     migration,
     log,
+    metrics,
+    metricsAddress: metricsServer?.address ?? null,
     shutdown(reason: string) {
       stopping ??= (async () => {
         log.info({ reason }, 'agent shutting down');
+        // Probes see the agent going first; the metrics endpoint stays up until the end, so that a
+        // last scrape sees how the running migrations ended.
+        health.shuttingDown();
+        metricsServer?.shuttingDown();
         await control.shutdown(reason);
         migration.shutdown(reason);
         await new Promise<void>((resolve) => server.tryShutdown(() => resolve()));
         driver.shutdown();
+        await metricsServer?.close();
       })();
       return stopping;
     },
@@ -229,7 +256,7 @@ export async function runAgent(role: AgentRole, opts: Record<string, unknown>): 
     process.exit(error instanceof ConfigError ? 2 : 1);
   }
   // Tell a parent process where we listen (port 0 picks one).
-  console.log(JSON.stringify({ listening: agent.address }));
+  console.log(JSON.stringify({ listening: agent.address, metrics: agent.metricsAddress ?? undefined }));
   for (const signal of ['SIGTERM', 'SIGINT'] as const) {
     process.once(signal, () => {
       void agent.shutdown(signal).then(() => process.exit(0));

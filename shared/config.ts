@@ -58,7 +58,7 @@ export const agentConfigSchema = z.strictObject({
     .default({ peers: [], control: [] }),
   host: z
     .strictObject({
-      memoryMib: int(64, 64 * 1024 * 1024).default(16384),
+      memoryMib: int(1, 64 * 1024 * 1024).default(16384),
       vcpus: int(1, 4096).default(16),
       unitMs: int(UNIT_MS_MIN, UNIT_MS_MAX).default(UNIT_MS_DEFAULT),
     })

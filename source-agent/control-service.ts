@@ -7,6 +7,7 @@ import { isProfileName, PROFILE_NAMES, type WorkloadRates } from '../shared/driv
 import type { SimDriver } from '../shared/driver/sim/driver.js';
 import type { GuestDescription } from '../shared/driver/types.js';
 import { InvalidArgumentError, InvalidStateError, LimitExceededError, NotFoundError, VmMigrateError } from '../shared/errors.js';
+import type { AgentMetrics } from '../shared/metrics.js';
 import { AGENT_VERSION, PROTOCOL_VERSION } from '../shared/protocol.js';
 import { ABORTABLE_PHASES, type MigrationMethod, type MigrationPhase, type MigrationStats } from '../shared/stats.js';
 import { type controlService, grpc, pb, toServiceError } from '../shared/transport/grpc.js';
@@ -56,7 +57,13 @@ export class ControlService {
     private readonly sourceOptions: SourceOptions,
     readonly options: ControlOptions,
     private readonly log: Logger,
-  ) {}
+    private readonly metrics?: AgentMetrics,
+  ) {
+    metrics?.observeHost({
+      guestStates: () => driver.listGuests().map((g) => g.state),
+      memory: () => driver.capacity(),
+    });
+  }
 
   startMigration(req: InstanceType<typeof pb.StartMigrationRequest>): SourceMigration {
     const guest = this.driver.guest(req.guestId);
@@ -105,6 +112,11 @@ export class ControlService {
       this.log,
     );
     this.jobs.set(job.id, job);
+    this.metrics?.trackOutgoing(job);
+    this.log.info(
+      { jobId: job.id, guestId: req.guestId, target: req.targetAddress, method, downtimeLimitMs, maxDurationMs, policy, faultInjection: faults !== undefined },
+      'migration started',
+    );
     void job.run();
     return job;
   }
@@ -172,6 +184,7 @@ export class ControlService {
           if (job.request.guestId === req.id && !job.isOver()) throw new InvalidStateError(`guest '${req.id}' is being migrated by job ${job.id}; cancel it first`);
         }
         guest.discard();
+        this.log.info({ guestId: req.id }, 'guest stopped');
         return pb.StopGuestResponse.create();
       }),
       getCapacity: unaryHandler(() => pb.Capacity.create({ ...this.driver.capacity(), protocolVersion: PROTOCOL_VERSION, agentVersion: AGENT_VERSION })),

@@ -147,7 +147,9 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
     const description = guest.describe();
     this.stats = emptyStats(request.method, description.memoryBytes);
     this.stats.unitMs = description.unitMs;
-    this.log = log.child({ migrationId: this.id, guestId: guest.id, target: request.targetAddress });
+    // The job id is also the migrationId the target receives in Reserve; both agents log it as
+    // jobId, so that one id greps across both logs.
+    this.log = log.child({ jobId: this.id, guestId: guest.id, target: request.targetAddress });
   }
 
   /** Cancels the migration if it has not committed; the guest stays (or resumes) here. */
@@ -157,6 +159,11 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
     this.stats.status = 'cancelling';
     this.cancelController.abort(new AbortedError(reason));
     this.notify();
+  }
+
+  /** Bytes on the wire so far: `sent` to the target, `received` from it (transferredBytes is their sum). */
+  get wireBytes(): Readonly<ByteCounter> {
+    return this.counter;
   }
 
   isOver(): boolean {
@@ -489,13 +496,13 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
       // The guest runs on the target, which committed; we only lack its confirmation.
       this.stats.status = 'failed';
       this.stats.error = `committed, but the target's activation was not confirmed (${e.message}); the source copy is kept suspended, not discarded`;
-      this.log.error({ err: e.message }, this.stats.error);
+      this.log.error({ err: e.message, code: this.stats.errorCode }, this.stats.error);
       return;
     }
     if (this.commitSent) {
       this.stats.status = 'failed';
       this.stats.error = `commit outcome unknown (${e.message}): the guest is kept suspended on the source; check the target before resuming it`;
-      this.log.error(this.stats.error);
+      this.log.error({ err: e.message, code: this.stats.errorCode }, this.stats.error);
       return;
     }
     // Abort before the commit: the target drops its replica, the guest runs here.

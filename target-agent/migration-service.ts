@@ -6,7 +6,9 @@ import { randomUUID } from 'node:crypto';
 import type { Logger } from 'pino';
 import type { GuestDescription, HypervisorDriver, TargetReplica } from '../shared/driver/types.js';
 import { InvalidArgumentError, InvalidStateError, LimitExceededError, NotFoundError, VmMigrateError } from '../shared/errors.js';
+import type { AgentMetrics } from '../shared/metrics.js';
 import { AGENT_VERSION, PROTOCOL_VERSION } from '../shared/protocol.js';
+import type { MigrationMethod } from '../shared/stats.js';
 import { grpc, type migrationService, pb, toServiceError } from '../shared/transport/grpc.js';
 import { TargetSession } from './session.js';
 
@@ -37,11 +39,14 @@ export const TARGET_DEFAULTS: TargetOptions = {
 
 export interface Reservation {
   readonly id: string;
+  /** The source's job id (logged as jobId on both agents). */
   readonly migrationId: string;
   readonly replica: TargetReplica;
   readonly downtimeLimitMs: number;
   readonly unitMs: number;
   opened: boolean;
+  /** Known once a transfer opened the reservation. */
+  method: MigrationMethod | null;
   timer: NodeJS.Timeout;
 }
 
@@ -58,7 +63,11 @@ export class MigrationService {
     private readonly driver: HypervisorDriver,
     readonly options: TargetOptions,
     private readonly log: Logger,
-  ) {}
+    readonly metrics?: AgentMetrics,
+  ) {
+    // In progress: reserved and not yet opened, or on a transfer stream that holds its reservation.
+    metrics?.observeIncoming(() => [...this.reservations.values()].filter((r) => !r.opened).length + [...this.sessions].filter((s) => s.opened).length);
+  }
 
   capacity(): InstanceType<typeof pb.Capacity> {
     const c = this.driver.capacity();
@@ -93,13 +102,14 @@ export class MigrationService {
       downtimeLimitMs,
       unitMs: g.unitMs ?? 0,
       opened: false,
+      method: null,
       timer: setTimeout(() => {
         if (!reservation.opened) this.release(id, `not opened within ${this.options.reservationTimeoutMs} ms`);
       }, this.options.reservationTimeoutMs),
     };
     reservation.timer.unref();
     this.reservations.set(id, reservation);
-    this.log.info({ migrationId: request.migrationId, guestId: g.id, reservationId: id, memoryBytes: g.memoryBytes }, 'reserved room for an incoming guest');
+    this.log.info({ jobId: request.migrationId, guestId: g.id, reservationId: id, memoryBytes: g.memoryBytes }, 'reserved room for an incoming guest');
     return pb.ReserveResponse.create({
       protocolVersion: PROTOCOL_VERSION,
       agentVersion: AGENT_VERSION,
@@ -117,15 +127,17 @@ export class MigrationService {
     clearTimeout(r.timer);
     this.reservations.delete(id);
     r.replica.discard();
-    this.log.info({ migrationId: r.migrationId, guestId: r.replica.id, reservationId: id, reason }, 'released reservation');
+    this.metrics?.incomingEnded(r.method ?? 'unknown', 'discarded');
+    this.log.info({ jobId: r.migrationId, guestId: r.replica.id, reservationId: id, reason }, 'released reservation');
   }
 
-  /** Takes a reservation for a Transfer stream. */
-  open(id: string): Reservation {
+  /** Takes a reservation for a Transfer stream of `method`. */
+  open(id: string, method: MigrationMethod): Reservation {
     const r = this.reservations.get(id);
     if (r === undefined) throw new NotFoundError(`no reservation '${id}' on this agent (expired or released?)`);
     if (r.opened) throw new InvalidStateError(`reservation '${id}' is already in use by another transfer`);
     r.opened = true;
+    r.method = method;
     clearTimeout(r.timer);
     return r;
   }

@@ -128,12 +128,18 @@ export class TargetSession {
       throw new InvalidArgumentError(`transfer method '${open.method}' is not supported by this agent (crtr, precopy, postcopy)`);
     }
     this.method = open.method === '' ? 'crtr' : (open.method as 'crtr' | 'precopy' | 'postcopy');
-    this.reservation = this.service.open(open.reservationId);
-    this.log = this.log.child({ migrationId: this.reservation.migrationId, guestId: this.reservation.replica.id });
+    this.reservation = this.service.open(open.reservationId, this.method);
+    // The source's job id, under the name the source logs it: one id greps across both agents.
+    this.log = this.log.child({ jobId: this.reservation.migrationId, guestId: this.reservation.replica.id });
     this.state = 'restoring';
     this.log.info({ firstSequence: open.firstSequence, method: this.method }, 'transfer opened');
     // The first progress report acknowledges the Open: post-copy waits for it before suspending.
     this.progress(true);
+  }
+
+  /** Holds its reservation: the transfer opened and has not ended. */
+  get opened(): boolean {
+    return this.reservation !== null && this.state !== 'ended';
   }
 
   private requireReservation(what: string): Reservation {
@@ -265,6 +271,7 @@ export class TargetSession {
     // The commit point: from here the guest is this host's. It resumes here even if the stream
     // breaks now; the source never resumes its copy after sending the commit.
     this.state = 'committed';
+    this.service.metrics?.incomingEnded(this.method, 'committed');
     this.send({ commitResult: { matched: true, targetDigest } });
     const resumedAt = performance.now();
     r.replica.activate();
@@ -286,11 +293,13 @@ export class TargetSession {
       // source (told so by matched=false) can resume its suspended copy.
       this.log.error({ sourceDigest: commit.digest, targetDigest }, 'post-copy commit refused: digests differ; discarding the guest here');
       this.service.discardGuest(r.replica.id);
+      this.service.metrics?.incomingEnded(this.method, 'discarded');
       this.send({ commitResult: { matched: false, targetDigest } });
       this.state = 'ended';
       this.finish();
       return;
     }
+    this.service.metrics?.incomingEnded(this.method, 'committed');
     this.send({ commitResult: { matched: true, targetDigest } });
     this.state = 'activated';
     this.log.info({ digest: targetDigest }, 'post-copy complete: every page here, digests match');
@@ -328,6 +337,7 @@ export class TargetSession {
         const t0 = performance.now();
         const applied = r.replica.applyUnit(unit.bytes);
         this.unitsReplayed++;
+        this.service.metrics?.unitsReplayed();
         this.recordReplay(applied.guestNs, performance.now() - t0);
         if (applied.final) {
           this.finalReplayed = true;

@@ -1,5 +1,6 @@
 // What the agent tests share: agents started in the test's process on 127.0.0.1:0 with their
 // Control clients (closed when the test ends), and the Control calls every test makes.
+import type { Logger } from 'pino';
 import type { Test } from 'tap';
 import { agentOptionsFromArgs, type RunningAgent, startAgent } from '../../cli/agent.js';
 import { controlService, grpc, makeClient, pb, unary } from '../../shared/transport/grpc.js';
@@ -13,9 +14,12 @@ export interface Agent {
   address: string;
 }
 
-/** An agent on 127.0.0.1:0 with its Control client, both closed when `t` ends. */
-export async function startTestAgent(t: Test, extra: string[] = []): Promise<Agent> {
-  const agent = await startAgent(agentOptionsFromArgs('source', ['--listen', '127.0.0.1:0', '--log-level', 'error', '--insecure-plaintext', ...extra]));
+/**
+ * An agent on 127.0.0.1:0 (plaintext: loopback) with its Control client, both closed when `t`
+ * ends. `log` replaces its logger (JSON on stderr at the --log-level), to capture what it logs.
+ */
+export async function startTestAgent(t: Test, extra: string[] = [], log?: Logger): Promise<Agent> {
+  const agent = await startAgent(agentOptionsFromArgs('source', ['--listen', '127.0.0.1:0', '--log-level', 'error', '--insecure-plaintext', ...extra]), log);
   const ctl = makeClient(controlService, 'Control', agent.address, grpc.credentials.createInsecure());
   t.teardown(async () => {
     ctl.close();
