@@ -198,6 +198,7 @@ function agentOptionsCommand(role: AgentRole): Command {
   return new Command(`${role}-agent`)
     .description(`run the ${role} agent: the Control and Migration gRPC services over a sim host (flags override the configuration file)`)
     .addOption(new Option('--config <file>', 'YAML configuration file (deploy/agent.example.yaml documents it)').env('VMMIGRATE_CONFIG'))
+    .option('--check-config', 'check the configuration (and read the TLS files), print the verdict and exit: 0 valid, 2 not')
     .option('--listen <host:port>', `address to serve on (default 127.0.0.1:${defaultPort})`)
     .option('--metrics-listen <host:port>', 'serve Prometheus metrics over HTTP here (default: off)')
     .option('--tls-ca <file>', 'PEM CA certificate that issued every agent and client certificate')
@@ -238,6 +239,10 @@ export async function runAgent(role: AgentRole, opts: Record<string, unknown>): 
     if (!(error instanceof ConfigError)) throw error;
     console.error(`${role}-agent: ${error.message}`);
     process.exit(2);
+  }
+  if (opts.checkConfig) {
+    console.log(`${role}-agent: configuration ${options.source} is valid (listen ${options.config.listen}, ${options.tls ? `mutual TLS as [${options.tls.identities.join(', ')}]` : 'plaintext on loopback'})`);
+    process.exit(0);
   }
   const log = pino({ level: options.config.log.level }, destination(2));
   // Node's warnings go to the log. grpc-js passes an IP address as the TLS server name when a

@@ -121,6 +121,9 @@ t.test('the daemon refuses a bad configuration at start: exit status 2, the fiel
   t.equal(res.status, 2);
   t.match(res.stderr, /source-agent: invalid configuration in .*: host\.vcpus: /);
   t.equal(res.stdout, '', 'it never listened');
+  const check = spawnSync(process.execPath, [main, '--config', file(`listen: "127.0.0.1:0"\n${tlsYaml()}`), '--check-config'], { encoding: 'utf8', timeout: 30_000 });
+  t.equal(check.status, 0, check.stderr);
+  t.match(check.stdout, /is valid .*mutual TLS as \[agent-a, localhost\]/);
   const noTls = spawnSync(process.execPath, [main, '--listen', '127.0.0.1:0'], { encoding: 'utf8', timeout: 30_000 });
   t.equal(noTls.status, 2);
   t.match(noTls.stderr, /tls\.ca: missing/);

@@ -10,6 +10,7 @@ import { pino } from 'pino';
 import t from 'tap';
 import { agentOptionsFromArgs, type RunningAgent, startAgent } from '../cli/agent.js';
 import { controlService, grpc, makeClient, migrationService, pb, unary } from '../shared/transport/grpc.js';
+import { checkHealth } from '../shared/transport/health.js';
 import { clientCredentials, loadTlsMaterial } from '../shared/transport/tls.js';
 import { GUEST_BYTES, sleep } from './support/agents.js';
 
@@ -134,6 +135,15 @@ t.test('a source does not send a guest to a target whose identity is not on its 
   t.match(job.stats?.error ?? '', /allow\.peers|agent-c/, `the error says why: ${job.stats?.error}`);
   t.ok(a.agent.driver.listGuests().some((g) => g.id === 'g2' && g.state === 'running'), 'the guest still runs on the source');
   t.notOk(c.agent.driver.listGuests().some((g) => g.id === 'g2'), 'and not on the target');
+});
+
+t.test('the health service answers any certificate the CA issued, on no allowlist', async (t) => {
+  // agent-c is neither on agent-a's allow.peers nor on its allow.control.
+  const creds = clientCredentials(loadTlsMaterial(files(dir, 'agent-c')));
+  t.equal(await checkHealth(a.agent.address, '', 5_000, creds), 'SERVING');
+  t.equal(await checkHealth(a.agent.address, 'vmmigrate.v1.Migration', 5_000, creds), 'SERVING');
+  const rogue = clientCredentials(loadTlsMaterial(files(rogueDir, 'orchestrator')));
+  await t.rejects(checkHealth(a.agent.address, '', 5_000, rogue), { code: 'UNAVAILABLE' }, 'but not a certificate from another CA');
 });
 
 t.test('a plaintext agent refuses to migrate to a non-loopback target', async (t) => {
