@@ -206,27 +206,31 @@ export class ControlService {
           return;
         }
         const intervalMs = Math.max(20, call.request.intervalMs || 200);
-        // Progress events are skipped while the watcher has not read the previous ones (a slow
-        // reader must not make us buffer without bound); phase and final events always go.
+        // Progress and round events are skipped while the watcher has not read the previous ones
+        // (a slow reader must not make us buffer without bound); phase and final events always go.
         let backlogged = false;
         call.on('drain', () => (backlogged = false));
         const send = (kind: string, message = '') => {
-          if (kind === 'progress' && backlogged) return;
+          if ((kind === 'progress' || kind === 'round') && backlogged) return;
           if (!call.write(pb.JobEvent.create({ job: jobMessage(job), kind, message }))) backlogged = true;
         };
         const onPhase = (phase: MigrationPhase) => send('phase', phase);
+        const onRound = (what: string) => send('round', what);
         const timer = setInterval(() => send('progress'), intervalMs);
         const finish = () => {
           clearInterval(timer);
           job.off('phase', onPhase);
+          job.off('round', onRound);
           const s = job.stats.status;
           send(s === 'completed' ? 'completed' : s === 'cancelled' ? 'cancelled' : 'failed', job.stats.error);
           call.end();
         };
         job.on('phase', onPhase);
+        job.on('round', onRound);
         call.on('cancelled', () => {
           clearInterval(timer);
           job.off('phase', onPhase);
+          job.off('round', onRound);
           job.off('end', finish);
         });
         send('progress');

@@ -81,9 +81,13 @@ export const SOURCE_DEFAULTS: SourceOptions = {
 type TargetMessage = InstanceType<typeof pb.TargetMessage>;
 type Progress = InstanceType<typeof pb.Progress>;
 
-/** Events a job emits: `phase` (a phase began), `progress` (periodic), `end` (final status). */
+/**
+ * Events a job emits: `phase` (a phase began), `round` (a pre-copy round ended, or CR/TR answered
+ * a stop request: the message says what happened), `progress` (periodic), `end` (final status).
+ */
 export interface MigrationEvents {
   phase: [MigrationPhase];
+  round: [string];
   progress: [];
   end: [];
 }
@@ -344,6 +348,7 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
         dirtyBytesPerSec = (dirty.length * PAGE_BYTES) / roundSeconds;
         this.stats.remainingBytes = dirty.length * PAGE_BYTES;
         this.dirtyHistory.push({ atMs: this.elapsedMs(), dirtyPages: dirty.length });
+        this.emit('round', `pre-copy round ${round + 1}: ${dirty.length} pages dirtied meanwhile (${(dirty.length * PAGE_BYTES / 2 ** 20).toFixed(1)} MiB), ${(sentBytes / 2 ** 20).toFixed(1)} MiB of pages sent so far`);
         const verdict = precopyShouldStop({ roundsDone: round + 1, dirtyPages: dirty.length, sentBytes, memoryBytes });
         if (verdict.stop || this.elapsedMs() >= req.maxDurationMs) {
           this.log.info({ rounds: round + 1, reason: verdict.stop ? verdict.reason : 'maximum duration', dirtyPages: dirty.length }, 'pre-copy: stop-and-copy');
@@ -611,6 +616,7 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
     if (!this.checkpointDone || this.stats.phase !== 'log-transfer') {
       this.send({ stopDecision: { granted: false, reason: `source is in phase ${this.stats.phase}` } });
       this.stats.stopRequestsDenied++;
+      this.emit('round', `round ${this.stats.rounds}: stop request denied: source is in phase ${this.stats.phase}`);
       return;
     }
     const rec = this.guest.recordingStats();
@@ -635,6 +641,7 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
     } else {
       this.stats.stopRequestsDenied++;
     }
+    this.emit('round', `round ${this.stats.rounds}: the target has ${request.remainingUnits} units to replay; stop ${decision.granted ? 'granted' : `denied: ${decision.reason}`}`);
   }
 
   private send(body: Record<string, object>): void {

@@ -18,24 +18,26 @@ type JobEvent = InstanceType<typeof pb.JobEvent>;
 
 
 /** Follows a job with WatchJob until the server ends the stream; returns the last job and the event kinds. */
-async function watchJob(a: Agent, jobId: string, timeoutMs = 120_000): Promise<{ job: Job; kinds: string[]; phases: string[] }> {
+async function watchJob(a: Agent, jobId: string, timeoutMs = 120_000): Promise<{ job: Job; kinds: string[]; phases: string[]; rounds: string[] }> {
   const m = controlService.watchJob;
   const call = a.ctl.makeServerStreamRequest(m.path, m.requestSerialize, m.responseDeserialize, pb.WatchJobRequest.create({ jobId, intervalMs: 100 }));
   const timer = setTimeout(() => call.cancel(), timeoutMs);
   const kinds: string[] = [];
   const phases: string[] = [];
+  const rounds: string[] = [];
   let job: Job | null = null;
   try {
     for await (const event of call as AsyncIterable<JobEvent>) {
       kinds.push(event.kind);
       if (event.kind === 'phase') phases.push(event.message);
+      if (event.kind === 'round') rounds.push(event.message);
       job = event.job as Job;
     }
   } finally {
     clearTimeout(timer);
   }
   if (job === null) throw new Error(`WatchJob ${jobId} ended without an event`);
-  return { job, kinds, phases };
+  return { job, kinds, phases, rounds };
 }
 
 
@@ -74,7 +76,7 @@ for (const profile of PROFILE_NAMES) {
       nonConvergencePolicy: 'force',
       maxDurationMs: 60_000,
     });
-    const { job, kinds, phases } = await watchJob(source, jobId);
+    const { job, kinds, phases, rounds } = await watchJob(source, jobId);
     const s = job.stats as Stats;
     t.comment(
       `${profile}: downtime ${s.downtimeMs.toFixed(1)} ms, total ${s.totalTimeMs.toFixed(0)} ms, ${(s.transferredBytes / MiB).toFixed(1)} MiB, ` +
@@ -90,6 +92,9 @@ for (const profile of PROFILE_NAMES) {
     t.same(phases, ALL_PHASES.slice(first), 'the phases in order, each once');
     checkCompleted(t, s, profile);
     t.equal(s.method, 'crtr');
+    // Each stop request the target made is a round event; the last one agreed (unless forced).
+    t.ok(rounds.length > 0 && rounds.length <= s.rounds, `round events (${rounds.length}) for the ${s.rounds} stop requests`);
+    if (!s.forced) t.match(rounds.at(-1) ?? '', /^round \d+: the target has \d+ units to replay; stop granted$/, 'the last round granted the stop');
 
     t.equal(await guestState(target, id), 'running', 'the guest runs on the target');
     t.equal(await guestState(source, id), 'absent', 'the guest is gone from the source');
@@ -174,13 +179,15 @@ t.test('the pre-copy baseline migrates through the same agents, digests equal', 
   const target = await startTestAgent(t);
   await startGuest(source, 'vm-pre', 'web');
   await sleep(200);
-  const { job } = await watchJob(source, await startMigration(source, { guestId: 'vm-pre', targetAddress: target.address, method: 'precopy', downtimeLimitMs: 300, maxDurationMs: 60_000 }));
+  const { job, rounds } = await watchJob(source, await startMigration(source, { guestId: 'vm-pre', targetAddress: target.address, method: 'precopy', downtimeLimitMs: 300, maxDurationMs: 60_000 }));
   const s = job.stats as Stats;
   t.equal(s.status, 'completed', `status (error: ${s.error})`);
   t.equal(s.method, 'precopy');
   t.match(s.sourceDigest, /^[0-9a-f]{16}$/);
   t.equal(s.targetDigest, s.sourceDigest, 'digests equal');
   t.ok(s.rounds >= 1 && s.rounds <= 31, `rounds ${s.rounds} within Xen's bound`);
+  t.equal(rounds.length, s.rounds, 'one round event per pre-copy round');
+  t.match(rounds[0] ?? '', /^pre-copy round 1: \d+ pages dirtied meanwhile/);
   t.equal(s.unitsRecorded, 0, 'no log units');
   t.ok(s.transferredBytes >= s.checkpointWireBytes && s.checkpointWireBytes > 0);
   t.equal(await guestState(target, 'vm-pre'), 'running');
