@@ -92,7 +92,17 @@ export function agentCommand(role: 'source' | 'target'): Command {
     .option('--unit-window-mib <n>', 'log bytes an incoming migration may have in flight, MiB', positiveInt('--unit-window-mib'), TARGET_DEFAULTS.unitWindowBytes / 2 ** 20)
     .option('--activation-hook <command...>', 'command run (sh -c) after an incoming guest resumes here; repeatable')
     .option('--allow-fault-injection', 'honour fault injection in migration requests (tests only)', false)
-    .addOption(new Option('--log-level <level>', 'log level').choices(['trace', 'debug', 'info', 'warn', 'error']).default('info'));
+    .addOption(new Option('--log-level <level>', 'log level').choices(['trace', 'debug', 'info', 'warn', 'error']).default('info'))
+    .action(async (opts: Record<string, unknown>) => {
+      const agent = await startAgent(agentOptionsFrom(opts));
+      // Tell a parent process where we listen (port 0 picks one).
+      console.log(JSON.stringify({ listening: agent.address }));
+      for (const signal of ['SIGTERM', 'SIGINT'] as const) {
+        process.once(signal, () => {
+          void agent.shutdown(signal).then(() => process.exit(0));
+        });
+      }
+    });
 }
 
 export function agentOptionsFrom(opts: Record<string, unknown>): AgentOptions {
@@ -120,13 +130,6 @@ export function agentOptionsFrom(opts: Record<string, unknown>): AgentOptions {
 
 /** Runs the daemon until SIGTERM/SIGINT, then shuts down safely. */
 export async function agentMain(role: 'source' | 'target', argv = process.argv): Promise<void> {
-  const command = agentCommand(role).parse(argv);
-  const agent = await startAgent(agentOptionsFrom(command.opts()));
-  // Tell a parent process where we listen (port 0 picks one).
-  console.log(JSON.stringify({ listening: agent.address }));
-  for (const signal of ['SIGTERM', 'SIGINT'] as const) {
-    process.once(signal, () => {
-      void agent.shutdown(signal).then(() => process.exit(0));
-    });
-  }
+  // The command's action runs the daemon (parsing must not start a second one here).
+  await agentCommand(role).parseAsync(argv);
 }

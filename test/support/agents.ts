@@ -15,10 +15,10 @@ export interface Agent {
 
 /** An agent on 127.0.0.1:0 with its Control client, both closed when `t` ends. */
 export async function startTestAgent(t: Test, extra: string[] = []): Promise<Agent> {
-  const opts = agentCommand('source')
-    .parse(['node', 'agent', '--listen', '127.0.0.1:0', '--log-level', 'error', ...extra])
-    .opts();
-  const agent = await startAgent(agentOptionsFrom(opts));
+  // parseOptions, not parse: parse would run the command's action, which starts a daemon of its own.
+  const command = agentCommand('source');
+  command.parseOptions(['--listen', '127.0.0.1:0', '--log-level', 'error', ...extra]);
+  const agent = await startAgent(agentOptionsFrom(command.opts()));
   const ctl = makeClient(controlService, 'Control', agent.address, grpc.credentials.createInsecure());
   t.teardown(async () => {
     ctl.close();
