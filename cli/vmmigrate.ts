@@ -429,6 +429,16 @@ function buildProgram(): Command {
   return program;
 }
 
+// grpc-js sets the TLS server name to the agent's host even when it is an IP address, which makes
+// Node warn (DEP0123) on every TLS connection to an IP: nothing the operator can act on, and it
+// would break the one line on stderr that scripts read. Every other warning still shows.
+const emitWarning = process.emitWarning.bind(process);
+process.emitWarning = ((warning: string | Error, ...rest: unknown[]) => {
+  const code = typeof rest[0] === 'object' && rest[0] !== null ? (rest[0] as { code?: string }).code : rest[1];
+  if (code === 'DEP0123') return;
+  (emitWarning as (...args: unknown[]) => void)(warning, ...rest);
+}) as typeof process.emitWarning;
+
 // A reader that goes away (`vmmigrate jobs | head -1`) is not a failure: the command goes on (a
 // migration being watched keeps being watched) and the rest of its output is dropped.
 process.stdout.on('error', (error: NodeJS.ErrnoException) => {

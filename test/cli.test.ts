@@ -50,24 +50,26 @@ t.teardown(() => {
 });
 
 /**
- * Runs the CLI with `args` to its end. `onStdout` sees stdout as it grows and may return a signal
- * to send to the CLI (once).
+ * Runs the CLI with `args` to its end. `onOutput` sees stdout and stderr as they grow and may
+ * return a signal to send to the CLI.
  */
-function runCli(args: string[], options: { env?: Record<string, string>; onStdout?: (stdout: string) => NodeJS.Signals | null } = {}): Promise<Run> {
+function runCli(args: string[], options: { env?: Record<string, string>; onOutput?: (stdout: string, stderr: string) => NodeJS.Signals | null } = {}): Promise<Run> {
   const child = spawn(process.execPath, ['--enable-source-maps', CLI, ...args], { stdio: ['ignore', 'pipe', 'pipe'], env: cleanEnv(options.env) });
   running.add(child);
   let stdout = '';
   let stderr = '';
-  let signalled = false;
+  const onData = () => {
+    const signal = options.onOutput?.(stdout, stderr) ?? null;
+    if (signal !== null) child.kill(signal);
+  };
   child.stdout.setEncoding('utf8').on('data', (d: string) => {
     stdout += d;
-    const signal = signalled ? null : (options.onStdout?.(stdout) ?? null);
-    if (signal !== null) {
-      signalled = true;
-      child.kill(signal);
-    }
+    onData();
   });
-  child.stderr.setEncoding('utf8').on('data', (d: string) => (stderr += d));
+  child.stderr.setEncoding('utf8').on('data', (d: string) => {
+    stderr += d;
+    onData();
+  });
   const timer = setTimeout(() => child.kill('SIGKILL'), RUN_TIMEOUT_MS);
   return new Promise((resolve) =>
     child.once('close', (code, signal) => {
@@ -76,6 +78,16 @@ function runCli(args: string[], options: { env?: Record<string, string>; onStdou
       resolve({ code, signal, stdout, stderr });
     }),
   );
+}
+
+/** An `onOutput` that sends SIGINT once, when `pattern` first shows in stdout or stderr. */
+function interruptOnce(pattern: RegExp): (stdout: string, stderr: string) => NodeJS.Signals | null {
+  let sent = false;
+  return (stdout, stderr) => {
+    if (sent || !pattern.test(stdout + stderr)) return null;
+    sent = true;
+    return 'SIGINT';
+  };
 }
 
 /** The one JSON document a --json run printed (the whole of stdout), or a failed assertion. */
@@ -332,9 +344,7 @@ t.test('the CLI against two agents it started', async (t) => {
     const start = await runCli(on(source, 'guest', 'start', '--profile', 'idle', '--memory-mib', '64', '--id', 'idle-1'));
     t.equal(start.code, 0, start.stderr);
     // 1 Mbit/s: the checkpoint would take minutes, so the job is still in it when Ctrl-C comes.
-    const run = await runCli(on(source, 'migrate', 'idle-1', '--to', target.address, '--max-bandwidth', '1mbit'), {
-      onStdout: (stdout) => (/^checkpoint /m.test(stdout) ? 'SIGINT' : null),
-    });
+    const run = await runCli(on(source, 'migrate', 'idle-1', '--to', target.address, '--max-bandwidth', '1mbit'), { onOutput: interruptOnce(/^checkpoint /m) });
     t.equal(run.code, EXIT.failed, `exit 1 (stdout: ${run.stdout}; stderr: ${run.stderr})`);
     t.match(run.stderr, /cancelling job [0-9a-f-]+; waiting for it to end/);
     t.match(run.stdout, /\): cancelled\n/);
@@ -417,21 +427,50 @@ t.test('a security refusal exits 4', async (t) => {
   t.match(run.stderr, /^vmmigrate: listing guests on 127\.0\.0\.1:\d+: PERMISSION_DENIED: client CN=ops-1 may not list guests \(the agent refused this client; check that --tls-cert/);
 });
 
-/** A CA, a server certificate for 127.0.0.1 and a client certificate, made with openssl in `dir`. */
+t.test('a second Ctrl-C stops waiting for a job that does not end (exit 130)', async (t) => {
+  // A Control service whose job never ends: its watch stream stays open, CancelJob only records.
+  const cancelled: string[] = [];
+  const job = { jobId: 'job-1', guestId: 'g1', targetAddress: '127.0.0.1:7401', stats: { status: 'active', phase: 'checkpoint', method: 'crtr', memoryBytes: 64 * MiB } };
+  const address = await startServer(t, grpc.ServerCredentials.createInsecure(), (server) =>
+    server.addService(controlService, {
+      startMigration: (_call: unknown, callback: grpc.sendUnaryData<unknown>) => callback(null, pb.StartMigrationResponse.create({ jobId: 'job-1' })),
+      watchJob: (call: grpc.ServerWritableStream<unknown, unknown>) => call.write(pb.JobEvent.create({ kind: 'phase', message: 'checkpoint', job })),
+      cancelJob: (call: grpc.ServerUnaryCall<InstanceType<typeof pb.CancelJobRequest>, unknown>, callback: grpc.sendUnaryData<unknown>) => {
+        cancelled.push(call.request.jobId);
+        callback(null, pb.CancelJobResponse.create({ job: { ...job, stats: { ...job.stats, status: 'cancelling' } } }));
+      },
+    }),
+  );
+  const first = interruptOnce(/^checkpoint /m);
+  const second = interruptOnce(/waiting for it to end/);
+  const run = await runCli(['migrate', 'g1', '--to', '127.0.0.1:7401', '--agent', address, '--plaintext'], { onOutput: (out, err) => first(out, err) ?? second(out, err) });
+  t.equal(run.code, 130, `exit 130 (stderr: ${run.stderr})`);
+  t.same(cancelled, ['job-1'], 'the first Ctrl-C asked the agent to cancel the job');
+  t.match(run.stderr, /cancelling job job-1; waiting for it to end \(Ctrl-C again to stop waiting\)/);
+  t.match(run.stderr, /stopped waiting; job job-1 may still be ending: 'vmmigrate status job-1' shows it/);
+});
+
+/**
+ * Made with openssl in `dir`: a CA, a server certificate for 127.0.0.1 and a client certificate
+ * it signed, and a client certificate of another CA (`rogue`), which the server must refuse.
+ */
 function makeCertificates(dir: string): void {
   const openssl = (...args: string[]) => {
     const r = spawnSync('openssl', args, { cwd: dir, encoding: 'utf8' });
     if (r.status !== 0) throw new Error(`openssl ${args.join(' ')}: ${r.stderr}`);
   };
   const key = ['-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes'];
-  openssl('req', '-x509', ...key, '-keyout', 'ca.key', '-out', 'ca.pem', '-days', '2', '-subj', '/CN=vmmigrate test CA', '-addext', 'basicConstraints=critical,CA:TRUE', '-addext', 'keyUsage=keyCertSign');
-  for (const [name, ext] of [
-    ['server', 'subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n'],
-    ['client', 'extendedKeyUsage=clientAuth\n'],
+  for (const ca of ['ca', 'rogue-ca']) {
+    openssl('req', '-x509', ...key, '-keyout', `${ca}.key`, '-out', `${ca}.pem`, '-days', '2', '-subj', `/CN=vmmigrate test ${ca}`, '-addext', 'basicConstraints=critical,CA:TRUE', '-addext', 'keyUsage=keyCertSign');
+  }
+  for (const [name, ca, ext] of [
+    ['server', 'ca', 'subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n'],
+    ['client', 'ca', 'extendedKeyUsage=clientAuth\n'],
+    ['rogue', 'rogue-ca', 'extendedKeyUsage=clientAuth\n'],
   ]) {
     writeFileSync(join(dir, `${name}.ext`), ext);
     openssl('req', ...key, '-keyout', `${name}.key`, '-out', `${name}.csr`, '-subj', `/CN=vmmigrate test ${name}`);
-    openssl('x509', '-req', '-in', `${name}.csr`, '-CA', 'ca.pem', '-CAkey', 'ca.key', '-set_serial', name === 'server' ? '2' : '3', '-days', '2', '-out', `${name}.pem`, '-extfile', `${name}.ext`);
+    openssl('x509', '-req', '-in', `${name}.csr`, '-CA', `${ca}.pem`, '-CAkey', `${ca}.key`, '-set_serial', String(2 + name.length), '-days', '2', '-out', `${name}.pem`, '-extfile', `${name}.ext`);
   }
 }
 
@@ -451,6 +490,7 @@ t.test('mutual TLS from flags or environment, and the health service', { skip: O
 
   const status = await runCli(['status', '--agent', address, ...tls, '--json']);
   t.equal(status.code, 0, status.stderr);
+  t.equal(status.stderr, '', 'nothing on stderr (no warning about TLS to an IP address)');
   const summary = parsed<{ health: string; capacity: Json }>(t, status);
   t.equal(summary.health, 'SERVING', 'grpc.health.v1.Health/Check');
   t.equal(summary.capacity.memoryBytesTotal, 512 * MiB, 'the server made here answered');
@@ -460,4 +500,10 @@ t.test('mutual TLS from flags or environment, and the health service', { skip: O
   });
   t.equal(fromEnv.code, 0, fromEnv.stderr);
   t.equal(parsed<Json>(t, fromEnv).memoryBytesTotal, 512 * MiB, 'agent and TLS files from VMMIGRATE_*');
+
+  // The server refuses the handshake of a client certificate it does not trust; gRPC reports
+  // that as UNAVAILABLE, like an agent that is not there (README, exit codes).
+  const rogue = await runCli(['capacity', '--agent', address, '--tls-ca', join(dir, 'ca.pem'), '--tls-cert', join(dir, 'rogue.pem'), '--tls-key', join(dir, 'rogue.key')]);
+  t.equal(rogue.code, EXIT.unreachable, `exit 3 (stderr: ${rogue.stderr})`);
+  t.match(rogue.stderr, /^vmmigrate: getting the capacity on 127\.0\.0\.1:\d+: UNAVAILABLE: /);
 });
