@@ -221,7 +221,7 @@ function agentOptionsCommand(role: AgentRole): Command {
     .option('--activation-hook <command...>', 'command run (sh -c) after an incoming guest resumes here; repeatable')
     .option('--hook-timeout-ms <n>', 'time an activation hook may take before it is killed (default 10000)')
     .option('--allow-fault-injection', 'honour fault injection in migration requests (tests only)')
-    .addOption(new Option('--log-level <level>', 'log level (default info)').choices(['trace', 'debug', 'info', 'warn', 'error', 'fatal']));
+    .addOption(new Option('--log-level <level>', 'log level (default info)').choices(['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent']));
 }
 
 /** Parses daemon arguments (no program name) into validated options, without starting anything. */

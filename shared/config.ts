@@ -88,7 +88,7 @@ export const agentConfigSchema = z.strictObject({
     .default({ activation: [], timeoutMs: 10_000 }),
   log: z
     .strictObject({
-      level: z.enum(['trace', 'debug', 'info', 'warn', 'error', 'fatal']).default('info'),
+      level: z.enum(['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent']).default('info'),
     })
     .default({ level: 'info' }),
   /** Honour fault injection in StartMigration requests (tests only). */

@@ -1,0 +1,462 @@
+#!/usr/bin/env node
+// `vmmigrate`: the operator's command line. Runs the agent daemons (`source-agent`,
+// `target-agent`) and drives a running agent through its Control API: guests, capacity,
+// migrations (started, watched live, cancelled on Ctrl-C) and jobs. Every client command speaks
+// mutual TLS, or plaintext to a loopback agent only (cli/connect.ts), prints tables and lines for
+// a person or one JSON document with --json, and ends with an exit code a script can act on.
+
+import cliProgress from 'cli-progress';
+import { Command, CommanderError, InvalidArgumentError as CommanderArgumentError, Option } from 'commander';
+import { NON_CONVERGENCE_POLICIES } from '../shared/convergence.js';
+import { PROFILE_NAMES } from '../shared/driver/sim/profiles.js';
+import { VmMigrateError } from '../shared/errors.js';
+import { AGENT_VERSION } from '../shared/protocol.js';
+import { controlService, grpc, pb } from '../shared/transport/grpc.js';
+import { agentCommand } from './agent.js';
+import { call, CallError, errorLine, EXIT, exitCodeForStatus, statusNameOf, stream } from './calls.js';
+import { AGENT_ADDRESS_DEFAULT, type ConnectionOptions, type ControlClient, controlClient, parseAddress } from './connect.js';
+import { parseBandwidth, parseDuration, parseInteger } from './units.js';
+import {
+  capacityJson,
+  capacityLines,
+  failureLine,
+  FINAL_STATUSES,
+  guestJson,
+  guestsTable,
+  jobJson,
+  type JobJson,
+  jobLines,
+  jobsTable,
+  progressLine,
+  progressView,
+  summaryLines,
+} from './views.js';
+
+const EXIT_CODES_HELP = `
+Exit codes:
+  0  success
+  1  the operation failed: the migration failed or was cancelled, an unknown job or guest,
+     a request the agent refused (no room, wrong state)
+  2  usage or configuration error: bad flags or values (here or as judged by the agent,
+     INVALID_ARGUMENT), missing TLS material, --plaintext to a non-loopback address
+  3  the agent is unreachable (UNAVAILABLE, DEADLINE_EXCEEDED)
+  4  the agent's security refused this client (UNAUTHENTICATED, PERMISSION_DENIED)
+
+Client commands talk to --agent (default: $VMMIGRATE_AGENT, else ${AGENT_ADDRESS_DEFAULT}) over
+mutual TLS (--tls-ca, --tls-cert, --tls-key, or $VMMIGRATE_TLS_CA, $VMMIGRATE_TLS_CERT,
+$VMMIGRATE_TLS_KEY), or with --plaintext to an agent on loopback only.`;
+
+interface ClientOptions extends ConnectionOptions {
+  timeoutMs: number;
+  json?: boolean;
+}
+
+// --- option parsing --------------------------------------------------------------------------
+
+/** A commander argument parser from one of units.ts's (their errors become usage errors). */
+function parsedBy<T>(parse: (text: string) => T): (text: string) => T {
+  return (text: string) => {
+    try {
+      return parse(text);
+    } catch (error) {
+      if (error instanceof VmMigrateError) throw new CommanderArgumentError(error.message);
+      throw error;
+    }
+  };
+}
+
+const integer = (name: string, min: number, max: number) => parsedBy((text) => parseInteger(name, text, min, max));
+
+const agentAddress = parsedBy((text: string) => {
+  parseAddress(text);
+  return text;
+});
+
+/** The connection options and --json, on every command that talks to an agent. */
+function withClientOptions(command: Command): Command {
+  return command
+    .addOption(new Option('--agent <host:port>', 'the agent to talk to').env('VMMIGRATE_AGENT').default(AGENT_ADDRESS_DEFAULT).argParser(agentAddress))
+    .addOption(new Option('--tls-ca <file>', 'PEM file of the CA that signed the agent certificate (mutual TLS)').env('VMMIGRATE_TLS_CA'))
+    .addOption(new Option('--tls-cert <file>', "PEM file of this client's certificate (mutual TLS)").env('VMMIGRATE_TLS_CERT'))
+    .addOption(new Option('--tls-key <file>', "PEM file of this client's private key (mutual TLS)").env('VMMIGRATE_TLS_KEY'))
+    .option('--plaintext', 'no TLS; allowed only to an agent on loopback (127.0.0.0/8, ::1, localhost)')
+    .option('--timeout-ms <ms>', 'deadline of each call to the agent', integer('--timeout-ms', 1, 3_600_000), 10_000)
+    .option('--json', 'print one JSON document on stdout and nothing else');
+}
+
+// --- one client command's run ----------------------------------------------------------------
+
+/** What a client command works with: its options, a Control client made on first use, output. */
+class Session {
+  private client: ControlClient | null = null;
+
+  constructor(readonly options: ClientOptions) {}
+
+  /** Credentials are checked here, before anything is dialled. */
+  control(): ControlClient {
+    this.client ??= controlClient(this.options);
+    return this.client;
+  }
+
+  call<Req, Res>(method: Parameters<typeof call<Req, Res>>[1], request: Req, what: string, timeoutMs = this.options.timeoutMs): Promise<Res> {
+    return call(this.control(), method, request, timeoutMs, `${what} on ${this.options.agent}`);
+  }
+
+  /** Lines for a person; nothing with --json. */
+  say(...lines: string[]): void {
+    if (!this.options.json) process.stdout.write(`${lines.join('\n')}\n`);
+  }
+
+  /** The one JSON document of --json. */
+  document(value: unknown): void {
+    if (this.options.json) process.stdout.write(`${JSON.stringify(value, null, 2)}\n`);
+  }
+
+  close(): void {
+    this.client?.close();
+  }
+}
+
+/** The exit code of a failed command: by gRPC status for calls and operating errors. */
+function exitCodeOf(error: unknown): number {
+  return exitCodeForStatus(statusNameOf(error));
+}
+
+/**
+ * A commander action for a client command: `run` gets the session and the positional arguments
+ * and returns the exit code. Operating failures (a call's status, a configuration error) become
+ * one line on stderr and their exit code; anything else is a bug and propagates.
+ */
+function clientAction(run: (session: Session, ...args: string[]) => Promise<number>) {
+  return async (...args: unknown[]): Promise<void> => {
+    const command = args[args.length - 1] as Command;
+    const session = new Session(command.opts<ClientOptions>());
+    try {
+      process.exitCode = await run(session, ...(args.slice(0, -2) as string[]));
+    } catch (error) {
+      if (!(error instanceof CallError || error instanceof VmMigrateError)) throw error;
+      process.stderr.write(`${errorLine(error, session.options.agent)}\n`);
+      process.exitCode = exitCodeOf(error);
+    } finally {
+      session.close();
+    }
+  };
+}
+
+// --- guests and capacity ---------------------------------------------------------------------
+
+async function listGuests(session: Session): Promise<number> {
+  const res = await session.call(controlService.listGuests, pb.ListGuestsRequest.create(), 'listing guests');
+  const guests = res.guests.map(guestJson);
+  session.document(guests);
+  session.say(guestsTable(guests));
+  return EXIT.ok;
+}
+
+interface StartGuestOptions {
+  profile: string;
+  memoryMib: number;
+  id?: string;
+  unitMs?: number;
+}
+
+/** Booting writes every page of the guest's memory: give it at least this long. */
+const START_GUEST_TIMEOUT_MS_MIN = 60_000;
+
+async function startGuest(session: Session, opts: StartGuestOptions): Promise<number> {
+  const request = pb.StartGuestRequest.create({ id: opts.id ?? '', profile: opts.profile, memoryBytes: opts.memoryMib * 2 ** 20, unitMs: opts.unitMs ?? 0 });
+  const res = await session.call(controlService.startGuest, request, 'starting a guest', Math.max(session.options.timeoutMs, START_GUEST_TIMEOUT_MS_MIN));
+  const guest = guestJson(res.guest ?? pb.Guest.create());
+  session.document(guest);
+  session.say(`Started guest '${guest.id}' on ${session.options.agent}: ${guest.summary} (${guest.state}).`);
+  return EXIT.ok;
+}
+
+async function stopGuest(session: Session, id: string): Promise<number> {
+  await session.call(controlService.stopGuest, pb.StopGuestRequest.create({ id }), `stopping guest '${id}'`);
+  session.document({ id, stopped: true });
+  session.say(`Stopped guest '${id}' on ${session.options.agent}; its memory is freed.`);
+  return EXIT.ok;
+}
+
+async function showCapacity(session: Session): Promise<number> {
+  const capacity = capacityJson(await session.call(controlService.getCapacity, pb.GetCapacityRequest.create(), 'getting the capacity'));
+  session.document(capacity);
+  session.say(...capacityLines(capacity));
+  return EXIT.ok;
+}
+
+// --- jobs ------------------------------------------------------------------------------------
+
+async function listJobs(session: Session): Promise<number> {
+  const res = await session.call(controlService.listJobs, pb.ListJobsRequest.create(), 'listing jobs');
+  const jobs = res.jobs.map(jobJson);
+  session.document(jobs);
+  session.say(jobsTable(jobs));
+  return EXIT.ok;
+}
+
+async function cancelJob(session: Session, jobId: string): Promise<number> {
+  const res = await session.call(controlService.cancelJob, pb.CancelJobRequest.create({ jobId }), `cancelling job ${jobId}`);
+  const job = jobJson(res.job ?? pb.Job.create({ jobId }));
+  session.document(job);
+  const status = job.stats.status;
+  // CancelJob answers a job that had already ended with that job, unchanged: nothing was cancelled.
+  if (status === 'completed' || status === 'failed') {
+    process.stderr.write(`vmmigrate: cancelling job ${jobId} on ${session.options.agent}: the job had already ended (${status}); nothing to cancel\n`);
+    return EXIT.failed;
+  }
+  session.say(`Job ${jobId} is ${status}; the guest '${job.guestId}' stays on the source. Follow it with 'vmmigrate status ${jobId}'.`);
+  return EXIT.ok;
+}
+
+async function showJob(session: Session, jobId: string): Promise<number> {
+  const job = jobJson(await session.call(controlService.getJob, pb.GetJobRequest.create({ jobId }), `getting job ${jobId}`));
+  session.document(job);
+  session.say(...jobLines(job));
+  return EXIT.ok;
+}
+
+/**
+ * The standard gRPC health status of the agent as a whole (service ''): SERVING, NOT_SERVING,
+ * ..., or "not offered" by an agent without the Health service (UNIMPLEMENTED).
+ */
+async function healthOf(session: Session): Promise<string> {
+  // grpc-health-check parses its .proto when loaded: only `status` pays for that.
+  const { service } = await import('grpc-health-check');
+  try {
+    const res = (await session.call(service.Check, { service: '' }, 'checking health')) as { status?: string };
+    return res.status ?? 'UNKNOWN';
+  } catch (error) {
+    if (error instanceof CallError && error.code === grpc.status.UNIMPLEMENTED) return 'not offered';
+    if (error instanceof CallError && error.code === grpc.status.NOT_FOUND) return 'unknown (the agent reports no status for the server as a whole)';
+    throw error;
+  }
+}
+
+async function showAgent(session: Session): Promise<number> {
+  // Capacity first: an unreachable agent fails here, once.
+  const capacity = capacityJson(await session.call(controlService.getCapacity, pb.GetCapacityRequest.create(), 'getting the capacity'));
+  const [guestsRes, jobsRes, health] = await Promise.all([
+    session.call(controlService.listGuests, pb.ListGuestsRequest.create(), 'listing guests'),
+    session.call(controlService.listJobs, pb.ListJobsRequest.create(), 'listing jobs'),
+    healthOf(session),
+  ]);
+  const guests = guestsRes.guests.map(guestJson);
+  const activeJobs = jobsRes.jobs.map(jobJson).filter((j) => !FINAL_STATUSES.includes(j.stats.status));
+  session.document({ agent: session.options.agent, health, capacity, guests, activeJobs });
+  session.say(
+    `agent:     ${session.options.agent}`,
+    `health:    ${health}`,
+    ...capacityLines(capacity),
+    '',
+    `Guests (${guests.length}):`,
+    guestsTable(guests),
+    '',
+    `Active jobs (${activeJobs.length}):`,
+    jobsTable(activeJobs),
+  );
+  return EXIT.ok;
+}
+
+// --- migrate ---------------------------------------------------------------------------------
+
+interface MigrateOptions {
+  to: string;
+  method: string;
+  downtimeLimitMs?: number;
+  maxBandwidth?: number;
+  policy?: string;
+  maxDuration?: number;
+  wait: boolean;
+}
+
+/**
+ * How a running migration is shown: a live bar on a terminal, one line per phase change when
+ * stdout is a file or pipe, nothing with --json (its one document comes at the end).
+ */
+class ProgressDisplay {
+  private bar: cliProgress.SingleBar | null = null;
+  private lastPhase = '';
+
+  constructor(private readonly mode: 'bar' | 'lines' | 'quiet') {}
+
+  update(job: JobJson): void {
+    const s = job.stats;
+    if (s.phase === 'done' || this.mode === 'quiet') return;
+    const v = progressView(s);
+    if (this.mode === 'lines') {
+      if (s.phase !== this.lastPhase) process.stdout.write(`${progressLine(s)}\n`);
+    } else if (this.bar === null) {
+      this.bar = new cliProgress.SingleBar(
+        { stream: process.stdout, format: '{phase} [{bar}] {percentage}% {label} | {remaining} | {throughput} | {downtime}', barsize: 20, hideCursor: true, fps: 5 },
+        cliProgress.Presets.shades_classic,
+      );
+      this.bar.start(100, Math.round(v.percent), { ...v, phase: v.phase.padEnd(13) });
+    } else {
+      this.bar.update(Math.round(v.percent), { ...v, phase: v.phase.padEnd(13) });
+    }
+    this.lastPhase = s.phase;
+  }
+
+  /** A message on stderr that does not garble the bar. */
+  note(line: string): void {
+    process.stderr.write(this.bar !== null ? `\n${line}\n` : `${line}\n`);
+  }
+
+  stop(): void {
+    this.bar?.stop();
+    this.bar = null;
+  }
+}
+
+/** Exit code of a process ended by Ctrl-C that stopped waiting (128 + SIGINT). */
+const EXIT_INTERRUPTED = 130;
+
+async function migrate(session: Session, guestId: string, opts: MigrateOptions): Promise<number> {
+  const request = pb.StartMigrationRequest.create({
+    guestId,
+    targetAddress: opts.to,
+    method: opts.method,
+    downtimeLimitMs: opts.downtimeLimitMs ?? 0,
+    maxBandwidthBytesPerSec: opts.maxBandwidth ?? 0,
+    nonConvergencePolicy: opts.policy ?? '',
+    maxDurationMs: opts.maxDuration ?? 0,
+  });
+  const { jobId } = await session.call(controlService.startMigration, request, `starting the migration of guest '${guestId}' to ${opts.to}`);
+  if (!opts.wait) {
+    session.document({ jobId });
+    session.say(`Migration job ${jobId} started (guest '${guestId}' to ${opts.to}); follow it with 'vmmigrate status ${jobId}'.`);
+    return EXIT.ok;
+  }
+  session.say(`Migration job ${jobId} started: guest '${guestId}' from ${session.options.agent} to ${opts.to} (${opts.method}). Ctrl-C cancels it.`);
+  const display = new ProgressDisplay(session.options.json ? 'quiet' : process.stdout.isTTY ? 'bar' : 'lines');
+  let watchCall: grpc.ClientReadableStream<unknown> | null = null;
+  let interrupts = 0;
+  // Ctrl-C: ask the agent to cancel (the guest stays on the source) and keep watching until the
+  // job ends, so the report says how it ended. A second Ctrl-C stops waiting.
+  const onInterrupt = () => {
+    interrupts++;
+    if (interrupts > 1) {
+      watchCall?.cancel();
+      return;
+    }
+    display.note(`vmmigrate: cancelling job ${jobId}; waiting for it to end (Ctrl-C again to stop waiting)`);
+    session.call(controlService.cancelJob, pb.CancelJobRequest.create({ jobId }), `cancelling job ${jobId}`).then(
+      () => {},
+      (error: unknown) => display.note(errorLine(error, session.options.agent)),
+    );
+  };
+  process.on('SIGINT', onInterrupt);
+  let last: JobJson | null = null;
+  try {
+    const events = stream(session.control(), controlService.watchJob, pb.WatchJobRequest.create({ jobId, intervalMs: 250 }), `watching job ${jobId} on ${session.options.agent}`, (c) => (watchCall = c));
+    for await (const event of events) {
+      if (event.job) last = jobJson(event.job);
+      if (last) display.update(last);
+    }
+  } catch (error) {
+    display.stop();
+    if (interrupts > 1 && error instanceof CallError && error.code === grpc.status.CANCELLED) {
+      process.stderr.write(`vmmigrate: stopped waiting; job ${jobId} may still be ending: 'vmmigrate status ${jobId}' shows it\n`);
+      return EXIT_INTERRUPTED;
+    }
+    throw error;
+  } finally {
+    process.off('SIGINT', onInterrupt);
+    display.stop();
+  }
+  // The stream ends after the job's final event; should it end early, ask once more.
+  if (last === null || !FINAL_STATUSES.includes(last.stats.status)) {
+    last = jobJson(await session.call(controlService.getJob, pb.GetJobRequest.create({ jobId }), `getting job ${jobId}`));
+  }
+  session.document(last);
+  session.say('', ...summaryLines(last));
+  if (last.stats.status === 'completed') return EXIT.ok;
+  if (session.options.json) process.stderr.write(`${failureLine(last)}\n`);
+  return EXIT.failed;
+}
+
+// --- the program -----------------------------------------------------------------------------
+
+function buildProgram(): Command {
+  const program = new Command('vmmigrate')
+    .description('Live migration of VMs by checkpoint + trace/replay: run the agents, and drive them.')
+    .version(AGENT_VERSION)
+    .exitOverride()
+    .configureOutput({
+      // Commander's usage errors in the CLI's one-line shape: "vmmigrate: <what>".
+      outputError: (text, write) => write(`vmmigrate: ${text.replace(/^error: /, '').trimEnd()} (see 'vmmigrate help')\n`),
+    })
+    .addHelpText('afterAll', EXIT_CODES_HELP);
+
+  // The daemons: agent.ts owns their flags and their run (start, print where it listens, stop on SIGTERM).
+  for (const role of ['source', 'target'] as const) program.addCommand(agentCommand(role).copyInheritedSettings(program));
+
+  withClientOptions(program.command('guests').description('list the guests on the agent: id, state, memory, profile')).action(clientAction((s) => listGuests(s)));
+
+  const guest = program.command('guest').description('start or stop a built-in sim guest on the agent');
+  withClientOptions(
+    guest
+      .command('start')
+      .description('boot a sim guest (it runs in real time from then on)')
+      .addOption(new Option('--profile <name>', 'workload profile').choices(PROFILE_NAMES).makeOptionMandatory())
+      .addOption(new Option('--memory-mib <n>', 'guest memory, MiB (64 to 65536, even)').argParser(integer('--memory-mib', 64, 65536)).makeOptionMandatory())
+      .option('--id <id>', 'guest id (default: the agent picks one)')
+      .option('--unit-ms <n>', "log unit length, ms (default: the agent's)", integer('--unit-ms', 1, 100)),
+  ).action(clientAction((s) => startGuest(s, s.options as unknown as StartGuestOptions)));
+  withClientOptions(guest.command('stop <id>').description('stop a guest and free its memory')).action(clientAction((s, id) => stopGuest(s, id)));
+
+  withClientOptions(
+    program
+      .command('migrate <guest>')
+      .description('live-migrate a guest from this agent (the source) to a target agent, and watch it to the end')
+      .addOption(new Option('--to <host:port>', 'the target agent, as the source agent reaches it').argParser(agentAddress).makeOptionMandatory())
+      .addOption(new Option('--method <name>', 'migration method').choices(['crtr', 'precopy', 'postcopy']).default('crtr'))
+      .option('--downtime-limit-ms <n>', "downtime to aim for (default: the agent's, 300)", integer('--downtime-limit-ms', 1, 600_000))
+      .option('--max-bandwidth <rate>', 'bandwidth cap between the agents: 1gbit, 100mbit, 125MB/s, 12MiB/s or bytes/s (default: none)', parsedBy(parseBandwidth))
+      .addOption(new Option('--policy <name>', "what to do if it does not converge (default: the agent's, abort)").choices(NON_CONVERGENCE_POLICIES))
+      .option('--max-duration <time>', "bound on the migration: seconds, or 1500ms, 90s, 10m (default: the agent's, 10 min)", parsedBy(parseDuration))
+      .option('--no-wait', 'print the job id and return at once instead of watching'),
+  ).action(clientAction((s, guestId) => migrate(s, guestId, s.options as unknown as MigrateOptions)));
+
+  withClientOptions(program.command('jobs').description('list the migration jobs of the agent')).action(clientAction((s) => listJobs(s)));
+  withClientOptions(program.command('status [job]').description("a job's statistics; without a job: the agent's address, health, capacity, guests and active jobs")).action(
+    clientAction((s, jobId) => (jobId ? showJob(s, jobId) : showAgent(s))),
+  );
+  withClientOptions(program.command('cancel <job>').description('cancel a migration job not yet committed (the guest stays on the source)')).action(clientAction((s, jobId) => cancelJob(s, jobId)));
+  withClientOptions(program.command('capacity').description('what the agent offers: memory and vCPUs, free and total')).action(clientAction((s) => showCapacity(s)));
+  return program;
+}
+
+// grpc-js sets the TLS server name to the agent's host even when it is an IP address, which makes
+// Node warn (DEP0123) on every TLS connection to an IP: nothing the operator can act on, and it
+// would break the one line on stderr that scripts read. Every other warning still shows.
+const emitWarning = process.emitWarning.bind(process);
+process.emitWarning = ((warning: string | Error, ...rest: unknown[]) => {
+  const code = typeof rest[0] === 'object' && rest[0] !== null ? (rest[0] as { code?: string }).code : rest[1];
+  if (code === 'DEP0123') return;
+  (emitWarning as (...args: unknown[]) => void)(warning, ...rest);
+}) as typeof process.emitWarning;
+
+// A reader that goes away (`vmmigrate jobs | head -1`) is not a failure: the command goes on (a
+// migration being watched keeps being watched) and the rest of its output is dropped.
+process.stdout.on('error', (error: NodeJS.ErrnoException) => {
+  if (error.code !== 'EPIPE') throw error;
+});
+
+try {
+  // Not process.exit(): `source-agent` and `target-agent` keep running after their action returns.
+  await buildProgram().parseAsync(process.argv);
+} catch (error) {
+  if (error instanceof CommanderError) {
+    // Help and version exit 0; every other commander error is a usage error, already printed.
+    process.exitCode = error.exitCode === 0 ? EXIT.ok : EXIT.usage;
+  } else if (error instanceof VmMigrateError) {
+    // An agent daemon's own option checks (agent.ts).
+    process.stderr.write(`vmmigrate: ${error.message}\n`);
+    process.exitCode = exitCodeOf(error);
+  } else {
+    throw error;
+  }
+}
