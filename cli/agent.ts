@@ -211,7 +211,7 @@ function agentOptionsCommand(role: AgentRole): Command {
     .option('--vcpus <n>', 'vCPUs this host offers (default 16)')
     .option('--unit-ms <n>', 'default log unit length, ms (1-100, default 10)')
     .option('--downtime-limit-ms <n>', 'default downtime limit of outgoing migrations (default 300)')
-    .option('--max-bandwidth <rate>', 'default bandwidth cap of outgoing migrations: bytes/s or e.g. 1gbit, 500MB/s (default 0: unlimited)')
+    .option('--max-bandwidth <rate>', 'default bandwidth cap of outgoing migrations: bytes/s, or 1gbit, 100mbit, 125MB/s, 12MiB/s (default 0: unlimited)')
     .option('--max-duration-ms <n>', 'default maximum duration of outgoing migrations (default 600000)')
     .addOption(new Option('--policy <name>', 'default non-convergence policy (default abort)').choices(['abort', 'force', 'throttle']))
     .option('--jobs-max <n>', 'migration jobs kept, finished ones dropped oldest first (default 1000)')

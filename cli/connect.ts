@@ -5,9 +5,10 @@
 // other tools (an orchestrator, the bench) connect the same way.
 
 import { readFileSync } from 'node:fs';
-import { BlockList, isIP } from 'node:net';
+import { isIP } from 'node:net';
 import { InvalidArgumentError } from '../shared/errors.js';
 import { controlService, grpc, makeClient } from '../shared/transport/grpc.js';
+import { isLoopbackHost } from '../shared/transport/tls.js';
 
 /** The source agent's default listening address (cli/agent.ts). */
 export const AGENT_ADDRESS_DEFAULT = '127.0.0.1:7400';
@@ -37,25 +38,8 @@ export function parseAddress(address: string): { host: string; port: number } {
   return { host, port };
 }
 
-const LOOPBACK = new BlockList();
-LOOPBACK.addSubnet('127.0.0.0', 8, 'ipv4');
-LOOPBACK.addAddress('::1', 'ipv6');
-
-/**
- * Whether `host` (a host name or IP address, without port or brackets) is this machine's
- * loopback: 127.0.0.0/8, ::1 (in any spelling, or as IPv4-mapped 127.x), or `localhost`. Other
- * names are not resolved: a name that resolves to loopback today may not tomorrow.
- */
-export function isLoopback(host: string): boolean {
-  const h = host.toLowerCase().replace(/\.$/, '');
-  if (h === 'localhost') return true;
-  const mapped = /^::ffff:(\d+\.\d+\.\d+\.\d+)$/.exec(h);
-  if (mapped !== null) return LOOPBACK.check(mapped[1], 'ipv4');
-  const family = isIP(h);
-  if (family === 4) return LOOPBACK.check(h, 'ipv4');
-  if (family === 6) return LOOPBACK.check(h, 'ipv6');
-  return false;
-}
+/** Whether `host` is this machine's loopback (see isLoopbackHost: names are not resolved). */
+export const isLoopback = isLoopbackHost;
 
 function readPem(flag: string, file: string): Buffer {
   try {

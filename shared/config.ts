@@ -8,6 +8,7 @@ import { z } from 'zod';
 import { NON_CONVERGENCE_POLICIES } from './convergence.js';
 import { UNIT_MS_DEFAULT, UNIT_MS_MAX, UNIT_MS_MIN } from './driver/sim/config.js';
 import { hostOf, isLoopbackHost } from './transport/tls.js';
+import { parseBandwidth } from './units.js';
 
 /** Largest configuration file read (it is a few hundred bytes normally). */
 const CONFIG_BYTES_MAX = 1024 * 1024;
@@ -21,18 +22,15 @@ const hostPort = z.string().refine((v) => {
 
 const int = (min: number, max: number) => z.number().int().min(min).max(max);
 
-/** A rate in bytes per second: a number, or a string with a unit (1gbit, 100mbit, 125MB/s, 0 = unlimited). */
+/** A rate in bytes per second: a number, or text such as 1gbit, 100mbit, 125MB/s (0 or 'unlimited': no limit). */
 const rate = z.union([z.number().min(0), z.string()]).transform((v, ctx) => {
-  const n = typeof v === 'number' ? v : parseRate(v);
-  if (n === null) {
-    ctx.addIssue({ code: 'custom', message: `'${v}' is not a rate: use bytes/s, or a number with kbit, mbit, gbit, KB/s, MB/s, GB/s (0: unlimited)` });
+  if (v === 0 || v === '0' || v === 'unlimited') return 0;
+  try {
+    return parseBandwidth(String(v));
+  } catch (error) {
+    ctx.addIssue({ code: 'custom', message: (error as Error).message });
     return z.NEVER;
   }
-  if (n !== 0 && (n < 125_000 || n > 1e12)) {
-    ctx.addIssue({ code: 'custom', message: `${n} bytes/s: expected 0 (unlimited) or 125000 (1 Mbit/s) to 1e12` });
-    return z.NEVER;
-  }
-  return n;
 });
 
 const identities = z.array(z.string().min(1)).max(1000);
@@ -106,30 +104,6 @@ export class ConfigError extends Error {
     super(message);
     this.name = 'ConfigError';
   }
-}
-
-const RATE_UNITS: Record<string, number> = {
-  '': 1,
-  'b/s': 1,
-  bps: 1 / 8,
-  bit: 1 / 8,
-  kbit: 1e3 / 8,
-  mbit: 1e6 / 8,
-  gbit: 1e9 / 8,
-  'kb/s': 1e3,
-  'mb/s': 1e6,
-  'gb/s': 1e9,
-  'kib/s': 2 ** 10,
-  'mib/s': 2 ** 20,
-  'gib/s': 2 ** 30,
-};
-
-/** Bytes per second from '125000', '1gbit', '100 Mbit', '125MB/s', '64MiB/s'; null if not a rate. */
-export function parseRate(text: string): number | null {
-  const m = /^\s*(\d+(?:\.\d+)?)\s*([a-z/]*)\s*$/i.exec(text);
-  if (!m) return null;
-  const factor = RATE_UNITS[m[2]!.toLowerCase()];
-  return factor === undefined ? null : Math.round(Number(m[1]) * factor);
 }
 
 /**

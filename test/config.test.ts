@@ -8,7 +8,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import t from 'tap';
 import { agentOptionsFromArgs } from '../cli/agent.js';
-import { ConfigError, parseRate, readConfigFile, validateConfig } from '../shared/config.js';
+import { ConfigError, readConfigFile, validateConfig } from '../shared/config.js';
 
 const root = fileURLToPath(new URL('../../', import.meta.url));
 const dir = mkdtempSync(join(tmpdir(), 'vmm-config-'));
@@ -80,8 +80,8 @@ t.test('invalid fields are refused by name', async (t) => {
     { args: ['--insecure-plaintext', '--memory-mib', 'lots'], field: 'host.memoryMib', says: /set by --memory-mib/ },
     { args: ['--insecure-plaintext', '--unit-ms', '500'], field: 'host.unitMs', says: /host\.unitMs \(set by --unit-ms\)/ },
     { args: ['--insecure-plaintext', '--listen', 'nowhere'], field: 'listen', says: /host:port/ },
-    { args: ['--insecure-plaintext', '--max-bandwidth', 'fast'], field: 'migration.maxBandwidth', says: /not a rate/ },
-    { args: ['--insecure-plaintext', '--max-bandwidth', '1000'], field: 'migration.maxBandwidth', says: /125000/ },
+    { args: ['--insecure-plaintext', '--max-bandwidth', 'fast'], field: 'migration.maxBandwidth', says: /expected bytes per second/ },
+    { args: ['--insecure-plaintext', '--max-bandwidth', '1000'], field: 'migration.maxBandwidth', says: /125000.*0 \(or leaving it out\) means no limit/ },
     { args: ['--config', file('tls: { plaintext: true }\nlog: { levle: debug }\n')], field: 'log.levle', says: /unknown field 'levle'/ },
     { args: ['--config', file('tls: { plaintext: true }\nmigration: { nonConvergencePolicy: retry }\n')], field: 'migration.nonConvergencePolicy', says: /abort/ },
     { args: ['--config', file('tls: { plaintext: true }\nlimits: { chunkWindow: -1 }\n')], field: 'limits.chunkWindow', says: /limits\.chunkWindow/ },
@@ -103,15 +103,17 @@ t.test('invalid fields are refused by name', async (t) => {
   }
 });
 
-t.test('rates', async (t) => {
-  t.equal(parseRate('125000'), 125_000);
-  t.equal(parseRate('100mbit'), 12_500_000);
-  t.equal(parseRate('1 Gbit'), 125_000_000);
-  t.equal(parseRate('125MB/s'), 125_000_000);
-  t.equal(parseRate('64MiB/s'), 64 * 2 ** 20);
-  t.equal(parseRate('1.5gbit'), 187_500_000);
-  t.equal(parseRate('fast'), null);
-  t.equal(parseRate('10 parsecs'), null);
+t.test('rates in the configuration: numbers, text with units, 0 or unlimited', async (t) => {
+  const rate = (v: unknown) => validateConfig({ tls: { plaintext: true }, migration: { maxBandwidth: v } }, 'test').migration.maxBandwidth;
+  t.equal(rate(125000), 125_000);
+  t.equal(rate('100mbit'), 12_500_000);
+  t.equal(rate('1gbit'), 125_000_000);
+  t.equal(rate('125MB/s'), 125_000_000);
+  t.equal(rate('64MiB/s'), 64 * 2 ** 20);
+  t.equal(rate(0), 0);
+  t.equal(rate('unlimited'), 0);
+  t.throws(() => rate('100mb'), /migration\.maxBandwidth: .*ambiguous/);
+  t.throws(() => rate(-5), /migration\.maxBandwidth/);
 });
 
 t.test('the daemon refuses a bad configuration at start: exit status 2, the field named', async (t) => {

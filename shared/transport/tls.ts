@@ -10,7 +10,7 @@
 
 import { createPrivateKey, X509Certificate } from 'node:crypto';
 import { readFileSync } from 'node:fs';
-import { isIP } from 'node:net';
+import { BlockList, isIP } from 'node:net';
 import { checkServerIdentity, type PeerCertificate } from 'node:tls';
 import type { Logger } from 'pino';
 import { grpc } from './grpc.js';
@@ -112,12 +112,23 @@ export function isAllowed(identities: readonly string[], allow: readonly string[
   return allow.includes('*') || identities.some((id) => allow.includes(id));
 }
 
-/** Whether `host` (of a host:port) is a loopback address: 127.0.0.0/8, ::1 or localhost. */
+const LOOPBACK = new BlockList();
+LOOPBACK.addSubnet('127.0.0.0', 8, 'ipv4');
+LOOPBACK.addAddress('::1', 'ipv6');
+
+/**
+ * Whether `host` (a host name or IP address, without port; brackets allowed) is this machine's
+ * loopback: 127.0.0.0/8, ::1 (in any spelling, or as IPv4-mapped 127.x), or `localhost`. Other
+ * names are not resolved: a name that resolves to loopback today may not tomorrow.
+ */
 export function isLoopbackHost(host: string): boolean {
-  const h = host.startsWith('[') && host.endsWith(']') ? host.slice(1, -1) : host;
+  const h = (host.startsWith('[') && host.endsWith(']') ? host.slice(1, -1) : host).toLowerCase().replace(/\.$/, '');
   if (h === 'localhost') return true;
-  if (isIP(h) === 4) return h.startsWith('127.');
-  if (isIP(h) === 6) return h === '::1' || h === '0:0:0:0:0:0:0:1';
+  const mapped = /^::ffff:(\d+\.\d+\.\d+\.\d+)$/.exec(h);
+  if (mapped !== null) return LOOPBACK.check(mapped[1]!, 'ipv4');
+  const family = isIP(h);
+  if (family === 4) return LOOPBACK.check(h, 'ipv4');
+  if (family === 6) return LOOPBACK.check(h, 'ipv6');
   return false;
 }
 
