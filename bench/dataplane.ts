@@ -22,12 +22,14 @@
 // `lan` profile (1 Gbit/s), once with the emulator in the harness's process and once in a child
 // process: whether the in-process emulator is what limits the harness's lan runs.
 
+import { cpus, loadavg } from 'node:os';
 import { parseArgs } from 'node:util';
 import { measureRawTcp, type RawTcpResult } from './raw-tcp.js';
-import { type LinkMode, type RunRecord, runOne, seedOf } from './run.js';
+import { type LinkMode, type ProcessCost, type RunRecord, runOne, seedOf } from './run.js';
 
 const MB = 1e6;
 const MIB = 2 ** 20;
+const GIB = 2 ** 30;
 
 export interface AgentDataplaneFigures {
   compression: boolean;
@@ -47,6 +49,8 @@ export interface AgentDataplaneFigures {
   /** wireBytesPerSec / raw TCP's bytes per second. */
   wireOverRawTcp: number;
   memoryOverRawTcp: number;
+  /** CPU time and minor page faults of each agent during the checkpoint phase (null: not measured). */
+  cost: { source: ProcessCost; target: ProcessCost } | null;
 }
 
 export interface DataplaneRepeat {
@@ -61,6 +65,8 @@ export interface DataplaneResult {
   profile: string;
   repeats: DataplaneRepeat[];
   wallMs: number;
+  /** 1, 5 and 15 minute load averages when the benchmark started and ended, and the machine's core count. */
+  load: { start: number[]; end: number[]; cores: number };
 }
 
 export interface DataplaneOptions {
@@ -101,11 +107,13 @@ function figures(r: RunRecord, raw: RawTcpResult): AgentDataplaneFigures {
     transferredBytesPerSec: r.transferredBytes / (r.totalTimeMs / 1000),
     wireOverRawTcp: wireRate / raw.bytesPerSec,
     memoryOverRawTcp: memoryRate / raw.bytesPerSec,
+    cost: r.checkpointCost,
   };
 }
 
 export async function runDataplane(o: DataplaneOptions): Promise<DataplaneResult> {
   const start = performance.now();
+  const loadAtStart = loadavg();
   const memoryBytes = o.memoryMiB * MIB;
   const repeats: DataplaneRepeat[] = [];
   const step = (label: string) => o.onStep?.(label);
@@ -142,7 +150,7 @@ export async function runDataplane(o: DataplaneOptions): Promise<DataplaneResult
     const rawTcp = rawBefore.bytesPerSec >= rawAfter.bytesPerSec ? rawBefore : rawAfter;
     repeats.push({ repeat, rawTcp, rawTcpRuns: [rawBefore, rawAfter], agents: runs.map((r) => figures(r, rawTcp)) });
   }
-  return { memoryBytes, profile: 'idle', repeats, wallMs: performance.now() - start };
+  return { memoryBytes, profile: 'idle', repeats, wallMs: performance.now() - start, load: { start: loadAtStart, end: loadavg(), cores: cpus().length } };
 }
 
 const mbps = (bytesPerSec: number) => (bytesPerSec / MB).toFixed(0);
@@ -151,6 +159,10 @@ const mbps = (bytesPerSec: number) => (bytesPerSec / MB).toFixed(0);
 export function dataplaneMarkdown(d: DataplaneResult): string {
   const lines: string[] = [];
   lines.push(`Idle ${d.memoryBytes / MIB} MiB guest, CR/TR, fresh agent processes; raw TCP moves ${d.memoryBytes / MIB} MiB between two child processes on loopback in the same run (best of a measurement before and after the agent runs). MB = 10^6 bytes.`);
+  if (d.load) {
+    const avg = (xs: number[]) => xs.map((x) => x.toFixed(2)).join(' ');
+    lines.push(`Load average (1, 5, 15 min) on ${d.load.cores} cores: ${avg(d.load.start)} at the start, ${avg(d.load.end)} at the end.`);
+  }
   lines.push('');
   lines.push('| repeat | path | lz4 | checkpoint phase | wire bytes | wire MB/s | memory MB/s | transferred/total MB/s | raw TCP MB/s | agent/raw TCP (wire) | agent/raw TCP (memory) | digests |');
   lines.push('|---|---|---|---|---|---|---|---|---|---|---|---|');
@@ -167,6 +179,22 @@ export function dataplaneMarkdown(d: DataplaneResult): string {
     }
   }
   lines.push('');
+  const costed = d.repeats.flatMap((rep) => rep.agents.filter((a) => a.status === 'completed' && (a.cost ?? null) !== null).map((a) => ({ rep, a })));
+  if (costed.length > 0) {
+    lines.push(
+      'Cost of the checkpoint phase per agent process (/proc, between the phase events): CPU time (user + system), as a share of the phase, per GiB of guest memory; minor page faults.',
+    );
+    lines.push('');
+    lines.push('| repeat | path | lz4 | source CPU | source CPU/phase | source CPU per GiB | source faults | target CPU | target CPU/phase | target CPU per GiB | target faults |');
+    lines.push('|---|---|---|---|---|---|---|---|---|---|---|');
+    for (const { rep, a } of costed) {
+      const path = a.link === 'direct' ? 'agents direct' : `via ${a.link} link (${a.linkMode})`;
+      const side = (c: ProcessCost) =>
+        `${(c.cpuMs / 1000).toFixed(2)} s | ${((100 * c.cpuMs) / a.checkpointPhaseMs).toFixed(0)}% | ${((c.cpuMs / 1000) * (GIB / a.checkpointMemoryBytesCovered)).toFixed(2)} s | ${c.minorFaults}`;
+      lines.push(`| ${rep.repeat + 1} | ${path} | ${a.compression ? 'on' : 'off'} | ${side(a.cost!.source)} | ${side(a.cost!.target)} |`);
+    }
+    lines.push('');
+  }
   const ok = d.repeats.flatMap((rep) => rep.agents.filter((a) => a.status === 'completed'));
   const ratio = (pick: (a: AgentDataplaneFigures) => boolean, f: (a: AgentDataplaneFigures) => number) => {
     const xs = ok.filter(pick).map(f).sort((a, b) => a - b);
