@@ -182,7 +182,7 @@ export function dataplaneMarkdown(d: DataplaneResult): string {
   const costed = d.repeats.flatMap((rep) => rep.agents.filter((a) => a.status === 'completed' && (a.cost ?? null) !== null).map((a) => ({ rep, a })));
   if (costed.length > 0) {
     lines.push(
-      'Cost of the checkpoint phase per agent process (/proc, between the phase events): CPU time (user + system), as a share of the phase, per GiB of guest memory; minor page faults.',
+      'Cost of the checkpoint phase per agent process (/proc, between the phase events): CPU time (user + system, and the system part), as a share of the phase, per GiB of guest memory; minor page faults.',
     );
     lines.push('');
     lines.push('| repeat | path | lz4 | source CPU | source CPU/phase | source CPU per GiB | source faults | target CPU | target CPU/phase | target CPU per GiB | target faults |');
@@ -190,7 +190,7 @@ export function dataplaneMarkdown(d: DataplaneResult): string {
     for (const { rep, a } of costed) {
       const path = a.link === 'direct' ? 'agents direct' : `via ${a.link} link (${a.linkMode})`;
       const side = (c: ProcessCost) =>
-        `${(c.cpuMs / 1000).toFixed(2)} s | ${((100 * c.cpuMs) / a.checkpointPhaseMs).toFixed(0)}% | ${((c.cpuMs / 1000) * (GIB / a.checkpointMemoryBytesCovered)).toFixed(2)} s | ${c.minorFaults}`;
+        `${(c.cpuMs / 1000).toFixed(2)} s (sys ${((c.systemMs ?? NaN) / 1000).toFixed(2)}) | ${((100 * c.cpuMs) / a.checkpointPhaseMs).toFixed(0)}% | ${((c.cpuMs / 1000) * (GIB / a.checkpointMemoryBytesCovered)).toFixed(2)} s | ${c.minorFaults}`;
       lines.push(`| ${rep.repeat + 1} | ${path} | ${a.compression ? 'on' : 'off'} | ${side(a.cost!.source)} | ${side(a.cost!.target)} |`);
     }
     lines.push('');

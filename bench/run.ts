@@ -118,7 +118,10 @@ const TERMINAL = new Set(['completed', 'failed', 'cancelled']);
 
 /** CPU time (user + system) and minor page faults of a process. */
 export interface ProcessCost {
+  /** userMs + systemMs. */
   cpuMs: number;
+  userMs: number;
+  systemMs: number;
   minorFaults: number;
 }
 
@@ -129,14 +132,17 @@ export function processCost(pid: number): ProcessCost | null {
     const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
     const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
     const ticksPerSec = 100; // USER_HZ, 100 on every Linux ABI Node supports
-    return { cpuMs: ((Number(f[11]) + Number(f[12])) * 1000) / ticksPerSec, minorFaults: Number(f[7]) };
+    const userMs = (Number(f[11]) * 1000) / ticksPerSec;
+    const systemMs = (Number(f[12]) * 1000) / ticksPerSec;
+    return { cpuMs: userMs + systemMs, userMs, systemMs, minorFaults: Number(f[7]) };
   } catch {
     return null;
   }
 }
 
 function costBetween(a: ProcessCost | null, b: ProcessCost | null): ProcessCost | null {
-  return a === null || b === null ? null : { cpuMs: b.cpuMs - a.cpuMs, minorFaults: b.minorFaults - a.minorFaults };
+  if (a === null || b === null) return null;
+  return { cpuMs: b.cpuMs - a.cpuMs, userMs: b.userMs - a.userMs, systemMs: b.systemMs - a.systemMs, minorFaults: b.minorFaults - a.minorFaults };
 }
 
 /** Child processes of the run in progress, for killLiveChildren on an interrupt. */

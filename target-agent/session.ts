@@ -155,7 +155,8 @@ export class TargetSession {
     if (this.state !== 'restoring') throw new InvalidStateError(`checkpoint chunk ${chunk.index} after the checkpoint was restored`);
     const t0 = performance.now();
     if (this.chunksApplied === 0) this.restoreTiming.firstChunkAtMs = t0;
-    const bytes = unpackPayload(chunk.payload, `checkpoint chunk ${chunk.index}`);
+    // Transient: the restore copies the pages into guest memory before it returns.
+    const bytes = unpackPayload(chunk.payload, `checkpoint chunk ${chunk.index}`, true);
     const t1 = performance.now();
     r.replica.restoreChunk({ index: chunk.index, final: chunk.final, bytes, memoryBytesCovered: chunk.memoryBytesCovered });
     this.restoreTiming.unpackMs += t1 - t0;
@@ -163,8 +164,10 @@ export class TargetSession {
     this.chunksApplied++;
     if (r.replica.restored) {
       this.state = 'replaying';
+      // Tell the source first: it waits for this to end its checkpoint phase.
+      this.progress(true);
       // Hash the restored image now rather than at commitment, inside the downtime: later digests
-      // only rehash pages the replay wrote.
+      // only rehash pages the replay wrote. Units that arrive meanwhile queue; the replay starts after.
       r.replica.digest();
       const rt = this.restoreTiming;
       this.log.debug(
@@ -173,6 +176,7 @@ export class TargetSession {
       );
       this.log.info({ chunks: this.chunksApplied, queuedUnits: this.queue.length }, 'checkpoint restored: replaying');
       this.kickReplay();
+      return;
     }
     this.progress(true);
   }

@@ -167,6 +167,7 @@ export interface TargetReplica {
   /**
    * Applies the next checkpoint chunk. Chunks must come in index order; a corrupt chunk or one
    * out of order is rejected (CorruptDataError / UnitOrderError) and changes nothing.
+   * `chunk.bytes` is lent for the call only: the caller reuses its buffer for the next chunk.
    */
   restoreChunk(chunk: CheckpointChunk): void;
   /** True once the final chunk was applied: the replica is paused at the checkpoint instant. */

@@ -200,12 +200,21 @@ export class CheckpointRestorer {
     if (counted !== present || bitmapEnd + present * PAGE_BYTES !== end) {
       throw new CorruptDataError(`checkpoint chunk ${index}: ${present} pages announced, ${counted} in its bitmap, ${end - bitmapEnd} bytes of page data`);
     }
-    // Valid: now write. The replica's memory is fresh, so elided zero pages need no write.
+    // Valid: now write, a run of present pages at a time. The replica's memory is fresh, so elided
+    // zero pages need no write.
+    const isPresent = (i: number) => (bytes[CHUNK_HEADER_BYTES + (i >>> 3)] & (1 << (i & 7))) !== 0;
     let at = bitmapEnd;
-    for (let i = 0; i < count; i++) {
-      if (!(bytes[CHUNK_HEADER_BYTES + (i >>> 3)] & (1 << (i & 7)))) continue;
-      memory.writePage(first + i, bytes.subarray(at, at + PAGE_BYTES));
-      at += PAGE_BYTES;
+    for (let i = 0; i < count; ) {
+      if (!isPresent(i)) {
+        i++;
+        continue;
+      }
+      let end = i + 1;
+      while (end < count && isPresent(end)) end++;
+      const runBytes = (end - i) * PAGE_BYTES;
+      memory.writePages(first + i, end - i, bytes.subarray(at, at + runBytes));
+      at += runBytes;
+      i = end;
     }
     this.nextPage = first + count;
     this.nextIndex++;
