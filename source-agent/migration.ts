@@ -701,7 +701,8 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
       ms[key] += now - t;
       t = now;
     };
-    for await (const chunk of this.guest.liveCheckpoint()) {
+    // The chunk's buffer is reused for the next one: packMessage compresses or copies it first.
+    for await (const chunk of this.guest.liveCheckpoint({ reuseBuffer: true })) {
       lap('chunk');
       this.abortAt('checkpoint');
       await this.until(() => this.chunksSent - this.progressMsg.chunksApplied < this.windows.chunk);

@@ -69,11 +69,15 @@ export function endCheckpoint(machine: SimMachine, instant: CheckpointInstant): 
 
 /**
  * The chunks of a begun checkpoint, made one at a time as the consumer pulls them. The
- * checkpoint ends (its pool released) when the stream ends or the consumer stops early.
+ * checkpoint ends (its pool released) when the stream ends or the consumer stops early. With
+ * `reuseBuffer`, every chunk is written into one buffer of the largest chunk's size: a chunk's
+ * bytes are valid until the next one is pulled.
  */
-export async function* checkpointChunks(machine: SimMachine, instant: CheckpointInstant, chunkPages: number): AsyncGenerator<CheckpointChunk> {
+export async function* checkpointChunks(machine: SimMachine, instant: CheckpointInstant, chunkPages: number, reuseBuffer = false): AsyncGenerator<CheckpointChunk> {
   const memory = machine.memory;
   const { cow, state } = instant;
+  const chunkBytesMax = CHUNK_HEADER_BYTES + Math.ceil(chunkPages / 8) + chunkPages * PAGE_BYTES + CHUNK_TRAILER_BYTES;
+  const reused = reuseBuffer ? new Uint8Array(chunkBytesMax) : null;
   try {
     let index = 0;
     const pages: Array<Uint8Array> = [];
@@ -94,8 +98,10 @@ export async function* checkpointChunks(machine: SimMachine, instant: Checkpoint
       }
       // Sized exactly: a chunk holds no slack (nor stale heap bytes) however many pages are zero.
       const present = pages.length;
-      const scratch = new Uint8Array(CHUNK_HEADER_BYTES + bitmap.length + present * PAGE_BYTES + CHUNK_TRAILER_BYTES);
-      const view = new DataView(scratch.buffer);
+      const chunkBytes = CHUNK_HEADER_BYTES + bitmap.length + present * PAGE_BYTES + CHUNK_TRAILER_BYTES;
+      const scratch = reused === null ? new Uint8Array(chunkBytes) : reused.subarray(0, chunkBytes);
+      if (reused !== null) scratch.fill(0, 0, CHUNK_HEADER_BYTES);
+      const view = new DataView(scratch.buffer, scratch.byteOffset, scratch.byteLength);
       scratch.set(bitmap, CHUNK_HEADER_BYTES);
       let at = CHUNK_HEADER_BYTES + bitmap.length;
       for (const bytes of pages) {
