@@ -5,6 +5,9 @@
 // - raw TCP: a child process writes N bytes (N = the guest's memory size) over a loopback socket
 //   to another child process that reads them (bench/raw-tcp.ts); measured before and after the
 //   agent runs, the better of the two kept (other work on the machine only ever slows it);
+// - raw HTTP/2: the same over node:http2 with the agents' flow-control windows and malloc
+//   settings (bench/raw-http2.ts), to tell what HTTP/2 in Node costs from what gRPC and the agents
+//   add; also best of before and after;
 // - the agents: fresh source and target processes connected directly on loopback (no link
 //   emulator), an idle 1 GiB guest migrated by CR/TR with lz4 and with disable_compression. An idle
 //   guest has almost no log, so the figure is the checkpoint phase's: from the 'checkpoint' phase
@@ -24,6 +27,7 @@
 
 import { cpus, loadavg } from 'node:os';
 import { parseArgs } from 'node:util';
+import { measureRawHttp2 } from './raw-http2.js';
 import { measureRawTcp, type RawTcpResult } from './raw-tcp.js';
 import { type LinkMode, type ProcessCost, type RunRecord, runOne, seedOf } from './run.js';
 
@@ -57,6 +61,9 @@ export interface DataplaneRepeat {
   repeat: number;
   rawTcp: RawTcpResult;
   rawTcpRuns: RawTcpResult[];
+  /** node:http2 between two processes as the agents set it up (windows, malloc), best of two; absent in older results. */
+  rawHttp2?: RawTcpResult;
+  rawHttp2Runs?: RawTcpResult[];
   agents: AgentDataplaneFigures[];
 }
 
@@ -80,7 +87,7 @@ export interface DataplaneOptions {
 
 /** Steps runDataplane takes (for a progress bar's total). */
 export function dataplaneSteps(o: Pick<DataplaneOptions, 'repeats' | 'linkCheck'>): number {
-  return o.repeats * (4 + (o.linkCheck ? 2 : 0));
+  return o.repeats * (6 + (o.linkCheck ? 2 : 0));
 }
 
 function figures(r: RunRecord, raw: RawTcpResult): AgentDataplaneFigures {
@@ -134,6 +141,8 @@ export async function runDataplane(o: DataplaneOptions): Promise<DataplaneResult
     };
     const rawBefore = await measureRawTcp(memoryBytes);
     step('dataplane: raw TCP');
+    const http2Before = await measureRawHttp2(memoryBytes);
+    step('dataplane: raw HTTP/2');
     const runs: RunRecord[] = [];
     runs.push(await runOne({ ...base, link: 'direct', disableCompression: false }));
     step('dataplane: agents, lz4');
@@ -145,10 +154,13 @@ export async function runDataplane(o: DataplaneOptions): Promise<DataplaneResult
       runs.push(await runOne({ ...base, link: 'lan', disableCompression: true, linkMode: 'child' }));
       step('dataplane: lan link in a child');
     }
+    const http2After = await measureRawHttp2(memoryBytes);
+    step('dataplane: raw HTTP/2');
     const rawAfter = await measureRawTcp(memoryBytes);
     step('dataplane: raw TCP');
     const rawTcp = rawBefore.bytesPerSec >= rawAfter.bytesPerSec ? rawBefore : rawAfter;
-    repeats.push({ repeat, rawTcp, rawTcpRuns: [rawBefore, rawAfter], agents: runs.map((r) => figures(r, rawTcp)) });
+    const rawHttp2 = http2Before.bytesPerSec >= http2After.bytesPerSec ? http2Before : http2After;
+    repeats.push({ repeat, rawTcp, rawTcpRuns: [rawBefore, rawAfter], rawHttp2, rawHttp2Runs: [http2Before, http2After], agents: runs.map((r) => figures(r, rawTcp)) });
   }
   return { memoryBytes, profile: 'idle', repeats, wallMs: performance.now() - start, load: { start: loadAtStart, end: loadavg(), cores: cpus().length } };
 }
@@ -177,6 +189,14 @@ export function dataplaneMarkdown(d: DataplaneResult): string {
         `| ${rep.repeat + 1} | ${path} | ${a.compression ? 'on' : 'off'} | ${(a.checkpointPhaseMs / 1000).toFixed(2)} s | ${(a.checkpointWireBytes / MIB).toFixed(0)} MiB | ${mbps(a.wireBytesPerSec)} | ${mbps(a.memoryBytesPerSec)} | ${mbps(a.transferredBytesPerSec)} | ${mbps(rep.rawTcp.bytesPerSec)} | ${a.wireOverRawTcp.toFixed(3)} | ${a.memoryOverRawTcp.toFixed(3)} | ${a.digestsMatch ? 'equal' : 'DIFFERENT'} |`,
       );
     }
+  }
+  lines.push('');
+  const perGiB = (r: RawTcpResult) => (r.sinkCpuMs === undefined ? '' : `, receiver CPU ${((r.sinkCpuMs / 1000) * (GIB / r.bytes)).toFixed(2)} s per GiB`);
+  for (const rep of d.repeats) {
+    if (rep.rawHttp2 === undefined) continue;
+    lines.push(
+      `Baselines of repeat ${rep.repeat + 1}: raw TCP ${mbps(rep.rawTcp.bytesPerSec)} MB/s${perGiB(rep.rawTcp)}; node:http2 with the agents' windows and malloc settings, no gRPC, ${mbps(rep.rawHttp2.bytesPerSec)} MB/s${perGiB(rep.rawHttp2)}.`,
+    );
   }
   lines.push('');
   const costed = d.repeats.flatMap((rep) => rep.agents.filter((a) => a.status === 'completed' && (a.cost ?? null) !== null).map((a) => ({ rep, a })));

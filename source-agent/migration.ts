@@ -911,11 +911,15 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
       if (this.streamError !== null) throw this.streamError;
       if (extraDone && predicate()) return;
       if (performance.now() >= deadlineMs) throw new DeadlineExceededError(`no answer from the target within ${timeoutMs} ms (phase ${this.stats.phase})`);
+      // Woken by notify() (every message from the target, a drain, a cancellation); the timer is
+      // only a backstop, cleared once woken so that a wait per chunk leaves no timer behind.
+      let backstop: NodeJS.Timeout | undefined;
       await new Promise<void>((resolve) => {
         this.waiters.add(resolve);
-        const t = setTimeout(resolve, Math.min(250, Math.max(1, deadlineMs - performance.now())));
-        t.unref();
+        backstop = setTimeout(resolve, Math.min(250, Math.max(1, deadlineMs - performance.now())));
+        backstop.unref();
       });
+      clearTimeout(backstop);
     }
   }
 
