@@ -95,8 +95,8 @@ const PAYLOAD = { rawBytes: 1, compressed: 2, data: 3, xxh64: 4 } as const;
 
 /**
  * Room for everything before the payload's data: three tags with length prefixes, up to four
- * varint fields of the body, the payload's raw_bytes, compressed and xxh64 fields. Well over the
- * 80 bytes the largest values take.
+ * varint fields of the body, the payload's raw_bytes, compressed and xxh64 fields. The largest
+ * values take 54 bytes (a unit with a 5-byte sequence and event count and an 8-byte guest time).
  */
 const HEADER_BYTES_MAX = 128;
 
@@ -135,6 +135,11 @@ class FieldWriter {
     return this.buf.subarray(0, this.at);
   }
 
+  reset(): this {
+    this.at = 0;
+    return this;
+  }
+
   /** A varint field (uint32, uint64 up to 2^53, bool); proto3 leaves zero values out, as protobufjs does. */
   varint(field: number, value: number): void {
     if (value === 0) return;
@@ -164,11 +169,15 @@ class FieldWriter {
   }
 }
 
+/** The three parts of packMessage's header, reused by every call (each is copied out before it returns). */
+const payloadHeader = new FieldWriter();
+const bodyHeader = new FieldWriter();
+const messageHeader = new FieldWriter();
+
 /**
  * Serializes the SourceMessage `{ [body.kind]: { ...body, payload } }` whose payload is `raw`,
- * lz4-compressed when `compress` and that makes it smaller. One buffer of the message's size
- * (plus at most HEADER_BYTES_MAX) is allocated; lz4 writes into it directly, or `raw` is copied
- * into it once. Fields go in field order except the payload's `data`, which is last so that the
+ * lz4-compressed when `compress` and that makes it smaller. One buffer of `raw`'s size plus
+ * HEADER_BYTES_MAX is allocated; lz4 writes into it directly, or `raw` is copied into it once. Fields go in field order except the payload's `data`, which is last so that the
  * header can be written once its length is known (protobuf decoders take fields in any order).
  */
 export function packMessage(body: PayloadBody, raw: Uint8Array, compress = true): PackedMessage {
@@ -180,16 +189,16 @@ export function packMessage(body: PayloadBody, raw: Uint8Array, compress = true)
   if (!compressed) out.set(raw, HEADER_BYTES_MAX);
 
   // The header, innermost first, as each enclosing length prefix counts everything after it.
-  const payload = new FieldWriter();
+  const payload = payloadHeader.reset();
   payload.varint(PAYLOAD.rawBytes, raw.length);
   payload.varint(PAYLOAD.compressed, compressed ? 1 : 0);
   payload.bytesField(PAYLOAD.xxh64, hashBytes(raw));
   payload.lengthPrefix(PAYLOAD.data, dataBytes);
   const payloadBytes = payload.bytes.length + dataBytes;
-  const fields = new FieldWriter();
+  const fields = bodyHeader.reset();
   for (const [field, value] of bodyFields(body)) fields.varint(field, value);
   fields.lengthPrefix(PAYLOAD_FIELD[body.kind], payloadBytes);
-  const message = new FieldWriter();
+  const message = messageHeader.reset();
   message.lengthPrefix(SOURCE_MESSAGE_FIELD[body.kind], fields.bytes.length + payloadBytes);
 
   const headerBytes = message.bytes.length + fields.bytes.length + payload.bytes.length;
