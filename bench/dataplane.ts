@@ -19,7 +19,15 @@
 //   second, comparable with raw TCP's (the agent/raw TCP ratio printed is this one);
 // - memory rate = checkpointMemoryBytesCovered / checkpoint phase: guest memory moved per second,
 //   which zero-page elision and lz4 raise above the wire rate;
-// - also transferredBytes / totalTimeMs (the whole migration, setup and commit included).
+// - also transferredBytes / totalTimeMs (the whole migration, setup and commit included);
+// - the cost of the checkpoint phase on each agent: CPU time and minor page faults of the process
+//   from /proc between the two phase events. Where other work shares the machine, CPU per GiB
+//   varies far less than the rates do, and says which side does the work.
+//
+// To look inside the agents of every run: BENCH_AGENT_NODE_ARGS adds Node.js flags
+// ("--cpu-prof --cpu-prof-dir=/tmp/prof/{role}"), BENCH_AGENT_ARGS agent flags ("--log-level
+// debug" logs where each side's checkpoint time went: 'checkpoint streamed' on the source,
+// 'checkpoint restore timing' on the target; "--chunk-window 64"); see bench/run.ts.
 //
 // With --link-check, the same uncompressed migration also goes through the link emulator with the
 // `lan` profile (1 Gbit/s), once with the emulator in the harness's process and once in a child
@@ -27,6 +35,7 @@
 
 import { cpus, loadavg } from 'node:os';
 import { parseArgs } from 'node:util';
+import { agentGlibcTunables } from '../cli/agent-process.js';
 import { measureRawHttp2 } from './raw-http2.js';
 import { measureRawTcp, type RawTcpResult } from './raw-tcp.js';
 import { type LinkMode, type ProcessCost, type RunRecord, runOne, seedOf } from './run.js';
@@ -74,6 +83,8 @@ export interface DataplaneResult {
   wallMs: number;
   /** 1, 5 and 15 minute load averages when the benchmark started and ended, and the machine's core count. */
   load: { start: number[]; end: number[]; cores: number };
+  /** GLIBC_TUNABLES of the agents and of the HTTP/2 baseline ('' for glibc's defaults). */
+  glibcTunables?: string;
 }
 
 export interface DataplaneOptions {
@@ -162,7 +173,14 @@ export async function runDataplane(o: DataplaneOptions): Promise<DataplaneResult
     const rawHttp2 = http2Before.bytesPerSec >= http2After.bytesPerSec ? http2Before : http2After;
     repeats.push({ repeat, rawTcp, rawTcpRuns: [rawBefore, rawAfter], rawHttp2, rawHttp2Runs: [http2Before, http2After], agents: runs.map((r) => figures(r, rawTcp)) });
   }
-  return { memoryBytes, profile: 'idle', repeats, wallMs: performance.now() - start, load: { start: loadAtStart, end: loadavg(), cores: cpus().length } };
+  return {
+    memoryBytes,
+    profile: 'idle',
+    repeats,
+    wallMs: performance.now() - start,
+    load: { start: loadAtStart, end: loadavg(), cores: cpus().length },
+    glibcTunables: agentGlibcTunables(),
+  };
 }
 
 const mbps = (bytesPerSec: number) => (bytesPerSec / MB).toFixed(0);
@@ -175,6 +193,7 @@ export function dataplaneMarkdown(d: DataplaneResult): string {
     const avg = (xs: number[]) => xs.map((x) => x.toFixed(2)).join(' ');
     lines.push(`Load average (1, 5, 15 min) on ${d.load.cores} cores: ${avg(d.load.start)} at the start, ${avg(d.load.end)} at the end.`);
   }
+  if (d.glibcTunables !== undefined) lines.push(`Agents and the HTTP/2 baseline ran with GLIBC_TUNABLES=${d.glibcTunables === '' ? "'' (glibc's defaults)" : d.glibcTunables}.`);
   lines.push('');
   lines.push('| repeat | path | lz4 | checkpoint phase | wire bytes | wire MB/s | memory MB/s | transferred/total MB/s | raw TCP MB/s | agent/raw TCP (wire) | agent/raw TCP (memory) | digests |');
   lines.push('|---|---|---|---|---|---|---|---|---|---|---|---|');
@@ -195,7 +214,7 @@ export function dataplaneMarkdown(d: DataplaneResult): string {
   for (const rep of d.repeats) {
     if (rep.rawHttp2 === undefined) continue;
     lines.push(
-      `Baselines of repeat ${rep.repeat + 1}: raw TCP ${mbps(rep.rawTcp.bytesPerSec)} MB/s${perGiB(rep.rawTcp)}; node:http2 with the agents' windows and malloc settings, no gRPC, ${mbps(rep.rawHttp2.bytesPerSec)} MB/s${perGiB(rep.rawHttp2)}.`,
+      `Baselines of repeat ${rep.repeat + 1}: raw TCP ${mbps(rep.rawTcp.bytesPerSec)} MB/s${perGiB(rep.rawTcp)}; node:http2 between two processes as the agents set it up (16 MiB windows, their GLIBC_TUNABLES), no gRPC, ${mbps(rep.rawHttp2.bytesPerSec)} MB/s${perGiB(rep.rawHttp2)}.`,
     );
   }
   lines.push('');

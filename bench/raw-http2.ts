@@ -5,18 +5,18 @@
 // body to its end and prints {"bytes":N,"ms":T,"cpuMs":C} (from its first byte to its end).
 // `node dist/bench/raw-http2.js source <host:port> <bytes>` posts that many bytes (1 MiB writes of
 // one random buffer, honouring backpressure). Both run with the agents' malloc settings
-// (AGENT_GLIBC_TUNABLES), unless GLIBC_TUNABLES is set.
+// (agentGlibcTunables() in cli/agent-process.ts).
 
 import { randomFillSync } from 'node:crypto';
 import * as http2 from 'node:http2';
 import { fileURLToPath } from 'node:url';
-import { AGENT_GLIBC_TUNABLES } from '../cli/agent-process.js';
+import { agentGlibcTunables } from '../cli/agent-process.js';
 import { FLOW_CONTROL_WINDOW_BYTES } from '../shared/transport/grpc.js';
 import { measureBetweenProcesses, type RawTcpResult } from './raw-tcp.js';
 
 /** Posts `bytes` from one child process to another over loopback HTTP/2; resolves with the sink's timing. */
 export function measureRawHttp2(bytes: number, timeoutMs = 120_000): Promise<RawTcpResult> {
-  return measureBetweenProcesses(fileURLToPath(import.meta.url), bytes, timeoutMs, { GLIBC_TUNABLES: process.env.GLIBC_TUNABLES ?? AGENT_GLIBC_TUNABLES });
+  return measureBetweenProcesses(fileURLToPath(import.meta.url), bytes, timeoutMs, { GLIBC_TUNABLES: agentGlibcTunables() });
 }
 
 function sinkMain(): void {

@@ -19,6 +19,11 @@ import { fileURLToPath } from 'node:url';
  */
 export const AGENT_GLIBC_TUNABLES = 'glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=67108864';
 
+/** GLIBC_TUNABLES the agents get: this process's, if set (even empty), else AGENT_GLIBC_TUNABLES. */
+export function agentGlibcTunables(): string {
+  return process.env.GLIBC_TUNABLES ?? AGENT_GLIBC_TUNABLES;
+}
+
 export interface AgentProcess {
   readonly child: ChildProcess;
   readonly address: string;
@@ -33,7 +38,7 @@ export async function startAgentProcess(role: 'source' | 'target', extraArgs: st
   const main = fileURLToPath(new URL(`../${role}-agent/main.js`, import.meta.url));
   // On loopback, plaintext unless the caller brings TLS (a configuration file or TLS flags).
   const security = extraArgs.some((a) => a === '--config' || a.startsWith('--tls-')) ? [] : ['--insecure-plaintext'];
-  const env = { ...process.env, GLIBC_TUNABLES: process.env.GLIBC_TUNABLES ?? AGENT_GLIBC_TUNABLES };
+  const env = { ...process.env, GLIBC_TUNABLES: agentGlibcTunables() };
   const child = spawn(process.execPath, [...nodeArgs, '--enable-source-maps', main, '--listen', '127.0.0.1:0', ...security, ...extraArgs], { stdio: ['ignore', 'pipe', 'inherit'], env });
   const timer = setTimeout(() => child.kill('SIGKILL'), startTimeoutMs);
   try {
