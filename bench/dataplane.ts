@@ -5,6 +5,9 @@
 // - raw TCP: a child process writes N bytes (N = the guest's memory size) over a loopback socket
 //   to another child process that reads them (bench/raw-tcp.ts); measured before and after the
 //   agent runs, the better of the two kept (other work on the machine only ever slows it);
+// - raw HTTP/2: the same over node:http2 with the agents' flow-control windows and malloc
+//   settings (bench/raw-http2.ts), to tell what HTTP/2 in Node costs from what gRPC and the agents
+//   add; also best of before and after;
 // - the agents: fresh source and target processes connected directly on loopback (no link
 //   emulator), an idle 1 GiB guest migrated by CR/TR with lz4 and with disable_compression. An idle
 //   guest has almost no log, so the figure is the checkpoint phase's: from the 'checkpoint' phase
@@ -16,18 +19,30 @@
 //   second, comparable with raw TCP's (the agent/raw TCP ratio printed is this one);
 // - memory rate = checkpointMemoryBytesCovered / checkpoint phase: guest memory moved per second,
 //   which zero-page elision and lz4 raise above the wire rate;
-// - also transferredBytes / totalTimeMs (the whole migration, setup and commit included).
+// - also transferredBytes / totalTimeMs (the whole migration, setup and commit included);
+// - the cost of the checkpoint phase on each agent: CPU time and minor page faults of the process
+//   from /proc between the two phase events. Where other work shares the machine, CPU per GiB
+//   varies far less than the rates do, and says which side does the work.
+//
+// To look inside the agents of every run: BENCH_AGENT_NODE_ARGS adds Node.js flags
+// ("--cpu-prof --cpu-prof-dir=/tmp/prof/{role}"), BENCH_AGENT_ARGS agent flags ("--log-level
+// debug" logs where each side's checkpoint time went: 'checkpoint streamed' on the source,
+// 'checkpoint restore timing' on the target; "--chunk-window 64"); see bench/run.ts.
 //
 // With --link-check, the same uncompressed migration also goes through the link emulator with the
 // `lan` profile (1 Gbit/s), once with the emulator in the harness's process and once in a child
 // process: whether the in-process emulator is what limits the harness's lan runs.
 
+import { cpus, loadavg } from 'node:os';
 import { parseArgs } from 'node:util';
+import { agentGlibcTunables } from '../cli/agent-process.js';
+import { measureRawHttp2 } from './raw-http2.js';
 import { measureRawTcp, type RawTcpResult } from './raw-tcp.js';
-import { type LinkMode, type RunRecord, runOne, seedOf } from './run.js';
+import { type LinkMode, type ProcessCost, type RunRecord, runOne, seedOf } from './run.js';
 
 const MB = 1e6;
 const MIB = 2 ** 20;
+const GIB = 2 ** 30;
 
 export interface AgentDataplaneFigures {
   compression: boolean;
@@ -47,12 +62,17 @@ export interface AgentDataplaneFigures {
   /** wireBytesPerSec / raw TCP's bytes per second. */
   wireOverRawTcp: number;
   memoryOverRawTcp: number;
+  /** CPU time and minor page faults of each agent during the checkpoint phase (null: not measured). */
+  cost: { source: ProcessCost; target: ProcessCost } | null;
 }
 
 export interface DataplaneRepeat {
   repeat: number;
   rawTcp: RawTcpResult;
   rawTcpRuns: RawTcpResult[];
+  /** node:http2 between two processes as the agents set it up (windows, malloc), best of two; absent in older results. */
+  rawHttp2?: RawTcpResult;
+  rawHttp2Runs?: RawTcpResult[];
   agents: AgentDataplaneFigures[];
 }
 
@@ -61,6 +81,10 @@ export interface DataplaneResult {
   profile: string;
   repeats: DataplaneRepeat[];
   wallMs: number;
+  /** 1, 5 and 15 minute load averages when the benchmark started and ended, and the machine's core count. */
+  load: { start: number[]; end: number[]; cores: number };
+  /** GLIBC_TUNABLES of the agents and of the HTTP/2 baseline ('' for glibc's defaults). */
+  glibcTunables?: string;
 }
 
 export interface DataplaneOptions {
@@ -74,7 +98,7 @@ export interface DataplaneOptions {
 
 /** Steps runDataplane takes (for a progress bar's total). */
 export function dataplaneSteps(o: Pick<DataplaneOptions, 'repeats' | 'linkCheck'>): number {
-  return o.repeats * (4 + (o.linkCheck ? 2 : 0));
+  return o.repeats * (6 + (o.linkCheck ? 2 : 0));
 }
 
 function figures(r: RunRecord, raw: RawTcpResult): AgentDataplaneFigures {
@@ -101,11 +125,13 @@ function figures(r: RunRecord, raw: RawTcpResult): AgentDataplaneFigures {
     transferredBytesPerSec: r.transferredBytes / (r.totalTimeMs / 1000),
     wireOverRawTcp: wireRate / raw.bytesPerSec,
     memoryOverRawTcp: memoryRate / raw.bytesPerSec,
+    cost: r.checkpointCost,
   };
 }
 
 export async function runDataplane(o: DataplaneOptions): Promise<DataplaneResult> {
   const start = performance.now();
+  const loadAtStart = loadavg();
   const memoryBytes = o.memoryMiB * MIB;
   const repeats: DataplaneRepeat[] = [];
   const step = (label: string) => o.onStep?.(label);
@@ -126,6 +152,8 @@ export async function runDataplane(o: DataplaneOptions): Promise<DataplaneResult
     };
     const rawBefore = await measureRawTcp(memoryBytes);
     step('dataplane: raw TCP');
+    const http2Before = await measureRawHttp2(memoryBytes);
+    step('dataplane: raw HTTP/2');
     const runs: RunRecord[] = [];
     runs.push(await runOne({ ...base, link: 'direct', disableCompression: false }));
     step('dataplane: agents, lz4');
@@ -137,12 +165,22 @@ export async function runDataplane(o: DataplaneOptions): Promise<DataplaneResult
       runs.push(await runOne({ ...base, link: 'lan', disableCompression: true, linkMode: 'child' }));
       step('dataplane: lan link in a child');
     }
+    const http2After = await measureRawHttp2(memoryBytes);
+    step('dataplane: raw HTTP/2');
     const rawAfter = await measureRawTcp(memoryBytes);
     step('dataplane: raw TCP');
     const rawTcp = rawBefore.bytesPerSec >= rawAfter.bytesPerSec ? rawBefore : rawAfter;
-    repeats.push({ repeat, rawTcp, rawTcpRuns: [rawBefore, rawAfter], agents: runs.map((r) => figures(r, rawTcp)) });
+    const rawHttp2 = http2Before.bytesPerSec >= http2After.bytesPerSec ? http2Before : http2After;
+    repeats.push({ repeat, rawTcp, rawTcpRuns: [rawBefore, rawAfter], rawHttp2, rawHttp2Runs: [http2Before, http2After], agents: runs.map((r) => figures(r, rawTcp)) });
   }
-  return { memoryBytes, profile: 'idle', repeats, wallMs: performance.now() - start };
+  return {
+    memoryBytes,
+    profile: 'idle',
+    repeats,
+    wallMs: performance.now() - start,
+    load: { start: loadAtStart, end: loadavg(), cores: cpus().length },
+    glibcTunables: agentGlibcTunables(),
+  };
 }
 
 const mbps = (bytesPerSec: number) => (bytesPerSec / MB).toFixed(0);
@@ -151,6 +189,11 @@ const mbps = (bytesPerSec: number) => (bytesPerSec / MB).toFixed(0);
 export function dataplaneMarkdown(d: DataplaneResult): string {
   const lines: string[] = [];
   lines.push(`Idle ${d.memoryBytes / MIB} MiB guest, CR/TR, fresh agent processes; raw TCP moves ${d.memoryBytes / MIB} MiB between two child processes on loopback in the same run (best of a measurement before and after the agent runs). MB = 10^6 bytes.`);
+  if (d.load) {
+    const avg = (xs: number[]) => xs.map((x) => x.toFixed(2)).join(' ');
+    lines.push(`Load average (1, 5, 15 min) on ${d.load.cores} cores: ${avg(d.load.start)} at the start, ${avg(d.load.end)} at the end.`);
+  }
+  if (d.glibcTunables !== undefined) lines.push(`Agents and the HTTP/2 baseline ran with GLIBC_TUNABLES=${d.glibcTunables === '' ? "'' (glibc's defaults)" : d.glibcTunables}.`);
   lines.push('');
   lines.push('| repeat | path | lz4 | checkpoint phase | wire bytes | wire MB/s | memory MB/s | transferred/total MB/s | raw TCP MB/s | agent/raw TCP (wire) | agent/raw TCP (memory) | digests |');
   lines.push('|---|---|---|---|---|---|---|---|---|---|---|---|');
@@ -167,6 +210,30 @@ export function dataplaneMarkdown(d: DataplaneResult): string {
     }
   }
   lines.push('');
+  const perGiB = (r: RawTcpResult) => (r.sinkCpuMs === undefined ? '' : `, receiver CPU ${((r.sinkCpuMs / 1000) * (GIB / r.bytes)).toFixed(2)} s per GiB`);
+  for (const rep of d.repeats) {
+    if (rep.rawHttp2 === undefined) continue;
+    lines.push(
+      `Baselines of repeat ${rep.repeat + 1}: raw TCP ${mbps(rep.rawTcp.bytesPerSec)} MB/s${perGiB(rep.rawTcp)}; node:http2 between two processes as the agents set it up (16 MiB windows, their GLIBC_TUNABLES), no gRPC, ${mbps(rep.rawHttp2.bytesPerSec)} MB/s${perGiB(rep.rawHttp2)}.`,
+    );
+  }
+  lines.push('');
+  const costed = d.repeats.flatMap((rep) => rep.agents.filter((a) => a.status === 'completed' && (a.cost ?? null) !== null).map((a) => ({ rep, a })));
+  if (costed.length > 0) {
+    lines.push(
+      'Cost of the checkpoint phase per agent process (/proc, between the phase events): CPU time (user + system, and the system part), as a share of the phase, per GiB of guest memory; minor page faults.',
+    );
+    lines.push('');
+    lines.push('| repeat | path | lz4 | source CPU | source CPU/phase | source CPU per GiB | source faults | target CPU | target CPU/phase | target CPU per GiB | target faults |');
+    lines.push('|---|---|---|---|---|---|---|---|---|---|---|');
+    for (const { rep, a } of costed) {
+      const path = a.link === 'direct' ? 'agents direct' : `via ${a.link} link (${a.linkMode})`;
+      const side = (c: ProcessCost) =>
+        `${(c.cpuMs / 1000).toFixed(2)} s (sys ${((c.systemMs ?? NaN) / 1000).toFixed(2)}) | ${((100 * c.cpuMs) / a.checkpointPhaseMs).toFixed(0)}% | ${((c.cpuMs / 1000) * (GIB / a.checkpointMemoryBytesCovered)).toFixed(2)} s | ${c.minorFaults}`;
+      lines.push(`| ${rep.repeat + 1} | ${path} | ${a.compression ? 'on' : 'off'} | ${side(a.cost!.source)} | ${side(a.cost!.target)} |`);
+    }
+    lines.push('');
+  }
   const ok = d.repeats.flatMap((rep) => rep.agents.filter((a) => a.status === 'completed'));
   const ratio = (pick: (a: AgentDataplaneFigures) => boolean, f: (a: AgentDataplaneFigures) => number) => {
     const xs = ok.filter(pick).map(f).sort((a, b) => a - b);

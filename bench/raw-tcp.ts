@@ -3,6 +3,7 @@
 // connection to its end and prints {"bytes":N,"ms":T} (T from the connection's first byte to its
 // end, on the sink's clock). `node dist/bench/raw-tcp.js source <host:port> <bytes>` connects and
 // writes that many bytes (1 MiB writes of one random buffer, honouring backpressure), then ends.
+// The sink also reports its CPU time over the same span (cpuMs).
 // Both are child processes of the harness, so neither shares a core's event loop with it.
 
 import { type ChildProcess, spawn } from 'node:child_process';
@@ -16,6 +17,8 @@ export interface RawTcpResult {
   bytes: number;
   ms: number;
   bytesPerSec: number;
+  /** CPU time (user + system) of the receiving process over the same span. */
+  sinkCpuMs?: number;
 }
 
 function jsonLines(child: ChildProcess, onLine: (value: Record<string, unknown>) => void): void {
@@ -29,9 +32,18 @@ function jsonLines(child: ChildProcess, onLine: (value: Record<string, unknown>)
 }
 
 /** Sends `bytes` from one child process to another over loopback TCP; resolves with the sink's timing. */
-export async function measureRawTcp(bytes: number, timeoutMs = 120_000): Promise<RawTcpResult> {
-  const script = fileURLToPath(import.meta.url);
-  const sink = spawn(process.execPath, [script, 'sink'], { stdio: ['ignore', 'pipe', 'inherit'] });
+export function measureRawTcp(bytes: number, timeoutMs = 120_000): Promise<RawTcpResult> {
+  return measureBetweenProcesses(fileURLToPath(import.meta.url), bytes, timeoutMs);
+}
+
+/**
+ * Runs `node script sink` and, once it prints where it listens, `node script source <address>
+ * <bytes>`; resolves with the sink's {"bytes","ms","cpuMs"} line. Both get `env` added to this
+ * process's environment.
+ */
+export async function measureBetweenProcesses(script: string, bytes: number, timeoutMs: number, env: NodeJS.ProcessEnv = {}): Promise<RawTcpResult> {
+  const childEnv = { ...process.env, ...env };
+  const sink = spawn(process.execPath, [script, 'sink'], { stdio: ['ignore', 'pipe', 'inherit'], env: childEnv });
   let source: ChildProcess | null = null;
   const timer = setTimeout(() => {
     sink.kill('SIGKILL');
@@ -41,9 +53,9 @@ export async function measureRawTcp(bytes: number, timeoutMs = 120_000): Promise
     const result = await new Promise<RawTcpResult>((resolve, reject) => {
       jsonLines(sink, (v) => {
         if (typeof v.listening === 'string') {
-          source = spawn(process.execPath, [script, 'source', v.listening, String(bytes)], { stdio: ['ignore', 'ignore', 'inherit'] });
+          source = spawn(process.execPath, [script, 'source', v.listening, String(bytes)], { stdio: ['ignore', 'ignore', 'inherit'], env: childEnv });
         } else if (typeof v.bytes === 'number' && typeof v.ms === 'number') {
-          resolve({ bytes: v.bytes, ms: v.ms, bytesPerSec: v.bytes / (v.ms / 1000) });
+          resolve({ bytes: v.bytes, ms: v.ms, bytesPerSec: v.bytes / (v.ms / 1000), sinkCpuMs: typeof v.cpuMs === 'number' ? v.cpuMs : undefined });
         }
       });
       sink.once('exit', (code, signal) => reject(new Error(`raw TCP sink exited without a result (code ${code}, signal ${signal})`)));
@@ -67,13 +79,18 @@ function sinkMain(): void {
     server.close();
     let bytes = 0;
     let firstMs = 0;
+    let firstCpu = process.cpuUsage();
     socket.on('data', (b: Buffer) => {
-      if (bytes === 0) firstMs = performance.now();
+      if (bytes === 0) {
+        firstMs = performance.now();
+        firstCpu = process.cpuUsage();
+      }
       bytes += b.length;
     });
     socket.on('end', () => {
       const ms = performance.now() - firstMs;
-      process.stdout.write(`${JSON.stringify({ bytes, ms })}\n`, () => process.exit(0));
+      const cpu = process.cpuUsage(firstCpu);
+      process.stdout.write(`${JSON.stringify({ bytes, ms, cpuMs: (cpu.user + cpu.system) / 1000 })}\n`, () => process.exit(0));
     });
     socket.on('error', (e) => {
       console.error(`raw TCP sink: ${e.message}`);

@@ -4,6 +4,7 @@
 // everything is stopped. Used by the matrix (harness.ts) and the data-plane benchmark.
 
 import type { ChildProcess } from 'node:child_process';
+import { readFileSync } from 'node:fs';
 import { type AgentProcess, startAgentProcess, stopAgentProcess } from '../cli/agent-process.js';
 import { controlService, grpc, makeClient, pb, unary } from '../shared/transport/grpc.js';
 import { LINK_PROFILES, type LinkProfileName, type LinkStats } from '../shared/transport/link.js';
@@ -95,6 +96,12 @@ export interface RunRecord {
   phases: Array<{ phase: string; tMs: number }>;
   /** Checkpoint phase (crtr) or round 0 (precopy), from the phase events and samples; ms. */
   checkpointPhaseMs: number | null;
+  /**
+   * crtr: CPU time and minor page faults of each agent process between the 'checkpoint' and
+   * 'log-transfer' phase events (from /proc; null where /proc is not readable). Unlike the wire
+   * rate, CPU per byte hardly depends on what else runs on the machine.
+   */
+  checkpointCost: { source: ProcessCost; target: ProcessCost } | null;
   /** Wall time of the whole run (agents up to agents down). */
   wallMs: number;
   bootMs: number;
@@ -108,6 +115,35 @@ export interface RunRecord {
 }
 
 const TERMINAL = new Set(['completed', 'failed', 'cancelled']);
+
+/** CPU time (user + system) and minor page faults of a process. */
+export interface ProcessCost {
+  /** userMs + systemMs. */
+  cpuMs: number;
+  userMs: number;
+  systemMs: number;
+  minorFaults: number;
+}
+
+/** Reads /proc/<pid>/stat; null when that is not possible (not Linux, process gone). */
+export function processCost(pid: number): ProcessCost | null {
+  try {
+    // Fields after the command name (which may hold spaces): state is field 3, minflt 10, utime 14, stime 15.
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    const ticksPerSec = 100; // USER_HZ, 100 on every Linux ABI Node supports
+    const userMs = (Number(f[11]) * 1000) / ticksPerSec;
+    const systemMs = (Number(f[12]) * 1000) / ticksPerSec;
+    return { cpuMs: userMs + systemMs, userMs, systemMs, minorFaults: Number(f[7]) };
+  } catch {
+    return null;
+  }
+}
+
+function costBetween(a: ProcessCost | null, b: ProcessCost | null): ProcessCost | null {
+  if (a === null || b === null) return null;
+  return { cpuMs: b.cpuMs - a.cpuMs, userMs: b.userMs - a.userMs, systemMs: b.systemMs - a.systemMs, minorFaults: b.minorFaults - a.minorFaults };
+}
 
 /** Child processes of the run in progress, for killLiveChildren on an interrupt. */
 const liveChildren = new Set<ChildProcess>();
@@ -157,6 +193,26 @@ async function startLink(spec: RunSpec, targetAddress: string): Promise<LinkHand
 export const AGENT_ARGS = ['--log-level', 'error', '--memory-mib', '16384'];
 
 /**
+ * BENCH_AGENT_NODE_ARGS: extra Node.js flags for the agents of every run, `{role}` replaced by
+ * `source` or `target` (e.g. "--cpu-prof --cpu-prof-dir=/tmp/prof/{role}" to profile each side).
+ */
+export function agentNodeArgs(role: 'source' | 'target'): string[] {
+  return envWords('BENCH_AGENT_NODE_ARGS', role);
+}
+
+/** AGENT_ARGS, then BENCH_AGENT_ARGS (agent flags, `{role}` replaced; e.g. "--log-level debug --chunk-window 64"). */
+export function agentArgs(role: 'source' | 'target'): string[] {
+  return [...AGENT_ARGS, ...envWords('BENCH_AGENT_ARGS', role)];
+}
+
+function envWords(name: string, role: 'source' | 'target'): string[] {
+  return (process.env[name] ?? '')
+    .split(' ')
+    .filter((a) => a !== '')
+    .map((a) => a.replaceAll('{role}', role));
+}
+
+/**
  * Runs one migration as `spec` says. Throws MethodUnavailableError when the source agent refuses
  * the method as not available (INVALID_ARGUMENT); any other failure is recorded, not thrown.
  */
@@ -190,6 +246,7 @@ export async function runOne(spec: RunSpec): Promise<RunRecord> {
     downtimeOverBound: null,
     phases: [],
     checkpointPhaseMs: null,
+    checkpointCost: null,
     wallMs: 0,
     bootMs: 0,
     stats: {},
@@ -200,7 +257,7 @@ export async function runOne(spec: RunSpec): Promise<RunRecord> {
   };
   let unavailable: MethodUnavailableError | null = null;
   try {
-    const [source, target] = await Promise.all([startAgentProcess('source', AGENT_ARGS), startAgentProcess('target', AGENT_ARGS)]);
+    const [source, target] = await Promise.all([startAgentProcess('source', agentArgs('source'), agentNodeArgs('source')), startAgentProcess('target', agentArgs('target'), agentNodeArgs('target'))]);
     agents.push(source, target);
     liveChildren.add(source.child).add(target.child);
     link = await startLink(spec, target.address);
@@ -253,8 +310,11 @@ export async function runOne(spec: RunSpec): Promise<RunRecord> {
       controlService.watchJob.responseDeserialize,
       pb.WatchJobRequest.create({ jobId, intervalMs: 1000 }),
     ) as grpc.ClientReadableStream<InstanceType<typeof pb.JobEvent>>;
+    const costAt: Record<string, { source: ProcessCost | null; target: ProcessCost | null }> = {};
     watch.on('data', (event: InstanceType<typeof pb.JobEvent>) => {
-      if (event.kind === 'phase') record.phases.push({ phase: event.message, tMs: performance.now() - t0 });
+      if (event.kind !== 'phase') return;
+      record.phases.push({ phase: event.message, tMs: performance.now() - t0 });
+      if (event.message === 'checkpoint' || event.message === 'log-transfer') costAt[event.message] = { source: processCost(source.pid), target: processCost(target.pid) };
     });
     watch.on('error', () => undefined);
 
@@ -296,6 +356,11 @@ export async function runOne(spec: RunSpec): Promise<RunRecord> {
     record.forced = last.forced;
     record.digestsMatch = last.sourceDigest !== '' && last.sourceDigest === last.targetDigest;
     record.checkpointPhaseMs = checkpointPhaseMs(record);
+    if (costAt.checkpoint && costAt['log-transfer']) {
+      const sourceCost = costBetween(costAt.checkpoint.source, costAt['log-transfer'].source);
+      const targetCost = costBetween(costAt.checkpoint.target, costAt['log-transfer'].target);
+      if (sourceCost !== null && targetCost !== null) record.checkpointCost = { source: sourceCost, target: targetCost };
+    }
     const series = convergenceSeries(record);
     record.curveMeasure = series.measure;
     record.curveSource = series.source;

@@ -23,11 +23,23 @@ export function compressBlock(raw: Uint8Array): Buffer | null {
 let scratch = Buffer.allocUnsafeSlow(0);
 
 /**
- * Decompresses `compressed` into exactly `rawBytes` bytes. A malformed block, or one that does not
- * decompress to the announced size, is corrupt data, never a crash.
+ * Compresses `raw` into `out` from `offset` on, if it fits in fewer than `raw.length` bytes there:
+ * returns the compressed length, or 0 when compression would not make it smaller (lz4 gives up as
+ * soon as its output would not fit), in which case `out` holds nothing of use.
  */
-export function decompressBlock(compressed: Uint8Array, rawBytes: number, what: string): Buffer {
-  const out = Buffer.allocUnsafe(rawBytes);
+export function compressBlockInto(raw: Uint8Array, out: Buffer, offset: number): number {
+  if (raw.length === 0) return 0;
+  const limit = Math.min(raw.length - 1, out.length - offset);
+  const compressedBytes = lz4.encodeBlock(raw, out, offset, offset + limit);
+  return compressedBytes > 0 && compressedBytes < raw.length ? compressedBytes : 0;
+}
+
+/**
+ * Decompresses `compressed` into exactly `rawBytes` bytes, into `out` if given (of exactly that
+ * length) or a new buffer. A malformed block, or one that does not decompress to the announced
+ * size, is corrupt data, never a crash.
+ */
+export function decompressBlock(compressed: Uint8Array, rawBytes: number, what: string, out: Buffer = Buffer.allocUnsafe(rawBytes)): Buffer {
   const n = lz4.decodeBlock(compressed, out);
   if (n !== rawBytes) {
     throw new CorruptDataError(

@@ -28,11 +28,11 @@ import {
 } from '../shared/convergence.js';
 import type { SourceGuest } from '../shared/driver/types.js';
 import { AbortedError, CorruptDataError, DeadlineExceededError, InvalidStateError, ReservationRefusedError, UnavailableError, VmMigrateError } from '../shared/errors.js';
-import { AGENT_VERSION, packPayload, PROTOCOL_VERSION, type WirePayload } from '../shared/protocol.js';
+import { AGENT_VERSION, type PackedMessage, packMessage, PROTOCOL_VERSION } from '../shared/protocol.js';
 import { PAGE_BYTES } from '../shared/driver/types.js';
 import { precopyRoundRate, precopyShouldStop } from './precopy-rules.js';
 import { emptyStats, type MigrationMethod, type MigrationPhase, type MigrationStats } from '../shared/stats.js';
-import { type ByteCounter, countingService, fromStatus, grpc, makeClient, migrationService, pb, statusName, unary } from '../shared/transport/grpc.js';
+import { type ByteCounter, countingService, fromStatus, grpc, makeClient, migrationService, pb, Preserialized, statusName, unary } from '../shared/transport/grpc.js';
 
 export interface FaultInjection {
   abortAtPhase?: MigrationPhase;
@@ -105,7 +105,7 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
   private readonly cancelController = new AbortController();
   private log: Logger;
   private client: grpc.Client | null = null;
-  private call: grpc.ClientDuplexStream<InstanceType<typeof pb.SourceMessage>, TargetMessage> | null = null;
+  private call: grpc.ClientDuplexStream<InstanceType<typeof pb.SourceMessage> | Preserialized, TargetMessage> | null = null;
   private reservationId = '';
   private streamOpened = false;
   private commitSent = false;
@@ -361,8 +361,8 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
           const merged = mergeSorted(dirty, last);
           this.stats.stopPagesSent = merged.length;
           await this.sendPages(merged, round + 1, req.maxBandwidthBytesPerSec > 0 ? req.maxBandwidthBytesPerSec : Infinity);
-          const state = packPayload(this.guest.machineState());
-          await this.write({ machineState: { payload: state } }, state.data.length);
+          const state = packMessage({ kind: 'machineState' }, this.guest.machineState());
+          await this.write(state);
           await this.until(() => this.progressMsg.finalReplayed);
           pages.stopDirtyTracking();
           return;
@@ -396,11 +396,11 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
       await this.until(() => this.openAcknowledged);
       this.suspendedAtMs = performance.now();
       await this.guest.suspend();
-      const state = packPayload(this.guest.machineState());
+      const state = packMessage({ kind: 'machineState' }, this.guest.machineState());
       this.checkCancelled();
       if (this.streamError !== null) throw this.streamError;
       this.commitSent = true; // the point of no return: the target resumes on receiving the state
-      await this.write({ machineState: { payload: state } }, state.data.length);
+      await this.write(state);
       const stateSentAtMs = performance.now();
       // The digest at suspend, for the commitment; taken while the target already runs the guest.
       const digest = this.guest.digest();
@@ -437,13 +437,13 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
         if (batch.length === 0) break;
         await this.until(() => this.pageBatchesSent - this.progressMsg.pageBatchesApplied < this.windows.chunk, true);
         const bytes = pages.encodePages(Uint32Array.from(batch));
-        const payload = packPayload(bytes, !req.disableCompression);
+        const message = packMessage({ kind: 'pages', round: 0, pageCount: batch.length }, bytes, !req.disableCompression);
         this.pageBatchesSent++;
         this.stats.checkpointBytes += bytes.length;
-        this.stats.checkpointWireBytes += payload.data.length;
+        this.stats.checkpointWireBytes += message.dataBytes;
         this.stats.checkpointMemoryBytesCovered += batch.length * PAGE_BYTES;
         this.stats.remainingBytes = (pages.pageCount - cursor) * PAGE_BYTES;
-        await this.write({ pages: { round: 0, pageCount: batch.length, payload } }, payload.data.length, rate);
+        await this.write(message, rate);
       }
       await this.until(() => this.progressMsg.missingPages === 0 && this.progressMsg.pageBatchesApplied >= this.pageBatchesSent, true);
 
@@ -477,16 +477,16 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
       const batch = list.subarray(i, Math.min(list.length, i + batchPages));
       await this.until(() => this.pageBatchesSent - this.progressMsg.pageBatchesApplied < this.windows.chunk);
       const bytes = this.guest.pages.encodePages(batch);
-      const payload = packPayload(bytes, !this.request.disableCompression);
-      if (this.request.faults?.corruptChunkIndex === this.pageBatchesSent) corrupt(payload);
+      const message = packMessage({ kind: 'pages', round, pageCount: batch.length }, bytes, !this.request.disableCompression);
+      if (this.request.faults?.corruptChunkIndex === this.pageBatchesSent) corrupt(message);
       this.pageBatchesSent++;
       raw += batch.length * PAGE_BYTES;
       if (round === 0) {
         this.stats.checkpointBytes += bytes.length;
-        this.stats.checkpointWireBytes += payload.data.length;
+        this.stats.checkpointWireBytes += message.dataBytes;
         this.stats.checkpointMemoryBytesCovered += batch.length * PAGE_BYTES;
       }
-      await this.write({ pages: { round, pageCount: batch.length, payload } }, payload.data.length, rateBytesPerSec);
+      await this.write(message, rateBytesPerSec);
     }
     return raw;
   }
@@ -530,7 +530,7 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
   private openStream(): void {
     const m = this.methods.transfer;
     const call = this.client!.makeBidiStreamRequest(m.path, m.requestSerialize, m.responseDeserialize) as grpc.ClientDuplexStream<
-      InstanceType<typeof pb.SourceMessage>,
+      InstanceType<typeof pb.SourceMessage> | Preserialized,
       TargetMessage
     >;
     this.call = call;
@@ -649,12 +649,15 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
     this.call.write(pb.SourceMessage.create(body as never));
   }
 
-  /** Writes one message, waiting for the stream's buffer to drain and for the bandwidth limit. */
-  private async write(body: Record<string, object>, bytes: number, rateBytesPerSec = this.request.maxBandwidthBytesPerSec): Promise<void> {
-    await this.throttleBandwidth(bytes, rateBytesPerSec);
+  /**
+   * Writes one serialized message (packMessage), waiting for the bandwidth limit and then, if the
+   * stream's buffer is full, for it to drain. The limit counts the payload's data as sent.
+   */
+  private async write(message: PackedMessage, rateBytesPerSec = this.request.maxBandwidthBytesPerSec): Promise<void> {
+    await this.throttleBandwidth(message.dataBytes, rateBytesPerSec);
     if (this.transportClosed) throw this.streamError ?? new AbortedError('the transfer stream was closed');
     const call = this.call!;
-    const ok = call.write(pb.SourceMessage.create(body as never));
+    const ok = call.write(new Preserialized(message.bytes));
     if (!ok) await this.until(() => true, false, undefined, new Promise<void>((resolve) => call.once('drain', () => resolve())));
   }
 
@@ -696,19 +699,39 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
 
   private async pumpCheckpoint(): Promise<void> {
     const faults = this.request.faults;
-    for await (const chunk of this.guest.liveCheckpoint()) {
+    // Where the checkpoint's time goes (logged at debug level): making chunks, packing them,
+    // waiting for the target's window, handing them to the stream, waiting for the restore.
+    const ms = { chunk: 0, pack: 0, window: 0, write: 0, restore: 0 };
+    let t = performance.now();
+    const lap = (key: keyof typeof ms) => {
+      const now = performance.now();
+      ms[key] += now - t;
+      t = now;
+    };
+    // The chunk's buffer is reused for the next one: packMessage compresses or copies it first.
+    for await (const chunk of this.guest.liveCheckpoint({ reuseBuffer: true })) {
+      lap('chunk');
       this.abortAt('checkpoint');
       await this.until(() => this.chunksSent - this.progressMsg.chunksApplied < this.windows.chunk);
-      const payload = packPayload(chunk.bytes, !this.request.disableCompression);
-      if (faults?.corruptChunkIndex === chunk.index) corrupt(payload);
+      lap('window');
+      const message = packMessage(
+        { kind: 'chunk', index: chunk.index, final: chunk.final, memoryBytesCovered: chunk.memoryBytesCovered },
+        chunk.bytes,
+        !this.request.disableCompression,
+      );
+      if (faults?.corruptChunkIndex === chunk.index) corrupt(message);
+      lap('pack');
       this.stats.checkpointBytes += chunk.bytes.length;
-      this.stats.checkpointWireBytes += payload.data.length;
+      this.stats.checkpointWireBytes += message.dataBytes;
       this.stats.checkpointMemoryBytesCovered += chunk.memoryBytesCovered;
       this.chunksSent++;
-      await this.write({ chunk: { index: chunk.index, final: chunk.final, memoryBytesCovered: chunk.memoryBytesCovered, payload } }, payload.data.length);
+      await this.write(message);
+      lap('write');
     }
     // The target applies chunks as they arrive: wait until it has the whole image.
     await this.until(() => this.progressMsg.checkpointRestored);
+    lap('restore');
+    this.log.debug({ chunks: this.chunksSent, ...Object.fromEntries(Object.entries(ms).map(([k, v]) => [`${k}Ms`, Math.round(v)])) }, 'checkpoint streamed');
   }
 
   private async pumpUnits(): Promise<void> {
@@ -726,14 +749,18 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
           this.stats.unitsSent - this.progressMsg.unitsReplayed < this.windows.unit &&
           (this.unitBytesInFlight === 0 || this.unitBytesInFlight + unit.bytes.length <= this.windows.unitBytes),
       );
-      const payload = packPayload(unit.bytes, !this.request.disableCompression);
-      if (faults?.corruptUnitSequence === unit.sequence) corrupt(payload);
+      const message = packMessage(
+        { kind: 'unit', sequence: unit.sequence, final: unit.final, guestNs: unit.guestNs, eventCount: unit.eventCount },
+        unit.bytes,
+        !this.request.disableCompression,
+      );
+      if (faults?.corruptUnitSequence === unit.sequence) corrupt(message);
       this.unitSizesInFlight.push(unit.bytes.length);
       this.unitBytesInFlight += unit.bytes.length;
       this.stats.unitsSent++;
       this.heldUnitBytes = 0;
-      if (this.suspendedAtMs > 0) this.logWireBytesAfterSuspend += payload.data.length;
-      await this.write({ unit: { sequence: unit.sequence, final: unit.final, guestNs: unit.guestNs, eventCount: unit.eventCount, payload } }, payload.data.length);
+      if (this.suspendedAtMs > 0) this.logWireBytesAfterSuspend += message.dataBytes;
+      await this.write(message);
       if (unit.final) return;
     }
   }
@@ -891,11 +918,15 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
       if (this.streamError !== null) throw this.streamError;
       if (extraDone && predicate()) return;
       if (performance.now() >= deadlineMs) throw new DeadlineExceededError(`no answer from the target within ${timeoutMs} ms (phase ${this.stats.phase})`);
+      // Woken by notify() (every message from the target, a drain, a cancellation); the timer is
+      // only a backstop, cleared once woken so that a wait per chunk leaves no timer behind.
+      let backstop: NodeJS.Timeout | undefined;
       await new Promise<void>((resolve) => {
         this.waiters.add(resolve);
-        const t = setTimeout(resolve, Math.min(250, Math.max(1, deadlineMs - performance.now())));
-        t.unref();
+        backstop = setTimeout(resolve, Math.min(250, Math.max(1, deadlineMs - performance.now())));
+        backstop.unref();
       });
+      clearTimeout(backstop);
     }
   }
 
@@ -917,10 +948,9 @@ function mergeSorted(a: Uint32Array, b: Uint32Array): Uint32Array {
   return out.subarray(0, n);
 }
 
-function corrupt(payload: WirePayload): void {
-  const data = new Uint8Array(payload.data);
-  data[data.length >> 1] ^= 0xff;
-  payload.data = data;
+/** Fault injection: flips a byte in the middle of the payload's data, after its xxh64 was taken. */
+function corrupt(message: PackedMessage): void {
+  message.bytes[message.dataOffset + (message.dataBytes >> 1)] ^= 0xff;
 }
 
 function flipHex(digest: string): string {

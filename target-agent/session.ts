@@ -43,6 +43,8 @@ export class TargetSession {
   private readonly queue: QueuedUnit[] = [];
   private queueBytes = 0;
   private chunksApplied = 0;
+  /** Where the restore's time went (debug log): decompressing and checking payloads, applying chunks. */
+  private readonly restoreTiming = { firstChunkAtMs: 0, unpackMs: 0, applyMs: 0 };
   private pageBatchesApplied = 0;
   private method: 'crtr' | 'precopy' | 'postcopy' = 'crtr';
   /** Post-copy: the guest already runs here; pages still arriving. */
@@ -151,16 +153,30 @@ export class TargetSession {
     const r = this.requireReservation(`checkpoint chunk ${chunk.index}`);
     if (this.method !== 'crtr') throw new InvalidStateError(`checkpoint chunk ${chunk.index} in a ${this.method} transfer`);
     if (this.state !== 'restoring') throw new InvalidStateError(`checkpoint chunk ${chunk.index} after the checkpoint was restored`);
-    const bytes = unpackPayload(chunk.payload, `checkpoint chunk ${chunk.index}`);
+    const t0 = performance.now();
+    if (this.chunksApplied === 0) this.restoreTiming.firstChunkAtMs = t0;
+    // Transient: the restore copies the pages into guest memory before it returns.
+    const bytes = unpackPayload(chunk.payload, `checkpoint chunk ${chunk.index}`, true);
+    const t1 = performance.now();
     r.replica.restoreChunk({ index: chunk.index, final: chunk.final, bytes, memoryBytesCovered: chunk.memoryBytesCovered });
+    this.restoreTiming.unpackMs += t1 - t0;
+    this.restoreTiming.applyMs += performance.now() - t1;
     this.chunksApplied++;
     if (r.replica.restored) {
       this.state = 'replaying';
+      // Tell the source first: it waits for this to end its checkpoint phase.
+      this.progress(true);
       // Hash the restored image now rather than at commitment, inside the downtime: later digests
-      // only rehash pages the replay wrote.
+      // only rehash pages the replay wrote. Units that arrive meanwhile queue; the replay starts after.
       r.replica.digest();
+      const rt = this.restoreTiming;
+      this.log.debug(
+        { chunks: this.chunksApplied, sinceFirstChunkMs: Math.round(performance.now() - rt.firstChunkAtMs), unpackMs: Math.round(rt.unpackMs), applyMs: Math.round(rt.applyMs) },
+        'checkpoint restore timing',
+      );
       this.log.info({ chunks: this.chunksApplied, queuedUnits: this.queue.length }, 'checkpoint restored: replaying');
       this.kickReplay();
+      return;
     }
     this.progress(true);
   }

@@ -1,7 +1,7 @@
 // The live checkpoint of a `sim` guest under concurrent writes: copy-on-write must keep the
 // checkpoint instant even when the guest rewrites most of its memory before the checkpoint
 // stream reaches it, and the copy-on-write pool's bound must stall the guest, not the image.
-import t from 'tap';
+import t, { type Test } from 'tap';
 import { PAGE_BYTES } from '../shared/driver/types.js';
 import { SimDriver, type SimReplica, ZERO_CONTENT_MIX } from '../shared/driver/sim/index.js';
 
@@ -29,7 +29,8 @@ function pagesDiffering(a: Uint8Array, b: Uint8Array): number[] {
   return out;
 }
 
-t.test('mmuncher: a checkpoint pulled slowly while the guest rewrites its memory restores the instant', async (t) => {
+/** With `reuseBuffer` the checkpoint writes every chunk into one buffer: each is restored before the next is pulled. */
+async function mmuncherCheckpoint(t: Test, reuseBuffer: boolean): Promise<void> {
   const environmentSeed = 424242;
   t.comment(`environmentSeed ${environmentSeed}`);
   const source = new SimDriver({ guest: { pacing: 'manual' } });
@@ -48,12 +49,14 @@ t.test('mmuncher: a checkpoint pulled slowly while the guest rewrites its memory
   guest.pages.readPages(0, pageCount, instantImage);
 
   const replica = target.reserve(guest.describe()) as SimReplica;
-  const next = puller(guest.liveCheckpoint({ chunkPages: 256 }));
+  const next = puller(guest.liveCheckpoint({ chunkPages: 256, reuseBuffer }));
   const digests = [instantDigest];
   let chunks = 0;
+  const buffers = new Set<ArrayBufferLike>();
   for (let c = await next(); c !== null; c = await next()) {
     replica.restoreChunk(c);
     chunks++;
+    if (!c.final) buffers.add(c.bytes.buffer);
     // One unit (~600 whole-page writes, sequential) per 256-page chunk: the guest's sweep runs
     // far ahead of the checkpoint, so nearly every page is rewritten before it is sent.
     if (!c.final) {
@@ -62,6 +65,7 @@ t.test('mmuncher: a checkpoint pulled slowly while the guest rewrites its memory
     }
   }
   t.equal(chunks, pageCount / 256 + 1, 'one chunk per 256 pages plus the state chunk');
+  t.equal(buffers.size, reuseBuffer ? 1 : chunks - 1, reuseBuffer ? 'every memory chunk in one buffer' : 'a buffer per chunk');
   t.ok(replica.restored);
   t.equal(replica.nextSequence, start.firstSequence);
   t.equal(replica.digest(), instantDigest, 'the restored replica has exactly the digest of the checkpoint instant');
@@ -100,7 +104,10 @@ t.test('mmuncher: a checkpoint pulled slowly while the guest rewrites its memory
   t.same(mismatches, [], 'digests equal at every boundary');
   t.ok(replica.complete);
   t.equal(replica.digest(), finalDigest);
-});
+}
+
+t.test('mmuncher: a checkpoint pulled slowly while the guest rewrites its memory restores the instant', (t) => mmuncherCheckpoint(t, false));
+t.test('mmuncher: the same with one chunk buffer reused for every chunk', (t) => mmuncherCheckpoint(t, true));
 
 t.test('a full copy-on-write pool stalls the guest until the checkpoint catches up', async (t) => {
   const environmentSeed = 777;

@@ -129,9 +129,12 @@ export interface SourceGuest {
   /**
    * The memory image and vCPU/device state as of the recording's start, produced while the guest
    * keeps running (copy-on-write). Pull-based: a chunk is made when the consumer asks, so the
-   * consumer's pace is the backpressure.
+   * consumer's pace is the backpressure. With `reuseBuffer`, every chunk's `bytes` are lent only
+   * until the consumer asks for the next chunk (the driver writes each chunk into one buffer): for
+   * a consumer that copies or compresses each chunk at once, which spares an allocation of fresh
+   * memory per chunk.
    */
-  liveCheckpoint(options?: { chunkPages?: number }): AsyncIterable<CheckpointChunk>;
+  liveCheckpoint(options?: { chunkPages?: number; reuseBuffer?: boolean }): AsyncIterable<CheckpointChunk>;
   /**
    * The next sealed unit, waiting for it if none is queued; `null` once the final unit (sealed by
    * `suspend`) has been taken, or when the recording was stopped.
@@ -167,6 +170,7 @@ export interface TargetReplica {
   /**
    * Applies the next checkpoint chunk. Chunks must come in index order; a corrupt chunk or one
    * out of order is rejected (CorruptDataError / UnitOrderError) and changes nothing.
+   * `chunk.bytes` is lent for the call only: the caller reuses its buffer for the next chunk.
    */
   restoreChunk(chunk: CheckpointChunk): void;
   /** True once the final chunk was applied: the replica is paused at the checkpoint instant. */

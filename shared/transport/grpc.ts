@@ -108,6 +108,23 @@ interface Codec<T> {
   decode(bytes: Uint8Array): T;
 }
 
+/**
+ * A message its sender serialized itself (shared/protocol.ts packMessage: the SourceMessages that
+ * carry a checkpoint chunk, a unit or pages); the serializer passes its bytes through.
+ */
+export class Preserialized {
+  constructor(readonly bytes: Buffer) {}
+}
+
+/** The bytes of a finished protobufjs writer as a Buffer, without a copy (finish() returns a fresh buffer of its own). */
+function asBuffer(bytes: Uint8Array): Buffer {
+  return Buffer.isBuffer(bytes) ? bytes : Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+}
+
+function serializer<T>(codec: Codec<T>): (m: T | Preserialized) => Buffer {
+  return (m) => (m instanceof Preserialized ? m.bytes : asBuffer(codec.encode(m).finish()));
+}
+
 function method<Req, Res>(
   service: string,
   name: string,
@@ -115,14 +132,14 @@ function method<Req, Res>(
   response: Codec<Res>,
   requestStream: boolean,
   responseStream: boolean,
-): grpc.MethodDefinition<Req, Res> {
+): grpc.MethodDefinition<Req | Preserialized, Res> {
   return {
     path: `/vmmigrate.v1.${service}/${name}`,
     requestStream,
     responseStream,
-    requestSerialize: (m: Req) => Buffer.from(request.encode(m).finish()),
+    requestSerialize: serializer(request),
     requestDeserialize: (b: Buffer) => request.decode(b),
-    responseSerialize: (m: Res) => Buffer.from(response.encode(m).finish()),
+    responseSerialize: serializer(response),
     responseDeserialize: (b: Buffer) => response.decode(b),
   };
 }

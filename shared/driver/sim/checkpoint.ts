@@ -69,11 +69,15 @@ export function endCheckpoint(machine: SimMachine, instant: CheckpointInstant): 
 
 /**
  * The chunks of a begun checkpoint, made one at a time as the consumer pulls them. The
- * checkpoint ends (its pool released) when the stream ends or the consumer stops early.
+ * checkpoint ends (its pool released) when the stream ends or the consumer stops early. With
+ * `reuseBuffer`, every chunk is written into one buffer of the largest chunk's size: a chunk's
+ * bytes are valid until the next one is pulled.
  */
-export async function* checkpointChunks(machine: SimMachine, instant: CheckpointInstant, chunkPages: number): AsyncGenerator<CheckpointChunk> {
+export async function* checkpointChunks(machine: SimMachine, instant: CheckpointInstant, chunkPages: number, reuseBuffer = false): AsyncGenerator<CheckpointChunk> {
   const memory = machine.memory;
   const { cow, state } = instant;
+  const chunkBytesMax = CHUNK_HEADER_BYTES + Math.ceil(chunkPages / 8) + chunkPages * PAGE_BYTES + CHUNK_TRAILER_BYTES;
+  const reused = reuseBuffer ? new Uint8Array(chunkBytesMax) : null;
   try {
     let index = 0;
     const pages: Array<Uint8Array> = [];
@@ -94,8 +98,10 @@ export async function* checkpointChunks(machine: SimMachine, instant: Checkpoint
       }
       // Sized exactly: a chunk holds no slack (nor stale heap bytes) however many pages are zero.
       const present = pages.length;
-      const scratch = new Uint8Array(CHUNK_HEADER_BYTES + bitmap.length + present * PAGE_BYTES + CHUNK_TRAILER_BYTES);
-      const view = new DataView(scratch.buffer);
+      const chunkBytes = CHUNK_HEADER_BYTES + bitmap.length + present * PAGE_BYTES + CHUNK_TRAILER_BYTES;
+      const scratch = reused === null ? new Uint8Array(chunkBytes) : reused.subarray(0, chunkBytes);
+      if (reused !== null) scratch.fill(0, 0, CHUNK_HEADER_BYTES);
+      const view = new DataView(scratch.buffer, scratch.byteOffset, scratch.byteLength);
       scratch.set(bitmap, CHUNK_HEADER_BYTES);
       let at = CHUNK_HEADER_BYTES + bitmap.length;
       for (const bytes of pages) {
@@ -200,12 +206,21 @@ export class CheckpointRestorer {
     if (counted !== present || bitmapEnd + present * PAGE_BYTES !== end) {
       throw new CorruptDataError(`checkpoint chunk ${index}: ${present} pages announced, ${counted} in its bitmap, ${end - bitmapEnd} bytes of page data`);
     }
-    // Valid: now write. The replica's memory is fresh, so elided zero pages need no write.
+    // Valid: now write, a run of present pages at a time. The replica's memory is fresh, so elided
+    // zero pages need no write.
+    const isPresent = (i: number) => (bytes[CHUNK_HEADER_BYTES + (i >>> 3)] & (1 << (i & 7))) !== 0;
     let at = bitmapEnd;
-    for (let i = 0; i < count; i++) {
-      if (!(bytes[CHUNK_HEADER_BYTES + (i >>> 3)] & (1 << (i & 7)))) continue;
-      memory.writePage(first + i, bytes.subarray(at, at + PAGE_BYTES));
-      at += PAGE_BYTES;
+    for (let i = 0; i < count; ) {
+      if (!isPresent(i)) {
+        i++;
+        continue;
+      }
+      let end = i + 1;
+      while (end < count && isPresent(end)) end++;
+      const runBytes = (end - i) * PAGE_BYTES;
+      memory.writePages(first + i, end - i, bytes.subarray(at, at + runBytes));
+      at += runBytes;
+      i = end;
     }
     this.nextPage = first + count;
     this.nextIndex++;

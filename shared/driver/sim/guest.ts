@@ -185,7 +185,7 @@ export class SimSourceGuest implements SourceGuest {
     return { firstSequence: st.unitSequence, position: st.position };
   }
 
-  liveCheckpoint(options: { chunkPages?: number } = {}): AsyncIterable<CheckpointChunk> {
+  liveCheckpoint(options: { chunkPages?: number; reuseBuffer?: boolean } = {}): AsyncIterable<CheckpointChunk> {
     const rec = this.recording;
     if (rec === null || rec.checkpoint === null) throw new InvalidStateError(`guest ${this.id}: a live checkpoint is taken at the start of a recording; start one first`);
     if (rec.checkpointTaken) throw new InvalidStateError(`guest ${this.id}: the checkpoint of this recording was already taken`);
@@ -194,7 +194,7 @@ export class SimSourceGuest implements SourceGuest {
       throw new InvalidArgumentError(`chunkPages=${chunkPages}: expected a multiple of 8 in [8, ${CHUNK_PAGES_MAX}]`);
     }
     rec.checkpointTaken = true;
-    return checkpointChunks(this.machine, rec.checkpoint, chunkPages);
+    return checkpointChunks(this.machine, rec.checkpoint, chunkPages, options.reuseBuffer ?? false);
   }
 
   async nextSealedUnit(signal?: AbortSignal): Promise<SealedUnit | null> {

@@ -215,10 +215,21 @@ export class GuestMemory {
     }
   }
 
-  /** Writes `count` pages from `data` starting at `firstPage`, as guest writes (dirty, stale, copy-on-write). */
+  /**
+   * Writes `count` pages from `data` starting at `firstPage`, as guest writes (dirty, stale,
+   * copy-on-write): each page is prepared first, then the pages of one segment are copied at once.
+   */
   writePages(firstPage: number, count: number, data: Uint8Array): void {
     this.checkRange(firstPage, count, data.length);
-    for (let i = 0; i < count; i++) this.writePage(firstPage + i, data.subarray(i * PAGE_BYTES, (i + 1) * PAGE_BYTES));
+    let i = 0;
+    while (i < count) {
+      const page = firstPage + i;
+      const end = Math.min(count, i + SEGMENT_PAGES - (page & SEGMENT_MASK));
+      const seg = this.prepareWrite(page);
+      for (let j = i + 1; j < end; j++) this.prepareWrite(firstPage + j);
+      new Uint8Array(seg.buffer, seg.byteOffset + (page & SEGMENT_MASK) * PAGE_BYTES, (end - i) * PAGE_BYTES).set(data.subarray(i * PAGE_BYTES, end * PAGE_BYTES));
+      i = end;
+    }
   }
 
   writePage(page: number, data: Uint8Array): void {
