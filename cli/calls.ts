@@ -2,9 +2,10 @@
 // one line on stderr (what failed, the gRPC status name, the agent's message, a hint of what to
 // do) and an exit code a script can act on.
 //
-// grpc.ts's `unary` maps statuses to the project's error classes, which fold UNAUTHENTICATED,
-// PERMISSION_DENIED and DEADLINE_EXCEEDED into UnavailableError; the exit codes tell those apart,
-// so the calls here keep the status as received.
+// grpc.ts's `unary` maps statuses to the project's error classes, which have no UNAUTHENTICATED,
+// UNIMPLEMENTED or UNKNOWN (they fold into PermissionDeniedError or UnavailableError); the stderr
+// line names the status as received and `status` treats UNIMPLEMENTED as "not offered", so the
+// calls here keep the status as received.
 
 import { VmMigrateError } from '../shared/errors.js';
 import { deadline, grpc, statusName } from '../shared/transport/grpc.js';

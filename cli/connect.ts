@@ -4,11 +4,10 @@
 // `plaintext` is allowed because no one else is on the wire. Kept apart from the commands so that
 // other tools (an orchestrator, the bench) connect the same way.
 
-import { readFileSync } from 'node:fs';
 import { isIP } from 'node:net';
 import { InvalidArgumentError } from '../shared/errors.js';
 import { controlService, grpc, makeClient } from '../shared/transport/grpc.js';
-import { isLoopbackHost } from '../shared/transport/tls.js';
+import { clientCredentials, isLoopbackHost, loadTlsMaterial, TlsMaterialError } from '../shared/transport/tls.js';
 
 /** The source agent's default listening address (cli/agent.ts). */
 export const AGENT_ADDRESS_DEFAULT = '127.0.0.1:7400';
@@ -41,15 +40,6 @@ export function parseAddress(address: string): { host: string; port: number } {
 /** Whether `host` is this machine's loopback (see isLoopbackHost: names are not resolved). */
 export const isLoopback = isLoopbackHost;
 
-function readPem(flag: string, file: string): Buffer {
-  try {
-    return readFileSync(file);
-  } catch (error) {
-    const code = (error as NodeJS.ErrnoException).code ?? (error as Error).message;
-    throw new InvalidArgumentError(`${flag} ${file}: cannot read it (${code})`, { cause: error });
-  }
-}
-
 /**
  * The channel credentials `options` ask for: mutual TLS from the three PEM files, or plaintext
  * to a loopback agent. Throws InvalidArgumentError (a configuration error the user must fix)
@@ -80,7 +70,14 @@ export function credentialsFrom(options: ConnectionOptions): grpc.ChannelCredent
       .map(([flag]) => flag);
     throw new InvalidArgumentError(`mutual TLS needs all three files; missing ${missing.join(' and ')} (or its VMMIGRATE_TLS_* variable)`);
   }
-  return grpc.credentials.createSsl(readPem('--tls-ca', options.tlsCa!), readPem('--tls-key', options.tlsKey!), readPem('--tls-cert', options.tlsCert!));
+  // The agents' own loader: the same checks (readable PEM files, the key is the certificate's, the
+  // CA issued it) with the flag named.
+  try {
+    return clientCredentials(loadTlsMaterial({ ca: options.tlsCa!, cert: options.tlsCert!, key: options.tlsKey! }));
+  } catch (error) {
+    if (!(error instanceof TlsMaterialError)) throw error;
+    throw new InvalidArgumentError(`--tls-${error.field} ${error.message}`, { cause: error });
+  }
 }
 
 export type ControlClient = ReturnType<typeof makeClient<typeof controlService>>;

@@ -435,15 +435,8 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
           cursor++;
         }
         if (batch.length === 0) break;
-        await this.until(() => this.pageBatchesSent - this.progressMsg.pageBatchesApplied < this.windows.chunk, true);
-        const bytes = pages.encodePages(Uint32Array.from(batch));
-        const message = packMessage({ kind: 'pages', round: 0, pageCount: batch.length }, bytes, !req.disableCompression);
-        this.pageBatchesSent++;
-        this.stats.checkpointBytes += bytes.length;
-        this.stats.checkpointWireBytes += message.dataBytes;
-        this.stats.checkpointMemoryBytesCovered += batch.length * PAGE_BYTES;
         this.stats.remainingBytes = (pages.pageCount - cursor) * PAGE_BYTES;
-        await this.write(message, rate);
+        await this.sendPageBatch(Uint32Array.from(batch), 0, rate, true);
       }
       await this.until(() => this.progressMsg.missingPages === 0 && this.progressMsg.pageBatchesApplied >= this.pageBatchesSent, true);
 
@@ -474,21 +467,29 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
     let raw = 0;
     for (let i = 0; i < list.length; i += batchPages) {
       this.abortAt(round === 0 ? 'checkpoint' : this.stats.phase);
-      const batch = list.subarray(i, Math.min(list.length, i + batchPages));
-      await this.until(() => this.pageBatchesSent - this.progressMsg.pageBatchesApplied < this.windows.chunk);
-      const bytes = this.guest.pages.encodePages(batch);
-      const message = packMessage({ kind: 'pages', round, pageCount: batch.length }, bytes, !this.request.disableCompression);
-      if (this.request.faults?.corruptChunkIndex === this.pageBatchesSent) corrupt(message);
-      this.pageBatchesSent++;
-      raw += batch.length * PAGE_BYTES;
-      if (round === 0) {
-        this.stats.checkpointBytes += bytes.length;
-        this.stats.checkpointWireBytes += message.dataBytes;
-        this.stats.checkpointMemoryBytesCovered += batch.length * PAGE_BYTES;
-      }
-      await this.write(message, rateBytesPerSec);
+      raw += await this.sendPageBatch(list.subarray(i, Math.min(list.length, i + batchPages)), round, rateBytesPerSec, false);
     }
     return raw;
+  }
+
+  /**
+   * Sends one batch of pages once the target's window has room; round 0 counts as the
+   * checkpoint. `pastCommit`: post-copy's push, which no cancellation stops (and which fault
+   * injection leaves alone: the guest already runs on the target). Returns the raw page bytes.
+   */
+  private async sendPageBatch(batch: Uint32Array, round: number, rateBytesPerSec: number, pastCommit: boolean): Promise<number> {
+    await this.until(() => this.pageBatchesSent - this.progressMsg.pageBatchesApplied < this.windows.chunk, pastCommit);
+    const bytes = this.guest.pages.encodePages(batch);
+    const message = packMessage({ kind: 'pages', round, pageCount: batch.length }, bytes, !this.request.disableCompression);
+    if (!pastCommit && this.request.faults?.corruptChunkIndex === this.pageBatchesSent) corrupt(message);
+    this.pageBatchesSent++;
+    if (round === 0) {
+      this.stats.checkpointBytes += bytes.length;
+      this.stats.checkpointWireBytes += message.dataBytes;
+      this.stats.checkpointMemoryBytesCovered += batch.length * PAGE_BYTES;
+    }
+    await this.write(message, rateBytesPerSec);
+    return batch.length * PAGE_BYTES;
   }
 
   private async onFailure(error: unknown): Promise<void> {

@@ -55,7 +55,7 @@ export function loadTlsMaterial(files: TlsFiles): TlsMaterial {
     try {
       return readFileSync(files[field]);
     } catch (error) {
-      throw new TlsMaterialError(field, `cannot read ${files[field]}: ${(error as Error).message}`);
+      throw new TlsMaterialError(field, `${files[field]}: cannot read it (${(error as NodeJS.ErrnoException).code ?? (error as Error).message})`);
     }
   };
   const ca = read('ca');
