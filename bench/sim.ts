@@ -625,7 +625,7 @@ async function benchCheckpoint(opts: SimBenchOptions): Promise<CheckpointResult>
     progress('restoring the 1 GiB checkpoint into a replica');
     guest.stopRecording();
     guest.startRecording();
-    const replica: TargetReplica = target.reserve(guest.describe());
+    const replica = target.reserve(guest.describe());
     const restoreWatch = new Stopwatch();
     let covered = 0;
     for await (const chunk of guest.liveCheckpoint()) {

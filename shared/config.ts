@@ -6,7 +6,7 @@ import { readFileSync } from 'node:fs';
 import { parse as parseYaml } from 'yaml';
 import { z } from 'zod';
 import { NON_CONVERGENCE_POLICIES } from './convergence.js';
-import { UNIT_MS_DEFAULT, UNIT_MS_MAX, UNIT_MS_MIN } from './driver/sim/config.js';
+import { UNIT_MS_DEFAULT, UNIT_MS_MAX, UNIT_MS_MIN } from './driver/types.js';
 import { hostOf, isLoopbackHost } from './transport/tls.js';
 import { parseBandwidth } from './units.js';
 

@@ -14,7 +14,8 @@ export type ErrorCode =
   | 'UNAVAILABLE' // a peer that cannot be reached
   | 'ALREADY_EXISTS' // the guest, job or reservation is already there
   | 'PERMISSION_DENIED' // a peer not allowed to do this
-  | 'DEADLINE_EXCEEDED'; // a bound on duration ran out
+  | 'DEADLINE_EXCEEDED' // a bound on duration ran out
+  | 'UNIMPLEMENTED'; // this agent's driver cannot do what was asked (a missing capability)
 
 export abstract class VmMigrateError extends Error {
   abstract readonly code: ErrorCode;
@@ -95,4 +96,9 @@ export class PermissionDeniedError extends VmMigrateError {
 /** A migration (or call) that ran past its maximum duration. */
 export class DeadlineExceededError extends VmMigrateError {
   readonly code = 'DEADLINE_EXCEEDED' as const;
+}
+
+/** What this agent's driver cannot do at all: a method whose capability it lacks, StartGuest on a driver without guest creation. */
+export class UnimplementedError extends VmMigrateError {
+  readonly code = 'UNIMPLEMENTED' as const;
 }

@@ -3,12 +3,10 @@
 
 import type { Logger } from 'pino';
 import { NON_CONVERGENCE_POLICIES, type NonConvergencePolicy } from '../shared/convergence.js';
-import { isProfileName, PROFILE_NAMES, type WorkloadRates } from '../shared/driver/sim/profiles.js';
-import type { SimDriver } from '../shared/driver/sim/driver.js';
-import type { GuestDescription } from '../shared/driver/types.js';
-import { InvalidArgumentError, InvalidStateError, LimitExceededError, NotFoundError, VmMigrateError } from '../shared/errors.js';
+import type { HypervisorDriver } from '../shared/driver/types.js';
+import { capacityMessage, guestMessage } from '../shared/messages.js';
+import { InvalidArgumentError, InvalidStateError, LimitExceededError, NotFoundError, UnimplementedError, VmMigrateError } from '../shared/errors.js';
 import type { AgentMetrics } from '../shared/metrics.js';
-import { AGENT_VERSION, PROTOCOL_VERSION } from '../shared/protocol.js';
 import { ABORTABLE_PHASES, type MigrationMethod, type MigrationPhase, type MigrationStats } from '../shared/stats.js';
 import { type controlService, grpc, pb, toServiceError } from '../shared/transport/grpc.js';
 import { hostOf, isLoopbackHost } from '../shared/transport/tls.js';
@@ -42,18 +40,11 @@ export const CONTROL_DEFAULTS: ControlOptions = {
 type Handlers = { [K in keyof typeof controlService]: grpc.UntypedHandleCall };
 type Job = InstanceType<typeof pb.Job>;
 
-export function guestMessage(d: GuestDescription): InstanceType<typeof pb.Guest> {
-  return pb.Guest.create({
-    description: { id: d.id, driver: d.driver, memoryBytes: d.memoryBytes, vcpus: d.vcpus, unitMs: d.unitMs, machineConfig: d.machineConfig, summary: d.summary },
-    state: d.state,
-  });
-}
-
 export class ControlService {
   private readonly jobs = new Map<string, SourceMigration>();
 
   constructor(
-    private readonly driver: SimDriver,
+    private readonly driver: HypervisorDriver,
     private readonly sourceOptions: SourceOptions,
     readonly options: ControlOptions,
     private readonly log: Logger,
@@ -82,8 +73,8 @@ export class ControlService {
     for (const job of this.jobs.values()) {
       if (job.request.guestId === req.guestId && !job.isOver()) throw new InvalidStateError(`guest '${req.guestId}' is already being migrated by job ${job.id}`);
     }
-    if (guest.machine.memory.missing !== null) {
-      throw new InvalidStateError(`guest '${req.guestId}' is still receiving ${guest.machine.memory.missingCount} pages of its own post-copy migration; try again when it has them`);
+    if (guest.pagesMissing > 0) {
+      throw new InvalidStateError(`guest '${req.guestId}' is still receiving ${guest.pagesMissing} pages of its own post-copy migration; try again when it has them`);
     }
     const bandwidth = req.maxBandwidthBytesPerSec || this.options.maxBandwidthBytesPerSecDefault;
     if (bandwidth !== 0 && (bandwidth < 125_000 || bandwidth > 1e12)) {
@@ -166,13 +157,13 @@ export class ControlService {
     return {
       listGuests: unaryHandler(() => pb.ListGuestsResponse.create({ guests: this.driver.listGuests().map(guestMessage) })),
       startGuest: unaryHandler((req: InstanceType<typeof pb.StartGuestRequest>) => {
-        if (!isProfileName(req.profile)) throw new InvalidArgumentError(`profile '${req.profile}': expected one of ${PROFILE_NAMES.join(', ')}`);
+        if (this.driver.createGuest === undefined) throw new UnimplementedError(`driver '${this.driver.name}' does not start guests; start them with the hypervisor's own tools`);
         const guest = this.driver.createGuest({
           id: req.id || undefined,
           profile: req.profile,
           memoryBytes: req.memoryBytes,
           unitMs: req.unitMs || undefined,
-          rates: Object.keys(req.rates ?? {}).length > 0 ? (req.rates as Partial<WorkloadRates>) : undefined,
+          rates: Object.keys(req.rates ?? {}).length > 0 ? (req.rates as Record<string, number>) : undefined,
           environmentSeed: req.environmentSeed || undefined,
         });
         this.log.info({ guestId: guest.id, profile: req.profile, memoryBytes: req.memoryBytes }, 'guest started');
@@ -187,7 +178,7 @@ export class ControlService {
         this.log.info({ guestId: req.id }, 'guest stopped');
         return pb.StopGuestResponse.create();
       }),
-      getCapacity: unaryHandler(() => pb.Capacity.create({ ...this.driver.capacity(), protocolVersion: PROTOCOL_VERSION, agentVersion: AGENT_VERSION })),
+      getCapacity: unaryHandler(() => capacityMessage(this.driver.capacity())),
       startMigration: unaryHandler((req: InstanceType<typeof pb.StartMigrationRequest>) => pb.StartMigrationResponse.create({ jobId: this.startMigration(req).id })),
       getJob: unaryHandler((req: InstanceType<typeof pb.GetJobRequest>) => jobMessage(this.job(req.jobId))),
       listJobs: unaryHandler(() => pb.ListJobsResponse.create({ jobs: [...this.jobs.values()].map(jobMessage) })),

@@ -276,7 +276,7 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
     // Phase 3: checkpoint, with units streaming alongside (phase 4 overlaps it).
     this.setPhase('checkpoint');
     this.openStream();
-    const start = this.guest.startRecording();
+    const start = this.guest.recorder!.startRecording();
     this.send({ open: { reservationId: this.reservationId, migrationId: this.id, firstSequence: start.firstSequence } });
     const stopPing = this.startPings();
     const stopMonitor = this.startMonitor();
@@ -299,7 +299,7 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
       this.stats.status = 'stop-and-copy';
       this.suspendedAtMs = performance.now();
       await this.guest.suspend();
-      const rec = this.guest.recordingStats();
+      const rec = this.guest.recorder!.recordingStats();
       this.stats.stopUnitsToReplay = rec.unitsRecorded - this.progressMsg.unitsReplayed;
       const suspendedMs = performance.now() - this.suspendedAtMs;
       await unitPump;
@@ -320,7 +320,7 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
    */
   private async precopyTransfer(): Promise<void> {
     const req = this.request;
-    const pages = this.guest.pages;
+    const pages = this.guest.pages!;
     const memoryBytes = this.stats.memoryBytes;
     this.setPhase('checkpoint');
     this.openStream();
@@ -384,7 +384,7 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
    */
   private async postcopyTransfer(): Promise<void> {
     const req = this.request;
-    const pages = this.guest.pages;
+    const pages = this.guest.pages!;
     this.setPhase('stop-and-copy');
     this.stats.status = 'stop-and-copy';
     this.openStream();
@@ -479,7 +479,7 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
    */
   private async sendPageBatch(batch: Uint32Array, round: number, rateBytesPerSec: number, pastCommit: boolean): Promise<number> {
     await this.until(() => this.pageBatchesSent - this.progressMsg.pageBatchesApplied < this.windows.chunk, pastCommit);
-    const bytes = this.guest.pages.encodePages(batch);
+    const bytes = this.guest.pages!.encodePages(batch);
     const message = packMessage({ kind: 'pages', round, pageCount: batch.length }, bytes, !this.request.disableCompression);
     if (!pastCommit && this.request.faults?.corruptChunkIndex === this.pageBatchesSent) corrupt(message);
     this.pageBatchesSent++;
@@ -519,7 +519,7 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
         (releaseError: unknown) => this.log.warn({ err: String(releaseError) }, 'could not release the reservation (it expires on its own)'),
       );
     }
-    this.guest.stopRecording();
+    this.guest.recorder!.stopRecording();
     if (this.guest.describe().state === 'suspended') this.guest.resume();
     this.guest.setThrottle(1);
     this.stats.status = cancelled ? 'cancelled' : 'failed';
@@ -597,7 +597,7 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
    * (a bitmap), so the queue never holds more than the guest's page count.
    */
   private onPageRequest(pages: number[]): void {
-    const pageCount = this.guest.pages.pageCount;
+    const pageCount = this.guest.pages!.pageCount;
     this.demandQueued ??= new Uint8Array(pageCount);
     for (const p of pages) {
       if (!Number.isInteger(p) || p < 0 || p >= pageCount) {
@@ -620,7 +620,7 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
       this.emit('round', `round ${this.stats.rounds}: stop request denied: source is in phase ${this.stats.phase}`);
       return;
     }
-    const rec = this.guest.recordingStats();
+    const rec = this.guest.recorder!.recordingStats();
     const unsent = rec.bytesQueued + this.heldUnitBytes;
     // Units the target has not replayed include those still in flight, which its queue does not
     // show yet: count from what we recorded.
@@ -710,7 +710,7 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
       t = now;
     };
     // The chunk's buffer is reused for the next one: packMessage compresses or copies it first.
-    for await (const chunk of this.guest.liveCheckpoint({ reuseBuffer: true })) {
+    for await (const chunk of this.guest.recorder!.liveCheckpoint({ reuseBuffer: true })) {
       lap('chunk');
       this.abortAt('checkpoint');
       await this.until(() => this.chunksSent - this.progressMsg.chunksApplied < this.windows.chunk);
@@ -738,7 +738,7 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
   private async pumpUnits(): Promise<void> {
     const faults = this.request.faults;
     for (;;) {
-      const unit = await this.guest.nextSealedUnit(this.cancelController.signal);
+      const unit = await this.guest.recorder!.nextSealedUnit(this.cancelController.signal);
       if (unit === null) {
         if (this.stats.phase === 'stop-and-copy' || this.stats.phase === 'commitment') return;
         throw new AbortedError('recording ended before the final unit');
@@ -842,7 +842,7 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
 
   refreshStats(): MigrationStats {
     const s = this.stats;
-    const rec = this.guestDiscarded ? null : this.guest.recordingStats();
+    const rec = this.guestDiscarded ? null : this.guest.recorder!.recordingStats();
     // Recording counters are monotonic while the recording lasts, and read as zero once it was
     // stopped (abort) or the guest discarded (completion): keep the last real values then.
     if (rec !== null && rec.unitsRecorded >= s.unitsRecorded) {

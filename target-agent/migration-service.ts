@@ -7,6 +7,7 @@ import type { Logger } from 'pino';
 import type { GuestDescription, HypervisorDriver, TargetReplica } from '../shared/driver/types.js';
 import { InvalidArgumentError, InvalidStateError, LimitExceededError, NotFoundError, VmMigrateError } from '../shared/errors.js';
 import type { AgentMetrics } from '../shared/metrics.js';
+import { capacityMessage } from '../shared/messages.js';
 import { AGENT_VERSION, PROTOCOL_VERSION } from '../shared/protocol.js';
 import type { MigrationMethod } from '../shared/stats.js';
 import { grpc, type migrationService, pb, toServiceError } from '../shared/transport/grpc.js';
@@ -70,8 +71,7 @@ export class MigrationService {
   }
 
   capacity(): InstanceType<typeof pb.Capacity> {
-    const c = this.driver.capacity();
-    return pb.Capacity.create({ ...c, protocolVersion: PROTOCOL_VERSION, agentVersion: AGENT_VERSION });
+    return capacityMessage(this.driver.capacity());
   }
 
   reserve(request: InstanceType<typeof pb.ReserveRequest>): InstanceType<typeof pb.ReserveResponse> {

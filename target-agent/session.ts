@@ -158,11 +158,11 @@ export class TargetSession {
     // Transient: the restore copies the pages into guest memory before it returns.
     const bytes = unpackPayload(chunk.payload, `checkpoint chunk ${chunk.index}`, true);
     const t1 = performance.now();
-    r.replica.restoreChunk({ index: chunk.index, final: chunk.final, bytes, memoryBytesCovered: chunk.memoryBytesCovered });
+    r.replica.replay!.restoreChunk({ index: chunk.index, final: chunk.final, bytes, memoryBytesCovered: chunk.memoryBytesCovered });
     this.restoreTiming.unpackMs += t1 - t0;
     this.restoreTiming.applyMs += performance.now() - t1;
     this.chunksApplied++;
-    if (r.replica.restored) {
+    if (r.replica.replay!.restored) {
       this.state = 'replaying';
       // Tell the source first: it waits for this to end its checkpoint phase.
       this.progress(true);
@@ -199,7 +199,7 @@ export class TargetSession {
     const r = this.requireReservation(`page batch of round ${batch.round}`);
     if (this.method !== 'precopy' || this.state !== 'restoring') throw new InvalidStateError(`page batch received in a ${this.method} transfer that is ${this.state}`);
     const bytes = unpackPayload(batch.payload, `page batch ${this.pageBatchesApplied} (round ${batch.round})`);
-    r.replica.applyPages(bytes);
+    r.replica.pageRestore!.applyPages(bytes);
     this.pageBatchesApplied++;
     if (performance.now() - this.lastDigestMs > 250) {
       // Keep the incremental digest fresh (see onChunk): at commitment only the last pages remain.
@@ -213,7 +213,7 @@ export class TargetSession {
     const r = this.requireReservation('machine state');
     if (this.method === 'postcopy') return this.startPostcopy(r, unpackPayload(message.payload, 'machine state'));
     if (this.method !== 'precopy' || this.state !== 'restoring') throw new InvalidStateError(`machine state received in a ${this.method} transfer that is ${this.state}`);
-    r.replica.restoreMachineState(unpackPayload(message.payload, 'machine state'));
+    r.replica.pageRestore!.restoreMachineState(unpackPayload(message.payload, 'machine state'));
     this.state = 'replaying';
     this.finalReplayed = true;
     this.log.info({ pageBatches: this.pageBatchesApplied }, 'pre-copy complete: pages and machine state restored');
@@ -228,7 +228,7 @@ export class TargetSession {
   private startPostcopy(r: Reservation, state: Uint8Array): void {
     if (this.state !== 'restoring') throw new InvalidStateError(`machine state received while ${this.state}`);
     const resumedAt = performance.now();
-    const { postcopy } = r.replica.activatePostcopy(state, (pages) => this.fetchPages(pages));
+    const { postcopy } = r.replica.postcopy!.activatePostcopy(state, (pages: Uint32Array) => this.fetchPages(pages));
     this.postcopy = postcopy;
     this.service.forget(r.id);
     this.state = 'postcopy';
@@ -351,7 +351,7 @@ export class TargetSession {
         const unit = this.queue.shift()!;
         this.queueBytes -= unit.bytes.length;
         const t0 = performance.now();
-        const applied = r.replica.applyUnit(unit.bytes);
+        const applied = r.replica.replay!.applyUnit(unit.bytes);
         this.unitsReplayed++;
         this.service.metrics?.unitsReplayed();
         this.recordReplay(applied.guestNs, performance.now() - t0);

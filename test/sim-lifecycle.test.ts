@@ -4,7 +4,7 @@
 import t, { type Test } from 'tap';
 import { PAGE_BYTES } from '../shared/driver/types.js';
 import type { SourceGuest, TargetReplica } from '../shared/driver/types.js';
-import { SimDriver, type SimReplica, ZERO_CONTENT_MIX } from '../shared/driver/sim/index.js';
+import { SimDriver, type SimReplica, type SimSourceGuest, ZERO_CONTENT_MIX } from '../shared/driver/sim/index.js';
 import { peekUnitHeader } from '../shared/driver/sim/unit-codec.js';
 import { AlreadyExistsError, CorruptDataError, InvalidArgumentError, InvalidStateError, NotFoundError, ReservationRefusedError, VmMigrateError } from '../shared/errors.js';
 
@@ -46,13 +46,13 @@ function drivers(t: Test, options: ConstructorParameters<typeof SimDriver>[0] = 
 }
 
 /** Streams the whole checkpoint of a guest that is recording into a new replica on `target`. */
-async function restore(guest: SourceGuest, target: SimDriver): Promise<SimReplica> {
+async function restore(guest: SimSourceGuest, target: SimDriver): Promise<SimReplica> {
   const replica = target.reserve(guest.describe()) as SimReplica;
   for await (const c of guest.liveCheckpoint()) replica.restoreChunk(c);
   return replica;
 }
 
-async function replayAll(guest: SourceGuest, replica: TargetReplica): Promise<number> {
+async function replayAll(guest: SimSourceGuest, replica: SimReplica): Promise<number> {
   let n = 0;
   for (let u = await guest.nextSealedUnit(); u !== null; u = await guest.nextSealedUnit()) {
     replica.applyUnit(u.bytes);

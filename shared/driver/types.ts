@@ -14,6 +14,11 @@
 /** Bytes per guest page, for every driver. */
 export const PAGE_BYTES = 4096;
 
+/** Guest time one log unit covers: the range the agents accept, and the default of a new guest. */
+export const UNIT_MS_MIN = 1;
+export const UNIT_MS_MAX = 100;
+export const UNIT_MS_DEFAULT = 10;
+
 /**
  * A guest's lifecycle, as its host sees it.
  * - running: executing in real time (on the source, or on the target after activation);
@@ -47,6 +52,7 @@ export interface GuestDescription {
 /** What a host can take, for pre-migration. */
 export interface HostCapacity {
   readonly driver: string;
+  readonly capabilities: readonly DriverCapability[];
   readonly memoryBytesTotal: number;
   readonly memoryBytesReserved: number;
   readonly memoryBytesFree: number;
@@ -117,9 +123,21 @@ export interface PageAccess {
   encodePages(pages: Uint32Array): Uint8Array;
 }
 
-export interface SourceGuest {
-  readonly id: string;
-  describe(): GuestDescription;
+/**
+ * The capabilities a driver may have, by name: a migration method declares the ones it needs on
+ * each side, and a host reports its own (Capacity), so that a method a driver cannot carry is
+ * refused by name before anything moves.
+ * - log-recording: the source guest records its nondeterministic events into units (CR/TR);
+ * - page-access: the source guest tracks dirty pages and reads them (pre-copy, post-copy);
+ * - checkpoint-replay: a replica restores from checkpoint chunks and replays units (CR/TR);
+ * - page-restore: a replica restores by page batches and a machine state (pre-copy);
+ * - postcopy-resume: a replica resumes with its pages missing and fetches them (post-copy).
+ */
+export type DriverCapability = 'log-recording' | 'page-access' | 'checkpoint-replay' | 'page-restore' | 'postcopy-resume';
+export const DRIVER_CAPABILITIES: readonly DriverCapability[] = ['log-recording', 'page-access', 'checkpoint-replay', 'page-restore', 'postcopy-resume'];
+
+/** A guest's execution log and live checkpoint: what CR/TR needs of a source guest. */
+export interface LogRecorder {
   /**
    * Starts recording nondeterministic events at the next unit boundary, which becomes the
    * instant of the live checkpoint. Units are sealed from then on and queue, bounded, for
@@ -143,6 +161,12 @@ export interface SourceGuest {
   recordingStats(): RecordingStats;
   /** Stops recording and drops queued units; the guest keeps running. */
   stopRecording(): void;
+}
+
+/** A guest that runs (or ran) on this host: the source of a migration. */
+export interface SourceGuest {
+  readonly id: string;
+  describe(): GuestDescription;
   /**
    * Stops the vCPU at the next unit boundary. While recording, seals the last unit (marked
    * `final`). The guest's state is kept intact for `resume` or `discard`.
@@ -152,7 +176,7 @@ export interface SourceGuest {
   resume(): void;
   /**
    * The vCPU and device state of a suspended guest, in the driver's own encoding (pre-copy and
-   * post-copy send it with the last pages; a TargetReplica's `restoreMachineState` takes it).
+   * post-copy send it with the last pages; a replica's `restoreMachineState` takes it).
    */
   machineState(): Uint8Array;
   /** Slows the guest: `factor` in (0, 1] of its nominal busy work per unit (auto-converge). */
@@ -161,12 +185,16 @@ export interface SourceGuest {
   discard(): void;
   /** xxh64 digest over all pages plus vCPU/device state, as 16 hex digits. */
   digest(): string;
-  readonly pages: PageAccess;
+  /** Pages still to arrive from this guest's own post-copy migration (0: it has them all). */
+  readonly pagesMissing: number;
+  /** Capability `log-recording`; absent when the driver records no event log. */
+  readonly recorder?: LogRecorder;
+  /** Capability `page-access`; absent when the driver cannot track and read pages. */
+  readonly pages?: PageAccess;
 }
 
-export interface TargetReplica {
-  readonly id: string;
-  describe(): GuestDescription;
+/** Restore from checkpoint chunks, then replay units: what CR/TR needs of a replica. */
+export interface CheckpointReplayTarget {
   /**
    * Applies the next checkpoint chunk. Chunks must come in index order; a corrupt chunk or one
    * out of order is rejected (CorruptDataError / UnitOrderError) and changes nothing.
@@ -176,25 +204,6 @@ export interface TargetReplica {
   /** True once the final chunk was applied: the replica is paused at the checkpoint instant. */
   readonly restored: boolean;
   /**
-   * Pre-copy and post-copy restore by pages instead of a checkpoint: applies one page batch (from
-   * the source's `pages.encodePages`), in any order, a page any number of times (the last one
-   * wins). Validated completely before anything is written. Returns the pages applied.
-   */
-  applyPages(bytes: Uint8Array): number;
-  /**
-   * Ends a restore by pages with the source's `machineState()`: the replica is then restored and
-   * complete (no units follow).
-   */
-  restoreMachineState(bytes: Uint8Array): void;
-  /** Restored and nothing more to apply: the final unit was replayed, or the machine state restored. */
-  readonly complete: boolean;
-  /**
-   * Post-copy: restores the source's `machineState()` with every page still missing and resumes
-   * the guest here at once. Before the guest touches missing pages it calls `fetch` with them and
-   * waits until they arrive through the returned PostcopyTarget.
-   */
-  activatePostcopy(stateBytes: Uint8Array, fetch: (pages: Uint32Array) => Promise<void>): { guest: SourceGuest; postcopy: PostcopyTarget };
-  /**
    * Replays one unit. The unit is validated completely (checksum, encoding, sequence, position)
    * before anything is applied: a corrupt, truncated, duplicate or out-of-order unit is rejected
    * with an error and leaves the replica unchanged. Replay does not wait out the guest's idle
@@ -203,6 +212,43 @@ export interface TargetReplica {
   applyUnit(bytes: Uint8Array): { sequence: number; guestNs: number; final: boolean };
   /** Sequence number the next unit must carry. */
   readonly nextSequence: number;
+}
+
+/** Restore by page batches and a machine state: what pre-copy needs of a replica. */
+export interface PageRestoreTarget {
+  /**
+   * Applies one page batch (from the source's `pages.encodePages`), in any order, a page any
+   * number of times (the last one wins). Validated completely before anything is written.
+   * Returns the pages applied.
+   */
+  applyPages(bytes: Uint8Array): number;
+  /**
+   * Ends a restore by pages with the source's `machineState()`: the replica is then restored and
+   * complete (no units follow).
+   */
+  restoreMachineState(bytes: Uint8Array): void;
+  readonly pages: PageAccess & {
+    /** Writes `count` pages from `data` starting at `firstPage`. */
+    writePages(firstPage: number, count: number, data: Uint8Array): void;
+  };
+}
+
+/** Resume at once with every page missing, fetching pages on demand: what post-copy needs. */
+export interface PostcopyResumeTarget {
+  /**
+   * Restores the source's `machineState()` with every page still missing and resumes the guest
+   * here at once. Before the guest touches missing pages it calls `fetch` with them and waits
+   * until they arrive through the returned PostcopyTarget.
+   */
+  activatePostcopy(stateBytes: Uint8Array, fetch: (pages: Uint32Array) => Promise<void>): { guest: SourceGuest; postcopy: PostcopyTarget };
+}
+
+/** The room reserved for an incoming guest, and the replica built in it. */
+export interface TargetReplica {
+  readonly id: string;
+  describe(): GuestDescription;
+  /** Restored and nothing more to apply: the final unit was replayed, or the machine state restored. */
+  readonly complete: boolean;
   digest(): string;
   /**
    * Resumes the replica as a live guest on this host, running in real time. Returns the running
@@ -211,10 +257,29 @@ export interface TargetReplica {
   activate(): SourceGuest;
   /** Destroys the replica (or reservation) and frees its memory and reservation. */
   discard(): void;
-  readonly pages: PageAccess & {
-    /** Writes `count` pages from `data` starting at `firstPage` (post-copy, pre-copy rounds). */
-    writePages(firstPage: number, count: number, data: Uint8Array): void;
-  };
+  /** Capability `checkpoint-replay`. */
+  readonly replay?: CheckpointReplayTarget;
+  /** Capability `page-restore`. */
+  readonly pageRestore?: PageRestoreTarget;
+  /** Capability `postcopy-resume`. */
+  readonly postcopy?: PostcopyResumeTarget;
+}
+
+/** The capabilities `guest` has, by name (see DriverCapability). */
+export function sourceCapabilities(guest: SourceGuest): DriverCapability[] {
+  const out: DriverCapability[] = [];
+  if (guest.recorder !== undefined) out.push('log-recording');
+  if (guest.pages !== undefined) out.push('page-access');
+  return out;
+}
+
+/** The capabilities `replica` has, by name (see DriverCapability). */
+export function replicaCapabilities(replica: TargetReplica): DriverCapability[] {
+  const out: DriverCapability[] = [];
+  if (replica.replay !== undefined) out.push('checkpoint-replay');
+  if (replica.pageRestore !== undefined) out.push('page-restore');
+  if (replica.postcopy !== undefined) out.push('postcopy-resume');
+  return out;
 }
 
 /** The receiving end of a post-copy migration, while its guest already runs here. */
@@ -238,6 +303,8 @@ export interface PostcopyTarget {
 /** A hypervisor on one host. */
 export interface HypervisorDriver {
   readonly name: string;
+  /** What this driver's guests and replicas can do (see DriverCapability). */
+  readonly capabilities: readonly DriverCapability[];
   capacity(): HostCapacity;
   listGuests(): GuestDescription[];
   /** A guest hosted here (running or suspended), or NotFoundError. */
@@ -248,4 +315,22 @@ export interface HypervisorDriver {
    * lacks room or cannot run such a guest.
    */
   reserve(description: GuestDescription): TargetReplica;
+  /**
+   * Optional: boots a new guest from `spec` (the `sim` driver does; a driver whose guests are
+   * made by their own tools, such as xl or QEMU, leaves it out and StartGuest is refused).
+   */
+  createGuest?(spec: GuestSpec): SourceGuest;
+}
+
+/** A guest to boot (StartGuest): a workload profile and its rates, for drivers that run workloads. */
+export interface GuestSpec {
+  readonly id?: string;
+  readonly profile: string;
+  readonly memoryBytes: number;
+  /** Default: the host's. */
+  readonly unitMs?: number;
+  /** Rate overrides by name. */
+  readonly rates?: Readonly<Record<string, number>>;
+  /** Seed of the guest's outside world; default: from the operating system. */
+  readonly environmentSeed?: number;
 }

@@ -208,6 +208,7 @@ const STATUS_OF: Record<ErrorCode, grpc.status> = {
   DATA_LOSS: grpc.status.DATA_LOSS,
   ABORTED: grpc.status.ABORTED,
   UNAVAILABLE: grpc.status.UNAVAILABLE,
+  UNIMPLEMENTED: grpc.status.UNIMPLEMENTED,
   PERMISSION_DENIED: grpc.status.PERMISSION_DENIED,
   DEADLINE_EXCEEDED: grpc.status.DEADLINE_EXCEEDED,
 };

@@ -3,14 +3,12 @@
 // memory from the checkpoint.
 
 import { CorruptDataError, InvalidArgumentError } from '../../errors.js';
-import { PAGE_BYTES } from '../types.js';
+import { PAGE_BYTES, UNIT_MS_DEFAULT, UNIT_MS_MAX, UNIT_MS_MIN } from '../types.js';
 import { isProfileName, type PayloadKind, type ProfileName, resolveRates, type WorkloadRates } from './profiles.js';
 
 export const SIM_MEMORY_BYTES_MIN = 64 * 1024 * 1024;
 export const SIM_MEMORY_BYTES_MAX = 64 * 1024 * 1024 * 1024;
-export const UNIT_MS_MIN = 1;
-export const UNIT_MS_MAX = 100;
-export const UNIT_MS_DEFAULT = 10;
+export { UNIT_MS_DEFAULT, UNIT_MS_MAX, UNIT_MS_MIN };
 
 export interface SimMachineConfig {
   readonly profile: ProfileName;

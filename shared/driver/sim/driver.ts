@@ -5,12 +5,12 @@
 import { randomUUID } from 'node:crypto';
 import { AlreadyExistsError, InvalidArgumentError, NotFoundError, ReservationRefusedError } from '../../errors.js';
 import { Random } from '../../random.js';
-import type { GuestDescription, HostCapacity, HypervisorDriver, TargetReplica } from '../types.js';
+import { DRIVER_CAPABILITIES, type GuestDescription, type GuestSpec, type HostCapacity, type HypervisorDriver, type TargetReplica } from '../types.js';
 import { checkMemoryBytes, checkUnitMs, decodeMachineConfig, type SimMachineConfig, UNIT_MS_DEFAULT } from './config.js';
 import { type ContentMix, DEFAULT_CONTENT_MIX, fillMemory } from './content.js';
 import { SIM_GUEST_DEFAULTS, type SimGuestOptions, SimSourceGuest } from './guest.js';
 import { SimMachine } from './machine.js';
-import { PROFILES, type ProfileName, resolveRates, type WorkloadRates } from './profiles.js';
+import { isProfileName, PROFILE_NAMES, PROFILES, type ProfileName, resolveRates, type WorkloadRates } from './profiles.js';
 import { SimReplica } from './replica.js';
 
 export interface SimDriverOptions {
@@ -23,11 +23,9 @@ export interface SimDriverOptions {
   guest: Partial<Omit<SimGuestOptions, 'environmentSeed'>>;
 }
 
-export interface CreateGuestSpec {
-  id?: string;
-  profile: ProfileName;
-  memoryBytes: number;
-  unitMs?: number;
+export interface CreateGuestSpec extends GuestSpec {
+  /** A profile name (PROFILE_NAMES); anything else is refused with INVALID_ARGUMENT. */
+  profile: ProfileName | string;
   rates?: Partial<WorkloadRates>;
   contentMix?: ContentMix;
   /** Seed of the boot-time memory contents. */
@@ -42,6 +40,7 @@ const GUEST_ID = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/;
 
 export class SimDriver implements HypervisorDriver {
   readonly name = 'sim';
+  readonly capabilities = DRIVER_CAPABILITIES;
   private readonly guests = new Map<string, SimSourceGuest>();
   private readonly replicas = new Map<string, SimReplica>();
   private readonly options: SimDriverOptions;
@@ -68,6 +67,7 @@ export class SimDriver implements HypervisorDriver {
     }
     return {
       driver: this.name,
+      capabilities: this.capabilities,
       memoryBytesTotal: this.options.memoryBytesTotal,
       memoryBytesReserved: used,
       memoryBytesFree: Math.max(0, this.options.memoryBytesTotal - used),
@@ -93,6 +93,7 @@ export class SimDriver implements HypervisorDriver {
     checkMemoryBytes(spec.memoryBytes);
     const unitMs = spec.unitMs ?? this.options.unitMsDefault;
     checkUnitMs(unitMs);
+    if (!isProfileName(spec.profile)) throw new InvalidArgumentError(`profile '${spec.profile}': expected one of ${PROFILE_NAMES.join(', ')}`);
     const rates = resolveRates(spec.profile, spec.rates);
     this.checkRoom(id, spec.memoryBytes);
     const config: SimMachineConfig = { profile: spec.profile, rates, payload: PROFILES[spec.profile].payload, memoryBytes: spec.memoryBytes, unitMs };
@@ -104,7 +105,7 @@ export class SimDriver implements HypervisorDriver {
     return guest;
   }
 
-  reserve(description: GuestDescription): TargetReplica {
+  reserve(description: GuestDescription): SimReplica {
     if (description.driver !== this.name) {
       throw new ReservationRefusedError(`guest '${description.id}' runs on driver '${description.driver}'; this host runs '${this.name}'`);
     }

@@ -13,7 +13,7 @@
 // stall time is reported.
 
 import { AbortedError, InvalidArgumentError, InvalidStateError } from '../../errors.js';
-import type { GuestDescription, GuestState, PageAccess, RecordingStart, RecordingStats, SealedUnit, SourceGuest, CheckpointChunk } from '../types.js';
+import type { CheckpointChunk, GuestDescription, GuestState, LogRecorder, PageAccess, RecordingStart, RecordingStats, SealedUnit, SourceGuest } from '../types.js';
 import { PAGE_BYTES } from '../types.js';
 import { beginCheckpoint, type CheckpointInstant, checkpointChunks, CHUNK_PAGES_DEFAULT, CHUNK_PAGES_MAX, COW_BYTES_MAX_DEFAULT, endCheckpoint } from './checkpoint.js';
 import { Environment } from './environment.js';
@@ -71,7 +71,7 @@ interface Recording {
   checkpointTaken: boolean;
 }
 
-export class SimSourceGuest implements SourceGuest {
+export class SimSourceGuest implements SourceGuest, LogRecorder {
   private runState: GuestState;
   private environment: Environment;
   private recording: Recording | null = null;
@@ -88,6 +88,15 @@ export class SimSourceGuest implements SourceGuest {
   private pageFetcher: ((pages: Uint32Array) => Promise<void>) | null = null;
   private pagesFetched = 0;
   readonly pages: PageAccess;
+
+  /** Capability `log-recording`: the sim guest records every nondeterministic event. */
+  get recorder(): LogRecorder {
+    return this;
+  }
+
+  get pagesMissing(): number {
+    return this.machine.memory.missing === null ? 0 : this.machine.memory.missingCount;
+  }
 
   constructor(
     readonly id: string,

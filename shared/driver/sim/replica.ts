@@ -4,7 +4,7 @@
 // Replay never waits out idle time: applying a unit costs only its busy part's CPU time.
 
 import { CorruptDataError, InvalidStateError, ReplayDivergenceError, UnitOrderError } from '../../errors.js';
-import type { CheckpointChunk, GuestDescription, GuestState, PageAccess, PostcopyTarget, SourceGuest, TargetReplica } from '../types.js';
+import type { CheckpointChunk, CheckpointReplayTarget, GuestDescription, GuestState, PageAccess, PageRestoreTarget, PostcopyResumeTarget, PostcopyTarget, SourceGuest, TargetReplica } from '../types.js';
 import { CheckpointRestorer } from './checkpoint.js';
 import { encodeMachineConfig, type SimMachineConfig, summarizeConfig } from './config.js';
 import { combineDigest, machineDigest } from './digest.js';
@@ -15,13 +15,26 @@ import { decodeUnit, EventType, type SyncEvent } from './unit-codec.js';
 
 type ReplicaState = Extract<GuestState, 'restoring' | 'replica' | 'discarded'> | 'diverged' | 'activated';
 
-export class SimReplica implements TargetReplica {
+export class SimReplica implements TargetReplica, CheckpointReplayTarget, PageRestoreTarget, PostcopyResumeTarget {
   readonly machine: SimMachine;
   private readonly restorer: CheckpointRestorer;
   private replicaState: ReplicaState = 'restoring';
   private finalApplied = false;
   private restoredByPages = false;
-  readonly pages: TargetReplica['pages'];
+  readonly pages: PageRestoreTarget['pages'];
+
+  /** Capabilities: the sim replica has them all. */
+  get replay(): CheckpointReplayTarget {
+    return this;
+  }
+
+  get pageRestore(): PageRestoreTarget {
+    return this;
+  }
+
+  get postcopy(): PostcopyResumeTarget {
+    return this;
+  }
 
   constructor(
     readonly id: string,
