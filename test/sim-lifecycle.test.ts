@@ -233,7 +233,7 @@ t.test('createGuest refuses out-of-range sizes and unit lengths', async (t) => {
     expectError(t, thrown(() => driver.createGuest({ ...spec, id })), InvalidArgumentError, /expected 1-64 letters/, `id '${id}'`);
   }
   expectError(t, thrown(() => driver.createGuest({ ...spec, rates: { busyFraction: 0 } })), InvalidArgumentError, /busyFraction=0 is out of range/, 'rate out of range');
-  expectError(t, thrown(() => driver.createGuest({ ...spec, profile: 'nope' as never })), InvalidArgumentError, /unknown workload profile 'nope'/, 'unknown profile');
+  expectError(t, thrown(() => driver.createGuest({ ...spec, profile: 'nope' as never })), InvalidArgumentError, /profile 'nope': expected one of idle, web/, 'unknown profile');
   expectError(t, thrown(() => driver.createGuest({ ...spec, contentMix: { zeroFraction: 0.5, textFraction: 0.2, randomFraction: 0.2 } })), InvalidArgumentError, /add up to/, 'content mix');
   t.same(driver.listGuests(), [], 'no guest was created by the refusals');
   t.equal(driver.capacity().memoryBytesReserved, 0, 'and no room taken');
