@@ -8,6 +8,7 @@ import { z } from 'zod';
 import { NON_CONVERGENCE_POLICIES } from './convergence.js';
 import { UNIT_MS_DEFAULT, UNIT_MS_MAX, UNIT_MS_MIN } from './driver/types.js';
 import { hostOf, isLoopbackHost } from './transport/tls.js';
+import { WINDOW_DEFAULTS } from './protocol.js';
 import { parseBandwidth } from './units.js';
 
 /** Largest configuration file read (it is a few hundred bytes normally). */
@@ -72,12 +73,12 @@ export const agentConfigSchema = z.strictObject({
   limits: z
     .strictObject({
       jobsMax: int(1, 1_000_000).default(1000),
-      chunkWindow: int(1, 1024).default(16),
-      unitWindow: int(1, 1_000_000).default(4096),
-      unitWindowMib: int(1, 4096).default(64),
+      chunkWindow: int(1, 1024).default(WINDOW_DEFAULTS.chunks),
+      unitWindow: int(1, 1_000_000).default(WINDOW_DEFAULTS.units),
+      unitWindowMib: int(1, 4096).default(WINDOW_DEFAULTS.unitBytes / 2 ** 20),
       reservationTimeoutMs: int(1000, 3600_000).default(60_000),
     })
-    .default({ jobsMax: 1000, chunkWindow: 16, unitWindow: 4096, unitWindowMib: 64, reservationTimeoutMs: 60_000 }),
+    .default({ jobsMax: 1000, chunkWindow: WINDOW_DEFAULTS.chunks, unitWindow: WINDOW_DEFAULTS.units, unitWindowMib: WINDOW_DEFAULTS.unitBytes / 2 ** 20, reservationTimeoutMs: 60_000 }),
   hooks: z
     .strictObject({
       activation: z.array(z.string().min(1)).max(64).default([]),

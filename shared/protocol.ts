@@ -16,6 +16,18 @@ import { compressBlockInto, decompressBlock } from './lz4.js';
 
 export const PROTOCOL_VERSION = 1;
 export const AGENT_VERSION = '0.1.0';
+/**
+ * The target's windows, until its ReserveResponse says otherwise (it sends its configured ones):
+ * what the source may have outstanding, sent and not yet applied or replayed.
+ */
+export const WINDOW_DEFAULTS = {
+  /** Checkpoint chunks (or page batches) sent and not yet applied. */
+  chunks: 16,
+  /** Log units sent and not yet replayed, by count and by raw bytes. */
+  units: 4096,
+  unitBytes: 64 * 1024 * 1024,
+} as const;
+
 /** Largest chunk or unit (raw) the agents carry. */
 export const PAYLOAD_RAW_BYTES_MAX = 16 * 1024 * 1024;
 

@@ -8,7 +8,7 @@ import type { GuestDescription, HypervisorDriver, TargetReplica } from '../share
 import { InvalidArgumentError, InvalidStateError, LimitExceededError, NotFoundError, VmMigrateError } from '../shared/errors.js';
 import type { AgentMetrics } from '../shared/metrics.js';
 import { capacityMessage } from '../shared/messages.js';
-import { AGENT_VERSION, PROTOCOL_VERSION } from '../shared/protocol.js';
+import { AGENT_VERSION, PROTOCOL_VERSION, WINDOW_DEFAULTS } from '../shared/protocol.js';
 import type { MigrationMethod } from '../shared/stats.js';
 import { grpc, type migrationService, pb, toServiceError } from '../shared/transport/grpc.js';
 import { TargetSession } from './session.js';
@@ -29,9 +29,9 @@ export interface TargetOptions {
 }
 
 export const TARGET_DEFAULTS: TargetOptions = {
-  chunkWindow: 16,
-  unitWindow: 4096,
-  unitWindowBytes: 64 * 1024 * 1024,
+  chunkWindow: WINDOW_DEFAULTS.chunks,
+  unitWindow: WINDOW_DEFAULTS.units,
+  unitWindowBytes: WINDOW_DEFAULTS.unitBytes,
   reservationTimeoutMs: 60_000,
   activationHooks: [],
   hookTimeoutMs: 10_000,
