@@ -7,10 +7,13 @@ import type { HypervisorDriver } from '../shared/driver/types.js';
 import { capacityMessage, guestMessage } from '../shared/messages.js';
 import { InvalidArgumentError, InvalidStateError, LimitExceededError, NotFoundError, UnimplementedError, VmMigrateError } from '../shared/errors.js';
 import type { AgentMetrics } from '../shared/metrics.js';
-import { ABORTABLE_PHASES, type MigrationMethod, type MigrationPhase, type MigrationStats } from '../shared/stats.js';
+import { ABORTABLE_PHASES, type MigrationPhase, type MigrationStats } from '../shared/stats.js';
 import { type controlService, grpc, pb, toServiceError } from '../shared/transport/grpc.js';
 import { hostOf, isLoopbackHost } from '../shared/transport/tls.js';
-import { type FaultInjection, type SourceOptions, SourceMigration } from './migration.js';
+import { type FaultInjection, faultHooks } from './faults.js';
+import { checkGuestCapabilities } from './methods/capabilities.js';
+import { createMethod } from './methods/registry.js';
+import { type SourceOptions, SourceMigration } from './migration.js';
 
 export interface ControlOptions {
   downtimeLimitMsDefault: number;
@@ -62,8 +65,7 @@ export class ControlService {
     if (this.options.plaintext && !isLoopbackHost(hostOf(req.targetAddress))) {
       throw new InvalidArgumentError(`this agent runs without TLS (tls.plaintext), so it migrates guests to loopback targets only, not to ${req.targetAddress}; configure mutual TLS`);
     }
-    const method = (req.method || 'crtr') as MigrationMethod;
-    if (method !== 'crtr' && method !== 'precopy' && method !== 'postcopy') throw new InvalidArgumentError(`method '${req.method}': expected crtr, precopy or postcopy`);
+    const method = createMethod(req.method || 'crtr');
     const policy = (req.nonConvergencePolicy || this.options.nonConvergencePolicyDefault) as NonConvergencePolicy;
     if (!NON_CONVERGENCE_POLICIES.includes(policy)) throw new InvalidArgumentError(`nonConvergencePolicy '${req.nonConvergencePolicy}': expected ${NON_CONVERGENCE_POLICIES.join(', ')}`);
     const downtimeLimitMs = req.downtimeLimitMs || this.options.downtimeLimitMsDefault;
@@ -80,6 +82,7 @@ export class ControlService {
     if (bandwidth !== 0 && (bandwidth < 125_000 || bandwidth > 1e12)) {
       throw new InvalidArgumentError(`maxBandwidthBytesPerSec ${bandwidth}: expected 0 (unlimited) or 125000 (1 Mbit/s) to 1e12`);
     }
+    checkGuestCapabilities(method, guest, this.driver.name);
     if (guest.describe().state !== 'running') throw new InvalidStateError(`guest '${req.guestId}' is ${guest.describe().state}; only a running guest migrates`);
     let faults: FaultInjection | undefined;
     const f = req.faultInjection;
@@ -98,14 +101,15 @@ export class ControlService {
     this.pruneJobs();
     const job = new SourceMigration(
       guest,
-      { guestId: req.guestId, targetAddress: req.targetAddress, method, downtimeLimitMs, maxBandwidthBytesPerSec: bandwidth, policy, maxDurationMs, faults, disableCompression: req.disableCompression },
+      { guestId: req.guestId, targetAddress: req.targetAddress, method: method.name, downtimeLimitMs, maxBandwidthBytesPerSec: bandwidth, policy, maxDurationMs, disableCompression: req.disableCompression },
       this.sourceOptions,
       this.log,
+      { hooks: faults === undefined ? undefined : faultHooks(faults) },
     );
     this.jobs.set(job.id, job);
     this.metrics?.trackOutgoing(job);
     this.log.info(
-      { jobId: job.id, guestId: req.guestId, target: req.targetAddress, method, downtimeLimitMs, maxDurationMs, policy, faultInjection: faults !== undefined },
+      { jobId: job.id, guestId: req.guestId, target: req.targetAddress, method: method.name, downtimeLimitMs, maxDurationMs, policy, faultInjection: faults !== undefined },
       'migration started',
     );
     void job.run();

@@ -1,0 +1,130 @@
+// Fault injection, for tests of an agent started with --allow-fault-injection: a faulty transfer
+// channel (corrupt a chunk, a unit or a page batch after its checksum was taken, or the digest of
+// the commit) and a phase hook (abort the migration as a phase begins). They are wired into a
+// migration only when asked for and allowed; the production path has no fault checks.
+
+import type { VmMigrateError } from '../shared/errors.js';
+import type { PackedMessage, PayloadBody } from '../shared/protocol.js';
+import type { MigrationPhase } from '../shared/stats.js';
+import type { Activated, CommitResult, ControlBody, Progress, StopRequest, TransferChannel, WaitOptions } from './channel.js';
+
+export interface FaultInjection {
+  abortAtPhase?: MigrationPhase;
+  /** A checkpoint chunk's index (CR/TR), or the number of a page batch (pre-copy, 0 first). */
+  corruptChunkIndex?: number;
+  corruptUnitSequence?: number;
+  corruptCommitDigest?: boolean;
+}
+
+/** What a migration lets hooks change: its channel, and what happens as a phase begins. */
+export interface MigrationHooks {
+  wrapChannel?(channel: TransferChannel): TransferChannel;
+  /** Called as each phase begins; `cancel` ends the migration as a CancelJob would. */
+  onPhase?(phase: MigrationPhase, cancel: (reason: string) => void): void;
+}
+
+/** The hooks that inject `faults`. */
+export function faultHooks(faults: FaultInjection): MigrationHooks {
+  return {
+    wrapChannel: (channel) => new FaultyChannel(channel, faults),
+    onPhase: (phase, cancel) => {
+      if (faults.abortAtPhase === phase) cancel(`fault injection: abort at phase ${phase}`);
+    },
+  };
+}
+
+/** Flips a byte in the middle of the payload's data, after its xxh64 was taken. */
+function corrupt(message: PackedMessage): void {
+  message.bytes[message.dataOffset + (message.dataBytes >> 1)] ^= 0xff;
+}
+
+function flipHex(digest: string): string {
+  return (digest[0] === '0' ? '1' : '0') + digest.slice(1);
+}
+
+/** A transfer channel that corrupts what `faults` names on its way out. */
+export class FaultyChannel implements TransferChannel {
+  private pageBatchesPacked = 0;
+  private pastPointOfNoReturn = false;
+
+  constructor(
+    private readonly inner: TransferChannel,
+    private readonly faults: FaultInjection,
+  ) {}
+
+  pack(body: PayloadBody, raw: Uint8Array): PackedMessage {
+    const message = this.inner.pack(body, raw);
+    const f = this.faults;
+    if (body.kind === 'chunk' && f.corruptChunkIndex === body.index) corrupt(message);
+    if (body.kind === 'unit' && f.corruptUnitSequence === body.sequence) corrupt(message);
+    // Post-copy's push comes after the point of no return: the guest already runs on the target.
+    if (body.kind === 'pages' && !this.pastPointOfNoReturn && f.corruptChunkIndex === this.pageBatchesPacked++) corrupt(message);
+    return message;
+  }
+
+  send(body: ControlBody): void {
+    if (body.commit && this.faults.corruptCommitDigest) body = { ...body, commit: { ...body.commit, digest: flipHex(body.commit.digest ?? '') } };
+    this.inner.send(body);
+  }
+
+  markPointOfNoReturn(): void {
+    this.pastPointOfNoReturn = true;
+    this.inner.markPointOfNoReturn();
+  }
+
+  get progress(): Progress {
+    return this.inner.progress;
+  }
+  get acknowledged(): boolean {
+    return this.inner.acknowledged;
+  }
+  get commitResult(): CommitResult | null {
+    return this.inner.commitResult;
+  }
+  get activated(): Activated | null {
+    return this.inner.activated;
+  }
+  get commitDigestSent(): string {
+    return this.inner.commitDigestSent;
+  }
+  get rttMs(): number {
+    return this.inner.rttMs;
+  }
+  get error(): VmMigrateError | null {
+    return this.inner.error;
+  }
+  get onStopRequest(): ((request: StopRequest) => void) | null {
+    return this.inner.onStopRequest;
+  }
+  set onStopRequest(handler: ((request: StopRequest) => void) | null) {
+    this.inner.onStopRequest = handler;
+  }
+  get onPageRequest(): ((pages: number[]) => void) | null {
+    return this.inner.onPageRequest;
+  }
+  set onPageRequest(handler: ((pages: number[]) => void) | null) {
+    this.inner.onPageRequest = handler;
+  }
+  write(message: PackedMessage, rateBytesPerSec: number): Promise<void> {
+    return this.inner.write(message, rateBytesPerSec);
+  }
+  until(predicate: () => boolean, options?: WaitOptions): Promise<void> {
+    return this.inner.until(predicate, options);
+  }
+  sleep(ms: number): Promise<void> {
+    return this.inner.sleep(ms);
+  }
+  fail(error: VmMigrateError): void {
+    this.inner.fail(error);
+  }
+  notify(): void {
+    this.inner.notify();
+  }
+  abort(reason: string): void {
+    this.inner.abort(reason);
+  }
+  close(): void {
+    this.inner.close();
+  }
+}
+

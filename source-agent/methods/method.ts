@@ -1,0 +1,111 @@
+// What a migration method is, and what the lifecycle lends it. The lifecycle (migration.ts) runs
+// every method the same way:
+//
+//   prepare      capacity (with the method's capabilities), reservation
+//   catchUp      while the guest runs: bring the replica as close as the method can
+//   suspend      the guest stops here (once, by the lifecycle)
+//   finish       after the suspend: bring the replica to the suspended state (or, for a method
+//                that switches first, hand the guest over and complete it)
+//   commit       digest compare; then activation, unless the method activated before the commit
+//
+// A method is one module under methods/, registered by name in methods/registry.ts.
+
+import type { Logger } from 'pino';
+import type { Clock } from '../../shared/clock.js';
+import type { NonConvergencePolicy } from '../../shared/convergence.js';
+import type { DriverCapability, SourceGuest } from '../../shared/driver/types.js';
+import type { MigrationMethod, MigrationPhase, MigrationStats } from '../../shared/stats.js';
+import type { TransferChannel } from '../channel.js';
+
+export interface MigrationRequest {
+  guestId: string;
+  targetAddress: string;
+  method: MigrationMethod;
+  downtimeLimitMs: number;
+  /** 0: unlimited. */
+  maxBandwidthBytesPerSec: number;
+  policy: NonConvergencePolicy;
+  maxDurationMs: number;
+  /** Send payloads raw (data-plane benchmarks). */
+  disableCompression?: boolean;
+}
+
+/** The target's windows, from its ReserveResponse. */
+export interface TargetWindows {
+  /** Checkpoint chunks or page batches sent and not yet applied. */
+  chunks: number;
+  /** Units sent and not yet replayed, by count and raw bytes. */
+  units: number;
+  unitBytes: number;
+}
+
+/** Timings a method's loops use. */
+export interface MethodTimings {
+  /** Window over which the backlog must shrink to count as converging. */
+  convergenceWindowMs: number;
+  /** How often the monitor samples the backlog and the clock. */
+  monitorIntervalMs: number;
+  /** Wait for the target's activation confirmation. */
+  activationTimeoutMs: number;
+}
+
+/** What the lifecycle lends a method for one migration. */
+export interface MethodContext {
+  readonly guest: SourceGuest;
+  /**
+   * Opens the transfer stream and sends Open (with the method's name): the target takes its
+   * reservation then. Until then a failure releases the reservation by a call of its own.
+   */
+  open(fields?: { firstSequence?: number }): void;
+  /** The transfer stream, once opened. */
+  readonly channel: TransferChannel;
+  readonly clock: Clock;
+  readonly request: MigrationRequest;
+  readonly stats: MigrationStats;
+  readonly windows: TargetWindows;
+  readonly timings: MethodTimings;
+  readonly log: Logger;
+  /** The migration's cancellation. */
+  readonly signal: AbortSignal;
+  /** Enters a phase (logs it, tells watchers; a fault hook may abort here). */
+  setPhase(phase: MigrationPhase): void;
+  /** A round event for watchers: what a round did or decided, in a sentence. */
+  round(message: string): void;
+  /** Tells watchers the statistics moved (the monitor's tick). */
+  progress(): void;
+  /** Milliseconds since the migration started. */
+  elapsedMs(): number;
+  /** The checkpoint's throughput on the wire, which the stop rule and expected downtime use. */
+  throughputBytesPerSec: number;
+  /**
+   * The point of no return of a method that hands the guest over before the commit (post-copy's
+   * machine state): from here the guest is never resumed here and a cancellation is refused.
+   */
+  markPointOfNoReturn(): void;
+  /** Set once the guest was suspended here (the downtime starts then). */
+  readonly suspendedAtMs: number;
+}
+
+export interface TransferMethod {
+  readonly name: MigrationMethod;
+  /** Driver capabilities the method needs of the source guest and of the target's replica. */
+  readonly needs: { readonly source: readonly DriverCapability[]; readonly target: readonly DriverCapability[] };
+  /** The phases a migration by this method goes through, in order (`done` follows). */
+  readonly phases: readonly MigrationPhase[];
+  /** The method resumes the guest on the target before the commit (post-copy). */
+  readonly activatesBeforeCommit: boolean;
+  /** Opens the transfer and, while the guest runs, brings the replica forward until the switchover is due. */
+  catchUp(ctx: MethodContext): Promise<void>;
+  /** After the lifecycle suspended the guest: sends what is left, until the replica is complete. */
+  finish(ctx: MethodContext): Promise<void>;
+  /** The guest's digest to commit with (default: taken by the lifecycle at the commitment). */
+  readonly commitDigest?: string;
+  /** How long the commit's answer may take (undefined: no bound). */
+  commitTimeoutMs(ctx: MethodContext): number | undefined;
+  /** Method-specific statistics, refreshed with the others (remainingBytes and the like). */
+  refreshStats(ctx: MethodContext): void;
+  /** After a failure before the commit: undo what the method did to the guest (stop recording, tracking). */
+  cleanUp(ctx: MethodContext): void;
+  /** Stops the method's timers; called once the migration ended, however it ended. */
+  dispose(): void;
+}

@@ -1,0 +1,28 @@
+// The migration methods by name. A method is a module exporting a TransferMethod class; adding
+// one is one line here (and its name in shared/stats.ts MigrationMethod).
+
+import { InvalidArgumentError } from '../../shared/errors.js';
+import type { MigrationMethod } from '../../shared/stats.js';
+import { CrtrMethod } from './crtr.js';
+import type { TransferMethod } from './method.js';
+import { PostcopyMethod } from './postcopy.js';
+import { PrecopyMethod } from './precopy.js';
+
+/** A fresh method for one migration (methods keep per-migration state). */
+const METHODS: Record<MigrationMethod, () => TransferMethod> = {
+  crtr: () => new CrtrMethod(),
+  precopy: () => new PrecopyMethod(),
+  postcopy: () => new PostcopyMethod(),
+};
+
+export const METHOD_NAMES = Object.keys(METHODS) as MigrationMethod[];
+
+export function isMethodName(name: string): name is MigrationMethod {
+  return Object.hasOwn(METHODS, name);
+}
+
+/** A new instance of the method `name`, or InvalidArgumentError naming the known ones. */
+export function createMethod(name: string): TransferMethod {
+  if (!isMethodName(name)) throw new InvalidArgumentError(`method '${name}': expected ${METHOD_NAMES.slice(0, -1).join(', ')} or ${METHOD_NAMES[METHOD_NAMES.length - 1]}`);
+  return METHODS[name]();
+}

@@ -1,0 +1,78 @@
+// The target agent as the source sees it: its unary Migration calls (capacity, reservation,
+// release, a ping) and the Transfer stream it opens, over one gRPC client that counts every byte
+// each way (the migration's transferredBytes).
+
+import { systemClock, type Clock } from '../shared/clock.js';
+import { type ByteCounter, countingService, grpc, makeClient, migrationService, pb, unary } from '../shared/transport/grpc.js';
+import { GrpcTransferChannel, type TransferChannel, type TransferChannelOptions } from './channel.js';
+
+type Capacity = InstanceType<typeof pb.Capacity>;
+type ReserveRequest = InstanceType<typeof pb.ReserveRequest>;
+type ReserveResponse = InstanceType<typeof pb.ReserveResponse>;
+
+/** What a migration's lifecycle asks of the target agent. */
+export interface TargetPeer {
+  readonly address: string;
+  /** Bytes on the wire so far: `sent` to the target, `received` from it. */
+  readonly wireBytes: Readonly<ByteCounter>;
+  capacity(): Promise<Capacity>;
+  reserve(request: ReserveRequest): Promise<ReserveResponse>;
+  /** Gives back a reservation that no transfer opened. */
+  release(reservationId: string, reason: string): Promise<void>;
+  /** Opens the Transfer stream; `signal` is the migration's cancellation. */
+  openTransfer(signal: AbortSignal, options: TransferChannelOptions): TransferChannel;
+  close(): void;
+}
+
+export interface PeerOptions {
+  credentials: grpc.ChannelCredentials;
+  /** Deadline of the unary calls (capacity, reservation, release, pings). */
+  callTimeoutMs: number;
+  clock?: Clock;
+}
+
+export class GrpcTargetPeer implements TargetPeer {
+  private readonly counter: ByteCounter = { sent: 0, received: 0 };
+  private readonly methods = countingService(migrationService, this.counter, 'client');
+  private readonly client: grpc.Client;
+  private readonly clock: Clock;
+
+  constructor(
+    readonly address: string,
+    private readonly options: PeerOptions,
+  ) {
+    this.client = makeClient(this.methods, 'Migration', address, options.credentials);
+    this.clock = options.clock ?? systemClock;
+  }
+
+  get wireBytes(): Readonly<ByteCounter> {
+    return this.counter;
+  }
+
+  capacity(): Promise<Capacity> {
+    return unary(this.client, this.methods.getCapacity, pb.CapacityRequest.create(), this.options.callTimeoutMs, `capacity of ${this.address}`);
+  }
+
+  reserve(request: ReserveRequest): Promise<ReserveResponse> {
+    return unary(this.client, this.methods.reserve, request, this.options.callTimeoutMs, `reservation on ${this.address}`);
+  }
+
+  async release(reservationId: string, reason: string): Promise<void> {
+    await unary(this.client, this.methods.release, pb.ReleaseRequest.create({ reservationId, reason }), this.options.callTimeoutMs, 'release');
+  }
+
+  openTransfer(signal: AbortSignal, options: TransferChannelOptions): TransferChannel {
+    const m = this.methods.transfer;
+    const call = this.client.makeBidiStreamRequest(m.path, m.requestSerialize, m.responseDeserialize);
+    // A ping is a small unary call: on its own HTTP/2 stream, it does not queue behind checkpoint
+    // data as a message on the transfer stream would.
+    const ping = async () => {
+      await unary(this.client, this.methods.getCapacity, pb.CapacityRequest.create(), this.options.callTimeoutMs, 'ping');
+    };
+    return new GrpcTransferChannel(call, { ...options, address: this.address, signal, ping, clock: this.clock });
+  }
+
+  close(): void {
+    this.client.close();
+  }
+}

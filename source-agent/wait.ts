@@ -1,0 +1,60 @@
+// The one wait primitive of a migration: wait until a condition holds, re-checked whenever
+// something that could change it happened (a message from the target, a drain, a decision of the
+// monitor, a cancellation), with a backstop timer in case nobody said so.
+
+import type { Clock, Timer } from '../shared/clock.js';
+import { DeadlineExceededError } from '../shared/errors.js';
+
+/** Longest a wait sleeps without a wake-up before it re-checks its condition on its own. */
+const BACKSTOP_MS = 250;
+
+export class Wakeups {
+  private waiters = new Set<() => void>();
+
+  constructor(private readonly clock: Clock) {}
+
+  /** Wakes every wait, so that each re-checks its condition. */
+  notify(): void {
+    const waiters = this.waiters;
+    this.waiters = new Set();
+    for (const wake of waiters) wake();
+  }
+
+  /**
+   * Resolves once `predicate` holds. Before each check `check` runs and may throw (a failed
+   * stream, a cancellation), which ends the wait with that error. With `timeoutMs`, rejects with
+   * DeadlineExceededError (message from `describeTimeout`) after that long.
+   */
+  async until(predicate: () => boolean, check: () => void, timeoutMs?: number, describeTimeout: () => string = () => `no change within ${timeoutMs} ms`): Promise<void> {
+    const deadlineMs = timeoutMs === undefined ? Infinity : this.clock.now() + timeoutMs;
+    for (;;) {
+      check();
+      if (predicate()) return;
+      if (this.clock.now() >= deadlineMs) throw new DeadlineExceededError(describeTimeout());
+      // The timer is only a backstop, cancelled once woken, so that a wait per chunk leaves no
+      // timer behind.
+      let backstop: Timer | undefined;
+      await new Promise<void>((resolve) => {
+        this.waiters.add(resolve);
+        backstop = this.clock.timeout(Math.min(BACKSTOP_MS, Math.max(1, deadlineMs - this.clock.now())), resolve);
+      });
+      backstop?.cancel();
+    }
+  }
+
+  /** Resolves once `promise` settled, running `check` meanwhile at every wake-up (as `until`). */
+  async settled(promise: Promise<unknown>, check: () => void): Promise<void> {
+    let done = false;
+    void promise.then(
+      () => {
+        done = true;
+        this.notify();
+      },
+      () => {
+        done = true;
+        this.notify();
+      },
+    );
+    await this.until(() => done, check);
+  }
+}
