@@ -92,6 +92,7 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
   private committed = false;
   /** Set when we discarded the source copy (completion): its counters are gone. */
   private guestDiscarded = false;
+  private suspended = false;
   private suspendedAtMs = 0;
 
   constructor(
@@ -208,6 +209,7 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
     if (this.stats.phase !== 'stop-and-copy') this.setPhase('stop-and-copy');
     this.stats.status = 'stop-and-copy';
     this.suspendedAtMs = this.clock.now();
+    this.suspended = true;
     await this.guest.suspend();
   }
 
@@ -341,6 +343,9 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
       get channel() {
         if (self.channel === null) throw new InvalidStateError('the transfer stream is not open yet');
         return self.channel;
+      },
+      get suspended() {
+        return self.suspended;
       },
       get suspendedAtMs() {
         return self.suspendedAtMs;

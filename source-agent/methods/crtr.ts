@@ -41,7 +41,7 @@ export class CrtrMethod implements TransferMethod {
     const monitor = (this.monitor = new ConvergenceMonitor(ctx));
     this.ticker = startTicker(ctx, () => monitor.tick(this.stopGranted || monitor.forced));
     const rate = ctx.request.maxBandwidthBytesPerSec;
-    const logStream = (this.logStream = new LogStream(channel, ctx.stats, ctx.windows, rate, () => ctx.suspendedAtMs > 0));
+    const logStream = (this.logStream = new LogStream(channel, ctx.stats, ctx.windows, rate, () => ctx.suspended));
     this.unitPump = logStream.run(recorder, ctx.signal, () => ctx.stats.phase === 'stop-and-copy' || ctx.stats.phase === 'commitment');
     this.unitPump.catch(() => {}); // Observed in finish; failures also surface through the waits.
     const checkpointStartMs = ctx.clock.now();
@@ -125,6 +125,7 @@ export class CrtrMethod implements TransferMethod {
       // The digest at commitment is inside the downtime: bring the incremental one up to date now.
       ctx.guest.digest();
       this.stopGranted = true;
+      channel.notify();
       ctx.log.info({ remainingUnits: request.remainingUnits, unsentLogBytes: unsent, rounds: stats.rounds }, 'stop-and-copy agreed');
     } else {
       stats.stopRequestsDenied++;

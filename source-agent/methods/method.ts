@@ -82,7 +82,9 @@ export interface MethodContext {
    * machine state): from here the guest is never resumed here and a cancellation is refused.
    */
   markPointOfNoReturn(): void;
-  /** Set once the guest was suspended here (the downtime starts then). */
+  /** The guest was suspended here: the downtime runs. */
+  readonly suspended: boolean;
+  /** When it was suspended (clock.now()); meaningful once `suspended`. */
   readonly suspendedAtMs: number;
 }
 
