@@ -38,7 +38,8 @@ import { parseArgs } from 'node:util';
 import { agentGlibcTunables } from '../cli/agent-process.js';
 import { measureRawHttp2 } from './raw-http2.js';
 import { measureRawTcp, type RawTcpResult } from './raw-tcp.js';
-import { type LinkMode, type ProcessCost, type RunRecord, runOne, seedOf } from './run.js';
+import type { LinkMode, ProcessCost, RunRecord } from './run-record.js';
+import { runOne, seedOf } from './run.js';
 
 const MB = 1e6;
 const MIB = 2 ** 20;

@@ -29,7 +29,8 @@ import { LINK_PROFILE_NAMES, LINK_PROFILES, type LinkProfileName } from '../shar
 import { type DataplaneResult, dataplaneSteps, runDataplane } from './dataplane.js';
 import { convergenceSpec, dataTransmittedSpec, downtimeVsMemorySpec, groupBy, renderSvg } from './plots.js';
 import { buildReport, type ReportMeta } from './report.js';
-import { AGENT_ARGS, ALL_METHODS, killLiveChildren, type LinkMode, type Method, MethodUnavailableError, type RunRecord, type RunSpec, runOne, seedOf, sleep } from './run.js';
+import { ALL_METHODS, type LinkMode, type Method, type RunRecord, type RunSpec } from './run-record.js';
+import { AGENT_ARGS, killLiveChildren, MethodUnavailableError, runOne, seedOf, sleep } from './run.js';
 import { median } from './stats.js';
 
 const MIB = 2 ** 20;

@@ -14,7 +14,7 @@
 import * as vega from 'vega';
 import { compile, type TopLevelSpec } from 'vega-lite';
 import { convergenceSeries } from './curve.js';
-import type { RunRecord } from './run.js';
+import type { RunRecord } from './run-record.js';
 import { median } from './stats.js';
 
 const MIB = 2 ** 20;

@@ -5,7 +5,7 @@
 
 import { type DataplaneResult, dataplaneMarkdown } from './dataplane.js';
 import { groupBy } from './plots.js';
-import type { Method, RunRecord } from './run.js';
+import type { Method, RunRecord } from './run-record.js';
 import { fmtRatio, fmtSummary, median, summarize } from './stats.js';
 
 const MIB = 2 ** 20;
