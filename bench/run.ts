@@ -5,6 +5,7 @@
 
 import type { ChildProcess } from 'node:child_process';
 import { readFileSync } from 'node:fs';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { type AgentProcess, startAgentProcess, stopAgentProcess } from '../cli/agent-process.js';
 import { controlService, grpc, makeClient, pb, unary } from '../shared/transport/grpc.js';
 import { LINK_PROFILES } from '../shared/transport/link.js';
@@ -289,10 +290,6 @@ function checkpointPhaseMs(r: RunRecord): number | null {
   }
   const end = r.curve.find((p) => p.rounds >= 1)?.tMs;
   return end === undefined ? null : end - start;
-}
-
-export function sleep(ms: number): Promise<void> {
-  return new Promise((resolve) => setTimeout(resolve, ms));
 }
 
 /** FNV-1a of a string, as a non-zero uint32 (environment seeds). */

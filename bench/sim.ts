@@ -33,9 +33,11 @@ import { peekUnitHeader } from '../shared/driver/sim/unit-codec.js';
 import type { CheckpointChunk, SealedUnit, TargetReplica } from '../shared/driver/types.js';
 import { xxh64 } from '../shared/hash.js';
 import { compressBlock } from '../shared/lz4.js';
+import { fixed, GIB_BYTES, MIB_BYTES, mibText, sig, table } from './format.js';
+import { median } from './stats.js';
 
-const MiB = 2 ** 20;
-const GiB = 2 ** 30;
+const MiB = MIB_BYTES;
+const GiB = GIB_BYTES;
 
 // ---------------------------------------------------------------------------------------------
 // Options
@@ -192,30 +194,7 @@ async function collectGarbage(): Promise<void> {
 
 const rss = (): number => process.memoryUsage.rss();
 
-function fixed(x: number, digits: number): string {
-  if (!Number.isFinite(x)) return String(x);
-  return x.toLocaleString('en-US', { minimumFractionDigits: digits, maximumFractionDigits: digits });
-}
-/** Three significant digits at least, no exponent, thousands separated. */
-function sig(x: number): string {
-  const a = Math.abs(x);
-  return fixed(x, a >= 100 || a === 0 ? 0 : a >= 10 ? 1 : a >= 1 ? 2 : 3);
-}
-const mibText = (bytes: number): string => `${fixed(bytes / MiB, 1)} MiB`;
 const mbps = (bytes: number, ms: number): number => bytes / 1e6 / (ms / 1000);
-
-function median(values: number[]): number {
-  const s = [...values].sort((a, b) => a - b);
-  const m = s.length >>> 1;
-  return s.length % 2 === 1 ? s[m] : (s[m - 1] + s[m]) / 2;
-}
-
-/** A table with a header row; columns after the first are right-aligned. */
-function table(headers: string[], rows: string[][]): string {
-  const widths = headers.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i].length)));
-  const line = (cells: string[]) => cells.map((c, i) => (i === 0 ? c.padEnd(widths[i]) : c.padStart(widths[i]))).join('  ').trimEnd();
-  return [line(headers), line(widths.map((w) => '-'.repeat(w))), ...rows.map(line)].join('\n');
-}
 
 /** Progress, on stderr so that stdout holds the figures only. */
 function progress(text: string): void {
