@@ -8,9 +8,11 @@
 // Neither should grow with the guest's size beyond that.
 
 import { readFileSync } from 'node:fs';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { parseArgs } from 'node:util';
 import { type AgentProcess, startAgentProcess, stopAgentProcess } from '../cli/agent-process.js';
 import { controlService, grpc, makeClient, pb, unary } from '../shared/transport/grpc.js';
+import { MIB_BYTES } from './format.js';
 
 function procKiB(pid: number, field: 'VmRSS' | 'VmHWM'): number {
   try {
@@ -21,7 +23,7 @@ function procKiB(pid: number, field: 'VmRSS' | 'VmHWM'): number {
   }
 }
 
-const mib = (b: number) => (b / 2 ** 20).toFixed(0);
+const mib = (b: number) => (b / MIB_BYTES).toFixed(0);
 
 export async function runAgentMemoryBench(argv: string[]): Promise<number> {
   const { values } = parseArgs({
@@ -38,7 +40,7 @@ export async function runAgentMemoryBench(argv: string[]): Promise<number> {
     console.log('usage: npm run bench -- memory [--memory-mib 4096] [--profile web] [--unit-window-mib 64] [--json]');
     return 0;
   }
-  const memoryBytes = Number(values['memory-mib']) * 2 ** 20;
+  const memoryBytes = Number(values['memory-mib']) * MIB_BYTES;
   const windowArgs = ['--unit-window-mib', String(values['unit-window-mib']), '--log-level', 'warn', '--memory-mib', String(Math.max(16384, 2 * Number(values['memory-mib'])))];
   const agents: AgentProcess[] = [];
   try {
@@ -61,7 +63,7 @@ export async function runAgentMemoryBench(argv: string[]): Promise<number> {
     const peak = { source: 0, target: 0 };
     let job: InstanceType<typeof pb.Job>;
     for (;;) {
-      await new Promise((resolve) => setTimeout(resolve, 200));
+      await sleep(200);
       peak.source = Math.max(peak.source, procKiB(source.pid, 'VmRSS'));
       peak.target = Math.max(peak.target, procKiB(target.pid, 'VmRSS'));
       job = await unary(control, controlService.getJob, pb.GetJobRequest.create({ jobId }), 10_000, 'job');
@@ -81,7 +83,7 @@ export async function runAgentMemoryBench(argv: string[]): Promise<number> {
       checkpointBytes: s.checkpointBytes,
       transferredBytes: s.transferredBytes,
       digestsEqual: s.sourceDigest !== '' && s.sourceDigest === s.targetDigest,
-      unitWindowBytes: Number(values['unit-window-mib']) * 2 ** 20,
+      unitWindowBytes: Number(values['unit-window-mib']) * MIB_BYTES,
       sourceRssIdleBytes: idle.source,
       sourceRssAfterBootBytes: booted,
       sourceRssPeakBytes: Math.max(peak.source, hwm.source),

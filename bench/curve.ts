@@ -15,9 +15,8 @@
 //   merge into their neighbours.
 // - postcopy: remainingBytes / 4096 (pages not yet on the target), as the agent reports them.
 
-import type { CurvePoint, RunRecord } from './run.js';
-
-const PAGE_BYTES = 4096;
+import { PAGE_BYTES } from '../shared/driver/types.js';
+import type { CurvePoint, RunRecord } from './run-record.js';
 
 export interface SeriesPoint {
   tS: number;

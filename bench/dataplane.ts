@@ -36,13 +36,11 @@
 import { cpus, loadavg } from 'node:os';
 import { parseArgs } from 'node:util';
 import { agentGlibcTunables } from '../cli/agent-process.js';
+import { GIB_BYTES, MB_BYTES, MIB_BYTES } from './format.js';
 import { measureRawHttp2 } from './raw-http2.js';
 import { measureRawTcp, type RawTcpResult } from './raw-tcp.js';
-import { type LinkMode, type ProcessCost, type RunRecord, runOne, seedOf } from './run.js';
-
-const MB = 1e6;
-const MIB = 2 ** 20;
-const GIB = 2 ** 30;
+import type { LinkMode, ProcessCost, RunRecord } from './run-record.js';
+import { runOne, seedOf } from './run.js';
 
 export interface AgentDataplaneFigures {
   compression: boolean;
@@ -132,7 +130,7 @@ function figures(r: RunRecord, raw: RawTcpResult): AgentDataplaneFigures {
 export async function runDataplane(o: DataplaneOptions): Promise<DataplaneResult> {
   const start = performance.now();
   const loadAtStart = loadavg();
-  const memoryBytes = o.memoryMiB * MIB;
+  const memoryBytes = o.memoryMiB * MIB_BYTES;
   const repeats: DataplaneRepeat[] = [];
   const step = (label: string) => o.onStep?.(label);
   for (let repeat = 0; repeat < o.repeats; repeat++) {
@@ -183,12 +181,12 @@ export async function runDataplane(o: DataplaneOptions): Promise<DataplaneResult
   };
 }
 
-const mbps = (bytesPerSec: number) => (bytesPerSec / MB).toFixed(0);
+const mbps = (bytesPerSec: number) => (bytesPerSec / MB_BYTES).toFixed(0);
 
 /** Markdown section of the report. */
 export function dataplaneMarkdown(d: DataplaneResult): string {
   const lines: string[] = [];
-  lines.push(`Idle ${d.memoryBytes / MIB} MiB guest, CR/TR, fresh agent processes; raw TCP moves ${d.memoryBytes / MIB} MiB between two child processes on loopback in the same run (best of a measurement before and after the agent runs). MB = 10^6 bytes.`);
+  lines.push(`Idle ${d.memoryBytes / MIB_BYTES} MiB guest, CR/TR, fresh agent processes; raw TCP moves ${d.memoryBytes / MIB_BYTES} MiB between two child processes on loopback in the same run (best of a measurement before and after the agent runs). MB = 10^6 bytes.`);
   if (d.load) {
     const avg = (xs: number[]) => xs.map((x) => x.toFixed(2)).join(' ');
     lines.push(`Load average (1, 5, 15 min) on ${d.load.cores} cores: ${avg(d.load.start)} at the start, ${avg(d.load.end)} at the end.`);
@@ -205,12 +203,12 @@ export function dataplaneMarkdown(d: DataplaneResult): string {
         continue;
       }
       lines.push(
-        `| ${rep.repeat + 1} | ${path} | ${a.compression ? 'on' : 'off'} | ${(a.checkpointPhaseMs / 1000).toFixed(2)} s | ${(a.checkpointWireBytes / MIB).toFixed(0)} MiB | ${mbps(a.wireBytesPerSec)} | ${mbps(a.memoryBytesPerSec)} | ${mbps(a.transferredBytesPerSec)} | ${mbps(rep.rawTcp.bytesPerSec)} | ${a.wireOverRawTcp.toFixed(3)} | ${a.memoryOverRawTcp.toFixed(3)} | ${a.digestsMatch ? 'equal' : 'DIFFERENT'} |`,
+        `| ${rep.repeat + 1} | ${path} | ${a.compression ? 'on' : 'off'} | ${(a.checkpointPhaseMs / 1000).toFixed(2)} s | ${(a.checkpointWireBytes / MIB_BYTES).toFixed(0)} MiB | ${mbps(a.wireBytesPerSec)} | ${mbps(a.memoryBytesPerSec)} | ${mbps(a.transferredBytesPerSec)} | ${mbps(rep.rawTcp.bytesPerSec)} | ${a.wireOverRawTcp.toFixed(3)} | ${a.memoryOverRawTcp.toFixed(3)} | ${a.digestsMatch ? 'equal' : 'DIFFERENT'} |`,
       );
     }
   }
   lines.push('');
-  const perGiB = (r: RawTcpResult) => (r.sinkCpuMs === undefined ? '' : `, receiver CPU ${((r.sinkCpuMs / 1000) * (GIB / r.bytes)).toFixed(2)} s per GiB`);
+  const perGiB = (r: RawTcpResult) => (r.sinkCpuMs === undefined ? '' : `, receiver CPU ${((r.sinkCpuMs / 1000) * (GIB_BYTES / r.bytes)).toFixed(2)} s per GiB`);
   for (const rep of d.repeats) {
     if (rep.rawHttp2 === undefined) continue;
     lines.push(
@@ -229,7 +227,7 @@ export function dataplaneMarkdown(d: DataplaneResult): string {
     for (const { rep, a } of costed) {
       const path = a.link === 'direct' ? 'agents direct' : `via ${a.link} link (${a.linkMode})`;
       const side = (c: ProcessCost) =>
-        `${(c.cpuMs / 1000).toFixed(2)} s (sys ${((c.systemMs ?? NaN) / 1000).toFixed(2)}) | ${((100 * c.cpuMs) / a.checkpointPhaseMs).toFixed(0)}% | ${((c.cpuMs / 1000) * (GIB / a.checkpointMemoryBytesCovered)).toFixed(2)} s | ${c.minorFaults}`;
+        `${(c.cpuMs / 1000).toFixed(2)} s (sys ${((c.systemMs ?? NaN) / 1000).toFixed(2)}) | ${((100 * c.cpuMs) / a.checkpointPhaseMs).toFixed(0)}% | ${((c.cpuMs / 1000) * (GIB_BYTES / a.checkpointMemoryBytesCovered)).toFixed(2)} s | ${c.minorFaults}`;
       lines.push(`| ${rep.repeat + 1} | ${path} | ${a.compression ? 'on' : 'off'} | ${side(a.cost!.source)} | ${side(a.cost!.target)} |`);
     }
     lines.push('');

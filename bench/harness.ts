@@ -20,6 +20,7 @@
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { parseArgs } from 'node:util';
 import cliProgress from 'cli-progress';
 import { type AgentProcess, startAgentProcess, stopAgentProcess } from '../cli/agent-process.js';
@@ -27,12 +28,12 @@ import { PROFILE_NAMES } from '../shared/driver/sim/profiles.js';
 import { controlService, grpc, makeClient, pb, unary } from '../shared/transport/grpc.js';
 import { LINK_PROFILE_NAMES, LINK_PROFILES, type LinkProfileName } from '../shared/transport/link.js';
 import { type DataplaneResult, dataplaneSteps, runDataplane } from './dataplane.js';
+import { GIB_BYTES, MIB_BYTES } from './format.js';
 import { convergenceSpec, dataTransmittedSpec, downtimeVsMemorySpec, groupBy, renderSvg } from './plots.js';
 import { buildReport, type ReportMeta } from './report.js';
-import { AGENT_ARGS, ALL_METHODS, killLiveChildren, type LinkMode, type Method, MethodUnavailableError, type RunRecord, type RunSpec, runOne, seedOf, sleep } from './run.js';
+import { ALL_METHODS, type LinkMode, type Method, type RunRecord, type RunSpec } from './run-record.js';
+import { AGENT_ARGS, killLiveChildren, MethodUnavailableError, runOne, seedOf } from './run.js';
 import { median } from './stats.js';
-
-const MIB = 2 ** 20;
 
 interface HarnessOptions {
   quick: boolean;
@@ -193,7 +194,7 @@ async function probeMethods(methods: Method[]): Promise<Map<Method, string>> {
     try {
       for (const method of toProbe) {
         const id = `probe-${method}`;
-        await unary(c, controlService.startGuest, pb.StartGuestRequest.create({ id, profile: 'idle', memoryBytes: 64 * MIB }), 60_000, 'probe guest');
+        await unary(c, controlService.startGuest, pb.StartGuestRequest.create({ id, profile: 'idle', memoryBytes: 64 * MIB_BYTES }), 60_000, 'probe guest');
         try {
           const { jobId } = await unary(
             c,
@@ -232,7 +233,7 @@ function matrixSpecs(o: HarnessOptions, methods: Method[]): RunSpec[] {
       for (const profile of o.profiles) {
         for (const mib of o.memoryMiB) {
           const seed = seedOf(`${profile}:${mib}:${repeat}`);
-          for (const method of methods) specs.push({ kind: 'matrix', profile, method, link, memoryBytes: mib * MIB, repeat, seed, ...common });
+          for (const method of methods) specs.push({ kind: 'matrix', profile, method, link, memoryBytes: mib * MIB_BYTES, repeat, seed, ...common });
         }
       }
     }
@@ -243,7 +244,7 @@ function matrixSpecs(o: HarnessOptions, methods: Method[]): RunSpec[] {
       for (const profile of o.scalingProfiles) {
         for (const mib of o.scalingMemoryMiB) {
           const seed = seedOf(`${profile}:${mib}:${repeat}`);
-          for (const method of scalingMethods) specs.push({ kind: 'scaling', profile, method, link: 'lan', memoryBytes: mib * MIB, repeat, seed, ...common });
+          for (const method of scalingMethods) specs.push({ kind: 'scaling', profile, method, link: 'lan', memoryBytes: mib * MIB_BYTES, repeat, seed, ...common });
         }
       }
     }
@@ -272,7 +273,7 @@ function estimateRunSeconds(spec: Pick<RunSpec, 'profile' | 'method' | 'link' | 
   if (m !== undefined) return m;
   const pair = MEASURED_WALL_S[spec.method]?.[spec.profile] ?? [15, 60];
   const base = spec.link === 'wan' ? pair[1] : spec.link === 'lan' ? pair[0] : pair[0] * 0.8;
-  const migration = Math.max(1, base - FIXED_WALL_S) * (spec.memoryBytes / (512 * MIB));
+  const migration = Math.max(1, base - FIXED_WALL_S) * (spec.memoryBytes / (512 * MIB_BYTES));
   return Math.min(FIXED_WALL_S + migration, 360);
 }
 
@@ -335,7 +336,7 @@ async function writePlots(out: string, runs: RunRecord[]): Promise<ReportMeta['p
   const matrix = runs.filter((r) => r.kind === 'matrix');
   for (const rs of groupBy(matrix, (r) => `${r.profile}|${r.link}|${r.memoryBytes}`).values()) {
     const r = rs[0];
-    const mib = r.memoryBytes / MIB;
+    const mib = r.memoryBytes / MIB_BYTES;
     await write(
       `convergence-${slug(r.profile)}-${slug(r.link)}-${mib}MiB.svg`,
       convergenceSpec(rs, `Convergence: ${r.profile}, ${r.link} link, ${mib} MiB guest`),
@@ -404,7 +405,7 @@ async function writeOutputs(out: string, x: Outputs): Promise<ReportMeta> {
     host: {
       cpus: os.cpus().length,
       cpuModel: os.cpus()[0]?.model ?? '?',
-      memoryGiB: os.totalmem() / 2 ** 30,
+      memoryGiB: os.totalmem() / GIB_BYTES,
       node: process.version,
       loadavgStart: x.loadavgStart,
       loadavgEnd: x.loadavgEnd,
@@ -528,7 +529,7 @@ export async function runHarness(argv: string[]): Promise<number> {
   bar.start(specs.length + dpSteps, 0, { label: 'starting' });
 
   for (const spec of specs) {
-    const label = `${spec.kind === 'scaling' ? 'scaling ' : ''}${spec.profile} ${spec.method} ${spec.link} ${spec.memoryBytes / MIB} MiB #${spec.repeat + 1}`;
+    const label = `${spec.kind === 'scaling' ? 'scaling ' : ''}${spec.profile} ${spec.method} ${spec.link} ${spec.memoryBytes / MIB_BYTES} MiB #${spec.repeat + 1}`;
     if (!methods.includes(spec.method)) {
       bar.increment(1, { label: `${label}: skipped` });
       continue;

@@ -11,7 +11,7 @@
 import { runAgentMemoryBench } from './agent-memory.js';
 import { runDataplaneBench } from './dataplane.js';
 import { runHarness } from './harness.js';
-import { runSimBench } from './sim.js';
+import { runSimBench } from './sim/index.js';
 
 interface Benchmark {
   readonly summary: string;

@@ -14,10 +14,10 @@
 import * as vega from 'vega';
 import { compile, type TopLevelSpec } from 'vega-lite';
 import { convergenceSeries } from './curve.js';
-import type { RunRecord } from './run.js';
+import { MIB_BYTES } from './format.js';
+import type { RunRecord } from './run-record.js';
 import { median } from './stats.js';
 
-const MIB = 2 ** 20;
 const METHOD_COLORS = { domain: ['crtr', 'precopy', 'postcopy'], range: ['#1f77b4', '#d62728', '#2ca02c'] };
 const CONFIG = {
   background: 'white',
@@ -102,9 +102,9 @@ export function dataTransmittedSpec(records: RunRecord[]): TopLevelSpec | null {
     (r) => `${r.link}|${r.profile}|${r.method}|${r.memoryBytes}`,
   );
   const values = [...groups.values()].map((rs) => {
-    const mib = rs.map((r) => r.transferredBytes / MIB);
+    const mib = rs.map((r) => r.transferredBytes / MIB_BYTES);
     const r = rs[0];
-    return { link: `${r.link}, ${r.memoryBytes / MIB} MiB`, profile: r.profile, method: r.method, median: median(mib), min: Math.min(...mib), max: Math.max(...mib) };
+    return { link: `${r.link}, ${r.memoryBytes / MIB_BYTES} MiB`, profile: r.profile, method: r.method, median: median(mib), min: Math.min(...mib), max: Math.max(...mib) };
   });
   if (values.length === 0) return null;
   return {
@@ -138,7 +138,7 @@ export function downtimeVsMemorySpec(records: RunRecord[]): TopLevelSpec | null 
   const values = [...groups.values()].map((rs) => {
     const d = rs.map((r) => r.downtimeMs);
     const r = rs[0];
-    return { panel: `${r.profile}, ${r.link}`, method: r.method, memoryMiB: r.memoryBytes / MIB, median: median(d), min: Math.min(...d), max: Math.max(...d) };
+    return { panel: `${r.profile}, ${r.link}`, method: r.method, memoryMiB: r.memoryBytes / MIB_BYTES, median: median(d), min: Math.min(...d), max: Math.max(...d) };
   });
   if (values.length === 0) return null;
   return {

@@ -7,11 +7,13 @@
 // Both are child processes of the harness, so neither shares a core's event loop with it.
 
 import { type ChildProcess, spawn } from 'node:child_process';
-import { once } from 'node:events';
-import * as net from 'node:net';
 import { randomFillSync } from 'node:crypto';
+import { type EventEmitter, once } from 'node:events';
+import * as net from 'node:net';
 import { createInterface } from 'node:readline';
+import type { Readable, Writable } from 'node:stream';
 import { fileURLToPath } from 'node:url';
+import { MIB_BYTES } from './format.js';
 
 export interface RawTcpResult {
   bytes: number;
@@ -74,66 +76,92 @@ export async function measureBetweenProcesses(script: string, bytes: number, tim
   }
 }
 
+// ---------------------------------------------------------------------------------------------
+// The two roles, shared with raw-http2.ts: a sink that counts what it reads, a source that writes.
+
+/** Bytes the source writes at a time: one random buffer, written over and over. */
+export const SOURCE_WRITE_BYTES = MIB_BYTES;
+
+/**
+ * Counts the bytes `stream` delivers from its first byte to its end, then prints the sink's line
+ * {"bytes","ms","cpuMs"} (CPU time of this process over the same span) and exits. `beforePrint`
+ * runs at the end, before the line (HTTP/2 answers the request there).
+ */
+export function countToEndAndPrint(stream: Readable, beforePrint: () => void = () => undefined): void {
+  let bytes = 0;
+  let firstMs = 0;
+  let firstCpu = process.cpuUsage();
+  stream.on('data', (b: Buffer) => {
+    if (bytes === 0) {
+      firstMs = performance.now();
+      firstCpu = process.cpuUsage();
+    }
+    bytes += b.length;
+  });
+  stream.on('end', () => {
+    const ms = performance.now() - firstMs;
+    const cpu = process.cpuUsage(firstCpu);
+    beforePrint();
+    process.stdout.write(`${JSON.stringify({ bytes, ms, cpuMs: (cpu.user + cpu.system) / 1000 })}\n`, () => process.exit(0));
+  });
+}
+
+/** Prints the sink's first line, {"listening":"127.0.0.1:port"}. */
+export function printListening(port: number): void {
+  process.stdout.write(`${JSON.stringify({ listening: `127.0.0.1:${port}` })}\n`);
+}
+
+/** Writes `total` bytes of `buffer`, over and over, waiting for 'drain' when the stream is full; then ends it. */
+export function writeRepeatedly(stream: Writable, buffer: Buffer, total: number): void {
+  let sent = 0;
+  const pump = () => {
+    while (sent < total) {
+      const n = Math.min(buffer.length, total - sent);
+      sent += n;
+      if (!stream.write(n === buffer.length ? buffer : buffer.subarray(0, n))) {
+        stream.once('drain', pump);
+        return;
+      }
+    }
+    stream.end();
+  };
+  pump();
+}
+
+/** Exits with status 1 on an error of `emitter`, naming `what`. */
+export function exitOnError(emitter: EventEmitter, what: string): void {
+  emitter.on('error', (e: Error) => {
+    console.error(`${what}: ${e.message}`);
+    process.exit(1);
+  });
+}
+
+/** `node <script> sink | source <host:port> <bytes>`: runs the role the command line names. */
+export function runRole(script: string, sink: () => void, source: (address: string, bytes: number) => void): void {
+  const [role, address, bytes] = process.argv.slice(2);
+  if (role === 'sink') sink();
+  else if (role === 'source' && address && Number(bytes) > 0) source(address, Number(bytes));
+  else {
+    console.error(`usage: node ${script} sink | source <host:port> <bytes>`);
+    process.exit(2);
+  }
+}
+
 function sinkMain(): void {
   const server = net.createServer((socket) => {
     server.close();
-    let bytes = 0;
-    let firstMs = 0;
-    let firstCpu = process.cpuUsage();
-    socket.on('data', (b: Buffer) => {
-      if (bytes === 0) {
-        firstMs = performance.now();
-        firstCpu = process.cpuUsage();
-      }
-      bytes += b.length;
-    });
-    socket.on('end', () => {
-      const ms = performance.now() - firstMs;
-      const cpu = process.cpuUsage(firstCpu);
-      process.stdout.write(`${JSON.stringify({ bytes, ms, cpuMs: (cpu.user + cpu.system) / 1000 })}\n`, () => process.exit(0));
-    });
-    socket.on('error', (e) => {
-      console.error(`raw TCP sink: ${e.message}`);
-      process.exit(1);
-    });
+    countToEndAndPrint(socket);
+    exitOnError(socket, 'raw TCP sink');
   });
-  server.listen(0, '127.0.0.1', () => {
-    const a = server.address() as net.AddressInfo;
-    process.stdout.write(`${JSON.stringify({ listening: `127.0.0.1:${a.port}` })}\n`);
-  });
+  server.listen(0, '127.0.0.1', () => printListening((server.address() as net.AddressInfo).port));
 }
 
 function sourceMain(address: string, total: number): void {
   const i = address.lastIndexOf(':');
-  const buffer = randomFillSync(Buffer.allocUnsafe(1024 * 1024));
-  const socket = net.connect({ host: address.slice(0, i), port: Number(address.slice(i + 1)) }, () => {
-    let sent = 0;
-    const pump = () => {
-      while (sent < total) {
-        const n = Math.min(buffer.length, total - sent);
-        sent += n;
-        if (!socket.write(n === buffer.length ? buffer : buffer.subarray(0, n))) {
-          socket.once('drain', pump);
-          return;
-        }
-      }
-      socket.end();
-    };
-    pump();
-  });
-  socket.on('error', (e) => {
-    console.error(`raw TCP source: ${e.message}`);
-    process.exit(1);
-  });
+  const buffer = randomFillSync(Buffer.allocUnsafe(SOURCE_WRITE_BYTES));
+  const socket = net.connect({ host: address.slice(0, i), port: Number(address.slice(i + 1)) }, () => writeRepeatedly(socket, buffer, total));
+  exitOnError(socket, 'raw TCP source');
   socket.on('close', () => process.exit(0));
 }
 
-if (process.argv[1] === fileURLToPath(import.meta.url)) {
-  const [role, address, bytes] = process.argv.slice(2);
-  if (role === 'sink') sinkMain();
-  else if (role === 'source' && address && Number(bytes) > 0) sourceMain(address, Number(bytes));
-  else {
-    console.error('usage: node raw-tcp.js sink | source <host:port> <bytes>');
-    process.exit(2);
-  }
-}
+if (process.argv[1] === fileURLToPath(import.meta.url)) runRole('raw-tcp.js', sinkMain, sourceMain);

@@ -4,11 +4,10 @@
 // measured downtime over its lower bound; then the scaling runs, the data plane, and the plots.
 
 import { type DataplaneResult, dataplaneMarkdown } from './dataplane.js';
+import { MIB_BYTES } from './format.js';
 import { groupBy } from './plots.js';
-import type { Method, RunRecord } from './run.js';
+import type { Method, RunRecord } from './run-record.js';
 import { fmtRatio, fmtSummary, median, summarize } from './stats.js';
-
-const MIB = 2 ** 20;
 
 export interface ReportMeta {
   title: string;
@@ -49,7 +48,7 @@ function figuresOf(runs: RunRecord[]): MethodFigures {
     ok: ok.length,
     downtime: summarize(ok.map((r) => r.downtimeMs)),
     total: summarize(ok.map((r) => r.totalTimeMs / 1000)),
-    data: summarize(ok.map((r) => r.transferredBytes / MIB)),
+    data: summarize(ok.map((r) => r.transferredBytes / MIB_BYTES)),
     rounds: summarize(ok.map((r) => r.rounds)),
     forced: ok.filter((r) => r.forced).length,
     digestsOk: ok.filter((r) => r.digestsMatch).length,
@@ -82,7 +81,7 @@ function groupKey(r: RunRecord): string {
 /** One section per profile/link/memory: the table of figures and the ratios. */
 function groupSection(runs: RunRecord[], comparisons: Comparison[]): string {
   const r0 = runs[0];
-  const memoryMiB = r0.memoryBytes / MIB;
+  const memoryMiB = r0.memoryBytes / MIB_BYTES;
   const lines: string[] = [];
   lines.push(`### ${r0.profile}, ${r0.link}, ${memoryMiB} MiB`);
   lines.push('');
@@ -164,7 +163,7 @@ function scalingSection(runs: RunRecord[]): string {
     const f = figuresOf(rs);
     const r = rs[0];
     lines.push(
-      `| ${r.profile} | ${r.link} | ${METHOD_LABEL[r.method]} | ${r.memoryBytes / MIB} | ${f.ok}/${f.n} | ${fmtSummary(f.downtime, 0)} | ${fmtSummary(f.total, 2)} | ${fmtSummary(f.data, 0)} | ${r.method === 'crtr' ? fmtSummary(f.overBound, 2) : ''} |`,
+      `| ${r.profile} | ${r.link} | ${METHOD_LABEL[r.method]} | ${r.memoryBytes / MIB_BYTES} | ${f.ok}/${f.n} | ${fmtSummary(f.downtime, 0)} | ${fmtSummary(f.total, 2)} | ${fmtSummary(f.data, 0)} | ${r.method === 'crtr' ? fmtSummary(f.overBound, 2) : ''} |`,
     );
   }
   return `${lines.join('\n')}\n`;
