@@ -2,32 +2,21 @@
 // host, capacity, and migration jobs (start, watch, get, list, cancel).
 
 import type { Logger } from 'pino';
-import { NON_CONVERGENCE_POLICIES, type NonConvergencePolicy } from '../shared/convergence.js';
 import type { HypervisorDriver } from '../shared/driver/types.js';
 import { capacityMessage, guestMessage } from '../shared/messages.js';
-import { InvalidArgumentError, InvalidStateError, LimitExceededError, NotFoundError, UnimplementedError, VmMigrateError } from '../shared/errors.js';
+import { InvalidStateError, LimitExceededError, NotFoundError, UnimplementedError, VmMigrateError } from '../shared/errors.js';
 import type { AgentMetrics } from '../shared/metrics.js';
-import { ABORTABLE_PHASES, type MigrationPhase, type MigrationStats } from '../shared/stats.js';
-import { type controlService, grpc, pb, toServiceError } from '../shared/transport/grpc.js';
-import { hostOf, isLoopbackHost } from '../shared/transport/tls.js';
-import { type FaultInjection, faultHooks } from './faults.js';
+import { type controlService, type grpc, pb, toServiceError } from '../shared/transport/grpc.js';
+import { faultHooks } from './faults.js';
 import { checkGuestCapabilities } from './methods/capabilities.js';
 import { createMethod } from './methods/registry.js';
+import { parseFaultInjection, parseStartRequest, type StartDefaults } from './start-request.js';
+import { jobMessage, watchJob } from './watch-job.js';
 import { type SourceOptions, SourceMigration } from './migration.js';
 
-export interface ControlOptions {
-  downtimeLimitMsDefault: number;
-  maxDurationMsDefault: number;
+export interface ControlOptions extends StartDefaults {
   /** Jobs kept (finished ones are dropped oldest first past this). */
   jobsMax: number;
-  /** Bandwidth cap of a migration that asks for none (0: unlimited). */
-  maxBandwidthBytesPerSecDefault: number;
-  /** Policy of a migration that names none. */
-  nonConvergencePolicyDefault: NonConvergencePolicy;
-  /** Honour fault injection in StartMigration (tests only). */
-  allowFaultInjection: boolean;
-  /** This agent runs without TLS: it migrates guests to loopback targets only. */
-  plaintext: boolean;
 }
 
 export const CONTROL_DEFAULTS: ControlOptions = {
@@ -41,7 +30,6 @@ export const CONTROL_DEFAULTS: ControlOptions = {
 };
 
 type Handlers = { [K in keyof typeof controlService]: grpc.UntypedHandleCall };
-type Job = InstanceType<typeof pb.Job>;
 
 export class ControlService {
   private readonly jobs = new Map<string, SourceMigration>();
@@ -61,57 +49,22 @@ export class ControlService {
 
   startMigration(req: InstanceType<typeof pb.StartMigrationRequest>): SourceMigration {
     const guest = this.driver.guest(req.guestId);
-    if (!req.targetAddress) throw new InvalidArgumentError('targetAddress is required (host:port of the target agent)');
-    if (this.options.plaintext && !isLoopbackHost(hostOf(req.targetAddress))) {
-      throw new InvalidArgumentError(`this agent runs without TLS (tls.plaintext), so it migrates guests to loopback targets only, not to ${req.targetAddress}; configure mutual TLS`);
-    }
-    const method = createMethod(req.method || 'crtr');
-    const policy = (req.nonConvergencePolicy || this.options.nonConvergencePolicyDefault) as NonConvergencePolicy;
-    if (!NON_CONVERGENCE_POLICIES.includes(policy)) throw new InvalidArgumentError(`nonConvergencePolicy '${req.nonConvergencePolicy}': expected ${NON_CONVERGENCE_POLICIES.join(', ')}`);
-    const downtimeLimitMs = req.downtimeLimitMs || this.options.downtimeLimitMsDefault;
-    if (downtimeLimitMs < 1 || downtimeLimitMs > 600_000) throw new InvalidArgumentError(`downtimeLimitMs ${downtimeLimitMs}: expected 1 to 600000`);
-    const maxDurationMs = req.maxDurationMs || this.options.maxDurationMsDefault;
-    if (maxDurationMs < 100 || maxDurationMs > 24 * 3600_000) throw new InvalidArgumentError(`maxDurationMs ${maxDurationMs}: expected 100 ms to 24 h`);
+    const request = parseStartRequest(req, this.options);
     for (const job of this.jobs.values()) {
       if (job.request.guestId === req.guestId && !job.isOver()) throw new InvalidStateError(`guest '${req.guestId}' is already being migrated by job ${job.id}`);
     }
     if (guest.pagesMissing > 0) {
       throw new InvalidStateError(`guest '${req.guestId}' is still receiving ${guest.pagesMissing} pages of its own post-copy migration; try again when it has them`);
     }
-    const bandwidth = req.maxBandwidthBytesPerSec || this.options.maxBandwidthBytesPerSecDefault;
-    if (bandwidth !== 0 && (bandwidth < 125_000 || bandwidth > 1e12)) {
-      throw new InvalidArgumentError(`maxBandwidthBytesPerSec ${bandwidth}: expected 0 (unlimited) or 125000 (1 Mbit/s) to 1e12`);
-    }
-    checkGuestCapabilities(method, guest, this.driver.name);
+    checkGuestCapabilities(createMethod(request.method), guest, this.driver.name);
     if (guest.describe().state !== 'running') throw new InvalidStateError(`guest '${req.guestId}' is ${guest.describe().state}; only a running guest migrates`);
-    let faults: FaultInjection | undefined;
-    const f = req.faultInjection;
-    if (f && (f.abortAtPhase || (f.corruptChunkIndex ?? 0) > 0 || (f.corruptUnitSequence ?? 0) > 0 || f.corruptCommitDigest)) {
-      if (!this.options.allowFaultInjection) throw new InvalidArgumentError('fault injection is disabled on this agent (start it with --allow-fault-injection)');
-      if (f.abortAtPhase && !ABORTABLE_PHASES.includes(f.abortAtPhase as MigrationPhase)) {
-        throw new InvalidArgumentError(`abortAtPhase '${f.abortAtPhase}': expected one of ${ABORTABLE_PHASES.join(', ')}`);
-      }
-      faults = {
-        abortAtPhase: (f.abortAtPhase || undefined) as MigrationPhase | undefined,
-        corruptChunkIndex: (f.corruptChunkIndex ?? 0) > 0 ? (f.corruptChunkIndex ?? undefined) : undefined,
-        corruptUnitSequence: (f.corruptUnitSequence ?? 0) > 0 ? (f.corruptUnitSequence ?? undefined) : undefined,
-        corruptCommitDigest: f.corruptCommitDigest ?? false,
-      };
-    }
+    const faults = parseFaultInjection(req, this.options.allowFaultInjection);
     this.pruneJobs();
-    const job = new SourceMigration(
-      guest,
-      { guestId: req.guestId, targetAddress: req.targetAddress, method: method.name, downtimeLimitMs, maxBandwidthBytesPerSec: bandwidth, policy, maxDurationMs, disableCompression: req.disableCompression },
-      this.sourceOptions,
-      this.log,
-      { hooks: faults === undefined ? undefined : faultHooks(faults) },
-    );
+    const job = new SourceMigration(guest, request, this.sourceOptions, this.log, { hooks: faults === undefined ? undefined : faultHooks(faults) });
     this.jobs.set(job.id, job);
     this.metrics?.trackOutgoing(job);
-    this.log.info(
-      { jobId: job.id, guestId: req.guestId, target: req.targetAddress, method: method.name, downtimeLimitMs, maxDurationMs, policy, faultInjection: faults !== undefined },
-      'migration started',
-    );
+    const { method, downtimeLimitMs, maxDurationMs, policy } = request;
+    this.log.info({ jobId: job.id, guestId: req.guestId, target: req.targetAddress, method, downtimeLimitMs, maxDurationMs, policy, faultInjection: faults !== undefined }, 'migration started');
     void job.run();
     return job;
   }
@@ -200,49 +153,8 @@ export class ControlService {
           call.emit('error', toServiceError(error));
           return;
         }
-        const intervalMs = Math.max(20, call.request.intervalMs || 200);
-        // Progress and round events are skipped while the watcher has not read the previous ones
-        // (a slow reader must not make us buffer without bound); phase and final events always go.
-        let backlogged = false;
-        call.on('drain', () => (backlogged = false));
-        const send = (kind: string, message = '') => {
-          if ((kind === 'progress' || kind === 'round') && backlogged) return;
-          if (!call.write(pb.JobEvent.create({ job: jobMessage(job), kind, message }))) backlogged = true;
-        };
-        const onPhase = (phase: MigrationPhase) => send('phase', phase);
-        const onRound = (what: string) => send('round', what);
-        const timer = setInterval(() => send('progress'), intervalMs);
-        const finish = () => {
-          clearInterval(timer);
-          job.off('phase', onPhase);
-          job.off('round', onRound);
-          const s = job.stats.status;
-          send(s === 'completed' ? 'completed' : s === 'cancelled' ? 'cancelled' : 'failed', job.stats.error);
-          call.end();
-        };
-        job.on('phase', onPhase);
-        job.on('round', onRound);
-        call.on('cancelled', () => {
-          clearInterval(timer);
-          job.off('phase', onPhase);
-          job.off('round', onRound);
-          job.off('end', finish);
-        });
-        send('progress');
-        if (job.isOver()) finish();
-        else job.once('end', finish);
+        watchJob(call, job);
       }) as grpc.handleServerStreamingCall<InstanceType<typeof pb.WatchJobRequest>, InstanceType<typeof pb.JobEvent>>,
     };
   }
-}
-
-export function jobMessage(job: SourceMigration): Job {
-  const stats: MigrationStats = job.isOver() ? job.stats : job.refreshStats();
-  return pb.Job.create({
-    jobId: job.id,
-    guestId: job.request.guestId,
-    targetAddress: job.request.targetAddress,
-    stats: { ...stats },
-    startedAtMs: job.startedAtMs,
-  });
 }
