@@ -7,11 +7,12 @@ import type { ManualClock } from '../../shared/clock.js';
 import type { CheckpointChunk, GuestDescription, GuestState, LogRecorder, PageAccess, RecordingStart, RecordingStats, SealedUnit, SourceGuest } from '../../shared/driver/types.js';
 import { PAGE_BYTES } from '../../shared/driver/types.js';
 import { AbortedError, type VmMigrateError } from '../../shared/errors.js';
-import { type PackedMessage, packMessage, type PayloadBody } from '../../shared/protocol.js';
+import { type PackedMessage, packMessage, type PayloadBody, PROTOCOL_VERSION } from '../../shared/protocol.js';
 import { emptyStats, type MigrationMethod, type MigrationPhase, type MigrationStats } from '../../shared/stats.js';
 import { pb } from '../../shared/transport/grpc.js';
 import type { Activated, CommitResult, ControlBody, Progress, StopRequest, TransferChannel, WaitOptions } from '../../source-agent/channel.js';
 import type { MethodContext, MigrationRequest, TargetWindows } from '../../source-agent/methods/method.js';
+import type { TargetPeer } from '../../source-agent/peer.js';
 import { Wakeups } from '../../source-agent/wait.js';
 
 export const quietLog = pino({ level: 'silent' });
@@ -325,4 +326,36 @@ export function methodContext(
     await guest.suspend();
   };
   return { ctx, record, stats, suspend };
+}
+
+/** The target agent's unary side, played by the test; the transfer it opens is a FakeChannel. */
+export class FakePeer implements TargetPeer {
+  readonly address = 'fake-target:7401';
+  readonly wireBytes = { sent: 0, received: 0 };
+  capacityReply = pb.Capacity.create({ driver: 'fake', memoryBytesFree: 2 ** 40, capabilities: ['checkpoint-replay', 'page-restore', 'postcopy-resume'] });
+  reserveReply = pb.ReserveResponse.create({ protocolVersion: PROTOCOL_VERSION, reservationId: 'reservation-1', chunkWindow: 16, unitWindow: 4096, unitWindowBytes: 64 * 2 ** 20 });
+  readonly reserved: Array<InstanceType<typeof pb.ReserveRequest>> = [];
+  readonly released: Array<{ reservationId: string; reason: string }> = [];
+  channel: FakeChannel | null = null;
+  closed = false;
+
+  constructor(private readonly clock: ManualClock) {}
+
+  async capacity(): Promise<InstanceType<typeof pb.Capacity>> {
+    return this.capacityReply;
+  }
+  async reserve(request: InstanceType<typeof pb.ReserveRequest>): Promise<InstanceType<typeof pb.ReserveResponse>> {
+    this.reserved.push(request);
+    return this.reserveReply;
+  }
+  async release(reservationId: string, reason: string): Promise<void> {
+    this.released.push({ reservationId, reason });
+  }
+  openTransfer(signal: AbortSignal): TransferChannel {
+    this.channel = new FakeChannel(this.clock, signal);
+    return this.channel;
+  }
+  close(): void {
+    this.closed = true;
+  }
 }
