@@ -1,63 +1,33 @@
 // The target side of a migration: the Migration gRPC service. Phase 1 (capacity), phase 2
-// (reservation, with the version handshake), and phases 3 to 7 on the Transfer stream, one
-// TargetSession per stream (target-agent/session.ts).
+// (reservation, with the version handshake; the reservations themselves are in reservation.ts),
+// and phases 3 to 7 on the Transfer stream, one TargetSession per stream (session.ts).
 
 import { randomUUID } from 'node:crypto';
 import type { Logger } from 'pino';
-import type { GuestDescription, HypervisorDriver, TargetReplica } from '../shared/driver/types.js';
+import { type Clock, systemClock } from '../shared/clock.js';
+import type { GuestDescription, HypervisorDriver } from '../shared/driver/types.js';
 import { InvalidArgumentError, InvalidStateError, LimitExceededError, NotFoundError, VmMigrateError } from '../shared/errors.js';
 import type { AgentMetrics } from '../shared/metrics.js';
 import { capacityMessage } from '../shared/messages.js';
-import { AGENT_VERSION, PROTOCOL_VERSION, WINDOW_DEFAULTS } from '../shared/protocol.js';
+import { AGENT_VERSION, PROTOCOL_VERSION } from '../shared/protocol.js';
 import type { MigrationMethod } from '../shared/stats.js';
 import { grpc, type migrationService, pb, toServiceError } from '../shared/transport/grpc.js';
-import { TargetSession } from './session.js';
+import type { TargetOptions } from './options.js';
+import { type Reservation, ReservationRegistry } from './reservation.js';
+import { type SessionHost, TargetSession } from './session.js';
 
-export interface TargetOptions {
-  /** Checkpoint chunks the source may have outstanding (sent, not applied). */
-  chunkWindow: number;
-  /** Units the source may have outstanding (sent, not replayed), by count and by bytes. */
-  unitWindow: number;
-  unitWindowBytes: number;
-  /** A reservation not opened by a Transfer within this time is released. */
-  reservationTimeoutMs: number;
-  /** Commands run after the guest resumes here (`sh -c`), each bounded by hookTimeoutMs. */
-  activationHooks: string[];
-  hookTimeoutMs: number;
-  /** Minimum interval between progress reports. */
-  progressIntervalMs: number;
-}
-
-export const TARGET_DEFAULTS: TargetOptions = {
-  chunkWindow: WINDOW_DEFAULTS.chunks,
-  unitWindow: WINDOW_DEFAULTS.units,
-  unitWindowBytes: WINDOW_DEFAULTS.unitBytes,
-  reservationTimeoutMs: 60_000,
-  activationHooks: [],
-  hookTimeoutMs: 10_000,
-  progressIntervalMs: 20,
-};
-
-export interface Reservation {
-  readonly id: string;
-  /** The source's job id (logged as jobId on both agents). */
-  readonly migrationId: string;
-  readonly replica: TargetReplica;
-  readonly downtimeLimitMs: number;
-  readonly unitMs: number;
-  opened: boolean;
-  /** Known once a transfer opened the reservation. */
-  method: MigrationMethod | null;
-  timer: NodeJS.Timeout;
-}
+export { TARGET_DEFAULTS, type TargetOptions } from './options.js';
 
 type Handlers = { [K in keyof typeof migrationService]: grpc.UntypedHandleCall };
 
 /** Incoming transfers at once: each holds a replica of a guest's size. */
 const SESSIONS_MAX = 64;
+/** The downtime limits a reservation accepts. */
+const DOWNTIME_LIMIT_MS_MIN = 1;
+const DOWNTIME_LIMIT_MS_MAX = 600_000;
 
-export class MigrationService {
-  private readonly reservations = new Map<string, Reservation>();
+export class MigrationService implements SessionHost {
+  private readonly reservations: ReservationRegistry;
   private readonly sessions = new Set<TargetSession>();
 
   constructor(
@@ -65,9 +35,11 @@ export class MigrationService {
     readonly options: TargetOptions,
     private readonly log: Logger,
     readonly metrics?: AgentMetrics,
+    private readonly clock: Clock = systemClock,
   ) {
+    this.reservations = new ReservationRegistry(options, clock, log, metrics);
     // In progress: reserved and not yet opened, or on a transfer stream that holds its reservation.
-    metrics?.observeIncoming(() => [...this.reservations.values()].filter((r) => !r.opened).length + [...this.sessions].filter((s) => s.opened).length);
+    metrics?.observeIncoming(() => this.reservations.waiting + [...this.sessions].filter((s) => s.opened).length);
   }
 
   capacity(): InstanceType<typeof pb.Capacity> {
@@ -82,7 +54,9 @@ export class MigrationService {
     if (!g || !g.id) throw new InvalidArgumentError('reservation without a guest description');
     if (!request.migrationId) throw new InvalidArgumentError('reservation without a migration id');
     const downtimeLimitMs = request.downtimeLimitMs;
-    if (!(downtimeLimitMs >= 1 && downtimeLimitMs <= 600_000)) throw new InvalidArgumentError(`downtime limit ${downtimeLimitMs} ms: expected 1 to 600000`);
+    if (!(downtimeLimitMs >= DOWNTIME_LIMIT_MS_MIN && downtimeLimitMs <= DOWNTIME_LIMIT_MS_MAX)) {
+      throw new InvalidArgumentError(`downtime limit ${downtimeLimitMs} ms: expected ${DOWNTIME_LIMIT_MS_MIN} to ${DOWNTIME_LIMIT_MS_MAX}`);
+    }
     const description: GuestDescription = {
       id: g.id,
       driver: g.driver ?? '',
@@ -95,20 +69,7 @@ export class MigrationService {
     };
     const replica = this.driver.reserve(description);
     const id = randomUUID();
-    const reservation: Reservation = {
-      id,
-      migrationId: request.migrationId,
-      replica,
-      downtimeLimitMs,
-      unitMs: g.unitMs ?? 0,
-      opened: false,
-      method: null,
-      timer: setTimeout(() => {
-        if (!reservation.opened) this.release(id, `not opened within ${this.options.reservationTimeoutMs} ms`);
-      }, this.options.reservationTimeoutMs),
-    };
-    reservation.timer.unref();
-    this.reservations.set(id, reservation);
+    this.reservations.reserve(id, { migrationId: request.migrationId, replica, downtimeLimitMs, unitMs: g.unitMs ?? 0 });
     this.log.info({ jobId: request.migrationId, guestId: g.id, reservationId: id, memoryBytes: g.memoryBytes }, 'reserved room for an incoming guest');
     return pb.ReserveResponse.create({
       protocolVersion: PROTOCOL_VERSION,
@@ -122,31 +83,17 @@ export class MigrationService {
 
   /** Releases a reservation and discards its replica (unless it was activated). */
   release(id: string, reason: string): void {
-    const r = this.reservations.get(id);
-    if (r === undefined) return;
-    clearTimeout(r.timer);
-    this.reservations.delete(id);
-    r.replica.discard();
-    this.metrics?.incomingEnded(r.method ?? 'unknown', 'discarded');
-    this.log.info({ jobId: r.migrationId, guestId: r.replica.id, reservationId: id, reason }, 'released reservation');
+    this.reservations.release(id, reason);
   }
 
   /** Takes a reservation for a Transfer stream of `method`. */
   open(id: string, method: MigrationMethod): Reservation {
-    const r = this.reservations.get(id);
-    if (r === undefined) throw new NotFoundError(`no reservation '${id}' on this agent (expired or released?)`);
-    if (r.opened) throw new InvalidStateError(`reservation '${id}' is already in use by another transfer`);
-    r.opened = true;
-    r.method = method;
-    clearTimeout(r.timer);
-    return r;
+    return this.reservations.open(id, method);
   }
 
   /** Forgets a reservation whose replica was activated (the guest now belongs to the driver). */
   forget(id: string): void {
-    const r = this.reservations.get(id);
-    if (r !== undefined) clearTimeout(r.timer);
-    this.reservations.delete(id);
+    this.reservations.forget(id);
   }
 
   /** Discards a guest that runs on this host (a post-copy whose commit failed). */
@@ -161,7 +108,7 @@ export class MigrationService {
   /** Aborts every session and releases every reservation (agent shutdown). */
   shutdown(reason: string): void {
     for (const s of [...this.sessions]) s.abort(reason);
-    for (const id of [...this.reservations.keys()]) this.release(id, reason);
+    this.reservations.releaseAll(reason);
   }
 
   handlers(): Handlers {
@@ -190,7 +137,7 @@ export class MigrationService {
           call.emit('error', toServiceError(new LimitExceededError(`${this.sessions.size} incoming transfers in progress, the limit is ${SESSIONS_MAX}`)));
           return;
         }
-        const session = new TargetSession(call, this, this.log);
+        const session = new TargetSession(call, this, this.log, this.clock);
         this.sessions.add(session);
         void session.done.finally(() => this.sessions.delete(session));
       }) as grpc.handleBidiStreamingCall<InstanceType<typeof pb.SourceMessage>, InstanceType<typeof pb.TargetMessage>>,

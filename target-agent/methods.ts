@@ -1,0 +1,154 @@
+// The migration methods as the target sees them, registered by name: for each, the replica
+// capabilities it needs (a replica without one is refused at Open, by name), the stream messages
+// it accepts, and the receivers it runs on one transfer. The session routes each stream message
+// to its method's receiver and knows nothing else of the method.
+
+import { type DriverCapability, type PostcopyTarget, replicaCapabilities, type TargetReplica } from '../shared/driver/types.js';
+import { InvalidArgumentError, UnimplementedError } from '../shared/errors.js';
+import type { MigrationMethod } from '../shared/stats.js';
+import type { pb } from '../shared/transport/grpc.js';
+import type { ProgressCounters, ProgressReport } from './feedback.js';
+import { CheckpointReceiver } from './receivers/checkpoint.js';
+import type { ReceiverContext } from './receivers/context.js';
+import { LogUnitReceiver } from './receivers/log-units.js';
+import { PageBatchReceiver } from './receivers/page-batches.js';
+import { PostcopyReceiver } from './receivers/postcopy.js';
+import { ReplayPipeline, type ReplayPipelineDeps, type ReplayPipelineOptions } from './replay-pipeline.js';
+
+/** The stream messages that carry a method's data, by their SourceMessage field. */
+export interface StreamMessages {
+  chunk: InstanceType<typeof pb.CheckpointChunk>;
+  unit: InstanceType<typeof pb.LogUnit>;
+  pages: InstanceType<typeof pb.PageBatch>;
+  machineState: InstanceType<typeof pb.MachineState>;
+}
+export type StreamMessageKind = keyof StreamMessages;
+
+/** What a method's receivers need besides their context: the pipeline's windows and callbacks. */
+export interface MethodContext extends ReceiverContext {
+  readonly windows: ReplayPipelineOptions;
+  /** A receiver failed outside a message (a unit failed to replay): the transfer fails. */
+  fail(error: unknown): void;
+  /** A unit was replayed (metrics). */
+  unitReplayed(): void;
+}
+
+/** One method's receivers on one transfer. */
+export interface MethodTransfer {
+  /** A handler for each kind of message the method accepts. */
+  readonly receive: { [K in StreamMessageKind]?: (message: StreamMessages[K]) => void };
+  /** The receivers' share of a progress report; also what the commit checks (finalReplayed, remainingUnits). */
+  counters(): ProgressCounters;
+  /** After each progress report sent (the replay pipeline's stop request). */
+  afterReport?(nowMs: number, report: ProgressReport): void;
+  /** The source answered a stop request. */
+  stopDecided?(): void;
+  /** Post-copy: the guest's receiving end once it runs here; the commit then compares the pages as received. */
+  running?(): PostcopyTarget | null;
+}
+
+export interface TargetMethod {
+  readonly name: MigrationMethod;
+  /** Replica capabilities the method needs: checked at Open. */
+  readonly needs: readonly DriverCapability[];
+  /** Stream messages it accepts; any other is refused. */
+  readonly accepts: readonly StreamMessageKind[];
+  /** Its receivers on `replica`, which has every capability in `needs`. */
+  start(replica: TargetReplica, context: MethodContext): MethodTransfer;
+}
+
+/** The replica's capabilities, by name and type. */
+interface ReplicaCapabilities {
+  'checkpoint-replay': NonNullable<TargetReplica['replay']>;
+  'page-restore': NonNullable<TargetReplica['pageRestore']>;
+  'postcopy-resume': NonNullable<TargetReplica['postcopy']>;
+}
+
+function lacking(method: MigrationMethod, capability: DriverCapability, replica: TargetReplica): UnimplementedError {
+  return new UnimplementedError(`method '${method}' needs capability ${capability}, which driver '${replica.describe().driver}' lacks`);
+}
+
+/** The replica's capability `name`, or UnimplementedError naming what `method` lacks. */
+function capability<K extends keyof ReplicaCapabilities>(replica: TargetReplica, name: K, method: MigrationMethod): ReplicaCapabilities[K] {
+  const found = { 'checkpoint-replay': replica.replay, 'page-restore': replica.pageRestore, 'postcopy-resume': replica.postcopy }[name];
+  if (found === undefined) throw lacking(method, name, replica);
+  return found as ReplicaCapabilities[K];
+}
+
+const crtr: TargetMethod = {
+  name: 'crtr',
+  needs: ['checkpoint-replay'],
+  accepts: ['chunk', 'unit'],
+  start(replica, context) {
+    const replay = capability(replica, 'checkpoint-replay', 'crtr');
+    const deps: ReplayPipelineDeps = {
+      replay,
+      refreshDigest: () => replica.digest(),
+      replaying: () => context.phase() === 'replaying',
+      clock: context.clock,
+      feedback: { progress: (force) => context.progress(force), stopRequest: (request) => context.send({ stopRequest: request }) },
+      onFailure: (error) => context.fail(error),
+      onUnitReplayed: () => context.unitReplayed(),
+      log: context.log,
+    };
+    const pipeline = new ReplayPipeline(context.windows, deps);
+    const units = new LogUnitReceiver(context, pipeline);
+    const checkpoint: CheckpointReceiver = new CheckpointReceiver(context, {
+      replay,
+      digest: () => replica.digest(),
+      onRestored: () => {
+        context.log.info({ chunks: checkpoint.chunksApplied, queuedUnits: pipeline.remainingUnits }, 'checkpoint restored: replaying');
+        pipeline.start();
+      },
+    });
+    return {
+      receive: { chunk: (chunk) => checkpoint.receive(chunk), unit: (unit) => units.receive(unit) },
+      counters: () => ({ chunksApplied: checkpoint.chunksApplied, ...pipeline.counters() }),
+      afterReport: (nowMs, report) => pipeline.afterReport(nowMs, report.remainingUnitsAllowed),
+      stopDecided: () => pipeline.stopDecided(),
+    };
+  },
+};
+
+const precopy: TargetMethod = {
+  name: 'precopy',
+  needs: ['page-restore'],
+  accepts: ['pages', 'machineState'],
+  start(replica, context) {
+    const pages = new PageBatchReceiver(context, { pageRestore: capability(replica, 'page-restore', 'precopy'), digest: () => replica.digest() });
+    return {
+      receive: { pages: (batch) => pages.receivePages(batch), machineState: (state) => pages.receiveMachineState(state) },
+      counters: () => pages.counters(),
+    };
+  },
+};
+
+const postcopy: TargetMethod = {
+  name: 'postcopy',
+  needs: ['postcopy-resume'],
+  accepts: ['machineState', 'pages'],
+  start(replica, context) {
+    const receiver = new PostcopyReceiver(context, capability(replica, 'postcopy-resume', 'postcopy'));
+    return {
+      receive: { machineState: (state) => receiver.receiveMachineState(state), pages: (batch) => receiver.receivePages(batch) },
+      counters: () => receiver.counters(),
+      running: () => receiver.running,
+    };
+  },
+};
+
+const METHODS: ReadonlyMap<string, TargetMethod> = new Map([crtr, precopy, postcopy].map((m) => [m.name, m]));
+
+/** The method an Open names ('' is crtr, the default), or InvalidArgumentError. */
+export function targetMethod(name: string): TargetMethod {
+  const method = METHODS.get(name === '' ? 'crtr' : name);
+  if (method === undefined) throw new InvalidArgumentError(`transfer method '${name}' is not supported by this agent (${[...METHODS.keys()].join(', ')})`);
+  return method;
+}
+
+/** Refuses (UnimplementedError) a replica that lacks a capability `method` needs. */
+export function checkCapabilities(method: TargetMethod, replica: TargetReplica): void {
+  const has = replicaCapabilities(replica);
+  const missing = method.needs.find((need) => !has.includes(need));
+  if (missing !== undefined) throw lacking(method.name, missing, replica);
+}

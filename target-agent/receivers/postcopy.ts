@@ -1,0 +1,76 @@
+// A post-copy transfer: the machine state resumes the guest here at once with no page yet; from
+// then on each unit it runs first fetches the pages it will touch (page requests to the source,
+// answered by page batches), while the source pushes the rest.
+
+import type { PostcopyResumeTarget, PostcopyTarget } from '../../shared/driver/types.js';
+import { InvalidStateError } from '../../shared/errors.js';
+import { unpackPayload } from '../../shared/protocol.js';
+import type { pb } from '../../shared/transport/grpc.js';
+import type { ProgressCounters } from '../feedback.js';
+import type { ReceiverContext } from './context.js';
+
+/** Pages asked for in one PageRequest message. */
+const PAGE_REQUEST_PAGES_MAX = 4096;
+
+export class PostcopyReceiver {
+  /** Set once the guest runs here. */
+  private target: PostcopyTarget | null = null;
+  private batchesApplied = 0;
+  /** Fetches waiting for pages, each resolved once all its pages are here. */
+  private readonly pageWaiters: Array<{ pages: Uint32Array; resolve: () => void }> = [];
+
+  constructor(
+    private readonly context: ReceiverContext,
+    /** The replica's postcopy-resume capability. */
+    private readonly resume: PostcopyResumeTarget,
+  ) {}
+
+  /** The guest's receiving end once it runs here, else null. */
+  get running(): PostcopyTarget | null {
+    return this.target;
+  }
+
+  counters(): ProgressCounters {
+    return { pageBatchesApplied: this.batchesApplied, missingPages: this.target?.missingPages ?? 0 };
+  }
+
+  /**
+   * Resumes the guest here. From this point it is this host's (the source stays suspended); the
+   * commitment at the end checks the pages as received against the source.
+   */
+  receiveMachineState(message: InstanceType<typeof pb.MachineState>): void {
+    const { context } = this;
+    if (context.phase() !== 'restoring') throw new InvalidStateError(`machine state received while ${context.phase()}`);
+    const state = unpackPayload(message.payload, 'machine state');
+    const resumedAtMs = context.clock.now();
+    const { postcopy } = this.resume.activatePostcopy(state, (pages: Uint32Array) => this.fetchPages(pages));
+    this.target = postcopy;
+    context.log.info({ missingPages: postcopy.missingPages }, 'post-copy: resumed the guest here; fetching its pages');
+    context.resumedHere(resumedAtMs);
+  }
+
+  receivePages(batch: InstanceType<typeof pb.PageBatch>): void {
+    const target = this.target;
+    if (target === null) throw new InvalidStateError(`page batch received in a postcopy transfer that is ${this.context.phase()}`);
+    const bytes = unpackPayload(batch.payload, `page batch ${this.batchesApplied}`);
+    target.receivePages(bytes);
+    this.batchesApplied++;
+    for (let i = this.pageWaiters.length - 1; i >= 0; i--) {
+      const waiter = this.pageWaiters[i];
+      if (target.present(waiter.pages)) {
+        this.pageWaiters.splice(i, 1);
+        waiter.resolve();
+      }
+    }
+    this.context.progress(target.missingPages === 0);
+  }
+
+  /** Asks the source for `pages` and resolves once they are all here. */
+  private fetchPages(pages: Uint32Array): Promise<void> {
+    if (this.target === null || this.target.present(pages)) return Promise.resolve();
+    for (let i = 0; i < pages.length; i += PAGE_REQUEST_PAGES_MAX) {
+      this.context.send({ pageRequest: { pages: Array.from(pages.subarray(i, i + PAGE_REQUEST_PAGES_MAX)) } });
+    }
+    return new Promise((resolve) => this.pageWaiters.push({ pages, resolve }));
+  }
+}

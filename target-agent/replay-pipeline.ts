@@ -1,0 +1,218 @@
+// The replay pipeline of a CR/TR transfer (phases 4 and 5): units queue as they arrive, within the
+// window the target granted (by count and by bytes); once the checkpoint is restored they replay
+// in order, in slices of at most replaySliceMs so that incoming messages get in between; the
+// replay rate is measured as they go; and after each progress report the pipeline asks the source
+// for stop-and-copy when the units still queued fit the downtime limit.
+//
+// It sees the replica only through its checkpoint-replay capability, time only through the Clock,
+// and the source only through its feedback sink: tests drive it with fakes and a ManualClock.
+
+import type { Logger } from 'pino';
+import type { Clock } from '../shared/clock.js';
+import type { CheckpointReplayTarget } from '../shared/driver/types.js';
+import { LimitExceededError } from '../shared/errors.js';
+import type { ProgressCounters } from './feedback.js';
+import { ReplayRateMeter } from './replay-rate.js';
+
+export const REPLAY_PIPELINE = {
+  /** Replay runs at most this long before it lets incoming messages in. */
+  replaySliceMs: 10,
+  /** Stop requests are at least this far apart (the source answers each with a StopDecision). */
+  stopRequestIntervalMs: 50,
+  /** While idle, the replica's incremental digest is refreshed at most this often. */
+  digestRefreshIntervalMs: 200,
+} as const;
+
+export interface QueuedUnit {
+  readonly sequence: number;
+  /** The unit in the driver's encoding, as the replica's applyUnit takes it. */
+  readonly bytes: Uint8Array;
+  readonly final: boolean;
+}
+
+export interface StopRequest {
+  remainingUnits: number;
+  remainingUnitsAllowed: number;
+}
+
+/** Where the pipeline's messages to the source go. */
+export interface ReplayFeedbackSink {
+  /** Asks for a progress report: at once when `force`, otherwise when the interval allows. */
+  progress(force: boolean): void;
+  stopRequest(request: StopRequest): void;
+}
+
+export interface ReplayPipelineOptions {
+  /** The unit window granted to the source: units and bytes it may have outstanding. */
+  unitWindow: number;
+  unitWindowBytes: number;
+}
+
+export interface ReplayPipelineDeps {
+  /** The replica's checkpoint-replay capability. */
+  replay: Pick<CheckpointReplayTarget, 'applyUnit'>;
+  /** Rehashes what replay wrote, so that the digest at commitment has little left to do. */
+  refreshDigest(): void;
+  /** Whether units may replay now: the checkpoint is restored and the transfer not over. */
+  replaying(): boolean;
+  clock: Clock;
+  /** Runs `fn` after pending I/O (setImmediate); tests run it when they choose. */
+  defer?: (fn: () => void) => void;
+  feedback: ReplayFeedbackSink;
+  /** A unit failed to replay: the transfer fails, the replica is discarded. */
+  onFailure(error: unknown): void;
+  /** Called for every unit replayed (metrics). */
+  onUnitReplayed?(): void;
+  log: Logger;
+}
+
+/** Whether to send a stop request now. The source answers each with a StopDecision. */
+export function shouldRequestStop(state: {
+  replaying: boolean;
+  finalReplayed: boolean;
+  /** A request was sent and its decision has not come back. */
+  requestPending: boolean;
+  remainingUnits: number;
+  remainingUnitsAllowed: number;
+  msSinceLastRequest: number;
+}): boolean {
+  return (
+    state.replaying &&
+    !state.finalReplayed &&
+    !state.requestPending &&
+    state.remainingUnits <= state.remainingUnitsAllowed &&
+    state.msSinceLastRequest >= REPLAY_PIPELINE.stopRequestIntervalMs
+  );
+}
+
+export class ReplayPipeline {
+  private readonly queue: QueuedUnit[] = [];
+  private queueBytes = 0;
+  private unitsReceived = 0;
+  private unitsReplayed = 0;
+  private finalUnitReplayed = false;
+  private readonly rate = new ReplayRateMeter();
+  /** A replay slice is scheduled or running. */
+  private sliceScheduled = false;
+  private stopRequestPending = false;
+  private lastStopRequestMs = Number.NEGATIVE_INFINITY;
+  private lastDigestMs = Number.NEGATIVE_INFINITY;
+  private readonly defer: (fn: () => void) => void;
+
+  constructor(
+    private readonly options: ReplayPipelineOptions,
+    private readonly deps: ReplayPipelineDeps,
+  ) {
+    this.defer = deps.defer ?? setImmediate;
+  }
+
+  get remainingUnits(): number {
+    return this.queue.length;
+  }
+
+  /** The final unit (sealed at the source's suspend) was replayed: nothing follows. */
+  get finalReplayed(): boolean {
+    return this.finalUnitReplayed;
+  }
+
+  /** The pipeline's share of a progress report. */
+  counters(): ProgressCounters {
+    return {
+      unitsReceived: this.unitsReceived,
+      unitsReplayed: this.unitsReplayed,
+      remainingUnits: this.queue.length,
+      remainingUnitBytes: this.queueBytes,
+      replayRate: this.rate.replayRate,
+      finalReplayed: this.finalUnitReplayed,
+    };
+  }
+
+  /**
+   * Queues a unit, refused with LimitExceededError if it overflows the window. A unit larger than
+   * the byte window is admitted alone (the source sends it only then).
+   */
+  enqueue(unit: QueuedUnit): void {
+    const { unitWindow, unitWindowBytes } = this.options;
+    if (this.queue.length + 1 > unitWindow || (this.queue.length > 0 && this.queueBytes + unit.bytes.length > unitWindowBytes)) {
+      throw new LimitExceededError(
+        `unit ${unit.sequence} overflows the unit window: ${this.queue.length} units / ${this.queueBytes} bytes queued, window ${unitWindow} units / ${unitWindowBytes} bytes`,
+      );
+    }
+    this.queue.push(unit);
+    this.queueBytes += unit.bytes.length;
+    this.unitsReceived++;
+    this.kick();
+  }
+
+  /** Starts replaying what queued while the checkpoint was restored (call once replaying() holds). */
+  start(): void {
+    this.kick();
+  }
+
+  /** The source answered the pending stop request. */
+  stopDecided(): void {
+    this.stopRequestPending = false;
+  }
+
+  /** After each progress report: sends the stop request if it is due (see shouldRequestStop). */
+  afterReport(nowMs: number, remainingUnitsAllowed: number): void {
+    const due = shouldRequestStop({
+      replaying: this.deps.replaying(),
+      finalReplayed: this.finalUnitReplayed,
+      requestPending: this.stopRequestPending,
+      remainingUnits: this.queue.length,
+      remainingUnitsAllowed,
+      msSinceLastRequest: nowMs - this.lastStopRequestMs,
+    });
+    if (!due) return;
+    this.stopRequestPending = true;
+    this.lastStopRequestMs = nowMs;
+    this.deps.feedback.stopRequest({ remainingUnits: this.queue.length, remainingUnitsAllowed });
+  }
+
+  /** Schedules a replay slice unless one is scheduled, or reports progress while units only queue. */
+  private kick(): void {
+    if (this.sliceScheduled || !this.deps.replaying()) {
+      this.deps.feedback.progress(false);
+      return;
+    }
+    this.sliceScheduled = true;
+    this.defer(() => this.replaySlice());
+  }
+
+  /** Replays queued units for up to replaySliceMs, then yields to I/O and comes back if any remain. */
+  private replaySlice(): void {
+    const { clock } = this.deps;
+    try {
+      const sliceStartMs = clock.now();
+      while (this.deps.replaying() && this.queue.length > 0 && clock.now() - sliceStartMs < REPLAY_PIPELINE.replaySliceMs) this.replayNext();
+    } catch (error) {
+      this.sliceScheduled = false;
+      this.deps.onFailure(error);
+      return;
+    }
+    const idle = this.queue.length === 0;
+    if (idle && this.deps.replaying() && !this.finalUnitReplayed && clock.now() - this.lastDigestMs > REPLAY_PIPELINE.digestRefreshIntervalMs) {
+      // Idle: keep the incremental digest fresh, so that the one at commitment is quick.
+      this.lastDigestMs = clock.now();
+      this.deps.refreshDigest();
+    }
+    this.deps.feedback.progress(idle || this.finalUnitReplayed);
+    if (this.deps.replaying() && this.queue.length > 0) this.defer(() => this.replaySlice());
+    else this.sliceScheduled = false;
+  }
+
+  private replayNext(): void {
+    const unit = this.queue.shift()!;
+    this.queueBytes -= unit.bytes.length;
+    const startMs = this.deps.clock.now();
+    const applied = this.deps.replay.applyUnit(unit.bytes);
+    this.unitsReplayed++;
+    this.deps.onUnitReplayed?.();
+    this.rate.record(applied.guestNs, startMs, this.deps.clock.now());
+    if (applied.final) {
+      this.finalUnitReplayed = true;
+      this.deps.log.info({ unitsReplayed: this.unitsReplayed }, 'final unit replayed');
+    }
+  }
+}
