@@ -1,0 +1,344 @@
+// The target's session (target-agent/session.ts) on a fake Transfer stream, with a fake host and
+// fake replicas and a manual clock: no gRPC, no second process. Open refuses a replica that lacks
+// what the method needs, by name; messages a method does not take are refused; a CR/TR transfer
+// goes from Open to activation through the receivers and the replay pipeline.
+import { EventEmitter } from 'node:events';
+import { pino } from 'pino';
+import t from 'tap';
+import { ManualClock } from '../shared/clock.js';
+import type { CheckpointChunk, GuestDescription, SourceGuest, TargetReplica } from '../shared/driver/types.js';
+import { NotFoundError } from '../shared/errors.js';
+import { type PayloadBody, packMessage } from '../shared/protocol.js';
+import type { MigrationMethod } from '../shared/stats.js';
+import { grpc, pb } from '../shared/transport/grpc.js';
+import type { Reservation } from '../target-agent/reservation.js';
+import { type SessionHost, TargetSession } from '../target-agent/session.js';
+
+type SourceMessage = InstanceType<typeof pb.SourceMessage>;
+type TargetMessage = InstanceType<typeof pb.TargetMessage>;
+
+const DIGEST = '0123456789abcdef';
+
+/** The server side of a Transfer stream: what the session writes, and a way to send it messages. */
+class FakeStream extends EventEmitter {
+  readonly written: TargetMessage[] = [];
+  ended = false;
+
+  write(message: TargetMessage): boolean {
+    this.written.push(message);
+    return true;
+  }
+
+  end(): void {
+    this.ended = true;
+  }
+
+  /** A message as the source sends it, through the codec. */
+  receive(message: Record<string, unknown>): void {
+    this.emit('data', pb.SourceMessage.decode(pb.SourceMessage.encode(pb.SourceMessage.create(message as never)).finish()));
+  }
+
+  /** A message with a payload, serialized as the source agent does (packMessage). */
+  receivePayload(body: PayloadBody, raw: Uint8Array): void {
+    this.emit('data', pb.SourceMessage.decode(packMessage(body, raw).bytes) as SourceMessage);
+  }
+
+  kinds(): string[] {
+    return this.written.map((m) => String(m.body));
+  }
+
+  last(kind: string): TargetMessage | undefined {
+    return this.written.filter((m) => m.body === kind).at(-1);
+  }
+}
+
+/**
+ * A replica with the capabilities named in `parts`. Its units are [sequence, final]; it counts
+ * the chunks, units and activations it saw.
+ */
+function fakeReplica(parts: Array<'replay' | 'pageRestore' | 'postcopy'>) {
+  const seen = { chunks: 0, units: [] as number[], pageBatches: 0, machineStates: 0, activated: 0, discarded: 0, fetch: null as null | ((pages: Uint32Array) => Promise<void>) };
+  let restored = false;
+  const description: GuestDescription = { id: 'g1', driver: 'fake', memoryBytes: 2 ** 26, vcpus: 1, unitMs: 10, state: 'restoring', machineConfig: new Uint8Array(0), summary: '' };
+  const replay = {
+    restoreChunk(chunk: CheckpointChunk) {
+      seen.chunks++;
+      restored ||= chunk.final;
+    },
+    get restored() {
+      return restored;
+    },
+    applyUnit(bytes: Uint8Array) {
+      seen.units.push(bytes[0]);
+      return { sequence: bytes[0], guestNs: 10e6, final: bytes[1] === 1 };
+    },
+    get nextSequence() {
+      return seen.units.length + 1;
+    },
+  };
+  const pageRestore = {
+    applyPages: (bytes: Uint8Array) => {
+      seen.pageBatches++;
+      return bytes.length;
+    },
+    restoreMachineState: () => void seen.machineStates++,
+    pages: {} as NonNullable<TargetReplica['pageRestore']>['pages'],
+  };
+  // Post-copy: a guest of 4 pages; a page batch is the numbers of the pages it brings.
+  const present = new Set<number>();
+  const postcopy = {
+    activatePostcopy(_state: Uint8Array, fetch: (pages: Uint32Array) => Promise<void>) {
+      seen.fetch = fetch;
+      const target = {
+        get missingPages() {
+          return 4 - present.size;
+        },
+        receivePages: (bytes: Uint8Array) => {
+          for (const page of bytes) present.add(page);
+          return bytes.length;
+        },
+        present: (pages: Uint32Array) => pages.every((page) => present.has(page)),
+        receivedDigest: () => DIGEST,
+      };
+      return { guest: {} as SourceGuest, postcopy: target };
+    },
+  };
+  const replica: TargetReplica = {
+    id: 'g1',
+    describe: () => description,
+    complete: false,
+    digest: () => DIGEST,
+    activate: () => {
+      seen.activated++;
+      return {} as SourceGuest;
+    },
+    discard: () => void seen.discarded++,
+    replay: parts.includes('replay') ? replay : undefined,
+    pageRestore: parts.includes('pageRestore') ? pageRestore : undefined,
+    postcopy: parts.includes('postcopy') ? postcopy : undefined,
+  };
+  return { replica, seen };
+}
+
+/** Hands out one reservation; records what the session asks of it. */
+class FakeHost implements SessionHost {
+  readonly options = { unitWindow: 8, unitWindowBytes: 2 ** 20, progressIntervalMs: 20, activationHooks: [], hookTimeoutMs: 1_000 };
+  readonly opens: MigrationMethod[] = [];
+  readonly released: string[] = [];
+  readonly forgotten: string[] = [];
+  readonly reservation: Reservation;
+
+  constructor(replica: TargetReplica) {
+    this.reservation = { id: 'r1', migrationId: 'job-1', replica, downtimeLimitMs: 300, unitMs: 10, opened: false, method: null };
+  }
+
+  open(id: string, method: MigrationMethod): Reservation {
+    if (id !== this.reservation.id) throw new NotFoundError(`no reservation '${id}' on this agent (expired or released?)`);
+    this.opens.push(method);
+    return this.reservation;
+  }
+
+  release(id: string, reason: string): void {
+    this.released.push(`${id}: ${reason}`);
+  }
+
+  forget(id: string): void {
+    this.forgotten.push(id);
+  }
+
+  discardGuest(): void {}
+}
+
+function start(parts: Array<'replay' | 'pageRestore' | 'postcopy'> = ['replay', 'pageRestore', 'postcopy']) {
+  const { replica, seen } = fakeReplica(parts);
+  const host = new FakeHost(replica);
+  const stream = new FakeStream();
+  const clock = new ManualClock(1_000);
+  const session = new TargetSession(stream, host, pino({ level: 'silent' }), clock);
+  return { host, stream, clock, session, seen };
+}
+
+/** Lets the deferred replay slices run. */
+const settle = () => new Promise((resolve) => setImmediate(resolve));
+
+const unitBytes = (sequence: number, final = false) => Uint8Array.of(sequence, final ? 1 : 0, 0, 0);
+const unitBody = (sequence: number, final = false): PayloadBody => ({ kind: 'unit', sequence, final, guestNs: 10e6, eventCount: 0 });
+
+t.test('Open refuses a replica that lacks a capability the method needs: UNIMPLEMENTED, naming both', async (t) => {
+  const cases: Array<[method: string, parts: Array<'replay' | 'pageRestore' | 'postcopy'>, capability: string]> = [
+    ['crtr', ['pageRestore', 'postcopy'], 'checkpoint-replay'],
+    ['', ['pageRestore', 'postcopy'], 'checkpoint-replay'],
+    ['precopy', ['replay', 'postcopy'], 'page-restore'],
+    ['postcopy', ['replay', 'pageRestore'], 'postcopy-resume'],
+  ];
+  for (const [method, parts, capability] of cases) {
+    const { host, stream, session } = start(parts);
+    stream.receive({ open: { reservationId: 'r1', method } });
+    await session.done;
+    const expected = `method '${method || 'crtr'}' needs capability ${capability}, which driver 'fake' lacks`;
+    t.same(stream.kinds(), ['error'], `${method || '(default)'}: nothing but the error`);
+    t.match(stream.last('error')?.error, { code: grpc.status.UNIMPLEMENTED, message: expected });
+    t.same(host.released, [`r1: ${expected}`], 'the reservation is released');
+    t.ok(stream.ended);
+    t.notOk(session.opened);
+  }
+});
+
+t.test('Open accepts a replica with just what the method needs, and acknowledges with a progress report', async (t) => {
+  const { host, stream, session } = start(['replay']);
+  stream.receive({ open: { reservationId: 'r1', method: 'crtr' } });
+  t.same(host.opens, ['crtr']);
+  t.same(stream.kinds(), ['progress']);
+  t.match(stream.last('progress')?.progress, { checkpointRestored: false, remainingUnitsAllowed: 18 });
+  t.ok(session.opened);
+  session.abort('test over');
+  t.same(host.released, ['r1: target agent: test over']);
+});
+
+t.test('Open of an unknown method is refused with INVALID_ARGUMENT before the reservation is touched', async (t) => {
+  const { host, stream, session } = start();
+  stream.receive({ open: { reservationId: 'r1', method: 'teleport' } });
+  await session.done;
+  t.match(stream.last('error')?.error, { code: grpc.status.INVALID_ARGUMENT, message: "transfer method 'teleport' is not supported by this agent (crtr, precopy, postcopy)" });
+  t.same(host.opens, []);
+  t.same(host.released, []);
+});
+
+t.test('a stream without Open in time is ended (FAILED_PRECONDITION)', async (t) => {
+  const { host, stream, clock, session } = start();
+  await clock.advance(29_999);
+  t.same(stream.written, []);
+  await clock.advance(1);
+  await session.done;
+  t.match(stream.last('error')?.error, { code: grpc.status.FAILED_PRECONDITION, message: "no Open within 30000 ms of the transfer stream's start" });
+  t.same(host.released, []);
+});
+
+t.test('messages before Open, and messages the method does not take, are refused (FAILED_PRECONDITION)', async (t) => {
+  const early = start();
+  early.stream.receivePayload(unitBody(1), unitBytes(1));
+  t.match(early.stream.last('error')?.error, { code: grpc.status.FAILED_PRECONDITION, message: 'log unit 1 before Open' });
+
+  const precopy = start();
+  precopy.stream.receive({ open: { reservationId: 'r1', method: 'precopy' } });
+  precopy.stream.receivePayload(unitBody(4), unitBytes(4));
+  await precopy.session.done;
+  t.match(precopy.stream.last('error')?.error, { code: grpc.status.FAILED_PRECONDITION, message: 'log unit 4 in a precopy transfer' });
+  t.same(precopy.host.released, ['r1: log unit 4 in a precopy transfer']);
+});
+
+t.test('a commit before the final unit was replayed is refused, and the replica discarded', async (t) => {
+  const { host, stream, session } = start(['replay']);
+  stream.receive({ open: { reservationId: 'r1', method: 'crtr', firstSequence: 1 } });
+  stream.receivePayload({ kind: 'chunk', index: 0, final: false, memoryBytesCovered: 4096 }, new Uint8Array(4096));
+  t.match(stream.last('progress')?.progress, { chunksApplied: 1, checkpointRestored: false });
+  stream.receivePayload(unitBody(1), unitBytes(1));
+  stream.receive({ commit: { digest: DIGEST } });
+  await session.done;
+  const message = 'commit received before the final unit was replayed (1 units queued, state restoring)';
+  t.match(stream.last('error')?.error, { code: grpc.status.FAILED_PRECONDITION, message });
+  t.same(host.released, [`r1: ${message}`]);
+});
+
+t.test('a CR/TR transfer: checkpoint, units queued then replayed, stop request, final unit, commit, activation', async (t) => {
+  const { host, stream, session, seen } = start(['replay']);
+  stream.receive({ open: { reservationId: 'r1', method: 'crtr', firstSequence: 1 } });
+  stream.receivePayload(unitBody(1), unitBytes(1));
+  stream.receivePayload({ kind: 'chunk', index: 0, final: true, memoryBytesCovered: 4096 }, new Uint8Array(4096));
+  t.match(stream.last('progress')?.progress, { chunksApplied: 1, checkpointRestored: true, unitsReceived: 1, remainingUnits: 1 });
+  t.match(stream.last('stopRequest')?.stopRequest, { remainingUnits: 1, remainingUnitsAllowed: 18 }, 'the queued unit already fits the downtime limit');
+  await settle();
+  t.same(seen.units, [1], 'the unit queued during the restore is replayed');
+  stream.receive({ stopDecision: { granted: true } });
+  stream.receivePayload(unitBody(2, true), unitBytes(2, true));
+  await settle();
+  t.match(stream.last('progress')?.progress, { unitsReplayed: 2, finalReplayed: true, remainingUnits: 0 });
+  t.equal(stream.kinds().filter((k) => k === 'stopRequest').length, 1);
+  stream.receive({ commit: { digest: DIGEST } });
+  await session.done;
+  t.match(stream.last('commitResult')?.commitResult, { matched: true, targetDigest: DIGEST });
+  t.match(stream.last('activated')?.activated, { hooks: [] });
+  t.equal(seen.activated, 1);
+  t.same(host.forgotten, ['r1'], 'the replica is a guest of this host now');
+  t.same(host.released, []);
+  t.ok(stream.ended);
+});
+
+t.test('a commit whose digest differs is refused and the replica discarded', async (t) => {
+  const { host, stream, session, seen } = start(['replay']);
+  stream.receive({ open: { reservationId: 'r1', method: 'crtr' } });
+  stream.receivePayload({ kind: 'chunk', index: 0, final: true, memoryBytesCovered: 0 }, new Uint8Array(16));
+  stream.receivePayload(unitBody(1, true), unitBytes(1, true));
+  await settle();
+  stream.receive({ commit: { digest: 'ffffffffffffffff' } });
+  await session.done;
+  t.match(stream.last('commitResult')?.commitResult, { matched: false, targetDigest: DIGEST });
+  t.same(host.released, [`r1: digest mismatch: source ffffffffffffffff, replica ${DIGEST}`]);
+  t.equal(seen.activated, 0);
+});
+
+t.test('a pre-copy transfer: page batches, then the machine state completes the replica; commit, activation', async (t) => {
+  const { host, stream, session, seen } = start(['pageRestore']);
+  stream.receive({ open: { reservationId: 'r1', method: 'precopy' } });
+  for (const round of [0, 0, 1]) stream.receivePayload({ kind: 'pages', round, pageCount: 1 }, new Uint8Array(4096));
+  t.equal(seen.pageBatches, 3);
+  stream.receivePayload({ kind: 'machineState' }, new Uint8Array(64));
+  t.equal(seen.machineStates, 1);
+  t.match(stream.last('progress')?.progress, { pageBatchesApplied: 3, checkpointRestored: true, finalReplayed: true });
+  t.same(stream.kinds().filter((k) => k === 'stopRequest'), [], 'no stop request: pre-copy replays nothing');
+  stream.receivePayload({ kind: 'pages', round: 2, pageCount: 1 }, new Uint8Array(4096));
+  await session.done;
+  t.match(stream.last('error')?.error, { code: grpc.status.FAILED_PRECONDITION, message: 'page batch received in a precopy transfer that is replaying' });
+  t.equal(host.released.length, 1);
+
+  const next = start(['pageRestore']);
+  next.stream.receive({ open: { reservationId: 'r1', method: 'precopy' } });
+  next.stream.receivePayload({ kind: 'machineState' }, new Uint8Array(64));
+  next.stream.receive({ commit: { digest: DIGEST } });
+  await next.session.done;
+  t.match(next.stream.last('commitResult')?.commitResult, { matched: true });
+  t.equal(next.seen.activated, 1);
+  t.same(next.host.forgotten, ['r1']);
+});
+
+t.test('a post-copy transfer: resumed here on the machine state, pages fetched on demand, commit on the pages as received', async (t) => {
+  const { host, stream, session, seen } = start(['postcopy']);
+  stream.receive({ open: { reservationId: 'r1', method: 'postcopy' } });
+  stream.receivePayload({ kind: 'pages', round: 0, pageCount: 1 }, Uint8Array.of(0));
+  t.match(stream.last('error')?.error, { message: 'page batch received in a postcopy transfer that is restoring' }, 'no page before the guest resumes');
+  await session.done;
+
+  const next = start(['postcopy']);
+  next.stream.receive({ open: { reservationId: 'r1', method: 'postcopy' } });
+  next.stream.receivePayload({ kind: 'machineState' }, new Uint8Array(64));
+  t.match(next.stream.last('activated')?.activated, { hooks: [] }, 'confirmed at once');
+  t.same(next.host.forgotten, ['r1'], 'the guest is this host\'s from the resume');
+  const fetch = next.seen.fetch;
+  if (fetch === null) throw new Error('the guest was not resumed');
+  let fetched = false;
+  void fetch(Uint32Array.of(1, 2)).then(() => (fetched = true));
+  t.match(next.stream.last('pageRequest')?.pageRequest, { pages: [1, 2] });
+  next.stream.receivePayload({ kind: 'pages', round: 0, pageCount: 1 }, Uint8Array.of(1));
+  await settle();
+  t.notOk(fetched, 'page 2 still missing');
+  next.stream.receivePayload({ kind: 'pages', round: 0, pageCount: 2 }, Uint8Array.of(2, 3));
+  await settle();
+  t.ok(fetched, 'resolved once both pages are here');
+  t.match(next.stream.last('progress')?.progress, { pageBatchesApplied: 0 }, 'reports wait for the progress interval');
+  await next.clock.advance(next.host.options.progressIntervalMs);
+  t.match(next.stream.last('progress')?.progress, { pageBatchesApplied: 2, missingPages: 1 });
+  next.stream.receive({ commit: { digest: DIGEST } });
+  t.match(next.stream.last('error')?.error, { message: 'post-copy commit received with 1 pages still missing' });
+  t.same(next.host.released, [], 'the guest runs here: nothing to release');
+  await next.session.done;
+
+  const last = start(['postcopy']);
+  last.stream.receive({ open: { reservationId: 'r1', method: 'postcopy' } });
+  last.stream.receivePayload({ kind: 'machineState' }, new Uint8Array(64));
+  last.stream.receivePayload({ kind: 'pages', round: 0, pageCount: 4 }, Uint8Array.of(0, 1, 2, 3));
+  last.stream.receive({ commit: { digest: DIGEST } });
+  await last.session.done;
+  t.match(last.stream.last('commitResult')?.commitResult, { matched: true, targetDigest: DIGEST });
+  t.equal(host.released.length, 1);
+  t.equal(seen.activated, 0, 'post-copy never activates a replica: the guest already runs');
+});
