@@ -89,6 +89,7 @@ export class Feedback {
     this.lastReportMs = nowMs;
     const counters = { ...NOTHING_COUNTED, ...this.port.counters() };
     const { downtimeLimitMs, unitMs } = this.options;
+    // Until a rate is measured, replay is taken to keep pace with the guest (rate 1).
     const report: ProgressReport = { ...counters, remainingUnitsAllowed: remainingUnitsAllowed(downtimeLimitMs, unitMs, counters.replayRate || 1) };
     this.port.send(report);
     this.port.afterReport?.(nowMs, report);

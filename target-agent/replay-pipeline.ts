@@ -74,14 +74,14 @@ export function shouldRequestStop(state: {
   requestPending: boolean;
   remainingUnits: number;
   remainingUnitsAllowed: number;
-  msSinceLastRequest: number;
+  sinceLastRequestMs: number;
 }): boolean {
   return (
     state.replaying &&
     !state.finalReplayed &&
     !state.requestPending &&
     state.remainingUnits <= state.remainingUnitsAllowed &&
-    state.msSinceLastRequest >= REPLAY_PIPELINE.stopRequestIntervalMs
+    state.sinceLastRequestMs >= REPLAY_PIPELINE.stopRequestIntervalMs
   );
 }
 
@@ -162,7 +162,7 @@ export class ReplayPipeline {
       requestPending: this.stopRequestPending,
       remainingUnits: this.queue.length,
       remainingUnitsAllowed,
-      msSinceLastRequest: nowMs - this.lastStopRequestMs,
+      sinceLastRequestMs: nowMs - this.lastStopRequestMs,
     });
     if (!due) return;
     this.stopRequestPending = true;

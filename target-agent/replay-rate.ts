@@ -14,6 +14,8 @@ export const REPLAY_RATE = {
   batchGapMsMax: 5,
 } as const;
 
+const NS_PER_MS = 1e6;
+
 /**
  * Replay rate as a ratio of sums over the last units (an average of per-unit ratios would be
  * biased upward by short units), with the time between units of one batch counted: what the
@@ -44,6 +46,6 @@ export class ReplayRateMeter {
       this.guestNsSum -= oldest.guestNs;
       this.msSum -= oldest.ms;
     }
-    if (this.msSum > 0 && this.guestNsSum > 0) this.rate = this.guestNsSum / 1e6 / this.msSum;
+    if (this.msSum > 0 && this.guestNsSum > 0) this.rate = this.guestNsSum / NS_PER_MS / this.msSum;
   }
 }

@@ -181,11 +181,12 @@ export class TargetSession {
 
   /** Routes a message of the method's data to its receiver, if the method accepts it. */
   private onStreamMessage<K extends StreamMessageKind>(kind: K, message: StreamMessages[K]): void {
-    const what = DESCRIBE[kind](message);
-    const { method, receivers } = this.requireTransfer(what);
-    if (!method.accepts.includes(kind)) throw new InvalidStateError(`${what} in a ${method.name} transfer`);
+    const transfer = this.transfer;
+    if (transfer === null) throw new InvalidStateError(`${DESCRIBE[kind](message)} before Open`);
+    const { method, receivers } = transfer;
+    if (!method.accepts.includes(kind)) throw new InvalidStateError(`${DESCRIBE[kind](message)} in a ${method.name} transfer`);
     const receive = receivers.receive[kind];
-    assert(receive !== undefined, `method '${method.name}' accepts ${kind} messages but has no receiver for them`);
+    assert(receive !== undefined, () => `method '${method.name}' accepts ${kind} messages but has no receiver for them`);
     receive(message);
   }
 

@@ -279,14 +279,14 @@ t.test('the stop request: sent once the queue fits remainingUnitsAllowed, not ag
 });
 
 t.test('shouldRequestStop: replaying, not complete, none pending, the queue fits, the interval passed', async (t) => {
-  const due = { replaying: true, finalReplayed: false, requestPending: false, remainingUnits: 5, remainingUnitsAllowed: 5, msSinceLastRequest: REPLAY_PIPELINE.stopRequestIntervalMs };
+  const due = { replaying: true, finalReplayed: false, requestPending: false, remainingUnits: 5, remainingUnitsAllowed: 5, sinceLastRequestMs: REPLAY_PIPELINE.stopRequestIntervalMs };
   t.equal(shouldRequestStop(due), true);
   t.equal(shouldRequestStop({ ...due, replaying: false }), false, 'checkpoint not restored');
   t.equal(shouldRequestStop({ ...due, finalReplayed: true }), false, 'nothing follows the final unit');
   t.equal(shouldRequestStop({ ...due, requestPending: true }), false, 'a request pending');
   t.equal(shouldRequestStop({ ...due, remainingUnits: 6 }), false, 'the queue does not fit');
-  t.equal(shouldRequestStop({ ...due, msSinceLastRequest: REPLAY_PIPELINE.stopRequestIntervalMs - 1 }), false, 'too soon');
-  t.equal(shouldRequestStop({ ...due, msSinceLastRequest: Number.POSITIVE_INFINITY }), true, 'never requested');
+  t.equal(shouldRequestStop({ ...due, sinceLastRequestMs: REPLAY_PIPELINE.stopRequestIntervalMs - 1 }), false, 'too soon');
+  t.equal(shouldRequestStop({ ...due, sinceLastRequestMs: Number.POSITIVE_INFINITY }), true, 'never requested');
 });
 
 t.test('a unit the replica refuses fails the pipeline, and replay stops there', async (t) => {
