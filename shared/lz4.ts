@@ -12,7 +12,7 @@ export function compressBlock(raw: Uint8Array): Buffer | null {
   if (raw.length === 0) return null;
   const bound = lz4.encodeBound(raw.length);
   // One scratch buffer, reused: a fresh bound-sized buffer per call costs more in page faults of
-  // new memory than the compression itself (measured in bench/sim.ts). The result is copied out
+  // new memory than the compression itself (measured in bench/sim/). The result is copied out
   // at its exact size.
   if (scratch.length < bound) scratch = Buffer.allocUnsafeSlow(bound);
   const compressedBytes = lz4.encodeBlock(raw, scratch);
