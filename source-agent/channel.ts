@@ -11,7 +11,9 @@ import { AbortedError, InvalidStateError, UnavailableError, type VmMigrateError 
 import { type PackedMessage, packMessage, type PayloadBody } from '../shared/protocol.js';
 import { fromStatus, type grpc, pb, Preserialized } from '../shared/transport/grpc.js';
 import { TokenBucket } from './token-bucket.js';
-import { Wakeups } from './wait.js';
+import { FailableWaits, type WaitOptions } from './wait.js';
+
+export type { WaitOptions } from './wait.js';
 
 export type Progress = InstanceType<typeof pb.Progress>;
 export type StopRequest = InstanceType<typeof pb.StopRequest>;
@@ -22,15 +24,6 @@ type TargetMessage = InstanceType<typeof pb.TargetMessage>;
 
 /** The SourceMessage bodies a method sends as they are (the payload bodies go through `pack`). */
 export type ControlBody = Partial<Pick<SourceMessage, 'open' | 'stopDecision' | 'commit' | 'abort'>>;
-
-export interface WaitOptions {
-  /** Past the commit point: a cancellation no longer ends the wait. */
-  pastCommit?: boolean;
-  /** Rejects with DEADLINE_EXCEEDED after this long. */
-  timeoutMs?: number;
-  /** What was awaited, for the timeout's message. */
-  what?: string;
-}
 
 export interface TransferChannel {
   /** The target's last progress report (all zero before the first). */
@@ -88,30 +81,26 @@ export function smoothRttMs(previousMs: number, sampleMs: number): number {
 
 type Call = grpc.ClientDuplexStream<SourceMessage | Preserialized, TargetMessage>;
 
-export class GrpcTransferChannel implements TransferChannel {
+export class GrpcTransferChannel extends FailableWaits implements TransferChannel {
   progress: Progress = pb.Progress.create();
   acknowledged = false;
   commitResult: CommitResult | null = null;
   activated: Activated | null = null;
   commitDigestSent = '';
   rttMs = 0;
-  error: VmMigrateError | null = null;
   onStopRequest: ((request: StopRequest) => void) | null = null;
   onPageRequest: ((pages: number[]) => void) | null = null;
   private closed = false;
   /** A commit was sent, or post-copy's machine state: the target may activate from here on. */
   private pointOfNoReturnPassed = false;
-  private readonly wakeups: Wakeups;
   private readonly bucket: TokenBucket;
-  private readonly clock: Clock;
   private readonly pinger: Timer;
 
   constructor(
     private readonly call: Call,
     private readonly options: TransferChannelOptions & { address: string; signal: AbortSignal; ping: () => Promise<void>; clock: Clock },
   ) {
-    this.clock = options.clock;
-    this.wakeups = new Wakeups(this.clock);
+    super(options.clock, options.signal);
     this.bucket = new TokenBucket(this.clock);
     call.on('data', (message: TargetMessage) => this.onMessage(message));
     call.on('error', (error: grpc.ServiceError) => this.fail(fromStatus(error.code, error.details || error.message, `transfer stream to ${options.address}`)));
@@ -120,7 +109,6 @@ export class GrpcTransferChannel implements TransferChannel {
       if (!finished) this.fail(new UnavailableError(`the target ${options.address} closed the transfer stream`));
       this.notify();
     });
-    options.signal.addEventListener('abort', () => this.notify(), { once: true });
     this.pinger = this.startPings();
   }
 
@@ -142,25 +130,8 @@ export class GrpcTransferChannel implements TransferChannel {
     if (waitMs > 0) await this.sleep(waitMs);
     if (this.closed) throw this.error ?? new AbortedError('the transfer stream was closed');
     if (!this.call.write(new Preserialized(message.bytes))) {
-      await this.wakeups.settled(new Promise<void>((resolve) => this.call.once('drain', () => resolve())), () => this.check(false));
+      await this.settled(new Promise<void>((resolve) => this.call.once('drain', () => resolve())));
     }
-  }
-
-  until(predicate: () => boolean, options: WaitOptions = {}): Promise<void> {
-    return this.wakeups.until(predicate, () => this.check(options.pastCommit ?? false), options.timeoutMs, () => `no answer from the target within ${options.timeoutMs} ms${options.what ? ` (${options.what})` : ''}`);
-  }
-
-  sleep(ms: number): Promise<void> {
-    return this.wakeups.settled(this.clock.sleep(ms), () => this.check(false));
-  }
-
-  fail(error: VmMigrateError): void {
-    this.error ??= error;
-    this.notify();
-  }
-
-  notify(): void {
-    this.wakeups.notify();
   }
 
   markPointOfNoReturn(): void {
@@ -186,13 +157,6 @@ export class GrpcTransferChannel implements TransferChannel {
     } catch {
       // Already closed.
     }
-  }
-
-  /** Throws what ends a wait: the channel's error; unless past the commit, a cancellation. */
-  private check(pastCommit: boolean): void {
-    const signal = this.options.signal;
-    if (!pastCommit && signal.aborted) throw signal.reason instanceof Error ? signal.reason : new AbortedError('cancelled');
-    if (this.error !== null) throw this.error;
   }
 
   private onMessage(message: TargetMessage): void {

@@ -3,7 +3,7 @@
 // monitor, a cancellation), with a backstop timer in case nobody said so.
 
 import type { Clock, Timer } from '../shared/clock.js';
-import { DeadlineExceededError } from '../shared/errors.js';
+import { AbortedError, DeadlineExceededError, type VmMigrateError } from '../shared/errors.js';
 
 /** Longest a wait sleeps without a wake-up before it re-checks its condition on its own. */
 const BACKSTOP_MS = 250;
@@ -56,5 +56,61 @@ export class Wakeups {
       },
     );
     await this.until(() => done, check);
+  }
+}
+
+export interface WaitOptions {
+  /** Past the commit point: a cancellation no longer ends the wait. */
+  pastCommit?: boolean;
+  /** Rejects with DEADLINE_EXCEEDED after this long. */
+  timeoutMs?: number;
+  /** What was awaited, for the timeout's message. */
+  what?: string;
+}
+
+/**
+ * Waits that end with the first error (a failed stream, a decision of the monitor) or, unless
+ * past the commit point, with the migration's cancellation: the part of a transfer channel that
+ * every implementation shares, the fake ones of the tests included.
+ */
+export class FailableWaits {
+  error: VmMigrateError | null = null;
+  private readonly wakeups: Wakeups;
+
+  constructor(
+    protected readonly clock: Clock,
+    private readonly signal: AbortSignal,
+  ) {
+    this.wakeups = new Wakeups(clock);
+    signal.addEventListener('abort', () => this.notify(), { once: true });
+  }
+
+  until(predicate: () => boolean, options: WaitOptions = {}): Promise<void> {
+    return this.wakeups.until(predicate, () => this.check(options.pastCommit ?? false), options.timeoutMs, () => `no answer from the target within ${options.timeoutMs} ms${options.what ? ` (${options.what})` : ''}`);
+  }
+
+  /** Resolves once `promise` settled, failing early as `until` does. */
+  settled(promise: Promise<unknown>): Promise<void> {
+    return this.wakeups.settled(promise, () => this.check(false));
+  }
+
+  sleep(ms: number): Promise<void> {
+    return this.settled(this.clock.sleep(ms));
+  }
+
+  /** Fails every wait with `error` (the first error wins). */
+  fail(error: VmMigrateError): void {
+    this.error ??= error;
+    this.notify();
+  }
+
+  notify(): void {
+    this.wakeups.notify();
+  }
+
+  /** Throws what ends a wait: the error; unless past the commit, a cancellation. */
+  private check(pastCommit: boolean): void {
+    if (!pastCommit && this.signal.aborted) throw this.signal.reason instanceof Error ? this.signal.reason : new AbortedError('cancelled');
+    if (this.error !== null) throw this.error;
   }
 }

@@ -6,26 +6,25 @@ import { pino } from 'pino';
 import type { ManualClock } from '../../shared/clock.js';
 import type { CheckpointChunk, GuestDescription, GuestState, LogRecorder, PageAccess, RecordingStart, RecordingStats, SealedUnit, SourceGuest } from '../../shared/driver/types.js';
 import { PAGE_BYTES } from '../../shared/driver/types.js';
-import { AbortedError, type VmMigrateError } from '../../shared/errors.js';
+import { AbortedError } from '../../shared/errors.js';
 import { type PackedMessage, packMessage, type PayloadBody, PROTOCOL_VERSION } from '../../shared/protocol.js';
 import { emptyStats, type MigrationMethod, type MigrationPhase, type MigrationStats } from '../../shared/stats.js';
 import { pb } from '../../shared/transport/grpc.js';
-import type { Activated, CommitResult, ControlBody, Progress, StopRequest, TransferChannel, WaitOptions } from '../../source-agent/channel.js';
+import type { Activated, CommitResult, ControlBody, Progress, StopRequest, TransferChannel } from '../../source-agent/channel.js';
 import type { MethodContext, MigrationRequest, TargetWindows } from '../../source-agent/methods/method.js';
 import type { TargetPeer } from '../../source-agent/peer.js';
-import { Wakeups } from '../../source-agent/wait.js';
+import { FailableWaits } from '../../source-agent/wait.js';
 
 export const quietLog = pino({ level: 'silent' });
 
 /** A transfer channel whose far end is the test: it records what is sent and written. */
-export class FakeChannel implements TransferChannel {
+export class FakeChannel extends FailableWaits implements TransferChannel {
   progress: Progress = pb.Progress.create();
   acknowledged = false;
   commitResult: CommitResult | null = null;
   activated: Activated | null = null;
   commitDigestSent = '';
   rttMs = 0;
-  error: VmMigrateError | null = null;
   onStopRequest: ((request: StopRequest) => void) | null = null;
   onPageRequest: ((pages: number[]) => void) | null = null;
   /** Control messages sent, in order. */
@@ -36,14 +35,9 @@ export class FakeChannel implements TransferChannel {
   closed = false;
   abortReason = '';
   private readonly packed = new Map<PackedMessage, PayloadBody>();
-  private readonly wakeups: Wakeups;
 
-  constructor(
-    private readonly clock: ManualClock,
-    private readonly signal: AbortSignal = new AbortController().signal,
-  ) {
-    this.wakeups = new Wakeups(clock);
-    signal.addEventListener('abort', () => this.notify(), { once: true });
+  constructor(clock: ManualClock, signal: AbortSignal = new AbortController().signal) {
+    super(clock, signal);
   }
 
   /** Plays the target: merges `fields` into its progress report and wakes the waits. */
@@ -89,23 +83,6 @@ export class FakeChannel implements TransferChannel {
     this.written.push({ body, rawBytes: message.rawBytes, wireBytes: message.dataBytes, rateBytesPerSec });
   }
 
-  until(predicate: () => boolean, options: WaitOptions = {}): Promise<void> {
-    return this.wakeups.until(predicate, () => this.check(options.pastCommit ?? false), options.timeoutMs, () => `no answer within ${options.timeoutMs} ms`);
-  }
-
-  sleep(ms: number): Promise<void> {
-    return this.wakeups.settled(this.clock.sleep(ms), () => this.check(false));
-  }
-
-  fail(error: VmMigrateError): void {
-    this.error ??= error;
-    this.notify();
-  }
-
-  notify(): void {
-    this.wakeups.notify();
-  }
-
   markPointOfNoReturn(): void {
     this.pointOfNoReturn = true;
   }
@@ -117,11 +94,6 @@ export class FakeChannel implements TransferChannel {
 
   close(): void {
     this.closed = true;
-  }
-
-  private check(pastCommit: boolean): void {
-    if (!pastCommit && this.signal.aborted) throw this.signal.reason as Error;
-    if (this.error !== null) throw this.error;
   }
 }
 
