@@ -14,7 +14,9 @@ if [ -f "$out.d.ts" ] && [ -z "$(find proto scripts/gen-proto.sh -newer "$out.d.
 npx pbjs --target static-module --wrap es6 --es6 --force-number \
   --no-verify --no-convert --no-delimited --no-typeurl \
   --path proto -o "$out.js" \
-  proto/vmmigrate/v1/migration.proto proto/vmmigrate/v1/control.proto
+  proto/vmmigrate/v1/migration.proto proto/vmmigrate/v1/control.proto \
+  proto/vmmigrate/v2/errors.proto proto/vmmigrate/v2/control.proto \
+  proto/google/rpc/status.proto proto/google/rpc/error_details.proto
 # 64-bit integers as plain numbers at run time too (pbjs's --force-number only sets the types):
 # without this, protobufjs decodes them as Long objects whenever the 'long' package is present.
 sed -i 's|^import \$protobuf from "protobufjs/minimal.js";$|&\n$protobuf.util.Long = undefined;\n$protobuf.configure();|' "$out.js"

@@ -3,7 +3,7 @@
 // the project's operating errors and gRPC status codes (both directions).
 
 import * as grpc from '@grpc/grpc-js';
-import { vmmigrate } from '../proto/generated.js';
+import { google, vmmigrate } from '../proto/generated.js';
 import {
   AbortedError,
   AlreadyExistsError,
@@ -19,7 +19,12 @@ import {
   VmMigrateError,
 } from '../errors.js';
 
+/** The agent-to-agent protocol and the deprecated Control v1. */
 export const pb = vmmigrate.v1;
+/** The Control API v2 and the error reasons. */
+export const pb2 = vmmigrate.v2;
+/** google.rpc: Status and its error details. */
+export const rpc = google.rpc;
 export { grpc };
 
 /** Largest message either agent sends or accepts: a 16 MiB chunk or unit plus framing. */
@@ -132,9 +137,10 @@ function method<Req, Res>(
   response: Codec<Res>,
   requestStream: boolean,
   responseStream: boolean,
+  pkg = 'vmmigrate.v1',
 ): grpc.MethodDefinition<Req | Preserialized, Res> {
   return {
-    path: `/vmmigrate.v1.${service}/${name}`,
+    path: `/${pkg}.${service}/${name}`,
     requestStream,
     responseStream,
     requestSerialize: serializer(request),
@@ -170,6 +176,20 @@ export const controlService = {
   listJobs: method<Msg<typeof pb.ListJobsRequest>, Msg<typeof pb.ListJobsResponse>>('Control', 'ListJobs', pb.ListJobsRequest, pb.ListJobsResponse, false, false),
   watchJob: method<Msg<typeof pb.WatchJobRequest>, Msg<typeof pb.JobEvent>>('Control', 'WatchJob', pb.WatchJobRequest, pb.JobEvent, false, true),
   cancelJob: method<Msg<typeof pb.CancelJobRequest>, Msg<typeof pb.CancelJobResponse>>('Control', 'CancelJob', pb.CancelJobRequest, pb.CancelJobResponse, false, false),
+} satisfies grpc.ServiceDefinition;
+
+/** Control v2 (proto/vmmigrate/v2/control.proto). */
+const v2 = <Req, Res>(name: string, request: Codec<Req>, response: Codec<Res>, responseStream = false) => method<Req, Res>('Control', name, request, response, false, responseStream, 'vmmigrate.v2');
+export const controlServiceV2 = {
+  listGuests: v2<Msg<typeof pb2.ListGuestsRequest>, Msg<typeof pb2.ListGuestsResponse>>('ListGuests', pb2.ListGuestsRequest, pb2.ListGuestsResponse),
+  startGuest: v2<Msg<typeof pb2.StartGuestRequest>, Msg<typeof pb2.StartGuestResponse>>('StartGuest', pb2.StartGuestRequest, pb2.StartGuestResponse),
+  stopGuest: v2<Msg<typeof pb2.StopGuestRequest>, Msg<typeof pb2.StopGuestResponse>>('StopGuest', pb2.StopGuestRequest, pb2.StopGuestResponse),
+  getCapacity: v2<Msg<typeof pb2.GetCapacityRequest>, Msg<typeof pb2.Capacity>>('GetCapacity', pb2.GetCapacityRequest, pb2.Capacity),
+  startMigration: v2<Msg<typeof pb2.StartMigrationRequest>, Msg<typeof pb2.StartMigrationResponse>>('StartMigration', pb2.StartMigrationRequest, pb2.StartMigrationResponse),
+  getJob: v2<Msg<typeof pb2.GetJobRequest>, Msg<typeof pb2.Job>>('GetJob', pb2.GetJobRequest, pb2.Job),
+  listJobs: v2<Msg<typeof pb2.ListJobsRequest>, Msg<typeof pb2.ListJobsResponse>>('ListJobs', pb2.ListJobsRequest, pb2.ListJobsResponse),
+  watchJob: v2<Msg<typeof pb2.WatchJobRequest>, Msg<typeof pb2.JobEvent>>('WatchJob', pb2.WatchJobRequest, pb2.JobEvent, true),
+  cancelJob: v2<Msg<typeof pb2.CancelJobRequest>, Msg<typeof pb2.CancelJobResponse>>('CancelJob', pb2.CancelJobRequest, pb2.CancelJobResponse),
 } satisfies grpc.ServiceDefinition;
 
 /**
