@@ -6,16 +6,18 @@
 // Configuration: a YAML file (--config, or VMMIGRATE_CONFIG) with flags laid over it, validated
 // in shared/config.ts. The daemon refuses to start on any invalid field, naming it.
 
+import { randomUUID } from 'node:crypto';
 import { Command, Option } from 'commander';
 import { pino, destination, type Logger } from 'pino';
 import { ControlService, CONTROL_DEFAULTS } from '../source-agent/control-service.js';
+import { ControlServiceV2 } from '../source-agent/control-v2/service.js';
 import { SOURCE_DEFAULTS } from '../source-agent/migration.js';
 import { MigrationService, TARGET_DEFAULTS } from '../target-agent/migration-service.js';
 import { SimDriver } from '../shared/driver/sim/driver.js';
 import { type AgentConfig, ConfigError, readConfigFile, setPath, validateConfig } from '../shared/config.js';
 import { AgentMetrics, startMetricsServer } from '../shared/metrics.js';
 import { addHealthService } from '../shared/transport/health.js';
-import { controlService, createServer, migrationService, onTlsHandshakeFailure, widenServerSessions } from '../shared/transport/grpc.js';
+import { controlService, controlServiceV2, createServer, migrationService, onTlsHandshakeFailure, widenServerSessions } from '../shared/transport/grpc.js';
 import { allowlistInterceptor, clientCredentials, loadTlsMaterial, serverCredentials, type TlsMaterial, TlsMaterialError } from '../shared/transport/tls.js';
 
 export type AgentRole = 'source' | 'target';
@@ -45,6 +47,8 @@ export async function startAgent(options: AgentOptions, log: Logger = pino({ lev
   const { config, tls } = options;
   const driver = new SimDriver({ memoryBytesTotal: config.host.memoryMib * 2 ** 20, vcpusTotal: config.host.vcpus, unitMsDefault: config.host.unitMs });
   const metrics = new AgentMetrics({ processMetrics: config.metricsListen !== undefined });
+  // Who this agent is, for this run: a migration whose target answers with the same id is refused.
+  const agentInstanceId = randomUUID();
   const migration = new MigrationService(
     driver,
     {
@@ -55,6 +59,7 @@ export async function startAgent(options: AgentOptions, log: Logger = pino({ lev
       reservationTimeoutMs: config.limits.reservationTimeoutMs,
       activationHooks: config.hooks.activation,
       hookTimeoutMs: config.hooks.timeoutMs,
+      agentInstanceId,
     },
     log,
     metrics,
@@ -62,7 +67,7 @@ export async function startAgent(options: AgentOptions, log: Logger = pino({ lev
   const control = new ControlService(
     driver,
     // Outgoing migrations dial targets with our certificate and accept only allowed peers.
-    { ...SOURCE_DEFAULTS, credentials: clientCredentials(tls, config.allow.peers) },
+    { ...SOURCE_DEFAULTS, credentials: clientCredentials(tls, config.allow.peers), agentInstanceId },
     {
       ...CONTROL_DEFAULTS,
       downtimeLimitMsDefault: config.migration.downtimeLimitMs,
@@ -79,6 +84,9 @@ export async function startAgent(options: AgentOptions, log: Logger = pino({ lev
   const server = createServer(tls === null ? [] : [allowlistInterceptor(config.allow, log)]);
   server.addService(migrationService, migration.handlers());
   server.addService(controlService, control.handlers());
+  let address = config.listen;
+  const controlV2 = new ControlServiceV2(control, migration.incoming, driver, { agentInstanceId, listenAddress: () => address }, log);
+  server.addService(controlServiceV2, controlV2.handlers());
   const health = addHealthService(server);
   let port: number;
   try {
@@ -90,7 +98,7 @@ export async function startAgent(options: AgentOptions, log: Logger = pino({ lev
   widenServerSessions(server);
   onTlsHandshakeFailure(server, (error, remote) => log.warn({ remote, err: error.message }, 'refused a connection: TLS handshake failed (a client certificate not issued by tls.ca, none, or plaintext)'));
   const host = config.listen.slice(0, config.listen.lastIndexOf(':'));
-  const address = `${host}:${port}`;
+  address = `${host}:${port}`;
   let metricsServer: Awaited<ReturnType<typeof startMetricsServer>> | null = null;
   if (config.metricsListen !== undefined) {
     try {

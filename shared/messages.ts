@@ -5,8 +5,8 @@ import { AGENT_VERSION, PROTOCOL_VERSION } from './protocol.js';
 import { pb } from './transport/grpc.js';
 
 /** The Capacity message (Control and Migration GetCapacity): the host's room, driver, capabilities and versions. */
-export function capacityMessage(capacity: HostCapacity): InstanceType<typeof pb.Capacity> {
-  return pb.Capacity.create({ ...capacity, capabilities: [...capacity.capabilities], protocolVersion: PROTOCOL_VERSION, agentVersion: AGENT_VERSION });
+export function capacityMessage(capacity: HostCapacity, agentInstanceId = ''): InstanceType<typeof pb.Capacity> {
+  return pb.Capacity.create({ ...capacity, capabilities: [...capacity.capabilities], protocolVersion: PROTOCOL_VERSION, agentVersion: AGENT_VERSION, agentInstanceId });
 }
 
 /** The Guest message of a guest description. */

@@ -90,6 +90,8 @@ export type PayloadBody =
 
 /** A serialized SourceMessage (packMessage), and where its payload's data lies in it. */
 export interface PackedMessage {
+  /** Which payload it carries. */
+  kind: PayloadBody['kind'];
   bytes: Buffer;
   rawBytes: number;
   compressed: boolean;
@@ -221,5 +223,5 @@ export function packMessage(body: PayloadBody, raw: Uint8Array, compress = true)
     out.set(part, at);
     at += part.length;
   }
-  return { bytes: out.subarray(start, HEADER_BYTES_MAX + dataBytes), rawBytes: raw.length, compressed, dataOffset: headerBytes, dataBytes };
+  return { kind: body.kind, bytes: out.subarray(start, HEADER_BYTES_MAX + dataBytes), rawBytes: raw.length, compressed, dataOffset: headerBytes, dataBytes };
 }

@@ -65,6 +65,10 @@ export interface MigrationStats {
   unitMs: number;
   /** Post-copy: pages fetched on demand by the target's running guest. */
   demandPages: number;
+  /** Pre-copy and post-copy: pages sent in page batches, every round and push included. */
+  pagesSent: number;
+  /** Post-copy: pages the target's guest still lacks, as it last said. */
+  missingPages: number;
 }
 
 export function emptyStats(method: MigrationMethod, memoryBytes: number): MigrationStats {
@@ -105,5 +109,7 @@ export function emptyStats(method: MigrationMethod, memoryBytes: number): Migrat
     stopPagesSent: 0,
     unitMs: 0,
     demandPages: 0,
+    pagesSent: 0,
+    missingPages: 0,
   };
 }

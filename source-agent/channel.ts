@@ -9,7 +9,7 @@
 import { type Clock, type Timer } from '../shared/clock.js';
 import { AbortedError, InvalidStateError, UnavailableError, type VmMigrateError } from '../shared/errors.js';
 import { type PackedMessage, packMessage, type PayloadBody } from '../shared/protocol.js';
-import { fromStatus, type grpc, pb, Preserialized } from '../shared/transport/grpc.js';
+import { fromStatus, type grpc, pb, Preserialized, type StreamName } from '../shared/transport/grpc.js';
 import { TokenBucket } from './token-bucket.js';
 import { FailableWaits, type WaitOptions } from './wait.js';
 
@@ -79,6 +79,9 @@ export function smoothRttMs(previousMs: number, sampleMs: number): number {
   return previousMs === 0 ? sampleMs : 0.8 * previousMs + 0.2 * sampleMs;
 }
 
+/** The stream each payload's bytes count in. */
+const STREAM_OF: Record<PayloadBody['kind'], StreamName> = { chunk: 'checkpoint', unit: 'log', pages: 'pages', machineState: 'pages' };
+
 type Call = grpc.ClientDuplexStream<SourceMessage | Preserialized, TargetMessage>;
 
 export class GrpcTransferChannel extends FailableWaits implements TransferChannel {
@@ -129,7 +132,7 @@ export class GrpcTransferChannel extends FailableWaits implements TransferChanne
     const waitMs = this.bucket.take(message.dataBytes, rateBytesPerSec);
     if (waitMs > 0) await this.sleep(waitMs);
     if (this.closed) throw this.error ?? new AbortedError('the transfer stream was closed');
-    if (!this.call.write(new Preserialized(message.bytes))) {
+    if (!this.call.write(new Preserialized(message.bytes, STREAM_OF[message.kind], message.rawBytes))) {
       await this.settled(new Promise<void>((resolve) => this.call.once('drain', () => resolve())));
     }
   }

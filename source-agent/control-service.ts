@@ -7,7 +7,9 @@ import { capacityMessage, guestMessage } from '../shared/messages.js';
 import { InvalidStateError, LimitExceededError, NotFoundError, UnimplementedError, VmMigrateError } from '../shared/errors.js';
 import type { AgentMetrics } from '../shared/metrics.js';
 import { type controlService, type grpc, pb, toServiceError } from '../shared/transport/grpc.js';
+import { systemClock } from '../shared/clock.js';
 import { faultHooks } from './faults.js';
+import { JobHistory } from './job-history.js';
 import { checkGuestCapabilities } from './methods/capabilities.js';
 import { createMethod } from './methods/registry.js';
 import { parseFaultInjection, parseStartRequest, type StartDefaults } from './start-request.js';
@@ -33,6 +35,8 @@ type Handlers = { [K in keyof typeof controlService]: grpc.UntypedHandleCall };
 
 export class ControlService {
   private readonly jobs = new Map<string, SourceMigration>();
+  /** What each job went through, numbered (watchers of Control v2 start from it). */
+  private readonly histories = new WeakMap<SourceMigration, JobHistory>();
 
   constructor(
     private readonly driver: HypervisorDriver,
@@ -62,6 +66,7 @@ export class ControlService {
     this.pruneJobs();
     const job = new SourceMigration(guest, request, this.sourceOptions, this.log, { hooks: faults === undefined ? undefined : faultHooks(faults) });
     this.jobs.set(job.id, job);
+    this.histories.set(job, new JobHistory(job, systemClock));
     this.metrics?.trackOutgoing(job);
     const { method, downtimeLimitMs, maxDurationMs, policy } = request;
     this.log.info({ jobId: job.id, guestId: req.guestId, target: req.targetAddress, method, downtimeLimitMs, maxDurationMs, policy, faultInjection: faults !== undefined }, 'migration started');
@@ -73,6 +78,24 @@ export class ControlService {
     const job = this.jobs.get(id);
     if (job === undefined) throw new NotFoundError(`no job '${id}' on this agent`);
     return job;
+  }
+
+  /** Every job kept, oldest first. */
+  listJobs(): SourceMigration[] {
+    return [...this.jobs.values()];
+  }
+
+  /** The job's numbered history. */
+  historyOf(job: SourceMigration): JobHistory {
+    const history = this.histories.get(job);
+    if (history === undefined) throw new Error(`job ${job.id} has no history`);
+    return history;
+  }
+
+  /** The job migrating `guestId` away now, if any. */
+  activeJobOf(guestId: string): SourceMigration | undefined {
+    for (const job of this.jobs.values()) if (job.request.guestId === guestId && !job.isOver()) return job;
+    return undefined;
   }
 
   /** Cancels every job not yet committed (agent shutdown) and waits for them to end. */

@@ -19,10 +19,10 @@ import type { Logger } from 'pino';
 import { type Clock, systemClock } from '../shared/clock.js';
 import { expectedDowntimeMs } from '../shared/convergence.js';
 import type { GuestDescription, SourceGuest } from '../shared/driver/types.js';
-import { AbortedError, CorruptDataError, InvalidStateError, ReservationRefusedError, UnavailableError, VmMigrateError } from '../shared/errors.js';
+import { AbortedError, CorruptDataError, InvalidArgumentError, InvalidStateError, ReservationRefusedError, UnavailableError, VmMigrateError } from '../shared/errors.js';
 import { AGENT_VERSION, PROTOCOL_VERSION, WINDOW_DEFAULTS } from '../shared/protocol.js';
 import { emptyStats, type MigrationPhase, type MigrationStats } from '../shared/stats.js';
-import { grpc, pb, statusName } from '../shared/transport/grpc.js';
+import { type ByteCounter, grpc, pb, statusName } from '../shared/transport/grpc.js';
 import type { TransferChannel } from './channel.js';
 import type { MigrationHooks } from './faults.js';
 import { checkCapabilities } from './methods/capabilities.js';
@@ -44,6 +44,8 @@ export interface SourceOptions {
   /** Round-trip pings on the transfer stream. */
   pingIntervalMs: number;
   credentials: grpc.ChannelCredentials;
+  /** This agent's id for this run: a target answering with it is this agent itself ('' : not checked). */
+  agentInstanceId?: string;
 }
 
 export const SOURCE_DEFAULTS: SourceOptions = {
@@ -127,7 +129,7 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
   }
 
   /** Bytes on the wire so far: `sent` to the target, `received` from it (transferredBytes is their sum). */
-  get wireBytes(): Readonly<{ sent: number; received: number }> {
+  get wireBytes(): Readonly<ByteCounter> {
     return this.peer.wireBytes;
   }
 
@@ -172,6 +174,8 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
   private async checkTarget(description: GuestDescription): Promise<void> {
     const address = this.request.targetAddress;
     const capacity = await this.peer.capacity();
+    const self = this.options.agentInstanceId;
+    if (self && capacity.agentInstanceId === self) throw new InvalidArgumentError(`target ${address} is this agent itself; migrate to another agent`);
     if (capacity.driver !== description.driver) {
       throw new ReservationRefusedError(`target ${address} runs driver '${capacity.driver}', the guest needs '${description.driver}'`);
     }

@@ -3,7 +3,7 @@
 // each way (the migration's transferredBytes).
 
 import { systemClock, type Clock } from '../shared/clock.js';
-import { type ByteCounter, countingService, grpc, makeClient, migrationService, pb, unary } from '../shared/transport/grpc.js';
+import { type ByteCounter, countingService, grpc, makeClient, migrationService, pb, streamByteCounter, unary } from '../shared/transport/grpc.js';
 import { GrpcTransferChannel, type TransferChannel, type TransferChannelOptions } from './channel.js';
 
 type Capacity = InstanceType<typeof pb.Capacity>;
@@ -32,7 +32,7 @@ export interface PeerOptions {
 }
 
 export class GrpcTargetPeer implements TargetPeer {
-  private readonly counter: ByteCounter = { sent: 0, received: 0 };
+  private readonly counter = streamByteCounter();
   private readonly methods = countingService(migrationService, this.counter, 'client');
   private readonly client: grpc.Client;
   private readonly clock: Clock;

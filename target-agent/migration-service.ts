@@ -14,6 +14,8 @@ import type { MigrationMethod } from '../shared/stats.js';
 import { grpc, type migrationService, pb, toServiceError } from '../shared/transport/grpc.js';
 import type { TargetOptions } from './options.js';
 import { type Reservation, ReservationRegistry } from './reservation.js';
+import { IncomingJobs, type TransferView } from './incoming-jobs.js';
+import type { TransferPhase } from './receivers/context.js';
 import { type SessionHost, TargetSession } from './session.js';
 
 export { TARGET_DEFAULTS, type TargetOptions } from './options.js';
@@ -29,6 +31,8 @@ const DOWNTIME_LIMIT_MS_MAX = 600_000;
 export class MigrationService implements SessionHost {
   private readonly reservations: ReservationRegistry;
   private readonly sessions = new Set<TargetSession>();
+  /** Incoming migrations by job id, for the Control API. */
+  readonly incoming: IncomingJobs;
 
   constructor(
     private readonly driver: HypervisorDriver,
@@ -37,13 +41,16 @@ export class MigrationService implements SessionHost {
     readonly metrics?: AgentMetrics,
     private readonly clock: Clock = systemClock,
   ) {
-    this.reservations = new ReservationRegistry(options, clock, log, metrics);
+    this.incoming = new IncomingJobs(clock);
+    this.reservations = new ReservationRegistry(options, clock, log, metrics, (r, reason) => {
+      if (!r.opened) this.incoming.ended(r.migrationId, reason);
+    });
     // In progress: reserved and not yet opened, or on a transfer stream that holds its reservation.
     metrics?.observeIncoming(() => this.reservations.waiting + [...this.sessions].filter((s) => s.opened).length);
   }
 
   capacity(): InstanceType<typeof pb.Capacity> {
-    return capacityMessage(this.driver.capacity());
+    return capacityMessage(this.driver.capacity(), this.options.agentInstanceId);
   }
 
   reserve(request: InstanceType<typeof pb.ReserveRequest>): InstanceType<typeof pb.ReserveResponse> {
@@ -69,7 +76,8 @@ export class MigrationService implements SessionHost {
     };
     const replica = this.driver.reserve(description);
     const id = randomUUID();
-    this.reservations.reserve(id, { migrationId: request.migrationId, replica, downtimeLimitMs, unitMs: g.unitMs ?? 0 });
+    const reservation = this.reservations.reserve(id, { migrationId: request.migrationId, replica, downtimeLimitMs, unitMs: g.unitMs ?? 0 });
+    this.incoming.reserved(reservation, description.memoryBytes);
     this.log.info({ jobId: request.migrationId, guestId: g.id, reservationId: id, memoryBytes: g.memoryBytes }, 'reserved room for an incoming guest');
     return pb.ReserveResponse.create({
       protocolVersion: PROTOCOL_VERSION,
@@ -89,6 +97,11 @@ export class MigrationService implements SessionHost {
   /** Takes a reservation for a Transfer stream of `method`. */
   open(id: string, method: MigrationMethod): Reservation {
     return this.reservations.open(id, method);
+  }
+
+  phaseChanged(jobId: string, phase: TransferPhase, method: MigrationMethod | null, view: () => TransferView): void {
+    this.incoming.opened(jobId, view);
+    this.incoming.phaseChanged(jobId, phase, method);
   }
 
   /** Forgets a reservation whose replica was activated (the guest now belongs to the driver). */
@@ -139,7 +152,11 @@ export class MigrationService implements SessionHost {
         }
         const session = new TargetSession(call, this, this.log, this.clock);
         this.sessions.add(session);
-        void session.done.finally(() => this.sessions.delete(session));
+        void session.done.finally(() => {
+          this.sessions.delete(session);
+          const jobId = session.jobId;
+          if (jobId !== null) this.incoming.ended(jobId, session.reasonEnded);
+        });
       }) as grpc.handleBidiStreamingCall<InstanceType<typeof pb.SourceMessage>, InstanceType<typeof pb.TargetMessage>>,
     };
   }

@@ -16,6 +16,8 @@ export interface TargetOptions {
   hookTimeoutMs: number;
   /** Minimum interval between progress reports. */
   progressIntervalMs: number;
+  /** This agent's id for this run, reported in Capacity ('' : none). */
+  agentInstanceId: string;
 }
 
 export const TARGET_DEFAULTS: TargetOptions = {
@@ -26,4 +28,5 @@ export const TARGET_DEFAULTS: TargetOptions = {
   activationHooks: [],
   hookTimeoutMs: 10_000,
   progressIntervalMs: 20,
+  agentInstanceId: '',
 };

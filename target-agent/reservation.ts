@@ -45,6 +45,8 @@ export class ReservationRegistry {
     private readonly clock: Clock,
     private readonly log: Logger,
     private readonly metrics?: Pick<AgentMetrics, 'incomingEnded'>,
+    /** Told of every release (a timeout included), with its reason. */
+    private readonly onReleased: (reservation: Reservation, reason: string) => void = () => {},
   ) {}
 
   /** Reservations not yet opened by a Transfer. */
@@ -94,6 +96,7 @@ export class ReservationRegistry {
     r.replica.discard();
     this.metrics?.incomingEnded(r.method ?? 'unknown', 'discarded');
     this.log.info({ jobId: r.migrationId, guestId: r.replica.id, reservationId: id, reason }, 'released reservation');
+    this.onReleased(r, reason);
   }
 
   /** Forgets a reservation whose replica was activated (the guest now belongs to the driver). */

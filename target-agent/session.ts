@@ -21,6 +21,7 @@ import { type HookResult, runActivationHooks } from './hooks.js';
 import { checkCapabilities, type MethodContext, type MethodTransfer, type StreamMessageKind, type StreamMessages, type TargetMethod, targetMethod } from './methods.js';
 import type { TargetOptions } from './options.js';
 import type { TargetMessageBody, TransferPhase } from './receivers/context.js';
+import type { TransferView } from './incoming-jobs.js';
 import type { Reservation } from './reservation.js';
 
 type SourceMessage = InstanceType<typeof pb.SourceMessage>;
@@ -43,6 +44,8 @@ export interface SessionHost {
   forget(reservationId: string): void;
   /** Discards a guest running here (a post-copy whose commit failed). */
   discardGuest(guestId: string): void;
+  /** The transfer of job `jobId` entered `phase`; `view` tells its state (incoming jobs as Control shows them). */
+  phaseChanged?(jobId: string, phase: TransferPhase, method: MigrationMethod | null, view: () => TransferView): void;
 }
 
 /** The server side of a Transfer stream, as the session uses it. */
@@ -70,7 +73,8 @@ const DESCRIBE: { [K in StreamMessageKind]: (message: StreamMessages[K]) => stri
 };
 
 export class TargetSession {
-  private phase: TransferPhase = 'open';
+  private currentPhase: TransferPhase = 'open';
+  private endReason = '';
   private reservation: Reservation | null = null;
   /** Set at Open, once the replica proved it has what the method needs. */
   private transfer: OpenTransfer | null = null;
@@ -99,6 +103,31 @@ export class TargetSession {
   /** Ends the session from outside (agent shutdown): before the commit, the replica is dropped. */
   abort(reason: string): void {
     this.fail(new InvalidStateError(`target agent: ${reason}`));
+  }
+
+  /** This transfer as the Control API shows it (an incoming job). */
+  view(): TransferView {
+    return { phase: this.phase, method: this.transfer?.method.name ?? null, counters: this.counters() };
+  }
+
+  /** Why it ended, once ended before the commit. */
+  get reasonEnded(): string {
+    return this.endReason;
+  }
+
+  /** The source's job id, once the Open named the reservation. */
+  get jobId(): string | null {
+    return this.reservation?.migrationId ?? null;
+  }
+
+  private get phase(): TransferPhase {
+    return this.currentPhase;
+  }
+
+  private setPhase(phase: TransferPhase): void {
+    this.currentPhase = phase;
+    const jobId = this.reservation?.migrationId;
+    if (jobId !== undefined) this.host.phaseChanged?.(jobId, phase, this.transfer?.method.name ?? null, () => this.view());
   }
 
   /** Holds its reservation: the transfer opened and has not ended. */
@@ -157,7 +186,7 @@ export class TargetSession {
       this.clock,
     );
     this.transfer = { reservation: r, method, receivers: method.start(r.replica, this.methodContext(r)) };
-    this.phase = 'restoring';
+    this.setPhase('restoring');
     this.log.info({ firstSequence: open.firstSequence, method: method.name }, 'transfer opened');
     // The first progress report acknowledges the Open: post-copy waits for it before suspending.
     this.progress(true);
@@ -170,7 +199,7 @@ export class TargetSession {
       log: this.log,
       windows: { unitWindow, unitWindowBytes },
       phase: () => this.phase,
-      restored: () => void (this.phase = 'replaying'),
+      restored: () => this.setPhase('replaying'),
       resumedHere: (resumedAtMs) => this.resumedHere(r, resumedAtMs),
       progress: (force) => this.progress(force),
       send: (body) => this.send(body),
@@ -220,13 +249,13 @@ export class TargetSession {
     }
     // The commit point: from here the guest is this host's. It resumes here even if the stream
     // breaks now; the source never resumes its copy after sending the commit.
-    this.phase = 'committed';
+    this.setPhase('committed');
     this.host.metrics?.incomingEnded(method.name, 'committed');
     this.send({ commitResult: { matched: true, targetDigest } });
     const resumedAtMs = this.clock.now();
     r.replica.activate();
     this.host.forget(r.id);
-    this.phase = 'activated';
+    this.setPhase('activated');
     this.log.info({ digest: targetDigest, digestMs, commitToResumeMs: this.clock.now() - commitStartMs }, 'committed and resumed the guest here');
     void this.runHooks(r).then((hooks) => {
       this.send({ activated: { resumeToReplyMs: this.clock.now() - resumedAtMs, hooks } });
@@ -245,13 +274,14 @@ export class TargetSession {
       this.host.discardGuest(r.replica.id);
       this.host.metrics?.incomingEnded(method, 'discarded');
       this.send({ commitResult: { matched: false, targetDigest } });
-      this.phase = 'ended';
+      this.endReason = `post-copy commit refused: the pages received hash to ${targetDigest}, the source had ${commit.digest}`;
+      this.setPhase('ended');
       this.finish();
       return;
     }
     this.host.metrics?.incomingEnded(method, 'committed');
     this.send({ commitResult: { matched: true, targetDigest } });
-    this.phase = 'activated';
+    this.setPhase('activated');
     this.log.info({ digest: targetDigest }, 'post-copy complete: every page here, digests match');
     this.finish();
   }
@@ -259,7 +289,7 @@ export class TargetSession {
   /** Post-copy: the guest resumed here; confirmed at once, since the source must serve page requests while the hooks run. */
   private resumedHere(r: Reservation, resumedAtMs: number): void {
     this.host.forget(r.id);
-    this.phase = 'postcopy';
+    this.setPhase('postcopy');
     this.send({ activated: { resumeToReplyMs: this.clock.now() - resumedAtMs, hooks: [] } });
     void this.runHooks(r);
   }
@@ -314,6 +344,7 @@ export class TargetSession {
       // source. It waits (stalled on its next missing page) for an operator's decision.
       const missingPages = this.transfer?.receivers.running?.()?.missingPages;
       this.log.error({ reason, missingPages }, 'post-copy interrupted: the guest here lacks pages and cannot go on');
+      this.endReason = `post-copy interrupted with ${missingPages ?? 0} pages missing: ${reason}`;
       return this.finish();
     }
     this.end(reason);
@@ -322,12 +353,13 @@ export class TargetSession {
   /** Ends the session; before the commit, the replica and its reservation are discarded. */
   private end(reason: string): void {
     if (this.phase === 'ended') return;
+    this.endReason = reason;
     const before = this.phase;
     if (before !== 'committed' && before !== 'activated' && before !== 'postcopy' && this.reservation !== null) {
       this.host.release(this.reservation.id, reason);
       this.log.warn({ reason, phase: before }, 'incoming migration ended before commit: replica discarded');
     }
-    this.phase = 'ended';
+    this.setPhase('ended');
     this.finish();
   }
 

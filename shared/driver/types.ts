@@ -47,6 +47,8 @@ export interface GuestDescription {
   readonly machineConfig: Uint8Array;
   /** Human-readable summary of `machineConfig`, for logs and listings. */
   readonly summary: string;
+  /** Drivers that run a workload of their own (`sim`): its profile and rates, as the guest runs. */
+  readonly workload?: { readonly profile: string; readonly rates: Readonly<Record<string, number>> };
 }
 
 /** What a host can take, for pre-migration. */

@@ -102,10 +102,28 @@ export function onTlsHandshakeFailure(server: grpc.Server, onFailure: (error: Er
   }
 }
 
+/** The streams of a migration, as its bytes are counted: payload messages by kind, everything else as control. */
+export type StreamName = 'checkpoint' | 'log' | 'pages' | 'control';
+export const STREAM_NAMES: readonly StreamName[] = ['checkpoint', 'log', 'pages', 'control'];
+
+/** Bytes of one stream: before compression, and on the wire (serialized, with the 5-byte gRPC prefix). */
+export interface StreamBytes {
+  rawBytes: number;
+  wireBytes: number;
+}
+
 /** Counts serialized bytes (plus gRPC's 5-byte message prefix) of messages through a codec. */
 export interface ByteCounter {
   sent: number;
   received: number;
+  /** With it, the same bytes by stream: their wireBytes add up to sent + received. */
+  streams?: Record<StreamName, StreamBytes>;
+}
+
+/** A counter that also counts by stream. */
+export function streamByteCounter(): ByteCounter & { streams: Record<StreamName, StreamBytes> } {
+  const streams = Object.fromEntries(STREAM_NAMES.map((name) => [name, { rawBytes: 0, wireBytes: 0 }])) as Record<StreamName, StreamBytes>;
+  return { sent: 0, received: 0, streams };
 }
 
 interface Codec<T> {
@@ -118,7 +136,12 @@ interface Codec<T> {
  * carry a checkpoint chunk, a unit or pages); the serializer passes its bytes through.
  */
 export class Preserialized {
-  constructor(readonly bytes: Buffer) {}
+  constructor(
+    readonly bytes: Buffer,
+    /** The stream it belongs to, and its payload's size before compression (byte counting). */
+    readonly stream: StreamName = 'control',
+    readonly rawBytes = bytes.length,
+  ) {}
 }
 
 /** The bytes of a finished protobufjs writer as a Buffer, without a copy (finish() returns a fresh buffer of its own). */
@@ -205,10 +228,20 @@ export function countingService<S extends object>(service: S, counter: ByteCount
     const countedOut = (value: unknown) => {
       const b = outgoing(value);
       counter.sent += b.length + 5;
+      if (counter.streams !== undefined) {
+        const payload = value instanceof Preserialized ? value : null;
+        const stream = counter.streams[payload?.stream ?? 'control'];
+        stream.wireBytes += b.length + 5;
+        stream.rawBytes += payload === null || payload.stream === 'control' ? b.length + 5 : payload.rawBytes;
+      }
       return b;
     };
     const countedIn = (b: Buffer) => {
       counter.received += b.length + 5;
+      if (counter.streams !== undefined) {
+        counter.streams.control.wireBytes += b.length + 5;
+        counter.streams.control.rawBytes += b.length + 5;
+      }
       return incoming(b);
     };
     out[name] =

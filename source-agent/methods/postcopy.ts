@@ -23,6 +23,7 @@ export class PostcopyMethod implements TransferMethod {
   private readonly demand: number[] = [];
   private demandRead = 0;
   private demandQueued: Uint8Array | null = null;
+  private opened = false;
 
   /** Opens the transfer; suspends only once the target accepted it, so a refusal finds the guest running. */
   async catchUp(ctx: MethodContext): Promise<void> {
@@ -30,6 +31,7 @@ export class PostcopyMethod implements TransferMethod {
     ctx.setPhase('stop-and-copy');
     ctx.stats.status = 'stop-and-copy';
     ctx.open();
+    this.opened = true;
     ctx.channel.onPageRequest = (requested) => this.onPageRequest(ctx, pages, requested);
     await ctx.channel.until(() => ctx.channel.acknowledged);
   }
@@ -89,8 +91,9 @@ export class PostcopyMethod implements TransferMethod {
     return ctx.timings.activationTimeoutMs;
   }
 
-  refreshStats(): void {
+  refreshStats(ctx: MethodContext): void {
     // remainingBytes is the pages not pushed yet, set as they go.
+    if (this.opened) ctx.stats.missingPages = ctx.channel.progress.missingPages;
   }
 
   cleanUp(): void {}

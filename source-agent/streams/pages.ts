@@ -38,6 +38,7 @@ export class PageStream {
     const bytes = this.pages.encodePages(batch);
     const message = this.channel.pack({ kind: 'pages', round, pageCount: batch.length }, bytes);
     this.batchesSent++;
+    this.stats.pagesSent += batch.length;
     if (round === 0) countCheckpoint(this.stats, bytes.length, message.dataBytes, batch.length * PAGE_BYTES);
     await this.channel.write(message, rateBytesPerSec);
     return batch.length * PAGE_BYTES;

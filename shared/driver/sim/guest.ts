@@ -154,6 +154,7 @@ export class SimSourceGuest implements SourceGuest, LogRecorder {
       state: this.runState,
       machineConfig: encodeMachineConfig(this.config),
       summary: summarizeConfig(this.config),
+      workload: { profile: this.config.profile, rates: { ...this.config.rates } },
     };
   }
 

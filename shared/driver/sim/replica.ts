@@ -77,6 +77,7 @@ export class SimReplica implements TargetReplica, CheckpointReplayTarget, PageRe
       state: this.replicaState === 'restoring' ? 'restoring' : this.replicaState === 'replica' ? 'replica' : 'discarded',
       machineConfig: encodeMachineConfig(this.config),
       summary: summarizeConfig(this.config),
+      workload: { profile: this.config.profile, rates: { ...this.config.rates } },
     };
   }
 

@@ -1,0 +1,219 @@
+// The Control API v2 (proto/vmmigrate/v2/control.proto): guests with their roles, capacity with
+// the methods the driver can carry, migrations started with typed requests, and jobs seen from
+// both ends by one job id: outgoing ones (this agent is the source) and incoming ones (it is the
+// target). Starting, cancelling and the checks behind them are the ones Control v1 applies
+// (control-service.ts): v2 is another face of the same jobs.
+
+import type { Logger } from 'pino';
+import type { HypervisorDriver, SourceGuest } from '../../shared/driver/types.js';
+import { InvalidArgumentError, InvalidStateError, NotFoundError, UnimplementedError, VmMigrateError } from '../../shared/errors.js';
+import { type controlServiceV2, type grpc, pb, pb2, toServiceError } from '../../shared/transport/grpc.js';
+import { hostOf } from '../../shared/transport/tls.js';
+import type { ControlService } from '../control-service.js';
+import { METHOD_NAMES, createMethod } from '../methods/registry.js';
+import { methodName, policyName } from './enums.js';
+import { capacityMessage, guestMessage, type GuestRoleOf, type IncomingJobView, incomingJobMessage, sourceJobMessage } from './views.js';
+import { watchIncomingJob, watchSourceJob } from './watch.js';
+
+/** Memory of a StartGuest that asks for 0. */
+const GUEST_MEMORY_BYTES_DEFAULT = 512 * 2 ** 20;
+const GUEST_PROFILE_DEFAULT = 'idle';
+const WATCH_INTERVAL_MS_DEFAULT = 200;
+const WATCH_INTERVAL_MS_MIN = 20;
+const WATCH_INTERVAL_MS_MAX = 60_000;
+
+/** The incoming migrations the target side keeps (target-agent/incoming-jobs.ts). */
+export interface IncomingJobs {
+  get(jobId: string): IncomingJobView | undefined;
+  list(): IncomingJobView[];
+  activeFor(guestId: string): IncomingJobView | undefined;
+}
+
+export interface ControlV2Options {
+  /** Random at every start of the agent (Capacity.agent_instance_id). */
+  agentInstanceId: string;
+  /** host:port this agent listens on: a migration to it is refused at once. */
+  listenAddress(): string;
+}
+
+type Handlers = { [K in keyof typeof controlServiceV2]: grpc.UntypedHandleCall };
+type Req<K extends keyof typeof pb2> = (typeof pb2)[K] extends abstract new (...args: never) => infer T ? T : never;
+
+export class ControlServiceV2 {
+  constructor(
+    private readonly control: ControlService,
+    private readonly incoming: IncomingJobs,
+    private readonly driver: HypervisorDriver,
+    private readonly options: ControlV2Options,
+    private readonly log: Logger,
+  ) {}
+
+  listGuests(): InstanceType<typeof pb2.ListGuestsResponse> {
+    const local = this.driver.listGuests();
+    const guests = local.map((d) => guestMessage(d, this.roleOf(d.id)));
+    const here = new Set(local.map((d) => d.id));
+    // Incoming guests not yet the driver's: their replicas, restoring or replaying.
+    for (const job of this.incoming.list()) {
+      if (job.state !== 'running' || here.has(job.guestId)) continue;
+      const state = job.phase === 'reservation' || job.phase === 'checkpoint' ? 'restoring' : 'replica';
+      const description = { id: job.guestId, driver: this.driver.name, memoryBytes: job.reservedMemoryBytes, vcpus: 0, unitMs: 0, state, machineConfig: new Uint8Array(0), summary: '' } as const;
+      guests.push(guestMessage(description, { role: 'migrating-in', jobId: job.jobId }));
+    }
+    return pb2.ListGuestsResponse.create({ guests });
+  }
+
+  startGuest(req: Req<'StartGuestRequest'>): InstanceType<typeof pb2.StartGuestResponse> {
+    if (this.driver.createGuest === undefined) throw new UnimplementedError(`driver '${this.driver.name}' does not start guests; start them with the hypervisor's own tools`);
+    const guest = this.driver.createGuest({
+      id: req.id || undefined,
+      profile: req.profile || GUEST_PROFILE_DEFAULT,
+      memoryBytes: Number(req.memoryBytes) || GUEST_MEMORY_BYTES_DEFAULT,
+      unitMs: req.unitMs || undefined,
+      rates: Object.keys(req.rates ?? {}).length > 0 ? (req.rates as Record<string, number>) : undefined,
+      environmentSeed: req.environmentSeed || undefined,
+    });
+    this.log.info({ guestId: guest.id, profile: req.profile || GUEST_PROFILE_DEFAULT }, 'guest started');
+    return pb2.StartGuestResponse.create({ guest: guestMessage(guest.describe(), this.roleOf(guest.id)) });
+  }
+
+  stopGuest(req: Req<'StopGuestRequest'>): InstanceType<typeof pb2.StopGuestResponse> {
+    const guest = this.guest(req.id, 'id');
+    const role = this.roleOf(guest.id);
+    if (role.role !== 'none') throw new InvalidStateError(`guest '${guest.id}' is ${role.role.replace('-', ' ')} (job ${role.jobId}); cancel the job first`);
+    guest.discard();
+    this.log.info({ guestId: guest.id }, 'guest stopped');
+    return pb2.StopGuestResponse.create();
+  }
+
+  capacity(): InstanceType<typeof pb2.Capacity> {
+    const capabilities = this.driver.capabilities;
+    const methods = METHOD_NAMES.filter((name) => createMethod(name).needs.source.every((c) => capabilities.includes(c)));
+    return capacityMessage(this.driver.capacity(), this.options.agentInstanceId, methods);
+  }
+
+  startMigration(req: Req<'StartMigrationRequest'>): InstanceType<typeof pb2.StartMigrationResponse> {
+    if (!req.guestId) throw new InvalidArgumentError('guest_id is required');
+    if (!req.targetAddress) throw new InvalidArgumentError('target_address is required (host:port of the target agent)');
+    if (sameAddress(req.targetAddress, this.options.listenAddress())) {
+      throw new InvalidArgumentError(`target_address ${req.targetAddress} is this agent itself; migrate to another agent`);
+    }
+    const job = this.control.startMigration(
+      pb.StartMigrationRequest.create({
+        guestId: req.guestId,
+        targetAddress: req.targetAddress,
+        method: methodName(req.method),
+        downtimeLimitMs: req.downtimeLimitMs,
+        maxBandwidthBytesPerSec: Number(req.maxBandwidthBytesPerSec),
+        nonConvergencePolicy: policyName(req.nonConvergencePolicy),
+        maxDurationMs: req.maxDurationMs,
+        disableCompression: req.disableCompression,
+      }),
+    );
+    return pb2.StartMigrationResponse.create({ jobId: job.id, job: sourceJobMessage(job, this.control.historyOf(job)) });
+  }
+
+  getJob(req: Req<'GetJobRequest'>): InstanceType<typeof pb2.Job> {
+    if (!req.jobId) throw new InvalidArgumentError('job_id is required');
+    const outgoing = this.outgoing(req.jobId);
+    if (outgoing !== undefined) return sourceJobMessage(outgoing, this.control.historyOf(outgoing));
+    const incoming = this.incoming.get(req.jobId);
+    if (incoming !== undefined) return incomingJobMessage(incoming);
+    throw new NotFoundError(`no job '${req.jobId}' on this agent`);
+  }
+
+  listJobs(req: Req<'ListJobsRequest'>): InstanceType<typeof pb2.ListJobsResponse> {
+    const role = req.role;
+    const jobs: Array<InstanceType<typeof pb2.Job>> = [];
+    if (role !== pb2.JobRole.JOB_ROLE_TARGET) for (const job of this.control.listJobs()) jobs.push(sourceJobMessage(job, this.control.historyOf(job)));
+    if (role !== pb2.JobRole.JOB_ROLE_SOURCE) for (const job of this.incoming.list()) jobs.push(incomingJobMessage(job));
+    return pb2.ListJobsResponse.create({ jobs });
+  }
+
+  cancelJob(req: Req<'CancelJobRequest'>): InstanceType<typeof pb2.CancelJobResponse> {
+    if (!req.jobId) throw new InvalidArgumentError('job_id is required');
+    const job = this.outgoing(req.jobId);
+    if (job === undefined) {
+      if (this.incoming.get(req.jobId) !== undefined) throw new InvalidStateError(`job '${req.jobId}' is incoming here; cancel it on its source agent`);
+      throw new NotFoundError(`no job '${req.jobId}' on this agent`);
+    }
+    job.cancel('cancelled by request');
+    return pb2.CancelJobResponse.create({ job: sourceJobMessage(job, this.control.historyOf(job)) });
+  }
+
+  handlers(): Handlers {
+    const unary =
+      <Q, R>(fn: (req: Q) => R): grpc.handleUnaryCall<Q, R> =>
+      (call, callback) => {
+        try {
+          callback(null, fn(call.request));
+        } catch (error) {
+          if (!(error instanceof VmMigrateError)) this.log.error({ err: error }, 'unexpected error in a Control v2 call');
+          callback(toServiceError(error));
+        }
+      };
+    return {
+      listGuests: unary(() => this.listGuests()),
+      startGuest: unary((req: Req<'StartGuestRequest'>) => this.startGuest(req)),
+      stopGuest: unary((req: Req<'StopGuestRequest'>) => this.stopGuest(req)),
+      getCapacity: unary(() => this.capacity()),
+      startMigration: unary((req: Req<'StartMigrationRequest'>) => this.startMigration(req)),
+      getJob: unary((req: Req<'GetJobRequest'>) => this.getJob(req)),
+      listJobs: unary((req: Req<'ListJobsRequest'>) => this.listJobs(req)),
+      cancelJob: unary((req: Req<'CancelJobRequest'>) => this.cancelJob(req)),
+      watchJob: ((call: grpc.ServerWritableStream<Req<'WatchJobRequest'>, InstanceType<typeof pb2.JobEvent>>) => {
+        try {
+          this.watch(call);
+        } catch (error) {
+          // grpc-js sends the status of a server stream on 'error' (destroy() sends none).
+          call.emit('error', toServiceError(error));
+        }
+      }) as grpc.handleServerStreamingCall<Req<'WatchJobRequest'>, InstanceType<typeof pb2.JobEvent>>,
+    };
+  }
+
+  private watch(call: grpc.ServerWritableStream<Req<'WatchJobRequest'>, InstanceType<typeof pb2.JobEvent>>): void {
+    const { jobId, intervalMs: asked } = call.request;
+    if (!jobId) throw new InvalidArgumentError('job_id is required');
+    if (asked !== 0 && (asked < WATCH_INTERVAL_MS_MIN || asked > WATCH_INTERVAL_MS_MAX)) {
+      throw new InvalidArgumentError(`interval_ms ${asked}: expected 0 (the default, ${WATCH_INTERVAL_MS_DEFAULT}) or ${WATCH_INTERVAL_MS_MIN} to ${WATCH_INTERVAL_MS_MAX}`);
+    }
+    const intervalMs = asked || WATCH_INTERVAL_MS_DEFAULT;
+    const outgoing = this.outgoing(jobId);
+    if (outgoing !== undefined) return watchSourceJob(call, outgoing, this.control.historyOf(outgoing), intervalMs);
+    if (this.incoming.get(jobId) !== undefined) return watchIncomingJob(call, () => this.incoming.get(jobId), intervalMs);
+    throw new NotFoundError(`no job '${jobId}' on this agent`);
+  }
+
+  private outgoing(jobId: string) {
+    try {
+      return this.control.job(jobId);
+    } catch (error) {
+      if (error instanceof NotFoundError) return undefined;
+      throw error;
+    }
+  }
+
+  private guest(id: string, field: string): SourceGuest {
+    if (!id) throw new InvalidArgumentError(`${field} is required`);
+    return this.driver.guest(id);
+  }
+
+  private roleOf(guestId: string): GuestRoleOf {
+    const out = this.control.activeJobOf(guestId);
+    if (out !== undefined) return { role: 'migrating-out', jobId: out.id };
+    const incoming = this.incoming.activeFor(guestId);
+    if (incoming !== undefined) return { role: 'migrating-in', jobId: incoming.jobId };
+    return { role: 'none', jobId: '' };
+  }
+}
+
+/** Whether two host:port addresses name the same listener (loopback names and addresses alike). */
+function sameAddress(a: string, b: string): boolean {
+  const port = (address: string) => address.slice(address.lastIndexOf(':') + 1);
+  if (port(a) !== port(b)) return false;
+  const host = (address: string) => {
+    const h = hostOf(address).toLowerCase();
+    return h === 'localhost' || h === '::1' || h.startsWith('127.') ? 'loopback' : h;
+  };
+  return host(a) === host(b);
+}

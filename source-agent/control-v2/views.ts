@@ -1,0 +1,195 @@
+// The Control API v2's messages, built from the agent's own objects: a job seen from the source
+// (SourceMigration and its history) or from the target (an incoming job), a guest with its role,
+// the host's capacity.
+
+import type { GuestDescription, HostCapacity } from '../../shared/driver/types.js';
+import { PAGE_BYTES } from '../../shared/driver/types.js';
+import { AGENT_VERSION, PROTOCOL_VERSION } from '../../shared/protocol.js';
+import type { MigrationMethod, MigrationPhase, MigrationStats } from '../../shared/stats.js';
+import { pb2, STREAM_NAMES, type StreamBytes, type StreamName } from '../../shared/transport/grpc.js';
+import type { JobHistory } from '../job-history.js';
+import { isMethodName } from '../methods/registry.js';
+import type { SourceMigration } from '../migration.js';
+import { errorReasonEnum, guestStateEnum, jobStateOf, methodEnum, phaseEnum } from './enums.js';
+
+type Job = InstanceType<typeof pb2.Job>;
+
+/** What the target counts of an incoming job (target-agent/incoming-jobs.ts IncomingJob). */
+export interface IncomingJobView {
+  readonly jobId: string;
+  readonly guestId: string;
+  readonly reservationId: string;
+  readonly reservedMemoryBytes: number;
+  readonly method: MigrationMethod | null;
+  readonly phase: MigrationPhase;
+  readonly phasesPassed: readonly MigrationPhase[];
+  readonly state: 'running' | 'succeeded' | 'failed';
+  readonly error: string;
+  readonly startedAtMs: number;
+  readonly endedAtMs: number;
+  readonly committed: boolean;
+  readonly activated: boolean;
+  readonly counters: {
+    chunksApplied?: number;
+    checkpointRestored?: boolean;
+    unitsReceived?: number;
+    unitsReplayed?: number;
+    remainingUnits?: number;
+    replayRate?: number;
+    pageBatchesApplied?: number;
+    missingPages?: number;
+    bytesReceived?: number;
+  };
+}
+
+/** An outgoing job as Control v2 shows it. */
+export function sourceJobMessage(job: SourceMigration, history: JobHistory): Job {
+  const s: MigrationStats = job.isOver() ? job.stats : job.refreshStats();
+  const errorReason = s.status === 'completed' && downtimeLimitExceeded(job, s) ? 'DOWNTIME_LIMIT_EXCEEDED' : ((s as { errorReason?: string }).errorReason ?? '');
+  return pb2.Job.create({
+    jobId: job.id,
+    role: pb2.JobRole.JOB_ROLE_SOURCE,
+    guestId: job.request.guestId,
+    peerAddress: job.request.targetAddress,
+    method: methodEnum(job.request.method),
+    state: jobStateOf(s.status),
+    phase: phaseEnum(s.phase),
+    phasesPassed: history.phasesPassed.map(phaseEnum),
+    startedAtMs: Math.round(job.startedAtMs),
+    endedAtMs: Math.round(history.endedAtMs),
+    errorReason: errorReasonEnum(errorReason),
+    errorMessage: s.error,
+    source: sourceStats(job, s),
+  });
+}
+
+function downtimeLimitExceeded(job: SourceMigration, s: MigrationStats): boolean {
+  return s.downtimeMs > job.request.downtimeLimitMs;
+}
+
+function sourceStats(job: SourceMigration, s: MigrationStats): InstanceType<typeof pb2.SourceStats> {
+  const seconds = Math.max(0.001, s.totalTimeMs / 1000);
+  const stats = pb2.SourceStats.create({
+    setupTimeMs: s.setupTimeMs,
+    totalTimeMs: s.totalTimeMs,
+    downtimeMs: s.downtimeMs,
+    expectedDowntimeMs: s.expectedDowntimeMs,
+    downtimeLimitMs: job.request.downtimeLimitMs,
+    downtimeLimitExceeded: s.status === 'completed' && downtimeLimitExceeded(job, s),
+    checkpointPercent: s.memoryBytes > 0 ? Math.min(100, (100 * s.checkpointMemoryBytesCovered) / s.memoryBytes) : 0,
+    remainingBytes: s.remainingBytes,
+    memoryBytes: s.memoryBytes,
+    throughputBytesPerSec: Math.round(s.transferredBytes / seconds),
+    rttMs: s.rttMs,
+    sourceDigest: s.sourceDigest,
+    targetDigest: s.targetDigest,
+    bytes: transferBytes(job.wireBytes.streams, s.transferredBytes),
+  });
+  if (s.method === 'crtr') stats.crtr = crtrStats(s);
+  else if (s.method === 'precopy') stats.precopy = pb2.PrecopyStats.create({ rounds: s.rounds, pagesSent: s.pagesSent, stopPagesSent: s.stopPagesSent, dirtyPages: Math.round(s.remainingBytes / PAGE_BYTES) });
+  else stats.postcopy = pb2.PostcopyStats.create({ demandPages: s.demandPages, pushedPages: Math.max(0, s.pagesSent - s.demandPages), missingPages: s.missingPages });
+  return stats;
+}
+
+function crtrStats(s: MigrationStats): InstanceType<typeof pb2.CrtrStats> {
+  return pb2.CrtrStats.create({
+    unitsRecorded: s.unitsRecorded,
+    unitsSent: s.unitsSent,
+    unitsReplayed: s.unitsReplayed,
+    remainingUnits: s.remainingUnits,
+    logBytes: s.logBytes,
+    logRateBytesPerSec: Math.round(s.logRateBytesPerSec),
+    replayRate: s.replayRate,
+    stopRequests: s.rounds,
+    stopRequestsDenied: s.stopRequestsDenied,
+    stopUnitsToReplay: s.stopUnitsToReplay,
+    stopLogWireBytes: s.stopLogBytesUnsent,
+    stallMs: Math.round(s.stallMs),
+    throttle: s.throttle,
+    forced: s.forced,
+  });
+}
+
+/** Per-stream bytes; without a per-stream count, everything is control (the total still adds up). */
+function transferBytes(streams: Record<StreamName, StreamBytes> | undefined, transferredBytes: number): InstanceType<typeof pb2.TransferBytes> {
+  const of = (name: StreamName) => pb2.StreamBytes.create(streams?.[name] ?? (name === 'control' ? { rawBytes: transferredBytes, wireBytes: transferredBytes } : {}));
+  const message = pb2.TransferBytes.create({ transferredBytes: streams === undefined ? transferredBytes : STREAM_NAMES.reduce((sum, n) => sum + streams[n].wireBytes, 0) });
+  for (const name of STREAM_NAMES) message[name] = of(name);
+  return message;
+}
+
+/** An incoming job as Control v2 shows it on the target. */
+export function incomingJobMessage(job: IncomingJobView): Job {
+  const c = job.counters;
+  const state = job.state === 'running' ? pb2.JobState.JOB_STATE_RUNNING : job.state === 'succeeded' ? pb2.JobState.JOB_STATE_SUCCEEDED : pb2.JobState.JOB_STATE_FAILED;
+  return pb2.Job.create({
+    jobId: job.jobId,
+    role: pb2.JobRole.JOB_ROLE_TARGET,
+    guestId: job.guestId,
+    method: methodEnum(job.method !== null && isMethodName(job.method) ? job.method : null),
+    state,
+    phase: phaseEnum(job.phase),
+    phasesPassed: job.phasesPassed.map(phaseEnum),
+    startedAtMs: Math.round(job.startedAtMs),
+    endedAtMs: Math.round(job.endedAtMs),
+    errorMessage: job.error,
+    target: pb2.TargetStats.create({
+      reservationId: job.reservationId,
+      reservedMemoryBytes: job.reservedMemoryBytes,
+      chunksApplied: c.chunksApplied ?? 0,
+      checkpointRestored: c.checkpointRestored ?? false,
+      unitsReceived: c.unitsReceived ?? 0,
+      unitsReplayed: c.unitsReplayed ?? 0,
+      remainingUnits: c.remainingUnits ?? 0,
+      replayRate: c.replayRate ?? 0,
+      pageBatchesApplied: c.pageBatchesApplied ?? 0,
+      missingPages: c.missingPages ?? 0,
+      receivedWireBytes: c.bytesReceived ?? 0,
+      committed: job.committed,
+      activated: job.activated,
+    }),
+  });
+}
+
+/** A guest's role: what job, if any, moves it in or out. */
+export interface GuestRoleOf {
+  role: 'none' | 'migrating-out' | 'migrating-in';
+  jobId: string;
+}
+
+const ROLES = {
+  none: pb2.GuestRole.GUEST_ROLE_NONE,
+  'migrating-out': pb2.GuestRole.GUEST_ROLE_MIGRATING_OUT,
+  'migrating-in': pb2.GuestRole.GUEST_ROLE_MIGRATING_IN,
+} as const;
+
+export function guestMessage(d: GuestDescription, role: GuestRoleOf): InstanceType<typeof pb2.Guest> {
+  const guest = pb2.Guest.create({
+    id: d.id,
+    driver: d.driver,
+    memoryBytes: d.memoryBytes,
+    vcpus: d.vcpus,
+    unitMs: d.unitMs,
+    state: guestStateEnum(d.state),
+    role: ROLES[role.role],
+    jobId: role.jobId,
+  });
+  if (d.workload !== undefined) guest.sim = pb2.SimWorkload.create({ profile: d.workload.profile, rates: { ...d.workload.rates } });
+  return guest;
+}
+
+export function capacityMessage(c: HostCapacity, agentInstanceId: string, methods: readonly MigrationMethod[]): InstanceType<typeof pb2.Capacity> {
+  return pb2.Capacity.create({
+    driver: c.driver,
+    capabilities: [...c.capabilities],
+    methods: methods.map(methodEnum),
+    memoryBytesTotal: c.memoryBytesTotal,
+    memoryBytesReserved: c.memoryBytesReserved,
+    memoryBytesFree: c.memoryBytesFree,
+    vcpusTotal: c.vcpusTotal,
+    vcpusReserved: c.vcpusReserved,
+    protocolVersion: PROTOCOL_VERSION,
+    agentVersion: AGENT_VERSION,
+    agentInstanceId,
+  });
+}
