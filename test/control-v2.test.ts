@@ -142,3 +142,29 @@ t.test('Control v2 refuses impossible requests at once', async (t) => {
   const stopped = await unary(client, controlServiceV2.getJob, pb2.GetJobRequest.create({ jobId: '' }), 10_000, 'job').catch((e: { code: string }) => e);
   t.equal((stopped as { code: string }).code, 'INVALID_ARGUMENT', 'GetJob without an id');
 });
+
+t.test('a failed migration as both ends show it: the reason on the source, the end on the target', async (t) => {
+  const source = await startTestAgent(t, ['--allow-fault-injection']);
+  const target = await startTestAgent(t);
+  const src = v2(t, source);
+  const dst = v2(t, target);
+  await unary(src, controlServiceV2.startGuest, pb2.StartGuestRequest.create({ id: 'vm-bad', memoryBytes: GUEST_BYTES }), 30_000, 'start guest');
+  // Fault injection is a test facility of Control v1 only (it is not part of v2).
+  const { controlService, pb } = await import('../shared/transport/grpc.js');
+  const { jobId } = await unary(source.ctl, controlService.startMigration, pb.StartMigrationRequest.create({ guestId: 'vm-bad', targetAddress: target.address, faultInjection: { corruptChunkIndex: 2 } }), 10_000, 'start');
+  const events = await watch(src, jobId);
+  const job = events[events.length - 1].job!;
+  t.equal(job.state, JobState.JOB_STATE_FAILED);
+  t.match(job.errorMessage, /checkpoint chunk 2/);
+  t.equal(job.phasesPassed?.at(-1), Phase.PHASE_DONE);
+  await sleep(100);
+  const onTarget = await unary(dst, controlServiceV2.getJob, pb2.GetJobRequest.create({ jobId }), 10_000, 'target job');
+  t.equal(onTarget.role, JobRole.JOB_ROLE_TARGET);
+  t.equal(onTarget.state, JobState.JOB_STATE_FAILED);
+  t.match(onTarget.errorMessage, /checkpoint chunk 2/, 'the target says why it dropped the replica');
+  t.same(onTarget.phasesPassed, [Phase.PHASE_RESERVATION, Phase.PHASE_CHECKPOINT, Phase.PHASE_DONE]);
+  const watched = await watch(dst, jobId);
+  t.same(watched.map((e) => e.kind), [JobEventKind.JOB_EVENT_KIND_SNAPSHOT, JobEventKind.JOB_EVENT_KIND_END], 'a watch of an ended incoming job');
+  const guests = await unary(dst, controlServiceV2.listGuests, pb2.ListGuestsRequest.create(), 10_000, 'guests');
+  t.same(guests.guests.map((g) => g.id), [], 'no replica left on the target');
+});
