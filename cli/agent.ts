@@ -15,6 +15,7 @@ import { SimDriver } from '../shared/driver/sim/driver.js';
 import { type AgentConfig, ConfigError, readConfigFile, setPath, validateConfig } from '../shared/config.js';
 import { AgentMetrics, startMetricsServer } from '../shared/metrics.js';
 import { addHealthService } from '../shared/transport/health.js';
+import { addReflectionService } from '../shared/transport/reflection.js';
 import { controlService, createServer, migrationService, onTlsHandshakeFailure, widenServerSessions } from '../shared/transport/grpc.js';
 import { allowlistInterceptor, clientCredentials, loadTlsMaterial, serverCredentials, type TlsMaterial, TlsMaterialError } from '../shared/transport/tls.js';
 
@@ -80,6 +81,7 @@ export async function startAgent(options: AgentOptions, log: Logger = pino({ lev
   server.addService(migrationService, migration.handlers());
   server.addService(controlService, control.handlers());
   const health = addHealthService(server);
+  addReflectionService(server);
   let port: number;
   try {
     port = await new Promise<number>((resolve, reject) => server.bindAsync(config.listen, serverCredentials(tls), (error, p) => (error ? reject(error) : resolve(p))));
