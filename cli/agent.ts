@@ -17,6 +17,7 @@ import { SimDriver } from '../shared/driver/sim/driver.js';
 import { type AgentConfig, ConfigError, readConfigFile, setPath, validateConfig } from '../shared/config.js';
 import { AgentMetrics, startMetricsServer } from '../shared/metrics.js';
 import { addHealthService } from '../shared/transport/health.js';
+import { addReflectionService } from '../shared/transport/reflection.js';
 import { controlService, controlServiceV2, createServer, migrationService, onTlsHandshakeFailure, widenServerSessions } from '../shared/transport/grpc.js';
 import { allowlistInterceptor, clientCredentials, loadTlsMaterial, serverCredentials, type TlsMaterial, TlsMaterialError } from '../shared/transport/tls.js';
 
@@ -88,6 +89,7 @@ export async function startAgent(options: AgentOptions, log: Logger = pino({ lev
   const controlV2 = new ControlServiceV2(control, migration.incoming, driver, { agentInstanceId, listenAddress: () => address }, log);
   server.addService(controlServiceV2, controlV2.handlers());
   const health = addHealthService(server);
+  addReflectionService(server);
   let port: number;
   try {
     port = await new Promise<number>((resolve, reject) => server.bindAsync(config.listen, serverCredentials(tls), (error, p) => (error ? reject(error) : resolve(p))));

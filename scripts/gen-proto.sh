@@ -11,12 +11,14 @@ if [ -f "$out.d.ts" ] && [ -z "$(find proto scripts/gen-proto.sh -newer "$out.d.
 # --es6 --wrap es6: an ES module; --force-number: uint64/int64 as Long objects (exact), converted
 #   at the transport's edge; --no-verify/--no-convert/--no-delimited: unused, less code;
 # --keep-case is not set: fields are camelCase in TypeScript.
+# The files: proto/files.txt, one path relative to proto/ a line ('#' starts a comment); the
+#   reflection service reads the same list.
+mapfile -t files < <(sed -e 's/#.*//' -e 's/^[[:space:]]*//' -e 's/[[:space:]]*$//' -e '/^$/d' proto/files.txt)
+[ "${#files[@]}" -gt 0 ] || { echo "gen-proto: proto/files.txt lists no file" >&2; exit 1; }
 npx pbjs --target static-module --wrap es6 --es6 --force-number \
   --no-verify --no-convert --no-delimited --no-typeurl \
   --path proto -o "$out.js" \
-  proto/vmmigrate/v1/migration.proto proto/vmmigrate/v1/control.proto \
-  proto/vmmigrate/v2/errors.proto proto/vmmigrate/v2/control.proto \
-  proto/google/rpc/status.proto proto/google/rpc/error_details.proto
+  "${files[@]/#/proto/}"
 # 64-bit integers as plain numbers at run time too (pbjs's --force-number only sets the types):
 # without this, protobufjs decodes them as Long objects whenever the 'long' package is present.
 sed -i 's|^import \$protobuf from "protobufjs/minimal.js";$|&\n$protobuf.util.Long = undefined;\n$protobuf.configure();|' "$out.js"

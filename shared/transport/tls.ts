@@ -163,10 +163,15 @@ export function clientCredentials(tls: TlsMaterial | null, allow?: readonly stri
   });
 }
 
-/** Which allowlist guards a method path; null: any client the CA trusts (the health service). */
-function allowlistOf(path: string, allow: Allowlists): readonly string[] | null {
+/**
+ * Which allowlist guards a method path; null: any client the CA trusts (the health service).
+ * Reflection (grpc.reflection.v1 and v1alpha) describes the Control API, so it answers the
+ * clients that may call it: said here rather than left to the default below.
+ */
+export function allowlistOf(path: string, allow: Allowlists): readonly string[] | null {
   if (path.startsWith('/vmmigrate.v1.Migration/')) return allow.peers;
   if (path.startsWith('/grpc.health.v1.Health/')) return null;
+  if (path.startsWith('/grpc.reflection.')) return allow.control;
   return allow.control;
 }
 
