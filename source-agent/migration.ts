@@ -235,6 +235,7 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
         this.method.activatesBeforeCommit
           ? `post-copy commit refused: the pages the target received hash to ${result.targetDigest}, the source had ${channel.commitDigestSent}`
           : `commit refused: the target's replica digest ${result.targetDigest} differs from the digest sent, ${channel.commitDigestSent}`,
+        { reason: 'DIGEST_MISMATCH', metadata: { jobId: this.id, sourceDigest: channel.commitDigestSent, targetDigest: result.targetDigest } },
       );
     }
     this.committed = true;
@@ -262,16 +263,18 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
 
   private async onFailure(error: unknown): Promise<void> {
     const cancelled = this.cancelController.signal.aborted && !(error instanceof VmMigrateError && !(error instanceof AbortedError));
-    const e = error instanceof VmMigrateError ? error : new UnavailableError(error instanceof Error ? error.message : String(error), { cause: error });
+    const e = error instanceof VmMigrateError ? error : new UnavailableError(error instanceof Error ? error.message : String(error), { cause: error, reason: 'INTERNAL_ERROR' });
     if (!(error instanceof VmMigrateError)) this.log.error({ err: error }, 'unexpected error in a migration');
     this.stats.error = e.message;
-    this.stats.errorCode = statusName(grpc.status[e.code]);
+    // A bug is INTERNAL, as toServiceError reports it to a caller.
+    this.stats.errorCode = error instanceof VmMigrateError ? statusName(grpc.status[e.code]) : statusName(grpc.status.INTERNAL);
+    this.stats.errorReason = e.reason;
     if (this.committed || this.commitSent) {
       this.stats.status = 'failed';
       this.stats.error = this.committed
         ? `committed, but the target's activation was not confirmed (${e.message}); the source copy is kept suspended, not discarded`
         : `commit outcome unknown (${e.message}): the guest is kept suspended on the source; check the target before resuming it`;
-      this.log.error({ err: e.message, code: this.stats.errorCode }, this.stats.error);
+      this.log.error({ err: e.message, code: this.stats.errorCode, reason: e.reason }, this.stats.error);
       return;
     }
     // Abort before the commit: the target drops its replica, the guest runs here.
@@ -284,7 +287,7 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
     if (this.guest.describe().state === 'suspended') this.guest.resume();
     this.guest.setThrottle(1);
     this.stats.status = cancelled ? 'cancelled' : 'failed';
-    this.log.warn({ err: e.message, code: this.stats.errorCode, phase: this.stats.phase }, cancelled ? 'migration cancelled: guest runs on the source' : 'migration failed: guest runs on the source');
+    this.log.warn({ err: e.message, code: this.stats.errorCode, reason: e.reason, phase: this.stats.phase }, cancelled ? 'migration cancelled: guest runs on the source' : 'migration failed: guest runs on the source');
   }
 
   refreshStats(): MigrationStats {
