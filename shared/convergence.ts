@@ -102,10 +102,14 @@ export function judgeConvergence(samples: readonly BacklogSample[], windowMs: nu
   }
   if (base === undefined) return { converging: true, reason: 'less than one window of history' };
   const drained = base.backlogUnits - last.backlogUnits;
-  if (drained > 0) return { converging: true, reason: `backlog fell from ${base.backlogUnits} to ${last.backlogUnits} units in ${(last.atMs - base.atMs).toFixed(0)} ms` };
+  const spanMs = (last.atMs - base.atMs).toFixed(0);
+  if (drained > 0) return { converging: true, reason: `backlog fell from ${base.backlogUnits} to ${last.backlogUnits} units in ${spanMs} ms` };
+  if (drained === 0) {
+    return { converging: false, reason: `backlog did not shrink from ${last.backlogUnits} units in ${spanMs} ms (allowed ${allowedUnits}): the log grows as fast as it drains` };
+  }
   return {
     converging: false,
-    reason: `backlog grew from ${base.backlogUnits} to ${last.backlogUnits} units in ${(last.atMs - base.atMs).toFixed(0)} ms (allowed ${allowedUnits}): the log grows faster than it drains`,
+    reason: `backlog grew from ${base.backlogUnits} to ${last.backlogUnits} units in ${spanMs} ms (allowed ${allowedUnits}): the log grows faster than it drains`,
   };
 }
 
@@ -114,21 +118,23 @@ export function nextThrottle(current: number): number {
   return Math.max(0.05, Math.round(current * 0.7 * 1000) / 1000);
 }
 
+export interface NonConvergenceDecision {
+  action: 'continue' | 'abort' | 'force' | 'throttle';
+  /** What the action answers: the backlog's verdict, or the maximum duration running out. */
+  trigger: 'backlog' | 'max-duration';
+  reason: string;
+}
+
 /** What to do when the migration does not converge, or runs out of time. */
-export function nonConvergenceAction(
-  policy: NonConvergencePolicy,
-  verdict: ConvergenceVerdict,
-  elapsedMs: number,
-  maxDurationMs: number,
-  throttle: number,
-): { action: 'continue' | 'abort' | 'force' | 'throttle'; reason: string } {
+export function nonConvergenceAction(policy: NonConvergencePolicy, verdict: ConvergenceVerdict, elapsedMs: number, maxDurationMs: number, throttle: number): NonConvergenceDecision {
   if (elapsedMs >= maxDurationMs) {
     const reason = `migration ran ${elapsedMs.toFixed(0)} ms, its maximum is ${maxDurationMs} ms`;
-    return policy === 'force' ? { action: 'force', reason } : { action: 'abort', reason };
+    return { action: policy === 'force' ? 'force' : 'abort', trigger: 'max-duration', reason };
   }
-  if (verdict.converging) return { action: 'continue', reason: verdict.reason };
-  if (policy === 'abort') return { action: 'abort', reason: `did not converge: ${verdict.reason}` };
-  if (policy === 'force') return { action: 'force', reason: `did not converge: ${verdict.reason}` };
-  if (throttle <= 0.05) return { action: 'continue', reason: `throttled to the floor; ${verdict.reason}` };
-  return { action: 'throttle', reason: verdict.reason };
+  const trigger = 'backlog';
+  if (verdict.converging) return { action: 'continue', trigger, reason: verdict.reason };
+  if (policy === 'abort') return { action: 'abort', trigger, reason: `did not converge: ${verdict.reason}` };
+  if (policy === 'force') return { action: 'force', trigger, reason: `did not converge: ${verdict.reason}` };
+  if (throttle <= 0.05) return { action: 'continue', trigger, reason: `throttled to the floor; ${verdict.reason}` };
+  return { action: 'throttle', trigger, reason: verdict.reason };
 }

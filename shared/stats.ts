@@ -1,6 +1,8 @@
 // Statistics of one migration, named after QEMU's `query-migrate` where a meaning matches, with
 // the unit in the name. The same shape travels in the control API (MigrationStats).
 
+import type { ErrorReason } from './errors.js';
+
 /** setup -> active -> stop-and-copy -> committing -> completed; or cancelling -> cancelled; or failed. */
 export type MigrationStatus = 'setup' | 'active' | 'stop-and-copy' | 'committing' | 'completed' | 'cancelling' | 'cancelled' | 'failed';
 
@@ -53,6 +55,8 @@ export interface MigrationStats {
   stallMs: number;
   error: string;
   errorCode: string;
+  /** Why the job failed or was cancelled ('' while it has not): a name of vmmigrate.v2.ErrorReason. */
+  errorReason: ErrorReason | '';
   /** Stop-and-copy was forced by the non-convergence policy. */
   forced: boolean;
   rttMs: number;
@@ -101,6 +105,7 @@ export function emptyStats(method: MigrationMethod, memoryBytes: number): Migrat
     stallMs: 0,
     error: '',
     errorCode: '',
+    errorReason: '',
     forced: false,
     rttMs: 0,
     stopRequestsDenied: 0,

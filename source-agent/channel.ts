@@ -9,7 +9,7 @@
 import { type Clock, type Timer } from '../shared/clock.js';
 import { AbortedError, InvalidStateError, UnavailableError, type VmMigrateError } from '../shared/errors.js';
 import { type PackedMessage, packMessage, type PayloadBody } from '../shared/protocol.js';
-import { fromStatus, type grpc, pb, Preserialized, type StreamName } from '../shared/transport/grpc.js';
+import { detailsFromMetadata, fromStatus, type grpc, isErrorReason, pb, Preserialized, type StreamName } from '../shared/transport/grpc.js';
 import { TokenBucket } from './token-bucket.js';
 import { FailableWaits, type WaitOptions } from './wait.js';
 
@@ -106,7 +106,7 @@ export class GrpcTransferChannel extends FailableWaits implements TransferChanne
     super(options.clock, options.signal);
     this.bucket = new TokenBucket(this.clock);
     call.on('data', (message: TargetMessage) => this.onMessage(message));
-    call.on('error', (error: grpc.ServiceError) => this.fail(fromStatus(error.code, error.details || error.message, `transfer stream to ${options.address}`)));
+    call.on('error', (error: grpc.ServiceError) => this.fail(fromStatus(error.code, error.details || error.message, `transfer stream to ${options.address}`, detailsFromMetadata(error.metadata))));
     call.on('end', () => {
       const finished = this.activated !== null || (this.commitResult !== null && !this.commitResult.matched);
       if (!finished) this.fail(new UnavailableError(`the target ${options.address} closed the transfer stream`));
@@ -174,15 +174,17 @@ export class GrpcTransferChannel extends FailableWaits implements TransferChanne
       case 'commitResult':
         // Only an answer to a commit we sent counts.
         if (this.commitDigestSent !== '') this.commitResult = message.commitResult as CommitResult;
-        else this.fail(new InvalidStateError('the target sent a commit result before any commit'));
+        else this.fail(new InvalidStateError('the target sent a commit result before any commit', { reason: 'PROTOCOL_VIOLATION' }));
         break;
       case 'activated':
         if (this.pointOfNoReturnPassed) this.activated = message.activated as Activated;
-        else this.fail(new InvalidStateError('the target reported an activation before the commit'));
+        else this.fail(new InvalidStateError('the target reported an activation before the commit', { reason: 'PROTOCOL_VIOLATION' }));
         break;
       case 'error': {
         const e = message.error!;
-        this.fail(fromStatus(e.code ?? 2, e.message ?? '', `target ${this.options.address}`));
+        // A target that predates TargetError.reason sends none: the class's default stands.
+        const reason = e.reason ?? '';
+        this.fail(fromStatus(e.code ?? 2, e.message ?? '', `target ${this.options.address}`, { reason: isErrorReason(reason) ? reason : undefined }));
         break;
       }
       case 'pageRequest':

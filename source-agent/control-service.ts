@@ -4,7 +4,8 @@
 import type { Logger } from 'pino';
 import type { HypervisorDriver } from '../shared/driver/types.js';
 import { capacityMessage, guestMessage } from '../shared/messages.js';
-import { InvalidStateError, LimitExceededError, NotFoundError, UnimplementedError, VmMigrateError } from '../shared/errors.js';
+import { echo, InvalidStateError, LimitExceededError, NotFoundError, UnimplementedError, VmMigrateError } from '../shared/errors.js';
+import { checkGuestId, checkJobId } from '../shared/ids.js';
 import type { AgentMetrics } from '../shared/metrics.js';
 import { type controlService, type grpc, pb, toServiceError } from '../shared/transport/grpc.js';
 import { systemClock } from '../shared/clock.js';
@@ -52,16 +53,23 @@ export class ControlService {
   }
 
   startMigration(req: InstanceType<typeof pb.StartMigrationRequest>): SourceMigration {
+    checkGuestId(req.guestId, 'guest_id');
     const guest = this.driver.guest(req.guestId);
     const request = parseStartRequest(req, this.options);
     for (const job of this.jobs.values()) {
-      if (job.request.guestId === req.guestId && !job.isOver()) throw new InvalidStateError(`guest '${req.guestId}' is already being migrated by job ${job.id}`);
+      if (job.request.guestId === req.guestId && !job.isOver()) {
+        throw new InvalidStateError(`guest '${req.guestId}' is already being migrated by job ${job.id}`, { reason: 'GUEST_BUSY', metadata: { guestId: req.guestId, jobId: job.id } });
+      }
     }
     if (guest.pagesMissing > 0) {
-      throw new InvalidStateError(`guest '${req.guestId}' is still receiving ${guest.pagesMissing} pages of its own post-copy migration; try again when it has them`);
+      throw new InvalidStateError(`guest '${req.guestId}' is still receiving ${guest.pagesMissing} pages of its own post-copy migration; try again when it has them`, {
+        reason: 'GUEST_NOT_RUNNING',
+        metadata: { guestId: req.guestId, missingPages: guest.pagesMissing },
+      });
     }
     checkGuestCapabilities(createMethod(request.method), guest, this.driver.name);
-    if (guest.describe().state !== 'running') throw new InvalidStateError(`guest '${req.guestId}' is ${guest.describe().state}; only a running guest migrates`);
+    const state = guest.describe().state;
+    if (state !== 'running') throw new InvalidStateError(`guest '${req.guestId}' is ${state}; only a running guest migrates`, { reason: 'GUEST_NOT_RUNNING', metadata: { guestId: req.guestId, state } });
     const faults = parseFaultInjection(req, this.options.allowFaultInjection);
     this.pruneJobs();
     const job = new SourceMigration(guest, request, this.sourceOptions, this.log, { hooks: faults === undefined ? undefined : faultHooks(faults) });
@@ -75,8 +83,9 @@ export class ControlService {
   }
 
   job(id: string): SourceMigration {
+    checkJobId(id, 'job_id');
     const job = this.jobs.get(id);
-    if (job === undefined) throw new NotFoundError(`no job '${id}' on this agent`);
+    if (job === undefined) throw new NotFoundError(`no job '${echo(id)}' on this agent`, { reason: 'JOB_NOT_FOUND', metadata: { jobId: id } });
     return job;
   }
 
@@ -117,7 +126,7 @@ export class ControlService {
       if (job.isOver()) this.jobs.delete(id);
       if (this.jobs.size < this.options.jobsMax) return;
     }
-    throw new LimitExceededError(`${this.jobs.size} jobs in progress, the limit is ${this.options.jobsMax}`);
+    throw new LimitExceededError(`${this.jobs.size} jobs in progress, the limit is ${this.options.jobsMax}`, { reason: 'LIMIT_EXCEEDED', metadata: { limit: this.options.jobsMax } });
   }
 
   handlers(): Handlers {
@@ -137,7 +146,9 @@ export class ControlService {
     return {
       listGuests: unaryHandler(() => pb.ListGuestsResponse.create({ guests: this.driver.listGuests().map(guestMessage) })),
       startGuest: unaryHandler((req: InstanceType<typeof pb.StartGuestRequest>) => {
-        if (this.driver.createGuest === undefined) throw new UnimplementedError(`driver '${this.driver.name}' does not start guests; start them with the hypervisor's own tools`);
+        if (this.driver.createGuest === undefined) {
+          throw new UnimplementedError(`driver '${this.driver.name}' does not start guests; start them with the hypervisor's own tools`, { reason: 'NOT_SUPPORTED', metadata: { driver: this.driver.name } });
+        }
         const guest = this.driver.createGuest({
           id: req.id || undefined,
           profile: req.profile,
@@ -150,9 +161,12 @@ export class ControlService {
         return pb.StartGuestResponse.create({ guest: guestMessage(guest.describe()) });
       }),
       stopGuest: unaryHandler((req: InstanceType<typeof pb.StopGuestRequest>) => {
+        checkGuestId(req.id, 'id');
         const guest = this.driver.guest(req.id);
         for (const job of this.jobs.values()) {
-          if (job.request.guestId === req.id && !job.isOver()) throw new InvalidStateError(`guest '${req.id}' is being migrated by job ${job.id}; cancel it first`);
+          if (job.request.guestId === req.id && !job.isOver()) {
+            throw new InvalidStateError(`guest '${req.id}' is being migrated by job ${job.id}; cancel it first`, { reason: 'GUEST_BUSY', metadata: { guestId: req.id, jobId: job.id } });
+          }
         }
         guest.discard();
         this.log.info({ guestId: req.id }, 'guest stopped');

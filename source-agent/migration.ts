@@ -19,7 +19,7 @@ import type { Logger } from 'pino';
 import { type Clock, systemClock } from '../shared/clock.js';
 import { expectedDowntimeMs } from '../shared/convergence.js';
 import type { GuestDescription, SourceGuest } from '../shared/driver/types.js';
-import { AbortedError, CorruptDataError, InvalidArgumentError, InvalidStateError, ReservationRefusedError, UnavailableError, VmMigrateError } from '../shared/errors.js';
+import { AbortedError, CorruptDataError, echo, InvalidArgumentError, InvalidStateError, ReservationRefusedError, UnavailableError, VmMigrateError } from '../shared/errors.js';
 import { AGENT_VERSION, PROTOCOL_VERSION, WINDOW_DEFAULTS } from '../shared/protocol.js';
 import { emptyStats, type MigrationPhase, type MigrationStats } from '../shared/stats.js';
 import { type ByteCounter, grpc, pb, statusName } from '../shared/transport/grpc.js';
@@ -122,7 +122,12 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
 
   /** Cancels the migration if it has not committed; the guest stays (or resumes) here. */
   cancel(reason = 'cancelled by request'): void {
-    if (this.commitSent) throw new InvalidStateError(`migration ${this.id} is past its commit point (${this.stats.phase}); it can no longer be cancelled`);
+    if (this.commitSent) {
+      throw new InvalidStateError(`migration ${this.id} is past its commit point (${this.stats.phase}); it can no longer be cancelled`, {
+        reason: 'PAST_COMMIT_POINT',
+        metadata: { jobId: this.id, phase: this.stats.phase },
+      });
+    }
     if (this.isOver()) return;
     this.stats.status = 'cancelling';
     this.cancelController.abort(new AbortedError(reason));
@@ -175,7 +180,12 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
     const address = this.request.targetAddress;
     const capacity = await this.peer.capacity();
     const self = this.options.agentInstanceId;
-    if (self && capacity.agentInstanceId === self) throw new InvalidArgumentError(`target ${address} is this agent itself; migrate to another agent`);
+    if (self && capacity.agentInstanceId === self) {
+      throw new InvalidArgumentError(`target ${echo(address)} is this agent itself; migrate to another agent`, {
+        reason: 'TARGET_IS_SELF',
+        fieldViolations: [{ field: 'target_address', description: 'the target answers with this agent\'s own instance id' }],
+      });
+    }
     if (capacity.driver !== description.driver) {
       throw new ReservationRefusedError(`target ${address} runs driver '${capacity.driver}', the guest needs '${description.driver}'`);
     }
@@ -200,7 +210,10 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
       }),
     );
     if (reservation.protocolVersion !== PROTOCOL_VERSION) {
-      throw new InvalidStateError(`target speaks protocol version ${reservation.protocolVersion}, this agent ${PROTOCOL_VERSION}`);
+      throw new InvalidStateError(`target speaks protocol version ${reservation.protocolVersion}, this agent ${PROTOCOL_VERSION}`, {
+        reason: 'PEER_VERSION_MISMATCH',
+        metadata: { protocolVersion: PROTOCOL_VERSION, peerProtocolVersion: reservation.protocolVersion },
+      });
     }
     this.reservationId = reservation.reservationId;
     this.windows = { chunks: Math.max(1, reservation.chunkWindow), units: Math.max(1, reservation.unitWindow), unitBytes: Math.max(1, reservation.unitWindowBytes) };
@@ -239,6 +252,7 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
         this.method.activatesBeforeCommit
           ? `post-copy commit refused: the pages the target received hash to ${result.targetDigest}, the source had ${channel.commitDigestSent}`
           : `commit refused: the target's replica digest ${result.targetDigest} differs from the digest sent, ${channel.commitDigestSent}`,
+        { reason: 'DIGEST_MISMATCH', metadata: { jobId: this.id, sourceDigest: channel.commitDigestSent, targetDigest: result.targetDigest } },
       );
     }
     this.committed = true;
@@ -266,16 +280,18 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
 
   private async onFailure(error: unknown): Promise<void> {
     const cancelled = this.cancelController.signal.aborted && !(error instanceof VmMigrateError && !(error instanceof AbortedError));
-    const e = error instanceof VmMigrateError ? error : new UnavailableError(error instanceof Error ? error.message : String(error), { cause: error });
+    const e = error instanceof VmMigrateError ? error : new UnavailableError(error instanceof Error ? error.message : String(error), { cause: error, reason: 'INTERNAL_ERROR' });
     if (!(error instanceof VmMigrateError)) this.log.error({ err: error }, 'unexpected error in a migration');
     this.stats.error = e.message;
-    this.stats.errorCode = statusName(grpc.status[e.code]);
+    // A bug is INTERNAL, as toServiceError reports it to a caller.
+    this.stats.errorCode = error instanceof VmMigrateError ? statusName(grpc.status[e.code]) : statusName(grpc.status.INTERNAL);
+    this.stats.errorReason = e.reason;
     if (this.committed || this.commitSent) {
       this.stats.status = 'failed';
       this.stats.error = this.committed
         ? `committed, but the target's activation was not confirmed (${e.message}); the source copy is kept suspended, not discarded`
         : `commit outcome unknown (${e.message}): the guest is kept suspended on the source; check the target before resuming it`;
-      this.log.error({ err: e.message, code: this.stats.errorCode }, this.stats.error);
+      this.log.error({ err: e.message, code: this.stats.errorCode, reason: e.reason }, this.stats.error);
       return;
     }
     // Abort before the commit: the target drops its replica, the guest runs here.
@@ -288,7 +304,7 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
     if (this.guest.describe().state === 'suspended') this.guest.resume();
     this.guest.setThrottle(1);
     this.stats.status = cancelled ? 'cancelled' : 'failed';
-    this.log.warn({ err: e.message, code: this.stats.errorCode, phase: this.stats.phase }, cancelled ? 'migration cancelled: guest runs on the source' : 'migration failed: guest runs on the source');
+    this.log.warn({ err: e.message, code: this.stats.errorCode, reason: e.reason, phase: this.stats.phase }, cancelled ? 'migration cancelled: guest runs on the source' : 'migration failed: guest runs on the source');
   }
 
   refreshStats(): MigrationStats {

@@ -1,9 +1,10 @@
 // StartMigration's request, checked field by field into a MigrationRequest: every limit is here,
-// and 0 or empty takes the agent's configured default. Fault injection is parsed here too, and
-// refused unless the agent allows it.
+// and 0 or empty takes the agent's configured default. A field out of its range is refused with a
+// field violation naming it as the .proto does. Fault injection is parsed here too, and refused
+// unless the agent allows it.
 
 import { NON_CONVERGENCE_POLICIES, type NonConvergencePolicy } from '../shared/convergence.js';
-import { InvalidArgumentError } from '../shared/errors.js';
+import { echo, invalidField } from '../shared/errors.js';
 import { ABORTABLE_PHASES, type MigrationPhase } from '../shared/stats.js';
 import type { pb } from '../shared/transport/grpc.js';
 import { hostOf, isLoopbackHost } from '../shared/transport/tls.js';
@@ -33,20 +34,26 @@ const BANDWIDTH_BYTES_PER_SEC_MAX = 1e12;
 type StartMigrationRequest = InstanceType<typeof pb.StartMigrationRequest>;
 
 export function parseStartRequest(req: StartMigrationRequest, defaults: StartDefaults): MigrationRequest {
-  if (!req.targetAddress) throw new InvalidArgumentError('targetAddress is required (host:port of the target agent)');
+  if (!req.targetAddress) throw invalidField('target_address', 'targetAddress is required (host:port of the target agent)');
   if (defaults.plaintext && !isLoopbackHost(hostOf(req.targetAddress))) {
-    throw new InvalidArgumentError(`this agent runs without TLS (tls.plaintext), so it migrates guests to loopback targets only, not to ${req.targetAddress}; configure mutual TLS`);
+    throw invalidField(
+      'target_address',
+      `this agent runs without TLS (tls.plaintext), so it migrates guests to loopback targets only, not to ${echo(req.targetAddress)}; configure mutual TLS`,
+      { targetAddress: req.targetAddress },
+    );
   }
   const method = createMethod(req.method || 'crtr').name;
   const policy = (req.nonConvergencePolicy || defaults.nonConvergencePolicyDefault) as NonConvergencePolicy;
-  if (!NON_CONVERGENCE_POLICIES.includes(policy)) throw new InvalidArgumentError(`nonConvergencePolicy '${req.nonConvergencePolicy}': expected ${NON_CONVERGENCE_POLICIES.join(', ')}`);
+  if (!NON_CONVERGENCE_POLICIES.includes(policy)) {
+    throw invalidField('non_convergence_policy', `nonConvergencePolicy '${echo(req.nonConvergencePolicy)}': expected ${NON_CONVERGENCE_POLICIES.join(', ')}`);
+  }
   const downtimeLimitMs = req.downtimeLimitMs || defaults.downtimeLimitMsDefault;
-  if (downtimeLimitMs < 1 || downtimeLimitMs > DOWNTIME_LIMIT_MS_MAX) throw new InvalidArgumentError(`downtimeLimitMs ${downtimeLimitMs}: expected 1 to ${DOWNTIME_LIMIT_MS_MAX}`);
+  if (downtimeLimitMs < 1 || downtimeLimitMs > DOWNTIME_LIMIT_MS_MAX) throw invalidField('downtime_limit_ms', `downtimeLimitMs ${downtimeLimitMs}: expected 1 to ${DOWNTIME_LIMIT_MS_MAX}`);
   const maxDurationMs = req.maxDurationMs || defaults.maxDurationMsDefault;
-  if (maxDurationMs < MAX_DURATION_MS_MIN || maxDurationMs > MAX_DURATION_MS_MAX) throw new InvalidArgumentError(`maxDurationMs ${maxDurationMs}: expected 100 ms to 24 h`);
+  if (maxDurationMs < MAX_DURATION_MS_MIN || maxDurationMs > MAX_DURATION_MS_MAX) throw invalidField('max_duration_ms', `maxDurationMs ${maxDurationMs}: expected 100 ms to 24 h`);
   const bandwidth = req.maxBandwidthBytesPerSec || defaults.maxBandwidthBytesPerSecDefault;
   if (bandwidth !== 0 && (bandwidth < BANDWIDTH_BYTES_PER_SEC_MIN || bandwidth > BANDWIDTH_BYTES_PER_SEC_MAX)) {
-    throw new InvalidArgumentError(`maxBandwidthBytesPerSec ${bandwidth}: expected 0 (unlimited) or 125000 (1 Mbit/s) to 1e12`);
+    throw invalidField('max_bandwidth_bytes_per_sec', `maxBandwidthBytesPerSec ${bandwidth}: expected 0 (unlimited) or 125000 (1 Mbit/s) to 1e12`);
   }
   return { guestId: req.guestId, targetAddress: req.targetAddress, method, downtimeLimitMs, maxBandwidthBytesPerSec: bandwidth, policy, maxDurationMs, disableCompression: req.disableCompression };
 }
@@ -55,9 +62,9 @@ export function parseStartRequest(req: StartMigrationRequest, defaults: StartDef
 export function parseFaultInjection(req: StartMigrationRequest, allowed: boolean): FaultInjection | undefined {
   const f = req.faultInjection;
   if (!f || !(f.abortAtPhase || (f.corruptChunkIndex ?? 0) > 0 || (f.corruptUnitSequence ?? 0) > 0 || f.corruptCommitDigest)) return undefined;
-  if (!allowed) throw new InvalidArgumentError('fault injection is disabled on this agent (start it with --allow-fault-injection)');
+  if (!allowed) throw invalidField('fault_injection', 'fault injection is disabled on this agent (start it with --allow-fault-injection)');
   if (f.abortAtPhase && !ABORTABLE_PHASES.includes(f.abortAtPhase as MigrationPhase)) {
-    throw new InvalidArgumentError(`abortAtPhase '${f.abortAtPhase}': expected one of ${ABORTABLE_PHASES.join(', ')}`);
+    throw invalidField('fault_injection.abort_at_phase', `abortAtPhase '${echo(f.abortAtPhase)}': expected one of ${ABORTABLE_PHASES.join(', ')}`);
   }
   return {
     abortAtPhase: (f.abortAtPhase || undefined) as MigrationPhase | undefined,

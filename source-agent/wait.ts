@@ -23,14 +23,15 @@ export class Wakeups {
   /**
    * Resolves once `predicate` holds. Before each check `check` runs and may throw (a failed
    * stream, a cancellation), which ends the wait with that error. With `timeoutMs`, rejects with
-   * DeadlineExceededError (message from `describeTimeout`) after that long.
+   * DeadlineExceededError (message from `describeTimeout`) after that long: reason
+   * PEER_UNAVAILABLE, since what a migration waits for with a timeout is the target's answer.
    */
   async until(predicate: () => boolean, check: () => void, timeoutMs?: number, describeTimeout: () => string = () => `no change within ${timeoutMs} ms`): Promise<void> {
     const deadlineMs = timeoutMs === undefined ? Infinity : this.clock.now() + timeoutMs;
     for (;;) {
       check();
       if (predicate()) return;
-      if (this.clock.now() >= deadlineMs) throw new DeadlineExceededError(describeTimeout());
+      if (this.clock.now() >= deadlineMs) throw new DeadlineExceededError(describeTimeout(), { reason: 'PEER_UNAVAILABLE', metadata: { timeoutMs: timeoutMs ?? 0 } });
       // The timer is only a backstop, cancelled once woken, so that a wait per chunk leaves no
       // timer behind.
       let backstop: Timer | undefined;

@@ -2,13 +2,16 @@
 // round events are skipped while the watcher has not read the previous ones, so that a slow
 // reader never makes the agent buffer without bound.
 
+import { invalidField } from '../shared/errors.js';
 import type { MigrationPhase, MigrationStats } from '../shared/stats.js';
-import { type grpc, pb } from '../shared/transport/grpc.js';
+import { type grpc, pb, toServiceError } from '../shared/transport/grpc.js';
 import type { SourceMigration } from './migration.js';
 
 /** Progress events at most this often, whatever the watcher asks. */
 const WATCH_INTERVAL_MS_MIN = 20;
 const WATCH_INTERVAL_MS_DEFAULT = 200;
+/** A watcher may ask for progress at most this rarely (a timer over 2^31 ms would fire at once). */
+const WATCH_INTERVAL_MS_MAX = 60_000;
 
 type Job = InstanceType<typeof pb.Job>;
 
@@ -23,9 +26,27 @@ export function jobMessage(job: SourceMigration): Job {
   });
 }
 
+/**
+ * The progress interval a watcher asked for: 0 is the default, less than the minimum is raised to
+ * it, more than WATCH_INTERVAL_MS_MAX is refused (field interval_ms).
+ */
+export function watchIntervalMs(requestedMs: number): number {
+  if (requestedMs > WATCH_INTERVAL_MS_MAX) {
+    throw invalidField('interval_ms', `intervalMs ${requestedMs}: expected at most ${WATCH_INTERVAL_MS_MAX} (0: every ${WATCH_INTERVAL_MS_DEFAULT} ms)`, { limit: WATCH_INTERVAL_MS_MAX });
+  }
+  return Math.max(WATCH_INTERVAL_MS_MIN, requestedMs || WATCH_INTERVAL_MS_DEFAULT);
+}
+
 /** Streams `job`'s events on `call` until the job ends or the watcher goes away. */
 export function watchJob(call: grpc.ServerWritableStream<InstanceType<typeof pb.WatchJobRequest>, InstanceType<typeof pb.JobEvent>>, job: SourceMigration): void {
-  const intervalMs = Math.max(WATCH_INTERVAL_MS_MIN, call.request.intervalMs || WATCH_INTERVAL_MS_DEFAULT);
+  let intervalMs: number;
+  try {
+    intervalMs = watchIntervalMs(call.request.intervalMs);
+  } catch (error) {
+    // grpc-js sends the status of a server stream on 'error' (destroy() sends none).
+    call.emit('error', toServiceError(error));
+    return;
+  }
   let backlogged = false;
   call.on('drain', () => (backlogged = false));
   const send = (kind: string, message = '') => {

@@ -4,7 +4,7 @@
 // to its method's receiver and knows nothing else of the method.
 
 import { type DriverCapability, type PostcopyTarget, replicaCapabilities, type TargetReplica } from '../shared/driver/types.js';
-import { InvalidArgumentError, UnimplementedError } from '../shared/errors.js';
+import { echo, invalidField, UnimplementedError } from '../shared/errors.js';
 import type { MigrationMethod } from '../shared/stats.js';
 import type { pb } from '../shared/transport/grpc.js';
 import type { ProgressCounters, ProgressReport } from './feedback.js';
@@ -65,7 +65,11 @@ interface ReplicaCapabilities {
 }
 
 function lacking(method: MigrationMethod, capability: DriverCapability, replica: TargetReplica): UnimplementedError {
-  return new UnimplementedError(`method '${method}' needs capability ${capability}, which driver '${replica.describe().driver}' lacks`);
+  const driver = replica.describe().driver;
+  return new UnimplementedError(`method '${method}' needs capability ${capability}, which driver '${driver}' lacks`, {
+    reason: 'CAPABILITY_MISSING',
+    metadata: { capability, side: 'target', method, driver },
+  });
 }
 
 /** The replica's capability `name`, or UnimplementedError naming what `method` lacks. */
@@ -139,10 +143,10 @@ const postcopy: TargetMethod = {
 
 const METHODS: ReadonlyMap<string, TargetMethod> = new Map([crtr, precopy, postcopy].map((m) => [m.name, m]));
 
-/** The method an Open names ('' is crtr, the default), or InvalidArgumentError. */
+/** The method an Open names ('' is crtr, the default), or InvalidArgumentError (field `method` of Open). */
 export function targetMethod(name: string): TargetMethod {
   const method = METHODS.get(name === '' ? 'crtr' : name);
-  if (method === undefined) throw new InvalidArgumentError(`transfer method '${name}' is not supported by this agent (${[...METHODS.keys()].join(', ')})`);
+  if (method === undefined) throw invalidField('method', `transfer method '${echo(name)}' is not supported by this agent (${[...METHODS.keys()].join(', ')})`, { method: name });
   return method;
 }
 

@@ -6,7 +6,8 @@ import { randomUUID } from 'node:crypto';
 import type { Logger } from 'pino';
 import { type Clock, systemClock } from '../shared/clock.js';
 import type { GuestDescription, HypervisorDriver } from '../shared/driver/types.js';
-import { InvalidArgumentError, InvalidStateError, LimitExceededError, NotFoundError, VmMigrateError } from '../shared/errors.js';
+import { echo, InvalidStateError, invalidField, LimitExceededError, NotFoundError, VmMigrateError } from '../shared/errors.js';
+import { checkGuestId, checkJobId } from '../shared/ids.js';
 import type { AgentMetrics } from '../shared/metrics.js';
 import { capacityMessage } from '../shared/messages.js';
 import { AGENT_VERSION, PROTOCOL_VERSION } from '../shared/protocol.js';
@@ -55,14 +56,19 @@ export class MigrationService implements SessionHost {
 
   reserve(request: InstanceType<typeof pb.ReserveRequest>): InstanceType<typeof pb.ReserveResponse> {
     if (request.protocolVersion !== PROTOCOL_VERSION) {
-      throw new InvalidStateError(`protocol version ${request.protocolVersion} is not supported: this agent (${AGENT_VERSION}) speaks version ${PROTOCOL_VERSION}`);
+      throw new InvalidStateError(`protocol version ${request.protocolVersion} is not supported: this agent (${AGENT_VERSION}) speaks version ${PROTOCOL_VERSION}`, {
+        reason: 'PEER_VERSION_MISMATCH',
+        metadata: { protocolVersion: PROTOCOL_VERSION, peerProtocolVersion: request.protocolVersion, agentVersion: AGENT_VERSION },
+      });
     }
     const g = request.guest;
-    if (!g || !g.id) throw new InvalidArgumentError('reservation without a guest description');
-    if (!request.migrationId) throw new InvalidArgumentError('reservation without a migration id');
+    if (!g || !g.id) throw invalidField(g ? 'guest.id' : 'guest', 'reservation without a guest description');
+    checkGuestId(g.id, 'guest.id');
+    if (!request.migrationId) throw invalidField('migration_id', 'reservation without a migration id');
+    checkJobId(request.migrationId, 'migration_id');
     const downtimeLimitMs = request.downtimeLimitMs;
     if (!(downtimeLimitMs >= DOWNTIME_LIMIT_MS_MIN && downtimeLimitMs <= DOWNTIME_LIMIT_MS_MAX)) {
-      throw new InvalidArgumentError(`downtime limit ${downtimeLimitMs} ms: expected ${DOWNTIME_LIMIT_MS_MIN} to ${DOWNTIME_LIMIT_MS_MAX}`);
+      throw invalidField('downtime_limit_ms', `downtime limit ${downtimeLimitMs} ms: expected ${DOWNTIME_LIMIT_MS_MIN} to ${DOWNTIME_LIMIT_MS_MAX}`);
     }
     const description: GuestDescription = {
       id: g.id,
@@ -139,15 +145,17 @@ export class MigrationService implements SessionHost {
       getCapacity: unaryHandler(() => this.capacity()),
       reserve: unaryHandler((req: InstanceType<typeof pb.ReserveRequest>) => this.reserve(req)),
       release: unaryHandler((req: InstanceType<typeof pb.ReleaseRequest>) => {
-        const r = this.reservations.get(req.reservationId);
-        if (r === undefined) throw new NotFoundError(`no reservation '${req.reservationId}' on this agent`);
-        if (r.opened) throw new InvalidStateError(`reservation '${req.reservationId}' is in use by a transfer; abort the transfer instead`);
-        this.release(req.reservationId, req.reason || 'released by the source');
+        const reservationId = req.reservationId;
+        const r = this.reservations.get(reservationId);
+        if (r === undefined) throw new NotFoundError(`no reservation '${echo(reservationId)}' on this agent`, { reason: 'RESERVATION_NOT_FOUND', metadata: { reservationId } });
+        if (r.opened) throw new InvalidStateError(`reservation '${reservationId}' is in use by a transfer; abort the transfer instead`, { reason: 'PROTOCOL_VIOLATION', metadata: { reservationId } });
+        this.release(reservationId, req.reason || 'released by the source');
         return pb.ReleaseResponse.create();
       }),
       transfer: ((call: grpc.ServerDuplexStream<InstanceType<typeof pb.SourceMessage>, InstanceType<typeof pb.TargetMessage>>) => {
         if (this.sessions.size >= SESSIONS_MAX) {
-          call.emit('error', toServiceError(new LimitExceededError(`${this.sessions.size} incoming transfers in progress, the limit is ${SESSIONS_MAX}`)));
+          const error = new LimitExceededError(`${this.sessions.size} incoming transfers in progress, the limit is ${SESSIONS_MAX}`, { metadata: { limit: SESSIONS_MAX } });
+          call.emit('error', toServiceError(error));
           return;
         }
         const session = new TargetSession(call, this, this.log, this.clock);

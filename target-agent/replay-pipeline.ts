@@ -136,6 +136,7 @@ export class ReplayPipeline {
     if (this.queue.length + 1 > unitWindow || (this.queue.length > 0 && this.queueBytes + unit.bytes.length > unitWindowBytes)) {
       throw new LimitExceededError(
         `unit ${unit.sequence} overflows the unit window: ${this.queue.length} units / ${this.queueBytes} bytes queued, window ${unitWindow} units / ${unitWindowBytes} bytes`,
+        { reason: 'LIMIT_EXCEEDED', metadata: { limit: 'unitWindow', unitWindow, unitWindowBytes } },
       );
     }
     this.queue.push(unit);

@@ -5,7 +5,7 @@
 import type { Logger } from 'pino';
 import type { Clock, Timer } from '../shared/clock.js';
 import type { TargetReplica } from '../shared/driver/types.js';
-import { InvalidStateError, NotFoundError } from '../shared/errors.js';
+import { echo, InvalidStateError, NotFoundError } from '../shared/errors.js';
 import type { AgentMetrics } from '../shared/metrics.js';
 import type { MigrationMethod } from '../shared/stats.js';
 
@@ -79,8 +79,8 @@ export class ReservationRegistry {
   /** Takes a reservation for a Transfer stream of `method`. */
   open(id: string, method: MigrationMethod): Reservation {
     const r = this.entries.get(id);
-    if (r === undefined) throw new NotFoundError(`no reservation '${id}' on this agent (expired or released?)`);
-    if (r.opened) throw new InvalidStateError(`reservation '${id}' is already in use by another transfer`);
+    if (r === undefined) throw new NotFoundError(`no reservation '${echo(id)}' on this agent (expired or released?)`, { reason: 'RESERVATION_NOT_FOUND', metadata: { reservationId: id } });
+    if (r.opened) throw new InvalidStateError(`reservation '${id}' is already in use by another transfer`, { reason: 'PROTOCOL_VIOLATION', metadata: { reservationId: id } });
     r.opened = true;
     r.method = method;
     r.timer.cancel();

@@ -11,10 +11,10 @@
 import type { Logger } from 'pino';
 import { assert } from '../shared/assert.js';
 import { type Clock, systemClock, type Timer } from '../shared/clock.js';
-import { CorruptDataError, InvalidStateError, VmMigrateError } from '../shared/errors.js';
+import { AbortedError, bounded, CorruptDataError, InvalidStateError, MESSAGE_CHARS_MAX, VmMigrateError } from '../shared/errors.js';
 import type { AgentMetrics } from '../shared/metrics.js';
 import type { MigrationMethod } from '../shared/stats.js';
-import { pb, statusOf } from '../shared/transport/grpc.js';
+import { detailsOf, pb, statusOf } from '../shared/transport/grpc.js';
 import type { PostcopyTarget } from '../shared/driver/types.js';
 import { Feedback, type ProgressCounters } from './feedback.js';
 import { type HookResult, runActivationHooks } from './hooks.js';
@@ -93,7 +93,7 @@ export class TargetSession {
     call.on('data', (message: SourceMessage) => this.onMessage(message));
     // A stream that never says which reservation it is for holds resources for nothing.
     this.openTimer = clock.timeout(SESSION.openTimeoutMs, () => {
-      if (this.phase === 'open') this.fail(new InvalidStateError(`no Open within ${SESSION.openTimeoutMs} ms of the transfer stream's start`));
+      if (this.phase === 'open') this.fail(new InvalidStateError(`no Open within ${SESSION.openTimeoutMs} ms of the transfer stream's start`, { reason: 'PROTOCOL_VIOLATION', metadata: { timeoutMs: SESSION.openTimeoutMs } }));
     });
     call.on('end', () => this.onEnd('the source closed the stream'));
     call.on('cancelled', () => this.onEnd('the source cancelled the stream'));
@@ -102,7 +102,7 @@ export class TargetSession {
 
   /** Ends the session from outside (agent shutdown): before the commit, the replica is dropped. */
   abort(reason: string): void {
-    this.fail(new InvalidStateError(`target agent: ${reason}`));
+    this.fail(new AbortedError(`target agent: ${reason}`, { reason: 'CANCELLED', metadata: { side: 'target' } }));
   }
 
   /** This transfer as the Control API shows it (an incoming job). */
@@ -166,7 +166,7 @@ export class TargetSession {
   }
 
   private onOpen(open: InstanceType<typeof pb.Open>): void {
-    if (this.phase !== 'open') throw new InvalidStateError(`Open received twice (session is ${this.phase})`);
+    if (this.phase !== 'open') throw new InvalidStateError(`Open received twice (session is ${this.phase})`, { reason: 'PROTOCOL_VIOLATION' });
     const method = targetMethod(open.method);
     const r = this.host.open(open.reservationId, method.name);
     this.reservation = r;
@@ -211,16 +211,16 @@ export class TargetSession {
   /** Routes a message of the method's data to its receiver, if the method accepts it. */
   private onStreamMessage<K extends StreamMessageKind>(kind: K, message: StreamMessages[K]): void {
     const transfer = this.transfer;
-    if (transfer === null) throw new InvalidStateError(`${DESCRIBE[kind](message)} before Open`);
+    if (transfer === null) throw new InvalidStateError(`${DESCRIBE[kind](message)} before Open`, { reason: 'PROTOCOL_VIOLATION' });
     const { method, receivers } = transfer;
-    if (!method.accepts.includes(kind)) throw new InvalidStateError(`${DESCRIBE[kind](message)} in a ${method.name} transfer`);
+    if (!method.accepts.includes(kind)) throw new InvalidStateError(`${DESCRIBE[kind](message)} in a ${method.name} transfer`, { reason: 'PROTOCOL_VIOLATION', metadata: { method: method.name } });
     const receive = receivers.receive[kind];
     assert(receive !== undefined, () => `method '${method.name}' accepts ${kind} messages but has no receiver for them`);
     receive(message);
   }
 
   private requireTransfer(what: string): OpenTransfer {
-    if (this.transfer === null) throw new InvalidStateError(`${what} before Open`);
+    if (this.transfer === null) throw new InvalidStateError(`${what} before Open`, { reason: 'PROTOCOL_VIOLATION' });
     return this.transfer;
   }
 
@@ -236,7 +236,7 @@ export class TargetSession {
     if (running !== null) return this.commitRunningGuest(method.name, running, commit, r);
     const { finalReplayed = false, remainingUnits = 0 } = receivers.counters();
     if (this.phase !== 'replaying' || !finalReplayed || remainingUnits > 0) {
-      throw new InvalidStateError(`commit received before the final unit was replayed (${remainingUnits} units queued, state ${this.phase})`);
+      throw new InvalidStateError(`commit received before the final unit was replayed (${remainingUnits} units queued, state ${this.phase})`, { reason: 'PROTOCOL_VIOLATION', metadata: { remainingUnits } });
     }
     const commitStartMs = this.clock.now();
     const targetDigest = r.replica.digest();
@@ -265,7 +265,7 @@ export class TargetSession {
 
   /** Post-copy: the guest runs here already; its pages as received must match the source's state. */
   private commitRunningGuest(method: MigrationMethod, running: PostcopyTarget, commit: InstanceType<typeof pb.Commit>, r: Reservation): void {
-    if (running.missingPages > 0) throw new InvalidStateError(`post-copy commit received with ${running.missingPages} pages still missing`);
+    if (running.missingPages > 0) throw new InvalidStateError(`post-copy commit received with ${running.missingPages} pages still missing`, { reason: 'PROTOCOL_VIOLATION', metadata: { missingPages: running.missingPages } });
     const targetDigest = running.receivedDigest();
     if (targetDigest !== commit.digest) {
       // The guest running here started from a state the source never had: drop it, so that the
@@ -331,9 +331,9 @@ export class TargetSession {
   private fail(error: unknown): void {
     if (this.phase === 'ended') return;
     const code = statusOf(error);
-    const message = error instanceof Error ? error.message : String(error);
+    const message = bounded(error instanceof Error ? error.message : String(error), MESSAGE_CHARS_MAX);
     if (!(error instanceof VmMigrateError)) this.log.error({ err: error }, 'unexpected error in a transfer');
-    this.send({ error: { code, message } });
+    this.send({ error: { code, message, reason: detailsOf(error).reason } });
     this.end(message);
   }
 

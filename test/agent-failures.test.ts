@@ -129,6 +129,7 @@ t.test('a target without room refuses the guest at pre-migration: nothing moves'
   t.equal(kinds[kinds.length - 1], 'failed', 'the last event says failed');
   t.equal(message, s.error, 'the last event carries the error');
   t.equal(s.errorCode, 'RESOURCE_EXHAUSTED');
+  t.equal(s.errorReason, 'CAPACITY_REFUSED');
   t.match(s.error, new RegExp(`target ${target.address.replace(/\./g, '\\.')} has 32 MiB free, the guest needs 64 MiB`));
   t.equal(s.setupTimeMs, 0, 'never got past pre-migration');
   t.equal(s.checkpointWireBytes, 0, 'no checkpoint was sent');
@@ -144,6 +145,7 @@ t.test('the target refuses the reservation itself (no vCPU free): RESOURCE_EXHAU
   const { stats: s } = await migrate(source, { guestId: id, targetAddress: target.address, downtimeLimitMs: 300, maxDurationMs: 60_000 });
   t.equal(s.status, 'failed');
   t.equal(s.errorCode, 'RESOURCE_EXHAUSTED');
+  t.equal(s.errorReason, 'CAPACITY_REFUSED', "the target's reason reaches the job");
   t.match(s.error, /^reservation on 127\.0\.0\.1:\d+: no vCPU free for guest 'vm-novcpu': 1 of 1 in use$/);
   t.equal(s.checkpointWireBytes, 0);
   t.equal(await guestState(source, id), 'running', 'the guest runs on the source');
@@ -159,6 +161,7 @@ t.test('the target refuses a guest it already runs (ALREADY_EXISTS)', async (t) 
   const { stats: s } = await migrate(source, { guestId: id, targetAddress: target.address, downtimeLimitMs: 300, maxDurationMs: 60_000 });
   t.equal(s.status, 'failed');
   t.equal(s.errorCode, 'ALREADY_EXISTS');
+  t.equal(s.errorReason, 'GUEST_EXISTS');
   t.match(s.error, /^reservation on 127\.0\.0\.1:\d+: guest 'vm-twin' already runs on this host$/);
   t.equal(await guestState(source, id), 'running', 'the source guest still runs');
   t.equal(await guestState(target, id), 'running', "the target's own guest is untouched");
@@ -184,6 +187,7 @@ for (const phase of ['reservation', 'checkpoint', 'log-transfer', 'stop-and-copy
     t.equal(s.status, 'cancelled');
     t.equal(kinds[kinds.length - 1], 'cancelled', 'the last event says cancelled');
     t.equal(s.errorCode, 'ABORTED');
+    t.equal(s.errorReason, 'CANCELLED');
     t.equal(s.error, `fault injection: abort at phase ${phase}`);
     t.equal(s.phase, 'done');
     t.equal(s.forced, false);
@@ -221,6 +225,7 @@ t.test('a corrupt checkpoint chunk fails the migration with DATA_LOSS', async (t
   t.equal(s.status, 'failed');
   t.equal(kinds[kinds.length - 1], 'failed');
   t.equal(s.errorCode, 'DATA_LOSS');
+  t.equal(s.errorReason, 'CORRUPT_DATA', "the reason of the target's TargetError");
   t.match(s.error, /^target 127\.0\.0\.1:\d+: checkpoint chunk 3: /);
   t.match(s.error, /xxh64 mismatch|lz4 block/);
   t.equal(s.sourceDigest, '', 'never reached commitment');
@@ -247,6 +252,7 @@ t.test('a corrupt log unit fails the migration with DATA_LOSS', async (t) => {
   t.comment(`corrupted unit ${sequence}`);
   t.equal(s.status, 'failed');
   t.equal(s.errorCode, 'DATA_LOSS');
+  t.equal(s.errorReason, 'CORRUPT_DATA');
   t.match(s.error, new RegExp(`^target 127\\.0\\.0\\.1:\\d+: unit ${sequence}: `));
   t.match(s.error, /xxh64 mismatch|lz4 block/);
   await checkGuestOnSourceOnly(t, source, target, id);
@@ -266,6 +272,7 @@ t.test('a wrong digest at commitment: the target refuses the commit, DATA_LOSS, 
   });
   t.equal(s.status, 'failed');
   t.equal(s.errorCode, 'DATA_LOSS');
+  t.equal(s.errorReason, 'DIGEST_MISMATCH');
   t.match(s.error, /^commit refused: the target's replica digest [0-9a-f]{16} differs from the digest sent, [0-9a-f]{16}$/);
   // Only the digest on the wire was flipped: the replica itself was right.
   t.match(s.sourceDigest, /^[0-9a-f]{16}$/);
@@ -306,6 +313,7 @@ t.test('CancelJob part-way: cancelled, the guest stays on the source', async (t)
   t.equal(s.status, 'cancelled');
   t.equal(kinds[kinds.length - 1], 'cancelled');
   t.equal(s.errorCode, 'ABORTED');
+  t.equal(s.errorReason, 'CANCELLED');
   t.equal(s.error, 'cancelled by request');
   await checkGuestOnSourceOnly(t, source, target, id);
 
@@ -404,6 +412,7 @@ t.test('an unreachable target: the job fails with UNAVAILABLE, the guest runs on
   t.equal(s.status, 'failed');
   t.equal(kinds[kinds.length - 1], 'failed');
   t.equal(s.errorCode, 'UNAVAILABLE');
+  t.equal(s.errorReason, 'PEER_UNAVAILABLE');
   t.match(s.error, new RegExp(`^capacity of 127\\.0\\.0\\.1:${port}: `));
   t.equal(s.setupTimeMs, 0);
   t.equal(await guestState(source, id), 'running');
@@ -435,8 +444,12 @@ t.test("non-convergence, policy 'abort': DEADLINE_EXCEEDED, the guest stays on t
   t.comment(`${s.error}; rounds ${s.rounds}, denied ${s.stopRequestsDenied}`);
   t.equal(s.status, 'failed');
   t.equal(s.errorCode, 'DEADLINE_EXCEEDED');
-  // Aborted by the backlog verdict, or (should the backlog look flat) by the maximum duration.
-  t.match(s.error, /^(did not converge: backlog grew from \d+ to \d+ units in \d+ ms \(allowed \d+\): the log grows faster than it drains|migration ran \d+ ms, its maximum is 20000 ms)$/);
+  // Aborted by the backlog verdict (growing, or flat), or by the maximum duration; the reason says which.
+  t.match(
+    s.error,
+    /^(did not converge: backlog (grew from \d+ to \d+ units in \d+ ms \(allowed \d+\): the log grows faster than it drains|did not shrink from \d+ units in \d+ ms \(allowed \d+\): the log grows as fast as it drains)|migration ran \d+ ms, its maximum is 20000 ms)$/,
+  );
+  t.equal(s.errorReason, s.error.startsWith('did not converge') ? 'NON_CONVERGENCE' : 'MAX_DURATION_EXCEEDED');
   t.equal(s.forced, false);
   t.equal(s.throttle, 1);
   t.equal(s.sourceDigest, '', 'never reached commitment');
@@ -485,6 +498,7 @@ t.test("non-convergence, policy 'throttle': the guest is throttled, cannot conve
   t.equal(s.status, 'failed');
   t.equal(s.errorCode, 'DEADLINE_EXCEEDED');
   t.match(s.error, /^migration ran \d+ ms, its maximum is 16000 ms$/, 'the throttle policy gives up at the maximum duration');
+  t.equal(s.errorReason, 'MAX_DURATION_EXCEEDED');
   t.equal(s.forced, false);
   // The job keeps the last throttle in its statistics; the guest itself is back at full speed.
   await checkGuestOnSourceOnly(t, source, target, id);

@@ -47,6 +47,7 @@ function checkCompleted(t: Test, s: Stats, what: string): void {
   t.equal(s.phase, 'done', `${what}: phase`);
   t.equal(s.error, '', `${what}: no error`);
   t.equal(s.errorCode, '', `${what}: no error code`);
+  t.equal(s.errorReason, '', `${what}: no error reason`);
   t.match(s.sourceDigest, /^[0-9a-f]{16}$/, `${what}: source digest is 16 hex digits`);
   t.equal(s.targetDigest, s.sourceDigest, `${what}: target digest equals the source's`);
   t.ok(s.downtimeMs > 0, `${what}: downtime ${s.downtimeMs} ms > 0`);

@@ -134,10 +134,13 @@ t.test('Control v2 refuses impossible requests at once', async (t) => {
     t.ok(error !== null, `${what}: refused`);
     t.match(error?.message, message, what);
     t.equal(error?.code, grpc.status[code], what);
+    return error as unknown as { reason: string; fieldViolations?: Array<{ field: string }> };
   };
   await refuse({ targetAddress: '127.0.0.1:1' }, grpc.status.INVALID_ARGUMENT, /guest_id is required/, 'an empty guest id');
   await refuse({ guestId: 'vm-x' }, grpc.status.INVALID_ARGUMENT, /target_address is required/, 'an empty target');
-  await refuse({ guestId: 'vm-x', targetAddress: a.address }, grpc.status.INVALID_ARGUMENT, /is this agent itself/, 'the agent itself');
+  const self = await refuse({ guestId: 'vm-x', targetAddress: a.address }, grpc.status.INVALID_ARGUMENT, /is this agent itself/, 'the agent itself');
+  t.equal(self.reason, 'TARGET_IS_SELF', 'the reason travels in the status details');
+  t.same(self.fieldViolations?.map((v) => v.field), ['target_address']);
   await refuse({ guestId: 'nope', targetAddress: '127.0.0.1:1' }, grpc.status.NOT_FOUND, /no guest 'nope'/, 'an unknown guest');
   const stopped = await unary(client, controlServiceV2.getJob, pb2.GetJobRequest.create({ jobId: '' }), 10_000, 'job').catch((e: { code: string }) => e);
   t.equal((stopped as { code: string }).code, 'INVALID_ARGUMENT', 'GetJob without an id');

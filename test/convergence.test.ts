@@ -145,7 +145,9 @@ t.test('judgeConvergence: shrinking and growing backlogs', async (t) => {
     { atMs: 0, backlogUnits: 40 },
     { atMs: 2500, backlogUnits: 40 },
   ];
-  t.equal(judgeConvergence(flat, 2000, 10).converging, false, 'a backlog that does not fall does not converge');
+  const f = judgeConvergence(flat, 2000, 10);
+  t.equal(f.converging, false, 'a backlog that does not fall does not converge');
+  t.equal(f.reason, 'backlog did not shrink from 40 units in 2500 ms (allowed 10): the log grows as fast as it drains', 'a flat backlog is not said to grow');
 
   // The base is the newest sample at least one window older than the last, not the oldest one.
   const recentBase: BacklogSample[] = [
@@ -193,29 +195,29 @@ t.test('nonConvergenceAction: each policy, converging or not', async (t) => {
   const diverging = { converging: false, reason: 'backlog grew from 50 to 100 units in 2000 ms (allowed 10): the log grows faster than it drains' };
 
   for (const policy of NON_CONVERGENCE_POLICIES) {
-    t.same(nonConvergenceAction(policy, converging, 1000, 60_000, 1), { action: 'continue', reason: converging.reason }, `${policy}, converging: continue`);
+    t.same(nonConvergenceAction(policy, converging, 1000, 60_000, 1), { action: 'continue', trigger: 'backlog', reason: converging.reason }, `${policy}, converging: continue`);
   }
-  t.same(nonConvergenceAction('abort', diverging, 1000, 60_000, 1), { action: 'abort', reason: `did not converge: ${diverging.reason}` });
-  t.same(nonConvergenceAction('force', diverging, 1000, 60_000, 1), { action: 'force', reason: `did not converge: ${diverging.reason}` });
-  t.same(nonConvergenceAction('throttle', diverging, 1000, 60_000, 1), { action: 'throttle', reason: diverging.reason });
-  t.same(nonConvergenceAction('throttle', diverging, 1000, 60_000, 0.058), { action: 'throttle', reason: diverging.reason }, 'just above the floor: throttle again');
+  t.same(nonConvergenceAction('abort', diverging, 1000, 60_000, 1), { action: 'abort', trigger: 'backlog', reason: `did not converge: ${diverging.reason}` });
+  t.same(nonConvergenceAction('force', diverging, 1000, 60_000, 1), { action: 'force', trigger: 'backlog', reason: `did not converge: ${diverging.reason}` });
+  t.same(nonConvergenceAction('throttle', diverging, 1000, 60_000, 1), { action: 'throttle', trigger: 'backlog', reason: diverging.reason });
+  t.same(nonConvergenceAction('throttle', diverging, 1000, 60_000, 0.058), { action: 'throttle', trigger: 'backlog', reason: diverging.reason }, 'just above the floor: throttle again');
   t.same(
     nonConvergenceAction('throttle', diverging, 1000, 60_000, 0.05),
-    { action: 'continue', reason: `throttled to the floor; ${diverging.reason}` },
+    { action: 'continue', trigger: 'backlog', reason: `throttled to the floor; ${diverging.reason}` },
     'at the floor: nothing more to do but wait for the maximum duration',
   );
 });
 
-t.test('nonConvergenceAction: the maximum duration overrides the verdict', async (t) => {
+t.test('nonConvergenceAction: the maximum duration overrides the verdict, and says so', async (t) => {
   const converging = { converging: true, reason: 'backlog 3 within 10 units' };
   const diverging = { converging: false, reason: 'backlog grew' };
   const reason = 'migration ran 60000 ms, its maximum is 60000 ms';
   for (const verdict of [converging, diverging]) {
     const what = verdict.converging ? 'converging' : 'not converging';
-    t.same(nonConvergenceAction('abort', verdict, 60_000, 60_000, 1), { action: 'abort', reason }, `abort, ${what}`);
-    t.same(nonConvergenceAction('force', verdict, 60_000, 60_000, 1), { action: 'force', reason }, `force, ${what}`);
-    t.same(nonConvergenceAction('throttle', verdict, 60_000, 60_000, 0.05), { action: 'abort', reason }, `throttle gives up (aborts), ${what}`);
+    t.same(nonConvergenceAction('abort', verdict, 60_000, 60_000, 1), { action: 'abort', trigger: 'max-duration', reason }, `abort, ${what}`);
+    t.same(nonConvergenceAction('force', verdict, 60_000, 60_000, 1), { action: 'force', trigger: 'max-duration', reason }, `force, ${what}`);
+    t.same(nonConvergenceAction('throttle', verdict, 60_000, 60_000, 0.05), { action: 'abort', trigger: 'max-duration', reason }, `throttle gives up (aborts), ${what}`);
   }
-  t.same(nonConvergenceAction('force', converging, 61_234.4, 60_000, 1), { action: 'force', reason: 'migration ran 61234 ms, its maximum is 60000 ms' }, 'past the maximum, ms rounded');
+  t.same(nonConvergenceAction('force', converging, 61_234.4, 60_000, 1), { action: 'force', trigger: 'max-duration', reason: 'migration ran 61234 ms, its maximum is 60000 ms' }, 'past the maximum, ms rounded');
   t.equal(nonConvergenceAction('abort', converging, 59_999, 60_000, 1).action, 'continue', 'just before the maximum');
 });

@@ -51,7 +51,7 @@ t.test('Wakeups: a wait re-checks on notify, and times out with its message', as
   const timedOut = wakeups.until(() => false, () => {}, 1_000, () => 'nothing came');
   timedOut.catch(() => {});
   await clock.advance(1_000);
-  await t.rejects(timedOut, { code: 'DEADLINE_EXCEEDED', message: 'nothing came' });
+  await t.rejects(timedOut, { code: 'DEADLINE_EXCEEDED', reason: 'PEER_UNAVAILABLE', message: 'nothing came' }, 'a timed wait is a wait on the target');
 });
 
 t.test('FailableWaits: the first error ends every wait; a cancellation ends waits not past the commit', async (t) => {

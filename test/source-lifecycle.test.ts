@@ -89,6 +89,7 @@ t.test('a target without the capability the method needs is refused before the r
   const stats = (await s.done) as SourceMigration['stats'];
   t.equal(stats.status, 'failed');
   t.equal(stats.errorCode, 'UNIMPLEMENTED');
+  t.equal(stats.errorReason, 'CAPABILITY_MISSING');
   t.equal(stats.error, "method 'crtr' needs checkpoint-replay on the target, which target fake-target:7401 (driver 'fake') lacks (it has: page-restore)");
   t.equal(s.peer.reserved.length, 0, 'nothing reserved');
   t.equal(s.guest.state, 'running');
@@ -102,6 +103,7 @@ t.test('a refused commit: the target dropped its replica, the guest resumes here
   const stats = (await s.done) as SourceMigration['stats'];
   t.equal(stats.status, 'failed');
   t.equal(stats.errorCode, 'DATA_LOSS');
+  t.equal(stats.errorReason, 'DIGEST_MISMATCH', 'a refused commit is not corrupt data');
   t.equal(stats.error, "commit refused: the target's replica digest ffffffffffffffff differs from the digest sent, 0123456789abcdef");
   t.equal(s.guest.state, 'running');
   t.equal(s.guest.resumed, 1);
@@ -115,6 +117,7 @@ t.test('a lost commit answer: the guest stays suspended here (never resumed past
   const stats = (await s.done) as SourceMigration['stats'];
   t.equal(stats.status, 'failed');
   t.match(stats.error, /^commit outcome unknown \(the target went away\): the guest is kept suspended on the source/);
+  t.equal(stats.errorReason, 'PEER_UNAVAILABLE');
   t.equal(s.guest.state, 'suspended');
   t.equal(s.guest.resumed, 0);
   t.notOk(s.guest.discarded);
@@ -127,6 +130,7 @@ t.test('a cancellation during the checkpoint: the target is told to abort, the g
   const stats = (await s.done) as SourceMigration['stats'];
   t.equal(stats.status, 'cancelled');
   t.equal(stats.errorCode, 'ABORTED');
+  t.equal(stats.errorReason, 'CANCELLED');
   t.equal(s.peer.channel!.abortReason, 'operator said so');
   t.equal(s.peer.released.length, 0, 'the open transfer held the reservation: the abort releases it');
   t.equal(s.guest.state, 'running');

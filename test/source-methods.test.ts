@@ -151,7 +151,7 @@ t.test('crtr: a backlog that grows for a window aborts under the abort policy (D
     await clock.advance(250);
   }
   t.equal(await state(catchUp, clock), 'rejected');
-  await t.rejects(catchUp, { code: 'DEADLINE_EXCEEDED', message: /^did not converge: backlog grew from \d+ to \d+ units in \d+ ms \(allowed 5\)/ });
+  await t.rejects(catchUp, { code: 'DEADLINE_EXCEEDED', reason: 'NON_CONVERGENCE', message: /^did not converge: backlog grew from \d+ to \d+ units in \d+ ms \(allowed 5\)/ });
 });
 
 t.test('crtr: the force policy forces the stop-and-copy; throttle slows the guest', async (t) => {
@@ -191,7 +191,7 @@ t.test('crtr: the maximum duration ends a checkpoint that does not finish', asyn
   const catchUp = method.catchUp(made.ctx);
   catchUp.catch(() => {});
   await clock.advance(1_250);
-  await t.rejects(catchUp, { code: 'DEADLINE_EXCEEDED', message: /^migration ran 1000 ms, its maximum is 1000 ms \(still in the checkpoint phase\)$/ });
+  await t.rejects(catchUp, { code: 'DEADLINE_EXCEEDED', reason: 'MAX_DURATION_EXCEEDED', message: /^migration ran 1000 ms, its maximum is 1000 ms \(still in the checkpoint phase\)$/ });
 });
 
 t.test('precopy: rounds of dirty pages until Xen\'s stop rule, then the last set and the machine state', async (t) => {

@@ -42,8 +42,8 @@ t.test('a reservation is opened once; an unknown one is NotFoundError', async (t
   const { reservations, reserve } = registry();
   reserve('a');
   reservations.open('a', 'crtr');
-  t.throws(() => reservations.open('a', 'crtr'), new InvalidStateError("reservation 'a' is already in use by another transfer"));
-  t.throws(() => reservations.open('x', 'crtr'), new NotFoundError("no reservation 'x' on this agent (expired or released?)"));
+  t.throws(() => reservations.open('a', 'crtr'), new InvalidStateError("reservation 'a' is already in use by another transfer", { reason: 'PROTOCOL_VIOLATION', metadata: { reservationId: 'a' } }));
+  t.throws(() => reservations.open('x', 'crtr'), new NotFoundError("no reservation 'x' on this agent (expired or released?)", { reason: 'RESERVATION_NOT_FOUND', metadata: { reservationId: 'x' } }));
 });
 
 t.test('release discards the replica; forget (an activated replica) does not; releaseAll releases the rest', async (t) => {

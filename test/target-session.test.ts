@@ -133,7 +133,7 @@ class FakeHost implements SessionHost {
   }
 
   open(id: string, method: MigrationMethod): Reservation {
-    if (id !== this.reservation.id) throw new NotFoundError(`no reservation '${id}' on this agent (expired or released?)`);
+    if (id !== this.reservation.id) throw new NotFoundError(`no reservation '${id}' on this agent (expired or released?)`, { reason: 'RESERVATION_NOT_FOUND' });
     this.opens.push(method);
     return this.reservation;
   }
@@ -177,7 +177,7 @@ t.test('Open refuses a replica that lacks a capability the method needs: UNIMPLE
     await session.done;
     const expected = `method '${method || 'crtr'}' needs capability ${capability}, which driver 'fake' lacks`;
     t.same(stream.kinds(), ['error'], `${method || '(default)'}: nothing but the error`);
-    t.match(stream.last('error')?.error, { code: grpc.status.UNIMPLEMENTED, message: expected });
+    t.match(stream.last('error')?.error, { code: grpc.status.UNIMPLEMENTED, message: expected, reason: 'CAPABILITY_MISSING' });
     t.same(host.released, [`r1: ${expected}`], 'the reservation is released');
     t.ok(stream.ended);
     t.notOk(session.opened);
@@ -199,7 +199,7 @@ t.test('Open of an unknown method is refused with INVALID_ARGUMENT before the re
   const { host, stream, session } = start();
   stream.receive({ open: { reservationId: 'r1', method: 'teleport' } });
   await session.done;
-  t.match(stream.last('error')?.error, { code: grpc.status.INVALID_ARGUMENT, message: "transfer method 'teleport' is not supported by this agent (crtr, precopy, postcopy)" });
+  t.match(stream.last('error')?.error, { code: grpc.status.INVALID_ARGUMENT, message: "transfer method 'teleport' is not supported by this agent (crtr, precopy, postcopy)", reason: 'INVALID_FIELD' });
   t.same(host.opens, []);
   t.same(host.released, []);
 });
@@ -210,7 +210,7 @@ t.test('a stream without Open in time is ended (FAILED_PRECONDITION)', async (t)
   t.same(stream.written, []);
   await clock.advance(1);
   await session.done;
-  t.match(stream.last('error')?.error, { code: grpc.status.FAILED_PRECONDITION, message: "no Open within 30000 ms of the transfer stream's start" });
+  t.match(stream.last('error')?.error, { code: grpc.status.FAILED_PRECONDITION, message: "no Open within 30000 ms of the transfer stream's start", reason: 'PROTOCOL_VIOLATION' });
   t.same(host.released, []);
 });
 

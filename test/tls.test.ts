@@ -110,6 +110,7 @@ t.test('a trusted identity not on the Control allowlist gets PERMISSION_DENIED, 
   } catch (error) {
     message = (error as Error).message;
     t.equal((error as { code: string }).code, 'PERMISSION_DENIED');
+    t.match(error, { reason: 'SECURITY_REFUSED', metadata: { allowlist: 'allow.control', identities: 'agent-b' } }, 'the reason and the identities, from the status details');
   }
   t.match(message, /agent-b.*allow\.control/);
   t.ok(a.lines.some((l) => String(l.msg).startsWith('refused a call') && (l.identities as string[]).includes('agent-b')), 'the refusal is logged with the identity');

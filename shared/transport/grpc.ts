@@ -1,21 +1,29 @@
 // The one module that touches @grpc/grpc-js: service definitions built from the generated
 // protobufjs code, server and client construction with their limits, and the mapping between
-// the project's operating errors and gRPC status codes (both directions).
+// the project's operating errors and gRPC statuses (both directions), their reason and metadata
+// carried as google.rpc.Status details in the grpc-status-details-bin trailer.
 
 import * as grpc from '@grpc/grpc-js';
 import { google, vmmigrate } from '../proto/generated.js';
 import {
   AbortedError,
   AlreadyExistsError,
+  bounded,
   CorruptDataError,
+  DETAILS_ENTRIES_MAX,
+  DeadlineExceededError,
   type ErrorCode,
+  type ErrorReason,
+  type FieldViolation,
   InvalidArgumentError,
   InvalidStateError,
   LimitExceededError,
+  MESSAGE_CHARS_MAX,
   NotFoundError,
   PermissionDeniedError,
-  DeadlineExceededError,
+  ReservationRefusedError,
   UnavailableError,
+  UnimplementedError,
   VmMigrateError,
 } from '../errors.js';
 
@@ -271,53 +279,141 @@ export function statusOf(error: unknown): grpc.status {
   return error instanceof VmMigrateError ? STATUS_OF[error.code] : grpc.status.INTERNAL;
 }
 
-/** An error in the shape a grpc-js handler passes to its callback or `destroy`. */
-export function toServiceError(error: unknown): Partial<grpc.StatusObject> & Error {
-  const message = error instanceof Error ? error.message : String(error);
-  const e = new Error(message) as Partial<grpc.StatusObject> & Error;
-  e.code = statusOf(error);
-  e.details = message;
-  return e;
+/** Why an error happened, as google.rpc.ErrorInfo and BadRequest carry it. */
+export interface ErrorDetails {
+  reason?: ErrorReason;
+  metadata?: Record<string, string>;
+  fieldViolations?: FieldViolation[];
+}
+
+/** The trailer that carries google.rpc.Status (binary: grpc-js base64-encodes it). */
+export const STATUS_DETAILS_KEY = 'grpc-status-details-bin';
+/** ErrorInfo.domain of every error this project sends. */
+export const ERROR_DOMAIN = 'vmmigrate';
+const ERROR_INFO_TYPE_URL = 'type.googleapis.com/google.rpc.ErrorInfo';
+const BAD_REQUEST_TYPE_URL = 'type.googleapis.com/google.rpc.BadRequest';
+
+/** The reason, metadata and field violations of `error`; INTERNAL_ERROR for anything not an operating error. */
+export function detailsOf(error: unknown): Required<ErrorDetails> {
+  if (!(error instanceof VmMigrateError)) return { reason: 'INTERNAL_ERROR', metadata: {}, fieldViolations: [] };
+  const fieldViolations = error instanceof InvalidArgumentError ? [...error.fieldViolations] : [];
+  return { reason: error.reason, metadata: { ...error.metadata }, fieldViolations };
+}
+
+/**
+ * The google.rpc.Status of `error`, serialized: code, message, and as details an ErrorInfo
+ * (reason, domain, metadata) and, if fields were at fault, a BadRequest.
+ */
+export function encodeStatus(code: grpc.status, message: string, details: ErrorDetails): Buffer {
+  const errorInfo = rpc.ErrorInfo.create({ reason: details.reason ?? 'INTERNAL_ERROR', domain: ERROR_DOMAIN, metadata: details.metadata ?? {} });
+  const any = [google.protobuf.Any.create({ type_url: ERROR_INFO_TYPE_URL, value: rpc.ErrorInfo.encode(errorInfo).finish() })];
+  if (details.fieldViolations !== undefined && details.fieldViolations.length > 0) {
+    const badRequest = rpc.BadRequest.create({ fieldViolations: details.fieldViolations.map((v) => ({ field: v.field, description: v.description })) });
+    any.push(google.protobuf.Any.create({ type_url: BAD_REQUEST_TYPE_URL, value: rpc.BadRequest.encode(badRequest).finish() }));
+  }
+  return asBuffer(rpc.Status.encode(rpc.Status.create({ code, message, details: any })).finish());
+}
+
+/**
+ * What a serialized google.rpc.Status says of the error: the ErrorInfo of this project's domain
+ * (a reason this build does not know is left out) and the BadRequest's field violations.
+ * Undecodable bytes say nothing.
+ */
+export function decodeStatus(bytes: Uint8Array): ErrorDetails {
+  let status: InstanceType<typeof rpc.Status>;
+  try {
+    status = rpc.Status.decode(bytes);
+  } catch {
+    return {};
+  }
+  const out: ErrorDetails = {};
+  for (const any of status.details) {
+    try {
+      if (any.type_url === ERROR_INFO_TYPE_URL) {
+        const info = rpc.ErrorInfo.decode(any.value ?? new Uint8Array(0));
+        if (info.domain !== ERROR_DOMAIN) continue;
+        if (isErrorReason(info.reason)) out.reason = info.reason;
+        out.metadata = Object.fromEntries(Object.entries(info.metadata).slice(0, DETAILS_ENTRIES_MAX));
+      } else if (any.type_url === BAD_REQUEST_TYPE_URL) {
+        const violations = rpc.BadRequest.decode(any.value ?? new Uint8Array(0)).fieldViolations;
+        out.fieldViolations = violations.slice(0, DETAILS_ENTRIES_MAX).map((v) => ({ field: v.field ?? '', description: v.description ?? '' }));
+      }
+    } catch {
+      // A detail that does not decode is skipped; the status code and message still stand.
+    }
+  }
+  return out;
+}
+
+/** Whether `name` names a vmmigrate.v2.ErrorReason this build knows. */
+export function isErrorReason(name: string): name is ErrorReason {
+  return name !== 'ERROR_REASON_UNSPECIFIED' && Object.hasOwn(pb2.ErrorReason, name) && typeof (pb2.ErrorReason as unknown as Record<string, unknown>)[name] === 'number';
+}
+
+/**
+ * An error in the shape a grpc-js handler passes to its callback or `destroy`: the status code,
+ * the message cut to MESSAGE_CHARS_MAX, and the google.rpc.Status in the grpc-status-details-bin
+ * trailer. Anything but an operating error is INTERNAL, reason INTERNAL_ERROR.
+ */
+export function toServiceError(error: unknown): grpc.StatusObject & Error {
+  const message = bounded(error instanceof Error ? error.message : String(error), MESSAGE_CHARS_MAX);
+  const code = statusOf(error);
+  const metadata = new grpc.Metadata();
+  metadata.set(STATUS_DETAILS_KEY, encodeStatus(code, message, detailsOf(error)));
+  return Object.assign(new Error(message), { code, details: message, metadata });
 }
 
 export function statusName(code: number): string {
   return grpc.status[code] ?? `UNKNOWN(${code})`;
 }
 
-/** Maps a gRPC status received from a peer back to the project's error classes. */
-export function fromStatus(code: number, message: string, what: string): VmMigrateError {
+/**
+ * Maps a gRPC status received from a peer back to the project's error classes, with the reason,
+ * metadata and field violations the peer sent. Without a reason, the class's default stands, but
+ * for a DEADLINE_EXCEEDED: that is the call's own deadline, a peer that did not answer in time.
+ */
+export function fromStatus(code: number, message: string, what: string, details: ErrorDetails = {}): VmMigrateError {
   const text = `${what}: ${message}`;
+  const options = { reason: details.reason, metadata: details.metadata };
   switch (code) {
     case grpc.status.INVALID_ARGUMENT:
-      return new InvalidArgumentError(text);
+      return new InvalidArgumentError(text, { ...options, fieldViolations: details.fieldViolations });
     case grpc.status.NOT_FOUND:
-      return new NotFoundError(text);
+      return new NotFoundError(text, options);
     case grpc.status.ALREADY_EXISTS:
-      return new AlreadyExistsError(text);
+      return new AlreadyExistsError(text, options);
     case grpc.status.FAILED_PRECONDITION:
-      return new InvalidStateError(text);
+      return new InvalidStateError(text, options);
     case grpc.status.RESOURCE_EXHAUSTED:
-      return new LimitExceededError(text);
+      return details.reason === 'CAPACITY_REFUSED' ? new ReservationRefusedError(text, options) : new LimitExceededError(text, options);
     case grpc.status.DATA_LOSS:
-      return new CorruptDataError(text);
+      return new CorruptDataError(text, options);
     case grpc.status.CANCELLED:
     case grpc.status.ABORTED:
-      return new AbortedError(text);
+      return new AbortedError(text, options);
     case grpc.status.PERMISSION_DENIED:
     case grpc.status.UNAUTHENTICATED:
-      return new PermissionDeniedError(text);
+      return new PermissionDeniedError(text, options);
     case grpc.status.DEADLINE_EXCEEDED:
-      return new DeadlineExceededError(text);
+      return new DeadlineExceededError(text, { ...options, reason: details.reason ?? 'PEER_UNAVAILABLE' });
+    case grpc.status.UNIMPLEMENTED:
+      return new UnimplementedError(text, options);
     default:
-      return new UnavailableError(`${text} (${statusName(code)})`);
+      return new UnavailableError(`${text} (${statusName(code)})`, { ...options, reason: details.reason ?? (code === grpc.status.UNAVAILABLE ? 'PEER_UNAVAILABLE' : 'INTERNAL_ERROR') });
   }
+}
+
+/** The details in the grpc-status-details-bin trailer of `metadata`, if any. */
+export function detailsFromMetadata(metadata: grpc.Metadata | undefined): ErrorDetails {
+  const value = metadata?.get(STATUS_DETAILS_KEY)[0];
+  return value instanceof Uint8Array ? decodeStatus(value) : {};
 }
 
 /** Maps an error thrown by a grpc-js client call. */
 export function fromServiceError(error: unknown, what: string): VmMigrateError {
   if (error instanceof VmMigrateError) return error;
   const e = error as Partial<grpc.ServiceError>;
-  if (typeof e?.code === 'number') return fromStatus(e.code, e.details ?? e.message ?? '', what);
+  if (typeof e?.code === 'number') return fromStatus(e.code, e.details ?? e.message ?? '', what, detailsFromMetadata(e.metadata));
   return new UnavailableError(`${what}: ${error instanceof Error ? error.message : String(error)}`, { cause: error });
 }
 

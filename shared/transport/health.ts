@@ -50,7 +50,8 @@ export function addHealthService(server: grpc.Server): AgentHealth {
             return;
           }
           if (watchers.size >= HEALTH_WATCHERS_MAX) {
-            call.emit('error', toServiceError(new LimitExceededError(`${watchers.size} health Watch streams open, the limit is ${HEALTH_WATCHERS_MAX}; use Check, or close a watcher`)));
+            const error = new LimitExceededError(`${watchers.size} health Watch streams open, the limit is ${HEALTH_WATCHERS_MAX}; use Check, or close a watcher`, { metadata: { limit: HEALTH_WATCHERS_MAX } });
+            call.emit('error', toServiceError(error));
             return;
           }
           watchers.add(call);

@@ -13,7 +13,8 @@ import { readFileSync } from 'node:fs';
 import { BlockList, isIP } from 'node:net';
 import { checkServerIdentity, type PeerCertificate } from 'node:tls';
 import type { Logger } from 'pino';
-import { grpc } from './grpc.js';
+import { echo, PermissionDeniedError } from '../errors.js';
+import { grpc, toServiceError } from './grpc.js';
 
 /** PEM files of one side: the CA that issues every agent's and client's certificate, and its own pair. */
 export interface TlsFiles {
@@ -193,12 +194,15 @@ export function allowlistInterceptor(allow: Allowlists, log: Logger): grpc.Serve
         }
         const list = method.path.startsWith('/vmmigrate.v1.Migration/') ? 'allow.peers' : 'allow.control';
         const details = cert
-          ? `client identities [${identities.join(', ')}] are not on this agent's ${list} for ${method.path}`
+          ? `client identities [${echo(identities.join(', '))}] are not on this agent's ${list} for ${method.path}`
           : `no client certificate: ${method.path} needs mutual TLS`;
         log.warn({ method: method.path, identities, peer: call.getPeer() }, `refused a call: ${details}`);
+        const refusal = toServiceError(
+          new PermissionDeniedError(details, { reason: 'SECURITY_REFUSED', metadata: { method: method.path, allowlist: list, identities: identities.join(',') } }),
+        );
         next({
           onReceiveMetadata(_metadata, _next) {
-            call.sendStatus({ code: grpc.status.PERMISSION_DENIED, details, metadata: new grpc.Metadata() });
+            call.sendStatus({ code: grpc.status.PERMISSION_DENIED, details: refusal.message, metadata: refusal.metadata });
           },
         });
       },

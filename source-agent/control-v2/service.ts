@@ -6,7 +6,8 @@
 
 import type { Logger } from 'pino';
 import type { HypervisorDriver, SourceGuest } from '../../shared/driver/types.js';
-import { InvalidArgumentError, InvalidStateError, NotFoundError, UnimplementedError, VmMigrateError } from '../../shared/errors.js';
+import { echo, InvalidArgumentError, InvalidStateError, invalidField, NotFoundError, UnimplementedError, VmMigrateError } from '../../shared/errors.js';
+import { checkGuestId, checkJobId } from '../../shared/ids.js';
 import { type controlServiceV2, type grpc, pb, pb2, toServiceError } from '../../shared/transport/grpc.js';
 import { hostOf } from '../../shared/transport/tls.js';
 import type { ControlService } from '../control-service.js';
@@ -79,7 +80,9 @@ export class ControlServiceV2 {
   stopGuest(req: Req<'StopGuestRequest'>): InstanceType<typeof pb2.StopGuestResponse> {
     const guest = this.guest(req.id, 'id');
     const role = this.roleOf(guest.id);
-    if (role.role !== 'none') throw new InvalidStateError(`guest '${guest.id}' is ${role.role.replace('-', ' ')} (job ${role.jobId}); cancel the job first`);
+    if (role.role !== 'none') {
+      throw new InvalidStateError(`guest '${guest.id}' is ${role.role.replace('-', ' ')} (job ${role.jobId}); cancel the job first`, { reason: 'GUEST_BUSY', metadata: { guestId: guest.id, jobId: role.jobId } });
+    }
     guest.discard();
     this.log.info({ guestId: guest.id }, 'guest stopped');
     return pb2.StopGuestResponse.create();
@@ -92,10 +95,13 @@ export class ControlServiceV2 {
   }
 
   startMigration(req: Req<'StartMigrationRequest'>): InstanceType<typeof pb2.StartMigrationResponse> {
-    if (!req.guestId) throw new InvalidArgumentError('guest_id is required');
-    if (!req.targetAddress) throw new InvalidArgumentError('target_address is required (host:port of the target agent)');
+    checkGuestId(req.guestId, 'guest_id');
+    if (!req.targetAddress) throw invalidField('target_address', 'target_address is required (host:port of the target agent)');
     if (sameAddress(req.targetAddress, this.options.listenAddress())) {
-      throw new InvalidArgumentError(`target_address ${req.targetAddress} is this agent itself; migrate to another agent`);
+      throw new InvalidArgumentError(`target_address ${echo(req.targetAddress)} is this agent itself; migrate to another agent`, {
+        reason: 'TARGET_IS_SELF',
+        fieldViolations: [{ field: 'target_address', description: 'this agent listens there' }],
+      });
     }
     const job = this.control.startMigration(
       pb.StartMigrationRequest.create({
@@ -113,12 +119,12 @@ export class ControlServiceV2 {
   }
 
   getJob(req: Req<'GetJobRequest'>): InstanceType<typeof pb2.Job> {
-    if (!req.jobId) throw new InvalidArgumentError('job_id is required');
+    checkJobId(req.jobId, 'job_id');
     const outgoing = this.outgoing(req.jobId);
     if (outgoing !== undefined) return sourceJobMessage(outgoing, this.control.historyOf(outgoing));
     const incoming = this.incoming.get(req.jobId);
     if (incoming !== undefined) return incomingJobMessage(incoming);
-    throw new NotFoundError(`no job '${req.jobId}' on this agent`);
+    throw jobNotFound(req.jobId);
   }
 
   listJobs(req: Req<'ListJobsRequest'>): InstanceType<typeof pb2.ListJobsResponse> {
@@ -130,11 +136,13 @@ export class ControlServiceV2 {
   }
 
   cancelJob(req: Req<'CancelJobRequest'>): InstanceType<typeof pb2.CancelJobResponse> {
-    if (!req.jobId) throw new InvalidArgumentError('job_id is required');
+    checkJobId(req.jobId, 'job_id');
     const job = this.outgoing(req.jobId);
     if (job === undefined) {
-      if (this.incoming.get(req.jobId) !== undefined) throw new InvalidStateError(`job '${req.jobId}' is incoming here; cancel it on its source agent`);
-      throw new NotFoundError(`no job '${req.jobId}' on this agent`);
+      if (this.incoming.get(req.jobId) !== undefined) {
+        throw new InvalidStateError(`job '${req.jobId}' is incoming here; cancel it on its source agent`, { reason: 'PROTOCOL_VIOLATION', metadata: { jobId: req.jobId } });
+      }
+      throw jobNotFound(req.jobId);
     }
     job.cancel('cancelled by request');
     return pb2.CancelJobResponse.create({ job: sourceJobMessage(job, this.control.historyOf(job)) });
@@ -173,15 +181,15 @@ export class ControlServiceV2 {
 
   private watch(call: grpc.ServerWritableStream<Req<'WatchJobRequest'>, InstanceType<typeof pb2.JobEvent>>): void {
     const { jobId, intervalMs: asked } = call.request;
-    if (!jobId) throw new InvalidArgumentError('job_id is required');
+    checkJobId(jobId, 'job_id');
     if (asked !== 0 && (asked < WATCH_INTERVAL_MS_MIN || asked > WATCH_INTERVAL_MS_MAX)) {
-      throw new InvalidArgumentError(`interval_ms ${asked}: expected 0 (the default, ${WATCH_INTERVAL_MS_DEFAULT}) or ${WATCH_INTERVAL_MS_MIN} to ${WATCH_INTERVAL_MS_MAX}`);
+      throw invalidField('interval_ms', `interval_ms ${asked}: expected 0 (the default, ${WATCH_INTERVAL_MS_DEFAULT}) or ${WATCH_INTERVAL_MS_MIN} to ${WATCH_INTERVAL_MS_MAX}`);
     }
     const intervalMs = asked || WATCH_INTERVAL_MS_DEFAULT;
     const outgoing = this.outgoing(jobId);
     if (outgoing !== undefined) return watchSourceJob(call, outgoing, this.control.historyOf(outgoing), intervalMs);
     if (this.incoming.get(jobId) !== undefined) return watchIncomingJob(call, () => this.incoming.get(jobId), intervalMs);
-    throw new NotFoundError(`no job '${jobId}' on this agent`);
+    throw jobNotFound(jobId);
   }
 
   private outgoing(jobId: string) {
@@ -194,7 +202,7 @@ export class ControlServiceV2 {
   }
 
   private guest(id: string, field: string): SourceGuest {
-    if (!id) throw new InvalidArgumentError(`${field} is required`);
+    checkGuestId(id, field);
     return this.driver.guest(id);
   }
 
@@ -205,6 +213,10 @@ export class ControlServiceV2 {
     if (incoming !== undefined) return { role: 'migrating-in', jobId: incoming.jobId };
     return { role: 'none', jobId: '' };
   }
+}
+
+function jobNotFound(jobId: string): NotFoundError {
+  return new NotFoundError(`no job '${echo(jobId)}' on this agent`, { reason: 'JOB_NOT_FOUND', metadata: { jobId } });
 }
 
 /** Whether two host:port addresses name the same listener (loopback names and addresses alike). */

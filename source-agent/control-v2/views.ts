@@ -45,7 +45,7 @@ export interface IncomingJobView {
 /** An outgoing job as Control v2 shows it. */
 export function sourceJobMessage(job: SourceMigration, history: JobHistory): Job {
   const s: MigrationStats = job.isOver() ? job.stats : job.refreshStats();
-  const errorReason = s.status === 'completed' && downtimeLimitExceeded(job, s) ? 'DOWNTIME_LIMIT_EXCEEDED' : ((s as { errorReason?: string }).errorReason ?? '');
+  const errorReason = s.status === 'completed' && downtimeLimitExceeded(job, s) ? 'DOWNTIME_LIMIT_EXCEEDED' : s.errorReason;
   return pb2.Job.create({
     jobId: job.id,
     role: pb2.JobRole.JOB_ROLE_SOURCE,

@@ -9,7 +9,10 @@ import type { TransferMethod } from './method.js';
 export function checkCapabilities(method: TransferMethod, side: 'source' | 'target', have: readonly string[], who: string): void {
   const missing = method.needs[side].filter((c) => !have.includes(c));
   if (missing.length > 0) {
-    throw new UnimplementedError(`method '${method.name}' needs ${missing.join(' and ')} on the ${side}, which ${who} lacks (it has: ${have.join(', ') || 'none'})`);
+    throw new UnimplementedError(`method '${method.name}' needs ${missing.join(' and ')} on the ${side}, which ${who} lacks (it has: ${have.join(', ') || 'none'})`, {
+      reason: 'CAPABILITY_MISSING',
+      metadata: { capability: missing.join(','), side, method: method.name },
+    });
   }
 }
 
@@ -19,7 +22,7 @@ export function checkGuestCapabilities(method: TransferMethod, guest: SourceGues
 }
 
 function missing(guest: SourceGuest, capability: DriverCapability): never {
-  throw new UnimplementedError(`guest '${guest.id}' has no ${capability} capability`);
+  throw new UnimplementedError(`guest '${guest.id}' has no ${capability} capability`, { reason: 'CAPABILITY_MISSING', metadata: { capability, side: 'source', guestId: guest.id } });
 }
 
 /** The guest's log recorder (capability log-recording). */

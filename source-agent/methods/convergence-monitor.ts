@@ -23,7 +23,12 @@ export class ConvergenceMonitor {
     const elapsedMs = ctx.elapsedMs();
     const phase = ctx.stats.phase;
     if (phase === 'checkpoint' && elapsedMs >= ctx.request.maxDurationMs) {
-      ctx.channel.fail(new DeadlineExceededError(`migration ran ${elapsedMs.toFixed(0)} ms, its maximum is ${ctx.request.maxDurationMs} ms (still in the checkpoint phase)`));
+      ctx.channel.fail(
+        new DeadlineExceededError(`migration ran ${elapsedMs.toFixed(0)} ms, its maximum is ${ctx.request.maxDurationMs} ms (still in the checkpoint phase)`, {
+          reason: 'MAX_DURATION_EXCEEDED',
+          metadata: { maxDurationMs: ctx.request.maxDurationMs, elapsedMs: elapsedMs.toFixed(0), phase },
+        }),
+      );
       return;
     }
     if (phase !== 'log-transfer' || settled) return;
@@ -43,7 +48,12 @@ export class ConvergenceMonitor {
     const decision = nonConvergenceAction(ctx.request.policy, verdict, elapsedMs, ctx.request.maxDurationMs, throttle);
     switch (decision.action) {
       case 'abort':
-        ctx.channel.fail(new DeadlineExceededError(decision.reason));
+        ctx.channel.fail(
+          new DeadlineExceededError(decision.reason, {
+            reason: decision.trigger === 'max-duration' ? 'MAX_DURATION_EXCEEDED' : 'NON_CONVERGENCE',
+            metadata: { policy: ctx.request.policy, maxDurationMs: ctx.request.maxDurationMs, elapsedMs: elapsedMs.toFixed(0), remainingUnits: ctx.stats.remainingUnits },
+          }),
+        );
         break;
       case 'force':
         this.forced = true;

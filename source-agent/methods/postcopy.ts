@@ -109,7 +109,7 @@ export class PostcopyMethod implements TransferMethod {
     this.demandQueued ??= new Uint8Array(pageCount);
     for (const p of requested) {
       if (!Number.isInteger(p) || p < 0 || p >= pageCount) {
-        ctx.channel.fail(new CorruptDataError(`the target asked for page ${p} of a ${pageCount}-page guest`));
+        ctx.channel.fail(new CorruptDataError(`the target asked for page ${p} of a ${pageCount}-page guest`, { reason: 'CORRUPT_DATA', metadata: { page: p, pageCount } }));
         return;
       }
       if (this.demandQueued[p] === 0) {

@@ -1,7 +1,7 @@
 // The migration methods by name. A method is a module exporting a TransferMethod class; adding
 // one is one line here (and its name in shared/stats.ts MigrationMethod).
 
-import { InvalidArgumentError } from '../../shared/errors.js';
+import { echo, invalidField } from '../../shared/errors.js';
 import type { MigrationMethod } from '../../shared/stats.js';
 import { CrtrMethod } from './crtr.js';
 import type { TransferMethod } from './method.js';
@@ -21,8 +21,8 @@ export function isMethodName(name: string): name is MigrationMethod {
   return Object.hasOwn(METHODS, name);
 }
 
-/** A new instance of the method `name`, or InvalidArgumentError naming the known ones. */
+/** A new instance of the method `name`, or InvalidArgumentError (field `method`) naming the known ones. */
 export function createMethod(name: string): TransferMethod {
-  if (!isMethodName(name)) throw new InvalidArgumentError(`method '${name}': expected ${METHOD_NAMES.slice(0, -1).join(', ')} or ${METHOD_NAMES[METHOD_NAMES.length - 1]}`);
+  if (!isMethodName(name)) throw invalidField('method', `method '${echo(name)}': expected ${METHOD_NAMES.slice(0, -1).join(', ')} or ${METHOD_NAMES[METHOD_NAMES.length - 1]}`);
   return METHODS[name]();
 }

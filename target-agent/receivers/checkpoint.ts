@@ -33,7 +33,7 @@ export class CheckpointReceiver {
 
   receive(chunk: InstanceType<typeof pb.CheckpointChunk>): void {
     const { context, timing } = this;
-    if (context.phase() !== 'restoring') throw new InvalidStateError(`checkpoint chunk ${chunk.index} after the checkpoint was restored`);
+    if (context.phase() !== 'restoring') throw new InvalidStateError(`checkpoint chunk ${chunk.index} after the checkpoint was restored`, { reason: 'PROTOCOL_VIOLATION' });
     const t0 = context.clock.now();
     if (this.applied === 0) timing.firstChunkAtMs = t0;
     // Transient: the restore copies the pages into guest memory before it returns.

@@ -15,7 +15,7 @@ export class LogUnitReceiver {
 
   receive(unit: InstanceType<typeof pb.LogUnit>): void {
     const phase = this.context.phase();
-    if (phase !== 'restoring' && phase !== 'replaying') throw new InvalidStateError(`unit ${unit.sequence} received while ${phase}`);
+    if (phase !== 'restoring' && phase !== 'replaying') throw new InvalidStateError(`unit ${unit.sequence} received while ${phase}`, { reason: 'PROTOCOL_VIOLATION' });
     const bytes = unpackPayload(unit.payload, `unit ${unit.sequence}`);
     this.pipeline.enqueue({ sequence: unit.sequence, bytes, final: unit.final });
   }

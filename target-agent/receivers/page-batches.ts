@@ -36,7 +36,7 @@ export class PageBatchReceiver {
 
   receivePages(batch: InstanceType<typeof pb.PageBatch>): void {
     const { context } = this;
-    if (context.phase() !== 'restoring') throw new InvalidStateError(`page batch received in a precopy transfer that is ${context.phase()}`);
+    if (context.phase() !== 'restoring') throw new InvalidStateError(`page batch received in a precopy transfer that is ${context.phase()}`, { reason: 'PROTOCOL_VIOLATION' });
     const bytes = unpackPayload(batch.payload, `page batch ${this.batchesApplied} (round ${batch.round})`);
     this.deps.pageRestore.applyPages(bytes);
     this.batchesApplied++;
@@ -50,7 +50,7 @@ export class PageBatchReceiver {
 
   receiveMachineState(message: InstanceType<typeof pb.MachineState>): void {
     const { context } = this;
-    if (context.phase() !== 'restoring') throw new InvalidStateError(`machine state received in a precopy transfer that is ${context.phase()}`);
+    if (context.phase() !== 'restoring') throw new InvalidStateError(`machine state received in a precopy transfer that is ${context.phase()}`, { reason: 'PROTOCOL_VIOLATION' });
     this.deps.pageRestore.restoreMachineState(unpackPayload(message.payload, 'machine state'));
     context.restored();
     this.complete = true;

@@ -40,7 +40,7 @@ export class PostcopyReceiver {
    */
   receiveMachineState(message: InstanceType<typeof pb.MachineState>): void {
     const { context } = this;
-    if (context.phase() !== 'restoring') throw new InvalidStateError(`machine state received while ${context.phase()}`);
+    if (context.phase() !== 'restoring') throw new InvalidStateError(`machine state received while ${context.phase()}`, { reason: 'PROTOCOL_VIOLATION' });
     const state = unpackPayload(message.payload, 'machine state');
     const resumedAtMs = context.clock.now();
     const { postcopy } = this.resume.activatePostcopy(state, (pages: Uint32Array) => this.fetchPages(pages));
@@ -51,7 +51,7 @@ export class PostcopyReceiver {
 
   receivePages(batch: InstanceType<typeof pb.PageBatch>): void {
     const target = this.target;
-    if (target === null) throw new InvalidStateError(`page batch received in a postcopy transfer that is ${this.context.phase()}`);
+    if (target === null) throw new InvalidStateError(`page batch received in a postcopy transfer that is ${this.context.phase()}`, { reason: 'PROTOCOL_VIOLATION' });
     const bytes = unpackPayload(batch.payload, `page batch ${this.batchesApplied}`);
     target.receivePages(bytes);
     this.batchesApplied++;

@@ -54,7 +54,7 @@ export interface CheckpointInstant {
  */
 export function beginCheckpoint(machine: SimMachine, cowBytesMax: number): CheckpointInstant {
   const memory = machine.memory;
-  if (memory.cow !== null) throw new InvalidStateError('a live checkpoint of this guest is already in progress');
+  if (memory.cow !== null) throw new InvalidStateError('a live checkpoint of this guest is already in progress', { reason: 'GUEST_BUSY' });
   const cow = new CopyOnWrite(memory.pageCount, cowBytesMax);
   memory.cow = cow;
   return { state: machine.state.serialize(), cow, ended: false };

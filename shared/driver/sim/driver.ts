@@ -3,7 +3,7 @@
 // reservations both take room, and a reservation that does not fit is refused with the numbers.
 
 import { randomUUID } from 'node:crypto';
-import { AlreadyExistsError, InvalidArgumentError, NotFoundError, ReservationRefusedError } from '../../errors.js';
+import { AlreadyExistsError, echo, invalidField, NotFoundError, ReservationRefusedError } from '../../errors.js';
 import { Random } from '../../random.js';
 import { DRIVER_CAPABILITIES, type GuestDescription, type GuestSpec, type HostCapacity, type HypervisorDriver, type TargetReplica } from '../types.js';
 import { checkMemoryBytes, checkUnitMs, decodeMachineConfig, type SimMachineConfig, UNIT_MS_DEFAULT } from './config.js';
@@ -82,18 +82,18 @@ export class SimDriver implements HypervisorDriver {
 
   guest(id: string): SimSourceGuest {
     const g = this.guests.get(id);
-    if (g === undefined) throw new NotFoundError(`no guest '${id}' on this host`);
+    if (g === undefined) throw new NotFoundError(`no guest '${echo(id)}' on this host`, { reason: 'GUEST_NOT_FOUND', metadata: { guestId: id } });
     return g;
   }
 
-  /** Boots a new guest with the given workload. */
+  /** Boots a new guest with the given workload; a bad spec is refused naming StartGuestRequest's field. */
   createGuest(spec: CreateGuestSpec): SimSourceGuest {
     const id = spec.id ?? `sim-${randomUUID().slice(0, 8)}`;
-    if (!GUEST_ID.test(id)) throw new InvalidArgumentError(`guest id '${id}': expected 1-64 letters, digits, '.', '_' or '-'`);
+    if (!GUEST_ID.test(id)) throw invalidField('id', `guest id '${echo(id)}': expected 1-64 letters, digits, '.', '_' or '-'`);
     checkMemoryBytes(spec.memoryBytes);
     const unitMs = spec.unitMs ?? this.options.unitMsDefault;
     checkUnitMs(unitMs);
-    if (!isProfileName(spec.profile)) throw new InvalidArgumentError(`profile '${spec.profile}': expected one of ${PROFILE_NAMES.join(', ')}`);
+    if (!isProfileName(spec.profile)) throw invalidField('profile', `profile '${echo(spec.profile)}': expected one of ${PROFILE_NAMES.join(', ')}`);
     const rates = resolveRates(spec.profile, spec.rates);
     this.checkRoom(id, spec.memoryBytes);
     const config: SimMachineConfig = { profile: spec.profile, rates, payload: PROFILES[spec.profile].payload, memoryBytes: spec.memoryBytes, unitMs };
@@ -107,13 +107,16 @@ export class SimDriver implements HypervisorDriver {
 
   reserve(description: GuestDescription): SimReplica {
     if (description.driver !== this.name) {
-      throw new ReservationRefusedError(`guest '${description.id}' runs on driver '${description.driver}'; this host runs '${this.name}'`);
+      throw new ReservationRefusedError(`guest '${echo(description.id)}' runs on driver '${echo(description.driver)}'; this host runs '${this.name}'`, {
+        reason: 'CAPACITY_REFUSED',
+        metadata: { guestId: description.id, driver: this.name, guestDriver: description.driver },
+      });
     }
     const config = decodeMachineConfig(description.machineConfig);
     if (config.memoryBytes !== description.memoryBytes) {
-      throw new InvalidArgumentError(`guest '${description.id}': description says ${description.memoryBytes} bytes, its machine configuration ${config.memoryBytes}`);
+      throw invalidField('guest.memory_bytes', `guest '${echo(description.id)}': description says ${description.memoryBytes} bytes, its machine configuration ${config.memoryBytes}`);
     }
-    if (!GUEST_ID.test(description.id)) throw new InvalidArgumentError(`guest id '${description.id}': expected 1-64 letters, digits, '.', '_' or '-'`);
+    if (!GUEST_ID.test(description.id)) throw invalidField('guest.id', `guest id '${echo(description.id)}': expected 1-64 letters, digits, '.', '_' or '-'`);
     this.checkRoom(description.id, config.memoryBytes);
     const replica = new SimReplica(description.id, config, {
       release: (r) => {
@@ -138,16 +141,20 @@ export class SimDriver implements HypervisorDriver {
   }
 
   private checkRoom(id: string, memoryBytes: number): void {
-    if (this.guests.has(id)) throw new AlreadyExistsError(`guest '${id}' already runs on this host`);
-    if (this.replicas.has(id)) throw new AlreadyExistsError(`guest '${id}' already has a reservation on this host`);
+    if (this.guests.has(id)) throw new AlreadyExistsError(`guest '${id}' already runs on this host`, { reason: 'GUEST_EXISTS', metadata: { guestId: id } });
+    if (this.replicas.has(id)) throw new AlreadyExistsError(`guest '${id}' already has a reservation on this host`, { reason: 'GUEST_EXISTS', metadata: { guestId: id } });
     const cap = this.capacity();
     if (memoryBytes > cap.memoryBytesFree) {
       throw new ReservationRefusedError(
         `not enough memory for guest '${id}': it needs ${memoryBytes / 2 ** 20} MiB, this host has ${cap.memoryBytesFree / 2 ** 20} MiB free of ${cap.memoryBytesTotal / 2 ** 20} MiB`,
+        { reason: 'CAPACITY_REFUSED', metadata: { guestId: id, memoryBytes, memoryBytesFree: cap.memoryBytesFree } },
       );
     }
     if (cap.vcpusReserved + 1 > cap.vcpusTotal) {
-      throw new ReservationRefusedError(`no vCPU free for guest '${id}': ${cap.vcpusReserved} of ${cap.vcpusTotal} in use`);
+      throw new ReservationRefusedError(`no vCPU free for guest '${id}': ${cap.vcpusReserved} of ${cap.vcpusTotal} in use`, {
+        reason: 'CAPACITY_REFUSED',
+        metadata: { guestId: id, vcpusReserved: cap.vcpusReserved, vcpusTotal: cap.vcpusTotal },
+      });
     }
   }
 

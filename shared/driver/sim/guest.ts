@@ -176,8 +176,10 @@ export class SimSourceGuest implements SourceGuest, LogRecorder {
 
   startRecording(): RecordingStart {
     this.checkAlive();
-    if (this.machine.memory.missing !== null) throw new InvalidStateError(`guest ${this.id} is still receiving ${this.machine.memory.missingCount} pages by post-copy`);
-    if (this.recording !== null) throw new InvalidStateError(`guest ${this.id} is already recording (since unit ${this.recording.firstSequence})`);
+    if (this.machine.memory.missing !== null) {
+      throw new InvalidStateError(`guest ${this.id} is still receiving ${this.machine.memory.missingCount} pages by post-copy`, { reason: 'GUEST_NOT_RUNNING', metadata: { guestId: this.id } });
+    }
+    if (this.recording !== null) throw new InvalidStateError(`guest ${this.id} is already recording (since unit ${this.recording.firstSequence})`, { reason: 'GUEST_BUSY', metadata: { guestId: this.id } });
     const st = this.machine.state;
     this.recording = {
       firstSequence: st.unitSequence,
@@ -309,14 +311,14 @@ export class SimSourceGuest implements SourceGuest, LogRecorder {
    */
   async step(units = 1): Promise<void> {
     if (this.options.pacing !== 'manual') throw new InvalidStateError(`guest ${this.id}: step() needs manual pacing, it is ${this.options.pacing}`);
-    if (this.runState !== 'running') throw new InvalidStateError(`guest ${this.id} is ${this.runState}, not running`);
+    if (this.runState !== 'running') throw new InvalidStateError(`guest ${this.id} is ${this.runState}, not running`, { reason: 'GUEST_NOT_RUNNING', metadata: { guestId: this.id } });
     for (let i = 0; i < units; i++) {
       if (!(await this.runUnit(new AbortController().signal))) return;
     }
   }
 
   private checkAlive(): void {
-    if (this.runState === 'discarded') throw new InvalidStateError(`guest ${this.id} was discarded`);
+    if (this.runState === 'discarded') throw new InvalidStateError(`guest ${this.id} was discarded`, { reason: 'GUEST_NOT_RUNNING', metadata: { guestId: this.id } });
   }
 
   private wake(which: 'unit' | 'queue'): void {

@@ -16,7 +16,7 @@
 // - clockReadsPerSec, randomReadsPerSec: synchronous events (the guest asks; the host answers
 //   with a value that is recorded).
 
-import { InvalidArgumentError } from '../../errors.js';
+import { echo, invalidField } from '../../errors.js';
 
 export interface WorkloadRates {
   busyFraction: number;
@@ -167,15 +167,18 @@ export function isProfileName(name: string): name is ProfileName {
   return (PROFILE_NAMES as readonly string[]).includes(name);
 }
 
-/** A profile with some rates overridden; every rate is range-checked, by name. */
-export function resolveRates(profile: ProfileName, overrides: Partial<WorkloadRates> = {}): WorkloadRates {
+/**
+ * A profile with some rates overridden; every rate is range-checked, by name. `field`: the request
+ * field refused for a bad rate (StartGuestRequest's `rates` by default; a bad profile is `profile`).
+ */
+export function resolveRates(profile: ProfileName, overrides: Partial<WorkloadRates> = {}, field = 'rates'): WorkloadRates {
   if (!isProfileName(profile)) {
-    throw new InvalidArgumentError(`unknown workload profile '${profile}': expected one of ${PROFILE_NAMES.join(', ')}`);
+    throw invalidField(field === 'rates' ? 'profile' : field, `unknown workload profile '${echo(profile)}': expected one of ${PROFILE_NAMES.join(', ')}`);
   }
   const rates: WorkloadRates = { ...PROFILES[profile].rates };
   for (const [key, value] of Object.entries(overrides)) {
     if (!(key in RATE_BOUNDS)) {
-      throw new InvalidArgumentError(`unknown workload rate '${key}': expected one of ${Object.keys(RATE_BOUNDS).join(', ')}`);
+      throw invalidField(field, `unknown workload rate '${echo(key)}': expected one of ${Object.keys(RATE_BOUNDS).join(', ')}`);
     }
     if (value === undefined) continue;
     rates[key as keyof WorkloadRates] = value;
@@ -183,12 +186,13 @@ export function resolveRates(profile: ProfileName, overrides: Partial<WorkloadRa
   for (const [key, [min, max]] of Object.entries(RATE_BOUNDS)) {
     const value = rates[key as keyof WorkloadRates];
     if (!Number.isFinite(value) || value < min || value > max) {
-      throw new InvalidArgumentError(`workload rate ${key}=${value} is out of range [${min}, ${max}]`);
+      throw invalidField(field, `workload rate ${key}=${value} is out of range [${min}, ${max}]`);
     }
   }
   const payloadMax = 100 * 1024 * 1024;
   if (payloadBytesPerSec(rates) > payloadMax) {
-    throw new InvalidArgumentError(
+    throw invalidField(
+      field,
       `workload payload of ${payloadBytesPerSec(rates)} bytes/s (packetsPerSec x packetBytes + diskReadsPerSec x 4096) is over ${payloadMax} bytes/s: a 100 ms unit would not fit a log unit`,
     );
   }
