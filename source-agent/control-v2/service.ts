@@ -100,6 +100,7 @@ export class ControlServiceV2 {
     if (sameAddress(req.targetAddress, this.options.listenAddress())) {
       throw new InvalidArgumentError(`target_address ${echo(req.targetAddress)} is this agent itself; migrate to another agent`, {
         reason: 'TARGET_IS_SELF',
+        metadata: { targetAddress: req.targetAddress },
         fieldViolations: [{ field: 'target_address', description: 'this agent listens there' }],
       });
     }
