@@ -1,12 +1,12 @@
-// How a client reaches an agent's Control service: the agent's address, its credentials, the
-// client. The Control API starts, moves and stops guests, so it is spoken over mutual TLS; the
+// How a client reaches an agent's Control service (Control API v2): the agent's address, its
+// credentials, the client. The Control API starts, moves and stops guests, so it is spoken over mutual TLS; the
 // one exception is an agent on this host reached over loopback (development, tests), where
 // `plaintext` is allowed because no one else is on the wire. Kept apart from the commands so that
 // other tools (an orchestrator, the bench) connect the same way.
 
 import { isIP } from 'node:net';
 import { InvalidArgumentError } from '../shared/errors.js';
-import { controlService, grpc, makeClient } from '../shared/transport/grpc.js';
+import { controlServiceV2, grpc, makeClient } from '../shared/transport/grpc.js';
 import { clientCredentials, isLoopbackHost, loadTlsMaterial, TlsMaterialError } from '../shared/transport/tls.js';
 
 /** The source agent's default listening address (cli/agent.ts). */
@@ -80,9 +80,9 @@ export function credentialsFrom(options: ConnectionOptions): grpc.ChannelCredent
   }
 }
 
-export type ControlClient = ReturnType<typeof makeClient<typeof controlService>>;
+export type ControlClient = ReturnType<typeof makeClient<typeof controlServiceV2>>;
 
-/** A Control client of the agent in `options`; nothing is dialled until the first call. */
+/** A Control v2 client of the agent in `options`; nothing is dialled until the first call. */
 export function controlClient(options: ConnectionOptions): ControlClient {
-  return makeClient(controlService, 'Control', options.agent, credentialsFrom(options));
+  return makeClient(controlServiceV2, 'Control', options.agent, credentialsFrom(options));
 }

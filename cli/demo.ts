@@ -5,8 +5,9 @@
 
 import { Command, Option } from 'commander';
 import { PROFILE_NAMES } from '../shared/driver/sim/profiles.js';
-import { controlService, grpc, makeClient, pb, unary } from '../shared/transport/grpc.js';
+import { controlServiceV2, grpc, makeClient, pb2, unary } from '../shared/transport/grpc.js';
 import { type AgentProcess, startAgentProcess, stopAgentProcess } from './agent-process.js';
+import { guestStateWord, guestSummary, type JobMessage, jobStateWord, methodValue, methodWord, phaseWord, policyValue } from './views.js';
 
 const program = new Command()
   .name('demo')
@@ -37,29 +38,29 @@ try {
   agents.push(source, target);
   say(`Started a source agent at ${source.address} and a target agent at ${target.address} (two processes).`);
   const credentials = grpc.credentials.createInsecure();
-  const sourceControl = makeClient(controlService, 'Control', source.address, credentials);
-  const targetControl = makeClient(controlService, 'Control', target.address, credentials);
+  const sourceControl = makeClient(controlServiceV2, 'Control', source.address, credentials);
+  const targetControl = makeClient(controlServiceV2, 'Control', target.address, credentials);
 
   const memoryBytes = Number(opts.memoryMib) * 2 ** 20;
   const started = await unary(
     sourceControl,
-    controlService.startGuest,
-    pb.StartGuestRequest.create({ id: 'demo-guest', profile: opts.profile, memoryBytes }),
+    controlServiceV2.startGuest,
+    pb2.StartGuestRequest.create({ id: 'demo-guest', profile: opts.profile, memoryBytes }),
     60_000,
     'starting the guest',
   );
-  say(`Booted guest '${started.guest?.description?.id}' on the source: ${started.guest?.description?.summary}. It runs in real time.`);
+  say(`Booted guest '${started.guest?.id}' on the source: ${guestSummary(started.guest ?? {})}. It runs in real time.`);
   await new Promise((resolve) => setTimeout(resolve, Number(opts.warmupMs)));
 
   const { jobId } = await unary(
     sourceControl,
-    controlService.startMigration,
-    pb.StartMigrationRequest.create({
+    controlServiceV2.startMigration,
+    pb2.StartMigrationRequest.create({
       guestId: 'demo-guest',
       targetAddress: target.address,
-      method: opts.method,
+      method: methodValue(opts.method),
       downtimeLimitMs: Number(opts.downtimeLimitMs),
-      nonConvergencePolicy: opts.policy,
+      nonConvergencePolicy: policyValue(opts.policy),
       maxDurationMs: Number(opts.maxDurationMs),
     }),
     10_000,
@@ -68,70 +69,93 @@ try {
   say(`Migration ${jobId} started (${({ crtr: 'CR/TR', precopy: 'pre-copy', postcopy: 'post-copy' } as Record<string, string>)[opts.method]}, downtime limit ${opts.downtimeLimitMs} ms, policy ${opts.policy}).`);
 
   const watch = sourceControl.makeServerStreamRequest(
-    controlService.watchJob.path,
-    controlService.watchJob.requestSerialize,
-    controlService.watchJob.responseDeserialize,
-    pb.WatchJobRequest.create({ jobId, intervalMs: 250 }),
+    controlServiceV2.watchJob.path,
+    controlServiceV2.watchJob.requestSerialize,
+    controlServiceV2.watchJob.responseDeserialize,
+    pb2.WatchJobRequest.create({ jobId, intervalMs: 250 }),
   );
-  let last: InstanceType<typeof pb.Job> | null = null;
+  let last: JobMessage | null = null;
   const tty = process.stdout.isTTY && !opts.json;
-  for await (const event of watch as AsyncIterable<InstanceType<typeof pb.JobEvent>>) {
-    last = event.job as InstanceType<typeof pb.Job>;
-    const s = last.stats as InstanceType<typeof pb.MigrationStats>;
-    if (event.kind === 'phase') {
+  const { JobEventKind } = pb2;
+  for await (const event of watch as AsyncIterable<InstanceType<typeof pb2.JobEvent>>) {
+    last = event.job ?? last;
+    const s = last?.source ?? {};
+    if (event.kind === JobEventKind.JOB_EVENT_KIND_PHASE) {
       if (tty) process.stdout.write('\n');
-      say(`  phase: ${event.message}`);
-    } else if (event.kind === 'progress') {
-      const pct = s.memoryBytes > 0 ? (100 * s.checkpointMemoryBytesCovered) / s.memoryBytes : 0;
-      const line = `  ${s.status.padEnd(13)} checkpoint ${pct.toFixed(0).padStart(3)}%  units recorded ${s.unitsRecorded} sent ${s.unitsSent} replayed ${s.unitsReplayed}  ${s.mbps.toFixed(0)} Mbit/s  expected downtime ${s.expectedDowntimeMs.toFixed(0)} ms`;
+      say(`  phase: ${phaseWord(event.phase)}`);
+    } else if (event.kind === JobEventKind.JOB_EVENT_KIND_PROGRESS) {
+      const c = s.crtr ?? {};
+      const mbps = (Number(s.throughputBytesPerSec ?? 0) * 8) / 1e6;
+      const line = `  ${phaseWord(last?.phase).padEnd(13)} checkpoint ${(s.checkpointPercent ?? 0).toFixed(0).padStart(3)}%  units recorded ${c.unitsRecorded ?? 0} sent ${c.unitsSent ?? 0} replayed ${c.unitsReplayed ?? 0}  ${mbps.toFixed(0)} Mbit/s  expected downtime ${(s.expectedDowntimeMs ?? 0).toFixed(0)} ms`;
       if (tty) process.stdout.write(`\r${line}`);
       else say(line);
     }
   }
   if (tty) process.stdout.write('\n');
-  const s = last!.stats as InstanceType<typeof pb.MigrationStats>;
-  const targetGuests = await unary(targetControl, controlService.listGuests, pb.ListGuestsRequest.create(), 5_000, 'listing target guests');
-  const sourceGuests = await unary(sourceControl, controlService.listGuests, pb.ListGuestsRequest.create(), 5_000, 'listing source guests');
-  const onTarget = targetGuests.guests.find((g) => g.description?.id === 'demo-guest')?.state ?? 'absent';
-  const onSource = sourceGuests.guests.find((g) => g.description?.id === 'demo-guest')?.state ?? 'absent';
-  const ok = s.status === 'completed' && s.sourceDigest !== '' && s.sourceDigest === s.targetDigest && onTarget === 'running' && onSource === 'absent';
+  const job = last!;
+  const s = job.source ?? {};
+  const bytes = s.bytes ?? {};
+  const crtr = s.crtr ?? {};
+  const status = jobStateWord(job.state);
+  // The bulk copy of memory: CR/TR's checkpoint stream, or the other methods' pages.
+  const bulk = job.method === pb2.Method.METHOD_CRTR ? bytes.checkpoint : bytes.pages;
+  const figures = {
+    downtimeMs: s.downtimeMs ?? 0,
+    totalTimeMs: s.totalTimeMs ?? 0,
+    transferredBytes: Number(bytes.transferredBytes ?? 0),
+    checkpointBytes: Number(bulk?.rawBytes ?? 0),
+    checkpointWireBytes: Number(bulk?.wireBytes ?? 0),
+    memoryBytes: Number(s.memoryBytes ?? 0),
+    logBytes: Number(crtr.logBytes ?? 0),
+    rounds: s.precopy ? (s.precopy.rounds ?? 0) : (crtr.stopRequests ?? 0),
+    sourceDigest: s.sourceDigest ?? '',
+    targetDigest: s.targetDigest ?? '',
+  };
+  const guestOn = async (control: typeof sourceControl, what: string) => {
+    const { guests } = await unary(control, controlServiceV2.listGuests, pb2.ListGuestsRequest.create(), 5_000, what);
+    const guest = guests.find((g) => g.id === 'demo-guest');
+    return guest ? guestStateWord(guest.state) : 'absent';
+  };
+  const onTarget = await guestOn(targetControl, 'listing target guests');
+  const onSource = await guestOn(sourceControl, 'listing source guests');
+  const ok = status === 'completed' && figures.sourceDigest !== '' && figures.sourceDigest === figures.targetDigest && onTarget === 'running' && onSource === 'absent';
 
   say('');
-  say(`Migration ${s.status}${s.error ? `: ${s.error}` : ''}.`);
-  say(`  downtime:                ${s.downtimeMs.toFixed(1)} ms (source suspend to target resume; limit ${opts.downtimeLimitMs} ms${s.forced ? ', forced' : ''})`);
-  say(`  total migration time:    ${(s.totalTimeMs / 1000).toFixed(2)} s (start to commit)`);
-  say(`  data transmitted:        ${mib(s.transferredBytes)} between the agents (checkpoint ${mib(s.checkpointWireBytes)} on the wire of ${mib(s.memoryBytes)} guest memory, log ${mib(s.logBytes)})`);
-  if (opts.method === 'crtr') say(`  units:                   ${s.unitsRecorded} recorded, ${s.unitsReplayed} replayed at ${s.replayRate.toFixed(1)}x guest speed; ${s.rounds} wait-and-ack rounds`);
-  else if (opts.method === 'precopy') say(`  rounds:                  ${s.rounds} pre-copy rounds; ${s.stopPagesSent} pages sent during stop-and-copy`);
-  else say(`  pages:                   ${s.demandPages} fetched on demand by the running guest, the rest pushed`);
-  say(`  digests:                 source ${s.sourceDigest}, target ${s.targetDigest}: ${s.sourceDigest === s.targetDigest ? 'equal' : 'DIFFERENT'}`);
+  say(`Migration ${status}${job.errorMessage ? `: ${job.errorMessage}` : ''}.`);
+  say(`  downtime:                ${figures.downtimeMs.toFixed(1)} ms (source suspend to target resume; limit ${opts.downtimeLimitMs} ms${crtr.forced ? ', forced' : ''})`);
+  say(`  total migration time:    ${(figures.totalTimeMs / 1000).toFixed(2)} s (start to commit)`);
+  say(`  data transmitted:        ${mib(figures.transferredBytes)} between the agents (checkpoint ${mib(figures.checkpointWireBytes)} on the wire of ${mib(figures.memoryBytes)} guest memory, log ${mib(figures.logBytes)})`);
+  if (opts.method === 'crtr') say(`  units:                   ${crtr.unitsRecorded ?? 0} recorded, ${crtr.unitsReplayed ?? 0} replayed at ${(crtr.replayRate ?? 0).toFixed(1)}x guest speed; ${figures.rounds} wait-and-ack rounds`);
+  else if (opts.method === 'precopy') say(`  rounds:                  ${figures.rounds} pre-copy rounds; ${Number(s.precopy?.stopPagesSent ?? 0)} pages sent during stop-and-copy`);
+  else say(`  pages:                   ${Number(s.postcopy?.demandPages ?? 0)} fetched on demand by the running guest, the rest pushed`);
+  say(`  digests:                 source ${figures.sourceDigest}, target ${figures.targetDigest}: ${figures.sourceDigest === figures.targetDigest ? 'equal' : 'DIFFERENT'}`);
   say(`  guest now:               ${onTarget} on the target, ${onSource} on the source`);
   if (opts.json) {
     console.log(
       JSON.stringify({
-        status: s.status,
-        method: s.method,
+        status,
+        method: methodWord(job.method),
         profile: opts.profile,
-        memoryBytes: s.memoryBytes,
+        memoryBytes: figures.memoryBytes,
         downtimeLimitMs: Number(opts.downtimeLimitMs),
-        downtimeMs: s.downtimeMs,
-        totalTimeMs: s.totalTimeMs,
-        setupTimeMs: s.setupTimeMs,
-        transferredBytes: s.transferredBytes,
-        checkpointBytes: s.checkpointBytes,
-        checkpointWireBytes: s.checkpointWireBytes,
-        logBytes: s.logBytes,
-        unitsRecorded: s.unitsRecorded,
-        unitsReplayed: s.unitsReplayed,
-        rounds: s.rounds,
-        replayRate: s.replayRate,
-        throttle: s.throttle,
-        forced: s.forced,
-        sourceDigest: s.sourceDigest,
-        targetDigest: s.targetDigest,
+        downtimeMs: figures.downtimeMs,
+        totalTimeMs: figures.totalTimeMs,
+        setupTimeMs: s.setupTimeMs ?? 0,
+        transferredBytes: figures.transferredBytes,
+        checkpointBytes: figures.checkpointBytes,
+        checkpointWireBytes: figures.checkpointWireBytes,
+        logBytes: figures.logBytes,
+        unitsRecorded: crtr.unitsRecorded ?? 0,
+        unitsReplayed: crtr.unitsReplayed ?? 0,
+        rounds: figures.rounds,
+        replayRate: crtr.replayRate ?? 0,
+        throttle: crtr.throttle ?? 1,
+        forced: crtr.forced ?? false,
+        sourceDigest: figures.sourceDigest,
+        targetDigest: figures.targetDigest,
         guestOnTarget: onTarget,
         guestOnSource: onSource,
-        error: s.error,
+        error: job.errorMessage ?? '',
       }),
     );
   }

@@ -1,138 +1,262 @@
-// What the CLI shows of the Control API's messages: plain JSON documents (--json) and the lines
-// and tables a person reads. Pure functions of the messages, so the views are testable without
-// an agent.
+// What the CLI shows of the Control API v2's messages: the words a person reads for each enum
+// value (written once, here), the lines and tables of each command, and the JSON documents of
+// --json (the messages as they are, enum values by name). Pure functions of the messages, so the
+// views are testable without an agent.
 
-import { emptyStats, type MigrationStats } from '../shared/stats.js';
+import { PAGE_BYTES } from '../shared/driver/types.js';
 import type { vmmigrate } from '../shared/proto/generated.js';
+import type { MigrationMethod, MigrationPhase } from '../shared/stats.js';
+import { pb2 } from '../shared/transport/grpc.js';
 import { formatBytes, formatInstant, formatMbps, formatMs, table } from './units.js';
 
 // Decoded messages, and the messages nested in them, as their generated types describe them.
-type GuestMessage = vmmigrate.v1.Guest.$Properties;
-type JobMessage = vmmigrate.v1.Job.$Properties;
-type CapacityMessage = vmmigrate.v1.Capacity.$Properties;
+export type GuestMessage = vmmigrate.v2.Guest.$Properties;
+export type JobMessage = vmmigrate.v2.Job.$Properties;
+export type CapacityMessage = vmmigrate.v2.Capacity.$Properties;
+type SourceStats = vmmigrate.v2.SourceStats.$Properties;
 
-export interface GuestJson {
-  id: string;
-  state: string;
-  driver: string;
-  memoryBytes: number;
-  vcpus: number;
-  unitMs: number;
-  summary: string;
+// --- the words of each enum ------------------------------------------------------------------
+//
+// The words are the ones the CLI showed before Control v2 where the meaning is the same (phases,
+// methods, guest states, the three ends of a job); a value this CLI does not know (a newer agent)
+// shows as unknown(N), and UNSPECIFIED as '-'.
+
+const { Method, Phase, JobState, JobRole, GuestState, GuestRole, NonConvergencePolicy } = pb2;
+
+const METHOD_WORDS = new Map<number, MigrationMethod>([
+  [Method.METHOD_CRTR, 'crtr'],
+  [Method.METHOD_PRECOPY, 'precopy'],
+  [Method.METHOD_POSTCOPY, 'postcopy'],
+]);
+
+const PHASE_WORDS = new Map<number, MigrationPhase>([
+  [Phase.PHASE_PRE_MIGRATION, 'pre-migration'],
+  [Phase.PHASE_RESERVATION, 'reservation'],
+  [Phase.PHASE_CHECKPOINT, 'checkpoint'],
+  [Phase.PHASE_LOG_TRANSFER, 'log-transfer'],
+  [Phase.PHASE_STOP_AND_COPY, 'stop-and-copy'],
+  [Phase.PHASE_COMMITMENT, 'commitment'],
+  [Phase.PHASE_ACTIVATION, 'activation'],
+  [Phase.PHASE_PAGE_PUSH, 'page-push'],
+  [Phase.PHASE_DONE, 'done'],
+]);
+
+/** A job's state; SUCCEEDED keeps the word the CLI always used for it. */
+const JOB_STATE_WORDS = new Map<number, string>([
+  [JobState.JOB_STATE_RUNNING, 'running'],
+  [JobState.JOB_STATE_CANCELLING, 'cancelling'],
+  [JobState.JOB_STATE_SUCCEEDED, 'completed'],
+  [JobState.JOB_STATE_FAILED, 'failed'],
+  [JobState.JOB_STATE_CANCELLED, 'cancelled'],
+]);
+
+const JOB_ROLE_WORDS = new Map<number, string>([
+  [JobRole.JOB_ROLE_SOURCE, 'outgoing'],
+  [JobRole.JOB_ROLE_TARGET, 'incoming'],
+]);
+
+const GUEST_STATE_WORDS = new Map<number, string>([
+  [GuestState.GUEST_STATE_RUNNING, 'running'],
+  [GuestState.GUEST_STATE_SUSPENDED, 'suspended'],
+  [GuestState.GUEST_STATE_RESTORING, 'restoring'],
+  [GuestState.GUEST_STATE_REPLICA, 'replica'],
+  [GuestState.GUEST_STATE_DISCARDED, 'discarded'],
+]);
+
+const GUEST_ROLE_WORDS = new Map<number, string>([
+  [GuestRole.GUEST_ROLE_NONE, '-'],
+  [GuestRole.GUEST_ROLE_MIGRATING_OUT, 'migrating-out'],
+  [GuestRole.GUEST_ROLE_MIGRATING_IN, 'migrating-in'],
+  [GuestRole.GUEST_ROLE_PROTECTED, 'protected'],
+  [GuestRole.GUEST_ROLE_STANDBY, 'standby'],
+]);
+
+const POLICY_VALUES = new Map<string, number>([
+  ['abort', NonConvergencePolicy.NON_CONVERGENCE_POLICY_ABORT],
+  ['force', NonConvergencePolicy.NON_CONVERGENCE_POLICY_FORCE],
+  ['throttle', NonConvergencePolicy.NON_CONVERGENCE_POLICY_THROTTLE],
+]);
+
+function wordOf(words: ReadonlyMap<number, string>, value: number | null | undefined): string {
+  if (!value) return '-';
+  return words.get(value) ?? `unknown(${value})`;
 }
 
-export interface JobJson {
-  jobId: string;
-  guestId: string;
-  targetAddress: string;
-  startedAtMs: number;
-  stats: MigrationStats;
+export const methodWord = (value: number | null | undefined): string => wordOf(METHOD_WORDS, value);
+export const phaseWord = (value: number | null | undefined): string => wordOf(PHASE_WORDS, value);
+export const jobStateWord = (value: number | null | undefined): string => wordOf(JOB_STATE_WORDS, value);
+export const jobRoleWord = (value: number | null | undefined): string => wordOf(JOB_ROLE_WORDS, value);
+export const guestStateWord = (value: number | null | undefined): string => wordOf(GUEST_STATE_WORDS, value);
+export const guestRoleWord = (value: number | null | undefined): string => wordOf(GUEST_ROLE_WORDS, value);
+
+/** A method's enum value from its word ('crtr', 'precopy', 'postcopy'); UNSPECIFIED (the agent's default) for none. */
+export function methodValue(word: string | undefined): number {
+  for (const [value, w] of METHOD_WORDS) if (w === word) return value;
+  return Method.METHOD_UNSPECIFIED;
 }
 
-export interface CapacityJson {
-  driver: string;
-  memoryBytesTotal: number;
-  memoryBytesReserved: number;
-  memoryBytesFree: number;
-  vcpusTotal: number;
-  vcpusReserved: number;
-  protocolVersion: number;
-  agentVersion: string;
+/** A non-convergence policy's enum value from its word; UNSPECIFIED (the agent's default) for none. */
+export function policyValue(word: string | undefined): number {
+  return (word !== undefined ? POLICY_VALUES.get(word) : undefined) ?? NonConvergencePolicy.NON_CONVERGENCE_POLICY_UNSPECIFIED;
 }
 
-// A decoded protobufjs message keeps default values on its prototype (JSON.stringify would drop
-// them) and types fields of nested messages as optional: every view copies fields explicitly.
-
-export function guestJson(g: GuestMessage): GuestJson {
-  const d = g.description ?? {};
-  return {
-    id: d.id ?? '',
-    state: g.state ?? '',
-    driver: d.driver ?? '',
-    memoryBytes: Number(d.memoryBytes ?? 0),
-    vcpus: d.vcpus ?? 0,
-    unitMs: d.unitMs ?? 0,
-    summary: d.summary ?? '',
-  };
+/** Whether a job has ended (succeeded, failed or cancelled): nothing about it changes any more. */
+export function jobEnded(job: JobMessage): boolean {
+  const s = job.state;
+  return s === JobState.JOB_STATE_SUCCEEDED || s === JobState.JOB_STATE_FAILED || s === JobState.JOB_STATE_CANCELLED;
 }
 
-/** Every MigrationStats field, named as in shared/stats.ts (the same names as the proto's). */
-export function statsJson(s: object | null | undefined): MigrationStats {
-  const out = emptyStats('crtr', 0) as unknown as Record<string, unknown>;
-  const source = (s ?? {}) as Record<string, unknown>;
-  for (const key of Object.keys(out)) {
-    const value = source[key];
-    if (value === undefined || value === null) continue;
-    out[key] = typeof out[key] === 'number' ? Number(value) : value;
+// --- --json: the messages as they are, enum values by name -----------------------------------
+
+export type JsonValue = string | number | boolean | null | JsonValue[] | { [key: string]: JsonValue };
+type JsonObject = { [key: string]: JsonValue };
+type EnumNames = Readonly<Record<number, string>>;
+
+/**
+ * The enum fields of each message --json prints, by message class. The generated code has no
+ * toObject (pbjs runs with --no-convert), and without reflection a message does not say which of
+ * its numbers are enums: this table does.
+ */
+const ENUM_FIELDS = new Map<unknown, Readonly<Record<string, EnumNames>>>([
+  [pb2.Guest, { state: pb2.GuestState, role: pb2.GuestRole }],
+  [pb2.Capacity, { methods: pb2.Method }],
+  [pb2.Job, { role: pb2.JobRole, method: pb2.Method, state: pb2.JobState, phase: pb2.Phase, phasesPassed: pb2.Phase, errorReason: pb2.ErrorReason }],
+]);
+
+/**
+ * A decoded message as protobufjs's `toObject(message, { enums: String, longs: Number, defaults:
+ * true })` would give it: every field in .proto order, defaults included, 64-bit integers as
+ * numbers, enum values by name (a number this CLI does not know stays a number). Message fields
+ * not set are left out: of a oneof, only the member that is set shows (a job has `source` or
+ * `target`).
+ */
+export function messageJson(message: object): JsonObject {
+  const prototype = Object.getPrototypeOf(message) as object;
+  const generated = prototype !== Object.prototype && prototype !== null;
+  // The generated classes keep every field's default on the prototype, in .proto order; the
+  // oneof names (`view`, `workload`) are accessors there, not enumerable.
+  const keys = generated ? Object.keys(prototype) : Object.keys(message);
+  const enums = ENUM_FIELDS.get(message.constructor) ?? {};
+  const out: JsonObject = {};
+  for (const key of keys) {
+    const value = (message as Record<string, unknown>)[key];
+    if (value === null || value === undefined || typeof value === 'function') continue;
+    out[key] = valueJson(value, enums[key]);
   }
-  return out as unknown as MigrationStats;
+  return out;
 }
 
-export function jobJson(j: JobMessage): JobJson {
-  return { jobId: j.jobId ?? '', guestId: j.guestId ?? '', targetAddress: j.targetAddress ?? '', startedAtMs: Number(j.startedAtMs ?? 0), stats: statsJson(j.stats) };
+function valueJson(value: unknown, names: EnumNames | undefined): JsonValue {
+  if (Array.isArray(value)) return value.map((v) => valueJson(v, names));
+  if (typeof value === 'number') return names !== undefined ? (names[value] ?? value) : value;
+  if (typeof value === 'string' || typeof value === 'boolean') return value;
+  if (ArrayBuffer.isView(value)) return Buffer.from(value.buffer, value.byteOffset, value.byteLength).toString('base64');
+  if (typeof value === 'object' && value !== null) {
+    // A map field is a plain object; a nested message is an instance of its generated class.
+    if (Object.getPrototypeOf(value) !== Object.prototype) return messageJson(value);
+    return Object.fromEntries(Object.entries(value).map(([k, v]) => [k, valueJson(v, undefined)]));
+  }
+  return String(value);
 }
 
-export function capacityJson(c: CapacityMessage): CapacityJson {
-  return {
-    driver: c.driver ?? '',
-    memoryBytesTotal: Number(c.memoryBytesTotal ?? 0),
-    memoryBytesReserved: Number(c.memoryBytesReserved ?? 0),
-    memoryBytesFree: Number(c.memoryBytesFree ?? 0),
-    vcpusTotal: c.vcpusTotal ?? 0,
-    vcpusReserved: c.vcpusReserved ?? 0,
-    protocolVersion: c.protocolVersion ?? 0,
-    agentVersion: c.agentVersion ?? '',
-  };
+// --- guests and capacity ---------------------------------------------------------------------
+
+/** What the guest is, in one phrase: `sim web, 256 MiB, 10 ms units, 65536 pages`. */
+export function guestSummary(g: GuestMessage): string {
+  const memoryBytes = Number(g.memoryBytes ?? 0);
+  const what = g.sim ? `${g.driver ?? ''} ${g.sim.profile ?? ''}` : (g.driver ?? '');
+  const units = g.unitMs ? `, ${g.unitMs} ms units` : '';
+  return `${what}, ${memoryBytes / 2 ** 20} MiB${units}, ${memoryBytes / PAGE_BYTES} pages`;
 }
 
-/** A job is over once its status is one of these (source-agent/migration.ts, isOver). */
-export const FINAL_STATUSES: readonly string[] = ['completed', 'failed', 'cancelled'];
+/** The guest's role and the job behind it: `migrating-out 05a11cf8-...`, or '-'. */
+export function guestRoleText(g: GuestMessage): string {
+  const role = guestRoleWord(g.role);
+  return g.jobId ? `${role} ${g.jobId}` : role;
+}
 
-export function guestsTable(guests: readonly GuestJson[]): string {
+export function guestsTable(guests: readonly GuestMessage[]): string {
   if (guests.length === 0) return 'No guests on this agent.';
   return table(
-    ['ID', 'STATE', 'MEMORY', 'SUMMARY'],
-    guests.map((g) => [g.id, g.state, formatBytes(g.memoryBytes), g.summary]),
+    ['ID', 'STATE', 'ROLE', 'MEMORY', 'SUMMARY'],
+    guests.map((g) => [g.id ?? '', guestStateWord(g.state), guestRoleText(g), formatBytes(Number(g.memoryBytes ?? 0)), guestSummary(g)]),
   );
 }
 
-export function jobsTable(jobs: readonly JobJson[]): string {
+export function capacityLines(c: CapacityMessage): string[] {
+  const total = Number(c.memoryBytesTotal ?? 0);
+  const vcpus = c.vcpusTotal ?? 0;
+  const methods = (c.methods ?? []).map(methodWord);
+  return [
+    `driver:    ${c.driver ?? ''} (agent ${c.agentVersion ?? ''}, protocol ${c.protocolVersion ?? 0})`,
+    `memory:    ${formatBytes(Number(c.memoryBytesFree ?? 0))} free of ${formatBytes(total)} (${formatBytes(Number(c.memoryBytesReserved ?? 0))} reserved)`,
+    `vcpus:     ${vcpus - (c.vcpusReserved ?? 0)} free of ${vcpus}`,
+    `methods:   ${methods.length > 0 ? methods.join(', ') : '-'}`,
+  ];
+}
+
+// --- jobs ------------------------------------------------------------------------------------
+
+/** Where the guest goes: the target's address on the source; on the target, this agent itself. */
+function targetText(j: JobMessage): string {
+  if (j.role === JobRole.JOB_ROLE_TARGET) return 'this agent';
+  return j.peerAddress || '-';
+}
+
+export function jobsTable(jobs: readonly JobMessage[]): string {
   if (jobs.length === 0) return 'No migration jobs on this agent.';
   return table(
-    ['JOB', 'GUEST', 'TARGET', 'METHOD', 'STATUS', 'PHASE', 'DOWNTIME', 'STARTED'],
-    jobs.map((j) => [
-      j.jobId,
-      j.guestId,
-      j.targetAddress,
-      j.stats.method,
-      j.stats.status,
-      j.stats.phase,
-      j.stats.downtimeMs > 0 ? formatMs(j.stats.downtimeMs) : '-',
-      formatInstant(j.startedAtMs),
-    ]),
+    ['JOB', 'GUEST', 'ROLE', 'TARGET', 'METHOD', 'STATUS', 'PHASE', 'DOWNTIME', 'STARTED'],
+    jobs.map((j) => {
+      const downtimeMs = j.source?.downtimeMs ?? 0;
+      return [
+        j.jobId ?? '',
+        j.guestId ?? '',
+        jobRoleWord(j.role),
+        targetText(j),
+        methodWord(j.method),
+        jobStateWord(j.state),
+        phaseWord(j.phase),
+        downtimeMs > 0 ? formatMs(downtimeMs) : '-',
+        formatInstant(Number(j.startedAtMs ?? 0)),
+      ];
+    }),
   );
 }
 
-export function capacityLines(c: CapacityJson): string[] {
-  return [
-    `driver:    ${c.driver} (agent ${c.agentVersion}, protocol ${c.protocolVersion})`,
-    `memory:    ${formatBytes(c.memoryBytesFree)} free of ${formatBytes(c.memoryBytesTotal)} (${formatBytes(c.memoryBytesReserved)} reserved)`,
-    `vcpus:     ${c.vcpusTotal - c.vcpusReserved} free of ${c.vcpusTotal}`,
-  ];
+/** `name: value` rows of a JSON document, nested names joined by dots. */
+function flatten(value: JsonValue, prefix: string, rows: Array<[string, string]>): void {
+  if (value !== null && typeof value === 'object' && !Array.isArray(value)) {
+    for (const [k, v] of Object.entries(value)) flatten(v, prefix ? `${prefix}.${k}` : k, rows);
+    return;
+  }
+  const text = Array.isArray(value) ? value.join(', ') : typeof value === 'number' && !Number.isInteger(value) ? value.toFixed(2) : String(value);
+  rows.push([prefix, text]);
 }
 
-/** Every statistic of a job, one `name: value` line each, for `status JOB`. */
-export function jobLines(j: JobJson): string[] {
+/** Every field of a job, one `name: value` line each (named as in --json), for `status JOB`. */
+export function jobLines(j: JobMessage): string[] {
   const rows: Array<[string, string]> = [
-    ['jobId', j.jobId],
-    ['guestId', j.guestId],
-    ['targetAddress', j.targetAddress],
-    ['startedAt', formatInstant(j.startedAtMs)],
-    ...Object.entries(j.stats).map(([k, v]): [string, string] => [k, typeof v === 'number' && !Number.isInteger(v) ? v.toFixed(2) : String(v)]),
+    ['jobId', j.jobId ?? ''],
+    ['role', jobRoleWord(j.role)],
+    ['guestId', j.guestId ?? ''],
+    ['peerAddress', j.peerAddress ?? ''],
+    ['method', methodWord(j.method)],
+    ['state', jobStateWord(j.state)],
+    ['phase', phaseWord(j.phase)],
+    ['phasesPassed', (j.phasesPassed ?? []).map(phaseWord).join(', ')],
+    ['startedAt', formatInstant(Number(j.startedAtMs ?? 0))],
+    ['endedAt', formatInstant(Number(j.endedAtMs ?? 0))],
+    ['errorReason', j.errorReason ? (pb2.ErrorReason[j.errorReason] ?? String(j.errorReason)) : ''],
+    ['errorMessage', oneLine(j.errorMessage ?? '')],
   ];
+  if (j.source) flatten(messageJson(j.source), 'source', rows);
+  if (j.target) flatten(messageJson(j.target), 'target', rows);
   const width = Math.max(...rows.map(([k]) => k.length)) + 1;
   return rows.map(([k, v]) => `${`${k}:`.padEnd(width)} ${v === '' ? '-' : v}`);
 }
+
+// --- a migration being watched ---------------------------------------------------------------
 
 /** What the progress bar and the per-phase lines show of a running migration. */
 export interface ProgressView {
@@ -146,79 +270,108 @@ export interface ProgressView {
   downtime: string;
 }
 
-export function progressView(s: MigrationStats): ProgressView {
-  const percent = s.memoryBytes > 0 ? Math.min(100, (100 * s.checkpointMemoryBytesCovered) / s.memoryBytes) : 0;
+/** Megabits per second from bytes per second. */
+const mbpsOf = (bytesPerSec: number): number => (bytesPerSec * 8) / 1e6;
+
+export function progressView(j: JobMessage): ProgressView {
+  const s: SourceStats = j.source ?? {};
+  const remainingBytes = Number(s.remainingBytes ?? 0);
   let label: string;
   let remaining: string;
-  if (s.method === 'precopy') {
+  if (j.method === Method.METHOD_PRECOPY) {
     // Round 0 copies all memory (the bar); later rounds copy what was dirtied meanwhile.
-    label = s.rounds === 0 ? 'round 1 (all memory)' : `round ${s.rounds + 1}`;
-    remaining = `${formatBytes(s.remainingBytes)} dirty`;
-  } else if (s.method === 'postcopy') {
+    const rounds = s.precopy?.rounds ?? 0;
+    label = rounds === 0 ? 'round 1 (all memory)' : `round ${rounds + 1}`;
+    remaining = `${formatBytes(remainingBytes)} dirty`;
+  } else if (j.method === Method.METHOD_POSTCOPY) {
     label = 'pages pushed';
-    remaining = `${formatBytes(s.remainingBytes)} to push`;
+    remaining = `${formatBytes(remainingBytes)} to push`;
   } else {
     label = 'checkpoint';
-    remaining = `${s.remainingUnits} units to replay`;
+    remaining = `${s.crtr?.remainingUnits ?? 0} units to replay`;
   }
   // Once the guest was suspended the measured downtime replaces the estimate.
-  const downtime = s.downtimeMs > 0 ? `downtime ${formatMs(s.downtimeMs)}` : `expected downtime ${formatMs(s.expectedDowntimeMs)}`;
-  // mbps is the average since the migration started, not the current rate.
-  return { phase: s.phase, percent, label, remaining, throughput: `avg ${formatMbps(s.mbps)}`, downtime };
+  const downtimeMs = s.downtimeMs ?? 0;
+  const downtime = downtimeMs > 0 ? `downtime ${formatMs(downtimeMs)}` : `expected downtime ${formatMs(s.expectedDowntimeMs ?? 0)}`;
+  // The throughput is the average since the migration started, not the current rate.
+  const throughput = `avg ${formatMbps(mbpsOf(Number(s.throughputBytesPerSec ?? 0)))}`;
+  return { phase: phaseWord(j.phase), percent: Math.min(100, s.checkpointPercent ?? 0), label, remaining, throughput, downtime };
 }
 
-export function progressLine(s: MigrationStats): string {
-  const v = progressView(s);
+export function progressLine(j: JobMessage): string {
+  const v = progressView(j);
   return `${v.phase.padEnd(13)} ${v.label} ${v.percent.toFixed(0).padStart(3)}%  ${v.remaining}  ${v.throughput}  ${v.downtime}`;
 }
 
-function digestsLine(s: MigrationStats): string {
-  if (s.sourceDigest === '' || s.targetDigest === '') return `not compared (source ${s.sourceDigest || 'none'}, target ${s.targetDigest || 'none'})`;
-  return `${s.sourceDigest === s.targetDigest ? 'equal' : 'DIFFERENT'} (source ${s.sourceDigest}, target ${s.targetDigest})`;
+function digestsLine(s: SourceStats): string {
+  const source = s.sourceDigest ?? '';
+  const target = s.targetDigest ?? '';
+  if (source === '' || target === '') return `not compared (source ${source || 'none'}, target ${target || 'none'})`;
+  return `${source === target ? 'equal' : 'DIFFERENT'} (source ${source}, target ${target})`;
 }
 
-/** What each method calls the bulk copy of memory (checkpointWireBytes). */
-const BULK_COPY: Record<string, string> = { crtr: 'checkpoint', precopy: 'first full copy', postcopy: 'pages' };
-
-/** A job's error on one line, without the gRPC code some agents' messages end with. */
-function errorMessage(s: MigrationStats): string {
-  const message = s.error
+function oneLine(text: string): string {
+  // grpc-js ends some UNAVAILABLE details with an empty "Resolution note:".
+  return text
     .replace(/\s*Resolution note:\s*(?=\(|$)/g, ' ')
     .replace(/\s+/g, ' ')
     .trim();
-  return (s.errorCode && message.endsWith(`(${s.errorCode})`) ? message.slice(0, -s.errorCode.length - 2).trim() : message) || '-';
 }
 
-function errorText(s: MigrationStats): string {
-  return s.errorCode ? `${errorMessage(s)} (${s.errorCode})` : errorMessage(s);
+/** The ErrorReason name of a job that did not succeed, or '' when the agent gave none. */
+function reasonOf(j: JobMessage): string {
+  return j.errorReason ? (pb2.ErrorReason[j.errorReason] ?? `unknown(${j.errorReason})`) : '';
+}
+
+/** A job's error on one line, with its reason (an ErrorReason name) when the agent gave one. */
+function errorText(j: JobMessage): string {
+  const message = oneLine(j.errorMessage ?? '') || '-';
+  const reason = reasonOf(j);
+  return reason ? `${message} (${reason})` : message;
+}
+
+/** The data transmitted: in total, the bulk copy of memory on the wire, and CR/TR's log. */
+function dataLine(j: JobMessage, s: SourceStats): string {
+  const bytes = s.bytes ?? {};
+  const memory = formatBytes(Number(s.memoryBytes ?? 0));
+  const total = formatBytes(Number(bytes.transferredBytes ?? 0));
+  if (j.method === Method.METHOD_CRTR) {
+    return `${total} (checkpoint ${formatBytes(Number(bytes.checkpoint?.wireBytes ?? 0))} on the wire for ${memory} of memory, log ${formatBytes(Number(s.crtr?.logBytes ?? 0))})`;
+  }
+  // Pre-copy's rounds and post-copy's pushed and fetched pages, with the machine state.
+  return `${total} (pages ${formatBytes(Number(bytes.pages?.wireBytes ?? 0))} on the wire for ${memory} of memory)`;
 }
 
 /** The end-of-migration summary: the three figures, rounds, units, digests, and why it failed. */
-export function summaryLines(j: JobJson): string[] {
-  const s = j.stats;
+export function summaryLines(j: JobMessage): string[] {
+  const s: SourceStats = j.source ?? {};
+  const downtimeMs = s.downtimeMs ?? 0;
+  const state = jobStateWord(j.state);
   const lines = [
-    `Migration ${j.jobId} of guest '${j.guestId}' to ${j.targetAddress} (${s.method}): ${s.status}`,
-    `  downtime:          ${s.downtimeMs > 0 ? formatMs(s.downtimeMs) : '-'} (source suspend to target resume)`,
-    `  total time:        ${formatMs(s.totalTimeMs)}`,
-    `  data transmitted:  ${formatBytes(s.transferredBytes)} (${BULK_COPY[s.method] ?? 'checkpoint'} ${formatBytes(s.checkpointWireBytes)} on the wire for ${formatBytes(s.memoryBytes)} of memory${s.method === 'crtr' ? `, log ${formatBytes(s.logBytes)}` : ''})`,
+    `Migration ${j.jobId} of guest '${j.guestId}' to ${j.peerAddress} (${methodWord(j.method)}): ${state}`,
+    `  downtime:          ${downtimeMs > 0 ? formatMs(downtimeMs) : '-'} (source suspend to target resume)`,
+    `  total time:        ${formatMs(s.totalTimeMs ?? 0)}`,
+    `  data transmitted:  ${dataLine(j, s)}`,
   ];
-  if (s.method === 'precopy') {
-    lines.push(`  rounds:            ${s.rounds} pre-copy rounds, ${s.stopPagesSent} pages sent during stop-and-copy`);
-  } else if (s.method === 'postcopy') {
-    lines.push(`  pages:             ${s.demandPages} fetched on demand by the running guest, the rest pushed`);
+  if (s.precopy) {
+    lines.push(`  rounds:            ${s.precopy.rounds ?? 0} pre-copy rounds, ${Number(s.precopy.stopPagesSent ?? 0)} pages sent during stop-and-copy`);
+  } else if (s.postcopy) {
+    lines.push(`  pages:             ${Number(s.postcopy.demandPages ?? 0)} fetched on demand by the running guest, the rest pushed`);
   } else {
-    lines.push(`  rounds:            ${s.rounds} wait-and-ack`);
-    lines.push(`  units:             ${s.unitsRecorded} recorded, ${s.unitsSent} sent, ${s.unitsReplayed} replayed${s.replayRate > 0 ? ` (replay ${s.replayRate.toFixed(1)}x guest speed)` : ''}`);
+    const c = s.crtr ?? {};
+    const replayRate = c.replayRate ?? 0;
+    lines.push(`  rounds:            ${c.stopRequests ?? 0} wait-and-ack`);
+    lines.push(`  units:             ${c.unitsRecorded ?? 0} recorded, ${c.unitsSent ?? 0} sent, ${c.unitsReplayed ?? 0} replayed${replayRate > 0 ? ` (replay ${replayRate.toFixed(1)}x guest speed)` : ''}`);
   }
   lines.push(`  digests:           ${digestsLine(s)}`);
-  lines.push(`  forced:            ${s.forced ? 'yes (the non-convergence policy forced stop-and-copy)' : 'no'}`);
-  if (s.status !== 'completed') lines.push(`  error:             ${errorText(s)}`);
+  lines.push(`  forced:            ${s.crtr?.forced ? 'yes (the non-convergence policy forced stop-and-copy)' : 'no'}`);
+  if (j.state !== JobState.JOB_STATE_SUCCEEDED) lines.push(`  error:             ${errorText(j)}`);
   // A job can be cancelled only before its commit (CancelJob), so the guest runs on the source.
-  if (s.status === 'cancelled') lines.push(`  The guest '${j.guestId}' stays on the source.`);
+  if (j.state === JobState.JOB_STATE_CANCELLED) lines.push(`  The guest '${j.guestId}' stays on the source.`);
   return lines;
 }
 
 /** The line on stderr for a migration that did not complete (with --json, stdout holds the job). */
-export function failureLine(j: JobJson): string {
-  return `vmmigrate: migration job ${j.jobId} of guest '${j.guestId}' ${j.stats.status}: ${j.stats.errorCode || '-'}: ${errorMessage(j.stats)}`;
+export function failureLine(j: JobMessage): string {
+  return `vmmigrate: migration job ${j.jobId} of guest '${j.guestId}' ${jobStateWord(j.state)}: ${reasonOf(j) || '-'}: ${oneLine(j.errorMessage ?? '') || '-'}`;
 }

@@ -1,9 +1,10 @@
 #!/usr/bin/env node
 // `vmmigrate`: the operator's command line. Runs the agent daemons (`source-agent`,
-// `target-agent`) and drives a running agent through its Control API: guests, capacity,
-// migrations (started, watched live, cancelled on Ctrl-C) and jobs. Every client command speaks
-// mutual TLS, or plaintext to a loopback agent only (cli/connect.ts), prints tables and lines for
-// a person or one JSON document with --json, and ends with an exit code a script can act on.
+// `target-agent`) and drives a running agent through its Control API v2: guests, capacity,
+// migrations (started, watched live, cancelled on Ctrl-C) and jobs, outgoing and incoming. Every
+// client command speaks mutual TLS, or plaintext to a loopback agent only (cli/connect.ts), prints
+// tables and lines for a person or one JSON document with --json (the Control v2 messages, enum
+// values by name), and ends with an exit code a script can act on.
 
 import cliProgress from 'cli-progress';
 import { Command, CommanderError, InvalidArgumentError as CommanderArgumentError, Option } from 'commander';
@@ -11,22 +12,26 @@ import { NON_CONVERGENCE_POLICIES } from '../shared/convergence.js';
 import { PROFILE_NAMES } from '../shared/driver/sim/profiles.js';
 import { VmMigrateError } from '../shared/errors.js';
 import { AGENT_VERSION } from '../shared/protocol.js';
-import { controlService, grpc, pb } from '../shared/transport/grpc.js';
+import { controlServiceV2, grpc, pb2 } from '../shared/transport/grpc.js';
 import { agentCommand } from './agent.js';
 import { call, CallError, errorLine, EXIT, exitCodeForStatus, statusNameOf, stream } from './calls.js';
 import { AGENT_ADDRESS_DEFAULT, type ConnectionOptions, type ControlClient, controlClient, parseAddress } from './connect.js';
 import { parseBandwidth, parseDuration, parseInteger } from './units.js';
 import {
-  capacityJson,
   capacityLines,
   failureLine,
-  FINAL_STATUSES,
-  guestJson,
+  guestSummary,
+  guestStateWord,
   guestsTable,
-  jobJson,
-  type JobJson,
+  jobEnded,
   jobLines,
+  type JobMessage,
+  jobStateWord,
   jobsTable,
+  messageJson,
+  methodValue,
+  phaseWord,
+  policyValue,
   progressLine,
   progressView,
   summaryLines,
@@ -146,9 +151,8 @@ function clientAction(run: (session: Session, ...args: string[]) => Promise<numb
 // --- guests and capacity ---------------------------------------------------------------------
 
 async function listGuests(session: Session): Promise<number> {
-  const res = await session.call(controlService.listGuests, pb.ListGuestsRequest.create(), 'listing guests');
-  const guests = res.guests.map(guestJson);
-  session.document(guests);
+  const { guests } = await session.call(controlServiceV2.listGuests, pb2.ListGuestsRequest.create(), 'listing guests');
+  session.document(guests.map(messageJson));
   session.say(guestsTable(guests));
   return EXIT.ok;
 }
@@ -164,45 +168,45 @@ interface StartGuestOptions {
 const START_GUEST_TIMEOUT_MS_MIN = 60_000;
 
 async function startGuest(session: Session, opts: StartGuestOptions): Promise<number> {
-  const request = pb.StartGuestRequest.create({ id: opts.id ?? '', profile: opts.profile, memoryBytes: opts.memoryMib * 2 ** 20, unitMs: opts.unitMs ?? 0 });
-  const res = await session.call(controlService.startGuest, request, 'starting a guest', Math.max(session.options.timeoutMs, START_GUEST_TIMEOUT_MS_MIN));
-  const guest = guestJson(res.guest ?? pb.Guest.create());
-  session.document(guest);
-  session.say(`Started guest '${guest.id}' on ${session.options.agent}: ${guest.summary} (${guest.state}).`);
+  const request = pb2.StartGuestRequest.create({ id: opts.id ?? '', profile: opts.profile, memoryBytes: opts.memoryMib * 2 ** 20, unitMs: opts.unitMs ?? 0 });
+  const res = await session.call(controlServiceV2.startGuest, request, 'starting a guest', Math.max(session.options.timeoutMs, START_GUEST_TIMEOUT_MS_MIN));
+  const guest = res.guest ?? pb2.Guest.create();
+  session.document(messageJson(guest));
+  session.say(`Started guest '${guest.id}' on ${session.options.agent}: ${guestSummary(guest)} (${guestStateWord(guest.state)}).`);
   return EXIT.ok;
 }
 
 async function stopGuest(session: Session, id: string): Promise<number> {
-  await session.call(controlService.stopGuest, pb.StopGuestRequest.create({ id }), `stopping guest '${id}'`);
+  await session.call(controlServiceV2.stopGuest, pb2.StopGuestRequest.create({ id }), `stopping guest '${id}'`);
   session.document({ id, stopped: true });
   session.say(`Stopped guest '${id}' on ${session.options.agent}; its memory is freed.`);
   return EXIT.ok;
 }
 
 async function showCapacity(session: Session): Promise<number> {
-  const capacity = capacityJson(await session.call(controlService.getCapacity, pb.GetCapacityRequest.create(), 'getting the capacity'));
-  session.document(capacity);
+  const capacity = await session.call(controlServiceV2.getCapacity, pb2.GetCapacityRequest.create(), 'getting the capacity');
+  session.document(messageJson(capacity));
   session.say(...capacityLines(capacity));
   return EXIT.ok;
 }
 
 // --- jobs ------------------------------------------------------------------------------------
 
+/** Outgoing and incoming jobs alike (ListJobs with no role). */
 async function listJobs(session: Session): Promise<number> {
-  const res = await session.call(controlService.listJobs, pb.ListJobsRequest.create(), 'listing jobs');
-  const jobs = res.jobs.map(jobJson);
-  session.document(jobs);
+  const { jobs } = await session.call(controlServiceV2.listJobs, pb2.ListJobsRequest.create(), 'listing jobs');
+  session.document(jobs.map(messageJson));
   session.say(jobsTable(jobs));
   return EXIT.ok;
 }
 
 async function cancelJob(session: Session, jobId: string): Promise<number> {
-  const res = await session.call(controlService.cancelJob, pb.CancelJobRequest.create({ jobId }), `cancelling job ${jobId}`);
-  const job = jobJson(res.job ?? pb.Job.create({ jobId }));
-  session.document(job);
-  const status = job.stats.status;
+  const res = await session.call(controlServiceV2.cancelJob, pb2.CancelJobRequest.create({ jobId }), `cancelling job ${jobId}`);
+  const job = res.job ?? pb2.Job.create({ jobId });
+  session.document(messageJson(job));
+  const status = jobStateWord(job.state);
   // CancelJob answers a job that had already ended with that job, unchanged: nothing was cancelled.
-  if (status === 'completed' || status === 'failed') {
+  if (job.state === pb2.JobState.JOB_STATE_SUCCEEDED || job.state === pb2.JobState.JOB_STATE_FAILED) {
     process.stderr.write(`vmmigrate: cancelling job ${jobId} on ${session.options.agent}: the job had already ended (${status}); nothing to cancel\n`);
     return EXIT.failed;
   }
@@ -211,8 +215,8 @@ async function cancelJob(session: Session, jobId: string): Promise<number> {
 }
 
 async function showJob(session: Session, jobId: string): Promise<number> {
-  const job = jobJson(await session.call(controlService.getJob, pb.GetJobRequest.create({ jobId }), `getting job ${jobId}`));
-  session.document(job);
+  const job = await session.call(controlServiceV2.getJob, pb2.GetJobRequest.create({ jobId }), `getting job ${jobId}`);
+  session.document(messageJson(job));
   session.say(...jobLines(job));
   return EXIT.ok;
 }
@@ -236,15 +240,14 @@ async function healthOf(session: Session): Promise<string> {
 
 async function showAgent(session: Session): Promise<number> {
   // Capacity first: an unreachable agent fails here, once.
-  const capacity = capacityJson(await session.call(controlService.getCapacity, pb.GetCapacityRequest.create(), 'getting the capacity'));
-  const [guestsRes, jobsRes, health] = await Promise.all([
-    session.call(controlService.listGuests, pb.ListGuestsRequest.create(), 'listing guests'),
-    session.call(controlService.listJobs, pb.ListJobsRequest.create(), 'listing jobs'),
+  const capacity = await session.call(controlServiceV2.getCapacity, pb2.GetCapacityRequest.create(), 'getting the capacity');
+  const [{ guests }, { jobs }, health] = await Promise.all([
+    session.call(controlServiceV2.listGuests, pb2.ListGuestsRequest.create(), 'listing guests'),
+    session.call(controlServiceV2.listJobs, pb2.ListJobsRequest.create(), 'listing jobs'),
     healthOf(session),
   ]);
-  const guests = guestsRes.guests.map(guestJson);
-  const activeJobs = jobsRes.jobs.map(jobJson).filter((j) => !FINAL_STATUSES.includes(j.stats.status));
-  session.document({ agent: session.options.agent, health, capacity, guests, activeJobs });
+  const activeJobs = jobs.filter((j) => !jobEnded(j));
+  session.document({ agent: session.options.agent, health, capacity: messageJson(capacity), guests: guests.map(messageJson), activeJobs: activeJobs.map(messageJson) });
   session.say(
     `agent:     ${session.options.agent}`,
     `health:    ${health}`,
@@ -281,12 +284,12 @@ class ProgressDisplay {
 
   constructor(private readonly mode: 'bar' | 'lines' | 'quiet') {}
 
-  update(job: JobJson): void {
-    const s = job.stats;
-    if (s.phase === 'done' || this.mode === 'quiet') return;
-    const v = progressView(s);
+  update(job: JobMessage): void {
+    const phase = phaseWord(job.phase);
+    if (phase === 'done' || this.mode === 'quiet') return;
+    const v = progressView(job);
     if (this.mode === 'lines') {
-      if (s.phase !== this.lastPhase) process.stdout.write(`${progressLine(s)}\n`);
+      if (phase !== this.lastPhase) process.stdout.write(`${progressLine(job)}\n`);
     } else if (this.bar === null) {
       this.bar = new cliProgress.SingleBar(
         { stream: process.stdout, format: '{phase} [{bar}] {percentage}% {label} | {remaining} | {throughput} | {downtime}', barsize: 20, hideCursor: true, fps: 5 },
@@ -296,7 +299,7 @@ class ProgressDisplay {
     } else {
       this.bar.update(Math.round(v.percent), { ...v, phase: v.phase.padEnd(13) });
     }
-    this.lastPhase = s.phase;
+    this.lastPhase = phase;
   }
 
   /** A message on stderr that does not garble the bar. */
@@ -314,16 +317,16 @@ class ProgressDisplay {
 const EXIT_INTERRUPTED = 130;
 
 async function migrate(session: Session, guestId: string, opts: MigrateOptions): Promise<number> {
-  const request = pb.StartMigrationRequest.create({
+  const request = pb2.StartMigrationRequest.create({
     guestId,
     targetAddress: opts.to,
-    method: opts.method,
+    method: methodValue(opts.method),
     downtimeLimitMs: opts.downtimeLimitMs ?? 0,
     maxBandwidthBytesPerSec: opts.maxBandwidth ?? 0,
-    nonConvergencePolicy: opts.policy ?? '',
+    nonConvergencePolicy: policyValue(opts.policy),
     maxDurationMs: opts.maxDuration ?? 0,
   });
-  const { jobId } = await session.call(controlService.startMigration, request, `starting the migration of guest '${guestId}' to ${opts.to}`);
+  const { jobId } = await session.call(controlServiceV2.startMigration, request, `starting the migration of guest '${guestId}' to ${opts.to}`);
   if (!opts.wait) {
     session.document({ jobId });
     session.say(`Migration job ${jobId} started (guest '${guestId}' to ${opts.to}); follow it with 'vmmigrate status ${jobId}'.`);
@@ -342,17 +345,18 @@ async function migrate(session: Session, guestId: string, opts: MigrateOptions):
       return;
     }
     display.note(`vmmigrate: cancelling job ${jobId}; waiting for it to end (Ctrl-C again to stop waiting)`);
-    session.call(controlService.cancelJob, pb.CancelJobRequest.create({ jobId }), `cancelling job ${jobId}`).then(
+    session.call(controlServiceV2.cancelJob, pb2.CancelJobRequest.create({ jobId }), `cancelling job ${jobId}`).then(
       () => {},
       (error: unknown) => display.note(errorLine(error, session.options.agent)),
     );
   };
   process.on('SIGINT', onInterrupt);
-  let last: JobJson | null = null;
+  let last: JobMessage | null = null;
   try {
-    const events = stream(session.control(), controlService.watchJob, pb.WatchJobRequest.create({ jobId, intervalMs: 250 }), `watching job ${jobId} on ${session.options.agent}`, (c) => (watchCall = c));
+    // A snapshot first (the job as it is), then phase, round and progress events, then the end.
+    const events = stream(session.control(), controlServiceV2.watchJob, pb2.WatchJobRequest.create({ jobId, intervalMs: 250 }), `watching job ${jobId} on ${session.options.agent}`, (c) => (watchCall = c));
     for await (const event of events) {
-      if (event.job) last = jobJson(event.job);
+      if (event.job) last = event.job;
       if (last) display.update(last);
     }
   } catch (error) {
@@ -367,12 +371,12 @@ async function migrate(session: Session, guestId: string, opts: MigrateOptions):
     display.stop();
   }
   // The stream ends after the job's final event; should it end early, ask once more.
-  if (last === null || !FINAL_STATUSES.includes(last.stats.status)) {
-    last = jobJson(await session.call(controlService.getJob, pb.GetJobRequest.create({ jobId }), `getting job ${jobId}`));
+  if (last === null || !jobEnded(last)) {
+    last = await session.call(controlServiceV2.getJob, pb2.GetJobRequest.create({ jobId }), `getting job ${jobId}`);
   }
-  session.document(last);
+  session.document(messageJson(last));
   session.say('', ...summaryLines(last));
-  if (last.stats.status === 'completed') return EXIT.ok;
+  if (last.state === pb2.JobState.JOB_STATE_SUCCEEDED) return EXIT.ok;
   if (session.options.json) process.stderr.write(`${failureLine(last)}\n`);
   return EXIT.failed;
 }
@@ -393,7 +397,7 @@ function buildProgram(): Command {
   // The daemons: agent.ts owns their flags and their run (start, print where it listens, stop on SIGTERM).
   for (const role of ['source', 'target'] as const) program.addCommand(agentCommand(role).copyInheritedSettings(program));
 
-  withClientOptions(program.command('guests').description('list the guests on the agent: id, state, memory, profile')).action(clientAction((s) => listGuests(s)));
+  withClientOptions(program.command('guests').description('list the guests on the agent: id, state, role (and the job behind it), memory, profile')).action(clientAction((s) => listGuests(s)));
 
   const guest = program.command('guest').description('start or stop a built-in sim guest on the agent');
   withClientOptions(
@@ -420,12 +424,12 @@ function buildProgram(): Command {
       .option('--no-wait', 'print the job id and return at once instead of watching'),
   ).action(clientAction((s, guestId) => migrate(s, guestId, s.options as unknown as MigrateOptions)));
 
-  withClientOptions(program.command('jobs').description('list the migration jobs of the agent')).action(clientAction((s) => listJobs(s)));
+  withClientOptions(program.command('jobs').description('list the migration jobs of the agent, outgoing and incoming')).action(clientAction((s) => listJobs(s)));
   withClientOptions(program.command('status [job]').description("a job's statistics; without a job: the agent's address, health, capacity, guests and active jobs")).action(
     clientAction((s, jobId) => (jobId ? showJob(s, jobId) : showAgent(s))),
   );
   withClientOptions(program.command('cancel <job>').description('cancel a migration job not yet committed (the guest stays on the source)')).action(clientAction((s, jobId) => cancelJob(s, jobId)));
-  withClientOptions(program.command('capacity').description('what the agent offers: memory and vCPUs, free and total')).action(clientAction((s) => showCapacity(s)));
+  withClientOptions(program.command('capacity').description('what the agent offers: memory and vCPUs, free and total; the methods it can carry out')).action(clientAction((s) => showCapacity(s)));
   return program;
 }
 

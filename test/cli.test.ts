@@ -16,10 +16,9 @@ import { type AgentProcess, stopAgentProcess } from '../cli/agent-process.js';
 import { EXIT, exitCodeForStatus } from '../cli/calls.js';
 import { credentialsFrom, isLoopback, parseAddress } from '../cli/connect.js';
 import { parseBandwidth, parseDuration } from '../cli/units.js';
-import { progressView } from '../cli/views.js';
+import { guestsTable, jobsTable, messageJson, progressView } from '../cli/views.js';
 import { VmMigrateError } from '../shared/errors.js';
-import { emptyStats } from '../shared/stats.js';
-import { controlService, createServer, grpc, makeClient, pb, unary } from '../shared/transport/grpc.js';
+import { controlService, controlServiceV2, createServer, grpc, makeClient, pb, pb2, unary } from '../shared/transport/grpc.js';
 
 const CLI = fileURLToPath(new URL('../cli/vmmigrate.js', import.meta.url));
 const MiB = 2 ** 20;
@@ -135,11 +134,16 @@ async function startServer(t: Test, credentials: grpc.ServerCredentials, setup: 
 
 /**
  * What an agent holds, asked in this process (cheaper than one more CLI run, and independent
- * of the CLI's own views): guest ids and states, and a job's status.
+ * of the CLI's own views): guest ids and states, and a job's status (Control v1), and whether a
+ * guest has arrived as a replica (Control v2: v1 does not list replicas).
  */
 function agentView(t: Test, address: string) {
   const client = makeClient(controlService, 'Control', address, grpc.credentials.createInsecure());
-  t.teardown(() => client.close());
+  const v2 = makeClient(controlServiceV2, 'Control', address, grpc.credentials.createInsecure());
+  t.teardown(() => {
+    client.close();
+    v2.close();
+  });
   return {
     async guests(): Promise<string[]> {
       const res = await unary(client, controlService.listGuests, pb.ListGuestsRequest.create(), 10_000, 'listing guests');
@@ -148,11 +152,21 @@ function agentView(t: Test, address: string) {
     async jobStatus(jobId: string): Promise<string> {
       return (await unary(client, controlService.getJob, pb.GetJobRequest.create({ jobId }), 10_000, 'getting a job')).stats?.status ?? '';
     },
+    /** Waits (bounded) until guest `id` is listed in role MIGRATING_IN; whether it was. */
+    async arriving(id: string): Promise<boolean> {
+      for (let i = 0; i < 100; i++) {
+        const { guests } = await unary(v2, controlServiceV2.listGuests, pb2.ListGuestsRequest.create(), 10_000, 'listing guests');
+        if (guests.some((g) => g.id === id && g.role === pb2.GuestRole.GUEST_ROLE_MIGRATING_IN)) return true;
+        await new Promise((resolve) => setTimeout(resolve, 100));
+      }
+      return false;
+    },
   };
 }
 
 type Json = Record<string, unknown>;
-type JobDoc = { jobId: string; guestId: string; targetAddress: string; startedAtMs: number; stats: Json };
+/** A Control v2 Job as --json prints it. */
+type JobDoc = Json & { jobId: string; guestId: string; peerAddress: string; role: string; method: string; state: string; startedAtMs: number; source?: Json & { bytes: Json; crtr?: Json } };
 
 // --- pure functions: parsing and the decisions behind exit codes ------------------------------
 
@@ -207,14 +221,38 @@ t.test('exit codes by gRPC status, and what the progress bar measures', async (t
   t.equal(exitCodeForStatus('INVALID_ARGUMENT'), EXIT.usage);
   t.equal(exitCodeForStatus('NOT_FOUND'), EXIT.failed);
   t.equal(exitCodeForStatus('FAILED_PRECONDITION'), EXIT.failed);
-  const crtr = { ...emptyStats('crtr', 128 * MiB), phase: 'checkpoint' as const, checkpointMemoryBytesCovered: 32 * MiB, remainingUnits: 7, mbps: 800 };
+  const crtr = pb2.Job.create({
+    method: pb2.Method.METHOD_CRTR,
+    phase: pb2.Phase.PHASE_CHECKPOINT,
+    source: { memoryBytes: 128 * MiB, checkpointPercent: 25, throughputBytesPerSec: 100_000_000, crtr: { remainingUnits: 7 } },
+  });
   const view = progressView(crtr);
+  t.equal(view.phase, 'checkpoint', 'the phase by its name');
   t.equal(view.percent, 25, 'the share of memory the checkpoint covered');
   t.match(view.remaining, /^7 units/);
-  t.match(view.throughput, /800 Mbit\/s \(100\.0 MB\/s\)/, 'mbps is megabits per second');
-  const precopy = { ...emptyStats('precopy', 128 * MiB), checkpointMemoryBytesCovered: 128 * MiB, rounds: 2, remainingBytes: 3 * MiB };
+  t.match(view.throughput, /800 Mbit\/s \(100\.0 MB\/s\)/, 'bytes per second shown as megabits per second');
+  const precopy = pb2.Job.create({ method: pb2.Method.METHOD_PRECOPY, source: { memoryBytes: 128 * MiB, checkpointPercent: 100, remainingBytes: 3 * MiB, precopy: { rounds: 2 } } });
   t.match(progressView(precopy).label, /round 3/);
   t.match(progressView(precopy).remaining, /3\.0 MiB dirty/);
+});
+
+t.test('views of Control v2 messages: enum names in JSON, words in tables', async (t) => {
+  const job = pb2.Job.decode(
+    pb2.Job.encode({ jobId: 'j1', role: pb2.JobRole.JOB_ROLE_TARGET, guestId: 'g1', method: pb2.Method.METHOD_CRTR, state: pb2.JobState.JOB_STATE_RUNNING, phase: pb2.Phase.PHASE_LOG_TRANSFER, phasesPassed: [1, 2], target: { unitsReplayed: 5 } }).finish(),
+  );
+  const json = messageJson(job);
+  t.same(Object.keys(json).slice(0, 4), ['jobId', 'role', 'guestId', 'peerAddress'], 'every field in .proto order, defaults included');
+  t.equal(json.role, 'JOB_ROLE_TARGET');
+  t.equal(json.state, 'JOB_STATE_RUNNING');
+  t.same(json.phasesPassed, ['PHASE_PRE_MIGRATION', 'PHASE_RESERVATION']);
+  t.equal(json.errorReason, 'ERROR_REASON_UNSPECIFIED');
+  t.equal(json.startedAtMs, 0, '64-bit integers as numbers');
+  t.notOk('source' in json, 'of the oneof, only the member that is set');
+  t.equal((json.target as Json).unitsReplayed, 5);
+  t.same(messageJson(pb2.Job.create({ state: 42 as InstanceType<typeof pb2.Job>["state"] })).state, 42, 'a value this CLI does not know stays a number');
+  t.match(jobsTable([job]), /^j1 +g1 +incoming +this agent +crtr +running +log-transfer +- +-$/m, 'an incoming job: its role, and the target is this agent');
+  const guest = pb2.Guest.create({ id: 'g1', driver: 'sim', memoryBytes: 64 * MiB, unitMs: 10, state: pb2.GuestState.GUEST_STATE_RUNNING, role: pb2.GuestRole.GUEST_ROLE_MIGRATING_OUT, jobId: 'j1', sim: { profile: 'web' } });
+  t.match(guestsTable([guest]), /^ID +STATE +ROLE +MEMORY +SUMMARY\ng1 +running +migrating-out j1 +64\.0 MiB +sim web, 64 MiB, 10 ms units, 16384 pages$/);
 });
 
 // --- end to end: two agents started by the CLI, and the CLI against them -------------------------
@@ -233,9 +271,10 @@ t.test('the CLI against two agents it started', async (t) => {
     t.equal(run.code, 0, `exit 0 (stderr: ${run.stderr})`);
     const guest = parsed<Json>(t, run);
     t.equal(guest.id, 'web-1');
-    t.equal(guest.state, 'running');
+    t.equal(guest.state, 'GUEST_STATE_RUNNING', 'the Control v2 Guest, enum values by name');
+    t.equal(guest.role, 'GUEST_ROLE_NONE');
     t.equal(guest.memoryBytes, 64 * MiB, 'memory as a number of bytes');
-    t.match(guest.summary, /web/);
+    t.match(guest.sim, { profile: 'web' });
   });
 
   t.test('guests --json and capacity --json', async (t) => {
@@ -244,11 +283,12 @@ t.test('the CLI against two agents it started', async (t) => {
     const list = parsed<Json[]>(t, guests);
     t.same(
       list.map((g) => [g.id, g.state]),
-      [['web-1', 'running']],
+      [['web-1', 'GUEST_STATE_RUNNING']],
     );
     t.equal(capacity.code, 0, capacity.stderr);
     const c = parsed<Json>(t, capacity);
     t.equal(c.driver, 'sim');
+    t.same(c.methods, ['METHOD_CRTR', 'METHOD_PRECOPY', 'METHOD_POSTCOPY']);
     t.equal(c.memoryBytesTotal, 1024 * MiB, 'the --memory-mib the agent was started with');
     t.equal(c.memoryBytesReserved, 64 * MiB, 'the guest');
     t.equal(c.memoryBytesFree, 960 * MiB);
@@ -261,16 +301,20 @@ t.test('the CLI against two agents it started', async (t) => {
     t.equal(run.code, 0, `exit 0 (stderr: ${run.stderr})`);
     const job = parsed<JobDoc>(t, run);
     jobId = job.jobId;
-    const s = job.stats;
-    t.comment(`downtime ${Number(s.downtimeMs).toFixed(1)} ms, total ${Number(s.totalTimeMs).toFixed(0)} ms, ${s.transferredBytes} bytes`);
+    const s = job.source!;
+    t.comment(`downtime ${Number(s.downtimeMs).toFixed(1)} ms, total ${Number(s.totalTimeMs).toFixed(0)} ms, ${s.bytes.transferredBytes} bytes`);
     t.equal(job.guestId, 'web-1');
-    t.equal(job.targetAddress, target.address);
-    t.equal(s.status, 'completed', `status (error: ${String(s.error)})`);
-    t.equal(s.method, 'crtr');
+    t.equal(job.peerAddress, target.address);
+    t.equal(job.role, 'JOB_ROLE_SOURCE');
+    t.equal(job.state, 'JOB_STATE_SUCCEEDED', `state (error: ${String(job.errorMessage)})`);
+    t.equal(job.method, 'METHOD_CRTR');
+    t.equal(job.phase, 'PHASE_DONE');
     t.match(s.sourceDigest, /^[0-9a-f]{16}$/, 'source digest');
     t.equal(s.targetDigest, s.sourceDigest, 'target digest equals the source digest');
-    for (const key of ['downtimeMs', 'totalTimeMs', 'transferredBytes', 'memoryBytes', 'unitsReplayed', 'rounds']) t.type(s[key], 'number', `${key} is a number`);
-    t.ok(Number(s.downtimeMs) > 0 && Number(s.transferredBytes) > 0, 'downtime and data measured');
+    for (const key of ['downtimeMs', 'totalTimeMs', 'memoryBytes']) t.type(s[key], 'number', `${key} is a number`);
+    t.type(s.bytes.transferredBytes, 'number', 'transferredBytes is a number');
+    for (const key of ['unitsReplayed', 'stopRequests']) t.type(s.crtr?.[key], 'number', `crtr.${key} is a number`);
+    t.ok(Number(s.downtimeMs) > 0 && Number(s.bytes.transferredBytes) > 0, 'downtime and data measured');
     t.equal(s.memoryBytes, 64 * MiB);
     t.equal(run.stderr, '', 'nothing on stderr');
   });
@@ -278,9 +322,9 @@ t.test('the CLI against two agents it started', async (t) => {
   t.test('the guest moved', async (t) => {
     const onTarget = await runCli(on(target, 'guests', '--json'));
     t.same(
-      parsed<Json[]>(t, onTarget).map((g) => [g.id, g.state]),
-      [['web-1', 'running']],
-      'running on the target',
+      parsed<Json[]>(t, onTarget).map((g) => [g.id, g.state, g.role]),
+      [['web-1', 'GUEST_STATE_RUNNING', 'GUEST_ROLE_NONE']],
+      'running on the target, its migration over',
     );
     t.same(await sourceView.guests(), [], 'gone from the source');
   });
@@ -290,15 +334,15 @@ t.test('the CLI against two agents it started', async (t) => {
     t.equal(jobs.code, 0, jobs.stderr);
     const list = parsed<JobDoc[]>(t, jobs);
     t.same(
-      list.map((j) => [j.jobId, j.guestId, j.targetAddress, j.stats.method, j.stats.status]),
-      [[jobId, 'web-1', target.address, 'crtr', 'completed']],
+      list.map((j) => [j.jobId, j.guestId, j.role, j.peerAddress, j.method, j.state]),
+      [[jobId, 'web-1', 'JOB_ROLE_SOURCE', target.address, 'METHOD_CRTR', 'JOB_STATE_SUCCEEDED']],
     );
     t.type(list[0].startedAtMs, 'number');
     t.equal(job.code, 0, job.stderr);
     const one = parsed<JobDoc>(t, job);
     t.equal(one.jobId, jobId);
-    t.equal(one.stats.status, 'completed');
-    t.equal(one.stats.targetDigest, one.stats.sourceDigest);
+    t.equal(one.state, 'JOB_STATE_SUCCEEDED');
+    t.equal(one.source?.targetDigest, one.source?.sourceDigest);
     t.equal(agent.code, 0, agent.stderr);
     const summary = parsed<{ agent: string; health: string; capacity: Json; guests: Json[]; activeJobs: JobDoc[] }>(t, agent);
     t.equal(summary.agent, source.address);
@@ -308,11 +352,24 @@ t.test('the CLI against two agents it started', async (t) => {
     t.same(summary.activeJobs, [], 'the finished job is not active');
   });
 
+  t.test('the target lists the incoming job by the same id, and answers status JOB', async (t) => {
+    const [jobs, json, job] = await Promise.all([runCli(on(target, 'jobs')), runCli(on(target, 'jobs', '--json')), runCli(on(target, 'status', jobId))]);
+    t.equal(jobs.code, 0, jobs.stderr);
+    t.match(jobs.stdout, new RegExp(`^${jobId} +web-1 +incoming +this agent +crtr +completed +done +- +\\d`, 'm'));
+    t.same(
+      parsed<JobDoc[]>(t, json).map((j) => [j.jobId, j.role, j.state, j.peerAddress]),
+      [[jobId, 'JOB_ROLE_TARGET', 'JOB_STATE_SUCCEEDED', '']],
+    );
+    t.equal(job.code, 0, job.stderr);
+    t.match(job.stdout, /^role: +incoming$/m);
+    t.match(job.stdout, /^target\.activated: +true$/m, "the target's own figures");
+  });
+
   t.test('human output: a table of jobs, the summary of a migration', async (t) => {
     const jobs = await runCli(on(source, 'jobs'));
     t.equal(jobs.code, 0, jobs.stderr);
-    t.match(jobs.stdout, /^JOB +GUEST +TARGET +METHOD +STATUS +PHASE +DOWNTIME +STARTED\n/);
-    t.match(jobs.stdout, new RegExp(`${jobId} +web-1 +${target.address} +crtr +completed +done +\\d`));
+    t.match(jobs.stdout, /^JOB +GUEST +ROLE +TARGET +METHOD +STATUS +PHASE +DOWNTIME +STARTED\n/);
+    t.match(jobs.stdout, new RegExp(`${jobId} +web-1 +outgoing +${target.address} +crtr +completed +done +\\d`));
     // Back to the source, watched without --json: one line per phase (stdout is a pipe), a summary.
     const back = await runCli(on(target, 'migrate', 'web-1', '--to', source.address, '--policy', 'throttle'));
     t.equal(back.code, 0, back.stderr);
@@ -337,7 +394,7 @@ t.test('the CLI against two agents it started', async (t) => {
     t.equal(run.code, EXIT.failed, `exit 1 (stdout: ${run.stdout}; stderr: ${run.stderr})`);
     t.match(run.stderr, /cancelling job [0-9a-f-]+; waiting for it to end/);
     t.match(run.stdout, /\): cancelled\n/);
-    t.match(run.stdout, /error: +cancelled by request \(ABORTED\)/);
+    t.match(run.stdout, /error: +cancelled by request \(CANCELLED\)\n/, "the job's message and its error reason");
     t.match(run.stdout, /The guest 'idle-1' stays on the source/);
     t.same(await sourceView.guests(), ['idle-1:running']);
     t.same(await targetView.guests(), [], 'nothing left on the target');
@@ -348,13 +405,22 @@ t.test('the CLI against two agents it started', async (t) => {
     t.equal(started.code, 0, started.stderr);
     const { jobId } = parsed<{ jobId: string }>(t, started);
     t.match(jobId, /^[0-9a-f-]{36}$/);
+    // While it runs (1 Mbit/s: for minutes), both ends show the guest's role and the job.
+    t.ok(await targetView.arriving('idle-1'), 'the guest is arriving on the target');
+    const [outGuests, inGuests, inJobs] = await Promise.all([runCli(on(source, 'guests')), runCli(on(target, 'guests')), runCli(on(target, 'jobs'))]);
+    t.equal(outGuests.code, 0, outGuests.stderr);
+    t.match(outGuests.stdout, /^ID +STATE +ROLE +MEMORY +SUMMARY\n/);
+    t.match(outGuests.stdout, new RegExp(`^idle-1 +running +migrating-out ${jobId} +64\\.0 MiB +sim idle, 64 MiB`, 'm'));
+    t.equal(inGuests.code, 0, inGuests.stderr);
+    t.match(inGuests.stdout, new RegExp(`^idle-1 +(restoring|replica) +migrating-in ${jobId} +64\\.0 MiB`, 'm'));
+    t.match(inJobs.stdout, new RegExp(`^${jobId} +idle-1 +incoming +this agent +crtr +running +`, 'm'), 'the incoming job, by the same id');
     const cancel = await runCli(on(source, 'cancel', jobId, '--json'));
     t.equal(cancel.code, 0, cancel.stderr);
     const job = parsed<JobDoc>(t, cancel);
     t.equal(job.jobId, jobId);
-    t.match(job.stats.status, /^cancell(ing|ed)$/);
+    t.match(job.state, /^JOB_STATE_CANCELL(ING|ED)$/);
     // The agent ends the job on its own; follow it (bounded) until it says how it ended.
-    let status = String(job.stats.status);
+    let status = job.state === 'JOB_STATE_CANCELLED' ? 'cancelled' : 'cancelling';
     for (let i = 0; i < 100 && status === 'cancelling'; i++) {
       await new Promise((resolve) => setTimeout(resolve, 100));
       status = await sourceView.jobStatus(jobId);
@@ -416,16 +482,25 @@ function makeCertificates(dir: string, rogue: string): void {
 }
 
 t.test('a second Ctrl-C stops waiting for a job that does not end (exit 130)', async (t) => {
-  // A Control service whose job never ends: its watch stream stays open, CancelJob only records.
+  // A Control v2 service whose job never ends: its watch stream stays open, CancelJob only records.
   const cancelled: string[] = [];
-  const job = { jobId: 'job-1', guestId: 'g1', targetAddress: '127.0.0.1:7401', stats: { status: 'active', phase: 'checkpoint', method: 'crtr', memoryBytes: 64 * MiB } };
+  const job = {
+    jobId: 'job-1',
+    role: pb2.JobRole.JOB_ROLE_SOURCE,
+    guestId: 'g1',
+    peerAddress: '127.0.0.1:7401',
+    method: pb2.Method.METHOD_CRTR,
+    state: pb2.JobState.JOB_STATE_RUNNING,
+    phase: pb2.Phase.PHASE_CHECKPOINT,
+    source: { memoryBytes: 64 * MiB, crtr: {} },
+  };
   const address = await startServer(t, grpc.ServerCredentials.createInsecure(), (server) =>
-    server.addService(controlService, {
-      startMigration: (_call: unknown, callback: grpc.sendUnaryData<unknown>) => callback(null, pb.StartMigrationResponse.create({ jobId: 'job-1' })),
-      watchJob: (call: grpc.ServerWritableStream<unknown, unknown>) => call.write(pb.JobEvent.create({ kind: 'phase', message: 'checkpoint', job })),
-      cancelJob: (call: grpc.ServerUnaryCall<InstanceType<typeof pb.CancelJobRequest>, unknown>, callback: grpc.sendUnaryData<unknown>) => {
+    server.addService(controlServiceV2, {
+      startMigration: (_call: unknown, callback: grpc.sendUnaryData<unknown>) => callback(null, pb2.StartMigrationResponse.create({ jobId: 'job-1', job })),
+      watchJob: (call: grpc.ServerWritableStream<unknown, unknown>) => call.write(pb2.JobEvent.create({ sequence: 3, kind: pb2.JobEventKind.JOB_EVENT_KIND_SNAPSHOT, phase: job.phase, job })),
+      cancelJob: (call: grpc.ServerUnaryCall<InstanceType<typeof pb2.CancelJobRequest>, unknown>, callback: grpc.sendUnaryData<unknown>) => {
         cancelled.push(call.request.jobId);
-        callback(null, pb.CancelJobResponse.create({ job: { ...job, stats: { ...job.stats, status: 'cancelling' } } }));
+        callback(null, pb2.CancelJobResponse.create({ job: { ...job, state: pb2.JobState.JOB_STATE_CANCELLING } }));
       },
     }),
   );
