@@ -36,7 +36,11 @@ export const MEASURE = {
   postcopy: 'pages not yet on the target',
 } as const;
 
-const ACTIVE = new Set(['active', 'setup', 'stop-and-copy']);
+/** Samples of a job still moving memory: running and not yet at its commitment. */
+function moving(p: CurvePoint): boolean {
+  // 'setup', 'active' and 'stop-and-copy': the statuses of results.json files made before Control v2.
+  return (p.status === 'running' || p.status === 'setup' || p.status === 'active' || p.status === 'stop-and-copy') && p.phase !== 'commitment' && p.phase !== 'activation';
+}
 
 export function convergenceSeries(r: RunRecord): Series {
   const curve = r.curve;
@@ -46,7 +50,7 @@ export function convergenceSeries(r: RunRecord): Series {
   if (r.method === 'postcopy') {
     return { measure: MEASURE.postcopy, source: 'remainingBytes', points: curve.map((p) => ({ tS: p.tMs / 1000, value: p.remainingBytes / PAGE_BYTES })) };
   }
-  const agentReportsDirty = curve.some((p) => p.rounds >= 1 && ACTIVE.has(p.status) && p.remainingBytes > 0);
+  const agentReportsDirty = curve.some((p) => p.rounds >= 1 && moving(p) && p.remainingBytes > 0);
   if (agentReportsDirty) {
     return { measure: MEASURE.precopy, source: 'remainingBytes', points: curve.map((p) => ({ tS: p.tMs / 1000, value: p.remainingBytes / PAGE_BYTES })) };
   }
@@ -66,7 +70,7 @@ function reconstructPrecopy(curve: CurvePoint[]): SeriesPoint[] {
   };
   return curve.map((p) => {
     const tS = p.tMs / 1000;
-    if (p.status === 'completed' || p.status === 'failed' || p.status === 'cancelled' || p.status === 'committing') return { tS, value: 0 };
+    if (!moving(p)) return { tS, value: 0 };
     if (p.rounds === 0) return { tS, value: p.remainingBytes / PAGE_BYTES };
     return { tS, value: Math.max(0, endOfRound(p.rounds) - p.transferredBytes) / PAGE_BYTES };
   });

@@ -100,10 +100,12 @@ export function dataplaneSteps(o: Pick<DataplaneOptions, 'repeats' | 'linkCheck'
 }
 
 function figures(r: RunRecord, raw: RawTcpResult): AgentDataplaneFigures {
-  const s = r.stats;
+  // The job at the end as Control v2 showed it (bench/run.ts): the checkpoint stream's bytes on the
+  // wire, and the guest memory it covered (checkpointPercent of memoryBytes).
+  const s = (r.stats.source ?? {}) as { checkpointPercent?: number; memoryBytes?: number; bytes?: { checkpoint?: { wireBytes?: number } } };
   const phaseMs = r.checkpointPhaseMs ?? NaN;
-  const wire = Number(s.checkpointWireBytes ?? NaN);
-  const covered = Number(s.checkpointMemoryBytesCovered ?? NaN);
+  const wire = Number(s.bytes?.checkpoint?.wireBytes ?? NaN);
+  const covered = Math.round(((s.checkpointPercent ?? NaN) * Number(s.memoryBytes ?? NaN)) / 100);
   const wireRate = wire / (phaseMs / 1000);
   const memoryRate = covered / (phaseMs / 1000);
   return {

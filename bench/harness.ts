@@ -25,7 +25,8 @@ import { parseArgs } from 'node:util';
 import cliProgress from 'cli-progress';
 import { type AgentProcess, startAgentProcess, stopAgentProcess } from '../cli/agent-process.js';
 import { PROFILE_NAMES } from '../shared/driver/sim/profiles.js';
-import { controlService, grpc, makeClient, pb, unary } from '../shared/transport/grpc.js';
+import { jobEnded, methodValue, policyValue } from '../cli/views.js';
+import { controlServiceV2, grpc, makeClient, pb2, unary } from '../shared/transport/grpc.js';
 import { LINK_PROFILE_NAMES, LINK_PROFILES, type LinkProfileName } from '../shared/transport/link.js';
 import { type DataplaneResult, dataplaneSteps, runDataplane } from './dataplane.js';
 import { GIB_BYTES, MIB_BYTES } from './format.js';
@@ -190,24 +191,24 @@ async function probeMethods(methods: Method[]): Promise<Map<Method, string>> {
   try {
     const [source, target] = await Promise.all([startAgentProcess('source', AGENT_ARGS), startAgentProcess('target', AGENT_ARGS)]);
     agents.push(source, target);
-    const c = makeClient(controlService, 'Control', source.address, grpc.credentials.createInsecure());
+    const c = makeClient(controlServiceV2, 'Control', source.address, grpc.credentials.createInsecure());
     try {
       for (const method of toProbe) {
         const id = `probe-${method}`;
-        await unary(c, controlService.startGuest, pb.StartGuestRequest.create({ id, profile: 'idle', memoryBytes: 64 * MIB_BYTES }), 60_000, 'probe guest');
+        await unary(c, controlServiceV2.startGuest, pb2.StartGuestRequest.create({ id, profile: 'idle', memoryBytes: 64 * MIB_BYTES }), 60_000, 'probe guest');
         try {
           const { jobId } = await unary(
             c,
-            controlService.startMigration,
-            pb.StartMigrationRequest.create({ guestId: id, targetAddress: target.address, method, nonConvergencePolicy: 'force', maxDurationMs: 60_000 }),
+            controlServiceV2.startMigration,
+            pb2.StartMigrationRequest.create({ guestId: id, targetAddress: target.address, method: methodValue(method), nonConvergencePolicy: policyValue('force'), maxDurationMs: 60_000 }),
             10_000,
             'probe',
           );
           // Cancel it (post-copy cannot be cancelled once the guest switched: then let it end).
-          await unary(c, controlService.cancelJob, pb.CancelJobRequest.create({ jobId }), 10_000, 'probe cancel').catch(() => undefined);
+          await unary(c, controlServiceV2.cancelJob, pb2.CancelJobRequest.create({ jobId }), 10_000, 'probe cancel').catch(() => undefined);
           for (let i = 0; i < 300; i++) {
-            const job = await unary(c, controlService.getJob, pb.GetJobRequest.create({ jobId }), 10_000, 'probe job');
-            if (['completed', 'failed', 'cancelled'].includes(job.stats?.status ?? '')) break;
+            const job = await unary(c, controlServiceV2.getJob, pb2.GetJobRequest.create({ jobId }), 10_000, 'probe job');
+            if (jobEnded(job)) break;
             await sleep(100);
           }
         } catch (error) {
@@ -378,7 +379,8 @@ async function writeOutputs(out: string, x: Outputs): Promise<ReportMeta> {
   const { options: o, runs, dataplane, methods } = x;
   const plots = await writePlots(out, runs);
   const notes: string[] = [];
-  const reconstructed = runs.some((r) => r.method === 'precopy' && r.curve.some((p) => p.rounds >= 1) && !r.curve.some((p) => p.rounds >= 1 && p.status === 'active' && p.remainingBytes > 0));
+  // As bench/curve.ts decided for each run (curveSource).
+  const reconstructed = runs.some((r) => r.method === 'precopy' && r.curveSource === 'reconstructed');
   if (reconstructed) {
     notes.push(
       "Pre-copy convergence curves after round 0 are reconstructed from the samples' transferred bytes (bench/curve.ts): the source agent's GetJob reports remainingBytes = checkpoint not yet covered + unsent log, which is 0 for pre-copy once round 0 is done, not the dirty set.",

@@ -31,8 +31,13 @@ export interface RunSpec {
 /** One GetJob sample. `tMs` is harness time since StartMigration was sent. */
 export interface CurvePoint {
   tMs: number;
+  /**
+   * The job's state: running, cancelling, completed, failed or cancelled (results.json files made
+   * before Control v2 have the old statuses here: setup, active, stop-and-copy, committing, ...).
+   */
   status: string;
   phase: string;
+  /** CR/TR: wait-and-ack rounds (stop requests answered); pre-copy: rounds done; post-copy: 0. */
   rounds: number;
   remainingUnits: number;
   remainingBytes: number;
@@ -48,11 +53,11 @@ export interface CurvePoint {
 }
 
 export interface LowerBound {
-  /** stopLogBytesUnsent / link bandwidth (0 on an unshaped link). */
+  /** crtr.stopLogWireBytes / link bandwidth (0 on an unshaped link). */
   logTransferMs: number;
   /** The link's nominal round trip. */
   rttMs: number;
-  /** stopUnitsToReplay × unitMs / replayRate. */
+  /** crtr.stopUnitsToReplay × the guest's unitMs / crtr.replayRate. */
   replayMs: number;
   boundMs: number;
 }
@@ -96,7 +101,7 @@ export interface RunRecord {
   /** Wall time of the whole run (agents up to agents down). */
   wallMs: number;
   bootMs: number;
-  /** Every MigrationStats field at the end. */
+  /** The job at the end, as Control v2 shows it (GetJob; enum values by name, cli/views.ts messageJson). */
   stats: Record<string, unknown>;
   curve: CurvePoint[];
   /** What `curve[].remaining` counts, and where it comes from (bench/curve.ts). */

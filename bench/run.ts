@@ -1,19 +1,19 @@
 // One benchmark run of the harness: fresh source and target agent processes, a link emulator
-// between them, a guest booted on the source, one migration driven through the Control API and
+// between them, a guest booted on the source, one migration driven through the Control API v2 and
 // sampled with GetJob (the convergence curve) while a WatchJob stream timestamps the phases; then
-// everything is stopped. Used by the matrix (harness.ts) and the data-plane benchmark.
+// everything is stopped. Used by the matrix (harness.ts) and the data-plane benchmark. The record
+// keeps the figures and names it always had, read from the v2 job (figuresOf below).
 
 import type { ChildProcess } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { type AgentProcess, startAgentProcess, stopAgentProcess } from '../cli/agent-process.js';
-import { controlService, grpc, makeClient, pb, unary } from '../shared/transport/grpc.js';
+import { jobEnded, type JobMessage, jobStateWord, messageJson, methodValue, phaseWord, policyValue } from '../cli/views.js';
+import { controlServiceV2, grpc, makeClient, pb2, unary } from '../shared/transport/grpc.js';
 import { LINK_PROFILES } from '../shared/transport/link.js';
 import { convergenceSeries } from './curve.js';
 import { type LinkHandle, startLinkInProcess, startLinkProcess } from './link-process.js';
 import type { LinkName, LowerBound, ProcessCost, RunRecord, RunSpec } from './run-record.js';
-
-const TERMINAL = new Set(['completed', 'failed', 'cancelled']);
 
 /** Reads /proc/<pid>/stat; null when that is not possible (not Linux, process gone). */
 export function processCost(pid: number): ProcessCost | null {
@@ -46,31 +46,64 @@ export function killLiveChildren(): void {
 
 export class MethodUnavailableError extends Error {}
 
-type Control = ReturnType<typeof makeClient<typeof controlService>>;
+type Control = ReturnType<typeof makeClient<typeof controlServiceV2>>;
 
-function num(v: unknown): number {
-  return typeof v === 'number' ? v : Number(v ?? 0);
+/** The figures of a run read from a v2 job (the source's view), under the record's names. */
+export interface JobFigures {
+  status: string;
+  phase: string;
+  downtimeMs: number;
+  totalTimeMs: number;
+  transferredBytes: number;
+  remainingBytes: number;
+  /** Guest memory the checkpoint (pre-copy: round 0; post-copy: the pushed pages) covered. */
+  checkpointMemoryBytesCovered: number;
+  /** CR/TR: stop requests answered (wait-and-ack rounds); pre-copy: rounds; post-copy: 0. */
+  rounds: number;
+  remainingUnits: number;
+  unitsRecorded: number;
+  unitsReplayed: number;
+  forced: boolean;
+  digestsMatch: boolean;
+  /** CR/TR's lower-bound terms at the suspend. */
+  stopLogWireBytes: number;
+  stopUnitsToReplay: number;
+  replayRate: number;
 }
 
-type Stats = InstanceType<typeof pb.MigrationStats>;
-
-/** Every field, defaults included (the generated classes keep defaults on the prototype). */
-function statsObject(s: Stats): Record<string, unknown> {
-  const out: Record<string, unknown> = {};
-  for (const key in s) {
-    const value = (s as unknown as Record<string, unknown>)[key];
-    if (typeof value !== 'function') out[key] = value;
-  }
-  return out;
+export function figuresOf(job: JobMessage): JobFigures {
+  const s = job.source ?? {};
+  const crtr = s.crtr ?? {};
+  const memoryBytes = Number(s.memoryBytes ?? 0);
+  // checkpointPercent is covered / memory × 100 as a double: rounding gives the bytes back.
+  const covered = Math.round(((s.checkpointPercent ?? 0) * memoryBytes) / 100);
+  return {
+    status: jobStateWord(job.state),
+    phase: phaseWord(job.phase),
+    downtimeMs: s.downtimeMs ?? 0,
+    totalTimeMs: s.totalTimeMs ?? 0,
+    transferredBytes: Number(s.bytes?.transferredBytes ?? 0),
+    remainingBytes: Number(s.remainingBytes ?? 0),
+    checkpointMemoryBytesCovered: covered,
+    rounds: s.precopy ? (s.precopy.rounds ?? 0) : (crtr.stopRequests ?? 0),
+    remainingUnits: crtr.remainingUnits ?? 0,
+    unitsRecorded: crtr.unitsRecorded ?? 0,
+    unitsReplayed: crtr.unitsReplayed ?? 0,
+    forced: crtr.forced ?? false,
+    digestsMatch: (s.sourceDigest ?? '') !== '' && s.sourceDigest === s.targetDigest,
+    stopLogWireBytes: Number(crtr.stopLogWireBytes ?? 0),
+    stopUnitsToReplay: crtr.stopUnitsToReplay ?? 0,
+    replayRate: crtr.replayRate ?? 0,
+  };
 }
 
-export function lowerBoundOf(stats: Record<string, unknown>, link: LinkName): LowerBound {
+/** The lower bound on CR/TR's downtime from its figures at the suspend and the guest's unit length. */
+export function lowerBoundOf(f: Pick<JobFigures, 'stopLogWireBytes' | 'stopUnitsToReplay' | 'replayRate'>, unitMs: number, link: LinkName): LowerBound {
   const profile = link === 'direct' ? LINK_PROFILES.loopback : LINK_PROFILES[link];
   const bw = profile.bandwidthBytesPerSec;
-  const logTransferMs = bw > 0 && bw !== Infinity ? (num(stats.stopLogBytesUnsent) / bw) * 1000 : 0;
+  const logTransferMs = bw > 0 && bw !== Infinity ? (f.stopLogWireBytes / bw) * 1000 : 0;
   const rttMs = profile.rttMs;
-  const replayRate = num(stats.replayRate);
-  const replayMs = replayRate > 0 ? (num(stats.stopUnitsToReplay) * num(stats.unitMs)) / replayRate : 0;
+  const replayMs = f.replayRate > 0 ? (f.stopUnitsToReplay * unitMs) / f.replayRate : 0;
   return { logTransferMs, rttMs, replayMs, boundMs: logTransferMs + rttMs + replayMs };
 }
 
@@ -153,16 +186,17 @@ export async function runOne(spec: RunSpec): Promise<RunRecord> {
     link = await startLink(spec, target.address);
     if (link?.child) liveChildren.add(link.child);
     const targetAddress = link?.address ?? target.address;
-    control = makeClient(controlService, 'Control', source.address, grpc.credentials.createInsecure());
+    control = makeClient(controlServiceV2, 'Control', source.address, grpc.credentials.createInsecure());
     const c = control;
     const bootStart = performance.now();
-    await unary(
+    const { guest } = await unary(
       c,
-      controlService.startGuest,
-      pb.StartGuestRequest.create({ id: 'bench-guest', profile: spec.profile, memoryBytes: spec.memoryBytes, environmentSeed: spec.seed }),
+      controlServiceV2.startGuest,
+      pb2.StartGuestRequest.create({ id: 'bench-guest', profile: spec.profile, memoryBytes: spec.memoryBytes, environmentSeed: spec.seed }),
       300_000,
       'starting the guest',
     );
+    const unitMs = guest?.unitMs ?? 0;
     record.bootMs = performance.now() - bootStart;
     await sleep(spec.warmupMs);
 
@@ -171,13 +205,13 @@ export async function runOne(spec: RunSpec): Promise<RunRecord> {
     try {
       ({ jobId } = await unary(
         c,
-        controlService.startMigration,
-        pb.StartMigrationRequest.create({
+        controlServiceV2.startMigration,
+        pb2.StartMigrationRequest.create({
           guestId: 'bench-guest',
           targetAddress,
-          method: spec.method,
+          method: methodValue(spec.method),
           downtimeLimitMs: spec.downtimeLimitMs,
-          nonConvergencePolicy: spec.policy,
+          nonConvergencePolicy: policyValue(spec.policy),
           maxDurationMs: spec.maxDurationMs,
           disableCompression: spec.disableCompression,
         }),
@@ -193,58 +227,60 @@ export async function runOne(spec: RunSpec): Promise<RunRecord> {
       throw error;
     }
 
-    // Phase timestamps from a WatchJob stream (events are pushed as phases change).
+    // Phase timestamps from a WatchJob stream (events are pushed as phases change): the phases
+    // entered after the snapshot, and `done` at the end event.
     const watch = c.makeServerStreamRequest(
-      controlService.watchJob.path,
-      controlService.watchJob.requestSerialize,
-      controlService.watchJob.responseDeserialize,
-      pb.WatchJobRequest.create({ jobId, intervalMs: 1000 }),
-    ) as grpc.ClientReadableStream<InstanceType<typeof pb.JobEvent>>;
+      controlServiceV2.watchJob.path,
+      controlServiceV2.watchJob.requestSerialize,
+      controlServiceV2.watchJob.responseDeserialize,
+      pb2.WatchJobRequest.create({ jobId, intervalMs: 1000 }),
+    ) as grpc.ClientReadableStream<InstanceType<typeof pb2.JobEvent>>;
     const costAt: Record<string, { source: ProcessCost | null; target: ProcessCost | null }> = {};
-    watch.on('data', (event: InstanceType<typeof pb.JobEvent>) => {
-      if (event.kind !== 'phase') return;
-      record.phases.push({ phase: event.message, tMs: performance.now() - t0 });
-      if (event.message === 'checkpoint' || event.message === 'log-transfer') costAt[event.message] = { source: processCost(source.pid), target: processCost(target.pid) };
+    const { JobEventKind } = pb2;
+    watch.on('data', (event: InstanceType<typeof pb2.JobEvent>) => {
+      if (event.kind !== JobEventKind.JOB_EVENT_KIND_PHASE && event.kind !== JobEventKind.JOB_EVENT_KIND_END) return;
+      const phase = event.kind === JobEventKind.JOB_EVENT_KIND_END ? 'done' : phaseWord(event.phase);
+      record.phases.push({ phase, tMs: performance.now() - t0 });
+      if (phase === 'checkpoint' || phase === 'log-transfer') costAt[phase] = { source: processCost(source.pid), target: processCost(target.pid) };
     });
     watch.on('error', () => undefined);
 
     // The curve: GetJob every sampleMs until the job ends (bounded: max duration plus a minute).
     const hardStopMs = spec.maxDurationMs + 60_000;
-    let last: Stats | null = null;
+    let last: JobMessage;
     for (;;) {
       await sleep(spec.sampleMs);
-      const job = await unary(c, controlService.getJob, pb.GetJobRequest.create({ jobId }), 10_000, 'sampling the job');
-      const s = job.stats as Stats;
-      last = s;
+      last = await unary(c, controlServiceV2.getJob, pb2.GetJobRequest.create({ jobId }), 10_000, 'sampling the job');
+      const f = figuresOf(last);
       record.curve.push({
         tMs: Math.round(performance.now() - t0),
-        status: s.status,
-        phase: s.phase,
-        rounds: s.rounds,
-        remainingUnits: s.remainingUnits,
-        remainingBytes: num(s.remainingBytes),
-        transferredBytes: num(s.transferredBytes),
-        checkpointMemoryBytesCovered: num(s.checkpointMemoryBytesCovered),
-        unitsRecorded: s.unitsRecorded,
-        unitsReplayed: s.unitsReplayed,
+        status: f.status,
+        phase: f.phase,
+        rounds: f.rounds,
+        remainingUnits: f.remainingUnits,
+        remainingBytes: f.remainingBytes,
+        transferredBytes: f.transferredBytes,
+        checkpointMemoryBytesCovered: f.checkpointMemoryBytesCovered,
+        unitsRecorded: f.unitsRecorded,
+        unitsReplayed: f.unitsReplayed,
       });
-      if (TERMINAL.has(s.status)) break;
+      if (jobEnded(last)) break;
       if (performance.now() - t0 > hardStopMs) {
-        await unary(c, controlService.cancelJob, pb.CancelJobRequest.create({ jobId }), 10_000, 'cancelling').catch(() => undefined);
+        await unary(c, controlServiceV2.cancelJob, pb2.CancelJobRequest.create({ jobId }), 10_000, 'cancelling').catch(() => undefined);
         throw new Error(`the job did not end within ${hardStopMs} ms`);
       }
     }
     watch.cancel();
-    const stats = statsObject(last);
-    record.stats = stats;
-    record.status = last.status;
-    record.error = last.error;
-    record.downtimeMs = last.downtimeMs;
-    record.totalTimeMs = last.totalTimeMs;
-    record.transferredBytes = num(last.transferredBytes);
-    record.rounds = last.rounds;
-    record.forced = last.forced;
-    record.digestsMatch = last.sourceDigest !== '' && last.sourceDigest === last.targetDigest;
+    const final = figuresOf(last);
+    record.stats = messageJson(last);
+    record.status = final.status;
+    record.error = last.errorMessage ?? '';
+    record.downtimeMs = final.downtimeMs;
+    record.totalTimeMs = final.totalTimeMs;
+    record.transferredBytes = final.transferredBytes;
+    record.rounds = final.rounds;
+    record.forced = final.forced;
+    record.digestsMatch = final.digestsMatch;
     record.checkpointPhaseMs = checkpointPhaseMs(record);
     if (costAt.checkpoint && costAt['log-transfer']) {
       const sourceCost = costBetween(costAt.checkpoint.source, costAt['log-transfer'].source);
@@ -255,11 +291,11 @@ export async function runOne(spec: RunSpec): Promise<RunRecord> {
     record.curveMeasure = series.measure;
     record.curveSource = series.source;
     series.points.forEach((p, i) => (record.curve[i].remaining = Math.round(p.value)));
-    if (spec.method === 'crtr' && last.status === 'completed') {
-      const lb = lowerBoundOf(stats, spec.link);
+    if (spec.method === 'crtr' && final.status === 'completed') {
+      const lb = lowerBoundOf(final, unitMs, spec.link);
       record.lowerBound = lb;
       record.downtimeLowerBoundMs = lb.boundMs;
-      record.downtimeOverBound = lb.boundMs > 0 ? last.downtimeMs / lb.boundMs : null;
+      record.downtimeOverBound = lb.boundMs > 0 ? final.downtimeMs / lb.boundMs : null;
     }
   } catch (error) {
     if (unavailable !== null) throw unavailable;
