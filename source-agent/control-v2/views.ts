@@ -107,6 +107,7 @@ function crtrStats(s: MigrationStats): InstanceType<typeof pb2.CrtrStats> {
     stallMs: Math.round(s.stallMs),
     throttle: s.throttle,
     forced: s.forced,
+    unitMs: s.unitMs,
   });
 }
 
