@@ -171,3 +171,29 @@ t.test('a failed migration as both ends show it: the reason on the source, the e
   const guests = await unary(dst, controlServiceV2.listGuests, pb2.ListGuestsRequest.create(), 10_000, 'guests');
   t.same(guests.guests.map((g) => g.id), [], 'no replica left on the target');
 });
+
+t.test('0 means the default; a forced downtime over the limit is flagged on a successful job', async (t) => {
+  const source = await startTestAgent(t);
+  const target = await startTestAgent(t);
+  const src = v2(t, source);
+  const { guest } = await unary(src, controlServiceV2.startGuest, pb2.StartGuestRequest.create({ id: 'vm-defaults' }), 30_000, 'start guest');
+  t.equal(Number(guest?.memoryBytes), 512 * 2 ** 20, 'memory 0: 512 MiB');
+  t.equal(guest?.sim?.profile, 'idle', 'profile empty: idle');
+  t.equal(guest?.unitMs, 10, "unit 0: the agent's default");
+  await unary(src, controlServiceV2.stopGuest, pb2.StopGuestRequest.create({ id: 'vm-defaults' }), 10_000, 'stop');
+  await unary(src, controlServiceV2.startGuest, pb2.StartGuestRequest.create({ id: 'vm-tight', memoryBytes: GUEST_BYTES, profile: 'web' }), 30_000, 'start guest');
+  // A 1 ms limit no switchover can meet: the force policy stops and copies anyway, and says so.
+  const { jobId } = await unary(
+    src,
+    controlServiceV2.startMigration,
+    pb2.StartMigrationRequest.create({ guestId: 'vm-tight', targetAddress: target.address, downtimeLimitMs: 1, nonConvergencePolicy: NonConvergencePolicy.NON_CONVERGENCE_POLICY_FORCE }),
+    10_000,
+    'start migration',
+  );
+  const events = await watch(src, jobId);
+  const job = events[events.length - 1].job!;
+  t.equal(job.state, JobState.JOB_STATE_SUCCEEDED, job.errorMessage ?? '');
+  t.ok((job.source?.downtimeMs ?? 0) > 1, `downtime ${job.source?.downtimeMs} ms`);
+  t.equal(job.source?.downtimeLimitExceeded, true);
+  t.equal(job.errorReason, pb2.ErrorReason.DOWNTIME_LIMIT_EXCEEDED, 'the reason says the limit was exceeded');
+});
