@@ -61,8 +61,8 @@ export interface TransferChannel {
    * it, before any commit: its activation is expected from here on.
    */
   markPointOfNoReturn(): void;
-  /** Tells the target to drop its replica, then closes. */
-  abort(reason: string): void;
+  /** Tells the target to drop its replica (`cancelled`: by request, not a failure), then closes. */
+  abort(reason: string, cancelled?: boolean): void;
   /** Ends the stream; nothing more is written. */
   close(): void;
 }
@@ -141,10 +141,10 @@ export class GrpcTransferChannel extends FailableWaits implements TransferChanne
     this.pointOfNoReturnPassed = true;
   }
 
-  abort(reason: string): void {
+  abort(reason: string, cancelled = false): void {
     if (this.closed) return;
     try {
-      this.send({ abort: { reason } });
+      this.send({ abort: { reason, cancelled } });
     } catch {
       // The stream is already gone; the target discards on its own.
     }

@@ -120,8 +120,8 @@ export class FaultyChannel implements TransferChannel {
   notify(): void {
     this.inner.notify();
   }
-  abort(reason: string): void {
-    this.inner.abort(reason);
+  abort(reason: string, cancelled?: boolean): void {
+    this.inner.abort(reason, cancelled);
   }
   close(): void {
     this.inner.close();

@@ -296,7 +296,7 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
     }
     // Abort before the commit: the target drops its replica, the guest runs here.
     this.refreshStats();
-    if (this.channel !== null) this.channel.abort(e.message);
+    if (this.channel !== null) this.channel.abort(e.message, cancelled);
     else if (this.reservationId !== '') {
       await this.peer.release(this.reservationId, e.message).catch((releaseError: unknown) => this.log.warn({ err: String(releaseError) }, 'could not release the reservation (it expires on its own)'));
     }

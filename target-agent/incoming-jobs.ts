@@ -16,6 +16,8 @@ export interface TransferView {
   readonly phase: TransferPhase;
   readonly method: MigrationMethod | null;
   readonly counters: ProgressCounters;
+  /** The source cancelled the migration. */
+  readonly cancelled?: boolean;
 }
 
 /** An incoming migration on this agent. */
@@ -27,7 +29,7 @@ export interface IncomingJob {
   readonly method: MigrationMethod | null;
   readonly phase: MigrationPhase;
   readonly phasesPassed: readonly MigrationPhase[];
-  readonly state: 'running' | 'succeeded' | 'failed';
+  readonly state: 'running' | 'succeeded' | 'failed' | 'cancelled';
   readonly error: string;
   readonly startedAtMs: number;
   readonly endedAtMs: number;
@@ -143,7 +145,7 @@ export class IncomingJobs {
       method: view.method ?? entry.reservation.method,
       phase: over ? 'done' : migrationPhaseOf(view.phase, view.method),
       phasesPassed: [...entry.phasesPassed],
-      state: !over ? 'running' : ok ? 'succeeded' : 'failed',
+      state: !over ? 'running' : ok ? 'succeeded' : view.cancelled === true ? 'cancelled' : 'failed',
       error: entry.error,
       startedAtMs: entry.startedAtMs,
       endedAtMs: entry.endedAtMs,

@@ -75,6 +75,8 @@ const DESCRIBE: { [K in StreamMessageKind]: (message: StreamMessages[K]) => stri
 export class TargetSession {
   private currentPhase: TransferPhase = 'open';
   private endReason = '';
+  /** The source ended the transfer by cancelling the migration (not a failure). */
+  private cancelledBySource = false;
   private reservation: Reservation | null = null;
   /** Set at Open, once the replica proved it has what the method needs. */
   private transfer: OpenTransfer | null = null;
@@ -107,7 +109,7 @@ export class TargetSession {
 
   /** This transfer as the Control API shows it (an incoming job). */
   view(): TransferView {
-    return { phase: this.phase, method: this.transfer?.method.name ?? null, counters: this.counters() };
+    return { phase: this.phase, method: this.transfer?.method.name ?? null, counters: this.counters(), cancelled: this.cancelledBySource };
   }
 
   /** Why it ended, once ended before the commit. */
@@ -154,7 +156,8 @@ export class TargetSession {
         case 'commit':
           return this.onCommit(message.commit as InstanceType<typeof pb.Commit>);
         case 'abort':
-          return this.end(`aborted by the source: ${message.abort?.reason ?? ''}`);
+          this.cancelledBySource = message.abort?.cancelled ?? false;
+          return this.end(`${this.cancelledBySource ? 'cancelled' : 'aborted'} by the source: ${message.abort?.reason ?? ''}`);
         case 'ping':
           return this.send({ pong: { sentMs: message.ping?.sentMs ?? 0 } });
         default:

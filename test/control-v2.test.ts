@@ -197,3 +197,29 @@ t.test('0 means the default; a forced downtime over the limit is flagged on a su
   t.equal(job.source?.downtimeLimitExceeded, true);
   t.equal(job.errorReason, pb2.ErrorReason.DOWNTIME_LIMIT_EXCEEDED, 'the reason says the limit was exceeded');
 });
+
+t.test('a cancelled migration is cancelled on both ends', async (t) => {
+  const source = await startTestAgent(t);
+  const target = await startTestAgent(t);
+  const src = v2(t, source);
+  const dst = v2(t, target);
+  await unary(src, controlServiceV2.startGuest, pb2.StartGuestRequest.create({ id: 'vm-cancel', memoryBytes: GUEST_BYTES, profile: 'web' }), 30_000, 'start guest');
+  // 4 MB/s: the 64 MiB checkpoint takes long enough to cancel it part-way.
+  const { jobId } = await unary(src, controlServiceV2.startMigration, pb2.StartMigrationRequest.create({ guestId: 'vm-cancel', targetAddress: target.address, maxBandwidthBytesPerSec: 4_000_000 }), 10_000, 'start');
+  let cancelled = false;
+  const events = await watch(src, jobId, 0, (e) => {
+    if (!cancelled && e.phase === Phase.PHASE_CHECKPOINT) {
+      cancelled = true;
+      void unary(src, controlServiceV2.cancelJob, pb2.CancelJobRequest.create({ jobId }), 10_000, 'cancel');
+    }
+  });
+  t.ok(cancelled, 'cancelled during the checkpoint');
+  t.equal(events[events.length - 1].job?.state, JobState.JOB_STATE_CANCELLED);
+  t.equal(events[events.length - 1].job?.errorReason, pb2.ErrorReason.CANCELLED);
+  await sleep(100);
+  const onTarget = await unary(dst, controlServiceV2.getJob, pb2.GetJobRequest.create({ jobId }), 10_000, 'target job');
+  t.equal(onTarget.state, JobState.JOB_STATE_CANCELLED, 'the target says cancelled, not failed');
+  t.match(onTarget.errorMessage, /^cancelled by the source: cancelled by request$/);
+  const incoming = await unary(dst, controlServiceV2.cancelJob, pb2.CancelJobRequest.create({ jobId }), 10_000, 'cancel on target').catch((e: { code: string; message: string }) => e);
+  t.match((incoming as { message: string }).message, /is incoming here; cancel it on its source agent/);
+});

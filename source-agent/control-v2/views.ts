@@ -23,7 +23,7 @@ export interface IncomingJobView {
   readonly method: MigrationMethod | null;
   readonly phase: MigrationPhase;
   readonly phasesPassed: readonly MigrationPhase[];
-  readonly state: 'running' | 'succeeded' | 'failed';
+  readonly state: 'running' | 'succeeded' | 'failed' | 'cancelled';
   readonly error: string;
   readonly startedAtMs: number;
   readonly endedAtMs: number;
@@ -122,7 +122,12 @@ function transferBytes(streams: Record<StreamName, StreamBytes> | undefined, tra
 /** An incoming job as Control v2 shows it on the target. */
 export function incomingJobMessage(job: IncomingJobView): Job {
   const c = job.counters;
-  const state = job.state === 'running' ? pb2.JobState.JOB_STATE_RUNNING : job.state === 'succeeded' ? pb2.JobState.JOB_STATE_SUCCEEDED : pb2.JobState.JOB_STATE_FAILED;
+  const state = {
+    running: pb2.JobState.JOB_STATE_RUNNING,
+    succeeded: pb2.JobState.JOB_STATE_SUCCEEDED,
+    failed: pb2.JobState.JOB_STATE_FAILED,
+    cancelled: pb2.JobState.JOB_STATE_CANCELLED,
+  }[job.state];
   return pb2.Job.create({
     jobId: job.jobId,
     role: pb2.JobRole.JOB_ROLE_TARGET,

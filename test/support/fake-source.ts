@@ -87,7 +87,7 @@ export class FakeChannel extends FailableWaits implements TransferChannel {
     this.pointOfNoReturn = true;
   }
 
-  abort(reason: string): void {
+  abort(reason: string, _cancelled?: boolean): void {
     this.abortReason = reason;
     this.close();
   }
