@@ -3,6 +3,9 @@
 // is over. Each keeps the phases it passed, as the session reports them.
 
 import type { Clock } from '../shared/clock.js';
+import type { IncomingJob } from '../shared/incoming-job.js';
+
+export type { IncomingJob } from '../shared/incoming-job.js';
 import type { MigrationMethod, MigrationPhase } from '../shared/stats.js';
 import type { ProgressCounters } from './feedback.js';
 import type { TransferPhase } from './receivers/context.js';
@@ -18,24 +21,6 @@ export interface TransferView {
   readonly counters: ProgressCounters;
   /** The source cancelled the migration. */
   readonly cancelled?: boolean;
-}
-
-/** An incoming migration on this agent. */
-export interface IncomingJob {
-  readonly jobId: string;
-  readonly guestId: string;
-  readonly reservationId: string;
-  readonly reservedMemoryBytes: number;
-  readonly method: MigrationMethod | null;
-  readonly phase: MigrationPhase;
-  readonly phasesPassed: readonly MigrationPhase[];
-  readonly state: 'running' | 'succeeded' | 'failed' | 'cancelled';
-  readonly error: string;
-  readonly startedAtMs: number;
-  readonly endedAtMs: number;
-  readonly committed: boolean;
-  readonly activated: boolean;
-  readonly counters: ProgressCounters;
 }
 
 interface Entry {

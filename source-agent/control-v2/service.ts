@@ -13,7 +13,8 @@ import { hostOf } from '../../shared/transport/tls.js';
 import type { ControlService } from '../control-service.js';
 import { METHOD_NAMES, createMethod } from '../methods/registry.js';
 import { methodName, policyName } from './enums.js';
-import { capacityMessage, guestMessage, type GuestRoleOf, type IncomingJobView, incomingJobMessage, sourceJobMessage } from './views.js';
+import { capacityMessage, guestMessage, type GuestRoleOf, incomingJobMessage, sourceJobMessage } from './views.js';
+import type { IncomingJob } from '../../shared/incoming-job.js';
 import { watchIncomingJob, watchSourceJob } from './watch.js';
 
 /** Memory of a StartGuest that asks for 0. */
@@ -25,9 +26,9 @@ const WATCH_INTERVAL_MS_MAX = 60_000;
 
 /** The incoming migrations the target side keeps (target-agent/incoming-jobs.ts). */
 export interface IncomingJobs {
-  get(jobId: string): IncomingJobView | undefined;
-  list(): IncomingJobView[];
-  activeFor(guestId: string): IncomingJobView | undefined;
+  get(jobId: string): IncomingJob | undefined;
+  list(): IncomingJob[];
+  activeFor(guestId: string): IncomingJob | undefined;
 }
 
 export interface ControlV2Options {

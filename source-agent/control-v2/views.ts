@@ -3,9 +3,10 @@
 // the host's capacity.
 
 import type { GuestDescription, HostCapacity } from '../../shared/driver/types.js';
+import type { IncomingJob } from '../../shared/incoming-job.js';
 import { PAGE_BYTES } from '../../shared/driver/types.js';
 import { AGENT_VERSION, PROTOCOL_VERSION } from '../../shared/protocol.js';
-import type { MigrationMethod, MigrationPhase, MigrationStats } from '../../shared/stats.js';
+import type { MigrationMethod, MigrationStats } from '../../shared/stats.js';
 import { pb2, STREAM_NAMES, type StreamBytes, type StreamName } from '../../shared/transport/grpc.js';
 import type { JobHistory } from '../job-history.js';
 import { isMethodName } from '../methods/registry.js';
@@ -13,34 +14,6 @@ import type { SourceMigration } from '../migration.js';
 import { errorReasonEnum, guestStateEnum, jobStateOf, methodEnum, phaseEnum } from './enums.js';
 
 type Job = InstanceType<typeof pb2.Job>;
-
-/** What the target counts of an incoming job (target-agent/incoming-jobs.ts IncomingJob). */
-export interface IncomingJobView {
-  readonly jobId: string;
-  readonly guestId: string;
-  readonly reservationId: string;
-  readonly reservedMemoryBytes: number;
-  readonly method: MigrationMethod | null;
-  readonly phase: MigrationPhase;
-  readonly phasesPassed: readonly MigrationPhase[];
-  readonly state: 'running' | 'succeeded' | 'failed' | 'cancelled';
-  readonly error: string;
-  readonly startedAtMs: number;
-  readonly endedAtMs: number;
-  readonly committed: boolean;
-  readonly activated: boolean;
-  readonly counters: {
-    chunksApplied?: number;
-    checkpointRestored?: boolean;
-    unitsReceived?: number;
-    unitsReplayed?: number;
-    remainingUnits?: number;
-    replayRate?: number;
-    pageBatchesApplied?: number;
-    missingPages?: number;
-    bytesReceived?: number;
-  };
-}
 
 /** An outgoing job as Control v2 shows it. */
 export function sourceJobMessage(job: SourceMigration, history: JobHistory): Job {
@@ -120,7 +93,7 @@ function transferBytes(streams: Record<StreamName, StreamBytes> | undefined, tra
 }
 
 /** An incoming job as Control v2 shows it on the target. */
-export function incomingJobMessage(job: IncomingJobView): Job {
+export function incomingJobMessage(job: IncomingJob): Job {
   const c = job.counters;
   const state = {
     running: pb2.JobState.JOB_STATE_RUNNING,

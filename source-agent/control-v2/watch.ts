@@ -7,7 +7,8 @@ import { pb2, type grpc } from '../../shared/transport/grpc.js';
 import type { JobHistory, JobHistoryEvent } from '../job-history.js';
 import type { SourceMigration } from '../migration.js';
 import { phaseEnum } from './enums.js';
-import { type IncomingJobView, incomingJobMessage, sourceJobMessage } from './views.js';
+import { incomingJobMessage, sourceJobMessage } from './views.js';
+import type { IncomingJob } from '../../shared/incoming-job.js';
 
 type JobEvent = InstanceType<typeof pb2.JobEvent>;
 type WatchCall = grpc.ServerWritableStream<InstanceType<typeof pb2.WatchJobRequest>, JobEvent>;
@@ -72,10 +73,10 @@ export function watchSourceJob(call: WatchCall, job: SourceMigration, history: J
  * An incoming job (on the target): its events are its phases, numbered in order, and its end;
  * sampled at the watcher's interval.
  */
-export function watchIncomingJob(call: WatchCall, read: () => IncomingJobView | undefined, intervalMs: number): void {
+export function watchIncomingJob(call: WatchCall, read: () => IncomingJob | undefined, intervalMs: number): void {
   const writer = new EventWriter(call);
   let sent = Number(call.request.afterSequence ?? 0);
-  const sequenceOf = (job: IncomingJobView) => job.phasesPassed.length + (job.state === 'running' ? 0 : 1);
+  const sequenceOf = (job: IncomingJob) => job.phasesPassed.length + (job.state === 'running' ? 0 : 1);
   const tick = (first: boolean) => {
     const job = read();
     if (job === undefined) return stop();

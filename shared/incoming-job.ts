@@ -1,0 +1,37 @@
+// An incoming migration as the target agent keeps it (target-agent/incoming-jobs.ts) and the
+// Control API shows it (source-agent/control-v2/views.ts): one shape for both roles.
+
+import type { MigrationMethod, MigrationPhase } from './stats.js';
+
+/** What the target counts of an incoming transfer (the fields of its progress reports). */
+export interface IncomingCounters {
+  chunksApplied?: number;
+  checkpointRestored?: boolean;
+  unitsReceived?: number;
+  unitsReplayed?: number;
+  remainingUnits?: number;
+  remainingUnitBytes?: number;
+  replayRate?: number;
+  bytesReceived?: number;
+  finalReplayed?: boolean;
+  pageBatchesApplied?: number;
+  missingPages?: number;
+}
+
+/** An incoming migration on this agent, by the source's job id. */
+export interface IncomingJob {
+  readonly jobId: string;
+  readonly guestId: string;
+  readonly reservationId: string;
+  readonly reservedMemoryBytes: number;
+  readonly method: MigrationMethod | null;
+  readonly phase: MigrationPhase;
+  readonly phasesPassed: readonly MigrationPhase[];
+  readonly state: 'running' | 'succeeded' | 'failed' | 'cancelled';
+  readonly error: string;
+  readonly startedAtMs: number;
+  readonly endedAtMs: number;
+  readonly committed: boolean;
+  readonly activated: boolean;
+  readonly counters: IncomingCounters;
+}
