@@ -138,3 +138,58 @@ export function nonConvergenceAction(policy: NonConvergencePolicy, verdict: Conv
   if (throttle <= 0.05) return { action: 'continue', trigger, reason: `throttled to the floor; ${verdict.reason}` };
   return { action: 'throttle', trigger, reason: verdict.reason };
 }
+
+// --- when to switch over -------------------------------------------------------------------
+
+/**
+ * The switchover rule (the target's stop request). The downtime limit is a cap, not a target:
+ * the remaining replay must fit it, and within it the switchover waits until the backlog is as
+ * small as it will get:
+ * - only the unit in progress is left (SWITCHOVER_UNITS_FLOOR queued or fewer), or
+ * - the backlog stopped shrinking: its mean over the last half of the window is not below its
+ *   mean over the first half (means, so that units arriving in bursts do not look like a trend);
+ * - or the maximum duration nears: then fitting the cap is enough.
+ */
+export const SWITCHOVER_UNITS_FLOOR = 1;
+/** The window over which the backlog must keep shrinking for the switchover to wait. */
+export const SWITCHOVER_WINDOW_MS = 2_000;
+/** Share of the maximum duration after which fitting the cap is enough. */
+export const SWITCHOVER_DEADLINE_SHARE = 0.9;
+
+export interface SwitchoverInputs {
+  /** Units received and not yet replayed. */
+  remainingUnits: number;
+  /** The cap: units the downtime limit covers at the replay rate. */
+  remainingUnitsAllowed: number;
+  /** Recent backlog samples, oldest first (at least the last window of them). */
+  backlog: readonly BacklogSample[];
+  nowMs: number;
+  windowMs: number;
+  /** The maximum duration nears. */
+  deadlineNear: boolean;
+}
+
+export function switchoverDue(input: SwitchoverInputs): { due: boolean; reason: string } {
+  const { remainingUnits, remainingUnitsAllowed: cap } = input;
+  if (remainingUnits > cap) return { due: false, reason: `${remainingUnits} units to replay, over the ${cap} the downtime limit covers` };
+  if (remainingUnits <= SWITCHOVER_UNITS_FLOOR) return { due: true, reason: `${remainingUnits} unit(s) to replay: only the unit in progress` };
+  if (input.deadlineNear) return { due: true, reason: `the maximum duration nears; ${remainingUnits} units fit the limit` };
+  const start = input.nowMs - input.windowMs;
+  const middle = input.nowMs - input.windowMs / 2;
+  if (input.backlog.length === 0 || input.backlog[0].atMs > start) return { due: false, reason: 'less than one window of history' };
+  const mean = (from: number, to: number) => {
+    let sum = 0;
+    let count = 0;
+    for (const s of input.backlog) {
+      if (s.atMs > from && s.atMs <= to) {
+        sum += s.backlogUnits;
+        count++;
+      }
+    }
+    return count === 0 ? Number.NaN : sum / count;
+  };
+  const earlier = mean(start, middle);
+  const recent = mean(middle, input.nowMs);
+  if (!(recent >= earlier)) return { due: false, reason: `still shrinking: ${earlier.toFixed(1)} then ${recent.toFixed(1)} units` };
+  return { due: true, reason: `the backlog stopped shrinking (${earlier.toFixed(1)} then ${recent.toFixed(1)} units over ${input.windowMs} ms)` };
+}

@@ -207,6 +207,7 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
         migrationId: this.id,
         guest: { ...description, machineConfig: description.machineConfig },
         downtimeLimitMs: this.request.downtimeLimitMs,
+        maxDurationMs: this.request.maxDurationMs,
       }),
     );
     if (reservation.protocolVersion !== PROTOCOL_VERSION) {

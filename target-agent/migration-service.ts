@@ -82,7 +82,7 @@ export class MigrationService implements SessionHost {
     };
     const replica = this.driver.reserve(description);
     const id = randomUUID();
-    const reservation = this.reservations.reserve(id, { migrationId: request.migrationId, replica, downtimeLimitMs, unitMs: g.unitMs ?? 0 });
+    const reservation = this.reservations.reserve(id, { migrationId: request.migrationId, replica, downtimeLimitMs, unitMs: g.unitMs ?? 0, maxDurationMs: request.maxDurationMs ?? 0 });
     this.incoming.reserved(reservation, description.memoryBytes);
     this.log.info({ jobId: request.migrationId, guestId: g.id, reservationId: id, memoryBytes: g.memoryBytes }, 'reserved room for an incoming guest');
     return pb.ReserveResponse.create({

@@ -2,13 +2,15 @@
 // window the target granted (by count and by bytes); once the checkpoint is restored they replay
 // in order, in slices of at most replaySliceMs so that incoming messages get in between; the
 // replay rate is measured as they go; and after each progress report the pipeline asks the source
-// for stop-and-copy when the units still queued fit the downtime limit.
+// for stop-and-copy when the switchover is due: the units still queued fit the downtime limit and
+// are as few as they will get (shared/convergence.ts switchoverDue).
 //
 // It sees the replica only through its checkpoint-replay capability, time only through the Clock,
 // and the source only through its feedback sink: tests drive it with fakes and a ManualClock.
 
 import type { Logger } from 'pino';
 import type { Clock } from '../shared/clock.js';
+import { type BacklogSample, SWITCHOVER_WINDOW_MS, switchoverDue } from '../shared/convergence.js';
 import type { CheckpointReplayTarget } from '../shared/driver/types.js';
 import { LimitExceededError } from '../shared/errors.js';
 import type { ProgressCounters } from './feedback.js';
@@ -46,6 +48,8 @@ export interface ReplayPipelineOptions {
   /** The unit window granted to the source: units and bytes it may have outstanding. */
   unitWindow: number;
   unitWindowBytes: number;
+  /** Clock time from which the maximum duration nears and fitting the limit is enough (Infinity: never). */
+  switchoverDeadlineMs: number;
 }
 
 export interface ReplayPipelineDeps {
@@ -72,17 +76,11 @@ export function shouldRequestStop(state: {
   finalReplayed: boolean;
   /** A request was sent and its decision has not come back. */
   requestPending: boolean;
-  remainingUnits: number;
-  remainingUnitsAllowed: number;
+  /** The switchover rule says now (switchoverDue). */
+  switchoverDue: boolean;
   sinceLastRequestMs: number;
 }): boolean {
-  return (
-    state.replaying &&
-    !state.finalReplayed &&
-    !state.requestPending &&
-    state.remainingUnits <= state.remainingUnitsAllowed &&
-    state.sinceLastRequestMs >= REPLAY_PIPELINE.stopRequestIntervalMs
-  );
+  return state.replaying && !state.finalReplayed && !state.requestPending && state.switchoverDue && state.sinceLastRequestMs >= REPLAY_PIPELINE.stopRequestIntervalMs;
 }
 
 export class ReplayPipeline {
@@ -98,6 +96,8 @@ export class ReplayPipeline {
   private lastStopRequestMs = Number.NEGATIVE_INFINITY;
   private lastDigestMs = Number.NEGATIVE_INFINITY;
   private readonly defer: (fn: () => void) => void;
+  /** The queue's length at each report while replaying, the last window of them (switchoverDue). */
+  private readonly backlog: BacklogSample[] = [];
 
   constructor(
     private readonly options: ReplayPipelineOptions,
@@ -157,18 +157,34 @@ export class ReplayPipeline {
 
   /** After each progress report: sends the stop request if it is due (see shouldRequestStop). */
   afterReport(nowMs: number, remainingUnitsAllowed: number): void {
+    this.sampleBacklog(nowMs);
+    const switchover = switchoverDue({
+      remainingUnits: this.queue.length,
+      remainingUnitsAllowed,
+      backlog: this.backlog,
+      nowMs,
+      windowMs: SWITCHOVER_WINDOW_MS,
+      deadlineNear: nowMs >= this.options.switchoverDeadlineMs,
+    });
     const due = shouldRequestStop({
       replaying: this.deps.replaying(),
       finalReplayed: this.finalUnitReplayed,
       requestPending: this.stopRequestPending,
-      remainingUnits: this.queue.length,
-      remainingUnitsAllowed,
+      switchoverDue: switchover.due,
       sinceLastRequestMs: nowMs - this.lastStopRequestMs,
     });
     if (!due) return;
+    this.deps.log.debug({ remainingUnits: this.queue.length, remainingUnitsAllowed, why: switchover.reason }, 'asking for stop-and-copy');
     this.stopRequestPending = true;
     this.lastStopRequestMs = nowMs;
     this.deps.feedback.stopRequest({ remainingUnits: this.queue.length, remainingUnitsAllowed });
+  }
+
+  /** Keeps the backlog's recent history: one sample per report once replaying, the last window and a bit. */
+  private sampleBacklog(nowMs: number): void {
+    if (!this.deps.replaying()) return;
+    this.backlog.push({ atMs: nowMs, backlogUnits: this.queue.length });
+    while (this.backlog.length > 0 && this.backlog[0].atMs < nowMs - 2 * SWITCHOVER_WINDOW_MS) this.backlog.shift();
   }
 
   /** Schedules a replay slice unless one is scheduled, or reports progress while units only queue. */

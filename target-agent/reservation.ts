@@ -16,6 +16,9 @@ export interface Reservation {
   readonly replica: TargetReplica;
   readonly downtimeLimitMs: number;
   readonly unitMs: number;
+  /** The source's maximum duration, and when the reservation was made (clock time): the switchover's deadline. */
+  readonly maxDurationMs: number;
+  readonly reservedAtMs: number;
   /** A Transfer took it (see ReservationRegistry.open). */
   readonly opened: boolean;
   /** Known once a transfer opened the reservation. */
@@ -23,7 +26,7 @@ export interface Reservation {
 }
 
 /** What a reservation is made of; the registry adds its id and state. */
-export type ReservationRequest = Pick<Reservation, 'migrationId' | 'replica' | 'downtimeLimitMs' | 'unitMs'>;
+export type ReservationRequest = Pick<Reservation, 'migrationId' | 'replica' | 'downtimeLimitMs' | 'unitMs' | 'maxDurationMs'>;
 
 interface Entry extends Reservation {
   opened: boolean;
@@ -65,6 +68,7 @@ export class ReservationRegistry {
     const timeoutMs = this.options.reservationTimeoutMs;
     const entry: Entry = {
       ...request,
+      reservedAtMs: this.clock.now(),
       id,
       opened: false,
       method: null,

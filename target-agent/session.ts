@@ -11,6 +11,7 @@
 import type { Logger } from 'pino';
 import { assert } from '../shared/assert.js';
 import { type Clock, systemClock, type Timer } from '../shared/clock.js';
+import { SWITCHOVER_DEADLINE_SHARE } from '../shared/convergence.js';
 import { AbortedError, bounded, CorruptDataError, InvalidStateError, MESSAGE_CHARS_MAX, VmMigrateError } from '../shared/errors.js';
 import type { AgentMetrics } from '../shared/metrics.js';
 import type { MigrationMethod } from '../shared/stats.js';
@@ -197,10 +198,11 @@ export class TargetSession {
 
   private methodContext(r: Reservation): MethodContext {
     const { unitWindow, unitWindowBytes } = this.host.options;
+    const switchoverDeadlineMs = r.maxDurationMs > 0 ? r.reservedAtMs + SWITCHOVER_DEADLINE_SHARE * r.maxDurationMs : Number.POSITIVE_INFINITY;
     return {
       clock: this.clock,
       log: this.log,
-      windows: { unitWindow, unitWindowBytes },
+      windows: { unitWindow, unitWindowBytes, switchoverDeadlineMs },
       phase: () => this.phase,
       restored: () => this.setPhase('replaying'),
       resumedHere: (resumedAtMs) => this.resumedHere(r, resumedAtMs),

@@ -14,6 +14,8 @@ import {
   REPLAY_SHARE_OF_DOWNTIME,
   type StopInputs,
   unsentLogBytesAllowed,
+  SWITCHOVER_UNITS_FLOOR,
+  switchoverDue,
 } from '../shared/convergence.js';
 
 t.test('remainingUnitsAllowed: the units the replay of the downtime share can cover, at least 1', async (t) => {
@@ -220,4 +222,22 @@ t.test('nonConvergenceAction: the maximum duration overrides the verdict, and sa
   }
   t.same(nonConvergenceAction('force', converging, 61_234.4, 60_000, 1), { action: 'force', trigger: 'max-duration', reason: 'migration ran 61234 ms, its maximum is 60000 ms' }, 'past the maximum, ms rounded');
   t.equal(nonConvergenceAction('abort', converging, 59_999, 60_000, 1).action, 'continue', 'just before the maximum');
+});
+
+t.test('switchoverDue: the cap first, then as few units as they will get', async (t) => {
+  const samples = (values: number[], stepMs = 100) => values.map((backlogUnits, i) => ({ atMs: i * stepMs, backlogUnits }));
+  const base = { remainingUnitsAllowed: 50, windowMs: 2_000, deadlineNear: false };
+  t.equal(SWITCHOVER_UNITS_FLOOR, 1);
+  t.match(switchoverDue({ ...base, remainingUnits: 51, backlog: [], nowMs: 0 }), { due: false, reason: /over the 50/ }, 'over the cap: never');
+  t.match(switchoverDue({ ...base, remainingUnits: 51, backlog: [], nowMs: 0, deadlineNear: true }), { due: false }, 'not even with the deadline near');
+  t.match(switchoverDue({ ...base, remainingUnits: 1, backlog: [], nowMs: 0 }), { due: true, reason: /only the unit in progress/ });
+  t.match(switchoverDue({ ...base, remainingUnits: 0, backlog: [], nowMs: 0 }), { due: true });
+  t.match(switchoverDue({ ...base, remainingUnits: 30, backlog: [], nowMs: 0, deadlineNear: true }), { due: true, reason: /maximum duration nears/ });
+  t.match(switchoverDue({ ...base, remainingUnits: 30, backlog: samples([30, 30, 30]), nowMs: 200 }), { due: false, reason: /less than one window/ });
+  const shrinking = samples(Array.from({ length: 21 }, (_, i) => 40 - i));
+  t.match(switchoverDue({ ...base, remainingUnits: 20, backlog: shrinking, nowMs: 2_000 }), { due: false, reason: /still shrinking/ });
+  const flat = samples(Array.from({ length: 21 }, (_, i) => 20 + (i % 3) - 1));
+  t.match(switchoverDue({ ...base, remainingUnits: 20, backlog: flat, nowMs: 2_000 }), { due: true, reason: /stopped shrinking/ }, 'noise around a flat backlog');
+  const growing = samples(Array.from({ length: 21 }, (_, i) => 10 + i));
+  t.match(switchoverDue({ ...base, remainingUnits: 30, backlog: growing, nowMs: 2_000 }), { due: true }, 'a growing backlog within the cap: now is the best it gets');
 });

@@ -62,6 +62,7 @@ interface HarnessOptions {
   progressIntervalMs?: number;
   downtimeLimitMs?: number;
   unitMs?: number;
+  switchoverDeadlineMs?: number;
 }
 
 /** A pipeline wired to its feedback as a session wires them, with everything it does recorded. */
@@ -85,7 +86,7 @@ function harness(options: HarnessOptions = {}) {
     clock,
   );
   const pipeline: ReplayPipeline = new ReplayPipeline(
-    { unitWindow: options.unitWindow ?? 64, unitWindowBytes: options.unitWindowBytes ?? 2 ** 20 },
+    { unitWindow: options.unitWindow ?? 64, unitWindowBytes: options.unitWindowBytes ?? 2 ** 20, switchoverDeadlineMs: options.switchoverDeadlineMs ?? Number.POSITIVE_INFINITY },
     {
       replay,
       refreshDigest: () => digests.push(clock.now()),
@@ -278,13 +279,13 @@ t.test('the stop request: sent once the queue fits remainingUnitsAllowed, not ag
   t.equal(h.stopRequests.length, 2, 'and not again while that one is pending');
 });
 
-t.test('shouldRequestStop: replaying, not complete, none pending, the queue fits, the interval passed', async (t) => {
-  const due = { replaying: true, finalReplayed: false, requestPending: false, remainingUnits: 5, remainingUnitsAllowed: 5, sinceLastRequestMs: REPLAY_PIPELINE.stopRequestIntervalMs };
+t.test('shouldRequestStop: replaying, not complete, none pending, the switchover due, the interval passed', async (t) => {
+  const due = { replaying: true, finalReplayed: false, requestPending: false, switchoverDue: true, sinceLastRequestMs: REPLAY_PIPELINE.stopRequestIntervalMs };
   t.equal(shouldRequestStop(due), true);
   t.equal(shouldRequestStop({ ...due, replaying: false }), false, 'checkpoint not restored');
   t.equal(shouldRequestStop({ ...due, finalReplayed: true }), false, 'nothing follows the final unit');
   t.equal(shouldRequestStop({ ...due, requestPending: true }), false, 'a request pending');
-  t.equal(shouldRequestStop({ ...due, remainingUnits: 6 }), false, 'the queue does not fit');
+  t.equal(shouldRequestStop({ ...due, switchoverDue: false }), false, 'the switchover rule says not yet');
   t.equal(shouldRequestStop({ ...due, sinceLastRequestMs: REPLAY_PIPELINE.stopRequestIntervalMs - 1 }), false, 'too soon');
   t.equal(shouldRequestStop({ ...due, sinceLastRequestMs: Number.POSITIVE_INFINITY }), true, 'never requested');
 });
@@ -335,4 +336,27 @@ t.test(`while idle the digest is refreshed at most every ${REPLAY_PIPELINE.diges
   h.pipeline.enqueue(unit(3));
   h.runAll();
   t.same(h.digests, [1_000, 1_000 + REPLAY_PIPELINE.digestRefreshIntervalMs + 1]);
+});
+
+t.test('the switchover waits while the backlog shrinks, asks once it stops shrinking, and at once when the deadline nears', async (t) => {
+  // 1000 ms limit at no measured rate (1x): 60 units allowed. Keep 20 queued, flat, for a window.
+  const flat = harness({ downtimeLimitMs: 1_000, unitMs: 10 });
+  flat.replay.costMs = 10; // a slice replays one unit
+  for (let s = 1; s <= 20; s++) flat.pipeline.enqueue(unit(s));
+  flat.restored();
+  t.same(flat.stopRequests, [], 'no history yet: wait');
+  for (let i = 0; i < 25; i++) {
+    await flat.clock.advance(100);
+    flat.pipeline.enqueue(unit(21 + i)); // one in...
+    flat.runSlice(); // ...one out (a slice replays one unit of 10 ms work here)
+  }
+  t.equal(flat.stopRequests.length, 1, 'asked once the backlog stayed flat over a window');
+  t.ok(flat.stopRequests[0].remainingUnits > 1, `with ${flat.stopRequests[0].remainingUnits} units left: as few as they get`);
+
+  // The same backlog with the maximum duration near: fitting the cap is enough, at once.
+  const late = harness({ downtimeLimitMs: 1_000, unitMs: 10, switchoverDeadlineMs: 0 });
+  for (let s = 1; s <= 20; s++) late.pipeline.enqueue(unit(s));
+  late.restored();
+  t.equal(late.stopRequests.length, 1, 'the deadline nears: asked while 20 units fit the limit');
+  t.equal(late.stopRequests[0].remainingUnits, 20);
 });

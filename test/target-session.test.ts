@@ -129,7 +129,7 @@ class FakeHost implements SessionHost {
   readonly reservation: Reservation;
 
   constructor(replica: TargetReplica) {
-    this.reservation = { id: 'r1', migrationId: 'job-1', replica, downtimeLimitMs: 300, unitMs: 10, opened: false, method: null };
+    this.reservation = { id: 'r1', migrationId: 'job-1', replica, downtimeLimitMs: 300, unitMs: 10, maxDurationMs: 0, reservedAtMs: 0, opened: false, method: null };
   }
 
   open(id: string, method: MigrationMethod): Reservation {
