@@ -9,7 +9,8 @@
 import { type Clock, type Timer } from '../shared/clock.js';
 import { AbortedError, InvalidStateError, UnavailableError, type VmMigrateError } from '../shared/errors.js';
 import { type PackedMessage, packMessage, type PayloadBody } from '../shared/protocol.js';
-import { detailsFromMetadata, fromStatus, type grpc, isErrorReason, pb, Preserialized, type StreamName } from '../shared/transport/grpc.js';
+import { fromStatus, type grpc, pb, Preserialized, type StreamName } from '../shared/transport/grpc.js';
+import { detailsFromMetadata, isErrorReason } from '../shared/transport/status.js';
 import { TokenBucket } from './token-bucket.js';
 import { FailableWaits, type WaitOptions } from './wait.js';
 

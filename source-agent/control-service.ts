@@ -4,10 +4,10 @@
 import type { Logger } from 'pino';
 import type { HypervisorDriver } from '../shared/driver/types.js';
 import { capacityMessage, guestMessage } from '../shared/messages.js';
-import { echo, InvalidStateError, LimitExceededError, NotFoundError, UnimplementedError, VmMigrateError } from '../shared/errors.js';
+import { echo, InvalidStateError, LimitExceededError, NotFoundError, UnimplementedError } from '../shared/errors.js';
 import { checkGuestId, checkJobId } from '../shared/ids.js';
 import type { AgentMetrics } from '../shared/metrics.js';
-import { type controlService, type grpc, pb, toServiceError } from '../shared/transport/grpc.js';
+import { type controlService, type grpc, pb } from '../shared/transport/grpc.js';
 import { systemClock } from '../shared/clock.js';
 import { faultHooks } from './faults.js';
 import { JobHistory } from './job-history.js';
@@ -16,6 +16,7 @@ import { createMethod } from './methods/registry.js';
 import { parseFaultInjection, parseStartRequest, type StartDefaults } from './start-request.js';
 import { jobMessage, watchJob } from './watch-job.js';
 import { type SourceOptions, SourceMigration } from './migration.js';
+import { failStream, unaryHandlers } from '../shared/transport/handlers.js';
 
 export interface ControlOptions extends StartDefaults {
   /** Jobs kept (finished ones are dropped oldest first past this). */
@@ -130,19 +131,7 @@ export class ControlService {
   }
 
   handlers(): Handlers {
-    const unaryHandler =
-      <Req, Res>(fn: (req: Req) => Res | Promise<Res>): grpc.handleUnaryCall<Req, Res> =>
-      (call, callback) => {
-        Promise.resolve()
-          .then(() => fn(call.request))
-          .then(
-            (res) => callback(null, res),
-            (error: unknown) => {
-              if (!(error instanceof VmMigrateError)) this.log.error({ err: error }, 'unexpected error in a Control call');
-              callback(toServiceError(error));
-            },
-          );
-      };
+    const unaryHandler = unaryHandlers(this.log, 'Control');
     return {
       listGuests: unaryHandler(() => pb.ListGuestsResponse.create({ guests: this.driver.listGuests().map(guestMessage) })),
       startGuest: unaryHandler((req: InstanceType<typeof pb.StartGuestRequest>) => {
@@ -186,8 +175,7 @@ export class ControlService {
         try {
           job = this.job(call.request.jobId);
         } catch (error) {
-          // grpc-js sends the status of a server stream on 'error' (destroy() sends none).
-          call.emit('error', toServiceError(error));
+          failStream(call, error);
           return;
         }
         watchJob(call, job);

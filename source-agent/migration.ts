@@ -18,17 +18,17 @@ import { EventEmitter } from 'node:events';
 import type { Logger } from 'pino';
 import { type Clock, systemClock } from '../shared/clock.js';
 import { expectedDowntimeMs } from '../shared/convergence.js';
-import type { GuestDescription, SourceGuest } from '../shared/driver/types.js';
-import { AbortedError, CorruptDataError, echo, InvalidArgumentError, InvalidStateError, ReservationRefusedError, UnavailableError, VmMigrateError } from '../shared/errors.js';
-import { AGENT_VERSION, PROTOCOL_VERSION, WINDOW_DEFAULTS } from '../shared/protocol.js';
+import type { SourceGuest } from '../shared/driver/types.js';
+import { AbortedError, CorruptDataError, InvalidStateError, UnavailableError, VmMigrateError } from '../shared/errors.js';
+import { WINDOW_DEFAULTS } from '../shared/protocol.js';
 import { emptyStats, type MigrationPhase, type MigrationStats } from '../shared/stats.js';
-import { type ByteCounter, grpc, pb, statusName } from '../shared/transport/grpc.js';
+import { type ByteCounter, grpc, statusName } from '../shared/transport/grpc.js';
 import type { TransferChannel } from './channel.js';
 import type { MigrationHooks } from './faults.js';
-import { checkCapabilities } from './methods/capabilities.js';
 import type { MethodContext, MigrationRequest, TargetWindows, TransferMethod } from './methods/method.js';
 import { createMethod } from './methods/registry.js';
 import { GrpcTargetPeer, type TargetPeer } from './peer.js';
+import { checkTarget, reserveOnTarget } from './prepare.js';
 
 export type { MigrationRequest } from './methods/method.js';
 
@@ -164,62 +164,17 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
   private async phases(): Promise<void> {
     const description = this.guest.describe();
     this.setPhase('pre-migration');
-    await this.checkTarget(description);
+    await checkTarget(this.peer, this.method, description, this.options.agentInstanceId);
     this.setPhase('reservation');
-    await this.reserve(description);
+    ({ reservationId: this.reservationId, windows: this.windows } = await reserveOnTarget(this.peer, this.id, description, this.request));
+    this.stats.setupTimeMs = this.elapsedMs();
+    this.stats.status = 'active';
     await this.method.catchUp(this.ctx);
     await this.suspend();
     await this.method.finish(this.ctx);
     await this.commit();
     if (!this.method.activatesBeforeCommit) await this.activation();
     else this.discardSource();
-  }
-
-  /** Phase 1: the target's room, driver and capabilities. */
-  private async checkTarget(description: GuestDescription): Promise<void> {
-    const address = this.request.targetAddress;
-    const capacity = await this.peer.capacity();
-    const self = this.options.agentInstanceId;
-    if (self && capacity.agentInstanceId === self) {
-      throw new InvalidArgumentError(`target ${echo(address)} is this agent itself; migrate to another agent`, {
-        reason: 'TARGET_IS_SELF',
-        fieldViolations: [{ field: 'target_address', description: 'the target answers with this agent\'s own instance id' }],
-      });
-    }
-    if (capacity.driver !== description.driver) {
-      throw new ReservationRefusedError(`target ${address} runs driver '${capacity.driver}', the guest needs '${description.driver}'`);
-    }
-    if (capacity.memoryBytesFree < description.memoryBytes) {
-      throw new ReservationRefusedError(
-        `target ${address} has ${(capacity.memoryBytesFree / 2 ** 20).toFixed(0)} MiB free, the guest needs ${(description.memoryBytes / 2 ** 20).toFixed(0)} MiB`,
-      );
-    }
-    // An agent that reports no capabilities predates them: its Open refuses what it cannot do.
-    if (capacity.capabilities.length > 0) checkCapabilities(this.method, 'target', capacity.capabilities, `target ${address} (driver '${capacity.driver}')`);
-  }
-
-  /** Phase 2: the reservation, with the version handshake; the target's windows come back. */
-  private async reserve(description: GuestDescription): Promise<void> {
-    const reservation = await this.peer.reserve(
-      pb.ReserveRequest.create({
-        protocolVersion: PROTOCOL_VERSION,
-        agentVersion: AGENT_VERSION,
-        migrationId: this.id,
-        guest: { ...description, machineConfig: description.machineConfig },
-        downtimeLimitMs: this.request.downtimeLimitMs,
-        maxDurationMs: this.request.maxDurationMs,
-      }),
-    );
-    if (reservation.protocolVersion !== PROTOCOL_VERSION) {
-      throw new InvalidStateError(`target speaks protocol version ${reservation.protocolVersion}, this agent ${PROTOCOL_VERSION}`, {
-        reason: 'PEER_VERSION_MISMATCH',
-        metadata: { protocolVersion: PROTOCOL_VERSION, peerProtocolVersion: reservation.protocolVersion },
-      });
-    }
-    this.reservationId = reservation.reservationId;
-    this.windows = { chunks: Math.max(1, reservation.chunkWindow), units: Math.max(1, reservation.unitWindow), unitBytes: Math.max(1, reservation.unitWindowBytes) };
-    this.stats.setupTimeMs = this.elapsedMs();
-    this.stats.status = 'active';
   }
 
   /** The switchover's first step, for every method: the guest stops here; the downtime starts. */

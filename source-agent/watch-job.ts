@@ -4,8 +4,9 @@
 
 import { invalidField } from '../shared/errors.js';
 import type { MigrationPhase, MigrationStats } from '../shared/stats.js';
-import { type grpc, pb, toServiceError } from '../shared/transport/grpc.js';
+import { type grpc, pb } from '../shared/transport/grpc.js';
 import type { SourceMigration } from './migration.js';
+import { failStream } from '../shared/transport/handlers.js';
 
 /** Progress events at most this often, whatever the watcher asks. */
 const WATCH_INTERVAL_MS_MIN = 20;
@@ -43,8 +44,7 @@ export function watchJob(call: grpc.ServerWritableStream<InstanceType<typeof pb.
   try {
     intervalMs = watchIntervalMs(call.request.intervalMs);
   } catch (error) {
-    // grpc-js sends the status of a server stream on 'error' (destroy() sends none).
-    call.emit('error', toServiceError(error));
+    failStream(call, error);
     return;
   }
   let backlogged = false;

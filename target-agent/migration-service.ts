@@ -6,18 +6,19 @@ import { randomUUID } from 'node:crypto';
 import type { Logger } from 'pino';
 import { type Clock, systemClock } from '../shared/clock.js';
 import type { GuestDescription, HypervisorDriver } from '../shared/driver/types.js';
-import { echo, InvalidStateError, invalidField, LimitExceededError, NotFoundError, VmMigrateError } from '../shared/errors.js';
+import { echo, InvalidStateError, invalidField, LimitExceededError, NotFoundError } from '../shared/errors.js';
 import { checkGuestId, checkJobId } from '../shared/ids.js';
 import type { AgentMetrics } from '../shared/metrics.js';
 import { capacityMessage } from '../shared/messages.js';
 import { AGENT_VERSION, PROTOCOL_VERSION } from '../shared/protocol.js';
 import type { MigrationMethod } from '../shared/stats.js';
-import { grpc, type migrationService, pb, toServiceError } from '../shared/transport/grpc.js';
+import { grpc, type migrationService, pb } from '../shared/transport/grpc.js';
 import type { TargetOptions } from './options.js';
 import { type Reservation, ReservationRegistry } from './reservation.js';
 import { IncomingJobs, type TransferView } from './incoming-jobs.js';
 import type { TransferPhase } from './receivers/context.js';
 import { type SessionHost, TargetSession } from './session.js';
+import { failStream, unaryHandlers } from '../shared/transport/handlers.js';
 
 export { TARGET_DEFAULTS, type TargetOptions } from './options.js';
 
@@ -131,16 +132,7 @@ export class MigrationService implements SessionHost {
   }
 
   handlers(): Handlers {
-    const unaryHandler =
-      <Req, Res>(fn: (req: Req) => Res): grpc.handleUnaryCall<Req, Res> =>
-      (call, callback) => {
-        try {
-          callback(null, fn(call.request));
-        } catch (error) {
-          if (!(error instanceof VmMigrateError)) this.log.error({ err: error }, 'unexpected error in a Migration call');
-          callback(toServiceError(error));
-        }
-      };
+    const unaryHandler = unaryHandlers(this.log, 'Migration');
     return {
       getCapacity: unaryHandler(() => this.capacity()),
       reserve: unaryHandler((req: InstanceType<typeof pb.ReserveRequest>) => this.reserve(req)),
@@ -148,14 +140,14 @@ export class MigrationService implements SessionHost {
         const reservationId = req.reservationId;
         const r = this.reservations.get(reservationId);
         if (r === undefined) throw new NotFoundError(`no reservation '${echo(reservationId)}' on this agent`, { reason: 'RESERVATION_NOT_FOUND', metadata: { reservationId } });
-        if (r.opened) throw new InvalidStateError(`reservation '${reservationId}' is in use by a transfer; abort the transfer instead`, { reason: 'PROTOCOL_VIOLATION', metadata: { reservationId } });
+        if (r.opened) throw new InvalidStateError(`reservation '${echo(reservationId)}' is in use by a transfer; abort the transfer instead`, { reason: 'PROTOCOL_VIOLATION', metadata: { reservationId } });
         this.release(reservationId, req.reason || 'released by the source');
         return pb.ReleaseResponse.create();
       }),
       transfer: ((call: grpc.ServerDuplexStream<InstanceType<typeof pb.SourceMessage>, InstanceType<typeof pb.TargetMessage>>) => {
         if (this.sessions.size >= SESSIONS_MAX) {
           const error = new LimitExceededError(`${this.sessions.size} incoming transfers in progress, the limit is ${SESSIONS_MAX}`, { metadata: { limit: SESSIONS_MAX } });
-          call.emit('error', toServiceError(error));
+          failStream(call, error);
           return;
         }
         const session = new TargetSession(call, this, this.log, this.clock);

@@ -20,7 +20,8 @@ import {
   type VmMigrateError,
 } from '../shared/errors.js';
 import { google } from '../shared/proto/generated.js';
-import { encodeStatus, fromServiceError, fromStatus, grpc, isErrorReason, rpc, toServiceError } from '../shared/transport/grpc.js';
+import { fromServiceError, fromStatus, grpc, rpc, toServiceError } from '../shared/transport/grpc.js';
+import { encodeStatus, isErrorReason } from '../shared/transport/status.js';
 
 /** What a client finds in the trailer of `error`, decoded with the generated google.rpc types. */
 function trailer(error: { metadata: grpc.Metadata }) {

@@ -11,7 +11,8 @@
 import { HealthImplementation, service as healthServiceDefinition, type ServingStatus } from 'grpc-health-check';
 import { assert } from '../assert.js';
 import { LimitExceededError } from '../errors.js';
-import { grpc, makeClient, toServiceError, unary } from './grpc.js';
+import { grpc, makeClient, unary } from './grpc.js';
+import { failStream } from './handlers.js';
 
 /** The services whose health an agent reports: '' is the agent as a whole. */
 export const HEALTH_SERVICES = ['', 'vmmigrate.v1.Control', 'vmmigrate.v1.Migration'] as const;
@@ -51,7 +52,7 @@ export function addHealthService(server: grpc.Server): AgentHealth {
           }
           if (watchers.size >= HEALTH_WATCHERS_MAX) {
             const error = new LimitExceededError(`${watchers.size} health Watch streams open, the limit is ${HEALTH_WATCHERS_MAX}; use Check, or close a watcher`, { metadata: { limit: HEALTH_WATCHERS_MAX } });
-            call.emit('error', toServiceError(error));
+            failStream(call, error);
             return;
           }
           watchers.add(call);

@@ -3,6 +3,7 @@
 import type { NonConvergencePolicy } from '../../shared/convergence.js';
 import type { GuestState } from '../../shared/driver/types.js';
 import type { MigrationMethod, MigrationPhase, MigrationStatus } from '../../shared/stats.js';
+import { invalidField } from '../../shared/errors.js';
 import { pb2 } from '../../shared/transport/grpc.js';
 
 const METHODS: Record<MigrationMethod, number> = { crtr: pb2.Method.METHOD_CRTR, precopy: pb2.Method.METHOD_PRECOPY, postcopy: pb2.Method.METHOD_POSTCOPY };
@@ -43,15 +44,20 @@ export const methodEnum = (method: MigrationMethod | null): number => (method ==
 export const phaseEnum = (phase: MigrationPhase): number => PHASES[phase];
 export const guestStateEnum = (state: GuestState): number => GUEST_STATES[state];
 
-/** A request's method: '' for UNSPECIFIED (the default), the name otherwise, or the number itself when unknown (refused by the checks). */
+/** A request's method: '' for UNSPECIFIED (the agent's default), its name otherwise; a value this agent does not know is INVALID_FIELD. */
 export function methodName(value: number): string {
   if (value === pb2.Method.METHOD_UNSPECIFIED) return '';
-  return METHOD_NAMES.get(value) ?? `unknown method ${value}`;
+  const name = METHOD_NAMES.get(value);
+  if (name === undefined) throw invalidField('method', `method ${value}: expected ${[...METHOD_NAMES.keys()].join(', ')} or 0 for the default`);
+  return name;
 }
 
+/** A request's policy, as methodName. */
 export function policyName(value: number): string {
   if (value === pb2.NonConvergencePolicy.NON_CONVERGENCE_POLICY_UNSPECIFIED) return '';
-  return POLICY_NAMES.get(value) ?? `unknown policy ${value}`;
+  const name = POLICY_NAMES.get(value);
+  if (name === undefined) throw invalidField('non_convergence_policy', `non_convergence_policy ${value}: expected ${[...POLICY_NAMES.keys()].join(', ')} or 0 for the default`);
+  return name;
 }
 
 /** A job's state from a source job's status. */

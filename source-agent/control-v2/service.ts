@@ -6,16 +6,17 @@
 
 import type { Logger } from 'pino';
 import type { HypervisorDriver, SourceGuest } from '../../shared/driver/types.js';
-import { echo, InvalidArgumentError, InvalidStateError, invalidField, NotFoundError, UnimplementedError, VmMigrateError } from '../../shared/errors.js';
+import { echo, InvalidArgumentError, InvalidStateError, invalidField, NotFoundError, UnimplementedError } from '../../shared/errors.js';
 import { checkGuestId, checkJobId } from '../../shared/ids.js';
-import { type controlServiceV2, type grpc, pb, pb2, toServiceError } from '../../shared/transport/grpc.js';
-import { hostOf } from '../../shared/transport/tls.js';
+import { type controlServiceV2, type grpc, pb, pb2 } from '../../shared/transport/grpc.js';
+import { hostOf, isLoopbackHost } from '../../shared/transport/tls.js';
 import type { ControlService } from '../control-service.js';
 import { METHOD_NAMES, createMethod } from '../methods/registry.js';
 import { methodName, policyName } from './enums.js';
 import { capacityMessage, guestMessage, type GuestRoleOf, incomingJobMessage, sourceJobMessage } from './views.js';
 import type { IncomingJob } from '../../shared/incoming-job.js';
 import { watchIncomingJob, watchSourceJob } from './watch.js';
+import { failStream, unaryHandlers } from '../../shared/transport/handlers.js';
 
 /** Memory of a StartGuest that asks for 0. */
 const GUEST_MEMORY_BYTES_DEFAULT = 512 * 2 ** 20;
@@ -151,16 +152,7 @@ export class ControlServiceV2 {
   }
 
   handlers(): Handlers {
-    const unary =
-      <Q, R>(fn: (req: Q) => R): grpc.handleUnaryCall<Q, R> =>
-      (call, callback) => {
-        try {
-          callback(null, fn(call.request));
-        } catch (error) {
-          if (!(error instanceof VmMigrateError)) this.log.error({ err: error }, 'unexpected error in a Control v2 call');
-          callback(toServiceError(error));
-        }
-      };
+    const unary = unaryHandlers(this.log, 'Control v2');
     return {
       listGuests: unary(() => this.listGuests()),
       startGuest: unary((req: Req<'StartGuestRequest'>) => this.startGuest(req)),
@@ -174,8 +166,7 @@ export class ControlServiceV2 {
         try {
           this.watch(call);
         } catch (error) {
-          // grpc-js sends the status of a server stream on 'error' (destroy() sends none).
-          call.emit('error', toServiceError(error));
+          failStream(call, error);
         }
       }) as grpc.handleServerStreamingCall<Req<'WatchJobRequest'>, InstanceType<typeof pb2.JobEvent>>,
     };
@@ -225,9 +216,6 @@ function jobNotFound(jobId: string): NotFoundError {
 function sameAddress(a: string, b: string): boolean {
   const port = (address: string) => address.slice(address.lastIndexOf(':') + 1);
   if (port(a) !== port(b)) return false;
-  const host = (address: string) => {
-    const h = hostOf(address).toLowerCase();
-    return h === 'localhost' || h === '::1' || h.startsWith('127.') ? 'loopback' : h;
-  };
+  const host = (address: string) => (isLoopbackHost(hostOf(address)) ? 'loopback' : hostOf(address).toLowerCase());
   return host(a) === host(b);
 }

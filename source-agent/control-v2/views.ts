@@ -9,7 +9,6 @@ import { AGENT_VERSION, PROTOCOL_VERSION } from '../../shared/protocol.js';
 import type { MigrationMethod, MigrationStats } from '../../shared/stats.js';
 import { pb2, STREAM_NAMES, type StreamBytes, type StreamName } from '../../shared/transport/grpc.js';
 import type { JobHistory } from '../job-history.js';
-import { isMethodName } from '../methods/registry.js';
 import type { SourceMigration } from '../migration.js';
 import { errorReasonEnum, guestStateEnum, jobStateOf, methodEnum, phaseEnum } from './enums.js';
 
@@ -105,7 +104,7 @@ export function incomingJobMessage(job: IncomingJob): Job {
     jobId: job.jobId,
     role: pb2.JobRole.JOB_ROLE_TARGET,
     guestId: job.guestId,
-    method: methodEnum(job.method !== null && isMethodName(job.method) ? job.method : null),
+    method: methodEnum(job.method),
     state,
     phase: phaseEnum(job.phase),
     phasesPassed: job.phasesPassed.map(phaseEnum),

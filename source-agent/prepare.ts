@@ -1,0 +1,55 @@
+// A migration's preparation, phases 1 and 2: is the target able to take the guest (room, driver,
+// the method's capabilities, not this agent itself), then the reservation with the version
+// handshake, which brings back the target's windows.
+
+import type { GuestDescription } from '../shared/driver/types.js';
+import { echo, InvalidArgumentError, InvalidStateError, ReservationRefusedError } from '../shared/errors.js';
+import { AGENT_VERSION, PROTOCOL_VERSION } from '../shared/protocol.js';
+import { pb } from '../shared/transport/grpc.js';
+import { checkCapabilities } from './methods/capabilities.js';
+import type { MigrationRequest, TargetWindows, TransferMethod } from './methods/method.js';
+import type { TargetPeer } from './peer.js';
+
+/** Phase 1: refuses a target without room, with another driver, without the method's capabilities, or that is this agent. */
+export async function checkTarget(peer: TargetPeer, method: TransferMethod, description: GuestDescription, selfInstanceId: string | undefined): Promise<void> {
+  const address = echo(peer.address);
+  const capacity = await peer.capacity();
+  if (selfInstanceId && capacity.agentInstanceId === selfInstanceId) {
+    throw new InvalidArgumentError(`target ${address} is this agent itself; migrate to another agent`, {
+      reason: 'TARGET_IS_SELF',
+      fieldViolations: [{ field: 'target_address', description: "the target answers with this agent's own instance id" }],
+    });
+  }
+  if (capacity.driver !== description.driver) {
+    throw new ReservationRefusedError(`target ${address} runs driver '${echo(capacity.driver)}', the guest needs '${description.driver}'`);
+  }
+  if (capacity.memoryBytesFree < description.memoryBytes) {
+    throw new ReservationRefusedError(
+      `target ${address} has ${(capacity.memoryBytesFree / 2 ** 20).toFixed(0)} MiB free, the guest needs ${(description.memoryBytes / 2 ** 20).toFixed(0)} MiB`,
+    );
+  }
+  // An agent that reports no capabilities predates them: its Open refuses what it cannot do.
+  if (capacity.capabilities.length > 0) checkCapabilities(method, 'target', capacity.capabilities, `target ${address} (driver '${echo(capacity.driver)}')`);
+}
+
+/** Phase 2: the reservation for job `jobId`; returns its id and the windows the target grants. */
+export async function reserveOnTarget(peer: TargetPeer, jobId: string, description: GuestDescription, request: MigrationRequest): Promise<{ reservationId: string; windows: TargetWindows }> {
+  const reservation = await peer.reserve(
+    pb.ReserveRequest.create({
+      protocolVersion: PROTOCOL_VERSION,
+      agentVersion: AGENT_VERSION,
+      migrationId: jobId,
+      guest: { ...description, machineConfig: description.machineConfig },
+      downtimeLimitMs: request.downtimeLimitMs,
+      maxDurationMs: request.maxDurationMs,
+    }),
+  );
+  if (reservation.protocolVersion !== PROTOCOL_VERSION) {
+    throw new InvalidStateError(`target speaks protocol version ${reservation.protocolVersion}, this agent ${PROTOCOL_VERSION}`, {
+      reason: 'PEER_VERSION_MISMATCH',
+      metadata: { protocolVersion: PROTOCOL_VERSION, peerProtocolVersion: reservation.protocolVersion },
+    });
+  }
+  const windows = { chunks: Math.max(1, reservation.chunkWindow), units: Math.max(1, reservation.unitWindow), unitBytes: Math.max(1, reservation.unitWindowBytes) };
+  return { reservationId: reservation.reservationId, windows };
+}
