@@ -15,14 +15,15 @@
 import { AbortedError, InvalidArgumentError, InvalidStateError } from '../../errors.js';
 import type { CheckpointChunk, GuestDescription, GuestState, LogRecorder, PageAccess, RecordingStart, RecordingStats, SealedUnit, SourceGuest } from '../types.js';
 import { PAGE_BYTES } from '../types.js';
-import { beginCheckpoint, type CheckpointInstant, checkpointChunks, CHUNK_PAGES_DEFAULT, CHUNK_PAGES_MAX, COW_BYTES_MAX_DEFAULT, endCheckpoint } from './checkpoint.js';
+import { beginCheckpoint, checkpointChunks, CHUNK_PAGES_DEFAULT, CHUNK_PAGES_MAX, COW_BYTES_MAX_DEFAULT, endCheckpoint } from './checkpoint.js';
 import { Environment } from './environment.js';
 import { SimMachine } from './machine.js';
-import { encodePages } from './page-codec.js';
+import { pageAccessOf } from './page-codec.js';
 import type { SimMachineConfig } from './config.js';
 import { encodeMachineConfig, summarizeConfig } from './config.js';
-import { type AsyncEvent, encodeUnit, type GuestEvent, type SyncEvent, type UnitHeader } from './unit-codec.js';
+import { type AsyncEvent, encodeUnit, type SyncEvent, type UnitHeader } from './unit-codec.js';
 import { machineDigest } from './digest.js';
+import { mergeByPosition, Recording } from './recording.js';
 
 /**
  * How the runner paces units: `realtime` as a VM runs (the agents' mode); `asap` back to back,
@@ -57,20 +58,6 @@ export const SIM_GUEST_DEFAULTS: Readonly<Omit<SimGuestOptions, 'environmentSeed
 /** Instructions per busy millisecond assumed before the first measurement. */
 const INITIAL_INSTRUCTIONS_PER_MS = 20_000;
 
-interface Recording {
-  readonly firstSequence: number;
-  readonly queue: SealedUnit[];
-  queueBytes: number;
-  unitsRecorded: number;
-  logBytes: number;
-  /** The final unit was sealed (at suspend); nothing more will be recorded. */
-  sealedFinal: boolean;
-  /** The final unit was taken by the consumer. */
-  finished: boolean;
-  checkpoint: CheckpointInstant | null;
-  checkpointTaken: boolean;
-}
-
 export class SimSourceGuest implements SourceGuest, LogRecorder {
   private runState: GuestState;
   private environment: Environment;
@@ -79,8 +66,6 @@ export class SimSourceGuest implements SourceGuest, LogRecorder {
   private instructionsPerMs: number;
   private pageWriteCarry = 0;
   private loop: { stop: AbortController; done: Promise<void> } | null = null;
-  private unitWaiters: Array<() => void> = [];
-  private queueWaiters: Array<() => void> = [];
   private stallMsTotal = 0;
   private lagResets = 0;
   private unitsRun = 0;
@@ -111,24 +96,7 @@ export class SimSourceGuest implements SourceGuest, LogRecorder {
     this.instructionsPerMs = options.instructionsPerMs ?? INITIAL_INSTRUCTIONS_PER_MS;
     this.environment = new Environment(config.rates, config.payload, options.environmentSeed, machine.state.guestNs);
     this.runState = 'suspended';
-    const memory = machine.memory;
-    this.pages = {
-      pageCount: memory.pageCount,
-      startDirtyTracking: () => memory.clearDirty(),
-      stopDirtyTracking: () => {},
-      fetchAndClearDirty: () => {
-        this.checkAlive();
-        return memory.fetchAndClearDirty();
-      },
-      readPages: (first, count, out) => {
-        this.checkAlive();
-        memory.readPages(first, count, out);
-      },
-      encodePages: (pages) => {
-        this.checkAlive();
-        return encodePages(memory, pages);
-      },
-    };
+    this.pages = pageAccessOf(machine.memory, () => this.checkAlive());
   }
 
   /** Post-copy: how the runner gets pages that have not arrived yet. */
@@ -181,19 +149,9 @@ export class SimSourceGuest implements SourceGuest, LogRecorder {
     }
     if (this.recording !== null) throw new InvalidStateError(`guest ${this.id} is already recording (since unit ${this.recording.firstSequence})`, { reason: 'GUEST_BUSY', metadata: { guestId: this.id } });
     const st = this.machine.state;
-    this.recording = {
-      firstSequence: st.unitSequence,
-      queue: [],
-      queueBytes: 0,
-      unitsRecorded: 0,
-      logBytes: 0,
-      sealedFinal: false,
-      finished: false,
-      // The runner is between units whenever this code runs: the checkpoint's instant is the
-      // recording's first unit boundary.
-      checkpoint: beginCheckpoint(this.machine, this.options.cowBytesMax),
-      checkpointTaken: false,
-    };
+    // The runner is between units whenever this code runs: the checkpoint's instant is the
+    // recording's first unit boundary.
+    this.recording = new Recording(st.unitSequence, beginCheckpoint(this.machine, this.options.cowBytesMax), this.options);
     return { firstSequence: st.unitSequence, position: st.position };
   }
 
@@ -210,37 +168,11 @@ export class SimSourceGuest implements SourceGuest, LogRecorder {
   }
 
   async nextSealedUnit(signal?: AbortSignal): Promise<SealedUnit | null> {
-    for (;;) {
-      const rec = this.recording;
-      if (rec === null || rec.finished) return null;
-      const unit = rec.queue.shift();
-      if (unit !== undefined) {
-        rec.queueBytes -= unit.bytes.length;
-        if (unit.final) rec.finished = true;
-        this.wake('queue');
-        return unit;
-      }
-      if (signal?.aborted) throw new AbortedError(`waiting for a unit of guest ${this.id} was cancelled`, { cause: signal.reason });
-      await new Promise<void>((resolve) => {
-        const onAbort = () => resolve();
-        signal?.addEventListener('abort', onAbort, { once: true });
-        this.unitWaiters.push(() => {
-          signal?.removeEventListener('abort', onAbort);
-          resolve();
-        });
-      });
-    }
+    return this.recording === null ? null : this.recording.next(this.id, signal);
   }
 
   recordingStats(): RecordingStats {
-    const rec = this.recording;
-    return {
-      unitsRecorded: rec?.unitsRecorded ?? 0,
-      logBytes: rec?.logBytes ?? 0,
-      unitsQueued: rec?.queue.length ?? 0,
-      bytesQueued: rec?.queueBytes ?? 0,
-      stallMs: this.stallMsTotal,
-    };
+    return this.recording?.stats(this.stallMsTotal) ?? { unitsRecorded: 0, logBytes: 0, unitsQueued: 0, bytesQueued: 0, stallMs: this.stallMsTotal };
   }
 
   stopRecording(): void {
@@ -248,8 +180,7 @@ export class SimSourceGuest implements SourceGuest, LogRecorder {
     if (rec === null) return;
     if (rec.checkpoint !== null) endCheckpoint(this.machine, rec.checkpoint);
     this.recording = null;
-    this.wake('unit');
-    this.wake('queue');
+    rec.stop();
   }
 
   async suspend(): Promise<void> {
@@ -321,13 +252,6 @@ export class SimSourceGuest implements SourceGuest, LogRecorder {
     if (this.runState === 'discarded') throw new InvalidStateError(`guest ${this.id} was discarded`, { reason: 'GUEST_NOT_RUNNING', metadata: { guestId: this.id } });
   }
 
-  private wake(which: 'unit' | 'queue'): void {
-    const list = which === 'unit' ? this.unitWaiters : this.queueWaiters;
-    if (which === 'unit') this.unitWaiters = [];
-    else this.queueWaiters = [];
-    for (const w of list) w();
-  }
-
   private startLoop(): void {
     const stop = new AbortController();
     const done = this.runLoop(stop.signal).catch((error: unknown) => {
@@ -377,9 +301,9 @@ export class SimSourceGuest implements SourceGuest, LogRecorder {
       if (this.runState !== 'running') return false;
       const rec = this.recording;
       const cow = this.machine.memory.cow;
-      if (rec !== null && (rec.queueBytes >= this.options.logQueueBytesMax || rec.queue.length >= this.options.logQueueUnitsMax)) {
+      if (rec !== null && rec.full) {
         stalled = true;
-        await this.waitFor(new Promise<void>((resolve) => this.queueWaiters.push(resolve)), signal);
+        await this.waitFor(rec.waitForRoom(), signal);
         continue;
       }
       const bound = SimMachine.pageWritesBound({ pageWriteCount }, events);
@@ -452,25 +376,8 @@ export class SimSourceGuest implements SourceGuest, LogRecorder {
     });
     this.unitsRun++;
     const bytes = encodeUnit(header, mergeByPosition(asyncEvents, syncEvents));
-    const unit: SealedUnit = { sequence: header.sequence, bytes, guestNs: header.guestNs, eventCount: asyncEvents.length + syncEvents.length, final };
-    rec.queue.push(unit);
-    rec.queueBytes += bytes.length;
-    rec.unitsRecorded++;
-    rec.logBytes += bytes.length;
-    if (final) rec.sealedFinal = true;
-    this.wake('unit');
+    rec.seal({ sequence: header.sequence, bytes, guestNs: header.guestNs, eventCount: asyncEvents.length + syncEvents.length, final });
   }
-}
-
-function mergeByPosition(a: readonly GuestEvent[], b: readonly GuestEvent[]): GuestEvent[] {
-  const out: GuestEvent[] = [];
-  let i = 0;
-  let j = 0;
-  while (i < a.length || j < b.length) {
-    if (j >= b.length || (i < a.length && a[i].position <= b[j].position)) out.push(a[i++]);
-    else out.push(b[j++]);
-  }
-  return out;
 }
 
 function sleep(ms: number, signal: AbortSignal): Promise<void> {

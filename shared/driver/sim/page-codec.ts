@@ -13,7 +13,7 @@
 
 import { CorruptDataError, LimitExceededError } from '../../errors.js';
 import { xxh64 } from '../../hash.js';
-import { PAGE_BYTES } from '../types.js';
+import { PAGE_BYTES, type PageAccess } from '../types.js';
 import { type GuestMemory, isZeroPage } from './memory.js';
 
 const MAGIC = 0x50545243; // 'CRTP' little-endian
@@ -93,4 +93,28 @@ export function decodePages(bytes: Uint8Array, pageCount: number): DecodedPages 
   }
   if (counted !== present) throw new CorruptDataError(`page batch: ${counted} pages flagged present, ${present} announced`);
   return { pages, data };
+}
+
+/**
+ * Page-level access to `memory` (the page-access capability of a guest or a replica). `check`
+ * runs before each read: a guest refuses once discarded.
+ */
+export function pageAccessOf(memory: GuestMemory, check: () => void = () => {}): PageAccess {
+  return {
+    pageCount: memory.pageCount,
+    startDirtyTracking: () => memory.clearDirty(),
+    stopDirtyTracking: () => {},
+    fetchAndClearDirty: () => {
+      check();
+      return memory.fetchAndClearDirty();
+    },
+    readPages: (first, count, out) => {
+      check();
+      memory.readPages(first, count, out);
+    },
+    encodePages: (pages) => {
+      check();
+      return encodePages(memory, pages);
+    },
+  };
 }

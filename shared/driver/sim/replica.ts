@@ -4,13 +4,13 @@
 // Replay never waits out idle time: applying a unit costs only its busy part's CPU time.
 
 import { CorruptDataError, InvalidStateError, ReplayDivergenceError, UnitOrderError } from '../../errors.js';
-import type { CheckpointChunk, CheckpointReplayTarget, GuestDescription, GuestState, PageAccess, PageRestoreTarget, PostcopyResumeTarget, PostcopyTarget, SourceGuest, TargetReplica } from '../types.js';
+import type { CheckpointChunk, CheckpointReplayTarget, GuestDescription, GuestState, PageRestoreTarget, PostcopyResumeTarget, PostcopyTarget, SourceGuest, TargetReplica } from '../types.js';
 import { CheckpointRestorer } from './checkpoint.js';
 import { encodeMachineConfig, type SimMachineConfig, summarizeConfig } from './config.js';
 import { combineDigest, machineDigest } from './digest.js';
 import { MachineState, SimMachine } from './machine.js';
 import { ZERO_PAGE } from './memory.js';
-import { decodePages, encodePages } from './page-codec.js';
+import { decodePages, pageAccessOf } from './page-codec.js';
 import { decodeUnit, EventType, type SyncEvent } from './unit-codec.js';
 
 type ReplicaState = Extract<GuestState, 'restoring' | 'replica' | 'discarded'> | 'diverged' | 'activated';
@@ -49,14 +49,7 @@ export class SimReplica implements TargetReplica, CheckpointReplayTarget, PageRe
     this.machine = new SimMachine(config.memoryBytes, config.rates);
     this.restorer = new CheckpointRestorer(this.machine);
     const memory = this.machine.memory;
-    const pages: PageAccess = {
-      pageCount: memory.pageCount,
-      startDirtyTracking: () => memory.clearDirty(),
-      stopDirtyTracking: () => {},
-      fetchAndClearDirty: () => memory.fetchAndClearDirty(),
-      readPages: (first, count, out) => memory.readPages(first, count, out),
-      encodePages: (pages) => encodePages(memory, pages),
-    };
+    const pages = pageAccessOf(memory);
     this.pages = {
       ...pages,
       writePages: (first, count, data) => {
