@@ -6,7 +6,6 @@
 // tables and lines for a person or one JSON document with --json (the Control v2 messages, enum
 // values by name), and ends with an exit code a script can act on.
 
-import cliProgress from 'cli-progress';
 import { Command, CommanderError, InvalidArgumentError as CommanderArgumentError, Option } from 'commander';
 import { NON_CONVERGENCE_POLICIES } from '../shared/convergence.js';
 import { PROFILE_NAMES } from '../shared/driver/sim/profiles.js';
@@ -14,27 +13,21 @@ import { VmMigrateError } from '../shared/errors.js';
 import { AGENT_VERSION } from '../shared/protocol.js';
 import { controlServiceV2, grpc, pb2 } from '../shared/transport/grpc.js';
 import { agentCommand } from './agent.js';
-import { call, CallError, errorLine, EXIT, exitCodeForStatus, statusNameOf, stream } from './calls.js';
-import { AGENT_ADDRESS_DEFAULT, type ConnectionOptions, type ControlClient, controlClient, parseAddress } from './connect.js';
+import { migrate, type MigrateOptions } from './migrate.js';
+import { clientAction, exitCodeOf, Session } from './session.js';
+import { CallError, EXIT } from './calls.js';
+import { AGENT_ADDRESS_DEFAULT, parseAddress } from './connect.js';
 import { parseBandwidth, parseDuration, parseInteger } from './units.js';
 import {
   capacityLines,
-  failureLine,
   guestSummary,
   guestStateWord,
   guestsTable,
   jobEnded,
   jobLines,
-  type JobMessage,
   jobStateWord,
   jobsTable,
   messageJson,
-  methodValue,
-  phaseWord,
-  policyValue,
-  progressLine,
-  progressView,
-  summaryLines,
 } from './views.js';
 
 const EXIT_CODES_HELP = `
@@ -50,11 +43,6 @@ Exit codes:
 Client commands talk to --agent (default: $VMMIGRATE_AGENT, else ${AGENT_ADDRESS_DEFAULT}) over
 mutual TLS (--tls-ca, --tls-cert, --tls-key, or $VMMIGRATE_TLS_CA, $VMMIGRATE_TLS_CERT,
 $VMMIGRATE_TLS_KEY), or with --plaintext to an agent on loopback only.`;
-
-interface ClientOptions extends ConnectionOptions {
-  timeoutMs: number;
-  json?: boolean;
-}
 
 // --- option parsing --------------------------------------------------------------------------
 
@@ -87,65 +75,6 @@ function withClientOptions(command: Command): Command {
     .option('--plaintext', 'no TLS; allowed only to an agent on loopback (127.0.0.0/8, ::1, localhost)')
     .option('--timeout-ms <ms>', 'deadline of each call to the agent', integer('--timeout-ms', 1, 3_600_000), 10_000)
     .option('--json', 'print one JSON document on stdout and nothing else');
-}
-
-// --- one client command's run ----------------------------------------------------------------
-
-/** What a client command works with: its options, a Control client made on first use, output. */
-class Session {
-  private client: ControlClient | null = null;
-
-  constructor(readonly options: ClientOptions) {}
-
-  /** Credentials are checked here, before anything is dialled. */
-  control(): ControlClient {
-    this.client ??= controlClient(this.options);
-    return this.client;
-  }
-
-  call<Req, Res>(method: Parameters<typeof call<Req, Res>>[1], request: Req, what: string, timeoutMs = this.options.timeoutMs): Promise<Res> {
-    return call(this.control(), method, request, timeoutMs, `${what} on ${this.options.agent}`);
-  }
-
-  /** Lines for a person; nothing with --json. */
-  say(...lines: string[]): void {
-    if (!this.options.json) process.stdout.write(`${lines.join('\n')}\n`);
-  }
-
-  /** The one JSON document of --json. */
-  document(value: unknown): void {
-    if (this.options.json) process.stdout.write(`${JSON.stringify(value, null, 2)}\n`);
-  }
-
-  close(): void {
-    this.client?.close();
-  }
-}
-
-/** The exit code of a failed command: by gRPC status for calls and operating errors. */
-function exitCodeOf(error: unknown): number {
-  return exitCodeForStatus(statusNameOf(error));
-}
-
-/**
- * A commander action for a client command: `run` gets the session and the positional arguments
- * and returns the exit code. Operating failures (a call's status, a configuration error) become
- * one line on stderr and their exit code; anything else is a bug and propagates.
- */
-function clientAction(run: (session: Session, ...args: string[]) => Promise<number>) {
-  return async (...args: unknown[]): Promise<void> => {
-    const command = args[args.length - 1] as Command;
-    const session = new Session(command.opts<ClientOptions>());
-    try {
-      process.exitCode = await run(session, ...(args.slice(0, -2) as string[]));
-    } catch (error) {
-      if (!(error instanceof CallError || error instanceof VmMigrateError)) throw error;
-      process.stderr.write(`${errorLine(error, session.options.agent)}\n`);
-      process.exitCode = exitCodeOf(error);
-    } finally {
-      session.close();
-    }
-  };
 }
 
 // --- guests and capacity ---------------------------------------------------------------------
@@ -260,125 +189,6 @@ async function showAgent(session: Session): Promise<number> {
     jobsTable(activeJobs),
   );
   return EXIT.ok;
-}
-
-// --- migrate ---------------------------------------------------------------------------------
-
-interface MigrateOptions {
-  to: string;
-  method: string;
-  downtimeLimitMs?: number;
-  maxBandwidth?: number;
-  policy?: string;
-  maxDuration?: number;
-  wait: boolean;
-}
-
-/**
- * How a running migration is shown: a live bar on a terminal, one line per phase change when
- * stdout is a file or pipe, nothing with --json (its one document comes at the end).
- */
-class ProgressDisplay {
-  private bar: cliProgress.SingleBar | null = null;
-  private lastPhase = '';
-
-  constructor(private readonly mode: 'bar' | 'lines' | 'quiet') {}
-
-  update(job: JobMessage): void {
-    const phase = phaseWord(job.phase);
-    if (phase === 'done' || this.mode === 'quiet') return;
-    const v = progressView(job);
-    if (this.mode === 'lines') {
-      if (phase !== this.lastPhase) process.stdout.write(`${progressLine(job)}\n`);
-    } else if (this.bar === null) {
-      this.bar = new cliProgress.SingleBar(
-        { stream: process.stdout, format: '{phase} [{bar}] {percentage}% {label} | {remaining} | {throughput} | {downtime}', barsize: 20, hideCursor: true, fps: 5 },
-        cliProgress.Presets.shades_classic,
-      );
-      this.bar.start(100, Math.round(v.percent), { ...v, phase: v.phase.padEnd(13) });
-    } else {
-      this.bar.update(Math.round(v.percent), { ...v, phase: v.phase.padEnd(13) });
-    }
-    this.lastPhase = phase;
-  }
-
-  /** A message on stderr that does not garble the bar. */
-  note(line: string): void {
-    process.stderr.write(this.bar !== null ? `\n${line}\n` : `${line}\n`);
-  }
-
-  stop(): void {
-    this.bar?.stop();
-    this.bar = null;
-  }
-}
-
-/** Exit code of a process ended by Ctrl-C that stopped waiting (128 + SIGINT). */
-const EXIT_INTERRUPTED = 130;
-
-async function migrate(session: Session, guestId: string, opts: MigrateOptions): Promise<number> {
-  const request = pb2.StartMigrationRequest.create({
-    guestId,
-    targetAddress: opts.to,
-    method: methodValue(opts.method),
-    downtimeLimitMs: opts.downtimeLimitMs ?? 0,
-    maxBandwidthBytesPerSec: opts.maxBandwidth ?? 0,
-    nonConvergencePolicy: policyValue(opts.policy),
-    maxDurationMs: opts.maxDuration ?? 0,
-  });
-  const { jobId } = await session.call(controlServiceV2.startMigration, request, `starting the migration of guest '${guestId}' to ${opts.to}`);
-  if (!opts.wait) {
-    session.document({ jobId });
-    session.say(`Migration job ${jobId} started (guest '${guestId}' to ${opts.to}); follow it with 'vmmigrate status ${jobId}'.`);
-    return EXIT.ok;
-  }
-  session.say(`Migration job ${jobId} started: guest '${guestId}' from ${session.options.agent} to ${opts.to} (${opts.method}). Ctrl-C cancels it.`);
-  const display = new ProgressDisplay(session.options.json ? 'quiet' : process.stdout.isTTY ? 'bar' : 'lines');
-  let watchCall: grpc.ClientReadableStream<unknown> | null = null;
-  let interrupts = 0;
-  // Ctrl-C: ask the agent to cancel (the guest stays on the source) and keep watching until the
-  // job ends, so the report says how it ended. A second Ctrl-C stops waiting.
-  const onInterrupt = () => {
-    interrupts++;
-    if (interrupts > 1) {
-      watchCall?.cancel();
-      return;
-    }
-    display.note(`vmmigrate: cancelling job ${jobId}; waiting for it to end (Ctrl-C again to stop waiting)`);
-    session.call(controlServiceV2.cancelJob, pb2.CancelJobRequest.create({ jobId }), `cancelling job ${jobId}`).then(
-      () => {},
-      (error: unknown) => display.note(errorLine(error, session.options.agent)),
-    );
-  };
-  process.on('SIGINT', onInterrupt);
-  let last: JobMessage | null = null;
-  try {
-    // A snapshot first (the job as it is), then phase, round and progress events, then the end.
-    const events = stream(session.control(), controlServiceV2.watchJob, pb2.WatchJobRequest.create({ jobId, intervalMs: 250 }), `watching job ${jobId} on ${session.options.agent}`, (c) => (watchCall = c));
-    for await (const event of events) {
-      if (event.job) last = event.job;
-      if (last) display.update(last);
-    }
-  } catch (error) {
-    display.stop();
-    if (interrupts > 1 && error instanceof CallError && error.code === grpc.status.CANCELLED) {
-      process.stderr.write(`vmmigrate: stopped waiting; job ${jobId} may still be ending: 'vmmigrate status ${jobId}' shows it\n`);
-      return EXIT_INTERRUPTED;
-    }
-    throw error;
-  } finally {
-    process.off('SIGINT', onInterrupt);
-    display.stop();
-  }
-  // The stream ends after the job's final event; should it end early, ask once more.
-  if (last === null || !jobEnded(last)) {
-    last = await session.call(controlServiceV2.getJob, pb2.GetJobRequest.create({ jobId }), `getting job ${jobId}`);
-  }
-  session.document(messageJson(last));
-  session.say('', ...summaryLines(last));
-  if (last.state === pb2.JobState.JOB_STATE_SUCCEEDED) return EXIT.ok;
-  if (session.options.json) process.stderr.write(`${failureLine(last)}\n`);
-  return EXIT.failed;
 }
 
 // --- the program -----------------------------------------------------------------------------
