@@ -8,7 +8,7 @@
 // StartMigration answering INVALID_ARGUMENT "not available" skips it, with a note in the report).
 //
 // Running time on this host (2 cores, measured; report.md's header gives the estimate of the full
-// matrix, from the table MEASURED_WALL_S below and from what the run itself measured):
+// matrix, from the table MEASURED_WALL_S in bench/estimate.ts and what the run itself measured):
 // - --quick (web, mmuncher, db × crtr, precopy, postcopy × lan × 512 MiB × 1 repeat, + the data
 //   plane): 2 min 50 s - 3 min including the build;
 // - the full matrix: 6 profiles × 3 methods × lan, wan × 512 MiB × 5 repeats = 180 migrations
@@ -21,168 +21,20 @@ import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { parseArgs } from 'node:util';
 import cliProgress from 'cli-progress';
 import { type AgentProcess, startAgentProcess, stopAgentProcess } from '../cli/agent-process.js';
-import { PROFILE_NAMES } from '../shared/driver/sim/profiles.js';
 import { jobEnded, methodValue, policyValue } from '../cli/views.js';
 import { controlServiceV2, grpc, makeClient, pb2, unary } from '../shared/transport/grpc.js';
-import { LINK_PROFILE_NAMES, LINK_PROFILES, type LinkProfileName } from '../shared/transport/link.js';
+import { LINK_PROFILES } from '../shared/transport/link.js';
 import { type DataplaneResult, dataplaneSteps, runDataplane } from './dataplane.js';
 import { GIB_BYTES, MIB_BYTES } from './format.js';
 import { convergenceSpec, dataTransmittedSpec, downtimeVsMemorySpec, groupBy, renderSvg } from './plots.js';
 import { buildReport, type ReportMeta } from './report.js';
-import { ALL_METHODS, type LinkMode, type Method, type RunRecord, type RunSpec } from './run-record.js';
-import { AGENT_ARGS, killLiveChildren, MethodUnavailableError, runOne, seedOf } from './run.js';
-import { median } from './stats.js';
+import type { Method, RunRecord, RunSpec } from './run-record.js';
+import { AGENT_ARGS, killLiveChildren, MethodUnavailableError, runOne } from './run.js';
+import { fullMatrixEstimate } from './estimate.js';
+import { type HarnessOptions, matrixSpecs, parseOptions, USAGE, UsageError } from './harness-options.js';
 
-interface HarnessOptions {
-  quick: boolean;
-  out: string;
-  profiles: string[];
-  methods: Method[];
-  links: LinkProfileName[];
-  memoryMiB: number[];
-  repeats: number;
-  scaling: boolean;
-  scalingProfiles: string[];
-  scalingMemoryMiB: number[];
-  scalingRepeats: number;
-  dataplane: boolean;
-  dataplaneRepeats: number;
-  linkCheck: boolean;
-  downtimeLimitMs: number;
-  policy: RunSpec['policy'];
-  maxDurationMs: number;
-  warmupMs: number;
-  sampleMs: number;
-  linkMode: LinkMode;
-}
-
-const QUICK_PROFILES = ['web', 'mmuncher', 'db'];
-
-const USAGE = `usage: npm run bench -- [harness] [options]
-
-Live-migrates sim guests between two fresh agent processes per run, through the link emulator,
-and writes results.json, report.md and SVG plots.
-
-  --quick                 web, mmuncher, db × every available method × lan × 512 MiB × 1 repeat,
-                          + the data plane (no scaling); ~3 min on a 2-core host (full: ~2.5 h)
-  --out DIR               output folder (default: $TMPDIR/vmmigrate-bench-<time>)
-  --profiles a,b          workload profiles (default: all: ${PROFILE_NAMES.join(', ')})
-  --methods a,b           crtr, precopy, postcopy (default: all; postcopy skipped when the agent
-                          answers "not available")
-  --links a,b             ${LINK_PROFILE_NAMES.join(', ')} (default lan,wan; --quick lan)
-  --memory-mib a,b        guest memory sizes, MiB (default 512)
-  --repeats N             repeats of every cell (default 5; --quick 1)
-  --scaling               include the scaling runs (default without --quick): crtr and precopy,
-                          --scaling-profiles (web,mmuncher) × --scaling-memory-mib (256,1024,4096)
-                          on lan, --scaling-repeats N (default 3)
-  --no-scaling            leave them out
-  --no-dataplane          leave out the data-plane benchmark (default: in; --dataplane-repeats N,
-                          default 3, --quick 1)
-  --link-check            the data plane also measures the lan link emulator in this process and
-                          in a child process (default without --quick)
-  --link-process MODE     in-process (default) or child: where the link emulator runs
-  --downtime-limit-ms N   (default 300)       --max-duration-ms N   (default 300000)
-  --policy P              non-convergence policy: force (default: every run ends in a migration),
-                          abort or throttle
-  --warmup-ms N           guest run time before the migration (default 1000)
-  --sample-ms N           GetJob sampling period (default 100)
-  --from-results FILE     no runs: plots and report again from a results.json (into its folder,
-                          or --out), e.g. after an interrupt
-  -h, --help              this text`;
-
-class UsageError extends Error {}
-
-function list(value: string | undefined, fallback: string[]): string[] {
-  if (value === undefined) return fallback;
-  return value
-    .split(',')
-    .map((s) => s.trim())
-    .filter((s) => s !== '');
-}
-
-function numbers(value: string | undefined, fallback: number[], name: string): number[] {
-  const xs = list(value, fallback.map(String)).map(Number);
-  for (const x of xs) if (!(Number.isInteger(x) && x > 0)) throw new UsageError(`${name}: expected positive integers, got '${value}'`);
-  return xs;
-}
-
-function parseOptions(argv: string[]): HarnessOptions | 'help' {
-  const { values } = parseArgs({
-    args: argv,
-    options: {
-      quick: { type: 'boolean', default: false },
-      out: { type: 'string' },
-      profiles: { type: 'string' },
-      methods: { type: 'string' },
-      links: { type: 'string' },
-      'memory-mib': { type: 'string' },
-      repeats: { type: 'string' },
-      scaling: { type: 'boolean' },
-      'no-scaling': { type: 'boolean' },
-      'scaling-profiles': { type: 'string' },
-      'scaling-memory-mib': { type: 'string' },
-      'scaling-repeats': { type: 'string' },
-      'no-dataplane': { type: 'boolean' },
-      'dataplane-repeats': { type: 'string' },
-      'link-check': { type: 'boolean' },
-      'link-process': { type: 'string', default: 'in-process' },
-      'downtime-limit-ms': { type: 'string', default: '300' },
-      policy: { type: 'string', default: 'force' },
-      'max-duration-ms': { type: 'string', default: '300000' },
-      'warmup-ms': { type: 'string', default: '1000' },
-      'sample-ms': { type: 'string', default: '100' },
-      help: { type: 'boolean', short: 'h', default: false },
-    },
-    allowPositionals: false,
-  });
-  if (values.help) return 'help';
-  const quick = values.quick;
-  const profiles = list(values.profiles, quick ? QUICK_PROFILES : [...PROFILE_NAMES]);
-  for (const p of profiles) if (!(PROFILE_NAMES as readonly string[]).includes(p)) throw new UsageError(`unknown profile '${p}': expected ${PROFILE_NAMES.join(', ')}`);
-  const methods = list(values.methods, [...ALL_METHODS]) as Method[];
-  for (const m of methods) if (!ALL_METHODS.includes(m)) throw new UsageError(`unknown method '${m}': expected ${ALL_METHODS.join(', ')}`);
-  const links = list(values.links, quick ? ['lan'] : ['lan', 'wan']) as LinkProfileName[];
-  for (const l of links) if (!(LINK_PROFILE_NAMES as string[]).includes(l)) throw new UsageError(`unknown link '${l}': expected ${LINK_PROFILE_NAMES.join(', ')}`);
-  const scalingProfiles = list(values['scaling-profiles'], ['web', 'mmuncher']);
-  for (const p of scalingProfiles) if (!(PROFILE_NAMES as readonly string[]).includes(p)) throw new UsageError(`unknown profile '${p}'`);
-  const policy = values.policy;
-  if (policy !== 'force' && policy !== 'abort' && policy !== 'throttle') throw new UsageError(`--policy: expected force, abort or throttle, got '${policy}'`);
-  const linkMode = values['link-process'];
-  if (linkMode !== 'in-process' && linkMode !== 'child') throw new UsageError(`--link-process: expected in-process or child, got '${linkMode}'`);
-  const stamp = new Date().toISOString().replace(/[:.]/g, '-').slice(0, 19);
-  const one = (v: string | undefined, fallback: number, name: string) => numbers(v, [fallback], name)[0];
-  return {
-    quick,
-    out: path.resolve(values.out ?? path.join(os.tmpdir(), `vmmigrate-bench-${stamp}`)),
-    profiles,
-    methods,
-    links,
-    memoryMiB: numbers(values['memory-mib'], [512], '--memory-mib'),
-    repeats: one(values.repeats, quick ? 1 : 5, '--repeats'),
-    scaling: values['no-scaling'] ? false : (values.scaling ?? !quick),
-    scalingProfiles,
-    scalingMemoryMiB: numbers(values['scaling-memory-mib'], [256, 1024, 4096], '--scaling-memory-mib'),
-    scalingRepeats: one(values['scaling-repeats'], quick ? 1 : 3, '--scaling-repeats'),
-    dataplane: !values['no-dataplane'],
-    dataplaneRepeats: one(values['dataplane-repeats'], quick ? 1 : 3, '--dataplane-repeats'),
-    linkCheck: values['link-check'] ?? !quick,
-    downtimeLimitMs: one(values['downtime-limit-ms'], 300, '--downtime-limit-ms'),
-    policy,
-    maxDurationMs: one(values['max-duration-ms'], 300_000, '--max-duration-ms'),
-    warmupMs: numbers(values['warmup-ms'], [1000], '--warmup-ms')[0],
-    sampleMs: one(values['sample-ms'], 100, '--sample-ms'),
-    linkMode,
-  };
-}
-
-/**
- * Asks a fresh source agent to start a migration of each method that might not be built in
- * (postcopy) with a small guest; an INVALID_ARGUMENT "not available" answer marks it unavailable.
- * A method it accepts is cancelled at once.
- */
 async function probeMethods(methods: Method[]): Promise<Map<Method, string>> {
   const unavailable = new Map<Method, string>();
   const toProbe = methods.filter((m) => m !== 'crtr' && m !== 'precopy');
@@ -225,93 +77,6 @@ async function probeMethods(methods: Method[]): Promise<Map<Method, string>> {
   return unavailable;
 }
 
-function matrixSpecs(o: HarnessOptions, methods: Method[]): RunSpec[] {
-  const specs: RunSpec[] = [];
-  const common = { downtimeLimitMs: o.downtimeLimitMs, policy: o.policy, maxDurationMs: o.maxDurationMs, warmupMs: o.warmupMs, sampleMs: o.sampleMs, disableCompression: false, linkMode: o.linkMode };
-  // Methods innermost: the runs a ratio compares are close in time (same load on the host).
-  for (let repeat = 0; repeat < o.repeats; repeat++) {
-    for (const link of o.links) {
-      for (const profile of o.profiles) {
-        for (const mib of o.memoryMiB) {
-          const seed = seedOf(`${profile}:${mib}:${repeat}`);
-          for (const method of methods) specs.push({ kind: 'matrix', profile, method, link, memoryBytes: mib * MIB_BYTES, repeat, seed, ...common });
-        }
-      }
-    }
-  }
-  if (o.scaling) {
-    const scalingMethods = methods.filter((m) => m === 'crtr' || m === 'precopy');
-    for (let repeat = 0; repeat < o.scalingRepeats; repeat++) {
-      for (const profile of o.scalingProfiles) {
-        for (const mib of o.scalingMemoryMiB) {
-          const seed = seedOf(`${profile}:${mib}:${repeat}`);
-          for (const method of scalingMethods) specs.push({ kind: 'scaling', profile, method, link: 'lan', memoryBytes: mib * MIB_BYTES, repeat, seed, ...common });
-        }
-      }
-    }
-  }
-  return specs;
-}
-
-// ---------------------------------------------------------------------------------------------
-// Running time estimate of the full matrix.
-//
-// Wall seconds of one run (agents up to agents down: start, boot, 1 s warm-up, migration, stop) at
-// 512 MiB, measured on this host (2 cores, 2026-11-25) with `--repeats 1 --links lan,wan
-// --no-scaling --no-dataplane`: 36 migrations in 20.7 min. Other sizes scale the migration part
-// linearly with memory (measured: web at 4 GiB 65-73 s on lan, mmuncher pre-copy at 4 GiB > 300 s).
-const MEASURED_WALL_S: Record<Method, Record<string, [number, number]>> = {
-  //               [lan, wan] seconds
-  crtr: { idle: [9, 21], web: [12, 35], compile: [16, 68], db: [14, 57], mmuncher: [19, 64], stream: [11, 44] },
-  precopy: { idle: [9, 21], web: [12, 61], compile: [19, 134], db: [14, 99], mmuncher: [36, 219], stream: [10, 23] },
-  postcopy: { idle: [11, 21], web: [11, 22], compile: [11, 23], db: [11, 23], mmuncher: [11, 38], stream: [10, 22] },
-};
-const FIXED_WALL_S = 5;
-
-function estimateRunSeconds(spec: Pick<RunSpec, 'profile' | 'method' | 'link' | 'memoryBytes'>, measured: Map<string, number>): number {
-  const key = `${spec.profile}|${spec.method}|${spec.link}|${spec.memoryBytes}`;
-  const m = measured.get(key);
-  if (m !== undefined) return m;
-  const pair = MEASURED_WALL_S[spec.method]?.[spec.profile] ?? [15, 60];
-  const base = spec.link === 'wan' ? pair[1] : spec.link === 'lan' ? pair[0] : pair[0] * 0.8;
-  const migration = Math.max(1, base - FIXED_WALL_S) * (spec.memoryBytes / (512 * MIB_BYTES));
-  return Math.min(FIXED_WALL_S + migration, 360);
-}
-
-function fullMatrixEstimate(runs: RunRecord[], methods: Method[], dataplaneWallS: number | null): ReportMeta['fullMatrixEstimate'] {
-  const measured = new Map<string, number>();
-  for (const [key, rs] of groupBy(runs, (r) => `${r.profile}|${r.method}|${r.link}|${r.memoryBytes}`)) measured.set(key, median(rs.map((r) => r.wallMs / 1000)));
-  const full: HarnessOptions = {
-    quick: false,
-    out: '',
-    profiles: [...PROFILE_NAMES],
-    methods,
-    links: ['lan', 'wan'],
-    memoryMiB: [512],
-    repeats: 5,
-    scaling: true,
-    scalingProfiles: ['web', 'mmuncher'],
-    scalingMemoryMiB: [256, 1024, 4096],
-    scalingRepeats: 3,
-    dataplane: true,
-    dataplaneRepeats: 3,
-    linkCheck: true,
-    downtimeLimitMs: 300,
-    policy: 'force',
-    maxDurationMs: 300_000,
-    warmupMs: 1000,
-    sampleMs: 100,
-    linkMode: 'in-process',
-  };
-  const specs = matrixSpecs(full, methods);
-  let seconds = specs.reduce((sum, s) => sum + estimateRunSeconds(s, measured), 0);
-  seconds += 3 * (dataplaneWallS ?? 60) * (6 / 4); // three repeats, with the link check
-  return {
-    runs: specs.length,
-    seconds,
-    how: `per run: this run's median wall time where it measured the cell, else a table measured on this host (bench/harness.ts), scaled with memory; ${methods.join(', ')}; + data plane × 3`,
-  };
-}
 
 // ---------------------------------------------------------------------------------------------
 
