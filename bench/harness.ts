@@ -190,9 +190,16 @@ async function writeOutputs(out: string, x: Outputs): Promise<ReportMeta> {
 }
 
 export async function runHarness(argv: string[]): Promise<number> {
-  let o: HarnessOptions;
-  let fromResults: string | undefined;
+  const parsed = parseHarnessArgs(argv);
+  if (typeof parsed === 'number') return parsed;
+  if (parsed.fromResults !== undefined) return reportFromResults(parsed.fromResults, parsed.options, parsed.argv);
+  return runMatrix(parsed.options, parsed.argv);
+}
+
+/** The options, and the results.json of --from-results; or the exit code (help: 0, usage: 2). */
+function parseHarnessArgs(argv: string[]): number | { options: HarnessOptions; fromResults?: string; argv: string[] } {
   try {
+    let fromResults: string | undefined;
     const i = argv.indexOf('--from-results');
     if (i >= 0) {
       fromResults = argv[i + 1];
@@ -204,46 +211,53 @@ export async function runHarness(argv: string[]): Promise<number> {
       console.log(USAGE);
       return 0;
     }
-    o = parsed;
+    return { options: parsed, fromResults, argv };
   } catch (error) {
     console.error(`bench harness: ${error instanceof Error ? error.message : String(error)}\n\n${USAGE}`);
     return 2;
   }
+}
 
-  if (fromResults !== undefined) {
-    // Plots and report again from a results.json (a finished or an interrupted run).
-    const saved = JSON.parse(readFileSync(fromResults, 'utf8')) as { meta: Partial<Outputs> & { options?: HarnessOptions }; runs: RunRecord[]; dataplane: DataplaneResult | null };
-    const out = argv.includes('--out') ? o.out : path.dirname(path.resolve(fromResults));
-    mkdirSync(out, { recursive: true });
-    const m = saved.meta;
-    const x: Outputs = {
-      argv: m.argv ?? [],
-      options: m.options ?? o,
-      startedAt: m.startedAt ?? '?',
-      wallSeconds: m.wallSeconds ?? NaN,
-      loadavgStart: m.loadavgStart ?? [NaN, NaN, NaN],
-      loadavgEnd: m.loadavgEnd ?? [NaN, NaN, NaN],
-      cpuPressureStart: m.cpuPressureStart,
-      cpuPressureEnd: m.cpuPressureEnd,
-      methods: m.methods ?? [...new Set(saved.runs.map((r) => r.method))],
-      methodsSkipped: m.methodsSkipped ?? [],
-      runs: saved.runs,
-      dataplane: saved.dataplane,
-    };
-    const meta = await writeOutputs(out, x);
-    console.error(`bench: wrote ${path.join(out, 'report.md')} and ${meta.plots.length} SVG plots from ${saved.runs.length} runs`);
-    return 0;
-  }
+/** Plots and report again from a results.json (a finished or an interrupted run). */
+async function reportFromResults(fromResults: string, o: HarnessOptions, argv: string[]): Promise<number> {
+  const saved = JSON.parse(readFileSync(fromResults, 'utf8')) as { meta: Partial<Outputs> & { options?: HarnessOptions }; runs: RunRecord[]; dataplane: DataplaneResult | null };
+  const out = argv.includes('--out') ? o.out : path.dirname(path.resolve(fromResults));
+  mkdirSync(out, { recursive: true });
+  const m = saved.meta;
+  const x: Outputs = {
+    argv: m.argv ?? [],
+    options: m.options ?? o,
+    startedAt: m.startedAt ?? '?',
+    wallSeconds: m.wallSeconds ?? NaN,
+    loadavgStart: m.loadavgStart ?? [NaN, NaN, NaN],
+    loadavgEnd: m.loadavgEnd ?? [NaN, NaN, NaN],
+    cpuPressureStart: m.cpuPressureStart,
+    cpuPressureEnd: m.cpuPressureEnd,
+    methods: m.methods ?? [...new Set(saved.runs.map((r) => r.method))],
+    methodsSkipped: m.methodsSkipped ?? [],
+    runs: saved.runs,
+    dataplane: saved.dataplane,
+  };
+  const meta = await writeOutputs(out, x);
+  console.error(`bench: wrote ${path.join(out, 'report.md')} and ${meta.plots.length} SVG plots from ${saved.runs.length} runs`);
+  return 0;
+}
 
+/** What a run of the matrix has so far: saved after every migration, reported at the end. */
+interface MatrixState {
+  runs: RunRecord[];
+  dataplane: DataplaneResult | null;
+  skipped: Array<{ method: string; reason: string }>;
+  methods: Method[];
+}
+
+async function runMatrix(o: HarnessOptions, argv: string[]): Promise<number> {
   mkdirSync(o.out, { recursive: true });
   const startedAt = new Date();
   const wallStart = performance.now();
   const loadavgStart = os.loadavg();
   const cpuPressureStart = cpuPressure();
-  const runs: RunRecord[] = [];
-  let dataplane: DataplaneResult | null = null;
-  const skipped: Array<{ method: string; reason: string }> = [];
-  let methods: Method[] = [...o.methods];
+  const state: MatrixState = { runs: [], dataplane: null, skipped: [], methods: [...o.methods] };
   const snapshot = (): Outputs => ({
     argv,
     options: o,
@@ -253,35 +267,63 @@ export async function runHarness(argv: string[]): Promise<number> {
     loadavgEnd: os.loadavg(),
     cpuPressureStart,
     cpuPressureEnd: cpuPressure(),
-    methods,
-    methodsSkipped: skipped,
-    runs,
-    dataplane,
+    methods: state.methods,
+    methodsSkipped: state.skipped,
+    runs: state.runs,
+    dataplane: state.dataplane,
   });
-  const save = () => {
-    const x = snapshot();
-    writeJson(path.join(o.out, 'results.json'), { meta: { ...x, runs: undefined, dataplane: undefined }, runs, dataplane });
-  };
+  const save = () => writeJson(path.join(o.out, 'results.json'), { meta: { ...snapshot(), runs: undefined, dataplane: undefined }, runs: state.runs, dataplane: state.dataplane });
   // An interrupt stops the agents and keeps what was measured (then: --from-results to report).
   const onSignal = (signal: NodeJS.Signals) => {
     killLiveChildren();
     save();
-    console.error(`\nbench: ${signal}: stopped; ${runs.length} runs kept in ${path.join(o.out, 'results.json')} (report them with --from-results)`);
+    console.error(`\nbench: ${signal}: stopped; ${state.runs.length} runs kept in ${path.join(o.out, 'results.json')} (report them with --from-results)`);
     process.exit(130);
   };
   process.once('SIGINT', onSignal);
   process.once('SIGTERM', onSignal);
+  try {
+    await runAll(o, state, save);
+  } finally {
+    process.off('SIGINT', onSignal);
+    process.off('SIGTERM', onSignal);
+  }
+  const meta = await writeOutputs(o.out, snapshot());
+  console.error(`bench: ${state.runs.length} migrations in ${(meta.wallSeconds / 60).toFixed(1)} min; wrote ${path.join(o.out, 'report.md')}, results.json and ${meta.plots.length} SVG plots`);
+  const broken = state.runs.filter((r) => r.status === 'completed' && !r.digestsMatch);
+  if (broken.length > 0) {
+    console.error(`bench: ${broken.length} completed migration(s) whose digests differ`);
+    return 1;
+  }
+  return 0;
+}
 
+/** The probe, every migration of the matrix, then the data plane, with a progress bar on stderr. */
+async function runAll(o: HarnessOptions, state: MatrixState, save: () => void): Promise<void> {
   const unavailable = await probeMethods(o.methods);
   for (const [method, reason] of unavailable) {
-    skipped.push({ method, reason });
+    state.skipped.push({ method, reason });
     console.error(`bench: skipping method ${method}: ${reason}`);
   }
-  methods = methods.filter((m) => !unavailable.has(m));
+  state.methods = state.methods.filter((m) => !unavailable.has(m));
+  const specs = matrixSpecs(o, state.methods);
+  const bar = progressBar();
+  bar.start(specs.length + (o.dataplane ? dataplaneSteps({ repeats: o.dataplaneRepeats, linkCheck: o.linkCheck }) : 0), 0, { label: 'starting' });
+  for (const spec of specs) {
+    await runSpec(spec, state, bar);
+    save();
+  }
+  if (o.dataplane) {
+    bar.update({ label: 'data plane' });
+    state.dataplane = await runDataplane({ memoryMiB: 1024, repeats: o.dataplaneRepeats, linkCheck: o.linkCheck, warmupMs: o.warmupMs, onStep: (label) => bar.increment(1, { label }) });
+    save();
+  }
+  bar.update({ label: 'plots and report' });
+  bar.stop();
+}
 
-  const specs = matrixSpecs(o, methods);
-  const dpSteps = o.dataplane ? dataplaneSteps({ repeats: o.dataplaneRepeats, linkCheck: o.linkCheck }) : 0;
-  const bar = new cliProgress.SingleBar(
+function progressBar(): cliProgress.SingleBar {
+  return new cliProgress.SingleBar(
     {
       stream: process.stderr,
       format: 'bench {bar} {value}/{total} | {duration_formatted} elapsed | ETA {eta_formatted} | {label}',
@@ -293,50 +335,25 @@ export async function runHarness(argv: string[]): Promise<number> {
     },
     cliProgress.Presets.shades_classic,
   );
-  bar.start(specs.length + dpSteps, 0, { label: 'starting' });
+}
 
-  for (const spec of specs) {
-    const label = `${spec.kind === 'scaling' ? 'scaling ' : ''}${spec.profile} ${spec.method} ${spec.link} ${spec.memoryBytes / MIB_BYTES} MiB #${spec.repeat + 1}`;
-    if (!methods.includes(spec.method)) {
-      bar.increment(1, { label: `${label}: skipped` });
-      continue;
-    }
-    bar.update({ label });
-    try {
-      const record = await runOne(spec);
-      runs.push(record);
-      const dt = Number.isFinite(record.downtimeMs) && record.status === 'completed' ? `${record.downtimeMs.toFixed(0)} ms down` : record.error.slice(0, 60);
-      bar.increment(1, { label: `${label}: ${record.status}, ${dt}` });
-    } catch (error) {
-      if (!(error instanceof MethodUnavailableError)) throw error;
-      skipped.push({ method: spec.method, reason: error.message });
-      methods = methods.filter((m) => m !== spec.method);
-      bar.increment(1, { label: `${label}: method not available, skipped` });
-    }
-    save();
+/** One migration of the matrix; a method the agent turns out not to offer is skipped from then on. */
+async function runSpec(spec: RunSpec, state: MatrixState, bar: cliProgress.SingleBar): Promise<void> {
+  const label = `${spec.kind === 'scaling' ? 'scaling ' : ''}${spec.profile} ${spec.method} ${spec.link} ${spec.memoryBytes / MIB_BYTES} MiB #${spec.repeat + 1}`;
+  if (!state.methods.includes(spec.method)) {
+    bar.increment(1, { label: `${label}: skipped` });
+    return;
   }
-  if (o.dataplane) {
-    bar.update({ label: 'data plane' });
-    dataplane = await runDataplane({
-      memoryMiB: 1024,
-      repeats: o.dataplaneRepeats,
-      linkCheck: o.linkCheck,
-      warmupMs: o.warmupMs,
-      onStep: (label) => bar.increment(1, { label }),
-    });
-    save();
+  bar.update({ label });
+  try {
+    const record = await runOne(spec);
+    state.runs.push(record);
+    const dt = Number.isFinite(record.downtimeMs) && record.status === 'completed' ? `${record.downtimeMs.toFixed(0)} ms down` : record.error.slice(0, 60);
+    bar.increment(1, { label: `${label}: ${record.status}, ${dt}` });
+  } catch (error) {
+    if (!(error instanceof MethodUnavailableError)) throw error;
+    state.skipped.push({ method: spec.method, reason: error.message });
+    state.methods = state.methods.filter((m) => m !== spec.method);
+    bar.increment(1, { label: `${label}: method not available, skipped` });
   }
-  bar.update({ label: 'plots and report' });
-  bar.stop();
-  process.off('SIGINT', onSignal);
-  process.off('SIGTERM', onSignal);
-
-  const meta = await writeOutputs(o.out, snapshot());
-  console.error(`bench: ${runs.length} migrations in ${(meta.wallSeconds / 60).toFixed(1)} min; wrote ${path.join(o.out, 'report.md')}, results.json and ${meta.plots.length} SVG plots`);
-  const broken = runs.filter((r) => r.status === 'completed' && !r.digestsMatch);
-  if (broken.length > 0) {
-    console.error(`bench: ${broken.length} completed migration(s) whose digests differ`);
-    return 1;
-  }
-  return 0;
 }
