@@ -22,7 +22,7 @@ import type { SourceGuest } from '../shared/driver/types.js';
 import { AbortedError, CorruptDataError, InvalidStateError, UnavailableError, VmMigrateError } from '../shared/errors.js';
 import { WINDOW_DEFAULTS } from '../shared/protocol.js';
 import { emptyStats, type MigrationPhase, type MigrationStats } from '../shared/stats.js';
-import { type ByteCounter, grpc, statusName } from '../shared/transport/grpc.js';
+import { grpc, statusName, type StreamByteCounter } from '../shared/transport/grpc.js';
 import type { TransferChannel } from './channel.js';
 import type { MigrationHooks } from './faults.js';
 import type { MethodContext, MigrationRequest, TargetWindows, TransferMethod } from './methods/method.js';
@@ -134,7 +134,7 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
   }
 
   /** Bytes on the wire so far: `sent` to the target, `received` from it (transferredBytes is their sum). */
-  get wireBytes(): Readonly<ByteCounter> {
+  get wireBytes(): Readonly<StreamByteCounter> {
     return this.peer.wireBytes;
   }
 

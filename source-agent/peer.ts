@@ -3,7 +3,7 @@
 // each way (the migration's transferredBytes).
 
 import { systemClock, type Clock } from '../shared/clock.js';
-import { type ByteCounter, countingService, grpc, makeClient, migrationService, pb, streamByteCounter, unary } from '../shared/transport/grpc.js';
+import { countingService, grpc, makeClient, migrationService, pb, streamByteCounter, type StreamByteCounter, unary } from '../shared/transport/grpc.js';
 import { GrpcTransferChannel, type TransferChannel, type TransferChannelOptions } from './channel.js';
 
 type Capacity = InstanceType<typeof pb.Capacity>;
@@ -13,8 +13,8 @@ type ReserveResponse = InstanceType<typeof pb.ReserveResponse>;
 /** What a migration's lifecycle asks of the target agent. */
 export interface TargetPeer {
   readonly address: string;
-  /** Bytes on the wire so far: `sent` to the target, `received` from it. */
-  readonly wireBytes: Readonly<ByteCounter>;
+  /** Bytes on the wire so far: `sent` to the target, `received` from it, and by stream. */
+  readonly wireBytes: Readonly<StreamByteCounter>;
   capacity(): Promise<Capacity>;
   reserve(request: ReserveRequest): Promise<ReserveResponse>;
   /** Gives back a reservation that no transfer opened. */
@@ -45,7 +45,7 @@ export class GrpcTargetPeer implements TargetPeer {
     this.clock = options.clock ?? systemClock;
   }
 
-  get wireBytes(): Readonly<ByteCounter> {
+  get wireBytes(): Readonly<StreamByteCounter> {
     return this.counter;
   }
 

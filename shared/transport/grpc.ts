@@ -127,7 +127,9 @@ export interface ByteCounter {
 }
 
 /** A counter that also counts by stream. */
-export function streamByteCounter(): ByteCounter & { streams: Record<StreamName, StreamBytes> } {
+export type StreamByteCounter = ByteCounter & { streams: Record<StreamName, StreamBytes> };
+
+export function streamByteCounter(): StreamByteCounter {
   const streams = Object.fromEntries(STREAM_NAMES.map((name) => [name, { rawBytes: 0, wireBytes: 0 }])) as Record<StreamName, StreamBytes>;
   return { sent: 0, received: 0, streams };
 }

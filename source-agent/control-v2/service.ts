@@ -6,7 +6,7 @@
 
 import type { Logger } from 'pino';
 import type { HypervisorDriver, SourceGuest } from '../../shared/driver/types.js';
-import { echo, InvalidArgumentError, InvalidStateError, invalidField, NotFoundError, UnimplementedError } from '../../shared/errors.js';
+import { echo, InvalidArgumentError, InvalidStateError, invalidField, LimitExceededError, NotFoundError, UnimplementedError } from '../../shared/errors.js';
 import { checkGuestId, checkJobId } from '../../shared/ids.js';
 import { type controlServiceV2, type grpc, pb, pb2 } from '../../shared/transport/grpc.js';
 import { hostOf, isLoopbackHost } from '../../shared/transport/tls.js';
@@ -24,6 +24,8 @@ const GUEST_PROFILE_DEFAULT = 'idle';
 const WATCH_INTERVAL_MS_DEFAULT = 200;
 const WATCH_INTERVAL_MS_MIN = 20;
 const WATCH_INTERVAL_MS_MAX = 60_000;
+/** WatchJob streams open at once on one agent. */
+const WATCHES_MAX = 256;
 
 /** The incoming migrations the target side keeps (target-agent/incoming-jobs.ts). */
 export interface IncomingJobs {
@@ -50,6 +52,9 @@ export class ControlServiceV2 {
     private readonly options: ControlV2Options,
     private readonly log: Logger,
   ) {}
+
+  /** WatchJob streams open now. */
+  private watches = 0;
 
   listGuests(): InstanceType<typeof pb2.ListGuestsResponse> {
     const local = this.driver.listGuests();
@@ -180,9 +185,22 @@ export class ControlServiceV2 {
     }
     const intervalMs = asked || WATCH_INTERVAL_MS_DEFAULT;
     const outgoing = this.outgoing(jobId);
-    if (outgoing !== undefined) return watchSourceJob(call, outgoing, this.control.historyOf(outgoing), intervalMs);
-    if (this.incoming.get(jobId) !== undefined) return watchIncomingJob(call, () => this.incoming.get(jobId), intervalMs);
-    throw jobNotFound(jobId);
+    if (outgoing === undefined && this.incoming.get(jobId) === undefined) throw jobNotFound(jobId);
+    // Each watch holds a timer and builds a job message per event: a bounded number of them.
+    if (this.watches >= WATCHES_MAX) {
+      throw new LimitExceededError(`${this.watches} WatchJob streams open on this agent, the limit is ${WATCHES_MAX}; close one, or poll with GetJob`, { metadata: { limit: WATCHES_MAX } });
+    }
+    this.watches++;
+    let open = true;
+    const closed = () => {
+      if (open) this.watches--;
+      open = false;
+    };
+    call.once('finish', closed);
+    call.once('cancelled', closed);
+    call.once('close', closed);
+    if (outgoing !== undefined) watchSourceJob(call, outgoing, this.control.historyOf(outgoing), intervalMs);
+    else watchIncomingJob(call, () => this.incoming.get(jobId), intervalMs);
   }
 
   private outgoing(jobId: string) {

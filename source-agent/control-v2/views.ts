@@ -55,7 +55,7 @@ function sourceStats(job: SourceMigration, s: MigrationStats): InstanceType<type
     rttMs: s.rttMs,
     sourceDigest: s.sourceDigest,
     targetDigest: s.targetDigest,
-    bytes: transferBytes(job.wireBytes.streams, s.transferredBytes),
+    bytes: transferBytes(job.wireBytes.streams),
   });
   if (s.method === 'crtr') stats.crtr = crtrStats(s);
   else if (s.method === 'precopy') stats.precopy = pb2.PrecopyStats.create({ rounds: s.rounds, pagesSent: s.pagesSent, stopPagesSent: s.stopPagesSent, dirtyPages: Math.round(s.remainingBytes / PAGE_BYTES) });
@@ -83,11 +83,10 @@ function crtrStats(s: MigrationStats): InstanceType<typeof pb2.CrtrStats> {
   });
 }
 
-/** Per-stream bytes; without a per-stream count, everything is control (the total still adds up). */
-function transferBytes(streams: Record<StreamName, StreamBytes> | undefined, transferredBytes: number): InstanceType<typeof pb2.TransferBytes> {
-  const of = (name: StreamName) => pb2.StreamBytes.create(streams?.[name] ?? (name === 'control' ? { rawBytes: transferredBytes, wireBytes: transferredBytes } : {}));
-  const message = pb2.TransferBytes.create({ transferredBytes: streams === undefined ? transferredBytes : STREAM_NAMES.reduce((sum, n) => sum + streams[n].wireBytes, 0) });
-  for (const name of STREAM_NAMES) message[name] = of(name);
+/** Bytes by stream; their wire bytes add up to the bytes transferred. */
+function transferBytes(streams: Record<StreamName, StreamBytes>): InstanceType<typeof pb2.TransferBytes> {
+  const message = pb2.TransferBytes.create({ transferredBytes: STREAM_NAMES.reduce((sum, n) => sum + streams[n].wireBytes, 0) });
+  for (const name of STREAM_NAMES) message[name] = pb2.StreamBytes.create(streams[name]);
   return message;
 }
 

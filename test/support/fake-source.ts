@@ -9,7 +9,7 @@ import { PAGE_BYTES } from '../../shared/driver/types.js';
 import { AbortedError } from '../../shared/errors.js';
 import { type PackedMessage, packMessage, type PayloadBody, PROTOCOL_VERSION } from '../../shared/protocol.js';
 import { emptyStats, type MigrationMethod, type MigrationPhase, type MigrationStats } from '../../shared/stats.js';
-import { pb } from '../../shared/transport/grpc.js';
+import { pb, streamByteCounter } from '../../shared/transport/grpc.js';
 import type { Activated, CommitResult, ControlBody, Progress, StopRequest, TransferChannel } from '../../source-agent/channel.js';
 import type { MethodContext, MigrationRequest, TargetWindows } from '../../source-agent/methods/method.js';
 import type { TargetPeer } from '../../source-agent/peer.js';
@@ -303,7 +303,7 @@ export function methodContext(
 /** The target agent's unary side, played by the test; the transfer it opens is a FakeChannel. */
 export class FakePeer implements TargetPeer {
   readonly address = 'fake-target:7401';
-  readonly wireBytes = { sent: 0, received: 0 };
+  readonly wireBytes = streamByteCounter();
   capacityReply = pb.Capacity.create({ driver: 'fake', memoryBytesFree: 2 ** 40, capabilities: ['checkpoint-replay', 'page-restore', 'postcopy-resume'] });
   reserveReply = pb.ReserveResponse.create({ protocolVersion: PROTOCOL_VERSION, reservationId: 'reservation-1', chunkWindow: 16, unitWindow: 4096, unitWindowBytes: 64 * 2 ** 20 });
   readonly reserved: Array<InstanceType<typeof pb.ReserveRequest>> = [];
