@@ -18,6 +18,8 @@ export interface MigrationStats {
   method: MigrationMethod;
   /** Start to the end of reservation. */
   setupTimeMs: number;
+  /** The reservation alone: the Reserve call, in which the target makes the replica's memory ready. Part of total time, never of downtime. */
+  reservationMs: number;
   /** Start to the consistent state (commit); until then, time so far. */
   totalTimeMs: number;
   /** Source suspend to target resume. */
@@ -81,6 +83,7 @@ export function emptyStats(method: MigrationMethod, memoryBytes: number): Migrat
     phase: 'pre-migration',
     method,
     setupTimeMs: 0,
+    reservationMs: 0,
     totalTimeMs: 0,
     downtimeMs: 0,
     expectedDowntimeMs: 0,

@@ -166,7 +166,9 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
     this.setPhase('pre-migration');
     await checkTarget(this.peer, this.method, description, this.options.agentInstanceId);
     this.setPhase('reservation');
+    const reserveStartMs = this.clock.now();
     ({ reservationId: this.reservationId, windows: this.windows } = await reserveOnTarget(this.peer, this.id, description, this.request));
+    this.stats.reservationMs = this.clock.now() - reserveStartMs;
     this.stats.setupTimeMs = this.elapsedMs();
     this.stats.status = 'active';
     await this.method.catchUp(this.ctx);

@@ -21,7 +21,8 @@ t.test('a 5 GiB guest: pages above 4 GiB are checkpointed, restored and replayed
   // depend on instruction counts only); this one reaches above 4 GiB within a few units, so few
   // 64 MiB segments get allocated and the checkpoint stays quick.
   const source = new SimDriver({ memoryBytesTotal: 6 * GiB, guest: { pacing: 'manual', instructionsPerMs: 1500 } });
-  const target = new SimDriver({ memoryBytesTotal: 6 * GiB, guest: { pacing: 'manual' } });
+  // A lazy replica, so that it stays sparse too (a replica's memory is otherwise made ready, all 5 GiB of it, at reservation).
+  const target = new SimDriver({ memoryBytesTotal: 6 * GiB, guest: { pacing: 'manual' }, replicaMemory: 'lazy' });
   t.teardown(() => {
     source.shutdown();
     target.shutdown();

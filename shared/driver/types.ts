@@ -259,6 +259,13 @@ export interface TargetReplica {
   activate(): SourceGuest;
   /** Destroys the replica (or reservation) and frees its memory and reservation. */
   discard(): void;
+  /**
+   * Drivers that make a replica's memory ready at reservation (allocated and mapped, as a Xen
+   * domain's at its build): settles once it is, or once the replica was discarded first. Rejects
+   * with ReservationRefusedError when the memory cannot be had. Writes before then still work,
+   * at the cost of faulting the memory in as they go.
+   */
+  readonly memoryReady?: Promise<void>;
   /** Capability `checkpoint-replay`. */
   readonly replay?: CheckpointReplayTarget;
   /** Capability `page-restore`. */

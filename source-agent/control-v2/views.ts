@@ -56,6 +56,7 @@ function sourceStats(job: SourceMigration, s: MigrationStats): InstanceType<type
     sourceDigest: s.sourceDigest,
     targetDigest: s.targetDigest,
     bytes: transferBytes(job.wireBytes.streams),
+    reservationMs: s.reservationMs,
   });
   if (s.method === 'crtr') stats.crtr = crtrStats(s);
   else if (s.method === 'precopy') stats.precopy = pb2.PrecopyStats.create({ rounds: s.rounds, pagesSent: s.pagesSent, stopPagesSent: s.stopPagesSent, dirtyPages: Math.round(s.remainingBytes / PAGE_BYTES) });

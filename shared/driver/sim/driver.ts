@@ -11,7 +11,8 @@ import { type ContentMix, DEFAULT_CONTENT_MIX, fillMemory } from './content.js';
 import { SIM_GUEST_DEFAULTS, type SimGuestOptions, SimSourceGuest } from './guest.js';
 import { SimMachine } from './machine.js';
 import { isProfileName, PROFILE_NAMES, PROFILES, type ProfileName, resolveRates, type WorkloadRates } from './profiles.js';
-import { SimReplica } from './replica.js';
+import { SegmentPool } from './memory.js';
+import { type ReplicaMemoryMode, SimReplica } from './replica.js';
 
 export interface SimDriverOptions {
   /** Memory this host offers to guests. */
@@ -21,7 +22,16 @@ export interface SimDriverOptions {
   unitMsDefault: number;
   /** Options of every guest this host runs (pacing, queue and pool limits). */
   guest: Partial<Omit<SimGuestOptions, 'environmentSeed'>>;
+  /**
+   * A replica's memory: 'ready' (default) allocates and maps all of it from the reservation on, as
+   * a Xen domain's is at its build; 'lazy' allocates a segment at its first write (a sparse replica).
+   */
+  replicaMemory: ReplicaMemoryMode;
+  /** Segments of discarded guests and replicas kept for the next replica or guest (default 1 GiB; 0: none). */
+  segmentPoolBytesMax: number;
 }
+
+export const SEGMENT_POOL_BYTES_MAX_DEFAULT = 2 ** 30;
 
 export interface CreateGuestSpec extends GuestSpec {
   /** A profile name (PROFILE_NAMES); anything else is refused with INVALID_ARGUMENT. */
@@ -44,6 +54,7 @@ export class SimDriver implements HypervisorDriver {
   private readonly guests = new Map<string, SimSourceGuest>();
   private readonly replicas = new Map<string, SimReplica>();
   private readonly options: SimDriverOptions;
+  private readonly pool: SegmentPool | null;
 
   constructor(options: Partial<SimDriverOptions> = {}) {
     this.options = {
@@ -51,7 +62,15 @@ export class SimDriver implements HypervisorDriver {
       vcpusTotal: options.vcpusTotal ?? 16,
       unitMsDefault: options.unitMsDefault ?? UNIT_MS_DEFAULT,
       guest: options.guest ?? {},
+      replicaMemory: options.replicaMemory ?? 'ready',
+      segmentPoolBytesMax: options.segmentPoolBytesMax ?? SEGMENT_POOL_BYTES_MAX_DEFAULT,
     };
+    this.pool = this.options.segmentPoolBytesMax > 0 ? new SegmentPool(this.options.segmentPoolBytesMax) : null;
+  }
+
+  /** Bytes of segments kept for reuse (see SegmentPool). */
+  get pooledBytes(): number {
+    return this.pool?.bytes ?? 0;
   }
 
   capacity(): HostCapacity {
@@ -98,6 +117,7 @@ export class SimDriver implements HypervisorDriver {
     this.checkRoom(id, spec.memoryBytes);
     const config: SimMachineConfig = { profile: spec.profile, rates, payload: PROFILES[spec.profile].payload, memoryBytes: spec.memoryBytes, unitMs };
     const machine = new SimMachine(spec.memoryBytes, rates);
+    machine.memory.pool = this.pool;
     fillMemory(machine.memory, spec.contentMix ?? DEFAULT_CONTENT_MIX, spec.contentSeed ?? 1);
     machine.memory.clearDirty();
     const guest = this.host(id, machine, config, spec.environmentSeed);
@@ -129,7 +149,7 @@ export class SimDriver implements HypervisorDriver {
         guest.start();
         return guest;
       },
-    });
+    }, { mode: this.options.replicaMemory, pool: this.pool });
     this.replicas.set(description.id, replica);
     return replica;
   }
