@@ -14,6 +14,7 @@ import { ControlServiceV2 } from '../source-agent/control-v2/service.js';
 import { SOURCE_DEFAULTS } from '../source-agent/migration.js';
 import { MigrationService, TARGET_DEFAULTS } from '../target-agent/migration-service.js';
 import { SimDriver } from '../shared/driver/sim/driver.js';
+import { PackPool } from '../shared/pack-pool.js';
 import { type AgentConfig, ConfigError, readConfigFile, setPath, validateConfig } from '../shared/config.js';
 import { AgentMetrics, startMetricsServer } from '../shared/metrics.js';
 import { addHealthService } from '../shared/transport/health.js';
@@ -65,10 +66,12 @@ export async function startAgent(options: AgentOptions, log: Logger = pino({ lev
     log,
     metrics,
   );
+  // Outgoing checkpoint chunks are compressed in these workers, off the event loop.
+  const packer = config.limits.compressionWorkers > 0 ? new PackPool(config.limits.compressionWorkers) : undefined;
   const control = new ControlService(
     driver,
     // Outgoing migrations dial targets with our certificate and accept only allowed peers.
-    { ...SOURCE_DEFAULTS, credentials: clientCredentials(tls, config.allow.peers), agentInstanceId },
+    { ...SOURCE_DEFAULTS, credentials: clientCredentials(tls, config.allow.peers), agentInstanceId, packer },
     {
       ...CONTROL_DEFAULTS,
       downtimeLimitMsDefault: config.migration.downtimeLimitMs,
@@ -95,6 +98,7 @@ export async function startAgent(options: AgentOptions, log: Logger = pino({ lev
     port = await new Promise<number>((resolve, reject) => server.bindAsync(config.listen, serverCredentials(tls), (error, p) => (error ? reject(error) : resolve(p))));
   } catch (error) {
     driver.shutdown();
+    void packer?.close();
     throw new ConfigError('listen', `cannot listen on ${config.listen}: ${(error as Error).message}`);
   }
   widenServerSessions(server);
@@ -108,6 +112,7 @@ export async function startAgent(options: AgentOptions, log: Logger = pino({ lev
     } catch (error) {
       server.forceShutdown();
       driver.shutdown();
+      void packer?.close();
       throw new ConfigError('metricsListen', `cannot serve metrics on ${config.metricsListen}: ${(error as Error).message}`);
     }
   }
@@ -136,6 +141,7 @@ export async function startAgent(options: AgentOptions, log: Logger = pino({ lev
         migration.shutdown(reason);
         await new Promise<void>((resolve) => server.tryShutdown(() => resolve()));
         driver.shutdown();
+        await packer?.close();
         await metricsServer?.close();
       })();
       return stopping;
@@ -164,6 +170,7 @@ const FLAGS: Array<{ option: string; flag: string; field: string; value?: (text:
   { option: 'chunkWindow', flag: '--chunk-window', field: 'limits.chunkWindow', value: Number },
   { option: 'unitWindow', flag: '--unit-window', field: 'limits.unitWindow', value: Number },
   { option: 'unitWindowMib', flag: '--unit-window-mib', field: 'limits.unitWindowMib', value: Number },
+  { option: 'compressionWorkers', flag: '--compression-workers', field: 'limits.compressionWorkers', value: Number },
   { option: 'activationHook', flag: '--activation-hook', field: 'hooks.activation' },
   { option: 'hookTimeoutMs', flag: '--hook-timeout-ms', field: 'hooks.timeoutMs', value: Number },
   { option: 'logLevel', flag: '--log-level', field: 'log.level' },
@@ -228,6 +235,7 @@ function agentOptionsCommand(role: AgentRole): Command {
     .option('--chunk-window <n>', 'checkpoint chunks an incoming migration may have in flight (default 16)')
     .option('--unit-window <n>', 'log units an incoming migration may have in flight (default 4096)')
     .option('--unit-window-mib <n>', 'log bytes an incoming migration may have in flight, MiB (default 64)')
+    .option('--compression-workers <n>', 'worker threads compressing outgoing checkpoint chunks, 0 to 8; 0: the event loop (default: cores - 1, at most 2)')
     .option('--activation-hook <command...>', 'command run (sh -c) after an incoming guest resumes here; repeatable')
     .option('--hook-timeout-ms <n>', 'time an activation hook may take before it is killed (default 10000)')
     .option('--allow-fault-injection', 'honour fault injection in migration requests (tests only)')

@@ -8,7 +8,9 @@ import { z } from 'zod';
 import { NON_CONVERGENCE_POLICIES } from './convergence.js';
 import { UNIT_MS_DEFAULT, UNIT_MS_MAX, UNIT_MS_MIN } from './driver/types.js';
 import { hostOf, isLoopbackHost } from './transport/tls.js';
+import { defaultCompressionWorkers } from './pack-pool.js';
 import { WINDOW_DEFAULTS } from './protocol.js';
+import { POOL_WORKERS_MAX } from './worker-pool.js';
 import { parseBandwidth } from './units.js';
 
 /** Largest configuration file read (it is a few hundred bytes normally). */
@@ -77,8 +79,17 @@ export const agentConfigSchema = z.strictObject({
       unitWindow: int(1, 1_000_000).default(WINDOW_DEFAULTS.units),
       unitWindowMib: int(1, 4096).default(WINDOW_DEFAULTS.unitBytes / 2 ** 20),
       reservationTimeoutMs: int(1000, 3600_000).default(60_000),
+      /** Worker threads that compress outgoing checkpoint chunks (0: the event loop does). */
+      compressionWorkers: int(0, POOL_WORKERS_MAX).default(defaultCompressionWorkers()),
     })
-    .default({ jobsMax: 1000, chunkWindow: WINDOW_DEFAULTS.chunks, unitWindow: WINDOW_DEFAULTS.units, unitWindowMib: WINDOW_DEFAULTS.unitBytes / 2 ** 20, reservationTimeoutMs: 60_000 }),
+    .default({
+      jobsMax: 1000,
+      chunkWindow: WINDOW_DEFAULTS.chunks,
+      unitWindow: WINDOW_DEFAULTS.units,
+      unitWindowMib: WINDOW_DEFAULTS.unitBytes / 2 ** 20,
+      reservationTimeoutMs: 60_000,
+      compressionWorkers: defaultCompressionWorkers(),
+    }),
   hooks: z
     .strictObject({
       activation: z.array(z.string().min(1)).max(64).default([]),

@@ -88,6 +88,22 @@ export type PayloadBody =
   | { kind: 'pages'; round: number; pageCount: number }
   | { kind: 'machineState' };
 
+/** What a PackPool worker is given: packMessage's arguments, the raw bytes in a transferred buffer. */
+export interface PackRequest {
+  body: PayloadBody;
+  raw: ArrayBuffer;
+  rawLength: number;
+  compress: boolean;
+}
+
+/** What it gives back: the PackedMessage's fields, its bytes as a transferred buffer, and the raw buffer for reuse. */
+export interface PackReply extends Omit<PackedMessage, 'bytes'> {
+  buffer: ArrayBuffer;
+  byteOffset: number;
+  byteLength: number;
+  raw: ArrayBuffer;
+}
+
 /** A serialized SourceMessage (packMessage), and where its payload's data lies in it. */
 export interface PackedMessage {
   /** Which payload it carries. */

@@ -8,6 +8,7 @@
 
 import { type Clock, type Timer } from '../shared/clock.js';
 import { AbortedError, InvalidStateError, UnavailableError, type VmMigrateError } from '../shared/errors.js';
+import { inlinePacker, type PayloadPacker } from '../shared/pack-pool.js';
 import { type PackedMessage, packMessage, type PayloadBody } from '../shared/protocol.js';
 import { fromStatus, type grpc, pb, Preserialized, type StreamName } from '../shared/transport/grpc.js';
 import { detailsFromMetadata, isErrorReason } from '../shared/transport/status.js';
@@ -45,6 +46,11 @@ export interface TransferChannel {
   send(body: ControlBody): void;
   /** Serializes a payload message (lz4 unless compression is off). */
   pack(body: PayloadBody, raw: Uint8Array): PackedMessage;
+  /**
+   * The same, in a compression worker when the agent has them (else here): `raw` may be reused as
+   * soon as this returns, before the promise settles. The bytes are those `pack` would make.
+   */
+  packAsync(body: PayloadBody, raw: Uint8Array): Promise<PackedMessage>;
   /** Writes a packed message once the bandwidth limit allows and the stream's buffer drained. */
   write(message: PackedMessage, rateBytesPerSec: number): Promise<void>;
   /** Waits until `predicate` holds, re-checked at every message from the target. */
@@ -73,6 +79,8 @@ export interface TransferChannelOptions {
   compress: boolean;
   /** How often to measure the round trip. */
   pingIntervalMs: number;
+  /** Where packAsync packs: the agent's compression workers (default: this thread). */
+  packer?: PayloadPacker;
 }
 
 /** Smoothed round trip: the first sample, then an exponential average weighing a new sample 0.2. */
@@ -127,6 +135,10 @@ export class GrpcTransferChannel extends FailableWaits implements TransferChanne
 
   pack(body: PayloadBody, raw: Uint8Array): PackedMessage {
     return packMessage(body, raw, this.options.compress);
+  }
+
+  packAsync(body: PayloadBody, raw: Uint8Array): Promise<PackedMessage> {
+    return (this.options.packer ?? inlinePacker).pack(body, raw, this.options.compress);
   }
 
   async write(message: PackedMessage, rateBytesPerSec: number): Promise<void> {

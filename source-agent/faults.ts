@@ -53,7 +53,14 @@ export class FaultyChannel implements TransferChannel {
   ) {}
 
   pack(body: PayloadBody, raw: Uint8Array): PackedMessage {
-    const message = this.inner.pack(body, raw);
+    return this.tamper(body, this.inner.pack(body, raw));
+  }
+
+  async packAsync(body: PayloadBody, raw: Uint8Array): Promise<PackedMessage> {
+    return this.tamper(body, await this.inner.packAsync(body, raw));
+  }
+
+  private tamper(body: PayloadBody, message: PackedMessage): PackedMessage {
     const f = this.faults;
     if (body.kind === 'chunk' && f.corruptChunkIndex === body.index) corrupt(message);
     if (body.kind === 'unit' && f.corruptUnitSequence === body.sequence) corrupt(message);

@@ -23,6 +23,7 @@ import { AbortedError, CorruptDataError, InvalidStateError, UnavailableError, Vm
 import { WINDOW_DEFAULTS } from '../shared/protocol.js';
 import { emptyStats, type MigrationPhase, type MigrationStats } from '../shared/stats.js';
 import { grpc, statusName, type StreamByteCounter } from '../shared/transport/grpc.js';
+import type { PayloadPacker } from '../shared/pack-pool.js';
 import type { TransferChannel } from './channel.js';
 import type { MigrationHooks } from './faults.js';
 import type { MethodContext, MigrationRequest, TargetWindows, TransferMethod } from './methods/method.js';
@@ -46,6 +47,8 @@ export interface SourceOptions {
   credentials: grpc.ChannelCredentials;
   /** This agent's id for this run: a target answering with it is this agent itself ('' : not checked). */
   agentInstanceId?: string;
+  /** Where checkpoint chunks are packed (lz4, xxh64): the agent's compression workers (default: the event loop). */
+  packer?: PayloadPacker;
 }
 
 export const SOURCE_DEFAULTS: SourceOptions = {
@@ -346,7 +349,7 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
   /** Opens the transfer stream and sends Open: the target takes the reservation then. */
   private openTransfer(firstSequence: number): void {
     if (this.channel !== null) throw new InvalidStateError('the transfer stream is already open');
-    const channel = this.peer.openTransfer(this.cancelController.signal, { compress: !this.request.disableCompression, pingIntervalMs: this.options.pingIntervalMs });
+    const channel = this.peer.openTransfer(this.cancelController.signal, { compress: !this.request.disableCompression, pingIntervalMs: this.options.pingIntervalMs, packer: this.options.packer });
     this.channel = this.hooks.wrapChannel?.(channel) ?? channel;
     this.channel.send({ open: { reservationId: this.reservationId, migrationId: this.id, firstSequence, method: this.method.name } });
   }

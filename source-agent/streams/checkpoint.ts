@@ -1,12 +1,31 @@
 // The checkpoint stream (CR/TR): the live checkpoint's chunks, in order, within the target's chunk
 // window (chunks sent and not yet applied), then a wait until the target restored the whole image.
+//
+// A pipeline: while compression workers pack (lz4, xxh64) up to PACKING_MAX chunks, this thread
+// makes the next chunks and writes the packed ones to the stream, oldest first. Without workers
+// (see PackPool) every chunk is packed here and the pipeline holds one chunk at a time.
 
 import type { Logger } from 'pino';
 import type { Clock } from '../../shared/clock.js';
 import type { LogRecorder } from '../../shared/driver/types.js';
+import type { PackedMessage } from '../../shared/protocol.js';
 import type { MigrationStats } from '../../shared/stats.js';
 import type { TransferChannel } from '../channel.js';
 import { countCheckpoint } from './counters.js';
+
+/**
+ * Chunks being packed at once: enough to keep two workers busy while the oldest is written (each
+ * holds one it compresses and one queued). Each holds a copy of a chunk (1 MiB by default).
+ */
+export const PACKING_MAX = 4;
+
+/** A chunk handed to the packer, waiting to be written in its turn. */
+interface Packing {
+  message: Promise<PackedMessage>;
+  settled: boolean;
+  rawBytes: number;
+  memoryBytesCovered: number;
+}
 
 export class CheckpointStream {
   chunksSent = 0;
@@ -24,7 +43,8 @@ export class CheckpointStream {
   /** Streams every chunk of `recorder`'s live checkpoint; resolves once the target restored it. */
   async run(recorder: LogRecorder): Promise<void> {
     // Where the checkpoint's time goes (logged at debug level): making chunks, waiting for the
-    // target's window, packing them, handing them to the stream, waiting for the restore.
+    // target's window, waiting for a chunk's packing to end, handing them to the stream, waiting
+    // for the restore.
     const ms = { chunk: 0, window: 0, pack: 0, write: 0, restore: 0 };
     let lapStartMs = this.clock.now();
     const lap = (key: keyof typeof ms) => {
@@ -32,18 +52,36 @@ export class CheckpointStream {
       ms[key] += now - lapStartMs;
       lapStartMs = now;
     };
-    // The chunk's buffer is reused for the next one: pack compresses or copies it first.
+    const packing: Packing[] = [];
+    const writeOldest = async () => {
+      const next = packing.shift()!;
+      const message = await next.message;
+      lap('pack');
+      countCheckpoint(this.stats, next.rawBytes, message.dataBytes, next.memoryBytesCovered);
+      await this.channel.write(message, this.rateBytesPerSec);
+      lap('write');
+    };
+    // The chunk's buffer is reused for the next one: packAsync copies it before it returns.
     for await (const chunk of recorder.liveCheckpoint({ reuseBuffer: true })) {
       lap('chunk');
       await this.channel.until(() => this.chunksSent - this.channel.progress.chunksApplied < this.chunkWindow);
       lap('window');
-      const message = this.channel.pack({ kind: 'chunk', index: chunk.index, final: chunk.final, memoryBytesCovered: chunk.memoryBytesCovered }, chunk.bytes);
-      lap('pack');
-      countCheckpoint(this.stats, chunk.bytes.length, message.dataBytes, chunk.memoryBytesCovered);
+      const entry: Packing = {
+        message: this.channel.packAsync({ kind: 'chunk', index: chunk.index, final: chunk.final, memoryBytesCovered: chunk.memoryBytesCovered }, chunk.bytes),
+        settled: false,
+        rawBytes: chunk.bytes.length,
+        memoryBytesCovered: chunk.memoryBytesCovered,
+      };
+      // Awaited in order by writeOldest; until then a failure must not count as unhandled.
+      entry.message.then(
+        () => (entry.settled = true),
+        () => (entry.settled = true),
+      );
+      packing.push(entry);
       this.chunksSent++;
-      await this.channel.write(message, this.rateBytesPerSec);
-      lap('write');
+      while (packing.length >= PACKING_MAX || (packing.length > 0 && packing[0].settled)) await writeOldest();
     }
+    while (packing.length > 0) await writeOldest();
     // The target applies chunks as they arrive: wait until it has the whole image.
     await this.channel.until(() => this.channel.progress.checkpointRestored);
     lap('restore');

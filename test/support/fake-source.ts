@@ -69,6 +69,10 @@ export class FakeChannel extends FailableWaits implements TransferChannel {
     this.sent.push(body);
   }
 
+  async packAsync(body: PayloadBody, raw: Uint8Array): Promise<PackedMessage> {
+    return this.pack(body, raw);
+  }
+
   pack(body: PayloadBody, raw: Uint8Array): PackedMessage {
     const message = packMessage(body, raw, false);
     this.packed.set(message, body);
