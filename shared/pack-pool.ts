@@ -37,23 +37,25 @@ export function defaultCompressionWorkers(): number {
 /** Transfer buffers are allocated in steps of this size, so that one serves chunks of nearby sizes. */
 const RAW_BUFFER_STEP_BYTES = 64 * 1024;
 
+/**
+ * The workers start at the first message, so that an agent that never sends a checkpoint (a target)
+ * never has them.
+ */
 export class PackPool implements PayloadPacker {
-  private readonly pool: WorkerPool<PackRequest, PackReply>;
+  private pool: WorkerPool<PackRequest, PackReply> | null = null;
+  private closed = false;
   /** Raw buffers back from the workers, for the next messages; at most the pool's capacity. */
   private readonly spare: ArrayBuffer[] = [];
 
-  constructor(workers: number) {
-    this.pool = new WorkerPool({ script: new URL('./pack-worker.js', import.meta.url), workers, tasksPerWorkerMax: PACK_TASKS_PER_WORKER_MAX, name: 'lz4 compression' });
-  }
-
-  get workers(): number {
-    return this.pool.workers;
-  }
+  constructor(readonly workers: number) {}
 
   async pack(body: PayloadBody, raw: Uint8Array, compress: boolean): Promise<PackedMessage> {
+    if (this.closed) return packMessage(body, raw, compress);
+    this.pool ??= new WorkerPool({ script: new URL('./pack-worker.js', import.meta.url), workers: this.workers, tasksPerWorkerMax: PACK_TASKS_PER_WORKER_MAX, name: 'lz4 compression' });
+    const pool = this.pool;
     const buffer = this.rawBuffer(raw.length);
     new Uint8Array(buffer, 0, raw.length).set(raw);
-    const task = this.pool.tryRun({ body, raw: buffer, rawLength: raw.length, compress }, [buffer]);
+    const task = pool.tryRun({ body, raw: buffer, rawLength: raw.length, compress }, [buffer]);
     if (task === null) {
       this.keep(buffer);
       return packMessage(body, raw, compress);
@@ -65,8 +67,9 @@ export class PackPool implements PayloadPacker {
   }
 
   close(): Promise<void> {
+    this.closed = true;
     this.spare.length = 0;
-    return this.pool.close();
+    return this.pool?.close() ?? Promise.resolve();
   }
 
   private rawBuffer(bytes: number): ArrayBuffer {
@@ -76,6 +79,6 @@ export class PackPool implements PayloadPacker {
   }
 
   private keep(buffer: ArrayBuffer): void {
-    if (this.spare.length < this.pool.capacity) this.spare.push(buffer);
+    if (this.spare.length < (this.pool?.capacity ?? 0)) this.spare.push(buffer);
   }
 }

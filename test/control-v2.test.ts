@@ -194,6 +194,9 @@ t.test('0 means the default; a forced downtime over the limit is flagged on a su
   const job = events[events.length - 1].job!;
   t.equal(job.state, JobState.JOB_STATE_SUCCEEDED, job.errorMessage ?? '');
   t.ok((job.source?.downtimeMs ?? 0) > 1, `downtime ${job.source?.downtimeMs} ms`);
+  // The reservation (the target makes the replica's memory ready) is its own figure, part of setup and total time.
+  const reservationMs = job.source?.reservationMs ?? 0;
+  t.ok(reservationMs > 0 && reservationMs <= (job.source?.setupTimeMs ?? 0), `reservation ${reservationMs} ms within setup ${job.source?.setupTimeMs} ms`);
   t.equal(job.source?.downtimeLimitExceeded, true);
   t.equal(job.errorReason, pb2.ErrorReason.DOWNTIME_LIMIT_EXCEEDED, 'the reason says the limit was exceeded');
 });
