@@ -15,9 +15,16 @@ import { countCheckpoint } from './counters.js';
 
 /**
  * Chunks being packed at once: enough to keep two workers busy while the oldest is written (each
- * holds one it compresses and one queued). Each holds a copy of a chunk (1 MiB by default).
+ * holds one it compresses and one queued). Each holds a copy of a chunk.
  */
 export const PACKING_MAX = 4;
+
+/**
+ * Guest pages per chunk: 4 MiB. Against 1 MiB chunks, the target spends 10-20% less CPU per GiB
+ * (fewer messages, progress reports and promises; measured with the dataplane benchmark); the
+ * chunk window then holds up to 64 MiB of chunks.
+ */
+export const CHUNK_PAGES = 1024;
 
 /** A chunk handed to the packer, waiting to be written in its turn. */
 interface Packing {
@@ -62,9 +69,14 @@ export class CheckpointStream {
       lap('write');
     };
     // The chunk's buffer is reused for the next one: packAsync copies it before it returns.
-    for await (const chunk of recorder.liveCheckpoint({ reuseBuffer: true })) {
+    const windowOpen = () => this.chunksSent - this.channel.progress.chunksApplied < this.chunkWindow;
+    // The chunk's buffer is reused for the next one: packAsync copies it before it returns.
+    for await (const chunk of recorder.liveCheckpoint({ reuseBuffer: true, chunkPages: CHUNK_PAGES })) {
       lap('chunk');
-      await this.channel.until(() => this.chunksSent - this.channel.progress.chunksApplied < this.chunkWindow);
+      // Chunks packed meanwhile go out now; and a full window waits for the target, which can only
+      // apply what was written: then everything packed goes out first.
+      while (packing.length > 0 && (packing[0].settled || !windowOpen())) await writeOldest();
+      await this.channel.until(windowOpen);
       lap('window');
       const entry: Packing = {
         message: this.channel.packAsync({ kind: 'chunk', index: chunk.index, final: chunk.final, memoryBytesCovered: chunk.memoryBytesCovered }, chunk.bytes),
@@ -79,7 +91,7 @@ export class CheckpointStream {
       );
       packing.push(entry);
       this.chunksSent++;
-      while (packing.length >= PACKING_MAX || (packing.length > 0 && packing[0].settled)) await writeOldest();
+      while (packing.length >= PACKING_MAX) await writeOldest();
     }
     while (packing.length > 0) await writeOldest();
     // The target applies chunks as they arrive: wait until it has the whole image.
