@@ -58,6 +58,8 @@ export interface AgentDataplaneFigures {
   error: string;
   digestsMatch: boolean;
   checkpointPhaseMs: number;
+  /** The Reserve call, in which the target makes the replica's memory ready (NaN: not reported, older agents). */
+  reservationMs: number;
   checkpointWireBytes: number;
   checkpointMemoryBytesCovered: number;
   transferredBytes: number;
@@ -114,7 +116,7 @@ export function dataplaneSteps(o: Pick<DataplaneOptions, 'repeats' | 'linkCheck'
 function figures(r: RunRecord, raw: RawTcpResult): AgentDataplaneFigures {
   // The job at the end as Control v2 showed it (bench/run.ts): the checkpoint stream's bytes on the
   // wire, and the guest memory it covered (checkpointPercent of memoryBytes).
-  const s = (r.stats.source ?? {}) as { checkpointPercent?: number; memoryBytes?: number; bytes?: { checkpoint?: { wireBytes?: number } } };
+  const s = (r.stats.source ?? {}) as { checkpointPercent?: number; memoryBytes?: number; reservationMs?: number; bytes?: { checkpoint?: { wireBytes?: number } } };
   const phaseMs = r.checkpointPhaseMs ?? NaN;
   const wire = Number(s.bytes?.checkpoint?.wireBytes ?? NaN);
   const covered = Math.round(((s.checkpointPercent ?? NaN) * Number(s.memoryBytes ?? NaN)) / 100);
@@ -128,6 +130,7 @@ function figures(r: RunRecord, raw: RawTcpResult): AgentDataplaneFigures {
     error: r.error,
     digestsMatch: r.digestsMatch,
     checkpointPhaseMs: phaseMs,
+    reservationMs: Number(s.reservationMs ?? NaN),
     checkpointWireBytes: wire,
     checkpointMemoryBytesCovered: covered,
     transferredBytes: r.transferredBytes,
@@ -238,17 +241,17 @@ export function dataplaneMarkdown(d: DataplaneResult): string {
   }
   if (d.glibcTunables !== undefined) lines.push(`Agents and the HTTP/2 baseline ran with GLIBC_TUNABLES=${d.glibcTunables === '' ? "'' (glibc's defaults)" : d.glibcTunables}.`);
   lines.push('');
-  lines.push('| repeat | path | lz4 | checkpoint phase | wire bytes | wire MB/s | memory MB/s | transferred/total MB/s | raw TCP MB/s | agent/raw TCP (wire) | agent/raw TCP (memory) | digests |');
-  lines.push('|---|---|---|---|---|---|---|---|---|---|---|---|');
+  lines.push('| repeat | path | lz4 | reservation | checkpoint phase | wire bytes | wire MB/s | memory MB/s | transferred/total MB/s | raw TCP MB/s | agent/raw TCP (wire) | agent/raw TCP (memory) | digests |');
+  lines.push('|---|---|---|---|---|---|---|---|---|---|---|---|---|');
   for (const rep of d.repeats) {
     for (const a of rep.agents) {
       const path = a.link === 'direct' ? 'agents direct' : `via ${a.link} link (${a.linkMode})`;
       if (a.status !== 'completed') {
-        lines.push(`| ${rep.repeat + 1} | ${path} | ${a.compression ? 'on' : 'off'} | ${a.status}: ${a.error} | | | | | ${mbps(rep.rawTcp.bytesPerSec)} | | | |`);
+        lines.push(`| ${rep.repeat + 1} | ${path} | ${a.compression ? 'on' : 'off'} | | ${a.status}: ${a.error} | | | | | ${mbps(rep.rawTcp.bytesPerSec)} | | | |`);
         continue;
       }
       lines.push(
-        `| ${rep.repeat + 1} | ${path} | ${a.compression ? 'on' : 'off'} | ${(a.checkpointPhaseMs / 1000).toFixed(2)} s | ${(a.checkpointWireBytes / MIB_BYTES).toFixed(0)} MiB | ${mbps(a.wireBytesPerSec)} | ${mbps(a.memoryBytesPerSec)} | ${mbps(a.transferredBytesPerSec)} | ${mbps(rep.rawTcp.bytesPerSec)} | ${a.wireOverRawTcp.toFixed(3)} | ${a.memoryOverRawTcp.toFixed(3)} | ${a.digestsMatch ? 'equal' : 'DIFFERENT'} |`,
+        `| ${rep.repeat + 1} | ${path} | ${a.compression ? 'on' : 'off'} | ${Number.isFinite(a.reservationMs) ? `${a.reservationMs.toFixed(0)} ms` : '–'} | ${(a.checkpointPhaseMs / 1000).toFixed(2)} s | ${(a.checkpointWireBytes / MIB_BYTES).toFixed(0)} MiB | ${mbps(a.wireBytesPerSec)} | ${mbps(a.memoryBytesPerSec)} | ${mbps(a.transferredBytesPerSec)} | ${mbps(rep.rawTcp.bytesPerSec)} | ${a.wireOverRawTcp.toFixed(3)} | ${a.memoryOverRawTcp.toFixed(3)} | ${a.digestsMatch ? 'equal' : 'DIFFERENT'} |`,
       );
     }
   }

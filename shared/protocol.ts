@@ -88,20 +88,22 @@ export type PayloadBody =
   | { kind: 'pages'; round: number; pageCount: number }
   | { kind: 'machineState' };
 
-/** What a PackPool worker is given: packMessage's arguments, the raw bytes in a transferred buffer. */
+/**
+ * What a PackPool worker is given: packMessage's arguments, the raw bytes at the start of `raw`,
+ * and `out` to pack into (packedBytesMax(rawLength) bytes at least); both shared with the caller.
+ */
 export interface PackRequest {
   body: PayloadBody;
-  raw: ArrayBuffer;
+  raw: SharedArrayBuffer;
   rawLength: number;
+  out: SharedArrayBuffer;
   compress: boolean;
 }
 
-/** What it gives back: the PackedMessage's fields, its bytes as a transferred buffer, and the raw buffer for reuse. */
-export interface PackReply extends Omit<PackedMessage, 'bytes'> {
-  buffer: ArrayBuffer;
+/** What it gives back: the PackedMessage's fields, and where its bytes lie in `out`. */
+export interface PackReply extends Omit<PackedMessage, 'bytes' | 'release'> {
   byteOffset: number;
   byteLength: number;
-  raw: ArrayBuffer;
 }
 
 /** A serialized SourceMessage (packMessage), and where its payload's data lies in it. */
@@ -114,6 +116,8 @@ export interface PackedMessage {
   /** Offset and length (as sent: compressed or raw) of the payload's data in `bytes`. */
   dataOffset: number;
   dataBytes: number;
+  /** Set when `bytes` lies in a buffer to be reused: called once the stream took its own copy. */
+  release?: () => void;
 }
 
 // Field numbers of migration.proto, and protobuf's wire types.
@@ -129,6 +133,11 @@ const PAYLOAD = { rawBytes: 1, compressed: 2, data: 3, xxh64: 4 } as const;
  * values take 54 bytes (a unit with a 5-byte sequence and event count and an 8-byte guest time).
  */
 const HEADER_BYTES_MAX = 128;
+
+/** The room packMessage needs to pack `rawBytes` of payload into a buffer of the caller's. */
+export function packedBytesMax(rawBytes: number): number {
+  return HEADER_BYTES_MAX + rawBytes;
+}
 
 /** Varint fields of `body`, in field order. */
 function bodyFields(body: PayloadBody): Array<[field: number, value: number]> {
@@ -207,12 +216,14 @@ const messageHeader = new FieldWriter();
 /**
  * Serializes the SourceMessage `{ [body.kind]: { ...body, payload } }` whose payload is `raw`,
  * lz4-compressed when `compress` and that makes it smaller. One buffer of `raw`'s size plus
- * HEADER_BYTES_MAX is allocated; lz4 writes into it directly, or `raw` is copied into it once. Fields go in field order except the payload's `data`, which is last so that the
+ * HEADER_BYTES_MAX is allocated (or `into` is used: see packedBytesMax); lz4 writes into it
+ * directly, or `raw` is copied into it once. Fields go in field order except the payload's `data`, which is last so that the
  * header can be written once its length is known (protobuf decoders take fields in any order).
  */
-export function packMessage(body: PayloadBody, raw: Uint8Array, compress = true): PackedMessage {
+export function packMessage(body: PayloadBody, raw: Uint8Array, compress = true, into?: Uint8Array): PackedMessage {
   if (raw.length > PAYLOAD_RAW_BYTES_MAX) throw new LimitExceededError(`payload of ${raw.length} bytes is over the limit of ${PAYLOAD_RAW_BYTES_MAX}`);
-  const out = Buffer.allocUnsafe(HEADER_BYTES_MAX + raw.length);
+  assert(into === undefined || into.length >= packedBytesMax(raw.length), () => `a buffer of ${into!.length} bytes to pack ${raw.length} bytes into, ${packedBytesMax(raw.length)} needed`);
+  const out = into === undefined ? Buffer.allocUnsafe(HEADER_BYTES_MAX + raw.length) : Buffer.from(into.buffer, into.byteOffset, into.length);
   const compressedBytes = compress ? compressBlockInto(raw, out, HEADER_BYTES_MAX) : 0;
   const compressed = compressedBytes > 0;
   const dataBytes = compressed ? compressedBytes : raw.length;

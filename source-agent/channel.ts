@@ -145,7 +145,11 @@ export class GrpcTransferChannel extends FailableWaits implements TransferChanne
     const waitMs = this.bucket.take(message.dataBytes, rateBytesPerSec);
     if (waitMs > 0) await this.sleep(waitMs);
     if (this.closed) throw this.error ?? new AbortedError('the transfer stream was closed');
-    if (!this.call.write(new Preserialized(message.bytes, STREAM_OF[message.kind], message.rawBytes))) {
+    // The write's callback comes once gRPC framed the message into a buffer of its own and handed
+    // it on: a packer's buffer can then be reused.
+    const release = message.release;
+    const written = release === undefined ? this.call.write(new Preserialized(message.bytes, STREAM_OF[message.kind], message.rawBytes)) : this.call.write(new Preserialized(message.bytes, STREAM_OF[message.kind], message.rawBytes), () => release());
+    if (!written) {
       await this.settled(new Promise<void>((resolve) => this.call.once('drain', () => resolve())));
     }
   }

@@ -105,7 +105,8 @@ t.test('payloads packed in workers are the bytes packMessage makes here, and dec
       const packed = await pending;
       raw.set(copy);
       t.ok(packed.bytes.equals(expected.bytes), `${what}, lz4 ${compress}: the same bytes`);
-      t.same({ ...packed, bytes: null }, { ...expected, bytes: null }, `${what}, lz4 ${compress}: the same fields`);
+      t.same({ ...packed, bytes: null, release: null }, { ...expected, bytes: null, release: null }, `${what}, lz4 ${compress}: the same fields`);
+      packed.release?.();
       const decoded = pb.SourceMessage.decode(packed.bytes);
       t.ok(Buffer.from(unpackPayload(decoded.chunk!.payload, what)).equals(Buffer.from(copy)), `${what}, lz4 ${compress}: unpacks to the raw bytes`);
     }
@@ -115,6 +116,30 @@ t.test('payloads packed in workers are the bytes packMessage makes here, and dec
   const many = await Promise.all(Array.from({ length: 20 }, () => packer.pack(body, text, true)));
   const expected = packMessage(body, text, true);
   t.ok(many.every((m) => m.bytes.equals(expected.bytes)), '20 at once: all the same bytes');
+});
+
+t.test("a message's buffer is reused only once the stream released it", async (t) => {
+  const random = new Random(SEED + 1);
+  const packer = new PackPool(1);
+  t.teardown(() => packer.close());
+  const body: PayloadBody = { kind: 'chunk', index: 0, final: false, memoryBytesCovered: 1 << 20 };
+  const a = new Uint8Array(1 << 20);
+  const b = new Uint8Array(1 << 20);
+  fillText(a, random);
+  fillText(b, random);
+  const first = await packer.pack(body, a, true);
+  const firstBytes = Buffer.from(first.bytes);
+  const second = await packer.pack(body, b, true);
+  t.ok(first.bytes.equals(firstBytes), 'the first message is intact after the second was packed');
+  t.ok(second.bytes.equals(packMessage(body, b, true).bytes));
+  t.equal(packer.spareSlots, 0, 'both slots still held');
+  first.release!();
+  first.release!();
+  t.equal(packer.spareSlots, 1, 'released once, however often it is called');
+  second.release!();
+  const third = await packer.pack(body, a, true);
+  t.equal(packer.spareSlots, 1, 'the next message took a released slot');
+  t.ok(third.bytes.equals(firstBytes), 'and packs the same bytes into it');
 });
 
 t.test("a packing error in a worker is the same error as on this thread", async (t) => {
