@@ -20,7 +20,7 @@ import { countCheckpoint } from './counters.js';
 export const PACKING_MAX = 4;
 
 /**
- * Guest pages per chunk: 4 MiB. Against 1 MiB chunks, the target spends 10-20% less CPU per GiB
+ * Guest pages per chunk: 4 MiB. Against 1 MiB chunks, the target spends 5 to 25% less CPU per GiB
  * (fewer messages, progress reports and promises; measured with the dataplane benchmark); the
  * chunk window then holds up to 64 MiB of chunks.
  */
