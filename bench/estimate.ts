@@ -16,9 +16,11 @@ import { median } from './stats.js';
 // 512 MiB, measured on this host (2 cores, 2026-11-25) with `--repeats 1 --links lan,wan
 // --no-scaling --no-dataplane`: 36 migrations in 20.7 min. Other sizes scale the migration part
 // linearly with memory (measured: web at 4 GiB 65-73 s on lan, mmuncher pre-copy at 4 GiB > 300 s).
+// crtr-log (CR/TR without deltas) is taken to cost what crtr did before the hybrid catch-up.
 const MEASURED_WALL_S: Record<Method, Record<string, [number, number]>> = {
   //               [lan, wan] seconds
   crtr: { idle: [9, 21], web: [12, 35], compile: [16, 68], db: [14, 57], mmuncher: [19, 64], stream: [11, 44] },
+  'crtr-log': { idle: [9, 21], web: [12, 35], compile: [16, 68], db: [14, 57], mmuncher: [19, 64], stream: [11, 44] },
   precopy: { idle: [9, 21], web: [12, 61], compile: [19, 134], db: [14, 99], mmuncher: [36, 219], stream: [10, 23] },
   postcopy: { idle: [11, 21], web: [11, 22], compile: [11, 23], db: [11, 23], mmuncher: [11, 38], stream: [10, 22] },
 };

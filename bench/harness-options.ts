@@ -33,18 +33,18 @@ export interface HarnessOptions {
   linkMode: LinkMode;
 }
 
-export const QUICK_PROFILES = ['web', 'mmuncher', 'db'];
+export const QUICK_PROFILES = ['web', 'compile', 'mmuncher', 'db'];
 
 export const USAGE = `usage: npm run bench -- [harness] [options]
 
 Live-migrates sim guests between two fresh agent processes per run, through the link emulator,
 and writes results.json, report.md and SVG plots.
 
-  --quick                 web, mmuncher, db × every available method × lan × 512 MiB × 1 repeat,
-                          + the data plane (no scaling); ~3 min on a 2-core host (full: ~2.5 h)
+  --quick                 web, compile, mmuncher, db × every available method × lan × 512 MiB × 1 repeat,
+                          + the data plane (no scaling); ~5 min on a 2-core host (full: ~2.5 h)
   --out DIR               output folder (default: $TMPDIR/vmmigrate-bench-<time>)
   --profiles a,b          workload profiles (default: all: ${PROFILE_NAMES.join(', ')})
-  --methods a,b           crtr, precopy, postcopy (default: all; postcopy skipped when the agent
+  --methods a,b           crtr, crtr-log (CR/TR without delta checkpoints), precopy, postcopy (default: all; postcopy skipped when the agent
                           answers "not available")
   --links a,b             ${LINK_PROFILE_NAMES.join(', ')} (default lan,wan; --quick lan)
   --memory-mib a,b        guest memory sizes, MiB (default 512)

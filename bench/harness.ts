@@ -30,14 +30,14 @@ import { type DataplaneResult, dataplaneSteps, runDataplane } from './dataplane.
 import { GIB_BYTES, MIB_BYTES } from './format.js';
 import { convergenceSpec, dataTransmittedSpec, downtimeVsMemorySpec, groupBy, renderSvg } from './plots.js';
 import { buildReport, type ReportMeta } from './report.js';
-import type { Method, RunRecord, RunSpec } from './run-record.js';
+import { isCrtr, type Method, type RunRecord, type RunSpec } from './run-record.js';
 import { AGENT_ARGS, killLiveChildren, MethodUnavailableError, runOne } from './run.js';
 import { fullMatrixEstimate } from './estimate.js';
 import { type HarnessOptions, matrixSpecs, parseOptions, USAGE, UsageError } from './harness-options.js';
 
 async function probeMethods(methods: Method[]): Promise<Map<Method, string>> {
   const unavailable = new Map<Method, string>();
-  const toProbe = methods.filter((m) => m !== 'crtr' && m !== 'precopy');
+  const toProbe = methods.filter((m) => !isCrtr(m) && m !== 'precopy');
   if (toProbe.length === 0) return unavailable;
   const agents: AgentProcess[] = [];
   try {

@@ -18,7 +18,7 @@ import { MIB_BYTES } from './format.js';
 import type { RunRecord } from './run-record.js';
 import { median } from './stats.js';
 
-const METHOD_COLORS = { domain: ['crtr', 'precopy', 'postcopy'], range: ['#1f77b4', '#d62728', '#2ca02c'] };
+const METHOD_COLORS = { domain: ['crtr', 'crtr-log', 'precopy', 'postcopy'], range: ['#1f77b4', '#9467bd', '#d62728', '#2ca02c'] };
 const CONFIG = {
   background: 'white',
   font: 'DejaVu Sans, Helvetica, Arial, sans-serif',
@@ -69,7 +69,7 @@ export function convergenceSpec(records: RunRecord[], title: string): TopLevelSp
           mark: { type: 'line', interpolate: 'step-after', strokeWidth: 1.5 },
           encoding: {
             x: { field: 'tS', type: 'quantitative', title: 'time since migration start (s)' },
-            y: { field: 'value', type: 'quantitative', title: method === 'crtr' ? 'units' : 'pages', scale: { type: 'symlog' } },
+            y: { field: 'value', type: 'quantitative', title: method === 'crtr' || method === 'crtr-log' ? 'units' : 'pages', scale: { type: 'symlog' } },
             color: { field: 'repeat', type: 'nominal', title: 'run' },
           },
         },

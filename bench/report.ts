@@ -31,6 +31,7 @@ interface MethodFigures {
   total: ReturnType<typeof summarize>;
   data: ReturnType<typeof summarize>;
   rounds: ReturnType<typeof summarize>;
+  deltaRounds: ReturnType<typeof summarize>;
   forced: number;
   digestsOk: number;
   overBound: ReturnType<typeof summarize>;
@@ -50,6 +51,7 @@ function figuresOf(runs: RunRecord[]): MethodFigures {
     total: summarize(ok.map((r) => r.totalTimeMs / 1000)),
     data: summarize(ok.map((r) => r.transferredBytes / MIB_BYTES)),
     rounds: summarize(ok.map((r) => r.rounds)),
+    deltaRounds: summarize(ok.map((r) => r.deltaRounds ?? 0)),
     forced: ok.filter((r) => r.forced).length,
     digestsOk: ok.filter((r) => r.digestsMatch).length,
     overBound: summarize(ok.map((r) => r.downtimeOverBound ?? NaN)),
@@ -61,8 +63,8 @@ function figuresOf(runs: RunRecord[]): MethodFigures {
   };
 }
 
-const METHOD_ORDER: Method[] = ['crtr', 'precopy', 'postcopy'];
-const METHOD_LABEL: Record<Method, string> = { crtr: 'CR/TR', precopy: 'pre-copy', postcopy: 'post-copy' };
+const METHOD_ORDER: Method[] = ['crtr', 'crtr-log', 'precopy', 'postcopy'];
+const METHOD_LABEL: Record<Method, string> = { crtr: 'CR/TR', 'crtr-log': 'CR/TR log-only', precopy: 'pre-copy', postcopy: 'post-copy' };
 
 interface Comparison {
   profile: string;
@@ -85,8 +87,8 @@ function groupSection(runs: RunRecord[], comparisons: Comparison[]): string {
   const lines: string[] = [];
   lines.push(`### ${r0.profile}, ${r0.link}, ${memoryMiB} MiB`);
   lines.push('');
-  lines.push('| method | runs ok | downtime (ms) | total time (s) | data transmitted (MiB) | rounds | forced | digests equal |');
-  lines.push('|---|---|---|---|---|---|---|---|');
+  lines.push('| method | runs ok | downtime (ms) | total time (s) | data transmitted (MiB) | rounds | delta rounds | forced | digests equal |');
+  lines.push('|---|---|---|---|---|---|---|---|---|');
   const byMethod = new Map<Method, MethodFigures>();
   for (const m of METHOD_ORDER) {
     const rs = runs.filter((r) => r.method === m);
@@ -94,14 +96,14 @@ function groupSection(runs: RunRecord[], comparisons: Comparison[]): string {
     const f = figuresOf(rs);
     byMethod.set(m, f);
     lines.push(
-      `| ${METHOD_LABEL[m]} | ${f.ok}/${f.n} | ${fmtSummary(f.downtime, 0)} | ${fmtSummary(f.total, 2)} | ${fmtSummary(f.data, 0)} | ${fmtSummary(f.rounds, 0)} | ${f.forced} | ${f.digestsOk}/${f.ok} |`,
+      `| ${METHOD_LABEL[m]} | ${f.ok}/${f.n} | ${fmtSummary(f.downtime, 0)} | ${fmtSummary(f.total, 2)} | ${fmtSummary(f.data, 0)} | ${fmtSummary(f.rounds, 0)} | ${m === 'crtr' ? fmtSummary(f.deltaRounds, 0) : ''} | ${f.forced} | ${f.digestsOk}/${f.ok} |`,
     );
   }
   const failures = [...byMethod.entries()].flatMap(([m, f]) => f.statuses.map((s) => `${METHOD_LABEL[m]}: ${s}`));
   const crtr = byMethod.get('crtr');
   if (crtr && crtr.ok > 0) {
     const ratioRows: string[] = [];
-    for (const other of ['precopy', 'postcopy'] as const) {
+    for (const other of ['crtr-log', 'precopy', 'postcopy'] as const) {
       const o = byMethod.get(other);
       if (!o || o.ok === 0) continue;
       ratioRows.push(

@@ -3,8 +3,14 @@
 
 import type { LinkProfileName, LinkStats } from '../shared/transport/link.js';
 
-export type Method = 'crtr' | 'precopy' | 'postcopy';
-export const ALL_METHODS: readonly Method[] = ['crtr', 'precopy', 'postcopy'];
+/** `crtr-log`: CR/TR with the log-only catch-up (no delta checkpoints), for comparison with the hybrid default. */
+export type Method = 'crtr' | 'crtr-log' | 'precopy' | 'postcopy';
+export const ALL_METHODS: readonly Method[] = ['crtr', 'crtr-log', 'precopy', 'postcopy'];
+
+/** Whether `method` is a CR/TR run (hybrid or log-only). */
+export function isCrtr(method: string): boolean {
+  return method === 'crtr' || method === 'crtr-log';
+}
 /** 'direct': no emulator, the source dials the target agent itself (data-plane benchmark). */
 export type LinkName = LinkProfileName | 'direct';
 export type LinkMode = 'in-process' | 'child';
@@ -81,6 +87,8 @@ export interface RunRecord {
   totalTimeMs: number;
   transferredBytes: number;
   rounds: number;
+  /** CR/TR: delta checkpoints the hybrid catch-up sent (absent in files made before it). */
+  deltaRounds?: number;
   digestsMatch: boolean;
   forced: boolean;
   /** crtr only: the lower bound on downtime (DESIGN: log left at the suspend, one RTT, replay). */

@@ -13,7 +13,7 @@ import { controlServiceV2, grpc, makeClient, pb2, unary } from '../shared/transp
 import { LINK_PROFILES } from '../shared/transport/link.js';
 import { convergenceSeries } from './curve.js';
 import { type LinkHandle, startLinkInProcess, startLinkProcess } from './link-process.js';
-import type { LinkName, LowerBound, ProcessCost, RunRecord, RunSpec } from './run-record.js';
+import { isCrtr, type LinkName, type LowerBound, type ProcessCost, type RunRecord, type RunSpec } from './run-record.js';
 
 /** Reads /proc/<pid>/stat; null when that is not possible (not Linux, process gone). */
 export function processCost(pid: number): ProcessCost | null {
@@ -60,6 +60,8 @@ export interface JobFigures {
   checkpointMemoryBytesCovered: number;
   /** CR/TR: stop requests answered (wait-and-ack rounds); pre-copy: rounds; post-copy: 0. */
   rounds: number;
+  /** CR/TR: delta checkpoints sent by the hybrid catch-up. */
+  deltaRounds: number;
   remainingUnits: number;
   unitsRecorded: number;
   unitsReplayed: number;
@@ -86,6 +88,7 @@ export function figuresOf(job: JobMessage): JobFigures {
     remainingBytes: Number(s.remainingBytes ?? 0),
     checkpointMemoryBytesCovered: covered,
     rounds: s.precopy ? (s.precopy.rounds ?? 0) : (crtr.stopRequests ?? 0),
+    deltaRounds: crtr.deltaRounds ?? 0,
     remainingUnits: crtr.remainingUnits ?? 0,
     unitsRecorded: crtr.unitsRecorded ?? 0,
     unitsReplayed: crtr.unitsReplayed ?? 0,
@@ -162,6 +165,7 @@ export async function runOne(spec: RunSpec): Promise<RunRecord> {
     totalTimeMs: NaN,
     transferredBytes: NaN,
     rounds: 0,
+    deltaRounds: 0,
     digestsMatch: false,
     forced: false,
     downtimeLowerBoundMs: null,
@@ -209,7 +213,8 @@ export async function runOne(spec: RunSpec): Promise<RunRecord> {
         pb2.StartMigrationRequest.create({
           guestId: 'bench-guest',
           targetAddress,
-          method: methodValue(spec.method),
+          method: methodValue(isCrtr(spec.method) ? 'crtr' : spec.method),
+          logOnlyCatchUp: spec.method === 'crtr-log',
           downtimeLimitMs: spec.downtimeLimitMs,
           nonConvergencePolicy: policyValue(spec.policy),
           maxDurationMs: spec.maxDurationMs,
@@ -279,6 +284,7 @@ export async function runOne(spec: RunSpec): Promise<RunRecord> {
     record.totalTimeMs = final.totalTimeMs;
     record.transferredBytes = final.transferredBytes;
     record.rounds = final.rounds;
+    record.deltaRounds = final.deltaRounds;
     record.forced = final.forced;
     record.digestsMatch = final.digestsMatch;
     record.checkpointPhaseMs = checkpointPhaseMs(record);
@@ -291,7 +297,7 @@ export async function runOne(spec: RunSpec): Promise<RunRecord> {
     record.curveMeasure = series.measure;
     record.curveSource = series.source;
     series.points.forEach((p, i) => (record.curve[i].remaining = Math.round(p.value)));
-    if (spec.method === 'crtr' && final.status === 'completed') {
+    if (isCrtr(spec.method) && final.status === 'completed') {
       const lb = lowerBoundOf(final, unitMs, spec.link);
       record.lowerBound = lb;
       record.downtimeLowerBoundMs = lb.boundMs;
@@ -320,7 +326,7 @@ export async function runOne(spec: RunSpec): Promise<RunRecord> {
 function checkpointPhaseMs(r: RunRecord): number | null {
   const start = r.phases.find((p) => p.phase === 'checkpoint')?.tMs;
   if (start === undefined) return null;
-  if (r.method === 'crtr') {
+  if (isCrtr(r.method)) {
     const end = r.phases.find((p) => p.phase === 'log-transfer')?.tMs;
     return end === undefined ? null : end - start;
   }

@@ -83,7 +83,7 @@ let transientScratch = Buffer.allocUnsafeSlow(0);
 
 /** The SourceMessage bodies that carry a payload, with their other fields (migration.proto). */
 export type PayloadBody =
-  | { kind: 'chunk'; index: number; final: boolean; memoryBytesCovered: number }
+  | { kind: 'chunk'; index: number; final: boolean; memoryBytesCovered: number; generation?: number }
   | { kind: 'unit'; sequence: number; final: boolean; guestNs: number; eventCount: number }
   | { kind: 'pages'; round: number; pageCount: number }
   | { kind: 'machineState' };
@@ -117,12 +117,16 @@ const HEADER_BYTES_MAX = 128;
 /** Varint fields of `body`, in field order. */
 function bodyFields(body: PayloadBody): Array<[field: number, value: number]> {
   switch (body.kind) {
-    case 'chunk':
-      return [
+    case 'chunk': {
+      const fields: Array<[number, number]> = [
         [1, body.index],
         [2, body.final ? 1 : 0],
         [3, body.memoryBytesCovered],
       ];
+      // Field 5 before the payload's field 4: a protobuf parser takes fields in any order.
+      if (body.generation !== undefined && body.generation > 0) fields.push([5, body.generation]);
+      return fields;
+    }
     case 'unit':
       return [
         [1, body.sequence],

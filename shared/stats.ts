@@ -73,6 +73,12 @@ export interface MigrationStats {
   pagesSent: number;
   /** Post-copy: pages the target's guest still lacks, as it last said. */
   missingPages: number;
+  /** CR/TR: the hybrid catch-up is on; delta checkpoints sent, their pages and wire bytes; units they superseded. */
+  hybrid: boolean;
+  deltaRounds: number;
+  deltaPages: number;
+  deltaWireBytes: number;
+  unitsSuperseded: number;
 }
 
 export function emptyStats(method: MigrationMethod, memoryBytes: number): MigrationStats {
@@ -116,5 +122,10 @@ export function emptyStats(method: MigrationMethod, memoryBytes: number): Migrat
     demandPages: 0,
     pagesSent: 0,
     missingPages: 0,
+    hybrid: false,
+    deltaRounds: 0,
+    deltaPages: 0,
+    deltaWireBytes: 0,
+    unitsSuperseded: 0,
   };
 }

@@ -95,6 +95,8 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
   /** Set when we discarded the source copy (completion): its counters are gone. */
   private guestDiscarded = false;
   private suspended = false;
+  /** What the target's driver can do, as its Capacity said (empty: an agent that predates capabilities). */
+  private targetCapabilities: readonly string[] = [];
   private suspendedAtMs = 0;
 
   constructor(
@@ -164,7 +166,7 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
   private async phases(): Promise<void> {
     const description = this.guest.describe();
     this.setPhase('pre-migration');
-    await checkTarget(this.peer, this.method, description, this.options.agentInstanceId);
+    this.targetCapabilities = await checkTarget(this.peer, this.method, description, this.options.agentInstanceId);
     this.setPhase('reservation');
     ({ reservationId: this.reservationId, windows: this.windows } = await reserveOnTarget(this.peer, this.id, description, this.request));
     this.stats.setupTimeMs = this.elapsedMs();
@@ -274,13 +276,15 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
       s.stallMs = rec.stallMs;
     }
     if (this.channel !== null) {
-      s.unitsReplayed = this.channel.progress.unitsReplayed;
+      // Units the target is done with include those a delta superseded: only the others replayed.
+      s.unitsReplayed = this.channel.progress.unitsReplayed - this.channel.progress.unitsSuperseded;
       s.replayRate = this.channel.progress.replayRate;
       s.rttMs = this.channel.rttMs;
     }
     const wire = this.peer.wireBytes;
     s.transferredBytes = wire.sent + wire.received;
-    s.remainingUnits = Math.max(0, s.unitsRecorded - s.unitsReplayed);
+    // Superseded units (CR/TR's deltas) are neither replayed nor remaining; the method keeps the count.
+    s.remainingUnits = Math.max(0, s.unitsRecorded - s.unitsReplayed - s.unitsSuperseded);
     if (!this.committed) s.totalTimeMs = this.elapsedMs();
     s.mbps = (s.transferredBytes * 8) / 1e6 / Math.max(0.001, this.elapsedMs() / 1000);
     const guestSeconds = (s.unitsRecorded * s.unitMs) / 1000;
@@ -325,6 +329,9 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
       },
       get suspendedAtMs() {
         return self.suspendedAtMs;
+      },
+      get targetCapabilities() {
+        return self.targetCapabilities;
       },
       open: (fields = {}) => this.openTransfer(fields.firstSequence ?? 0),
       setPhase: (phase) => this.setPhase(phase),

@@ -26,6 +26,10 @@ export interface ProgressReport {
   pageBatchesApplied: number;
   /** Post-copy: pages the running guest still lacks. */
   missingPages: number;
+  /** CR/TR: units dropped because a delta superseded them (counted in unitsReplayed too). */
+  unitsSuperseded: number;
+  /** CR/TR: the last delta generation applied (0: none). */
+  deltaGenerationApplied: number;
 }
 
 /** What the receivers and the pipeline count; Feedback derives the rest. */
@@ -43,6 +47,8 @@ const NOTHING_COUNTED: Omit<ProgressReport, 'remainingUnitsAllowed'> = {
   finalReplayed: false,
   pageBatchesApplied: 0,
   missingPages: 0,
+  unitsSuperseded: 0,
+  deltaGenerationApplied: 0,
 };
 
 /** Where a report's content comes from, and where it goes. */

@@ -88,6 +88,10 @@ export class ReplayPipeline {
   private queueBytes = 0;
   private unitsReceived = 0;
   private unitsReplayed = 0;
+  /** Units dropped because a delta superseded them (counted in unitsReplayed too: the source's window counts units we are done with). */
+  private unitsSuperseded = 0;
+  /** Units before this sequence are superseded by a delta: dropped when they arrive. */
+  private supersededBelow = 0;
   private finalUnitReplayed = false;
   private readonly rate = new ReplayRateMeter();
   /** A replay slice is scheduled or running. */
@@ -124,7 +128,27 @@ export class ReplayPipeline {
       remainingUnitBytes: this.queueBytes,
       replayRate: this.rate.replayRate,
       finalReplayed: this.finalUnitReplayed,
+      unitsSuperseded: this.unitsSuperseded,
     };
+  }
+
+  /**
+   * A delta as of the boundary before `firstSequence` begins: queued units before it are dropped,
+   * and so are such units arriving later (sent before the source knew). The backlog's history
+   * restarts: the delta changed it by construction, not by a trend.
+   */
+  supersede(firstSequence: number): void {
+    this.supersededBelow = Math.max(this.supersededBelow, firstSequence);
+    let n = 0;
+    while (n < this.queue.length && this.queue[n].sequence < firstSequence) {
+      this.queueBytes -= this.queue[n].bytes.length;
+      n++;
+    }
+    this.queue.splice(0, n);
+    this.unitsSuperseded += n;
+    this.unitsReplayed += n;
+    this.backlog.length = 0;
+    this.deps.feedback.progress(true);
   }
 
   /**
@@ -139,9 +163,15 @@ export class ReplayPipeline {
         { reason: 'LIMIT_EXCEEDED', metadata: { limit: 'unitWindow', unitWindow, unitWindowBytes } },
       );
     }
+    this.unitsReceived++;
+    if (unit.sequence < this.supersededBelow) {
+      this.unitsSuperseded++;
+      this.unitsReplayed++;
+      this.deps.feedback.progress(false);
+      return;
+    }
     this.queue.push(unit);
     this.queueBytes += unit.bytes.length;
-    this.unitsReceived++;
     this.kick();
   }
 

@@ -72,6 +72,7 @@ const DESCRIBE: { [K in StreamMessageKind]: (message: StreamMessages[K]) => stri
   unit: (unit) => `log unit ${unit.sequence}`,
   pages: (batch) => `page batch of round ${batch.round}`,
   machineState: () => 'machine state',
+  rebase: (rebase) => `rebase to delta ${rebase.generation}`,
 };
 
 export class TargetSession {
@@ -152,6 +153,7 @@ export class TargetSession {
         case 'unit':
         case 'pages':
         case 'machineState':
+        case 'rebase':
           return this.onStreamMessage(message.body, message[message.body] as StreamMessages[typeof message.body]);
         case 'stopDecision':
           return this.onStopDecision(message.stopDecision as InstanceType<typeof pb.StopDecision>);

@@ -121,6 +121,7 @@ export class ControlServiceV2 {
         nonConvergencePolicy: policyName(req.nonConvergencePolicy),
         maxDurationMs: req.maxDurationMs,
         disableCompression: req.disableCompression,
+        logOnlyCatchUp: req.logOnlyCatchUp,
       }),
     );
     return pb2.StartMigrationResponse.create({ jobId: job.id, job: sourceJobMessage(job, this.control.historyOf(job)) });

@@ -80,6 +80,11 @@ function crtrStats(s: MigrationStats): InstanceType<typeof pb2.CrtrStats> {
     throttle: s.throttle,
     forced: s.forced,
     unitMs: s.unitMs,
+    hybrid: s.hybrid,
+    deltaRounds: s.deltaRounds,
+    deltaPages: s.deltaPages,
+    deltaWireBytes: s.deltaWireBytes,
+    unitsSuperseded: s.unitsSuperseded,
   });
 }
 

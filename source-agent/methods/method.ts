@@ -28,6 +28,8 @@ export interface MigrationRequest {
   maxDurationMs: number;
   /** Send payloads raw (data-plane benchmarks). */
   disableCompression?: boolean;
+  /** CR/TR: catch up by the log only, never by delta checkpoints. */
+  logOnlyCatchUp?: boolean;
 }
 
 /** The target's windows, from its ReserveResponse. */
@@ -86,6 +88,8 @@ export interface MethodContext {
   readonly suspended: boolean;
   /** When it was suspended (clock.now()); meaningful once `suspended`. */
   readonly suspendedAtMs: number;
+  /** The target driver's capabilities, as its Capacity said (pre-migration); optional ones decide extras such as CR/TR's deltas. */
+  readonly targetCapabilities: readonly string[];
 }
 
 export interface TransferMethod {

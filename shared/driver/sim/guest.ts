@@ -13,9 +13,10 @@
 // stall time is reported.
 
 import { AbortedError, InvalidArgumentError, InvalidStateError } from '../../errors.js';
-import type { CheckpointChunk, GuestDescription, GuestState, LogRecorder, PageAccess, RecordingStart, RecordingStats, SealedUnit, SourceGuest } from '../types.js';
+import type { CheckpointChunk, DeltaSource, DeltaStart, GuestDescription, GuestState, LogRecorder, PageAccess, RecordingStart, RecordingStats, SealedUnit, SourceGuest } from '../types.js';
 import { PAGE_BYTES } from '../types.js';
 import { beginCheckpoint, checkpointChunks, CHUNK_PAGES_DEFAULT, CHUNK_PAGES_MAX, COW_BYTES_MAX_DEFAULT, endCheckpoint } from './checkpoint.js';
+import { beginDelta, deltaChunks, endDelta } from './delta.js';
 import { Environment } from './environment.js';
 import { SimMachine } from './machine.js';
 import { pageAccessOf } from './page-codec.js';
@@ -58,7 +59,7 @@ export const SIM_GUEST_DEFAULTS: Readonly<Omit<SimGuestOptions, 'environmentSeed
 /** Instructions per busy millisecond assumed before the first measurement. */
 const INITIAL_INSTRUCTIONS_PER_MS = 20_000;
 
-export class SimSourceGuest implements SourceGuest, LogRecorder {
+export class SimSourceGuest implements SourceGuest, LogRecorder, DeltaSource {
   private runState: GuestState;
   private environment: Environment;
   private recording: Recording | null = null;
@@ -76,6 +77,11 @@ export class SimSourceGuest implements SourceGuest, LogRecorder {
 
   /** Capability `log-recording`: the sim guest records every nondeterministic event. */
   get recorder(): LogRecorder {
+    return this;
+  }
+
+  /** Capability `delta-checkpoint`. */
+  get deltas(): DeltaSource {
     return this;
   }
 
@@ -150,8 +156,9 @@ export class SimSourceGuest implements SourceGuest, LogRecorder {
     if (this.recording !== null) throw new InvalidStateError(`guest ${this.id} is already recording (since unit ${this.recording.firstSequence})`, { reason: 'GUEST_BUSY', metadata: { guestId: this.id } });
     const st = this.machine.state;
     // The runner is between units whenever this code runs: the checkpoint's instant is the
-    // recording's first unit boundary.
+    // recording's first unit boundary. Pages dirtied from here make the first delta.
     this.recording = new Recording(st.unitSequence, beginCheckpoint(this.machine, this.options.cowBytesMax), this.options);
+    this.machine.memory.clearDirty();
     return { firstSequence: st.unitSequence, position: st.position };
   }
 
@@ -159,12 +166,36 @@ export class SimSourceGuest implements SourceGuest, LogRecorder {
     const rec = this.recording;
     if (rec === null || rec.checkpoint === null) throw new InvalidStateError(`guest ${this.id}: a live checkpoint is taken at the start of a recording; start one first`);
     if (rec.checkpointTaken) throw new InvalidStateError(`guest ${this.id}: the checkpoint of this recording was already taken`);
-    const chunkPages = options.chunkPages ?? CHUNK_PAGES_DEFAULT;
-    if (!Number.isInteger(chunkPages) || chunkPages < 8 || chunkPages > CHUNK_PAGES_MAX || chunkPages % 8 !== 0) {
-      throw new InvalidArgumentError(`chunkPages=${chunkPages}: expected a multiple of 8 in [8, ${CHUNK_PAGES_MAX}]`);
-    }
+    const chunkPages = checkChunkPages(options.chunkPages);
     rec.checkpointTaken = true;
     return checkpointChunks(this.machine, rec.checkpoint, chunkPages, options.reuseBuffer ?? false);
+  }
+
+  pagesDirtiedSinceInstant(): number {
+    this.checkAlive();
+    return this.recording === null ? 0 : this.machine.memory.dirtyCount();
+  }
+
+  rebase(): DeltaStart {
+    this.checkAlive();
+    const rec = this.recording;
+    if (rec === null || rec.sealedFinal) throw new InvalidStateError(`guest ${this.id} is not recording: a delta checkpoint belongs to a recording`, { reason: 'GUEST_BUSY' });
+    if (!rec.checkpointTaken || (rec.delta !== null && !rec.delta.taken)) {
+      throw new InvalidStateError(`guest ${this.id}: the previous checkpoint of this recording was not taken yet`, { reason: 'GUEST_BUSY' });
+    }
+    // Between units, as always here: the instant is the boundary before the next unit.
+    const delta = beginDelta(this.machine, this.options.cowBytesMax, (rec.delta?.generation ?? 0) + 1);
+    rec.delta = delta;
+    rec.dropBefore(delta.firstSequence);
+    return { generation: delta.generation, firstSequence: delta.firstSequence, position: this.machine.state.position, pages: delta.pages.length };
+  }
+
+  deltaCheckpoint(options: { chunkPages?: number; reuseBuffer?: boolean } = {}): AsyncIterable<CheckpointChunk> {
+    const delta = this.recording?.delta ?? null;
+    if (delta === null || delta.taken) throw new InvalidStateError(`guest ${this.id}: no delta begun (rebase first)`);
+    const chunkPages = checkChunkPages(options.chunkPages);
+    delta.taken = true;
+    return deltaChunks(this.machine, delta, chunkPages, options.reuseBuffer ?? false);
   }
 
   async nextSealedUnit(signal?: AbortSignal): Promise<SealedUnit | null> {
@@ -179,6 +210,7 @@ export class SimSourceGuest implements SourceGuest, LogRecorder {
     const rec = this.recording;
     if (rec === null) return;
     if (rec.checkpoint !== null) endCheckpoint(this.machine, rec.checkpoint);
+    if (rec.delta !== null) endDelta(this.machine, rec.delta);
     this.recording = null;
     rec.stop();
   }
@@ -378,6 +410,14 @@ export class SimSourceGuest implements SourceGuest, LogRecorder {
     const bytes = encodeUnit(header, mergeByPosition(asyncEvents, syncEvents));
     rec.seal({ sequence: header.sequence, bytes, guestNs: header.guestNs, eventCount: asyncEvents.length + syncEvents.length, final });
   }
+}
+
+function checkChunkPages(requested: number | undefined): number {
+  const chunkPages = requested ?? CHUNK_PAGES_DEFAULT;
+  if (!Number.isInteger(chunkPages) || chunkPages < 8 || chunkPages > CHUNK_PAGES_MAX || chunkPages % 8 !== 0) {
+    throw new InvalidArgumentError(`chunkPages=${chunkPages}: expected a multiple of 8 in [8, ${CHUNK_PAGES_MAX}]`);
+  }
+  return chunkPages;
 }
 
 function sleep(ms: number, signal: AbortSignal): Promise<void> {

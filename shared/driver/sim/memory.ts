@@ -44,12 +44,21 @@ export class CopyOnWrite {
   private preservedBytesNow = 0;
   private waiters: Array<() => void> = [];
 
+  /**
+   * `only`: the checkpoint covers just these pages (a delta): every other page counts as done, so
+   * writes to it need no copy.
+   */
   constructor(
     pageCount: number,
     readonly preservedBytesMax: number,
+    only?: Uint32Array,
   ) {
     this.done = new Uint32Array(Math.ceil(pageCount / 32));
     this.preservedZero = new Uint32Array(Math.ceil(pageCount / 32));
+    if (only !== undefined) {
+      this.done.fill(0xffffffff);
+      for (const page of only) this.done[page >>> 5] &= ~(1 << (page & 31));
+    }
   }
 
   get preservedBytes(): number {
@@ -267,6 +276,13 @@ export class GuestMemory {
 
   clearDirty(): void {
     this.dirty.fill(0);
+  }
+
+  /** Pages written since the dirty bitmap was last cleared (a popcount: no allocation). */
+  dirtyCount(): number {
+    let count = 0;
+    for (const w of this.dirty) if (w !== 0) count += popcount(w);
+    return count;
   }
 
   /**
