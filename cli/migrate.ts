@@ -15,6 +15,8 @@ export interface MigrateOptions {
   maxBandwidth?: number;
   policy?: string;
   maxDuration?: number;
+  /** commander's --no-hybrid: false when given. */
+  hybrid?: boolean;
   wait: boolean;
 }
 
@@ -69,6 +71,7 @@ export async function migrate(session: Session, guestId: string, opts: MigrateOp
     maxBandwidthBytesPerSec: opts.maxBandwidth ?? 0,
     nonConvergencePolicy: policyValue(opts.policy),
     maxDurationMs: opts.maxDuration ?? 0,
+    logOnlyCatchUp: opts.hybrid === false,
   });
   const { jobId } = await session.call(controlServiceV2.startMigration, request, `starting the migration of guest '${guestId}' to ${opts.to}`);
   if (!opts.wait) {

@@ -342,6 +342,14 @@ function dataLine(j: JobMessage, s: SourceStats): string {
   return `${total} (pages ${formatBytes(Number(bytes.pages?.wireBytes ?? 0))} on the wire for ${memory} of memory)`;
 }
 
+/** CR/TR's catch-up: by the log only, or hybrid with its delta checkpoints. */
+function catchUpLine(c: vmmigrate.v2.ICrtrStats): string {
+  if (!c.hybrid) return 'log replay only';
+  const deltas = c.deltaRounds ?? 0;
+  if (deltas === 0) return 'hybrid: no delta checkpoint was cheaper than replaying the log';
+  return `hybrid: ${deltas} delta checkpoint${deltas === 1 ? '' : 's'} (${Number(c.deltaPages ?? 0)} pages, ${formatBytes(Number(c.deltaWireBytes ?? 0))} on the wire), then the log`;
+}
+
 /** The end-of-migration summary: the three figures, rounds, units, digests, and why it failed. */
 export function summaryLines(j: JobMessage): string[] {
   const s: SourceStats = j.source ?? {};
@@ -361,7 +369,9 @@ export function summaryLines(j: JobMessage): string[] {
     const c = s.crtr ?? {};
     const replayRate = c.replayRate ?? 0;
     lines.push(`  rounds:            ${c.stopRequests ?? 0} wait-and-ack`);
-    lines.push(`  units:             ${c.unitsRecorded ?? 0} recorded, ${c.unitsSent ?? 0} sent, ${c.unitsReplayed ?? 0} replayed${replayRate > 0 ? ` (replay ${replayRate.toFixed(1)}x guest speed)` : ''}`);
+    lines.push(`  catch-up:          ${catchUpLine(c)}`);
+    const superseded = c.unitsSuperseded ? `, ${c.unitsSuperseded} superseded by deltas` : '';
+    lines.push(`  units:             ${c.unitsRecorded ?? 0} recorded, ${c.unitsSent ?? 0} sent, ${c.unitsReplayed ?? 0} replayed${superseded}${replayRate > 0 ? ` (replay ${replayRate.toFixed(1)}x guest speed)` : ''}`);
   }
   lines.push(`  digests:           ${digestsLine(s)}`);
   lines.push(`  forced:            ${s.crtr?.forced ? 'yes (the non-convergence policy forced stop-and-copy)' : 'no'}`);

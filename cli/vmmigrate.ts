@@ -231,6 +231,7 @@ function buildProgram(): Command {
       .option('--max-bandwidth <rate>', 'bandwidth cap between the agents: 1gbit, 100mbit, 125MB/s, 12MiB/s or bytes/s (default: none)', parsedBy(parseBandwidth))
       .addOption(new Option('--policy <name>', "what to do if it does not converge (default: the agent's, abort)").choices(NON_CONVERGENCE_POLICIES))
       .option('--max-duration <time>', "bound on the migration: seconds, or 1500ms, 90s, 10m (default: the agent's, 10 min)", parsedBy(parseDuration))
+      .option('--no-hybrid', 'crtr: catch up by replaying the log only, never by delta checkpoints (for comparison)')
       .option('--no-wait', 'print the job id and return at once instead of watching'),
   ).action(clientAction((s, guestId) => migrate(s, guestId, s.options as unknown as MigrateOptions)));
 

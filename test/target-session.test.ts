@@ -56,8 +56,8 @@ class FakeStream extends EventEmitter {
  * A replica with the capabilities named in `parts`. Its units are [sequence, final]; it counts
  * the chunks, units and activations it saw.
  */
-function fakeReplica(parts: Array<'replay' | 'pageRestore' | 'postcopy'>) {
-  const seen = { chunks: 0, units: [] as number[], pageBatches: 0, machineStates: 0, activated: 0, discarded: 0, fetch: null as null | ((pages: Uint32Array) => Promise<void>) };
+function fakeReplica(parts: Array<'replay' | 'pageRestore' | 'postcopy' | 'deltas'>) {
+  const seen = { deltaChunks: [] as string[], chunks: 0, units: [] as number[], pageBatches: 0, machineStates: 0, activated: 0, discarded: 0, fetch: null as null | ((pages: Uint32Array) => Promise<void>) };
   let restored = false;
   const description: GuestDescription = { id: 'g1', driver: 'fake', memoryBytes: 2 ** 26, vcpus: 1, unitMs: 10, state: 'restoring', machineConfig: new Uint8Array(0), summary: '' };
   const replay = {
@@ -103,7 +103,24 @@ function fakeReplica(parts: Array<'replay' | 'pageRestore' | 'postcopy'>) {
       return { guest: {} as SourceGuest, postcopy: target };
     },
   };
+  // Deltas: a delta is begun, and its final chunk ends it.
+  let deltaOpen: number | null = null;
+  const deltaRestore = {
+    beginDelta(generation: number, firstSequence: number) {
+      if (deltaOpen !== null) throw new Error('delta in progress');
+      deltaOpen = generation;
+      seen.deltaChunks.push(`begin ${generation}@${firstSequence}`);
+    },
+    restoreDeltaChunk(chunk: CheckpointChunk) {
+      seen.deltaChunks.push(`${deltaOpen}:${chunk.index}${chunk.final ? ' final' : ''}`);
+      if (chunk.final) deltaOpen = null;
+    },
+    get deltaInProgress() {
+      return deltaOpen !== null;
+    },
+  };
   const replica: TargetReplica = {
+    deltaRestore: parts.includes('deltas') ? deltaRestore : undefined,
     id: 'g1',
     describe: () => description,
     complete: false,
@@ -149,7 +166,7 @@ class FakeHost implements SessionHost {
   discardGuest(): void {}
 }
 
-function start(parts: Array<'replay' | 'pageRestore' | 'postcopy'> = ['replay', 'pageRestore', 'postcopy']) {
+function start(parts: Array<'replay' | 'pageRestore' | 'postcopy' | 'deltas'> = ['replay', 'pageRestore', 'postcopy']) {
   const { replica, seen } = fakeReplica(parts);
   const host = new FakeHost(replica);
   const stream = new FakeStream();
@@ -341,4 +358,51 @@ t.test('a post-copy transfer: resumed here on the machine state, pages fetched o
   t.match(last.stream.last('commitResult')?.commitResult, { matched: true, targetDigest: DIGEST });
   t.equal(host.released.length, 1);
   t.equal(seen.activated, 0, 'post-copy never activates a replica: the guest already runs');
+});
+
+t.test('a CR/TR transfer with a delta: units before its instant dropped, none replayed until it is applied', async (t) => {
+  const { stream, session, seen } = start(['replay', 'deltas']);
+  stream.receive({ open: { reservationId: 'r1', method: 'crtr', firstSequence: 1 } });
+  stream.receivePayload({ kind: 'chunk', index: 0, final: true, memoryBytesCovered: 4096 }, new Uint8Array(4096));
+  stream.receive({ stopDecision: { granted: false } });
+  stream.receivePayload(unitBody(1), unitBytes(1));
+  await settle();
+  t.same(seen.units, [1]);
+  stream.receivePayload(unitBody(2), unitBytes(2));
+  stream.receive({ rebase: { generation: 1, firstSequence: 4, pages: 2 } });
+  stream.receivePayload(unitBody(3), unitBytes(3)); // sent before the source knew
+  stream.receivePayload({ kind: 'chunk', index: 0, final: false, memoryBytesCovered: 4096, generation: 1 }, new Uint8Array(16));
+  stream.receivePayload(unitBody(4), unitBytes(4));
+  await settle();
+  t.same(seen.units, [1], 'nothing replays while the delta is applied');
+  stream.receivePayload({ kind: 'chunk', index: 1, final: true, memoryBytesCovered: 0, generation: 1 }, new Uint8Array(16));
+  await settle();
+  t.same(seen.deltaChunks, ['begin 1@4', '1:0', '1:1 final']);
+  t.same(seen.units, [1, 4], 'replay goes on from the instant; 2 and 3 were superseded');
+  t.match(stream.last('progress')?.progress, { unitsReceived: 4, unitsReplayed: 4, unitsSuperseded: 2, deltaGenerationApplied: 1, chunksApplied: 3 });
+  stream.receive({ abort: { reason: 'test over' } });
+  await session.done;
+});
+
+t.test('delta refusals: a chunk of a delta not announced (FAILED_PRECONDITION), a replica without deltas (UNIMPLEMENTED)', async (t) => {
+  const stray = start(['replay', 'deltas']);
+  stray.stream.receive({ open: { reservationId: 'r1', method: 'crtr', firstSequence: 1 } });
+  stray.stream.receivePayload({ kind: 'chunk', index: 0, final: true, memoryBytesCovered: 4096 }, new Uint8Array(4096));
+  stray.stream.receivePayload({ kind: 'chunk', index: 0, final: false, memoryBytesCovered: 4096, generation: 2 }, new Uint8Array(16));
+  await stray.session.done;
+  t.match(stray.stream.last('error')?.error, { code: grpc.status.FAILED_PRECONDITION, reason: 'PROTOCOL_VIOLATION', message: /chunk 0 of delta 2, which was not announced/ });
+
+  const early = start(['replay', 'deltas']);
+  early.stream.receive({ open: { reservationId: 'r1', method: 'crtr', firstSequence: 1 } });
+  early.stream.receive({ rebase: { generation: 1, firstSequence: 3, pages: 1 } });
+  await early.session.done;
+  t.match(early.stream.last('error')?.error, { code: grpc.status.FAILED_PRECONDITION, message: /rebase to delta 1 while restoring/ });
+
+  const none = start(['replay']);
+  none.stream.receive({ open: { reservationId: 'r1', method: 'crtr', firstSequence: 1 } });
+  none.stream.receivePayload({ kind: 'chunk', index: 0, final: true, memoryBytesCovered: 4096 }, new Uint8Array(4096));
+  none.stream.receive({ rebase: { generation: 1, firstSequence: 3, pages: 1 } });
+  await none.session.done;
+  t.match(none.stream.last('error')?.error, { code: grpc.status.UNIMPLEMENTED, reason: 'CAPABILITY_MISSING', message: /makes no delta checkpoints/ });
+  t.equal(none.host.released.length, 1, 'the reservation is released');
 });
