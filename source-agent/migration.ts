@@ -206,6 +206,9 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
     if (!result.matched) {
       // The target refused the commit and discarded its copy (see CommitResult): ours is the only one.
       this.commitSent = false;
+      if (result.refusedReason) {
+        throw new InvalidStateError(`the target refused the commit and discarded its replica: ${result.refusedReason}`, { reason: 'TARGET_REFUSED_COMMIT', metadata: { jobId: this.id } });
+      }
       throw new CorruptDataError(
         this.method.activatesBeforeCommit
           ? `post-copy commit refused: the pages the target received hash to ${result.targetDigest}, the source had ${channel.commitDigestSent}`

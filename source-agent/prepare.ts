@@ -51,6 +51,11 @@ export async function reserveOnTarget(peer: TargetPeer, jobId: string, descripti
       metadata: { protocolVersion: PROTOCOL_VERSION, peerProtocolVersion: reservation.protocolVersion },
     });
   }
-  const windows = { chunks: Math.max(1, reservation.chunkWindow), units: Math.max(1, reservation.unitWindow), unitBytes: Math.max(1, reservation.unitWindowBytes) };
+  const windows = {
+    chunks: Math.max(1, reservation.chunkWindow),
+    units: Math.max(1, reservation.unitWindow),
+    unitBytes: Math.max(1, reservation.unitWindowBytes),
+    earlyCommit: reservation.earlyCommit,
+  };
   return { reservationId: reservation.reservationId, windows };
 }

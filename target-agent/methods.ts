@@ -45,6 +45,8 @@ export interface MethodTransfer {
   afterReport?(nowMs: number, report: ProgressReport): void;
   /** The source answered a stop request. */
   stopDecided?(): void;
+  /** CR/TR: the final unit arrived (an early commit may be held until it is replayed). */
+  finalReceived?(): boolean;
   /** Post-copy: the guest's receiving end once it runs here; the commit then compares the pages as received. */
   running?(): PostcopyTarget | null;
 }
@@ -120,6 +122,7 @@ const crtr: TargetMethod = {
       counters: () => ({ chunksApplied: checkpoint.chunksApplied + deltas.chunksApplied, deltaGenerationApplied: deltas.generationApplied, ...pipeline.counters() }),
       afterReport: (nowMs, report) => pipeline.afterReport(nowMs, report.remainingUnitsAllowed),
       stopDecided: () => pipeline.stopDecided(),
+      finalReceived: () => pipeline.finalReceived,
     };
   },
 };

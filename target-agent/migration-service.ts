@@ -93,6 +93,7 @@ export class MigrationService implements SessionHost {
       chunkWindow: this.options.chunkWindow,
       unitWindow: this.options.unitWindow,
       unitWindowBytes: this.options.unitWindowBytes,
+      earlyCommit: true,
     });
   }
 

@@ -93,6 +93,7 @@ export class ReplayPipeline {
   /** Units before this sequence are superseded by a delta: dropped when they arrive. */
   private supersededBelow = 0;
   private finalUnitReplayed = false;
+  private finalUnitReceived = false;
   private readonly rate = new ReplayRateMeter();
   /** A replay slice is scheduled or running. */
   private sliceScheduled = false;
@@ -112,6 +113,11 @@ export class ReplayPipeline {
 
   get remainingUnits(): number {
     return this.queue.length;
+  }
+
+  /** The final unit (sealed at the source's suspend) arrived: the log is complete here. */
+  get finalReceived(): boolean {
+    return this.finalUnitReceived;
   }
 
   /** The final unit (sealed at the source's suspend) was replayed: nothing follows. */
@@ -172,6 +178,7 @@ export class ReplayPipeline {
     }
     this.queue.push(unit);
     this.queueBytes += unit.bytes.length;
+    if (unit.final) this.finalUnitReceived = true;
     this.kick();
   }
 

@@ -78,6 +78,8 @@ const DESCRIBE: { [K in StreamMessageKind]: (message: StreamMessages[K]) => stri
 export class TargetSession {
   private currentPhase: TransferPhase = 'open';
   private endReason = '';
+  /** An early commit, held until the final unit is replayed (ReserveResponse.early_commit). */
+  private heldCommit: InstanceType<typeof pb.Commit> | null = null;
   /** The source ended the transfer by cancelling the migration (not a failure). */
   private cancelledBySource = false;
   private reservation: Reservation | null = null;
@@ -188,7 +190,10 @@ export class TargetSession {
         reportable: () => this.reportable(),
         counters: () => this.counters(),
         send: (report) => this.send({ progress: report }),
-        afterReport: (nowMs, report) => this.transfer?.receivers.afterReport?.(nowMs, report),
+        afterReport: (nowMs, report) => {
+          this.transfer?.receivers.afterReport?.(nowMs, report);
+          if (report.finalReplayed) this.releaseHeldCommit();
+        },
       },
       this.clock,
     );
@@ -243,6 +248,12 @@ export class TargetSession {
     const running = receivers.running?.() ?? null;
     if (running !== null) return this.commitRunningGuest(method.name, running, commit, r);
     const { finalReplayed = false, remainingUnits = 0 } = receivers.counters();
+    if (this.phase === 'replaying' && !finalReplayed && receivers.finalReceived?.() === true && this.heldCommit === null) {
+      // An early commit (ReserveResponse.early_commit): the final unit is here, its replay not
+      // done yet. Held until it is (releaseHeldCommit), answered matched=false if it fails.
+      this.heldCommit = commit;
+      return;
+    }
     if (this.phase !== 'replaying' || !finalReplayed || remainingUnits > 0) {
       throw new InvalidStateError(`commit received before the final unit was replayed (${remainingUnits} units queued, state ${this.phase})`, { reason: 'PROTOCOL_VIOLATION', metadata: { remainingUnits } });
     }
@@ -269,6 +280,18 @@ export class TargetSession {
       this.send({ activated: { resumeToReplyMs: this.clock.now() - resumedAtMs, hooks } });
       this.finish();
     });
+  }
+
+  /** The final unit was replayed: a commit held since it arrived early goes on now. */
+  private releaseHeldCommit(): void {
+    const commit = this.heldCommit;
+    if (commit === null) return;
+    this.heldCommit = null;
+    try {
+      this.onCommit(commit);
+    } catch (error) {
+      this.fail(error);
+    }
   }
 
   /** Post-copy: the guest runs here already; its pages as received must match the source's state. */
@@ -341,6 +364,11 @@ export class TargetSession {
     const code = statusOf(error);
     const message = bounded(error instanceof Error ? error.message : String(error), MESSAGE_CHARS_MAX);
     if (!(error instanceof VmMigrateError)) this.log.error({ err: error }, 'unexpected error in a transfer');
+    if (this.heldCommit !== null) {
+      // The source sent its commit early and waits for its answer: nothing was committed here.
+      this.heldCommit = null;
+      this.send({ commitResult: { matched: false, targetDigest: '', refusedReason: message } });
+    }
     this.send({ error: { code, message, reason: detailsOf(error).reason } });
     this.end(message);
   }

@@ -7,7 +7,7 @@ import { pino } from 'pino';
 import t from 'tap';
 import { ManualClock } from '../shared/clock.js';
 import type { CheckpointChunk, GuestDescription, SourceGuest, TargetReplica } from '../shared/driver/types.js';
-import { NotFoundError } from '../shared/errors.js';
+import { CorruptDataError, NotFoundError } from '../shared/errors.js';
 import { type PayloadBody, packMessage } from '../shared/protocol.js';
 import type { MigrationMethod } from '../shared/stats.js';
 import { grpc, pb } from '../shared/transport/grpc.js';
@@ -69,6 +69,7 @@ function fakeReplica(parts: Array<'replay' | 'pageRestore' | 'postcopy' | 'delta
       return restored;
     },
     applyUnit(bytes: Uint8Array) {
+      if (bytes[2] === 1) throw new CorruptDataError(`unit ${bytes[0]}: checksum mismatch`);
       seen.units.push(bytes[0]);
       return { sequence: bytes[0], guestNs: 10e6, final: bytes[1] === 1 };
     },
@@ -405,4 +406,44 @@ t.test('delta refusals: a chunk of a delta not announced (FAILED_PRECONDITION), 
   await none.session.done;
   t.match(none.stream.last('error')?.error, { code: grpc.status.UNIMPLEMENTED, reason: 'CAPABILITY_MISSING', message: /makes no delta checkpoints/ });
   t.equal(none.host.released.length, 1, 'the reservation is released');
+});
+
+t.test('an early commit is held until the final unit is replayed, then answered', async (t) => {
+  const { stream, session, seen } = start(['replay']);
+  stream.receive({ open: { reservationId: 'r1', method: 'crtr', firstSequence: 1 } });
+  stream.receivePayload({ kind: 'chunk', index: 0, final: true, memoryBytesCovered: 4096 }, new Uint8Array(4096));
+  stream.receive({ stopDecision: { granted: true } });
+  stream.receivePayload(unitBody(1), unitBytes(1));
+  stream.receivePayload(unitBody(2, true), unitBytes(2, true));
+  stream.receive({ commit: { digest: DIGEST } });
+  t.equal(stream.last('commitResult'), undefined, 'held: the final unit is not replayed yet');
+  await settle();
+  await session.done;
+  t.same(seen.units, [1, 2]);
+  t.match(stream.last('commitResult')?.commitResult, { matched: true, targetDigest: DIGEST });
+  t.equal(seen.activated, 1);
+});
+
+t.test('an early commit whose final replay fails is answered matched=false with the reason', async (t) => {
+  const { stream, session, seen, host } = start(['replay']);
+  stream.receive({ open: { reservationId: 'r1', method: 'crtr', firstSequence: 1 } });
+  stream.receivePayload({ kind: 'chunk', index: 0, final: true, memoryBytesCovered: 4096 }, new Uint8Array(4096));
+  stream.receive({ stopDecision: { granted: true } });
+  stream.receivePayload(unitBody(1, true), Uint8Array.of(1, 1, 1, 0));
+  stream.receive({ commit: { digest: DIGEST } });
+  await settle();
+  await session.done;
+  t.match(stream.last('commitResult')?.commitResult, { matched: false, refusedReason: /unit 1: checksum mismatch/ });
+  t.equal(seen.activated, 0);
+  t.equal(host.released.length, 1, 'the replica is discarded');
+});
+
+t.test('a commit before the final unit arrived is still refused', async (t) => {
+  const { stream, session } = start(['replay']);
+  stream.receive({ open: { reservationId: 'r1', method: 'crtr', firstSequence: 1 } });
+  stream.receivePayload({ kind: 'chunk', index: 0, final: true, memoryBytesCovered: 4096 }, new Uint8Array(4096));
+  stream.receivePayload(unitBody(1), unitBytes(1));
+  stream.receive({ commit: { digest: DIGEST } });
+  await session.done;
+  t.match(stream.last('error')?.error, { code: grpc.status.FAILED_PRECONDITION, message: /commit received before the final unit was replayed/ });
 });

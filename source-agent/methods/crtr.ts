@@ -93,6 +93,13 @@ export class CrtrMethod implements TransferMethod {
     await this.unitPump;
     ctx.stats.stopLogBytesUnsent = this.logStream?.wireBytesAfterSuspend ?? 0;
     const sentMs = ctx.clock.now() - ctx.suspendedAtMs;
+    // A target that takes an early commit holds it until it replayed the final unit: the commit
+    // goes now, behind the final unit, a round trip sooner.
+    if (ctx.windows.earlyCommit === true) {
+      this.dispose();
+      ctx.log.debug({ suspendedMs, sentMs }, 'stop-and-copy timing (early commit)');
+      return;
+    }
     await channel.until(() => channel.progress.finalReplayed);
     this.dispose();
     ctx.log.debug({ suspendedMs, sentMs, replayedMs: ctx.clock.now() - ctx.suspendedAtMs }, 'stop-and-copy timing');

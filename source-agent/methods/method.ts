@@ -39,6 +39,8 @@ export interface TargetWindows {
   /** Units sent and not yet replayed, by count and raw bytes. */
   units: number;
   unitBytes: number;
+  /** CR/TR: the target takes the commit right after the final unit and holds it until it replayed it. */
+  earlyCommit?: boolean;
 }
 
 /** Timings a method's loops use. */
