@@ -96,7 +96,9 @@ export function figuresOf(job: JobMessage): JobFigures {
     digestsMatch: (s.sourceDigest ?? '') !== '' && s.sourceDigest === s.targetDigest,
     stopLogWireBytes: Number(crtr.stopLogWireBytes ?? 0),
     stopUnitsToReplay: crtr.stopUnitsToReplay ?? 0,
-    replayRate: crtr.replayRate ?? 0,
+    // The lower bound's rate: the last units' (replayed after the stop was granted), else the
+    // target's recent average (agents that do not report it).
+    replayRate: crtr.stopReplayRate || (crtr.replayRate ?? 0),
   };
 }
 

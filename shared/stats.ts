@@ -79,6 +79,8 @@ export interface MigrationStats {
   deltaPages: number;
   deltaWireBytes: number;
   unitsSuperseded: number;
+  /** CR/TR: the replay rate of the last units, replayed after the stop was granted. */
+  stopReplayRate: number;
 }
 
 export function emptyStats(method: MigrationMethod, memoryBytes: number): MigrationStats {
@@ -127,5 +129,6 @@ export function emptyStats(method: MigrationMethod, memoryBytes: number): Migrat
     deltaPages: 0,
     deltaWireBytes: 0,
     unitsSuperseded: 0,
+    stopReplayRate: 0,
   };
 }

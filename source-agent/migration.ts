@@ -282,6 +282,7 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
       // Units the target is done with include those a delta superseded: only the others replayed.
       s.unitsReplayed = this.channel.progress.unitsReplayed - this.channel.progress.unitsSuperseded;
       s.replayRate = this.channel.progress.replayRate;
+      s.stopReplayRate = this.channel.progress.stopReplayRate;
       s.rttMs = this.channel.rttMs;
     }
     const wire = this.peer.wireBytes;

@@ -30,6 +30,8 @@ export interface ProgressReport {
   unitsSuperseded: number;
   /** CR/TR: the last delta generation applied (0: none). */
   deltaGenerationApplied: number;
+  /** CR/TR: the replay rate of the units replayed since the stop was granted (0: none yet). */
+  stopReplayRate: number;
 }
 
 /** What the receivers and the pipeline count; Feedback derives the rest. */
@@ -49,6 +51,7 @@ const NOTHING_COUNTED: Omit<ProgressReport, 'remainingUnitsAllowed'> = {
   missingPages: 0,
   unitsSuperseded: 0,
   deltaGenerationApplied: 0,
+  stopReplayRate: 0,
 };
 
 /** Where a report's content comes from, and where it goes. */

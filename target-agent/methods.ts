@@ -44,7 +44,7 @@ export interface MethodTransfer {
   /** After each progress report sent (the replay pipeline's stop request). */
   afterReport?(nowMs: number, report: ProgressReport): void;
   /** The source answered a stop request. */
-  stopDecided?(): void;
+  stopDecided?(granted: boolean): void;
   /** CR/TR: the final unit arrived (an early commit may be held until it is replayed). */
   finalReceived?(): boolean;
   /** Post-copy: the guest's receiving end once it runs here; the commit then compares the pages as received. */
@@ -121,7 +121,7 @@ const crtr: TargetMethod = {
       },
       counters: () => ({ chunksApplied: checkpoint.chunksApplied + deltas.chunksApplied, deltaGenerationApplied: deltas.generationApplied, ...pipeline.counters() }),
       afterReport: (nowMs, report) => pipeline.afterReport(nowMs, report.remainingUnitsAllowed),
-      stopDecided: () => pipeline.stopDecided(),
+      stopDecided: (granted) => pipeline.stopDecided(granted),
       finalReceived: () => pipeline.finalReceived,
     };
   },

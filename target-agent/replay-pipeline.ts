@@ -95,6 +95,8 @@ export class ReplayPipeline {
   private finalUnitReplayed = false;
   private finalUnitReceived = false;
   private readonly rate = new ReplayRateMeter();
+  /** The replay rate of the units replayed once the stop was granted: the switchover's own. */
+  private stopRate: ReplayRateMeter | null = null;
   /** A replay slice is scheduled or running. */
   private sliceScheduled = false;
   private stopRequestPending = false;
@@ -135,6 +137,7 @@ export class ReplayPipeline {
       replayRate: this.rate.replayRate,
       finalReplayed: this.finalUnitReplayed,
       unitsSuperseded: this.unitsSuperseded,
+      stopReplayRate: this.stopRate?.replayRate ?? 0,
     };
   }
 
@@ -188,8 +191,9 @@ export class ReplayPipeline {
   }
 
   /** The source answered the pending stop request. */
-  stopDecided(): void {
+  stopDecided(granted = false): void {
     this.stopRequestPending = false;
+    if (granted) this.stopRate ??= new ReplayRateMeter();
   }
 
   /** After each progress report: sends the stop request if it is due (see shouldRequestStop). */
@@ -264,6 +268,7 @@ export class ReplayPipeline {
     this.unitsReplayed++;
     this.deps.onUnitReplayed?.();
     this.rate.record(applied.guestNs, startMs, this.deps.clock.now());
+    this.stopRate?.record(applied.guestNs, startMs, this.deps.clock.now());
     if (applied.final) {
       this.finalUnitReplayed = true;
       this.deps.log.info({ unitsReplayed: this.unitsReplayed }, 'final unit replayed');

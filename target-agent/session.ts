@@ -238,7 +238,7 @@ export class TargetSession {
   }
 
   private onStopDecision(decision: InstanceType<typeof pb.StopDecision>): void {
-    this.transfer?.receivers.stopDecided?.();
+    this.transfer?.receivers.stopDecided?.(decision.granted);
     if (!decision.granted) this.log.debug({ reason: decision.reason }, 'stop-and-copy not granted yet');
     else this.log.info({ unsentLogBytes: decision.unsentLogBytes }, 'stop-and-copy granted');
   }

@@ -85,6 +85,7 @@ function crtrStats(s: MigrationStats): InstanceType<typeof pb2.CrtrStats> {
     deltaPages: s.deltaPages,
     deltaWireBytes: s.deltaWireBytes,
     unitsSuperseded: s.unitsSuperseded,
+    stopReplayRate: s.stopReplayRate,
   });
 }
 
