@@ -4,7 +4,7 @@
 // After the suspend the last units go, and the replica is complete once it replayed the final one.
 
 import type { Timer } from '../../shared/clock.js';
-import { decideStop, expectedDowntimeMs } from '../../shared/convergence.js';
+import { decideStop, expectedDowntimeMs, stopUnitsFloor, SWITCHOVER_DEADLINE_SHARE } from '../../shared/convergence.js';
 import type { LogRecorder } from '../../shared/driver/types.js';
 import type { MigrationPhase } from '../../shared/stats.js';
 import type { StopRequest } from '../channel.js';
@@ -19,12 +19,17 @@ import { startTicker } from './ticker.js';
 
 export const CRTR_PHASES: readonly MigrationPhase[] = ['pre-migration', 'reservation', 'checkpoint', 'log-transfer', 'stop-and-copy', 'commitment', 'activation'];
 
+/** Stop requests denied at most this often for a burst of units in flight (decideStop's floor). */
+const FLOOR_WAITS_MAX = 3;
+
 export class CrtrMethod implements TransferMethod {
   readonly name = 'crtr' as const;
   readonly needs = { source: ['log-recording'], target: ['checkpoint-replay'] } as const;
   readonly phases = CRTR_PHASES;
   readonly activatesBeforeCommit = false;
   private stopGranted = false;
+  /** Stop requests denied so far to wait for fewer units in flight. */
+  private floorWaits = 0;
   private checkpointDone = false;
   private monitor: ConvergenceMonitor | null = null;
   private ticker: Timer | null = null;
@@ -163,7 +168,11 @@ export class CrtrMethod implements TransferMethod {
       downtimeLimitMs: ctx.request.downtimeLimitMs,
       throughputBytesPerSec: ctx.throughputBytesPerSec,
       rttMs: channel.rttMs,
+      // A burst in flight: a few requests later the guest stops with fewer units to replay.
+      unitsFloor: stopUnitsFloor(channel.rttMs, stats.unitMs),
+      mayWaitForFloor: this.floorWaits < FLOOR_WAITS_MAX && ctx.elapsedMs() < SWITCHOVER_DEADLINE_SHARE * ctx.request.maxDurationMs,
     });
+    if (!decision.granted && /waiting for fewer/.test(decision.reason)) this.floorWaits++;
     channel.send({ stopDecision: { granted: decision.granted, reason: decision.reason, unsentLogBytes: unsent, unsentLogBytesAllowed: decision.allowedBytes } });
     if (decision.granted) {
       // The digest at commitment is inside the downtime: bring the incremental one up to date now.
