@@ -51,7 +51,7 @@ export interface MigrationStats {
   targetDigest: string;
   /** Guest speed factor at the end (1: never throttled). */
   throttle: number;
-  /** Wall time the guest stalled on full log queue or copy-on-write pool. */
+  /** Wall time the guest stalled here during this migration, on its full log queue or copy-on-write pool. */
   stallMs: number;
   error: string;
   errorCode: string;
@@ -81,6 +81,22 @@ export interface MigrationStats {
   unitsSuperseded: number;
   /** CR/TR: the replay rate of the last units, replayed after the stop was granted. */
   stopReplayRate: number;
+  /**
+   * Guest disruption (shared/disruption.ts): downtimeMs + stallMs + targetStallMs + throttledMs +
+   * lostScheduleMs over the window, from the start to the target's resume (post-copy: to the
+   * target guest's last page); the window so far until then.
+   */
+  disruptionMs: number;
+  disruptionWindowMs: number;
+  /** Post-copy: wall time the guest, running on the target, waited for pages. */
+  targetStallMs: number;
+  /** Work given up to throttling, as time. */
+  throttledMs: number;
+  /** Units the schedule called for over the window, and units run on either host. */
+  unitsDue: number;
+  unitsRun: number;
+  /** The schedule deficit the downtime and the stalls do not explain. */
+  lostScheduleMs: number;
 }
 
 export function emptyStats(method: MigrationMethod, memoryBytes: number): MigrationStats {
@@ -130,5 +146,12 @@ export function emptyStats(method: MigrationMethod, memoryBytes: number): Migrat
     deltaWireBytes: 0,
     unitsSuperseded: 0,
     stopReplayRate: 0,
+    disruptionMs: 0,
+    disruptionWindowMs: 0,
+    targetStallMs: 0,
+    throttledMs: 0,
+    unitsDue: 0,
+    unitsRun: 0,
+    lostScheduleMs: 0,
   };
 }

@@ -24,6 +24,7 @@ import { WINDOW_DEFAULTS } from '../shared/protocol.js';
 import { emptyStats, type MigrationPhase, type MigrationStats } from '../shared/stats.js';
 import { grpc, statusName, type StreamByteCounter } from '../shared/transport/grpc.js';
 import type { TransferChannel } from './channel.js';
+import { DisruptionMeter } from './disruption-meter.js';
 import type { MigrationHooks } from './faults.js';
 import type { MethodContext, MigrationRequest, TargetWindows, TransferMethod } from './methods/method.js';
 import { createMethod } from './methods/registry.js';
@@ -85,6 +86,7 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
   private readonly hooks: MigrationHooks;
   private readonly method: TransferMethod;
   private readonly ctx: MethodContext;
+  private readonly disruption: DisruptionMeter;
   private readonly cancelController = new AbortController();
   private log: Logger;
   private channel: TransferChannel | null = null;
@@ -120,6 +122,7 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
     this.log = log.child({ jobId: this.id, guestId: guest.id, target: request.targetAddress });
     this.peer = dependencies.peer ?? new GrpcTargetPeer(request.targetAddress, { credentials: options.credentials, callTimeoutMs: options.callTimeoutMs, clock: this.clock });
     this.ctx = this.makeContext();
+    this.disruption = new DisruptionMeter(guest, this.clock, this.startMs);
   }
 
   /** Cancels the migration if it has not committed; the guest stays (or resumes) here. */
@@ -185,6 +188,7 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
     this.stats.status = 'stop-and-copy';
     this.suspendedAtMs = this.clock.now();
     this.suspended = true;
+    this.disruption.suspending();
     await this.guest.suspend();
   }
 
@@ -263,6 +267,7 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
     }
     this.method.cleanUp(this.ctx);
     if (this.guest.describe().state === 'suspended') this.guest.resume();
+    this.disruption.resumedHere();
     this.guest.setThrottle(1);
     this.stats.status = cancelled ? 'cancelled' : 'failed';
     this.log.warn({ err: e.message, code: this.stats.errorCode, reason: e.reason, phase: this.stats.phase }, cancelled ? 'migration cancelled: guest runs on the source' : 'migration failed: guest runs on the source');
@@ -276,7 +281,6 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
     if (rec !== undefined && rec.unitsRecorded >= s.unitsRecorded) {
       s.unitsRecorded = rec.unitsRecorded;
       s.logBytes = rec.logBytes;
-      s.stallMs = rec.stallMs;
     }
     if (this.channel !== null) {
       // Units the target is done with include those a delta superseded: only the others replayed.
@@ -301,6 +305,7 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
       throughputBytesPerSec: this.ctx.throughputBytesPerSec,
       rttMs: s.rttMs,
     });
+    this.disruption.refresh(s, this.channel?.progress ?? null);
     // The method's own figures (remainingBytes, CR/TR's unsent log in the expected downtime).
     this.method.refreshStats(this.ctx);
     return s;

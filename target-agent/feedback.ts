@@ -32,6 +32,13 @@ export interface ProgressReport {
   deltaGenerationApplied: number;
   /** CR/TR: the replay rate of the units replayed since the stop was granted (0: none yet). */
   stopReplayRate: number;
+  /**
+   * Post-copy: the guest running here, from its resume until its last page arrived (until now
+   * while pages are missing): wall time, units run, and wall time it waited for pages.
+   */
+  guestRunMs: number;
+  guestUnitsRun: number;
+  guestFetchWaitMs: number;
 }
 
 /** What the receivers and the pipeline count; Feedback derives the rest. */
@@ -52,6 +59,9 @@ const NOTHING_COUNTED: Omit<ProgressReport, 'remainingUnitsAllowed'> = {
   unitsSuperseded: 0,
   deltaGenerationApplied: 0,
   stopReplayRate: 0,
+  guestRunMs: 0,
+  guestUnitsRun: 0,
+  guestFetchWaitMs: 0,
 };
 
 /** Where a report's content comes from, and where it goes. */

@@ -56,6 +56,7 @@ function sourceStats(job: SourceMigration, s: MigrationStats): InstanceType<type
     sourceDigest: s.sourceDigest,
     targetDigest: s.targetDigest,
     bytes: transferBytes(job.wireBytes.streams),
+    disruption: disruptionOf(s),
   });
   if (s.method === 'crtr') stats.crtr = crtrStats(s);
   else if (s.method === 'precopy') stats.precopy = pb2.PrecopyStats.create({ rounds: s.rounds, pagesSent: s.pagesSent, stopPagesSent: s.stopPagesSent, dirtyPages: Math.round(s.remainingBytes / PAGE_BYTES) });
@@ -86,6 +87,19 @@ function crtrStats(s: MigrationStats): InstanceType<typeof pb2.CrtrStats> {
     deltaWireBytes: s.deltaWireBytes,
     unitsSuperseded: s.unitsSuperseded,
     stopReplayRate: s.stopReplayRate,
+  });
+}
+
+function disruptionOf(s: MigrationStats): InstanceType<typeof pb2.GuestDisruption> {
+  return pb2.GuestDisruption.create({
+    disruptionMs: s.disruptionMs,
+    sourceStallMs: s.stallMs,
+    targetStallMs: s.targetStallMs,
+    throttledMs: s.throttledMs,
+    unitsDue: s.unitsDue,
+    unitsRun: s.unitsRun,
+    lostScheduleMs: s.lostScheduleMs,
+    windowMs: s.disruptionWindowMs,
   });
 }
 

@@ -68,6 +68,7 @@ export class SimSourceGuest implements SourceGuest, LogRecorder, DeltaSource {
   private pageWriteCarry = 0;
   private loop: { stop: AbortController; done: Promise<void> } | null = null;
   private stallMsTotal = 0;
+  private throttledMsTotal = 0;
   private lagResets = 0;
   private unitsRun = 0;
   /** Post-copy: fetches missing pages before a unit touches them. */
@@ -136,11 +137,12 @@ export class SimSourceGuest implements SourceGuest, LogRecorder, DeltaSource {
     return this.runState;
   }
 
-  /** Runner counters: units executed, wall time stalled on bounds, schedule resets. */
-  runnerStats(): { unitsRun: number; stallMs: number; lagResets: number; instructionsPerMs: number; throttle: number; pagesFetched: number } {
+  /** Runner counters: units executed, wall time stalled on bounds, work given up to throttling, schedule resets. */
+  runnerStats(): { unitsRun: number; stallMs: number; throttledMs: number; lagResets: number; instructionsPerMs: number; throttle: number; pagesFetched: number } {
     return {
       unitsRun: this.unitsRun,
       stallMs: this.stallMsTotal,
+      throttledMs: this.throttledMsTotal,
       lagResets: this.lagResets,
       instructionsPerMs: this.instructionsPerMs,
       throttle: this.throttle,
@@ -362,6 +364,7 @@ export class SimSourceGuest implements SourceGuest, LogRecorder, DeltaSource {
       if (this.runState !== 'running') return false;
     }
     if (stalled) this.stallMsTotal += performance.now() - stallStart;
+    this.throttledMsTotal += (1 - this.throttle) * unitMs;
     const t0 = performance.now();
     this.executeUnit(instructionCount, pageWriteCount, events, false);
     const busyMs = performance.now() - t0;
