@@ -350,6 +350,14 @@ function catchUpLine(c: vmmigrate.v2.ICrtrStats): string {
   return `hybrid: ${deltas} delta checkpoint${deltas === 1 ? '' : 's'} (${Number(c.deltaPages ?? 0)} pages, ${formatBytes(Number(c.deltaWireBytes ?? 0))} on the wire), then the log`;
 }
 
+/** The guest's lost progress against its schedule, with its terms (README, "Guest disruption"). */
+function disruptionText(s: SourceStats): string {
+  const d = s.disruption ?? {};
+  const stallMs = (d.sourceStallMs ?? 0) + (d.targetStallMs ?? 0);
+  const units = Number(d.unitsDue ?? 0) > 0 ? `; ${Number(d.unitsRun ?? 0)} of ${Number(d.unitsDue)} units run` : '';
+  return `${formatMs(d.disruptionMs ?? 0)} (downtime + stalls ${formatMs(stallMs)} + throttled ${formatMs(d.throttledMs ?? 0)} + lost schedule ${formatMs(d.lostScheduleMs ?? 0)}${units})`;
+}
+
 /** The end-of-migration summary: the three figures, rounds, units, digests, and why it failed. */
 export function summaryLines(j: JobMessage): string[] {
   const s: SourceStats = j.source ?? {};
@@ -358,6 +366,7 @@ export function summaryLines(j: JobMessage): string[] {
   const lines = [
     `Migration ${j.jobId} of guest '${j.guestId}' to ${j.peerAddress} (${methodWord(j.method)}): ${state}`,
     `  downtime:          ${downtimeMs > 0 ? formatMs(downtimeMs) : '-'} (source suspend to target resume)`,
+    `  disruption:        ${disruptionText(s)}`,
     `  total time:        ${formatMs(s.totalTimeMs ?? 0)}`,
     `  data transmitted:  ${dataLine(j, s)}`,
   ];
