@@ -28,7 +28,7 @@ import { controlServiceV2, grpc, makeClient, pb2, unary } from '../shared/transp
 import { LINK_PROFILES } from '../shared/transport/link.js';
 import { type DataplaneResult, dataplaneSteps, runDataplane } from './dataplane.js';
 import { GIB_BYTES, MIB_BYTES } from './format.js';
-import { convergenceSpec, dataTransmittedSpec, downtimeVsMemorySpec, groupBy, renderSvg } from './plots.js';
+import { convergenceSpec, dataTransmittedSpec, disruptionSpec, downtimeVsMemorySpec, groupBy, renderSvg } from './plots.js';
 import { buildReport, type ReportMeta } from './report.js';
 import { isCrtr, type Method, type RunRecord, type RunSpec } from './run-record.js';
 import { AGENT_ARGS, killLiveChildren, MethodUnavailableError, runOne } from './run.js';
@@ -110,7 +110,8 @@ async function writePlots(out: string, runs: RunRecord[]): Promise<ReportMeta['p
     );
   }
   await write('data-transmitted.svg', dataTransmittedSpec(matrix), 'total data transmitted per method and workload (Figure 8 of the seed paper)');
-  await write('downtime-vs-memory.svg', downtimeVsMemorySpec(runs.filter((r) => r.kind !== 'dataplane')), 'downtime against guest memory size per method');
+  await write('disruption.svg', disruptionSpec(matrix), 'guest disruption per method and workload, with the downtime marked');
+  await write('downtime-vs-memory.svg', downtimeVsMemorySpec(runs.filter((r) => r.kind !== 'dataplane')), 'downtime and guest disruption against guest memory size per method');
   return plots;
 }
 
@@ -153,7 +154,7 @@ async function writeOutputs(out: string, x: Outputs): Promise<ReportMeta> {
   }
   if (runs.some((r) => r.method === 'postcopy')) {
     notes.push(
-      "Post-copy's downtime is only the switch (suspend, machine state, resume); its guest then runs on the target while pages are fetched on demand (demandPages) and pushed, a degraded period this table does not show. Its total time ends at the commit after the last page.",
+      "Post-copy's downtime is only the switch (suspend, machine state, resume); its guest then runs on the target while pages are fetched on demand (demandPages) and pushed, a degraded period its disruption counts (the waits for pages, and the units it could not run meanwhile). Its total time ends at the commit after the last page.",
     );
   }
   if (o.linkMode === 'in-process' && o.links.some((l) => LINK_PROFILES[l].bandwidthBytesPerSec !== Infinity)) {

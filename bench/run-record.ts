@@ -84,6 +84,13 @@ export interface RunRecord {
   status: string;
   error: string;
   downtimeMs: number;
+  /**
+   * The guest's lost progress against its schedule over the migration's window (README, "Guest
+   * disruption"): downtime + stalls + throttled work + lost schedule; its terms in `disruption`.
+   * NaN in results.json files made before it was measured.
+   */
+  disruptionMs: number;
+  disruption: DisruptionTerms | null;
   totalTimeMs: number;
   transferredBytes: number;
   rounds: number;
@@ -116,6 +123,19 @@ export interface RunRecord {
   curveMeasure: string;
   curveSource: string;
   linkStats: LinkStats | null;
+}
+
+/** The terms of a run's guest disruption besides its downtime (Control v2's GuestDisruption). */
+export interface DisruptionTerms {
+  /** On the source: a full log queue or copy-on-write pool. */
+  sourceStallMs: number;
+  /** Post-copy, on the target: waits for pages. */
+  targetStallMs: number;
+  throttledMs: number;
+  lostScheduleMs: number;
+  unitsDue: number;
+  unitsRun: number;
+  windowMs: number;
 }
 
 /** CPU time (user + system) and minor page faults of a process. */

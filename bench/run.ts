@@ -13,7 +13,7 @@ import { controlServiceV2, grpc, makeClient, pb2, unary } from '../shared/transp
 import { LINK_PROFILES } from '../shared/transport/link.js';
 import { convergenceSeries } from './curve.js';
 import { type LinkHandle, startLinkInProcess, startLinkProcess } from './link-process.js';
-import { isCrtr, type LinkName, type LowerBound, type ProcessCost, type RunRecord, type RunSpec } from './run-record.js';
+import { type DisruptionTerms, isCrtr, type LinkName, type LowerBound, type ProcessCost, type RunRecord, type RunSpec } from './run-record.js';
 
 /** Reads /proc/<pid>/stat; null when that is not possible (not Linux, process gone). */
 export function processCost(pid: number): ProcessCost | null {
@@ -53,6 +53,8 @@ export interface JobFigures {
   status: string;
   phase: string;
   downtimeMs: number;
+  disruptionMs: number;
+  disruption: DisruptionTerms;
   totalTimeMs: number;
   transferredBytes: number;
   remainingBytes: number;
@@ -76,6 +78,7 @@ export interface JobFigures {
 export function figuresOf(job: JobMessage): JobFigures {
   const s = job.source ?? {};
   const crtr = s.crtr ?? {};
+  const d = s.disruption ?? {};
   const memoryBytes = Number(s.memoryBytes ?? 0);
   // checkpointPercent is covered / memory × 100 as a double: rounding gives the bytes back.
   const covered = Math.round(((s.checkpointPercent ?? 0) * memoryBytes) / 100);
@@ -83,6 +86,16 @@ export function figuresOf(job: JobMessage): JobFigures {
     status: jobStateWord(job.state),
     phase: phaseWord(job.phase),
     downtimeMs: s.downtimeMs ?? 0,
+    disruptionMs: d.disruptionMs ?? 0,
+    disruption: {
+      sourceStallMs: d.sourceStallMs ?? 0,
+      targetStallMs: d.targetStallMs ?? 0,
+      throttledMs: d.throttledMs ?? 0,
+      lostScheduleMs: d.lostScheduleMs ?? 0,
+      unitsDue: Number(d.unitsDue ?? 0),
+      unitsRun: Number(d.unitsRun ?? 0),
+      windowMs: d.windowMs ?? 0,
+    },
     totalTimeMs: s.totalTimeMs ?? 0,
     transferredBytes: Number(s.bytes?.transferredBytes ?? 0),
     remainingBytes: Number(s.remainingBytes ?? 0),
@@ -164,6 +177,8 @@ export async function runOne(spec: RunSpec): Promise<RunRecord> {
     status: 'error',
     error: '',
     downtimeMs: NaN,
+    disruptionMs: NaN,
+    disruption: null,
     totalTimeMs: NaN,
     transferredBytes: NaN,
     rounds: 0,
@@ -283,6 +298,8 @@ export async function runOne(spec: RunSpec): Promise<RunRecord> {
     record.status = final.status;
     record.error = last.errorMessage ?? '';
     record.downtimeMs = final.downtimeMs;
+    record.disruptionMs = final.disruptionMs;
+    record.disruption = final.disruption;
     record.totalTimeMs = final.totalTimeMs;
     record.transferredBytes = final.transferredBytes;
     record.rounds = final.rounds;
