@@ -57,7 +57,7 @@ class FakeStream extends EventEmitter {
  * the chunks, units and activations it saw.
  */
 function fakeReplica(parts: Array<'replay' | 'pageRestore' | 'postcopy' | 'deltas'>) {
-  const seen = { deltaChunks: [] as string[], chunks: 0, units: [] as number[], pageBatches: 0, machineStates: 0, activated: 0, discarded: 0, fetch: null as null | ((pages: Uint32Array) => Promise<void>) };
+  const seen = { deltaChunks: [] as string[], chunks: 0, units: [] as number[], pageBatches: 0, machineStates: 0, activated: 0, discarded: 0, fetch: null as null | ((pages: Uint32Array) => Promise<void>), guestUnitsRun: 0 };
   let restored = false;
   const description: GuestDescription = { id: 'g1', driver: 'fake', memoryBytes: 2 ** 26, vcpus: 1, unitMs: 10, state: 'restoring', machineConfig: new Uint8Array(0), summary: '' };
   const replay = {
@@ -101,7 +101,9 @@ function fakeReplica(parts: Array<'replay' | 'pageRestore' | 'postcopy' | 'delta
         present: (pages: Uint32Array) => pages.every((page) => present.has(page)),
         receivedDigest: () => DIGEST,
       };
-      return { guest: {} as SourceGuest, postcopy: target };
+      // The resumed guest's runner counts its units; the session measures its waits for pages.
+      const guest = { runnerStats: () => ({ unitsRun: seen.guestUnitsRun, stallMs: 0, throttledMs: 0 }) } as unknown as SourceGuest;
+      return { guest, postcopy: target };
     },
   };
   // Deltas: a delta is begun, and its final chunk ends it.
@@ -446,4 +448,33 @@ t.test('a commit before the final unit arrived is still refused', async (t) => {
   stream.receive({ commit: { digest: DIGEST } });
   await session.done;
   t.match(stream.last('error')?.error, { code: grpc.status.FAILED_PRECONDITION, message: /commit received before the final unit was replayed/ });
+});
+
+t.test("a post-copy guest's disruption on the target: its waits for pages and its units, until the last page", async (t) => {
+  const { stream, clock, seen } = start(['postcopy']);
+  stream.receive({ open: { reservationId: 'r1', method: 'postcopy' } });
+  stream.receivePayload({ kind: 'machineState' }, new Uint8Array(64));
+  const fetch = seen.fetch;
+  if (fetch === null) throw new Error('the guest was not resumed');
+  await clock.advance(10);
+  void fetch(Uint32Array.of(1, 2));
+  void fetch(Uint32Array.of(2));
+  await clock.advance(15);
+  stream.receivePayload({ kind: 'pages', round: 0, pageCount: 1 }, Uint8Array.of(1));
+  await clock.advance(5);
+  seen.guestUnitsRun = 3;
+  stream.receivePayload({ kind: 'pages', round: 0, pageCount: 1 }, Uint8Array.of(2));
+  await clock.advance(20);
+  // Two fetches overlapped: the guest waited from the first request to the page both needed, 20 ms.
+  t.match(stream.last('progress')?.progress, { missingPages: 2, guestRunMs: 50, guestUnitsRun: 3, guestFetchWaitMs: 20 });
+  void fetch(Uint32Array.of(0));
+  await clock.advance(7);
+  seen.guestUnitsRun = 5;
+  stream.receivePayload({ kind: 'pages', round: 0, pageCount: 2 }, Uint8Array.of(0, 3));
+  const final = { missingPages: 0, guestRunMs: 57, guestUnitsRun: 5, guestFetchWaitMs: 27 };
+  t.match(stream.last('progress')?.progress, final, 'the last page: the report goes at once, with the figures as of then');
+  await clock.advance(100);
+  seen.guestUnitsRun = 15;
+  stream.receivePayload({ kind: 'pages', round: 0, pageCount: 1 }, Uint8Array.of(3));
+  t.match(stream.last('progress')?.progress, final, 'later reports keep them: the window closed at the last page');
 });
