@@ -36,7 +36,11 @@ export class DisruptionMeter {
     this.base = this.read();
   }
 
-  /** Just before the suspend: the guest's share of the window here ends (its stall cut short included). */
+  /**
+   * Just before the suspend: the guest's share of the window here ends. A stall that the suspend
+   * cuts short is not among the stalls (the runner counts a stall when it ends); the units it kept
+   * from running are in the lost schedule.
+   */
   suspending(): void {
     this.atSuspend = this.read();
     this.suspendedAtMs = this.clock.now();
