@@ -24,6 +24,23 @@
 
 import { assert } from './assert.js';
 
+/**
+ * What a guest's vCPU did against its nominal schedule (one unit every unitMs of wall time), counted
+ * since it started on this host (a driver's SourceGuest.runnerStats); the migration's figure
+ * takes the difference over its window.
+ */
+export interface GuestRunnerStats {
+  /** Units executed. */
+  readonly unitsRun: number;
+  /**
+   * Wall time the vCPU was blocked when it should have run: a full log queue or copy-on-write
+   * pool, pages that post-copy has not brought yet.
+   */
+  readonly stallMs: number;
+  /** Work given up to throttling, as time: (1 - throttle factor) x unitMs, summed over the units run. */
+  readonly throttledMs: number;
+}
+
 export interface DisruptionInput {
   unitMs: number;
   /** From the start of the migration to the end of the window. */

@@ -4,8 +4,8 @@
 // of the guest running there until its last page arrived.
 
 import type { Clock } from '../shared/clock.js';
-import { guestDisruption } from '../shared/disruption.js';
-import type { GuestRunnerStats, SourceGuest } from '../shared/driver/types.js';
+import { type GuestRunnerStats, guestDisruption } from '../shared/disruption.js';
+import type { SourceGuest } from '../shared/driver/types.js';
 import type { MigrationStats } from '../shared/stats.js';
 
 /** What the target said of the guest running there (post-copy), as in its last progress report. */

@@ -4,8 +4,7 @@
 import t from 'tap';
 import { AssertionFailure } from '../shared/assert.js';
 import { ManualClock } from '../shared/clock.js';
-import { type DisruptionInput, guestDisruption } from '../shared/disruption.js';
-import type { GuestRunnerStats } from '../shared/driver/types.js';
+import { type DisruptionInput, guestDisruption, type GuestRunnerStats } from '../shared/disruption.js';
 import { emptyStats, type MigrationStats } from '../shared/stats.js';
 import { DisruptionMeter } from '../source-agent/disruption-meter.js';
 import { FakeGuest, FakeRecorder } from './support/fake-source.js';

@@ -106,23 +106,6 @@ export interface RecordingStats {
   readonly unitsDropped?: number;
 }
 
-/**
- * What a guest's vCPU did against its nominal schedule (one unit every unitMs of wall time), counted
- * since it started on this host; the migration's guest-disruption figure (shared/disruption.ts)
- * takes the difference over its window.
- */
-export interface GuestRunnerStats {
-  /** Units executed. */
-  readonly unitsRun: number;
-  /**
-   * Wall time the vCPU was blocked when it should have run: a full log queue or copy-on-write
-   * pool, pages that post-copy has not brought yet.
-   */
-  readonly stallMs: number;
-  /** Work given up to throttling, as time: (1 - throttle factor) x unitMs, summed over the units run. */
-  readonly throttledMs: number;
-}
-
 /** Page-level access, used by the pre-copy and post-copy baselines (not by CR/TR). */
 export interface PageAccess {
   /** Total pages of guest memory. */
@@ -259,7 +242,7 @@ export interface SourceGuest {
   /** xxh64 digest over all pages plus vCPU/device state, as 16 hex digits. */
   digest(): string;
   /** The vCPU's counters against its schedule; absent when the driver does not pace its guest itself. */
-  runnerStats?(): GuestRunnerStats;
+  runnerStats?(): import('../disruption.js').GuestRunnerStats;
   /** Pages still to arrive from this guest's own post-copy migration (0: it has them all). */
   readonly pagesMissing: number;
   /** Capability `log-recording`; absent when the driver records no event log. */
