@@ -25,39 +25,16 @@ import type { TargetOptions } from './options.js';
 import type { TargetMessageBody, TransferPhase } from './receivers/context.js';
 import type { TransferView } from './incoming-jobs.js';
 import type { Reservation } from './reservation.js';
+import type { SessionHost, TransferStream } from './session-host.js';
 
 type SourceMessage = InstanceType<typeof pb.SourceMessage>;
-type TargetMessage = InstanceType<typeof pb.TargetMessage>;
+
+export type { SessionHost, TransferStream } from './session-host.js';
 
 const SESSION = {
   /** How long a new transfer stream may go without its Open message. */
   openTimeoutMs: 30_000,
 } as const;
-
-/** What a session needs of the agent that accepted its stream (MigrationService). */
-export interface SessionHost {
-  readonly options: Pick<TargetOptions, 'unitWindow' | 'unitWindowBytes' | 'progressIntervalMs' | 'activationHooks' | 'hookTimeoutMs'>;
-  readonly metrics?: Pick<AgentMetrics, 'incomingEnded' | 'unitsReplayed'>;
-  /** Takes reservation `reservationId` for this transfer (NotFoundError, InvalidStateError). */
-  open(reservationId: string, method: MigrationMethod): Reservation;
-  /** Releases the reservation and discards its replica. */
-  release(reservationId: string, reason: string): void;
-  /** Drops the reservation of a replica that became a guest here. */
-  forget(reservationId: string): void;
-  /** Discards a guest running here (a post-copy whose commit failed). */
-  discardGuest(guestId: string): void;
-  /** The transfer of job `jobId` entered `phase`; `view` tells its state (incoming jobs as Control shows them). */
-  phaseChanged?(jobId: string, phase: TransferPhase, method: MigrationMethod | null, view: () => TransferView): void;
-}
-
-/** The server side of a Transfer stream, as the session uses it. */
-export interface TransferStream {
-  on(event: 'data', listener: (message: SourceMessage) => void): unknown;
-  on(event: 'end' | 'cancelled', listener: () => void): unknown;
-  on(event: 'error', listener: (error: Error) => void): unknown;
-  write(message: TargetMessage): unknown;
-  end(): unknown;
-}
 
 /** An opened transfer: its reservation, its method and the method's receivers. */
 interface OpenTransfer {
