@@ -91,7 +91,6 @@ export class CrtrMethod implements TransferMethod {
   }
 
   async finish(ctx: MethodContext): Promise<void> {
-    const recorder = recorderOf(ctx.guest);
     const channel = ctx.channel;
     ctx.stats.stopUnitsToReplay = this.unitsNotReplayed(ctx);
     const suspendedMs = ctx.clock.now() - ctx.suspendedAtMs;
