@@ -207,7 +207,8 @@ export function predictPostcopy(inputs: PredictionInputs, d: Derived): MethodPre
   const faults = postcopyFaults(d, pushS);
   // The pages one unit needs are fetched together: one round trip per unit that faults.
   const fetches = Math.min(faults, (pushS * 1000) / inputs.unitMs);
-  const faultStallMs = fetches * inputs.rttMs + faults * pageSeconds(inputs, d, 1, d.linkBytesPerSec) * 1000;
+  // A guest stalled through the whole push loses at most the push: by then every page is there.
+  const faultStallMs = Math.min(pushS * 1000, fetches * inputs.rttMs + faults * pageSeconds(inputs, d, 1, d.linkBytesPerSec) * 1000);
   const converges = downtimeMs <= inputs.downtimeLimitMs;
   const verdict = converges ? '' : `: downtime ${fmtMs(downtimeMs)} is over the ${inputs.downtimeLimitMs} ms limit`;
   return {

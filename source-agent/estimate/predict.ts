@@ -39,7 +39,7 @@
 //   faults      the pages the guest newly touches at t during the push, each missing with
 //               probability 1 - t / push time (written pages only: reads are not measured);
 //   disruption  downtime + one R per unit that faults (a unit's pages are fetched together) +
-//               one page's transfer per fault.
+//               one page's transfer per fault, at most the push time (then every page is there).
 // Every total time adds 2R of setup (capacity, reservation).
 //
 // Recommendation: among the methods both agents can carry out and that converge, the least
