@@ -54,8 +54,9 @@ export function measuredLines(e: Estimate): string[] {
 
 /** The table of predictions, the recommendation and each method's reasoning. */
 export function estimateLines(e: Estimate): string[] {
+  const label = (m: NonNullable<Estimate['methods']>[number]) => `${methodWord(m.method)}${m.logOnlyCatchUp ? ' (log only)' : ''}`;
   const rows = (e.methods ?? []).map((m) => [
-    methodWord(m.method),
+    label(m),
     m.available ? (m.converges ? 'yes' : 'no') : 'not available',
     time(m.downtimeMs),
     time(m.totalTimeMs),
@@ -71,7 +72,7 @@ export function estimateLines(e: Estimate): string[] {
     table(['method', 'converges', 'downtime', 'total time', 'data', 'disruption', 'rounds'], rows),
     '',
     `recommended: ${recommended}: ${e.recommendationReason ?? ''}`,
-    ...(e.methods ?? []).map((m) => `  ${methodWord(m.method)}: ${m.reason ?? ''}`),
+    ...(e.methods ?? []).map((m) => `  ${label(m)}: ${m.reason ?? ''}`),
   ];
 }
 

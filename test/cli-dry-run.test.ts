@@ -49,7 +49,7 @@ t.test('migrate --dry-run predicts and migrates nothing', async (t) => {
   t.match(human.stdout, /round trip [\d.]+ ms \(median of 5\), bandwidth [\d.]+ MB\/s \(measured/, 'the link as measured');
   t.match(human.stdout, /log [\d.]+ MB\/s \(modelled from the workload\)/, 'the modelled log rate says so');
   t.match(human.stdout, /method +converges +downtime +total time +data +disruption +rounds/, 'the table of predictions');
-  for (const m of ['crtr', 'precopy', 'postcopy']) t.match(human.stdout, new RegExp(`^${m} +(yes|no) `, 'm'), `a row for ${m}`);
+  for (const m of ['crtr', 'crtr \\(log only\\)', 'precopy', 'postcopy']) t.match(human.stdout, new RegExp(`^${m} +(yes|no) `, 'm'), `a row for ${m}`);
   t.match(human.stdout, /^recommended: (crtr|precopy|postcopy): /m, 'a recommendation with its reason');
   t.equal(human.stderr, '', 'nothing on stderr');
 
@@ -58,7 +58,7 @@ t.test('migrate --dry-run predicts and migrates nothing', async (t) => {
   const doc = JSON.parse(json.stdout) as { methods: Array<{ method: string; converges: boolean }>; link: { bandwidthSource: string; rttMs: number }; recommendedMethod: string };
   t.same(
     doc.methods.map((m) => m.method),
-    ['METHOD_CRTR', 'METHOD_PRECOPY', 'METHOD_POSTCOPY'],
+    ['METHOD_CRTR', 'METHOD_CRTR', 'METHOD_PRECOPY', 'METHOD_POSTCOPY'],
     'enum values by name',
   );
   t.equal(doc.link.bandwidthSource, 'INPUT_SOURCE_MEASURED');

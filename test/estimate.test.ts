@@ -53,7 +53,8 @@ t.test('an idle guest over loopback: measured inputs, every method predicted, CR
   t.ok(l.measuredBandwidthBytesPerSec > 1e6, `measured ${(l.measuredBandwidthBytesPerSec / 1e6).toFixed(0)} MB/s`);
   t.equal(l.bandwidthBytesPerSec, l.measuredBandwidthBytesPerSec, 'no cap: the measured link is used');
 
-  t.same(res.methods.map((m) => m.method), [Method.METHOD_CRTR, Method.METHOD_PRECOPY, Method.METHOD_POSTCOPY]);
+  t.same(res.methods.map((m) => m.method), [Method.METHOD_CRTR, Method.METHOD_CRTR, Method.METHOD_PRECOPY, Method.METHOD_POSTCOPY]);
+  t.same(res.methods.map((m) => m.logOnlyCatchUp), [false, true, false, false], 'CR/TR hybrid (both make deltas), then log-only for comparison');
   type Estimate = Full<InstanceType<typeof pb2.MethodEstimate>>;
   const crtr = res.methods[0] as Estimate;
   t.ok(crtr.available && crtr.converges, crtr.reason);
@@ -82,7 +83,7 @@ t.test('a web guest dirties pages; the bandwidth cap limits the link used', asyn
   t.ok(g.dirtyPagesPerSec > 0 && Number(g.workingSetPages) > 0);
   t.equal(res.link?.bandwidthBytesPerSec, 1_000_000, 'the cap is below the measured link');
   t.equal(res.downtimeLimitMs, 100);
-  const postcopy = res.methods[2] as Full<InstanceType<typeof pb2.MethodEstimate>>;
+  const postcopy = res.methods[3] as Full<InstanceType<typeof pb2.MethodEstimate>>;
   t.ok(postcopy.disruptionMs > postcopy.downtimeMs, `post-copy faults: ${postcopy.reason}`);
 });
 

@@ -31,6 +31,7 @@ const web: PredictionInputs = {
   downtimeLimitMs: 300,
   cowPoolBytes: 64 * MIB,
   available: ['crtr', 'precopy', 'postcopy'],
+  hybridCatchUp: true,
 };
 
 const byMethod = (methods: MethodPrediction[], name: string) => methods.find((m) => m.method === name)!;
@@ -107,7 +108,14 @@ t.test('CR/TR: hybrid delta rounds shrink the backlog of a slow replayer', async
   t.ok(p.converges, p.reason);
   const pure = byMethod(predictMigration({ ...slow, dirtyWindows: [{ windowMs: 500, pages: 70_000 }, { windowMs: 2000, pages: 130_000 }] }).methods, 'crtr');
   t.equal(pure.rounds, 0, 'every page dirty: a delta is as large as the checkpoint, so replay only');
-  t.ok(pure.totalTimeMs > p.totalTimeMs, 'replaying the whole backlog at 1.1x takes longer');
+  const logOnly = predictMigration(slow).methods.find((x) => x.method === 'crtr' && x.logOnlyCatchUp)!;
+  t.equal(logOnly.rounds, 0, 'the log-only catch-up is predicted beside the hybrid one');
+  t.ok(logOnly.totalTimeMs > p.totalTimeMs, 'replaying the whole backlog at 1.1x takes longer');
+  t.same(
+    predictMigration({ ...slow, hybridCatchUp: false }).methods.map((x) => `${x.method}${x.logOnlyCatchUp ? '-log' : ''}`),
+    ['crtr-log', 'precopy', 'postcopy'],
+    'agents without deltas: only the log-only CR/TR',
+  );
 });
 
 t.test('CR/TR: a log larger than the link never drains', async (t) => {
@@ -167,6 +175,7 @@ t.test('post-copy: one round trip of downtime, faults on the pages touched befor
 t.test('recommend: least disruption among converging, available methods', async (t) => {
   const m = (method: MethodPrediction['method'], disruptionMs: number, extra: Partial<MethodPrediction> = {}): MethodPrediction => ({
     method,
+    logOnlyCatchUp: false,
     available: true,
     converges: true,
     downtimeMs: disruptionMs,
@@ -189,6 +198,8 @@ t.test('recommend: least disruption among converging, available methods', async 
   t.equal(none.recommended, 'precopy');
   t.match(none.reason, /no method converges/);
   t.equal(recommend([m('crtr', 1, { available: false })]).recommended, null);
+  t.equal(recommend([m('crtr', 10), m('crtr', 5, { logOnlyCatchUp: true }), m('precopy', 20)]).recommended, 'crtr', 'the log-only CR/TR is for comparison');
+  t.equal(recommend([m('crtr', 10, { logOnlyCatchUp: true }), m('precopy', 20)]).recommended, 'crtr', 'unless it is the only CR/TR the agents can do');
 });
 
 t.test('predictMigration: a guest only post-copy can move within the limit', async (t) => {
@@ -200,7 +211,8 @@ t.test('predictMigration: a guest only post-copy can move within the limit', asy
   t.match(p.reason, /only post-copy converges/);
   t.same(
     p.methods.map((x) => x.method),
-    ['crtr', 'precopy', 'postcopy'],
+    ['crtr', 'crtr', 'precopy', 'postcopy'],
+    'CR/TR hybrid, then log-only',
   );
 });
 

@@ -58,6 +58,7 @@ export function estimateMessage(r: EstimateResult): InstanceType<typeof pb2.Esti
       disruptionMs: m.disruptionMs,
       rounds: m.rounds,
       reason: m.reason,
+      logOnlyCatchUp: m.logOnlyCatchUp,
     }),
   );
   return pb2.EstimateMigrationResponse.create({

@@ -133,7 +133,7 @@ export class Estimator {
   private predict(request: EstimateRequest, guest: SourceGuest, sample: GuestSample, link: LinkSample, elapsedMs: number): EstimateResult {
     const configured = request.maxBandwidthBytesPerSec;
     const bandwidthSource: InputSource = link.measuredBytesPerSec > 0 ? 'measured' : configured > 0 ? 'configured' : 'unknown';
-    const { available, refusal } = this.availability(guest, link);
+    const { available, refusal, hybridCatchUp } = this.availability(guest, link);
     const prediction = predictMigration({
       memoryBytes: sample.memoryBytes,
       nonZeroFraction: sample.nonZeroFraction,
@@ -150,20 +150,24 @@ export class Estimator {
       downtimeLimitMs: request.downtimeLimitMs,
       cowPoolBytes: sample.cowPoolBytes,
       available,
+      hybridCatchUp,
     });
     if (refusal !== '') prediction.reason = `${refusal}; ${prediction.reason}`;
     const bandwidth = prediction.derived.linkBytesPerSec;
     return { request, guest: sample, link: { ...link, bandwidthBytesPerSec: Number.isFinite(bandwidth) ? bandwidth : 0, bandwidthSource }, prediction, elapsedMs };
   }
 
-  /** The methods both ends can carry out, and why the target would refuse the guest, if it would. */
-  private availability(guest: SourceGuest, link: LinkSample): { available: MigrationMethod[]; refusal: string } {
+  /**
+   * The methods both ends can carry out, whether CR/TR would catch up the hybrid way (both make
+   * deltas), and why the target would refuse the guest, if it would.
+   */
+  private availability(guest: SourceGuest, link: LinkSample): { available: MigrationMethod[]; refusal: string; hybridCatchUp: boolean } {
     const capacity = link.capacity;
     const description = guest.describe();
     const mib = (bytes: number) => `${(bytes / 2 ** 20).toFixed(0)} MiB`;
-    if (capacity.driver !== description.driver) return { available: [], refusal: `the target runs driver '${echo(capacity.driver)}', the guest needs '${description.driver}'` };
+    if (capacity.driver !== description.driver) return { available: [], refusal: `the target runs driver '${echo(capacity.driver)}', the guest needs '${description.driver}'`, hybridCatchUp: false };
     if (Number(capacity.memoryBytesFree) < description.memoryBytes) {
-      return { available: [], refusal: `the target has ${mib(Number(capacity.memoryBytesFree))} free, the guest needs ${mib(description.memoryBytes)}` };
+      return { available: [], refusal: `the target has ${mib(Number(capacity.memoryBytesFree))} free, the guest needs ${mib(description.memoryBytes)}`, hybridCatchUp: false };
     }
     const source = sourceCapabilities(guest);
     // A target that reports no capabilities predates them: its Open refuses what it cannot do.
@@ -172,6 +176,7 @@ export class Estimator {
       const needs = createMethod(name).needs;
       return needs.source.every((c) => source.includes(c)) && (target === null || needs.target.every((c) => target.includes(c)));
     });
-    return { available, refusal: '' };
+    const hybridCatchUp = source.includes('delta-checkpoint') && target !== null && target.includes('delta-checkpoint');
+    return { available, refusal: '', hybridCatchUp };
   }
 }

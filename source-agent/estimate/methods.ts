@@ -12,7 +12,7 @@ import { type Derived, fmtMiB, fmtMs, linkSeconds, MACHINE_STATE_BYTES, type Met
 /** Points at which the models integrate over a phase (copy-on-write peak, post-copy faults). */
 const GRID_POINTS = 64;
 
-const never = (base: Pick<MethodPrediction, 'method' | 'available'>, reason: string): MethodPrediction => ({
+const never = (base: Pick<MethodPrediction, 'method' | 'available' | 'logOnlyCatchUp'>, reason: string): MethodPrediction => ({
   ...base,
   converges: false,
   downtimeMs: Infinity,
@@ -83,9 +83,12 @@ function hybridRounds(inputs: PredictionInputs, d: Derived, checkpointMs: number
   }
 }
 
-/** CR/TR: checkpoint, log alongside, hybrid catch-up, switchover at about one unit. */
-export function predictCrtr(inputs: PredictionInputs, d: Derived): MethodPrediction {
-  const base = { method: 'crtr' as const, available: inputs.available.includes('crtr') };
+/**
+ * CR/TR: checkpoint, log alongside, catch-up, switchover at about one unit. `hybrid`: the catch-up
+ * may send delta checkpoints (otherwise it replays the log only).
+ */
+export function predictCrtr(inputs: PredictionInputs, d: Derived, hybrid: boolean): MethodPrediction {
+  const base = { method: 'crtr' as const, available: inputs.available.includes('crtr'), logOnlyCatchUp: !hybrid };
   const logRate = inputs.logBytesPerSec;
   if (logRate >= d.linkBytesPerSec) {
     return never(base, `the log alone (${fmtMiB(logRate)}/s) fills the link (${fmtMiB(d.linkBytesPerSec)}/s): the replica can never catch up`);
@@ -93,7 +96,7 @@ export function predictCrtr(inputs: PredictionInputs, d: Derived): MethodPredict
   const pageLink = d.linkBytesPerSec - logRate;
   const checkpointMs = (pageSeconds(inputs, d, d.nonZeroPages, pageLink) + inputs.rttMs / 1000) * 1000;
   const stallMs = cowStallSeconds(inputs, d, checkpointMs / 1000) * 1000;
-  const hybrid = hybridRounds(inputs, d, checkpointMs, pageLink);
+  const catchUp: CatchUp = hybrid ? hybridRounds(inputs, d, checkpointMs, pageLink) : { rounds: 0, deltaMs: 0, deltaBytes: 0, backlogMs: checkpointMs };
   const r = d.replayRate;
   const link = d.linkBytesPerSec === Infinity ? 0 : d.linkBytesPerSec;
   const downtimeFor = (unitsToReplay: number) =>
@@ -103,22 +106,22 @@ export function predictCrtr(inputs: PredictionInputs, d: Derived): MethodPredict
   let how: string;
   if (r > 1) {
     // The backlog drains at r - 1 until only the unit in progress is left.
-    replayMs = Math.max(0, hybrid.backlogMs - SWITCHOVER_UNITS_FLOOR * inputs.unitMs) / (r - 1);
+    replayMs = Math.max(0, catchUp.backlogMs - SWITCHOVER_UNITS_FLOOR * inputs.unitMs) / (r - 1);
     downtimeMs = downtimeFor(SWITCHOVER_UNITS_FLOOR);
-    how = `replay at ${r.toFixed(1)}x drains the ${fmtMs(hybrid.backlogMs)} backlog in ${fmtMs(replayMs)}; switchover with one unit left`;
+    how = `replay at ${r.toFixed(1)}x drains the ${fmtMs(catchUp.backlogMs)} backlog in ${fmtMs(replayMs)}; switchover with one unit left`;
   } else {
     // Replay no faster than the guest: the switchover waits one window for the backlog to stop
     // shrinking, then replays what is left within the downtime.
     replayMs = SWITCHOVER_WINDOW_MS;
-    const backlogMs = hybrid.backlogMs + (1 - r) * SWITCHOVER_WINDOW_MS;
+    const backlogMs = catchUp.backlogMs + (1 - r) * SWITCHOVER_WINDOW_MS;
     downtimeMs = downtimeFor(backlogMs / inputs.unitMs);
     how = `replay at ${r.toFixed(2)}x never drains the backlog: ${fmtMs(backlogMs)} of it is replayed within the downtime`;
   }
   const converges = downtimeMs <= inputs.downtimeLimitMs;
-  const runMs = checkpointMs + hybrid.deltaMs + replayMs;
+  const runMs = checkpointMs + catchUp.deltaMs + replayMs;
   const setupMs = SETUP_ROUND_TRIPS * inputs.rttMs;
-  const bytes = d.nonZeroPages * d.pageWireBytes + hybrid.deltaBytes + (logRate * runMs) / 1000 + d.unitLogBytes;
-  const deltas = hybrid.rounds > 0 ? `${hybrid.rounds} delta round(s) (${fmtMiB(hybrid.deltaBytes)}, ${fmtMs(hybrid.deltaMs)}), then ` : '';
+  const bytes = d.nonZeroPages * d.pageWireBytes + catchUp.deltaBytes + (logRate * runMs) / 1000 + d.unitLogBytes;
+  const deltas = catchUp.rounds > 0 ? `${catchUp.rounds} delta round(s) (${fmtMiB(catchUp.deltaBytes)}, ${fmtMs(catchUp.deltaMs)}), then ` : '';
   const stall = stallMs > 0 ? `; the guest stalls ${fmtMs(stallMs)} on the copy-on-write pool` : '';
   const verdict = converges ? '' : `: downtime ${fmtMs(downtimeMs)} is over the ${inputs.downtimeLimitMs} ms limit`;
   return {
@@ -128,14 +131,14 @@ export function predictCrtr(inputs: PredictionInputs, d: Derived): MethodPredict
     totalTimeMs: setupMs + runMs + downtimeMs,
     bytes,
     disruptionMs: downtimeMs + stallMs,
-    rounds: hybrid.rounds,
+    rounds: catchUp.rounds,
     reason: `checkpoint of ${fmtMiB(d.nonZeroPages * d.pageWireBytes)} in ${fmtMs(checkpointMs)}, ${deltas}${how}${stall}${verdict}`,
   };
 }
 
 /** Pre-copy: rounds of dirty pages under Xen's stop rules and rate limits, then the last set. */
 export function predictPrecopy(inputs: PredictionInputs, d: Derived): MethodPrediction {
-  const base = { method: 'precopy' as const, available: inputs.available.includes('precopy') };
+  const base = { method: 'precopy' as const, available: inputs.available.includes('precopy'), logOnlyCatchUp: false };
   let elapsedMs = SETUP_ROUND_TRIPS * inputs.rttMs;
   let bytes = 0;
   let sentRawBytes = 0;
@@ -200,7 +203,7 @@ export function postcopyFaults(d: Derived, pushS: number): number {
 
 /** Post-copy: switch at once; every page follows, the ones the guest touches first on demand. */
 export function predictPostcopy(inputs: PredictionInputs, d: Derived): MethodPrediction {
-  const base = { method: 'postcopy' as const, available: inputs.available.includes('postcopy') };
+  const base = { method: 'postcopy' as const, available: inputs.available.includes('postcopy'), logOnlyCatchUp: false };
   // The machine state goes and the target's activation comes back: one round trip.
   const downtimeMs = linkSeconds(d, MACHINE_STATE_BYTES) * 1000 + inputs.rttMs;
   const pushS = pageSeconds(inputs, d, d.nonZeroPages, d.linkBytesPerSec) + linkSeconds(d, d.pageCount * PAGE_BATCH_BYTES_PER_PAGE);

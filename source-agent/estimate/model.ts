@@ -36,11 +36,15 @@ export interface PredictionInputs {
   cowPoolBytes: number;
   /** Methods both agents can carry out; the others are predicted, never recommended. */
   available: readonly MigrationMethod[];
+  /** Both agents make delta checkpoints: CR/TR catches up the hybrid way (shared/catch-up.ts). */
+  hybridCatchUp: boolean;
 }
 
 /** What one method would cost. Times are Infinity when the method would never get there. */
 export interface MethodPrediction {
   method: MigrationMethod;
+  /** CR/TR catching up by replaying the log only (no delta checkpoints), for comparison. */
+  logOnlyCatchUp: boolean;
   available: boolean;
   /** It completes with a downtime within the limit. */
   converges: boolean;

@@ -13,12 +13,13 @@
 //   pages(n, b) = n × max(c / b, P / compress rate, P / restore rate)
 // (the three overlap chunk by chunk: the slowest sets the pace; an unmeasured rate is not limiting).
 //
-// CR/TR (checkpoint, then log; methods.ts predictCrtr):
+// CR/TR (checkpoint, then log; methods.ts predictCrtr; with the log-only catch-up, no deltas):
 //   never converges when L ≥ B (the log alone fills the link);
 //   checkpoint  Tc = pages(Z, B - L) + R, the log streaming beside it;
 //   catch-up    the replica replays once restored, so the backlog is Tc of guest time and W(Tc) pages
-//               were dirtied since the instant; while chooseCatchUp says "delta", a delta round of
-//               D = deltaCostMs(W(since the instant)) ms is sent, leaving a backlog of D;
+//               were dirtied since the instant; where both agents make deltas, while chooseCatchUp
+//               says "delta", a delta round of D = deltaCostMs(W(since the instant)) ms is sent,
+//               leaving a backlog of D (and the log-only catch-up is predicted beside it);
 //   switchover  with ρ > 1 the backlog drains in (backlog - u) / (ρ - 1) and the downtime is one
 //               unit's: expectedDowntimeMs(one unit of log, 1 unit to replay) = max(u L / B, u / ρ)
 //               + 2R; with ρ ≤ 1 it never drains: after one switchover window (2 s) the backlog,
@@ -57,7 +58,7 @@ import { type Derived, derive, fmtMs, type MethodPrediction, POSTCOPY_PREFERENCE
 export type { DirtyWindow, MethodPrediction, PredictionInputs } from './model.js';
 
 export interface Prediction {
-  /** crtr, precopy, postcopy, in that order. */
+  /** crtr, then crtr with the log-only catch-up when the hybrid one is possible, precopy, postcopy. */
   methods: MethodPrediction[];
   /** null when no method is available. */
   recommended: MigrationMethod | null;
@@ -68,7 +69,8 @@ export interface Prediction {
 
 export function predictMigration(inputs: PredictionInputs): Prediction {
   const d: Derived = derive(inputs);
-  const methods = [predictCrtr(inputs, d), predictPrecopy(inputs, d), predictPostcopy(inputs, d)];
+  const crtr = inputs.hybridCatchUp ? [predictCrtr(inputs, d, true), predictCrtr(inputs, d, false)] : [predictCrtr(inputs, d, false)];
+  const methods = [...crtr, predictPrecopy(inputs, d), predictPostcopy(inputs, d)];
   const { recommended, reason } = recommend(methods);
   return {
     methods,
@@ -87,7 +89,9 @@ function better(a: MethodPrediction, b: MethodPrediction): boolean {
 }
 
 export function recommend(methods: readonly MethodPrediction[]): { recommended: MigrationMethod | null; reason: string } {
-  const available = methods.filter((m) => m.available);
+  // The log-only CR/TR is there for comparison when the hybrid catch-up is possible.
+  const hybridPossible = methods.some((m) => m.method === 'crtr' && !m.logOnlyCatchUp);
+  const available = methods.filter((m) => m.available && !(m.logOnlyCatchUp && hybridPossible));
   if (available.length === 0) return { recommended: null, reason: 'no method is available between these agents' };
   const converging = available.filter((m) => m.converges);
   if (converging.length === 0) {
