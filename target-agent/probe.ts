@@ -1,6 +1,8 @@
-// The target's end of a bandwidth probe (Migration.Probe): it counts the bytes a source streams
-// and answers with the count and how long they took to arrive; nothing is kept. Bounded in bytes
-// per probe and in probes at once, so that a probe costs the target nothing of note.
+// The target's end of a bandwidth probe (Migration.Probe): it counts the bytes a source streams,
+// writes them into fresh memory as a restore writes a checkpoint into the replica's (so that the
+// probe pays the first touch of new pages, as a migration does), and answers with the count and
+// how long they took to arrive; nothing is kept. Bounded in bytes per probe and in probes at once:
+// a probe holds at most PROBE_BYTES_MAX of memory while it runs.
 
 import { type Clock, systemClock } from '../shared/clock.js';
 import { LimitExceededError } from '../shared/errors.js';
@@ -28,9 +30,12 @@ export class ProbeReceiver {
     let received = 0;
     let firstMs = -1;
     let done = false;
+    // Allocated whole, touched only as bytes arrive: the pages are new when they are written.
+    let sink: Uint8Array | null = null;
     const finish = (error: ReturnType<typeof toServiceError> | null) => {
       if (done) return;
       done = true;
+      sink = null;
       this.active--;
       if (error !== null) callback(error);
       else callback(null, pb.ProbeResult.create({ receivedBytes: received, firstToLastMs: firstMs < 0 ? 0 : this.clock.now() - firstMs }));
@@ -38,7 +43,12 @@ export class ProbeReceiver {
     call.on('data', (message: InstanceType<typeof pb.ProbeData>) => {
       if (done) return;
       if (firstMs < 0) firstMs = this.clock.now();
-      received += message.data?.length ?? 0;
+      const data = message.data ?? new Uint8Array(0);
+      if (received + data.length <= PROBE_BYTES_MAX) {
+        sink ??= new Uint8Array(PROBE_BYTES_MAX);
+        sink.set(data, received);
+      }
+      received += data.length;
       if (received > PROBE_BYTES_MAX) {
         // The status ends the call; whatever the source still sends is not read.
         finish(toServiceError(new LimitExceededError(`bandwidth probe of more than ${PROBE_BYTES_MAX} bytes (${received} so far)`, { metadata: { limit: PROBE_BYTES_MAX } })));

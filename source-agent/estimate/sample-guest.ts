@@ -126,7 +126,8 @@ async function sampleDirtying(pages: PageAccess, o: GuestSampleOptions): Promise
   pages.startDirtyTracking();
   try {
     for (const end of windowEnds(o.periodMs)) {
-      await o.clock.sleep(Math.max(0, start + end - o.clock.now()), o.signal);
+      // A timer may fire a little early: sleep again until the window's end has passed.
+      while (o.clock.now() < start + end) await o.clock.sleep(Math.max(1, start + end - o.clock.now()), o.signal);
       const dirty = pages.fetchAndClearDirty();
       for (const p of dirty) {
         if (seen[p] === 0) {
