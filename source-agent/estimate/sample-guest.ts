@@ -4,7 +4,9 @@
 // - its dirtying: distinct pages dirtied over windows of 250 ms, 500 ms, 1 s, 2 s, ... of one
 //   sampling period (the page-access capability's dirty tracking);
 // - its busy share: CPU time of this process over the period (a `sim` guest's vCPU runs in the
-//   agent's process; other work of the agent counts too, which makes replay look slower);
+//   agent's process; other work of the agent counts too, which makes replay look slower); for a
+//   guest of another driver this process's CPU says nothing, so the share is not known and taken
+//   as 1 (replay no faster than the guest: the prediction errs on the slow side);
 // - its log rate: modelled from a `sim` guest's workload rates (estimate-hints.ts), since a
 //   recorder cannot record without a live checkpoint.
 // Everything is bounded: the pages read (SAMPLE_PAGES_MAX), the period (the caller's, at most
@@ -165,8 +167,8 @@ export async function sampleGuest(guest: SourceGuest, o: GuestSampleOptions): Pr
     periodMs,
     dirtyWindows,
     dirtySource: pages ? 'measured' : 'unknown',
-    busyFraction: periodMs > 0 ? Math.min(1, cpuMs / periodMs) : 1,
-    busySource: 'measured',
+    busyFraction: hints !== null && periodMs > 0 ? Math.min(1, cpuMs / periodMs) : 1,
+    busySource: hints !== null ? 'measured' : 'unknown',
     logBytesPerSec: hints?.logBytesPerSec ?? 0,
     logSource: hints ? 'workload-model' : 'unknown',
     cowPoolBytes: hints?.cowPoolBytes ?? 0,
