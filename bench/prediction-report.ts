@@ -1,7 +1,7 @@
 // report.md's "Predicted against measured": per profile/link/size cell, what EstimateMigration
 // predicted before the cell's runs (bench/prediction.ts) next to what the runs measured (medians
-// over repeats of completed runs), with the ratio measured / predicted; then the median ratios
-// over all cells, per method.
+// over repeats of completed runs: downtime, total time, data, guest disruption), with the ratio
+// measured / predicted; then the median ratios over all cells, per method.
 
 import { MIB_BYTES } from './format.js';
 import { groupBy } from './plots.js';
@@ -35,7 +35,7 @@ const fmtRatio = (x: number) => (Number.isFinite(x) ? `${x.toFixed(2)}×` : '–
 
 interface Row {
   method: Method;
-  ratios: { downtime: number; total: number; data: number };
+  ratios: { downtime: number; total: number; data: number; disruption: number };
   line: string;
 }
 
@@ -48,11 +48,18 @@ function methodRow(m: Json, runs: RunRecord[]): Row | null {
     downtime: median(ok.map((r) => r.downtimeMs)),
     total: median(ok.map((r) => r.totalTimeMs / 1000)),
     data: median(ok.map((r) => r.transferredBytes / MIB_BYTES)),
+    // NaN in records made before the disruption was measured.
+    disruption: median(ok.map((r) => r.disruptionMs ?? NaN)),
   };
-  const predicted = { downtime: figure(m.downtimeMs), total: figure(m.totalTimeMs) / 1000, data: figure(m.transferredBytes) / MIB_BYTES };
-  const ratios = { downtime: ratio(measured.downtime, predicted.downtime), total: ratio(measured.total, predicted.total), data: ratio(measured.data, predicted.data) };
+  const predicted = { downtime: figure(m.downtimeMs), total: figure(m.totalTimeMs) / 1000, data: figure(m.transferredBytes) / MIB_BYTES, disruption: figure(m.disruptionMs) };
+  const ratios = {
+    downtime: ratio(measured.downtime, predicted.downtime),
+    total: ratio(measured.total, predicted.total),
+    data: ratio(measured.data, predicted.data),
+    disruption: ratio(measured.disruption, predicted.disruption),
+  };
   const converged = rs.length === 0 ? 'not run' : `${ok.filter((r) => !r.forced).length}/${rs.length}`;
-  const line = `| ${LABEL[method]}${m.available === false ? ' (not available)' : ''} | ${m.converges === true ? 'yes' : 'no'} / ${converged} | ${fmt(predicted.downtime, 1)} / ${fmt(measured.downtime, 1)} | ${fmtRatio(ratios.downtime)} | ${fmt(predicted.total, 2)} / ${fmt(measured.total, 2)} | ${fmtRatio(ratios.total)} | ${fmt(predicted.data, 0)} / ${fmt(measured.data, 0)} | ${fmtRatio(ratios.data)} | ${fmt(figure(m.disruptionMs), 1)} | ${String(m.rounds ?? 0)} |`;
+  const line = `| ${LABEL[method]}${m.available === false ? ' (not available)' : ''} | ${m.converges === true ? 'yes' : 'no'} / ${converged} | ${fmt(predicted.downtime, 1)} / ${fmt(measured.downtime, 1)} | ${fmtRatio(ratios.downtime)} | ${fmt(predicted.total, 2)} / ${fmt(measured.total, 2)} | ${fmtRatio(ratios.total)} | ${fmt(predicted.data, 0)} / ${fmt(measured.data, 0)} | ${fmtRatio(ratios.data)} | ${fmt(predicted.disruption, 1)} / ${fmt(measured.disruption, 1)} | ${fmtRatio(ratios.disruption)} | ${String(m.rounds ?? 0)} |`;
   return { method, ratios, line };
 }
 
@@ -77,8 +84,8 @@ function cellSection(p: CellPrediction, runs: RunRecord[], rows: Row[]): string 
   if (p.status !== 'ok' || p.estimate === null) return [...lines, `Estimate failed: ${p.error}`, ''].join('\n');
   const e = p.estimate;
   lines.push(inputsLine(p, e), '');
-  lines.push('| method | converges (predicted / measured) | downtime ms (predicted / measured) | × | total s | × | data MiB | × | disruption ms (predicted) | rounds (predicted) |');
-  lines.push('|---|---|---|---|---|---|---|---|---|---|');
+  lines.push('| method | converges (predicted / measured) | downtime ms (predicted / measured) | × | total s | × | data MiB | × | disruption ms | × | rounds (predicted) |');
+  lines.push('|---|---|---|---|---|---|---|---|---|---|---|');
   for (const m of (e.methods ?? []) as Json[]) {
     const row = methodRow(m, runs);
     if (row === null) continue;
@@ -106,10 +113,10 @@ export function predictionSection(predictions: readonly CellPrediction[], runs: 
   for (const p of predictions) out.push(cellSection(p, byCell.get(cellKey(p)) ?? [], rows));
   if (rows.length > 0) {
     out.push('Median of measured / predicted over the cells:', '');
-    out.push('| method | cells | downtime | total time | data |', '|---|---|---|---|---|');
+    out.push('| method | cells | downtime | total time | data | disruption |', '|---|---|---|---|---|---|');
     for (const [method, rs] of groupBy(rows, (r) => r.method)) {
       const med = (f: (r: Row) => number) => fmtRatio(median(rs.map(f)));
-      out.push(`| ${LABEL[method as Method]} | ${rs.length} | ${med((r) => r.ratios.downtime)} | ${med((r) => r.ratios.total)} | ${med((r) => r.ratios.data)} |`);
+      out.push(`| ${LABEL[method as Method]} | ${rs.length} | ${med((r) => r.ratios.downtime)} | ${med((r) => r.ratios.total)} | ${med((r) => r.ratios.data)} | ${med((r) => r.ratios.disruption)} |`);
     }
     out.push('');
   }
