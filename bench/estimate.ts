@@ -26,8 +26,8 @@ const MEASURED_WALL_S: Record<Method, Record<string, [number, number]>> = {
   postcopy: { idle: [11, 21], web: [11, 22], compile: [11, 23], db: [11, 23], mmuncher: [11, 38], stream: [10, 22] },
 };
 const FIXED_WALL_S = 5;
-/** One cell's EstimateMigration with its agents, boot and warm-up (bench/prediction.ts), 512 MiB on lan, measured here. */
-const PREDICTION_CELL_WALL_S = 8;
+/** One cell's EstimateMigration with its agents, boot and warm-up (bench/prediction.ts): 5.0-5.5 s measured here, 512 MiB on lan. */
+const PREDICTION_CELL_WALL_S = 6;
 
 export function estimateRunSeconds(spec: Pick<RunSpec, 'profile' | 'method' | 'link' | 'memoryBytes'>, measured: Map<string, number>): number {
   const key = `${spec.profile}|${spec.method}|${spec.link}|${spec.memoryBytes}`;
