@@ -49,7 +49,8 @@
 // hosts. When none converges, the one with the least downtime, said to be over the limit.
 //
 // Not modelled: the target's restore rate unless given, log compression (the log is counted raw,
-// an upper bound), throttling, contention between the agents and the guest for the CPU.
+// an upper bound), throttling, a replay slower than 1 / busy (a loaded target), contention between
+// the agents and the guest for the CPU (the guest's lost schedule is not in the disruption).
 
 import type { MigrationMethod } from '../../shared/stats.js';
 import { predictCrtr, predictPostcopy, predictPrecopy } from './methods.js';
