@@ -31,6 +31,8 @@ export interface HarnessOptions {
   warmupMs: number;
   sampleMs: number;
   linkMode: LinkMode;
+  /** One EstimateMigration per cell before its runs, reported against what they measured. */
+  predict: boolean;
 }
 
 export const QUICK_PROFILES = ['web', 'compile', 'mmuncher', 'db'];
@@ -58,6 +60,8 @@ and writes results.json, report.md and SVG plots.
   --link-check            the data plane also measures the lan link emulator in this process and
                           in a child process (default without --quick)
   --link-process MODE     in-process (default) or child: where the link emulator runs
+  --no-predict            leave out the estimate of each cell (default: one EstimateMigration
+                          before each profile/link/size cell, reported against its runs)
   --downtime-limit-ms N   (default 300)       --max-duration-ms N   (default 300000)
   --policy P              non-convergence policy: force (default: every run ends in a migration),
                           abort or throttle
@@ -103,6 +107,7 @@ export function parseOptions(argv: string[]): HarnessOptions | 'help' {
       'dataplane-repeats': { type: 'string' },
       'link-check': { type: 'boolean' },
       'link-process': { type: 'string', default: 'in-process' },
+      'no-predict': { type: 'boolean' },
       'downtime-limit-ms': { type: 'string', default: '300' },
       policy: { type: 'string', default: 'force' },
       'max-duration-ms': { type: 'string', default: '300000' },
@@ -149,6 +154,7 @@ export function parseOptions(argv: string[]): HarnessOptions | 'help' {
     warmupMs: numbers(values['warmup-ms'], [1000], '--warmup-ms')[0],
     sampleMs: one(values['sample-ms'], 100, '--sample-ms'),
     linkMode,
+    predict: !values['no-predict'],
   };
 }
 

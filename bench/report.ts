@@ -5,6 +5,8 @@
 // scaling runs, the data plane, and the plots.
 
 import { type DataplaneResult, dataplaneMarkdown } from './dataplane.js';
+import type { CellPrediction } from './prediction.js';
+import { predictionSection } from './prediction-report.js';
 import { MIB_BYTES } from './format.js';
 import { groupBy } from './plots.js';
 import type { Method, RunRecord } from './run-record.js';
@@ -198,7 +200,7 @@ function scalingSection(runs: RunRecord[]): string {
   return `${lines.join('\n')}\n`;
 }
 
-export function buildReport(meta: ReportMeta, runs: RunRecord[], dataplane: DataplaneResult | null, notes: string[]): string {
+export function buildReport(meta: ReportMeta, runs: RunRecord[], dataplane: DataplaneResult | null, notes: string[], predictions: readonly CellPrediction[] = []): string {
   const out: string[] = [];
   const h = meta.host;
   out.push(`# ${meta.title}`);
@@ -240,6 +242,7 @@ export function buildReport(meta: ReportMeta, runs: RunRecord[], dataplane: Data
     out.push('');
   }
   out.push(scalingSection(runs.filter((r) => r.kind === 'scaling')));
+  out.push(predictionSection(predictions, runs));
   if (dataplane) {
     out.push('## Data plane: checkpoint streaming against raw TCP');
     out.push('');

@@ -121,6 +121,10 @@ const ENUM_FIELDS = new Map<unknown, Readonly<Record<string, EnumNames>>>([
   [pb2.Guest, { state: pb2.GuestState, role: pb2.GuestRole }],
   [pb2.Capacity, { methods: pb2.Method }],
   [pb2.Job, { role: pb2.JobRole, method: pb2.Method, state: pb2.JobState, phase: pb2.Phase, phasesPassed: pb2.Phase, errorReason: pb2.ErrorReason }],
+  [pb2.EstimateMigrationResponse, { recommendedMethod: pb2.Method }],
+  [pb2.MethodEstimate, { method: pb2.Method }],
+  [pb2.GuestMeasurements, { dirtySource: pb2.InputSource, busySource: pb2.InputSource, logSource: pb2.InputSource }],
+  [pb2.LinkMeasurements, { bandwidthSource: pb2.InputSource }],
 ]);
 
 /**

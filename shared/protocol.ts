@@ -31,6 +31,9 @@ export const WINDOW_DEFAULTS = {
 /** Largest chunk or unit (raw) the agents carry. */
 export const PAYLOAD_RAW_BYTES_MAX = 16 * 1024 * 1024;
 
+/** Bytes one bandwidth probe (Migration.Probe) may send: a target refuses more. */
+export const PROBE_BYTES_MAX = 64 * 1024 * 1024;
+
 export interface WirePayload {
   rawBytes: number;
   compressed: boolean;
