@@ -68,3 +68,13 @@ t.test('chooseCatchUp: guards', async (t) => {
   t.match(chooseCatchUp({ ...base, throughputBytesPerSec: 0 }), { way: 'replay', reason: /throughput/ });
   t.equal(chooseCatchUp({ ...base, deltaPages: 0 }).way, 'delta', 'nothing dirty: a delta of just the machine state');
 });
+
+t.test('chooseCatchUp: a guest slower than its schedule (a busy host) drains faster; the rule uses max(r, g)', async (t) => {
+  t.equal(replayCatchUpMs(1000, 1, 0.5), 2000, 'replaying at 1x while the guest runs at 0.5x drains at 0.5');
+  const slowGuest = chooseCatchUp({ ...base, replayRate: 1.0, guestRate: 0.5 });
+  t.equal(slowGuest.replayCatchUpMs, 10_000);
+  t.ok(Number.isFinite(slowGuest.deltaCatchUpMs));
+  // A replica that drains slower than the guest records: a delta that leaves g * D < B / margin pays.
+  t.equal(chooseCatchUp({ ...base, replayRate: 0.4, guestRate: 0.9, deltaPages: 25_000 }).way, 'delta');
+  t.equal(chooseCatchUp({ ...base, replayRate: 0.4, guestRate: 0.9, deltaPages: 250_000 }).way, 'replay');
+});

@@ -53,9 +53,10 @@ export class CrtrMethod implements TransferMethod {
     const hybrid = (this.hybrid = this.makeHybrid(ctx, logStream));
     this.ticker = startTicker(ctx, () => {
       const settled = this.stopGranted || monitor.forced;
-      // While a delta is sent and applied the target replays nothing: no trend to judge.
-      monitor.tick(settled || hybrid?.busy === true);
+      // The catch-up first: a delta that pays is the answer to a backlog that does not shrink.
+      // While one is sent and applied the target replays nothing: no trend to judge.
       hybrid?.tick(settled);
+      monitor.tick(settled || hybrid?.busy === true);
     });
     this.unitPump = logStream.run(recorder, ctx.signal, () => ctx.stats.phase === 'stop-and-copy' || ctx.stats.phase === 'commitment');
     this.unitPump.catch(() => {}); // Observed in finish; failures also surface through the waits.

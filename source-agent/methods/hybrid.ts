@@ -7,7 +7,10 @@
 //
 // The model's inputs are measured: the checkpoint's throughput and bytes per page until a delta
 // was sent, then the last delta's own (its wire bytes over its time from rebase to applied, which
-// includes the target's restore).
+// includes the target's restore); the replica's catch-up rate and the guest's own speed as the
+// source sees them over the last seconds (units replayed and recorded per wall time, whatever the
+// target did between replays), once a backlog was there for a second; before that, the rate the
+// target reports.
 
 import { chooseCatchUp, type CatchUpDecision } from '../../shared/catch-up.js';
 import type { DeltaSource } from '../../shared/driver/types.js';
@@ -16,7 +19,20 @@ import { InvalidStateError, VmMigrateError } from '../../shared/errors.js';
 import type { LogStream } from '../streams/log.js';
 import type { MethodContext } from './method.js';
 
+/** Units replayed and recorded at a tick. */
+interface DrainSample {
+  atMs: number;
+  replayed: number;
+  recorded: number;
+  backlog: number;
+}
+
+/** The drain is measured over at most this much history, and only from this much on. */
+const DRAIN_WINDOW_MS = 2_000;
+const DRAIN_WINDOW_MIN_MS = 1_000;
+
 export class HybridCatchUp {
+  private readonly drain: DrainSample[] = [];
   /** A delta is being sent or applied. */
   busy = false;
   private chunksSent = 0;
@@ -56,15 +72,34 @@ export class HybridCatchUp {
       });
   }
 
+  /** The replica's catch-up rate and the guest's speed over the recent history, if it says enough. */
+  private drainRates(backlog: number): { replayRate: number; guestRate: number } | null {
+    const { ctx } = this;
+    const progress = ctx.channel.progress;
+    const now = ctx.clock.now();
+    const recorded = ctx.guest.recorder?.recordingStats().unitsRecorded ?? 0;
+    this.drain.push({ atMs: now, replayed: progress.unitsReplayed - progress.unitsSuperseded, recorded, backlog });
+    while (this.drain.length > 2 && now - this.drain[1].atMs >= DRAIN_WINDOW_MS) this.drain.shift();
+    const first = this.drain[0];
+    const spanMs = now - first.atMs;
+    // Only a replica that had a backlog all along shows how fast it drains.
+    if (spanMs < DRAIN_WINDOW_MIN_MS || this.drain.some((d) => d.backlog < 2)) return null;
+    const unitMs = ctx.stats.unitMs;
+    return { replayRate: ((this.drain.at(-1)!.replayed - first.replayed) * unitMs) / spanMs, guestRate: ((recorded - first.recorded) * unitMs) / spanMs };
+  }
+
   private decide(): CatchUpDecision {
     const { ctx } = this;
     const s = ctx.stats;
+    const backlogUnits = this.backlogUnits();
+    const rates = this.drainRates(backlogUnits);
     const checkpointPageWireBytes = s.checkpointBytes > 0 ? (PAGE_BYTES * s.checkpointWireBytes) / s.checkpointBytes : PAGE_BYTES;
     const pageWireBytes = this.deltaPageWireBytes || checkpointPageWireBytes;
     return chooseCatchUp({
-      backlogUnits: this.backlogUnits(),
+      backlogUnits,
       unitMs: s.unitMs,
-      replayRate: ctx.channel.progress.replayRate,
+      replayRate: rates?.replayRate ?? ctx.channel.progress.replayRate,
+      guestRate: rates?.guestRate ?? 1,
       deltaPages: this.deltas.pagesDirtiedSinceInstant(),
       pageWireBytes,
       restoreBytesPerSec: 0,
@@ -95,6 +130,8 @@ export class HybridCatchUp {
     stats.deltaWireBytes += wireBytes;
     await channel.until(() => channel.progress.deltaGenerationApplied >= start.generation);
     const tookMs = ctx.clock.now() - startMs;
+    // The drain before the delta says nothing of the drain after it.
+    this.drain.length = 0;
     // Small deltas say little about throughput (a round trip dominates): keep the last large one's.
     if (start.pages >= 256) {
       this.deltaPageWireBytes = wireBytes / start.pages;
