@@ -16,7 +16,7 @@
 // - postcopy: remainingBytes / 4096 (pages not yet on the target), as the agent reports them.
 
 import { PAGE_BYTES } from '../shared/driver/types.js';
-import type { CurvePoint, RunRecord } from './run-record.js';
+import { type CurvePoint, isCrtr, type RunRecord } from './run-record.js';
 
 export interface SeriesPoint {
   tS: number;
@@ -44,7 +44,7 @@ function moving(p: CurvePoint): boolean {
 
 export function convergenceSeries(r: RunRecord): Series {
   const curve = r.curve;
-  if (r.method === 'crtr') {
+  if (isCrtr(r.method)) {
     return { measure: MEASURE.crtr, source: 'remainingUnits', points: curve.map((p) => ({ tS: p.tMs / 1000, value: p.remainingUnits })) };
   }
   if (r.method === 'postcopy') {

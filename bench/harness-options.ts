@@ -31,20 +31,22 @@ export interface HarnessOptions {
   warmupMs: number;
   sampleMs: number;
   linkMode: LinkMode;
+  /** One EstimateMigration per cell before its runs, reported against what they measured. */
+  predict: boolean;
 }
 
-export const QUICK_PROFILES = ['web', 'mmuncher', 'db'];
+export const QUICK_PROFILES = ['web', 'compile', 'mmuncher', 'db'];
 
 export const USAGE = `usage: npm run bench -- [harness] [options]
 
 Live-migrates sim guests between two fresh agent processes per run, through the link emulator,
 and writes results.json, report.md and SVG plots.
 
-  --quick                 web, mmuncher, db × every available method × lan × 512 MiB × 1 repeat,
-                          + the data plane (no scaling); ~3 min on a 2-core host (full: ~2.5 h)
+  --quick                 web, compile, mmuncher, db × every available method × lan × 512 MiB × 1 repeat,
+                          + the data plane (no scaling); ~5 min on a 2-core host (full: ~2.5 h)
   --out DIR               output folder (default: $TMPDIR/vmmigrate-bench-<time>)
   --profiles a,b          workload profiles (default: all: ${PROFILE_NAMES.join(', ')})
-  --methods a,b           crtr, precopy, postcopy (default: all; postcopy skipped when the agent
+  --methods a,b           crtr, crtr-log (CR/TR without delta checkpoints), precopy, postcopy (default: all; postcopy skipped when the agent
                           answers "not available")
   --links a,b             ${LINK_PROFILE_NAMES.join(', ')} (default lan,wan; --quick lan)
   --memory-mib a,b        guest memory sizes, MiB (default 512)
@@ -58,6 +60,8 @@ and writes results.json, report.md and SVG plots.
   --link-check            the data plane also measures the lan link emulator in this process and
                           in a child process (default without --quick)
   --link-process MODE     in-process (default) or child: where the link emulator runs
+  --no-predict            leave out the estimate of each cell (default: one EstimateMigration
+                          before each profile/link/size cell, reported against its runs)
   --downtime-limit-ms N   (default 300)       --max-duration-ms N   (default 300000)
   --policy P              non-convergence policy: force (default: every run ends in a migration),
                           abort or throttle
@@ -103,6 +107,7 @@ export function parseOptions(argv: string[]): HarnessOptions | 'help' {
       'dataplane-repeats': { type: 'string' },
       'link-check': { type: 'boolean' },
       'link-process': { type: 'string', default: 'in-process' },
+      'no-predict': { type: 'boolean' },
       'downtime-limit-ms': { type: 'string', default: '300' },
       policy: { type: 'string', default: 'force' },
       'max-duration-ms': { type: 'string', default: '300000' },
@@ -149,6 +154,7 @@ export function parseOptions(argv: string[]): HarnessOptions | 'help' {
     warmupMs: numbers(values['warmup-ms'], [1000], '--warmup-ms')[0],
     sampleMs: one(values['sample-ms'], 100, '--sample-ms'),
     linkMode,
+    predict: !values['no-predict'],
   };
 }
 

@@ -28,16 +28,17 @@ import { controlServiceV2, grpc, makeClient, pb2, unary } from '../shared/transp
 import { LINK_PROFILES } from '../shared/transport/link.js';
 import { type DataplaneResult, dataplaneSteps, runDataplane } from './dataplane.js';
 import { GIB_BYTES, MIB_BYTES } from './format.js';
-import { convergenceSpec, dataTransmittedSpec, downtimeVsMemorySpec, groupBy, renderSvg } from './plots.js';
+import { convergenceSpec, dataTransmittedSpec, disruptionSpec, downtimeVsMemorySpec, groupBy, renderSvg } from './plots.js';
 import { buildReport, type ReportMeta } from './report.js';
-import type { Method, RunRecord, RunSpec } from './run-record.js';
+import { isCrtr, type Method, type RunRecord, type RunSpec } from './run-record.js';
 import { AGENT_ARGS, killLiveChildren, MethodUnavailableError, runOne } from './run.js';
 import { fullMatrixEstimate } from './estimate.js';
+import { type CellPrediction, cellsOf, killPredictionChildren, predictBefore } from './prediction.js';
 import { type HarnessOptions, matrixSpecs, parseOptions, USAGE, UsageError } from './harness-options.js';
 
 async function probeMethods(methods: Method[]): Promise<Map<Method, string>> {
   const unavailable = new Map<Method, string>();
-  const toProbe = methods.filter((m) => m !== 'crtr' && m !== 'precopy');
+  const toProbe = methods.filter((m) => !isCrtr(m) && m !== 'precopy');
   if (toProbe.length === 0) return unavailable;
   const agents: AgentProcess[] = [];
   try {
@@ -110,7 +111,8 @@ async function writePlots(out: string, runs: RunRecord[]): Promise<ReportMeta['p
     );
   }
   await write('data-transmitted.svg', dataTransmittedSpec(matrix), 'total data transmitted per method and workload (Figure 8 of the seed paper)');
-  await write('downtime-vs-memory.svg', downtimeVsMemorySpec(runs.filter((r) => r.kind !== 'dataplane')), 'downtime against guest memory size per method');
+  await write('disruption.svg', disruptionSpec(matrix), 'guest disruption per method and workload, with the downtime marked');
+  await write('downtime-vs-memory.svg', downtimeVsMemorySpec(runs.filter((r) => r.kind !== 'dataplane')), 'downtime and guest disruption against guest memory size per method');
   return plots;
 }
 
@@ -137,6 +139,8 @@ interface Outputs {
   methodsSkipped: Array<{ method: string; reason: string }>;
   runs: RunRecord[];
   dataplane: DataplaneResult | null;
+  /** One EstimateMigration per cell, before its runs (bench/prediction.ts). */
+  predictions: CellPrediction[];
 }
 
 /** Writes the plots, report.md and the final results.json into `out`. */
@@ -153,7 +157,7 @@ async function writeOutputs(out: string, x: Outputs): Promise<ReportMeta> {
   }
   if (runs.some((r) => r.method === 'postcopy')) {
     notes.push(
-      "Post-copy's downtime is only the switch (suspend, machine state, resume); its guest then runs on the target while pages are fetched on demand (demandPages) and pushed, a degraded period this table does not show. Its total time ends at the commit after the last page.",
+      "Post-copy's downtime is only the switch (suspend, machine state, resume); its guest then runs on the target while pages are fetched on demand (demandPages) and pushed, a degraded period its disruption counts (the waits for pages, and the units it could not run meanwhile). Its total time ends at the commit after the last page.",
     );
   }
   if (o.linkMode === 'in-process' && o.links.some((l) => LINK_PROFILES[l].bandwidthBytesPerSec !== Infinity)) {
@@ -184,8 +188,8 @@ async function writeOutputs(out: string, x: Outputs): Promise<ReportMeta> {
     fullMatrixEstimate: fullMatrixEstimate(runs, methods, dataplane ? dataplane.wallMs / 1000 / Math.max(1, dataplane.repeats.length) : null),
     plots,
   };
-  writeFileSync(path.join(out, 'report.md'), buildReport(reportMeta, runs, dataplane, notes));
-  writeJson(path.join(out, 'results.json'), { meta: { ...x, runs: undefined, dataplane: undefined, report: reportMeta }, runs, dataplane });
+  writeFileSync(path.join(out, 'report.md'), buildReport(reportMeta, runs, dataplane, notes, x.predictions));
+  writeJson(path.join(out, 'results.json'), { meta: { ...x, runs: undefined, dataplane: undefined, predictions: undefined, report: reportMeta }, runs, dataplane, predictions: x.predictions });
   return reportMeta;
 }
 
@@ -220,7 +224,7 @@ function parseHarnessArgs(argv: string[]): number | { options: HarnessOptions; f
 
 /** Plots and report again from a results.json (a finished or an interrupted run). */
 async function reportFromResults(fromResults: string, o: HarnessOptions, argv: string[]): Promise<number> {
-  const saved = JSON.parse(readFileSync(fromResults, 'utf8')) as { meta: Partial<Outputs> & { options?: HarnessOptions }; runs: RunRecord[]; dataplane: DataplaneResult | null };
+  const saved = JSON.parse(readFileSync(fromResults, 'utf8')) as { meta: Partial<Outputs> & { options?: HarnessOptions }; runs: RunRecord[]; dataplane: DataplaneResult | null; predictions?: CellPrediction[] };
   const out = argv.includes('--out') ? o.out : path.dirname(path.resolve(fromResults));
   mkdirSync(out, { recursive: true });
   const m = saved.meta;
@@ -237,6 +241,7 @@ async function reportFromResults(fromResults: string, o: HarnessOptions, argv: s
     methodsSkipped: m.methodsSkipped ?? [],
     runs: saved.runs,
     dataplane: saved.dataplane,
+    predictions: saved.predictions ?? [],
   };
   const meta = await writeOutputs(out, x);
   console.error(`bench: wrote ${path.join(out, 'report.md')} and ${meta.plots.length} SVG plots from ${saved.runs.length} runs`);
@@ -249,6 +254,7 @@ interface MatrixState {
   dataplane: DataplaneResult | null;
   skipped: Array<{ method: string; reason: string }>;
   methods: Method[];
+  predictions: CellPrediction[];
 }
 
 async function runMatrix(o: HarnessOptions, argv: string[]): Promise<number> {
@@ -257,7 +263,7 @@ async function runMatrix(o: HarnessOptions, argv: string[]): Promise<number> {
   const wallStart = performance.now();
   const loadavgStart = os.loadavg();
   const cpuPressureStart = cpuPressure();
-  const state: MatrixState = { runs: [], dataplane: null, skipped: [], methods: [...o.methods] };
+  const state: MatrixState = { runs: [], dataplane: null, skipped: [], methods: [...o.methods], predictions: [] };
   const snapshot = (): Outputs => ({
     argv,
     options: o,
@@ -271,11 +277,14 @@ async function runMatrix(o: HarnessOptions, argv: string[]): Promise<number> {
     methodsSkipped: state.skipped,
     runs: state.runs,
     dataplane: state.dataplane,
+    predictions: state.predictions,
   });
-  const save = () => writeJson(path.join(o.out, 'results.json'), { meta: { ...snapshot(), runs: undefined, dataplane: undefined }, runs: state.runs, dataplane: state.dataplane });
+  const save = () =>
+    writeJson(path.join(o.out, 'results.json'), { meta: { ...snapshot(), runs: undefined, dataplane: undefined, predictions: undefined }, runs: state.runs, dataplane: state.dataplane, predictions: state.predictions });
   // An interrupt stops the agents and keeps what was measured (then: --from-results to report).
   const onSignal = (signal: NodeJS.Signals) => {
     killLiveChildren();
+    killPredictionChildren();
     save();
     console.error(`\nbench: ${signal}: stopped; ${state.runs.length} runs kept in ${path.join(o.out, 'results.json')} (report them with --from-results)`);
     process.exit(130);
@@ -307,9 +316,11 @@ async function runAll(o: HarnessOptions, state: MatrixState, save: () => void): 
   }
   state.methods = state.methods.filter((m) => !unavailable.has(m));
   const specs = matrixSpecs(o, state.methods);
+  const cells = o.predict ? cellsOf(specs) : new Map<string, RunSpec>();
   const bar = progressBar();
-  bar.start(specs.length + (o.dataplane ? dataplaneSteps({ repeats: o.dataplaneRepeats, linkCheck: o.linkCheck }) : 0), 0, { label: 'starting' });
+  bar.start(specs.length + cells.size + (o.dataplane ? dataplaneSteps({ repeats: o.dataplaneRepeats, linkCheck: o.linkCheck }) : 0), 0, { label: 'starting' });
   for (const spec of specs) {
+    await predictBefore(spec, cells, state.predictions, bar);
     await runSpec(spec, state, bar);
     save();
   }

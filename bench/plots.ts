@@ -8,8 +8,10 @@
 //   per repeat, a rule where the guest was suspended;
 // - data-transmitted.svg: total data transmitted per method and profile, median with min-max
 //   (the seed paper's Figure 8), one panel per link;
-// - downtime-vs-memory.svg: downtime against guest memory size per method, one panel per
-//   profile and link (medians, with min-max).
+// - disruption.svg: the guest's disruption per method and profile (bars, medians with min-max),
+//   with the downtime marked inside each bar (a tick), one panel per link;
+// - downtime-vs-memory.svg: downtime (solid) and guest disruption (dashed) against guest memory
+//   size per method, one panel per profile and link (medians, with min-max).
 
 import * as vega from 'vega';
 import { compile, type TopLevelSpec } from 'vega-lite';
@@ -18,7 +20,7 @@ import { MIB_BYTES } from './format.js';
 import type { RunRecord } from './run-record.js';
 import { median } from './stats.js';
 
-const METHOD_COLORS = { domain: ['crtr', 'precopy', 'postcopy'], range: ['#1f77b4', '#d62728', '#2ca02c'] };
+const METHOD_COLORS = { domain: ['crtr', 'crtr-log', 'precopy', 'postcopy'], range: ['#1f77b4', '#9467bd', '#d62728', '#2ca02c'] };
 const CONFIG = {
   background: 'white',
   font: 'DejaVu Sans, Helvetica, Arial, sans-serif',
@@ -69,7 +71,7 @@ export function convergenceSpec(records: RunRecord[], title: string): TopLevelSp
           mark: { type: 'line', interpolate: 'step-after', strokeWidth: 1.5 },
           encoding: {
             x: { field: 'tS', type: 'quantitative', title: 'time since migration start (s)' },
-            y: { field: 'value', type: 'quantitative', title: method === 'crtr' ? 'units' : 'pages', scale: { type: 'symlog' } },
+            y: { field: 'value', type: 'quantitative', title: method === 'crtr' || method === 'crtr-log' ? 'units' : 'pages', scale: { type: 'symlog' } },
             color: { field: 'repeat', type: 'nominal', title: 'run' },
           },
         },
@@ -118,7 +120,7 @@ export function dataTransmittedSpec(records: RunRecord[]): TopLevelSpec | null {
       height: 260,
       layer: [
         { mark: 'bar', encoding: { y: { field: 'median', type: 'quantitative', title: 'data transmitted (MiB)' } } },
-        { mark: { type: 'rule', color: 'black' }, encoding: { y: { field: 'min', type: 'quantitative' }, y2: { field: 'max' } } },
+        { mark: 'rule', encoding: { y: { field: 'min', type: 'quantitative' }, y2: { field: 'max' }, color: { value: 'black' } } },
       ],
       encoding: {
         x: { field: 'profile', type: 'nominal', title: 'workload', axis: { labelAngle: 0 } },
@@ -129,21 +131,68 @@ export function dataTransmittedSpec(records: RunRecord[]): TopLevelSpec | null {
   } as TopLevelSpec;
 }
 
-/** Downtime against guest memory size: medians with min-max, a line per method; a panel per profile and link. */
+/** Median, min and max of the finite values (runs made before a figure was measured have none). */
+function spread(xs: number[]): { median: number; min: number; max: number } | null {
+  const v = xs.filter((x) => Number.isFinite(x));
+  return v.length === 0 ? null : { median: median(v), min: Math.min(...v), max: Math.max(...v) };
+}
+
+/** Grouped bars: median guest disruption per method and profile, min-max rules, a tick at the median downtime; a panel per link. */
+export function disruptionSpec(records: RunRecord[]): TopLevelSpec | null {
+  const groups = groupBy(
+    records.filter((r) => r.status === 'completed'),
+    (r) => `${r.link}|${r.profile}|${r.method}|${r.memoryBytes}`,
+  );
+  const values = [...groups.values()].flatMap((rs) => {
+    const r = rs[0];
+    const disruption = spread(rs.map((x) => x.disruptionMs ?? NaN));
+    if (disruption === null) return [];
+    return [{ link: `${r.link}, ${r.memoryBytes / MIB_BYTES} MiB`, profile: r.profile, method: r.method, ...disruption, downtime: median(rs.map((x) => x.downtimeMs)) }];
+  });
+  if (values.length === 0) return null;
+  return {
+    $schema: 'https://vega.github.io/schema/vega-lite/v6.json',
+    title: { text: 'Guest disruption per method and workload', subtitle: 'bar: median disruption (lost progress against the schedule), rule: min-max, black tick: median downtime; log scale' },
+    config: CONFIG,
+    data: { values },
+    facet: { column: { field: 'link', type: 'nominal', title: 'link, guest memory' } },
+    spec: {
+      width: { step: 26 },
+      height: 260,
+      layer: [
+        // A bar on a log scale starts at 1 ms (the default base, 0, has no logarithm).
+        { mark: 'bar', encoding: { y: { field: 'median', type: 'quantitative', title: 'milliseconds', scale: { type: 'log', domainMin: 1 } }, y2: { datum: 1 } } },
+        { mark: { type: 'rule' }, encoding: { y: { field: 'min', type: 'quantitative' }, y2: { field: 'max' }, color: { value: 'black' } } },
+        { mark: { type: 'tick', thickness: 3 }, encoding: { y: { field: 'downtime', type: 'quantitative' }, color: { value: 'black' } } },
+      ],
+      encoding: {
+        x: { field: 'profile', type: 'nominal', title: 'workload', axis: { labelAngle: 0 } },
+        xOffset: { field: 'method', type: 'nominal', scale: { domain: METHOD_COLORS.domain.filter((m) => values.some((v) => v.method === m)) } },
+        color: { field: 'method', type: 'nominal', scale: METHOD_COLORS, title: 'method' },
+      },
+    },
+  } as TopLevelSpec;
+}
+
+/**
+ * Downtime (solid) and guest disruption (dashed) against guest memory size: medians with min-max, a
+ * line per method and figure; a panel per profile and link.
+ */
 export function downtimeVsMemorySpec(records: RunRecord[]): TopLevelSpec | null {
   const groups = groupBy(
     records.filter((r) => r.status === 'completed'),
     (r) => `${r.link}|${r.profile}|${r.method}|${r.memoryBytes}`,
   );
-  const values = [...groups.values()].map((rs) => {
-    const d = rs.map((r) => r.downtimeMs);
+  const values = [...groups.values()].flatMap((rs) => {
     const r = rs[0];
-    return { panel: `${r.profile}, ${r.link}`, method: r.method, memoryMiB: r.memoryBytes / MIB_BYTES, median: median(d), min: Math.min(...d), max: Math.max(...d) };
+    const at = { panel: `${r.profile}, ${r.link}`, method: r.method, memoryMiB: r.memoryBytes / MIB_BYTES };
+    const figures = { downtime: spread(rs.map((x) => x.downtimeMs)), disruption: spread(rs.map((x) => x.disruptionMs ?? NaN)) };
+    return Object.entries(figures).flatMap(([figure, v]) => (v === null ? [] : [{ ...at, figure, ...v }]));
   });
   if (values.length === 0) return null;
   return {
     $schema: 'https://vega.github.io/schema/vega-lite/v6.json',
-    title: { text: 'Downtime against guest memory size', subtitle: 'median over repeats, rule: min-max; log scales' },
+    title: { text: 'Downtime and guest disruption against guest memory size', subtitle: 'median over repeats, rule: min-max; solid: downtime, dashed: disruption; log scales' },
     config: CONFIG,
     data: { values },
     facet: { column: { field: 'panel', type: 'nominal', title: 'workload, link' } },
@@ -159,9 +208,11 @@ export function downtimeVsMemorySpec(records: RunRecord[]): TopLevelSpec | null 
           axis: { values: [64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384] },
         },
         color: { field: 'method', type: 'nominal', scale: METHOD_COLORS, title: 'method' },
+        strokeDash: { field: 'figure', type: 'nominal', title: 'figure', scale: { domain: ['downtime', 'disruption'], range: [[1, 0], [5, 3]] } },
+        shape: { field: 'figure', type: 'nominal', title: 'figure', scale: { domain: ['downtime', 'disruption'], range: ['circle', 'triangle-up'] } },
       },
       layer: [
-        { mark: { type: 'line', point: true }, encoding: { y: { field: 'median', type: 'quantitative', title: 'downtime (ms)', scale: { type: 'log' } } } },
+        { mark: { type: 'line', point: true }, encoding: { y: { field: 'median', type: 'quantitative', title: 'milliseconds', scale: { type: 'log' } } } },
         { mark: 'rule', encoding: { y: { field: 'min', type: 'quantitative' }, y2: { field: 'max' } } },
       ],
     },

@@ -3,8 +3,14 @@
 
 import type { LinkProfileName, LinkStats } from '../shared/transport/link.js';
 
-export type Method = 'crtr' | 'precopy' | 'postcopy';
-export const ALL_METHODS: readonly Method[] = ['crtr', 'precopy', 'postcopy'];
+/** `crtr-log`: CR/TR with the log-only catch-up (no delta checkpoints), for comparison with the hybrid default. */
+export type Method = 'crtr' | 'crtr-log' | 'precopy' | 'postcopy';
+export const ALL_METHODS: readonly Method[] = ['crtr', 'crtr-log', 'precopy', 'postcopy'];
+
+/** Whether `method` is a CR/TR run (hybrid or log-only). */
+export function isCrtr(method: string): boolean {
+  return method === 'crtr' || method === 'crtr-log';
+}
 /** 'direct': no emulator, the source dials the target agent itself (data-plane benchmark). */
 export type LinkName = LinkProfileName | 'direct';
 export type LinkMode = 'in-process' | 'child';
@@ -78,9 +84,18 @@ export interface RunRecord {
   status: string;
   error: string;
   downtimeMs: number;
+  /**
+   * The guest's lost progress against its schedule over the migration's window (README, "Guest
+   * disruption"): downtime + stalls + throttled work + lost schedule; its terms in `disruption`.
+   * NaN in results.json files made before it was measured.
+   */
+  disruptionMs: number;
+  disruption: DisruptionTerms | null;
   totalTimeMs: number;
   transferredBytes: number;
   rounds: number;
+  /** CR/TR: delta checkpoints the hybrid catch-up sent (absent in files made before it). */
+  deltaRounds?: number;
   digestsMatch: boolean;
   forced: boolean;
   /** crtr only: the lower bound on downtime (DESIGN: log left at the suspend, one RTT, replay). */
@@ -108,6 +123,19 @@ export interface RunRecord {
   curveMeasure: string;
   curveSource: string;
   linkStats: LinkStats | null;
+}
+
+/** The terms of a run's guest disruption besides its downtime (Control v2's GuestDisruption). */
+export interface DisruptionTerms {
+  /** On the source: a full log queue or copy-on-write pool. */
+  sourceStallMs: number;
+  /** Post-copy, on the target: waits for pages. */
+  targetStallMs: number;
+  throttledMs: number;
+  lostScheduleMs: number;
+  unitsDue: number;
+  unitsRun: number;
+  windowMs: number;
 }
 
 /** CPU time (user + system) and minor page faults of a process. */

@@ -13,7 +13,7 @@ import { controlServiceV2, grpc, makeClient, pb2, unary } from '../shared/transp
 import { LINK_PROFILES } from '../shared/transport/link.js';
 import { convergenceSeries } from './curve.js';
 import { type LinkHandle, startLinkInProcess, startLinkProcess } from './link-process.js';
-import type { LinkName, LowerBound, ProcessCost, RunRecord, RunSpec } from './run-record.js';
+import { type DisruptionTerms, isCrtr, type LinkName, type LowerBound, type ProcessCost, type RunRecord, type RunSpec } from './run-record.js';
 
 /** Reads /proc/<pid>/stat; null when that is not possible (not Linux, process gone). */
 export function processCost(pid: number): ProcessCost | null {
@@ -53,6 +53,8 @@ export interface JobFigures {
   status: string;
   phase: string;
   downtimeMs: number;
+  disruptionMs: number;
+  disruption: DisruptionTerms;
   totalTimeMs: number;
   transferredBytes: number;
   remainingBytes: number;
@@ -60,6 +62,8 @@ export interface JobFigures {
   checkpointMemoryBytesCovered: number;
   /** CR/TR: stop requests answered (wait-and-ack rounds); pre-copy: rounds; post-copy: 0. */
   rounds: number;
+  /** CR/TR: delta checkpoints sent by the hybrid catch-up. */
+  deltaRounds: number;
   remainingUnits: number;
   unitsRecorded: number;
   unitsReplayed: number;
@@ -74,6 +78,7 @@ export interface JobFigures {
 export function figuresOf(job: JobMessage): JobFigures {
   const s = job.source ?? {};
   const crtr = s.crtr ?? {};
+  const d = s.disruption ?? {};
   const memoryBytes = Number(s.memoryBytes ?? 0);
   // checkpointPercent is covered / memory × 100 as a double: rounding gives the bytes back.
   const covered = Math.round(((s.checkpointPercent ?? 0) * memoryBytes) / 100);
@@ -81,11 +86,22 @@ export function figuresOf(job: JobMessage): JobFigures {
     status: jobStateWord(job.state),
     phase: phaseWord(job.phase),
     downtimeMs: s.downtimeMs ?? 0,
+    disruptionMs: d.disruptionMs ?? 0,
+    disruption: {
+      sourceStallMs: d.sourceStallMs ?? 0,
+      targetStallMs: d.targetStallMs ?? 0,
+      throttledMs: d.throttledMs ?? 0,
+      lostScheduleMs: d.lostScheduleMs ?? 0,
+      unitsDue: Number(d.unitsDue ?? 0),
+      unitsRun: Number(d.unitsRun ?? 0),
+      windowMs: d.windowMs ?? 0,
+    },
     totalTimeMs: s.totalTimeMs ?? 0,
     transferredBytes: Number(s.bytes?.transferredBytes ?? 0),
     remainingBytes: Number(s.remainingBytes ?? 0),
     checkpointMemoryBytesCovered: covered,
     rounds: s.precopy ? (s.precopy.rounds ?? 0) : (crtr.stopRequests ?? 0),
+    deltaRounds: crtr.deltaRounds ?? 0,
     remainingUnits: crtr.remainingUnits ?? 0,
     unitsRecorded: crtr.unitsRecorded ?? 0,
     unitsReplayed: crtr.unitsReplayed ?? 0,
@@ -93,7 +109,9 @@ export function figuresOf(job: JobMessage): JobFigures {
     digestsMatch: (s.sourceDigest ?? '') !== '' && s.sourceDigest === s.targetDigest,
     stopLogWireBytes: Number(crtr.stopLogWireBytes ?? 0),
     stopUnitsToReplay: crtr.stopUnitsToReplay ?? 0,
-    replayRate: crtr.replayRate ?? 0,
+    // The lower bound's rate: the last units' (replayed after the stop was granted), else the
+    // target's recent average (agents that do not report it).
+    replayRate: crtr.stopReplayRate || (crtr.replayRate ?? 0),
   };
 }
 
@@ -159,9 +177,12 @@ export async function runOne(spec: RunSpec): Promise<RunRecord> {
     status: 'error',
     error: '',
     downtimeMs: NaN,
+    disruptionMs: NaN,
+    disruption: null,
     totalTimeMs: NaN,
     transferredBytes: NaN,
     rounds: 0,
+    deltaRounds: 0,
     digestsMatch: false,
     forced: false,
     downtimeLowerBoundMs: null,
@@ -209,7 +230,8 @@ export async function runOne(spec: RunSpec): Promise<RunRecord> {
         pb2.StartMigrationRequest.create({
           guestId: 'bench-guest',
           targetAddress,
-          method: methodValue(spec.method),
+          method: methodValue(isCrtr(spec.method) ? 'crtr' : spec.method),
+          logOnlyCatchUp: spec.method === 'crtr-log',
           downtimeLimitMs: spec.downtimeLimitMs,
           nonConvergencePolicy: policyValue(spec.policy),
           maxDurationMs: spec.maxDurationMs,
@@ -276,9 +298,12 @@ export async function runOne(spec: RunSpec): Promise<RunRecord> {
     record.status = final.status;
     record.error = last.errorMessage ?? '';
     record.downtimeMs = final.downtimeMs;
+    record.disruptionMs = final.disruptionMs;
+    record.disruption = final.disruption;
     record.totalTimeMs = final.totalTimeMs;
     record.transferredBytes = final.transferredBytes;
     record.rounds = final.rounds;
+    record.deltaRounds = final.deltaRounds;
     record.forced = final.forced;
     record.digestsMatch = final.digestsMatch;
     record.checkpointPhaseMs = checkpointPhaseMs(record);
@@ -291,7 +316,7 @@ export async function runOne(spec: RunSpec): Promise<RunRecord> {
     record.curveMeasure = series.measure;
     record.curveSource = series.source;
     series.points.forEach((p, i) => (record.curve[i].remaining = Math.round(p.value)));
-    if (spec.method === 'crtr' && final.status === 'completed') {
+    if (isCrtr(spec.method) && final.status === 'completed') {
       const lb = lowerBoundOf(final, unitMs, spec.link);
       record.lowerBound = lb;
       record.downtimeLowerBoundMs = lb.boundMs;
@@ -320,7 +345,7 @@ export async function runOne(spec: RunSpec): Promise<RunRecord> {
 function checkpointPhaseMs(r: RunRecord): number | null {
   const start = r.phases.find((p) => p.phase === 'checkpoint')?.tMs;
   if (start === undefined) return null;
-  if (r.method === 'crtr') {
+  if (isCrtr(r.method)) {
     const end = r.phases.find((p) => p.phase === 'log-transfer')?.tMs;
     return end === undefined ? null : end - start;
   }

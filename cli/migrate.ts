@@ -7,6 +7,7 @@ import { controlServiceV2, grpc, pb2 } from '../shared/transport/grpc.js';
 import { CallError, errorLine, EXIT, stream } from './calls.js';
 import { failureLine, jobEnded, type JobMessage, messageJson, methodValue, phaseWord, policyValue, progressLine, progressView, summaryLines } from './views.js';
 import type { Session } from './session.js';
+import { dryRun } from './estimate.js';
 
 export interface MigrateOptions {
   to: string;
@@ -15,7 +16,13 @@ export interface MigrateOptions {
   maxBandwidth?: number;
   policy?: string;
   maxDuration?: number;
+  /** commander's --no-hybrid: false when given. */
+  hybrid?: boolean;
   wait: boolean;
+  /** Estimate each method's cost instead (EstimateMigration); nothing is migrated. */
+  dryRun?: boolean;
+  /** --dry-run: how long the agent samples the guest. */
+  sampleMs?: number;
 }
 
 /**
@@ -61,6 +68,7 @@ class ProgressDisplay {
 const EXIT_INTERRUPTED = 130;
 
 export async function migrate(session: Session, guestId: string, opts: MigrateOptions): Promise<number> {
+  if (opts.dryRun) return dryRun(session, guestId, opts);
   const request = pb2.StartMigrationRequest.create({
     guestId,
     targetAddress: opts.to,
@@ -69,6 +77,7 @@ export async function migrate(session: Session, guestId: string, opts: MigrateOp
     maxBandwidthBytesPerSec: opts.maxBandwidth ?? 0,
     nonConvergencePolicy: policyValue(opts.policy),
     maxDurationMs: opts.maxDuration ?? 0,
+    logOnlyCatchUp: opts.hybrid === false,
   });
   const { jobId } = await session.call(controlServiceV2.startMigration, request, `starting the migration of guest '${guestId}' to ${opts.to}`);
   if (!opts.wait) {

@@ -121,6 +121,10 @@ const ENUM_FIELDS = new Map<unknown, Readonly<Record<string, EnumNames>>>([
   [pb2.Guest, { state: pb2.GuestState, role: pb2.GuestRole }],
   [pb2.Capacity, { methods: pb2.Method }],
   [pb2.Job, { role: pb2.JobRole, method: pb2.Method, state: pb2.JobState, phase: pb2.Phase, phasesPassed: pb2.Phase, errorReason: pb2.ErrorReason }],
+  [pb2.EstimateMigrationResponse, { recommendedMethod: pb2.Method }],
+  [pb2.MethodEstimate, { method: pb2.Method }],
+  [pb2.GuestMeasurements, { dirtySource: pb2.InputSource, busySource: pb2.InputSource, logSource: pb2.InputSource }],
+  [pb2.LinkMeasurements, { bandwidthSource: pb2.InputSource }],
 ]);
 
 /**
@@ -342,6 +346,22 @@ function dataLine(j: JobMessage, s: SourceStats): string {
   return `${total} (pages ${formatBytes(Number(bytes.pages?.wireBytes ?? 0))} on the wire for ${memory} of memory)`;
 }
 
+/** CR/TR's catch-up: by the log only, or hybrid with its delta checkpoints. */
+function catchUpLine(c: vmmigrate.v2.ICrtrStats): string {
+  if (!c.hybrid) return 'log replay only';
+  const deltas = c.deltaRounds ?? 0;
+  if (deltas === 0) return 'hybrid: no delta checkpoint was cheaper than replaying the log';
+  return `hybrid: ${deltas} delta checkpoint${deltas === 1 ? '' : 's'} (${Number(c.deltaPages ?? 0)} pages, ${formatBytes(Number(c.deltaWireBytes ?? 0))} on the wire), then the log`;
+}
+
+/** The guest's lost progress against its schedule, with its terms (README, "Guest disruption"). */
+function disruptionText(s: SourceStats): string {
+  const d = s.disruption ?? {};
+  const stallMs = (d.sourceStallMs ?? 0) + (d.targetStallMs ?? 0);
+  const units = Number(d.unitsDue ?? 0) > 0 ? `; ${Number(d.unitsRun ?? 0)} of ${Number(d.unitsDue)} units run` : '';
+  return `${formatMs(d.disruptionMs ?? 0)} (downtime + stalls ${formatMs(stallMs)} + throttled ${formatMs(d.throttledMs ?? 0)} + lost schedule ${formatMs(d.lostScheduleMs ?? 0)}${units})`;
+}
+
 /** The end-of-migration summary: the three figures, rounds, units, digests, and why it failed. */
 export function summaryLines(j: JobMessage): string[] {
   const s: SourceStats = j.source ?? {};
@@ -350,6 +370,7 @@ export function summaryLines(j: JobMessage): string[] {
   const lines = [
     `Migration ${j.jobId} of guest '${j.guestId}' to ${j.peerAddress} (${methodWord(j.method)}): ${state}`,
     `  downtime:          ${downtimeMs > 0 ? formatMs(downtimeMs) : '-'} (source suspend to target resume)`,
+    `  disruption:        ${disruptionText(s)}`,
     `  total time:        ${formatMs(s.totalTimeMs ?? 0)}`,
     `  data transmitted:  ${dataLine(j, s)}`,
   ];
@@ -361,7 +382,9 @@ export function summaryLines(j: JobMessage): string[] {
     const c = s.crtr ?? {};
     const replayRate = c.replayRate ?? 0;
     lines.push(`  rounds:            ${c.stopRequests ?? 0} wait-and-ack`);
-    lines.push(`  units:             ${c.unitsRecorded ?? 0} recorded, ${c.unitsSent ?? 0} sent, ${c.unitsReplayed ?? 0} replayed${replayRate > 0 ? ` (replay ${replayRate.toFixed(1)}x guest speed)` : ''}`);
+    lines.push(`  catch-up:          ${catchUpLine(c)}`);
+    const superseded = c.unitsSuperseded ? `, ${c.unitsSuperseded} superseded by deltas` : '';
+    lines.push(`  units:             ${c.unitsRecorded ?? 0} recorded, ${c.unitsSent ?? 0} sent, ${c.unitsReplayed ?? 0} replayed${superseded}${replayRate > 0 ? ` (replay ${replayRate.toFixed(1)}x guest speed)` : ''}`);
   }
   lines.push(`  digests:           ${digestsLine(s)}`);
   lines.push(`  forced:            ${s.crtr?.forced ? 'yes (the non-convergence policy forced stop-and-copy)' : 'no'}`);

@@ -231,7 +231,10 @@ function buildProgram(): Command {
       .option('--max-bandwidth <rate>', 'bandwidth cap between the agents: 1gbit, 100mbit, 125MB/s, 12MiB/s or bytes/s (default: none)', parsedBy(parseBandwidth))
       .addOption(new Option('--policy <name>', "what to do if it does not converge (default: the agent's, abort)").choices(NON_CONVERGENCE_POLICIES))
       .option('--max-duration <time>', "bound on the migration: seconds, or 1500ms, 90s, 10m (default: the agent's, 10 min)", parsedBy(parseDuration))
-      .option('--no-wait', 'print the job id and return at once instead of watching'),
+      .option('--no-hybrid', 'crtr: catch up by replaying the log only, never by delta checkpoints (for comparison)')
+      .option('--no-wait', 'print the job id and return at once instead of watching')
+      .option('--dry-run', "migrate nothing: the agent samples the guest and the link and predicts each method's downtime, total time, data and disruption, and recommends one")
+      .option('--sample-ms <n>', "with --dry-run: how long the agent samples the guest (default: the agent's, 2000)", integer('--sample-ms', 250, 30_000)),
   ).action(clientAction((s, guestId) => migrate(s, guestId, s.options as unknown as MigrateOptions)));
 
   withClientOptions(program.command('jobs').description('list the migration jobs of the agent, outgoing and incoming')).action(clientAction((s) => listJobs(s)));

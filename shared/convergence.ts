@@ -38,6 +38,21 @@ export interface StopInputs {
   downtimeLimitMs: number;
   throughputBytesPerSec: number;
   rttMs: number;
+  /**
+   * The fewest units not yet replayed a steady stream has (stopUnitsFloor), and whether the source
+   * may still wait for them: when more are in flight than that (a burst), waiting for the next
+   * request stops the guest with fewer to replay. Undefined: no such wait.
+   */
+  unitsFloor?: number;
+  mayWaitForFloor?: boolean;
+}
+
+/**
+ * Units a steady log has not yet replayed at any moment: the one the target replays, the one the
+ * guest is sealing, and those on the way (one-way latency's worth).
+ */
+export function stopUnitsFloor(rttMs: number, unitMs: number): number {
+  return 2 + Math.ceil(Math.max(0, rttMs) / 2 / Math.max(1, unitMs));
 }
 
 /** The source's answer to the target's stop request. */
@@ -45,6 +60,9 @@ export function decideStop(input: StopInputs): { granted: boolean; allowedBytes:
   const allowedBytes = unsentLogBytesAllowed(input.downtimeLimitMs, input.throughputBytesPerSec, input.rttMs);
   if (input.unitsNotReplayed > input.unitsAllowed) {
     return { granted: false, allowedBytes, reason: `${input.unitsNotReplayed} units not yet replayed (some still in flight), over the ${input.unitsAllowed} the target allows` };
+  }
+  if (input.mayWaitForFloor === true && input.unitsFloor !== undefined && input.unitsNotReplayed > input.unitsFloor) {
+    return { granted: false, allowedBytes, reason: `${input.unitsNotReplayed} units not yet replayed (in flight included), more than the ${input.unitsFloor} a steady log has: waiting for fewer` };
   }
   if (input.unsentLogBytes <= allowedBytes) {
     return { granted: true, allowedBytes, reason: `unsent log ${input.unsentLogBytes} B within ${allowedBytes} B` };

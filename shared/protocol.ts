@@ -31,6 +31,9 @@ export const WINDOW_DEFAULTS = {
 /** Largest chunk or unit (raw) the agents carry. */
 export const PAYLOAD_RAW_BYTES_MAX = 16 * 1024 * 1024;
 
+/** Bytes one bandwidth probe (Migration.Probe) may send: a target refuses more. */
+export const PROBE_BYTES_MAX = 64 * 1024 * 1024;
+
 export interface WirePayload {
   rawBytes: number;
   compressed: boolean;
@@ -83,7 +86,7 @@ let transientScratch = Buffer.allocUnsafeSlow(0);
 
 /** The SourceMessage bodies that carry a payload, with their other fields (migration.proto). */
 export type PayloadBody =
-  | { kind: 'chunk'; index: number; final: boolean; memoryBytesCovered: number }
+  | { kind: 'chunk'; index: number; final: boolean; memoryBytesCovered: number; generation?: number }
   | { kind: 'unit'; sequence: number; final: boolean; guestNs: number; eventCount: number }
   | { kind: 'pages'; round: number; pageCount: number }
   | { kind: 'machineState' };
@@ -142,12 +145,16 @@ export function packedBytesMax(rawBytes: number): number {
 /** Varint fields of `body`, in field order. */
 function bodyFields(body: PayloadBody): Array<[field: number, value: number]> {
   switch (body.kind) {
-    case 'chunk':
-      return [
+    case 'chunk': {
+      const fields: Array<[number, number]> = [
         [1, body.index],
         [2, body.final ? 1 : 0],
         [3, body.memoryBytesCovered],
       ];
+      // Field 5 before the payload's field 4: a protobuf parser takes fields in any order.
+      if (body.generation !== undefined && body.generation > 0) fields.push([5, body.generation]);
+      return fields;
+    }
     case 'unit':
       return [
         [1, body.sequence],

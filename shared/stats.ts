@@ -53,7 +53,7 @@ export interface MigrationStats {
   targetDigest: string;
   /** Guest speed factor at the end (1: never throttled). */
   throttle: number;
-  /** Wall time the guest stalled on full log queue or copy-on-write pool. */
+  /** Wall time the guest stalled here during this migration, on its full log queue or copy-on-write pool. */
   stallMs: number;
   error: string;
   errorCode: string;
@@ -75,6 +75,30 @@ export interface MigrationStats {
   pagesSent: number;
   /** Post-copy: pages the target's guest still lacks, as it last said. */
   missingPages: number;
+  /** CR/TR: the hybrid catch-up is on; delta checkpoints sent, their pages and wire bytes; units they superseded. */
+  hybrid: boolean;
+  deltaRounds: number;
+  deltaPages: number;
+  deltaWireBytes: number;
+  unitsSuperseded: number;
+  /** CR/TR: the replay rate of the last units, replayed after the stop was granted. */
+  stopReplayRate: number;
+  /**
+   * Guest disruption (shared/disruption.ts): downtimeMs + stallMs + targetStallMs + throttledMs +
+   * lostScheduleMs over the window, from the start to the target's resume (post-copy: to the
+   * target guest's last page); the window so far until then.
+   */
+  disruptionMs: number;
+  disruptionWindowMs: number;
+  /** Post-copy: wall time the guest, running on the target, waited for pages. */
+  targetStallMs: number;
+  /** Work given up to throttling, as time. */
+  throttledMs: number;
+  /** Units the schedule called for over the window, and units run on either host. */
+  unitsDue: number;
+  unitsRun: number;
+  /** The schedule deficit the downtime and the stalls do not explain. */
+  lostScheduleMs: number;
 }
 
 export function emptyStats(method: MigrationMethod, memoryBytes: number): MigrationStats {
@@ -119,5 +143,18 @@ export function emptyStats(method: MigrationMethod, memoryBytes: number): Migrat
     demandPages: 0,
     pagesSent: 0,
     missingPages: 0,
+    hybrid: false,
+    deltaRounds: 0,
+    deltaPages: 0,
+    deltaWireBytes: 0,
+    unitsSuperseded: 0,
+    stopReplayRate: 0,
+    disruptionMs: 0,
+    disruptionWindowMs: 0,
+    targetStallMs: 0,
+    throttledMs: 0,
+    unitsDue: 0,
+    unitsRun: 0,
+    lostScheduleMs: 0,
   };
 }

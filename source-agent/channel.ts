@@ -25,7 +25,7 @@ type SourceMessage = InstanceType<typeof pb.SourceMessage>;
 type TargetMessage = InstanceType<typeof pb.TargetMessage>;
 
 /** The SourceMessage bodies a method sends as they are (the payload bodies go through `pack`). */
-export type ControlBody = Partial<Pick<SourceMessage, 'open' | 'stopDecision' | 'commit' | 'abort'>>;
+export type ControlBody = Partial<Pick<SourceMessage, 'open' | 'stopDecision' | 'commit' | 'abort' | 'rebase'>>;
 
 export interface TransferChannel {
   /** The target's last progress report (all zero before the first). */

@@ -16,6 +16,7 @@ import { createMethod } from './methods/registry.js';
 import { parseFaultInjection, parseStartRequest, type StartDefaults } from './start-request.js';
 import { jobMessage, watchJob } from './watch-job.js';
 import { type SourceOptions, SourceMigration } from './migration.js';
+import { Estimator } from './estimate/estimator.js';
 import { failStream, unaryHandlers } from '../shared/transport/handlers.js';
 
 export interface ControlOptions extends StartDefaults {
@@ -39,6 +40,8 @@ export class ControlService {
   private readonly jobs = new Map<string, SourceMigration>();
   /** What each job went through, numbered (watchers of Control v2 start from it). */
   private readonly histories = new WeakMap<SourceMigration, JobHistory>();
+  /** EstimateMigration's sampling of guests (Control v2). */
+  readonly estimator: Estimator;
 
   constructor(
     private readonly driver: HypervisorDriver,
@@ -47,6 +50,7 @@ export class ControlService {
     private readonly log: Logger,
     private readonly metrics?: AgentMetrics,
   ) {
+    this.estimator = new Estimator(driver, sourceOptions, (guestId) => this.activeJobOf(guestId));
     metrics?.observeHost({
       guestStates: () => driver.listGuests().map((g) => g.state),
       memory: () => driver.capacity(),
@@ -61,6 +65,10 @@ export class ControlService {
       if (job.request.guestId === req.guestId && !job.isOver()) {
         throw new InvalidStateError(`guest '${req.guestId}' is already being migrated by job ${job.id}`, { reason: 'GUEST_BUSY', metadata: { guestId: req.guestId, jobId: job.id } });
       }
+    }
+    // An estimate owns the guest's dirty tracking while it samples: pre-copy would share it.
+    if (this.estimator.isSampling(req.guestId)) {
+      throw new InvalidStateError(`guest '${req.guestId}' is being sampled by an estimate (EstimateMigration); migrate it when the estimate ends`, { reason: 'GUEST_BUSY', metadata: { guestId: req.guestId } });
     }
     if (guest.pagesMissing > 0) {
       throw new InvalidStateError(`guest '${req.guestId}' is still receiving ${guest.pagesMissing} pages of its own post-copy migration; try again when it has them`, {

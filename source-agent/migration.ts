@@ -25,6 +25,7 @@ import { emptyStats, type MigrationPhase, type MigrationStats } from '../shared/
 import { grpc, statusName, type StreamByteCounter } from '../shared/transport/grpc.js';
 import type { PayloadPacker } from '../shared/pack-pool.js';
 import type { TransferChannel } from './channel.js';
+import { DisruptionMeter } from './disruption-meter.js';
 import type { MigrationHooks } from './faults.js';
 import type { MethodContext, MigrationRequest, TargetWindows, TransferMethod } from './methods/method.js';
 import { createMethod } from './methods/registry.js';
@@ -88,6 +89,7 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
   private readonly hooks: MigrationHooks;
   private readonly method: TransferMethod;
   private readonly ctx: MethodContext;
+  private readonly disruption: DisruptionMeter;
   private readonly cancelController = new AbortController();
   private log: Logger;
   private channel: TransferChannel | null = null;
@@ -98,6 +100,8 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
   /** Set when we discarded the source copy (completion): its counters are gone. */
   private guestDiscarded = false;
   private suspended = false;
+  /** What the target's driver can do, as its Capacity said (empty: an agent that predates capabilities). */
+  private targetCapabilities: readonly string[] = [];
   private suspendedAtMs = 0;
 
   constructor(
@@ -121,6 +125,7 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
     this.log = log.child({ jobId: this.id, guestId: guest.id, target: request.targetAddress });
     this.peer = dependencies.peer ?? new GrpcTargetPeer(request.targetAddress, { credentials: options.credentials, callTimeoutMs: options.callTimeoutMs, clock: this.clock });
     this.ctx = this.makeContext();
+    this.disruption = new DisruptionMeter(guest, this.clock, this.startMs);
   }
 
   /** Cancels the migration if it has not committed; the guest stays (or resumes) here. */
@@ -167,7 +172,7 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
   private async phases(): Promise<void> {
     const description = this.guest.describe();
     this.setPhase('pre-migration');
-    await checkTarget(this.peer, this.method, description, this.options.agentInstanceId);
+    this.targetCapabilities = await checkTarget(this.peer, this.method, description, this.options.agentInstanceId);
     this.setPhase('reservation');
     const reserveStartMs = this.clock.now();
     ({ reservationId: this.reservationId, windows: this.windows } = await reserveOnTarget(this.peer, this.id, description, this.request));
@@ -188,6 +193,7 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
     this.stats.status = 'stop-and-copy';
     this.suspendedAtMs = this.clock.now();
     this.suspended = true;
+    this.disruption.suspending();
     await this.guest.suspend();
   }
 
@@ -209,6 +215,9 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
     if (!result.matched) {
       // The target refused the commit and discarded its copy (see CommitResult): ours is the only one.
       this.commitSent = false;
+      if (result.refusedReason) {
+        throw new InvalidStateError(`the target refused the commit and discarded its replica: ${result.refusedReason}`, { reason: 'TARGET_REFUSED_COMMIT', metadata: { jobId: this.id } });
+      }
       throw new CorruptDataError(
         this.method.activatesBeforeCommit
           ? `post-copy commit refused: the pages the target received hash to ${result.targetDigest}, the source had ${channel.commitDigestSent}`
@@ -263,6 +272,7 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
     }
     this.method.cleanUp(this.ctx);
     if (this.guest.describe().state === 'suspended') this.guest.resume();
+    this.disruption.resumedHere();
     this.guest.setThrottle(1);
     this.stats.status = cancelled ? 'cancelled' : 'failed';
     this.log.warn({ err: e.message, code: this.stats.errorCode, reason: e.reason, phase: this.stats.phase }, cancelled ? 'migration cancelled: guest runs on the source' : 'migration failed: guest runs on the source');
@@ -276,16 +286,18 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
     if (rec !== undefined && rec.unitsRecorded >= s.unitsRecorded) {
       s.unitsRecorded = rec.unitsRecorded;
       s.logBytes = rec.logBytes;
-      s.stallMs = rec.stallMs;
     }
     if (this.channel !== null) {
-      s.unitsReplayed = this.channel.progress.unitsReplayed;
+      // Units the target is done with include those a delta superseded: only the others replayed.
+      s.unitsReplayed = this.channel.progress.unitsReplayed - this.channel.progress.unitsSuperseded;
       s.replayRate = this.channel.progress.replayRate;
+      s.stopReplayRate = this.channel.progress.stopReplayRate;
       s.rttMs = this.channel.rttMs;
     }
     const wire = this.peer.wireBytes;
     s.transferredBytes = wire.sent + wire.received;
-    s.remainingUnits = Math.max(0, s.unitsRecorded - s.unitsReplayed);
+    // Superseded units (CR/TR's deltas) are neither replayed nor remaining; the method keeps the count.
+    s.remainingUnits = Math.max(0, s.unitsRecorded - s.unitsReplayed - s.unitsSuperseded);
     if (!this.committed) s.totalTimeMs = this.elapsedMs();
     s.mbps = (s.transferredBytes * 8) / 1e6 / Math.max(0.001, this.elapsedMs() / 1000);
     const guestSeconds = (s.unitsRecorded * s.unitMs) / 1000;
@@ -298,6 +310,7 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
       throughputBytesPerSec: this.ctx.throughputBytesPerSec,
       rttMs: s.rttMs,
     });
+    this.disruption.refresh(s, this.channel?.progress ?? null);
     // The method's own figures (remainingBytes, CR/TR's unsent log in the expected downtime).
     this.method.refreshStats(this.ctx);
     return s;
@@ -330,6 +343,9 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
       },
       get suspendedAtMs() {
         return self.suspendedAtMs;
+      },
+      get targetCapabilities() {
+        return self.targetCapabilities;
       },
       open: (fields = {}) => this.openTransfer(fields.firstSequence ?? 0),
       setPhase: (phase) => this.setPhase(phase),

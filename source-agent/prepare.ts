@@ -11,7 +11,7 @@ import type { MigrationRequest, TargetWindows, TransferMethod } from './methods/
 import type { TargetPeer } from './peer.js';
 
 /** Phase 1: refuses a target without room, with another driver, without the method's capabilities, or that is this agent. */
-export async function checkTarget(peer: TargetPeer, method: TransferMethod, description: GuestDescription, selfInstanceId: string | undefined): Promise<void> {
+export async function checkTarget(peer: TargetPeer, method: TransferMethod, description: GuestDescription, selfInstanceId: string | undefined): Promise<readonly string[]> {
   const address = echo(peer.address);
   const capacity = await peer.capacity();
   if (selfInstanceId && capacity.agentInstanceId === selfInstanceId) {
@@ -30,6 +30,7 @@ export async function checkTarget(peer: TargetPeer, method: TransferMethod, desc
   }
   // An agent that reports no capabilities predates them: its Open refuses what it cannot do.
   if (capacity.capabilities.length > 0) checkCapabilities(method, 'target', capacity.capabilities, `target ${address} (driver '${echo(capacity.driver)}')`);
+  return capacity.capabilities;
 }
 
 /** Phase 2: the reservation for job `jobId`; returns its id and the windows the target grants. */
@@ -50,6 +51,11 @@ export async function reserveOnTarget(peer: TargetPeer, jobId: string, descripti
       metadata: { protocolVersion: PROTOCOL_VERSION, peerProtocolVersion: reservation.protocolVersion },
     });
   }
-  const windows = { chunks: Math.max(1, reservation.chunkWindow), units: Math.max(1, reservation.unitWindow), unitBytes: Math.max(1, reservation.unitWindowBytes) };
+  const windows = {
+    chunks: Math.max(1, reservation.chunkWindow),
+    units: Math.max(1, reservation.unitWindow),
+    unitBytes: Math.max(1, reservation.unitWindowBytes),
+    earlyCommit: reservation.earlyCommit,
+  };
   return { reservationId: reservation.reservationId, windows };
 }

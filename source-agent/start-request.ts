@@ -55,7 +55,7 @@ export function parseStartRequest(req: StartMigrationRequest, defaults: StartDef
   if (bandwidth !== 0 && (bandwidth < BANDWIDTH_BYTES_PER_SEC_MIN || bandwidth > BANDWIDTH_BYTES_PER_SEC_MAX)) {
     throw invalidField('max_bandwidth_bytes_per_sec', `maxBandwidthBytesPerSec ${bandwidth}: expected 0 (unlimited) or 125000 (1 Mbit/s) to 1e12`);
   }
-  return { guestId: req.guestId, targetAddress: req.targetAddress, method, downtimeLimitMs, maxBandwidthBytesPerSec: bandwidth, policy, maxDurationMs, disableCompression: req.disableCompression };
+  return { guestId: req.guestId, targetAddress: req.targetAddress, method, downtimeLimitMs, maxBandwidthBytesPerSec: bandwidth, policy, maxDurationMs, disableCompression: req.disableCompression, logOnlyCatchUp: req.logOnlyCatchUp };
 }
 
 /** The request's fault injection (undefined: none asked for); refused unless allowed. */

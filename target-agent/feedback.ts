@@ -26,6 +26,19 @@ export interface ProgressReport {
   pageBatchesApplied: number;
   /** Post-copy: pages the running guest still lacks. */
   missingPages: number;
+  /** CR/TR: units dropped because a delta superseded them (counted in unitsReplayed too). */
+  unitsSuperseded: number;
+  /** CR/TR: the last delta generation applied (0: none). */
+  deltaGenerationApplied: number;
+  /** CR/TR: the replay rate of the units replayed since the stop was granted (0: none yet). */
+  stopReplayRate: number;
+  /**
+   * Post-copy: the guest running here, from its resume until its last page arrived (until now
+   * while pages are missing): wall time, units run, and wall time it waited for pages.
+   */
+  guestRunMs: number;
+  guestUnitsRun: number;
+  guestFetchWaitMs: number;
 }
 
 /** What the receivers and the pipeline count; Feedback derives the rest. */
@@ -43,6 +56,12 @@ const NOTHING_COUNTED: Omit<ProgressReport, 'remainingUnitsAllowed'> = {
   finalReplayed: false,
   pageBatchesApplied: 0,
   missingPages: 0,
+  unitsSuperseded: 0,
+  deltaGenerationApplied: 0,
+  stopReplayRate: 0,
+  guestRunMs: 0,
+  guestUnitsRun: 0,
+  guestFetchWaitMs: 0,
 };
 
 /** Where a report's content comes from, and where it goes. */

@@ -9,6 +9,7 @@ import type { MigrationMethod } from '../shared/stats.js';
 import type { pb } from '../shared/transport/grpc.js';
 import type { ProgressCounters, ProgressReport } from './feedback.js';
 import { CheckpointReceiver } from './receivers/checkpoint.js';
+import { DeltaReceiver } from './receivers/delta.js';
 import type { ReceiverContext } from './receivers/context.js';
 import { LogUnitReceiver } from './receivers/log-units.js';
 import { PageBatchReceiver } from './receivers/page-batches.js';
@@ -21,6 +22,7 @@ export interface StreamMessages {
   unit: InstanceType<typeof pb.LogUnit>;
   pages: InstanceType<typeof pb.PageBatch>;
   machineState: InstanceType<typeof pb.MachineState>;
+  rebase: InstanceType<typeof pb.Rebase>;
 }
 export type StreamMessageKind = keyof StreamMessages;
 
@@ -42,7 +44,9 @@ export interface MethodTransfer {
   /** After each progress report sent (the replay pipeline's stop request). */
   afterReport?(nowMs: number, report: ProgressReport): void;
   /** The source answered a stop request. */
-  stopDecided?(): void;
+  stopDecided?(granted: boolean): void;
+  /** CR/TR: the final unit arrived (an early commit may be held until it is replayed). */
+  finalReceived?(): boolean;
   /** Post-copy: the guest's receiving end once it runs here; the commit then compares the pages as received. */
   running?(): PostcopyTarget | null;
 }
@@ -82,13 +86,16 @@ function capability<K extends keyof ReplicaCapabilities>(replica: TargetReplica,
 const crtr: TargetMethod = {
   name: 'crtr',
   needs: ['checkpoint-replay'],
-  accepts: ['chunk', 'unit'],
+  accepts: ['chunk', 'unit', 'rebase'],
   start(replica, context) {
     const replay = capability(replica, 'checkpoint-replay', 'crtr');
+    // Optional: the source sends deltas only to a replica that has the capability.
+    const deltaRestore = replica.deltaRestore;
     const deps: ReplayPipelineDeps = {
       replay,
       refreshDigest: () => replica.digest(),
-      replaying: () => context.phase() === 'replaying',
+      // Not while a delta is applied: its pages and the replay would mix two instants.
+      replaying: () => context.phase() === 'replaying' && deltaRestore?.deltaInProgress !== true,
       clock: context.clock,
       feedback: { progress: (force) => context.progress(force), stopRequest: (request) => context.send({ stopRequest: request }) },
       onFailure: (error) => context.fail(error),
@@ -97,6 +104,7 @@ const crtr: TargetMethod = {
     };
     const pipeline = new ReplayPipeline(context.windows, deps);
     const units = new LogUnitReceiver(context, pipeline);
+    const deltas = new DeltaReceiver(context, { deltas: deltaRestore, driver: replica.describe().driver, pipeline });
     const checkpoint: CheckpointReceiver = new CheckpointReceiver(context, {
       replay,
       digest: () => replica.digest(),
@@ -106,10 +114,15 @@ const crtr: TargetMethod = {
       },
     });
     return {
-      receive: { chunk: (chunk) => checkpoint.receive(chunk), unit: (unit) => units.receive(unit) },
-      counters: () => ({ chunksApplied: checkpoint.chunksApplied, ...pipeline.counters() }),
+      receive: {
+        chunk: (chunk) => (chunk.generation > 0 ? deltas.receiveChunk(chunk) : checkpoint.receive(chunk)),
+        unit: (unit) => units.receive(unit),
+        rebase: (rebase) => deltas.receiveRebase(rebase),
+      },
+      counters: () => ({ chunksApplied: checkpoint.chunksApplied + deltas.chunksApplied, deltaGenerationApplied: deltas.generationApplied, ...pipeline.counters() }),
       afterReport: (nowMs, report) => pipeline.afterReport(nowMs, report.remainingUnitsAllowed),
-      stopDecided: () => pipeline.stopDecided(),
+      stopDecided: (granted) => pipeline.stopDecided(granted),
+      finalReceived: () => pipeline.finalReceived,
     };
   },
 };

@@ -19,6 +19,7 @@ import { IncomingJobs, type TransferView } from './incoming-jobs.js';
 import type { TransferPhase } from './receivers/context.js';
 import { type SessionHost, TargetSession } from './session.js';
 import { failStream, unaryHandlers } from '../shared/transport/handlers.js';
+import { ProbeReceiver } from './probe.js';
 
 export { TARGET_DEFAULTS, type TargetOptions } from './options.js';
 
@@ -42,6 +43,8 @@ export class MigrationService implements SessionHost {
   private readonly sessions = new Set<TargetSession>();
   /** Incoming migrations by job id, for the Control API. */
   readonly incoming: IncomingJobs;
+  /** Bandwidth probes from sources estimating a migration here. */
+  private readonly probes: ProbeReceiver;
 
   constructor(
     private readonly driver: HypervisorDriver,
@@ -51,6 +54,7 @@ export class MigrationService implements SessionHost {
     private readonly clock: Clock = systemClock,
   ) {
     this.incoming = new IncomingJobs(clock);
+    this.probes = new ProbeReceiver(clock);
     this.reservations = new ReservationRegistry(options, clock, log, metrics, (r, reason) => {
       if (!r.opened) this.incoming.ended(r.migrationId, reason);
     });
@@ -104,6 +108,7 @@ export class MigrationService implements SessionHost {
       chunkWindow: this.options.chunkWindow,
       unitWindow: this.options.unitWindow,
       unitWindowBytes: this.options.unitWindowBytes,
+      earlyCommit: true,
     });
   }
 
@@ -188,6 +193,7 @@ export class MigrationService implements SessionHost {
           if (jobId !== null) this.incoming.ended(jobId, session.reasonEnded);
         });
       }) as grpc.handleBidiStreamingCall<InstanceType<typeof pb.SourceMessage>, InstanceType<typeof pb.TargetMessage>>,
+      probe: ((call, callback) => this.probes.handle(call, callback)) as grpc.handleClientStreamingCall<InstanceType<typeof pb.ProbeData>, InstanceType<typeof pb.ProbeResult>>,
     };
   }
 }

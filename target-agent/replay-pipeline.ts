@@ -88,8 +88,15 @@ export class ReplayPipeline {
   private queueBytes = 0;
   private unitsReceived = 0;
   private unitsReplayed = 0;
+  /** Units dropped because a delta superseded them (counted in unitsReplayed too: the source's window counts units we are done with). */
+  private unitsSuperseded = 0;
+  /** Units before this sequence are superseded by a delta: dropped when they arrive. */
+  private supersededBelow = 0;
   private finalUnitReplayed = false;
+  private finalUnitReceived = false;
   private readonly rate = new ReplayRateMeter();
+  /** The replay rate of the units replayed once the stop was granted: the switchover's own. */
+  private stopRate: ReplayRateMeter | null = null;
   /** A replay slice is scheduled or running. */
   private sliceScheduled = false;
   private stopRequestPending = false;
@@ -110,6 +117,11 @@ export class ReplayPipeline {
     return this.queue.length;
   }
 
+  /** The final unit (sealed at the source's suspend) arrived: the log is complete here. */
+  get finalReceived(): boolean {
+    return this.finalUnitReceived;
+  }
+
   /** The final unit (sealed at the source's suspend) was replayed: nothing follows. */
   get finalReplayed(): boolean {
     return this.finalUnitReplayed;
@@ -124,7 +136,28 @@ export class ReplayPipeline {
       remainingUnitBytes: this.queueBytes,
       replayRate: this.rate.replayRate,
       finalReplayed: this.finalUnitReplayed,
+      unitsSuperseded: this.unitsSuperseded,
+      stopReplayRate: this.stopRate?.replayRate ?? 0,
     };
+  }
+
+  /**
+   * A delta as of the boundary before `firstSequence` begins: queued units before it are dropped,
+   * and so are such units arriving later (sent before the source knew). The backlog's history
+   * restarts: the delta changed it by construction, not by a trend.
+   */
+  supersede(firstSequence: number): void {
+    this.supersededBelow = Math.max(this.supersededBelow, firstSequence);
+    let n = 0;
+    while (n < this.queue.length && this.queue[n].sequence < firstSequence) {
+      this.queueBytes -= this.queue[n].bytes.length;
+      n++;
+    }
+    this.queue.splice(0, n);
+    this.unitsSuperseded += n;
+    this.unitsReplayed += n;
+    this.backlog.length = 0;
+    this.deps.feedback.progress(true);
   }
 
   /**
@@ -139,9 +172,16 @@ export class ReplayPipeline {
         { reason: 'LIMIT_EXCEEDED', metadata: { limit: 'unitWindow', unitWindow, unitWindowBytes } },
       );
     }
+    this.unitsReceived++;
+    if (unit.sequence < this.supersededBelow) {
+      this.unitsSuperseded++;
+      this.unitsReplayed++;
+      this.deps.feedback.progress(false);
+      return;
+    }
     this.queue.push(unit);
     this.queueBytes += unit.bytes.length;
-    this.unitsReceived++;
+    if (unit.final) this.finalUnitReceived = true;
     this.kick();
   }
 
@@ -151,8 +191,9 @@ export class ReplayPipeline {
   }
 
   /** The source answered the pending stop request. */
-  stopDecided(): void {
+  stopDecided(granted = false): void {
     this.stopRequestPending = false;
+    if (granted) this.stopRate ??= new ReplayRateMeter();
   }
 
   /** After each progress report: sends the stop request if it is due (see shouldRequestStop). */
@@ -227,6 +268,7 @@ export class ReplayPipeline {
     this.unitsReplayed++;
     this.deps.onUnitReplayed?.();
     this.rate.record(applied.guestNs, startMs, this.deps.clock.now());
+    this.stopRate?.record(applied.guestNs, startMs, this.deps.clock.now());
     if (applied.final) {
       this.finalUnitReplayed = true;
       this.deps.log.info({ unitsReplayed: this.unitsReplayed }, 'final unit replayed');

@@ -13,7 +13,6 @@ import { assert } from '../shared/assert.js';
 import { type Clock, systemClock, type Timer } from '../shared/clock.js';
 import { SWITCHOVER_DEADLINE_SHARE } from '../shared/convergence.js';
 import { AbortedError, bounded, CorruptDataError, InvalidStateError, MESSAGE_CHARS_MAX, VmMigrateError } from '../shared/errors.js';
-import type { AgentMetrics } from '../shared/metrics.js';
 import type { MigrationMethod } from '../shared/stats.js';
 import { pb, statusOf } from '../shared/transport/grpc.js';
 import { detailsOf } from '../shared/transport/status.js';
@@ -21,43 +20,19 @@ import type { PostcopyTarget } from '../shared/driver/types.js';
 import { Feedback, type ProgressCounters } from './feedback.js';
 import { type HookResult, runActivationHooks } from './hooks.js';
 import { checkCapabilities, type MethodContext, type MethodTransfer, type StreamMessageKind, type StreamMessages, type TargetMethod, targetMethod } from './methods.js';
-import type { TargetOptions } from './options.js';
 import type { TargetMessageBody, TransferPhase } from './receivers/context.js';
 import type { TransferView } from './incoming-jobs.js';
 import type { Reservation } from './reservation.js';
+import type { SessionHost, TransferStream } from './session-host.js';
 
 type SourceMessage = InstanceType<typeof pb.SourceMessage>;
-type TargetMessage = InstanceType<typeof pb.TargetMessage>;
+
+export type { SessionHost, TransferStream } from './session-host.js';
 
 const SESSION = {
   /** How long a new transfer stream may go without its Open message. */
   openTimeoutMs: 30_000,
 } as const;
-
-/** What a session needs of the agent that accepted its stream (MigrationService). */
-export interface SessionHost {
-  readonly options: Pick<TargetOptions, 'unitWindow' | 'unitWindowBytes' | 'progressIntervalMs' | 'activationHooks' | 'hookTimeoutMs'>;
-  readonly metrics?: Pick<AgentMetrics, 'incomingEnded' | 'unitsReplayed'>;
-  /** Takes reservation `reservationId` for this transfer (NotFoundError, InvalidStateError). */
-  open(reservationId: string, method: MigrationMethod): Reservation;
-  /** Releases the reservation and discards its replica. */
-  release(reservationId: string, reason: string): void;
-  /** Drops the reservation of a replica that became a guest here. */
-  forget(reservationId: string): void;
-  /** Discards a guest running here (a post-copy whose commit failed). */
-  discardGuest(guestId: string): void;
-  /** The transfer of job `jobId` entered `phase`; `view` tells its state (incoming jobs as Control shows them). */
-  phaseChanged?(jobId: string, phase: TransferPhase, method: MigrationMethod | null, view: () => TransferView): void;
-}
-
-/** The server side of a Transfer stream, as the session uses it. */
-export interface TransferStream {
-  on(event: 'data', listener: (message: SourceMessage) => void): unknown;
-  on(event: 'end' | 'cancelled', listener: () => void): unknown;
-  on(event: 'error', listener: (error: Error) => void): unknown;
-  write(message: TargetMessage): unknown;
-  end(): unknown;
-}
 
 /** An opened transfer: its reservation, its method and the method's receivers. */
 interface OpenTransfer {
@@ -72,11 +47,14 @@ const DESCRIBE: { [K in StreamMessageKind]: (message: StreamMessages[K]) => stri
   unit: (unit) => `log unit ${unit.sequence}`,
   pages: (batch) => `page batch of round ${batch.round}`,
   machineState: () => 'machine state',
+  rebase: (rebase) => `rebase to delta ${rebase.generation}`,
 };
 
 export class TargetSession {
   private currentPhase: TransferPhase = 'open';
   private endReason = '';
+  /** An early commit, held until the final unit is replayed (ReserveResponse.early_commit). */
+  private heldCommit: InstanceType<typeof pb.Commit> | null = null;
   /** The source ended the transfer by cancelling the migration (not a failure). */
   private cancelledBySource = false;
   private reservation: Reservation | null = null;
@@ -152,6 +130,7 @@ export class TargetSession {
         case 'unit':
         case 'pages':
         case 'machineState':
+        case 'rebase':
           return this.onStreamMessage(message.body, message[message.body] as StreamMessages[typeof message.body]);
         case 'stopDecision':
           return this.onStopDecision(message.stopDecision as InstanceType<typeof pb.StopDecision>);
@@ -186,7 +165,10 @@ export class TargetSession {
         reportable: () => this.reportable(),
         counters: () => this.counters(),
         send: (report) => this.send({ progress: report }),
-        afterReport: (nowMs, report) => this.transfer?.receivers.afterReport?.(nowMs, report),
+        afterReport: (nowMs, report) => {
+          this.transfer?.receivers.afterReport?.(nowMs, report);
+          if (report.finalReplayed) this.releaseHeldCommit();
+        },
       },
       this.clock,
     );
@@ -231,7 +213,7 @@ export class TargetSession {
   }
 
   private onStopDecision(decision: InstanceType<typeof pb.StopDecision>): void {
-    this.transfer?.receivers.stopDecided?.();
+    this.transfer?.receivers.stopDecided?.(decision.granted);
     if (!decision.granted) this.log.debug({ reason: decision.reason }, 'stop-and-copy not granted yet');
     else this.log.info({ unsentLogBytes: decision.unsentLogBytes }, 'stop-and-copy granted');
   }
@@ -241,6 +223,12 @@ export class TargetSession {
     const running = receivers.running?.() ?? null;
     if (running !== null) return this.commitRunningGuest(method.name, running, commit, r);
     const { finalReplayed = false, remainingUnits = 0 } = receivers.counters();
+    if (this.phase === 'replaying' && !finalReplayed && receivers.finalReceived?.() === true && this.heldCommit === null) {
+      // An early commit (ReserveResponse.early_commit): the final unit is here, its replay not
+      // done yet. Held until it is (releaseHeldCommit), answered matched=false if it fails.
+      this.heldCommit = commit;
+      return;
+    }
     if (this.phase !== 'replaying' || !finalReplayed || remainingUnits > 0) {
       throw new InvalidStateError(`commit received before the final unit was replayed (${remainingUnits} units queued, state ${this.phase})`, { reason: 'PROTOCOL_VIOLATION', metadata: { remainingUnits } });
     }
@@ -267,6 +255,18 @@ export class TargetSession {
       this.send({ activated: { resumeToReplyMs: this.clock.now() - resumedAtMs, hooks } });
       this.finish();
     });
+  }
+
+  /** The final unit was replayed: a commit held since it arrived early goes on now. */
+  private releaseHeldCommit(): void {
+    const commit = this.heldCommit;
+    if (commit === null) return;
+    this.heldCommit = null;
+    try {
+      this.onCommit(commit);
+    } catch (error) {
+      this.fail(error);
+    }
   }
 
   /** Post-copy: the guest runs here already; its pages as received must match the source's state. */
@@ -339,6 +339,11 @@ export class TargetSession {
     const code = statusOf(error);
     const message = bounded(error instanceof Error ? error.message : String(error), MESSAGE_CHARS_MAX);
     if (!(error instanceof VmMigrateError)) this.log.error({ err: error }, 'unexpected error in a transfer');
+    if (this.heldCommit !== null) {
+      // The source sent its commit early and waits for its answer: nothing was committed here.
+      this.heldCommit = null;
+      this.send({ commitResult: { matched: false, targetDigest: '', refusedReason: message } });
+    }
     this.send({ error: { code, message, reason: detailsOf(error).reason } });
     this.end(message);
   }

@@ -57,7 +57,7 @@ function checkCompleted(t: Test, s: Stats, what: string): void {
   t.equal(s.checkpointMemoryBytesCovered, GUEST_BYTES, `${what}: the checkpoint covered all guest memory`);
   t.equal(s.memoryBytes, GUEST_BYTES, `${what}: memory bytes`);
   t.ok(s.unitsReplayed > 0, `${what}: units replayed ${s.unitsReplayed} > 0`);
-  t.equal(s.unitsReplayed, s.unitsRecorded, `${what}: every recorded unit was replayed (recorded ${s.unitsRecorded}, replayed ${s.unitsReplayed})`);
+  t.equal(s.unitsReplayed + s.unitsSuperseded, s.unitsRecorded, `${what}: every recorded unit was replayed or superseded by a delta (recorded ${s.unitsRecorded}, replayed ${s.unitsReplayed}, superseded ${s.unitsSuperseded})`);
   t.equal(s.remainingUnits, 0, `${what}: no unit left`);
 }
 
@@ -94,8 +94,16 @@ for (const profile of PROFILE_NAMES) {
     checkCompleted(t, s, profile);
     t.equal(s.method, 'crtr');
     // Each stop request the target made is a round event; the last one agreed (unless forced).
-    t.ok(rounds.length > 0 && rounds.length <= s.rounds, `round events (${rounds.length}) for the ${s.rounds} stop requests`);
-    if (!s.forced) t.match(rounds.at(-1) ?? '', /^round \d+: the target has \d+ units to replay; stop granted$/, 'the last round granted the stop');
+    // The hybrid catch-up's decisions are round events too: by replay, or a delta.
+    const stops = rounds.filter((r) => /^round \d+:/.test(r));
+    const catchUps = rounds.filter((r) => !/^round \d+:/.test(r));
+    t.ok(stops.length > 0 && stops.length <= s.rounds, `round events (${stops.length}) for the ${s.rounds} stop requests`);
+    if (!s.forced) t.match(stops.at(-1) ?? '', /^round \d+: the target has \d+ units to replay; stop granted$/, 'the last round granted the stop');
+    t.ok(
+      catchUps.every((r) => /^(catch-up by replay: |delta \d+ of \d+ pages as of unit \d+: delta: )/.test(r)),
+      `catch-up events name their way and reason (${catchUps.length}: ${catchUps.slice(0, 3).join(' | ')})`,
+    );
+    t.equal(catchUps.filter((r) => r.startsWith('delta ')).length, s.deltaRounds, 'one event per delta round');
 
     t.equal(await guestState(target, id), 'running', 'the guest runs on the target');
     t.equal(await guestState(source, id), 'absent', 'the guest is gone from the source');

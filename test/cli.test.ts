@@ -378,6 +378,7 @@ t.test('the CLI against two agents it started', async (t) => {
     t.match(back.stdout, /\): completed\n/);
     t.match(back.stdout, /digests: +equal \(source ([0-9a-f]{16}), target \1\)/);
     t.match(back.stdout, /forced: +no/);
+    t.match(back.stdout, /disruption: +[\d.]+ m?s \(downtime \+ stalls [\d.]+ m?s \+ throttled [\d.]+ m?s \+ lost schedule [\d.]+ m?s; \d+ of \d+ units run\)/, 'the guest disruption, with its terms');
     t.same(await sourceView.guests(), ['web-1:running'], 'back on the source');
     // Stopped now: a running web guest takes a third of a core for the rest of the test.
     const stop = await runCli(on(source, 'guest', 'stop', 'web-1', '--json'));

@@ -96,6 +96,15 @@ t.test('a CR/TR migration through Control v2: enums, both ends, a late watch, re
   t.ok(Number(b.checkpoint!.rawBytes) > 0 && Number(b.log!.wireBytes) > 0 && Number(b.control!.wireBytes) > 0);
   t.ok(s.crtr !== null && s.crtr !== undefined && s.precopy == null, 'CR/TR figures under CR/TR names');
   t.ok((s.crtr?.unitsReplayed ?? 0) > 0);
+  // The guest's disruption, over the window from the start to the resume on the target.
+  const d = s.disruption as InstanceType<typeof pb2.GuestDisruption>;
+  t.ok(d.windowMs > s.downtimeMs! && d.windowMs <= s.totalTimeMs! + s.downtimeMs!, `window ${d.windowMs} ms: past the suspend, within the migration`);
+  t.ok(Number(d.unitsDue) === Math.floor(d.windowMs / s.crtr!.unitMs!), `units due ${d.unitsDue} over the window`);
+  t.ok(Number(d.unitsRun) > 0 && Number(d.unitsRun) <= Number(d.unitsDue) + 1, `units run ${d.unitsRun} of ${d.unitsDue} due`);
+  t.equal(d.sourceStallMs, s.crtr!.stallMs, 'the stall the CR/TR figures show');
+  t.equal(d.targetStallMs, 0, 'no page fetched on the target');
+  const terms = s.downtimeMs! + d.sourceStallMs + d.targetStallMs + d.throttledMs + d.lostScheduleMs;
+  t.ok(Math.abs(d.disruptionMs - terms) < 1e-6 && d.disruptionMs >= s.downtimeMs!, `disruption ${d.disruptionMs.toFixed(1)} ms = its terms, at least the downtime ${s.downtimeMs!.toFixed(1)} ms`);
 
   t.ok(targetSaw !== null, 'the target answered GetJob for the same job id');
   const seen = targetSaw as unknown as Job;

@@ -16,6 +16,7 @@ import {
   unsentLogBytesAllowed,
   SWITCHOVER_UNITS_FLOOR,
   switchoverDue,
+  stopUnitsFloor,
 } from '../shared/convergence.js';
 
 t.test('remainingUnitsAllowed: the units the replay of the downtime share can cover, at least 1', async (t) => {
@@ -240,4 +241,16 @@ t.test('switchoverDue: the cap first, then as few units as they will get', async
   t.match(switchoverDue({ ...base, remainingUnits: 20, backlog: flat, nowMs: 2_000 }), { due: true, reason: /stopped shrinking/ }, 'noise around a flat backlog');
   const growing = samples(Array.from({ length: 21 }, (_, i) => 10 + i));
   t.match(switchoverDue({ ...base, remainingUnits: 30, backlog: growing, nowMs: 2_000 }), { due: true }, 'a growing backlog within the cap: now is the best it gets');
+});
+
+t.test('decideStop: a burst in flight over the steady floor waits, while waits are allowed', async (t) => {
+  const base: StopInputs = { unsentLogBytes: 0, unitsNotReplayed: 5, unitsAllowed: 30, downtimeLimitMs: 300, throughputBytesPerSec: 100e6, rttMs: 0.2 };
+  t.equal(stopUnitsFloor(0.2, 10), 3, 'lan: the unit replayed, the one sealed, one on the way');
+  t.equal(stopUnitsFloor(40, 10), 4, 'wan: 20 ms one way is two units on the way');
+  const waits = decideStop({ ...base, unitsFloor: 3, mayWaitForFloor: true });
+  t.notOk(waits.granted);
+  t.match(waits.reason, /5 units not yet replayed .* more than the 3 a steady log has: waiting for fewer/);
+  t.ok(decideStop({ ...base, unitsFloor: 3, mayWaitForFloor: false }).granted, 'no more waits: granted within the cap');
+  t.ok(decideStop({ ...base, unitsNotReplayed: 3, unitsFloor: 3, mayWaitForFloor: true }).granted, 'at the floor: granted');
+  t.ok(decideStop(base).granted, 'no floor given: the cap alone');
 });

@@ -110,6 +110,25 @@ t.test('a refused commit: the target dropped its replica, the guest resumes here
   t.notOk(s.recorder.recording, 'the recording stopped');
 });
 
+t.test('an early commit: sent right behind the final unit; refused with a reason when the final replay failed, the guest resumes here', async (t) => {
+  const s = setup({}, {}, (peer) => (peer.reserveReply.earlyCommit = true));
+  await until(s, () => s.peer.channel !== null, 'transfer opened');
+  const channel = s.peer.channel!;
+  await until(s, () => channel.writtenOf('chunk').length === 3, 'three chunks');
+  channel.report({ chunksApplied: 3, checkpointRestored: true });
+  await until(s, () => s.job.stats.phase === 'log-transfer', 'log transfer');
+  t.equal(channel.requestStop(0, 18)?.granted, true);
+  await until(s, () => channel.commitDigestSent !== '', 'the commit, with no report of the final replay');
+  t.ok(channel.writtenOf('unit').some((u) => (u.body as { final: boolean }).final), 'after the final unit');
+  channel.commitResult = pb.CommitResult.create({ matched: false, refusedReason: 'unit 7: checksum mismatch' });
+  channel.notify();
+  const stats = (await s.done) as SourceMigration['stats'];
+  t.equal(stats.status, 'failed');
+  t.equal(stats.errorReason, 'TARGET_REFUSED_COMMIT');
+  t.equal(stats.error, 'the target refused the commit and discarded its replica: unit 7: checksum mismatch');
+  t.equal(s.guest.state, 'running', 'nothing was committed: the guest resumes here');
+});
+
 t.test('a lost commit answer: the guest stays suspended here (never resumed past the commit point)', async (t) => {
   const s = setup();
   const channel = await toCommit(s);

@@ -360,3 +360,27 @@ t.test('the switchover waits while the backlog shrinks, asks once it stops shrin
   t.equal(late.stopRequests.length, 1, 'the deadline nears: asked while 20 units fit the limit');
   t.equal(late.stopRequests[0].remainingUnits, 20);
 });
+
+t.test('a delta supersedes the units before its instant: queued ones dropped, late ones too, counted as done', async (t) => {
+  const h = harness();
+  for (let s = 1; s <= 6; s++) h.pipeline.enqueue(unit(s));
+  h.restored();
+  h.runSlice(); // all six replay (no cost)
+  for (let s = 7; s <= 12; s++) h.pipeline.enqueue(unit(s));
+  // A delta as of the boundary before unit 15: 7..12 are queued and obsolete, 13 and 14 still in flight.
+  h.state.phase = 'restoring'; // (the session stops replay while the delta is applied)
+  h.pipeline.supersede(15);
+  t.equal(h.pipeline.remainingUnits, 0, 'the queued units before the instant were dropped');
+  h.pipeline.enqueue(unit(13));
+  h.pipeline.enqueue(unit(14));
+  h.pipeline.enqueue(unit(15));
+  t.equal(h.pipeline.remainingUnits, 1, 'late units before the instant dropped on arrival; 15 queues');
+  const c = h.pipeline.counters();
+  t.equal(c.unitsSuperseded, 8, '7..14 superseded');
+  t.equal(c.unitsReplayed, 6 + 8, "the source's window counts superseded units as done");
+  t.equal(c.unitsReceived, 15);
+  h.restored();
+  h.runAll();
+  t.same(h.replay.applied, [1, 2, 3, 4, 5, 6, 15], 'replay goes on from the instant');
+  t.equal(h.progress.at(-1)?.unitsSuperseded, 8, 'reported in progress');
+});

@@ -7,7 +7,7 @@ import { pino } from 'pino';
 import t from 'tap';
 import { ManualClock } from '../shared/clock.js';
 import type { CheckpointChunk, GuestDescription, SourceGuest, TargetReplica } from '../shared/driver/types.js';
-import { NotFoundError } from '../shared/errors.js';
+import { CorruptDataError, NotFoundError } from '../shared/errors.js';
 import { type PayloadBody, packMessage } from '../shared/protocol.js';
 import type { MigrationMethod } from '../shared/stats.js';
 import { grpc, pb } from '../shared/transport/grpc.js';
@@ -56,8 +56,8 @@ class FakeStream extends EventEmitter {
  * A replica with the capabilities named in `parts`. Its units are [sequence, final]; it counts
  * the chunks, units and activations it saw.
  */
-function fakeReplica(parts: Array<'replay' | 'pageRestore' | 'postcopy'>) {
-  const seen = { chunks: 0, units: [] as number[], pageBatches: 0, machineStates: 0, activated: 0, discarded: 0, fetch: null as null | ((pages: Uint32Array) => Promise<void>) };
+function fakeReplica(parts: Array<'replay' | 'pageRestore' | 'postcopy' | 'deltas'>) {
+  const seen = { deltaChunks: [] as string[], chunks: 0, units: [] as number[], pageBatches: 0, machineStates: 0, activated: 0, discarded: 0, fetch: null as null | ((pages: Uint32Array) => Promise<void>), guestUnitsRun: 0 };
   let restored = false;
   const description: GuestDescription = { id: 'g1', driver: 'fake', memoryBytes: 2 ** 26, vcpus: 1, unitMs: 10, state: 'restoring', machineConfig: new Uint8Array(0), summary: '' };
   const replay = {
@@ -69,6 +69,7 @@ function fakeReplica(parts: Array<'replay' | 'pageRestore' | 'postcopy'>) {
       return restored;
     },
     applyUnit(bytes: Uint8Array) {
+      if (bytes[2] === 1) throw new CorruptDataError(`unit ${bytes[0]}: checksum mismatch`);
       seen.units.push(bytes[0]);
       return { sequence: bytes[0], guestNs: 10e6, final: bytes[1] === 1 };
     },
@@ -100,10 +101,29 @@ function fakeReplica(parts: Array<'replay' | 'pageRestore' | 'postcopy'>) {
         present: (pages: Uint32Array) => pages.every((page) => present.has(page)),
         receivedDigest: () => DIGEST,
       };
-      return { guest: {} as SourceGuest, postcopy: target };
+      // The resumed guest's runner counts its units; the session measures its waits for pages.
+      const guest = { runnerStats: () => ({ unitsRun: seen.guestUnitsRun, stallMs: 0, throttledMs: 0 }) } as unknown as SourceGuest;
+      return { guest, postcopy: target };
+    },
+  };
+  // Deltas: a delta is begun, and its final chunk ends it.
+  let deltaOpen: number | null = null;
+  const deltaRestore = {
+    beginDelta(generation: number, firstSequence: number) {
+      if (deltaOpen !== null) throw new Error('delta in progress');
+      deltaOpen = generation;
+      seen.deltaChunks.push(`begin ${generation}@${firstSequence}`);
+    },
+    restoreDeltaChunk(chunk: CheckpointChunk) {
+      seen.deltaChunks.push(`${deltaOpen}:${chunk.index}${chunk.final ? ' final' : ''}`);
+      if (chunk.final) deltaOpen = null;
+    },
+    get deltaInProgress() {
+      return deltaOpen !== null;
     },
   };
   const replica: TargetReplica = {
+    deltaRestore: parts.includes('deltas') ? deltaRestore : undefined,
     id: 'g1',
     describe: () => description,
     complete: false,
@@ -149,7 +169,7 @@ class FakeHost implements SessionHost {
   discardGuest(): void {}
 }
 
-function start(parts: Array<'replay' | 'pageRestore' | 'postcopy'> = ['replay', 'pageRestore', 'postcopy']) {
+function start(parts: Array<'replay' | 'pageRestore' | 'postcopy' | 'deltas'> = ['replay', 'pageRestore', 'postcopy']) {
   const { replica, seen } = fakeReplica(parts);
   const host = new FakeHost(replica);
   const stream = new FakeStream();
@@ -341,4 +361,120 @@ t.test('a post-copy transfer: resumed here on the machine state, pages fetched o
   t.match(last.stream.last('commitResult')?.commitResult, { matched: true, targetDigest: DIGEST });
   t.equal(host.released.length, 1);
   t.equal(seen.activated, 0, 'post-copy never activates a replica: the guest already runs');
+});
+
+t.test('a CR/TR transfer with a delta: units before its instant dropped, none replayed until it is applied', async (t) => {
+  const { stream, session, seen } = start(['replay', 'deltas']);
+  stream.receive({ open: { reservationId: 'r1', method: 'crtr', firstSequence: 1 } });
+  stream.receivePayload({ kind: 'chunk', index: 0, final: true, memoryBytesCovered: 4096 }, new Uint8Array(4096));
+  stream.receive({ stopDecision: { granted: false } });
+  stream.receivePayload(unitBody(1), unitBytes(1));
+  await settle();
+  t.same(seen.units, [1]);
+  stream.receivePayload(unitBody(2), unitBytes(2));
+  stream.receive({ rebase: { generation: 1, firstSequence: 4, pages: 2 } });
+  stream.receivePayload(unitBody(3), unitBytes(3)); // sent before the source knew
+  stream.receivePayload({ kind: 'chunk', index: 0, final: false, memoryBytesCovered: 4096, generation: 1 }, new Uint8Array(16));
+  stream.receivePayload(unitBody(4), unitBytes(4));
+  await settle();
+  t.same(seen.units, [1], 'nothing replays while the delta is applied');
+  stream.receivePayload({ kind: 'chunk', index: 1, final: true, memoryBytesCovered: 0, generation: 1 }, new Uint8Array(16));
+  await settle();
+  t.same(seen.deltaChunks, ['begin 1@4', '1:0', '1:1 final']);
+  t.same(seen.units, [1, 4], 'replay goes on from the instant; 2 and 3 were superseded');
+  t.match(stream.last('progress')?.progress, { unitsReceived: 4, unitsReplayed: 4, unitsSuperseded: 2, deltaGenerationApplied: 1, chunksApplied: 3 });
+  stream.receive({ abort: { reason: 'test over' } });
+  await session.done;
+});
+
+t.test('delta refusals: a chunk of a delta not announced (FAILED_PRECONDITION), a replica without deltas (UNIMPLEMENTED)', async (t) => {
+  const stray = start(['replay', 'deltas']);
+  stray.stream.receive({ open: { reservationId: 'r1', method: 'crtr', firstSequence: 1 } });
+  stray.stream.receivePayload({ kind: 'chunk', index: 0, final: true, memoryBytesCovered: 4096 }, new Uint8Array(4096));
+  stray.stream.receivePayload({ kind: 'chunk', index: 0, final: false, memoryBytesCovered: 4096, generation: 2 }, new Uint8Array(16));
+  await stray.session.done;
+  t.match(stray.stream.last('error')?.error, { code: grpc.status.FAILED_PRECONDITION, reason: 'PROTOCOL_VIOLATION', message: /chunk 0 of delta 2, which was not announced/ });
+
+  const early = start(['replay', 'deltas']);
+  early.stream.receive({ open: { reservationId: 'r1', method: 'crtr', firstSequence: 1 } });
+  early.stream.receive({ rebase: { generation: 1, firstSequence: 3, pages: 1 } });
+  await early.session.done;
+  t.match(early.stream.last('error')?.error, { code: grpc.status.FAILED_PRECONDITION, message: /rebase to delta 1 while restoring/ });
+
+  const none = start(['replay']);
+  none.stream.receive({ open: { reservationId: 'r1', method: 'crtr', firstSequence: 1 } });
+  none.stream.receivePayload({ kind: 'chunk', index: 0, final: true, memoryBytesCovered: 4096 }, new Uint8Array(4096));
+  none.stream.receive({ rebase: { generation: 1, firstSequence: 3, pages: 1 } });
+  await none.session.done;
+  t.match(none.stream.last('error')?.error, { code: grpc.status.UNIMPLEMENTED, reason: 'CAPABILITY_MISSING', message: /makes no delta checkpoints/ });
+  t.equal(none.host.released.length, 1, 'the reservation is released');
+});
+
+t.test('an early commit is held until the final unit is replayed, then answered', async (t) => {
+  const { stream, session, seen } = start(['replay']);
+  stream.receive({ open: { reservationId: 'r1', method: 'crtr', firstSequence: 1 } });
+  stream.receivePayload({ kind: 'chunk', index: 0, final: true, memoryBytesCovered: 4096 }, new Uint8Array(4096));
+  stream.receive({ stopDecision: { granted: true } });
+  stream.receivePayload(unitBody(1), unitBytes(1));
+  stream.receivePayload(unitBody(2, true), unitBytes(2, true));
+  stream.receive({ commit: { digest: DIGEST } });
+  t.equal(stream.last('commitResult'), undefined, 'held: the final unit is not replayed yet');
+  await settle();
+  await session.done;
+  t.same(seen.units, [1, 2]);
+  t.match(stream.last('commitResult')?.commitResult, { matched: true, targetDigest: DIGEST });
+  t.equal(seen.activated, 1);
+});
+
+t.test('an early commit whose final replay fails is answered matched=false with the reason', async (t) => {
+  const { stream, session, seen, host } = start(['replay']);
+  stream.receive({ open: { reservationId: 'r1', method: 'crtr', firstSequence: 1 } });
+  stream.receivePayload({ kind: 'chunk', index: 0, final: true, memoryBytesCovered: 4096 }, new Uint8Array(4096));
+  stream.receive({ stopDecision: { granted: true } });
+  stream.receivePayload(unitBody(1, true), Uint8Array.of(1, 1, 1, 0));
+  stream.receive({ commit: { digest: DIGEST } });
+  await settle();
+  await session.done;
+  t.match(stream.last('commitResult')?.commitResult, { matched: false, refusedReason: /unit 1: checksum mismatch/ });
+  t.equal(seen.activated, 0);
+  t.equal(host.released.length, 1, 'the replica is discarded');
+});
+
+t.test('a commit before the final unit arrived is still refused', async (t) => {
+  const { stream, session } = start(['replay']);
+  stream.receive({ open: { reservationId: 'r1', method: 'crtr', firstSequence: 1 } });
+  stream.receivePayload({ kind: 'chunk', index: 0, final: true, memoryBytesCovered: 4096 }, new Uint8Array(4096));
+  stream.receivePayload(unitBody(1), unitBytes(1));
+  stream.receive({ commit: { digest: DIGEST } });
+  await session.done;
+  t.match(stream.last('error')?.error, { code: grpc.status.FAILED_PRECONDITION, message: /commit received before the final unit was replayed/ });
+});
+
+t.test("a post-copy guest's disruption on the target: its waits for pages and its units, until the last page", async (t) => {
+  const { stream, clock, seen } = start(['postcopy']);
+  stream.receive({ open: { reservationId: 'r1', method: 'postcopy' } });
+  stream.receivePayload({ kind: 'machineState' }, new Uint8Array(64));
+  const fetch = seen.fetch;
+  if (fetch === null) throw new Error('the guest was not resumed');
+  await clock.advance(10);
+  void fetch(Uint32Array.of(1, 2));
+  void fetch(Uint32Array.of(2));
+  await clock.advance(15);
+  stream.receivePayload({ kind: 'pages', round: 0, pageCount: 1 }, Uint8Array.of(1));
+  await clock.advance(5);
+  seen.guestUnitsRun = 3;
+  stream.receivePayload({ kind: 'pages', round: 0, pageCount: 1 }, Uint8Array.of(2));
+  await clock.advance(20);
+  // Two fetches overlapped: the guest waited from the first request to the page both needed, 20 ms.
+  t.match(stream.last('progress')?.progress, { missingPages: 2, guestRunMs: 50, guestUnitsRun: 3, guestFetchWaitMs: 20 });
+  void fetch(Uint32Array.of(0));
+  await clock.advance(7);
+  seen.guestUnitsRun = 5;
+  stream.receivePayload({ kind: 'pages', round: 0, pageCount: 2 }, Uint8Array.of(0, 3));
+  const final = { missingPages: 0, guestRunMs: 57, guestUnitsRun: 5, guestFetchWaitMs: 27 };
+  t.match(stream.last('progress')?.progress, final, 'the last page: the report goes at once, with the figures as of then');
+  await clock.advance(100);
+  seen.guestUnitsRun = 15;
+  stream.receivePayload({ kind: 'pages', round: 0, pageCount: 1 }, Uint8Array.of(3));
+  t.match(stream.last('progress')?.progress, final, 'later reports keep them: the window closed at the last page');
 });

@@ -102,6 +102,8 @@ export interface RecordingStats {
   readonly bytesQueued: number;
   /** Wall time the guest spent stalled because the log queue or the checkpoint copy-on-write pool was full. */
   readonly stallMs: number;
+  /** Units dropped unsent from the queue because a delta checkpoint superseded them (see DeltaSource). */
+  readonly unitsDropped?: number;
 }
 
 /** Page-level access, used by the pre-copy and post-copy baselines (not by CR/TR). */
@@ -133,10 +135,62 @@ export interface PageAccess {
  * - page-access: the source guest tracks dirty pages and reads them (pre-copy, post-copy);
  * - checkpoint-replay: a replica restores from checkpoint chunks and replays units (CR/TR);
  * - page-restore: a replica restores by page batches and a machine state (pre-copy);
- * - postcopy-resume: a replica resumes with its pages missing and fetches them (post-copy).
+ * - postcopy-resume: a replica resumes with its pages missing and fetches them (post-copy);
+ * - delta-checkpoint: during a recording, the source sends the pages dirtied since the last
+ *   checkpoint instant as of a new instant, and a replica restores them (CR/TR's hybrid catch-up).
  */
-export type DriverCapability = 'log-recording' | 'page-access' | 'checkpoint-replay' | 'page-restore' | 'postcopy-resume';
-export const DRIVER_CAPABILITIES: readonly DriverCapability[] = ['log-recording', 'page-access', 'checkpoint-replay', 'page-restore', 'postcopy-resume'];
+export type DriverCapability = 'log-recording' | 'page-access' | 'checkpoint-replay' | 'page-restore' | 'postcopy-resume' | 'delta-checkpoint';
+export const DRIVER_CAPABILITIES: readonly DriverCapability[] = ['log-recording', 'page-access', 'checkpoint-replay', 'page-restore', 'postcopy-resume', 'delta-checkpoint'];
+
+/** Where a delta checkpoint starts: its instant, and what it holds. */
+export interface DeltaStart {
+  /** 1, 2, ... in the recording (the full checkpoint is generation 0). */
+  readonly generation: number;
+  /** The delta is as of the boundary before this unit; the log goes on from it. */
+  readonly firstSequence: number;
+  readonly position: number;
+  /** Pages in the delta (dirtied since the previous instant). */
+  readonly pages: number;
+}
+
+/**
+ * Delta checkpoints during a recording (capability `delta-checkpoint`): the hybrid catch-up's
+ * source side. A delta holds the pages written since the previous instant (the recording's start,
+ * or the last delta) as of a new instant, and the vCPU/device state then. A replica restored to
+ * the previous instant, and replayed any way short of the new one, is exactly at the new instant
+ * once the delta is applied: the pages its replay wrote were written by the guest too, so they are
+ * in the delta.
+ */
+export interface DeltaSource {
+  /** Pages written since the current instant: the size of the next delta. */
+  pagesDirtiedSinceInstant(): number;
+  /**
+   * Moves the instant to now, between two units: the next delta is of this instant, and units
+   * sealed before it and not yet taken by `nextSealedUnit` are dropped (the delta supersedes
+   * them). The previous checkpoint (full or delta) must have been streamed whole.
+   */
+  rebase(): DeltaStart;
+  /**
+   * The chunks of the delta begun by the last `rebase`, made as the consumer pulls them
+   * (copy-on-write keeps the instant, as for the live checkpoint); indexes start at 0, the last
+   * chunk (final) carries the machine state. `reuseBuffer` as for `liveCheckpoint`.
+   */
+  deltaCheckpoint(options?: { chunkPages?: number; reuseBuffer?: boolean }): AsyncIterable<CheckpointChunk>;
+}
+
+/** A replica's side of delta checkpoints (capability `delta-checkpoint`). */
+export interface DeltaRestoreTarget {
+  /**
+   * A delta of `generation` as of the boundary before unit `firstSequence` begins: units before
+   * it must not be replayed any more, nor units from it until the delta is applied. Refused if the
+   * replica is not restored, replayed past the instant, or the generation is not the next one.
+   */
+  beginDelta(generation: number, firstSequence: number): void;
+  /** Applies the next chunk of the delta in progress; after the final one the replica is at its instant. */
+  restoreDeltaChunk(chunk: CheckpointChunk): void;
+  /** A delta was begun and its final chunk not applied yet. */
+  readonly deltaInProgress: boolean;
+}
 
 /** A guest's execution log and live checkpoint: what CR/TR needs of a source guest. */
 export interface LogRecorder {
@@ -187,12 +241,16 @@ export interface SourceGuest {
   discard(): void;
   /** xxh64 digest over all pages plus vCPU/device state, as 16 hex digits. */
   digest(): string;
+  /** The vCPU's counters against its schedule; absent when the driver does not pace its guest itself. */
+  runnerStats?(): import('../disruption.js').GuestRunnerStats;
   /** Pages still to arrive from this guest's own post-copy migration (0: it has them all). */
   readonly pagesMissing: number;
   /** Capability `log-recording`; absent when the driver records no event log. */
   readonly recorder?: LogRecorder;
   /** Capability `page-access`; absent when the driver cannot track and read pages. */
   readonly pages?: PageAccess;
+  /** Capability `delta-checkpoint` (with `recorder`); absent when the driver makes no deltas. */
+  readonly deltas?: DeltaSource;
 }
 
 /** Restore from checkpoint chunks, then replay units: what CR/TR needs of a replica. */
@@ -272,6 +330,8 @@ export interface TargetReplica {
   readonly pageRestore?: PageRestoreTarget;
   /** Capability `postcopy-resume`. */
   readonly postcopy?: PostcopyResumeTarget;
+  /** Capability `delta-checkpoint`. */
+  readonly deltaRestore?: DeltaRestoreTarget;
 }
 
 /** The capabilities `guest` has, by name (see DriverCapability). */
@@ -279,6 +339,7 @@ export function sourceCapabilities(guest: SourceGuest): DriverCapability[] {
   const out: DriverCapability[] = [];
   if (guest.recorder !== undefined) out.push('log-recording');
   if (guest.pages !== undefined) out.push('page-access');
+  if (guest.deltas !== undefined) out.push('delta-checkpoint');
   return out;
 }
 
@@ -288,6 +349,7 @@ export function replicaCapabilities(replica: TargetReplica): DriverCapability[] 
   if (replica.replay !== undefined) out.push('checkpoint-replay');
   if (replica.pageRestore !== undefined) out.push('page-restore');
   if (replica.postcopy !== undefined) out.push('postcopy-resume');
+  if (replica.deltaRestore !== undefined) out.push('delta-checkpoint');
   return out;
 }
 

@@ -6,9 +6,9 @@
 
 import type { Logger } from 'pino';
 import type { HypervisorDriver, SourceGuest } from '../../shared/driver/types.js';
-import { echo, InvalidArgumentError, InvalidStateError, invalidField, LimitExceededError, NotFoundError, UnimplementedError } from '../../shared/errors.js';
+import { AbortedError, echo, InvalidArgumentError, InvalidStateError, invalidField, LimitExceededError, NotFoundError, UnimplementedError, VmMigrateError } from '../../shared/errors.js';
 import { checkGuestId, checkJobId } from '../../shared/ids.js';
-import { type controlServiceV2, type grpc, pb, pb2 } from '../../shared/transport/grpc.js';
+import { type controlServiceV2, type grpc, pb, pb2, toServiceError } from '../../shared/transport/grpc.js';
 import { hostOf, isLoopbackHost } from '../../shared/transport/tls.js';
 import type { ControlService } from '../control-service.js';
 import { METHOD_NAMES, createMethod } from '../methods/registry.js';
@@ -17,6 +17,8 @@ import { capacityMessage, guestMessage, type GuestRoleOf, incomingJobMessage, so
 import type { IncomingJob } from '../../shared/incoming-job.js';
 import { watchIncomingJob, watchSourceJob } from './watch.js';
 import { failStream, unaryHandlers } from '../../shared/transport/handlers.js';
+import { parseEstimateRequest } from '../estimate/estimator.js';
+import { estimateMessage } from './estimate-view.js';
 
 /** Memory of a StartGuest that asks for 0. */
 const GUEST_MEMORY_BYTES_DEFAULT = 512 * 2 ** 20;
@@ -103,14 +105,7 @@ export class ControlServiceV2 {
 
   startMigration(req: Req<'StartMigrationRequest'>): InstanceType<typeof pb2.StartMigrationResponse> {
     checkGuestId(req.guestId, 'guest_id');
-    if (!req.targetAddress) throw invalidField('target_address', 'target_address is required (host:port of the target agent)');
-    if (sameAddress(req.targetAddress, this.options.listenAddress())) {
-      throw new InvalidArgumentError(`target_address ${echo(req.targetAddress)} is this agent itself; migrate to another agent`, {
-        reason: 'TARGET_IS_SELF',
-        metadata: { targetAddress: req.targetAddress },
-        fieldViolations: [{ field: 'target_address', description: 'this agent listens there' }],
-      });
-    }
+    this.checkTargetAddress(req.targetAddress);
     const job = this.control.startMigration(
       pb.StartMigrationRequest.create({
         guestId: req.guestId,
@@ -121,9 +116,21 @@ export class ControlServiceV2 {
         nonConvergencePolicy: policyName(req.nonConvergencePolicy),
         maxDurationMs: req.maxDurationMs,
         disableCompression: req.disableCompression,
+        logOnlyCatchUp: req.logOnlyCatchUp,
       }),
     );
     return pb2.StartMigrationResponse.create({ jobId: job.id, job: sourceJobMessage(job, this.control.historyOf(job)) });
+  }
+
+  /** Samples the guest and the link, then predicts each method's cost; nothing moves. */
+  async estimateMigration(req: Req<'EstimateMigrationRequest'>, signal: AbortSignal): Promise<InstanceType<typeof pb2.EstimateMigrationResponse>> {
+    checkGuestId(req.guestId, 'guest_id');
+    this.checkTargetAddress(req.targetAddress);
+    const request = parseEstimateRequest(req, this.control.options);
+    const result = await this.control.estimator.estimate(request, signal);
+    const p = result.prediction;
+    this.log.info({ guestId: req.guestId, target: req.targetAddress, recommended: p.recommended, elapsedMs: Math.round(result.elapsedMs) }, 'migration estimated');
+    return estimateMessage(result);
   }
 
   getJob(req: Req<'GetJobRequest'>): InstanceType<typeof pb2.Job> {
@@ -167,6 +174,7 @@ export class ControlServiceV2 {
       getJob: unary((req: Req<'GetJobRequest'>) => this.getJob(req)),
       listJobs: unary((req: Req<'ListJobsRequest'>) => this.listJobs(req)),
       cancelJob: unary((req: Req<'CancelJobRequest'>) => this.cancelJob(req)),
+      estimateMigration: this.estimateHandler(),
       watchJob: ((call: grpc.ServerWritableStream<Req<'WatchJobRequest'>, InstanceType<typeof pb2.JobEvent>>) => {
         try {
           this.watch(call);
@@ -201,6 +209,33 @@ export class ControlServiceV2 {
     call.once('close', closed);
     if (outgoing !== undefined) watchSourceJob(call, outgoing, this.control.historyOf(outgoing), intervalMs);
     else watchIncomingJob(call, () => this.incoming.get(jobId), intervalMs);
+  }
+
+  /** Refuses a missing target address, or this agent's own. */
+  private checkTargetAddress(address: string): void {
+    if (!address) throw invalidField('target_address', 'target_address is required (host:port of the target agent)');
+    if (sameAddress(address, this.options.listenAddress())) {
+      throw new InvalidArgumentError(`target_address ${echo(address)} is this agent itself; migrate to another agent`, {
+        reason: 'TARGET_IS_SELF',
+        metadata: { targetAddress: address },
+        fieldViolations: [{ field: 'target_address', description: 'this agent listens there' }],
+      });
+    }
+  }
+
+  /** EstimateMigration's handler: a caller that goes away cancels the sampling. */
+  private estimateHandler(): grpc.handleUnaryCall<Req<'EstimateMigrationRequest'>, InstanceType<typeof pb2.EstimateMigrationResponse>> {
+    return (call, callback) => {
+      const cancel = new AbortController();
+      call.once('cancelled', () => cancel.abort(new AbortedError('the caller cancelled the estimate')));
+      this.estimateMigration(call.request, cancel.signal).then(
+        (response) => callback(null, response),
+        (error: unknown) => {
+          if (!(error instanceof VmMigrateError)) this.log.error({ err: error }, 'unexpected error in a Control v2 call');
+          callback(toServiceError(error));
+        },
+      );
+    };
   }
 
   private outgoing(jobId: string) {

@@ -56,6 +56,7 @@ function sourceStats(job: SourceMigration, s: MigrationStats): InstanceType<type
     sourceDigest: s.sourceDigest,
     targetDigest: s.targetDigest,
     bytes: transferBytes(job.wireBytes.streams),
+    disruption: disruptionOf(s),
     reservationMs: s.reservationMs,
   });
   if (s.method === 'crtr') stats.crtr = crtrStats(s);
@@ -81,6 +82,25 @@ function crtrStats(s: MigrationStats): InstanceType<typeof pb2.CrtrStats> {
     throttle: s.throttle,
     forced: s.forced,
     unitMs: s.unitMs,
+    hybrid: s.hybrid,
+    deltaRounds: s.deltaRounds,
+    deltaPages: s.deltaPages,
+    deltaWireBytes: s.deltaWireBytes,
+    unitsSuperseded: s.unitsSuperseded,
+    stopReplayRate: s.stopReplayRate,
+  });
+}
+
+function disruptionOf(s: MigrationStats): InstanceType<typeof pb2.GuestDisruption> {
+  return pb2.GuestDisruption.create({
+    disruptionMs: s.disruptionMs,
+    sourceStallMs: s.stallMs,
+    targetStallMs: s.targetStallMs,
+    throttledMs: s.throttledMs,
+    unitsDue: s.unitsDue,
+    unitsRun: s.unitsRun,
+    lostScheduleMs: s.lostScheduleMs,
+    windowMs: s.disruptionWindowMs,
   });
 }
 

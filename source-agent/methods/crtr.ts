@@ -4,7 +4,7 @@
 // After the suspend the last units go, and the replica is complete once it replayed the final one.
 
 import type { Timer } from '../../shared/clock.js';
-import { decideStop, expectedDowntimeMs } from '../../shared/convergence.js';
+import { decideStop, expectedDowntimeMs, stopUnitsFloor, SWITCHOVER_DEADLINE_SHARE } from '../../shared/convergence.js';
 import type { LogRecorder } from '../../shared/driver/types.js';
 import type { MigrationPhase } from '../../shared/stats.js';
 import type { StopRequest } from '../channel.js';
@@ -13,10 +13,14 @@ import { checkpointThroughputBytesPerSec } from '../streams/counters.js';
 import { LogStream } from '../streams/log.js';
 import { recorderOf } from './capabilities.js';
 import { ConvergenceMonitor } from './convergence-monitor.js';
+import { HybridCatchUp } from './hybrid.js';
 import type { MethodContext, TransferMethod } from './method.js';
 import { startTicker } from './ticker.js';
 
 export const CRTR_PHASES: readonly MigrationPhase[] = ['pre-migration', 'reservation', 'checkpoint', 'log-transfer', 'stop-and-copy', 'commitment', 'activation'];
+
+/** Stop requests denied at most this often for a burst of units in flight (decideStop's floor). */
+const FLOOR_WAITS_MAX = 3;
 
 export class CrtrMethod implements TransferMethod {
   readonly name = 'crtr' as const;
@@ -24,10 +28,14 @@ export class CrtrMethod implements TransferMethod {
   readonly phases = CRTR_PHASES;
   readonly activatesBeforeCommit = false;
   private stopGranted = false;
+  /** Stop requests denied so far to wait for fewer units in flight. */
+  private floorWaits = 0;
   private checkpointDone = false;
   private monitor: ConvergenceMonitor | null = null;
   private ticker: Timer | null = null;
   private logStream: LogStream | null = null;
+  private hybrid: HybridCatchUp | null = null;
+  private checkpointStream: CheckpointStream | null = null;
   private unitPump: Promise<void> = Promise.resolve();
 
   async catchUp(ctx: MethodContext): Promise<void> {
@@ -39,30 +47,64 @@ export class CrtrMethod implements TransferMethod {
     const channel = ctx.channel;
     channel.onStopRequest = (request) => this.onStopRequest(ctx, recorder, request);
     const monitor = (this.monitor = new ConvergenceMonitor(ctx));
-    this.ticker = startTicker(ctx, () => monitor.tick(this.stopGranted || monitor.forced));
     const rate = ctx.request.maxBandwidthBytesPerSec;
     const logStream = (this.logStream = new LogStream(channel, ctx.stats, ctx.windows, rate, () => ctx.suspended));
+    const checkpointStream = (this.checkpointStream = new CheckpointStream(channel, ctx.stats, ctx.clock, ctx.log, ctx.windows.chunks, rate));
+    const hybrid = (this.hybrid = this.makeHybrid(ctx, logStream));
+    this.ticker = startTicker(ctx, () => {
+      const settled = this.stopGranted || monitor.forced;
+      // The catch-up first: a delta that pays is the answer to a backlog that does not shrink.
+      // While one is sent and applied the target replays nothing: no trend to judge.
+      hybrid?.tick(settled);
+      monitor.tick(settled || hybrid?.busy === true);
+    });
     this.unitPump = logStream.run(recorder, ctx.signal, () => ctx.stats.phase === 'stop-and-copy' || ctx.stats.phase === 'commitment');
     this.unitPump.catch(() => {}); // Observed in finish; failures also surface through the waits.
     const checkpointStartMs = ctx.clock.now();
-    await new CheckpointStream(channel, ctx.stats, ctx.clock, ctx.log, ctx.windows.chunks, rate).run(recorder);
+    await checkpointStream.run(recorder);
     ctx.throughputBytesPerSec = checkpointThroughputBytesPerSec(ctx.stats, ctx.clock.now() - checkpointStartMs, rate);
     this.checkpointDone = true;
 
     // Phase 4 goes on until the target asks to stop and we agree (or the policy forces it).
     ctx.setPhase('log-transfer');
-    await channel.until(() => this.stopGranted || monitor.forced);
+    // A delta in flight when the policy forces the stop is finished first: its instant is where the log goes on from.
+    await channel.until(() => (this.stopGranted || monitor.forced) && hybrid?.busy !== true);
+  }
+
+  /** The hybrid catch-up, where both drivers make deltas and the request did not turn it off. */
+  private makeHybrid(ctx: MethodContext, logStream: LogStream): HybridCatchUp | null {
+    const deltas = ctx.guest.deltas;
+    const on = deltas !== undefined && ctx.targetCapabilities.includes('delta-checkpoint') && ctx.request.logOnlyCatchUp !== true;
+    ctx.stats.hybrid = on;
+    if (!on) return null;
+    return new HybridCatchUp(ctx, deltas, logStream, () => this.unitsNotReplayed(ctx), () => this.checkpointStream?.chunksSent ?? 0);
+  }
+
+  /** Units recorded and not yet replayed by the target, sent or not: superseded units excluded. */
+  private unitsNotReplayed(ctx: MethodContext): number {
+    const rec = recorderOf(ctx.guest).recordingStats();
+    return rec.unitsRecorded - this.unitsSupersededHere(rec.unitsDropped) - ctx.channel.progress.unitsReplayed;
+  }
+
+  /** Units superseded by a delta before they were sent: dropped by the recorder, or skipped by the log stream. */
+  private unitsSupersededHere(dropped: number | undefined): number {
+    return (dropped ?? 0) + (this.logStream?.unitsSkipped ?? 0);
   }
 
   async finish(ctx: MethodContext): Promise<void> {
-    const recorder = recorderOf(ctx.guest);
     const channel = ctx.channel;
-    const rec = recorder.recordingStats();
-    ctx.stats.stopUnitsToReplay = rec.unitsRecorded - channel.progress.unitsReplayed;
+    ctx.stats.stopUnitsToReplay = this.unitsNotReplayed(ctx);
     const suspendedMs = ctx.clock.now() - ctx.suspendedAtMs;
     await this.unitPump;
     ctx.stats.stopLogBytesUnsent = this.logStream?.wireBytesAfterSuspend ?? 0;
     const sentMs = ctx.clock.now() - ctx.suspendedAtMs;
+    // A target that takes an early commit holds it until it replayed the final unit: the commit
+    // goes now, behind the final unit, a round trip sooner.
+    if (ctx.windows.earlyCommit === true) {
+      this.dispose();
+      ctx.log.debug({ suspendedMs, sentMs }, 'stop-and-copy timing (early commit)');
+      return;
+    }
     await channel.until(() => channel.progress.finalReplayed);
     this.dispose();
     ctx.log.debug({ suspendedMs, sentMs, replayedMs: ctx.clock.now() - ctx.suspendedAtMs }, 'stop-and-copy timing');
@@ -75,6 +117,12 @@ export class CrtrMethod implements TransferMethod {
   refreshStats(ctx: MethodContext): void {
     const s = ctx.stats;
     const rec = ctx.guest.recorder?.recordingStats();
+    if (rec !== undefined && rec.unitsRecorded > 0 && this.logStream !== null) {
+      // Recorded units a delta superseded never replay: neither remaining nor replayed.
+      const here = this.unitsSupersededHere(rec.unitsDropped);
+      s.unitsSuperseded = here + ctx.channel.progress.unitsSuperseded;
+      s.remainingUnits = Math.max(0, s.unitsRecorded - s.unitsSuperseded - s.unitsReplayed);
+    }
     const unsent = (rec?.bytesQueued ?? 0) + (this.logStream?.heldUnitBytes ?? 0);
     s.remainingBytes = Math.max(0, s.memoryBytes - s.checkpointMemoryBytesCovered) + unsent;
     s.expectedDowntimeMs = expectedDowntimeMs({
@@ -102,10 +150,11 @@ export class CrtrMethod implements TransferMethod {
     if (this.stopGranted || this.monitor?.forced) return;
     const { stats, channel } = ctx;
     stats.rounds++;
-    if (!this.checkpointDone || stats.phase !== 'log-transfer') {
-      channel.send({ stopDecision: { granted: false, reason: `source is in phase ${stats.phase}` } });
+    if (!this.checkpointDone || stats.phase !== 'log-transfer' || this.hybrid?.busy === true) {
+      const why = this.hybrid?.busy === true ? 'a delta checkpoint is in flight' : `source is in phase ${stats.phase}`;
+      channel.send({ stopDecision: { granted: false, reason: why } });
       stats.stopRequestsDenied++;
-      ctx.round(`round ${stats.rounds}: stop request denied: source is in phase ${stats.phase}`);
+      ctx.round(`round ${stats.rounds}: stop request denied: ${why}`);
       return;
     }
     const rec = recorder.recordingStats();
@@ -114,12 +163,16 @@ export class CrtrMethod implements TransferMethod {
     // show yet: count from what we recorded.
     const decision = decideStop({
       unsentLogBytes: unsent,
-      unitsNotReplayed: rec.unitsRecorded - channel.progress.unitsReplayed,
+      unitsNotReplayed: this.unitsNotReplayed(ctx),
       unitsAllowed: request.remainingUnitsAllowed,
       downtimeLimitMs: ctx.request.downtimeLimitMs,
       throughputBytesPerSec: ctx.throughputBytesPerSec,
       rttMs: channel.rttMs,
+      // A burst in flight: a few requests later the guest stops with fewer units to replay.
+      unitsFloor: stopUnitsFloor(channel.rttMs, stats.unitMs),
+      mayWaitForFloor: this.floorWaits < FLOOR_WAITS_MAX && ctx.elapsedMs() < SWITCHOVER_DEADLINE_SHARE * ctx.request.maxDurationMs,
     });
+    if (!decision.granted && /waiting for fewer/.test(decision.reason)) this.floorWaits++;
     channel.send({ stopDecision: { granted: decision.granted, reason: decision.reason, unsentLogBytes: unsent, unsentLogBytesAllowed: decision.allowedBytes } });
     if (decision.granted) {
       // The digest at commitment is inside the downtime: bring the incremental one up to date now.

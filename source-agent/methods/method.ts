@@ -28,6 +28,8 @@ export interface MigrationRequest {
   maxDurationMs: number;
   /** Send payloads raw (data-plane benchmarks). */
   disableCompression?: boolean;
+  /** CR/TR: catch up by the log only, never by delta checkpoints. */
+  logOnlyCatchUp?: boolean;
 }
 
 /** The target's windows, from its ReserveResponse. */
@@ -37,6 +39,8 @@ export interface TargetWindows {
   /** Units sent and not yet replayed, by count and raw bytes. */
   units: number;
   unitBytes: number;
+  /** CR/TR: the target takes the commit right after the final unit and holds it until it replayed it. */
+  earlyCommit?: boolean;
 }
 
 /** Timings a method's loops use. */
@@ -86,6 +90,8 @@ export interface MethodContext {
   readonly suspended: boolean;
   /** When it was suspended (clock.now()); meaningful once `suspended`. */
   readonly suspendedAtMs: number;
+  /** The target driver's capabilities, as its Capacity said (pre-migration); optional ones decide extras such as CR/TR's deltas. */
+  readonly targetCapabilities: readonly string[];
 }
 
 export interface TransferMethod {

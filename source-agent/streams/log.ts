@@ -22,6 +22,10 @@ export class LogStream {
   heldUnitBytes = 0;
   /** Log bytes on the wire (after lz4) of the units sent after the suspend: the final unit and any backlog. */
   wireBytesAfterSuspend = 0;
+  /** Units taken from the recorder and not sent because a delta superseded them. */
+  unitsSkipped = 0;
+  /** Units before this sequence are superseded by a delta: not sent. */
+  private skipBelow = 0;
 
   constructor(
     private readonly channel: TransferChannel,
@@ -45,7 +49,12 @@ export class LogStream {
       }
       this.heldUnitBytes = unit.bytes.length;
       // A unit larger than the byte window goes alone, once nothing else is in flight.
-      await this.channel.until(() => this.fits(unit.bytes.length));
+      await this.channel.until(() => unit.sequence < this.skipBelow || this.fits(unit.bytes.length));
+      if (unit.sequence < this.skipBelow) {
+        this.unitsSkipped++;
+        this.heldUnitBytes = 0;
+        continue;
+      }
       const message = this.channel.pack({ kind: 'unit', sequence: unit.sequence, final: unit.final, guestNs: unit.guestNs, eventCount: unit.eventCount }, unit.bytes);
       this.unitBytesInFlight.push(unit.bytes.length);
       this.unitBytesInFlightTotal += unit.bytes.length;
@@ -55,6 +64,12 @@ export class LogStream {
       await this.channel.write(message, this.rateBytesPerSec);
       if (unit.final) return;
     }
+  }
+
+  /** A delta as of the boundary before `sequence` began: units before it are no longer sent. */
+  skipBefore(sequence: number): void {
+    this.skipBelow = Math.max(this.skipBelow, sequence);
+    this.channel.notify();
   }
 
   /** Whether a unit of `bytes` fits the window now. */

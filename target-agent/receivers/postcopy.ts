@@ -1,8 +1,12 @@
 // A post-copy transfer: the machine state resumes the guest here at once with no page yet; from
 // then on each unit it runs first fetches the pages it will touch (page requests to the source,
 // answered by page batches), while the source pushes the rest.
+//
+// The guest's disruption after its resume is measured here, where it runs: how long it has run,
+// the units it ran, and how long it waited for pages, until its last page arrived (then the
+// figures stay as they were). Progress reports carry them to the source.
 
-import type { PostcopyResumeTarget, PostcopyTarget } from '../../shared/driver/types.js';
+import type { PostcopyResumeTarget, PostcopyTarget, SourceGuest } from '../../shared/driver/types.js';
 import { InvalidStateError } from '../../shared/errors.js';
 import { unpackPayload } from '../../shared/protocol.js';
 import type { pb } from '../../shared/transport/grpc.js';
@@ -18,6 +22,14 @@ export class PostcopyReceiver {
   private batchesApplied = 0;
   /** Fetches waiting for pages, each resolved once all its pages are here. */
   private readonly pageWaiters: Array<{ pages: Uint32Array; resolve: () => void }> = [];
+  /** The guest running here, and when it resumed (clock time). */
+  private guest: SourceGuest | null = null;
+  private resumedAtMs = 0;
+  /** Wall time some fetch was waiting, closed intervals; and when the open one began (null: none). */
+  private fetchWaitMs = 0;
+  private waitingSinceMs: number | null = null;
+  /** The guest's figures when its last page arrived. */
+  private final: Pick<ProgressCounters, 'guestRunMs' | 'guestUnitsRun' | 'guestFetchWaitMs'> | null = null;
 
   constructor(
     private readonly context: ReceiverContext,
@@ -31,7 +43,19 @@ export class PostcopyReceiver {
   }
 
   counters(): ProgressCounters {
-    return { pageBatchesApplied: this.batchesApplied, missingPages: this.target?.missingPages ?? 0 };
+    return { pageBatchesApplied: this.batchesApplied, missingPages: this.target?.missingPages ?? 0, ...(this.final ?? this.guestProgress()) };
+  }
+
+  /**
+   * The running guest's figures so far. A driver that does not count its units reports no run
+   * time either, so that the source counts no schedule it cannot compare with.
+   */
+  private guestProgress(): Pick<ProgressCounters, 'guestRunMs' | 'guestUnitsRun' | 'guestFetchWaitMs'> {
+    if (this.guest === null) return {};
+    const nowMs = this.context.clock.now();
+    const runner = this.guest.runnerStats?.();
+    const waitMs = this.fetchWaitMs + (this.waitingSinceMs === null ? 0 : nowMs - this.waitingSinceMs);
+    return { guestRunMs: runner === undefined ? 0 : nowMs - this.resumedAtMs, guestUnitsRun: runner?.unitsRun ?? 0, guestFetchWaitMs: waitMs };
   }
 
   /**
@@ -43,8 +67,10 @@ export class PostcopyReceiver {
     if (context.phase() !== 'restoring') throw new InvalidStateError(`machine state received while ${context.phase()}`, { reason: 'PROTOCOL_VIOLATION' });
     const state = unpackPayload(message.payload, 'machine state');
     const resumedAtMs = context.clock.now();
-    const { postcopy } = this.resume.activatePostcopy(state, (pages: Uint32Array) => this.fetchPages(pages));
+    const { guest, postcopy } = this.resume.activatePostcopy(state, (pages: Uint32Array) => this.fetchPages(pages));
     this.target = postcopy;
+    this.guest = guest;
+    this.resumedAtMs = resumedAtMs;
     context.log.info({ missingPages: postcopy.missingPages }, 'post-copy: resumed the guest here; fetching its pages');
     context.resumedHere(resumedAtMs);
   }
@@ -62,6 +88,11 @@ export class PostcopyReceiver {
         waiter.resolve();
       }
     }
+    if (this.pageWaiters.length === 0 && this.waitingSinceMs !== null) {
+      this.fetchWaitMs += this.context.clock.now() - this.waitingSinceMs;
+      this.waitingSinceMs = null;
+    }
+    if (target.missingPages === 0) this.final ??= this.guestProgress();
     this.context.progress(target.missingPages === 0);
   }
 
@@ -71,6 +102,7 @@ export class PostcopyReceiver {
     for (let i = 0; i < pages.length; i += PAGE_REQUEST_PAGES_MAX) {
       this.context.send({ pageRequest: { pages: Array.from(pages.subarray(i, i + PAGE_REQUEST_PAGES_MAX)) } });
     }
+    this.waitingSinceMs ??= this.context.clock.now();
     return new Promise((resolve) => this.pageWaiters.push({ pages, resolve }));
   }
 }

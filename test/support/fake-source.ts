@@ -249,7 +249,7 @@ export function methodContext(
   guest: SourceGuest,
   channel: FakeChannel,
   clock: ManualClock,
-  overrides: { request?: Partial<MigrationRequest>; windows?: Partial<TargetWindows>; signal?: AbortSignal } = {},
+  overrides: { request?: Partial<MigrationRequest>; windows?: Partial<TargetWindows>; signal?: AbortSignal; targetCapabilities?: string[] } = {},
 ): { ctx: MethodContext; record: ContextRecord; stats: MigrationStats; suspend: () => Promise<void> } {
   const record: ContextRecord = { phases: [], rounds: [], opened: [] };
   const stats = emptyStats(method, guest.describe().memoryBytes);
@@ -268,6 +268,7 @@ export function methodContext(
     windows: { chunks: 16, units: 4096, unitBytes: 64 * 2 ** 20, ...overrides.windows },
     timings: { convergenceWindowMs: 2_000, monitorIntervalMs: 250, activationTimeoutMs: 60_000 },
     throughputBytesPerSec: 0,
+    targetCapabilities: overrides.targetCapabilities ?? [],
     open: (fields = {}) => {
       isOpen = true;
       record.opened.push(fields);

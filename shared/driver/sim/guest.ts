@@ -13,9 +13,9 @@
 // stall time is reported.
 
 import { AbortedError, InvalidArgumentError, InvalidStateError } from '../../errors.js';
-import type { CheckpointChunk, GuestDescription, GuestState, LogRecorder, PageAccess, RecordingStart, RecordingStats, SealedUnit, SourceGuest } from '../types.js';
+import type { CheckpointChunk, DeltaSource, DeltaStart, GuestDescription, GuestState, LogRecorder, PageAccess, RecordingStart, RecordingStats, SealedUnit, SourceGuest } from '../types.js';
 import { PAGE_BYTES } from '../types.js';
-import { beginCheckpoint, checkpointChunks, CHUNK_PAGES_DEFAULT, CHUNK_PAGES_MAX, COW_BYTES_MAX_DEFAULT, endCheckpoint } from './checkpoint.js';
+import { COW_BYTES_MAX_DEFAULT } from './checkpoint.js';
 import { Environment } from './environment.js';
 import { SimMachine } from './machine.js';
 import { pageAccessOf } from './page-codec.js';
@@ -23,7 +23,8 @@ import type { SimMachineConfig } from './config.js';
 import { encodeMachineConfig, summarizeConfig } from './config.js';
 import { type AsyncEvent, encodeUnit, type SyncEvent, type UnitHeader } from './unit-codec.js';
 import { machineDigest } from './digest.js';
-import { mergeByPosition, Recording } from './recording.js';
+import { SimRecorder } from './recorder.js';
+import { mergeByPosition } from './recording.js';
 
 /**
  * How the runner paces units: `realtime` as a VM runs (the agents' mode); `asap` back to back,
@@ -58,15 +59,16 @@ export const SIM_GUEST_DEFAULTS: Readonly<Omit<SimGuestOptions, 'environmentSeed
 /** Instructions per busy millisecond assumed before the first measurement. */
 const INITIAL_INSTRUCTIONS_PER_MS = 20_000;
 
-export class SimSourceGuest implements SourceGuest, LogRecorder {
+export class SimSourceGuest implements SourceGuest, LogRecorder, DeltaSource {
   private runState: GuestState;
   private environment: Environment;
-  private recording: Recording | null = null;
+  private readonly rec: SimRecorder;
   private throttle = 1;
   private instructionsPerMs: number;
   private pageWriteCarry = 0;
   private loop: { stop: AbortController; done: Promise<void> } | null = null;
   private stallMsTotal = 0;
+  private throttledMsTotal = 0;
   private lagResets = 0;
   private unitsRun = 0;
   /** Post-copy: fetches missing pages before a unit touches them. */
@@ -76,7 +78,12 @@ export class SimSourceGuest implements SourceGuest, LogRecorder {
 
   /** Capability `log-recording`: the sim guest records every nondeterministic event. */
   get recorder(): LogRecorder {
-    return this;
+    return this.rec;
+  }
+
+  /** Capability `delta-checkpoint`. */
+  get deltas(): DeltaSource {
+    return this.rec;
   }
 
   get pagesMissing(): number {
@@ -97,6 +104,7 @@ export class SimSourceGuest implements SourceGuest, LogRecorder {
     this.environment = new Environment(config.rates, config.payload, options.environmentSeed, machine.state.guestNs);
     this.runState = 'suspended';
     this.pages = pageAccessOf(machine.memory, () => this.checkAlive());
+    this.rec = new SimRecorder({ id, machine, options, checkAlive: () => this.checkAlive(), stallMs: () => this.stallMsTotal });
   }
 
   /** Post-copy: how the runner gets pages that have not arrived yet. */
@@ -130,11 +138,12 @@ export class SimSourceGuest implements SourceGuest, LogRecorder {
     return this.runState;
   }
 
-  /** Runner counters: units executed, wall time stalled on bounds, schedule resets. */
-  runnerStats(): { unitsRun: number; stallMs: number; lagResets: number; instructionsPerMs: number; throttle: number; pagesFetched: number } {
+  /** Runner counters: units executed, wall time stalled on bounds, work given up to throttling, schedule resets. */
+  runnerStats(): { unitsRun: number; stallMs: number; throttledMs: number; lagResets: number; instructionsPerMs: number; throttle: number; pagesFetched: number } {
     return {
       unitsRun: this.unitsRun,
       stallMs: this.stallMsTotal,
+      throttledMs: this.throttledMsTotal,
       lagResets: this.lagResets,
       instructionsPerMs: this.instructionsPerMs,
       throttle: this.throttle,
@@ -142,45 +151,30 @@ export class SimSourceGuest implements SourceGuest, LogRecorder {
     };
   }
 
+  // Capabilities log-recording and delta-checkpoint, by the recorder (recorder.ts).
   startRecording(): RecordingStart {
-    this.checkAlive();
-    if (this.machine.memory.missing !== null) {
-      throw new InvalidStateError(`guest ${this.id} is still receiving ${this.machine.memory.missingCount} pages by post-copy`, { reason: 'GUEST_NOT_RUNNING', metadata: { guestId: this.id } });
-    }
-    if (this.recording !== null) throw new InvalidStateError(`guest ${this.id} is already recording (since unit ${this.recording.firstSequence})`, { reason: 'GUEST_BUSY', metadata: { guestId: this.id } });
-    const st = this.machine.state;
-    // The runner is between units whenever this code runs: the checkpoint's instant is the
-    // recording's first unit boundary.
-    this.recording = new Recording(st.unitSequence, beginCheckpoint(this.machine, this.options.cowBytesMax), this.options);
-    return { firstSequence: st.unitSequence, position: st.position };
+    return this.rec.startRecording();
   }
-
-  liveCheckpoint(options: { chunkPages?: number; reuseBuffer?: boolean } = {}): AsyncIterable<CheckpointChunk> {
-    const rec = this.recording;
-    if (rec === null || rec.checkpoint === null) throw new InvalidStateError(`guest ${this.id}: a live checkpoint is taken at the start of a recording; start one first`);
-    if (rec.checkpointTaken) throw new InvalidStateError(`guest ${this.id}: the checkpoint of this recording was already taken`);
-    const chunkPages = options.chunkPages ?? CHUNK_PAGES_DEFAULT;
-    if (!Number.isInteger(chunkPages) || chunkPages < 8 || chunkPages > CHUNK_PAGES_MAX || chunkPages % 8 !== 0) {
-      throw new InvalidArgumentError(`chunkPages=${chunkPages}: expected a multiple of 8 in [8, ${CHUNK_PAGES_MAX}]`);
-    }
-    rec.checkpointTaken = true;
-    return checkpointChunks(this.machine, rec.checkpoint, chunkPages, options.reuseBuffer ?? false);
+  liveCheckpoint(options?: { chunkPages?: number; reuseBuffer?: boolean }): AsyncIterable<CheckpointChunk> {
+    return this.rec.liveCheckpoint(options);
   }
-
-  async nextSealedUnit(signal?: AbortSignal): Promise<SealedUnit | null> {
-    return this.recording === null ? null : this.recording.next(this.id, signal);
+  pagesDirtiedSinceInstant(): number {
+    return this.rec.pagesDirtiedSinceInstant();
   }
-
+  rebase(): DeltaStart {
+    return this.rec.rebase();
+  }
+  deltaCheckpoint(options?: { chunkPages?: number; reuseBuffer?: boolean }): AsyncIterable<CheckpointChunk> {
+    return this.rec.deltaCheckpoint(options);
+  }
+  nextSealedUnit(signal?: AbortSignal): Promise<SealedUnit | null> {
+    return this.rec.nextSealedUnit(signal);
+  }
   recordingStats(): RecordingStats {
-    return this.recording?.stats(this.stallMsTotal) ?? { unitsRecorded: 0, logBytes: 0, unitsQueued: 0, bytesQueued: 0, stallMs: this.stallMsTotal };
+    return this.rec.recordingStats();
   }
-
   stopRecording(): void {
-    const rec = this.recording;
-    if (rec === null) return;
-    if (rec.checkpoint !== null) endCheckpoint(this.machine, rec.checkpoint);
-    this.recording = null;
-    rec.stop();
+    this.rec.stopRecording();
   }
 
   async suspend(): Promise<void> {
@@ -194,7 +188,7 @@ export class SimSourceGuest implements SourceGuest, LogRecorder {
       }
     }
     // Also for a guest recorded while already suspended: its log must still end.
-    const rec = this.recording;
+    const rec = this.rec.recording;
     if (rec !== null && !rec.sealedFinal) {
       // The last unit: it covers no more execution (the runner stops between units), and tells
       // the replica that the log ends here.
@@ -299,7 +293,7 @@ export class SimSourceGuest implements SourceGuest, LogRecorder {
     for (;;) {
       if (signal.aborted) throw new AbortedError('runner stopped');
       if (this.runState !== 'running') return false;
-      const rec = this.recording;
+      const rec = this.rec.recording;
       const cow = this.machine.memory.cow;
       if (rec !== null && rec.full) {
         stalled = true;
@@ -330,6 +324,7 @@ export class SimSourceGuest implements SourceGuest, LogRecorder {
       if (this.runState !== 'running') return false;
     }
     if (stalled) this.stallMsTotal += performance.now() - stallStart;
+    this.throttledMsTotal += (1 - this.throttle) * unitMs;
     const t0 = performance.now();
     this.executeUnit(instructionCount, pageWriteCount, events, false);
     const busyMs = performance.now() - t0;
@@ -362,7 +357,7 @@ export class SimSourceGuest implements SourceGuest, LogRecorder {
 
   private executeUnit(instructionCount: number, pageWriteCount: number, asyncEvents: AsyncEvent[], final: boolean): void {
     const header = this.header(instructionCount, pageWriteCount, final);
-    const rec = this.recording;
+    const rec = this.rec.recording;
     if (rec === null || rec.sealedFinal) {
       this.machine.executeUnit(header, asyncEvents, (type, position) => this.environment.sync(type, position));
       this.unitsRun++;

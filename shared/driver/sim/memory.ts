@@ -44,12 +44,21 @@ export class CopyOnWrite {
   private preservedBytesNow = 0;
   private waiters: Array<() => void> = [];
 
+  /**
+   * `only`: the checkpoint covers just these pages (a delta): every other page counts as done, so
+   * writes to it need no copy.
+   */
   constructor(
     pageCount: number,
     readonly preservedBytesMax: number,
+    only?: Uint32Array,
   ) {
     this.done = new Uint32Array(Math.ceil(pageCount / 32));
     this.preservedZero = new Uint32Array(Math.ceil(pageCount / 32));
+    if (only !== undefined) {
+      this.done.fill(0xffffffff);
+      for (const page of only) this.done[page >>> 5] &= ~(1 << (page & 31));
+    }
   }
 
   get preservedBytes(): number {
@@ -175,36 +184,18 @@ export class GuestMemory {
   }
 
   /**
-   * Makes up to `pagesMax` more pages ready for writing, in page order: allocates their segment
-   * (from the pool if it has one: those come zeroed and mapped) and writes a zero word into each
-   * page never written, so that the kernel maps it now rather than on the restore's first write.
-   * A page's contents do not change (it was zero), nor does any bitmap: it still reads as zero
-   * and counts as never written. Returns the pages still to prepare.
+   * Makes up to `pagesMax` more pages ready, in page order: allocates their segment (a pooled one
+   * comes zeroed and mapped) and writes a zero word into each page never written, so that the
+   * kernel maps it now, not at the restore's first write. No page or bitmap changes: it reads as
+   * zero and counts as never written. Returns the pages still to prepare.
    */
   prepareSlice(pagesMax: number): number {
-    let budget = pagesMax;
-    while (budget > 0 && this.preparedPages < this.pageCount) {
-      const page = this.preparedPages;
-      const index = page >>> SEGMENT_SHIFT;
-      const segmentEnd = Math.min(this.pageCount, (index + 1) * SEGMENT_PAGES);
-      if (this.segments[index] === undefined && (page & SEGMENT_MASK) === 0 && segmentEnd - page === SEGMENT_PAGES) {
-        const pooled = this.pool?.take();
-        if (pooled !== undefined) {
-          this.segments[index] = pooled;
-          this.preparedPages = segmentEnd;
-          budget -= Math.min(budget, SEGMENT_PAGES >>> 4); // a memset costs about a sixteenth of the faults
-          continue;
-        }
-      }
-      const seg = this.segment(index);
-      const end = Math.min(segmentEnd, page + budget);
-      for (let p = page; p < end; p++) {
-        if ((this.written[p >>> 5] & (1 << (p & 31))) === 0) seg[(p & SEGMENT_MASK) * PAGE_WORDS] = 0;
-      }
-      budget -= end - page;
-      this.preparedPages = end;
+    const end = Math.min(this.pageCount, this.preparedPages + pagesMax);
+    for (let p = this.preparedPages; p < end; p++) {
+      if ((this.written[p >>> 5] & (1 << (p & 31))) === 0) this.segment(p >>> SEGMENT_SHIFT)[(p & SEGMENT_MASK) * PAGE_WORDS] = 0;
     }
-    return this.pageCount - this.preparedPages;
+    this.preparedPages = end;
+    return this.pageCount - end;
   }
 
   /**
@@ -309,6 +300,13 @@ export class GuestMemory {
 
   clearDirty(): void {
     this.dirty.fill(0);
+  }
+
+  /** Pages written since the dirty bitmap was last cleared (a popcount: no allocation). */
+  dirtyCount(): number {
+    let count = 0;
+    for (const w of this.dirty) if (w !== 0) count += popcount(w);
+    return count;
   }
 
   /**

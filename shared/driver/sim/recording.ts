@@ -6,6 +6,7 @@ import { AbortedError } from '../../errors.js';
 import type { GuestEvent } from './unit-codec.js';
 import type { RecordingStats, SealedUnit } from '../types.js';
 import type { CheckpointInstant } from './checkpoint.js';
+import type { DeltaInstant } from './delta.js';
 
 export interface RecordingLimits {
   /** Sealed units waiting for the agent, at most this many bytes / units before the guest stalls. */
@@ -24,6 +25,10 @@ export class Recording {
   private finished = false;
   private stopped = false;
   checkpointTaken = false;
+  /** The last delta begun (rebase), if any; generations count from 1. */
+  delta: DeltaInstant | null = null;
+  /** Units dropped unsent because a delta superseded them. */
+  unitsDropped = 0;
   private unitWaiters: Array<() => void> = [];
   private roomWaiters: Array<() => void> = [];
 
@@ -77,8 +82,21 @@ export class Recording {
     }
   }
 
+  /** Drops the queued units before `sequence` (a delta of that instant supersedes them). */
+  dropBefore(sequence: number): void {
+    let n = 0;
+    while (n < this.queue.length && this.queue[n].sequence < sequence) {
+      this.queueBytes -= this.queue[n].bytes.length;
+      n++;
+    }
+    if (n === 0) return;
+    this.queue.splice(0, n);
+    this.unitsDropped += n;
+    wake(this.roomWaiters.splice(0));
+  }
+
   stats(stallMs: number): RecordingStats {
-    return { unitsRecorded: this.unitsRecorded, logBytes: this.logBytes, unitsQueued: this.queue.length, bytesQueued: this.queueBytes, stallMs };
+    return { unitsRecorded: this.unitsRecorded, logBytes: this.logBytes, unitsQueued: this.queue.length, bytesQueued: this.queueBytes, stallMs, unitsDropped: this.unitsDropped };
   }
 
   /** Ends the recording: queued units are dropped, every waiter wakes. */

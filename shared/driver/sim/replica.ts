@@ -9,9 +9,10 @@
 
 import { setImmediate as nextTurn } from 'node:timers/promises';
 import { CorruptDataError, InvalidStateError, ReplayDivergenceError, ReservationRefusedError, UnitOrderError } from '../../errors.js';
-import type { CheckpointChunk, CheckpointReplayTarget, GuestDescription, GuestState, PageRestoreTarget, PostcopyResumeTarget, PostcopyTarget, SourceGuest, TargetReplica } from '../types.js';
+import type { CheckpointChunk, CheckpointReplayTarget, DeltaRestoreTarget, GuestDescription, GuestState, PageRestoreTarget, PostcopyResumeTarget, PostcopyTarget, SourceGuest, TargetReplica } from '../types.js';
 import { CheckpointRestorer } from './checkpoint.js';
 import { encodeMachineConfig, type SimMachineConfig, summarizeConfig } from './config.js';
+import { DeltaRestorer } from './delta.js';
 import { combineDigest, machineDigest } from './digest.js';
 import { MachineState, SimMachine } from './machine.js';
 import { type GuestMemory, type SegmentPool, ZERO_PAGE } from './memory.js';
@@ -41,7 +42,7 @@ async function prepareMemory(memory: GuestMemory, stopped: () => boolean): Promi
   }
 }
 
-export class SimReplica implements TargetReplica, CheckpointReplayTarget, PageRestoreTarget, PostcopyResumeTarget {
+export class SimReplica implements TargetReplica, CheckpointReplayTarget, PageRestoreTarget, PostcopyResumeTarget, DeltaRestoreTarget {
   readonly machine: SimMachine;
   private readonly restorer: CheckpointRestorer;
   private replicaState: ReplicaState = 'restoring';
@@ -49,6 +50,8 @@ export class SimReplica implements TargetReplica, CheckpointReplayTarget, PageRe
   private restoredByPages = false;
   readonly pages: PageRestoreTarget['pages'];
   readonly memoryReady: Promise<void>;
+  /** The delta being applied, or the last one applied. */
+  private delta: DeltaRestorer | null = null;
 
   /** Capabilities: the sim replica has them all. */
   get replay(): CheckpointReplayTarget {
@@ -61,6 +64,33 @@ export class SimReplica implements TargetReplica, CheckpointReplayTarget, PageRe
 
   get postcopy(): PostcopyResumeTarget {
     return this;
+  }
+
+  get deltaRestore(): DeltaRestoreTarget {
+    return this;
+  }
+
+  get deltaInProgress(): boolean {
+    return this.delta !== null && !this.delta.done;
+  }
+
+  beginDelta(generation: number, firstSequence: number): void {
+    this.require('replica');
+    const st = this.machine.state;
+    if (this.finalApplied) throw new InvalidStateError(`replica ${this.id} replayed its final unit: no delta follows`);
+    if (this.deltaInProgress) throw new InvalidStateError(`replica ${this.id}: delta ${this.delta!.generation} is still being applied`);
+    const expected = (this.delta?.generation ?? 0) + 1;
+    if (generation !== expected) throw new UnitOrderError(`delta ${generation} out of order: expected delta ${expected}`, generation < expected ? 'duplicate' : 'gap', expected, generation);
+    if (st.unitSequence > firstSequence) {
+      throw new InvalidStateError(`replica ${this.id} replayed to unit ${st.unitSequence}, past the instant of delta ${generation} (unit ${firstSequence})`);
+    }
+    this.delta = new DeltaRestorer(this.machine, generation, firstSequence);
+  }
+
+  restoreDeltaChunk(chunk: CheckpointChunk): void {
+    this.require('replica');
+    if (!this.deltaInProgress) throw new InvalidStateError(`replica ${this.id}: delta chunk ${chunk.index} with no delta in progress`);
+    this.delta!.apply(chunk);
   }
 
   constructor(
@@ -183,6 +213,7 @@ export class SimReplica implements TargetReplica, CheckpointReplayTarget, PageRe
 
   applyUnit(bytes: Uint8Array): { sequence: number; guestNs: number; final: boolean } {
     this.require('replica');
+    if (this.deltaInProgress) throw new InvalidStateError(`replica ${this.id}: no unit replays while delta ${this.delta!.generation} is being applied`);
     // Everything is checked before anything is applied: a rejected unit leaves the replica as it was.
     const unit = decodeUnit(bytes);
     const st = this.machine.state;

@@ -1,0 +1,109 @@
+// The `sim` guest's capabilities log-recording and delta-checkpoint: its recording (the bounded
+// queue of sealed units, recording.ts), the live checkpoint at the recording's start and the delta
+// checkpoints after it (checkpoint.ts, delta.ts). The guest's runner seals units into the current
+// recording (SimSourceGuest.executeUnit); everything the agent asks of the log goes through here.
+
+import { InvalidArgumentError, InvalidStateError } from '../../errors.js';
+import type { CheckpointChunk, DeltaSource, DeltaStart, LogRecorder, RecordingStart, RecordingStats, SealedUnit } from '../types.js';
+import { beginCheckpoint, checkpointChunks, CHUNK_PAGES_DEFAULT, CHUNK_PAGES_MAX, endCheckpoint } from './checkpoint.js';
+import { beginDelta, deltaChunks, endDelta } from './delta.js';
+import type { SimMachine } from './machine.js';
+import { Recording, type RecordingLimits } from './recording.js';
+
+/** What the recorder needs of its guest. */
+export interface RecorderHost {
+  readonly id: string;
+  readonly machine: SimMachine;
+  readonly options: RecordingLimits & { cowBytesMax: number };
+  /** Throws if the guest was discarded. */
+  checkAlive(): void;
+  /** Wall time the guest stalled on the log queue or the copy-on-write pool, in all. */
+  stallMs(): number;
+}
+
+export class SimRecorder implements LogRecorder, DeltaSource {
+  /** The recording in progress (between startRecording and stopRecording), if any. */
+  recording: Recording | null = null;
+
+  constructor(private readonly host: RecorderHost) {}
+
+  startRecording(): RecordingStart {
+    const { id, machine } = this.host;
+    this.host.checkAlive();
+    if (machine.memory.missing !== null) {
+      throw new InvalidStateError(`guest ${id} is still receiving ${machine.memory.missingCount} pages by post-copy`, { reason: 'GUEST_NOT_RUNNING', metadata: { guestId: id } });
+    }
+    if (this.recording !== null) throw new InvalidStateError(`guest ${id} is already recording (since unit ${this.recording.firstSequence})`, { reason: 'GUEST_BUSY', metadata: { guestId: id } });
+    const st = machine.state;
+    // The runner is between units whenever this code runs: the checkpoint's instant is the
+    // recording's first unit boundary. Pages dirtied from here make the first delta.
+    this.recording = new Recording(st.unitSequence, beginCheckpoint(machine, this.host.options.cowBytesMax), this.host.options);
+    machine.memory.clearDirty();
+    return { firstSequence: st.unitSequence, position: st.position };
+  }
+
+  liveCheckpoint(options: { chunkPages?: number; reuseBuffer?: boolean } = {}): AsyncIterable<CheckpointChunk> {
+    const rec = this.recording;
+    const id = this.host.id;
+    if (rec === null || rec.checkpoint === null) throw new InvalidStateError(`guest ${id}: a live checkpoint is taken at the start of a recording; start one first`);
+    if (rec.checkpointTaken) throw new InvalidStateError(`guest ${id}: the checkpoint of this recording was already taken`);
+    const chunkPages = checkChunkPages(options.chunkPages);
+    rec.checkpointTaken = true;
+    return checkpointChunks(this.host.machine, rec.checkpoint, chunkPages, options.reuseBuffer ?? false);
+  }
+
+  pagesDirtiedSinceInstant(): number {
+    this.host.checkAlive();
+    return this.recording === null ? 0 : this.host.machine.memory.dirtyCount();
+  }
+
+  rebase(): DeltaStart {
+    const { id, machine } = this.host;
+    this.host.checkAlive();
+    const rec = this.recording;
+    if (rec === null || rec.sealedFinal) throw new InvalidStateError(`guest ${id} is not recording: a delta checkpoint belongs to a recording`, { reason: 'GUEST_BUSY' });
+    if (!rec.checkpointTaken || (rec.delta !== null && !rec.delta.taken)) {
+      throw new InvalidStateError(`guest ${id}: the previous checkpoint of this recording was not taken yet`, { reason: 'GUEST_BUSY' });
+    }
+    // Between units, as always here: the instant is the boundary before the next unit.
+    const delta = beginDelta(machine, this.host.options.cowBytesMax, (rec.delta?.generation ?? 0) + 1);
+    rec.delta = delta;
+    rec.dropBefore(delta.firstSequence);
+    return { generation: delta.generation, firstSequence: delta.firstSequence, position: machine.state.position, pages: delta.pages.length };
+  }
+
+  deltaCheckpoint(options: { chunkPages?: number; reuseBuffer?: boolean } = {}): AsyncIterable<CheckpointChunk> {
+    const delta = this.recording?.delta ?? null;
+    if (delta === null || delta.taken) throw new InvalidStateError(`guest ${this.host.id}: no delta begun (rebase first)`);
+    const chunkPages = checkChunkPages(options.chunkPages);
+    delta.taken = true;
+    return deltaChunks(this.host.machine, delta, chunkPages, options.reuseBuffer ?? false);
+  }
+
+  async nextSealedUnit(signal?: AbortSignal): Promise<SealedUnit | null> {
+    return this.recording === null ? null : this.recording.next(this.host.id, signal);
+  }
+
+  recordingStats(): RecordingStats {
+    const stallMs = this.host.stallMs();
+    return this.recording?.stats(stallMs) ?? { unitsRecorded: 0, logBytes: 0, unitsQueued: 0, bytesQueued: 0, stallMs };
+  }
+
+  stopRecording(): void {
+    const rec = this.recording;
+    if (rec === null) return;
+    const machine = this.host.machine;
+    if (rec.checkpoint !== null) endCheckpoint(machine, rec.checkpoint);
+    if (rec.delta !== null) endDelta(machine, rec.delta);
+    this.recording = null;
+    rec.stop();
+  }
+}
+
+function checkChunkPages(requested: number | undefined): number {
+  const chunkPages = requested ?? CHUNK_PAGES_DEFAULT;
+  if (!Number.isInteger(chunkPages) || chunkPages < 8 || chunkPages > CHUNK_PAGES_MAX || chunkPages % 8 !== 0) {
+    throw new InvalidArgumentError(`chunkPages=${chunkPages}: expected a multiple of 8 in [8, ${CHUNK_PAGES_MAX}]`);
+  }
+  return chunkPages;
+}

@@ -1,0 +1,38 @@
+// What a target session (session.ts) needs of the agent that accepted its stream, and of the
+// stream itself: narrow, so that tests drive a session with fakes.
+
+import type { AgentMetrics } from '../shared/metrics.js';
+import type { MigrationMethod } from '../shared/stats.js';
+import type { pb } from '../shared/transport/grpc.js';
+import type { TransferView } from './incoming-jobs.js';
+import type { TargetOptions } from './options.js';
+import type { TransferPhase } from './receivers/context.js';
+import type { Reservation } from './reservation.js';
+
+type SourceMessage = InstanceType<typeof pb.SourceMessage>;
+type TargetMessage = InstanceType<typeof pb.TargetMessage>;
+
+/** What a session needs of the agent that accepted its stream (MigrationService). */
+export interface SessionHost {
+  readonly options: Pick<TargetOptions, 'unitWindow' | 'unitWindowBytes' | 'progressIntervalMs' | 'activationHooks' | 'hookTimeoutMs'>;
+  readonly metrics?: Pick<AgentMetrics, 'incomingEnded' | 'unitsReplayed'>;
+  /** Takes reservation `reservationId` for this transfer (NotFoundError, InvalidStateError). */
+  open(reservationId: string, method: MigrationMethod): Reservation;
+  /** Releases the reservation and discards its replica. */
+  release(reservationId: string, reason: string): void;
+  /** Drops the reservation of a replica that became a guest here. */
+  forget(reservationId: string): void;
+  /** Discards a guest running here (a post-copy whose commit failed). */
+  discardGuest(guestId: string): void;
+  /** The transfer of job `jobId` entered `phase`; `view` tells its state (incoming jobs as Control shows them). */
+  phaseChanged?(jobId: string, phase: TransferPhase, method: MigrationMethod | null, view: () => TransferView): void;
+}
+
+/** The server side of a Transfer stream, as the session uses it. */
+export interface TransferStream {
+  on(event: 'data', listener: (message: SourceMessage) => void): unknown;
+  on(event: 'end' | 'cancelled', listener: () => void): unknown;
+  on(event: 'error', listener: (error: Error) => void): unknown;
+  write(message: TargetMessage): unknown;
+  end(): unknown;
+}
