@@ -24,6 +24,8 @@ export interface IncomingJob {
   readonly guestId: string;
   readonly reservationId: string;
   readonly reservedMemoryBytes: number;
+  /** From the reservation until the replica's memory was ready (allocated and mapped); 0 until it is. */
+  readonly memoryReadyMs: number;
   readonly method: MigrationMethod | null;
   readonly phase: MigrationPhase;
   readonly phasesPassed: readonly MigrationPhase[];

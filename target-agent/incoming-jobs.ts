@@ -26,6 +26,7 @@ export interface TransferView {
 interface Entry {
   readonly reservation: Reservation;
   readonly reservedMemoryBytes: number;
+  memoryReadyMs: number;
   readonly startedAtMs: number;
   endedAtMs: number;
   error: string;
@@ -66,6 +67,7 @@ export class IncomingJobs {
     this.entries.set(reservation.migrationId, {
       reservation,
       reservedMemoryBytes,
+      memoryReadyMs: 0,
       startedAtMs: this.clock.epochMs(),
       endedAtMs: 0,
       error: '',
@@ -73,6 +75,12 @@ export class IncomingJobs {
       last: { phase: 'open', method: null, counters: {} },
       phasesPassed: ['reservation'],
     });
+  }
+
+  /** The replica's memory of job `jobId` became ready `ms` after the reservation. */
+  memoryReady(jobId: string, ms: number): void {
+    const entry = this.entries.get(jobId);
+    if (entry !== undefined) entry.memoryReadyMs = ms;
   }
 
   /** A transfer opened the job's reservation; `view` tells its state from now on. */
@@ -127,6 +135,7 @@ export class IncomingJobs {
       guestId: entry.reservation.replica.id,
       reservationId: entry.reservation.id,
       reservedMemoryBytes: entry.reservedMemoryBytes,
+      memoryReadyMs: entry.memoryReadyMs,
       method: view.method ?? entry.reservation.method,
       phase: over ? 'done' : migrationPhaseOf(view.phase, view.method),
       phasesPassed: [...entry.phasesPassed],

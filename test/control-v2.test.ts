@@ -118,6 +118,7 @@ t.test('a CR/TR migration through Control v2: enums, both ends, a late watch, re
   t.equal(onTarget.state, JobState.JOB_STATE_SUCCEEDED, 'the target keeps the ended job');
   t.equal(onTarget.target?.activated, true);
   t.ok((onTarget.target?.unitsReplayed ?? 0) > 0);
+  t.ok((onTarget.target?.memoryReadyMs ?? 0) > 0, `the replica's memory was ready ${onTarget.target?.memoryReadyMs} ms after the reservation`);
   const listed = await unary(dst, controlServiceV2.listJobs, pb2.ListJobsRequest.create({ role: JobRole.JOB_ROLE_TARGET }), 10_000, 'target jobs');
   t.same(listed.jobs.map((j) => j.jobId), [jobId]);
 

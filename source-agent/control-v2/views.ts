@@ -134,6 +134,7 @@ export function incomingJobMessage(job: IncomingJob): Job {
     target: pb2.TargetStats.create({
       reservationId: job.reservationId,
       reservedMemoryBytes: job.reservedMemoryBytes,
+      memoryReadyMs: job.memoryReadyMs,
       chunksApplied: c.chunksApplied ?? 0,
       checkpointRestored: c.checkpointRestored ?? false,
       unitsReceived: c.unitsReceived ?? 0,
