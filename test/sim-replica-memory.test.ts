@@ -89,6 +89,8 @@ t.test('the pool holds no more than its bound', async (t) => {
   await replica.memoryReady;
   replica.discard();
   t.equal(target.pooledBytes, 64 * MiB);
+  target.shutdown();
+  t.equal(target.pooledBytes, 0, 'let go at shutdown');
 });
 
 t.test('a replica discarded while its memory is made ready stops there', async (t) => {

@@ -158,6 +158,8 @@ export class SimDriver implements HypervisorDriver {
   shutdown(): void {
     for (const g of [...this.guests.values()]) g.discard();
     for (const r of [...this.replicas.values()]) r.discard();
+    // Nothing comes after a shutdown that could reuse them.
+    this.pool?.clear();
   }
 
   private checkRoom(id: string, memoryBytes: number): void {

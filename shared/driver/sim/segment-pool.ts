@@ -31,6 +31,11 @@ export class SegmentPool {
     return segment;
   }
 
+  /** Lets every kept segment go (to the collector). */
+  clear(): void {
+    this.segments.length = 0;
+  }
+
   /** Keeps `segment` if it is full-size and the pool has room; otherwise it is left to the collector. */
   give(segment: Int32Array): void {
     if (segment.byteLength === SEGMENT_BYTES && this.bytes + SEGMENT_BYTES <= this.bytesMax) this.segments.push(segment);
