@@ -19,7 +19,7 @@
 // guest runs.
 
 /** A delta must cost less than the backlog's replay by this factor. */
-export const DELTA_MARGIN = 1.5;
+export const DELTA_MARGIN = 1.25;
 /** Below this backlog (units), replaying is always cheap enough. */
 export const DELTA_BACKLOG_UNITS_MIN = 8;
 /** Delta rounds of one migration, at most. */

@@ -46,7 +46,7 @@ t.test('chooseCatchUp: a guest that replays fast keeps replaying', async (t) => 
 t.test('chooseCatchUp: the delta must win by the margin', async (t) => {
   // deltaMs = 100 ms exactly (no RTT): weighted = 100 * r * margin.
   const at = { ...base, deltaPages: 1000, pageWireBytes: 10_000, throughputBytesPerSec: 100e6, rttMs: 0, replayRate: 1.2 };
-  const threshold = 100 * 1.2 * DELTA_MARGIN; // 180 ms of backlog
+  const threshold = 100 * 1.2 * DELTA_MARGIN; // 150 ms of backlog
   t.equal(chooseCatchUp({ ...at, backlogUnits: threshold / 10 }).way, 'replay', 'at the threshold: replay');
   t.equal(chooseCatchUp({ ...at, backlogUnits: threshold / 10 + 1 }).way, 'delta', 'past it: delta');
 });

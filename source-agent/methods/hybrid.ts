@@ -16,6 +16,7 @@ import { chooseCatchUp, type CatchUpDecision } from '../../shared/catch-up.js';
 import type { DeltaSource } from '../../shared/driver/types.js';
 import { PAGE_BYTES } from '../../shared/driver/types.js';
 import { InvalidStateError, VmMigrateError } from '../../shared/errors.js';
+import { CHUNK_PAGES } from '../streams/checkpoint.js';
 import type { LogStream } from '../streams/log.js';
 import type { MethodContext } from './method.js';
 
@@ -120,9 +121,11 @@ export class HybridCatchUp {
     channel.send({ rebase: { generation: start.generation, firstSequence: start.firstSequence, pages: start.pages } });
     ctx.round(`delta ${start.generation} of ${start.pages} pages as of unit ${start.firstSequence}: ${decision.reason}`);
     let wireBytes = 0;
-    for await (const chunk of this.deltas.deltaCheckpoint({ reuseBuffer: true })) {
+    // Packed (lz4, xxh64) by the compression workers where there are any: the guest runs on this
+    // thread meanwhile. The chunk's buffer is reused for the next one: packAsync copies it first.
+    for await (const chunk of this.deltas.deltaCheckpoint({ reuseBuffer: true, chunkPages: CHUNK_PAGES })) {
       await channel.until(() => this.checkpointChunksSent() + this.chunksSent - channel.progress.chunksApplied < ctx.windows.chunks);
-      const message = channel.pack({ kind: 'chunk', index: chunk.index, final: chunk.final, memoryBytesCovered: chunk.memoryBytesCovered, generation: start.generation }, chunk.bytes);
+      const message = await channel.packAsync({ kind: 'chunk', index: chunk.index, final: chunk.final, memoryBytesCovered: chunk.memoryBytesCovered, generation: start.generation }, chunk.bytes);
       this.chunksSent++;
       wireBytes += message.dataBytes;
       await channel.write(message, ctx.request.maxBandwidthBytesPerSec);
