@@ -48,14 +48,20 @@ async function until(s: Setup, condition: () => boolean, what: string): Promise<
   throw new Error(`never happened: ${what}`);
 }
 
-/** Plays the target through the checkpoint and the log transfer up to an agreed stop and the final unit's replay. */
-async function toCommit(s: Setup): Promise<FakeChannel> {
+/** Plays the target through the checkpoint and the log transfer up to an agreed stop. */
+async function toStop(s: Setup): Promise<FakeChannel> {
   await until(s, () => s.peer.channel !== null, 'transfer opened');
   const channel = s.peer.channel!;
   await until(s, () => channel.writtenOf('chunk').length === 3, 'three chunks');
   channel.report({ chunksApplied: 3, checkpointRestored: true });
   await until(s, () => s.job.stats.phase === 'log-transfer', 'log transfer');
   t.equal(channel.requestStop(0, 18)?.granted, true);
+  return channel;
+}
+
+/** Plays the target up to an agreed stop and the final unit's replay. */
+async function toCommit(s: Setup): Promise<FakeChannel> {
+  const channel = await toStop(s);
   await until(s, () => channel.writtenOf('unit').some((u) => (u.body as { final: boolean }).final), 'the final unit');
   await s.clock.advance(25);
   channel.report({ unitsReplayed: 1, finalReplayed: true });
@@ -112,12 +118,7 @@ t.test('a refused commit: the target dropped its replica, the guest resumes here
 
 t.test('an early commit: sent right behind the final unit; refused with a reason when the final replay failed, the guest resumes here', async (t) => {
   const s = setup({}, {}, (peer) => (peer.reserveReply.earlyCommit = true));
-  await until(s, () => s.peer.channel !== null, 'transfer opened');
-  const channel = s.peer.channel!;
-  await until(s, () => channel.writtenOf('chunk').length === 3, 'three chunks');
-  channel.report({ chunksApplied: 3, checkpointRestored: true });
-  await until(s, () => s.job.stats.phase === 'log-transfer', 'log transfer');
-  t.equal(channel.requestStop(0, 18)?.granted, true);
+  const channel = await toStop(s);
   await until(s, () => channel.commitDigestSent !== '', 'the commit, with no report of the final replay');
   t.ok(channel.writtenOf('unit').some((u) => (u.body as { final: boolean }).final), 'after the final unit');
   channel.commitResult = pb.CommitResult.create({ matched: false, refusedReason: 'unit 7: checksum mismatch' });
