@@ -47,6 +47,11 @@ export interface CatchUpInputs {
   restoreBytesPerSec: number;
   /** Throughput of the checkpoint on the wire, bytes per second. */
   throughputBytesPerSec: number;
+  /**
+   * The log's bytes per second of guest time (0: not known). A log that fills the link alone can
+   * never let the switchover through, whatever a delta does to the backlog.
+   */
+  logBytesPerSec?: number;
   rttMs: number;
   /** Delta rounds taken so far in this migration. */
   roundsTaken: number;
@@ -91,6 +96,10 @@ export function chooseCatchUp(input: CatchUpInputs): CatchUpDecision {
   if (input.roundsTaken >= DELTA_ROUNDS_MAX) return { ...base, way: 'replay', reason: `${input.roundsTaken} delta rounds taken, the most one migration takes` };
   if (input.backlogUnits < DELTA_BACKLOG_UNITS_MIN) return { ...base, way: 'replay', reason: `backlog of ${input.backlogUnits} units is small` };
   if (!Number.isFinite(deltaMs)) return { ...base, way: 'replay', reason: 'checkpoint throughput not measured' };
+  const logRate = input.logBytesPerSec ?? 0;
+  if (logRate >= input.throughputBytesPerSec) {
+    return { ...base, way: 'replay', reason: `the log alone (${(logRate / 1e6).toFixed(1)} MB/s) fills the link (${(input.throughputBytesPerSec / 1e6).toFixed(1)} MB/s): no delta lets the switchover through` };
+  }
   // D * max(r, g) * margin < B: see the head comment.
   const weighted = deltaMs * Math.max(r, g) * DELTA_MARGIN;
   const summary = `backlog ${fmt(backlogMs)} of guest time (catch-up by replay ${fmt(replayMs)} at ${r.toFixed(2)}x${g !== 1 ? `, the guest at ${g.toFixed(2)}x` : ''}), delta of ${input.deltaPages} pages ${fmt(deltaMs)} (catch-up ${fmt(deltaCatchUp)})`;

@@ -78,3 +78,10 @@ t.test('chooseCatchUp: a guest slower than its schedule (a busy host) drains fas
   t.equal(chooseCatchUp({ ...base, replayRate: 0.4, guestRate: 0.9, deltaPages: 25_000 }).way, 'delta');
   t.equal(chooseCatchUp({ ...base, replayRate: 0.4, guestRate: 0.9, deltaPages: 250_000 }).way, 'replay');
 });
+
+t.test('chooseCatchUp: a log that fills the link alone takes no delta (the switchover could never go through)', async (t) => {
+  const d = chooseCatchUp({ ...base, logBytesPerSec: 15e6, throughputBytesPerSec: 4e6, pageWireBytes: 100 });
+  t.equal(d.way, 'replay');
+  t.match(d.reason, /the log alone \(15\.0 MB\/s\) fills the link \(4\.0 MB\/s\)/);
+  t.equal(chooseCatchUp({ ...base, logBytesPerSec: 1e6 }).way, 'delta', 'a log well within the link: the delta as before');
+});

@@ -104,6 +104,7 @@ export class HybridCatchUp {
       deltaPages: this.deltas.pagesDirtiedSinceInstant(),
       pageWireBytes,
       restoreBytesPerSec: 0,
+      logBytesPerSec: s.logRateBytesPerSec,
       throughputBytesPerSec: this.deltaBytesPerSec || ctx.throughputBytesPerSec,
       rttMs: ctx.channel.rttMs,
       roundsTaken: s.deltaRounds,
