@@ -222,3 +222,16 @@ t.test('predictMigration: the bandwidth cap limits the link', async (t) => {
   t.equal(predictMigration({ ...web, linkBytesPerSec: 0 }).derived.linkBytesPerSec, Infinity, 'nothing known: not limiting');
   t.ok(byMethod(capped.methods, 'crtr').totalTimeMs > byMethod(predictMigration(web).methods, 'crtr').totalTimeMs);
 });
+
+t.test('CR/TR: a replay barely faster than the guest drains past the maximum duration: forced then', async (t) => {
+  // Replay at 1.01x drains the ~1.3 s backlog in about 128 s.
+  const nearlyBound: PredictionInputs = { ...web, busyFraction: 0.99, hybridCatchUp: false, dirtyWindows: [{ windowMs: 500, pages: 30_000 }, { windowMs: 2000, pages: 120_000 }] };
+  const within = byMethod(predictMigration(nearlyBound).methods, 'crtr');
+  t.match(within.reason, /drains the .* backlog in/, 'within the default maximum (600 s): it drains');
+  const p = byMethod(predictMigration({ ...nearlyBound, maxDurationMs: 60_000 }).methods, 'crtr');
+  t.match(p.reason, /past the maximum duration/);
+  t.ok(p.totalTimeMs <= 60_000 + p.downtimeMs + 1_000, `total ${p.totalTimeMs} ms: within the maximum duration`);
+  t.ok(p.downtimeMs > within.downtimeMs, 'the forced stop replays what is left');
+  const shorter = byMethod(predictMigration({ ...nearlyBound, maxDurationMs: 10_000 }).methods, 'crtr');
+  t.ok(shorter.downtimeMs > p.downtimeMs, 'a shorter maximum leaves more to replay at the forced stop');
+});

@@ -7,7 +7,7 @@ import { chooseCatchUp } from '../../shared/catch-up.js';
 import { expectedDowntimeMs, SWITCHOVER_UNITS_FLOOR, SWITCHOVER_WINDOW_MS } from '../../shared/convergence.js';
 import { PAGE_BYTES } from '../../shared/driver/types.js';
 import { precopyRoundRate, precopyShouldStop } from '../methods/precopy-rules.js';
-import { type Derived, fmtMiB, fmtMs, linkSeconds, MACHINE_STATE_BYTES, type MethodPrediction, PAGE_BATCH_BYTES_PER_PAGE, pageSeconds, type PredictionInputs, SETUP_ROUND_TRIPS } from './model.js';
+import { type Derived, fmtMiB, fmtMs, linkSeconds, MACHINE_STATE_BYTES, MAX_DURATION_MS_DEFAULT, type MethodPrediction, PAGE_BATCH_BYTES_PER_PAGE, pageSeconds, type PredictionInputs, SETUP_ROUND_TRIPS } from './model.js';
 
 /** Points at which the models integrate over a phase (copy-on-write peak, post-copy faults). */
 const GRID_POINTS = 64;
@@ -104,11 +104,20 @@ export function predictCrtr(inputs: PredictionInputs, d: Derived, hybrid: boolea
   let replayMs: number;
   let downtimeMs: number;
   let how: string;
-  if (r > 1) {
+  // What is left of the maximum duration once the checkpoint and the deltas are done.
+  const drainBudgetMs = Math.max(0, (inputs.maxDurationMs ?? MAX_DURATION_MS_DEFAULT) - checkpointMs - catchUp.deltaMs);
+  const drainMs = r > 1 ? Math.max(0, catchUp.backlogMs - SWITCHOVER_UNITS_FLOOR * inputs.unitMs) / (r - 1) : Infinity;
+  if (r > 1 && drainMs <= drainBudgetMs) {
     // The backlog drains at r - 1 until only the unit in progress is left.
-    replayMs = Math.max(0, catchUp.backlogMs - SWITCHOVER_UNITS_FLOOR * inputs.unitMs) / (r - 1);
+    replayMs = drainMs;
     downtimeMs = downtimeFor(SWITCHOVER_UNITS_FLOOR);
     how = `replay at ${r.toFixed(1)}x drains the ${fmtMs(catchUp.backlogMs)} backlog in ${fmtMs(replayMs)}; switchover with one unit left`;
+  } else if (r > 1) {
+    // It would drain, but not before the maximum duration: the stop is forced then, with what is left.
+    replayMs = drainBudgetMs;
+    const backlogMs = Math.max(SWITCHOVER_UNITS_FLOOR * inputs.unitMs, catchUp.backlogMs - (r - 1) * drainBudgetMs);
+    downtimeMs = downtimeFor(backlogMs / inputs.unitMs);
+    how = `replay at ${r.toFixed(2)}x would drain the backlog in ${fmtMs(drainMs)}, past the maximum duration: ${fmtMs(backlogMs)} of it is replayed within the downtime`;
   } else {
     // Replay no faster than the guest: the switchover waits one window for the backlog to stop
     // shrinking, then replays what is left within the downtime.

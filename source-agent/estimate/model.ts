@@ -38,7 +38,12 @@ export interface PredictionInputs {
   available: readonly MigrationMethod[];
   /** Both agents make delta checkpoints: CR/TR catches up the hybrid way (shared/catch-up.ts). */
   hybridCatchUp: boolean;
+  /** The migration's maximum duration (default: the agents' own default, MAX_DURATION_MS_DEFAULT). */
+  maxDurationMs?: number;
 }
+
+/** The agents' default maximum duration of a migration (migration.maxDurationMs, shared/config.ts). */
+export const MAX_DURATION_MS_DEFAULT = 600_000;
 
 /** What one method would cost. Times are Infinity when the method would never get there. */
 export interface MethodPrediction {

@@ -22,8 +22,9 @@
 //               leaving a backlog of D (and the log-only catch-up is predicted beside it);
 //   switchover  with ρ > 1 the backlog drains in (backlog - u) / (ρ - 1) and the downtime is one
 //               unit's: expectedDowntimeMs(one unit of log, 1 unit to replay) = max(u L / B, u / ρ)
-//               + 2R; with ρ ≤ 1 it never drains: after one switchover window (2 s) the backlog,
-//               grown by (1 - ρ) × 2 s, is replayed within the downtime;
+//               + 2R; unless that is past the maximum duration (default 600 s): then the stop is
+//               forced with what is left then; with ρ ≤ 1 it never drains: after one switchover
+//               window (2 s) the backlog, grown by (1 - ρ) × 2 s, is replayed within the downtime;
 //   converges   when that downtime is within the limit;
 //   bytes       Z c + the deltas' pages × c + L × (time until the suspend) + one unit;
 //   disruption  downtime + stalls on the copy-on-write pool: the pool holds W(t) (1 - t / Tc)
