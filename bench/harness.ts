@@ -31,9 +31,10 @@ import { GIB_BYTES, MIB_BYTES } from './format.js';
 import { convergenceSpec, dataTransmittedSpec, disruptionSpec, downtimeVsMemorySpec, groupBy, renderSvg } from './plots.js';
 import { buildReport, type ReportMeta } from './report.js';
 import { isCrtr, type Method, type RunRecord, type RunSpec } from './run-record.js';
-import { AGENT_ARGS, killLiveChildren, MethodUnavailableError, runOne } from './run.js';
+import { MethodUnavailableError, runOne } from './run.js';
+import { AGENT_ARGS, killLiveChildren } from './run-processes.js';
 import { fullMatrixEstimate } from './estimate.js';
-import { type CellPrediction, cellsOf, killPredictionChildren, predictBefore } from './prediction.js';
+import { type CellPrediction, cellsOf, predictBefore } from './prediction.js';
 import { type HarnessOptions, matrixSpecs, parseOptions, USAGE, UsageError } from './harness-options.js';
 
 async function probeMethods(methods: Method[]): Promise<Map<Method, string>> {
@@ -284,7 +285,6 @@ async function runMatrix(o: HarnessOptions, argv: string[]): Promise<number> {
   // An interrupt stops the agents and keeps what was measured (then: --from-results to report).
   const onSignal = (signal: NodeJS.Signals) => {
     killLiveChildren();
-    killPredictionChildren();
     save();
     console.error(`\nbench: ${signal}: stopped; ${state.runs.length} runs kept in ${path.join(o.out, 'results.json')} (report them with --from-results)`);
     process.exit(130);

@@ -4,16 +4,13 @@
 // and report.md sets it against what the cell's runs measured (prediction-report.ts). One estimate
 // per cell, not per run: about the guest's boot, the warm-up, the sample (2 s) and the probe.
 
-import type { ChildProcess } from 'node:child_process';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type cliProgress from 'cli-progress';
-import { type AgentProcess, startAgentProcess, stopAgentProcess } from '../cli/agent-process.js';
 import { messageJson } from '../cli/views.js';
-import { controlServiceV2, grpc, makeClient, pb2, unary } from '../shared/transport/grpc.js';
+import { controlServiceV2, pb2, unary } from '../shared/transport/grpc.js';
 import { MIB_BYTES } from './format.js';
-import { type LinkHandle, startLinkInProcess, startLinkProcess } from './link-process.js';
 import type { RunSpec } from './run-record.js';
-import { agentArgs, agentNodeArgs } from './run.js';
+import { RunProcesses } from './run-processes.js';
 
 /** How each cell's guest is sampled: the agent's default period, and an 8 MiB probe. */
 export const PREDICTION_SAMPLE_MS = 2000;
@@ -48,39 +45,19 @@ export function cellsOf(specs: readonly RunSpec[]): Map<string, RunSpec> {
   return cells;
 }
 
-/** Processes of the estimate in progress, for killPredictionChildren on an interrupt. */
-const liveChildren = new Set<ChildProcess>();
-
-export function killPredictionChildren(): void {
-  for (const c of liveChildren) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
-  liveChildren.clear();
-}
-
-async function startLink(spec: RunSpec, targetAddress: string): Promise<LinkHandle | null> {
-  if (spec.link === 'direct') return null;
-  return spec.linkMode === 'child' ? startLinkProcess(targetAddress, spec.link) : startLinkInProcess(targetAddress, spec.link);
-}
-
 /** One EstimateMigration for `spec`'s cell; failures are recorded, not thrown. */
 export async function estimateCell(spec: RunSpec): Promise<CellPrediction> {
   const wallStart = performance.now();
   const out: CellPrediction = { kind: spec.kind, profile: spec.profile, link: spec.link, memoryBytes: spec.memoryBytes, seed: spec.seed, downtimeLimitMs: spec.downtimeLimitMs, status: 'error', error: '', wallMs: 0, estimate: null };
-  const agents: AgentProcess[] = [];
-  let link: LinkHandle | null = null;
-  let control: grpc.Client | null = null;
+  const processes = new RunProcesses();
   try {
-    const [source, target] = await Promise.all([startAgentProcess('source', agentArgs('source'), agentNodeArgs('source')), startAgentProcess('target', agentArgs('target'), agentNodeArgs('target'))]);
-    agents.push(source, target);
-    liveChildren.add(source.child).add(target.child);
-    link = await startLink(spec, target.address);
-    if (link?.child) liveChildren.add(link.child);
-    control = makeClient(controlServiceV2, 'Control', source.address, grpc.credentials.createInsecure());
+    const { targetAddress, control } = await processes.start(spec);
     const guest = pb2.StartGuestRequest.create({ id: 'bench-guest', profile: spec.profile, memoryBytes: spec.memoryBytes, environmentSeed: spec.seed });
     await unary(control, controlServiceV2.startGuest, guest, 300_000, 'starting the guest');
     await sleep(spec.warmupMs);
     const request = pb2.EstimateMigrationRequest.create({
       guestId: 'bench-guest',
-      targetAddress: link?.address ?? target.address,
+      targetAddress,
       downtimeLimitMs: spec.downtimeLimitMs,
       sampleMs: PREDICTION_SAMPLE_MS,
       probeBytes: PREDICTION_PROBE_BYTES,
@@ -91,11 +68,7 @@ export async function estimateCell(spec: RunSpec): Promise<CellPrediction> {
   } catch (error) {
     out.error = error instanceof Error ? error.message : String(error);
   } finally {
-    control?.close();
-    if (link !== null) await link.close().catch(() => null);
-    await Promise.all(agents.map((a) => stopAgentProcess(a)));
-    for (const a of agents) liveChildren.delete(a.child);
-    if (link?.child) liveChildren.delete(link.child);
+    await processes.stop();
     out.wallMs = performance.now() - wallStart;
   }
   return out;

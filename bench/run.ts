@@ -4,15 +4,13 @@
 // everything is stopped. Used by the matrix (harness.ts) and the data-plane benchmark. The record
 // keeps the figures and names it always had, read from the v2 job (figuresOf below).
 
-import type { ChildProcess } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { type AgentProcess, startAgentProcess, stopAgentProcess } from '../cli/agent-process.js';
 import { jobEnded, type JobMessage, jobStateWord, messageJson, methodValue, phaseWord, policyValue } from '../cli/views.js';
-import { controlServiceV2, grpc, makeClient, pb2, unary } from '../shared/transport/grpc.js';
+import { controlServiceV2, grpc, pb2, unary } from '../shared/transport/grpc.js';
 import { LINK_PROFILES } from '../shared/transport/link.js';
 import { convergenceSeries } from './curve.js';
-import { type LinkHandle, startLinkInProcess, startLinkProcess } from './link-process.js';
+import { RunProcesses } from './run-processes.js';
 import { type DisruptionTerms, isCrtr, type LinkName, type LowerBound, type ProcessCost, type RunRecord, type RunSpec } from './run-record.js';
 
 /** Reads /proc/<pid>/stat; null when that is not possible (not Linux, process gone). */
@@ -35,18 +33,7 @@ function costBetween(a: ProcessCost | null, b: ProcessCost | null): ProcessCost 
   return { cpuMs: b.cpuMs - a.cpuMs, userMs: b.userMs - a.userMs, systemMs: b.systemMs - a.systemMs, minorFaults: b.minorFaults - a.minorFaults };
 }
 
-/** Child processes of the run in progress, for killLiveChildren on an interrupt. */
-const liveChildren = new Set<ChildProcess>();
-
-/** SIGKILLs every agent and link process a run has started and not yet stopped. */
-export function killLiveChildren(): void {
-  for (const c of liveChildren) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
-  liveChildren.clear();
-}
-
 export class MethodUnavailableError extends Error {}
-
-type Control = ReturnType<typeof makeClient<typeof controlServiceV2>>;
 
 /** The figures of a run read from a v2 job (the source's view), under the record's names. */
 export interface JobFigures {
@@ -125,43 +112,13 @@ export function lowerBoundOf(f: Pick<JobFigures, 'stopLogWireBytes' | 'stopUnits
   return { logTransferMs, rttMs, replayMs, boundMs: logTransferMs + rttMs + replayMs };
 }
 
-async function startLink(spec: RunSpec, targetAddress: string): Promise<LinkHandle | null> {
-  if (spec.link === 'direct') return null;
-  return spec.linkMode === 'child' ? startLinkProcess(targetAddress, spec.link) : startLinkInProcess(targetAddress, spec.link);
-}
-
-/** Agent flags of every run: quiet logs (they share stderr with the progress bar), room for 4 GiB guests. */
-export const AGENT_ARGS = ['--log-level', 'error', '--memory-mib', '16384'];
-
-/**
- * BENCH_AGENT_NODE_ARGS: extra Node.js flags for the agents of every run, `{role}` replaced by
- * `source` or `target` (e.g. "--cpu-prof --cpu-prof-dir=/tmp/prof/{role}" to profile each side).
- */
-export function agentNodeArgs(role: 'source' | 'target'): string[] {
-  return envWords('BENCH_AGENT_NODE_ARGS', role);
-}
-
-/** AGENT_ARGS, then BENCH_AGENT_ARGS (agent flags, `{role}` replaced; e.g. "--log-level debug --chunk-window 64"). */
-export function agentArgs(role: 'source' | 'target'): string[] {
-  return [...AGENT_ARGS, ...envWords('BENCH_AGENT_ARGS', role)];
-}
-
-function envWords(name: string, role: 'source' | 'target'): string[] {
-  return (process.env[name] ?? '')
-    .split(' ')
-    .filter((a) => a !== '')
-    .map((a) => a.replaceAll('{role}', role));
-}
-
 /**
  * Runs one migration as `spec` says. Throws MethodUnavailableError when the source agent refuses
  * the method as not available (INVALID_ARGUMENT); any other failure is recorded, not thrown.
  */
 export async function runOne(spec: RunSpec): Promise<RunRecord> {
   const wallStart = performance.now();
-  const agents: AgentProcess[] = [];
-  let link: LinkHandle | null = null;
-  let control: Control | null = null;
+  const processes = new RunProcesses();
   const record: RunRecord = {
     kind: spec.kind,
     profile: spec.profile,
@@ -201,14 +158,7 @@ export async function runOne(spec: RunSpec): Promise<RunRecord> {
   };
   let unavailable: MethodUnavailableError | null = null;
   try {
-    const [source, target] = await Promise.all([startAgentProcess('source', agentArgs('source'), agentNodeArgs('source')), startAgentProcess('target', agentArgs('target'), agentNodeArgs('target'))]);
-    agents.push(source, target);
-    liveChildren.add(source.child).add(target.child);
-    link = await startLink(spec, target.address);
-    if (link?.child) liveChildren.add(link.child);
-    const targetAddress = link?.address ?? target.address;
-    control = makeClient(controlServiceV2, 'Control', source.address, grpc.credentials.createInsecure());
-    const c = control;
+    const { source, target, targetAddress, control: c } = await processes.start(spec);
     const bootStart = performance.now();
     const { guest } = await unary(
       c,
@@ -327,11 +277,7 @@ export async function runOne(spec: RunSpec): Promise<RunRecord> {
     record.status = 'error';
     record.error = error instanceof Error ? error.message : String(error);
   } finally {
-    control?.close();
-    if (link !== null) record.linkStats = await link.close().catch(() => null);
-    await Promise.all(agents.map((a) => stopAgentProcess(a)));
-    for (const a of agents) liveChildren.delete(a.child);
-    if (link?.child) liveChildren.delete(link.child);
+    record.linkStats = await processes.stop();
     record.wallMs = performance.now() - wallStart;
   }
   return record;

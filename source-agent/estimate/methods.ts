@@ -126,13 +126,12 @@ export function predictCrtr(inputs: PredictionInputs, d: Derived, hybrid: boolea
     downtimeMs = downtimeFor(backlogMs / inputs.unitMs);
     how = `replay at ${r.toFixed(2)}x never drains the backlog: ${fmtMs(backlogMs)} of it is replayed within the downtime`;
   }
-  const converges = downtimeMs <= inputs.downtimeLimitMs;
+  const { converges, verdict } = withinLimit(downtimeMs, inputs);
   const runMs = checkpointMs + catchUp.deltaMs + replayMs;
   const setupMs = SETUP_ROUND_TRIPS * inputs.rttMs;
   const bytes = d.nonZeroPages * d.pageWireBytes + catchUp.deltaBytes + (logRate * runMs) / 1000 + d.unitLogBytes;
   const deltas = catchUp.rounds > 0 ? `${catchUp.rounds} delta round(s) (${fmtMiB(catchUp.deltaBytes)}, ${fmtMs(catchUp.deltaMs)}), then ` : '';
   const stall = stallMs > 0 ? `; the guest stalls ${fmtMs(stallMs)} on the copy-on-write pool` : '';
-  const verdict = converges ? '' : `: downtime ${fmtMs(downtimeMs)} is over the ${inputs.downtimeLimitMs} ms limit`;
   return {
     ...base,
     converges,
@@ -178,8 +177,7 @@ export function predictPrecopy(inputs: PredictionInputs, d: Derived): MethodPred
   const lastMs = (pageSeconds(inputs, d, lastPages, d.linkBytesPerSec) + linkSeconds(d, lastPages * PAGE_BATCH_BYTES_PER_PAGE + MACHINE_STATE_BYTES)) * 1000;
   // The last pages and the machine state, the target's acknowledgement, the commit round trip.
   const downtimeMs = lastMs + 2 * inputs.rttMs;
-  const converges = downtimeMs <= inputs.downtimeLimitMs;
-  const verdict = converges ? '' : `: downtime ${fmtMs(downtimeMs)} is over the ${inputs.downtimeLimitMs} ms limit`;
+  const { converges, verdict } = withinLimit(downtimeMs, inputs);
   return {
     ...base,
     converges,
@@ -221,8 +219,7 @@ export function predictPostcopy(inputs: PredictionInputs, d: Derived): MethodPre
   const fetches = Math.min(faults, (pushS * 1000) / inputs.unitMs);
   // A guest stalled through the whole push loses at most the push: by then every page is there.
   const faultStallMs = Math.min(pushS * 1000, fetches * inputs.rttMs + faults * pageSeconds(inputs, d, 1, d.linkBytesPerSec) * 1000);
-  const converges = downtimeMs <= inputs.downtimeLimitMs;
-  const verdict = converges ? '' : `: downtime ${fmtMs(downtimeMs)} is over the ${inputs.downtimeLimitMs} ms limit`;
+  const { converges, verdict } = withinLimit(downtimeMs, inputs);
   return {
     ...base,
     converges,
@@ -233,4 +230,10 @@ export function predictPostcopy(inputs: PredictionInputs, d: Derived): MethodPre
     rounds: 0,
     reason: `switch in ${fmtMs(downtimeMs)}; then ${fmtMiB(d.nonZeroPages * d.pageWireBytes)} of pages are pushed in ${fmtMs(pushS * 1000)} while the guest faults on about ${Math.round(faults)} pages (${Math.round(fetches)} fetches of a round trip each, ${fmtMs(faultStallMs)} stalled)${verdict}`,
   };
+}
+
+/** Whether a predicted downtime is within the limit, and if not, the words that say so. */
+function withinLimit(downtimeMs: number, inputs: PredictionInputs): { converges: boolean; verdict: string } {
+  const converges = downtimeMs <= inputs.downtimeLimitMs;
+  return { converges, verdict: converges ? '' : `: downtime ${fmtMs(downtimeMs)} is over the ${inputs.downtimeLimitMs} ms limit` };
 }

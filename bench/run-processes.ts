@@ -1,0 +1,80 @@
+// The processes of one bench run (a migration, or a cell's estimate): fresh source and target
+// agent processes, the link emulator between them (none for 'direct'), a Control v2 client of the
+// source; all stopped together, and SIGKILLed on an interrupt (killLiveChildren).
+
+import type { ChildProcess } from 'node:child_process';
+import { type AgentProcess, startAgentProcess, stopAgentProcess } from '../cli/agent-process.js';
+import { controlServiceV2, grpc, makeClient } from '../shared/transport/grpc.js';
+import type { LinkStats } from '../shared/transport/link.js';
+import { type LinkHandle, startLinkInProcess, startLinkProcess } from './link-process.js';
+import type { RunSpec } from './run-record.js';
+
+/** Agent flags of every run: quiet logs (they share stderr with the progress bar), room for 4 GiB guests. */
+export const AGENT_ARGS = ['--log-level', 'error', '--memory-mib', '16384'];
+
+/**
+ * BENCH_AGENT_NODE_ARGS: extra Node.js flags for the agents of every run, `{role}` replaced by
+ * `source` or `target` (e.g. "--cpu-prof --cpu-prof-dir=/tmp/prof/{role}" to profile each side).
+ */
+export function agentNodeArgs(role: 'source' | 'target'): string[] {
+  return envWords('BENCH_AGENT_NODE_ARGS', role);
+}
+
+/** AGENT_ARGS, then BENCH_AGENT_ARGS (agent flags, `{role}` replaced; e.g. "--log-level debug --chunk-window 64"). */
+export function agentArgs(role: 'source' | 'target'): string[] {
+  return [...AGENT_ARGS, ...envWords('BENCH_AGENT_ARGS', role)];
+}
+
+function envWords(name: string, role: string): string[] {
+  return (process.env[name] ?? '')
+    .split(' ')
+    .filter((a) => a !== '')
+    .map((a) => a.replaceAll('{role}', role));
+}
+
+/** Child processes of the runs in progress, for killLiveChildren on an interrupt. */
+const liveChildren = new Set<ChildProcess>();
+
+/** SIGKILLs every agent and link process a run has started and not yet stopped. */
+export function killLiveChildren(): void {
+  for (const c of liveChildren) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
+  liveChildren.clear();
+}
+
+export type Control = ReturnType<typeof makeClient<typeof controlServiceV2>>;
+
+/** What a started run talks to: its source agent, the target's address as the source dials it, the source's Control client. */
+export interface StartedRun {
+  source: AgentProcess;
+  target: AgentProcess;
+  targetAddress: string;
+  control: Control;
+}
+
+export class RunProcesses {
+  private readonly agents: AgentProcess[] = [];
+  private link: LinkHandle | null = null;
+  private control: Control | null = null;
+
+  /** Starts both agents, the link for `spec` and the Control client; what started is stopped by stop(), even if this fails. */
+  async start(spec: RunSpec): Promise<StartedRun> {
+    const [source, target] = await Promise.all([startAgentProcess('source', agentArgs('source'), agentNodeArgs('source')), startAgentProcess('target', agentArgs('target'), agentNodeArgs('target'))]);
+    this.agents.push(source, target);
+    liveChildren.add(source.child).add(target.child);
+    this.link = spec.link === 'direct' ? null : spec.linkMode === 'child' ? await startLinkProcess(target.address, spec.link) : await startLinkInProcess(target.address, spec.link);
+    if (this.link?.child) liveChildren.add(this.link.child);
+    this.control = makeClient(controlServiceV2, 'Control', source.address, grpc.credentials.createInsecure());
+    return { source, target, targetAddress: this.link?.address ?? target.address, control: this.control };
+  }
+
+  /** Stops everything started; returns the link's statistics (null without a link, or if it failed to say). */
+  async stop(): Promise<LinkStats | null> {
+    this.control?.close();
+    const link = this.link;
+    const linkStats = link === null ? null : await link.close().catch(() => null);
+    await Promise.all(this.agents.map((a) => stopAgentProcess(a)));
+    for (const a of this.agents) liveChildren.delete(a.child);
+    if (link?.child) liveChildren.delete(link.child);
+    return linkStats;
+  }
+}
