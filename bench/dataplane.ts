@@ -49,6 +49,7 @@ import { measureRawHttp2 } from './raw-http2.js';
 import { measureRawTcp, type RawTcpResult } from './raw-tcp.js';
 import type { LinkMode, ProcessCost, RunRecord } from './run-record.js';
 import { runOne, seedOf } from './run.js';
+import { median } from './stats.js';
 
 export interface AgentDataplaneFigures {
   compression: boolean;
@@ -213,20 +214,15 @@ function best<T extends { bytesPerSec: number }>(a: T, b: T): T {
 
 const mbps = (bytesPerSec: number) => (bytesPerSec / MB_BYTES).toFixed(0);
 
-function medianOf(xs: number[]): number {
-  const sorted = [...xs].sort((a, b) => a - b);
-  return sorted.length === 0 ? NaN : sorted.length % 2 === 1 ? sorted[sorted.length >> 1] : (sorted[sorted.length / 2 - 1] + sorted[sorted.length / 2]) / 2;
-}
-
 /**
  * The benchmark's summary line: the agents' guest-memory rate with lz4 (direct, median over
  * repeats) over the least of raw TCP, lz4 on one core and memcpy (each the median over repeats).
  */
 export function dataplaneLine(d: DataplaneResult): string {
-  const memory = medianOf(d.repeats.flatMap((r) => r.agents.filter((a) => a.status === 'completed' && a.link === 'direct' && a.compression).map((a) => a.memoryBytesPerSec)));
-  const rawTcp = medianOf(d.repeats.map((r) => r.rawTcp.bytesPerSec));
-  const lz4 = medianOf(d.repeats.flatMap((r) => (r.lz4 === undefined ? [] : [r.lz4.bytesPerSec])));
-  const memcpy = medianOf(d.repeats.flatMap((r) => (r.memcpy === undefined ? [] : [r.memcpy.bytesPerSec])));
+  const memory = median(d.repeats.flatMap((r) => r.agents.filter((a) => a.status === 'completed' && a.link === 'direct' && a.compression).map((a) => a.memoryBytesPerSec)));
+  const rawTcp = median(d.repeats.map((r) => r.rawTcp.bytesPerSec));
+  const lz4 = median(d.repeats.flatMap((r) => (r.lz4 === undefined ? [] : [r.lz4.bytesPerSec])));
+  const memcpy = median(d.repeats.flatMap((r) => (r.memcpy === undefined ? [] : [r.memcpy.bytesPerSec])));
   const ratio = memory / Math.min(rawTcp, lz4, memcpy);
   return `dataplane: memory ${mbps(memory)} MB/s = ${ratio.toFixed(2)} x min(raw TCP ${mbps(rawTcp)}, lz4 ${mbps(lz4)}, memcpy ${mbps(memcpy)})`;
 }

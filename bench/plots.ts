@@ -18,7 +18,7 @@ import { compile, type TopLevelSpec } from 'vega-lite';
 import { convergenceSeries } from './curve.js';
 import { MIB_BYTES } from './format.js';
 import type { RunRecord } from './run-record.js';
-import { median } from './stats.js';
+import { median, summarize } from './stats.js';
 
 const METHOD_COLORS = { domain: ['crtr', 'crtr-log', 'precopy', 'postcopy'], range: ['#1f77b4', '#9467bd', '#d62728', '#2ca02c'] };
 const CONFIG = {
@@ -133,8 +133,8 @@ export function dataTransmittedSpec(records: RunRecord[]): TopLevelSpec | null {
 
 /** Median, min and max of the finite values (runs made before a figure was measured have none). */
 function spread(xs: number[]): { median: number; min: number; max: number } | null {
-  const v = xs.filter((x) => Number.isFinite(x));
-  return v.length === 0 ? null : { median: median(v), min: Math.min(...v), max: Math.max(...v) };
+  const s = summarize(xs);
+  return s.n === 0 ? null : { median: s.median, min: s.min, max: s.max };
 }
 
 /** Grouped bars: median guest disruption per method and profile, min-max rules, a tick at the median downtime; a panel per link. */

@@ -18,6 +18,8 @@
 // The final switchover always goes through the log: a delta only shortens the backlog while the
 // guest runs.
 
+import { PAGE_BYTES } from './driver/types.js';
+
 /** A delta must cost less than the backlog's replay by this factor. */
 export const DELTA_MARGIN = 1.25;
 /** Below this backlog (units), replaying is always cheap enough. */
@@ -73,7 +75,7 @@ export interface CatchUpDecision {
 export function deltaCostMs(input: Pick<CatchUpInputs, 'deltaPages' | 'pageWireBytes' | 'restoreBytesPerSec' | 'throughputBytesPerSec' | 'rttMs'>): number {
   if (!(input.throughputBytesPerSec > 0)) return Infinity;
   const sendMs = ((input.deltaPages * input.pageWireBytes) / input.throughputBytesPerSec) * 1000;
-  const restoreMs = input.restoreBytesPerSec > 0 ? ((input.deltaPages * 4096) / input.restoreBytesPerSec) * 1000 : 0;
+  const restoreMs = input.restoreBytesPerSec > 0 ? ((input.deltaPages * PAGE_BYTES) / input.restoreBytesPerSec) * 1000 : 0;
   // Sending and restoring overlap chunk by chunk: the slower of the two sets the pace.
   return Math.max(sendMs, restoreMs) + input.rttMs;
 }

@@ -56,13 +56,18 @@ export function stopUnitsFloor(rttMs: number, unitMs: number): number {
 }
 
 /** The source's answer to the target's stop request. */
-export function decideStop(input: StopInputs): { granted: boolean; allowedBytes: number; reason: string } {
+export function decideStop(input: StopInputs): { granted: boolean; allowedBytes: number; reason: string; waitForFloor?: boolean } {
   const allowedBytes = unsentLogBytesAllowed(input.downtimeLimitMs, input.throughputBytesPerSec, input.rttMs);
   if (input.unitsNotReplayed > input.unitsAllowed) {
     return { granted: false, allowedBytes, reason: `${input.unitsNotReplayed} units not yet replayed (some still in flight), over the ${input.unitsAllowed} the target allows` };
   }
   if (input.mayWaitForFloor === true && input.unitsFloor !== undefined && input.unitsNotReplayed > input.unitsFloor) {
-    return { granted: false, allowedBytes, reason: `${input.unitsNotReplayed} units not yet replayed (in flight included), more than the ${input.unitsFloor} a steady log has: waiting for fewer` };
+    return {
+      granted: false,
+      allowedBytes,
+      waitForFloor: true,
+      reason: `${input.unitsNotReplayed} units not yet replayed (in flight included), more than the ${input.unitsFloor} a steady log has: waiting for fewer`,
+    };
   }
   if (input.unsentLogBytes <= allowedBytes) {
     return { granted: true, allowedBytes, reason: `unsent log ${input.unsentLogBytes} B within ${allowedBytes} B` };

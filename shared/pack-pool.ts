@@ -70,6 +70,8 @@ export class PackPool implements PayloadPacker {
   async pack(body: PayloadBody, raw: Uint8Array, compress: boolean): Promise<PackedMessage> {
     if (this.closed) return packMessage(body, raw, compress);
     this.pool ??= new WorkerPool({ script: new URL('./pack-worker.js', import.meta.url), workers: this.workers, tasksPerWorkerMax: PACK_TASKS_PER_WORKER_MAX, name: 'lz4 compression' });
+    // Every worker full: pack here, without copying the chunk into a slot first.
+    if (this.pool.pending >= this.pool.capacity) return packMessage(body, raw, compress);
     const slot = this.slot(raw.length);
     new Uint8Array(slot.raw, 0, raw.length).set(raw);
     const task = this.pool.tryRun({ body, raw: slot.raw, rawLength: raw.length, out: slot.out, compress });

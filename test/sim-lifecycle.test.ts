@@ -3,7 +3,6 @@
 // activation of a replica.
 import t, { type Test } from 'tap';
 import { PAGE_BYTES } from '../shared/driver/types.js';
-import type { SourceGuest, TargetReplica } from '../shared/driver/types.js';
 import { SimDriver, type SimReplica, type SimSourceGuest, ZERO_CONTENT_MIX } from '../shared/driver/sim/index.js';
 import { peekUnitHeader } from '../shared/driver/sim/unit-codec.js';
 import { AlreadyExistsError, CorruptDataError, InvalidArgumentError, InvalidStateError, NotFoundError, ReservationRefusedError, VmMigrateError } from '../shared/errors.js';

@@ -172,7 +172,7 @@ export class CrtrMethod implements TransferMethod {
       unitsFloor: stopUnitsFloor(channel.rttMs, stats.unitMs),
       mayWaitForFloor: this.floorWaits < FLOOR_WAITS_MAX && ctx.elapsedMs() < SWITCHOVER_DEADLINE_SHARE * ctx.request.maxDurationMs,
     });
-    if (!decision.granted && /waiting for fewer/.test(decision.reason)) this.floorWaits++;
+    if (decision.waitForFloor === true) this.floorWaits++;
     channel.send({ stopDecision: { granted: decision.granted, reason: decision.reason, unsentLogBytes: unsent, unsentLogBytesAllowed: decision.allowedBytes } });
     if (decision.granted) {
       // The digest at commitment is inside the downtime: bring the incremental one up to date now.

@@ -3,7 +3,7 @@
 // (precopy-rules.ts); after the suspend, the last dirty set and the machine state.
 
 import type { Timer } from '../../shared/clock.js';
-import { PAGE_BYTES, type PageAccess } from '../../shared/driver/types.js';
+import { PAGE_BYTES } from '../../shared/driver/types.js';
 import type { MigrationPhase } from '../../shared/stats.js';
 import { checkpointThroughputBytesPerSec } from '../streams/counters.js';
 import { PageStream } from '../streams/pages.js';

@@ -68,7 +68,6 @@ export class CheckpointStream {
       await this.channel.write(message, this.rateBytesPerSec);
       lap('write');
     };
-    // The chunk's buffer is reused for the next one: packAsync copies it before it returns.
     const windowOpen = () => this.chunksSent - this.channel.progress.chunksApplied < this.chunkWindow;
     // The chunk's buffer is reused for the next one: packAsync copies it before it returns.
     for await (const chunk of recorder.liveCheckpoint({ reuseBuffer: true, chunkPages: CHUNK_PAGES })) {

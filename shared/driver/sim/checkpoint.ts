@@ -27,17 +27,60 @@ import { MachineState, type SimMachine } from './machine.js';
 
 export const CHUNK_MAGIC = 0x43545243; // 'CRTC' little-endian
 export const CHUNK_VERSION = 1;
-const CHUNK_HEADER_BYTES = 24;
-const CHUNK_TRAILER_BYTES = 8;
+export const CHUNK_HEADER_BYTES = 24;
+export const CHUNK_TRAILER_BYTES = 8;
 export const CHUNK_PAGES_DEFAULT = 256; // 1 MiB of guest memory per chunk
 export const CHUNK_PAGES_MAX = 4096; // 16 MiB
 /** Default bound of the copy-on-write pool (pages preserved, not yet sent). */
 export const COW_BYTES_MAX_DEFAULT = 64 * 1024 * 1024;
 
-function seal(out: Uint8Array): Uint8Array {
+/** Writes the trailer of a chunk: xxh64 of every byte before it. Returns `out`. */
+export function sealChunk(out: Uint8Array): Uint8Array {
   const end = out.length - CHUNK_TRAILER_BYTES;
   new DataView(out.buffer, out.byteOffset).setBigUint64(end, xxh64(out.subarray(0, end)), true);
   return out;
+}
+
+/** The final chunk of a checkpoint or a delta: the machine state of its instant (kind 1). */
+export function stateChunk(index: number, pageCount: number, state: Uint8Array): Uint8Array {
+  const out = new Uint8Array(CHUNK_HEADER_BYTES + state.length + CHUNK_TRAILER_BYTES);
+  const view = new DataView(out.buffer);
+  view.setUint32(0, CHUNK_MAGIC, true);
+  view.setUint8(4, CHUNK_VERSION);
+  view.setUint8(5, 1);
+  view.setUint32(8, index, true);
+  view.setUint32(12, pageCount, true);
+  view.setUint32(16, state.length, true);
+  out.set(state, CHUNK_HEADER_BYTES);
+  return sealChunk(out);
+}
+
+/**
+ * Checks what every chunk of a checkpoint or a delta must be before its kind is looked at: the
+ * next index, not after the final chunk, long enough, its checksum, magic, version and the index
+ * it carries. `what` names the chunk in errors. Returns a view of it and where its trailer starts.
+ */
+export function checkChunkFrame(chunk: CheckpointChunk, expectedIndex: number, done: boolean, what: string, finalName: string): { view: DataView; end: number } {
+  const bytes = chunk.bytes;
+  if (done) throw new UnitOrderError(`${what} arrived after ${finalName}`, 'duplicate', expectedIndex, chunk.index);
+  if (chunk.index !== expectedIndex) {
+    const kind = chunk.index < expectedIndex ? 'duplicate' : 'gap';
+    throw new UnitOrderError(`${what} out of order: expected chunk ${expectedIndex} (${kind})`, kind, expectedIndex, chunk.index);
+  }
+  if (bytes.length < CHUNK_HEADER_BYTES + CHUNK_TRAILER_BYTES) throw new CorruptDataError(`${what} truncated: ${bytes.length} bytes`);
+  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  const end = bytes.length - CHUNK_TRAILER_BYTES;
+  const stored = view.getBigUint64(end, true);
+  const actual = xxh64(bytes.subarray(0, end));
+  if (stored !== actual) throw new CorruptDataError(`${what}: checksum mismatch (stored ${stored.toString(16)}, computed ${actual.toString(16)}): corrupt or truncated`);
+  const magic = view.getUint32(0, true);
+  const version = view.getUint8(4);
+  if (magic !== CHUNK_MAGIC || version !== CHUNK_VERSION) {
+    throw new CorruptDataError(`${what}: magic 0x${magic.toString(16)} version ${version}, expected 0x${CHUNK_MAGIC.toString(16)} version ${CHUNK_VERSION}`);
+  }
+  const index = view.getUint32(8, true);
+  if (index !== chunk.index) throw new CorruptDataError(`${what} carries index ${index} inside`);
+  return { view, end };
 }
 
 /** A live checkpoint begun but not yet streamed: the instant's machine state, and the copy-on-write pool keeping its memory. */
@@ -60,8 +103,8 @@ export function beginCheckpoint(machine: SimMachine, cowBytesMax: number): Check
   return { state: machine.state.serialize(), cow, ended: false };
 }
 
-/** Ends a checkpoint early (or again): releases its pool, so the guest never stalls on it. */
-export function endCheckpoint(machine: SimMachine, instant: CheckpointInstant): void {
+/** Ends a checkpoint or a delta early (or again): releases its pool, so the guest never stalls on it. */
+export function endCheckpoint(machine: SimMachine, instant: Pick<CheckpointInstant, 'cow' | 'ended'>): void {
   instant.ended = true;
   instant.cow.release();
   if (machine.memory.cow === instant.cow) machine.memory.cow = null;
@@ -115,19 +158,10 @@ export async function* checkpointChunks(machine: SimMachine, instant: Checkpoint
       view.setUint32(12, first, true);
       view.setUint32(16, count, true);
       view.setUint32(20, present, true);
-      const bytes = seal(scratch);
+      const bytes = sealChunk(scratch);
       yield { index: index++, final: false, bytes, memoryBytesCovered: count * PAGE_BYTES };
     }
-    const out = new Uint8Array(CHUNK_HEADER_BYTES + state.length + CHUNK_TRAILER_BYTES);
-    const view = new DataView(out.buffer);
-    view.setUint32(0, CHUNK_MAGIC, true);
-    view.setUint8(4, CHUNK_VERSION);
-    view.setUint8(5, 1);
-    view.setUint32(8, index, true);
-    view.setUint32(12, memory.pageCount, true);
-    view.setUint32(16, state.length, true);
-    out.set(state, CHUNK_HEADER_BYTES);
-    yield { index, final: true, bytes: seal(out), memoryBytesCovered: 0 };
+    yield { index, final: true, bytes: stateChunk(index, memory.pageCount, state), memoryBytesCovered: 0 };
   } finally {
     endCheckpoint(machine, instant);
   }
@@ -151,28 +185,8 @@ export class CheckpointRestorer {
 
   apply(chunk: CheckpointChunk): void {
     const bytes = chunk.bytes;
-    if (this.done) throw new UnitOrderError(`checkpoint chunk ${chunk.index} arrived after the final chunk`, 'duplicate', this.nextIndex, chunk.index);
-    if (chunk.index !== this.nextIndex) {
-      const kind = chunk.index < this.nextIndex ? 'duplicate' : 'gap';
-      throw new UnitOrderError(`checkpoint chunk ${chunk.index} out of order: expected chunk ${this.nextIndex} (${kind})`, kind, this.nextIndex, chunk.index);
-    }
-    if (bytes.length < CHUNK_HEADER_BYTES + CHUNK_TRAILER_BYTES) {
-      throw new CorruptDataError(`checkpoint chunk ${chunk.index} truncated: ${bytes.length} bytes`);
-    }
-    const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
-    const end = bytes.length - CHUNK_TRAILER_BYTES;
-    const stored = view.getBigUint64(end, true);
-    const actual = xxh64(bytes.subarray(0, end));
-    if (stored !== actual) {
-      throw new CorruptDataError(`checkpoint chunk ${chunk.index}: checksum mismatch (stored ${stored.toString(16)}, computed ${actual.toString(16)}): corrupt or truncated`);
-    }
-    const magic = view.getUint32(0, true);
-    const version = view.getUint8(4);
-    if (magic !== CHUNK_MAGIC || version !== CHUNK_VERSION) {
-      throw new CorruptDataError(`checkpoint chunk ${chunk.index}: magic 0x${magic.toString(16)} version ${version}, expected 0x${CHUNK_MAGIC.toString(16)} version ${CHUNK_VERSION}`);
-    }
-    const index = view.getUint32(8, true);
-    if (index !== chunk.index) throw new CorruptDataError(`checkpoint chunk ${chunk.index} carries index ${index} inside`);
+    const { view, end } = checkChunkFrame(chunk, this.nextIndex, this.done, `checkpoint chunk ${chunk.index}`, 'the final chunk');
+    const index = chunk.index;
     const kind = view.getUint8(5);
     const memory = this.machine.memory;
     if (kind === 1) {

@@ -14,16 +14,23 @@
 // The final chunk is the live checkpoint's machine-state chunk (kind 1), the state as of the
 // delta's instant; the replica checks that it is at the unit the delta announced.
 
-import { CorruptDataError, InvalidStateError, UnitOrderError } from '../../errors.js';
-import { xxh64 } from '../../hash.js';
+import { CorruptDataError, InvalidStateError } from '../../errors.js';
 import type { CheckpointChunk } from '../types.js';
 import { PAGE_BYTES } from '../types.js';
-import { CHUNK_MAGIC, CHUNK_PAGES_MAX, CHUNK_VERSION } from './checkpoint.js';
+import {
+  CHUNK_HEADER_BYTES as HEADER_BYTES,
+  CHUNK_MAGIC,
+  CHUNK_PAGES_MAX,
+  CHUNK_TRAILER_BYTES as TRAILER_BYTES,
+  CHUNK_VERSION,
+  checkChunkFrame,
+  endCheckpoint,
+  sealChunk,
+  stateChunk,
+} from './checkpoint.js';
 import { MachineState, type SimMachine } from './machine.js';
 import { CopyOnWrite, ZERO_PAGE } from './memory.js';
 
-const HEADER_BYTES = 24;
-const TRAILER_BYTES = 8;
 const KIND_STATE = 1;
 const KIND_DELTA = 2;
 
@@ -51,18 +58,6 @@ export function beginDelta(machine: SimMachine, cowBytesMax: number, generation:
   return { generation, firstSequence: machine.state.unitSequence, pages, state: machine.state.serialize(), cow, ended: false, taken: false };
 }
 
-/** Ends a delta early (or again): releases its pool, so the guest never stalls on it. */
-export function endDelta(machine: SimMachine, instant: DeltaInstant): void {
-  instant.ended = true;
-  instant.cow.release();
-  if (machine.memory.cow === instant.cow) machine.memory.cow = null;
-}
-
-function seal(out: Uint8Array): Uint8Array {
-  const end = out.length - TRAILER_BYTES;
-  new DataView(out.buffer, out.byteOffset).setBigUint64(end, xxh64(out.subarray(0, end)), true);
-  return out;
-}
 
 /** The delta's chunks, made as the consumer pulls them; the delta ends when the stream does. */
 export async function* deltaChunks(machine: SimMachine, instant: DeltaInstant, chunkPages: number, reuseBuffer = false): AsyncGenerator<CheckpointChunk> {
@@ -87,16 +82,11 @@ export async function* deltaChunks(machine: SimMachine, instant: DeltaInstant, c
         out.set(contents ?? ZERO_PAGE, at);
         at += PAGE_BYTES;
       }
-      yield { index: index++, final: false, bytes: seal(out), memoryBytesCovered: n * PAGE_BYTES };
+      yield { index: index++, final: false, bytes: sealChunk(out), memoryBytesCovered: n * PAGE_BYTES };
     }
-    const state = instant.state;
-    const out = new Uint8Array(HEADER_BYTES + state.length + TRAILER_BYTES);
-    const view = new DataView(out.buffer);
-    header(view, KIND_STATE, index, memory.pageCount, state.length);
-    out.set(state, HEADER_BYTES);
-    yield { index, final: true, bytes: seal(out), memoryBytesCovered: 0 };
+    yield { index, final: true, bytes: stateChunk(index, memory.pageCount, instant.state), memoryBytesCovered: 0 };
   } finally {
-    endDelta(machine, instant);
+    endCheckpoint(machine, instant);
   }
 }
 
@@ -128,18 +118,8 @@ export class DeltaRestorer {
 
   apply(chunk: CheckpointChunk): void {
     const what = `delta ${this.generation} chunk ${chunk.index}`;
-    if (this.done) throw new UnitOrderError(`${what} arrived after the delta's final chunk`, 'duplicate', this.nextIndex, chunk.index);
-    if (chunk.index !== this.nextIndex) {
-      const kind = chunk.index < this.nextIndex ? 'duplicate' : 'gap';
-      throw new UnitOrderError(`${what} out of order: expected chunk ${this.nextIndex} (${kind})`, kind, this.nextIndex, chunk.index);
-    }
     const bytes = chunk.bytes;
-    if (bytes.length < HEADER_BYTES + TRAILER_BYTES) throw new CorruptDataError(`${what} truncated: ${bytes.length} bytes`);
-    const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
-    const end = bytes.length - TRAILER_BYTES;
-    if (view.getBigUint64(end, true) !== xxh64(bytes.subarray(0, end))) throw new CorruptDataError(`${what}: checksum mismatch: corrupt or truncated`);
-    if (view.getUint32(0, true) !== CHUNK_MAGIC || view.getUint8(4) !== CHUNK_VERSION) throw new CorruptDataError(`${what}: not a checkpoint chunk of version ${CHUNK_VERSION}`);
-    if (view.getUint32(8, true) !== chunk.index) throw new CorruptDataError(`${what} carries index ${view.getUint32(8, true)} inside`);
+    const { view, end } = checkChunkFrame(chunk, this.nextIndex, this.done, what, "the delta's final chunk");
     const kind = view.getUint8(5);
     if (kind === KIND_STATE) return this.applyState(chunk, view, end, what);
     if (kind !== KIND_DELTA || chunk.final) throw new CorruptDataError(`${what} has kind ${kind}${chunk.final ? ' and is marked final' : ''}, expected delta pages`);

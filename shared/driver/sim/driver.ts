@@ -5,7 +5,7 @@
 import { randomUUID } from 'node:crypto';
 import { AlreadyExistsError, echo, invalidField, NotFoundError, ReservationRefusedError } from '../../errors.js';
 import { Random } from '../../random.js';
-import { DRIVER_CAPABILITIES, type GuestDescription, type GuestSpec, type HostCapacity, type HypervisorDriver, type TargetReplica } from '../types.js';
+import { DRIVER_CAPABILITIES, type GuestDescription, type GuestSpec, type HostCapacity, type HypervisorDriver } from '../types.js';
 import { checkMemoryBytes, checkUnitMs, decodeMachineConfig, type SimMachineConfig, UNIT_MS_DEFAULT } from './config.js';
 import { type ContentMix, DEFAULT_CONTENT_MIX, fillMemory } from './content.js';
 import { SIM_GUEST_DEFAULTS, type SimGuestOptions, SimSourceGuest } from './guest.js';

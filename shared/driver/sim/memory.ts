@@ -281,9 +281,7 @@ export class GuestMemory {
 
   /** Returns the pages written since the last call, ascending, and clears their dirty bits. */
   fetchAndClearDirty(): Uint32Array {
-    let count = 0;
-    for (const w of this.dirty) if (w !== 0) count += popcount(w);
-    const pages = new Uint32Array(count);
+    const pages = new Uint32Array(this.dirtyCount());
     let n = 0;
     for (let i = 0; i < this.dirty.length; i++) {
       let w = this.dirty[i];

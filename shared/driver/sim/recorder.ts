@@ -6,7 +6,7 @@
 import { InvalidArgumentError, InvalidStateError } from '../../errors.js';
 import type { CheckpointChunk, DeltaSource, DeltaStart, LogRecorder, RecordingStart, RecordingStats, SealedUnit } from '../types.js';
 import { beginCheckpoint, checkpointChunks, CHUNK_PAGES_DEFAULT, CHUNK_PAGES_MAX, endCheckpoint } from './checkpoint.js';
-import { beginDelta, deltaChunks, endDelta } from './delta.js';
+import { beginDelta, deltaChunks } from './delta.js';
 import type { SimMachine } from './machine.js';
 import { Recording, type RecordingLimits } from './recording.js';
 
@@ -94,7 +94,7 @@ export class SimRecorder implements LogRecorder, DeltaSource {
     if (rec === null) return;
     const machine = this.host.machine;
     if (rec.checkpoint !== null) endCheckpoint(machine, rec.checkpoint);
-    if (rec.delta !== null) endDelta(machine, rec.delta);
+    if (rec.delta !== null) endCheckpoint(machine, rec.delta);
     this.recording = null;
     rec.stop();
   }
