@@ -19,7 +19,7 @@ import type { Logger } from 'pino';
 import { type Clock, systemClock } from '../shared/clock.js';
 import { expectedDowntimeMs } from '../shared/convergence.js';
 import type { SourceGuest } from '../shared/driver/types.js';
-import { AbortedError, CorruptDataError, InvalidStateError, UnavailableError, VmMigrateError } from '../shared/errors.js';
+import { AbortedError, bounded, CorruptDataError, InvalidStateError, MESSAGE_CHARS_MAX, UnavailableError, VmMigrateError } from '../shared/errors.js';
 import { WINDOW_DEFAULTS } from '../shared/protocol.js';
 import { emptyStats, type MigrationPhase, type MigrationStats } from '../shared/stats.js';
 import { grpc, statusName, type StreamByteCounter } from '../shared/transport/grpc.js';
@@ -216,7 +216,7 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
       // The target refused the commit and discarded its copy (see CommitResult): ours is the only one.
       this.commitSent = false;
       if (result.refusedReason) {
-        throw new InvalidStateError(`the target refused the commit and discarded its replica: ${result.refusedReason}`, { reason: 'TARGET_REFUSED_COMMIT', metadata: { jobId: this.id } });
+        throw new InvalidStateError(`the target refused the commit and discarded its replica: ${bounded(result.refusedReason, MESSAGE_CHARS_MAX)}`, { reason: 'TARGET_REFUSED_COMMIT', metadata: { jobId: this.id } });
       }
       throw new CorruptDataError(
         this.method.activatesBeforeCommit
@@ -289,7 +289,7 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
     }
     if (this.channel !== null) {
       // Units the target is done with include those a delta superseded: only the others replayed.
-      s.unitsReplayed = this.channel.progress.unitsReplayed - this.channel.progress.unitsSuperseded;
+      s.unitsReplayed = Math.max(0, this.channel.progress.unitsReplayed - this.channel.progress.unitsSuperseded);
       s.replayRate = this.channel.progress.replayRate;
       s.stopReplayRate = this.channel.progress.stopReplayRate;
       s.rttMs = this.channel.rttMs;

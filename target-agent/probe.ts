@@ -5,12 +5,14 @@
 // a probe holds at most PROBE_BYTES_MAX of memory while it runs.
 
 import { type Clock, systemClock } from '../shared/clock.js';
-import { LimitExceededError } from '../shared/errors.js';
+import { DeadlineExceededError, LimitExceededError } from '../shared/errors.js';
 import { PROBE_BYTES_MAX } from '../shared/protocol.js';
 import { type grpc, pb, toServiceError } from '../shared/transport/grpc.js';
 
 /** Probes at once on one agent. */
 export const PROBES_MAX = 4;
+/** A probe that has not ended this long after it began is ended (its slot and memory freed). */
+export const PROBE_DURATION_MAX_MS = 30_000;
 
 type ProbeCall = grpc.ServerReadableStream<InstanceType<typeof pb.ProbeData>, InstanceType<typeof pb.ProbeResult>>;
 type ProbeCallback = grpc.sendUnaryData<InstanceType<typeof pb.ProbeResult>>;
@@ -32,9 +34,13 @@ export class ProbeReceiver {
     let done = false;
     // Allocated whole, touched only as bytes arrive: the pages are new when they are written.
     let sink: Uint8Array | null = null;
+    const deadline = this.clock.timeout(PROBE_DURATION_MAX_MS, () =>
+      finish(toServiceError(new DeadlineExceededError(`bandwidth probe still open after ${PROBE_DURATION_MAX_MS} ms`, { metadata: { limitMs: PROBE_DURATION_MAX_MS } }))),
+    );
     const finish = (error: ReturnType<typeof toServiceError> | null) => {
       if (done) return;
       done = true;
+      deadline.cancel();
       sink = null;
       this.active--;
       if (error !== null) callback(error);

@@ -223,7 +223,8 @@ export class TargetSession {
     const running = receivers.running?.() ?? null;
     if (running !== null) return this.commitRunningGuest(method.name, running, commit, r);
     const { finalReplayed = false, remainingUnits = 0 } = receivers.counters();
-    if (this.phase === 'replaying' && !finalReplayed && receivers.finalReceived?.() === true && this.heldCommit === null) {
+    if (this.heldCommit !== null) throw new InvalidStateError('commit received twice: the first one is held until the final unit is replayed');
+    if (this.phase === 'replaying' && !finalReplayed && receivers.finalReceived?.() === true) {
       // An early commit (ReserveResponse.early_commit): the final unit is here, its replay not
       // done yet. Held until it is (releaseHeldCommit), answered matched=false if it fails.
       this.heldCommit = commit;

@@ -478,3 +478,34 @@ t.test("a post-copy guest's disruption on the target: its waits for pages and it
   stream.receivePayload({ kind: 'pages', round: 0, pageCount: 1 }, Uint8Array.of(3));
   t.match(stream.last('progress')?.progress, final, 'later reports keep them: the window closed at the last page');
 });
+
+t.test('a rebase after the final unit, or while a delta is applied, is refused: it would drop the end of the log', async (t) => {
+  const late = start(['replay', 'deltas']);
+  late.stream.receive({ open: { reservationId: 'r1', method: 'crtr', firstSequence: 1 } });
+  late.stream.receivePayload({ kind: 'chunk', index: 0, final: true, memoryBytesCovered: 4096 }, new Uint8Array(4096));
+  late.stream.receivePayload(unitBody(1, true), unitBytes(1, true));
+  late.stream.receive({ rebase: { generation: 1, firstSequence: 3, pages: 1 } });
+  await late.session.done;
+  t.match(late.stream.last('error')?.error, { code: grpc.status.FAILED_PRECONDITION, reason: 'PROTOCOL_VIOLATION', message: /rebase to delta 1 after the final unit/ });
+
+  const twice = start(['replay', 'deltas']);
+  twice.stream.receive({ open: { reservationId: 'r1', method: 'crtr', firstSequence: 1 } });
+  twice.stream.receivePayload({ kind: 'chunk', index: 0, final: true, memoryBytesCovered: 4096 }, new Uint8Array(4096));
+  twice.stream.receive({ rebase: { generation: 1, firstSequence: 3, pages: 1 } });
+  twice.stream.receive({ rebase: { generation: 2, firstSequence: 5, pages: 1 } });
+  await twice.session.done;
+  t.match(twice.stream.last('error')?.error, { code: grpc.status.FAILED_PRECONDITION, message: /rebase to delta 2 while delta 1 is applied/ });
+});
+
+t.test('a second commit while the first is held is refused as such', async (t) => {
+  const { stream, session } = start(['replay']);
+  stream.receive({ open: { reservationId: 'r1', method: 'crtr', firstSequence: 1 } });
+  stream.receivePayload({ kind: 'chunk', index: 0, final: true, memoryBytesCovered: 4096 }, new Uint8Array(4096));
+  stream.receive({ stopDecision: { granted: true } });
+  stream.receivePayload(unitBody(1, true), unitBytes(1, true));
+  stream.receive({ commit: { digest: DIGEST } });
+  stream.receive({ commit: { digest: DIGEST } });
+  await session.done;
+  t.match(stream.last('error')?.error, { code: grpc.status.FAILED_PRECONDITION, message: /commit received twice/ });
+  t.match(stream.last('commitResult')?.commitResult, { matched: false }, 'the held commit is answered: nothing was committed');
+});

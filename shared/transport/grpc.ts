@@ -304,7 +304,8 @@ export function statusName(code: number): string {
  * for a DEADLINE_EXCEEDED: that is the call's own deadline, a peer that did not answer in time.
  */
 export function fromStatus(code: number, message: string, what: string, details: ErrorDetails = {}): VmMigrateError {
-  const text = `${what}: ${message}`;
+  // A peer's words, bounded: they go into job statistics, logs and watch events.
+  const text = `${what}: ${bounded(message, MESSAGE_CHARS_MAX)}`;
   const options = { reason: details.reason, metadata: details.metadata };
   switch (code) {
     case grpc.status.INVALID_ARGUMENT:

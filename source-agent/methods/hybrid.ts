@@ -28,6 +28,9 @@ interface DrainSample {
   backlog: number;
 }
 
+/** A delta smaller than this says little of throughput (a round trip dominates): its rate is not kept. */
+const DELTA_PAGES_FOR_RATE_MIN = 256;
+
 /** The drain is measured over at most this much history, and only from this much on. */
 const DRAIN_WINDOW_MS = 2_000;
 const DRAIN_WINDOW_MIN_MS = 1_000;
@@ -79,7 +82,7 @@ export class HybridCatchUp {
     const progress = ctx.channel.progress;
     const now = ctx.clock.now();
     const recorded = ctx.guest.recorder?.recordingStats().unitsRecorded ?? 0;
-    this.drain.push({ atMs: now, replayed: progress.unitsReplayed - progress.unitsSuperseded, recorded, backlog });
+    this.drain.push({ atMs: now, replayed: Math.max(0, progress.unitsReplayed - progress.unitsSuperseded), recorded, backlog });
     while (this.drain.length > 2 && now - this.drain[1].atMs >= DRAIN_WINDOW_MS) this.drain.shift();
     const first = this.drain[0];
     const spanMs = now - first.atMs;
@@ -132,12 +135,15 @@ export class HybridCatchUp {
       await channel.write(message, ctx.request.maxBandwidthBytesPerSec);
     }
     stats.deltaWireBytes += wireBytes;
-    await channel.until(() => channel.progress.deltaGenerationApplied >= start.generation);
+    // Bounded by what is left of the maximum duration: the monitor does not judge while a delta is in flight.
+    await channel.until(() => channel.progress.deltaGenerationApplied >= start.generation, {
+      timeoutMs: Math.max(1, ctx.request.maxDurationMs - ctx.elapsedMs()),
+      what: `delta ${start.generation} applied within the maximum duration`,
+    });
     const tookMs = ctx.clock.now() - startMs;
     // The drain before the delta says nothing of the drain after it.
     this.drain.length = 0;
-    // Small deltas say little about throughput (a round trip dominates): keep the last large one's.
-    if (start.pages >= 256) {
+    if (start.pages >= DELTA_PAGES_FOR_RATE_MIN) {
       this.deltaPageWireBytes = wireBytes / start.pages;
       this.deltaBytesPerSec = wireBytes / Math.max(0.001, (tookMs - channel.rttMs) / 1000);
     }

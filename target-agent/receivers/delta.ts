@@ -14,7 +14,7 @@ export interface DeltaReceiverDeps {
   /** The replica's delta-checkpoint capability; undefined when its driver makes no deltas. */
   readonly deltas: DeltaRestoreTarget | undefined;
   readonly driver: string;
-  readonly pipeline: Pick<ReplayPipeline, 'supersede' | 'start'>;
+  readonly pipeline: Pick<ReplayPipeline, 'supersede' | 'start' | 'finalReceived'>;
 }
 
 export class DeltaReceiver {
@@ -34,7 +34,13 @@ export class DeltaReceiver {
     if (this.context.phase() !== 'replaying') {
       throw new InvalidStateError(`rebase to delta ${rebase.generation} while ${this.context.phase()}: a delta follows the restored checkpoint`, { reason: 'PROTOCOL_VIOLATION' });
     }
-    // Refused (order, replica state) before anything is dropped.
+    // The protocol's order, whatever the driver checks: a delta comes between two others and before
+    // the final unit (which a delta would otherwise drop, leaving the log without its end).
+    if (this.deps.pipeline.finalReceived || deltas.deltaInProgress || rebase.generation !== this.announced + 1) {
+      const why = this.deps.pipeline.finalReceived ? 'after the final unit' : deltas.deltaInProgress ? `while delta ${this.announced} is applied` : `out of order (expected delta ${this.announced + 1})`;
+      throw new InvalidStateError(`rebase to delta ${rebase.generation} ${why}`);
+    }
+    // Refused (replica state) before anything is dropped.
     deltas.beginDelta(rebase.generation, rebase.firstSequence);
     this.announced = rebase.generation;
     this.deps.pipeline.supersede(rebase.firstSequence);
