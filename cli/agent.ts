@@ -12,9 +12,11 @@ import { pino, destination, type Logger } from 'pino';
 import { ControlService, CONTROL_DEFAULTS } from '../source-agent/control-service.js';
 import { ControlServiceV2 } from '../source-agent/control-v2/service.js';
 import { SOURCE_DEFAULTS } from '../source-agent/migration.js';
+import { recoverSourceRecords } from '../source-agent/decisions.js';
 import { MigrationService, TARGET_DEFAULTS } from '../target-agent/migration-service.js';
 import { SimDriver } from '../shared/driver/sim/driver.js';
 import { PackPool } from '../shared/pack-pool.js';
+import { type DecisionJournal, openJournal } from '../shared/journal.js';
 import { type AgentConfig, ConfigError, readConfigFile, setPath, validateConfig } from '../shared/config.js';
 import { AgentMetrics, startMetricsServer } from '../shared/metrics.js';
 import { addHealthService } from '../shared/transport/health.js';
@@ -51,6 +53,8 @@ export async function startAgent(options: AgentOptions, log: Logger = pino({ lev
   const metrics = new AgentMetrics({ processMetrics: config.metricsListen !== undefined });
   // Who this agent is, for this run: a migration whose target answers with the same id is refused.
   const agentInstanceId = randomUUID();
+  const journal = openAgentJournal(config, log);
+  recoverSourceRecords(journal, log);
   const migration = new MigrationService(
     driver,
     {
@@ -65,13 +69,15 @@ export async function startAgent(options: AgentOptions, log: Logger = pino({ lev
     },
     log,
     metrics,
+    undefined,
+    journal,
   );
   // Outgoing checkpoint chunks are compressed in these workers, off the event loop.
   const packer = config.limits.compressionWorkers > 0 ? new PackPool(config.limits.compressionWorkers) : undefined;
   const control = new ControlService(
     driver,
     // Outgoing migrations dial targets with our certificate and accept only allowed peers.
-    { ...SOURCE_DEFAULTS, credentials: clientCredentials(tls, config.allow.peers), agentInstanceId, packer },
+    { ...SOURCE_DEFAULTS, credentials: clientCredentials(tls, config.allow.peers), agentInstanceId, packer, journal, activationTimeoutMs: config.limits.activationTimeoutMs },
     {
       ...CONTROL_DEFAULTS,
       downtimeLimitMsDefault: config.migration.downtimeLimitMs,
@@ -99,6 +105,7 @@ export async function startAgent(options: AgentOptions, log: Logger = pino({ lev
   } catch (error) {
     driver.shutdown();
     void packer?.close();
+    journal.close();
     throw new ConfigError('listen', `cannot listen on ${config.listen}: ${(error as Error).message}`);
   }
   widenServerSessions(server);
@@ -113,6 +120,7 @@ export async function startAgent(options: AgentOptions, log: Logger = pino({ lev
       server.forceShutdown();
       driver.shutdown();
       void packer?.close();
+      journal.close();
       throw new ConfigError('metricsListen', `cannot serve metrics on ${config.metricsListen}: ${(error as Error).message}`);
     }
   }
@@ -143,10 +151,25 @@ export async function startAgent(options: AgentOptions, log: Logger = pino({ lev
         driver.shutdown();
         await packer?.close();
         await metricsServer?.close();
+        journal.close();
       })();
       return stopping;
     },
   };
+}
+
+/** The decision journal in config.stateDir (in memory without one, said at start); a directory it cannot use stops the agent. */
+function openAgentJournal(config: AgentConfig, log: Logger): DecisionJournal {
+  let journal: DecisionJournal;
+  try {
+    journal = openJournal(config.stateDir);
+  } catch (error) {
+    throw new ConfigError('stateDir', `cannot use the state directory ${config.stateDir}: ${(error as Error).message}`);
+  }
+  if (!journal.durable) log.warn('no stateDir configured: migration decisions are kept in memory only, and an agent restart forgets them (a source in doubt may then need an operator: vmmigrate resolve)');
+  else log.info({ journal: journal.path, records: journal.entries().length, corruptLines: journal.corruptLines }, 'decision journal opened');
+  if (journal.corruptLines > 0) log.error({ journal: journal.path, corruptLines: journal.corruptLines }, 'decision journal: damaged records skipped');
+  return journal;
 }
 
 /** Flag (commander's camelCase name) → configuration field, and how its text becomes a value. */
@@ -174,6 +197,8 @@ const FLAGS: Array<{ option: string; flag: string; field: string; value?: (text:
   { option: 'activationHook', flag: '--activation-hook', field: 'hooks.activation' },
   { option: 'hookTimeoutMs', flag: '--hook-timeout-ms', field: 'hooks.timeoutMs', value: Number },
   { option: 'logLevel', flag: '--log-level', field: 'log.level' },
+  { option: 'stateDir', flag: '--state-dir', field: 'stateDir' },
+  { option: 'activationTimeoutMs', flag: '--activation-timeout-ms', field: 'limits.activationTimeoutMs', value: Number },
   { option: 'allowFaultInjection', flag: '--allow-fault-injection', field: 'allowFaultInjection' },
 ];
 
@@ -224,6 +249,8 @@ function agentOptionsCommand(role: AgentRole): Command {
     .option('--insecure-plaintext', 'no TLS: allowed only when --listen is a loopback address')
     .option('--allow-peer <identity...>', "agent identities (certificate CN, DNS or URI name) allowed to exchange guests with this one; '*': any the CA issued")
     .option('--allow-control <identity...>', "client identities allowed on the Control API; '*': any the CA issued")
+    .option('--state-dir <dir>', 'directory of the decision journal (default: none, decisions kept in memory only)')
+    .option('--activation-timeout-ms <n>', "after a matched commit, how long to wait for the target's activation confirmation before asking it instead (default 60000)")
     .option('--memory-mib <n>', 'memory this host offers to guests, MiB (default 16384)')
     .option('--vcpus <n>', 'vCPUs this host offers (default 16)')
     .option('--unit-ms <n>', 'default log unit length, ms (1-100, default 10)')

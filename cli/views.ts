@@ -48,6 +48,7 @@ const JOB_STATE_WORDS = new Map<number, string>([
   [JobState.JOB_STATE_SUCCEEDED, 'completed'],
   [JobState.JOB_STATE_FAILED, 'failed'],
   [JobState.JOB_STATE_CANCELLED, 'cancelled'],
+  [JobState.JOB_STATE_IN_DOUBT, 'in doubt (vmmigrate resolve)'],
 ]);
 
 const JOB_ROLE_WORDS = new Map<number, string>([

@@ -143,6 +143,23 @@ async function cancelJob(session: Session, jobId: string): Promise<number> {
   return EXIT.ok;
 }
 
+interface ResolveOptions {
+  resumeHere?: boolean;
+  discardHere?: boolean;
+  force?: boolean;
+}
+
+/** An operator's action on an in-doubt job: ask its target again (the default), or decide by hand. */
+async function resolveJob(session: Session, jobId: string, o: ResolveOptions): Promise<number> {
+  const { ResolveAction } = pb2;
+  const action = o.resumeHere ? ResolveAction.RESOLVE_ACTION_RESUME_HERE : o.discardHere ? ResolveAction.RESOLVE_ACTION_DISCARD_HERE : ResolveAction.RESOLVE_ACTION_QUERY;
+  const res = await session.call(controlServiceV2.resolveJob, pb2.ResolveJobRequest.create({ jobId, action, force: o.force === true }), `resolving job ${jobId}`);
+  const job = res.job ?? pb2.Job.create({ jobId });
+  session.document(messageJson(job));
+  session.say(`Job ${jobId} is ${jobStateWord(job.state)}${job.errorMessage ? `: ${job.errorMessage}` : ''}`);
+  return EXIT.ok;
+}
+
 async function showJob(session: Session, jobId: string): Promise<number> {
   const job = await session.call(controlServiceV2.getJob, pb2.GetJobRequest.create({ jobId }), `getting job ${jobId}`);
   session.document(messageJson(job));
@@ -242,6 +259,14 @@ function buildProgram(): Command {
     clientAction((s, jobId) => (jobId ? showJob(s, jobId) : showAgent(s))),
   );
   withClientOptions(program.command('cancel <job>').description('cancel a migration job not yet committed (the guest stays on the source)')).action(clientAction((s, jobId) => cancelJob(s, jobId)));
+  withClientOptions(
+    program
+      .command('resolve <job>')
+      .description("an in-doubt job (its commit's answer was lost): ask the target again now; or resume the guest here, or drop the copy here, which the agent refuses while the target may have decided otherwise, unless --force")
+      .addOption(new Option('--resume-here', 'resume the suspended guest on this (source) agent').conflicts('discardHere'))
+      .option('--discard-here', 'drop the suspended copy here: the guest lives on the target')
+      .option('--force', 'act without the target\'s word: may leave the guest running twice (--resume-here) or nowhere (--discard-here)'),
+  ).action(clientAction((s, jobId) => resolveJob(s, jobId, s.options as unknown as ResolveOptions)));
   withClientOptions(program.command('capacity').description('what the agent offers: memory and vCPUs, free and total; the methods it can carry out')).action(clientAction((s) => showCapacity(s)));
   return program;
 }

@@ -79,6 +79,8 @@ export const agentConfigSchema = z.strictObject({
       unitWindow: int(1, 1_000_000).default(WINDOW_DEFAULTS.units),
       unitWindowMib: int(1, 4096).default(WINDOW_DEFAULTS.unitBytes / 2 ** 20),
       reservationTimeoutMs: int(1000, 3600_000).default(60_000),
+      /** After a matched commit, how long the source waits for the activation's confirmation before it asks the target instead (the guest is the target's either way). */
+      activationTimeoutMs: int(1000, 3600_000).default(60_000),
       /** Worker threads that compress outgoing checkpoint chunks (0: the event loop does). */
       compressionWorkers: int(0, POOL_WORKERS_MAX).default(defaultCompressionWorkers()),
     })
@@ -88,6 +90,7 @@ export const agentConfigSchema = z.strictObject({
       unitWindow: WINDOW_DEFAULTS.units,
       unitWindowMib: WINDOW_DEFAULTS.unitBytes / 2 ** 20,
       reservationTimeoutMs: 60_000,
+      activationTimeoutMs: 60_000,
       compressionWorkers: defaultCompressionWorkers(),
     }),
   hooks: z
@@ -101,6 +104,11 @@ export const agentConfigSchema = z.strictObject({
       level: z.enum(['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent']).default('info'),
     })
     .default({ level: 'info' }),
+  /**
+   * Where the agent keeps its decision journal (commit decisions, for in-doubt resolution across
+   * restarts). Unset: in memory only, and the agent warns at start that decisions do not survive it.
+   */
+  stateDir: z.string().min(1).max(4096).optional(),
   /** Honour fault injection in StartMigration requests (tests only). */
   allowFaultInjection: z.boolean().default(false),
 });

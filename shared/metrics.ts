@@ -148,6 +148,16 @@ export class AgentMetrics {
         this.set({ role: 'target' }, incomingActive());
       },
     });
+    new Gauge({
+      name: `${PREFIX}migrations_in_doubt`,
+      help: 'Outgoing migrations in doubt: the commit was sent and its answer lost; the guest is kept suspended here until the target says what it decided (alert on it: an operator may have to resolve).',
+      registers,
+      collect() {
+        let n = 0;
+        for (const job of outgoing.keys()) if (job.stats.status === 'in-doubt') n++;
+        this.set(n);
+      },
+    });
     // The maximum over outgoing migrations rather than one series per guest: a fixed number of
     // series whatever the guests, and an alert on it fires for whichever migration lags.
     new Gauge({

@@ -3,8 +3,12 @@
 
 import type { ErrorReason } from './errors.js';
 
-/** setup -> active -> stop-and-copy -> committing -> completed; or cancelling -> cancelled; or failed. */
-export type MigrationStatus = 'setup' | 'active' | 'stop-and-copy' | 'committing' | 'completed' | 'cancelling' | 'cancelled' | 'failed';
+/**
+ * setup -> active -> stop-and-copy -> committing -> completed; or cancelling -> cancelled; or
+ * failed. committing -> in-doubt when the commit's answer is lost, until the target's outcome (or
+ * an operator) ends it completed or failed.
+ */
+export type MigrationStatus = 'setup' | 'active' | 'stop-and-copy' | 'committing' | 'in-doubt' | 'completed' | 'cancelling' | 'cancelled' | 'failed';
 
 /** The seven phases (DESIGN.md), plus `done`; post-copy adds `page-push` (after activation, before commitment). */
 export type MigrationPhase = 'pre-migration' | 'reservation' | 'checkpoint' | 'log-transfer' | 'stop-and-copy' | 'commitment' | 'activation' | 'page-push' | 'done';
@@ -22,8 +26,11 @@ export interface MigrationStats {
   reservationMs: number;
   /** Start to the consistent state (commit); until then, time so far. */
   totalTimeMs: number;
-  /** Source suspend to target resume. */
+  /** Source suspend to target resume (or to the resume here, when the migration failed after the suspend), as the guest saw it. */
   downtimeMs: number;
+  /** Time spent in doubt (commit sent, outcome unknown), and the outcome queries sent meanwhile. */
+  inDoubtMs: number;
+  outcomeQueries: number;
   /** Downtime if stop-and-copy began now, from measured rates. */
   expectedDowntimeMs: number;
   /** Every byte of every message between the agents for this migration (gRPC framing included). */
@@ -110,6 +117,8 @@ export function emptyStats(method: MigrationMethod, memoryBytes: number): Migrat
     reservationMs: 0,
     totalTimeMs: 0,
     downtimeMs: 0,
+    inDoubtMs: 0,
+    outcomeQueries: 0,
     expectedDowntimeMs: 0,
     transferredBytes: 0,
     remainingBytes: 0,

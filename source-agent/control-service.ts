@@ -116,14 +116,18 @@ export class ControlService {
     return undefined;
   }
 
-  /** Cancels every job not yet committed (agent shutdown) and waits for them to end. */
+  /**
+   * Cancels every job not yet committed (agent shutdown) and waits for them to end. A job in doubt
+   * stops asking its target: its guest is left suspended (the journal says so at the next start).
+   */
   async shutdown(reason: string): Promise<void> {
     const running = [...this.jobs.values()].filter((j) => !j.isOver());
     for (const job of running) {
       try {
         job.cancel(reason);
       } catch {
-        // Past its commit point: it finishes on its own.
+        // Past its commit point: it finishes on its own, or (in doubt) stops asking.
+        job.abandon(reason);
       }
     }
     await Promise.all(running.map((j) => new Promise<void>((resolve) => (j.isOver() ? resolve() : j.once('end', () => resolve())))));

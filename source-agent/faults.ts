@@ -1,6 +1,6 @@
 // Fault injection, for tests of an agent started with --allow-fault-injection: a faulty transfer
 // channel (corrupt a chunk, a unit or a page batch after its checksum was taken, or the digest of
-// the commit) and a phase hook (abort the migration as a phase begins). They are wired into a
+// the commit; lose the commit's answer or the activation's confirmation) and a phase hook (abort the migration as a phase begins). They are wired into a
 // migration only when asked for and allowed; the production path has no fault checks.
 
 import type { VmMigrateError } from '../shared/errors.js';
@@ -14,6 +14,9 @@ export interface FaultInjection {
   corruptChunkIndex?: number;
   corruptUnitSequence?: number;
   corruptCommitDigest?: boolean;
+  /** The target's commit answer, or its activation confirmation, never reaches the migration. */
+  loseCommitResult?: boolean;
+  loseActivation?: boolean;
 }
 
 /** What a migration lets hooks change: its channel, and what happens as a phase begins. */
@@ -86,10 +89,10 @@ export class FaultyChannel implements TransferChannel {
     return this.inner.acknowledged;
   }
   get commitResult(): CommitResult | null {
-    return this.inner.commitResult;
+    return this.faults.loseCommitResult === true ? null : this.inner.commitResult;
   }
   get activated(): Activated | null {
-    return this.inner.activated;
+    return this.faults.loseActivation === true ? null : this.inner.activated;
   }
   get commitDigestSent(): string {
     return this.inner.commitDigestSent;

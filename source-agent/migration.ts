@@ -10,22 +10,30 @@
 //   activation     the target resumes the guest; on its confirmation we discard our copy
 //
 // Until the commit is sent, any failure or cancellation aborts: the target discards its replica
-// and the guest runs here (resumed if it was suspended). Once the commit is sent the guest is
-// never resumed here: if the answer is lost, it stays suspended and the job says so.
+// and the guest runs here (resumed if it was suspended); the switchover has deadlines of its own
+// (shared/switchover.ts), so a stalled link cannot keep the guest suspended past them. Once the
+// commit is sent the guest is resumed here only if the target says it did not commit: if the
+// answer is lost, the job is in doubt and asks the target (in-doubt.ts) until it knows.
 
 import { randomUUID } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import type { Logger } from 'pino';
 import { type Clock, systemClock } from '../shared/clock.js';
-import { expectedDowntimeMs } from '../shared/convergence.js';
 import type { SourceGuest } from '../shared/driver/types.js';
-import { AbortedError, bounded, CorruptDataError, InvalidStateError, MESSAGE_CHARS_MAX, UnavailableError, VmMigrateError } from '../shared/errors.js';
+import { AbortedError, DeadlineExceededError, InvalidStateError, UnavailableError, VmMigrateError } from '../shared/errors.js';
+import { openJournal } from '../shared/journal.js';
+import { switchoverDeadlines } from '../shared/switchover.js';
 import { WINDOW_DEFAULTS } from '../shared/protocol.js';
 import { emptyStats, type MigrationPhase, type MigrationStats } from '../shared/stats.js';
 import { grpc, statusName, type StreamByteCounter } from '../shared/transport/grpc.js';
-import type { PayloadPacker } from '../shared/pack-pool.js';
+import type { SourceOptions } from './source-options.js';
 import type { TransferChannel } from './channel.js';
 import { DisruptionMeter } from './disruption-meter.js';
+import { Commitment } from './commitment.js';
+import type { ResolveAction } from './in-doubt.js';
+import { SourceDecisions } from './decisions.js';
+import { refreshMigrationStats } from './migration-stats.js';
+import { raceDeadline } from './wait.js';
 import type { MigrationHooks } from './faults.js';
 import type { MethodContext, MigrationRequest, TargetWindows, TransferMethod } from './methods/method.js';
 import { createMethod } from './methods/registry.js';
@@ -33,33 +41,7 @@ import { GrpcTargetPeer, type TargetPeer } from './peer.js';
 import { checkTarget, reserveOnTarget } from './prepare.js';
 
 export type { MigrationRequest } from './methods/method.js';
-
-export interface SourceOptions {
-  /** Deadline of the unary calls (capacity, reservation, release). */
-  callTimeoutMs: number;
-  /** Wait for the target's activation confirmation after the commit. */
-  activationTimeoutMs: number;
-  /** Window over which the backlog must shrink to count as converging. */
-  convergenceWindowMs: number;
-  /** How often the monitor samples the backlog and the clock. */
-  monitorIntervalMs: number;
-  /** Round-trip pings on the transfer stream. */
-  pingIntervalMs: number;
-  credentials: grpc.ChannelCredentials;
-  /** This agent's id for this run: a target answering with it is this agent itself ('' : not checked). */
-  agentInstanceId?: string;
-  /** Where checkpoint chunks are packed (lz4, xxh64): the agent's compression workers (default: the event loop). */
-  packer?: PayloadPacker;
-}
-
-export const SOURCE_DEFAULTS: SourceOptions = {
-  callTimeoutMs: 10_000,
-  activationTimeoutMs: 60_000,
-  convergenceWindowMs: 2_000,
-  monitorIntervalMs: 250,
-  pingIntervalMs: 500,
-  credentials: grpc.credentials.createInsecure(),
-};
+export { SOURCE_DEFAULTS, type SourceOptions } from './source-options.js';
 
 /** What a migration can be given instead of the real thing (tests, fault injection). */
 export interface MigrationDependencies {
@@ -95,14 +77,17 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
   private channel: TransferChannel | null = null;
   private reservationId = '';
   private windows: TargetWindows = { ...WINDOW_DEFAULTS };
-  private commitSent = false;
-  private committed = false;
   /** Set when we discarded the source copy (completion): its counters are gone. */
   private guestDiscarded = false;
   private suspended = false;
   /** What the target's driver can do, as its Capacity said (empty: an agent that predates capabilities). */
   private targetCapabilities: readonly string[] = [];
   private suspendedAtMs = 0;
+  /** The downtime expected when the guest was suspended: the switchover's deadlines follow from it. */
+  private expectedAtSuspendMs = 0;
+  private readonly decisions: SourceDecisions;
+  /** Phases 6 and 7, and a lost answer's resolution. */
+  private readonly commitment: Commitment;
 
   constructor(
     private readonly guest: SourceGuest,
@@ -126,11 +111,26 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
     this.peer = dependencies.peer ?? new GrpcTargetPeer(request.targetAddress, { credentials: options.credentials, callTimeoutMs: options.callTimeoutMs, clock: this.clock });
     this.ctx = this.makeContext();
     this.disruption = new DisruptionMeter(guest, this.clock, this.startMs);
+    this.decisions = new SourceDecisions(options.journal ?? openJournal(undefined), this.id, guest.id, request.targetAddress);
+    this.commitment = this.makeCommitment();
+  }
+
+  /**
+   * An operator's decision on an in-doubt job (ResolveJob): ask the target again now, or resume
+   * or drop the copy here, refused while the target may have decided otherwise unless forced.
+   */
+  resolve(action: ResolveAction, force: boolean): void {
+    this.commitment.act(action, force);
+  }
+
+  /** The agent stops: an in-doubt job stops asking and ends with its guest left suspended here. */
+  abandon(reason: string): void {
+    this.commitment.abandon(reason);
   }
 
   /** Cancels the migration if it has not committed; the guest stays (or resumes) here. */
   cancel(reason = 'cancelled by request'): void {
-    if (this.commitSent) {
+    if (this.commitment.sent) {
       throw new InvalidStateError(`migration ${this.id} is past its commit point (${this.stats.phase}); it can no longer be cancelled`, {
         reason: 'PAST_COMMIT_POINT',
         metadata: { jobId: this.id, phase: this.stats.phase },
@@ -146,6 +146,7 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
     return this.peer.wireBytes;
   }
 
+  /** The job ended (an in-doubt job has not: it waits for the target's outcome). */
   isOver(): boolean {
     return this.stats.status === 'completed' || this.stats.status === 'failed' || this.stats.status === 'cancelled';
   }
@@ -181,9 +182,9 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
     this.stats.status = 'active';
     await this.method.catchUp(this.ctx);
     await this.suspend();
-    await this.method.finish(this.ctx);
-    await this.commit();
-    if (!this.method.activatesBeforeCommit) await this.activation();
+    await this.withinStopAndCopyDeadline(this.method.finish(this.ctx));
+    await this.commitment.commit();
+    if (!this.method.activatesBeforeCommit) await this.commitment.activation();
     else this.discardSource();
   }
 
@@ -192,53 +193,32 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
     if (this.stats.phase !== 'stop-and-copy') this.setPhase('stop-and-copy');
     this.stats.status = 'stop-and-copy';
     this.suspendedAtMs = this.clock.now();
+    this.expectedAtSuspendMs = this.stats.expectedDowntimeMs;
     this.suspended = true;
     this.disruption.suspending();
     await this.guest.suspend();
   }
 
-  /** Phase 6: our digest against the replica's; a refusal means the target dropped its copy. */
-  private async commit(): Promise<void> {
-    this.setPhase('commitment');
-    this.stats.status = 'committing';
-    const digestStartMs = this.clock.now();
-    const digest = this.method.commitDigest ?? this.guest.digest();
-    this.log.debug({ digestMs: this.clock.now() - digestStartMs, sinceSuspendMs: this.clock.now() - this.suspendedAtMs }, 'source digest at commitment');
-    this.stats.sourceDigest = digest;
-    this.checkCancelled();
-    this.commitSent = true;
-    const channel = this.ctx.channel;
-    channel.send({ commit: { digest } });
-    await channel.until(() => channel.commitResult !== null, { pastCommit: true, timeoutMs: this.method.commitTimeoutMs(this.ctx), what: 'commit' });
-    const result = channel.commitResult!;
-    this.stats.targetDigest = result.targetDigest;
-    if (!result.matched) {
-      // The target refused the commit and discarded its copy (see CommitResult): ours is the only one.
-      this.commitSent = false;
-      if (result.refusedReason) {
-        throw new InvalidStateError(`the target refused the commit and discarded its replica: ${bounded(result.refusedReason, MESSAGE_CHARS_MAX)}`, { reason: 'TARGET_REFUSED_COMMIT', metadata: { jobId: this.id } });
-      }
-      throw new CorruptDataError(
-        this.method.activatesBeforeCommit
-          ? `post-copy commit refused: the pages the target received hash to ${result.targetDigest}, the source had ${channel.commitDigestSent}`
-          : `commit refused: the target's replica digest ${result.targetDigest} differs from the digest sent, ${channel.commitDigestSent}`,
-        { reason: 'DIGEST_MISMATCH', metadata: { jobId: this.id, sourceDigest: channel.commitDigestSent, targetDigest: result.targetDigest } },
-      );
-    }
-    this.committed = true;
-    this.stats.totalTimeMs = this.elapsedMs();
+  /**
+   * Bounds the switchover until the commit is sent: past the deadline the stream fails, and the
+   * failure path resumes the guest here. Once the commit (or post-copy's machine state) went, it
+   * no longer applies.
+   */
+  private async withinStopAndCopyDeadline(work: Promise<void>): Promise<void> {
+    const { stopAndCopyMs } = this.deadlines();
+    await raceDeadline(this.clock, stopAndCopyMs, work, () => {
+      if (this.commitment.sent) return null;
+      const error = new DeadlineExceededError(`stop-and-copy took more than ${Math.round(stopAndCopyMs)} ms (its deadline, from the downtime limit of ${this.request.downtimeLimitMs} ms): the guest resumes here`, {
+        reason: 'SWITCHOVER_DEADLINE_EXCEEDED',
+        metadata: { jobId: this.id, deadlineMs: Math.round(stopAndCopyMs) },
+      });
+      this.channel?.fail(error);
+      return error;
+    });
   }
 
-  /** Phase 7: the target resumed the guest; its confirmation ends the downtime. */
-  private async activation(): Promise<void> {
-    this.setPhase('activation');
-    const channel = this.ctx.channel;
-    await channel.until(() => channel.activated !== null, { pastCommit: true, timeoutMs: this.options.activationTimeoutMs, what: 'activation' });
-    const activated = channel.activated!;
-    this.log.debug({ commitMs: this.clock.now() - this.suspendedAtMs, resumeToReplyMs: activated.resumeToReplyMs }, 'activation timing');
-    this.stats.downtimeMs = this.clock.now() - this.suspendedAtMs - activated.resumeToReplyMs;
-    for (const hook of activated.hooks) if (hook.exitCode !== 0) this.log.warn({ hook: hook.command, exitCode: hook.exitCode, error: hook.error }, 'activation hook failed on the target');
-    this.discardSource();
+  private deadlines() {
+    return switchoverDeadlines({ downtimeLimitMs: this.request.downtimeLimitMs, expectedDowntimeMs: this.expectedAtSuspendMs, rttMs: this.channel?.rttMs ?? 0 });
   }
 
   /** The guest runs on the target, which committed: our copy goes. */
@@ -246,74 +226,81 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
     this.refreshStats();
     this.guestDiscarded = true;
     this.guest.discard();
+    this.decisions.handedOver();
   }
 
   private async onFailure(error: unknown): Promise<void> {
     const cancelled = this.cancelController.signal.aborted && !(error instanceof VmMigrateError && !(error instanceof AbortedError));
     const e = error instanceof VmMigrateError ? error : new UnavailableError(error instanceof Error ? error.message : String(error), { cause: error, reason: 'INTERNAL_ERROR' });
     if (!(error instanceof VmMigrateError)) this.log.error({ err: error }, 'unexpected error in a migration');
-    this.stats.error = e.message;
-    // A bug is INTERNAL, as toServiceError reports it to a caller.
-    this.stats.errorCode = error instanceof VmMigrateError ? statusName(grpc.status[e.code]) : statusName(grpc.status.INTERNAL);
-    this.stats.errorReason = e.reason;
-    if (this.committed || this.commitSent) {
-      this.stats.status = 'failed';
-      this.stats.error = this.committed
-        ? `committed, but the target's activation was not confirmed (${e.message}); the source copy is kept suspended, not discarded`
-        : `commit outcome unknown (${e.message}): the guest is kept suspended on the source; check the target before resuming it`;
-      this.log.error({ err: e.message, code: this.stats.errorCode, reason: e.reason }, this.stats.error);
-      return;
-    }
+    this.setError(e, error instanceof VmMigrateError);
+    if (this.commitment.sent) return this.commitment.resolveInDoubt(e);
     // Abort before the commit: the target drops its replica, the guest runs here.
     this.refreshStats();
     if (this.channel !== null) this.channel.abort(e.message, cancelled);
     else if (this.reservationId !== '') {
       await this.peer.release(this.reservationId, e.message).catch((releaseError: unknown) => this.log.warn({ err: String(releaseError) }, 'could not release the reservation (it expires on its own)'));
     }
-    this.method.cleanUp(this.ctx);
-    if (this.guest.describe().state === 'suspended') this.guest.resume();
-    this.disruption.resumedHere();
-    this.guest.setThrottle(1);
+    this.resumeHere();
     this.stats.status = cancelled ? 'cancelled' : 'failed';
     this.log.warn({ err: e.message, code: this.stats.errorCode, reason: e.reason, phase: this.stats.phase }, cancelled ? 'migration cancelled: guest runs on the source' : 'migration failed: guest runs on the source');
   }
 
+  private setError(e: VmMigrateError, operating: boolean): void {
+    this.stats.error = e.message;
+    // A bug is INTERNAL, as toServiceError reports it to a caller.
+    this.stats.errorCode = operating ? statusName(grpc.status[e.code]) : statusName(grpc.status.INTERNAL);
+    this.stats.errorReason = e.reason;
+  }
+
+  /** The guest runs here again (a failure before the commit, or a commit the target never made). */
+  private resumeHere(): void {
+    this.method.cleanUp(this.ctx);
+    if (this.guest.describe().state === 'suspended') {
+      this.guest.resume();
+      // What the guest saw: suspended here until now.
+      this.stats.downtimeMs = this.clock.now() - this.suspendedAtMs;
+    }
+    this.disruption.resumedHere();
+    this.guest.setThrottle(1);
+    this.decisions.resumed();
+  }
+
   refreshStats(): MigrationStats {
-    const s = this.stats;
-    const rec = this.guestDiscarded ? undefined : this.guest.recorder?.recordingStats();
-    // Recording counters are monotonic while the recording lasts, and read as zero once it was
-    // stopped (abort) or the guest discarded (completion): keep the last real values then.
-    if (rec !== undefined && rec.unitsRecorded >= s.unitsRecorded) {
-      s.unitsRecorded = rec.unitsRecorded;
-      s.logBytes = rec.logBytes;
-    }
-    if (this.channel !== null) {
-      // Units the target is done with include those a delta superseded: only the others replayed.
-      s.unitsReplayed = Math.max(0, this.channel.progress.unitsReplayed - this.channel.progress.unitsSuperseded);
-      s.replayRate = this.channel.progress.replayRate;
-      s.stopReplayRate = this.channel.progress.stopReplayRate;
-      s.rttMs = this.channel.rttMs;
-    }
-    const wire = this.peer.wireBytes;
-    s.transferredBytes = wire.sent + wire.received;
-    // Superseded units (CR/TR's deltas) are neither replayed nor remaining; the method keeps the count.
-    s.remainingUnits = Math.max(0, s.unitsRecorded - s.unitsReplayed - s.unitsSuperseded);
-    if (!this.committed) s.totalTimeMs = this.elapsedMs();
-    s.mbps = (s.transferredBytes * 8) / 1e6 / Math.max(0.001, this.elapsedMs() / 1000);
-    const guestSeconds = (s.unitsRecorded * s.unitMs) / 1000;
-    s.logRateBytesPerSec = guestSeconds > 0 ? s.logBytes / guestSeconds : 0;
-    s.expectedDowntimeMs = expectedDowntimeMs({
-      unsentLogBytes: 0,
-      unitsToReplay: s.remainingUnits,
-      unitMs: s.unitMs,
-      replayRate: s.replayRate,
-      throughputBytesPerSec: this.ctx.throughputBytesPerSec,
-      rttMs: s.rttMs,
-    });
-    this.disruption.refresh(s, this.channel?.progress ?? null);
+    const recording = this.guestDiscarded ? undefined : this.guest.recorder?.recordingStats();
+    refreshMigrationStats(this.stats, { recording, channel: this.channel, wire: this.peer.wireBytes, elapsedMs: this.elapsedMs(), committed: this.commitment.committed, throughputBytesPerSec: this.ctx.throughputBytesPerSec });
+    this.disruption.refresh(this.stats, this.channel?.progress ?? null);
     // The method's own figures (remainingBytes, CR/TR's unsent log in the expected downtime).
     this.method.refreshStats(this.ctx);
-    return s;
+    return this.stats;
+  }
+
+  private makeCommitment(): Commitment {
+    const self = this;
+    return new Commitment({
+      id: this.id,
+      stats: this.stats,
+      get log() {
+        return self.log;
+      },
+      clock: this.clock,
+      peer: this.peer,
+      method: this.method,
+      ctx: this.ctx,
+      decisions: this.decisions,
+      startedAtMs: this.startedAtMs,
+      activationTimeoutMs: this.options.activationTimeoutMs,
+      deadlines: () => this.deadlines(),
+      setPhase: (phase) => this.setPhase(phase),
+      checkCancelled: () => this.checkCancelled(),
+      elapsedMs: () => this.elapsedMs(),
+      discardSource: () => this.discardSource(),
+      resumeHere: () => this.resumeHere(),
+      announce: (message) => {
+        this.emit('round', message);
+        this.emit('progress');
+      },
+    });
   }
 
   // --- what the lifecycle lends the method ---------------------------------------------
@@ -355,8 +342,9 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
         this.emit('progress');
       },
       elapsedMs: () => this.elapsedMs(),
+      downtimeTo: (resumedAtTargetMs, resumeToReplyMs) => this.commitment.downtimeTo(resumedAtTargetMs, resumeToReplyMs),
       markPointOfNoReturn: () => {
-        this.commitSent = true;
+        this.commitment.markSent();
         this.ctx.channel.markPointOfNoReturn();
       },
     };

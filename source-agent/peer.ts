@@ -1,14 +1,17 @@
 // The target agent as the source sees it: its unary Migration calls (capacity, reservation,
-// release, a ping) and the Transfer stream it opens, over one gRPC client that counts every byte
-// each way (the migration's transferredBytes).
+// release, a ping, the outcome of a migration in doubt) and the Transfer stream it opens, over
+// one gRPC client that counts every byte each way (the migration's transferredBytes). The pings
+// also sample the target's clock (clock-offset.ts).
 
 import { systemClock, type Clock } from '../shared/clock.js';
 import { countingService, grpc, makeClient, migrationService, pb, streamByteCounter, type StreamByteCounter, unary } from '../shared/transport/grpc.js';
+import { ClockOffset } from './clock-offset.js';
 import { GrpcTransferChannel, type TransferChannel, type TransferChannelOptions } from './channel.js';
 
 type Capacity = InstanceType<typeof pb.Capacity>;
 type ReserveRequest = InstanceType<typeof pb.ReserveRequest>;
 type ReserveResponse = InstanceType<typeof pb.ReserveResponse>;
+export type OutcomeResponse = InstanceType<typeof pb.OutcomeResponse>;
 
 /** What a migration's lifecycle asks of the target agent. */
 export interface TargetPeer {
@@ -21,6 +24,10 @@ export interface TargetPeer {
   release(reservationId: string, reason: string): Promise<void>;
   /** Opens the Transfer stream; `signal` is the migration's cancellation. */
   openTransfer(signal: AbortSignal, options: TransferChannelOptions): TransferChannel;
+  /** What the target decided about a migration (it fences one it had not committed). */
+  queryOutcome(migrationId: string, startedAtUnixMs: number): Promise<OutcomeResponse>;
+  /** The target's clock as seen from here, from the pings. */
+  readonly clockOffset: ClockOffset;
   close(): void;
 }
 
@@ -36,6 +43,7 @@ export class GrpcTargetPeer implements TargetPeer {
   private readonly methods = countingService(migrationService, this.counter, 'client');
   private readonly client: grpc.Client;
   private readonly clock: Clock;
+  readonly clockOffset = new ClockOffset();
 
   constructor(
     readonly address: string,
@@ -67,9 +75,15 @@ export class GrpcTargetPeer implements TargetPeer {
     // A ping is a small unary call: on its own HTTP/2 stream, it does not queue behind checkpoint
     // data as a message on the transfer stream would.
     const ping = async () => {
-      await unary(this.client, this.methods.getCapacity, pb.CapacityRequest.create(), this.options.callTimeoutMs, 'ping');
+      const sentMs = this.clock.now();
+      const answer = await unary(this.client, this.methods.getCapacity, pb.CapacityRequest.create(), this.options.callTimeoutMs, 'ping');
+      this.clockOffset.add(sentMs, this.clock.now(), answer.clockMs ?? 0, answer.agentInstanceId ?? '');
     };
     return new GrpcTransferChannel(call, { ...options, address: this.address, signal, ping, clock: this.clock });
+  }
+
+  queryOutcome(migrationId: string, startedAtUnixMs: number): Promise<OutcomeResponse> {
+    return unary(this.client, this.methods.queryOutcome, pb.OutcomeRequest.create({ migrationId, startedAtUnixMs }), this.options.callTimeoutMs, `outcome of migration ${migrationId} on ${this.address}`);
   }
 
   close(): void {

@@ -61,7 +61,7 @@ export function parseStartRequest(req: StartMigrationRequest, defaults: StartDef
 /** The request's fault injection (undefined: none asked for); refused unless allowed. */
 export function parseFaultInjection(req: StartMigrationRequest, allowed: boolean): FaultInjection | undefined {
   const f = req.faultInjection;
-  if (!f || !(f.abortAtPhase || (f.corruptChunkIndex ?? 0) > 0 || (f.corruptUnitSequence ?? 0) > 0 || f.corruptCommitDigest)) return undefined;
+  if (!f || !(f.abortAtPhase || (f.corruptChunkIndex ?? 0) > 0 || (f.corruptUnitSequence ?? 0) > 0 || f.corruptCommitDigest || f.loseCommitResult || f.loseActivation)) return undefined;
   if (!allowed) throw invalidField('fault_injection', 'fault injection is disabled on this agent (start it with --allow-fault-injection)');
   if (f.abortAtPhase && !ABORTABLE_PHASES.includes(f.abortAtPhase as MigrationPhase)) {
     throw invalidField('fault_injection.abort_at_phase', `abortAtPhase '${echo(f.abortAtPhase)}': expected one of ${ABORTABLE_PHASES.join(', ')}`);
@@ -71,5 +71,7 @@ export function parseFaultInjection(req: StartMigrationRequest, allowed: boolean
     corruptChunkIndex: (f.corruptChunkIndex ?? 0) > 0 ? (f.corruptChunkIndex ?? undefined) : undefined,
     corruptUnitSequence: (f.corruptUnitSequence ?? 0) > 0 ? (f.corruptUnitSequence ?? undefined) : undefined,
     corruptCommitDigest: f.corruptCommitDigest ?? false,
+    loseCommitResult: f.loseCommitResult ?? false,
+    loseActivation: f.loseActivation ?? false,
   };
 }

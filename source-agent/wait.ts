@@ -115,3 +115,24 @@ export class FailableWaits {
     if (this.error !== null) throw this.error;
   }
 }
+
+/**
+ * Awaits `work`, unless `ms` pass first and `expire` then returns an error (null: let it run on),
+ * which rejects the wait. Whatever `work` does later is ignored.
+ */
+export async function raceDeadline(clock: Clock, ms: number, work: Promise<void>, expire: () => VmMigrateError | null): Promise<void> {
+  let timer: Timer | undefined;
+  const deadline = new Promise<never>((_, reject) => {
+    timer = clock.timeout(ms, () => {
+      const error = expire();
+      if (error !== null) reject(error);
+    });
+  });
+  work.catch(() => {});
+  deadline.catch(() => {});
+  try {
+    await Promise.race([work, deadline]);
+  } finally {
+    timer?.cancel();
+  }
+}

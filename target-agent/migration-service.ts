@@ -20,6 +20,8 @@ import type { TransferPhase } from './receivers/context.js';
 import { type SessionHost, TargetSession } from './session.js';
 import { failStream, unaryHandlers } from '../shared/transport/handlers.js';
 import { ProbeReceiver } from './probe.js';
+import { type DecisionJournal, openJournal } from '../shared/journal.js';
+import { TargetDecisions } from './decisions.js';
 
 export { TARGET_DEFAULTS, type TargetOptions } from './options.js';
 
@@ -45,6 +47,8 @@ export class MigrationService implements SessionHost {
   readonly incoming: IncomingJobs;
   /** Bandwidth probes from sources estimating a migration here. */
   private readonly probes: ProbeReceiver;
+  /** Commit decisions, in the agent's journal, and the outcome queries answered from them. */
+  readonly decisions: TargetDecisions;
 
   constructor(
     private readonly driver: HypervisorDriver,
@@ -52,10 +56,14 @@ export class MigrationService implements SessionHost {
     private readonly log: Logger,
     readonly metrics?: AgentMetrics,
     private readonly clock: Clock = systemClock,
+    journal: DecisionJournal = openJournal(undefined),
   ) {
     this.incoming = new IncomingJobs(clock);
     this.probes = new ProbeReceiver(clock);
+    this.decisions = new TargetDecisions(journal, options.agentInstanceId ?? '', clock, log);
+    this.decisions.recoverAtStart();
     this.reservations = new ReservationRegistry(options, clock, log, metrics, (r, reason) => {
+      this.decisions.dropped(r.migrationId, r.replica.id, r.opened, reason);
       if (!r.opened) this.incoming.ended(r.migrationId, reason);
     });
     // In progress: reserved and not yet opened, or on a transfer stream that holds its reservation.
@@ -63,7 +71,32 @@ export class MigrationService implements SessionHost {
   }
 
   capacity(): InstanceType<typeof pb.Capacity> {
-    return capacityMessage(this.driver.capacity(), this.options.agentInstanceId);
+    const message = capacityMessage(this.driver.capacity(), this.options.agentInstanceId);
+    // The source's pings read it: the clocks' offset, for the downtime the guest saw.
+    message.clockMs = this.clock.now();
+    return message;
+  }
+
+  /** QueryOutcome: what became of a migration here; one not committed is fenced first (decisions.ts). */
+  queryOutcome(request: InstanceType<typeof pb.OutcomeRequest>): InstanceType<typeof pb.OutcomeResponse> {
+    const migrationId = request.migrationId;
+    if (!migrationId) throw invalidField('migration_id', 'outcome query without a migration id');
+    checkJobId(migrationId, 'migration_id');
+    const sessions = () => [...this.sessions].filter((s) => s.jobId === migrationId);
+    const answer = this.decisions.outcome(
+      migrationId,
+      Number.isFinite(request.startedAtUnixMs) ? request.startedAtUnixMs : 0,
+      () => {
+        const running = sessions().map((s) => s.missingPages).find((n) => n !== null);
+        return running === undefined || running === null ? null : { missingPages: running };
+      },
+      (reason) => {
+        for (const s of sessions()) s.abort(reason);
+        for (const r of this.reservations.byMigration(migrationId)) this.reservations.release(r.id, reason);
+      },
+    );
+    this.log.info({ jobId: migrationId, outcome: pb.OutcomeResponse.Outcome[answer.outcome], detail: answer.detail }, 'answered an outcome query');
+    return answer;
   }
 
   async reserve(request: InstanceType<typeof pb.ReserveRequest>): Promise<InstanceType<typeof pb.ReserveResponse>> {
@@ -78,6 +111,7 @@ export class MigrationService implements SessionHost {
     checkGuestId(g.id, 'guest.id');
     if (!request.migrationId) throw invalidField('migration_id', 'reservation without a migration id');
     checkJobId(request.migrationId, 'migration_id');
+    this.decisions.checkUndecided(request.migrationId);
     const downtimeLimitMs = request.downtimeLimitMs;
     if (!(downtimeLimitMs >= DOWNTIME_LIMIT_MS_MIN && downtimeLimitMs <= DOWNTIME_LIMIT_MS_MAX)) {
       throw invalidField('downtime_limit_ms', `downtime limit ${downtimeLimitMs} ms: expected ${DOWNTIME_LIMIT_MS_MIN} to ${DOWNTIME_LIMIT_MS_MAX}`);
@@ -96,6 +130,12 @@ export class MigrationService implements SessionHost {
     const id = randomUUID();
     const reservation = this.reservations.reserve(id, { migrationId: request.migrationId, replica, downtimeLimitMs, unitMs: g.unitMs ?? 0, maxDurationMs: request.maxDurationMs ?? 0 });
     this.incoming.reserved(reservation, description.memoryBytes);
+    try {
+      this.decisions.reserved(request.migrationId, g.id, '');
+    } catch (error) {
+      this.reservations.release(id, 'the journal could not record it');
+      throw new UnavailableError(`cannot record the reservation in the journal: ${(error as Error).message}`, { reason: 'JOURNAL_UNAVAILABLE' });
+    }
     const startMs = this.clock.now();
     // Shown on its own in the job's target view, however long Reserve waited for it.
     replica.memoryReady?.then(
@@ -198,6 +238,7 @@ export class MigrationService implements SessionHost {
           if (jobId !== null) this.incoming.ended(jobId, session.reasonEnded);
         });
       }) as grpc.handleBidiStreamingCall<InstanceType<typeof pb.SourceMessage>, InstanceType<typeof pb.TargetMessage>>,
+      queryOutcome: unaryHandler((req: InstanceType<typeof pb.OutcomeRequest>) => this.queryOutcome(req)),
       probe: ((call, callback) => this.probes.handle(call, callback)) as grpc.handleClientStreamingCall<InstanceType<typeof pb.ProbeData>, InstanceType<typeof pb.ProbeResult>>,
     };
   }

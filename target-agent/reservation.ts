@@ -63,6 +63,11 @@ export class ReservationRegistry {
     return this.entries.get(id);
   }
 
+  /** The reservations made for migration `migrationId` (one, normally). */
+  byMigration(migrationId: string): Reservation[] {
+    return [...this.entries.values()].filter((r) => r.migrationId === migrationId);
+  }
+
   /** Registers the replica `request.replica` under `id`, released if not opened in time. */
   reserve(id: string, request: ReservationRequest): Reservation {
     const timeoutMs = this.options.reservationTimeoutMs;

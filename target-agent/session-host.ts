@@ -8,6 +8,7 @@ import type { TransferView } from './incoming-jobs.js';
 import type { TargetOptions } from './options.js';
 import type { TransferPhase } from './receivers/context.js';
 import type { Reservation } from './reservation.js';
+import type { TargetDecisions } from './decisions.js';
 
 type SourceMessage = InstanceType<typeof pb.SourceMessage>;
 type TargetMessage = InstanceType<typeof pb.TargetMessage>;
@@ -24,6 +25,8 @@ export interface SessionHost {
   forget(reservationId: string): void;
   /** Discards a guest running here (a post-copy whose commit failed). */
   discardGuest(guestId: string): void;
+  /** The agent's commit decisions (journal): a commit is recorded before it is answered. */
+  readonly decisions?: Pick<TargetDecisions, 'committed' | 'resumed' | 'dropped'>;
   /** The transfer of job `jobId` entered `phase`; `view` tells its state (incoming jobs as Control shows them). */
   phaseChanged?(jobId: string, phase: TransferPhase, method: MigrationMethod | null, view: () => TransferView): void;
 }

@@ -97,6 +97,12 @@ export class TargetSession {
     return this.endReason;
   }
 
+  /** Post-copy: pages the guest running here still lacks (null: no guest runs here by this transfer). */
+  get missingPages(): number | null {
+    if (this.phase !== 'postcopy' && this.phase !== 'activated') return null;
+    return this.transfer?.receivers.running?.()?.missingPages ?? null;
+  }
+
   /** The source's job id, once the Open named the reservation. */
   get jobId(): string | null {
     return this.reservation?.migrationId ?? null;
@@ -188,6 +194,7 @@ export class TargetSession {
       windows: { unitWindow, unitWindowBytes, switchoverDeadlineMs },
       phase: () => this.phase,
       restored: () => this.setPhase('replaying'),
+      resuming: () => this.host.decisions?.committed(r.migrationId, r.replica.id),
       resumedHere: (resumedAtMs) => this.resumedHere(r, resumedAtMs),
       progress: (force) => this.progress(force),
       send: (body) => this.send(body),
@@ -242,20 +249,38 @@ export class TargetSession {
       this.end(`digest mismatch: source ${commit.digest}, replica ${targetDigest}`);
       return;
     }
-    // The commit point: from here the guest is this host's. It resumes here even if the stream
-    // breaks now; the source never resumes its copy after sending the commit.
+    // The commit point: recorded in the journal first (the single point of truth a source that
+    // lost our answer asks), then the guest is this host's. It resumes here even if the stream
+    // breaks now; the source never resumes its copy after sending the commit, unless we say (to
+    // its outcome query) that we did not commit.
+    if (!this.recordCommit(r, targetDigest)) return;
     this.setPhase('committed');
     this.host.metrics?.incomingEnded(method.name, 'committed');
     this.send({ commitResult: { matched: true, targetDigest } });
     const resumedAtMs = this.clock.now();
     r.replica.activate();
+    this.host.decisions?.resumed(r.migrationId, resumedAtMs);
     this.host.forget(r.id);
     this.setPhase('activated');
     this.log.info({ digest: targetDigest, digestMs, commitToResumeMs: this.clock.now() - commitStartMs }, 'committed and resumed the guest here');
     void this.runHooks(r).then((hooks) => {
-      this.send({ activated: { resumeToReplyMs: this.clock.now() - resumedAtMs, hooks } });
+      this.send({ activated: { resumeToReplyMs: this.clock.now() - resumedAtMs, resumedAtMs, hooks } });
       this.finish();
     });
+  }
+
+  /** Records the commit; when the journal cannot, refuses it (matched=false with the reason: the source resumes). */
+  private recordCommit(r: Reservation, targetDigest: string): boolean {
+    try {
+      this.host.decisions?.committed(r.migrationId, r.replica.id);
+      return true;
+    } catch (error) {
+      const message = bounded((error as Error).message, MESSAGE_CHARS_MAX);
+      this.log.error({ err: message }, 'commit refused: the decision could not be recorded');
+      this.send({ commitResult: { matched: false, targetDigest, refusedReason: message } });
+      this.end(message);
+      return false;
+    }
   }
 
   /** The final unit was replayed: a commit held since it arrived early goes on now. */
@@ -279,6 +304,7 @@ export class TargetSession {
       // source (told so by matched=false) can resume its suspended copy.
       this.log.error({ sourceDigest: commit.digest, targetDigest }, 'post-copy commit refused: digests differ; discarding the guest here');
       this.host.discardGuest(r.replica.id);
+      this.host.decisions?.dropped(r.migrationId, r.replica.id, true, 'post-copy commit refused: digests differ');
       this.host.metrics?.incomingEnded(method, 'discarded');
       this.send({ commitResult: { matched: false, targetDigest } });
       this.endReason = `post-copy commit refused: the pages received hash to ${targetDigest}, the source had ${commit.digest}`;
@@ -295,9 +321,10 @@ export class TargetSession {
 
   /** Post-copy: the guest resumed here; confirmed at once, since the source must serve page requests while the hooks run. */
   private resumedHere(r: Reservation, resumedAtMs: number): void {
+    this.host.decisions?.resumed(r.migrationId, resumedAtMs);
     this.host.forget(r.id);
     this.setPhase('postcopy');
-    this.send({ activated: { resumeToReplyMs: this.clock.now() - resumedAtMs, hooks: [] } });
+    this.send({ activated: { resumeToReplyMs: this.clock.now() - resumedAtMs, resumedAtMs, hooks: [] } });
     void this.runHooks(r);
   }
 

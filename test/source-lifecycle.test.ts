@@ -5,6 +5,7 @@ import t from 'tap';
 import { ManualClock } from '../shared/clock.js';
 import type { MigrationPhase } from '../shared/stats.js';
 import { pb } from '../shared/transport/grpc.js';
+import { UnavailableError } from '../shared/errors.js';
 import { faultHooks } from '../source-agent/faults.js';
 import { CRTR_PHASES } from '../source-agent/methods/crtr.js';
 import type { MigrationRequest } from '../source-agent/methods/method.js';
@@ -130,17 +131,152 @@ t.test('an early commit: sent right behind the final unit; refused with a reason
   t.equal(s.guest.state, 'running', 'nothing was committed: the guest resumes here');
 });
 
-t.test('a lost commit answer: the guest stays suspended here (never resumed past the commit point)', async (t) => {
-  const s = setup();
+const { Outcome } = pb.OutcomeResponse;
+
+/** Plays the target up to the commit, then loses its answer: the job goes in doubt. */
+async function toDoubt(s: Setup): Promise<FakeChannel> {
   const channel = await toCommit(s);
-  channel.fail(new (await import('../shared/errors.js')).UnavailableError('the target went away'));
+  channel.fail(new UnavailableError('the target went away'));
+  await until(s, () => s.job.stats.status === 'in-doubt', 'in doubt');
+  return channel;
+}
+
+t.test('a lost commit answer: in doubt, the guest stays suspended; the target says it committed: completed, the copy here dropped', async (t) => {
+  const s = setup();
+  // The target's clock runs 10 s ahead of ours: a ping measured it (50 ms round trip).
+  s.peer.clockOffset.add(900, 950, 10_925, 'target-run-1');
+  let answers = 0;
+  s.peer.outcome = async () => {
+    if (++answers < 3) throw new UnavailableError('connection refused');
+    // Resumed 8 ms after our suspend at 1000 (our clock) + the time the test spent (25 ms to the final unit's report).
+    return pb.OutcomeResponse.create({ outcome: Outcome.COMMITTED, resumedAtMs: 11_000 + 33, agentInstanceId: 'target-run-1', durable: true });
+  };
+  await toDoubt(s);
+  t.equal(s.guest.state, 'suspended', 'kept suspended while in doubt');
+  t.equal(s.guest.resumed, 0);
+  t.notOk(s.job.isOver(), 'an in-doubt job has not ended');
+  t.match(s.job.stats.error, /^commit outcome unknown \(the target went away\)/);
+  // The backoff: 200 ms, then 400 ms, before the third query answers.
+  await s.clock.advance(200);
+  await s.clock.advance(400);
+  const stats = (await s.done) as SourceMigration['stats'];
+  t.equal(stats.status, 'completed', 'the truth, once known');
+  t.equal(stats.error, '');
+  t.equal(stats.errorReason, '');
+  t.same(s.peer.outcomeQueries, [s.job.id, s.job.id, s.job.id]);
+  t.equal(stats.outcomeQueries, 3);
+  t.equal(stats.inDoubtMs, 600);
+  t.ok(s.guest.discarded, 'the copy here is dropped: the guest is the target\'s');
+  t.equal(stats.downtimeMs, 33, "the target's resume instant on our clock, not the time the news took");
+});
+
+t.test('a lost commit answer; the target says it never committed: the guest resumes here, the job fails saying so', async (t) => {
+  const s = setup();
+  s.peer.outcome = async () => pb.OutcomeResponse.create({ outcome: Outcome.NOT_COMMITTED, detail: 'not committed; fenced now', durable: true });
+  await toCommit(s);
+  await s.clock.advance(40);
+  s.peer.channel!.fail(new UnavailableError('the target went away'));
   const stats = (await s.done) as SourceMigration['stats'];
   t.equal(stats.status, 'failed');
-  t.match(stats.error, /^commit outcome unknown \(the target went away\): the guest is kept suspended on the source/);
   t.equal(stats.errorReason, 'PEER_UNAVAILABLE');
-  t.equal(s.guest.state, 'suspended');
-  t.equal(s.guest.resumed, 0);
+  t.match(stats.error, /the target did not commit \(not committed; fenced now\): the guest resumed on the source/);
+  t.equal(s.guest.state, 'running');
+  t.equal(s.guest.resumed, 1);
   t.notOk(s.guest.discarded);
+  t.equal(stats.downtimeMs, 65, 'suspended here from the suspend to the resume here');
+});
+
+t.test('the target cannot tell (UNKNOWN): in doubt until an operator; resolve refuses to resume unless forced', async (t) => {
+  const s = setup();
+  s.peer.outcome = async () => pb.OutcomeResponse.create({ outcome: Outcome.UNKNOWN, detail: 'no durable journal', durable: false });
+  await toDoubt(s);
+  await s.clock.advance(200);
+  await s.clock.advance(400);
+  t.equal(s.job.stats.status, 'in-doubt', 'an UNKNOWN answer decides nothing');
+  t.throws(() => s.job.resolve('resume-here', false), { code: 'FAILED_PRECONDITION', reason: 'MIGRATION_IN_DOUBT', message: /the target cannot tell \(no durable journal\); resuming here could leave the guest running twice/ });
+  t.throws(() => s.job.resolve('discard-here', false), { reason: 'MIGRATION_IN_DOUBT', message: /running nowhere/ });
+  const before = s.peer.outcomeQueries.length;
+  s.job.resolve('query', false);
+  await until(s, () => s.peer.outcomeQueries.length > before, 'a query at once');
+  s.job.resolve('resume-here', true);
+  const stats = (await s.done) as SourceMigration['stats'];
+  t.equal(stats.status, 'failed');
+  t.match(stats.error, /an operator \(forced\) says the target did not commit/);
+  t.equal(s.guest.state, 'running', 'resumed by the operator');
+  t.throws(() => s.job.resolve('query', false), { code: 'FAILED_PRECONDITION', reason: 'PROTOCOL_VIOLATION', message: /is not in doubt \(failed\)/ });
+});
+
+t.test('an operator may force the copy here to be dropped: completed, and the job says it was forced', async (t) => {
+  const s = setup();
+  await toDoubt(s);
+  s.job.resolve('discard-here', true);
+  const stats = (await s.done) as SourceMigration['stats'];
+  t.equal(stats.status, 'completed');
+  t.equal(stats.errorReason, 'MIGRATION_IN_DOUBT');
+  t.match(stats.error, /^completed by an operator \(forced\): the copy here was dropped without the target's word/);
+  t.ok(s.guest.discarded);
+});
+
+t.test('the agent stops while a job is in doubt: the job ends failed, its guest left suspended', async (t) => {
+  const s = setup();
+  await toDoubt(s);
+  s.job.abandon('agent shutting down');
+  const stats = (await s.done) as SourceMigration['stats'];
+  t.equal(stats.status, 'failed');
+  t.equal(stats.errorReason, 'MIGRATION_IN_DOUBT');
+  t.match(stats.error, /^still in doubt when the agent stopped \(agent shutting down\)/);
+  t.equal(s.guest.state, 'suspended');
+  t.notOk(s.guest.discarded);
+});
+
+t.test('a commit answer later than its deadline (from the downtime limit): in doubt, never resumed blindly', async (t) => {
+  const s = setup();
+  s.peer.outcome = async () => pb.OutcomeResponse.create({ outcome: Outcome.NOT_COMMITTED, detail: 'fenced', durable: true });
+  await toCommit(s);
+  // 300 ms limit: the commit's deadline is max(1000, 2 x 300) ms.
+  await s.clock.advance(999);
+  t.equal(s.job.stats.status, 'committing');
+  await s.clock.advance(300);
+  const stats = (await s.done) as SourceMigration['stats'];
+  t.equal(stats.status, 'failed');
+  t.equal(stats.errorReason, 'SWITCHOVER_DEADLINE_EXCEEDED');
+  t.match(stats.error, /^the commit's answer was lost \(no answer to the commit within 1000 ms\)/);
+  t.equal(s.guest.state, 'running');
+});
+
+t.test('a stop-and-copy past its deadline: the commit was never sent, the guest resumes here at once', async (t) => {
+  const s = setup();
+  const channel = await toStop(s);
+  await until(s, () => channel.writtenOf('unit').some((u) => (u.body as { final: boolean }).final), 'the final unit');
+  // The target never reports the final unit replayed: 300 ms limit, deadline max(1000, 4 x 300) ms.
+  await s.clock.advance(1_199);
+  t.equal(s.job.stats.status, 'stop-and-copy');
+  await s.clock.advance(1);
+  const stats = (await s.done) as SourceMigration['stats'];
+  t.equal(stats.status, 'failed');
+  t.equal(stats.errorCode, 'DEADLINE_EXCEEDED');
+  t.equal(stats.errorReason, 'SWITCHOVER_DEADLINE_EXCEEDED');
+  t.match(stats.error, /^stop-and-copy took more than 1200 ms/);
+  t.equal(channel.commitDigestSent, '', 'no commit was sent');
+  t.ok(channel.abortReason.startsWith('stop-and-copy took more than'), 'the target is told to drop its replica');
+  t.equal(s.guest.state, 'running');
+  t.equal(stats.downtimeMs, 1_200, 'what the guest saw');
+  t.equal(s.peer.outcomeQueries.length, 0, 'nothing in doubt');
+});
+
+t.test("a matched commit whose activation confirmation is lost: completed (the guest is the target's), downtime asked of the target", async (t) => {
+  const s = setup();
+  s.peer.clockOffset.add(990, 1_000, 5_000, 'run-2');
+  s.peer.outcome = async () => pb.OutcomeResponse.create({ outcome: Outcome.COMMITTED, resumedAtMs: 5_025, agentInstanceId: 'run-2', durable: true });
+  const channel = await toCommit(s);
+  channel.commitResult = pb.CommitResult.create({ matched: true, targetDigest: '0123456789abcdef' });
+  channel.notify();
+  await until(s, () => s.job.stats.phase === 'activation', 'activation');
+  channel.fail(new UnavailableError('link cut'));
+  const stats = (await s.done) as SourceMigration['stats'];
+  t.equal(stats.status, 'completed');
+  t.ok(s.guest.discarded);
+  t.equal(stats.downtimeMs, 20, "the target resumed it 20 ms after our suspend (offset 4005 ms)");
 });
 
 t.test('a cancellation during the checkpoint: the target is told to abort, the guest runs on', async (t) => {

@@ -189,6 +189,7 @@ export const migrationService = {
   release: method<Msg<typeof pb.ReleaseRequest>, Msg<typeof pb.ReleaseResponse>>('Migration', 'Release', pb.ReleaseRequest, pb.ReleaseResponse, false, false),
   transfer: method<Msg<typeof pb.SourceMessage>, Msg<typeof pb.TargetMessage>>('Migration', 'Transfer', pb.SourceMessage, pb.TargetMessage, true, true),
   probe: method<Msg<typeof pb.ProbeData>, Msg<typeof pb.ProbeResult>>('Migration', 'Probe', pb.ProbeData, pb.ProbeResult, true, false),
+  queryOutcome: method<Msg<typeof pb.OutcomeRequest>, Msg<typeof pb.OutcomeResponse>>('Migration', 'QueryOutcome', pb.OutcomeRequest, pb.OutcomeResponse, false, false),
 } satisfies grpc.ServiceDefinition;
 
 export const controlService = {
@@ -222,6 +223,7 @@ export const controlServiceV2 = {
   listJobs: v2<Msg<typeof pb2.ListJobsRequest>, Msg<typeof pb2.ListJobsResponse>>('ListJobs', pb2.ListJobsRequest, pb2.ListJobsResponse),
   watchJob: v2<Msg<typeof pb2.WatchJobRequest>, Msg<typeof pb2.JobEvent>>('WatchJob', pb2.WatchJobRequest, pb2.JobEvent, true),
   cancelJob: v2<Msg<typeof pb2.CancelJobRequest>, Msg<typeof pb2.CancelJobResponse>>('CancelJob', pb2.CancelJobRequest, pb2.CancelJobResponse),
+  resolveJob: v2<Msg<typeof pb2.ResolveJobRequest>, Msg<typeof pb2.ResolveJobResponse>>('ResolveJob', pb2.ResolveJobRequest, pb2.ResolveJobResponse),
   estimateMigration: v2<Msg<typeof pb2.EstimateMigrationRequest>, Msg<typeof pb2.EstimateMigrationResponse>>('EstimateMigration', pb2.EstimateMigrationRequest, pb2.EstimateMigrationResponse),
 } satisfies grpc.ServiceDefinition;
 

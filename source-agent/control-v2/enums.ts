@@ -5,6 +5,7 @@ import type { GuestState } from '../../shared/driver/types.js';
 import type { MigrationMethod, MigrationPhase, MigrationStatus } from '../../shared/stats.js';
 import { invalidField } from '../../shared/errors.js';
 import { pb2 } from '../../shared/transport/grpc.js';
+import type { ResolveAction } from '../in-doubt.js';
 
 const METHODS: Record<MigrationMethod, number> = { crtr: pb2.Method.METHOD_CRTR, precopy: pb2.Method.METHOD_PRECOPY, postcopy: pb2.Method.METHOD_POSTCOPY };
 
@@ -71,6 +72,8 @@ export function jobStateOf(status: MigrationStatus): number {
       return pb2.JobState.JOB_STATE_CANCELLED;
     case 'cancelling':
       return pb2.JobState.JOB_STATE_CANCELLING;
+    case 'in-doubt':
+      return pb2.JobState.JOB_STATE_IN_DOUBT;
     default:
       return pb2.JobState.JOB_STATE_RUNNING;
   }
@@ -80,4 +83,18 @@ export function jobStateOf(status: MigrationStatus): number {
 export function errorReasonEnum(reason: string): number {
   const value = (pb2.ErrorReason as unknown as Record<string, number>)[reason];
   return typeof value === 'number' ? value : pb2.ErrorReason.ERROR_REASON_UNSPECIFIED;
+}
+
+const RESOLVE_ACTIONS: Record<number, ResolveAction> = {
+  [pb2.ResolveAction.RESOLVE_ACTION_UNSPECIFIED]: 'query',
+  [pb2.ResolveAction.RESOLVE_ACTION_QUERY]: 'query',
+  [pb2.ResolveAction.RESOLVE_ACTION_RESUME_HERE]: 'resume-here',
+  [pb2.ResolveAction.RESOLVE_ACTION_DISCARD_HERE]: 'discard-here',
+};
+
+/** A ResolveJob action; a value this agent does not know is INVALID_FIELD. */
+export function resolveActionName(value: number): ResolveAction {
+  const action = RESOLVE_ACTIONS[value];
+  if (action === undefined) throw invalidField('action', `action ${value}: expected 1 (query), 2 (resume here) or 3 (discard here)`);
+  return action;
 }

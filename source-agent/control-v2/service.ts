@@ -12,7 +12,7 @@ import { type controlServiceV2, type grpc, pb, pb2, toServiceError } from '../..
 import { hostOf, isLoopbackHost } from '../../shared/transport/tls.js';
 import type { ControlService } from '../control-service.js';
 import { METHOD_NAMES, createMethod } from '../methods/registry.js';
-import { methodName, policyName } from './enums.js';
+import { methodName, policyName, resolveActionName } from './enums.js';
 import { capacityMessage, guestMessage, type GuestRoleOf, incomingJobMessage, sourceJobMessage } from './views.js';
 import type { IncomingJob } from '../../shared/incoming-job.js';
 import { watchIncomingJob, watchSourceJob } from './watch.js';
@@ -163,6 +163,22 @@ export class ControlServiceV2 {
     return pb2.CancelJobResponse.create({ job: sourceJobMessage(job, this.control.historyOf(job)) });
   }
 
+  /** ResolveJob: an operator's action on an in-doubt job (see in-doubt.ts). */
+  resolveJob(req: Req<'ResolveJobRequest'>): InstanceType<typeof pb2.ResolveJobResponse> {
+    checkJobId(req.jobId, 'job_id');
+    const action = resolveActionName(req.action);
+    const job = this.outgoing(req.jobId);
+    if (job === undefined) {
+      if (this.incoming.get(req.jobId) !== undefined) {
+        throw new InvalidStateError(`job '${req.jobId}' is incoming here; an in-doubt job is resolved on its source agent`, { reason: 'PROTOCOL_VIOLATION', metadata: { jobId: req.jobId } });
+      }
+      throw jobNotFound(req.jobId);
+    }
+    job.resolve(action, req.force === true);
+    this.log.info({ jobId: req.jobId, action, force: req.force === true }, 'in-doubt job: operator action');
+    return pb2.ResolveJobResponse.create({ job: sourceJobMessage(job, this.control.historyOf(job)) });
+  }
+
   handlers(): Handlers {
     const unary = unaryHandlers(this.log, 'Control v2');
     return {
@@ -174,6 +190,7 @@ export class ControlServiceV2 {
       getJob: unary((req: Req<'GetJobRequest'>) => this.getJob(req)),
       listJobs: unary((req: Req<'ListJobsRequest'>) => this.listJobs(req)),
       cancelJob: unary((req: Req<'CancelJobRequest'>) => this.cancelJob(req)),
+      resolveJob: unary((req: Req<'ResolveJobRequest'>) => this.resolveJob(req)),
       estimateMigration: this.estimateHandler(),
       watchJob: ((call: grpc.ServerWritableStream<Req<'WatchJobRequest'>, InstanceType<typeof pb2.JobEvent>>) => {
         try {

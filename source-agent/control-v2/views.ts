@@ -58,6 +58,8 @@ function sourceStats(job: SourceMigration, s: MigrationStats): InstanceType<type
     bytes: transferBytes(job.wireBytes.streams),
     disruption: disruptionOf(s),
     reservationMs: s.reservationMs,
+    inDoubtMs: s.inDoubtMs,
+    outcomeQueries: s.outcomeQueries,
   });
   if (s.method === 'crtr') stats.crtr = crtrStats(s);
   else if (s.method === 'precopy') stats.precopy = pb2.PrecopyStats.create({ rounds: s.rounds, pagesSent: s.pagesSent, stopPagesSent: s.stopPagesSent, dirtyPages: Math.round(s.remainingBytes / PAGE_BYTES) });

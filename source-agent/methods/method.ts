@@ -90,6 +90,11 @@ export interface MethodContext {
   readonly suspended: boolean;
   /** When it was suspended (clock.now()); meaningful once `suspended`. */
   readonly suspendedAtMs: number;
+  /**
+   * The downtime the guest saw, suspend here to its resume on the target at `resumedAtTargetMs`
+   * (the target's clock, from Activated); without it, now less `resumeToReplyMs`.
+   */
+  downtimeTo(resumedAtTargetMs: number, resumeToReplyMs: number): number;
   /** The target driver's capabilities, as its Capacity said (pre-migration); optional ones decide extras such as CR/TR's deltas. */
   readonly targetCapabilities: readonly string[];
 }

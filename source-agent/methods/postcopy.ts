@@ -49,8 +49,8 @@ export class PostcopyMethod implements TransferMethod {
 
     ctx.setPhase('activation');
     await channel.until(() => channel.activated !== null, { pastCommit: true, timeoutMs: ctx.timings.activationTimeoutMs });
-    const resumeToReplyMs = channel.activated!.resumeToReplyMs;
-    stats.downtimeMs = ctx.clock.now() - ctx.suspendedAtMs - resumeToReplyMs;
+    const { resumeToReplyMs, resumedAtMs } = channel.activated!;
+    stats.downtimeMs = ctx.downtimeTo(resumedAtMs ?? 0, resumeToReplyMs);
     ctx.log.debug({ stateSentMs: stateSentAtMs - ctx.suspendedAtMs, downtimeMs: stats.downtimeMs, resumeToReplyMs }, 'post-copy switch timing');
 
     ctx.setPhase('page-push');

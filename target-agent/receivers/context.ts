@@ -28,6 +28,11 @@ export interface ReceiverContext {
   /** The replica is restored: the transfer moves to `replaying`. */
   restored(): void;
   /**
+   * Post-copy: the guest is about to resume here, the point of no return: the decision is recorded
+   * first (throws, and the guest stays unresumed, when it cannot be).
+   */
+  resuming(): void;
+  /**
    * Post-copy: the guest resumed here at `resumedAtMs` (clock time), with pages still missing.
    * From here it is this host's; the session confirms the activation and runs the hooks.
    */

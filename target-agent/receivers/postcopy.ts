@@ -66,6 +66,7 @@ export class PostcopyReceiver {
     const { context } = this;
     if (context.phase() !== 'restoring') throw new InvalidStateError(`machine state received while ${context.phase()}`, { reason: 'PROTOCOL_VIOLATION' });
     const state = unpackPayload(message.payload, 'machine state');
+    context.resuming();
     const resumedAtMs = context.clock.now();
     const { guest, postcopy } = this.resume.activatePostcopy(state, (pages: Uint32Array) => this.fetchPages(pages));
     this.target = postcopy;

@@ -6,7 +6,8 @@ import { pino } from 'pino';
 import type { ManualClock } from '../../shared/clock.js';
 import type { CheckpointChunk, GuestDescription, GuestState, LogRecorder, PageAccess, RecordingStart, RecordingStats, SealedUnit, SourceGuest } from '../../shared/driver/types.js';
 import { PAGE_BYTES } from '../../shared/driver/types.js';
-import { AbortedError } from '../../shared/errors.js';
+import { AbortedError, UnavailableError } from '../../shared/errors.js';
+import { ClockOffset } from '../../source-agent/clock-offset.js';
 import { type PackedMessage, packMessage, type PayloadBody, PROTOCOL_VERSION } from '../../shared/protocol.js';
 import { emptyStats, type MigrationMethod, type MigrationPhase, type MigrationStats } from '../../shared/stats.js';
 import { pb, streamByteCounter } from '../../shared/transport/grpc.js';
@@ -294,6 +295,7 @@ export function methodContext(
     },
     elapsedMs: () => clock.now() - startMs,
     markPointOfNoReturn: () => channel.markPointOfNoReturn(),
+    downtimeTo: (_resumedAtTargetMs, resumeToReplyMs) => clock.now() - suspendedAtMs - resumeToReplyMs,
   };
   // The lifecycle's suspend sequence, for tests that run catchUp then finish.
   const suspend = async () => {
@@ -315,8 +317,20 @@ export class FakePeer implements TargetPeer {
   readonly released: Array<{ reservationId: string; reason: string }> = [];
   channel: FakeChannel | null = null;
   closed = false;
+  readonly clockOffset = new ClockOffset();
+  /** The migration ids outcome queries asked about, in order. */
+  readonly outcomeQueries: string[] = [];
+  /** How the target answers an outcome query (default: unreachable). */
+  outcome: (migrationId: string) => Promise<InstanceType<typeof pb.OutcomeResponse>> = async () => {
+    throw new UnavailableError('the fake target does not answer outcome queries');
+  };
 
   constructor(private readonly clock: ManualClock) {}
+
+  queryOutcome(migrationId: string): Promise<InstanceType<typeof pb.OutcomeResponse>> {
+    this.outcomeQueries.push(migrationId);
+    return this.outcome(migrationId);
+  }
 
   async capacity(): Promise<InstanceType<typeof pb.Capacity>> {
     return this.capacityReply;

@@ -1,0 +1,52 @@
+// A migration's statistics refreshed from what its parts know: the recorder's counters, the
+// target's last progress report, the bytes on the wire and the clock.
+
+import { expectedDowntimeMs } from '../shared/convergence.js';
+import type { RecordingStats } from '../shared/driver/types.js';
+import type { MigrationStats } from '../shared/stats.js';
+import type { StreamByteCounter } from '../shared/transport/grpc.js';
+import type { TransferChannel } from './channel.js';
+
+export interface StatsSources {
+  /** The recorder's counters (undefined: not recording, or the guest is gone). */
+  recording: RecordingStats | undefined;
+  channel: TransferChannel | null;
+  wire: Readonly<StreamByteCounter>;
+  elapsedMs: number;
+  /** Committed: the total time stays as it was at the commit. */
+  committed: boolean;
+  throughputBytesPerSec: number;
+}
+
+export function refreshMigrationStats(s: MigrationStats, from: StatsSources): void {
+  const rec = from.recording;
+  // Recording counters are monotonic while the recording lasts, and read as zero once it was
+  // stopped (abort) or the guest discarded (completion): keep the last real values then.
+  if (rec !== undefined && rec.unitsRecorded >= s.unitsRecorded) {
+    s.unitsRecorded = rec.unitsRecorded;
+    s.logBytes = rec.logBytes;
+  }
+  const channel = from.channel;
+  if (channel !== null) {
+    // Units the target is done with include those a delta superseded: only the others replayed.
+    s.unitsReplayed = Math.max(0, channel.progress.unitsReplayed - channel.progress.unitsSuperseded);
+    s.replayRate = channel.progress.replayRate;
+    s.stopReplayRate = channel.progress.stopReplayRate;
+    s.rttMs = channel.rttMs;
+  }
+  s.transferredBytes = from.wire.sent + from.wire.received;
+  // Superseded units (CR/TR's deltas) are neither replayed nor remaining; the method keeps the count.
+  s.remainingUnits = Math.max(0, s.unitsRecorded - s.unitsReplayed - s.unitsSuperseded);
+  if (!from.committed) s.totalTimeMs = from.elapsedMs;
+  s.mbps = (s.transferredBytes * 8) / 1e6 / Math.max(0.001, from.elapsedMs / 1000);
+  const guestSeconds = (s.unitsRecorded * s.unitMs) / 1000;
+  s.logRateBytesPerSec = guestSeconds > 0 ? s.logBytes / guestSeconds : 0;
+  s.expectedDowntimeMs = expectedDowntimeMs({
+    unsentLogBytes: 0,
+    unitsToReplay: s.remainingUnits,
+    unitMs: s.unitMs,
+    replayRate: s.replayRate,
+    throughputBytesPerSec: from.throughputBytesPerSec,
+    rttMs: s.rttMs,
+  });
+}
