@@ -38,6 +38,8 @@ export async function startAgentProcess(role: 'source' | 'target', extraArgs: st
   const main = fileURLToPath(new URL(`../${role}-agent/main.js`, import.meta.url));
   // On loopback, plaintext unless the caller brings TLS (a configuration file or TLS flags).
   const security = extraArgs.some((a) => a === '--config' || a.startsWith('--tls-')) ? [] : ['--insecure-plaintext'];
+  // The demo and the benchmarks stop their agents with guests in them: on purpose.
+  if (!extraArgs.includes('--on-stop-with-guests')) security.push('--on-stop-with-guests', 'drop');
   const env = { ...process.env, GLIBC_TUNABLES: agentGlibcTunables() };
   const child = spawn(process.execPath, [...nodeArgs, '--enable-source-maps', main, '--listen', '127.0.0.1:0', ...security, ...extraArgs], { stdio: ['ignore', 'pipe', 'inherit'], env });
   const timer = setTimeout(() => child.kill('SIGKILL'), startTimeoutMs);

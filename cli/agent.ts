@@ -199,6 +199,7 @@ const FLAGS: Array<{ option: string; flag: string; field: string; value?: (text:
   { option: 'logLevel', flag: '--log-level', field: 'log.level' },
   { option: 'stateDir', flag: '--state-dir', field: 'stateDir' },
   { option: 'activationTimeoutMs', flag: '--activation-timeout-ms', field: 'limits.activationTimeoutMs', value: Number },
+  { option: 'onStopWithGuests', flag: '--on-stop-with-guests', field: 'onStopWithGuests' },
   { option: 'allowFaultInjection', flag: '--allow-fault-injection', field: 'allowFaultInjection' },
 ];
 
@@ -251,6 +252,7 @@ function agentOptionsCommand(role: AgentRole): Command {
     .option('--allow-control <identity...>', "client identities allowed on the Control API; '*': any the CA issued")
     .option('--state-dir <dir>', 'directory of the decision journal (default: none, decisions kept in memory only)')
     .option('--activation-timeout-ms <n>', "after a matched commit, how long to wait for the target's activation confirmation before asking it instead (default 60000)")
+    .option('--on-stop-with-guests <refuse|drop>', 'SIGTERM while guests live in this agent (sim: they die with it): refuse (default: keep running, stop once none is left) or drop (stop, destroying them)')
     .option('--memory-mib <n>', 'memory this host offers to guests, MiB (default 16384)')
     .option('--vcpus <n>', 'vCPUs this host offers (default 16)')
     .option('--unit-ms <n>', 'default log unit length, ms (1-100, default 10)')
@@ -307,12 +309,44 @@ export async function runAgent(role: AgentRole, opts: Record<string, unknown>): 
   }
   // Tell a parent process where we listen (port 0 picks one).
   console.log(JSON.stringify({ listening: agent.address, metrics: agent.metricsAddress ?? undefined }));
+  onStopSignals(agent, options.config.onStopWithGuests, log);
+  return agent;
+}
+
+/** Polls a pending stop this often: the agent stops once its last guest is gone. */
+const PENDING_STOP_POLL_MS = 1_000;
+
+/**
+ * SIGTERM/SIGINT: stop, unless guests live in this process (sim: they would die with it) and the
+ * configuration says refuse: then a pending stop, carried out once none is left.
+ */
+function onStopSignals(agent: RunningAgent, onStopWithGuests: 'refuse' | 'drop', log: Logger): void {
+  const living = () => agent.driver.listGuests().filter((g) => g.state === 'running' || g.state === 'suspended').map((g) => g.id);
+  let pending: ReturnType<typeof setInterval> | null = null;
+  const stop = (signal: string) => {
+    if (pending !== null) clearInterval(pending);
+    void agent.shutdown(signal).then(() => process.exit(0));
+  };
   for (const signal of ['SIGTERM', 'SIGINT'] as const) {
-    process.once(signal, () => {
-      void agent.shutdown(signal).then(() => process.exit(0));
+    process.on(signal, () => {
+      const guests = living();
+      if (guests.length === 0) return stop(signal);
+      if (onStopWithGuests === 'drop') {
+        for (const id of guests) log.error({ signal, guestId: id }, 'stopping the agent destroys this guest (onStopWithGuests: drop; the sim driver runs guests inside the agent)');
+        return stop(signal);
+      }
+      log.error(
+        { signal, guests },
+        `refusing to stop: ${guests.length} guest(s) live in this agent process and would be destroyed (the sim driver runs guests inside the agent). Migrate them away or stop them: the agent stops by itself once none is left. onStopWithGuests: drop stops at once and destroys them`,
+      );
+      pending ??= setInterval(() => {
+        if (living().length === 0) {
+          log.info({ signal }, 'no guest left: carrying out the pending stop');
+          stop(signal);
+        }
+      }, PENDING_STOP_POLL_MS);
     });
   }
-  return agent;
 }
 
 /** The daemon's command, with its action: `vmmigrate source-agent ...` and the role's own main. */

@@ -109,6 +109,12 @@ export const agentConfigSchema = z.strictObject({
    * restarts). Unset: in memory only, and the agent warns at start that decisions do not survive it.
    */
   stateDir: z.string().min(1).max(4096).optional(),
+  /**
+   * SIGTERM (systemctl stop) while guests live in this agent: the sim driver's guests are part of
+   * the agent's process and die with it. refuse: log it, keep running, and stop once no guest is
+   * left (migrated away or stopped); drop: stop at once, destroying them (logged, guest by guest).
+   */
+  onStopWithGuests: z.enum(['refuse', 'drop']).default('refuse'),
   /** Honour fault injection in StartMigration requests (tests only). */
   allowFaultInjection: z.boolean().default(false),
 });

@@ -21,8 +21,8 @@ interface Daemon {
 }
 
 /** An agent process on 127.0.0.1:0, its JSON log lines collected; killed when `t` ends if still there. */
-async function daemon(t: Test, role: 'source' | 'target'): Promise<Daemon> {
-  const child = spawn(process.execPath, ['--enable-source-maps', MAIN[role], '--listen', '127.0.0.1:0', '--insecure-plaintext', '--memory-mib', '2048', '--log-level', 'info'], {
+async function daemon(t: Test, role: 'source' | 'target', extra = ['--on-stop-with-guests', 'drop']): Promise<Daemon> {
+  const child = spawn(process.execPath, ['--enable-source-maps', MAIN[role], '--listen', '127.0.0.1:0', '--insecure-plaintext', '--memory-mib', '2048', '--log-level', 'info', ...extra], {
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => child.once('exit', (code, signal) => resolve({ code, signal })));
@@ -109,4 +109,20 @@ t.test('SIGTERM to the source mid-migration: the job is cancelled, the target ho
   t.equal(capacity.memoryBytesReserved, 0, 'and nothing reserved there');
   target.child.kill('SIGTERM');
   t.same(await target.exited, { code: 0, signal: null });
+});
+
+t.test('SIGTERM with a guest living in the agent (onStopWithGuests: refuse, the default): refused and logged; the agent stops once the guest is gone', async (t) => {
+  const source = await daemon(t, 'source', []);
+  await unary(source.ctl, controlService.startGuest, pb.StartGuestRequest.create({ id: 'vm-keep', profile: 'idle', memoryBytes: 64 * MiB }), 60_000, 'start guest');
+  source.child.kill('SIGTERM');
+  for (const end = Date.now() + 10_000; !source.lines.some((l) => String(l.msg).startsWith('refusing to stop')) && Date.now() < end; ) await sleep(20);
+  const refusal = source.lines.find((l) => String(l.msg).startsWith('refusing to stop'));
+  t.ok(refusal, 'a clear log line says why it does not stop');
+  t.same(refusal?.guests, ['vm-keep'], 'naming the guests');
+  t.equal(refusal?.level, 50, 'at error level');
+  await sleep(300);
+  t.same(await guestsOf(source), ['vm-keep:running'], 'the agent still serves, the guest still runs');
+  await unary(source.ctl, controlService.stopGuest, pb.StopGuestRequest.create({ id: 'vm-keep' }), 10_000, 'stop guest');
+  t.same(await source.exited, { code: 0, signal: null }, 'the pending stop is carried out once no guest is left');
+  t.ok(source.lines.some((l) => l.msg === 'no guest left: carrying out the pending stop'));
 });

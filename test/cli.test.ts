@@ -97,7 +97,7 @@ function parsed<T>(t: Test, run: Run): T {
 
 /** `vmmigrate source-agent` / `target-agent` on 127.0.0.1:0, as a child process. */
 async function startCliAgent(role: 'source' | 'target'): Promise<AgentProcess> {
-  const child = spawn(process.execPath, ['--enable-source-maps', CLI, `${role}-agent`, '--listen', '127.0.0.1:0', '--insecure-plaintext', '--log-level', 'error', '--memory-mib', '1024'], {
+  const child = spawn(process.execPath, ['--enable-source-maps', CLI, `${role}-agent`, '--listen', '127.0.0.1:0', '--insecure-plaintext', '--log-level', 'error', '--memory-mib', '1024', '--on-stop-with-guests', 'drop'], {
     stdio: ['ignore', 'pipe', 'inherit'],
     env: cleanEnv(),
   });
