@@ -63,6 +63,7 @@ export async function startAgent(options: AgentOptions, log: Logger = pino({ lev
       unitWindow: config.limits.unitWindow,
       unitWindowBytes: config.limits.unitWindowMib * 2 ** 20,
       reservationTimeoutMs: config.limits.reservationTimeoutMs,
+      resumeWindowMs: config.limits.resumeWindowMs,
       activationHooks: config.hooks.activation,
       hookTimeoutMs: config.hooks.timeoutMs,
       agentInstanceId,
@@ -77,7 +78,7 @@ export async function startAgent(options: AgentOptions, log: Logger = pino({ lev
   const control = new ControlService(
     driver,
     // Outgoing migrations dial targets with our certificate and accept only allowed peers.
-    { ...SOURCE_DEFAULTS, credentials: clientCredentials(tls, config.allow.peers), agentInstanceId, packer, journal, activationTimeoutMs: config.limits.activationTimeoutMs },
+    { ...SOURCE_DEFAULTS, credentials: clientCredentials(tls, config.allow.peers), agentInstanceId, packer, journal, activationTimeoutMs: config.limits.activationTimeoutMs, resumeWindowMs: config.limits.resumeWindowMs },
     {
       ...CONTROL_DEFAULTS,
       downtimeLimitMsDefault: config.migration.downtimeLimitMs,
@@ -198,6 +199,7 @@ const FLAGS: Array<{ option: string; flag: string; field: string; value?: (text:
   { option: 'hookTimeoutMs', flag: '--hook-timeout-ms', field: 'hooks.timeoutMs', value: Number },
   { option: 'logLevel', flag: '--log-level', field: 'log.level' },
   { option: 'stateDir', flag: '--state-dir', field: 'stateDir' },
+  { option: 'resumeWindowMs', flag: '--resume-window-ms', field: 'limits.resumeWindowMs', value: Number },
   { option: 'activationTimeoutMs', flag: '--activation-timeout-ms', field: 'limits.activationTimeoutMs', value: Number },
   { option: 'onStopWithGuests', flag: '--on-stop-with-guests', field: 'onStopWithGuests' },
   { option: 'allowFaultInjection', flag: '--allow-fault-injection', field: 'allowFaultInjection' },
@@ -251,6 +253,7 @@ function agentOptionsCommand(role: AgentRole): Command {
     .option('--allow-peer <identity...>', "agent identities (certificate CN, DNS or URI name) allowed to exchange guests with this one; '*': any the CA issued")
     .option('--allow-control <identity...>', "client identities allowed on the Control API; '*': any the CA issued")
     .option('--state-dir <dir>', 'directory of the decision journal (default: none, decisions kept in memory only)')
+    .option('--resume-window-ms <n>', 'a transfer whose stream broke before the commit: how long to resume it on a new stream, as source and as target (0: never; default 10000)')
     .option('--activation-timeout-ms <n>', "after a matched commit, how long to wait for the target's activation confirmation before asking it instead (default 60000)")
     .option('--on-stop-with-guests <refuse|drop>', 'SIGTERM while guests live in this agent (sim: they die with it): refuse (default: keep running, stop once none is left) or drop (stop, destroying them)')
     .option('--memory-mib <n>', 'memory this host offers to guests, MiB (default 16384)')

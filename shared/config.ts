@@ -79,6 +79,11 @@ export const agentConfigSchema = z.strictObject({
       unitWindow: int(1, 1_000_000).default(WINDOW_DEFAULTS.units),
       unitWindowMib: int(1, 4096).default(WINDOW_DEFAULTS.unitBytes / 2 ** 20),
       reservationTimeoutMs: int(1000, 3600_000).default(60_000),
+      /**
+       * A transfer whose stream broke (link cut or stall) before the commit: how long a source
+       * tries to resume it on a new stream, and a target keeps it for that (0: never).
+       */
+      resumeWindowMs: int(0, 600_000).default(10_000),
       /** After a matched commit, how long the source waits for the activation's confirmation before it asks the target instead (the guest is the target's either way). */
       activationTimeoutMs: int(1000, 3600_000).default(60_000),
       /** Worker threads that compress outgoing checkpoint chunks (0: the event loop does). */
@@ -90,6 +95,7 @@ export const agentConfigSchema = z.strictObject({
       unitWindow: WINDOW_DEFAULTS.units,
       unitWindowMib: WINDOW_DEFAULTS.unitBytes / 2 ** 20,
       reservationTimeoutMs: 60_000,
+      resumeWindowMs: 10_000,
       activationTimeoutMs: 60_000,
       compressionWorkers: defaultCompressionWorkers(),
     }),

@@ -31,6 +31,9 @@ export interface MigrationStats {
   /** Time spent in doubt (commit sent, outcome unknown), and the outcome queries sent meanwhile. */
   inDoubtMs: number;
   outcomeQueries: number;
+  /** Times the transfer was resumed on a new stream after its stream broke, and what was sent again then. */
+  resumes: number;
+  resentBytes: number;
   /** Downtime if stop-and-copy began now, from measured rates. */
   expectedDowntimeMs: number;
   /** Every byte of every message between the agents for this migration (gRPC framing included). */
@@ -119,6 +122,8 @@ export function emptyStats(method: MigrationMethod, memoryBytes: number): Migrat
     downtimeMs: 0,
     inDoubtMs: 0,
     outcomeQueries: 0,
+    resumes: 0,
+    resentBytes: 0,
     expectedDowntimeMs: 0,
     transferredBytes: 0,
     remainingBytes: 0,

@@ -12,6 +12,7 @@ import { inlinePacker, type PayloadPacker } from '../shared/pack-pool.js';
 import { type PackedMessage, packMessage, type PayloadBody } from '../shared/protocol.js';
 import { fromStatus, type grpc, pb, Preserialized, type StreamName } from '../shared/transport/grpc.js';
 import { detailsFromMetadata, isErrorReason } from '../shared/transport/status.js';
+import { RetransmitLog } from './retransmit.js';
 import { TokenBucket } from './token-bucket.js';
 import { FailableWaits, type WaitOptions } from './wait.js';
 
@@ -72,6 +73,16 @@ export interface TransferChannel {
   abort(reason: string, cancelled?: boolean): void;
   /** Ends the stream; nothing more is written. */
   close(): void;
+  /** Streams the transfer was resumed on after its stream broke, and what was sent again. */
+  readonly resumes: ResumeCounters;
+}
+
+export interface ResumeCounters {
+  resumes: number;
+  resentMessages: number;
+  resentBytes: number;
+  /** Wall time spent reconnecting. */
+  reconnectingMs: number;
 }
 
 export interface TransferChannelOptions {
@@ -81,7 +92,19 @@ export interface TransferChannelOptions {
   pingIntervalMs: number;
   /** Where packAsync packs: the agent's compression workers (default: this thread). */
   packer?: PayloadPacker;
+  /**
+   * After the stream broke before the commit, how long to try resuming the transfer on a new
+   * stream (the target's grant, ReserveResponse.resume_window_ms, and ours, the smaller); 0: never.
+   */
+  resumeWindowMs?: number;
+  /** Told when the stream broke (attempt 0) and every tenth attempt after, with the last error: for the log. */
+  onResumeAttempt?: (attempt: number, error: VmMigrateError) => void;
 }
+
+/** A resume attempt waits this long for the target's Resumed. */
+const RESUME_ATTEMPT_MS = 3_000;
+/** With sent messages not yet counted, no message from the target for this long is a stalled link: the stream is dropped and resumed. */
+export const STALL_MS = 5_000;
 
 /** Smoothed round trip: the first sample, then an exponential average weighing a new sample 0.2. */
 export function smoothRttMs(previousMs: number, sampleMs: number): number {
@@ -91,7 +114,8 @@ export function smoothRttMs(previousMs: number, sampleMs: number): number {
 /** The stream each payload's bytes count in. */
 const STREAM_OF: Record<PayloadBody['kind'], StreamName> = { chunk: 'checkpoint', unit: 'log', pages: 'pages', machineState: 'pages' };
 
-type Call = grpc.ClientDuplexStream<SourceMessage | Preserialized, TargetMessage>;
+export type TransferCall = grpc.ClientDuplexStream<SourceMessage | Preserialized, TargetMessage>;
+type Call = TransferCall;
 
 export class GrpcTransferChannel extends FailableWaits implements TransferChannel {
   progress: Progress = pb.Progress.create();
@@ -107,21 +131,55 @@ export class GrpcTransferChannel extends FailableWaits implements TransferChanne
   private pointOfNoReturnPassed = false;
   private readonly bucket: TokenBucket;
   private readonly pinger: Timer;
+  private call!: Call;
+  /** Events of streams replaced by a resume are ignored. */
+  private callGeneration = 0;
+  private readonly log = new RetransmitLog();
+  private open: InstanceType<typeof pb.Open> | null = null;
+  /** The target ended the transfer on purpose (TargetError): no resume. */
+  private targetEnded = false;
+  private reconnecting = false;
+  private attemptError: VmMigrateError | null = null;
+  private resumed: InstanceType<typeof pb.Resumed> | null = null;
+  private lastHeardMs: number;
+  readonly resumes: ResumeCounters = { resumes: 0, resentMessages: 0, resentBytes: 0, reconnectingMs: 0 };
 
   constructor(
-    private readonly call: Call,
-    private readonly options: TransferChannelOptions & { address: string; signal: AbortSignal; ping: () => Promise<void>; clock: Clock },
+    call: Call,
+    private readonly options: TransferChannelOptions & { address: string; signal: AbortSignal; ping: () => Promise<void>; clock: Clock; reopen?: (stalled: boolean) => Call },
   ) {
     super(options.clock, options.signal);
     this.bucket = new TokenBucket(this.clock);
-    call.on('data', (message: TargetMessage) => this.onMessage(message));
-    call.on('error', (error: grpc.ServiceError) => this.fail(fromStatus(error.code, error.details || error.message, `transfer stream to ${options.address}`, detailsFromMetadata(error.metadata))));
+    this.lastHeardMs = this.clock.now();
+    this.attach(call);
+    this.pinger = this.startPings();
+  }
+
+  /** Listens to `call`, from now on the transfer's stream. */
+  private attach(call: Call): void {
+    const generation = ++this.callGeneration;
+    const current = () => generation === this.callGeneration;
+    this.call = call;
+    call.on('data', (message: TargetMessage) => current() && this.onMessage(message));
+    call.on('error', (error: grpc.ServiceError) => current() && this.broken(fromStatus(error.code, error.details || error.message, `transfer stream to ${this.options.address}`, detailsFromMetadata(error.metadata))));
     call.on('end', () => {
+      if (!current()) return;
       const finished = this.activated !== null || (this.commitResult !== null && !this.commitResult.matched);
-      if (!finished) this.fail(new UnavailableError(`the target ${options.address} closed the transfer stream`));
+      if (!finished) this.broken(new UnavailableError(`the target ${this.options.address} closed the transfer stream`));
       this.notify();
     });
-    this.pinger = this.startPings();
+  }
+
+  /** The stream failed: resumed on a new one if it may be, else every wait fails. */
+  private broken(error: VmMigrateError): void {
+    if (this.reconnecting) {
+      this.attemptError ??= error;
+      this.notify();
+      return;
+    }
+    const resumable = !this.closed && (this.options.resumeWindowMs ?? 0) > 0 && this.options.reopen !== undefined && this.open !== null && this.commitDigestSent === '' && !this.targetEnded && this.error === null && !this.options.signal.aborted;
+    if (!resumable) return this.fail(error);
+    void this.resume(error);
   }
 
   send(body: ControlBody): void {
@@ -130,7 +188,19 @@ export class GrpcTransferChannel extends FailableWaits implements TransferChanne
       this.commitDigestSent = body.commit.digest ?? '';
       this.pointOfNoReturnPassed = true;
     }
-    this.call.write(pb.SourceMessage.create(body as never));
+    const message = pb.SourceMessage.create(body as never);
+    if (body.open) {
+      this.open = message.open as InstanceType<typeof pb.Open>;
+      this.call.write(message);
+      return;
+    }
+    // Numbered and kept for a resume; written now unless a resume is under way (it sends it then).
+    if (this.resumable) this.log.add(message, 64);
+    if (!this.reconnecting) this.call.write(message);
+  }
+
+  private get resumable(): boolean {
+    return (this.options.resumeWindowMs ?? 0) > 0;
   }
 
   pack(body: PayloadBody, raw: Uint8Array): PackedMessage {
@@ -144,14 +214,87 @@ export class GrpcTransferChannel extends FailableWaits implements TransferChanne
   async write(message: PackedMessage, rateBytesPerSec: number): Promise<void> {
     const waitMs = this.bucket.take(message.dataBytes, rateBytesPerSec);
     if (waitMs > 0) await this.sleep(waitMs);
+    if (this.reconnecting) await this.until(() => !this.reconnecting);
     if (this.closed) throw this.error ?? new AbortedError('the transfer stream was closed');
-    // The write's callback comes once gRPC framed the message into a buffer of its own and handed
-    // it on: a packer's buffer can then be reused.
+    const pre = new Preserialized(message.bytes, STREAM_OF[message.kind], message.rawBytes);
     const release = message.release;
-    const written = release === undefined ? this.call.write(new Preserialized(message.bytes, STREAM_OF[message.kind], message.rawBytes)) : this.call.write(new Preserialized(message.bytes, STREAM_OF[message.kind], message.rawBytes), () => release());
-    if (!written) {
-      await this.settled(new Promise<void>((resolve) => this.call.once('drain', () => resolve())));
+    let written: boolean;
+    if (this.resumable) {
+      // Kept (its packer's buffer too) until the target counted it, to send it again after a resume.
+      this.log.add(pre, message.bytes.length, release);
+      written = this.call.write(pre);
+    } else {
+      // The write's callback comes once gRPC framed the message into a buffer of its own and handed
+      // it on: a packer's buffer can then be reused.
+      written = release === undefined ? this.call.write(pre) : this.call.write(pre, () => release());
     }
+    if (!written) await this.drained(this.call);
+  }
+
+  private async drained(call: Call): Promise<void> {
+    await this.settled(new Promise<void>((resolve) => call.once('drain', () => resolve())));
+  }
+
+  /**
+   * Resumes the transfer on a new stream: Resume, then everything the target had not counted, in
+   * order, before anything new goes. Tries until the window passes, the target refuses, or the
+   * migration ends; then fails every wait with `cause`.
+   */
+  private async resume(cause: VmMigrateError): Promise<void> {
+    this.options.onResumeAttempt?.(0, cause);
+    this.reconnecting = true;
+    const startMs = this.clock.now();
+    // Post-copy past its hand-over: the guest on the target waits for pages only we have; we try
+    // for as long as we live, until the target says the transfer is gone.
+    const deadlineMs = this.pointOfNoReturnPassed ? Number.POSITIVE_INFINITY : startMs + (this.options.resumeWindowMs ?? 0);
+    const stalled = cause.message.includes('stalled');
+    let backoffMs = 100;
+    let attempts = 0;
+    let last: VmMigrateError = cause;
+    while (this.clock.now() < deadlineMs && !this.closed && !this.options.signal.aborted) {
+      attempts++;
+      this.attemptError = null;
+      this.resumed = null;
+      const call = this.options.reopen!(stalled || attempts > 1);
+      this.attach(call);
+      call.write(pb.SourceMessage.create({ resume: { reservationId: this.open!.reservationId, migrationId: this.open!.migrationId } }));
+      const timeoutMs = Math.max(1, Math.min(RESUME_ATTEMPT_MS, deadlineMs - this.clock.now()));
+      if (attempts > 1 && attempts % 10 === 0) this.options.onResumeAttempt?.(attempts, last);
+      await this.wakeups.until(() => this.resumed !== null || this.attemptError !== null || this.closed, () => {}, timeoutMs).catch(() => {});
+      const answer = this.resumed as InstanceType<typeof pb.Resumed> | null;
+      if (answer !== null && this.attemptError === null) {
+        await this.resend(call, Number(answer.messagesReceived));
+        this.resumes.resumes++;
+        this.resumes.reconnectingMs += this.clock.now() - startMs;
+        this.reconnecting = false;
+        this.lastHeardMs = this.clock.now();
+        this.notify();
+        return;
+      }
+      last = this.attemptError ?? new UnavailableError(`no answer to Resume within ${timeoutMs} ms`);
+      try {
+        call.cancel();
+      } catch {
+        // Gone already.
+      }
+      // The target no longer has the transfer (it ended, or the window passed there): no use trying again.
+      if (last.code === 'NOT_FOUND' || this.targetEnded) break;
+      await this.clock.sleep(Math.max(0, Math.min(backoffMs, deadlineMs - this.clock.now())));
+      backoffMs = Math.min(2_000, backoffMs * 2);
+    }
+    this.resumes.reconnectingMs += this.clock.now() - startMs;
+    this.reconnecting = false;
+    this.fail(new UnavailableError(`${cause.message}; the transfer could not be resumed within ${this.options.resumeWindowMs} ms (${attempts} attempt${attempts === 1 ? '' : 's'}, last: ${last.message})`, { reason: cause.reason }));
+  }
+
+  /** Sends again, on the resumed stream, every message after the `received` the target counted. */
+  private async resend(call: Call, received: number): Promise<void> {
+    this.log.ack(received);
+    for (const entry of this.log.after(received)) {
+      if (!call.write(entry.message)) await this.drained(call);
+    }
+    this.resumes.resentMessages = this.log.resentMessages;
+    this.resumes.resentBytes = this.log.resentBytes;
   }
 
   markPointOfNoReturn(): void {
@@ -172,6 +315,8 @@ export class GrpcTransferChannel extends FailableWaits implements TransferChanne
     this.pinger.cancel();
     if (this.closed) return;
     this.closed = true;
+    this.log.clear();
+    this.notify();
     try {
       this.call.end();
     } catch {
@@ -180,10 +325,16 @@ export class GrpcTransferChannel extends FailableWaits implements TransferChanne
   }
 
   private onMessage(message: TargetMessage): void {
+    this.lastHeardMs = this.clock.now();
     switch (message.body) {
       case 'progress':
         this.acknowledged = true;
         this.progress = message.progress as Progress;
+        this.log.ack(Number(this.progress.messagesReceived ?? 0));
+        break;
+      case 'resumed':
+        if (this.reconnecting) this.resumed = message.resumed as InstanceType<typeof pb.Resumed>;
+        else this.fail(new InvalidStateError('the target sent Resumed on a stream that was not resumed', { reason: 'PROTOCOL_VIOLATION' }));
         break;
       case 'stopRequest':
         if (!this.closed) this.onStopRequest?.(message.stopRequest as StopRequest);
@@ -199,6 +350,7 @@ export class GrpcTransferChannel extends FailableWaits implements TransferChanne
         break;
       case 'error': {
         const e = message.error!;
+        this.targetEnded = true;
         // A target that predates TargetError.reason sends none: the class's default stands.
         const reason = e.reason ?? '';
         this.fail(fromStatus(e.code ?? 2, e.message ?? '', `target ${this.options.address}`, { reason: isErrorReason(reason) ? reason : undefined }));
@@ -214,6 +366,18 @@ export class GrpcTransferChannel extends FailableWaits implements TransferChanne
     this.notify();
   }
 
+  /** Sent messages the target has not counted, and nothing heard from it for STALL_MS: the link stalled; drop the stream and resume. */
+  private checkStall(): void {
+    if (this.reconnecting || this.closed || this.log.pending === 0 || this.clock.now() - this.lastHeardMs < STALL_MS) return;
+    const call = this.call;
+    this.broken(new UnavailableError(`the transfer stream to ${this.options.address} stalled: nothing from the target for ${STALL_MS} ms with ${this.log.pending} messages not yet counted`));
+    try {
+      call.cancel();
+    } catch {
+      // Gone already.
+    }
+  }
+
   private startPings(): Timer {
     let inFlight = false;
     const ping = () => {
@@ -226,7 +390,10 @@ export class GrpcTransferChannel extends FailableWaits implements TransferChanne
         .catch(() => {})
         .finally(() => (inFlight = false));
     };
-    const timer = this.clock.interval(this.options.pingIntervalMs, ping);
+    const timer = this.clock.interval(this.options.pingIntervalMs, () => {
+      ping();
+      this.checkStall();
+    });
     ping();
     return timer;
   }

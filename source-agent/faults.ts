@@ -6,7 +6,7 @@
 import type { VmMigrateError } from '../shared/errors.js';
 import type { PackedMessage, PayloadBody } from '../shared/protocol.js';
 import type { MigrationPhase } from '../shared/stats.js';
-import type { Activated, CommitResult, ControlBody, Progress, StopRequest, TransferChannel, WaitOptions } from './channel.js';
+import type { Activated, CommitResult, ControlBody, Progress, ResumeCounters, StopRequest, TransferChannel, WaitOptions } from './channel.js';
 
 export interface FaultInjection {
   abortAtPhase?: MigrationPhase;
@@ -99,6 +99,9 @@ export class FaultyChannel implements TransferChannel {
   }
   get rttMs(): number {
     return this.inner.rttMs;
+  }
+  get resumes(): ResumeCounters {
+    return this.inner.resumes;
   }
   get error(): VmMigrateError | null {
     return this.inner.error;

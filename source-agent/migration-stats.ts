@@ -33,6 +33,8 @@ export function refreshMigrationStats(s: MigrationStats, from: StatsSources): vo
     s.replayRate = channel.progress.replayRate;
     s.stopReplayRate = channel.progress.stopReplayRate;
     s.rttMs = channel.rttMs;
+    s.resumes = channel.resumes.resumes;
+    s.resentBytes = channel.resumes.resentBytes;
   }
   s.transferredBytes = from.wire.sent + from.wire.received;
   // Superseded units (CR/TR's deltas) are neither replayed nor remaining; the method keeps the count.

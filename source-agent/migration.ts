@@ -238,8 +238,9 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
     // Abort before the commit: the target drops its replica, the guest runs here.
     this.refreshStats();
     if (this.channel !== null) this.channel.abort(e.message, cancelled);
-    else if (this.reservationId !== '') {
-      await this.peer.release(this.reservationId, e.message).catch((releaseError: unknown) => this.log.warn({ err: String(releaseError) }, 'could not release the reservation (it expires on its own)'));
+    else if (this.reservationId !== '' || this.stats.phase === 'reservation') {
+      // A Reserve whose answer was lost may have reserved all the same: released by the migration's id.
+      await this.peer.release(this.reservationId, e.message, this.id).catch((releaseError: unknown) => this.log.warn({ err: String(releaseError) }, 'could not release the reservation (it expires on its own)'));
     }
     this.resumeHere();
     this.stats.status = cancelled ? 'cancelled' : 'failed';
@@ -353,7 +354,14 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
   /** Opens the transfer stream and sends Open: the target takes the reservation then. */
   private openTransfer(firstSequence: number): void {
     if (this.channel !== null) throw new InvalidStateError('the transfer stream is already open');
-    const channel = this.peer.openTransfer(this.cancelController.signal, { compress: !this.request.disableCompression, pingIntervalMs: this.options.pingIntervalMs, packer: this.options.packer });
+    // A broken stream is resumed within the smaller of our window and the target's.
+    const resumeWindowMs = Math.min(this.options.resumeWindowMs ?? 0, this.windows.resumeWindowMs ?? 0);
+    const onResumeAttempt = (attempt: number, error: VmMigrateError) => {
+      if (attempt === 0) this.log.warn({ err: error.message, resumeWindowMs }, 'transfer stream broke: resuming it on a new stream');
+      else this.log.warn({ attempt, err: error.message }, 'still resuming the transfer');
+      if (attempt === 0) this.emit('round', `the transfer stream broke (${error.message}); resuming it`);
+    };
+    const channel = this.peer.openTransfer(this.cancelController.signal, { compress: !this.request.disableCompression, pingIntervalMs: this.options.pingIntervalMs, packer: this.options.packer, resumeWindowMs, onResumeAttempt });
     this.channel = this.hooks.wrapChannel?.(channel) ?? channel;
     this.channel.send({ open: { reservationId: this.reservationId, migrationId: this.id, firstSequence, method: this.method.name } });
   }

@@ -6,7 +6,7 @@
 import { systemClock, type Clock } from '../shared/clock.js';
 import { countingService, grpc, makeClient, migrationService, pb, streamByteCounter, type StreamByteCounter, unary } from '../shared/transport/grpc.js';
 import { ClockOffset } from './clock-offset.js';
-import { GrpcTransferChannel, type TransferChannel, type TransferChannelOptions } from './channel.js';
+import { GrpcTransferChannel, type TransferCall, type TransferChannel, type TransferChannelOptions } from './channel.js';
 
 type Capacity = InstanceType<typeof pb.Capacity>;
 type ReserveRequest = InstanceType<typeof pb.ReserveRequest>;
@@ -20,14 +20,16 @@ export interface TargetPeer {
   readonly wireBytes: Readonly<StreamByteCounter>;
   capacity(): Promise<Capacity>;
   reserve(request: ReserveRequest): Promise<ReserveResponse>;
-  /** Gives back a reservation that no transfer opened. */
-  release(reservationId: string, reason: string): Promise<void>;
+  /** Gives back a reservation that no transfer opened ('' and a migration id: every one of that migration's). */
+  release(reservationId: string, reason: string, migrationId?: string): Promise<void>;
   /** Opens the Transfer stream; `signal` is the migration's cancellation. */
   openTransfer(signal: AbortSignal, options: TransferChannelOptions): TransferChannel;
   /** What the target decided about a migration (it fences one it had not committed). */
   queryOutcome(migrationId: string, startedAtUnixMs: number): Promise<OutcomeResponse>;
   /** The target's clock as seen from here, from the pings. */
   readonly clockOffset: ClockOffset;
+  /** Drops the connection and dials a new one (after a stall: a call on the old one would stall too). */
+  redial(): void;
   close(): void;
 }
 
@@ -41,7 +43,7 @@ export interface PeerOptions {
 export class GrpcTargetPeer implements TargetPeer {
   private readonly counter = streamByteCounter();
   private readonly methods = countingService(migrationService, this.counter, 'client');
-  private readonly client: grpc.Client;
+  private client: grpc.Client;
   private readonly clock: Clock;
   readonly clockOffset = new ClockOffset();
 
@@ -65,13 +67,20 @@ export class GrpcTargetPeer implements TargetPeer {
     return unary(this.client, this.methods.reserve, request, this.options.callTimeoutMs, `reservation on ${this.address}`);
   }
 
-  async release(reservationId: string, reason: string): Promise<void> {
-    await unary(this.client, this.methods.release, pb.ReleaseRequest.create({ reservationId, reason }), this.options.callTimeoutMs, 'release');
+  async release(reservationId: string, reason: string, migrationId = ''): Promise<void> {
+    await unary(this.client, this.methods.release, pb.ReleaseRequest.create({ reservationId, reason, migrationId }), this.options.callTimeoutMs, 'release');
   }
 
   openTransfer(signal: AbortSignal, options: TransferChannelOptions): TransferChannel {
     const m = this.methods.transfer;
-    const call = this.client.makeBidiStreamRequest(m.path, m.requestSerialize, m.responseDeserialize);
+    const open = () => this.client.makeBidiStreamRequest(m.path, m.requestSerialize, m.responseDeserialize) as TransferCall;
+    const call = open();
+    // A resume goes on a new stream; after a stall, on a new connection too (a stream on the
+    // stalled one would stall as well).
+    const reopen = (fresh: boolean) => {
+      if (fresh) this.redial();
+      return open();
+    };
     // A ping is a small unary call: on its own HTTP/2 stream, it does not queue behind checkpoint
     // data as a message on the transfer stream would.
     const ping = async () => {
@@ -79,7 +88,14 @@ export class GrpcTargetPeer implements TargetPeer {
       const answer = await unary(this.client, this.methods.getCapacity, pb.CapacityRequest.create(), this.options.callTimeoutMs, 'ping');
       this.clockOffset.add(sentMs, this.clock.now(), answer.clockMs ?? 0, answer.agentInstanceId ?? '');
     };
-    return new GrpcTransferChannel(call, { ...options, address: this.address, signal, ping, clock: this.clock });
+    return new GrpcTransferChannel(call, { ...options, address: this.address, signal, ping, clock: this.clock, reopen });
+  }
+
+  /** Drops the connection and dials a new one: what a stalled link needs (calls already on the old one go on, or fail). */
+  redial(): void {
+    const old = this.client;
+    this.client = makeClient(this.methods, 'Migration', this.address, this.options.credentials, { 'grpc.use_local_subchannel_pool': 1 });
+    old.close();
   }
 
   queryOutcome(migrationId: string, startedAtUnixMs: number): Promise<OutcomeResponse> {

@@ -56,6 +56,7 @@ export async function reserveOnTarget(peer: TargetPeer, jobId: string, descripti
     units: Math.max(1, reservation.unitWindow),
     unitBytes: Math.max(1, reservation.unitWindowBytes),
     earlyCommit: reservation.earlyCommit,
+    resumeWindowMs: reservation.resumeWindowMs ?? 0,
   };
   return { reservationId: reservation.reservationId, windows };
 }

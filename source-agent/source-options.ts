@@ -21,6 +21,8 @@ export interface SourceOptions {
   agentInstanceId?: string;
   /** Where checkpoint chunks are packed (lz4, xxh64): the agent's compression workers (default: the event loop). */
   packer?: PayloadPacker;
+  /** After the transfer stream broke before the commit, how long to try resuming it (0: never; the target's grant caps it). */
+  resumeWindowMs?: number;
   /** The agent's decision journal (default: one in memory for this migration). */
   journal?: DecisionJournal;
 }
@@ -31,6 +33,7 @@ export const SOURCE_DEFAULTS: SourceOptions = {
   convergenceWindowMs: 2_000,
   monitorIntervalMs: 250,
   pingIntervalMs: 500,
+  resumeWindowMs: 10_000,
   credentials: grpc.credentials.createInsecure(),
 };
 

@@ -76,7 +76,7 @@ export interface WaitOptions {
  */
 export class FailableWaits {
   error: VmMigrateError | null = null;
-  private readonly wakeups: Wakeups;
+  protected readonly wakeups: Wakeups;
 
   constructor(
     protected readonly clock: Clock,

@@ -39,6 +39,8 @@ export interface ProgressReport {
   guestRunMs: number;
   guestUnitsRun: number;
   guestFetchWaitMs: number;
+  /** Messages of the transfer received (the source keeps what it sent until counted here). */
+  messagesReceived: number;
 }
 
 /** What the receivers and the pipeline count; Feedback derives the rest. */
@@ -62,6 +64,7 @@ const NOTHING_COUNTED: Omit<ProgressReport, 'remainingUnitsAllowed'> = {
   guestRunMs: 0,
   guestUnitsRun: 0,
   guestFetchWaitMs: 0,
+  messagesReceived: 0,
 };
 
 /** Where a report's content comes from, and where it goes. */

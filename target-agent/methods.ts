@@ -49,6 +49,8 @@ export interface MethodTransfer {
   finalReceived?(): boolean;
   /** Post-copy: the guest's receiving end once it runs here; the commit then compares the pages as received. */
   running?(): PostcopyTarget | null;
+  /** The transfer was resumed on a new stream: ask again for what is still awaited (post-copy's pages). */
+  resumed?(): void;
 }
 
 export interface TargetMethod {
@@ -150,6 +152,7 @@ const postcopy: TargetMethod = {
       receive: { machineState: (state) => receiver.receiveMachineState(state), pages: (batch) => receiver.receivePages(batch) },
       counters: () => receiver.counters(),
       running: () => receiver.running,
+      resumed: () => receiver.askAgain(),
     };
   },
 };

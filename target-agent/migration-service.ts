@@ -154,6 +154,7 @@ export class MigrationService implements SessionHost {
       unitWindow: this.options.unitWindow,
       unitWindowBytes: this.options.unitWindowBytes,
       earlyCommit: true,
+      resumeWindowMs: this.options.resumeWindowMs,
     });
   }
 
@@ -179,6 +180,12 @@ export class MigrationService implements SessionHost {
   /** Releases a reservation and discards its replica (unless it was activated). */
   release(id: string, reason: string): void {
     this.reservations.release(id, reason);
+  }
+
+  /** The transfer of `reservationId` whose stream broke and waits for the source to resume it. */
+  waitingForResume(reservationId: string, migrationId: string): TargetSession | undefined {
+    for (const s of this.sessions) if (s.waitingForResume(reservationId, migrationId)) return s;
+    return undefined;
   }
 
   /** Takes a reservation for a Transfer stream of `method`. */
@@ -218,6 +225,11 @@ export class MigrationService implements SessionHost {
       reserve: unaryHandler((req: InstanceType<typeof pb.ReserveRequest>) => this.reserve(req)),
       release: unaryHandler((req: InstanceType<typeof pb.ReleaseRequest>) => {
         const reservationId = req.reservationId;
+        if (!reservationId && req.migrationId) {
+          checkJobId(req.migrationId, 'migration_id');
+          for (const r of this.reservations.byMigration(req.migrationId)) if (!r.opened) this.release(r.id, req.reason || 'released by the source');
+          return pb.ReleaseResponse.create();
+        }
         const r = this.reservations.get(reservationId);
         if (r === undefined) throw new NotFoundError(`no reservation '${echo(reservationId)}' on this agent`, { reason: 'RESERVATION_NOT_FOUND', metadata: { reservationId } });
         if (r.opened) throw new InvalidStateError(`reservation '${echo(reservationId)}' is in use by a transfer; abort the transfer instead`, { reason: 'PROTOCOL_VIOLATION', metadata: { reservationId } });

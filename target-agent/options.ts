@@ -18,6 +18,8 @@ export interface TargetOptions {
   progressIntervalMs: number;
   /** This agent's id for this run, reported in Capacity ('' : none). */
   agentInstanceId: string;
+  /** A transfer whose stream broke before the commit waits this long for the source to resume it (0: never). */
+  resumeWindowMs: number;
 }
 
 export const TARGET_DEFAULTS: TargetOptions = {
@@ -29,4 +31,5 @@ export const TARGET_DEFAULTS: TargetOptions = {
   hookTimeoutMs: 10_000,
   progressIntervalMs: 20,
   agentInstanceId: '',
+  resumeWindowMs: 10_000,
 };

@@ -15,7 +15,7 @@ type TargetMessage = InstanceType<typeof pb.TargetMessage>;
 
 /** What a session needs of the agent that accepted its stream (MigrationService). */
 export interface SessionHost {
-  readonly options: Pick<TargetOptions, 'unitWindow' | 'unitWindowBytes' | 'progressIntervalMs' | 'activationHooks' | 'hookTimeoutMs'>;
+  readonly options: Pick<TargetOptions, 'unitWindow' | 'unitWindowBytes' | 'progressIntervalMs' | 'activationHooks' | 'hookTimeoutMs'> & Partial<Pick<TargetOptions, 'resumeWindowMs'>>;
   readonly metrics?: Pick<AgentMetrics, 'incomingEnded' | 'unitsReplayed'>;
   /** Takes reservation `reservationId` for this transfer (NotFoundError, InvalidStateError). */
   open(reservationId: string, method: MigrationMethod): Reservation;
@@ -27,6 +27,8 @@ export interface SessionHost {
   discardGuest(guestId: string): void;
   /** The agent's commit decisions (journal): a commit is recorded before it is answered. */
   readonly decisions?: Pick<TargetDecisions, 'committed' | 'resumed' | 'dropped'>;
+  /** A transfer of `reservationId` whose stream broke and waits to be resumed, if any. */
+  waitingForResume?(reservationId: string, migrationId: string): { attach(call: TransferStream): void } | undefined;
   /** The transfer of job `jobId` entered `phase`; `view` tells its state (incoming jobs as Control shows them). */
   phaseChanged?(jobId: string, phase: TransferPhase, method: MigrationMethod | null, view: () => TransferView): void;
 }

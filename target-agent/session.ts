@@ -12,7 +12,7 @@ import type { Logger } from 'pino';
 import { assert } from '../shared/assert.js';
 import { type Clock, systemClock, type Timer } from '../shared/clock.js';
 import { SWITCHOVER_DEADLINE_SHARE } from '../shared/convergence.js';
-import { AbortedError, bounded, CorruptDataError, InvalidStateError, MESSAGE_CHARS_MAX, VmMigrateError } from '../shared/errors.js';
+import { AbortedError, bounded, CorruptDataError, echo, InvalidStateError, MESSAGE_CHARS_MAX, NotFoundError, VmMigrateError } from '../shared/errors.js';
 import type { MigrationMethod } from '../shared/stats.js';
 import { pb, statusOf } from '../shared/transport/grpc.js';
 import { detailsOf } from '../shared/transport/status.js';
@@ -62,24 +62,57 @@ export class TargetSession {
   private transfer: OpenTransfer | null = null;
   private feedback: Feedback | null = null;
   private bytesReceived = 0;
+  /** Messages of the transfer received, on every stream of it (Progress.messages_received). */
+  private messagesReceived = 0;
+  private call: TransferStream | null;
+  /** Events of a stream this session no longer reads (handed over, or replaced by a resume) are ignored. */
+  private streamGeneration = 0;
+  /** The stream broke and the transfer waits for the source to resume it (until this timer). */
+  private detachTimer: Timer | null = null;
   private readonly openTimer: Timer;
   private resolveDone!: () => void;
   readonly done = new Promise<void>((resolve) => (this.resolveDone = resolve));
 
   constructor(
-    private readonly call: TransferStream,
+    call: TransferStream,
     private readonly host: SessionHost,
     private log: Logger,
     private readonly clock: Clock = systemClock,
   ) {
-    call.on('data', (message: SourceMessage) => this.onMessage(message));
+    this.call = call;
+    this.bind(call);
     // A stream that never says which reservation it is for holds resources for nothing.
     this.openTimer = clock.timeout(SESSION.openTimeoutMs, () => {
       if (this.phase === 'open') this.fail(new InvalidStateError(`no Open within ${SESSION.openTimeoutMs} ms of the transfer stream's start`, { reason: 'PROTOCOL_VIOLATION', metadata: { timeoutMs: SESSION.openTimeoutMs } }));
     });
-    call.on('end', () => this.onEnd('the source closed the stream'));
-    call.on('cancelled', () => this.onEnd('the source cancelled the stream'));
-    call.on('error', (error) => this.onEnd(`stream error: ${error.message}`));
+  }
+
+  /** Reads `call` from now on; the events of any stream read before are ignored. */
+  private bind(call: TransferStream): void {
+    const generation = ++this.streamGeneration;
+    const current = () => generation === this.streamGeneration;
+    call.on('data', (message: SourceMessage) => current() && this.onMessage(message));
+    call.on('end', () => current() && this.onEnd('the source closed the stream'));
+    call.on('cancelled', () => current() && this.onEnd('the source cancelled the stream'));
+    call.on('error', (error) => current() && this.onEnd(`stream error: ${error.message}`));
+  }
+
+  /** The reservation this transfer holds, while it waits for the source to resume it on a new stream. */
+  waitingForResume(reservationId: string, migrationId: string): boolean {
+    const r = this.reservation;
+    return this.detachTimer !== null && r !== null && r.id === reservationId && r.migrationId === migrationId;
+  }
+
+  /** Continues the transfer on `call`, a new stream whose first message was Resume: tells the source where to go on from. */
+  attach(call: TransferStream): void {
+    this.detachTimer?.cancel();
+    this.detachTimer = null;
+    this.call = call;
+    this.bind(call);
+    this.log.info({ messagesReceived: this.messagesReceived, phase: this.phase }, 'transfer resumed on a new stream');
+    this.send({ resumed: { messagesReceived: this.messagesReceived } });
+    this.transfer?.receivers.resumed?.();
+    this.progress(true);
   }
 
   /** Ends the session from outside (agent shutdown): before the commit, the replica is dropped. */
@@ -125,6 +158,8 @@ export class TargetSession {
 
   private onMessage(message: SourceMessage): void {
     if (this.phase === 'ended') return;
+    // Numbered as the source numbers them: every message but Open, Resume and Ping.
+    if (message.body !== 'open' && message.body !== 'resume' && message.body !== 'ping') this.messagesReceived++;
     try {
       const payload = message.chunk?.payload ?? message.unit?.payload;
       if (payload?.data) this.bytesReceived += payload.data.length;
@@ -147,12 +182,32 @@ export class TargetSession {
           return this.end(`${this.cancelledBySource ? 'cancelled' : 'aborted'} by the source: ${message.abort?.reason ?? ''}`);
         case 'ping':
           return this.send({ pong: { sentMs: message.ping?.sentMs ?? 0 } });
+        case 'resume':
+          return this.onResume(message.resume as InstanceType<typeof pb.Resume>);
         default:
           throw new CorruptDataError(`unknown message on the transfer stream (${String(message.body)})`);
       }
     } catch (error) {
       this.fail(error);
     }
+  }
+
+  /** A new stream for a transfer whose stream broke: handed to the session that waits for it. */
+  private onResume(resume: InstanceType<typeof pb.Resume>): void {
+    if (this.phase !== 'open') throw new InvalidStateError(`Resume received on a stream already in use (session is ${this.phase})`, { reason: 'PROTOCOL_VIOLATION' });
+    const waiting = this.host.waitingForResume?.(resume.reservationId, resume.migrationId);
+    if (waiting === undefined) {
+      throw new NotFoundError(`no transfer of reservation '${echo(resume.reservationId)}' waits to be resumed here (it ended, or its resume window passed)`, { reason: 'RESERVATION_NOT_FOUND', metadata: { reservationId: resume.reservationId } });
+    }
+    // This session was only the stream's first reader: the waiting one takes the stream over.
+    const call = this.call!;
+    this.streamGeneration++;
+    this.call = null;
+    this.currentPhase = 'ended';
+    this.endReason = 'handed over to the transfer it resumed';
+    this.openTimer.cancel();
+    this.resolveDone();
+    waiting.attach(call);
   }
 
   private onOpen(open: InstanceType<typeof pb.Open>): void {
@@ -221,6 +276,8 @@ export class TargetSession {
 
   private onStopDecision(decision: InstanceType<typeof pb.StopDecision>): void {
     this.transfer?.receivers.stopDecided?.(decision.granted);
+    // Counted: a report says so soon, so that the source need not keep it.
+    this.progress(false);
     if (!decision.granted) this.log.debug({ reason: decision.reason }, 'stop-and-copy not granted yet');
     else this.log.info({ unsentLogBytes: decision.unsentLogBytes }, 'stop-and-copy granted');
   }
@@ -349,12 +406,13 @@ export class TargetSession {
     return {
       checkpointRestored: this.phase !== 'restoring' && this.phase !== 'open',
       bytesReceived: this.bytesReceived,
+      messagesReceived: this.messagesReceived,
       ...this.transfer?.receivers.counters(),
     };
   }
 
   private send(body: TargetMessageBody): void {
-    if (this.phase === 'ended') return;
+    if (this.phase === 'ended' || this.call === null) return;
     try {
       this.call.write(pb.TargetMessage.create(body as never));
     } catch (error) {
@@ -378,6 +436,7 @@ export class TargetSession {
 
   private onEnd(reason: string): void {
     if (this.phase === 'activated') return this.finish();
+    if (this.detach(reason)) return;
     if (this.phase === 'postcopy') {
       // Post-copy's known weakness: the guest runs here, but part of its memory is still on the
       // source. It waits (stalled on its next missing page) for an operator's decision.
@@ -387,6 +446,31 @@ export class TargetSession {
       return this.finish();
     }
     this.end(reason);
+  }
+
+  /**
+   * The stream broke (no Abort came): a transfer that may be resumed waits for a new stream, the
+   * replica kept, for the resume window; past it, it ends as any broken transfer. Post-copy's
+   * guest runs here and needs the source's pages: it waits as long as it takes.
+   */
+  private detach(reason: string): boolean {
+    const windowMs = this.host.options.resumeWindowMs ?? 0;
+    const phase = this.phase;
+    if (windowMs <= 0 || this.heldCommit !== null || (phase !== 'restoring' && phase !== 'replaying' && phase !== 'postcopy')) return false;
+    this.streamGeneration++;
+    this.call = null;
+    this.log.warn({ reason, resumeWindowMs: windowMs, messagesReceived: this.messagesReceived }, 'transfer stream broke: waiting for the source to resume it');
+    const expire = () => {
+      if (this.phase === 'postcopy') {
+        this.log.error({ reason, missingPages: this.missingPages }, 'post-copy: the source has not resumed the transfer; the guest here waits for its pages');
+        this.detachTimer = this.clock.timeout(windowMs, expire);
+        return;
+      }
+      this.detachTimer = null;
+      this.end(`${reason}; not resumed within ${windowMs} ms`);
+    };
+    this.detachTimer = this.clock.timeout(windowMs, expire);
+    return true;
   }
 
   /** Ends the session; before the commit, the replica and its reservation are discarded. */
@@ -404,9 +488,11 @@ export class TargetSession {
 
   private finish(): void {
     this.openTimer.cancel();
+    this.detachTimer?.cancel();
+    this.detachTimer = null;
     this.feedback?.close();
     try {
-      this.call.end();
+      this.call?.end();
     } catch {
       // Already closed.
     }

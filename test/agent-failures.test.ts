@@ -242,9 +242,10 @@ t.test('a corrupt log unit fails the migration with DATA_LOSS', async (t) => {
   await startGuest(source, id, 'idle');
   await sleep(100);
   // Units are numbered from the guest's boot; the recording starts at the next unit boundary
-  // after StartMigration. 15 units (150 ms of guest time) later is recorded and sent well within
-  // a migration of a 64 MiB guest.
-  const sequence = sourceGuest(source, id).machine.state.unitSequence + 15;
+  // after the reservation (150 to 350 ms after StartMigration on a loaded machine). 50 units
+  // (500 ms of guest time) later is recorded and sent well within a migration of a 64 MiB guest
+  // (1.3 s and more).
+  const sequence = sourceGuest(source, id).machine.state.unitSequence + 50;
   const { stats: s } = await migrate(source, {
     guestId: id,
     targetAddress: target.address,

@@ -350,9 +350,9 @@ export function deadline(ms: number): grpc.Deadline {
   return new Date(Date.now() + ms);
 }
 
-export function makeClient<S extends grpc.ServiceDefinition>(service: S, name: string, address: string, credentials: grpc.ChannelCredentials): grpc.Client & Record<keyof S, (...args: never[]) => unknown> {
+export function makeClient<S extends grpc.ServiceDefinition>(service: S, name: string, address: string, credentials: grpc.ChannelCredentials, options: grpc.ChannelOptions = {}): grpc.Client & Record<keyof S, (...args: never[]) => unknown> {
   const Ctor = grpc.makeGenericClientConstructor(service as grpc.ServiceDefinition, name);
-  return new Ctor(address, credentials, CHANNEL_OPTIONS) as unknown as grpc.Client & Record<keyof S, (...args: never[]) => unknown>;
+  return new Ctor(address, credentials, { ...CHANNEL_OPTIONS, ...options }) as unknown as grpc.Client & Record<keyof S, (...args: never[]) => unknown>;
 }
 
 /** Promise form of a unary client call with a deadline, errors mapped. */

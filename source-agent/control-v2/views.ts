@@ -60,6 +60,8 @@ function sourceStats(job: SourceMigration, s: MigrationStats): InstanceType<type
     reservationMs: s.reservationMs,
     inDoubtMs: s.inDoubtMs,
     outcomeQueries: s.outcomeQueries,
+    resumes: s.resumes,
+    resentBytes: s.resentBytes,
   });
   if (s.method === 'crtr') stats.crtr = crtrStats(s);
   else if (s.method === 'precopy') stats.precopy = pb2.PrecopyStats.create({ rounds: s.rounds, pagesSent: s.pagesSent, stopPagesSent: s.stopPagesSent, dirtyPages: Math.round(s.remainingBytes / PAGE_BYTES) });

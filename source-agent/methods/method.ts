@@ -41,6 +41,8 @@ export interface TargetWindows {
   unitBytes: number;
   /** CR/TR: the target takes the commit right after the final unit and holds it until it replayed it. */
   earlyCommit?: boolean;
+  /** How long the target keeps a transfer whose stream broke, for a resume (0: never). */
+  resumeWindowMs?: number;
 }
 
 /** Timings a method's loops use. */

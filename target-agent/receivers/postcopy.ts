@@ -97,6 +97,16 @@ export class PostcopyReceiver {
     this.context.progress(target.missingPages === 0);
   }
 
+  /** The transfer was resumed on a new stream: the page requests the old one carried may be lost; ask again. */
+  askAgain(): void {
+    const target = this.target;
+    if (target === null) return;
+    for (const waiter of this.pageWaiters) {
+      const missing = Array.from(waiter.pages).filter((p) => !target.present(Uint32Array.of(p)));
+      for (let i = 0; i < missing.length; i += PAGE_REQUEST_PAGES_MAX) this.context.send({ pageRequest: { pages: missing.slice(i, i + PAGE_REQUEST_PAGES_MAX) } });
+    }
+  }
+
   /** Asks the source for `pages` and resolves once they are all here. */
   private fetchPages(pages: Uint32Array): Promise<void> {
     if (this.target === null || this.target.present(pages)) return Promise.resolve();

@@ -35,6 +35,7 @@ export class FakeChannel extends FailableWaits implements TransferChannel {
   pointOfNoReturn = false;
   closed = false;
   abortReason = '';
+  readonly resumes = { resumes: 0, resentMessages: 0, resentBytes: 0, reconnectingMs: 0 };
   private readonly packed = new Map<PackedMessage, PayloadBody>();
 
   constructor(clock: ManualClock, signal: AbortSignal = new AbortController().signal) {
@@ -326,6 +327,11 @@ export class FakePeer implements TargetPeer {
   };
 
   constructor(private readonly clock: ManualClock) {}
+
+  redialed = 0;
+  redial(): void {
+    this.redialed++;
+  }
 
   queryOutcome(migrationId: string): Promise<InstanceType<typeof pb.OutcomeResponse>> {
     this.outcomeQueries.push(migrationId);
