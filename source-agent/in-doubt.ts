@@ -16,6 +16,8 @@ const { Outcome } = pb.OutcomeResponse;
 
 /** Between outcome queries: from the first to the longest, doubling. */
 export const OUTCOME_BACKOFF = { firstMs: 200, maxMs: 5_000 } as const;
+/** Deadline of one outcome query: short, so that one stuck on a dead or stalled connection does not hold the next. */
+const QUERY_TIMEOUT_MS = 3_000;
 
 /** How an in-doubt migration ended, and who said so. */
 export type Resolution =
@@ -95,7 +97,7 @@ export class InDoubt {
   private async askOnce(): Promise<Resolution | null> {
     this.queries++;
     try {
-      const answer = await this.peer.queryOutcome(this.migrationId, this.startedAtUnixMs);
+      const answer = await this.peer.queryOutcome(this.migrationId, this.startedAtUnixMs, QUERY_TIMEOUT_MS);
       this.lastAnswer = answer;
       this.lastError = '';
       const detail = bounded(answer.detail ?? '', MESSAGE_CHARS_MAX);
@@ -108,6 +110,8 @@ export class InDoubt {
     } catch (error) {
       this.lastError = bounded(error instanceof VmMigrateError || error instanceof Error ? error.message : String(error), MESSAGE_CHARS_MAX);
       this.log.warn({ err: this.lastError, queries: this.queries }, 'outcome query failed; asking again');
+      // A query that timed out may be stuck on a stalled connection: the next one goes on a new one.
+      if (error instanceof VmMigrateError && error.code === 'DEADLINE_EXCEEDED') this.peer.redial();
       return null;
     }
   }

@@ -25,7 +25,7 @@ export interface TargetPeer {
   /** Opens the Transfer stream; `signal` is the migration's cancellation. */
   openTransfer(signal: AbortSignal, options: TransferChannelOptions): TransferChannel;
   /** What the target decided about a migration (it fences one it had not committed). */
-  queryOutcome(migrationId: string, startedAtUnixMs: number): Promise<OutcomeResponse>;
+  queryOutcome(migrationId: string, startedAtUnixMs: number, timeoutMs?: number): Promise<OutcomeResponse>;
   /** The target's clock as seen from here, from the pings. */
   readonly clockOffset: ClockOffset;
   /** Drops the connection and dials a new one (after a stall: a call on the old one would stall too). */
@@ -98,8 +98,8 @@ export class GrpcTargetPeer implements TargetPeer {
     old.close();
   }
 
-  queryOutcome(migrationId: string, startedAtUnixMs: number): Promise<OutcomeResponse> {
-    return unary(this.client, this.methods.queryOutcome, pb.OutcomeRequest.create({ migrationId, startedAtUnixMs }), this.options.callTimeoutMs, `outcome of migration ${migrationId} on ${this.address}`);
+  queryOutcome(migrationId: string, startedAtUnixMs: number, timeoutMs = this.options.callTimeoutMs): Promise<OutcomeResponse> {
+    return unary(this.client, this.methods.queryOutcome, pb.OutcomeRequest.create({ migrationId, startedAtUnixMs }), timeoutMs, `outcome of migration ${migrationId} on ${this.address}`);
   }
 
   close(): void {
