@@ -64,7 +64,11 @@ export class InDoubt {
       this.wake?.();
       return;
     }
-    const unknown = this.lastAnswer?.outcome === Outcome.UNKNOWN ? `the target cannot tell (${this.lastAnswer.detail})` : `the target has not answered yet${this.lastError ? ` (${this.lastError})` : ''}`;
+    const answer = this.lastAnswer;
+    const lost = answer?.outcome === Outcome.COMMITTED;
+    const unknown = lost ? `the target committed but lost the guest (${answer!.detail}); the copy here, suspended at the switchover, is the only one left` : answer?.outcome === Outcome.UNKNOWN ? `the target cannot tell (${answer.detail})` : `the target has not answered yet${this.lastError ? ` (${this.lastError})` : ''}`;
+    // The target committed: dropping the copy here is what it said; resuming it runs the copy of the switchover again.
+    if (lost && action === 'discard-here') force = true;
     if (!force) {
       const risk = action === 'resume-here' ? 'resuming here could leave the guest running twice, if the target committed' : 'dropping the copy here could leave the guest running nowhere, if the target did not commit';
       throw new InvalidStateError(`migration ${this.migrationId} is in doubt: ${unknown}; ${risk}. Ask again (action query), or force it`, {
@@ -102,6 +106,8 @@ export class InDoubt {
       this.lastError = '';
       const detail = bounded(answer.detail ?? '', MESSAGE_CHARS_MAX);
       this.log.info({ outcome: Outcome[answer.outcome] ?? answer.outcome, detail, queries: this.queries }, 'outcome of the in-doubt migration');
+      // Committed, and the guest lost there since: our copy is the last one. Kept for an operator.
+      if (answer.outcome === Outcome.COMMITTED && answer.guestPresent !== true && (answer.missingPages ?? 0) === 0) return null;
       if (answer.outcome === Outcome.COMMITTED) {
         return { kind: 'committed', by: 'target', resumedAtMs: answer.resumedAtMs ?? 0, agentInstanceId: answer.agentInstanceId ?? '', missingPages: answer.missingPages ?? 0, detail };
       }

@@ -26,6 +26,12 @@ export interface LiveMigration {
   missingPages: number;
 }
 
+/** What the host says of a migration's guest: a live transfer, and whether the guest runs here. */
+export interface GuestHere {
+  live(): LiveMigration | null;
+  present(guestId: string): boolean;
+}
+
 export class TargetDecisions {
   /** When each committed guest resumed (this agent's clock), for the source's downtime. */
   private readonly resumedAt = new Map<string, number>();
@@ -99,12 +105,14 @@ export class TargetDecisions {
    * a reservation) and returns what a live transfer says, or null when there is none; it is called
    * only for a migration not committed, which is then recorded as discarded.
    */
-  outcome(migrationId: string, startedAtUnixMs: number, live: () => LiveMigration | null, fence: (reason: string) => void): OutcomeResponse {
+  outcome(migrationId: string, startedAtUnixMs: number, here: GuestHere, fence: (reason: string) => void): OutcomeResponse {
     const base = { agentInstanceId: this.agentInstanceId, durable: this.journal.durable };
     const latest = this.journal.latest('target', migrationId);
     if (latest?.state === 'committed') {
-      const state = live();
-      return pb.OutcomeResponse.create({ ...base, outcome: Outcome.COMMITTED, detail: 'committed here', decidedAtUnixMs: latest.atMs, resumedAtMs: this.resumedAt.get(migrationId) ?? 0, missingPages: state?.missingPages ?? 0 });
+      const state = here.live();
+      const guestPresent = here.present(latest.guestId);
+      const detail = guestPresent ? 'committed here; the guest runs here' : 'committed here, but the guest is no longer here (this agent restarted since, and its guests with it)';
+      return pb.OutcomeResponse.create({ ...base, outcome: Outcome.COMMITTED, detail, decidedAtUnixMs: latest.atMs, resumedAtMs: this.resumedAt.get(migrationId) ?? 0, missingPages: state?.missingPages ?? 0, guestPresent });
     }
     if (latest !== undefined && latest.state !== 'reserved' && !this.unknown.has(migrationId)) {
       return pb.OutcomeResponse.create({ ...base, outcome: Outcome.NOT_COMMITTED, detail: `${latest.state}${latest.detail ? `: ${latest.detail}` : ''}`, decidedAtUnixMs: latest.atMs });

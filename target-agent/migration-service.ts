@@ -86,9 +86,12 @@ export class MigrationService implements SessionHost {
     const answer = this.decisions.outcome(
       migrationId,
       Number.isFinite(request.startedAtUnixMs) ? request.startedAtUnixMs : 0,
-      () => {
-        const running = sessions().map((s) => s.missingPages).find((n) => n !== null);
-        return running === undefined || running === null ? null : { missingPages: running };
+      {
+        live: () => {
+          const running = sessions().map((s) => s.missingPages).find((n) => n !== null);
+          return running === undefined || running === null ? null : { missingPages: running };
+        },
+        present: (guestId) => this.driver.listGuests().some((g) => g.id === guestId && g.state === 'running'),
       },
       (reason) => {
         for (const s of sessions()) s.abort(reason);

@@ -116,9 +116,10 @@ t.test('target decisions: committed stays committed; an undecided migration is f
   d.resumed('m-commit', 42);
   d.reserved('m-open', 'vm-2', '');
   d.reserved('m-live', 'vm-3', '');
-  const noLive = () => null;
+  const noLive = { live: () => null, present: () => true };
   const committed = d.outcome('m-commit', 0, noLive, () => t.fail('a committed migration is not fenced'));
   t.equal(committed.outcome, Outcome.COMMITTED);
+  t.equal(committed.guestPresent, true);
   t.equal(committed.resumedAtMs, 42);
   t.equal(committed.agentInstanceId, 'run-1');
   let fenced = '';
@@ -135,9 +136,11 @@ t.test('target decisions: committed stays committed; an undecided migration is f
   d = new TargetDecisions(journal, 'run-2', clock, quietLog);
   t.equal(d.recoverAtStart(), 1, 'm-open was reserved and never decided');
   t.equal(d.outcome('m-open', 0, noLive, () => {}).outcome, Outcome.NOT_COMMITTED);
-  const after = d.outcome('m-commit', 0, noLive, () => {});
+  const after = d.outcome('m-commit', 0, { live: () => null, present: () => false }, () => {});
   t.equal(after.outcome, Outcome.COMMITTED);
   t.equal(after.resumedAtMs, 0, "the resume instant was of the last run's clock");
+  t.equal(after.guestPresent, false, 'the guest went with the last run');
+  t.match(after.detail, /no longer here/);
   journal.close();
 });
 

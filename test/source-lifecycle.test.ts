@@ -149,7 +149,7 @@ t.test('a lost commit answer: in doubt, the guest stays suspended; the target sa
   s.peer.outcome = async () => {
     if (++answers < 3) throw new UnavailableError('connection refused');
     // Resumed 8 ms after our suspend at 1000 (our clock) + the time the test spent (25 ms to the final unit's report).
-    return pb.OutcomeResponse.create({ outcome: Outcome.COMMITTED, resumedAtMs: 11_000 + 33, agentInstanceId: 'target-run-1', durable: true });
+    return pb.OutcomeResponse.create({ outcome: Outcome.COMMITTED, resumedAtMs: 11_000 + 33, agentInstanceId: 'target-run-1', durable: true, guestPresent: true });
   };
   await toDoubt(s);
   t.equal(s.guest.state, 'suspended', 'kept suspended while in doubt');
@@ -204,6 +204,21 @@ t.test('the target cannot tell (UNKNOWN): in doubt until an operator; resolve re
   t.match(stats.error, /an operator \(forced\) says the target did not commit/);
   t.equal(s.guest.state, 'running', 'resumed by the operator');
   t.throws(() => s.job.resolve('query', false), { code: 'FAILED_PRECONDITION', reason: 'PROTOCOL_VIOLATION', message: /is not in doubt \(failed\)/ });
+});
+
+t.test('the target committed and then lost the guest (its agent restarted): the copy here, the last one, is kept in doubt for an operator', async (t) => {
+  const s = setup();
+  s.peer.outcome = async () => pb.OutcomeResponse.create({ outcome: Outcome.COMMITTED, detail: 'committed here, but the guest is no longer here', durable: true, guestPresent: false });
+  await toDoubt(s);
+  await s.clock.advance(200);
+  await s.clock.advance(400);
+  t.equal(s.job.stats.status, 'in-doubt', 'not dropped on its own: it is the last copy');
+  t.equal(s.guest.state, 'suspended');
+  t.throws(() => s.job.resolve('resume-here', false), { reason: 'MIGRATION_IN_DOUBT', message: /the target committed but lost the guest .* is the only one left/ });
+  s.job.resolve('resume-here', true);
+  const stats = (await s.done) as SourceMigration['stats'];
+  t.equal(stats.status, 'failed');
+  t.equal(s.guest.state, 'running', 'the operator ran the last copy');
 });
 
 t.test('an operator may force the copy here to be dropped: completed, and the job says it was forced', async (t) => {
@@ -267,7 +282,7 @@ t.test('a stop-and-copy past its deadline: the commit was never sent, the guest 
 t.test("a matched commit whose activation confirmation is lost: completed (the guest is the target's), downtime asked of the target", async (t) => {
   const s = setup();
   s.peer.clockOffset.add(990, 1_000, 5_000, 'run-2');
-  s.peer.outcome = async () => pb.OutcomeResponse.create({ outcome: Outcome.COMMITTED, resumedAtMs: 5_025, agentInstanceId: 'run-2', durable: true });
+  s.peer.outcome = async () => pb.OutcomeResponse.create({ outcome: Outcome.COMMITTED, resumedAtMs: 5_025, agentInstanceId: 'run-2', durable: true, guestPresent: true });
   const channel = await toCommit(s);
   channel.commitResult = pb.CommitResult.create({ matched: true, targetDigest: '0123456789abcdef' });
   channel.notify();
