@@ -103,7 +103,7 @@ const crtr: TargetMethod = {
       log: context.log,
     };
     const pipeline = new ReplayPipeline(context.windows, deps);
-    const units = new LogUnitReceiver(context, pipeline);
+    const units = new LogUnitReceiver(context, pipeline, replay);
     const deltas = new DeltaReceiver(context, { deltas: deltaRestore, driver: replica.describe().driver, pipeline });
     const checkpoint: CheckpointReceiver = new CheckpointReceiver(context, {
       replay,

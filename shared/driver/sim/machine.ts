@@ -16,6 +16,7 @@
 // busy part of a unit is real CPU work on guest memory, and every later value depends on it.
 
 import { assert } from '../../assert.js';
+import { CorruptDataError } from '../../errors.js';
 import { PAGE_BYTES } from '../types.js';
 import { GuestMemory, PAGE_WORDS, SEGMENT_MASK, SEGMENT_SHIFT } from './memory.js';
 import type { WorkloadRates } from './profiles.js';
@@ -120,8 +121,17 @@ export class MachineState {
     s.lastClockNs = v.getFloat64(60, true);
     s.randomReads = v.getUint32(68, true);
     s.pageWrites = v.getFloat64(72, true);
+    // From a peer: the float64 counters must be what a machine can have, or execution goes wrong
+    // (a NaN position fails the runner's assertions on the guest's first unit).
+    for (const name of MachineState.FLOAT_COUNTERS) {
+      const value = s[name];
+      if (!Number.isSafeInteger(value) || value < 0) throw new CorruptDataError(`machine state: ${name} is ${value}, expected an integer from 0 to ${Number.MAX_SAFE_INTEGER}`);
+    }
     return s;
   }
+
+  /** The counters serialized as float64: each an integer in [0, 2^53). */
+  private static readonly FLOAT_COUNTERS = ['position', 'guestNs', 'rxBytes', 'lastClockNs', 'pageWrites'] as const;
 }
 
 /** Supplies the value of a synchronous event the guest asks for at `position` (within the unit). */
