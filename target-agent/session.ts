@@ -10,14 +10,16 @@
 
 import type { Logger } from 'pino';
 import { assert } from '../shared/assert.js';
-import { type Clock, systemClock, type Timer } from '../shared/clock.js';
+import { type Clock, systemClock } from '../shared/clock.js';
 import { SWITCHOVER_DEADLINE_SHARE } from '../shared/convergence.js';
 import { AbortedError, bounded, CorruptDataError, InvalidStateError, MESSAGE_CHARS_MAX, VmMigrateError } from '../shared/errors.js';
 import type { MigrationMethod } from '../shared/stats.js';
-import { pb, statusOf } from '../shared/transport/grpc.js';
+import { pb, statusOf, toServiceError } from '../shared/transport/grpc.js';
 import { detailsOf } from '../shared/transport/status.js';
 import type { PostcopyTarget } from '../shared/driver/types.js';
 import { Feedback, type ProgressCounters } from './feedback.js';
+import { IdleWatchdog, idleError, transferDeadlineMs } from './idle-watchdog.js';
+import { Outbox } from './outbox.js';
 import { type HookResult, runActivationHooks } from './hooks.js';
 import { checkCapabilities, type MethodContext, type MethodTransfer, type StreamMessageKind, type StreamMessages, type TargetMethod, targetMethod } from './methods.js';
 import type { TargetMessageBody, TransferPhase } from './receivers/context.js';
@@ -28,11 +30,6 @@ import type { SessionHost, TransferStream } from './session-host.js';
 type SourceMessage = InstanceType<typeof pb.SourceMessage>;
 
 export type { SessionHost, TransferStream } from './session-host.js';
-
-const SESSION = {
-  /** How long a new transfer stream may go without its Open message. */
-  openTimeoutMs: 30_000,
-} as const;
 
 /** An opened transfer: its reservation, its method and the method's receivers. */
 interface OpenTransfer {
@@ -62,7 +59,12 @@ export class TargetSession {
   private transfer: OpenTransfer | null = null;
   private feedback: Feedback | null = null;
   private bytesReceived = 0;
-  private readonly openTimer: Timer;
+  /** Bounds the source's silence at every stage before the commit (idle-watchdog.ts). */
+  private readonly idle: IdleWatchdog;
+  private readonly outbox: Outbox;
+  /** Set by fail(): the stream ends with this error's status (after the in-band TargetError). */
+  private failure: unknown = null;
+  private finished = false;
   private resolveDone!: () => void;
   readonly done = new Promise<void>((resolve) => (this.resolveDone = resolve));
 
@@ -73,9 +75,11 @@ export class TargetSession {
     private readonly clock: Clock = systemClock,
   ) {
     call.on('data', (message: SourceMessage) => this.onMessage(message));
-    // A stream that never says which reservation it is for holds resources for nothing.
-    this.openTimer = clock.timeout(SESSION.openTimeoutMs, () => {
-      if (this.phase === 'open') this.fail(new InvalidStateError(`no Open within ${SESSION.openTimeoutMs} ms of the transfer stream's start`, { reason: 'PROTOCOL_VIOLATION', metadata: { timeoutMs: SESSION.openTimeoutMs } }));
+    this.outbox = new Outbox(call, clock, { overflow: (error) => this.fail(error), drained: () => this.progress(true) });
+    this.idle = new IdleWatchdog(clock, host.options.transferIdleTimeoutMs, {
+      busy: () => this.phase === 'committed' || this.phase === 'activated' || this.heldCommit !== null || (this.transfer?.receivers.counters().remainingUnits ?? 0) > 0,
+      deadlineMs: () => transferDeadlineMs(this.reservation, this.phase),
+      expired: (idleMs, pastDeadline) => this.fail(idleError(this.phase, idleMs, this.idle.timeoutMs, pastDeadline ? this.reservation : null)),
     });
     call.on('end', () => this.onEnd('the source closed the stream'));
     call.on('cancelled', () => this.onEnd('the source cancelled the stream'));
@@ -118,7 +122,10 @@ export class TargetSession {
   }
 
   private onMessage(message: SourceMessage): void {
-    if (this.phase === 'ended') return;
+    // Once the stream is ended, nothing more is read nor written: a write after the end would
+    // destroy the stream, dropping what it still held and its status.
+    if (this.phase === 'ended' || this.finished) return;
+    this.idle.touch();
     try {
       const payload = message.chunk?.payload ?? message.unit?.payload;
       if (payload?.data) this.bytesReceived += payload.data.length;
@@ -327,9 +334,9 @@ export class TargetSession {
   }
 
   private send(body: TargetMessageBody): void {
-    if (this.phase === 'ended') return;
+    if (this.phase === 'ended' || this.finished) return;
     try {
-      this.call.write(pb.TargetMessage.create(body as never));
+      this.outbox.send(body);
     } catch (error) {
       this.log.warn({ err: error }, 'could not write to the transfer stream');
     }
@@ -345,7 +352,9 @@ export class TargetSession {
       this.heldCommit = null;
       this.send({ commitResult: { matched: false, targetDigest: '', refusedReason: message } });
     }
+    // In band first, as sources that predate the status read it; then the stream's own status.
     this.send({ error: { code, message, reason: detailsOf(error).reason } });
+    this.failure = error;
     this.end(message);
   }
 
@@ -376,10 +385,13 @@ export class TargetSession {
   }
 
   private finish(): void {
-    this.openTimer.cancel();
+    if (this.finished) return;
+    this.finished = true;
+    this.idle.stop();
     this.feedback?.close();
     try {
-      this.call.end();
+      if (this.failure === null) this.call.end();
+      else this.call.emit('error', toServiceError(this.failure));
     } catch {
       // Already closed.
     }

@@ -10,7 +10,7 @@ import type { CheckpointChunk, GuestDescription, SourceGuest, TargetReplica } fr
 import { CorruptDataError, NotFoundError } from '../shared/errors.js';
 import { type PayloadBody, packMessage } from '../shared/protocol.js';
 import type { MigrationMethod } from '../shared/stats.js';
-import { grpc, pb } from '../shared/transport/grpc.js';
+import { grpc, pb, Preserialized } from '../shared/transport/grpc.js';
 import type { Reservation } from '../target-agent/reservation.js';
 import { type SessionHost, TargetSession } from '../target-agent/session.js';
 
@@ -23,9 +23,20 @@ const DIGEST = '0123456789abcdef';
 class FakeStream extends EventEmitter {
   readonly written: TargetMessage[] = [];
   ended = false;
+  /** The status it ended with, when not OK (grpc-js sends the status of an 'error' emitted on the call). */
+  status: grpc.StatusObject | null = null;
 
-  write(message: TargetMessage): boolean {
-    this.written.push(message);
+  override emit(event: string | symbol, ...args: unknown[]): boolean {
+    if (event === 'error') {
+      this.ended = true;
+      this.status = args[0] as grpc.StatusObject;
+    }
+    return super.emit(event, ...args);
+  }
+
+  write(message: TargetMessage | Preserialized, callback?: () => void): boolean {
+    this.written.push(message instanceof Preserialized ? pb.TargetMessage.decode(message.bytes) : message);
+    callback?.();
     return true;
   }
 
@@ -142,14 +153,14 @@ function fakeReplica(parts: Array<'replay' | 'pageRestore' | 'postcopy' | 'delta
 
 /** Hands out one reservation; records what the session asks of it. */
 class FakeHost implements SessionHost {
-  readonly options = { unitWindow: 8, unitWindowBytes: 2 ** 20, progressIntervalMs: 20, activationHooks: [], hookTimeoutMs: 1_000 };
+  readonly options = { unitWindow: 8, unitWindowBytes: 2 ** 20, progressIntervalMs: 20, activationHooks: [], hookTimeoutMs: 1_000, transferIdleTimeoutMs: 30_000 };
   readonly opens: MigrationMethod[] = [];
   readonly released: string[] = [];
   readonly forgotten: string[] = [];
   readonly reservation: Reservation;
 
   constructor(replica: TargetReplica) {
-    this.reservation = { id: 'r1', migrationId: 'job-1', replica, downtimeLimitMs: 300, unitMs: 10, maxDurationMs: 0, reservedAtMs: 0, opened: false, method: null };
+    this.reservation = { id: 'r1', migrationId: 'job-1', replica, peer: 'test', memoryBytes: 2 ** 26, downtimeLimitMs: 300, unitMs: 10, maxDurationMs: 0, reservedAtMs: 0, opened: false, method: null };
   }
 
   open(id: string, method: MigrationMethod): Reservation {
@@ -198,6 +209,7 @@ t.test('Open refuses a replica that lacks a capability the method needs: UNIMPLE
     const expected = `method '${method || 'crtr'}' needs capability ${capability}, which driver 'fake' lacks`;
     t.same(stream.kinds(), ['error'], `${method || '(default)'}: nothing but the error`);
     t.match(stream.last('error')?.error, { code: grpc.status.UNIMPLEMENTED, message: expected, reason: 'CAPABILITY_MISSING' });
+    t.match(stream.status, { code: grpc.status.UNIMPLEMENTED, details: expected }, 'and the stream ends with that status');
     t.same(host.released, [`r1: ${expected}`], 'the reservation is released');
     t.ok(stream.ended);
     t.notOk(session.opened);
@@ -224,14 +236,29 @@ t.test('Open of an unknown method is refused with INVALID_ARGUMENT before the re
   t.same(host.released, []);
 });
 
-t.test('a stream without Open in time is ended (FAILED_PRECONDITION)', async (t) => {
+t.test('a stream without Open in time is ended (DEADLINE_EXCEEDED)', async (t) => {
   const { host, stream, clock, session } = start();
   await clock.advance(29_999);
   t.same(stream.written, []);
   await clock.advance(1);
   await session.done;
-  t.match(stream.last('error')?.error, { code: grpc.status.FAILED_PRECONDITION, message: "no Open within 30000 ms of the transfer stream's start", reason: 'PROTOCOL_VIOLATION' });
+  const message = "no Open within 30000 ms of the transfer stream's start (idle timeout 30000 ms)";
+  t.match(stream.last('error')?.error, { code: grpc.status.DEADLINE_EXCEEDED, message, reason: 'PEER_IDLE' });
+  t.match(stream.status, { code: grpc.status.DEADLINE_EXCEEDED, details: message });
   t.same(host.released, []);
+});
+
+t.test('an opened transfer whose source goes silent is ended at the idle timeout, unless the target is busy', async (t) => {
+  const { host, stream, clock, session } = start(['replay']);
+  stream.receive({ open: { reservationId: 'r1', method: 'crtr' } });
+  await clock.advance(20_000);
+  stream.receive({ ping: { sentMs: 1 } });
+  await clock.advance(29_000);
+  t.ok(session.opened, 'a message restarts the wait');
+  await clock.advance(1_000);
+  await session.done;
+  t.match(stream.status, { code: grpc.status.DEADLINE_EXCEEDED, details: /nothing from the source for 30000 ms while restoring/ });
+  t.same(host.released, ['r1: nothing from the source for 30000 ms while restoring (idle timeout 30000 ms)'], 'the reservation is released');
 });
 
 t.test('messages before Open, and messages the method does not take, are refused (FAILED_PRECONDITION)', async (t) => {
