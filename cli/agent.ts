@@ -59,6 +59,9 @@ export async function startAgent(options: AgentOptions, log: Logger = pino({ lev
       unitWindow: config.limits.unitWindow,
       unitWindowBytes: config.limits.unitWindowMib * 2 ** 20,
       reservationTimeoutMs: config.limits.reservationTimeoutMs,
+      transferIdleTimeoutMs: config.limits.transferIdleTimeoutMs,
+      peerMemoryPercent: config.limits.peerMemoryPercent,
+      peerTransfersMax: config.limits.peerTransfersMax,
       activationHooks: config.hooks.activation,
       hookTimeoutMs: config.hooks.timeoutMs,
       agentInstanceId,
@@ -170,6 +173,7 @@ const FLAGS: Array<{ option: string; flag: string; field: string; value?: (text:
   { option: 'chunkWindow', flag: '--chunk-window', field: 'limits.chunkWindow', value: Number },
   { option: 'unitWindow', flag: '--unit-window', field: 'limits.unitWindow', value: Number },
   { option: 'unitWindowMib', flag: '--unit-window-mib', field: 'limits.unitWindowMib', value: Number },
+  { option: 'transferIdleTimeoutMs', flag: '--transfer-idle-timeout-ms', field: 'limits.transferIdleTimeoutMs', value: Number },
   { option: 'compressionWorkers', flag: '--compression-workers', field: 'limits.compressionWorkers', value: Number },
   { option: 'activationHook', flag: '--activation-hook', field: 'hooks.activation' },
   { option: 'hookTimeoutMs', flag: '--hook-timeout-ms', field: 'hooks.timeoutMs', value: Number },
@@ -235,6 +239,7 @@ function agentOptionsCommand(role: AgentRole): Command {
     .option('--chunk-window <n>', 'checkpoint chunks an incoming migration may have in flight (default 16)')
     .option('--unit-window <n>', 'log units an incoming migration may have in flight (default 4096)')
     .option('--unit-window-mib <n>', 'log bytes an incoming migration may have in flight, MiB (default 64)')
+    .option('--transfer-idle-timeout-ms <n>', 'an incoming transfer whose source sends nothing for this long ends and frees its reservation (default 30000)')
     .option('--compression-workers <n>', 'worker threads compressing outgoing checkpoint chunks, 0 to 8; 0: the event loop (default: cores - 1, at most 2)')
     .option('--activation-hook <command...>', 'command run (sh -c) after an incoming guest resumes here; repeatable')
     .option('--hook-timeout-ms <n>', 'time an activation hook may take before it is killed (default 10000)')

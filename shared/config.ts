@@ -79,6 +79,12 @@ export const agentConfigSchema = z.strictObject({
       unitWindow: int(1, 1_000_000).default(WINDOW_DEFAULTS.units),
       unitWindowMib: int(1, 4096).default(WINDOW_DEFAULTS.unitBytes / 2 ** 20),
       reservationTimeoutMs: int(1000, 3600_000).default(60_000),
+      /** An incoming transfer that hears nothing from its source for this long (any stage before the commit) ends, its reservation freed. */
+      transferIdleTimeoutMs: int(1000, 3600_000).default(30_000),
+      /** Share of the host's memory one peer (certificate identity, or loopback address) may hold in reservations, percent. */
+      peerMemoryPercent: int(1, 100).default(50),
+      /** Reservations, and transfer streams, one peer may have at once. */
+      peerTransfersMax: int(1, 64).default(16),
       /** Worker threads that compress outgoing checkpoint chunks (0: the event loop does). */
       compressionWorkers: int(0, POOL_WORKERS_MAX).default(defaultCompressionWorkers()),
     })
@@ -88,6 +94,9 @@ export const agentConfigSchema = z.strictObject({
       unitWindow: WINDOW_DEFAULTS.units,
       unitWindowMib: WINDOW_DEFAULTS.unitBytes / 2 ** 20,
       reservationTimeoutMs: 60_000,
+      transferIdleTimeoutMs: 30_000,
+      peerMemoryPercent: 50,
+      peerTransfersMax: 16,
       compressionWorkers: defaultCompressionWorkers(),
     }),
   hooks: z
