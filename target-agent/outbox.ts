@@ -4,8 +4,9 @@
 // waits: progress reports are coalesced into one, sent once the source drained what was queued,
 // and pongs are dropped (the source measures its round trips by its own unary pings). Past a hard
 // bound the source is not reading at all and the transfer fails: RESOURCE_EXHAUSTED
-// (PEER_NOT_READING). Pongs are also rate-limited, so that a flood of pings costs the target
-// the decoding of each and nothing more.
+// (PEER_NOT_READING). Pongs are also rate-limited, and a source that keeps pinging far past the
+// rate fails the transfer (RESOURCE_EXHAUSTED, LIMIT_EXCEEDED): a flood of pings costs the target
+// the decoding of a few thousand, and its reservation is freed.
 
 import type { Clock } from '../shared/clock.js';
 import { LimitExceededError } from '../shared/errors.js';
@@ -21,10 +22,12 @@ export const OUTBOX = {
   /** Pings answered a second, on average, and in a burst (a source that pings on the stream does so every 500 ms). */
   pongsPerSec: 20,
   pongBurst: 20,
+  /** Pings past the rate after which the source is flooding: the transfer fails. */
+  pingsOverRateMax: 2_000,
 } as const;
 
 export interface OutboxEvents {
-  /** The source does not read: what waits for it went past hardBytesMax. */
+  /** The source floods the stream with pings, or does not read: the transfer fails with `error`. */
   overflow(error: LimitExceededError): void;
   /** A progress report was held back above the soft bound, and the source has since read what waited. */
   drained(): void;
@@ -37,6 +40,7 @@ export class Outbox {
   private pongTokensAtMs: number;
   /** Pongs not sent: over the rate, or while the source was not reading. */
   pongsDropped = 0;
+  private pingsOverRate = 0;
 
   constructor(
     private readonly stream: TransferStream,
@@ -53,7 +57,8 @@ export class Outbox {
 
   send(body: TargetMessageBody): void {
     const kind = Object.keys(body)[0];
-    if (kind === 'pong' && (!this.takePong() || this.bufferedBytes > OUTBOX.softBytesMax)) {
+    if (kind === 'pong' && !this.takePong()) return this.pingOverRate();
+    if (kind === 'pong' && this.bufferedBytes > OUTBOX.softBytesMax) {
       this.pongsDropped++;
       return;
     }
@@ -80,6 +85,17 @@ export class Outbox {
       this.progressHeld = false;
       this.events.drained();
     }
+  }
+
+  private pingOverRate(): void {
+    this.pongsDropped++;
+    if (++this.pingsOverRate <= OUTBOX.pingsOverRateMax) return;
+    this.events.overflow(
+      new LimitExceededError(`the source pings far faster than ${OUTBOX.pongsPerSec} a second: ${this.pingsOverRate} pings past the rate`, {
+        reason: 'LIMIT_EXCEEDED',
+        metadata: { limit: 'pongsPerSec', pongsPerSec: OUTBOX.pongsPerSec, pingsOverRate: this.pingsOverRate },
+      }),
+    );
   }
 
   /** A token of the pong bucket, if one is left. */
