@@ -174,7 +174,7 @@ export function peekUnitHeader(bytes: Uint8Array): UnitHeader {
 export function checkUnitBounds(header: UnitHeader, unitMs = UNIT_MS_MAX): void {
   const guestNsMax = unitMs * 1e6;
   if (!Number.isSafeInteger(header.startPosition) || header.startPosition < 0 || !Number.isSafeInteger(header.guestNs) || header.guestNs < 0 || header.guestNs > guestNsMax) {
-    throw new CorruptDataError(`unit ${header.sequence}: start position ${header.startPosition}, guest time ${header.guestNs} ns (at most ${guestNsMax} ns)`);
+    throw new CorruptDataError(`unit ${header.sequence}: invalid start position ${header.startPosition} or guest time ${header.guestNs} ns (at most ${guestNsMax} ns)`);
   }
   const instructionsMax = unitMs * UNIT_INSTRUCTIONS_PER_MS_MAX;
   const pageWritesMax = unitMs * UNIT_PAGE_WRITES_PER_MS_MAX;
