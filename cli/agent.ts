@@ -47,7 +47,13 @@ export interface RunningAgent {
 
 export async function startAgent(options: AgentOptions, log: Logger = pino({ level: options.config.log.level }, destination(2))): Promise<RunningAgent> {
   const { config, tls } = options;
-  const driver = new SimDriver({ memoryBytesTotal: config.host.memoryMib * 2 ** 20, vcpusTotal: config.host.vcpus, unitMsDefault: config.host.unitMs });
+  const driver = new SimDriver({
+    memoryBytesTotal: config.host.memoryMib * 2 ** 20,
+    vcpusTotal: config.host.vcpus,
+    unitMsDefault: config.host.unitMs,
+    // A bug in one guest's runner stops that guest, not the agent and every other guest.
+    guest: { onRunnerFailure: (guestId, error) => log.error({ guestId, err: error }, 'the guest runner failed: the guest is suspended') },
+  });
   const metrics = new AgentMetrics({ processMetrics: config.metricsListen !== undefined });
   // Who this agent is, for this run: a migration whose target answers with the same id is refused.
   const agentInstanceId = randomUUID();

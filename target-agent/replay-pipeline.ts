@@ -257,15 +257,19 @@ export class ReplayPipeline {
 
   /** Replays queued units for up to replaySliceMs, then yields to I/O and comes back if any remain. */
   private replaySlice(): void {
-    const { clock } = this.deps;
     try {
-      const sliceStartMs = clock.now();
-      while (this.deps.replaying() && this.queue.length > 0 && clock.now() - sliceStartMs < REPLAY_PIPELINE.replaySliceMs) this.replayNext();
+      this.replayFor(REPLAY_PIPELINE.replaySliceMs);
     } catch (error) {
+      // A unit that failed to replay, or a bug: this transfer fails, and nothing else.
       this.sliceScheduled = false;
       this.deps.onFailure(error);
-      return;
     }
+  }
+
+  private replayFor(sliceMs: number): void {
+    const { clock } = this.deps;
+    const sliceStartMs = clock.now();
+    while (this.deps.replaying() && this.queue.length > 0 && clock.now() - sliceStartMs < sliceMs) this.replayNext();
     const idle = this.queue.length === 0;
     if (idle && this.deps.replaying() && !this.finalUnitReplayed && clock.now() - this.lastDigestMs > REPLAY_PIPELINE.digestRefreshIntervalMs) {
       // Idle: keep the incremental digest fresh, so that the one at commitment is quick.

@@ -9,7 +9,6 @@
 // then only exists on the source, which resumes it.
 
 import type { Logger } from 'pino';
-import { assert } from '../shared/assert.js';
 import { type Clock, systemClock } from '../shared/clock.js';
 import { SWITCHOVER_DEADLINE_SHARE } from '../shared/convergence.js';
 import { AbortedError, bounded, CorruptDataError, InvalidStateError, MESSAGE_CHARS_MAX, VmMigrateError } from '../shared/errors.js';
@@ -18,10 +17,11 @@ import { pb, statusOf, toServiceError } from '../shared/transport/grpc.js';
 import { detailsOf } from '../shared/transport/status.js';
 import type { PostcopyTarget } from '../shared/driver/types.js';
 import { Feedback, type ProgressCounters } from './feedback.js';
+import { guarded, guardedClock } from './guarded-clock.js';
 import { IdleWatchdog, idleError, transferDeadlineMs } from './idle-watchdog.js';
 import { Outbox } from './outbox.js';
 import { type HookResult, runActivationHooks } from './hooks.js';
-import { checkCapabilities, type MethodContext, type MethodTransfer, type StreamMessageKind, type StreamMessages, type TargetMethod, targetMethod } from './methods.js';
+import { checkCapabilities, type MethodContext, type MethodTransfer, routeStreamMessage, type StreamMessages, type TargetMethod, targetMethod } from './methods.js';
 import type { TargetMessageBody, TransferPhase } from './receivers/context.js';
 import type { TransferView } from './incoming-jobs.js';
 import type { Reservation } from './reservation.js';
@@ -37,15 +37,6 @@ interface OpenTransfer {
   readonly method: TargetMethod;
   readonly receivers: MethodTransfer;
 }
-
-/** How a stream message is named in errors. */
-const DESCRIBE: { [K in StreamMessageKind]: (message: StreamMessages[K]) => string } = {
-  chunk: (chunk) => `checkpoint chunk ${chunk.index}`,
-  unit: (unit) => `log unit ${unit.sequence}`,
-  pages: (batch) => `page batch of round ${batch.round}`,
-  machineState: () => 'machine state',
-  rebase: (rebase) => `rebase to delta ${rebase.generation}`,
-};
 
 export class TargetSession {
   private currentPhase: TransferPhase = 'open';
@@ -74,16 +65,19 @@ export class TargetSession {
     private log: Logger,
     private readonly clock: Clock = systemClock,
   ) {
+    // Whatever this session schedules fails this session if it throws, not the process.
+    this.clock = guardedClock(clock, (error) => this.fail(error));
     call.on('data', (message: SourceMessage) => this.onMessage(message));
-    this.outbox = new Outbox(call, clock, { overflow: (error) => this.fail(error), drained: () => this.progress(true) });
-    this.idle = new IdleWatchdog(clock, host.options.transferIdleTimeoutMs, {
+    this.outbox = new Outbox(call, this.clock, { overflow: (error) => this.fail(error), drained: () => this.progress(true) });
+    this.idle = new IdleWatchdog(this.clock, host.options.transferIdleTimeoutMs, {
       busy: () => this.phase === 'committed' || this.phase === 'activated' || this.heldCommit !== null || (this.transfer?.receivers.counters().remainingUnits ?? 0) > 0,
       deadlineMs: () => transferDeadlineMs(this.reservation, this.phase),
       expired: (idleMs, pastDeadline) => this.fail(idleError(this.phase, idleMs, this.idle.timeoutMs, pastDeadline ? this.reservation : null)),
     });
-    call.on('end', () => this.onEnd('the source closed the stream'));
-    call.on('cancelled', () => this.onEnd('the source cancelled the stream'));
-    call.on('error', (error) => this.onEnd(`stream error: ${error.message}`));
+    const guard = guarded((error) => this.fail(error));
+    call.on('end', guard(() => this.onEnd('the source closed the stream')));
+    call.on('cancelled', guard(() => this.onEnd('the source cancelled the stream')));
+    call.on('error', guard((error: Error) => this.onEnd(`stream error: ${error.message}`)));
   }
 
   /** Ends the session from outside (agent shutdown): before the commit, the replica is dropped. */
@@ -138,7 +132,7 @@ export class TargetSession {
         case 'pages':
         case 'machineState':
         case 'rebase':
-          return this.onStreamMessage(message.body, message[message.body] as StreamMessages[typeof message.body]);
+          return routeStreamMessage(this.transfer, message.body, message[message.body] as StreamMessages[typeof message.body]);
         case 'stopDecision':
           return this.onStopDecision(message.stopDecision as InstanceType<typeof pb.StopDecision>);
         case 'commit':
@@ -201,17 +195,6 @@ export class TargetSession {
       fail: (error) => this.fail(error),
       unitReplayed: () => this.host.metrics?.unitsReplayed(),
     };
-  }
-
-  /** Routes a message of the method's data to its receiver, if the method accepts it. */
-  private onStreamMessage<K extends StreamMessageKind>(kind: K, message: StreamMessages[K]): void {
-    const transfer = this.transfer;
-    if (transfer === null) throw new InvalidStateError(`${DESCRIBE[kind](message)} before Open`, { reason: 'PROTOCOL_VIOLATION' });
-    const { method, receivers } = transfer;
-    if (!method.accepts.includes(kind)) throw new InvalidStateError(`${DESCRIBE[kind](message)} in a ${method.name} transfer`, { reason: 'PROTOCOL_VIOLATION', metadata: { method: method.name } });
-    const receive = receivers.receive[kind];
-    assert(receive !== undefined, () => `method '${method.name}' accepts ${kind} messages but has no receiver for them`);
-    receive(message);
   }
 
   private requireTransfer(what: string): OpenTransfer {

@@ -68,7 +68,7 @@ class FakeStream extends EventEmitter {
  * the chunks, units and activations it saw.
  */
 function fakeReplica(parts: Array<'replay' | 'pageRestore' | 'postcopy' | 'deltas'>) {
-  const seen = { deltaChunks: [] as string[], chunks: 0, units: [] as number[], pageBatches: 0, machineStates: 0, activated: 0, discarded: 0, fetch: null as null | ((pages: Uint32Array) => Promise<void>), guestUnitsRun: 0 };
+  const seen = { deltaChunks: [] as string[], chunks: 0, units: [] as number[], pageBatches: 0, machineStates: 0, activated: 0, discarded: 0, fetch: null as null | ((pages: Uint32Array) => Promise<void>), guestUnitsRun: 0, runnerBug: false };
   let restored = false;
   const description: GuestDescription = { id: 'g1', driver: 'fake', memoryBytes: 2 ** 26, vcpus: 1, unitMs: 10, state: 'restoring', machineConfig: new Uint8Array(0), summary: '' };
   const replay = {
@@ -113,7 +113,12 @@ function fakeReplica(parts: Array<'replay' | 'pageRestore' | 'postcopy' | 'delta
         receivedDigest: () => DIGEST,
       };
       // The resumed guest's runner counts its units; the session measures its waits for pages.
-      const guest = { runnerStats: () => ({ unitsRun: seen.guestUnitsRun, stallMs: 0, throttledMs: 0 }) } as unknown as SourceGuest;
+      const guest = {
+        runnerStats: () => {
+          if (seen.runnerBug) throw new TypeError('a bug in the runner statistics');
+          return { unitsRun: seen.guestUnitsRun, stallMs: 0, throttledMs: 0 };
+        },
+      } as unknown as SourceGuest;
       return { guest, postcopy: target };
     },
   };
@@ -535,4 +540,18 @@ t.test('a second commit while the first is held is refused as such', async (t) =
   await session.done;
   t.match(stream.last('error')?.error, { code: grpc.status.FAILED_PRECONDITION, message: /commit received twice/ });
   t.match(stream.last('commitResult')?.commitResult, { matched: false }, 'the held commit is answered: nothing was committed');
+});
+
+t.test('a bug in what a session schedules fails that session (INTERNAL), not the process', async (t) => {
+  const { stream, clock, seen, session } = start(['postcopy']);
+  stream.receive({ open: { reservationId: 'r1', method: 'postcopy' } });
+  stream.receivePayload({ kind: 'machineState' }, new Uint8Array(64));
+  stream.receivePayload({ kind: 'pages', round: 0, pageCount: 1 }, Uint8Array.of(1));
+  // A report held back by the interval: sent from a timer, where the bug is now.
+  stream.receivePayload({ kind: 'pages', round: 0, pageCount: 1 }, Uint8Array.of(2));
+  seen.runnerBug = true;
+  await clock.advance(20);
+  await session.done;
+  t.match(stream.last('error')?.error, { code: grpc.status.INTERNAL, message: 'a bug in the runner statistics', reason: 'INTERNAL_ERROR' });
+  t.match(stream.status, { code: grpc.status.INTERNAL, details: 'a bug in the runner statistics' });
 });
