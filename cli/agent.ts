@@ -12,7 +12,7 @@ import { pino, destination, type Logger } from 'pino';
 import { ControlService, CONTROL_DEFAULTS } from '../source-agent/control-service.js';
 import { ControlServiceV2 } from '../source-agent/control-v2/service.js';
 import { SOURCE_DEFAULTS } from '../source-agent/migration.js';
-import { MigrationService, TARGET_DEFAULTS } from '../target-agent/migration-service.js';
+import { MigrationService, TARGET_DEFAULTS, type TargetOptions } from '../target-agent/migration-service.js';
 import { SimDriver } from '../shared/driver/sim/driver.js';
 import { PackPool } from '../shared/pack-pool.js';
 import { type AgentConfig, ConfigError, readConfigFile, setPath, validateConfig } from '../shared/config.js';
@@ -45,36 +45,42 @@ export interface RunningAgent {
   shutdown(reason: string): Promise<void>;
 }
 
-export async function startAgent(options: AgentOptions, log: Logger = pino({ level: options.config.log.level }, destination(2))): Promise<RunningAgent> {
-  const { config, tls } = options;
-  const driver = new SimDriver({
+/** The host's driver: the sim, with the host's memory, vCPUs and unit length. */
+function hostDriver(config: AgentConfig, log: Logger): SimDriver {
+  return new SimDriver({
     memoryBytesTotal: config.host.memoryMib * 2 ** 20,
     vcpusTotal: config.host.vcpus,
     unitMsDefault: config.host.unitMs,
     // A bug in one guest's runner stops that guest, not the agent and every other guest.
     guest: { onRunnerFailure: (guestId, error) => log.error({ guestId, err: error }, 'the guest runner failed: the guest is suspended') },
   });
+}
+
+/** What the target side takes from the configuration. */
+function targetOptions(config: AgentConfig, agentInstanceId: string): TargetOptions {
+  const { limits, hooks } = config;
+  return {
+    ...TARGET_DEFAULTS,
+    chunkWindow: limits.chunkWindow,
+    unitWindow: limits.unitWindow,
+    unitWindowBytes: limits.unitWindowMib * 2 ** 20,
+    reservationTimeoutMs: limits.reservationTimeoutMs,
+    transferIdleTimeoutMs: limits.transferIdleTimeoutMs,
+    peerMemoryPercent: limits.peerMemoryPercent,
+    peerTransfersMax: limits.peerTransfersMax,
+    activationHooks: hooks.activation,
+    hookTimeoutMs: hooks.timeoutMs,
+    agentInstanceId,
+  };
+}
+
+export async function startAgent(options: AgentOptions, log: Logger = pino({ level: options.config.log.level }, destination(2))): Promise<RunningAgent> {
+  const { config, tls } = options;
+  const driver = hostDriver(config, log);
   const metrics = new AgentMetrics({ processMetrics: config.metricsListen !== undefined });
   // Who this agent is, for this run: a migration whose target answers with the same id is refused.
   const agentInstanceId = randomUUID();
-  const migration = new MigrationService(
-    driver,
-    {
-      ...TARGET_DEFAULTS,
-      chunkWindow: config.limits.chunkWindow,
-      unitWindow: config.limits.unitWindow,
-      unitWindowBytes: config.limits.unitWindowMib * 2 ** 20,
-      reservationTimeoutMs: config.limits.reservationTimeoutMs,
-      transferIdleTimeoutMs: config.limits.transferIdleTimeoutMs,
-      peerMemoryPercent: config.limits.peerMemoryPercent,
-      peerTransfersMax: config.limits.peerTransfersMax,
-      activationHooks: config.hooks.activation,
-      hookTimeoutMs: config.hooks.timeoutMs,
-      agentInstanceId,
-    },
-    log,
-    metrics,
-  );
+  const migration = new MigrationService(driver, targetOptions(config, agentInstanceId), log, metrics);
   // Outgoing checkpoint chunks are compressed in these workers, off the event loop.
   const packer = config.limits.compressionWorkers > 0 ? new PackPool(config.limits.compressionWorkers) : undefined;
   const control = new ControlService(

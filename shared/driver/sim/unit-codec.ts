@@ -186,8 +186,8 @@ export function checkUnitBounds(header: UnitHeader, unitMs = UNIT_MS_MAX): void 
   }
 }
 
-/** Decodes and fully validates a unit. Throws CorruptDataError, naming what is wrong. */
-export function decodeUnit(bytes: Uint8Array): DecodedUnit {
+/** Checks a unit's size, magic, version and checksum; returns its header, a view of it and where its trailer starts. */
+function checkUnitFrame(bytes: Uint8Array): { header: UnitHeader; view: DataView; bodyEnd: number } {
   if (bytes.length > UNIT_BYTES_MAX) throw new LimitExceededError(`unit of ${bytes.length} bytes is over the limit of ${UNIT_BYTES_MAX}`);
   const header = peekUnitHeader(bytes);
   const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
@@ -201,6 +201,12 @@ export function decodeUnit(bytes: Uint8Array): DecodedUnit {
   if (stored !== actual) {
     throw new CorruptDataError(`unit ${header.sequence}: checksum mismatch (stored ${stored.toString(16)}, computed ${actual.toString(16)} over ${bodyEnd} bytes): corrupt or truncated`);
   }
+  return { header, view, bodyEnd };
+}
+
+/** Decodes and fully validates a unit. Throws CorruptDataError, naming what is wrong. */
+export function decodeUnit(bytes: Uint8Array): DecodedUnit {
+  const { header, view, bodyEnd } = checkUnitFrame(bytes);
   checkUnitBounds(header);
   const eventCount = view.getUint32(12, true);
   // Bounded by the bytes that hold them, before any is read.
