@@ -22,11 +22,13 @@ const CHECK_INTERVAL_MS_MAX = 1_000;
  */
 const DEADLINE_MAX_DURATIONS = 2;
 const DEADLINE_GRACE_MS = 60_000;
+/** The maximum duration of a transfer whose source did not say (Reserve's max_duration_ms 0, from sources that predate it). */
+const MAX_DURATION_MS_UNSAID = 12 * 3600_000;
 
-/** When a transfer of `reservation` in `phase` ends however active (Infinity: no maximum duration said, or past the commit). */
+/** When a transfer of `reservation` in `phase` ends however active (Infinity: not opened yet, or past the commit). */
 export function transferDeadlineMs(reservation: Pick<Reservation, 'reservedAtMs' | 'maxDurationMs'> | null, phase: TransferPhase): number {
-  if (reservation === null || reservation.maxDurationMs === 0 || phase === 'committed' || phase === 'activated' || phase === 'postcopy') return Number.POSITIVE_INFINITY;
-  return reservation.reservedAtMs + DEADLINE_MAX_DURATIONS * reservation.maxDurationMs + DEADLINE_GRACE_MS;
+  if (reservation === null || phase === 'committed' || phase === 'activated' || phase === 'postcopy') return Number.POSITIVE_INFINITY;
+  return reservation.reservedAtMs + DEADLINE_MAX_DURATIONS * (reservation.maxDurationMs || MAX_DURATION_MS_UNSAID) + DEADLINE_GRACE_MS;
 }
 
 /**
@@ -34,10 +36,11 @@ export function transferDeadlineMs(reservation: Pick<Reservation, 'reservedAtMs'
  * whose deadline passed) its maximum duration.
  */
 export function idleError(phase: TransferPhase, idleMs: number, timeoutMs: number, pastDeadline: Pick<Reservation, 'maxDurationMs'> | null): DeadlineExceededError {
+  const maxDurationMs = pastDeadline === null ? 0 : pastDeadline.maxDurationMs || MAX_DURATION_MS_UNSAID;
   const waited = phase === 'open' ? `no Open within ${timeoutMs} ms of the transfer stream's start` : `nothing from the source for ${Math.round(idleMs)} ms while ${phase}`;
   const why =
     pastDeadline !== null
-      ? `the transfer is not committed after ${DEADLINE_MAX_DURATIONS} times its maximum duration of ${pastDeadline.maxDurationMs} ms and ${DEADLINE_GRACE_MS} ms`
+      ? `the transfer is not committed after ${DEADLINE_MAX_DURATIONS} times its maximum duration of ${maxDurationMs} ms and ${DEADLINE_GRACE_MS} ms`
       : `${waited} (idle timeout ${timeoutMs} ms)`;
   return new DeadlineExceededError(why, { reason: 'PEER_IDLE', metadata: { timeoutMs, phase } });
 }

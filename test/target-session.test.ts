@@ -542,6 +542,22 @@ t.test('a second commit while the first is held is refused as such', async (t) =
   t.match(stream.last('commitResult')?.commitResult, { matched: false }, 'the held commit is answered: nothing was committed');
 });
 
+t.test('a transfer kept busy but never committed ends past twice its maximum duration and a minute', async (t) => {
+  const { host, stream, clock, session } = start(['replay']);
+  (host.reservation as { maxDurationMs: number }).maxDurationMs = 1_000;
+  stream.receive({ open: { reservationId: 'r1', method: 'crtr' } });
+  // Reserved at 0: the deadline is 2 * 1 s + 60 s later. A ping every 10 s keeps it from idling.
+  while (clock.now() < 60_000) {
+    await clock.advance(10_000);
+    stream.receive({ ping: { sentMs: 1 } });
+  }
+  t.ok(session.opened);
+  await clock.advance(2_000);
+  await session.done;
+  t.match(stream.status, { code: grpc.status.DEADLINE_EXCEEDED, details: 'the transfer is not committed after 2 times its maximum duration of 1000 ms and 60000 ms' });
+  t.same(host.released.length, 1, 'the reservation is released');
+});
+
 t.test('a bug in what a session schedules fails that session (INTERNAL), not the process', async (t) => {
   const { stream, clock, seen, session } = start(['postcopy']);
   stream.receive({ open: { reservationId: 'r1', method: 'postcopy' } });
