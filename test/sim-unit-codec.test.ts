@@ -139,9 +139,9 @@ t.test('round trip of every event type', async (t) => {
   t.equal(de.startPosition, Number.MAX_SAFE_INTEGER);
   t.equal(de.asyncEvents[0].position, instructionCount);
   // One more of either, and the unit is refused before any of it is replayed.
-  t.throws(() => decodeUnit(encodeUnit({ ...extreme, instructionCount: instructionCount + 1 }, [])), /unit 4294967295: 100000001 instructions and 100000 page writes, at most 100000000 and 100000 in a unit of 100 ms/);
+  t.throws(() => decodeUnit(encodeUnit({ ...extreme, instructionCount: instructionCount + 1 }, [])), /unit 4294967295: 1000000001 instructions and 100000 page writes, at most 1000000000 and 100000 in a unit of 100 ms/);
   t.throws(() => decodeUnit(encodeUnit({ ...extreme, pageWriteCount: 0xffffffff }, [])), CorruptDataError, 'a page-write count of 2^32-1');
-  t.throws(() => checkUnitBounds({ ...extreme, guestNs: 10e6, instructionCount: 10 * UNIT_INSTRUCTIONS_PER_MS_MAX + 1 }, 10), /at most 10000000 and 10000 in a unit of 10 ms/, "bounded by the replica's own unit length");
+  t.throws(() => checkUnitBounds({ ...extreme, guestNs: 10e6, instructionCount: 10 * UNIT_INSTRUCTIONS_PER_MS_MAX + 1 }, 10), /at most 100000000 and 10000 in a unit of 10 ms/, "bounded by the replica's own unit length");
 
   // A unit inside a larger buffer (byteOffset != 0) decodes the same.
   const framed = new Uint8Array(bytes.length + 13);
