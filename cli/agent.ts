@@ -13,7 +13,7 @@ import { ControlService, CONTROL_DEFAULTS } from '../source-agent/control-servic
 import { ControlServiceV2 } from '../source-agent/control-v2/service.js';
 import { SOURCE_DEFAULTS } from '../source-agent/migration.js';
 import { recoverSourceRecords } from '../source-agent/decisions.js';
-import { MigrationService, TARGET_DEFAULTS } from '../target-agent/migration-service.js';
+import { MigrationService, TARGET_DEFAULTS, type TargetOptions } from '../target-agent/migration-service.js';
 import { SimDriver } from '../shared/driver/sim/driver.js';
 import { PackPool } from '../shared/pack-pool.js';
 import { type DecisionJournal, openJournal } from '../shared/journal.js';
@@ -47,32 +47,45 @@ export interface RunningAgent {
   shutdown(reason: string): Promise<void>;
 }
 
+/** The host's driver: the sim, with the host's memory, vCPUs and unit length. */
+function hostDriver(config: AgentConfig, log: Logger): SimDriver {
+  return new SimDriver({
+    memoryBytesTotal: config.host.memoryMib * 2 ** 20,
+    vcpusTotal: config.host.vcpus,
+    unitMsDefault: config.host.unitMs,
+    // A bug in one guest's runner stops that guest, not the agent and every other guest.
+    guest: { onRunnerFailure: (guestId, error) => log.error({ guestId, err: error }, 'the guest runner failed: the guest is suspended') },
+  });
+}
+
+/** What the target side takes from the configuration. */
+function targetOptions(config: AgentConfig, agentInstanceId: string): TargetOptions {
+  const { limits, hooks } = config;
+  return {
+    ...TARGET_DEFAULTS,
+    chunkWindow: limits.chunkWindow,
+    unitWindow: limits.unitWindow,
+    unitWindowBytes: limits.unitWindowMib * 2 ** 20,
+    reservationTimeoutMs: limits.reservationTimeoutMs,
+    resumeWindowMs: limits.resumeWindowMs,
+    transferIdleTimeoutMs: limits.transferIdleTimeoutMs,
+    peerMemoryPercent: limits.peerMemoryPercent,
+    peerTransfersMax: limits.peerTransfersMax,
+    activationHooks: hooks.activation,
+    hookTimeoutMs: hooks.timeoutMs,
+    agentInstanceId,
+  };
+}
+
 export async function startAgent(options: AgentOptions, log: Logger = pino({ level: options.config.log.level }, destination(2))): Promise<RunningAgent> {
   const { config, tls } = options;
-  const driver = new SimDriver({ memoryBytesTotal: config.host.memoryMib * 2 ** 20, vcpusTotal: config.host.vcpus, unitMsDefault: config.host.unitMs });
+  const driver = hostDriver(config, log);
   const metrics = new AgentMetrics({ processMetrics: config.metricsListen !== undefined });
   // Who this agent is, for this run: a migration whose target answers with the same id is refused.
   const agentInstanceId = randomUUID();
   const journal = openAgentJournal(config, log);
   recoverSourceRecords(journal, log);
-  const migration = new MigrationService(
-    driver,
-    {
-      ...TARGET_DEFAULTS,
-      chunkWindow: config.limits.chunkWindow,
-      unitWindow: config.limits.unitWindow,
-      unitWindowBytes: config.limits.unitWindowMib * 2 ** 20,
-      reservationTimeoutMs: config.limits.reservationTimeoutMs,
-      resumeWindowMs: config.limits.resumeWindowMs,
-      activationHooks: config.hooks.activation,
-      hookTimeoutMs: config.hooks.timeoutMs,
-      agentInstanceId,
-    },
-    log,
-    metrics,
-    undefined,
-    journal,
-  );
+  const migration = new MigrationService(driver, targetOptions(config, agentInstanceId), log, metrics, undefined, journal);
   // Outgoing checkpoint chunks are compressed in these workers, off the event loop.
   const packer = config.limits.compressionWorkers > 0 ? new PackPool(config.limits.compressionWorkers) : undefined;
   const control = new ControlService(
@@ -194,6 +207,7 @@ const FLAGS: Array<{ option: string; flag: string; field: string; value?: (text:
   { option: 'chunkWindow', flag: '--chunk-window', field: 'limits.chunkWindow', value: Number },
   { option: 'unitWindow', flag: '--unit-window', field: 'limits.unitWindow', value: Number },
   { option: 'unitWindowMib', flag: '--unit-window-mib', field: 'limits.unitWindowMib', value: Number },
+  { option: 'transferIdleTimeoutMs', flag: '--transfer-idle-timeout-ms', field: 'limits.transferIdleTimeoutMs', value: Number },
   { option: 'compressionWorkers', flag: '--compression-workers', field: 'limits.compressionWorkers', value: Number },
   { option: 'activationHook', flag: '--activation-hook', field: 'hooks.activation' },
   { option: 'hookTimeoutMs', flag: '--hook-timeout-ms', field: 'hooks.timeoutMs', value: Number },
@@ -267,6 +281,7 @@ function agentOptionsCommand(role: AgentRole): Command {
     .option('--chunk-window <n>', 'checkpoint chunks an incoming migration may have in flight (default 16)')
     .option('--unit-window <n>', 'log units an incoming migration may have in flight (default 4096)')
     .option('--unit-window-mib <n>', 'log bytes an incoming migration may have in flight, MiB (default 64)')
+    .option('--transfer-idle-timeout-ms <n>', 'an incoming transfer whose source sends nothing for this long ends and frees its reservation (default 30000)')
     .option('--compression-workers <n>', 'worker threads compressing outgoing checkpoint chunks, 0 to 8; 0: the event loop (default: cores - 1, at most 2)')
     .option('--activation-hook <command...>', 'command run (sh -c) after an incoming guest resumes here; repeatable')
     .option('--hook-timeout-ms <n>', 'time an activation hook may take before it is killed (default 10000)')

@@ -86,6 +86,12 @@ export const agentConfigSchema = z.strictObject({
       resumeWindowMs: int(0, 600_000).default(10_000),
       /** After a matched commit, how long the source waits for the activation's confirmation before it asks the target instead (the guest is the target's either way). */
       activationTimeoutMs: int(1000, 3600_000).default(60_000),
+      /** An incoming transfer that hears nothing from its source for this long (any stage before the commit) ends, its reservation freed. */
+      transferIdleTimeoutMs: int(1000, 3600_000).default(30_000),
+      /** Share of the host's memory one peer (certificate identity, or loopback address) may hold in reservations, percent. */
+      peerMemoryPercent: int(1, 100).default(50),
+      /** Reservations, and transfer streams, one peer may have at once. */
+      peerTransfersMax: int(1, 64).default(16),
       /** Worker threads that compress outgoing checkpoint chunks (0: the event loop does). */
       compressionWorkers: int(0, POOL_WORKERS_MAX).default(defaultCompressionWorkers()),
     })
@@ -97,6 +103,9 @@ export const agentConfigSchema = z.strictObject({
       reservationTimeoutMs: 60_000,
       resumeWindowMs: 10_000,
       activationTimeoutMs: 60_000,
+      transferIdleTimeoutMs: 30_000,
+      peerMemoryPercent: 50,
+      peerTransfersMax: 16,
       compressionWorkers: defaultCompressionWorkers(),
     }),
   hooks: z

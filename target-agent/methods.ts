@@ -4,7 +4,8 @@
 // to its method's receiver and knows nothing else of the method.
 
 import { type DriverCapability, type PostcopyTarget, replicaCapabilities, type TargetReplica } from '../shared/driver/types.js';
-import { echo, invalidField, UnimplementedError } from '../shared/errors.js';
+import { assert } from '../shared/assert.js';
+import { echo, InvalidStateError, invalidField, UnimplementedError } from '../shared/errors.js';
 import type { MigrationMethod } from '../shared/stats.js';
 import type { pb } from '../shared/transport/grpc.js';
 import type { ProgressCounters, ProgressReport } from './feedback.js';
@@ -105,10 +106,12 @@ const crtr: TargetMethod = {
       log: context.log,
     };
     const pipeline = new ReplayPipeline(context.windows, deps);
-    const units = new LogUnitReceiver(context, pipeline);
-    const deltas = new DeltaReceiver(context, { deltas: deltaRestore, driver: replica.describe().driver, pipeline });
+    const units = new LogUnitReceiver(context, pipeline, replay);
+    const { driver, memoryBytes } = replica.describe();
+    const deltas = new DeltaReceiver(context, { deltas: deltaRestore, driver, memoryBytes, pipeline });
     const checkpoint: CheckpointReceiver = new CheckpointReceiver(context, {
       replay,
+      memoryBytes,
       digest: () => replica.digest(),
       onRestored: () => {
         context.log.info({ chunks: checkpoint.chunksApplied, queuedUnits: pipeline.remainingUnits }, 'checkpoint restored: replaying');
@@ -156,6 +159,28 @@ const postcopy: TargetMethod = {
     };
   },
 };
+
+/** How a stream message is named in errors. */
+const DESCRIBE: { [K in StreamMessageKind]: (message: StreamMessages[K]) => string } = {
+  chunk: (chunk) => `checkpoint chunk ${chunk.index}`,
+  unit: (unit) => `log unit ${unit.sequence}`,
+  pages: (batch) => `page batch of round ${batch.round}`,
+  machineState: () => 'machine state',
+  rebase: (rebase) => `rebase to delta ${rebase.generation}`,
+};
+
+/**
+ * Routes a message of a method's data to the receiver of `transfer` (null: not opened yet), or
+ * refuses it (FAILED_PRECONDITION, PROTOCOL_VIOLATION) before the Open or if the method does not take it.
+ */
+export function routeStreamMessage<K extends StreamMessageKind>(transfer: { method: TargetMethod; receivers: MethodTransfer } | null, kind: K, message: StreamMessages[K]): void {
+  if (transfer === null) throw new InvalidStateError(`${DESCRIBE[kind](message)} before Open`, { reason: 'PROTOCOL_VIOLATION' });
+  const { method, receivers } = transfer;
+  if (!method.accepts.includes(kind)) throw new InvalidStateError(`${DESCRIBE[kind](message)} in a ${method.name} transfer`, { reason: 'PROTOCOL_VIOLATION', metadata: { method: method.name } });
+  const receive = receivers.receive[kind];
+  assert(receive !== undefined, () => `method '${method.name}' accepts ${kind} messages but has no receiver for them`);
+  receive(message);
+}
 
 const METHODS: ReadonlyMap<string, TargetMethod> = new Map([crtr, precopy, postcopy].map((m) => [m.name, m]));
 

@@ -19,6 +19,7 @@ import { IncomingJobs, type TransferView } from './incoming-jobs.js';
 import type { TransferPhase } from './receivers/context.js';
 import { type SessionHost, TargetSession } from './session.js';
 import { failStream, unaryHandlers } from '../shared/transport/handlers.js';
+import { peerIdentity } from '../shared/transport/tls.js';
 import { ProbeReceiver } from './probe.js';
 import { type DecisionJournal, openJournal } from '../shared/journal.js';
 import { TargetDecisions } from './decisions.js';
@@ -42,7 +43,8 @@ const DOWNTIME_LIMIT_MS_MAX = 600_000;
 
 export class MigrationService implements SessionHost {
   private readonly reservations: ReservationRegistry;
-  private readonly sessions = new Set<TargetSession>();
+  /** Transfer streams open, with the peer of each. */
+  private readonly sessions = new Map<TargetSession, string>();
   /** Incoming migrations by job id, for the Control API. */
   readonly incoming: IncomingJobs;
   /** Bandwidth probes from sources estimating a migration here. */
@@ -67,7 +69,7 @@ export class MigrationService implements SessionHost {
       if (!r.opened) this.incoming.ended(r.migrationId, reason);
     });
     // In progress: reserved and not yet opened, or on a transfer stream that holds its reservation.
-    metrics?.observeIncoming(() => this.reservations.waiting + [...this.sessions].filter((s) => s.opened).length);
+    metrics?.observeIncoming(() => this.reservations.waiting + [...this.sessions.keys()].filter((s) => s.opened).length);
   }
 
   capacity(): InstanceType<typeof pb.Capacity> {
@@ -82,7 +84,7 @@ export class MigrationService implements SessionHost {
     const migrationId = request.migrationId;
     if (!migrationId) throw invalidField('migration_id', 'outcome query without a migration id');
     checkJobId(migrationId, 'migration_id');
-    const sessions = () => [...this.sessions].filter((s) => s.jobId === migrationId);
+    const sessions = () => [...this.sessions.keys()].filter((s) => s.jobId === migrationId);
     const answer = this.decisions.outcome(
       migrationId,
       Number.isFinite(request.startedAtUnixMs) ? request.startedAtUnixMs : 0,
@@ -102,7 +104,7 @@ export class MigrationService implements SessionHost {
     return answer;
   }
 
-  async reserve(request: InstanceType<typeof pb.ReserveRequest>): Promise<InstanceType<typeof pb.ReserveResponse>> {
+  async reserve(request: InstanceType<typeof pb.ReserveRequest>, peer = ''): Promise<InstanceType<typeof pb.ReserveResponse>> {
     if (request.protocolVersion !== PROTOCOL_VERSION) {
       throw new InvalidStateError(`protocol version ${request.protocolVersion} is not supported: this agent (${AGENT_VERSION}) speaks version ${PROTOCOL_VERSION}`, {
         reason: 'PEER_VERSION_MISMATCH',
@@ -129,9 +131,18 @@ export class MigrationService implements SessionHost {
       machineConfig: g.machineConfig ?? new Uint8Array(0),
       summary: g.summary ?? '',
     };
+    this.checkPeerQuota(peer, description.memoryBytes);
     const replica = this.driver.reserve(description);
     const id = randomUUID();
-    const reservation = this.reservations.reserve(id, { migrationId: request.migrationId, replica, downtimeLimitMs, unitMs: g.unitMs ?? 0, maxDurationMs: request.maxDurationMs ?? 0 });
+    const reservation = this.reservations.reserve(id, {
+      migrationId: request.migrationId,
+      replica,
+      peer,
+      memoryBytes: description.memoryBytes,
+      downtimeLimitMs,
+      unitMs: g.unitMs ?? 0,
+      maxDurationMs: request.maxDurationMs ?? 0,
+    });
     this.incoming.reserved(reservation, description.memoryBytes);
     try {
       this.decisions.reserved(request.migrationId, g.id, '');
@@ -162,6 +173,21 @@ export class MigrationService implements SessionHost {
   }
 
   /**
+   * Refuses (RESOURCE_EXHAUSTED, PEER_QUOTA_EXCEEDED) a reservation that would give `peer` more
+   * than its share of this host: peerMemoryPercent of its memory, peerTransfersMax reservations.
+   */
+  private checkPeerQuota(peer: string, memoryBytes: number): void {
+    const { peerMemoryPercent, peerTransfersMax } = this.options;
+    const held = this.reservations.heldBy(peer);
+    const memoryBytesMax = Math.floor((this.driver.capacity().memoryBytesTotal * peerMemoryPercent) / 100);
+    if (held.count < peerTransfersMax && held.memoryBytes + memoryBytes <= memoryBytesMax) return;
+    throw new LimitExceededError(
+      `peer ${echo(peer)} holds ${held.count} reservations of ${held.memoryBytes} bytes; another of ${memoryBytes} bytes would pass its share of this host (${peerTransfersMax} reservations, ${peerMemoryPercent}% of memory: ${memoryBytesMax} bytes)`,
+      { reason: 'PEER_QUOTA_EXCEEDED', metadata: { peer, heldBytes: held.memoryBytes, memoryBytes, memoryBytesMax, reservations: held.count, reservationsMax: peerTransfersMax } },
+    );
+  }
+
+  /**
    * Waits, at most RESERVE_MEMORY_WAIT_MS_MAX, for the replica's memory to be ready; returns whether
    * it is. A replica whose memory cannot be had is released and the reservation refused.
    */
@@ -187,7 +213,7 @@ export class MigrationService implements SessionHost {
 
   /** The transfer of `reservationId` whose stream broke and waits for the source to resume it. */
   waitingForResume(reservationId: string, migrationId: string): TargetSession | undefined {
-    for (const s of this.sessions) if (s.waitingForResume(reservationId, migrationId)) return s;
+    for (const s of this.sessions.keys()) if (s.waitingForResume(reservationId, migrationId)) return s;
     return undefined;
   }
 
@@ -217,15 +243,24 @@ export class MigrationService implements SessionHost {
 
   /** Aborts every session and releases every reservation (agent shutdown). */
   shutdown(reason: string): void {
-    for (const s of [...this.sessions]) s.abort(reason);
+    for (const s of [...this.sessions.keys()]) s.abort(reason);
     this.reservations.releaseAll(reason);
+  }
+
+  /** Why a new transfer stream of `peer` is refused (RESOURCE_EXHAUSTED), or null. */
+  private transferRefusal(peer: string): LimitExceededError | null {
+    if (this.sessions.size >= SESSIONS_MAX) return new LimitExceededError(`${this.sessions.size} incoming transfers in progress, the limit is ${SESSIONS_MAX}`, { metadata: { limit: SESSIONS_MAX } });
+    const ofPeer = [...this.sessions.values()].filter((p) => p === peer).length;
+    const limit = this.options.peerTransfersMax;
+    if (ofPeer < limit) return null;
+    return new LimitExceededError(`peer ${echo(peer)} has ${ofPeer} transfer streams open, its limit is ${limit}`, { reason: 'PEER_QUOTA_EXCEEDED', metadata: { peer, limit } });
   }
 
   handlers(): Handlers {
     const unaryHandler = unaryHandlers(this.log, 'Migration');
     return {
       getCapacity: unaryHandler(() => this.capacity()),
-      reserve: unaryHandler((req: InstanceType<typeof pb.ReserveRequest>) => this.reserve(req)),
+      reserve: unaryHandler((req: InstanceType<typeof pb.ReserveRequest>, call) => this.reserve(req, peerIdentity(call))),
       release: unaryHandler((req: InstanceType<typeof pb.ReleaseRequest>) => {
         const reservationId = req.reservationId;
         if (!reservationId && req.migrationId) {
@@ -240,13 +275,11 @@ export class MigrationService implements SessionHost {
         return pb.ReleaseResponse.create();
       }),
       transfer: ((call: grpc.ServerDuplexStream<InstanceType<typeof pb.SourceMessage>, InstanceType<typeof pb.TargetMessage>>) => {
-        if (this.sessions.size >= SESSIONS_MAX) {
-          const error = new LimitExceededError(`${this.sessions.size} incoming transfers in progress, the limit is ${SESSIONS_MAX}`, { metadata: { limit: SESSIONS_MAX } });
-          failStream(call, error);
-          return;
-        }
+        const peer = peerIdentity(call);
+        const refusal = this.transferRefusal(peer);
+        if (refusal !== null) return failStream(call, refusal);
         const session = new TargetSession(call, this, this.log, this.clock);
-        this.sessions.add(session);
+        this.sessions.set(session, peer);
         void session.done.finally(() => {
           this.sessions.delete(session);
           const jobId = session.jobId;

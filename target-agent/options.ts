@@ -14,6 +14,16 @@ export interface TargetOptions {
   /** Commands run after the guest resumes here (`sh -c`), each bounded by hookTimeoutMs. */
   activationHooks: string[];
   hookTimeoutMs: number;
+  /**
+   * An incoming transfer that hears nothing from its source for this long, at any stage before the
+   * commit, ends (DEADLINE_EXCEEDED) and frees its reservation. Well above the source's 500 ms
+   * between messages of a healthy transfer, however slow.
+   */
+  transferIdleTimeoutMs: number;
+  /** Share of this host's memory one peer may hold in reservations, percent. */
+  peerMemoryPercent: number;
+  /** Incoming transfers (open streams and reservations not yet opened) one peer may have at once. */
+  peerTransfersMax: number;
   /** Minimum interval between progress reports. */
   progressIntervalMs: number;
   /** This agent's id for this run, reported in Capacity ('' : none). */
@@ -27,6 +37,9 @@ export const TARGET_DEFAULTS: TargetOptions = {
   unitWindow: WINDOW_DEFAULTS.units,
   unitWindowBytes: WINDOW_DEFAULTS.unitBytes,
   reservationTimeoutMs: 60_000,
+  transferIdleTimeoutMs: 30_000,
+  peerMemoryPercent: 50,
+  peerTransfersMax: 16,
   activationHooks: [],
   hookTimeoutMs: 10_000,
   progressIntervalMs: 20,

@@ -12,7 +12,7 @@ import type { Logger } from 'pino';
 import type { Clock } from '../shared/clock.js';
 import { type BacklogSample, SWITCHOVER_WINDOW_MS, switchoverDue } from '../shared/convergence.js';
 import type { CheckpointReplayTarget } from '../shared/driver/types.js';
-import { LimitExceededError } from '../shared/errors.js';
+import { LimitExceededError, UnitOrderError } from '../shared/errors.js';
 import type { ProgressCounters } from './feedback.js';
 import { ReplayRateMeter } from './replay-rate.js';
 
@@ -92,6 +92,8 @@ export class ReplayPipeline {
   private unitsSuperseded = 0;
   /** Units before this sequence are superseded by a delta: dropped when they arrive. */
   private supersededBelow = 0;
+  /** The sequence of the last unit received (null: none yet). */
+  private lastSequence: number | null = null;
   private finalUnitReplayed = false;
   private finalUnitReceived = false;
   private readonly rate = new ReplayRateMeter();
@@ -172,6 +174,7 @@ export class ReplayPipeline {
         { reason: 'LIMIT_EXCEEDED', metadata: { limit: 'unitWindow', unitWindow, unitWindowBytes } },
       );
     }
+    this.checkOrder(unit.sequence);
     this.unitsReceived++;
     if (unit.sequence < this.supersededBelow) {
       this.unitsSuperseded++;
@@ -183,6 +186,20 @@ export class ReplayPipeline {
     this.queueBytes += unit.bytes.length;
     if (unit.final) this.finalUnitReceived = true;
     this.kick();
+  }
+
+  /**
+   * Units come in sequence order, one after another; the source skips only the units a delta
+   * superseded (up to its first sequence). Anything else is refused as it arrives, before it can
+   * make the pipeline drop or hold units it should not.
+   */
+  private checkOrder(sequence: number): void {
+    const last = this.lastSequence;
+    this.lastSequence = sequence;
+    if (last === null || sequence === last + 1 || (sequence > last && sequence <= this.supersededBelow)) return;
+    this.lastSequence = last;
+    const kind = sequence <= last ? 'duplicate' : 'gap';
+    throw new UnitOrderError(`unit ${sequence} out of order: unit ${last} came before it (${kind})`, kind, last + 1, sequence);
   }
 
   /** Starts replaying what queued while the checkpoint was restored (call once replaying() holds). */
@@ -240,15 +257,19 @@ export class ReplayPipeline {
 
   /** Replays queued units for up to replaySliceMs, then yields to I/O and comes back if any remain. */
   private replaySlice(): void {
-    const { clock } = this.deps;
     try {
-      const sliceStartMs = clock.now();
-      while (this.deps.replaying() && this.queue.length > 0 && clock.now() - sliceStartMs < REPLAY_PIPELINE.replaySliceMs) this.replayNext();
+      this.replayFor(REPLAY_PIPELINE.replaySliceMs);
     } catch (error) {
+      // A unit that failed to replay, or a bug: this transfer fails, and nothing else.
       this.sliceScheduled = false;
       this.deps.onFailure(error);
-      return;
     }
+  }
+
+  private replayFor(sliceMs: number): void {
+    const { clock } = this.deps;
+    const sliceStartMs = clock.now();
+    while (this.deps.replaying() && this.queue.length > 0 && clock.now() - sliceStartMs < sliceMs) this.replayNext();
     const idle = this.queue.length === 0;
     if (idle && this.deps.replaying() && !this.finalUnitReplayed && clock.now() - this.lastDigestMs > REPLAY_PIPELINE.digestRefreshIntervalMs) {
       // Idle: keep the incremental digest fresh, so that the one at commitment is quick.

@@ -14,6 +14,9 @@ export interface Reservation {
   /** The source's job id (logged as jobId on both agents). */
   readonly migrationId: string;
   readonly replica: TargetReplica;
+  /** Who reserved it (transport/tls.ts peerIdentity), and how much memory it holds: per-peer quotas. */
+  readonly peer: string;
+  readonly memoryBytes: number;
   readonly downtimeLimitMs: number;
   readonly unitMs: number;
   /** The source's maximum duration, and when the reservation was made (clock time): the switchover's deadline. */
@@ -26,7 +29,7 @@ export interface Reservation {
 }
 
 /** What a reservation is made of; the registry adds its id and state. */
-export type ReservationRequest = Pick<Reservation, 'migrationId' | 'replica' | 'downtimeLimitMs' | 'unitMs' | 'maxDurationMs'>;
+export type ReservationRequest = Pick<Reservation, 'migrationId' | 'replica' | 'peer' | 'memoryBytes' | 'downtimeLimitMs' | 'unitMs' | 'maxDurationMs'>;
 
 interface Entry extends Reservation {
   opened: boolean;
@@ -57,6 +60,18 @@ export class ReservationRegistry {
     let count = 0;
     for (const r of this.entries.values()) if (!r.opened) count++;
     return count;
+  }
+
+  /** What `peer` holds: its reservations, opened or not, and their memory. */
+  heldBy(peer: string): { count: number; memoryBytes: number } {
+    let count = 0;
+    let memoryBytes = 0;
+    for (const r of this.entries.values()) {
+      if (r.peer !== peer) continue;
+      count++;
+      memoryBytes += r.memoryBytes;
+    }
+    return { count, memoryBytes };
   }
 
   get(id: string): Reservation | undefined {

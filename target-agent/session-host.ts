@@ -3,7 +3,7 @@
 
 import type { AgentMetrics } from '../shared/metrics.js';
 import type { MigrationMethod } from '../shared/stats.js';
-import type { pb } from '../shared/transport/grpc.js';
+import type { pb, Preserialized } from '../shared/transport/grpc.js';
 import type { TransferView } from './incoming-jobs.js';
 import type { TargetOptions } from './options.js';
 import type { TransferPhase } from './receivers/context.js';
@@ -15,7 +15,7 @@ type TargetMessage = InstanceType<typeof pb.TargetMessage>;
 
 /** What a session needs of the agent that accepted its stream (MigrationService). */
 export interface SessionHost {
-  readonly options: Pick<TargetOptions, 'unitWindow' | 'unitWindowBytes' | 'progressIntervalMs' | 'activationHooks' | 'hookTimeoutMs'> & Partial<Pick<TargetOptions, 'resumeWindowMs'>>;
+  readonly options: Pick<TargetOptions, 'unitWindow' | 'unitWindowBytes' | 'progressIntervalMs' | 'activationHooks' | 'hookTimeoutMs' | 'transferIdleTimeoutMs'> & Partial<Pick<TargetOptions, 'resumeWindowMs'>>;
   readonly metrics?: Pick<AgentMetrics, 'incomingEnded' | 'unitsReplayed'>;
   /** Takes reservation `reservationId` for this transfer (NotFoundError, InvalidStateError). */
   open(reservationId: string, method: MigrationMethod): Reservation;
@@ -38,6 +38,10 @@ export interface TransferStream {
   on(event: 'data', listener: (message: SourceMessage) => void): unknown;
   on(event: 'end' | 'cancelled', listener: () => void): unknown;
   on(event: 'error', listener: (error: Error) => void): unknown;
-  write(message: TargetMessage): unknown;
+  /** `message` serialized already (outbox.ts); `callback` once the transport took it. */
+  write(message: TargetMessage | Preserialized, callback?: () => void): unknown;
+  /** Ends the stream with OK, once what was written is sent. */
   end(): unknown;
+  /** Ends the stream with `error`'s status (a grpc.StatusObject), once what was written is sent. */
+  emit(event: 'error', error: unknown): unknown;
 }

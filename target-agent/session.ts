@@ -9,17 +9,20 @@
 // then only exists on the source, which resumes it.
 
 import type { Logger } from 'pino';
-import { assert } from '../shared/assert.js';
-import { type Clock, systemClock, type Timer } from '../shared/clock.js';
+import { type Clock, systemClock } from '../shared/clock.js';
 import { SWITCHOVER_DEADLINE_SHARE } from '../shared/convergence.js';
-import { AbortedError, bounded, CorruptDataError, echo, InvalidStateError, MESSAGE_CHARS_MAX, NotFoundError, VmMigrateError } from '../shared/errors.js';
+import { AbortedError, bounded, CorruptDataError, InvalidStateError, MESSAGE_CHARS_MAX, VmMigrateError } from '../shared/errors.js';
+import { Detached } from './detached.js';
 import type { MigrationMethod } from '../shared/stats.js';
-import { pb, statusOf } from '../shared/transport/grpc.js';
+import { pb, statusOf, toServiceError } from '../shared/transport/grpc.js';
 import { detailsOf } from '../shared/transport/status.js';
 import type { PostcopyTarget } from '../shared/driver/types.js';
 import { Feedback, type ProgressCounters } from './feedback.js';
+import { guarded, guardedClock } from './guarded-clock.js';
+import { IdleWatchdog, idleError, transferDeadlineMs } from './idle-watchdog.js';
+import { Outbox } from './outbox.js';
 import { type HookResult, runActivationHooks } from './hooks.js';
-import { checkCapabilities, type MethodContext, type MethodTransfer, type StreamMessageKind, type StreamMessages, type TargetMethod, targetMethod } from './methods.js';
+import { checkCapabilities, type MethodContext, type MethodTransfer, routeStreamMessage, type StreamMessages, type TargetMethod, targetMethod } from './methods.js';
 import type { TargetMessageBody, TransferPhase } from './receivers/context.js';
 import type { TransferView } from './incoming-jobs.js';
 import type { Reservation } from './reservation.js';
@@ -29,26 +32,12 @@ type SourceMessage = InstanceType<typeof pb.SourceMessage>;
 
 export type { SessionHost, TransferStream } from './session-host.js';
 
-const SESSION = {
-  /** How long a new transfer stream may go without its Open message. */
-  openTimeoutMs: 30_000,
-} as const;
-
 /** An opened transfer: its reservation, its method and the method's receivers. */
 interface OpenTransfer {
   readonly reservation: Reservation;
   readonly method: TargetMethod;
   readonly receivers: MethodTransfer;
 }
-
-/** How a stream message is named in errors. */
-const DESCRIBE: { [K in StreamMessageKind]: (message: StreamMessages[K]) => string } = {
-  chunk: (chunk) => `checkpoint chunk ${chunk.index}`,
-  unit: (unit) => `log unit ${unit.sequence}`,
-  pages: (batch) => `page batch of round ${batch.round}`,
-  machineState: () => 'machine state',
-  rebase: (rebase) => `rebase to delta ${rebase.generation}`,
-};
 
 export class TargetSession {
   private currentPhase: TransferPhase = 'open';
@@ -67,9 +56,14 @@ export class TargetSession {
   private call: TransferStream | null;
   /** Events of a stream this session no longer reads (handed over, or replaced by a resume) are ignored. */
   private streamGeneration = 0;
-  /** The stream broke and the transfer waits for the source to resume it (until this timer). */
-  private detachTimer: Timer | null = null;
-  private readonly openTimer: Timer;
+  /** The stream broke and the transfer waits for the source to resume it. */
+  private readonly detached: Detached;
+  /** Bounds the source's silence at every stage before the commit (idle-watchdog.ts). */
+  private readonly idle: IdleWatchdog;
+  private outbox: Outbox;
+  /** Set by fail(): the stream ends with this error's status (after the in-band TargetError). */
+  private failure: unknown = null;
+  private finished = false;
   private resolveDone!: () => void;
   readonly done = new Promise<void>((resolve) => (this.resolveDone = resolve));
 
@@ -79,40 +73,63 @@ export class TargetSession {
     private log: Logger,
     private readonly clock: Clock = systemClock,
   ) {
+    // Whatever this session schedules fails this session if it throws, not the process.
+    this.clock = guardedClock(clock, (error) => this.fail(error));
     this.call = call;
-    this.bind(call);
-    // A stream that never says which reservation it is for holds resources for nothing.
-    this.openTimer = clock.timeout(SESSION.openTimeoutMs, () => {
-      if (this.phase === 'open') this.fail(new InvalidStateError(`no Open within ${SESSION.openTimeoutMs} ms of the transfer stream's start`, { reason: 'PROTOCOL_VIOLATION', metadata: { timeoutMs: SESSION.openTimeoutMs } }));
+    this.outbox = this.outboxOf(call);
+    // Post-copy's guest runs here on pages only the source has: never ended for the source's silence.
+    this.idle = new IdleWatchdog(this.clock, host.options.transferIdleTimeoutMs, {
+      busy: () => this.phase === 'committed' || this.phase === 'activated' || this.phase === 'postcopy' || this.heldCommit !== null || (this.transfer?.receivers.counters().remainingUnits ?? 0) > 0,
+      deadlineMs: () => transferDeadlineMs(this.reservation, this.phase),
+      expired: (idleMs, pastDeadline) => this.fail(idleError(this.phase, idleMs, this.idle.timeoutMs, pastDeadline ? this.reservation : null)),
     });
+    this.detached = new Detached(this.clock, host.options.resumeWindowMs ?? 0, {
+      phase: () => this.phase,
+      log: () => this.log,
+      missingPages: () => this.missingPages,
+      expired: (reason) => this.end(reason),
+    });
+    this.bind(call);
+  }
+
+  private outboxOf(call: TransferStream): Outbox {
+    return new Outbox(call, this.clock, { overflow: (error) => this.fail(error), drained: () => this.progress(true) });
   }
 
   /** Reads `call` from now on; the events of any stream read before are ignored. */
   private bind(call: TransferStream): void {
     const generation = ++this.streamGeneration;
     const current = () => generation === this.streamGeneration;
+    const guard = guarded((error) => this.fail(error));
     call.on('data', (message: SourceMessage) => current() && this.onMessage(message));
-    call.on('end', () => current() && this.onEnd('the source closed the stream'));
-    call.on('cancelled', () => current() && this.onEnd('the source cancelled the stream'));
-    call.on('error', (error) => current() && this.onEnd(`stream error: ${error.message}`));
+    call.on('end', guard(() => current() && this.onEnd('the source closed the stream')));
+    call.on('cancelled', guard(() => current() && this.onEnd('the source cancelled the stream')));
+    call.on('error', guard((error: Error) => current() && this.onEnd(`stream error: ${error.message}`)));
   }
 
-  /** The reservation this transfer holds, while it waits for the source to resume it on a new stream. */
+  /** The transfer of this reservation, waiting for the source to resume it on a new stream. */
   waitingForResume(reservationId: string, migrationId: string): boolean {
     const r = this.reservation;
-    return this.detachTimer !== null && r !== null && r.id === reservationId && r.migrationId === migrationId;
+    return this.detached.waiting && r !== null && r.id === reservationId && r.migrationId === migrationId;
   }
 
   /** Continues the transfer on `call`, a new stream whose first message was Resume: tells the source where to go on from. */
   attach(call: TransferStream): void {
-    this.detachTimer?.cancel();
-    this.detachTimer = null;
+    this.detached.resumed();
     this.call = call;
+    this.outbox = this.outboxOf(call);
     this.bind(call);
+    this.idle.touch();
     this.log.info({ messagesReceived: this.messagesReceived, phase: this.phase }, 'transfer resumed on a new stream');
     this.send({ resumed: { messagesReceived: this.messagesReceived } });
     this.transfer?.receivers.resumed?.();
     this.progress(true);
+  }
+
+  /** Post-copy: pages the guest running here still lacks (null: no guest runs here by this transfer). */
+  get missingPages(): number | null {
+    if (this.phase !== 'postcopy' && this.phase !== 'activated') return null;
+    return this.transfer?.receivers.running?.()?.missingPages ?? null;
   }
 
   /** Ends the session from outside (agent shutdown): before the commit, the replica is dropped. */
@@ -128,12 +145,6 @@ export class TargetSession {
   /** Why it ended, once ended before the commit. */
   get reasonEnded(): string {
     return this.endReason;
-  }
-
-  /** Post-copy: pages the guest running here still lacks (null: no guest runs here by this transfer). */
-  get missingPages(): number | null {
-    if (this.phase !== 'postcopy' && this.phase !== 'activated') return null;
-    return this.transfer?.receivers.running?.()?.missingPages ?? null;
   }
 
   /** The source's job id, once the Open named the reservation. */
@@ -157,7 +168,10 @@ export class TargetSession {
   }
 
   private onMessage(message: SourceMessage): void {
-    if (this.phase === 'ended') return;
+    // Once the stream is ended, nothing more is read nor written: a write after the end would
+    // destroy the stream, dropping what it still held and its status.
+    if (this.phase === 'ended' || this.finished) return;
+    this.idle.touch();
     // Numbered as the source numbers them: every message but Open, Resume and Ping.
     if (message.body !== 'open' && message.body !== 'resume' && message.body !== 'ping') this.messagesReceived++;
     try {
@@ -172,7 +186,7 @@ export class TargetSession {
         case 'pages':
         case 'machineState':
         case 'rebase':
-          return this.onStreamMessage(message.body, message[message.body] as StreamMessages[typeof message.body]);
+          return routeStreamMessage(this.transfer, message.body, message[message.body] as StreamMessages[typeof message.body]);
         case 'stopDecision':
           return this.onStopDecision(message.stopDecision as InstanceType<typeof pb.StopDecision>);
         case 'commit':
@@ -196,16 +210,15 @@ export class TargetSession {
   private onResume(resume: InstanceType<typeof pb.Resume>): void {
     if (this.phase !== 'open') throw new InvalidStateError(`Resume received on a stream already in use (session is ${this.phase})`, { reason: 'PROTOCOL_VIOLATION' });
     const waiting = this.host.waitingForResume?.(resume.reservationId, resume.migrationId);
-    if (waiting === undefined) {
-      throw new NotFoundError(`no transfer of reservation '${echo(resume.reservationId)}' waits to be resumed here (it ended, or its resume window passed)`, { reason: 'RESERVATION_NOT_FOUND', metadata: { reservationId: resume.reservationId } });
-    }
+    if (waiting === undefined) throw Detached.notWaiting(resume.reservationId);
     // This session was only the stream's first reader: the waiting one takes the stream over.
     const call = this.call!;
     this.streamGeneration++;
     this.call = null;
     this.currentPhase = 'ended';
     this.endReason = 'handed over to the transfer it resumed';
-    this.openTimer.cancel();
+    this.finished = true;
+    this.idle.stop();
     this.resolveDone();
     waiting.attach(call);
   }
@@ -256,17 +269,6 @@ export class TargetSession {
       fail: (error) => this.fail(error),
       unitReplayed: () => this.host.metrics?.unitsReplayed(),
     };
-  }
-
-  /** Routes a message of the method's data to its receiver, if the method accepts it. */
-  private onStreamMessage<K extends StreamMessageKind>(kind: K, message: StreamMessages[K]): void {
-    const transfer = this.transfer;
-    if (transfer === null) throw new InvalidStateError(`${DESCRIBE[kind](message)} before Open`, { reason: 'PROTOCOL_VIOLATION' });
-    const { method, receivers } = transfer;
-    if (!method.accepts.includes(kind)) throw new InvalidStateError(`${DESCRIBE[kind](message)} in a ${method.name} transfer`, { reason: 'PROTOCOL_VIOLATION', metadata: { method: method.name } });
-    const receive = receivers.receive[kind];
-    assert(receive !== undefined, () => `method '${method.name}' accepts ${kind} messages but has no receiver for them`);
-    receive(message);
   }
 
   private requireTransfer(what: string): OpenTransfer {
@@ -412,9 +414,9 @@ export class TargetSession {
   }
 
   private send(body: TargetMessageBody): void {
-    if (this.phase === 'ended' || this.call === null) return;
+    if (this.phase === 'ended' || this.finished || this.call === null) return;
     try {
-      this.call.write(pb.TargetMessage.create(body as never));
+      this.outbox.send(body);
     } catch (error) {
       this.log.warn({ err: error }, 'could not write to the transfer stream');
     }
@@ -430,13 +432,20 @@ export class TargetSession {
       this.heldCommit = null;
       this.send({ commitResult: { matched: false, targetDigest: '', refusedReason: message } });
     }
+    // In band first, as sources that predate the status read it; then the stream's own status.
     this.send({ error: { code, message, reason: detailsOf(error).reason } });
+    this.failure = error;
     this.end(message);
   }
 
   private onEnd(reason: string): void {
     if (this.phase === 'activated') return this.finish();
-    if (this.detach(reason)) return;
+    if (this.heldCommit === null && this.detached.detach(reason, this.messagesReceived)) {
+      // The stream is gone; the transfer waits for the source on a new one.
+      this.streamGeneration++;
+      this.call = null;
+      return;
+    }
     if (this.phase === 'postcopy') {
       // Post-copy's known weakness: the guest runs here, but part of its memory is still on the
       // source. It waits (stalled on its next missing page) for an operator's decision.
@@ -446,31 +455,6 @@ export class TargetSession {
       return this.finish();
     }
     this.end(reason);
-  }
-
-  /**
-   * The stream broke (no Abort came): a transfer that may be resumed waits for a new stream, the
-   * replica kept, for the resume window; past it, it ends as any broken transfer. Post-copy's
-   * guest runs here and needs the source's pages: it waits as long as it takes.
-   */
-  private detach(reason: string): boolean {
-    const windowMs = this.host.options.resumeWindowMs ?? 0;
-    const phase = this.phase;
-    if (windowMs <= 0 || this.heldCommit !== null || (phase !== 'restoring' && phase !== 'replaying' && phase !== 'postcopy')) return false;
-    this.streamGeneration++;
-    this.call = null;
-    this.log.warn({ reason, resumeWindowMs: windowMs, messagesReceived: this.messagesReceived }, 'transfer stream broke: waiting for the source to resume it');
-    const expire = () => {
-      if (this.phase === 'postcopy') {
-        this.log.error({ reason, missingPages: this.missingPages }, 'post-copy: the source has not resumed the transfer; the guest here waits for its pages');
-        this.detachTimer = this.clock.timeout(windowMs, expire);
-        return;
-      }
-      this.detachTimer = null;
-      this.end(`${reason}; not resumed within ${windowMs} ms`);
-    };
-    this.detachTimer = this.clock.timeout(windowMs, expire);
-    return true;
   }
 
   /** Ends the session; before the commit, the replica and its reservation are discarded. */
@@ -487,12 +471,14 @@ export class TargetSession {
   }
 
   private finish(): void {
-    this.openTimer.cancel();
-    this.detachTimer?.cancel();
-    this.detachTimer = null;
+    if (this.finished) return;
+    this.finished = true;
+    this.idle.stop();
+    this.detached.stop();
     this.feedback?.close();
     try {
-      this.call?.end();
+      if (this.failure === null) this.call?.end();
+      else this.call?.emit('error', toServiceError(this.failure));
     } catch {
       // Already closed.
     }

@@ -1,10 +1,11 @@
 // The `sim` log unit codec on its own: every event type survives a round trip, and decodeUnit
 // rejects malformed units with CorruptDataError, naming what is wrong.
 import t, { type Test } from 'tap';
-import { PAGE_BYTES } from '../shared/driver/types.js';
+import { PAGE_BYTES, UNIT_MS_MAX } from '../shared/driver/types.js';
 import { xxh64 } from '../shared/hash.js';
 import { Random } from '../shared/random.js';
 import {
+  checkUnitBounds,
   decodeUnit,
   encodeUnit,
   EventType,
@@ -13,7 +14,9 @@ import {
   PACKET_BYTES_MAX,
   peekUnitHeader,
   UNIT_HEADER_BYTES,
+  UNIT_INSTRUCTIONS_PER_MS_MAX,
   UNIT_MAGIC,
+  UNIT_PAGE_WRITES_PER_MS_MAX,
   UNIT_TRAILER_BYTES,
   UNIT_VERSION,
   type UnitHeader,
@@ -128,11 +131,17 @@ t.test('round trip of every event type', async (t) => {
   const df = decodeUnit(finBytes);
   t.equal(df.final, true);
   t.same([df.asyncEvents, df.syncEvents], [[], []]);
-  const extreme = header({ sequence: 0xffffffff, startPosition: Number.MAX_SAFE_INTEGER, instructionCount: 0xffffffff, pageWriteCount: 0xffffffff, guestNs: 100_000_000 });
-  const de = decodeUnit(encodeUnit(extreme, [{ type: EventType.Timer, position: 0xffffffff }]));
+  // The largest counts a unit of the longest length (UNIT_MS_MAX) may declare.
+  const instructionCount = UNIT_MS_MAX * UNIT_INSTRUCTIONS_PER_MS_MAX;
+  const extreme = header({ sequence: 0xffffffff, startPosition: Number.MAX_SAFE_INTEGER, instructionCount, pageWriteCount: UNIT_MS_MAX * UNIT_PAGE_WRITES_PER_MS_MAX, guestNs: UNIT_MS_MAX * 1e6 });
+  const de = decodeUnit(encodeUnit(extreme, [{ type: EventType.Timer, position: instructionCount }]));
   t.equal(de.sequence, 0xffffffff);
   t.equal(de.startPosition, Number.MAX_SAFE_INTEGER);
-  t.equal(de.asyncEvents[0].position, 0xffffffff);
+  t.equal(de.asyncEvents[0].position, instructionCount);
+  // One more of either, and the unit is refused before any of it is replayed.
+  t.throws(() => decodeUnit(encodeUnit({ ...extreme, instructionCount: instructionCount + 1 }, [])), /unit 4294967295: 1000000001 instructions and 100000 page writes, at most 1000000000 and 100000 in a unit of 100 ms/);
+  t.throws(() => decodeUnit(encodeUnit({ ...extreme, pageWriteCount: 0xffffffff }, [])), CorruptDataError, 'a page-write count of 2^32-1');
+  t.throws(() => checkUnitBounds({ ...extreme, guestNs: 10e6, instructionCount: 10 * UNIT_INSTRUCTIONS_PER_MS_MAX + 1 }, 10), /at most 100000000 and 10000 in a unit of 10 ms/, "bounded by the replica's own unit length");
 
   // A unit inside a larger buffer (byteOffset != 0) decodes the same.
   const framed = new Uint8Array(bytes.length + 13);
@@ -224,5 +233,5 @@ t.test('decodeUnit rejects malformed units with CorruptDataError', async (t) => 
   rejects(t, resealed(b), /invalid start position NaN/, 'NaN start position');
   b = good();
   new DataView(b.buffer).setUint32(12, 2_000_000, true);
-  rejects(t, resealed(b), /2000000 events, over the limit/, 'event count over the limit');
+  rejects(t, resealed(b), /2000000 events announced, at most \d+ fit its \d+ bytes/, 'event count over what the bytes hold');
 });

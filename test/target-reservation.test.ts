@@ -17,7 +17,7 @@ function registry() {
   });
   const reserve = (id: string) => {
     const replica = { id: `guest-${id}`, discard: () => void discarded.push(id) } as unknown as TargetReplica;
-    return reservations.reserve(id, { migrationId: `job-${id}`, replica, downtimeLimitMs: 300, unitMs: 10, maxDurationMs: 0 });
+    return reservations.reserve(id, { migrationId: `job-${id}`, replica, peer: '127.0.0.1', memoryBytes: 64 * 2 ** 20, downtimeLimitMs: 300, unitMs: 10, maxDurationMs: 0 });
   };
   return { clock, reservations, reserve, discarded, ended };
 }

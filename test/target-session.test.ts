@@ -10,7 +10,7 @@ import type { CheckpointChunk, GuestDescription, SourceGuest, TargetReplica } fr
 import { CorruptDataError, NotFoundError } from '../shared/errors.js';
 import { type PayloadBody, packMessage } from '../shared/protocol.js';
 import type { MigrationMethod } from '../shared/stats.js';
-import { grpc, pb } from '../shared/transport/grpc.js';
+import { grpc, pb, Preserialized } from '../shared/transport/grpc.js';
 import type { Reservation } from '../target-agent/reservation.js';
 import { type SessionHost, TargetSession } from '../target-agent/session.js';
 
@@ -23,9 +23,20 @@ const DIGEST = '0123456789abcdef';
 class FakeStream extends EventEmitter {
   readonly written: TargetMessage[] = [];
   ended = false;
+  /** The status it ended with, when not OK (grpc-js sends the status of an 'error' emitted on the call). */
+  status: grpc.StatusObject | null = null;
 
-  write(message: TargetMessage): boolean {
-    this.written.push(message);
+  override emit(event: string | symbol, ...args: unknown[]): boolean {
+    if (event === 'error') {
+      this.ended = true;
+      this.status = args[0] as grpc.StatusObject;
+    }
+    return super.emit(event, ...args);
+  }
+
+  write(message: TargetMessage | Preserialized, callback?: () => void): boolean {
+    this.written.push(message instanceof Preserialized ? pb.TargetMessage.decode(message.bytes) : message);
+    callback?.();
     return true;
   }
 
@@ -57,7 +68,7 @@ class FakeStream extends EventEmitter {
  * the chunks, units and activations it saw.
  */
 function fakeReplica(parts: Array<'replay' | 'pageRestore' | 'postcopy' | 'deltas'>) {
-  const seen = { deltaChunks: [] as string[], chunks: 0, units: [] as number[], pageBatches: 0, machineStates: 0, activated: 0, discarded: 0, fetch: null as null | ((pages: Uint32Array) => Promise<void>), guestUnitsRun: 0 };
+  const seen = { deltaChunks: [] as string[], chunks: 0, units: [] as number[], pageBatches: 0, machineStates: 0, activated: 0, discarded: 0, fetch: null as null | ((pages: Uint32Array) => Promise<void>), guestUnitsRun: 0, runnerBug: false };
   let restored = false;
   const description: GuestDescription = { id: 'g1', driver: 'fake', memoryBytes: 2 ** 26, vcpus: 1, unitMs: 10, state: 'restoring', machineConfig: new Uint8Array(0), summary: '' };
   const replay = {
@@ -102,7 +113,12 @@ function fakeReplica(parts: Array<'replay' | 'pageRestore' | 'postcopy' | 'delta
         receivedDigest: () => DIGEST,
       };
       // The resumed guest's runner counts its units; the session measures its waits for pages.
-      const guest = { runnerStats: () => ({ unitsRun: seen.guestUnitsRun, stallMs: 0, throttledMs: 0 }) } as unknown as SourceGuest;
+      const guest = {
+        runnerStats: () => {
+          if (seen.runnerBug) throw new TypeError('a bug in the runner statistics');
+          return { unitsRun: seen.guestUnitsRun, stallMs: 0, throttledMs: 0 };
+        },
+      } as unknown as SourceGuest;
       return { guest, postcopy: target };
     },
   };
@@ -142,14 +158,14 @@ function fakeReplica(parts: Array<'replay' | 'pageRestore' | 'postcopy' | 'delta
 
 /** Hands out one reservation; records what the session asks of it. */
 class FakeHost implements SessionHost {
-  readonly options = { unitWindow: 8, unitWindowBytes: 2 ** 20, progressIntervalMs: 20, activationHooks: [], hookTimeoutMs: 1_000 };
+  readonly options = { unitWindow: 8, unitWindowBytes: 2 ** 20, progressIntervalMs: 20, activationHooks: [], hookTimeoutMs: 1_000, transferIdleTimeoutMs: 30_000 };
   readonly opens: MigrationMethod[] = [];
   readonly released: string[] = [];
   readonly forgotten: string[] = [];
   readonly reservation: Reservation;
 
   constructor(replica: TargetReplica) {
-    this.reservation = { id: 'r1', migrationId: 'job-1', replica, downtimeLimitMs: 300, unitMs: 10, maxDurationMs: 0, reservedAtMs: 0, opened: false, method: null };
+    this.reservation = { id: 'r1', migrationId: 'job-1', replica, peer: 'test', memoryBytes: 2 ** 26, downtimeLimitMs: 300, unitMs: 10, maxDurationMs: 0, reservedAtMs: 0, opened: false, method: null };
   }
 
   open(id: string, method: MigrationMethod): Reservation {
@@ -198,6 +214,7 @@ t.test('Open refuses a replica that lacks a capability the method needs: UNIMPLE
     const expected = `method '${method || 'crtr'}' needs capability ${capability}, which driver 'fake' lacks`;
     t.same(stream.kinds(), ['error'], `${method || '(default)'}: nothing but the error`);
     t.match(stream.last('error')?.error, { code: grpc.status.UNIMPLEMENTED, message: expected, reason: 'CAPABILITY_MISSING' });
+    t.match(stream.status, { code: grpc.status.UNIMPLEMENTED, details: expected }, 'and the stream ends with that status');
     t.same(host.released, [`r1: ${expected}`], 'the reservation is released');
     t.ok(stream.ended);
     t.notOk(session.opened);
@@ -224,14 +241,29 @@ t.test('Open of an unknown method is refused with INVALID_ARGUMENT before the re
   t.same(host.released, []);
 });
 
-t.test('a stream without Open in time is ended (FAILED_PRECONDITION)', async (t) => {
+t.test('a stream without Open in time is ended (DEADLINE_EXCEEDED)', async (t) => {
   const { host, stream, clock, session } = start();
   await clock.advance(29_999);
   t.same(stream.written, []);
   await clock.advance(1);
   await session.done;
-  t.match(stream.last('error')?.error, { code: grpc.status.FAILED_PRECONDITION, message: "no Open within 30000 ms of the transfer stream's start", reason: 'PROTOCOL_VIOLATION' });
+  const message = "no Open within 30000 ms of the transfer stream's start (idle timeout 30000 ms)";
+  t.match(stream.last('error')?.error, { code: grpc.status.DEADLINE_EXCEEDED, message, reason: 'PEER_IDLE' });
+  t.match(stream.status, { code: grpc.status.DEADLINE_EXCEEDED, details: message });
   t.same(host.released, []);
+});
+
+t.test('an opened transfer whose source goes silent is ended at the idle timeout, unless the target is busy', async (t) => {
+  const { host, stream, clock, session } = start(['replay']);
+  stream.receive({ open: { reservationId: 'r1', method: 'crtr' } });
+  await clock.advance(20_000);
+  stream.receive({ ping: { sentMs: 1 } });
+  await clock.advance(29_000);
+  t.ok(session.opened, 'a message restarts the wait');
+  await clock.advance(1_000);
+  await session.done;
+  t.match(stream.status, { code: grpc.status.DEADLINE_EXCEEDED, details: /nothing from the source for 30000 ms while restoring/ });
+  t.same(host.released, ['r1: nothing from the source for 30000 ms while restoring (idle timeout 30000 ms)'], 'the reservation is released');
 });
 
 t.test('messages before Open, and messages the method does not take, are refused (FAILED_PRECONDITION)', async (t) => {
@@ -508,4 +540,34 @@ t.test('a second commit while the first is held is refused as such', async (t) =
   await session.done;
   t.match(stream.last('error')?.error, { code: grpc.status.FAILED_PRECONDITION, message: /commit received twice/ });
   t.match(stream.last('commitResult')?.commitResult, { matched: false }, 'the held commit is answered: nothing was committed');
+});
+
+t.test('a transfer kept busy but never committed ends past twice its maximum duration and a minute', async (t) => {
+  const { host, stream, clock, session } = start(['replay']);
+  (host.reservation as { maxDurationMs: number }).maxDurationMs = 1_000;
+  stream.receive({ open: { reservationId: 'r1', method: 'crtr' } });
+  // Reserved at 0: the deadline is 2 * 1 s + 60 s later. A ping every 10 s keeps it from idling.
+  while (clock.now() < 60_000) {
+    await clock.advance(10_000);
+    stream.receive({ ping: { sentMs: 1 } });
+  }
+  t.ok(session.opened);
+  await clock.advance(2_000);
+  await session.done;
+  t.match(stream.status, { code: grpc.status.DEADLINE_EXCEEDED, details: 'the transfer is not committed after 2 times its maximum duration of 1000 ms and 60000 ms' });
+  t.same(host.released.length, 1, 'the reservation is released');
+});
+
+t.test('a bug in what a session schedules fails that session (INTERNAL), not the process', async (t) => {
+  const { stream, clock, seen, session } = start(['postcopy']);
+  stream.receive({ open: { reservationId: 'r1', method: 'postcopy' } });
+  stream.receivePayload({ kind: 'machineState' }, new Uint8Array(64));
+  stream.receivePayload({ kind: 'pages', round: 0, pageCount: 1 }, Uint8Array.of(1));
+  // A report held back by the interval: sent from a timer, where the bug is now.
+  stream.receivePayload({ kind: 'pages', round: 0, pageCount: 1 }, Uint8Array.of(2));
+  seen.runnerBug = true;
+  await clock.advance(20);
+  await session.done;
+  t.match(stream.last('error')?.error, { code: grpc.status.INTERNAL, message: 'a bug in the runner statistics', reason: 'INTERNAL_ERROR' });
+  t.match(stream.status, { code: grpc.status.INTERNAL, details: 'a bug in the runner statistics' });
 });

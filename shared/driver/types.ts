@@ -216,6 +216,12 @@ export interface CheckpointReplayTarget {
    * time. Returns the guest time the unit covered.
    */
   applyUnit(bytes: Uint8Array): { sequence: number; guestNs: number; final: boolean };
+  /**
+   * A quick look at a unit as it arrives, long before it is replayed: refuses (CorruptDataError)
+   * one whose declared counts this replica could never replay, so that the stream fails at the
+   * message that shows it. Optional; applyUnit checks everything again.
+   */
+  checkUnit?(bytes: Uint8Array): void;
   /** Sequence number the next unit must carry. */
   readonly nextSequence: number;
 }

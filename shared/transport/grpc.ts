@@ -6,6 +6,7 @@
 import * as grpc from '@grpc/grpc-js';
 import { google, vmmigrate } from '../proto/generated.js';
 import { detailsFromMetadata, detailsOf, encodeStatus, type ErrorDetails, STATUS_DETAILS_KEY } from './status.js';
+import { decodeStatusInterceptor, requestDecoder } from './decode-status.js';
 import {
   AbortedError,
   AlreadyExistsError,
@@ -73,7 +74,8 @@ export const FLOW_CONTROL_WINDOW_BYTES = 16 * 1024 * 1024;
  * connection window is raised once it starts.
  */
 export function createServer(interceptors: grpc.ServerInterceptor[] = []): grpc.Server {
-  const server = new grpc.Server({ ...SERVER_OPTIONS, interceptors });
+  // First: it must be handed grpc-js's base call (decode-status.ts).
+  const server = new grpc.Server({ ...SERVER_OPTIONS, interceptors: [decodeStatusInterceptor, ...interceptors] });
   const internal = server as unknown as { commonServerOptions?: { settings?: Record<string, number> } };
   if (internal.commonServerOptions) {
     internal.commonServerOptions.settings = { ...internal.commonServerOptions.settings, initialWindowSize: FLOW_CONTROL_WINDOW_BYTES };
@@ -175,7 +177,8 @@ function method<Req, Res>(
     requestStream,
     responseStream,
     requestSerialize: serializer(request),
-    requestDeserialize: (b: Buffer) => request.decode(b),
+    // Only servers decode requests: one that does not decode is INVALID_ARGUMENT (decode-status.ts).
+    requestDeserialize: requestDecoder(`${pkg}.${service}.${name} request`, (b) => request.decode(b)),
     responseSerialize: serializer(response),
     responseDeserialize: (b: Buffer) => response.decode(b),
   };

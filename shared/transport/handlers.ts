@@ -12,10 +12,10 @@ import { toServiceError } from './grpc.js';
  * operating error is a bug: logged, and answered INTERNAL.
  */
 export function unaryHandlers(log: Logger, service: string) {
-  return <Req, Res>(fn: (req: Req) => Res | Promise<Res>): grpc.handleUnaryCall<Req, Res> =>
+  return <Req, Res>(fn: (req: Req, call: grpc.ServerUnaryCall<Req, Res>) => Res | Promise<Res>): grpc.handleUnaryCall<Req, Res> =>
     (call, callback) => {
       Promise.resolve()
-        .then(() => fn(call.request))
+        .then(() => fn(call.request, call))
         .then(
           (res) => callback(null, res),
           (error: unknown) => {

@@ -139,6 +139,16 @@ export function hostOf(address: string): string {
   return colon < 0 ? address : address.slice(0, colon);
 }
 
+/**
+ * Who a caller is, for per-peer quotas: the first identity its client certificate names (mutual
+ * TLS), or without TLS (plaintext, loopback only) the address it calls from, less its port.
+ */
+export function peerIdentity(call: Pick<grpc.ServerUnaryCall<unknown, unknown>, 'getPeer' | 'getAuthContext'>): string {
+  const cert = call.getAuthContext().sslPeerCertificate;
+  const identity = cert === undefined ? undefined : identitiesOf(cert)[0];
+  return identity ?? hostOf(call.getPeer());
+}
+
 /** Server credentials: mutual TLS requiring a client certificate issued by the CA, or plaintext. */
 export function serverCredentials(tls: TlsMaterial | null): grpc.ServerCredentials {
   if (tls === null) return grpc.ServerCredentials.createInsecure();

@@ -6,11 +6,13 @@ import type { CheckpointReplayTarget } from '../../shared/driver/types.js';
 import { InvalidStateError } from '../../shared/errors.js';
 import { unpackPayload } from '../../shared/protocol.js';
 import type { pb } from '../../shared/transport/grpc.js';
-import type { ReceiverContext } from './context.js';
+import { checkCovered, type ReceiverContext } from './context.js';
 
 export interface CheckpointReceiverDeps {
   /** The replica's checkpoint-replay capability. */
   readonly replay: Pick<CheckpointReplayTarget, 'restoreChunk' | 'restored'>;
+  /** The guest's memory: no chunk covers more. */
+  readonly memoryBytes: number;
   /** Hashes the replica; the digest is incremental, so this hashes the restored image once. */
   digest(): void;
   /** Called once the replica is restored, after the transfer moved to `replaying`. */
@@ -34,6 +36,7 @@ export class CheckpointReceiver {
   receive(chunk: InstanceType<typeof pb.CheckpointChunk>): void {
     const { context, timing } = this;
     if (context.phase() !== 'restoring') throw new InvalidStateError(`checkpoint chunk ${chunk.index} after the checkpoint was restored`, { reason: 'PROTOCOL_VIOLATION' });
+    checkCovered(chunk, this.deps.memoryBytes);
     const t0 = context.clock.now();
     if (this.applied === 0) timing.firstChunkAtMs = t0;
     // Transient: the restore copies the pages into guest memory before it returns.

@@ -4,6 +4,7 @@
 
 import type { Logger } from 'pino';
 import type { Clock } from '../../shared/clock.js';
+import { invalidField } from '../../shared/errors.js';
 import type { pb } from '../../shared/transport/grpc.js';
 
 /**
@@ -20,6 +21,16 @@ export type TransferPhase = 'open' | 'restoring' | 'replaying' | 'postcopy' | 'c
 
 /** A message the target sends on the Transfer stream: one body of TargetMessage. */
 export type TargetMessageBody = Partial<Record<NonNullable<InstanceType<typeof pb.TargetMessage>['body']>, object>>;
+
+/**
+ * Refuses (INVALID_ARGUMENT) a chunk that says it covers more memory than the guest has: the
+ * figure comes from the peer, and goes to the driver.
+ */
+export function checkCovered(chunk: Pick<InstanceType<typeof pb.CheckpointChunk>, 'index' | 'memoryBytesCovered'>, guestMemoryBytes: number): void {
+  const covered = Number(chunk.memoryBytesCovered);
+  if (Number.isSafeInteger(covered) && covered >= 0 && covered <= guestMemoryBytes) return;
+  throw invalidField('memory_bytes_covered', `chunk ${chunk.index} covers ${covered} bytes of a guest of ${guestMemoryBytes}`, { memoryBytesCovered: String(chunk.memoryBytesCovered) });
+}
 
 export interface ReceiverContext {
   readonly clock: Clock;

@@ -8,12 +8,14 @@ import { InvalidStateError, UnimplementedError } from '../../shared/errors.js';
 import { unpackPayload } from '../../shared/protocol.js';
 import type { pb } from '../../shared/transport/grpc.js';
 import type { ReplayPipeline } from '../replay-pipeline.js';
-import type { ReceiverContext } from './context.js';
+import { checkCovered, type ReceiverContext } from './context.js';
 
 export interface DeltaReceiverDeps {
   /** The replica's delta-checkpoint capability; undefined when its driver makes no deltas. */
   readonly deltas: DeltaRestoreTarget | undefined;
   readonly driver: string;
+  /** The guest's memory: no chunk covers more. */
+  readonly memoryBytes: number;
   readonly pipeline: Pick<ReplayPipeline, 'supersede' | 'start' | 'finalReceived'>;
 }
 
@@ -54,6 +56,7 @@ export class DeltaReceiver {
         reason: 'PROTOCOL_VIOLATION',
       });
     }
+    checkCovered(chunk, this.deps.memoryBytes);
     const bytes = unpackPayload(chunk.payload, `delta ${chunk.generation} chunk ${chunk.index}`, true);
     deltas.restoreDeltaChunk({ index: chunk.index, final: chunk.final, bytes, memoryBytesCovered: chunk.memoryBytesCovered });
     this.chunksApplied++;

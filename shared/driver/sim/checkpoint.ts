@@ -7,7 +7,7 @@
 //   0   4  magic 'CRTC'
 //   4   1  version (1)
 //   5   1  kind: 0 memory pages, 1 machine state (the final chunk)
-//   6   2  reserved, 0
+//   6   2  memory chunk: its bitmap's check (bitmapCheck; 0 from sources that predate it); else 0
 //   8   4  chunk index
 //   memory chunk:                          state chunk:
 //   12  4  first page                      12  4  guest page count
@@ -16,7 +16,10 @@
 //   24  .. presence bitmap, 1 bit a page   24  .. machine state
 //      .. the present pages, in order
 //   end-8  8  xxh64 of every byte before it
-// Zero pages are elided: a checkpoint of mostly free memory is small before compression.
+// Zero pages are elided: a checkpoint of mostly free memory is small before compression. The
+// bitmap's check, apart from the trailer's, catches a bitmap changed and the chunk resealed (its
+// pages would land on other pages, found only by the digests at the commit); both fit where
+// targets that predate the check look at nothing, so either side may predate it.
 
 import { AbortedError, CorruptDataError, InvalidStateError, UnitOrderError } from '../../errors.js';
 import { xxh64 } from '../../hash.js';
@@ -33,6 +36,11 @@ export const CHUNK_PAGES_DEFAULT = 256; // 1 MiB of guest memory per chunk
 export const CHUNK_PAGES_MAX = 4096; // 16 MiB
 /** Default bound of the copy-on-write pool (pages preserved, not yet sent). */
 export const COW_BYTES_MAX_DEFAULT = 64 * 1024 * 1024;
+
+/** A memory chunk's check of its presence bitmap: 1 to 65535 (0 stands for none). */
+export function bitmapCheck(bitmap: Uint8Array): number {
+  return Number(xxh64(bitmap) % 65535n) + 1;
+}
 
 /** Writes the trailer of a chunk: xxh64 of every byte before it. Returns `out`. */
 export function sealChunk(out: Uint8Array): Uint8Array {
@@ -154,6 +162,7 @@ export async function* checkpointChunks(machine: SimMachine, instant: Checkpoint
       view.setUint32(0, CHUNK_MAGIC, true);
       view.setUint8(4, CHUNK_VERSION);
       view.setUint8(5, 0);
+      view.setUint16(6, bitmapCheck(bitmap), true);
       view.setUint32(8, index, true);
       view.setUint32(12, first, true);
       view.setUint32(16, count, true);
@@ -215,6 +224,12 @@ export class CheckpointRestorer {
       throw new CorruptDataError(`checkpoint chunk ${index} covers pages [${first}, ${first + count}) of a ${memory.pageCount}-page guest (at most ${CHUNK_PAGES_MAX} a chunk)`);
     }
     const bitmapEnd = CHUNK_HEADER_BYTES + Math.ceil(count / 8);
+    const check = view.getUint16(6, true);
+    if (bitmapEnd > end || (check !== 0 && check !== bitmapCheck(bytes.subarray(CHUNK_HEADER_BYTES, bitmapEnd)))) {
+      throw new CorruptDataError(`checkpoint chunk ${index}: its presence bitmap of ${count} pages fails its check (${check}): pages would land on the wrong pages`);
+    }
+    // Bits past the last page are never set.
+    if (count % 8 !== 0 && bytes[bitmapEnd - 1] >>> count % 8 !== 0) throw new CorruptDataError(`checkpoint chunk ${index}: bits set past its ${count} pages`);
     let counted = 0;
     for (let i = 0; i < count; i++) if (bytes[CHUNK_HEADER_BYTES + (i >>> 3)] & (1 << (i & 7))) counted++;
     if (counted !== present || bitmapEnd + present * PAGE_BYTES !== end) {

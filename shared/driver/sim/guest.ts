@@ -46,6 +46,11 @@ export interface SimGuestOptions {
   cowBytesMax: number;
   /** Real-time lag past which the runner gives up catching up and resets its schedule. */
   lagMsMax: number;
+  /**
+   * Told when the runner fails (a bug, or a state no unit runs from): the guest is then suspended
+   * and the host goes on, rather than the process ending with an unhandled rejection.
+   */
+  onRunnerFailure?: (guestId: string, error: unknown) => void;
 }
 
 export const SIM_GUEST_DEFAULTS: Readonly<Omit<SimGuestOptions, 'environmentSeed'>> = {
@@ -249,7 +254,9 @@ export class SimSourceGuest implements SourceGuest, LogRecorder, DeltaSource {
   private startLoop(): void {
     const stop = new AbortController();
     const done = this.runLoop(stop.signal).catch((error: unknown) => {
-      if (!(error instanceof AbortedError)) throw error;
+      if (error instanceof AbortedError) return;
+      if (this.runState === 'running') this.runState = 'suspended';
+      this.options.onRunnerFailure?.(this.id, error);
     });
     this.loop = { stop, done };
   }

@@ -17,6 +17,7 @@
 
 import { assert } from '../../assert.js';
 import { PAGE_BYTES } from '../types.js';
+import { MachineState } from './machine-state.js';
 import { GuestMemory, PAGE_WORDS, SEGMENT_MASK, SEGMENT_SHIFT } from './memory.js';
 import type { WorkloadRates } from './profiles.js';
 import { type AsyncEvent, EventType, type SyncEvent, type UnitHeader } from './unit-codec.js';
@@ -57,72 +58,7 @@ export function memoryLayout(pageCount: number, rates: WorkloadRates): MemoryLay
   };
 }
 
-/** The vCPU's registers and the devices' state: everything but memory. */
-export class MachineState {
-  /** Instructions retired since boot: the execution position. */
-  position = 0;
-  /** Units executed since boot: the number of the next unit. */
-  unitSequence = 0;
-  /** Guest time at the current unit boundary, ns. */
-  guestNs = 0;
-  rng = 0x2545f491;
-  acc = 0;
-  sweepCursor = 0;
-  jiffies = 0;
-  rxPackets = 0;
-  rxBytes = 0;
-  rxHead = 0;
-  diskReads = 0;
-  clockReads = 0;
-  lastClockNs = 0;
-  randomReads = 0;
-  pageWrites = 0;
-
-  static readonly BYTES = 96;
-
-  serialize(): Uint8Array {
-    const out = new Uint8Array(MachineState.BYTES);
-    const v = new DataView(out.buffer);
-    v.setFloat64(0, this.position, true);
-    v.setUint32(8, this.unitSequence, true);
-    v.setFloat64(12, this.guestNs, true);
-    v.setUint32(20, this.rng, true);
-    v.setUint32(24, this.acc, true);
-    v.setUint32(28, this.sweepCursor, true);
-    v.setUint32(32, this.jiffies, true);
-    v.setUint32(36, this.rxPackets, true);
-    v.setFloat64(40, this.rxBytes, true);
-    v.setUint32(48, this.rxHead, true);
-    v.setUint32(52, this.diskReads, true);
-    v.setUint32(56, this.clockReads, true);
-    v.setFloat64(60, this.lastClockNs, true);
-    v.setUint32(68, this.randomReads, true);
-    v.setFloat64(72, this.pageWrites, true);
-    return out;
-  }
-
-  static deserialize(bytes: Uint8Array): MachineState {
-    assert(bytes.length === MachineState.BYTES, () => `machine state of ${bytes.length} bytes, expected ${MachineState.BYTES}`);
-    const v = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
-    const s = new MachineState();
-    s.position = v.getFloat64(0, true);
-    s.unitSequence = v.getUint32(8, true);
-    s.guestNs = v.getFloat64(12, true);
-    s.rng = v.getUint32(20, true);
-    s.acc = v.getUint32(24, true);
-    s.sweepCursor = v.getUint32(28, true);
-    s.jiffies = v.getUint32(32, true);
-    s.rxPackets = v.getUint32(36, true);
-    s.rxBytes = v.getFloat64(40, true);
-    s.rxHead = v.getUint32(48, true);
-    s.diskReads = v.getUint32(52, true);
-    s.clockReads = v.getUint32(56, true);
-    s.lastClockNs = v.getFloat64(60, true);
-    s.randomReads = v.getUint32(68, true);
-    s.pageWrites = v.getFloat64(72, true);
-    return s;
-  }
-}
+export { MachineState } from './machine-state.js';
 
 /** Supplies the value of a synchronous event the guest asks for at `position` (within the unit). */
 export type SyncSource = (type: EventType.Clock | EventType.Random, position: number) => SyncEvent;

@@ -3,7 +3,8 @@
 //
 //   0   4  magic 'CRTP'
 //   4   1  version (1)
-//   5   3  reserved, 0
+//   5   1  reserved, 0
+//   6   2  the bitmap's check (checkpoint.ts bitmapCheck; 0 from sources that predate it)
 //   8   4  pages in the batch (n)
 //   12  4  pages present (not zero)
 //   16  4n page numbers
@@ -14,6 +15,7 @@
 import { CorruptDataError, LimitExceededError } from '../../errors.js';
 import { xxh64 } from '../../hash.js';
 import { PAGE_BYTES, type PageAccess } from '../types.js';
+import { bitmapCheck } from './checkpoint.js';
 import { type GuestMemory, isZeroPage } from './memory.js';
 
 const MAGIC = 0x50545243; // 'CRTP' little-endian
@@ -43,6 +45,7 @@ export function encodePages(memory: GuestMemory, pages: Uint32Array): Uint8Array
   view.setUint32(0, MAGIC, true);
   view.setUint8(4, VERSION);
   view.setUint32(8, n, true);
+  view.setUint16(6, bitmapCheck(bitmap), true);
   view.setUint32(12, views.length, true);
   for (let i = 0; i < n; i++) view.setUint32(HEADER_BYTES + 4 * i, pages[i], true);
   let at = HEADER_BYTES + 4 * n;
@@ -77,6 +80,8 @@ export function decodePages(bytes: Uint8Array, pageCount: number): DecodedPages 
   const bitmapAt = HEADER_BYTES + 4 * n;
   const dataAt = bitmapAt + Math.ceil(n / 8);
   if (dataAt + present * PAGE_BYTES !== end) throw new CorruptDataError(`page batch: ${n} pages, ${present} present, does not fit ${bytes.length} bytes`);
+  const check = view.getUint16(6, true);
+  if (check !== 0 && check !== bitmapCheck(bytes.subarray(bitmapAt, dataAt))) throw new CorruptDataError(`page batch of ${n} pages: its presence bitmap fails its check (${check})`);
   const pages = new Uint32Array(n);
   const data: Array<Uint8Array | null> = [];
   let at = dataAt;

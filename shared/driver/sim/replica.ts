@@ -17,7 +17,7 @@ import { combineDigest, machineDigest } from './digest.js';
 import { MachineState, SimMachine } from './machine.js';
 import { type GuestMemory, type SegmentPool, ZERO_PAGE } from './memory.js';
 import { decodePages, pageAccessOf } from './page-codec.js';
-import { decodeUnit, EventType, type SyncEvent } from './unit-codec.js';
+import { checkUnitBounds, decodeUnit, EventType, peekUnitHeader, type SyncEvent } from './unit-codec.js';
 
 type ReplicaState = Extract<GuestState, 'restoring' | 'replica' | 'discarded'> | 'diverged' | 'activated';
 
@@ -211,11 +211,16 @@ export class SimReplica implements TargetReplica, CheckpointReplayTarget, PageRe
     return { guest, postcopy };
   }
 
+  checkUnit(bytes: Uint8Array): void {
+    checkUnitBounds(peekUnitHeader(bytes), this.config.unitMs);
+  }
+
   applyUnit(bytes: Uint8Array): { sequence: number; guestNs: number; final: boolean } {
     this.require('replica');
     if (this.deltaInProgress) throw new InvalidStateError(`replica ${this.id}: no unit replays while delta ${this.delta!.generation} is being applied`);
     // Everything is checked before anything is applied: a rejected unit leaves the replica as it was.
     const unit = decodeUnit(bytes);
+    checkUnitBounds(unit, this.config.unitMs);
     const st = this.machine.state;
     if (this.finalApplied && unit.sequence >= st.unitSequence) {
       throw new UnitOrderError(`unit ${unit.sequence} arrived after the final unit ${st.unitSequence - 1}`, 'gap', st.unitSequence, unit.sequence);

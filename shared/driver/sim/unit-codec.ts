@@ -27,7 +27,7 @@
 
 import { CorruptDataError, LimitExceededError } from '../../errors.js';
 import { xxh64 } from '../../hash.js';
-import { PAGE_BYTES } from '../types.js';
+import { PAGE_BYTES, UNIT_MS_MAX } from '../types.js';
 
 export const UNIT_MAGIC = 0x55545243; // 'CRTU' little-endian
 export const UNIT_VERSION = 1;
@@ -36,6 +36,17 @@ export const UNIT_TRAILER_BYTES = 8;
 /** Largest unit the codec accepts (the protocol carries at most 16 MiB): a 100 ms unit of a 1 Gbit/s receiver fits. */
 export const UNIT_BYTES_MAX = 16 * 1024 * 1024;
 export const UNIT_EVENTS_MAX = 1_000_000;
+/**
+ * Most instructions one unit may hold per ms of its length. A guest runs as many as its host
+ * executes (guest.ts measures it): 480 000 a ms on the 2-core machine the tests run on, so this
+ * leaves a host 20 times faster its full speed. Past it, one unit would hold the replica's event
+ * loop for seconds (2^32 instructions held it 9 s there).
+ */
+export const UNIT_INSTRUCTIONS_PER_MS_MAX = 10_000_000;
+/** Most page writes one unit may hold per ms of its length: the highest rate a profile accepts (profiles.ts, 10^6 a second). */
+export const UNIT_PAGE_WRITES_PER_MS_MAX = 1_000;
+/** Smallest encoded event (a timer: type and position). */
+const EVENT_BYTES_MIN = 5;
 export const PACKET_BYTES_MAX = 65535;
 
 export const enum EventType {
@@ -157,8 +168,27 @@ export function peekUnitHeader(bytes: Uint8Array): UnitHeader {
   };
 }
 
-/** Decodes and fully validates a unit. Throws CorruptDataError, naming what is wrong. */
-export function decodeUnit(bytes: Uint8Array): DecodedUnit {
+/**
+ * Refuses (CorruptDataError) a header whose counts no unit of at most UNIT_MS_MAX ms can have:
+ * each is replayed one by one, so a checksum that passes must not let 2^32 of them through.
+ */
+export function checkUnitBounds(header: UnitHeader, unitMs = UNIT_MS_MAX): void {
+  const guestNsMax = unitMs * 1e6;
+  if (!Number.isSafeInteger(header.startPosition) || header.startPosition < 0 || !Number.isSafeInteger(header.guestNs) || header.guestNs < 0 || header.guestNs > guestNsMax) {
+    throw new CorruptDataError(`unit ${header.sequence}: invalid start position ${header.startPosition} or guest time ${header.guestNs} ns (at most ${guestNsMax} ns)`);
+  }
+  const instructionsMax = unitMs * UNIT_INSTRUCTIONS_PER_MS_MAX;
+  const pageWritesMax = unitMs * UNIT_PAGE_WRITES_PER_MS_MAX;
+  if (header.instructionCount > instructionsMax || header.pageWriteCount > pageWritesMax) {
+    throw new CorruptDataError(
+      `unit ${header.sequence}: ${header.instructionCount} instructions and ${header.pageWriteCount} page writes, at most ${instructionsMax} and ${pageWritesMax} in a unit of ${unitMs} ms`,
+      { metadata: { instructionCount: header.instructionCount, pageWriteCount: header.pageWriteCount, unitMs } },
+    );
+  }
+}
+
+/** Checks a unit's size, magic, version and checksum; returns its header, a view of it and where its trailer starts. */
+function checkUnitFrame(bytes: Uint8Array): { header: UnitHeader; view: DataView; bodyEnd: number } {
   if (bytes.length > UNIT_BYTES_MAX) throw new LimitExceededError(`unit of ${bytes.length} bytes is over the limit of ${UNIT_BYTES_MAX}`);
   const header = peekUnitHeader(bytes);
   const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
@@ -172,11 +202,17 @@ export function decodeUnit(bytes: Uint8Array): DecodedUnit {
   if (stored !== actual) {
     throw new CorruptDataError(`unit ${header.sequence}: checksum mismatch (stored ${stored.toString(16)}, computed ${actual.toString(16)} over ${bodyEnd} bytes): corrupt or truncated`);
   }
-  if (!Number.isSafeInteger(header.startPosition) || header.startPosition < 0 || !Number.isSafeInteger(header.guestNs) || header.guestNs < 0) {
-    throw new CorruptDataError(`unit ${header.sequence}: invalid start position ${header.startPosition} or guest time ${header.guestNs} ns`);
-  }
+  return { header, view, bodyEnd };
+}
+
+/** Decodes and fully validates a unit. Throws CorruptDataError, naming what is wrong. */
+export function decodeUnit(bytes: Uint8Array): DecodedUnit {
+  const { header, view, bodyEnd } = checkUnitFrame(bytes);
+  checkUnitBounds(header);
   const eventCount = view.getUint32(12, true);
-  if (eventCount > UNIT_EVENTS_MAX) throw new CorruptDataError(`unit ${header.sequence}: ${eventCount} events, over the limit of ${UNIT_EVENTS_MAX}`);
+  // Bounded by the bytes that hold them, before any is read.
+  const eventsMax = Math.min(UNIT_EVENTS_MAX, Math.floor((bodyEnd - UNIT_HEADER_BYTES) / EVENT_BYTES_MIN));
+  if (eventCount > eventsMax) throw new CorruptDataError(`unit ${header.sequence}: ${eventCount} events announced, at most ${eventsMax} fit its ${bytes.length} bytes`);
   const asyncEvents: AsyncEvent[] = [];
   const syncEvents: SyncEvent[] = [];
   let at = UNIT_HEADER_BYTES;
@@ -212,11 +248,14 @@ export function decodeUnit(bytes: Uint8Array): DecodedUnit {
         asyncEvents.push({ type, position, block: view.getUint32(at, true), data: bytes.subarray(at + 4, at + 4 + PAGE_BYTES) });
         at += 4 + PAGE_BYTES;
         break;
-      case EventType.Clock:
+      case EventType.Clock: {
         need(8, `clock value of event ${i}`);
-        syncEvents.push({ type, position, valueNs: view.getFloat64(at, true) });
+        const valueNs = view.getFloat64(at, true);
+        if (!Number.isSafeInteger(valueNs) || valueNs < 0) throw new CorruptDataError(`unit ${header.sequence}: event ${i} reads the clock as ${valueNs} ns`);
+        syncEvents.push({ type, position, valueNs });
         at += 8;
         break;
+      }
       case EventType.Random:
         need(8, `random value of event ${i}`);
         syncEvents.push({ type, position, low: view.getUint32(at, true), high: view.getUint32(at + 4, true) });

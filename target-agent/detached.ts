@@ -1,0 +1,69 @@
+// A transfer whose stream broke (a link cut, a stall the source gave up on) before the commit,
+// waiting for the source to resume it on a new stream (Resume, Resumed): the replica, the
+// receivers and what they counted are kept for the resume window; past it, the transfer ends as
+// any broken one (its replica discarded). Post-copy's guest runs here on pages only the source
+// has: it waits as long as it takes, saying so at every window.
+
+import type { Logger } from 'pino';
+import type { Clock, Timer } from '../shared/clock.js';
+import { echo, NotFoundError } from '../shared/errors.js';
+import type { TransferPhase } from './receivers/context.js';
+
+export interface DetachedPort {
+  phase(): TransferPhase;
+  log(): Logger;
+  missingPages(): number | null;
+  /** The window passed: end the transfer with `reason`. */
+  expired(reason: string): void;
+}
+
+export class Detached {
+  private timer: Timer | null = null;
+
+  constructor(
+    private readonly clock: Clock,
+    /** 0: a broken stream ends the transfer at once. */
+    private readonly windowMs: number,
+    private readonly port: DetachedPort,
+  ) {}
+
+  /** The error a Resume gets when no transfer waits for it. */
+  static notWaiting(reservationId: string): NotFoundError {
+    return new NotFoundError(`no transfer of reservation '${echo(reservationId)}' waits to be resumed here (it ended, or its resume window passed)`, {
+      reason: 'RESERVATION_NOT_FOUND',
+      metadata: { reservationId },
+    });
+  }
+
+  get waiting(): boolean {
+    return this.timer !== null;
+  }
+
+  /** The stream broke for `reason`: waits for a resume if the transfer may wait; false if it may not (it ends now). */
+  detach(reason: string, messagesReceived: number): boolean {
+    const phase = this.port.phase();
+    if (this.windowMs <= 0 || (phase !== 'restoring' && phase !== 'replaying' && phase !== 'postcopy')) return false;
+    this.port.log().warn({ reason, resumeWindowMs: this.windowMs, messagesReceived }, 'transfer stream broke: waiting for the source to resume it');
+    const expire = () => {
+      if (this.port.phase() === 'postcopy') {
+        this.port.log().error({ reason, missingPages: this.port.missingPages() }, 'post-copy: the source has not resumed the transfer yet; the guest here waits for its pages');
+        this.timer = this.clock.timeout(this.windowMs, expire);
+        return;
+      }
+      this.timer = null;
+      this.port.expired(`${reason}; not resumed within ${this.windowMs} ms`);
+    };
+    this.timer = this.clock.timeout(this.windowMs, expire);
+    return true;
+  }
+
+  /** A new stream took the transfer over. */
+  resumed(): void {
+    this.stop();
+  }
+
+  stop(): void {
+    this.timer?.cancel();
+    this.timer = null;
+  }
+}
