@@ -177,7 +177,9 @@ export class GrpcTransferChannel extends FailableWaits implements TransferChanne
       this.notify();
       return;
     }
-    const resumable = !this.closed && (this.options.resumeWindowMs ?? 0) > 0 && this.options.reopen !== undefined && this.open !== null && this.commitDigestSent === '' && !this.targetEnded && this.error === null && !this.options.signal.aborted;
+    // A status the target chose (bad data, a limit, a refusal) is not a lost link.
+    const lostLink = error.code === 'UNAVAILABLE' || error.code === 'ABORTED' || error.reason === 'INTERNAL_ERROR';
+    const resumable = lostLink && !this.closed && (this.options.resumeWindowMs ?? 0) > 0 && this.options.reopen !== undefined && this.open !== null && this.commitDigestSent === '' && !this.targetEnded && this.error === null && !this.options.signal.aborted;
     if (!resumable) return this.fail(error);
     void this.resume(error);
   }

@@ -16,6 +16,7 @@ import { Detached } from './detached.js';
 import type { MigrationMethod } from '../shared/stats.js';
 import { pb, statusOf, toServiceError } from '../shared/transport/grpc.js';
 import { detailsOf } from '../shared/transport/status.js';
+import { endedByUndecodedRequest } from '../shared/transport/decode-status.js';
 import type { PostcopyTarget } from '../shared/driver/types.js';
 import { Feedback, type ProgressCounters } from './feedback.js';
 import { guarded, guardedClock } from './guarded-clock.js';
@@ -102,9 +103,11 @@ export class TargetSession {
     const current = () => generation === this.streamGeneration;
     const guard = guarded((error) => this.fail(error));
     call.on('data', (message: SourceMessage) => current() && this.onMessage(message));
-    call.on('end', guard(() => current() && this.onEnd('the source closed the stream')));
-    call.on('cancelled', guard(() => current() && this.onEnd('the source cancelled the stream')));
-    call.on('error', guard((error: Error) => current() && this.onEnd(`stream error: ${error.message}`)));
+    // A stream that went away mid-transfer (a source never closes one without an Abort first) may
+    // be resumed; not one this agent ended itself because a message did not decode.
+    call.on('end', guard(() => current() && this.onEnd('the source closed the stream', true)));
+    call.on('cancelled', guard(() => current() && this.onEnd('the source cancelled the stream, or its connection was lost', !endedByUndecodedRequest(call))));
+    call.on('error', guard((error: Error) => current() && this.onEnd(`stream error: ${error.message}`, true)));
   }
 
   /** The transfer of this reservation, waiting for the source to resume it on a new stream. */
@@ -438,9 +441,9 @@ export class TargetSession {
     this.end(message);
   }
 
-  private onEnd(reason: string): void {
+  private onEnd(reason: string, resumable: boolean): void {
     if (this.phase === 'activated') return this.finish();
-    if (this.heldCommit === null && this.detached.detach(reason, this.messagesReceived)) {
+    if (resumable && this.heldCommit === null && this.detached.detach(reason, this.messagesReceived)) {
       // The stream is gone; the transfer waits for the source on a new one.
       this.streamGeneration++;
       this.call = null;

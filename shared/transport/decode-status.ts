@@ -78,7 +78,28 @@ export const decodeStatusInterceptor: grpc.ServerInterceptor = (_method, call) =
   const base = call as unknown as StatusSender;
   if (typeof base.sendStatus === 'function') {
     const send = base.sendStatus.bind(base);
-    base.sendStatus = (status) => send(precise(status, base.incomingEncoding ?? 'an unknown encoding'));
+    base.sendStatus = (status) => {
+      const sent = precise(status, base.incomingEncoding ?? 'an unknown encoding');
+      if (sent !== status) undecodedCalls.add(base);
+      send(sent);
+    };
   }
   return new grpc.ServerInterceptingCall(call);
 };
+
+/** Calls this server ended itself because a request did not decode or decompress. */
+const undecodedCalls = new WeakSet<object>();
+
+/**
+ * Whether the server ended `stream` (a handler's call) itself, a request of it not decoding: the
+ * handler then sees it cancelled, as if the peer had gone, and must not wait for the peer to come
+ * back. Walks grpc-js's interceptor chain (each ServerInterceptingCall's nextCall) to the base call.
+ */
+export function endedByUndecodedRequest(stream: unknown): boolean {
+  let call = (stream as { call?: unknown }).call;
+  for (let depth = 0; depth < 16 && call !== null && typeof call === 'object'; depth++) {
+    if (undecodedCalls.has(call)) return true;
+    call = (call as { nextCall?: unknown }).nextCall;
+  }
+  return false;
+}
