@@ -6,8 +6,9 @@
 
 import type { Logger } from 'pino';
 import type { Clock, Timer } from '../shared/clock.js';
-import { echo, NotFoundError } from '../shared/errors.js';
+import { echo, InvalidStateError, NotFoundError } from '../shared/errors.js';
 import type { TransferPhase } from './receivers/context.js';
+import type { SessionHost, TransferStream } from './session-host.js';
 
 export interface DetachedPort {
   phase(): TransferPhase;
@@ -27,11 +28,14 @@ export class Detached {
     private readonly port: DetachedPort,
   ) {}
 
-  /** The error a Resume gets when no transfer waits for it. */
-  static notWaiting(reservationId: string): NotFoundError {
-    return new NotFoundError(`no transfer of reservation '${echo(reservationId)}' waits to be resumed here (it ended, or its resume window passed)`, {
+  /** The transfer a Resume on a stream in `phase` is for; NOT_FOUND when none waits for it. */
+  static waitingFor(phase: TransferPhase, resume: { reservationId: string; migrationId: string }, host: Pick<SessionHost, 'waitingForResume'>): { attach(call: TransferStream): void } {
+    if (phase !== 'open') throw new InvalidStateError(`Resume received on a stream already in use (session is ${phase})`, { reason: 'PROTOCOL_VIOLATION' });
+    const waiting = host.waitingForResume?.(resume.reservationId, resume.migrationId);
+    if (waiting !== undefined) return waiting;
+    throw new NotFoundError(`no transfer of reservation '${echo(resume.reservationId)}' waits to be resumed here (it ended, or its resume window passed)`, {
       reason: 'RESERVATION_NOT_FOUND',
-      metadata: { reservationId },
+      metadata: { reservationId: resume.reservationId },
     });
   }
 

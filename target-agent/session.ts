@@ -13,15 +13,13 @@ import { type Clock, systemClock } from '../shared/clock.js';
 import { SWITCHOVER_DEADLINE_SHARE } from '../shared/convergence.js';
 import { AbortedError, bounded, CorruptDataError, InvalidStateError, MESSAGE_CHARS_MAX, VmMigrateError } from '../shared/errors.js';
 import { Detached } from './detached.js';
-import type { MigrationMethod } from '../shared/stats.js';
-import { pb, statusOf, toServiceError } from '../shared/transport/grpc.js';
+import { pb, statusOf } from '../shared/transport/grpc.js';
 import { detailsOf } from '../shared/transport/status.js';
-import { endedByUndecodedRequest } from '../shared/transport/decode-status.js';
-import type { PostcopyTarget } from '../shared/driver/types.js';
-import { Feedback, type ProgressCounters } from './feedback.js';
-import { guarded, guardedClock } from './guarded-clock.js';
+import { Feedback, type ProgressCounters, type ProgressReport } from './feedback.js';
+import { guardedClock } from './guarded-clock.js';
 import { IdleWatchdog, idleError, transferDeadlineMs } from './idle-watchdog.js';
-import { Outbox } from './outbox.js';
+import { SessionStream } from './session-stream.js';
+import { type CommitPort, commitReplica, commitRunningGuest } from './commit-point.js';
 import { type HookResult, runActivationHooks } from './hooks.js';
 import { checkCapabilities, type MethodContext, type MethodTransfer, routeStreamMessage, type StreamMessages, type TargetMethod, targetMethod } from './methods.js';
 import type { TargetMessageBody, TransferPhase } from './receivers/context.js';
@@ -54,14 +52,11 @@ export class TargetSession {
   private bytesReceived = 0;
   /** Messages of the transfer received, on every stream of it (Progress.messages_received). */
   private messagesReceived = 0;
-  private call: TransferStream | null;
-  /** Events of a stream this session no longer reads (handed over, or replaced by a resume) are ignored. */
-  private streamGeneration = 0;
+  private readonly stream: SessionStream;
   /** The stream broke and the transfer waits for the source to resume it. */
   private readonly detached: Detached;
   /** Bounds the source's silence at every stage before the commit (idle-watchdog.ts). */
   private readonly idle: IdleWatchdog;
-  private outbox: Outbox;
   /** Set by fail(): the stream ends with this error's status (after the in-band TargetError). */
   private failure: unknown = null;
   private finished = false;
@@ -76,38 +71,21 @@ export class TargetSession {
   ) {
     // Whatever this session schedules fails this session if it throws, not the process.
     this.clock = guardedClock(clock, (error) => this.fail(error));
-    this.call = call;
-    this.outbox = this.outboxOf(call);
     // Post-copy's guest runs here on pages only the source has: never ended for the source's silence.
     this.idle = new IdleWatchdog(this.clock, host.options.transferIdleTimeoutMs, {
       busy: () => this.phase === 'committed' || this.phase === 'activated' || this.phase === 'postcopy' || this.heldCommit !== null || (this.transfer?.receivers.counters().remainingUnits ?? 0) > 0,
       deadlineMs: () => transferDeadlineMs(this.reservation, this.phase),
       expired: (idleMs, pastDeadline) => this.fail(idleError(this.phase, idleMs, this.idle.timeoutMs, pastDeadline ? this.reservation : null)),
     });
-    this.detached = new Detached(this.clock, host.options.resumeWindowMs ?? 0, {
-      phase: () => this.phase,
-      log: () => this.log,
-      missingPages: () => this.missingPages,
-      expired: (reason) => this.end(reason),
+    const port = { phase: () => this.phase, log: () => this.log, missingPages: () => this.missingPages, expired: (reason: string) => this.end(reason) };
+    this.detached = new Detached(this.clock, host.options.resumeWindowMs ?? 0, port);
+    this.stream = new SessionStream(call, this.clock, {
+      message: (message) => this.onMessage(message),
+      ended: (reason, resumable) => this.onEnd(reason, resumable),
+      failed: (error) => this.fail(error),
+      overflow: (error) => this.fail(error),
+      drained: () => this.progress(true),
     });
-    this.bind(call);
-  }
-
-  private outboxOf(call: TransferStream): Outbox {
-    return new Outbox(call, this.clock, { overflow: (error) => this.fail(error), drained: () => this.progress(true) });
-  }
-
-  /** Reads `call` from now on; the events of any stream read before are ignored. */
-  private bind(call: TransferStream): void {
-    const generation = ++this.streamGeneration;
-    const current = () => generation === this.streamGeneration;
-    const guard = guarded((error) => this.fail(error));
-    call.on('data', (message: SourceMessage) => current() && this.onMessage(message));
-    // A stream that went away mid-transfer (a source never closes one without an Abort first) may
-    // be resumed; not one this agent ended itself because a message did not decode.
-    call.on('end', guard(() => current() && this.onEnd('the source closed the stream', true)));
-    call.on('cancelled', guard(() => current() && this.onEnd('the source cancelled the stream, or its connection was lost', !endedByUndecodedRequest(call))));
-    call.on('error', guard((error: Error) => current() && this.onEnd(`stream error: ${error.message}`, true)));
   }
 
   /** The transfer of this reservation, waiting for the source to resume it on a new stream. */
@@ -119,9 +97,7 @@ export class TargetSession {
   /** Continues the transfer on `call`, a new stream whose first message was Resume: tells the source where to go on from. */
   attach(call: TransferStream): void {
     this.detached.resumed();
-    this.call = call;
-    this.outbox = this.outboxOf(call);
-    this.bind(call);
+    this.stream.use(call);
     this.idle.touch();
     this.log.info({ messagesReceived: this.messagesReceived, phase: this.phase }, 'transfer resumed on a new stream');
     this.send({ resumed: { messagesReceived: this.messagesReceived } });
@@ -209,18 +185,11 @@ export class TargetSession {
     }
   }
 
-  /** A new stream for a transfer whose stream broke: handed to the session that waits for it. */
+  /** A new stream for a transfer whose stream broke: handed to the session that waits for it (this one was only its first reader). */
   private onResume(resume: InstanceType<typeof pb.Resume>): void {
-    if (this.phase !== 'open') throw new InvalidStateError(`Resume received on a stream already in use (session is ${this.phase})`, { reason: 'PROTOCOL_VIOLATION' });
-    const waiting = this.host.waitingForResume?.(resume.reservationId, resume.migrationId);
-    if (waiting === undefined) throw Detached.notWaiting(resume.reservationId);
-    // This session was only the stream's first reader: the waiting one takes the stream over.
-    const call = this.call!;
-    this.streamGeneration++;
-    this.call = null;
-    this.currentPhase = 'ended';
-    this.endReason = 'handed over to the transfer it resumed';
-    this.finished = true;
+    const waiting = Detached.waitingFor(this.phase, resume, this.host);
+    const call = this.stream.release()!;
+    [this.currentPhase, this.endReason, this.finished] = ['ended', 'handed over to the transfer it resumed', true];
     this.idle.stop();
     this.resolveDone();
     waiting.attach(call);
@@ -236,19 +205,11 @@ export class TargetSession {
     // A replica that cannot carry the method is refused by name; ending the session releases it.
     checkCapabilities(method, r.replica);
     const options = { progressIntervalMs: this.host.options.progressIntervalMs, downtimeLimitMs: r.downtimeLimitMs, unitMs: r.unitMs };
-    this.feedback = new Feedback(
-      options,
-      {
-        reportable: () => this.reportable(),
-        counters: () => this.counters(),
-        send: (report) => this.send({ progress: report }),
-        afterReport: (nowMs, report) => {
-          this.transfer?.receivers.afterReport?.(nowMs, report);
-          if (report.finalReplayed) this.releaseHeldCommit();
-        },
-      },
-      this.clock,
-    );
+    const afterReport = (nowMs: number, report: ProgressReport) => {
+      this.transfer?.receivers.afterReport?.(nowMs, report);
+      if (report.finalReplayed) this.releaseHeldCommit();
+    };
+    this.feedback = new Feedback(options, { reportable: () => this.reportable(), counters: () => this.counters(), send: (report) => this.send({ progress: report }), afterReport }, this.clock);
     this.transfer = { reservation: r, method, receivers: method.start(r.replica, this.methodContext(r)) };
     this.setPhase('restoring');
     this.log.info({ firstSequence: open.firstSequence, method: method.name }, 'transfer opened');
@@ -290,7 +251,7 @@ export class TargetSession {
   private onCommit(commit: InstanceType<typeof pb.Commit>): void {
     const { reservation: r, method, receivers } = this.requireTransfer('commit');
     const running = receivers.running?.() ?? null;
-    if (running !== null) return this.commitRunningGuest(method.name, running, commit, r);
+    if (running !== null) return commitRunningGuest(this.commitPort, method.name, running, commit, r);
     const { finalReplayed = false, remainingUnits = 0 } = receivers.counters();
     if (this.heldCommit !== null) throw new InvalidStateError('commit received twice: the first one is held until the final unit is replayed');
     if (this.phase === 'replaying' && !finalReplayed && receivers.finalReceived?.() === true) {
@@ -302,47 +263,7 @@ export class TargetSession {
     if (this.phase !== 'replaying' || !finalReplayed || remainingUnits > 0) {
       throw new InvalidStateError(`commit received before the final unit was replayed (${remainingUnits} units queued, state ${this.phase})`, { reason: 'PROTOCOL_VIOLATION', metadata: { remainingUnits } });
     }
-    const commitStartMs = this.clock.now();
-    const targetDigest = r.replica.digest();
-    const digestMs = this.clock.now() - commitStartMs;
-    if (targetDigest !== commit.digest) {
-      this.log.error({ sourceDigest: commit.digest, targetDigest }, 'commit refused: digests differ');
-      this.send({ commitResult: { matched: false, targetDigest } });
-      this.end(`digest mismatch: source ${commit.digest}, replica ${targetDigest}`);
-      return;
-    }
-    // The commit point: recorded in the journal first (the single point of truth a source that
-    // lost our answer asks), then the guest is this host's. It resumes here even if the stream
-    // breaks now; the source never resumes its copy after sending the commit, unless we say (to
-    // its outcome query) that we did not commit.
-    if (!this.recordCommit(r, targetDigest)) return;
-    this.setPhase('committed');
-    this.host.metrics?.incomingEnded(method.name, 'committed');
-    this.send({ commitResult: { matched: true, targetDigest } });
-    const resumedAtMs = this.clock.now();
-    r.replica.activate();
-    this.host.decisions?.resumed(r.migrationId, resumedAtMs);
-    this.host.forget(r.id);
-    this.setPhase('activated');
-    this.log.info({ digest: targetDigest, digestMs, commitToResumeMs: this.clock.now() - commitStartMs }, 'committed and resumed the guest here');
-    void this.runHooks(r).then((hooks) => {
-      this.send({ activated: { resumeToReplyMs: this.clock.now() - resumedAtMs, resumedAtMs, hooks } });
-      this.finish();
-    });
-  }
-
-  /** Records the commit; when the journal cannot, refuses it (matched=false with the reason: the source resumes). */
-  private recordCommit(r: Reservation, targetDigest: string): boolean {
-    try {
-      this.host.decisions?.committed(r.migrationId, r.replica.id);
-      return true;
-    } catch (error) {
-      const message = bounded((error as Error).message, MESSAGE_CHARS_MAX);
-      this.log.error({ err: message }, 'commit refused: the decision could not be recorded');
-      this.send({ commitResult: { matched: false, targetDigest, refusedReason: message } });
-      this.end(message);
-      return false;
-    }
+    commitReplica(this.commitPort, r, method.name, commit);
   }
 
   /** The final unit was replayed: a commit held since it arrived early goes on now. */
@@ -357,28 +278,23 @@ export class TargetSession {
     }
   }
 
-  /** Post-copy: the guest runs here already; its pages as received must match the source's state. */
-  private commitRunningGuest(method: MigrationMethod, running: PostcopyTarget, commit: InstanceType<typeof pb.Commit>, r: Reservation): void {
-    if (running.missingPages > 0) throw new InvalidStateError(`post-copy commit received with ${running.missingPages} pages still missing`, { reason: 'PROTOCOL_VIOLATION', metadata: { missingPages: running.missingPages } });
-    const targetDigest = running.receivedDigest();
-    if (targetDigest !== commit.digest) {
-      // The guest running here started from a state the source never had: drop it, so that the
-      // source (told so by matched=false) can resume its suspended copy.
-      this.log.error({ sourceDigest: commit.digest, targetDigest }, 'post-copy commit refused: digests differ; discarding the guest here');
-      this.host.discardGuest(r.replica.id);
-      this.host.decisions?.dropped(r.migrationId, r.replica.id, true, 'post-copy commit refused: digests differ');
-      this.host.metrics?.incomingEnded(method, 'discarded');
-      this.send({ commitResult: { matched: false, targetDigest } });
-      this.endReason = `post-copy commit refused: the pages received hash to ${targetDigest}, the source had ${commit.digest}`;
-      this.setPhase('ended');
-      this.finish();
-      return;
-    }
-    this.host.metrics?.incomingEnded(method, 'committed');
-    this.send({ commitResult: { matched: true, targetDigest } });
-    this.setPhase('activated');
-    this.log.info({ digest: targetDigest }, 'post-copy complete: every page here, digests match');
-    this.finish();
+  /** What the commit point (commit-point.ts) may do to this session. */
+  private get commitPort(): CommitPort {
+    return {
+      host: this.host,
+      clock: this.clock,
+      log: this.log,
+      setPhase: (phase) => this.setPhase(phase),
+      send: (body) => this.send(body),
+      end: (reason) => this.end(reason),
+      endedAs: (reason) => {
+        this.endReason = reason;
+        this.setPhase('ended');
+        this.finish();
+      },
+      finish: () => this.finish(),
+      runHooks: (r) => this.runHooks(r),
+    };
   }
 
   /** Post-copy: the guest resumed here; confirmed at once, since the source must serve page requests while the hooks run. */
@@ -417,9 +333,9 @@ export class TargetSession {
   }
 
   private send(body: TargetMessageBody): void {
-    if (this.phase === 'ended' || this.finished || this.call === null) return;
+    if (this.phase === 'ended' || this.finished || !this.stream.attached) return;
     try {
-      this.outbox.send(body);
+      this.stream.send(body);
     } catch (error) {
       this.log.warn({ err: error }, 'could not write to the transfer stream');
     }
@@ -445,8 +361,7 @@ export class TargetSession {
     if (this.phase === 'activated') return this.finish();
     if (resumable && this.heldCommit === null && this.detached.detach(reason, this.messagesReceived)) {
       // The stream is gone; the transfer waits for the source on a new one.
-      this.streamGeneration++;
-      this.call = null;
+      this.stream.release();
       return;
     }
     if (this.phase === 'postcopy') {
@@ -479,12 +394,7 @@ export class TargetSession {
     this.idle.stop();
     this.detached.stop();
     this.feedback?.close();
-    try {
-      if (this.failure === null) this.call?.end();
-      else this.call?.emit('error', toServiceError(this.failure));
-    } catch {
-      // Already closed.
-    }
+    this.stream.end(this.failure);
     this.resolveDone();
   }
 }
