@@ -3,7 +3,7 @@
 
 import t from 'tap';
 import { caseChoices, caseId, ciSample, FAULT_KINDS, FAULT_METHODS, type FaultCase, fullMatrix, METHOD_PHASES, parseCaseId } from '../bench/faults/cases.js';
-import { evaluate, GAP_NO_RECONNECTION, GAP_POSTCOPY_PAGES } from '../bench/faults/invariants.js';
+import { evaluate, GAP_NO_RECONNECTION, GAP_POSTCOPY_PAGES, GAP_POSTCOPY_SOURCE_DIED } from '../bench/faults/invariants.js';
 import type { CaseObservation, GuestView, HostView, SourceJobView } from '../bench/faults/observation.js';
 import { formatTable } from '../bench/faults/report.js';
 
@@ -122,6 +122,13 @@ t.test('known gaps are named and counted: a cut that fails the migration, a post
   t.equal(split.knownGap, GAP_POSTCOPY_PAGES);
   t.same(split.violations, [], 'the split is explained by the gap');
   t.match(split.explained, [/runs on the target, but the job failed/, /no running copy on the source/]);
+  const postcopy: FaultCase = { fault: 'kill9-source', method: 'postcopy', phase: 'page-push', seed: 1 };
+  const interrupted = { state: 'failed', committed: false, activated: true, missingPages: 6400, errorMessage: 'post-copy interrupted with 6400 pages missing' };
+  const died = evaluate(observation({ case: postcopy, sourceJob: null, targetJob: interrupted, restarted: { source: true, target: false } }));
+  t.same(died, { outcome: 'completed', violations: [], explained: [], knownGap: GAP_POSTCOPY_SOURCE_DIED }, 'the source died after the switch: its pages with it');
+  const dropped = evaluate(observation({ case: { ...postcopy, fault: 'cut' }, sourceJob: job('succeeded', { inDoubtSeen: true, outcomeQueries: 5 }), targetJob: interrupted }));
+  t.equal(dropped.knownGap, null, 'the source dropped the only copy of the pages: no known gap');
+  t.match(dropped.violations, [/lacking 6400 pages, and the source no longer holds them \(its job succeeded, no copy left there\): they are lost/]);
   const table = formatTable([{ observation: observation({}), verdict: evaluate(observation({})), logsKeptIn: null }]);
   t.match(table, /\| kill9-target \| commitment \| crtr +\| +1 \| +1 \| +1 \| +0 \|/, 'a row: one case, landed, completed');
 });

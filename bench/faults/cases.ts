@@ -30,15 +30,16 @@ export const METHOD_PHASES: Readonly<Record<MigrationMethod, readonly MigrationP
 /**
  * The longest delay into each phase before the fault: somewhat less than the phase lasts with the
  * cluster's guest and link (64 MiB, 40 MB/s, 10 ms round trip; measured here: the checkpoint
- * 0.8 s, the log transfer 1.3 s, the page push 0.6 s, the switchover's phases 5-70 ms). A fault
- * that comes after its phase ended is recorded where it landed.
+ * 0.8 s, the log transfer 0.3-1.3 s, the page push 0.6 s, the switchover's phases 2-70 ms: CR/TR's
+ * stop-and-copy lasts a few ms, so most faults meant for it land in the commitment). A fault that
+ * comes after its phase ended is recorded where it landed.
  */
 export const PHASE_DELAY_MS_MAX: Readonly<Record<Exclude<MigrationPhase, 'done'>, number>> = {
   'pre-migration': 20,
   reservation: 60,
   checkpoint: 600,
-  'log-transfer': 800,
-  'stop-and-copy': 5,
+  'log-transfer': 250,
+  'stop-and-copy': 2,
   commitment: 15,
   activation: 5,
   'page-push': 500,

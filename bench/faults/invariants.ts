@@ -10,12 +10,15 @@
 //                job is gone: the target's record (committed or not) says where the guest belongs;
 //   reservations each host's reserved memory equals the memory of the guests it holds, within the
 //                bound (no replica, no reservation left behind);
-//   SIGTERM      an agent told to stop exits 0 within the grace (README, "The agents").
+//   SIGTERM      an agent told to stop exits 0 within the grace (README, "The agents");
+//   pages        (post-copy) a guest that runs on the target lacking pages has them kept on the
+//                source: the source's suspended copy is the only place they exist.
 //
 // Known gaps are named and counted, not hidden: a link cut fails the migration (no reconnection
-// yet), and a post-copy interrupted after the switch leaves the target's guest without the pages
-// the source still holds (README, "Methods"). The second breaks the placement invariant; those
-// violations are set apart as explained by the gap.
+// yet); a post-copy interrupted after the switch leaves the target's guest without the pages the
+// source still holds (README, "Methods"), which breaks the placement invariant (those violations
+// are set apart as explained by the gap); and a post-copy source that dies after the switch takes
+// the pages the target lacked with it (post-copy's own weakness: Hines et al.).
 
 import type { CaseObservation, CaseOutcome, CaseVerdict, HostView } from './observation.js';
 
@@ -24,6 +27,7 @@ const OTHER: Record<Side, Side> = { source: 'target', target: 'source' };
 
 export const GAP_NO_RECONNECTION = 'a link loss fails the migration (no reconnection yet)';
 export const GAP_POSTCOPY_PAGES = "post-copy interrupted after the switch: the target's guest lacks pages the source kept";
+export const GAP_POSTCOPY_SOURCE_DIED = "post-copy: the source died after the switch, with the pages the target's guest lacked";
 
 function running(host: HostView): number {
   return host.guests.filter((g) => g.state === 'running').length;
@@ -37,7 +41,8 @@ function states(host: HostView): string {
 function holderOf(o: CaseObservation, violations: string[]): { side: Side; why: string } | null {
   const job = o.sourceJob;
   if (job === null) {
-    const committed = o.targetJob?.committed ?? false;
+    // Post-copy's point of no return is the target's resume (its journal records the commit then).
+    const committed = (o.targetJob?.committed ?? false) || (o.case.method === 'postcopy' && (o.targetJob?.activated ?? false));
     return { side: committed ? 'target' : 'source', why: `the source agent was stopped, and the target ${committed ? 'committed' : 'did not commit'}` };
   }
   if (job.state === 'succeeded') return { side: 'target', why: 'the job completed' };
@@ -83,10 +88,14 @@ function checkExit(o: CaseObservation, violations: string[]): void {
   else if (injection.exit.code !== 0) violations.push(`the ${role} agent exited with code ${injection.exit.code}, signal ${injection.exit.signal}, after SIGTERM`);
 }
 
-function knownGapOf(o: CaseObservation, outcome: CaseOutcome): string | null {
-  const pagesLacking = (o.targetJob?.missingPages ?? 0) > 0 || /lacks \d+ pages/.test(o.sourceJob?.errorMessage ?? '');
-  if (o.case.method === 'postcopy' && pagesLacking) return GAP_POSTCOPY_PAGES;
-  if (o.case.fault === 'cut' && outcome === 'failed-on-source' && o.injection !== null) return GAP_NO_RECONNECTION;
+/** Post-copy: the pages a guest running on the target lacks must still be somewhere (the source's suspended copy). */
+function checkPages(o: CaseObservation, violations: string[]): string | null {
+  const missing = Math.max(o.targetJob?.missingPages ?? 0, Number(/lacks (\d+) pages/.exec(o.sourceJob?.errorMessage ?? '')?.[1] ?? 0));
+  if (o.case.method !== 'postcopy' || missing === 0 || running(o.hosts.target) === 0) return null;
+  if (o.hosts.source.guests.some((g) => g.state === 'suspended')) return GAP_POSTCOPY_PAGES;
+  if (o.restarted.source) return GAP_POSTCOPY_SOURCE_DIED;
+  const job = o.sourceJob === null ? 'gone' : o.sourceJob.state;
+  violations.push(`the guest runs on the target lacking ${missing} pages, and the source no longer holds them (its job ${job}, no copy left there): they are lost`);
   return null;
 }
 
@@ -97,7 +106,8 @@ export function evaluate(o: CaseObservation): CaseVerdict {
   const others: string[] = [];
   checkReservations(o, others);
   checkExit(o, others);
-  const knownGap = knownGapOf(o, outcome);
+  const pagesGap = checkPages(o, others);
+  const knownGap = pagesGap ?? (o.case.fault === 'cut' && outcome === 'failed-on-source' && o.injection !== null ? GAP_NO_RECONNECTION : null);
   // The post-copy gap explains a guest split between the hosts; nothing else.
   const explained = knownGap === GAP_POSTCOPY_PAGES ? placement : [];
   const violations = knownGap === GAP_POSTCOPY_PAGES ? others : [...placement, ...others];
