@@ -7,9 +7,11 @@
 //   npm run bench -- dataplane                   checkpoint streaming vs raw TCP
 //   npm run bench -- sim --quick                 the sim driver benchmark, smaller and shorter
 //   npm run bench -- memory                      memory of the agents migrating a large guest
+//   npm run bench -- faults                      the fault matrix: every fault x phase x method, 3 seeds
 
 import { runAgentMemoryBench } from './agent-memory.js';
 import { runDataplaneBench } from './dataplane.js';
+import { runFaultsBench } from './faults/index.js';
 import { runHarness } from './harness.js';
 import { runSimBench } from './sim/index.js';
 
@@ -35,6 +37,10 @@ const BENCHMARKS: Readonly<Record<string, Benchmark>> = {
   memory: {
     summary: 'memory of both agent processes while they migrate a large guest (default 4 GiB), against the guest size and windows',
     run: runAgentMemoryBench,
+  },
+  faults: {
+    summary: 'kill -9, SIGTERM, link cut, stall and corrupt byte at every phase of every method; invariants checked, a table of outcomes',
+    run: runFaultsBench,
   },
 };
 const DEFAULT_BENCHMARK = 'harness';

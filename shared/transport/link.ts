@@ -2,7 +2,8 @@
 // connection to a target and shapes each direction like a real link (line rate, propagation delay,
 // bounded buffering with backpressure), and that can cut every connection at a chosen moment. The
 // kernel here has no netem, and a proxy needs no privileges; the reliability work uses `cut` and
-// `cutAfterBytes` to drop a migration part-way.
+// `cutAfterBytes` to drop a migration part-way, and `stall`, `corruptAfterBytes` (link-faults.ts)
+// and `retarget` (a peer restarted behind the same address) for the fault matrix.
 //
 // Model of one direction (the "wire", shared by every connection of the link, as a real link is):
 // a chunk read at time `arrival` starts serialising when the wire is free, leaves it size/bandwidth
@@ -38,6 +39,9 @@ import { EventEmitter } from 'node:events';
 import * as net from 'node:net';
 import { performance } from 'node:perf_hooks';
 import { InvalidArgumentError, InvalidStateError, UnavailableError } from '../errors.js';
+import { type LinkCorruptInfo, type LinkCorruptOptions, type LinkDirection, LinkFaults } from './link-faults.js';
+
+export { LINK_STALL_MS_MAX, type LinkCorruptInfo, type LinkCorruptOptions, type LinkDirection } from './link-faults.js';
 
 export interface LinkProfile {
   /** Line rate of each direction, in bytes per second; 0 or Infinity for an unshaped link. */
@@ -96,9 +100,6 @@ export interface LinkOptions {
   connectTimeoutMs?: number;
 }
 
-/** Client → target is 'forward' (the source agent dials the target agent); back is 'reverse'. */
-export type LinkDirection = 'forward' | 'reverse';
-
 export interface LinkCutOptions {
   /** Refuse new connections (reset at accept) until `restore()`. */
   block?: boolean;
@@ -154,6 +155,9 @@ export interface LinkStats {
   /** Largest queue any one direction of any one connection ever held. */
   queuedBytesPeak: number;
   cuts: number;
+  /** stall() calls, and bytes flipped by corruptAfterBytes. */
+  stalls: number;
+  corruptions: number;
   scheduler: LinkSchedulerStats;
 }
 
@@ -255,6 +259,7 @@ class Flow {
 
   constructor(
     private readonly link: LinkEmulator,
+    private readonly connectionId: number,
     private readonly direction: LinkDirection,
     private readonly wire: Wire,
     readonly from: net.Socket,
@@ -262,9 +267,9 @@ class Flow {
     private readonly bufferBytesMax: number,
   ) {}
 
-  /** Due time of the next segment if it can be delivered when due, Infinity otherwise. */
+  /** When the next segment can be delivered (its due time, or the end of a stall), Infinity if it cannot. */
   get nextDueMs(): number {
-    return this.dead || this.writeBlocked || this.head === this.segments.length ? Infinity : this.segments[this.head].dueMs;
+    return this.dead || this.writeBlocked || this.head === this.segments.length ? Infinity : Math.max(this.segments[this.head].dueMs, this.link.faults.stalledUntilMs);
   }
 
   onData(bytes: Buffer): void {
@@ -279,8 +284,9 @@ class Flow {
       this.readPaused = true;
     }
     // Unshaped and undelayed (loopback): deliver in the same tick, without a scheduler round.
-    if (dueMs <= nowMs && this.segments.length - this.head === 1) this.pump(nowMs);
-    else this.link.wakeAt(dueMs);
+    const releaseMs = Math.max(dueMs, this.link.faults.stalledUntilMs);
+    if (releaseMs <= nowMs && this.segments.length - this.head === 1) this.pump(nowMs);
+    else this.link.wakeAt(releaseMs);
   }
 
   onEnd(): void {
@@ -289,15 +295,16 @@ class Flow {
     const nowMs = performance.now();
     const dueMs = this.wire.schedule(nowMs, 0);
     this.segments.push({ bytes: null, dueMs });
-    if (dueMs <= nowMs && this.segments.length - this.head === 1) this.pump(nowMs);
-    else this.link.wakeAt(dueMs);
+    const releaseMs = Math.max(dueMs, this.link.faults.stalledUntilMs);
+    if (releaseMs <= nowMs && this.segments.length - this.head === 1) this.pump(nowMs);
+    else this.link.wakeAt(releaseMs);
   }
 
   /** Delivers every segment due by `nowMs`, as far as the destination accepts them. */
   pump(nowMs: number): void {
     while (!this.dead && !this.writeBlocked && this.head < this.segments.length) {
       const segment = this.segments[this.head];
-      if (segment.dueMs > nowMs) break;
+      if (segment.dueMs > nowMs || this.link.faults.stalledUntilMs > nowMs) break;
       if (this.to.destroyed) {
         this.drop();
         return;
@@ -314,6 +321,9 @@ class Flow {
       const room = this.link.bytesBeforeCut(this.direction);
       const cutting = bytes.length >= room;
       if (cutting) bytes = bytes.subarray(0, room);
+      const delivery = this.link.faults.deliver(this.direction, bytes, this.connectionId);
+      bytes = delivery.bytes;
+      if (delivery.corrupted) this.link.emit('corrupt', delivery.corrupted);
       this.shift();
       this.deliveredBytes += bytes.length;
       this.wire.deliveredBytes += bytes.length;
@@ -396,8 +406,8 @@ class LinkConnection {
     rttMs: number,
     connectTimeoutMs: number,
   ) {
-    this.forward = new Flow(link, 'forward', forwardWire, client, server, bufferBytesMax);
-    this.reverse = new Flow(link, 'reverse', reverseWire, server, client, bufferBytesMax);
+    this.forward = new Flow(link, id, 'forward', forwardWire, client, server, bufferBytesMax);
+    this.reverse = new Flow(link, id, 'reverse', reverseWire, server, client, bufferBytesMax);
     // Nagle would add up to 40 ms per small write on top of the emulated delay.
     client.setNoDelay(true);
     server.setNoDelay(true);
@@ -493,13 +503,15 @@ class LinkConnection {
  * A TCP proxy emulating a network link between a client and `target`; see the top of this file
  * for the model. Emits 'cut' with a LinkCutInfo whenever its connections are cut.
  */
-export class LinkEmulator extends EventEmitter<{ cut: [LinkCutInfo] }> {
+export class LinkEmulator extends EventEmitter<{ cut: [LinkCutInfo]; corrupt: [LinkCorruptInfo] }> {
   readonly profile: LinkProfile;
   readonly bufferBytesMax: number;
   readonly connectionsMax: number;
   readonly connectTimeoutMs: number;
+  /** @internal The stall and the armed corruption (link-faults.ts), consulted by every Flow. */
+  readonly faults = new LinkFaults();
   private readonly listenAt: Address;
-  private readonly targetAt: Address;
+  private targetAt: Address;
   private readonly forwardWire: Wire;
   private readonly reverseWire: Wire;
   private readonly connections = new Set<LinkConnection>();
@@ -615,6 +627,38 @@ export class LinkEmulator extends EventEmitter<{ cut: [LinkCutInfo] }> {
     this.isBlocked = false;
   }
 
+  /**
+   * Delivers nothing, either way, on any connection, for `ms` from now; connections stay open and
+   * new ones are accepted (their bytes wait too). Returns the instant it ends (performance.now() ms).
+   */
+  stall(ms: number): number {
+    return this.faults.stall(performance.now(), ms);
+  }
+
+  /** Ends a stall now: what queued is delivered at once. */
+  unstall(): void {
+    this.faults.unstall();
+    this.wakeAt(performance.now());
+  }
+
+  /**
+   * Flips one byte, once: the one n bytes into `direction`'s stream from this call (0: the next
+   * byte delivered), XORed with `mask`. Emits 'corrupt' when it happens. Replaces any armed flip.
+   */
+  corruptAfterBytes(n: number, options: LinkCorruptOptions = {}): void {
+    this.faults.armFlip(n, options);
+  }
+
+  /** Disarms a pending corruptAfterBytes. */
+  cancelCorrupt(): void {
+    this.faults.disarmFlip();
+  }
+
+  /** Relays new connections to `target` ('host:port'), as a peer restarted at another address; open ones stay as they are. */
+  retarget(target: string): void {
+    this.targetAt = parseAddress(target, 'target', 1);
+  }
+
   stats(): LinkStats {
     const { wakes, earlyWakes, lateMsSum, lateMsMax } = this.scheduler;
     return {
@@ -627,6 +671,8 @@ export class LinkEmulator extends EventEmitter<{ cut: [LinkCutInfo] }> {
       queuedBytes: this.queuedBytes,
       queuedBytesPeak: this.counts.queuedBytesPeak,
       cuts: this.counts.cuts,
+      stalls: this.faults.stalls,
+      corruptions: this.faults.corruptions,
       scheduler: { wakes, earlyWakes, lateMsMean: wakes ? lateMsSum / wakes : 0, lateMsMax },
     };
   }
