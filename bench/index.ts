@@ -7,10 +7,12 @@
 //   npm run bench -- dataplane                   checkpoint streaming vs raw TCP
 //   npm run bench -- sim --quick                 the sim driver benchmark, smaller and shorter
 //   npm run bench -- memory                      memory of the agents migrating a large guest
+//   npm run bench -- protocol-sim --seeds N      the protocol under simulated faults, N seeds
 
 import { runAgentMemoryBench } from './agent-memory.js';
 import { runDataplaneBench } from './dataplane.js';
 import { runHarness } from './harness.js';
+import { runProtocolSimBench } from './protocol-sim.js';
 import { runSimBench } from './sim/index.js';
 
 interface Benchmark {
@@ -35,6 +37,10 @@ const BENCHMARKS: Readonly<Record<string, Benchmark>> = {
   memory: {
     summary: 'memory of both agent processes while they migrate a large guest (default 4 GiB), against the guest size and windows',
     run: runAgentMemoryBench,
+  },
+  'protocol-sim': {
+    summary: 'the migration protocol in one process over a simulated network (drops, delays, reordering, stalls, target crashes), seed by seed, against its invariants',
+    run: runProtocolSimBench,
   },
 };
 const DEFAULT_BENCHMARK = 'harness';
