@@ -18,6 +18,8 @@ export interface TargetOptions {
   progressIntervalMs: number;
   /** This agent's id for this run, reported in Capacity ('' : none). */
   agentInstanceId: string;
+  /** Where the replay pipeline runs its next slice (default setImmediate; a simulation passes its clock's). */
+  defer?: (fn: () => void) => void;
 }
 
 export const TARGET_DEFAULTS: TargetOptions = {
