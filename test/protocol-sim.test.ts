@@ -57,7 +57,7 @@ function directed(method: SimMethod, faults: Fault[], journalKept = true, seed =
 }
 
 const commitResultLost: Fault = { trigger: { on: 'message', what: 'commitResult', direction: 'toSource', occurrence: 1 }, action: { kind: 'reset' } };
-const crashOnCommit = (when: 'before' | 'after'): Fault => ({ trigger: { on: 'message', what: 'commit', direction: 'toTarget', occurrence: 1 }, action: { kind: 'crash', when, downMs: 3_000 } });
+const crashOn = (what: string, direction: 'toTarget' | 'toSource'): Fault => ({ trigger: { on: 'message', what, direction, occurrence: 1 }, action: { kind: 'crash', when: 'before', downMs: 3_000 } });
 
 t.test('directed: the plain path, and the commit whose answer is lost', async (t) => {
   for (const method of ['crtr', 'precopy'] as const) {
@@ -76,15 +76,15 @@ t.test('directed: a commit held past its deadline is fenced by the outcome query
   t.ok(r.outcomeQueries >= 1);
 });
 
-t.test('directed: the target crashes on the commit; with its journal the answer is certain', async (t) => {
-  const before = await directed('crtr', [crashOnCommit('before')]);
-  t.same([before.outcome, before.targetRuns, before.violations], ['failed', false, []], 'crashed before handling it: NOT_COMMITTED after the restart, the guest resumed on the source');
-  const after = await directed('crtr', [crashOnCommit('after')]);
-  t.same([after.outcome, after.targetRuns, after.violations], ['completed', true, []], 'crashed after: the guest runs on the target host, the job completed');
+t.test('directed: the target crashes around the commit; with its journal the answer is certain', async (t) => {
+  const before = await directed('crtr', [crashOn('commit', 'toTarget')]);
+  t.same([before.outcome, before.targetRuns, before.violations], ['failed', false, []], 'crashed on receiving it: NOT_COMMITTED after the restart, the guest resumed on the source');
+  const after = await directed('crtr', [crashOn('activated', 'toSource')]);
+  t.same([after.outcome, after.targetRuns, after.violations], ['completed', true, []], 'crashed once the guest was activated: it runs on the target host, the job completed');
 });
 
 t.test('directed: a target that kept no journal and restarted cannot tell (in doubt, for an operator)', async (t) => {
-  const r = await directed('crtr', [crashOnCommit('before')], false);
+  const r = await directed('crtr', [crashOn('commit', 'toTarget')], false);
   t.same([r.outcome, r.targetRuns, r.violations], ['in-doubt-unknown', false, []], 'UNKNOWN: the guest stays suspended on the source');
 });
 

@@ -18,7 +18,7 @@ export const CHUNK_PAGES = 32;
 const CHUNK_FILLER_BYTES = 32 * 1024;
 const PAGE_FILLER_BYTES = 1024;
 
-const MAGIC = { unit: 0x554e4954, chunk: 0x43484e4b, pages: 0x50414745, state: 0x53544154 } as const;
+const MAGIC = { unit: 0x554e4954, chunk: 0x43484e4b, delta: 0x44454c54, pages: 0x50414745, state: 0x53544154 } as const;
 
 /** A 32-bit mix of two words (murmur3's finalizer over a combination). */
 export function mix(a: number, b: number): number {
@@ -119,6 +119,33 @@ export function decodeChunk(bytes: Uint8Array): ChunkRecord {
   const count = w[4];
   if (w.length !== 7 + count) throw new CorruptDataError(`checkpoint chunk ${w[1]}: ${count} pages announced, ${w.length - 7} carried`);
   return { index: w[1], final: w[2] === 1, firstPage: w[3], pages: w.slice(7), position: w[5], firstSequence: w[6] };
+}
+
+/** A delta checkpoint's chunk: (page, word) pairs as of its instant; the final one carries the instant. */
+export interface DeltaChunkRecord {
+  index: number;
+  final: boolean;
+  generation: number;
+  firstSequence: number;
+  position: number;
+  pairs: Array<[page: number, word: number]>;
+}
+
+export function encodeDeltaChunk(c: DeltaChunkRecord): Uint8Array {
+  const words = [MAGIC.delta, c.index, c.final ? 1 : 0, c.generation, c.firstSequence, c.position, c.pairs.length];
+  for (const [page, word] of c.pairs) words.push(page, word);
+  return seal(words, c.pairs.length * PAGE_FILLER_BYTES);
+}
+
+export function decodeDeltaChunk(bytes: Uint8Array, pageCount: number): DeltaChunkRecord {
+  const w = open(bytes, MAGIC.delta, 'delta chunk', 7);
+  if (w.length !== 7 + 2 * w[6]) throw new CorruptDataError(`delta chunk ${w[1]}: ${w[6]} pages announced, ${(w.length - 7) / 2} carried`);
+  const pairs: Array<[number, number]> = [];
+  for (let i = 7; i < w.length; i += 2) {
+    if (w[i] >= pageCount) throw new CorruptDataError(`delta chunk ${w[1]}: page ${w[i]} past the ${pageCount} pages`);
+    pairs.push([w[i], w[i + 1]]);
+  }
+  return { index: w[1], final: w[2] === 1, generation: w[3], firstSequence: w[4], position: w[5], pairs };
 }
 
 /** A page batch: (page, word) pairs. */

@@ -6,10 +6,17 @@
 import type { Clock, ManualClock, Timer } from '../../../shared/clock.js';
 import type { DecisionJournal, JournalEntry, JournalRecord, JournalRole } from '../../../shared/journal.js';
 
-/** The simulated clock as one process sees it: its own monotonic origin, and timers that die with it. */
+/**
+ * The simulated clock as one process sees it: its own monotonic origin, timers that die with it,
+ * and the time its work takes. A process that works `ms` (a replica replaying a unit) sees its
+ * clock move on by as much at once, and what it sets meanwhile fires once the work is done: a
+ * busy process is late, as a real one is.
+ */
 export class ProcessClock implements Clock {
   private readonly timers = new Set<Timer>();
   private alive = true;
+  /** Process time until which the process is busy working. */
+  private busyUntilMs = Number.NEGATIVE_INFINITY;
 
   constructor(
     private readonly base: ManualClock,
@@ -20,7 +27,17 @@ export class ProcessClock implements Clock {
   ) {}
 
   now(): number {
-    return this.base.now() + this.offsetMs;
+    return Math.max(this.base.now() + this.offsetMs, this.busyUntilMs);
+  }
+
+  /** The process works `ms`: its clock moves on at once. */
+  work(ms: number): void {
+    this.busyUntilMs = this.now() + ms;
+  }
+
+  /** Runs `fn` once the work in progress is done (the replay pipeline's next slice). */
+  defer(fn: () => void): void {
+    this.timeout(0, fn);
   }
 
   epochMs(): number {
@@ -43,8 +60,10 @@ export class ProcessClock implements Clock {
   }
 
   timeout(ms: number, fn: () => void): Timer {
+    // Due at process time now() + ms, which the simulation reaches once the work is done.
+    const delayMs = this.now() + ms - (this.base.now() + this.offsetMs);
     return this.track((done) =>
-      this.base.timeout(ms, () => {
+      this.base.timeout(delayMs, () => {
         done();
         fn();
       }),

@@ -80,7 +80,7 @@ function buildWorld(scenario: Scenario, options: SimRunOptions): World {
   const note = (text: string) => trace.add(text);
   const placement = new Placement(clock, trace);
   const host = new SimHost(64 * 2 ** 20, placement);
-  const target = new SimTarget(clock, host, { journalKept: scenario.journalKept, epochSkewMs: scenario.epochSkewMs }, log, note);
+  const target = new SimTarget(clock, host, { journalKept: scenario.journalKept, epochSkewMs: scenario.epochSkewMs, replaySpeed: scenario.replaySpeed }, log, note);
   target.start();
   const net = new SimNetwork(clock, network, scenario.link);
   let job: SourceMigration | null = null;
@@ -100,7 +100,7 @@ function buildWorld(scenario: Scenario, options: SimRunOptions): World {
   const wire = new SimWire(clock, net, target, faults, trace, counter);
   const peer = new SimTargetPeer(wire, clock, SOURCE_DEFAULTS.callTimeoutMs, counter);
   const guest = new SimSourceGuest('vm-sim', clock, outside, { unitMs: scenario.unitMs, unitQueueMax: 256, unitFillerBytes: scenario.unitBytes }, placement);
-  const request = { guestId: guest.id, targetAddress: TARGET_ADDRESS, method: scenario.method, downtimeLimitMs: scenario.downtimeLimitMs, maxBandwidthBytesPerSec: 0, policy: scenario.policy, maxDurationMs: MAX_DURATION_MS, disableCompression: true };
+  const request = { guestId: guest.id, targetAddress: TARGET_ADDRESS, method: scenario.method, downtimeLimitMs: scenario.downtimeLimitMs, maxBandwidthBytesPerSec: 0, policy: scenario.policy, maxDurationMs: MAX_DURATION_MS, disableCompression: true, logOnlyCatchUp: scenario.logOnlyCatchUp };
   job = new SourceMigration(guest, request, SOURCE_DEFAULTS, log, { peer, clock, hooks: { onPhase: (phase) => faults.onPhase(phase) } });
   job.on('phase', (phase) => note(`PHASE ${phase}`));
   return { clock, trace, placement, host, target, wire, job, guest };

@@ -28,6 +28,10 @@ export interface Scenario {
   lossUntilMs: number;
   /** The target host's wall clock minus the source's, within what outcome answers allow (60 s). */
   epochSkewMs: number;
+  /** Guest time the target replays per unit of its time (below 1: the replica falls behind). */
+  replaySpeed: number;
+  /** CR/TR: catch up by the log only (no delta checkpoints). */
+  logOnlyCatchUp: boolean;
 }
 
 /** The independent random streams of a seed: the plan, the network's jitter, the guest's outside world, the lossy link. */
@@ -51,6 +55,8 @@ export function drawScenario(seed: number, plan: Random, method?: SimMethod): Sc
     lossPerMessage: plan.nextFloat() < 0.1 ? logUniform(plan, 10, 300) / 10_000 : 0,
     lossUntilMs: logUniform(plan, 100, 20_000),
     epochSkewMs: Math.round((plan.nextFloat() - 0.5) * 60_000),
+    replaySpeed: logUniform(plan, 7, 300) / 10,
+    logOnlyCatchUp: plan.nextFloat() < 0.25,
   };
 }
 
@@ -58,5 +64,5 @@ export function describeScenario(s: Scenario): string {
   const link = `latency ${s.link.latencyMs} ms (+${s.link.jitterMs.toFixed(1)}), ${(s.link.bytesPerMs / 1000).toFixed(1)} MB/s`;
   const loss = s.lossPerMessage > 0 ? `, ${(s.lossPerMessage * 100).toFixed(2)}% of messages reset for ${s.lossUntilMs} ms` : '';
   const faults = (s.faults.length === 0 ? 'no faults' : s.faults.map(describeFault).join('; ')) + loss;
-  return `${s.method}, journal ${s.journalKept ? 'kept' : 'not kept'}, ${link}, unit ${s.unitMs} ms of ${s.unitBytes} B, downtime limit ${s.downtimeLimitMs} ms, policy ${s.policy}, target clock ${s.epochSkewMs} ms off; ${faults}`;
+  return `${s.method}, journal ${s.journalKept ? 'kept' : 'not kept'}, ${link}, unit ${s.unitMs} ms of ${s.unitBytes} B, replay ${s.replaySpeed}x${s.logOnlyCatchUp ? ' (log only)' : ''}, downtime limit ${s.downtimeLimitMs} ms, policy ${s.policy}, target clock ${s.epochSkewMs} ms off; ${faults}`;
 }

@@ -7,10 +7,10 @@
 // in two places.
 
 import type { Clock, Timer } from '../../../shared/clock.js';
-import { PAGE_BYTES, type CheckpointChunk, type GuestDescription, type GuestState, type LogRecorder, type PageAccess, type RecordingStart, type RecordingStats, type SealedUnit, type SourceGuest } from '../../../shared/driver/types.js';
+import { PAGE_BYTES, type CheckpointChunk, type DeltaSource, type DeltaStart, type GuestDescription, type GuestState, type LogRecorder, type PageAccess, type RecordingStart, type RecordingStats, type SealedUnit, type SourceGuest } from '../../../shared/driver/types.js';
 import { InvalidStateError } from '../../../shared/errors.js';
 import type { Random } from '../../../shared/random.js';
-import { CHUNK_PAGES, digestOf, encodeChunk, encodeMachineState, encodePages, encodeUnit, PAGE_COUNT, runUnit } from './machine.js';
+import { CHUNK_PAGES, digestOf, encodeChunk, encodeDeltaChunk, encodeMachineState, encodePages, encodeUnit, PAGE_COUNT, runUnit } from './machine.js';
 
 export const SIM_DRIVER = 'protocol-sim';
 
@@ -33,6 +33,7 @@ export class SimSourceGuest implements SourceGuest {
   position = 0;
   readonly recorder: SimRecorder;
   readonly pages: SimPages;
+  readonly deltas: SimDeltas;
   /** Units the guest could not run because its log queue was full. */
   stalledUnits = 0;
   private ticker: Timer | null = null;
@@ -47,6 +48,7 @@ export class SimSourceGuest implements SourceGuest {
     for (let i = 0; i < this.memory.length; i++) this.memory[i] = world.nextU32();
     this.recorder = new SimRecorder(this);
     this.pages = new SimPages(this);
+    this.deltas = new SimDeltas(this, this.recorder);
   }
 
   get pagesMissing(): number {
@@ -106,7 +108,10 @@ export class SimSourceGuest implements SourceGuest {
     const written = runUnit(this.memory, position, event);
     this.position++;
     this.pages.dirtied(written);
-    if (this.recorder.recording) this.recorder.seal(event, false, position);
+    if (this.recorder.recording) {
+      this.deltas.dirtied(written);
+      this.recorder.seal(event, false, position);
+    }
   }
 
   private setState(state: GuestState): void {
@@ -126,7 +131,9 @@ export class SimRecorder implements LogRecorder {
   private readonly queue: SealedUnit[] = [];
   private queueBytes = 0;
   private waiter: (() => void) | null = null;
-  private nextSequence = 100;
+  /** The sequence of the next unit to be sealed. */
+  nextSequence = 100;
+  private unitsDropped = 0;
   private finalTaken = false;
   private unitsRecorded = 0;
   private logBytes = 0;
@@ -146,6 +153,7 @@ export class SimRecorder implements LogRecorder {
     this.snapshot = this.guest.memory.slice();
     this.snapshotPosition = this.guest.position;
     this.firstSequence = this.nextSequence;
+    this.guest.deltas.restart();
     this.guest.sync();
     return { firstSequence: this.firstSequence, position: this.snapshotPosition };
   }
@@ -192,7 +200,15 @@ export class SimRecorder implements LogRecorder {
   }
 
   recordingStats(): RecordingStats {
-    return { unitsRecorded: this.unitsRecorded, logBytes: this.logBytes, unitsQueued: this.queue.length, bytesQueued: this.queueBytes, stallMs: this.guest.stalledUnits * this.guest.options.unitMs };
+    const { queue, queueBytes, unitsDropped } = this;
+    return { unitsRecorded: this.unitsRecorded, logBytes: this.logBytes, unitsQueued: queue.length, bytesQueued: queueBytes, stallMs: this.guest.stalledUnits * this.guest.options.unitMs, unitsDropped };
+  }
+
+  /** A delta's instant: the units sealed before it and still queued are superseded. */
+  dropQueued(): void {
+    this.unitsDropped += this.queue.length;
+    this.queue.length = 0;
+    this.queueBytes = 0;
   }
 
   stopRecording(): void {
@@ -249,5 +265,54 @@ export class SimPages implements PageAccess {
 
   encodePages(pages: Uint32Array): Uint8Array {
     return encodePages(this.guest.memory, pages);
+  }
+}
+
+/** The guest's delta checkpoints (CR/TR's hybrid catch-up): the pages written since the last instant, as of a new one. */
+export class SimDeltas implements DeltaSource {
+  private dirty = new Set<number>();
+  private generation = 0;
+  private pending: { start: DeltaStart; pairs: Array<[number, number]> } | null = null;
+
+  constructor(
+    private readonly guest: SimSourceGuest,
+    private readonly recorder: SimRecorder,
+  ) {}
+
+  /** A recording starts: its checkpoint is the instant. */
+  restart(): void {
+    this.dirty.clear();
+    this.generation = 0;
+    this.pending = null;
+  }
+
+  dirtied(pages: number[]): void {
+    for (const p of pages) this.dirty.add(p);
+  }
+
+  pagesDirtiedSinceInstant(): number {
+    return this.dirty.size;
+  }
+
+  rebase(): DeltaStart {
+    const pages = [...this.dirty].sort((a, b) => a - b);
+    const pairs = pages.map((p): [number, number] => [p, this.guest.memory[p]]);
+    this.dirty.clear();
+    this.recorder.dropQueued();
+    const start: DeltaStart = { generation: ++this.generation, firstSequence: this.recorder.nextSequence, position: this.guest.position, pages: pairs.length };
+    this.pending = { start, pairs };
+    return start;
+  }
+
+  async *deltaCheckpoint(): AsyncIterable<CheckpointChunk> {
+    const pending = this.pending;
+    if (pending === null) throw new InvalidStateError('a delta checkpoint without a rebase');
+    const { generation, firstSequence, position } = pending.start;
+    const chunks = Math.max(1, Math.ceil(pending.pairs.length / CHUNK_PAGES));
+    for (let index = 0; index < chunks; index++) {
+      const pairs = pending.pairs.slice(index * CHUNK_PAGES, (index + 1) * CHUNK_PAGES);
+      const final = index === chunks - 1;
+      yield { index, final, bytes: encodeDeltaChunk({ index, final, generation, firstSequence, position, pairs }), memoryBytesCovered: pairs.length * PAGE_BYTES };
+    }
   }
 }

@@ -2,6 +2,7 @@
 // that replays each one. The bench prints it; the test prints the violations it fails on.
 
 import type { RunOutcome } from './invariants.js';
+import { knownIssueOf } from './known-issues.js';
 import type { SeedResult } from './run.js';
 import type { SimMethod } from './scenario.js';
 
@@ -17,11 +18,13 @@ export interface Tally {
   faultsFired: number;
   events: number;
   simMs: number;
+  /** Runs that violated an invariant, and those a known issue explains, by its id. */
   violations: SeedResult[];
+  known: Record<string, number>;
 }
 
 export function emptyTally(): Tally {
-  return { seeds: 0, outcomes: {}, reasons: {}, wentInDoubt: 0, unknownTargetRuns: 0, faultsFired: 0, events: 0, simMs: 0, violations: [] };
+  return { seeds: 0, outcomes: {}, reasons: {}, wentInDoubt: 0, unknownTargetRuns: 0, faultsFired: 0, events: 0, simMs: 0, violations: [], known: {} };
 }
 
 export function count(tally: Tally, r: SeedResult): void {
@@ -33,7 +36,15 @@ export function count(tally: Tally, r: SeedResult): void {
   tally.faultsFired += r.faultsFired.length;
   tally.events += r.events;
   tally.simMs += r.simMs;
-  if (r.violations.length > 0) tally.violations.push(r);
+  if (r.violations.length === 0) return;
+  tally.violations.push(r);
+  const known = knownIssueOf(r);
+  if (known !== undefined) tally.known[known.id] = (tally.known[known.id] ?? 0) + 1;
+}
+
+/** Violations no known issue explains. */
+export function unexplained(tally: Tally): SeedResult[] {
+  return tally.violations.filter((r) => knownIssueOf(r) === undefined);
 }
 
 /** The command that replays `seed` exactly, with its trace. */
@@ -42,8 +53,9 @@ export function replayCommand(seed: number, method?: SimMethod): string {
 }
 
 export function describeViolation(r: SeedResult, method?: SimMethod): string {
+  const known = knownIssueOf(r);
   return [
-    `seed ${r.seed}: ${r.violations.join('; ')}`,
+    `seed ${r.seed}: ${r.violations.join('; ')}${known === undefined ? '' : ` [known issue ${known.id}]`}`,
     `  scenario: ${r.scenario}`,
     `  faults fired: ${r.faultsFired.length === 0 ? 'none' : r.faultsFired.join('; ')}`,
     `  job: ${r.outcome}${r.errorReason ? ` (${r.errorReason})` : ''}, ${r.outcomeQueries} outcome queries`,
@@ -51,7 +63,7 @@ export function describeViolation(r: SeedResult, method?: SimMethod): string {
   ].join('\n');
 }
 
-/** Lines for people: outcomes, reasons, in doubt, faults, events. */
+/** Lines for people: outcomes, reasons, in doubt, faults, events, violations. */
 export function describeTally(t: Tally): string[] {
   const entries = (record: Record<string, number>) =>
     Object.entries(record)
@@ -65,6 +77,6 @@ export function describeTally(t: Tally): string[] {
     `failed or cancelled, by reason: ${entries(t.reasons) || 'none'}`,
     `in doubt at some point: ${t.wentInDoubt}; left in doubt (UNKNOWN: the target kept no journal and restarted): ${unknown}, guest running on the target in ${t.unknownTargetRuns}, nowhere in ${unknown - t.unknownTargetRuns}`,
     `faults fired: ${t.faultsFired}; events: ${t.events}; simulated time: ${(t.simMs / 1000).toFixed(0)} s`,
-    `violations: ${t.violations.length}`,
+    `violations: ${t.violations.length} (${entries(t.known) ? `explained by known issues: ${entries(t.known)}; ` : ''}unexplained: ${unexplained(t).length})`,
   ];
 }

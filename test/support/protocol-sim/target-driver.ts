@@ -5,12 +5,22 @@
 // batches (machine.ts) and replay its units, refusing anything out of order or corrupt, so that a
 // replica's digest equals the source guest's only if it applied exactly what the guest ran.
 
-import { type CheckpointChunk, type CheckpointReplayTarget, type DriverCapability, type GuestDescription, type GuestState, type HostCapacity, type HypervisorDriver, PAGE_BYTES, type PageRestoreTarget, type SourceGuest, type TargetReplica } from '../../../shared/driver/types.js';
-import { InvalidStateError, NotFoundError, ReservationRefusedError, UnitOrderError } from '../../../shared/errors.js';
-import { checkUnitOrder, decodeChunk, decodeMachineState, decodePages, decodeUnit, digestOf, encodeMachineState, encodePages, PAGE_COUNT, runUnit } from './machine.js';
+import { type CheckpointChunk, type CheckpointReplayTarget, type DeltaRestoreTarget, type DriverCapability, type GuestDescription, type GuestState, type HostCapacity, type HypervisorDriver, PAGE_BYTES, type PageRestoreTarget, type SourceGuest, type TargetReplica } from '../../../shared/driver/types.js';
+import { CorruptDataError, InvalidStateError, NotFoundError, ReservationRefusedError, UnitOrderError } from '../../../shared/errors.js';
+import { checkUnitOrder, decodeChunk, decodeDeltaChunk, decodeMachineState, decodePages, decodeUnit, digestOf, encodeMachineState, encodePages, PAGE_COUNT, runUnit } from './machine.js';
 import { type PlacementObserver, SIM_DRIVER } from './source-guest.js';
 
-const CAPABILITIES: readonly DriverCapability[] = ['checkpoint-replay', 'page-restore'];
+const CAPABILITIES: readonly DriverCapability[] = ['checkpoint-replay', 'page-restore', 'delta-checkpoint'];
+
+/** What a replica's work costs its agent: time on the agent's clock (process.ts). */
+export interface ReplicaWork {
+  work(ms: number): void;
+  /** Guest time replayed per unit of the agent's time. */
+  replaySpeed: number;
+}
+
+/** The agent's time to apply one checkpoint or delta chunk. */
+const CHUNK_WORK_MS = 0.5;
 
 /** The machine: its memory, and the guests running on it whatever becomes of the agent. */
 export class SimHost {
@@ -37,7 +47,10 @@ export class SimDriver implements HypervisorDriver {
   readonly capabilities = CAPABILITIES;
   private readonly mine = new Set<SimReplica>();
 
-  constructor(private readonly host: SimHost) {}
+  constructor(
+    private readonly host: SimHost,
+    private readonly cost: ReplicaWork,
+  ) {}
 
   capacity(): HostCapacity {
     const { memoryBytesTotal, memoryBytesReserved } = this.host;
@@ -57,7 +70,7 @@ export class SimDriver implements HypervisorDriver {
 
   reserve(description: GuestDescription): TargetReplica {
     if (this.capacity().memoryBytesFree < description.memoryBytes) throw new ReservationRefusedError(`no room for guest '${description.id}'`);
-    const replica = new SimReplica(this.host, description, () => this.mine.delete(replica));
+    const replica = new SimReplica(this.host, description, this.cost, () => this.mine.delete(replica));
     this.mine.add(replica);
     return replica;
   }
@@ -80,10 +93,15 @@ export class SimReplica implements TargetReplica {
   private gone = false;
   readonly replay: CheckpointReplayTarget;
   readonly pageRestore: PageRestoreTarget;
+  readonly deltaRestore: DeltaRestoreTarget;
+  /** The delta begun and not yet applied (generation 0: none), and the last one applied. */
+  private delta = { generation: 0, firstSequence: 0, chunks: 0 };
+  private generationApplied = 0;
 
   constructor(
     private readonly host: SimHost,
     private readonly description: GuestDescription,
+    private readonly cost: ReplicaWork,
     private readonly released: () => void,
   ) {
     this.id = description.id;
@@ -98,6 +116,13 @@ export class SimReplica implements TargetReplica {
       },
       get nextSequence() {
         return self.next;
+      },
+    };
+    this.deltaRestore = {
+      beginDelta: (generation, firstSequence) => this.beginDelta(generation, firstSequence),
+      restoreDeltaChunk: (chunk) => this.restoreDeltaChunk(chunk),
+      get deltaInProgress() {
+        return self.delta.generation !== 0;
       },
     };
     this.pageRestore = {
@@ -163,6 +188,7 @@ export class SimReplica implements TargetReplica {
     if (c.index !== this.chunksApplied || chunk.index !== c.index) throw new UnitOrderError(`checkpoint chunk ${chunk.index}: expected ${this.chunksApplied}`, chunk.index < this.chunksApplied ? 'duplicate' : 'gap', this.chunksApplied, chunk.index);
     this.memory.set(c.pages, c.firstPage);
     this.chunksApplied++;
+    this.cost.work(CHUNK_WORK_MS);
     if (!c.final) return;
     this.position = c.position;
     this.next = c.firstSequence;
@@ -172,8 +198,10 @@ export class SimReplica implements TargetReplica {
   private applyUnit(bytes: Uint8Array): { sequence: number; guestNs: number; final: boolean } {
     this.alive('replay');
     if (!this.restoredFlag) throw new InvalidStateError(`unit replayed into replica '${this.id}' before its checkpoint was restored`);
+    if (this.delta.generation !== 0) throw new InvalidStateError(`unit replayed into replica '${this.id}' while delta ${this.delta.generation} is applied`);
     const unit = decodeUnit(bytes);
     checkUnitOrder(unit, this.next, this.position);
+    this.cost.work(this.description.unitMs / this.cost.replaySpeed);
     if (!unit.final) {
       runUnit(this.memory, this.position, unit.event);
       this.position++;
@@ -181,6 +209,32 @@ export class SimReplica implements TargetReplica {
     this.next++;
     if (unit.final) this.completeFlag = true;
     return { sequence: unit.sequence, guestNs: this.description.unitMs * 1e6, final: unit.final };
+  }
+
+  private beginDelta(generation: number, firstSequence: number): void {
+    this.alive('begin a delta');
+    if (!this.restoredFlag || this.delta.generation !== 0 || generation !== this.generationApplied + 1 || this.next > firstSequence) {
+      throw new InvalidStateError(`delta ${generation} as of unit ${firstSequence} refused: restored ${this.restoredFlag}, delta in progress ${this.delta.generation}, last applied ${this.generationApplied}, next unit ${this.next}`);
+    }
+    this.delta = { generation, firstSequence, chunks: 0 };
+  }
+
+  private restoreDeltaChunk(chunk: CheckpointChunk): void {
+    this.alive('restore a delta');
+    const c = decodeDeltaChunk(chunk.bytes, this.memory.length);
+    const d = this.delta;
+    if (d.generation === 0 || c.generation !== d.generation || c.index !== d.chunks || chunk.index !== c.index) {
+      throw new UnitOrderError(`delta ${c.generation} chunk ${chunk.index}: expected delta ${d.generation} chunk ${d.chunks}`, chunk.index < d.chunks ? 'duplicate' : 'gap', d.chunks, chunk.index);
+    }
+    for (const [page, word] of c.pairs) this.memory[page] = word;
+    d.chunks++;
+    this.cost.work(CHUNK_WORK_MS);
+    if (!c.final) return;
+    if (c.firstSequence !== d.firstSequence) throw new CorruptDataError(`delta ${d.generation} ends at unit ${c.firstSequence}, announced at ${d.firstSequence}`);
+    this.position = c.position;
+    this.next = d.firstSequence;
+    this.generationApplied = d.generation;
+    this.delta = { generation: 0, firstSequence: 0, chunks: 0 };
   }
 
   private applyPages(bytes: Uint8Array): number {

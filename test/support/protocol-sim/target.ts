@@ -61,12 +61,15 @@ export class TargetProcess {
     options: TargetOptions,
     log: Logger,
     epochSkewMs: number,
+    replaySpeed: number,
   ) {
     // Each run of the agent has a monotonic clock of its own (another boot: another origin).
     this.clock = new ProcessClock(base, 1_000_000 * run, epochSkewMs);
     this.journal = new ProcessJournal(records, durable, this.clock);
-    this.driver = new SimDriver(host);
-    this.service = new MigrationService(this.driver, { ...options, agentInstanceId: `target-run-${run}` }, log.child({ run }), undefined, this.clock, this.journal);
+    const clock = this.clock;
+    this.driver = new SimDriver(host, { work: (ms) => clock.work(ms), replaySpeed });
+    const own = { agentInstanceId: `target-run-${run}`, defer: (fn: () => void) => clock.defer(fn) };
+    this.service = new MigrationService(this.driver, { ...options, ...own }, log.child({ run }), undefined, this.clock, this.journal);
     this.handlers = this.service.handlers();
   }
 
@@ -91,6 +94,8 @@ export interface TargetConfig {
   journalKept: boolean;
   /** The target host's wall clock minus the source's. */
   epochSkewMs: number;
+  /** Guest time a replica replays per unit of its own time. */
+  replaySpeed: number;
   options?: Partial<TargetOptions>;
 }
 
@@ -121,7 +126,7 @@ export class SimTarget {
   start(): void {
     const kept = this.config.journalKept;
     const records = kept ? this.records : openJournal(undefined);
-    this.process = new TargetProcess(++this.runs, this.clock, this.host, records, kept, { ...TARGET_DEFAULTS, ...this.config.options }, this.log, this.config.epochSkewMs);
+    this.process = new TargetProcess(++this.runs, this.clock, this.host, records, kept, { ...TARGET_DEFAULTS, ...this.config.options }, this.log, this.config.epochSkewMs, this.config.replaySpeed);
     this.note(`TARGET run ${this.runs} starts (journal ${kept ? 'kept' : 'empty'})`);
   }
 
