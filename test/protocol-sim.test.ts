@@ -88,6 +88,12 @@ t.test('directed: a target that kept no journal and restarted cannot tell (in do
   t.same([r.outcome, r.targetRuns, r.violations], ['in-doubt-unknown', false, []], 'UNKNOWN: the guest stays suspended on the source');
 });
 
+t.test('directed: a commit the target cannot record is refused, and the guest resumes on the source', async (t) => {
+  const full: Fault = { trigger: { on: 'message', what: 'commit', direction: 'toTarget', occurrence: 1 }, action: { kind: 'journal' } };
+  const r = await directed('crtr', [full]);
+  t.same([r.outcome, r.errorReason, r.targetRuns, r.violations], ['failed', 'TARGET_REFUSED_COMMIT', false, []]);
+});
+
 t.test('directed: a reservation whose answer is lost is not left behind', async (t) => {
   const lost: Fault = { trigger: { on: 'message', what: 'reserve', direction: 'toSource', occurrence: 1 }, action: { kind: 'blackhole' } };
   const r = await directed('crtr', [lost]);

@@ -22,7 +22,9 @@ export type FaultAction =
   /** The target agent crashes before the message is handled (or sent), or right after; it restarts `downMs` later. */
   | { kind: 'crash'; when: 'before' | 'after'; downMs: number }
   /** The operator cancels the job (refused past the commit point). */
-  | { kind: 'cancel' };
+  | { kind: 'cancel' }
+  /** The target's journal refuses its next write (a full disk); the message goes on. */
+  | { kind: 'journal' };
 
 export type Trigger =
   /** The `occurrence`-th message of kind `what` going `direction` (unary calls are named by their method). */
@@ -42,6 +44,8 @@ export interface Actuators {
   /** Breaks the connection to the target, if there is one. */
   reset(): void;
   cancel(): void;
+  /** The target's journal refuses its next write. */
+  journalFails(): void;
 }
 
 type Weighted<T> = ReadonlyArray<readonly [T, number]>;
@@ -100,12 +104,12 @@ function drawTrigger(random: Random, method: MigrationMethod): Trigger {
 }
 
 function drawAction(random: Random): FaultAction {
-  const kind = pick<FaultAction['kind']>(random, [['reset', 3], ['blackhole', 1], ['hold', 2], ['stall', 2], ['crash', 3], ['cancel', 1]]);
+  const kind = pick<FaultAction['kind']>(random, [['reset', 3], ['blackhole', 1], ['hold', 2], ['stall', 2], ['crash', 3], ['cancel', 1], ['journal', 1]]);
   switch (kind) {
     case 'hold':
       return { kind, ms: logUniform(random, 20, 8_000) };
     case 'stall':
-      return { kind, ms: logUniform(random, 50, 30_000), direction: pick<Direction | 'both'>(random, [['both', 3], ['toTarget', 1], ['toSource', 1]]) };
+      return { kind, ms: logUniform(random, 50, 90_000), direction: pick<Direction | 'both'>(random, [['both', 3], ['toTarget', 1], ['toSource', 1]]) };
     case 'crash':
       return { kind, when: random.nextFloat() < 0.5 ? 'before' : 'after', downMs: logUniform(random, 50, 20_000) };
     default:
@@ -167,9 +171,11 @@ export class FaultInjector {
     return this.pending.length;
   }
 
-  /** A message's fault cancels the job. */
-  cancelJob(): void {
-    this.actuators.cancel();
+  /** What a message's fault does besides the message itself (stall, cancel, journal): done by the actuators. */
+  act(action: FaultAction): void {
+    if (action.kind === 'stall') this.actuators.stall(action.direction, action.ms);
+    else if (action.kind === 'cancel') this.actuators.cancel();
+    else if (action.kind === 'journal') this.actuators.journalFails();
   }
 
   /** The source entered `phase`. */
@@ -192,10 +198,9 @@ export class FaultInjector {
     this.take(fault);
     const a = fault.action;
     if (a.kind === 'crash') this.actuators.crash(a.downMs);
-    else if (a.kind === 'stall') this.actuators.stall(a.direction, a.ms);
-    else if (a.kind === 'cancel') this.actuators.cancel();
     else if (a.kind === 'hold') this.actuators.stall('toTarget', a.ms);
-    else this.actuators.reset();
+    else if (a.kind === 'reset' || a.kind === 'blackhole') this.actuators.reset();
+    else this.act(a);
   }
 
   private take(fault: Fault): void {

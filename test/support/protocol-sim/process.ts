@@ -106,6 +106,7 @@ export class ProcessJournal implements DecisionJournal {
   readonly path = null;
   readonly corruptLines = 0;
   private alive = true;
+  private failNext = false;
 
   constructor(
     private readonly records: DecisionJournal,
@@ -115,6 +116,10 @@ export class ProcessJournal implements DecisionJournal {
 
   append(entry: JournalEntry): JournalRecord {
     if (!this.alive) throw new Error('the agent process is gone');
+    if (this.failNext) {
+      this.failNext = false;
+      throw new Error('ENOSPC: no space left on device, write (simulated)');
+    }
     return this.records.append({ ...entry, atMs: entry.atMs ?? this.clock.epochMs() });
   }
 
@@ -128,5 +133,10 @@ export class ProcessJournal implements DecisionJournal {
 
   close(): void {
     this.alive = false;
+  }
+
+  /** The next append fails, as on a full disk. */
+  failNextAppend(): void {
+    this.failNext = true;
   }
 }

@@ -25,6 +25,11 @@ export const RUN_LIMIT_MS = 600_000;
 const STEP_MS = 1_000;
 /** The migration's own maximum duration. */
 const MAX_DURATION_MS = 30_000;
+/**
+ * A link stalled this long breaks the connection: gRPC's keepalive (a ping every 30 s, 10 s for its
+ * answer) finds the peer silent.
+ */
+const KEEPALIVE_BREAK_MS = 40_000;
 /** After the job ended: the target's reservation timeout (60 s) and session open timeout (30 s) pass, and some. */
 export const QUIET_MS = 100_000;
 
@@ -88,9 +93,13 @@ function buildWorld(scenario: Scenario, options: SimRunOptions): World {
     scenario.faults,
     {
       crash: (downMs) => target.crash(downMs),
-      stall: (direction, ms) => net.stall(direction, ms),
+      stall: (direction, ms) => {
+        net.stall(direction, ms);
+        if (ms > KEEPALIVE_BREAK_MS) clock.timeout(KEEPALIVE_BREAK_MS, () => (note('KEEPALIVE the stalled connection breaks'), target.resetConnection()));
+      },
       reset: () => target.resetConnection(),
       cancel: () => cancel(job, note),
+      journalFails: () => target.journalFails(),
     },
     clock,
     note,

@@ -47,7 +47,7 @@ export class TargetProcess {
   readonly service: MigrationService;
   readonly handlers: Handlers;
   private readonly clock: ProcessClock;
-  private readonly journal: ProcessJournal;
+  readonly journal: ProcessJournal;
   private readonly driver: SimDriver;
   private connection: SimConnection | null = null;
   private connections = 0;
@@ -146,6 +146,11 @@ export class SimTarget {
   /** A connection to the run up now, or null while the agent is down. */
   connect(): SimConnection | null {
     return this.process?.connect() ?? null;
+  }
+
+  /** The running agent's journal refuses its next write. */
+  journalFails(): void {
+    this.process?.journal.failNextAppend();
   }
 
   /** Breaks the connection the source has to the target, if any. */

@@ -75,10 +75,9 @@ export class SimWire {
       case 'hold':
         return this.net.carry(m.lane, m.direction, m.bytes, m.deliver, action.ms);
       case 'stall':
-        this.net.stall(action.direction, action.ms);
-        return this.net.carry(m.lane, m.direction, m.bytes, m.deliver);
       case 'cancel':
-        this.faults.cancelJob();
+      case 'journal':
+        this.faults.act(action);
         return this.net.carry(m.lane, m.direction, m.bytes, m.deliver);
       case 'crash': {
         const crash = () => this.target.crash(action.downMs);
