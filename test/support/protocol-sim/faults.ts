@@ -143,6 +143,8 @@ export class FaultInjector {
   private readonly pending: Fault[];
   private readonly seen = new Map<string, number>();
   readonly fired: string[] = [];
+  /** When a fault last fired (a lossy link's included). */
+  lastFiredAtMs = Number.NEGATIVE_INFINITY;
 
   constructor(
     faults: readonly Fault[],
@@ -188,6 +190,7 @@ export class FaultInjector {
     const loss = this.loss;
     if (loss === null || this.clock.now() >= loss.untilMs || loss.random.nextFloat() >= loss.probability) return false;
     this.fired.push('loss: reset');
+    this.lastFiredAtMs = this.clock.now();
     this.note('FAULT loss: reset');
     return true;
   }
@@ -207,6 +210,7 @@ export class FaultInjector {
     this.pending.splice(this.pending.indexOf(fault), 1);
     const text = describeFault(fault);
     this.fired.push(text);
+    this.lastFiredAtMs = this.clock.now();
     this.note(`FAULT ${text}`);
   }
 }

@@ -54,8 +54,8 @@ export interface EndState {
   journalKept: boolean;
   /** The target's last answer to an outcome query, if any. */
   lastOutcome: number | null;
-  /** How long the job ran, and how long the target's timeouts then had. */
-  endedAtMs: number | null;
+  /** The job ended, or is in doubt for good; the target's timeouts then had `quietMs`. */
+  settled: boolean;
   quietMs: number;
 }
 
@@ -94,8 +94,8 @@ export function checkEnd(end: EndState): { outcome: RunOutcome; violations: stri
     const committed = end.targetRecord?.state === 'committed';
     if (committed !== (outcome === 'completed')) violations.push(`the target's journal says ${end.targetRecord?.state ?? 'nothing'}, the job ${stats.status}`);
   }
-  if (end.endedAtMs !== null && (host.replicas.size > 0 || host.memoryBytesReserved !== 0)) {
-    violations.push(`${host.replicas.size} replica(s), ${host.memoryBytesReserved} bytes reserved, left on the target ${end.quietMs} ms after the job ended`);
+  if (end.settled && (host.replicas.size > 0 || host.memoryBytesReserved !== 0)) {
+    violations.push(`${host.replicas.size} replica(s), ${host.memoryBytesReserved} bytes reserved, left on the target ${end.quietMs} ms after the job ${outcome === 'in-doubt-unknown' ? 'settled in doubt' : 'ended'}`);
   }
   return { outcome, violations: [...placement.violations, ...violations] };
 }

@@ -23,6 +23,8 @@ import { SimWire } from './wire.js';
 export const RUN_LIMIT_MS = 600_000;
 /** Simulated time advanced per step of the run loop (timers inside fire in order). */
 const STEP_MS = 1_000;
+/** Calm that resolves any doubt: the source's slowest backoff (5 s), a call's deadline (10 s), and some. */
+const DOUBT_CALM_MS = 20_000;
 /** The migration's own maximum duration. */
 const MAX_DURATION_MS = 30_000;
 /**
@@ -75,6 +77,10 @@ interface World {
   wire: SimWire;
   job: SourceMigration;
   guest: SimSourceGuest;
+  /** When the job ended (null: not yet). */
+  ended: { atMs: number | null };
+  net: SimNetwork;
+  faults: FaultInjector;
 }
 
 function buildWorld(scenario: Scenario, options: SimRunOptions): World {
@@ -112,7 +118,9 @@ function buildWorld(scenario: Scenario, options: SimRunOptions): World {
   const request = { guestId: guest.id, targetAddress: TARGET_ADDRESS, method: scenario.method, downtimeLimitMs: scenario.downtimeLimitMs, maxBandwidthBytesPerSec: 0, policy: scenario.policy, maxDurationMs: MAX_DURATION_MS, disableCompression: true, logOnlyCatchUp: scenario.logOnlyCatchUp };
   job = new SourceMigration(guest, request, SOURCE_DEFAULTS, log, { peer, clock, hooks: { onPhase: (phase) => faults.onPhase(phase) } });
   job.on('phase', (phase) => note(`PHASE ${phase}`));
-  return { clock, trace, placement, host, target, wire, job, guest };
+  const ended = { atMs: null as number | null };
+  job.on('end', () => (ended.atMs = clock.now()));
+  return { clock, trace, placement, host, target, wire, job, guest, ended, net, faults };
 }
 
 /** The operator's cancel: refused past the commit point, as CancelJob is. */
@@ -134,16 +142,41 @@ function settledInDoubt(w: World, scenario: Scenario): boolean {
   return w.job.stats.status === 'in-doubt' && !scenario.journalKept && w.wire.lastOutcome === pb.OutcomeResponse.Outcome.UNKNOWN && w.wire.faults.pendingCount === 0;
 }
 
+/**
+ * Watches that a doubt resolves once the world is calm (the target up, the link neither stalled nor
+ * lossy, no fault since): the source asks at least every 5 s, so a doubt that outlasts
+ * DOUBT_CALM_MS of calm is a violation, unless the target answered UNKNOWN (it cannot tell).
+ */
+class DoubtWatch {
+  private calmSinceMs = 0;
+  violation: string | null = null;
+
+  step(w: World): void {
+    const { clock, target, net, faults } = w;
+    const calm = target.up && !net.stalled('toTarget') && !net.stalled('toSource') && clock.now() - faults.lastFiredAtMs > STEP_MS;
+    if (!calm) this.calmSinceMs = clock.now();
+    const doubting = w.job.stats.status === 'in-doubt' && w.wire.lastOutcome !== pb.OutcomeResponse.Outcome.UNKNOWN;
+    if (doubting && this.violation === null && clock.now() - this.calmSinceMs > DOUBT_CALM_MS) {
+      this.violation = `still in doubt ${((clock.now() - this.calmSinceMs) / 1000).toFixed(0)} s after the target was up and reachable (at ${clock.now()} ms)`;
+    }
+  }
+}
+
 /** Runs one seed to its end and checks it. */
 export async function runSeed(seed: number, options: SimRunOptions = {}): Promise<SeedResult> {
   const scenario = { ...drawScenario(seed, streams(seed).plan, options.method), ...options.override };
   const w = buildWorld(scenario, options);
   const done = w.job.run();
   done.catch(() => {});
-  while (!w.job.isOver() && !settledInDoubt(w, scenario) && w.clock.now() < RUN_LIMIT_MS) await w.clock.advance(STEP_MS);
+  const doubt = new DoubtWatch();
+  while (!w.job.isOver() && !settledInDoubt(w, scenario) && w.clock.now() < RUN_LIMIT_MS) {
+    await w.clock.advance(STEP_MS);
+    doubt.step(w);
+  }
   const over = w.job.isOver();
   if (over) await done;
-  const endedAtMs = over ? w.clock.now() : null;
+  const endedAtMs = w.ended.atMs;
+  const settled = over || settledInDoubt(w, scenario);
   w.trace.add(`JOB ${w.job.stats.status} ${w.job.stats.errorReason}`);
   await w.clock.advance(QUIET_MS);
   const record = scenario.journalKept ? w.target.journalRecord(w.job.id) : undefined;
@@ -155,9 +188,10 @@ export async function runSeed(seed: number, options: SimRunOptions = {}): Promis
     targetRecord: record,
     journalKept: scenario.journalKept,
     lastOutcome: w.wire.lastOutcome,
-    endedAtMs,
+    settled,
     quietMs: QUIET_MS,
   });
+  if (doubt.violation !== null) violations.push(doubt.violation);
   return {
     seed,
     scenario: describeScenario(scenario),
