@@ -8,11 +8,13 @@
 //   npm run bench -- sim --quick                 the sim driver benchmark, smaller and shorter
 //   npm run bench -- memory                      memory of the agents migrating a large guest
 //   npm run bench -- faults                      the fault matrix: every fault x phase x method, 3 seeds
+//   npm run bench -- protocol-sim --seeds N      the protocol under simulated faults, N seeds
 
 import { runAgentMemoryBench } from './agent-memory.js';
 import { runDataplaneBench } from './dataplane.js';
 import { runFaultsBench } from './faults/index.js';
 import { runHarness } from './harness.js';
+import { runProtocolSimBench } from './protocol-sim.js';
 import { runSimBench } from './sim/index.js';
 
 interface Benchmark {
@@ -41,6 +43,10 @@ const BENCHMARKS: Readonly<Record<string, Benchmark>> = {
   faults: {
     summary: 'kill -9, SIGTERM, link cut, stall and corrupt byte at every phase of every method; invariants checked, a table of outcomes',
     run: runFaultsBench,
+  },
+  'protocol-sim': {
+    summary: 'the migration protocol in one process over a simulated network (drops, delays, reordering, stalls, target crashes), seed by seed, against its invariants',
+    run: runProtocolSimBench,
   },
 };
 const DEFAULT_BENCHMARK = 'harness';

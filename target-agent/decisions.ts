@@ -35,7 +35,8 @@ export interface GuestHere {
 export class TargetDecisions {
   /** When each committed guest resumed (this agent's clock), for the source's downtime. */
   private readonly resumedAt = new Map<string, number>();
-  private readonly startedAtUnixMs = Date.now();
+  /** When this agent started, on the injected clock (a simulation replays it). */
+  private readonly startedAtUnixMs: number;
   /** Migrations answered UNKNOWN: fenced since (so nothing commits them), and still answered UNKNOWN. */
   private readonly unknown = new Set<string>();
 
@@ -44,7 +45,9 @@ export class TargetDecisions {
     private readonly agentInstanceId: string,
     private readonly clock: Clock,
     private readonly log: Logger,
-  ) {}
+  ) {
+    this.startedAtUnixMs = clock.epochMs();
+  }
 
   /** At start: migrations reserved by an earlier run and never decided did not commit (their replicas went with it). */
   recoverAtStart(): number {

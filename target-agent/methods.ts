@@ -30,6 +30,8 @@ export type StreamMessageKind = keyof StreamMessages;
 /** What a method's receivers need besides their context: the pipeline's windows and callbacks. */
 export interface MethodContext extends ReceiverContext {
   readonly windows: ReplayPipelineOptions;
+  /** Where the replay pipeline defers its next slice (default setImmediate). */
+  readonly defer?: (fn: () => void) => void;
   /** A receiver failed outside a message (a unit failed to replay): the transfer fails. */
   fail(error: unknown): void;
   /** A unit was replayed (metrics). */
@@ -100,6 +102,7 @@ const crtr: TargetMethod = {
       // Not while a delta is applied: its pages and the replay would mix two instants.
       replaying: () => context.phase() === 'replaying' && deltaRestore?.deltaInProgress !== true,
       clock: context.clock,
+      defer: context.defer,
       feedback: { progress: (force) => context.progress(force), stopRequest: (request) => context.send({ stopRequest: request }) },
       onFailure: (error) => context.fail(error),
       onUnitReplayed: () => context.unitReplayed(),

@@ -30,6 +30,8 @@ export interface TargetOptions {
   agentInstanceId: string;
   /** A transfer whose stream broke before the commit waits this long for the source to resume it (0: never). */
   resumeWindowMs: number;
+  /** Where the replay pipeline runs its next slice (default setImmediate; a simulation passes its clock's). */
+  defer?: (fn: () => void) => void;
 }
 
 export const TARGET_DEFAULTS: TargetOptions = {

@@ -15,7 +15,7 @@ type TargetMessage = InstanceType<typeof pb.TargetMessage>;
 
 /** What a session needs of the agent that accepted its stream (MigrationService). */
 export interface SessionHost {
-  readonly options: Pick<TargetOptions, 'unitWindow' | 'unitWindowBytes' | 'progressIntervalMs' | 'activationHooks' | 'hookTimeoutMs' | 'transferIdleTimeoutMs'> & Partial<Pick<TargetOptions, 'resumeWindowMs'>>;
+  readonly options: Pick<TargetOptions, 'unitWindow' | 'unitWindowBytes' | 'progressIntervalMs' | 'activationHooks' | 'hookTimeoutMs' | 'transferIdleTimeoutMs' | 'defer'> & Partial<Pick<TargetOptions, 'resumeWindowMs'>>;
   readonly metrics?: Pick<AgentMetrics, 'incomingEnded' | 'unitsReplayed'>;
   /** Takes reservation `reservationId` for this transfer (NotFoundError, InvalidStateError). */
   open(reservationId: string, method: MigrationMethod): Reservation;

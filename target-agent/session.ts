@@ -222,6 +222,7 @@ export class TargetSession {
     const switchoverDeadlineMs = r.maxDurationMs > 0 ? r.reservedAtMs + SWITCHOVER_DEADLINE_SHARE * r.maxDurationMs : Number.POSITIVE_INFINITY;
     return {
       clock: this.clock,
+      defer: this.host.options.defer,
       log: this.log,
       windows: { unitWindow, unitWindowBytes, switchoverDeadlineMs },
       phase: () => this.phase,
