@@ -7,7 +7,7 @@
 // Methods and streams see only the TransferChannel interface: tests drive them through a fake.
 
 import { type Clock, type Timer } from '../shared/clock.js';
-import { AbortedError, InvalidStateError, UnavailableError, type VmMigrateError } from '../shared/errors.js';
+import { AbortedError, InvalidStateError, UnavailableError, VmMigrateError } from '../shared/errors.js';
 import { inlinePacker, type PayloadPacker } from '../shared/pack-pool.js';
 import { type PackedMessage, packMessage, type PayloadBody } from '../shared/protocol.js';
 import { fromStatus, type grpc, pb, Preserialized, type StreamName } from '../shared/transport/grpc.js';
@@ -141,6 +141,8 @@ export class GrpcTransferChannel extends FailableWaits implements TransferChanne
   private reconnecting = false;
   private attemptError: VmMigrateError | null = null;
   private resumed: InstanceType<typeof pb.Resumed> | null = null;
+  /** Resume attempts so far, numbered on the wire. */
+  private resumeAttempts = 0;
   private lastHeardMs: number;
   readonly resumes: ResumeCounters = { resumes: 0, resentMessages: 0, resentBytes: 0, reconnectingMs: 0 };
 
@@ -181,7 +183,8 @@ export class GrpcTransferChannel extends FailableWaits implements TransferChanne
     const lostLink = error.code === 'UNAVAILABLE' || error.code === 'ABORTED' || error.reason === 'INTERNAL_ERROR';
     const resumable = lostLink && !this.closed && (this.options.resumeWindowMs ?? 0) > 0 && this.options.reopen !== undefined && this.open !== null && this.commitDigestSent === '' && !this.targetEnded && this.error === null && !this.options.signal.aborted;
     if (!resumable) return this.fail(error);
-    void this.resume(error);
+    // A resume that throws (the migration failed meanwhile) fails every wait, as the break would have.
+    this.resume(error).catch((failure: unknown) => this.fail(failure instanceof VmMigrateError ? failure : error));
   }
 
   send(body: ControlBody): void {
@@ -259,13 +262,12 @@ export class GrpcTransferChannel extends FailableWaits implements TransferChanne
       this.resumed = null;
       const call = this.options.reopen!(stalled || attempts > 1);
       this.attach(call);
-      call.write(pb.SourceMessage.create({ resume: { reservationId: this.open!.reservationId, migrationId: this.open!.migrationId } }));
+      call.write(pb.SourceMessage.create({ resume: { reservationId: this.open!.reservationId, migrationId: this.open!.migrationId, attempt: ++this.resumeAttempts } }));
       const timeoutMs = Math.max(1, Math.min(RESUME_ATTEMPT_MS, deadlineMs - this.clock.now()));
       if (attempts > 1 && attempts % 10 === 0) this.options.onResumeAttempt?.(attempts, last);
       await this.wakeups.until(() => this.resumed !== null || this.attemptError !== null || this.closed, () => {}, timeoutMs).catch(() => {});
       const answer = this.resumed as InstanceType<typeof pb.Resumed> | null;
-      if (answer !== null && this.attemptError === null) {
-        await this.resend(call, Number(answer.messagesReceived));
+      if (answer !== null && this.attemptError === null && (await this.resend(call, Number(answer.messagesReceived)))) {
         this.resumes.resumes++;
         this.resumes.reconnectingMs += this.clock.now() - startMs;
         this.reconnecting = false;
@@ -289,14 +291,22 @@ export class GrpcTransferChannel extends FailableWaits implements TransferChanne
     this.fail(new UnavailableError(`${cause.message}; the transfer could not be resumed within ${this.options.resumeWindowMs} ms (${attempts} attempt${attempts === 1 ? '' : 's'}, last: ${last.message})`, { reason: cause.reason }));
   }
 
-  /** Sends again, on the resumed stream, every message after the `received` the target counted. */
-  private async resend(call: Call, received: number): Promise<void> {
+  /** Sends again, on the resumed stream, every message after the `received` the target counted; false if that stream broke meanwhile. */
+  private async resend(call: Call, received: number): Promise<boolean> {
     this.log.ack(received);
     for (const entry of this.log.after(received)) {
-      if (!call.write(entry.message)) await this.drained(call);
+      if (call.write(entry.message)) continue;
+      let drained = false;
+      call.once('drain', () => {
+        drained = true;
+        this.notify();
+      });
+      await this.wakeups.until(() => drained || this.attemptError !== null || this.closed, () => {});
+      if (!drained) return false;
     }
     this.resumes.resentMessages = this.log.resentMessages;
     this.resumes.resentBytes = this.log.resentBytes;
+    return this.attemptError === null;
   }
 
   markPointOfNoReturn(): void {

@@ -29,9 +29,9 @@ export class Detached {
   ) {}
 
   /** The transfer a Resume on a stream in `phase` is for; NOT_FOUND when none waits for it. */
-  static waitingFor(phase: TransferPhase, resume: { reservationId: string; migrationId: string }, host: Pick<SessionHost, 'waitingForResume'>): { attach(call: TransferStream): void } {
+  static waitingFor(phase: TransferPhase, resume: { reservationId: string; migrationId: string; attempt?: number }, host: Pick<SessionHost, 'waitingForResume'>): { attach(call: TransferStream, attempt: number): void } {
     if (phase !== 'open') throw new InvalidStateError(`Resume received on a stream already in use (session is ${phase})`, { reason: 'PROTOCOL_VIOLATION' });
-    const waiting = host.waitingForResume?.(resume.reservationId, resume.migrationId);
+    const waiting = host.waitingForResume?.(resume.reservationId, resume.migrationId, resume.attempt ?? 0);
     if (waiting !== undefined) return waiting;
     throw new NotFoundError(`no transfer of reservation '${echo(resume.reservationId)}' waits to be resumed here (it ended, or its resume window passed)`, {
       reason: 'RESERVATION_NOT_FOUND',

@@ -212,8 +212,8 @@ export class MigrationService implements SessionHost {
   }
 
   /** The transfer of `reservationId` whose stream broke and waits for the source to resume it. */
-  waitingForResume(reservationId: string, migrationId: string): TargetSession | undefined {
-    for (const s of this.sessions.keys()) if (s.waitingForResume(reservationId, migrationId)) return s;
+  waitingForResume(reservationId: string, migrationId: string, attempt: number): TargetSession | undefined {
+    for (const s of this.sessions.keys()) if (s.waitingForResume(reservationId, migrationId, attempt)) return s;
     return undefined;
   }
 

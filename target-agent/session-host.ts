@@ -28,7 +28,7 @@ export interface SessionHost {
   /** The agent's commit decisions (journal): a commit is recorded before it is answered. */
   readonly decisions?: Pick<TargetDecisions, 'committed' | 'resumed' | 'dropped'>;
   /** A transfer of `reservationId` whose stream broke and waits to be resumed, if any. */
-  waitingForResume?(reservationId: string, migrationId: string): { attach(call: TransferStream): void } | undefined;
+  waitingForResume?(reservationId: string, migrationId: string, attempt: number): { attach(call: TransferStream, attempt: number): void } | undefined;
   /** The transfer of job `jobId` entered `phase`; `view` tells its state (incoming jobs as Control shows them). */
   phaseChanged?(jobId: string, phase: TransferPhase, method: MigrationMethod | null, view: () => TransferView): void;
 }

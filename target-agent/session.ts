@@ -52,6 +52,8 @@ export class TargetSession {
   private bytesReceived = 0;
   /** Messages of the transfer received, on every stream of it (Progress.messages_received). */
   private messagesReceived = 0;
+  /** The last Resume taken (its attempt number). */
+  private resumeAttempt = 0;
   private readonly stream: SessionStream;
   /** The stream broke and the transfer waits for the source to resume it. */
   private readonly detached: Detached;
@@ -73,7 +75,8 @@ export class TargetSession {
     this.clock = guardedClock(clock, (error) => this.fail(error));
     // Post-copy's guest runs here on pages only the source has: never ended for the source's silence.
     this.idle = new IdleWatchdog(this.clock, host.options.transferIdleTimeoutMs, {
-      busy: () => this.phase === 'committed' || this.phase === 'activated' || this.phase === 'postcopy' || this.heldCommit !== null || (this.transfer?.receivers.counters().remainingUnits ?? 0) > 0,
+      // Units queued while the checkpoint is still restoring wait for the source's chunks, not for us.
+      busy: () => this.phase === 'committed' || this.phase === 'activated' || this.phase === 'postcopy' || this.heldCommit !== null || (this.phase === 'replaying' && (this.transfer?.receivers.counters().remainingUnits ?? 0) > 0),
       deadlineMs: () => transferDeadlineMs(this.reservation, this.phase),
       expired: (idleMs, pastDeadline) => this.fail(idleError(this.phase, idleMs, this.idle.timeoutMs, pastDeadline ? this.reservation : null)),
     });
@@ -88,15 +91,26 @@ export class TargetSession {
     });
   }
 
-  /** The transfer of this reservation, waiting for the source to resume it on a new stream. */
-  waitingForResume(reservationId: string, migrationId: string): boolean {
+  /**
+   * The transfer of this reservation, which the source may resume on a new stream: one whose stream
+   * broke, or one whose stream has not broken here yet (a stalled link: the source gave up on it
+   * first, and the reservation's ids are its proof).
+   */
+  waitingForResume(reservationId: string, migrationId: string, attempt: number): boolean {
     const r = this.reservation;
-    return this.detached.waiting && r !== null && r.id === reservationId && r.migrationId === migrationId;
+    // A Resume the source sent before one already taken, held up on the way: the source gave up on its stream.
+    if (attempt !== 0 && attempt <= this.resumeAttempt) return false;
+    const phase = this.phase;
+    const inTransfer = phase === 'restoring' || phase === 'replaying' || phase === 'postcopy';
+    return (this.detached.waiting || (inTransfer && this.heldCommit === null && !this.finished)) && r !== null && r.id === reservationId && r.migrationId === migrationId;
   }
 
   /** Continues the transfer on `call`, a new stream whose first message was Resume: tells the source where to go on from. */
-  attach(call: TransferStream): void {
+  attach(call: TransferStream, attempt: number): void {
+    this.resumeAttempt = Math.max(this.resumeAttempt, attempt);
     this.detached.resumed();
+    // A stream the source gave up on while it had not broken here: nothing more is read from it.
+    this.stream.release()?.end();
     this.stream.use(call);
     this.idle.touch();
     this.log.info({ messagesReceived: this.messagesReceived, phase: this.phase }, 'transfer resumed on a new stream');
@@ -192,7 +206,7 @@ export class TargetSession {
     [this.currentPhase, this.endReason, this.finished] = ['ended', 'handed over to the transfer it resumed', true];
     this.idle.stop();
     this.resolveDone();
-    waiting.attach(call);
+    waiting.attach(call, resume.attempt ?? 0);
   }
 
   private onOpen(open: InstanceType<typeof pb.Open>): void {

@@ -21,7 +21,7 @@ import type { SimHost } from './target-driver.js';
 import type { Trace } from './trace.js';
 
 /** How a run ended, as counted by the bench. */
-export type RunOutcome = 'completed' | 'failed' | 'cancelled' | 'in-doubt-unknown' | 'in-doubt' | 'unfinished';
+export type RunOutcome = 'completed' | 'failed' | 'cancelled' | 'in-doubt-unknown' | 'in-doubt-guest-lost' | 'in-doubt' | 'unfinished';
 
 /** Where the guest's copies are, as they change; a second running copy is a violation at once. */
 export class Placement implements PlacementObserver {
@@ -54,6 +54,8 @@ export interface EndState {
   journalKept: boolean;
   /** The target's last answer to an outcome query, if any. */
   lastOutcome: number | null;
+  /** The last answer: COMMITTED, the guest gone from the target since. */
+  lastGuestLost: boolean;
   /** The job ended, or is in doubt for good; the target's timeouts then had `quietMs`. */
   settled: boolean;
   quietMs: number;
@@ -80,9 +82,12 @@ export function checkEnd(end: EndState): { outcome: RunOutcome; violations: stri
       if (placement.source !== 'running' || targetGuest !== undefined) violations.push(`reported ${stats.status} (${stats.errorReason}), but ${where}`);
       break;
     case 'in-doubt': {
+      // For an operator: the target cannot tell, or it committed and lost the guest (its agent
+      // restarted), and the source's suspended copy is the last one.
       const unknown = end.lastOutcome === Outcome.UNKNOWN && !end.journalKept;
-      outcome = unknown ? 'in-doubt-unknown' : 'in-doubt';
-      if (!unknown) violations.push(`still in doubt with the target up and reachable (last answer ${end.lastOutcome === null ? 'none' : Outcome[end.lastOutcome]}; ${where})`);
+      const lost = end.lastGuestLost && targetGuest === undefined;
+      outcome = unknown ? 'in-doubt-unknown' : lost ? 'in-doubt-guest-lost' : 'in-doubt';
+      if (!unknown && !lost) violations.push(`still in doubt with the target up and reachable (last answer ${end.lastOutcome === null ? 'none' : Outcome[end.lastOutcome]}; ${where})`);
       else if (placement.source !== 'suspended') violations.push(`in doubt, but ${where}`);
       break;
     }
@@ -92,10 +97,10 @@ export function checkEnd(end: EndState): { outcome: RunOutcome; violations: stri
   }
   if (end.journalKept && outcome !== 'unfinished') {
     const committed = end.targetRecord?.state === 'committed';
-    if (committed !== (outcome === 'completed')) violations.push(`the target's journal says ${end.targetRecord?.state ?? 'nothing'}, the job ${stats.status}`);
+    if (committed !== (outcome === 'completed' || outcome === 'in-doubt-guest-lost')) violations.push(`the target's journal says ${end.targetRecord?.state ?? 'nothing'}, the job ${stats.status}`);
   }
   if (end.settled && (host.replicas.size > 0 || host.memoryBytesReserved !== 0)) {
-    violations.push(`${host.replicas.size} replica(s), ${host.memoryBytesReserved} bytes reserved, left on the target ${end.quietMs} ms after the job ${outcome === 'in-doubt-unknown' ? 'settled in doubt' : 'ended'}`);
+    violations.push(`${host.replicas.size} replica(s), ${host.memoryBytesReserved} bytes reserved, left on the target ${end.quietMs} ms after the job ${outcome.startsWith('in-doubt-') ? 'settled in doubt' : 'ended'}`);
   }
   return { outcome, violations: [...placement.violations, ...violations] };
 }

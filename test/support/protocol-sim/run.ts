@@ -139,7 +139,8 @@ function cancel(job: SourceMigration | null, note: (text: string) => void): void
  * waiting; the invariants judge it.
  */
 function settledInDoubt(w: World, scenario: Scenario): boolean {
-  return w.job.stats.status === 'in-doubt' && !scenario.journalKept && w.wire.lastOutcome === pb.OutcomeResponse.Outcome.UNKNOWN && w.wire.faults.pendingCount === 0;
+  const forOperator = (!scenario.journalKept && w.wire.lastOutcome === pb.OutcomeResponse.Outcome.UNKNOWN) || w.wire.lastGuestLost;
+  return w.job.stats.status === 'in-doubt' && forOperator && w.wire.faults.pendingCount === 0;
 }
 
 /**
@@ -155,7 +156,7 @@ class DoubtWatch {
     const { clock, target, net, faults } = w;
     const calm = target.up && !net.stalled('toTarget') && !net.stalled('toSource') && clock.now() - faults.lastFiredAtMs > STEP_MS;
     if (!calm) this.calmSinceMs = clock.now();
-    const doubting = w.job.stats.status === 'in-doubt' && w.wire.lastOutcome !== pb.OutcomeResponse.Outcome.UNKNOWN;
+    const doubting = w.job.stats.status === 'in-doubt' && w.wire.lastOutcome !== pb.OutcomeResponse.Outcome.UNKNOWN && !w.wire.lastGuestLost;
     if (doubting && this.violation === null && clock.now() - this.calmSinceMs > DOUBT_CALM_MS) {
       this.violation = `still in doubt ${((clock.now() - this.calmSinceMs) / 1000).toFixed(0)} s after the target was up and reachable (at ${clock.now()} ms)`;
     }
@@ -188,6 +189,7 @@ export async function runSeed(seed: number, options: SimRunOptions = {}): Promis
     targetRecord: record,
     journalKept: scenario.journalKept,
     lastOutcome: w.wire.lastOutcome,
+    lastGuestLost: w.wire.lastGuestLost,
     settled,
     quietMs: QUIET_MS,
   });

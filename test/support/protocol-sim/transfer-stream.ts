@@ -6,6 +6,7 @@
 // client with UNAVAILABLE and cancels the server; messages in flight on a reset are lost, while a
 // dying target's last messages still arrive before the client learns of its death.
 
+import { SIM_SOURCE_PEER } from './names.js';
 import { EventEmitter } from 'node:events';
 import { grpc, migrationService, pb } from '../../../shared/transport/grpc.js';
 import type { SimConnection } from './target.js';
@@ -36,6 +37,14 @@ export class ClientEnd extends EventEmitter {
 export class ServerEnd extends EventEmitter {
   constructor(private readonly stream: SimTransfer) {
     super();
+  }
+
+  getPeer(): string {
+    return SIM_SOURCE_PEER;
+  }
+
+  getAuthContext(): object {
+    return {};
   }
 
   write(message: TargetMessage): boolean {

@@ -6,11 +6,12 @@
 // looks fine. Transfer streams are in transfer-stream.ts.
 
 import type { ManualClock } from '../../../shared/clock.js';
-import { countingService, fromServiceError, grpc, migrationService, type StreamByteCounter } from '../../../shared/transport/grpc.js';
+import { countingService, fromServiceError, grpc, migrationService, pb, type StreamByteCounter } from '../../../shared/transport/grpc.js';
 import type { FaultAction, FaultInjector } from './faults.js';
 import type { Direction, SimNetwork } from './network.js';
 import type { BreakMode, SimConnection, SimTarget } from './target.js';
 import type { Trace } from './trace.js';
+import { SIM_SOURCE_PEER } from './names.js';
 
 export type UnaryName = 'getCapacity' | 'reserve' | 'release' | 'queryOutcome';
 
@@ -35,6 +36,8 @@ export class SimWire {
   readonly client: typeof migrationService;
   /** The target's last answer to an outcome query that reached the source (null: none). */
   lastOutcome: number | null = null;
+  /** The last answer was COMMITTED with the guest gone from the target (its agent restarted): the source's copy is the last one. */
+  lastGuestLost = false;
   private calls = 0;
 
   constructor(
@@ -101,7 +104,11 @@ export class SimWire {
         deadline.cancel();
         forget();
         this.trace.add(`${label}#${id} ${error === null ? 'answered' : `fails ${grpc.status[error.code]}`}`);
-        if (error === null && name === 'queryOutcome') this.lastOutcome = (value as { outcome: number }).outcome;
+        if (error === null && name === 'queryOutcome') {
+          const answer = value as { outcome: number; guestPresent?: boolean; missingPages?: number };
+          this.lastOutcome = answer.outcome;
+          this.lastGuestLost = answer.outcome === pb.OutcomeResponse.Outcome.COMMITTED && answer.guestPresent !== true && (answer.missingPages ?? 0) === 0;
+        }
         if (error === null) resolve(value as Res);
         else reject(fromServiceError(error, what));
       };
@@ -137,7 +144,8 @@ export class SimWire {
     const process = connection.process;
     if (connection.broken || !process.alive) return;
     const handler = process.handlers[name] as grpc.handleUnaryCall<unknown, unknown>;
-    handler({ request } as grpc.ServerUnaryCall<unknown, unknown>, (error, response) => {
+    const call = { request, getPeer: () => SIM_SOURCE_PEER, getAuthContext: () => ({}) };
+    handler(call as unknown as grpc.ServerUnaryCall<unknown, unknown>, (error, response) => {
       if (connection.broken || !process.alive) return;
       const failed = error !== null && error !== undefined;
       const bytes = failed ? Buffer.alloc(32) : migrationService[name].responseSerialize(response as never);
