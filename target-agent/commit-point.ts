@@ -11,6 +11,7 @@ import { bounded, InvalidStateError, MESSAGE_CHARS_MAX } from '../shared/errors.
 import type { MigrationMethod } from '../shared/stats.js';
 import type { pb } from '../shared/transport/grpc.js';
 import type { HookResult } from './hooks.js';
+import type { MethodTransfer, OpenTransfer } from './methods.js';
 import type { TargetMessageBody, TransferPhase } from './receivers/context.js';
 import type { Reservation } from './reservation.js';
 import type { SessionHost } from './session-host.js';
@@ -32,8 +33,25 @@ export interface CommitPort {
   runHooks(r: Reservation): Promise<HookResult[]>;
 }
 
+/** The final unit is here and its replay not done yet: an early commit waits for it. */
+export function earlyCommitToHold(phase: TransferPhase, receivers: MethodTransfer): boolean {
+  return phase === 'replaying' && receivers.counters().finalReplayed !== true && receivers.finalReceived?.() === true;
+}
+
+/** A commit the session does not hold: checked against the transfer's state, then carried out. */
+export function receiveCommit(port: CommitPort, phase: TransferPhase, transfer: OpenTransfer, commit: Commit): void {
+  const { reservation: r, method, receivers } = transfer;
+  const running = receivers.running?.() ?? null;
+  if (running !== null) return commitRunningGuest(port, method.name, running, commit, r);
+  const { finalReplayed = false, remainingUnits = 0 } = receivers.counters();
+  if (phase !== 'replaying' || !finalReplayed || remainingUnits > 0) {
+    throw new InvalidStateError(`commit received before the final unit was replayed (${remainingUnits} units queued, state ${phase})`, { reason: 'PROTOCOL_VIOLATION', metadata: { remainingUnits } });
+  }
+  commitReplica(port, r, method.name, commit);
+}
+
 /** The replica is complete: compare, record, answer, resume here, confirm. */
-export function commitReplica(port: CommitPort, r: Reservation, method: MigrationMethod, commit: Commit): void {
+function commitReplica(port: CommitPort, r: Reservation, method: MigrationMethod, commit: Commit): void {
   const { clock, log, host } = port;
   const commitStartMs = clock.now();
   const targetDigest = r.replica.digest();
@@ -78,7 +96,7 @@ function recordCommit(port: CommitPort, r: Reservation, targetDigest: string): b
 }
 
 /** Post-copy: the guest runs here already; its pages as received must match the source's state. */
-export function commitRunningGuest(port: CommitPort, method: MigrationMethod, running: PostcopyTarget, commit: Commit, r: Reservation): void {
+function commitRunningGuest(port: CommitPort, method: MigrationMethod, running: PostcopyTarget, commit: Commit, r: Reservation): void {
   const { host, log } = port;
   if (running.missingPages > 0) throw new InvalidStateError(`post-copy commit received with ${running.missingPages} pages still missing`, { reason: 'PROTOCOL_VIOLATION', metadata: { missingPages: running.missingPages } });
   const targetDigest = running.receivedDigest();

@@ -13,6 +13,7 @@ import { CheckpointReceiver } from './receivers/checkpoint.js';
 import { DeltaReceiver } from './receivers/delta.js';
 import type { ReceiverContext } from './receivers/context.js';
 import { LogUnitReceiver } from './receivers/log-units.js';
+import type { Reservation } from './reservation.js';
 import { PageBatchReceiver } from './receivers/page-batches.js';
 import { PostcopyReceiver } from './receivers/postcopy.js';
 import { ReplayPipeline, type ReplayPipelineDeps, type ReplayPipelineOptions } from './replay-pipeline.js';
@@ -54,6 +55,13 @@ export interface MethodTransfer {
   running?(): PostcopyTarget | null;
   /** The transfer was resumed on a new stream: ask again for what is still awaited (post-copy's pages). */
   resumed?(): void;
+}
+
+/** An opened transfer: its reservation, its method and the method's receivers. */
+export interface OpenTransfer {
+  readonly reservation: Reservation;
+  readonly method: TargetMethod;
+  readonly receivers: MethodTransfer;
 }
 
 export interface TargetMethod {

@@ -19,9 +19,9 @@ import { Feedback, type ProgressCounters, type ProgressReport } from './feedback
 import { guardedClock } from './guarded-clock.js';
 import { IdleWatchdog, idleError, transferDeadlineMs } from './idle-watchdog.js';
 import { SessionStream } from './session-stream.js';
-import { type CommitPort, commitReplica, commitRunningGuest } from './commit-point.js';
+import { type CommitPort, earlyCommitToHold, receiveCommit } from './commit-point.js';
 import { type HookResult, runActivationHooks } from './hooks.js';
-import { checkCapabilities, type MethodContext, type MethodTransfer, routeStreamMessage, type StreamMessages, type TargetMethod, targetMethod } from './methods.js';
+import { checkCapabilities, type MethodContext, type OpenTransfer, routeStreamMessage, type StreamMessages, targetMethod } from './methods.js';
 import type { TargetMessageBody, TransferPhase } from './receivers/context.js';
 import type { TransferView } from './incoming-jobs.js';
 import type { Reservation } from './reservation.js';
@@ -31,15 +31,8 @@ type SourceMessage = InstanceType<typeof pb.SourceMessage>;
 
 export type { SessionHost, TransferStream } from './session-host.js';
 
-/** An opened transfer: its reservation, its method and the method's receivers. */
-interface OpenTransfer {
-  readonly reservation: Reservation;
-  readonly method: TargetMethod;
-  readonly receivers: MethodTransfer;
-}
-
 export class TargetSession {
-  private currentPhase: TransferPhase = 'open';
+  private phase: TransferPhase = 'open';
   private endReason = '';
   /** An early commit, held until the final unit is replayed (ReserveResponse.early_commit). */
   private heldCommit: InstanceType<typeof pb.Commit> | null = null;
@@ -145,12 +138,8 @@ export class TargetSession {
     return this.reservation?.migrationId ?? null;
   }
 
-  private get phase(): TransferPhase {
-    return this.currentPhase;
-  }
-
   private setPhase(phase: TransferPhase): void {
-    this.currentPhase = phase;
+    this.phase = phase;
     const jobId = this.reservation?.migrationId;
     if (jobId !== undefined) this.host.phaseChanged?.(jobId, phase, this.transfer?.method.name ?? null, () => this.view());
   }
@@ -203,7 +192,7 @@ export class TargetSession {
   private onResume(resume: InstanceType<typeof pb.Resume>): void {
     const waiting = Detached.waitingFor(this.phase, resume, this.host);
     const call = this.stream.release()!;
-    [this.currentPhase, this.endReason, this.finished] = ['ended', 'handed over to the transfer it resumed', true];
+    [this.phase, this.endReason, this.finished] = ['ended', 'handed over to the transfer it resumed', true];
     this.idle.stop();
     this.resolveDone();
     waiting.attach(call, resume.attempt ?? 0);
@@ -250,11 +239,6 @@ export class TargetSession {
     };
   }
 
-  private requireTransfer(what: string): OpenTransfer {
-    if (this.transfer === null) throw new InvalidStateError(`${what} before Open`, { reason: 'PROTOCOL_VIOLATION' });
-    return this.transfer;
-  }
-
   private onStopDecision(decision: InstanceType<typeof pb.StopDecision>): void {
     this.transfer?.receivers.stopDecided?.(decision.granted);
     // Counted: a report says so soon, so that the source need not keep it.
@@ -264,21 +248,18 @@ export class TargetSession {
   }
 
   private onCommit(commit: InstanceType<typeof pb.Commit>): void {
-    const { reservation: r, method, receivers } = this.requireTransfer('commit');
-    const running = receivers.running?.() ?? null;
-    if (running !== null) return commitRunningGuest(this.commitPort, method.name, running, commit, r);
-    const { finalReplayed = false, remainingUnits = 0 } = receivers.counters();
-    if (this.heldCommit !== null) throw new InvalidStateError('commit received twice: the first one is held until the final unit is replayed');
-    if (this.phase === 'replaying' && !finalReplayed && receivers.finalReceived?.() === true) {
-      // An early commit (ReserveResponse.early_commit): the final unit is here, its replay not
-      // done yet. Held until it is (releaseHeldCommit), answered matched=false if it fails.
-      this.heldCommit = commit;
-      return;
+    const transfer = this.transfer;
+    if (transfer === null) throw new InvalidStateError('commit before Open', { reason: 'PROTOCOL_VIOLATION' });
+    if (transfer.receivers.running?.() == null) {
+      if (this.heldCommit !== null) throw new InvalidStateError('commit received twice: the first one is held until the final unit is replayed');
+      // An early commit (ReserveResponse.early_commit): held until the final unit is replayed
+      // (releaseHeldCommit), answered matched=false if that fails.
+      if (earlyCommitToHold(this.phase, transfer.receivers)) {
+        this.heldCommit = commit;
+        return;
+      }
     }
-    if (this.phase !== 'replaying' || !finalReplayed || remainingUnits > 0) {
-      throw new InvalidStateError(`commit received before the final unit was replayed (${remainingUnits} units queued, state ${this.phase})`, { reason: 'PROTOCOL_VIOLATION', metadata: { remainingUnits } });
-    }
-    commitReplica(this.commitPort, r, method.name, commit);
+    receiveCommit(this.commitPort, this.phase, transfer, commit);
   }
 
   /** The final unit was replayed: a commit held since it arrived early goes on now. */
