@@ -29,6 +29,8 @@ type TargetMessage = InstanceType<typeof pb.TargetMessage>;
 const RESUME_ATTEMPT_MS = 3_000;
 /** With sent messages not yet counted, no message from the target for this long is a stalled link: the stream is dropped and resumed. */
 export const STALL_MS = 5_000;
+/** The throughput the stall detector assumes until the target acknowledged some (bytes/s). */
+const STALL_RATE_UNKNOWN = 1_000_000;
 
 /** Smoothed round trip: the first sample, then an exponential average weighing a new sample 0.2. */
 export function smoothRttMs(previousMs: number, sampleMs: number): number {
@@ -65,6 +67,11 @@ export class GrpcTransferChannel extends FailableWaits implements TransferChanne
   private reconnecting = false;
   private attemptError: VmMigrateError | null = null;
   private resumed: InstanceType<typeof pb.Resumed> | null = null;
+  /** The bandwidth limit of the last write (0: none), and the throughput acknowledged: what the stall detector allows for. */
+  private rateBytesPerSec = 0;
+  private ackedRate = 0;
+  private ackedBytesThen = 0;
+  private ackedAtMs = 0;
   /** Resume attempts so far, numbered on the wire. */
   private resumeAttempts = 0;
   private lastHeardMs: number;
@@ -141,6 +148,7 @@ export class GrpcTransferChannel extends FailableWaits implements TransferChanne
   }
 
   async write(message: PackedMessage, rateBytesPerSec: number): Promise<void> {
+    this.rateBytesPerSec = rateBytesPerSec;
     const waitMs = this.bucket.take(message.dataBytes, rateBytesPerSec);
     if (waitMs > 0) await this.sleep(waitMs);
     if (this.reconnecting) await this.until(() => !this.reconnecting);
@@ -302,9 +310,22 @@ export class GrpcTransferChannel extends FailableWaits implements TransferChanne
     this.notify();
   }
 
-  /** Sent messages the target has not counted, and nothing heard from it for STALL_MS: the link stalled; drop the stream and resume. */
+  /**
+   * Sent messages the target has not counted, and nothing heard from it for STALL_MS more than
+   * twice what they take at the bandwidth limit (a 4 MiB chunk takes 8 s at 0.5 MB/s): the link
+   * stalled; drop the stream and resume.
+   */
   private checkStall(): void {
-    if (this.reconnecting || this.closed || this.log.pending === 0 || this.clock.now() - this.lastHeardMs < STALL_MS) return;
+    // The throughput the target acknowledged over the last ping interval, smoothed; until measured, 1 MB/s.
+    const now = this.clock.now();
+    if (now > this.ackedAtMs) {
+      const sample = ((this.log.ackedBytes - this.ackedBytesThen) * 1000) / (now - this.ackedAtMs);
+      if (sample > 0) this.ackedRate = this.ackedRate === 0 ? sample : 0.8 * this.ackedRate + 0.2 * sample;
+      [this.ackedBytesThen, this.ackedAtMs] = [this.log.ackedBytes, now];
+    }
+    const rate = Math.min(this.rateBytesPerSec || Infinity, this.ackedRate || STALL_RATE_UNKNOWN);
+    const sendingMs = (2_000 * this.log.bytes) / rate;
+    if (this.reconnecting || this.closed || this.log.pending === 0 || this.clock.now() - this.lastHeardMs < STALL_MS + sendingMs) return;
     const call = this.call;
     this.broken(new UnavailableError(`the transfer stream to ${this.options.address} stalled: nothing from the target for ${STALL_MS} ms with ${this.log.pending} messages not yet counted`));
     try {

@@ -54,6 +54,7 @@ export class Commitment {
   /** The target answered matched: the guest is its own. */
   committed = false;
   private inDoubt: InDoubt | null = null;
+  private inDoubtSinceMs = 0;
 
   constructor(private readonly host: CommitmentHost) {}
 
@@ -171,11 +172,23 @@ export class Commitment {
     host.log.error({ err: e.message, code: host.stats.errorCode, reason: e.reason }, 'migration in doubt: asking the target for its outcome');
     const inDoubt = (this.inDoubt = new InDoubt(host.peer, host.id, host.startedAtMs, host.clock, host.log));
     host.announce('in doubt: the commit was sent and its answer lost; asking the target what it decided');
-    const sinceMs = host.clock.now();
+    this.inDoubtSinceMs = host.clock.now();
+    inDoubt.onAnswer = (operatorNeeded) => {
+      if (operatorNeeded === null) return;
+      // Said in the job, so that an operator sees what to decide (vmmigrate resolve).
+      host.stats.errorReason = 'MIGRATION_IN_DOUBT';
+      host.stats.error = `${operatorNeeded}; an operator decides: vmmigrate resolve ${host.id} --resume-here --force, or --discard-here`;
+    };
     const resolution = await inDoubt.resolve();
-    host.stats.inDoubtMs = host.clock.now() - sinceMs;
-    host.stats.outcomeQueries = inDoubt.queries;
+    this.refreshDoubt(host.stats);
     this.apply(resolution, e);
+  }
+
+  /** While in doubt: its duration and the queries so far, in the job's statistics. */
+  refreshDoubt(stats: MigrationStats): void {
+    if (this.inDoubt === null) return;
+    stats.outcomeQueries = this.inDoubt.queries;
+    if (stats.status === 'in-doubt') stats.inDoubtMs = this.host.clock.now() - this.inDoubtSinceMs;
   }
 
   /** An operator's action on the in-doubt job (ResolveJob). */

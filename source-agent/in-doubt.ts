@@ -37,6 +37,8 @@ export class InDoubt {
   lastAnswer: OutcomeResponse | null = null;
   /** Why the last query failed, if it did. */
   lastError = '';
+  /** Told of every answer: what makes it a matter for an operator (the target cannot tell, or lost the guest), or null. */
+  onAnswer: ((operatorNeeded: string | null) => void) | null = null;
   private readonly stop = new AbortController();
   private wake: (() => void) | null = null;
   private operator: ((resolution: Resolution) => void) | null = null;
@@ -106,6 +108,8 @@ export class InDoubt {
       this.lastError = '';
       const detail = bounded(answer.detail ?? '', MESSAGE_CHARS_MAX);
       this.log.info({ outcome: Outcome[answer.outcome] ?? answer.outcome, detail, queries: this.queries }, 'outcome of the in-doubt migration');
+      const lost = answer.outcome === Outcome.COMMITTED && answer.guestPresent !== true && (answer.missingPages ?? 0) === 0;
+      this.onAnswer?.(lost ? `the target committed but lost the guest (${detail}): the copy here, suspended at the switchover, is the only one left` : answer.outcome === Outcome.UNKNOWN ? `the target cannot tell (${detail})` : null);
       // Committed, and the guest lost there since: our copy is the last one. Kept for an operator.
       if (answer.outcome === Outcome.COMMITTED && answer.guestPresent !== true && (answer.missingPages ?? 0) === 0) return null;
       if (answer.outcome === Outcome.COMMITTED) {

@@ -271,6 +271,7 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
     const recording = this.guestDiscarded ? undefined : this.guest.recorder?.recordingStats();
     refreshMigrationStats(this.stats, { recording, channel: this.channel, wire: this.peer.wireBytes, elapsedMs: this.elapsedMs(), committed: this.commitment.committed, throughputBytesPerSec: this.ctx.throughputBytesPerSec });
     this.disruption.refresh(this.stats, this.channel?.progress ?? null);
+    this.commitment.refreshDoubt(this.stats);
     // The method's own figures (remainingBytes, CR/TR's unsent log in the expected downtime).
     this.method.refreshStats(this.ctx);
     return this.stats;

@@ -27,6 +27,8 @@ export class RetransmitLog {
   acked = 0;
   /** Bytes kept. */
   bytes = 0;
+  /** Bytes the target counted so far (for the throughput the stall detector allows for). */
+  ackedBytes = 0;
   /** Bytes sent again after resumes, and messages. */
   resentBytes = 0;
   resentMessages = 0;
@@ -49,6 +51,7 @@ export class RetransmitLog {
       const entry = this.kept[this.head];
       this.kept[this.head++] = undefined as unknown as Retained;
       this.bytes -= entry.bytes;
+      this.ackedBytes += entry.bytes;
       entry.release?.();
     }
     // Compact now and then, so that the array does not grow with the transfer.

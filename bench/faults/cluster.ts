@@ -61,6 +61,8 @@ async function spawnAgent(role: AgentRole, dir: string, options: ClusterOptions)
   const args = ['--enable-source-maps', main, '--listen', '127.0.0.1:0', '--insecure-plaintext', '--config', join(dir, 'agent.yaml')];
   args.push('--state-dir', join(dir, `${role}-state`), '--memory-mib', '1024', '--log-level', options.logLevel);
   args.push('--activation-timeout-ms', String(CLUSTER_ACTIVATION_TIMEOUT_MS));
+  // SIGTERM is systemctl stop with the sim's guests let go (the default refuses while guests run here).
+  args.push('--on-stop-with-guests', 'drop');
   const log = openSync(join(dir, `${role}.log`), 'a');
   let child: ChildProcess;
   try {
