@@ -78,7 +78,7 @@ export const agentConfigSchema = z.strictObject({
       chunkWindow: int(1, 1024).default(WINDOW_DEFAULTS.chunks),
       unitWindow: int(1, 1_000_000).default(WINDOW_DEFAULTS.units),
       unitWindowMib: int(1, 4096).default(WINDOW_DEFAULTS.unitBytes / 2 ** 20),
-      reservationTimeoutMs: int(1000, 3600_000).default(60_000),
+      reservationTimeoutMs: int(1000, 3600_000).default(15_000),
       /**
        * A transfer whose stream broke (link cut or stall) before the commit: how long a source
        * tries to resume it on a new stream, and a target keeps it for that (0: never).
@@ -100,7 +100,7 @@ export const agentConfigSchema = z.strictObject({
       chunkWindow: WINDOW_DEFAULTS.chunks,
       unitWindow: WINDOW_DEFAULTS.units,
       unitWindowMib: WINDOW_DEFAULTS.unitBytes / 2 ** 20,
-      reservationTimeoutMs: 60_000,
+      reservationTimeoutMs: 15_000,
       resumeWindowMs: 10_000,
       activationTimeoutMs: 60_000,
       transferIdleTimeoutMs: 30_000,

@@ -234,7 +234,11 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
     const e = error instanceof VmMigrateError ? error : new UnavailableError(error instanceof Error ? error.message : String(error), { cause: error, reason: 'INTERNAL_ERROR' });
     if (!(error instanceof VmMigrateError)) this.log.error({ err: error }, 'unexpected error in a migration');
     this.setError(e, error instanceof VmMigrateError);
-    if (this.commitment.sent) return this.commitment.resolveInDoubt(e);
+    if (this.commitment.sent) {
+      // The stream is no longer relied on (nor pinged): the target's journal answers from here.
+      this.channel?.close();
+      return this.commitment.resolveInDoubt(e);
+    }
     // Abort before the commit: the target drops its replica, the guest runs here.
     this.refreshStats();
     if (this.channel !== null) this.channel.abort(e.message, cancelled);

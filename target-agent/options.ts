@@ -38,7 +38,7 @@ export const TARGET_DEFAULTS: TargetOptions = {
   chunkWindow: WINDOW_DEFAULTS.chunks,
   unitWindow: WINDOW_DEFAULTS.units,
   unitWindowBytes: WINDOW_DEFAULTS.unitBytes,
-  reservationTimeoutMs: 60_000,
+  reservationTimeoutMs: 15_000,
   transferIdleTimeoutMs: 30_000,
   peerMemoryPercent: 50,
   peerTransfersMax: 16,
