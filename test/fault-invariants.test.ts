@@ -97,7 +97,8 @@ t.test('invariants: a dead host, a job in doubt, a reservation left, a SIGTERM t
   const doubt = observation({ sourceJob: job('in-doubt', { outcomeQueries: 9 }), hosts: { source: host([vm('suspended')]), target: host([]) } });
   t.match(evaluate(doubt).violations, [/still in doubt after the bound although the target answers \(9 outcome queries\)/]);
   t.same(evaluate({ ...doubt, targetReachable: false }), { outcome: 'unresolved', violations: [], explained: [], knownGap: null }, 'in doubt with the target unreachable');
-  t.match(evaluate(observation({ sourceJob: job('running', { phase: 'checkpoint' }) })).violations, [/did not end within the bound: running in checkpoint/]);
+  const hung = evaluate(observation({ settled: false, sourceJob: job('running', { phase: 'checkpoint' }), hosts: { source: host([vm('running')]), target: host([vm('restoring')]) } }));
+  t.match(hung.violations, [/did not end within the bound: running in checkpoint/], 'a job that did not end: its reservation is its own');
   const leftover = evaluate(observation({ settled: false, hosts: { source: host([], 64 * MiB), target: host([vm('running')]) } }));
   t.match(leftover.violations, [/reservation is left on the source: 67108864 bytes reserved, its guests hold 0/]);
   const replica = evaluate(observation({ settled: false, sourceJob: job('failed'), hosts: { source: host([vm('running')]), target: host([vm('replica')]) } }));

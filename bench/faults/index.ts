@@ -27,7 +27,7 @@ of every method, each case on two fresh agent processes, and checks the invarian
   --methods a,b     ${FAULT_METHODS.join(', ')}
   --phases a,b      only these phases
   --log-dir DIR     keep the agents' logs (debug) and state dirs here: every case's with --case,
-                    else those of the cases with violations or known gaps
+                    else those of the cases with violations, a split post-copy, or over 15 s
   --json FILE       write every case's observation and verdict
   -h, --help        this text`;
 
@@ -81,7 +81,7 @@ function parseOptions(argv: string[]): FaultsOptions | null {
 export async function runCases(cases: readonly FaultCase[], logDir: string | undefined, keepAll: boolean, onResult: (r: CaseResult, index: number) => void): Promise<CaseResult[]> {
   const results: CaseResult[] = [];
   for (const [index, c] of cases.entries()) {
-    const result = await runCase(c, { logLevel: logDir !== undefined ? 'debug' : 'info', logDir, keepLogs: keepAll ? 'always' : 'violations' });
+    const result = await runCase(c, { logLevel: logDir !== undefined ? 'debug' : 'info', logDir, keepLogs: keepAll ? 'always' : 'notable' });
     results.push(result);
     onResult(result, index);
   }

@@ -73,7 +73,8 @@ function checkPlacement(o: CaseObservation, violations: string[]): CaseOutcome {
 }
 
 function checkReservations(o: CaseObservation, violations: string[]): void {
-  if (o.settled) return;
+  // A job that has not ended holds its reservations by right (it is reported as such).
+  if (o.settled || (o.sourceJob !== null && !o.sourceJob.ended)) return;
   for (const side of ['source', 'target'] as const) {
     const host = o.hosts[side];
     const pending = host.guests.filter((g) => g.state !== 'running' && g.state !== 'suspended');

@@ -18,10 +18,14 @@ import type { CaseObservation, CaseVerdict, HostView, SourceJobView, TargetJobVi
 
 export const GUEST_ID = 'vm-fault';
 export const GUEST_MEMORY_BYTES = 64 * 2 ** 20;
-/** From the fault (or the start, if none struck) to the job's end on the source. */
+/** The migration's own maximum duration: every job should end by it, whatever the fault. */
+export const MIGRATION_DURATION_MS_MAX = 20_000;
+/** From the fault (or the start, if none struck) to the job's end on the source: past the maximum duration. */
 export const JOB_END_BOUND_MS = 30_000;
 /** From the job's end until every reservation matches the guests held. */
 export const SETTLE_BOUND_MS = 10_000;
+/** A case that took longer is worth a look even when every invariant held: its logs are kept too. */
+export const SLOW_CASE_MS = 15_000;
 const POLL_MS = 100;
 const CALL_TIMEOUT_MS = 5_000;
 
@@ -33,8 +37,8 @@ export interface RunCaseOptions {
   logLevel: string;
   /** Where the logs of kept cases are copied, a folder per case. */
   logDir?: string;
-  /** Which cases' logs are kept in logDir. */
-  keepLogs: 'always' | 'violations';
+  /** Which cases' logs are kept in logDir: every case's, or those with violations, known gaps that explain some, or slow ones. */
+  keepLogs: 'always' | 'notable';
 }
 
 export interface CaseResult {
@@ -62,7 +66,8 @@ export async function runCase(c: FaultCase, options: RunCaseOptions): Promise<Ca
   observation.durationMs = performance.now() - startedMs;
   const verdict = evaluate(observation);
   let logsKeptIn: string | null = null;
-  if (options.logDir !== undefined && (options.keepLogs === 'always' || verdict.violations.length > 0 || verdict.explained.length > 0)) {
+  const notable = verdict.violations.length > 0 || verdict.explained.length > 0 || observation.durationMs > SLOW_CASE_MS;
+  if (options.logDir !== undefined && (options.keepLogs === 'always' || notable)) {
     logsKeptIn = join(options.logDir, caseId(c).replaceAll('/', '_'));
     cpSync(dir, logsKeptIn, { recursive: true });
   }
@@ -85,7 +90,7 @@ async function drive(cluster: FaultCluster, c: FaultCase): Promise<Driven> {
       method: METHOD_ENUM[c.method],
       downtimeLimitMs: 300,
       nonConvergencePolicy: pb2.NonConvergencePolicy.NON_CONVERGENCE_POLICY_FORCE,
-      maxDurationMs: 30_000,
+      maxDurationMs: MIGRATION_DURATION_MS_MAX,
     }),
     CALL_TIMEOUT_MS,
     'start migration',
