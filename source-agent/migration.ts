@@ -34,6 +34,7 @@ import type { ResolveAction } from './in-doubt.js';
 import { SourceDecisions } from './decisions.js';
 import { refreshMigrationStats } from './migration-stats.js';
 import { raceDeadline } from './wait.js';
+import { retryLostLink } from './retry.js';
 import type { MigrationHooks } from './faults.js';
 import type { MethodContext, MigrationRequest, TargetWindows, TransferMethod } from './methods/method.js';
 import { createMethod } from './methods/registry.js';
@@ -173,10 +174,12 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
   private async phases(): Promise<void> {
     const description = this.guest.describe();
     this.setPhase('pre-migration');
-    this.targetCapabilities = await checkTarget(this.peer, this.method, description, this.options.agentInstanceId);
+    // Before the transfer opens, a lost link is retried within the resume window (retry.ts).
+    const retried = <T>(call: () => Promise<T>) => retryLostLink(call, this.options.resumeWindowMs ?? 0, this.clock, this.cancelController.signal, () => this.peer.redial());
+    this.targetCapabilities = await retried(() => checkTarget(this.peer, this.method, description, this.options.agentInstanceId));
     this.setPhase('reservation');
     const reserveStartMs = this.clock.now();
-    ({ reservationId: this.reservationId, windows: this.windows } = await reserveOnTarget(this.peer, this.id, description, this.request));
+    ({ reservationId: this.reservationId, windows: this.windows } = await retried(() => reserveOnTarget(this.peer, this.id, description, this.request)));
     this.stats.reservationMs = this.clock.now() - reserveStartMs;
     this.stats.setupTimeMs = this.elapsedMs();
     this.stats.status = 'active';
@@ -241,8 +244,12 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
     }
     // Abort before the commit: the target drops its replica, the guest runs here.
     this.refreshStats();
-    if (this.channel !== null) this.channel.abort(e.message, cancelled);
-    else if (this.reservationId !== '' || this.stats.phase === 'reservation') {
+    if (this.channel !== null) {
+      const broken = this.channel.error !== null;
+      this.channel.abort(e.message, cancelled);
+      // The Abort cannot go on a broken stream: the target hears it by a call of its own.
+      if (broken) await this.peer.release('', e.message, this.id).catch((releaseError: unknown) => this.log.warn({ err: String(releaseError) }, 'could not tell the target to drop its replica (it does on its own, at most its resume window later)'));
+    } else if (this.reservationId !== '' || this.stats.phase === 'reservation') {
       // A Reserve whose answer was lost may have reserved all the same: released by the migration's id.
       await this.peer.release(this.reservationId, e.message, this.id).catch((releaseError: unknown) => this.log.warn({ err: String(releaseError) }, 'could not release the reservation (it expires on its own)'));
     }

@@ -28,7 +28,7 @@ export interface LiveMigration {
 
 /** What the host says of a migration's guest: a live transfer, and whether the guest runs here. */
 export interface GuestHere {
-  live(): LiveMigration | null;
+  live(guestId: string): LiveMigration | null;
   present(guestId: string): boolean;
 }
 
@@ -112,7 +112,7 @@ export class TargetDecisions {
     const base = { agentInstanceId: this.agentInstanceId, durable: this.journal.durable };
     const latest = this.journal.latest('target', migrationId);
     if (latest?.state === 'committed') {
-      const state = here.live();
+      const state = here.live(latest.guestId);
       const guestPresent = here.present(latest.guestId);
       const detail = guestPresent ? 'committed here; the guest runs here' : 'committed here, but the guest is no longer here (this agent restarted since, and its guests with it)';
       return pb.OutcomeResponse.create({ ...base, outcome: Outcome.COMMITTED, detail, decidedAtUnixMs: latest.atMs, resumedAtMs: this.resumedAt.get(migrationId) ?? 0, missingPages: state?.missingPages ?? 0, guestPresent });

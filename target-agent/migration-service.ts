@@ -89,9 +89,12 @@ export class MigrationService implements SessionHost {
       migrationId,
       Number.isFinite(request.startedAtUnixMs) ? request.startedAtUnixMs : 0,
       {
-        live: () => {
+        live: (guestId) => {
           const running = sessions().map((s) => s.missingPages).find((n) => n !== null);
-          return running === undefined || running === null ? null : { missingPages: running };
+          if (running !== undefined && running !== null) return { missingPages: running };
+          // A post-copy whose transfer ended (failed) with pages still missing: the guest says so itself.
+          const guest = this.driver.listGuests().some((g) => g.id === guestId) ? this.driver.guest(guestId) : null;
+          return guest !== null && guest.pagesMissing > 0 ? { missingPages: guest.pagesMissing } : null;
         },
         present: (guestId) => this.driver.listGuests().some((g) => g.id === guestId && g.state === 'running'),
       },
@@ -116,6 +119,12 @@ export class MigrationService implements SessionHost {
     checkGuestId(g.id, 'guest.id');
     if (!request.migrationId) throw invalidField('migration_id', 'reservation without a migration id');
     checkJobId(request.migrationId, 'migration_id');
+    // Asked again (the answer to the first was lost on the way): the same reservation, not a second.
+    const again = this.reservations.byMigration(request.migrationId).find((r) => !r.opened && r.replica.id === g.id);
+    if (again !== undefined) {
+      this.log.info({ jobId: request.migrationId, reservationId: again.id }, 'reservation asked again: answered with the one made');
+      return this.reserveResponse(again.id);
+    }
     this.decisions.checkUndecided(request.migrationId);
     const downtimeLimitMs = request.downtimeLimitMs;
     if (!(downtimeLimitMs >= DOWNTIME_LIMIT_MS_MIN && downtimeLimitMs <= DOWNTIME_LIMIT_MS_MAX)) {
@@ -160,16 +169,12 @@ export class MigrationService implements SessionHost {
     const memoryReadyMs = Math.round(this.clock.now() - startMs);
     if (this.reservations.get(id) === undefined) throw new UnavailableError(`the reservation for guest '${g.id}' was released while its memory was being made ready`);
     this.log.info({ jobId: request.migrationId, guestId: g.id, reservationId: id, memoryBytes: g.memoryBytes, memoryReady: ready, memoryReadyMs }, 'reserved room for an incoming guest');
-    return pb.ReserveResponse.create({
-      protocolVersion: PROTOCOL_VERSION,
-      agentVersion: AGENT_VERSION,
-      reservationId: id,
-      chunkWindow: this.options.chunkWindow,
-      unitWindow: this.options.unitWindow,
-      unitWindowBytes: this.options.unitWindowBytes,
-      earlyCommit: true,
-      resumeWindowMs: this.options.resumeWindowMs,
-    });
+    return this.reserveResponse(id);
+  }
+
+  private reserveResponse(reservationId: string): InstanceType<typeof pb.ReserveResponse> {
+    const { chunkWindow, unitWindow, unitWindowBytes, resumeWindowMs } = this.options;
+    return pb.ReserveResponse.create({ protocolVersion: PROTOCOL_VERSION, agentVersion: AGENT_VERSION, reservationId, chunkWindow, unitWindow, unitWindowBytes, earlyCommit: true, resumeWindowMs });
   }
 
   /**
@@ -264,8 +269,12 @@ export class MigrationService implements SessionHost {
       release: unaryHandler((req: InstanceType<typeof pb.ReleaseRequest>) => {
         const reservationId = req.reservationId;
         if (!reservationId && req.migrationId) {
+          // The source gave the migration up (before the commit) and its stream may not say so: a
+          // transfer still open for it ends too, its replica discarded.
           checkJobId(req.migrationId, 'migration_id');
-          for (const r of this.reservations.byMigration(req.migrationId)) if (!r.opened) this.release(r.id, req.reason || 'released by the source');
+          const reason = req.reason || 'released by the source';
+          for (const s of [...this.sessions.keys()]) if (s.jobId === req.migrationId) s.giveUp(reason);
+          for (const r of this.reservations.byMigration(req.migrationId)) if (!r.opened) this.release(r.id, reason);
           return pb.ReleaseResponse.create();
         }
         const r = this.reservations.get(reservationId);

@@ -33,7 +33,8 @@ export type { SessionHost, TransferStream } from './session-host.js';
 
 export class TargetSession {
   private phase: TransferPhase = 'open';
-  private endReason = '';
+  /** Why it ended, once ended before the commit. */
+  reasonEnded = '';
   /** An early commit, held until the final unit is replayed (ReserveResponse.early_commit). */
   private heldCommit: InstanceType<typeof pb.Commit> | null = null;
   /** The source ended the transfer by cancelling the migration (not a failure). */
@@ -118,6 +119,11 @@ export class TargetSession {
     return this.transfer?.receivers.running?.()?.missingPages ?? null;
   }
 
+  /** The source gave the migration up (Release by its id): a transfer not yet committed ends, its replica dropped. */
+  giveUp(reason: string): void {
+    if (this.phase === 'restoring' || this.phase === 'replaying' || this.phase === 'open') this.end(`given up by the source: ${reason}`);
+  }
+
   /** Ends the session from outside (agent shutdown): before the commit, the replica is dropped. */
   abort(reason: string): void {
     this.fail(new AbortedError(`target agent: ${reason}`, { reason: 'CANCELLED', metadata: { side: 'target' } }));
@@ -126,11 +132,6 @@ export class TargetSession {
   /** This transfer as the Control API shows it (an incoming job). */
   view(): TransferView {
     return { phase: this.phase, method: this.transfer?.method.name ?? null, counters: this.counters(), cancelled: this.cancelledBySource };
-  }
-
-  /** Why it ended, once ended before the commit. */
-  get reasonEnded(): string {
-    return this.endReason;
   }
 
   /** The source's job id, once the Open named the reservation. */
@@ -192,7 +193,7 @@ export class TargetSession {
   private onResume(resume: InstanceType<typeof pb.Resume>): void {
     const waiting = Detached.waitingFor(this.phase, resume, this.host);
     const call = this.stream.release()!;
-    [this.phase, this.endReason, this.finished] = ['ended', 'handed over to the transfer it resumed', true];
+    [this.phase, this.reasonEnded, this.finished] = ['ended', 'handed over to the transfer it resumed', true];
     this.idle.stop();
     this.resolveDone();
     waiting.attach(call, resume.attempt ?? 0);
@@ -284,7 +285,7 @@ export class TargetSession {
       send: (body) => this.send(body),
       end: (reason) => this.end(reason),
       endedAs: (reason) => {
-        this.endReason = reason;
+        this.reasonEnded = reason;
         this.setPhase('ended');
         this.finish();
       },
@@ -365,7 +366,7 @@ export class TargetSession {
       // source. It waits (stalled on its next missing page) for an operator's decision.
       const missingPages = this.transfer?.receivers.running?.()?.missingPages;
       this.log.error({ reason, missingPages }, 'post-copy interrupted: the guest here lacks pages and cannot go on');
-      this.endReason = `post-copy interrupted with ${missingPages ?? 0} pages missing: ${reason}`;
+      this.reasonEnded = `post-copy interrupted with ${missingPages ?? 0} pages missing: ${reason}`;
       return this.finish();
     }
     this.end(reason);
@@ -374,7 +375,7 @@ export class TargetSession {
   /** Ends the session; before the commit, the replica and its reservation are discarded. */
   private end(reason: string): void {
     if (this.phase === 'ended') return;
-    this.endReason = reason;
+    this.reasonEnded = reason;
     const before = this.phase;
     if (before !== 'committed' && before !== 'activated' && before !== 'postcopy' && this.reservation !== null) {
       this.host.release(this.reservation.id, reason);

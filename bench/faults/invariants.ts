@@ -25,7 +25,7 @@ import type { CaseObservation, CaseOutcome, CaseVerdict, HostView } from './obse
 type Side = 'source' | 'target';
 const OTHER: Record<Side, Side> = { source: 'target', target: 'source' };
 
-export const GAP_NO_RECONNECTION = 'a link loss fails the migration (no reconnection yet)';
+export const GAP_NO_RECONNECTION = 'a link cut failed the migration where it should have been resumed (the guest stays on the source)';
 export const GAP_POSTCOPY_PAGES = "post-copy interrupted after the switch: the target's guest lacks pages the source kept";
 export const GAP_POSTCOPY_SOURCE_DIED = "post-copy: the source died after the switch, with the pages the target's guest lacked";
 
