@@ -183,7 +183,8 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
     this.stats.reservationMs = this.clock.now() - reserveStartMs;
     this.stats.setupTimeMs = this.elapsedMs();
     this.stats.status = 'active';
-    await this.method.catchUp(this.ctx);
+    // Backs each method's own bound on its catch-up (a wedged link stalls a pre-copy round), a tenth later.
+    await raceDeadline(this.clock, 1.1 * this.request.maxDurationMs + 5_000 - this.elapsedMs(), this.method.catchUp(this.ctx), () => this.failChannel(new DeadlineExceededError(`migration ran ${Math.round(this.elapsedMs())} ms before its switchover, its maximum is ${this.request.maxDurationMs} ms`, { reason: 'MAX_DURATION_EXCEEDED' })));
     await this.suspend();
     await this.withinStopAndCopyDeadline(this.method.finish(this.ctx));
     await this.commitment.commit();
@@ -209,15 +210,15 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
    */
   private async withinStopAndCopyDeadline(work: Promise<void>): Promise<void> {
     const { stopAndCopyMs } = this.deadlines();
-    await raceDeadline(this.clock, stopAndCopyMs, work, () => {
-      if (this.commitment.sent) return null;
-      const error = new DeadlineExceededError(`stop-and-copy took more than ${Math.round(stopAndCopyMs)} ms (its deadline, from the downtime limit of ${this.request.downtimeLimitMs} ms): the guest resumes here`, {
-        reason: 'SWITCHOVER_DEADLINE_EXCEEDED',
-        metadata: { jobId: this.id, deadlineMs: Math.round(stopAndCopyMs) },
-      });
-      this.channel?.fail(error);
-      return error;
-    });
+    const message = `stop-and-copy took more than ${Math.round(stopAndCopyMs)} ms (its deadline, from the downtime limit of ${this.request.downtimeLimitMs} ms): the guest resumes here`;
+    await raceDeadline(this.clock, stopAndCopyMs, work, () => this.failChannel(new DeadlineExceededError(message, { reason: 'SWITCHOVER_DEADLINE_EXCEEDED', metadata: { jobId: this.id, deadlineMs: Math.round(stopAndCopyMs) } })));
+  }
+
+  /** Fails the transfer with `error` unless past the commit point; returns it, or null. */
+  private failChannel(error: DeadlineExceededError): DeadlineExceededError | null {
+    if (this.commitment.sent) return null;
+    this.channel?.fail(error);
+    return error;
   }
 
   private deadlines() {
