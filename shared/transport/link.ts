@@ -283,7 +283,11 @@ class Flow {
       this.from.pause();
       this.readPaused = true;
     }
-    // Unshaped and undelayed (loopback): deliver in the same tick, without a scheduler round.
+    this.deliverOrWake(dueMs, nowMs);
+  }
+
+  /** A segment due at `dueMs` was queued: delivered in this tick if it is due and alone (unshaped, undelayed, not stalled), else at its time. */
+  private deliverOrWake(dueMs: number, nowMs: number): void {
     const releaseMs = Math.max(dueMs, this.link.faults.stalledUntilMs);
     if (releaseMs <= nowMs && this.segments.length - this.head === 1) this.pump(nowMs);
     else this.link.wakeAt(releaseMs);
@@ -295,9 +299,7 @@ class Flow {
     const nowMs = performance.now();
     const dueMs = this.wire.schedule(nowMs, 0);
     this.segments.push({ bytes: null, dueMs });
-    const releaseMs = Math.max(dueMs, this.link.faults.stalledUntilMs);
-    if (releaseMs <= nowMs && this.segments.length - this.head === 1) this.pump(nowMs);
-    else this.link.wakeAt(releaseMs);
+    this.deliverOrWake(dueMs, nowMs);
   }
 
   /** Delivers every segment due by `nowMs`, as far as the destination accepts them. */
