@@ -55,12 +55,17 @@ export class Commitment {
   committed = false;
   private inDoubt: InDoubt | null = null;
   private inDoubtSinceMs = 0;
+  /** When the message that passes the point of no return went (our clock): the guest was still down then. */
+  private sentAtMs = Number.NaN;
 
   constructor(private readonly host: CommitmentHost) {}
 
   /** The point of no return, recorded before the message that passes it goes. */
   markSent(): void {
-    if (!this.sent) this.host.decisions.commitSent();
+    if (!this.sent) {
+      this.host.decisions.commitSent();
+      this.sentAtMs = this.host.clock.now();
+    }
     this.sent = true;
   }
 
@@ -121,7 +126,7 @@ export class Commitment {
       return;
     }
     const activated = channel.activated!;
-    host.stats.downtimeMs = this.downtimeTo(activated.resumedAtMs ?? 0, activated.resumeToReplyMs);
+    host.stats.downtimeMs = this.downtimeTo(activated.resumedAtMs ?? 0, activated.resumeToReplyMs, '', activated.commitToResumeMs ?? 0);
     host.log.debug(
       { commitMs: host.clock.now() - host.ctx.suspendedAtMs, resumeToReplyMs: activated.resumeToReplyMs, downtimeMs: host.stats.downtimeMs, clockUncertaintyMs: host.peer.clockOffset.uncertaintyMs },
       'activation timing',
@@ -132,15 +137,20 @@ export class Commitment {
 
   /**
    * Suspend here to resume there, as the guest saw it: the target's resume instant on our clock
-   * (the pings' clock offset), whenever the news arrived. Without it (a target that predates it),
-   * now less the time the target took from its resume to its message.
+   * (the pings' clock offset), whenever the news arrived. The offset is known only to within half
+   * a round trip, so the figure is kept between bounds that need no offset: at least our suspend
+   * to the commit's sending plus the target's commit to resume (`commitToResumeMs`), at most the
+   * time since the suspend less the target's resume to its message. Without the target's instant
+   * (a target that predates it), the upper bound.
    */
-  downtimeTo(resumedAtTargetMs: number, resumeToReplyMs = 0, instanceId = ''): number {
+  downtimeTo(resumedAtTargetMs: number, resumeToReplyMs = 0, instanceId = '', commitToResumeMs = 0): number {
     const { clock, ctx, peer } = this.host;
-    const sinceSuspendMs = clock.now() - ctx.suspendedAtMs;
+    const upperMs = Math.max(0, clock.now() - ctx.suspendedAtMs - resumeToReplyMs);
+    const sentMs = Number.isFinite(this.sentAtMs) ? this.sentAtMs - ctx.suspendedAtMs : 0;
+    const lowerMs = Math.min(upperMs, Math.max(0, sentMs) + Math.max(0, commitToResumeMs));
     const offset = peer.clockOffset;
-    if (resumedAtTargetMs > 0 && offset.knownFor(instanceId)) return Math.min(sinceSuspendMs, Math.max(0, offset.toLocal(resumedAtTargetMs) - ctx.suspendedAtMs));
-    return Math.max(0, sinceSuspendMs - resumeToReplyMs);
+    if (!(resumedAtTargetMs > 0 && offset.knownFor(instanceId))) return upperMs;
+    return Math.min(upperMs, Math.max(lowerMs, offset.toLocal(resumedAtTargetMs) - ctx.suspendedAtMs));
   }
 
   /** The downtime when the activation's confirmation was lost: asked of the target once; else all the time since the suspend (an upper bound). */

@@ -76,7 +76,7 @@ function commitReplica(port: CommitPort, r: Reservation, method: MigrationMethod
   port.setPhase('activated');
   log.info({ digest: targetDigest, digestMs, commitToResumeMs: clock.now() - commitStartMs }, 'committed and resumed the guest here');
   void port.runHooks(r).then((hooks) => {
-    port.send({ activated: { resumeToReplyMs: clock.now() - resumedAtMs, resumedAtMs, hooks } });
+    port.send({ activated: { resumeToReplyMs: clock.now() - resumedAtMs, resumedAtMs, commitToResumeMs: resumedAtMs - commitStartMs, hooks } });
     port.finish();
   });
 }

@@ -282,16 +282,32 @@ t.test('a stop-and-copy past its deadline: the commit was never sent, the guest 
 t.test("a matched commit whose activation confirmation is lost: completed (the guest is the target's), downtime asked of the target", async (t) => {
   const s = setup();
   s.peer.clockOffset.add(990, 1_000, 5_000, 'run-2');
-  s.peer.outcome = async () => pb.OutcomeResponse.create({ outcome: Outcome.COMMITTED, resumedAtMs: 5_025, agentInstanceId: 'run-2', durable: true, guestPresent: true });
+  s.peer.outcome = async () => pb.OutcomeResponse.create({ outcome: Outcome.COMMITTED, resumedAtMs: 5_035, agentInstanceId: 'run-2', durable: true, guestPresent: true });
   const channel = await toCommit(s);
   channel.commitResult = pb.CommitResult.create({ matched: true, targetDigest: '0123456789abcdef' });
   channel.notify();
   await until(s, () => s.job.stats.phase === 'activation', 'activation');
+  await s.clock.advance(40);
   channel.fail(new UnavailableError('link cut'));
   const stats = (await s.done) as SourceMigration['stats'];
   t.equal(stats.status, 'completed');
   t.ok(s.guest.discarded);
-  t.equal(stats.downtimeMs, 20, "the target resumed it 20 ms after our suspend (offset 4005 ms)");
+  t.equal(stats.downtimeMs, 30, "the target resumed it 30 ms after our suspend (offset 4005 ms)");
+});
+
+t.test('a clock offset that would put the resume before the commit went: the downtime is at least suspend to commit plus commit to resume', async (t) => {
+  const s = setup();
+  // The offset is known to within 5 ms; this one says the target resumed 10 ms after our suspend,
+  // while the commit went 25 ms after it, and the target took 3 ms from the commit to the resume.
+  s.peer.clockOffset.add(990, 1_000, 5_000, '');
+  const channel = await toCommit(s);
+  channel.commitResult = pb.CommitResult.create({ matched: true, targetDigest: '0123456789abcdef' });
+  channel.activated = pb.Activated.create({ resumedAtMs: 5_015, commitToResumeMs: 3 });
+  await s.clock.advance(4);
+  channel.notify();
+  const stats = (await s.done) as SourceMigration['stats'];
+  t.equal(stats.status, 'completed');
+  t.equal(stats.downtimeMs, 28, 'the lower bound: 25 ms to the commit, 3 ms from it to the resume');
 });
 
 t.test('a cancellation during the checkpoint: the target is told to abort, the guest runs on', async (t) => {
