@@ -157,7 +157,8 @@ t.test('a corrupt byte: exactly the byte asked for is flipped, once, in the dire
   const differing = [...got.keys()].filter((i) => got[i] !== payload[i]);
   t.same(differing, [n], `only byte ${n} differs`);
   t.equal(got[n], payload[n] ^ mask, `flipped with mask ${mask}`);
-  t.same(corruptions.map((c) => [c.direction, c.offset, c.mask]), [['forward', n, mask]], "one 'corrupt' event says where");
+  t.same(corruptions.map((c) => [c.direction, c.offset, c.mask, c.original]), [['forward', n, mask, payload[n]]], "one 'corrupt' event says where, and what the byte was");
+  t.match(corruptions[0].around, new RegExp(`\\[${payload.subarray(n, n + 1).toString('hex')}\\]`), 'and the bytes around it');
   t.equal(link.stats().corruptions, 1);
   t.equal(link.faults.flipArmed, false, 'disarmed once it happened');
 });

@@ -63,7 +63,10 @@ export class Injector {
     this.cluster.link.cancelCorrupt();
     const c = this.corrupted;
     injection.fired = c !== null;
-    injection.detail += c === null ? '; never fired (not that many bytes crossed after it was armed)' : `; fired on connection ${c.connectionId}`;
+    injection.detail +=
+      c === null
+        ? '; never fired (not that many bytes crossed after it was armed)'
+        : `; fired on connection ${c.connectionId}: 0x${c.original.toString(16).padStart(2, '0')} at ${c.chunkOffset} into a read, ${c.around}`;
   }
 
   /** Resolves true once the case's phase began, false if the job ended (or the stream broke) before. */

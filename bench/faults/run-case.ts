@@ -4,7 +4,7 @@
 // invariants judged (invariants.ts). The directory (state dirs, logs) is removed afterwards; the
 // logs are copied out first when asked.
 
-import { cpSync, mkdtempSync, rmSync } from 'node:fs';
+import { cpSync, existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
@@ -68,11 +68,19 @@ export async function runCase(c: FaultCase, options: RunCaseOptions): Promise<Ca
   let logsKeptIn: string | null = null;
   const notable = verdict.violations.length > 0 || verdict.explained.length > 0 || observation.durationMs > SLOW_CASE_MS;
   if (options.logDir !== undefined && (options.keepLogs === 'always' || notable)) {
-    logsKeptIn = join(options.logDir, caseId(c).replaceAll('/', '_'));
+    logsKeptIn = keptLogsDir(options.logDir, caseId(c));
     cpSync(dir, logsKeptIn, { recursive: true });
   }
   rmSync(dir, { recursive: true, force: true });
   return { observation, verdict, logsKeptIn };
+}
+
+/** A folder of its own for a case's logs: the case's id, numbered when the case ran before. */
+function keptLogsDir(logDir: string, id: string): string {
+  const base = join(logDir, id.replaceAll('/', '_'));
+  let dir = base;
+  for (let n = 2; existsSync(dir); n++) dir = `${base}.${n}`;
+  return dir;
 }
 
 type Driven = Omit<CaseObservation, 'case' | 'choices' | 'durationMs' | 'harnessError'>;

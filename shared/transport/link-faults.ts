@@ -35,6 +35,22 @@ export interface LinkCorruptInfo {
   mask: number;
   /** The connection whose stream carried it. */
   connectionId: number;
+  /** The byte as it was sent. */
+  original: number;
+  /**
+   * Where it sat in the socket read that carried it: that read's bytes around it, in hex, the
+   * flipped one (as sent) in brackets, and its position in the read. Enough to tell which frame it hit.
+   */
+  around: string;
+  chunkOffset: number;
+}
+
+/** Bytes shown on each side of a flipped byte. */
+const AROUND_BYTES = 16;
+
+function hexAround(bytes: Buffer, at: number): string {
+  const hex = (from: number, to: number) => bytes.subarray(from, to).toString('hex');
+  return `${hex(Math.max(0, at - AROUND_BYTES), at)}[${hex(at, at + 1)}]${hex(at + 1, at + 1 + AROUND_BYTES)}`;
 }
 
 interface ArmedFlip {
@@ -97,10 +113,11 @@ export class LinkFaults {
       f.remaining -= bytes.length;
       return { bytes, corrupted: null };
     }
+    const at = f.remaining;
     const copy = Buffer.from(bytes);
-    copy[f.remaining] ^= f.mask;
+    copy[at] ^= f.mask;
     this.flip = null;
     this.corruptions++;
-    return { bytes: copy, corrupted: { direction, offset: f.offset, mask: f.mask, connectionId } };
+    return { bytes: copy, corrupted: { direction, offset: f.offset, mask: f.mask, connectionId, original: bytes[at], around: hexAround(bytes, at), chunkOffset: at } };
   }
 }
