@@ -380,10 +380,16 @@ class Flow {
   }
 }
 
-/** Resets `socket` (the peer sees ECONNRESET), or destroys it while it is still connecting. */
+/**
+ * Resets `socket` (the peer sees ECONNRESET), or destroys it while it is still connecting or once
+ * it was ended. An ended socket may have its shutdown pending in libuv (everything handed to a
+ * kernel buffer the peer does not drain): libuv then refuses the reset (uv_tcp_close_reset, EINVAL)
+ * and Node marks the handle closing without closing it, so that the process spins at exit in its
+ * handle cleanup, forever (seen once in a 399-case fault matrix run). Its FIN is on its way anyway.
+ */
 function reset(socket: net.Socket): void {
   if (socket.destroyed) return;
-  if (socket.connecting) socket.destroy();
+  if (socket.connecting || socket.writableEnded) socket.destroy();
   else socket.resetAndDestroy();
 }
 
