@@ -8,6 +8,7 @@
 //   npm run bench -- sim --quick                 the sim driver benchmark, smaller and shorter
 //   npm run bench -- memory                      memory of the agents migrating a large guest
 //   npm run bench -- faults                      the fault matrix: every fault x phase x method, 3 seeds
+//   npm run bench -- vcpu                        the guest's vCPU against the transfer, inline or on a thread
 //   npm run bench -- protocol-sim --seeds N      the protocol under simulated faults, N seeds
 
 import { runAgentMemoryBench } from './agent-memory.js';
@@ -16,6 +17,7 @@ import { runFaultsBench } from './faults/index.js';
 import { runHarness } from './harness.js';
 import { runProtocolSimBench } from './protocol-sim.js';
 import { runSimBench } from './sim/index.js';
+import { runVcpuBench } from './vcpu.js';
 
 interface Benchmark {
   readonly summary: string;
@@ -43,6 +45,10 @@ const BENCHMARKS: Readonly<Record<string, Benchmark>> = {
   faults: {
     summary: 'kill -9, SIGTERM, link cut, stall and corrupt byte at every phase of every method; invariants checked, a table of outcomes',
     run: runFaultsBench,
+  },
+  vcpu: {
+    summary: "the sim guest's vCPU and the checkpoint stream on one source: lateness, checkpoint rate, event-loop delay, vCPU inline or on its own thread",
+    run: runVcpuBench,
   },
   'protocol-sim': {
     summary: 'the migration protocol in one process over a simulated network (drops, delays, reordering, stalls, target crashes), seed by seed, against its invariants',

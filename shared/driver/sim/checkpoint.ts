@@ -25,7 +25,7 @@ import { AbortedError, CorruptDataError, InvalidStateError, UnitOrderError } fro
 import { xxh64 } from '../../hash.js';
 import type { CheckpointChunk } from '../types.js';
 import { PAGE_BYTES } from '../types.js';
-import { CopyOnWrite, isZeroPage } from './memory.js';
+import { CopyOnWrite } from './memory.js';
 import { MachineState, type SimMachine } from './machine.js';
 
 export const CHUNK_MAGIC = 0x43545243; // 'CRTC' little-endian
@@ -128,47 +128,37 @@ export async function* checkpointChunks(machine: SimMachine, instant: Checkpoint
   const memory = machine.memory;
   const { cow, state } = instant;
   const chunkBytesMax = CHUNK_HEADER_BYTES + Math.ceil(chunkPages / 8) + chunkPages * PAGE_BYTES + CHUNK_TRAILER_BYTES;
-  const reused = reuseBuffer ? new Uint8Array(chunkBytesMax) : null;
+  // The pages are copied here as they are taken (a vCPU on its own thread may write them right after).
+  const scratch = new Uint8Array(chunkBytesMax);
   try {
     let index = 0;
-    const pages: Array<Uint8Array> = [];
     for (let first = 0; first < memory.pageCount; first += chunkPages) {
       // Between two chunks the guest ran; if meanwhile the checkpoint was ended (its recording
       // stopped), the pages not yet sent are no longer as of the instant.
       if (instant.ended) throw new AbortedError(`checkpoint ended after ${index} chunks: its recording was stopped`);
       const count = Math.min(chunkPages, memory.pageCount - first);
-      const bitmap = new Uint8Array(Math.ceil(count / 8));
-      pages.length = 0;
+      const bitmapBytes = Math.ceil(count / 8);
+      scratch.fill(0, 0, CHUNK_HEADER_BYTES + bitmapBytes);
+      let at = CHUNK_HEADER_BYTES + bitmapBytes;
       for (let i = 0; i < count; i++) {
-        const page = first + i;
-        const preserved = cow.take(page);
-        const bytes = preserved === undefined ? memory.pageBytesOrNull(page) : preserved;
-        if (bytes === null || isZeroPage(bytes)) continue;
-        bitmap[i >>> 3] |= 1 << (i & 7);
-        pages.push(bytes);
-      }
-      // Sized exactly: a chunk holds no slack (nor stale heap bytes) however many pages are zero.
-      const present = pages.length;
-      const chunkBytes = CHUNK_HEADER_BYTES + bitmap.length + present * PAGE_BYTES + CHUNK_TRAILER_BYTES;
-      const scratch = reused === null ? new Uint8Array(chunkBytes) : reused.subarray(0, chunkBytes);
-      if (reused !== null) scratch.fill(0, 0, CHUNK_HEADER_BYTES);
-      const view = new DataView(scratch.buffer, scratch.byteOffset, scratch.byteLength);
-      scratch.set(bitmap, CHUNK_HEADER_BYTES);
-      let at = CHUNK_HEADER_BYTES + bitmap.length;
-      for (const bytes of pages) {
-        scratch.set(bytes, at);
+        if (!cow.copyOut(first + i, memory, scratch, at, true)) continue;
+        scratch[CHUNK_HEADER_BYTES + (i >>> 3)] |= 1 << (i & 7);
         at += PAGE_BYTES;
       }
+      const present = (at - CHUNK_HEADER_BYTES - bitmapBytes) / PAGE_BYTES;
+      // Sized exactly: a chunk holds no slack (nor stale heap bytes) however many pages are zero.
+      const chunkBytes = at + CHUNK_TRAILER_BYTES;
+      const out = reuseBuffer ? scratch.subarray(0, chunkBytes) : scratch.slice(0, chunkBytes);
+      const view = new DataView(out.buffer, out.byteOffset, out.byteLength);
       view.setUint32(0, CHUNK_MAGIC, true);
       view.setUint8(4, CHUNK_VERSION);
       view.setUint8(5, 0);
-      view.setUint16(6, bitmapCheck(bitmap), true);
+      view.setUint16(6, bitmapCheck(out.subarray(CHUNK_HEADER_BYTES, CHUNK_HEADER_BYTES + bitmapBytes)), true);
       view.setUint32(8, index, true);
       view.setUint32(12, first, true);
       view.setUint32(16, count, true);
       view.setUint32(20, present, true);
-      const bytes = sealChunk(scratch);
-      yield { index: index++, final: false, bytes, memoryBytesCovered: count * PAGE_BYTES };
+      yield { index: index++, final: false, bytes: sealChunk(out), memoryBytesCovered: count * PAGE_BYTES };
     }
     yield { index, final: true, bytes: stateChunk(index, memory.pageCount, state), memoryBytesCovered: 0 };
   } finally {

@@ -29,7 +29,7 @@ import {
   stateChunk,
 } from './checkpoint.js';
 import { MachineState, type SimMachine } from './machine.js';
-import { CopyOnWrite, ZERO_PAGE } from './memory.js';
+import { CopyOnWrite } from './memory.js';
 
 const KIND_STATE = 1;
 const KIND_DELTA = 2;
@@ -77,9 +77,7 @@ export async function* deltaChunks(machine: SimMachine, instant: DeltaInstant, c
       for (let i = 0; i < n; i++) {
         const page = pages[first + i];
         view.setUint32(HEADER_BYTES + 4 * i, page, true);
-        const preserved = cow.take(page);
-        const contents = preserved === undefined ? memory.pageBytesOrNull(page) : preserved;
-        out.set(contents ?? ZERO_PAGE, at);
+        cow.copyOut(page, memory, out, at, false);
         at += PAGE_BYTES;
       }
       yield { index: index++, final: false, bytes: sealChunk(out), memoryBytesCovered: n * PAGE_BYTES };

@@ -33,8 +33,17 @@ import { mergeByPosition } from './recording.js';
  */
 export type Pacing = 'realtime' | 'asap' | 'manual';
 
+/**
+ * Where the vCPU executes: `inline` on the agent's event loop, between its other work; `thread` on
+ * a thread of its own (vcpu-thread.ts), as a hypervisor runs a vCPU beside its own work.
+ */
+export const VCPU_MODES = ['inline', 'thread'] as const;
+export type VcpuMode = (typeof VCPU_MODES)[number];
+
 export interface SimGuestOptions {
   pacing: Pacing;
+  /** Where the vCPU executes (manual pacing is always inline). */
+  vcpu: VcpuMode;
   /** Seed of the outside world (packets, disk data, hardware random). */
   environmentSeed: number;
   /** Fixed instructions per millisecond of busy time; unset: adapt to the host's speed. */
@@ -55,6 +64,7 @@ export interface SimGuestOptions {
 
 export const SIM_GUEST_DEFAULTS: Readonly<Omit<SimGuestOptions, 'environmentSeed'>> = {
   pacing: 'realtime',
+  vcpu: 'inline',
   logQueueBytesMax: 64 * 1024 * 1024,
   logQueueUnitsMax: 10_000,
   cowBytesMax: COW_BYTES_MAX_DEFAULT,

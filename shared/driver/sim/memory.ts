@@ -9,120 +9,28 @@
 // - the dirty bitmap, for pre-copy's fetch-and-clear;
 // - the stale bitmap and page-hash table, which make the state digest incremental: only pages
 //   written since the last digest are hashed again;
-// - the copy-on-write state of a live checkpoint in progress (see CopyOnWrite).
+// - the copy-on-write state of a live checkpoint in progress (cow.ts).
+//
+// Everything the guest's vCPU writes lives in shared memory (SharedArrayBuffer), so that the vCPU
+// can run on a thread of its own while the agent's thread reads pages for checkpoints, digests and
+// pre-copy rounds (GuestMemory.shared, fromShared). The bitmaps change only by atomic operations,
+// and a vCPU on its own thread marks the pages of each unit dirty and stale again once the unit is
+// done (markWrittenAgain): a reader that cleared a bit and read the page while the unit wrote it
+// finds the bit set again, and reads the page again.
 
 import { assert } from '../../assert.js';
 import { xxh64 } from '../../hash.js';
 import { PAGE_BYTES } from '../types.js';
+import { CopyOnWrite } from './cow.js';
 import { PAGE_WORDS, SEGMENT_MASK, SEGMENT_PAGES, SEGMENT_SHIFT, type SegmentPool } from './segment-pool.js';
+
+export { CopyOnWrite, isZeroPage } from './cow.js';
 
 export { PAGE_WORDS, SEGMENT_BYTES, SEGMENT_MASK, SEGMENT_PAGES, SEGMENT_SHIFT, SegmentPool } from './segment-pool.js';
 
 export const ZERO_PAGE = new Uint8Array(PAGE_BYTES);
 
-/** Whether a page is all zero; word at a time (a non-zero page almost always shows it in its first words). */
-export function isZeroPage(bytes: Uint8Array): boolean {
-  const words = new Int32Array(bytes.buffer, bytes.byteOffset, PAGE_BYTES / 4);
-  for (let i = 0; i < words.length; i++) if (words[i] !== 0) return false;
-  return true;
-}
 export const ZERO_PAGE_HASH = xxh64(ZERO_PAGE);
-
-/**
- * The pages a live checkpoint has still to copy, and the old contents of pages the guest wrote
- * before the checkpoint reached them. The pool of preserved pages is bounded: the guest runner
- * asks `hasRoomFor` before each unit and stalls the guest while the checkpoint reader catches up,
- * as a real hypervisor's write-protect fault would.
- */
-export class CopyOnWrite {
-  /** Bit set: the page was already emitted by the checkpoint, or preserved; writes need no copy. */
-  private readonly done: Uint32Array;
-  /** Pages preserved with contents (bounded by preservedBytesMax). */
-  private readonly preserved = new Map<number, Uint8Array>();
-  /** Pages preserved as never written (zero): a bit each, so they cost no pool and no map entry. */
-  private readonly preservedZero: Uint32Array;
-  private preservedBytesNow = 0;
-  private waiters: Array<() => void> = [];
-
-  /**
-   * `only`: the checkpoint covers just these pages (a delta): every other page counts as done, so
-   * writes to it need no copy.
-   */
-  constructor(
-    pageCount: number,
-    readonly preservedBytesMax: number,
-    only?: Uint32Array,
-  ) {
-    this.done = new Uint32Array(Math.ceil(pageCount / 32));
-    this.preservedZero = new Uint32Array(Math.ceil(pageCount / 32));
-    if (only !== undefined) {
-      this.done.fill(0xffffffff);
-      for (const page of only) this.done[page >>> 5] &= ~(1 << (page & 31));
-    }
-  }
-
-  get preservedBytes(): number {
-    return this.preservedBytesNow;
-  }
-
-  hasRoomFor(pageWrites: number): boolean {
-    return this.preservedBytesNow + pageWrites * PAGE_BYTES <= this.preservedBytesMax;
-  }
-
-  /** Resolves when preserved pages were released (or the checkpoint ended). */
-  waitForRoom(): Promise<void> {
-    return new Promise((resolve) => this.waiters.push(resolve));
-  }
-
-  /** Called by the memory before the first write to `page` since the checkpoint began. */
-  needsCopy(page: number): boolean {
-    return (this.done[page >>> 5] & (1 << (page & 31))) === 0;
-  }
-
-  /** Keeps the pre-write contents of `page` (`null`: it was an untouched zero page). */
-  preserve(page: number, contents: Uint8Array | null): void {
-    this.done[page >>> 5] |= 1 << (page & 31);
-    if (contents === null) {
-      this.preservedZero[page >>> 5] |= 1 << (page & 31);
-      return;
-    }
-    this.preserved.set(page, contents);
-    this.preservedBytesNow += PAGE_BYTES;
-  }
-
-  /**
-   * Takes the checkpoint-instant contents of `page` if it was preserved (`undefined` if not, and
-   * then the live page is still as of the instant), and marks it done.
-   */
-  take(page: number): Uint8Array | null | undefined {
-    this.done[page >>> 5] |= 1 << (page & 31);
-    const bit = 1 << (page & 31);
-    if ((this.preservedZero[page >>> 5] & bit) !== 0) {
-      this.preservedZero[page >>> 5] &= ~bit;
-      return null;
-    }
-    const contents = this.preserved.get(page);
-    if (contents === undefined) return undefined;
-    this.preserved.delete(page);
-    this.preservedBytesNow -= PAGE_BYTES;
-    this.wake();
-    return contents;
-  }
-
-  /** Ends the checkpoint: releases everything and lets a stalled guest go on. */
-  release(): void {
-    this.preserved.clear();
-    this.preservedZero.fill(0);
-    this.preservedBytesNow = 0;
-    this.wake();
-  }
-
-  private wake(): void {
-    const waiters = this.waiters;
-    this.waiters = [];
-    for (const resolve of waiters) resolve();
-  }
-}
 
 export class GuestMemory {
   readonly pageCount: number;
@@ -133,7 +41,6 @@ export class GuestMemory {
   /** Bit set: the page was written at least once. A page never written is zero without reading it. */
   private written: Uint32Array;
   private pageHashes: BigUint64Array;
-  private staleCount: number;
   /** The live checkpoint in progress, if any. */
   cow: CopyOnWrite | null = null;
   /**
@@ -141,7 +48,10 @@ export class GuestMemory {
    * must not touch a missing page: its runner fetches them first (see SimSourceGuest).
    */
   missing: Uint32Array | null = null;
-  private missingCountNow = 0;
+  /** Post-copy: missing pages (word 0), shared with a vCPU thread. */
+  private missingCounter = new Int32Array(new SharedArrayBuffer(4));
+  /** Set by a vCPU on its own thread: the pages written in the unit in progress (markWrittenAgain). */
+  unitWrites: number[] | null = null;
   /** Post-copy: xxh64 of each page as it was received, for the digest of the state as sent. */
   private receivedHashes: BigUint64Array | null = null;
   /** Where segments come from before they are allocated, and go when the memory is freed. */
@@ -149,16 +59,63 @@ export class GuestMemory {
   /** prepareSlice's progress: pages below it are allocated and mapped. */
   private preparedPages = 0;
 
-  constructor(readonly memoryBytes: number) {
+  constructor(
+    readonly memoryBytes: number,
+    /** Whether this thread digests the memory (false on a vCPU thread: the agent's thread does). */
+    digests = true,
+  ) {
     assert(memoryBytes > 0 && memoryBytes % PAGE_BYTES === 0, () => `memory size ${memoryBytes} is not a positive multiple of ${PAGE_BYTES}`);
     this.pageCount = memoryBytes / PAGE_BYTES;
     this.segments = new Array(Math.ceil(this.pageCount / SEGMENT_PAGES)).fill(undefined);
-    const bitmapWords = Math.ceil(this.pageCount / 32);
-    this.dirty = new Uint32Array(bitmapWords);
-    this.stale = new Uint32Array(bitmapWords);
-    this.written = new Uint32Array(bitmapWords);
-    this.pageHashes = new BigUint64Array(this.pageCount).fill(ZERO_PAGE_HASH);
-    this.staleCount = 0;
+    const bitmap = () => new Uint32Array(new SharedArrayBuffer(4 * Math.ceil(this.pageCount / 32)));
+    this.dirty = bitmap();
+    this.stale = bitmap();
+    this.written = bitmap();
+    this.pageHashes = digests ? new BigUint64Array(this.pageCount).fill(ZERO_PAGE_HASH) : new BigUint64Array(0);
+  }
+
+  /**
+   * What a vCPU thread needs to work on this memory: every segment (allocated now if not yet: an
+   * untouched segment costs address space, not memory), the bitmaps and the post-copy state.
+   */
+  shared(): GuestMemoryShared {
+    for (let i = 0; i < this.segments.length; i++) {
+      if (this.segments[i] === undefined) this.segments[i] = newSegment(Math.min(SEGMENT_PAGES, this.pageCount - i * SEGMENT_PAGES));
+    }
+    const sab = (a: { buffer: ArrayBufferLike }) => a.buffer as SharedArrayBuffer;
+    return {
+      memoryBytes: this.memoryBytes,
+      segments: this.segments.map((seg) => sab(seg!)),
+      dirty: sab(this.dirty),
+      stale: sab(this.stale),
+      written: sab(this.written),
+      missing: this.missing === null ? null : sab(this.missing),
+      missingCounter: sab(this.missingCounter),
+    };
+  }
+
+  /** The memory a vCPU thread works on: the same pages and bitmaps as the agent's `shared()`. */
+  static fromShared(s: GuestMemoryShared): GuestMemory {
+    const memory = new GuestMemory(s.memoryBytes, false);
+    s.segments.forEach((buffer, i) => (memory.segments[i] = new Int32Array(buffer)));
+    memory.dirty = new Uint32Array(s.dirty);
+    memory.stale = new Uint32Array(s.stale);
+    memory.written = new Uint32Array(s.written);
+    memory.missing = s.missing === null ? null : new Uint32Array(s.missing);
+    memory.missingCounter = new Int32Array(s.missingCounter);
+    return memory;
+  }
+
+  /**
+   * Marks the pages written by the unit just done dirty and stale again (a vCPU on its own thread):
+   * a reader that cleared their bits while the unit wrote them reads them again.
+   */
+  markWrittenAgain(pages: readonly number[]): void {
+    for (const page of pages) {
+      const bit = 1 << (page & 31);
+      Atomics.or(this.dirty, page >>> 5, bit);
+      Atomics.or(this.stale, page >>> 5, bit);
+    }
   }
 
   /** Bytes of segments actually allocated (at most the guest's memory size). */
@@ -172,7 +129,7 @@ export class GuestMemory {
     let seg = this.segments[index];
     if (seg === undefined) {
       const pages = Math.min(SEGMENT_PAGES, this.pageCount - index * SEGMENT_PAGES);
-      seg = (pages === SEGMENT_PAGES ? this.pool?.take() : undefined) ?? new Int32Array(pages * PAGE_WORDS);
+      seg = (pages === SEGMENT_PAGES ? this.pool?.take() : undefined) ?? newSegment(pages);
       this.segments[index] = seg;
     }
     return seg;
@@ -192,7 +149,7 @@ export class GuestMemory {
   prepareSlice(pagesMax: number): number {
     const end = Math.min(this.pageCount, this.preparedPages + pagesMax);
     for (let p = this.preparedPages; p < end; p++) {
-      if ((this.written[p >>> 5] & (1 << (p & 31))) === 0) this.segment(p >>> SEGMENT_SHIFT)[(p & SEGMENT_MASK) * PAGE_WORDS] = 0;
+      if ((Atomics.load(this.written, p >>> 5) & (1 << (p & 31))) === 0) this.segment(p >>> SEGMENT_SHIFT)[(p & SEGMENT_MASK) * PAGE_WORDS] = 0;
     }
     this.preparedPages = end;
     return this.pageCount - end;
@@ -206,20 +163,20 @@ export class GuestMemory {
    */
   prepareWrite(page: number): Int32Array {
     assert(this.missing === null || !this.isMissing(page), () => `write to page ${page}, which post-copy has not fetched yet`);
+    return this.markWrite(page);
+  }
+
+  /** prepareWrite without its check that the page is here (post-copy's receipt of a missing page). */
+  private markWrite(page: number): Int32Array {
     const segIndex = page >>> SEGMENT_SHIFT;
     const cow = this.cow;
-    if (cow !== null && cow.needsCopy(page)) {
-      const existing = this.pageBytesOrNull(page);
-      cow.preserve(page, existing === null ? null : existing.slice());
-    }
+    if (cow !== null && cow.needsCopy(page)) cow.beforeWrite(page, this.pageBytesOrNull(page));
     const bit = 1 << (page & 31);
     const word = page >>> 5;
-    this.written[word] |= bit;
-    this.dirty[word] |= bit;
-    if ((this.stale[word] & bit) === 0) {
-      this.stale[word] |= bit;
-      this.staleCount++;
-    }
+    Atomics.or(this.written, word, bit);
+    Atomics.or(this.dirty, word, bit);
+    Atomics.or(this.stale, word, bit);
+    this.unitWrites?.push(page);
     return this.segment(segIndex);
   }
 
@@ -229,7 +186,7 @@ export class GuestMemory {
    */
   pageBytesOrNull(page: number): Uint8Array | null {
     const seg = this.segments[page >>> SEGMENT_SHIFT];
-    if (seg === undefined || (this.written[page >>> 5] & (1 << (page & 31))) === 0) return null;
+    if (seg === undefined || (Atomics.load(this.written, page >>> 5) & (1 << (page & 31))) === 0) return null;
     return new Uint8Array(seg.buffer, seg.byteOffset + (page & SEGMENT_MASK) * PAGE_BYTES, PAGE_BYTES);
   }
 
@@ -284,16 +241,17 @@ export class GuestMemory {
     const pages = new Uint32Array(this.dirtyCount());
     let n = 0;
     for (let i = 0; i < this.dirty.length; i++) {
-      let w = this.dirty[i];
-      if (w === 0) continue;
-      this.dirty[i] = 0;
-      while (w !== 0) {
+      if (this.dirty[i] === 0) continue;
+      // A vCPU on its own thread may have set more bits since the count: they wait for the next call.
+      let w = Atomics.exchange(this.dirty, i, 0);
+      while (w !== 0 && n < pages.length) {
         const low = w & -w;
         pages[n++] = i * 32 + (31 - Math.clz32(low));
         w ^= low;
       }
+      if (w !== 0) Atomics.or(this.dirty, i, w);
     }
-    return pages;
+    return n === pages.length ? pages : pages.slice(0, n);
   }
 
   clearDirty(): void {
@@ -312,39 +270,35 @@ export class GuestMemory {
    * again, so a digest per unit costs in proportion to the unit's dirtying, not to memory size.
    */
   pagesDigest(): bigint {
-    if (this.staleCount > 0) {
-      for (let i = 0; i < this.stale.length; i++) {
-        let w = this.stale[i];
-        if (w === 0) continue;
-        this.stale[i] = 0;
-        while (w !== 0) {
-          const low = w & -w;
-          const page = i * 32 + (31 - Math.clz32(low));
-          const bytes = this.pageBytesOrNull(page);
-          this.pageHashes[page] = bytes === null ? ZERO_PAGE_HASH : xxh64(bytes);
-          w ^= low;
-        }
+    for (let i = 0; i < this.stale.length; i++) {
+      if (this.stale[i] === 0) continue;
+      let w = Atomics.exchange(this.stale, i, 0);
+      while (w !== 0) {
+        const low = w & -w;
+        const page = i * 32 + (31 - Math.clz32(low));
+        const bytes = this.pageBytesOrNull(page);
+        this.pageHashes[page] = bytes === null ? ZERO_PAGE_HASH : xxh64(bytes);
+        w ^= low;
       }
-      this.staleCount = 0;
     }
     return xxh64(new Uint8Array(this.pageHashes.buffer, this.pageHashes.byteOffset, this.pageHashes.byteLength));
   }
 
   /** Post-copy: marks every page missing (the memory is fresh: nothing was written yet). */
   markAllMissing(): void {
-    this.missing = new Uint32Array(this.dirty.length).fill(0xffffffff);
+    this.missing = new Uint32Array(new SharedArrayBuffer(4 * this.dirty.length)).fill(0xffffffff);
     const tail = this.pageCount % 32;
     if (tail !== 0) this.missing[this.missing.length - 1] = (1 << tail) - 1;
-    this.missingCountNow = this.pageCount;
+    Atomics.store(this.missingCounter, 0, this.pageCount);
     this.receivedHashes = new BigUint64Array(this.pageCount);
   }
 
   get missingCount(): number {
-    return this.missingCountNow;
+    return Atomics.load(this.missingCounter, 0);
   }
 
   isMissing(page: number): boolean {
-    return this.missing !== null && (this.missing[page >>> 5] & (1 << (page & 31))) !== 0;
+    return this.missing !== null && (Atomics.load(this.missing, page >>> 5) & (1 << (page & 31))) !== 0;
   }
 
   /**
@@ -354,10 +308,14 @@ export class GuestMemory {
    */
   receivePage(page: number, data: Uint8Array | null): boolean {
     if (!this.isMissing(page)) return false;
-    this.missing![page >>> 5] &= ~(1 << (page & 31));
-    if (data !== null) this.writePage(page, data);
+    // Written before the bit is cleared: a vCPU thread that finds the page present finds its contents.
+    if (data !== null) {
+      const seg = this.markWrite(page);
+      new Uint8Array(seg.buffer, seg.byteOffset + (page & SEGMENT_MASK) * PAGE_BYTES, PAGE_BYTES).set(data);
+    }
+    Atomics.and(this.missing!, page >>> 5, ~(1 << (page & 31)));
     this.receivedHashes![page] = data === null ? ZERO_PAGE_HASH : xxh64(data);
-    if (--this.missingCountNow === 0) this.missing = null;
+    if (Atomics.sub(this.missingCounter, 0, 1) === 1) this.missing = null;
     return true;
   }
 
@@ -385,6 +343,22 @@ export class GuestMemory {
     this.cow?.release();
     this.cow = null;
   }
+}
+
+/** What a vCPU thread is handed of a guest's memory (GuestMemory.shared). */
+export interface GuestMemoryShared {
+  memoryBytes: number;
+  segments: SharedArrayBuffer[];
+  dirty: SharedArrayBuffer;
+  stale: SharedArrayBuffer;
+  written: SharedArrayBuffer;
+  missing: SharedArrayBuffer | null;
+  missingCounter: SharedArrayBuffer;
+}
+
+/** A segment of `pages` pages in shared memory, zero (its memory is committed as it is first written). */
+function newSegment(pages: number): Int32Array {
+  return new Int32Array(new SharedArrayBuffer(pages * PAGE_BYTES));
 }
 
 function popcount(w: number): number {
