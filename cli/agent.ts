@@ -54,7 +54,7 @@ function hostDriver(config: AgentConfig, log: Logger): SimDriver {
     vcpusTotal: config.host.vcpus,
     unitMsDefault: config.host.unitMs,
     // A bug in one guest's runner stops that guest, not the agent and every other guest.
-    guest: { onRunnerFailure: (guestId, error) => log.error({ guestId, err: error }, 'the guest runner failed: the guest is suspended') },
+    guest: { vcpu: config.host.vcpu, onRunnerFailure: (guestId, error) => log.error({ guestId, err: error }, 'the guest runner failed: the guest is suspended') },
   });
 }
 
@@ -199,6 +199,7 @@ const FLAGS: Array<{ option: string; flag: string; field: string; value?: (text:
   { option: 'memoryMib', flag: '--memory-mib', field: 'host.memoryMib', value: Number },
   { option: 'vcpus', flag: '--vcpus', field: 'host.vcpus', value: Number },
   { option: 'unitMs', flag: '--unit-ms', field: 'host.unitMs', value: Number },
+  { option: 'vcpu', flag: '--vcpu', field: 'host.vcpu' },
   { option: 'downtimeLimitMs', flag: '--downtime-limit-ms', field: 'migration.downtimeLimitMs', value: Number },
   { option: 'maxBandwidth', flag: '--max-bandwidth', field: 'migration.maxBandwidth' },
   { option: 'maxDurationMs', flag: '--max-duration-ms', field: 'migration.maxDurationMs', value: Number },
@@ -273,6 +274,7 @@ function agentOptionsCommand(role: AgentRole): Command {
     .option('--memory-mib <n>', 'memory this host offers to guests, MiB (default 16384)')
     .option('--vcpus <n>', 'vCPUs this host offers (default 16)')
     .option('--unit-ms <n>', 'default log unit length, ms (1-100, default 10)')
+    .addOption(new Option('--vcpu <where>', "where a guest's vCPU executes: thread (its own, default) or inline (the agent's event loop)").choices(['thread', 'inline']))
     .option('--downtime-limit-ms <n>', 'default downtime limit of outgoing migrations (default 300)')
     .option('--max-bandwidth <rate>', 'default bandwidth cap of outgoing migrations: bytes/s, or 1gbit, 100mbit, 125MB/s, 12MiB/s (default 0: unlimited)')
     .option('--max-duration-ms <n>', 'default maximum duration of outgoing migrations (default 600000)')

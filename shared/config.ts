@@ -62,8 +62,10 @@ export const agentConfigSchema = z.strictObject({
       memoryMib: int(1, 64 * 1024 * 1024).default(16384),
       vcpus: int(1, 4096).default(16),
       unitMs: int(UNIT_MS_MIN, UNIT_MS_MAX).default(UNIT_MS_DEFAULT),
+      /** Where a sim guest's vCPU executes: a thread of its own, or the agent's event loop (inline). */
+      vcpu: z.enum(['thread', 'inline']).default('thread'),
     })
-    .default({ memoryMib: 16384, vcpus: 16, unitMs: UNIT_MS_DEFAULT }),
+    .default({ memoryMib: 16384, vcpus: 16, unitMs: UNIT_MS_DEFAULT, vcpu: 'thread' }),
   migration: z
     .strictObject({
       downtimeLimitMs: int(1, 600_000).default(300),

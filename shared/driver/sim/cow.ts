@@ -258,6 +258,12 @@ export class CopyOnWrite {
     }
   }
 
+  /** The guest's side lets go of a checkpoint that ended: closes its overflow channel, changes nothing shared. */
+  detach(): void {
+    this.overflowPort?.close();
+    this.overflowPort = null;
+  }
+
   /** Ends the checkpoint: releases everything and lets a stalled guest go on. */
   release(): void {
     Atomics.store(this.control, RELEASED, 1);

@@ -13,6 +13,8 @@ import { SimMachine } from './machine.js';
 import { isProfileName, PROFILE_NAMES, PROFILES, type ProfileName, resolveRates, type WorkloadRates } from './profiles.js';
 import { SegmentPool } from './memory.js';
 import { type ReplicaMemoryMode, SimReplica } from './replica.js';
+import { VcpuThreads } from './vcpu-link.js';
+import type { Worker } from 'node:worker_threads';
 
 export interface SimDriverOptions {
   /** Memory this host offers to guests. */
@@ -55,6 +57,7 @@ export class SimDriver implements HypervisorDriver {
   private readonly replicas = new Map<string, SimReplica>();
   private readonly options: SimDriverOptions;
   private readonly pool: SegmentPool | null;
+  private readonly vcpuThreads: VcpuThreads;
 
   constructor(options: Partial<SimDriverOptions> = {}) {
     this.options = {
@@ -66,6 +69,8 @@ export class SimDriver implements HypervisorDriver {
       segmentPoolBytesMax: options.segmentPoolBytesMax ?? SEGMENT_POOL_BYTES_MAX_DEFAULT,
     };
     this.pool = this.options.segmentPoolBytesMax > 0 ? new SegmentPool(this.options.segmentPoolBytesMax) : null;
+    const guestOptions = this.guestOptions();
+    this.vcpuThreads = new VcpuThreads(guestOptions.vcpu === 'thread' && guestOptions.pacing !== 'manual');
   }
 
   /** Bytes of segments kept for reuse (see SegmentPool). */
@@ -120,7 +125,7 @@ export class SimDriver implements HypervisorDriver {
     machine.memory.pool = this.pool;
     fillMemory(machine.memory, spec.contentMix ?? DEFAULT_CONTENT_MIX, spec.contentSeed ?? 1);
     machine.memory.clearDirty();
-    const guest = this.host(id, machine, config, spec.environmentSeed);
+    const guest = this.host(id, machine, config, spec.environmentSeed, this.vcpuThreads.take());
     if (spec.start !== false) guest.start();
     return guest;
   }
@@ -138,13 +143,17 @@ export class SimDriver implements HypervisorDriver {
     }
     if (!GUEST_ID.test(description.id)) throw invalidField('guest.id', `guest id '${echo(description.id)}': expected 1-64 letters, digits, '.', '_' or '-'`);
     this.checkRoom(description.id, config.memoryBytes);
+    // The incoming guest's vCPU thread is taken now, so that it runs as soon as it is activated.
+    let thread = this.vcpuThreads.take();
     const replica = new SimReplica(description.id, config, {
       release: (r) => {
         if (this.replicas.get(r.id) === r) this.replicas.delete(r.id);
+        void thread?.terminate();
       },
       activate: (r, fetch) => {
         this.replicas.delete(r.id);
-        const guest = this.host(r.id, r.machine, r.config, undefined);
+        const guest = this.host(r.id, r.machine, r.config, undefined, thread);
+        thread = undefined;
         if (fetch !== undefined) guest.setPageFetcher(fetch);
         guest.start();
         return guest;
@@ -160,6 +169,7 @@ export class SimDriver implements HypervisorDriver {
     for (const r of [...this.replicas.values()]) r.discard();
     // Nothing comes after a shutdown that could reuse them.
     this.pool?.clear();
+    this.vcpuThreads.close();
   }
 
   private checkRoom(id: string, memoryBytes: number): void {
@@ -180,15 +190,20 @@ export class SimDriver implements HypervisorDriver {
     }
   }
 
-  private host(id: string, machine: SimMachine, config: SimMachineConfig, environmentSeed: number | undefined): SimSourceGuest {
+  private guestOptions(): Omit<SimGuestOptions, 'environmentSeed'> {
+    return { ...SIM_GUEST_DEFAULTS, ...this.options.guest };
+  }
+
+  private host(id: string, machine: SimMachine, config: SimMachineConfig, environmentSeed: number | undefined, thread?: Worker): SimSourceGuest {
     const guest = new SimSourceGuest(
       id,
       machine,
       config,
-      { ...SIM_GUEST_DEFAULTS, ...this.options.guest, environmentSeed: environmentSeed ?? Random.seedFromOs() },
+      { ...this.guestOptions(), environmentSeed: environmentSeed ?? Random.seedFromOs() },
       (g) => {
         if (this.guests.get(g.id) === g) this.guests.delete(g.id);
       },
+      thread,
     );
     this.guests.set(id, guest);
     return guest;

@@ -1,11 +1,17 @@
-// A running `sim` guest on its host: the machine, its outside world, a runner that paces units in
-// real time, and (during a migration) the recording that seals each unit into the log.
+// A running `sim` guest on its host: the machine, its vCPU, and (during a migration) the recording
+// that seals each unit into the log.
 //
-// Pacing: unit k starts at boot + k * unitMs of wall time. The runner executes its busy part at
-// once (real CPU work), then sleeps out the idle part. A host too slow to keep up makes the guest
-// run late, as an overcommitted VM does; past `lagMsMax` the schedule is reset and the lost time
+// Pacing: unit k starts at boot + k * unitMs of wall time. The vCPU executes its busy part at once
+// (real CPU work), then sleeps out the idle part. A host too slow to keep up makes the guest run
+// late, as an overcommitted VM does; past `lagMsMax` the schedule is reset and the lost time
 // counted. The instruction budget of a unit adapts to the host's measured speed so that the busy
 // part takes busyFraction of the unit; the budget is recorded, so replay needs no such measure.
+//
+// Where the vCPU executes (SimGuestOptions.vcpu): on a thread of its own (`thread`, the agents'
+// default: vcpu-thread.ts, vcpu-link.ts), as a hypervisor runs a vCPU beside its own work, so that
+// moving data and running the guest do not queue behind each other; or on the agent's event loop
+// between its other work (`inline`, inline-runner.ts; manual pacing always). Either way the unit
+// is the same (vcpu-core.ts) and so is what it records: the mode changes timing, not results.
 //
 // Bounds: the queue of sealed units waiting for the agent, and the copy-on-write pool of a live
 // checkpoint, both have a limit. Past either, the guest stalls (does not run its next unit) until
@@ -15,80 +21,31 @@
 import { AbortedError, InvalidArgumentError, InvalidStateError } from '../../errors.js';
 import type { CheckpointChunk, DeltaSource, DeltaStart, GuestDescription, GuestState, LogRecorder, PageAccess, RecordingStart, RecordingStats, SealedUnit, SourceGuest } from '../types.js';
 import { PAGE_BYTES } from '../types.js';
-import { COW_BYTES_MAX_DEFAULT } from './checkpoint.js';
-import { Environment } from './environment.js';
-import { SimMachine } from './machine.js';
+import type { SimGuestOptions } from './guest-options.js';
+import type { SimMachine } from './machine.js';
 import { pageAccessOf } from './page-codec.js';
 import type { SimMachineConfig } from './config.js';
 import { encodeMachineConfig, summarizeConfig } from './config.js';
-import { type AsyncEvent, encodeUnit, type SyncEvent, type UnitHeader } from './unit-codec.js';
 import { machineDigest } from './digest.js';
 import { SimRecorder } from './recorder.js';
-import { mergeByPosition } from './recording.js';
+import { InlineRunner } from './inline-runner.js';
+import { VcpuCore } from './vcpu-core.js';
+import { VcpuLink } from './vcpu-link.js';
+import type { Worker } from 'node:worker_threads';
 
-/**
- * How the runner paces units: `realtime` as a VM runs (the agents' mode); `asap` back to back,
- * yielding to the event loop between units (tests, benchmarks); `manual` only when `step()` is
- * called (tests that interleave execution with other operations precisely).
- */
-export type Pacing = 'realtime' | 'asap' | 'manual';
-
-/**
- * Where the vCPU executes: `inline` on the agent's event loop, between its other work; `thread` on
- * a thread of its own (vcpu-thread.ts), as a hypervisor runs a vCPU beside its own work.
- */
-export const VCPU_MODES = ['inline', 'thread'] as const;
-export type VcpuMode = (typeof VCPU_MODES)[number];
-
-export interface SimGuestOptions {
-  pacing: Pacing;
-  /** Where the vCPU executes (manual pacing is always inline). */
-  vcpu: VcpuMode;
-  /** Seed of the outside world (packets, disk data, hardware random). */
-  environmentSeed: number;
-  /** Fixed instructions per millisecond of busy time; unset: adapt to the host's speed. */
-  instructionsPerMs?: number;
-  /** Sealed units waiting for the agent, at most this many bytes / units before the guest stalls. */
-  logQueueBytesMax: number;
-  logQueueUnitsMax: number;
-  /** Copy-on-write pool of a live checkpoint: pages preserved and not yet sent. */
-  cowBytesMax: number;
-  /** Real-time lag past which the runner gives up catching up and resets its schedule. */
-  lagMsMax: number;
-  /**
-   * Told when the runner fails (a bug, or a state no unit runs from): the guest is then suspended
-   * and the host goes on, rather than the process ending with an unhandled rejection.
-   */
-  onRunnerFailure?: (guestId: string, error: unknown) => void;
-}
-
-export const SIM_GUEST_DEFAULTS: Readonly<Omit<SimGuestOptions, 'environmentSeed'>> = {
-  pacing: 'realtime',
-  vcpu: 'inline',
-  logQueueBytesMax: 64 * 1024 * 1024,
-  logQueueUnitsMax: 10_000,
-  cowBytesMax: COW_BYTES_MAX_DEFAULT,
-  lagMsMax: 1000,
-};
-
-/** Instructions per busy millisecond assumed before the first measurement. */
-const INITIAL_INSTRUCTIONS_PER_MS = 20_000;
+export { type Pacing, SIM_GUEST_DEFAULTS, type SimGuestOptions, VCPU_MODES, type VcpuMode } from './guest-options.js';
 
 export class SimSourceGuest implements SourceGuest, LogRecorder, DeltaSource {
   private runState: GuestState;
-  private environment: Environment;
+  private readonly core: VcpuCore;
   private readonly rec: SimRecorder;
-  private throttle = 1;
-  private instructionsPerMs: number;
-  private pageWriteCarry = 0;
+  /** The runner on this thread (inline), while running. */
   private loop: { stop: AbortController; done: Promise<void> } | null = null;
-  private stallMsTotal = 0;
-  private throttledMsTotal = 0;
-  private lagResets = 0;
-  private unitsRun = 0;
+  /** The vCPU on its own thread (vcpu mode `thread`), from the first start on. */
+  private vcpu: VcpuLink | null = null;
+  private readonly inline: InlineRunner;
   /** Post-copy: fetches missing pages before a unit touches them. */
   private pageFetcher: ((pages: Uint32Array) => Promise<void>) | null = null;
-  private pagesFetched = 0;
   readonly pages: PageAccess;
 
   /** Capability `log-recording`: the sim guest records every nondeterministic event. */
@@ -105,21 +62,49 @@ export class SimSourceGuest implements SourceGuest, LogRecorder, DeltaSource {
     return this.machine.memory.missing === null ? 0 : this.machine.memory.missingCount;
   }
 
+  /** Whether the vCPU runs on a thread of its own (manual pacing always runs on the caller's). */
+  get threaded(): boolean {
+    return this.options.vcpu === 'thread' && this.options.pacing !== 'manual';
+  }
+
   constructor(
     readonly id: string,
     readonly machine: SimMachine,
     readonly config: SimMachineConfig,
     readonly options: SimGuestOptions,
     private readonly onDiscard: (guest: SimSourceGuest) => void = () => {},
+    /** A vCPU thread started ahead for this guest (at its reservation), for vCPU mode `thread`. */
+    private vcpuThread?: Worker,
   ) {
     if (!(options.cowBytesMax >= PAGE_BYTES) || !(options.logQueueBytesMax >= 1) || !(options.logQueueUnitsMax >= 1)) {
       throw new InvalidArgumentError(`guest ${id}: cowBytesMax, logQueueBytesMax and logQueueUnitsMax must be positive`);
     }
-    this.instructionsPerMs = options.instructionsPerMs ?? INITIAL_INSTRUCTIONS_PER_MS;
-    this.environment = new Environment(config.rates, config.payload, options.environmentSeed, machine.state.guestNs);
+    this.core = new VcpuCore(machine, config, options.environmentSeed, options.instructionsPerMs);
+    const guest = this;
+    this.inline = new InlineRunner({
+      id,
+      core: this.core,
+      memory: machine.memory,
+      pacing: options.pacing,
+      lagMsMax: options.lagMsMax,
+      running: () => this.runState === 'running',
+      recording: () => this.rec.recording,
+      get pageFetcher() {
+        return guest.pageFetcher;
+      },
+    });
     this.runState = 'suspended';
     this.pages = pageAccessOf(machine.memory, () => this.checkAlive());
-    this.rec = new SimRecorder({ id, machine, options, checkAlive: () => this.checkAlive(), stallMs: () => this.stallMsTotal });
+    this.rec = new SimRecorder({
+      id,
+      machine,
+      options,
+      checkAlive: () => this.checkAlive(),
+      stallMs: () => this.runnerStats().stallMs,
+      atBoundary: (fn) => this.atBoundary(fn),
+      recordingChanged: (recording) => this.vcpu?.setRecording(recording?.id ?? 0),
+      unitsLeft: (units, bytes) => this.vcpu?.unitsTaken(units, bytes),
+    });
   }
 
   /** Post-copy: how the runner gets pages that have not arrived yet. */
@@ -132,7 +117,28 @@ export class SimSourceGuest implements SourceGuest, LogRecorder, DeltaSource {
     this.checkAlive();
     if (this.runState === 'running') return;
     this.runState = 'running';
-    if (this.options.pacing !== 'manual') this.startLoop();
+    if (this.options.pacing === 'manual') return;
+    if (!this.threaded) return this.startLoop();
+    if (this.vcpu !== null) return this.vcpu.restart(this.machine.state, this.machine.memory.cow);
+    this.vcpu = new VcpuLink(
+      {
+        guestId: this.id,
+        config: this.config,
+        options: this.options,
+        memory: this.machine.memory,
+        state: this.machine.state,
+        throttle: this.core.throttle,
+        cow: this.machine.memory.cow,
+        recording: this.rec.recording?.id ?? 0,
+      },
+      {
+        sealed: (unit) => this.rec.sealFromThread(unit),
+        fetchPages: (pages) => (this.pageFetcher === null ? Promise.reject(new InvalidStateError(`guest ${this.id} has pages missing and no way to fetch them`)) : this.pageFetcher(pages)),
+        failed: (error) => this.runnerFailed(error),
+      },
+      this.vcpuThread,
+    );
+    this.vcpuThread = undefined;
   }
 
   describe(): GuestDescription {
@@ -155,14 +161,17 @@ export class SimSourceGuest implements SourceGuest, LogRecorder, DeltaSource {
 
   /** Runner counters: units executed, wall time stalled on bounds, work given up to throttling, schedule resets. */
   runnerStats(): { unitsRun: number; stallMs: number; throttledMs: number; lagResets: number; instructionsPerMs: number; throttle: number; pagesFetched: number } {
+    const core = this.core;
+    const thread = this.vcpu;
+    // On a thread, its counters plus the final units sealed here at each suspend.
     return {
-      unitsRun: this.unitsRun,
-      stallMs: this.stallMsTotal,
-      throttledMs: this.throttledMsTotal,
-      lagResets: this.lagResets,
-      instructionsPerMs: this.instructionsPerMs,
-      throttle: this.throttle,
-      pagesFetched: this.pagesFetched,
+      unitsRun: core.unitsRun + (thread?.counter('unitsRun') ?? 0),
+      stallMs: this.inline.stallMs + (thread?.counter('stallMs') ?? 0),
+      throttledMs: core.throttledMs + (thread?.counter('throttledMs') ?? 0),
+      lagResets: this.inline.lagResets + (thread?.counter('lagResets') ?? 0),
+      instructionsPerMs: thread?.counter('instructionsPerMs') || core.instructionsPerMs,
+      throttle: core.throttle,
+      pagesFetched: this.inline.pagesFetched + (thread?.counter('pagesFetched') ?? 0),
     };
   }
 
@@ -201,13 +210,15 @@ export class SimSourceGuest implements SourceGuest, LogRecorder, DeltaSource {
         loop.stop.abort();
         await loop.done;
       }
+      // On its own thread, the vCPU stops between units; every unit it sealed was received by then.
+      if (this.vcpu !== null) this.machine.state = await this.vcpu.stop();
     }
     // Also for a guest recorded while already suspended: its log must still end.
     const rec = this.rec.recording;
     if (rec !== null && !rec.sealedFinal) {
       // The last unit: it covers no more execution (the runner stops between units), and tells
       // the replica that the log ends here.
-      this.executeUnit(0, 0, [], true);
+      rec.seal(this.core.runFinal(true)!);
     }
   }
 
@@ -228,7 +239,8 @@ export class SimSourceGuest implements SourceGuest, LogRecorder, DeltaSource {
   setThrottle(factor: number): void {
     this.checkAlive();
     if (!(factor > 0 && factor <= 1)) throw new InvalidArgumentError(`throttle factor ${factor} is out of range (0, 1]`);
-    this.throttle = factor;
+    this.core.throttle = factor;
+    this.vcpu?.setThrottle(factor);
   }
 
   discard(): void {
@@ -236,7 +248,18 @@ export class SimSourceGuest implements SourceGuest, LogRecorder, DeltaSource {
     this.loop?.stop.abort();
     this.stopRecording();
     this.runState = 'discarded';
-    this.machine.memory.free();
+    const memory = this.machine.memory;
+    const vcpu = this.vcpu;
+    if (vcpu !== null && memory.pool !== null) {
+      // The segments go to the pool only once the vCPU thread, which may be writing them, has ended.
+      const pool = memory.pool;
+      const segments = memory.segments.filter((s) => s !== undefined);
+      memory.pool = null;
+      void vcpu.exited.then(() => segments.forEach((s) => pool.give(s)));
+    }
+    vcpu?.exit();
+    void this.vcpuThread?.terminate();
+    memory.free();
     this.onDiscard(this);
   }
 
@@ -253,7 +276,7 @@ export class SimSourceGuest implements SourceGuest, LogRecorder, DeltaSource {
     if (this.options.pacing !== 'manual') throw new InvalidStateError(`guest ${this.id}: step() needs manual pacing, it is ${this.options.pacing}`);
     if (this.runState !== 'running') throw new InvalidStateError(`guest ${this.id} is ${this.runState}, not running`, { reason: 'GUEST_NOT_RUNNING', metadata: { guestId: this.id } });
     for (let i = 0; i < units; i++) {
-      if (!(await this.runUnit(new AbortController().signal))) return;
+      if (!(await this.inline.runUnit(new AbortController().signal))) return;
     }
   }
 
@@ -261,146 +284,32 @@ export class SimSourceGuest implements SourceGuest, LogRecorder, DeltaSource {
     if (this.runState === 'discarded') throw new InvalidStateError(`guest ${this.id} was discarded`, { reason: 'GUEST_NOT_RUNNING', metadata: { guestId: this.id } });
   }
 
+  /**
+   * Runs `fn` at a unit boundary: at once on this thread; on its own thread, the vCPU is parked
+   * first (this thread waits the rest of its unit), and goes on afterwards with what `fn` began.
+   */
+  private atBoundary<T>(fn: () => T): T {
+    const vcpu = this.vcpu;
+    if (vcpu === null || this.runState !== 'running') return fn();
+    this.machine.state = vcpu.park();
+    try {
+      return fn();
+    } finally {
+      vcpu.unpark(this.machine.memory.cow);
+    }
+  }
+
+  private runnerFailed(error: unknown): void {
+    if (this.runState === 'running') this.runState = 'suspended';
+    this.options.onRunnerFailure?.(this.id, error);
+  }
+
   private startLoop(): void {
     const stop = new AbortController();
-    const done = this.runLoop(stop.signal).catch((error: unknown) => {
+    const done = this.inline.runLoop(stop.signal).catch((error: unknown) => {
       if (error instanceof AbortedError) return;
-      if (this.runState === 'running') this.runState = 'suspended';
-      this.options.onRunnerFailure?.(this.id, error);
+      this.runnerFailed(error);
     });
     this.loop = { stop, done };
   }
-
-  private async runLoop(signal: AbortSignal): Promise<void> {
-    const unitMs = this.config.unitMs;
-    let next = performance.now();
-    while (!signal.aborted) {
-      await this.runUnit(signal);
-      if (this.options.pacing === 'asap') {
-        await new Promise<void>((resolve) => setImmediate(resolve));
-        continue;
-      }
-      next += unitMs;
-      const now = performance.now();
-      if (now - next > this.options.lagMsMax) {
-        next = now;
-        this.lagResets++;
-      }
-      const delay = next - now;
-      if (delay >= 1) await sleep(delay, signal);
-      else await new Promise<void>((resolve) => setImmediate(resolve));
-    }
-  }
-
-  /**
-   * Waits for room in the bounded log queue and copy-on-write pool, then runs one unit. Returns
-   * false, running nothing, if the guest was suspended or discarded meanwhile.
-   */
-  private async runUnit(signal: AbortSignal): Promise<boolean> {
-    const rates = this.config.rates;
-    const unitMs = this.config.unitMs;
-    const busyFraction = rates.busyFraction * this.throttle;
-    const instructionCount = Math.max(0, Math.min(0xffffffff, Math.round(busyFraction * unitMs * this.instructionsPerMs)));
-    this.pageWriteCarry += (rates.pageWritesPerSec * unitMs * this.throttle) / 1000;
-    const pageWriteCount = Math.floor(this.pageWriteCarry);
-    this.pageWriteCarry -= pageWriteCount;
-    const events = this.environment.eventsForUnit(unitMs * 1e6, instructionCount, busyFraction);
-    const stallStart = performance.now();
-    let stalled = false;
-    for (;;) {
-      if (signal.aborted) throw new AbortedError('runner stopped');
-      if (this.runState !== 'running') return false;
-      const rec = this.rec.recording;
-      const cow = this.machine.memory.cow;
-      if (rec !== null && rec.full) {
-        stalled = true;
-        await this.waitFor(rec.waitForRoom(), signal);
-        continue;
-      }
-      const bound = SimMachine.pageWritesBound({ pageWriteCount }, events);
-      if (cow !== null && cow.preservedBytes > 0 && !cow.hasRoomFor(bound)) {
-        stalled = true;
-        await this.waitFor(cow.waitForRoom(), signal);
-        continue;
-      }
-      break;
-    }
-    // Post-copy: the unit may only touch pages that are here. Its address stream is known in
-    // advance (SimMachine.pagesTouched), so the missing ones are fetched first, as a vCPU blocked
-    // on its page faults would wait for them.
-    const memory = this.machine.memory;
-    while (memory.missing !== null) {
-      const touched = this.machine.pagesTouched(this.header(instructionCount, pageWriteCount, false), events);
-      const missing = touched.filter((p) => memory.isMissing(p));
-      if (missing.length === 0) break;
-      if (this.pageFetcher === null) throw new InvalidStateError(`guest ${this.id} has ${memory.missingCount} pages missing and no way to fetch them`);
-      stalled = true;
-      this.pagesFetched += missing.length;
-      await this.waitFor(this.pageFetcher(missing), signal);
-      if (signal.aborted) throw new AbortedError('runner stopped');
-      if (this.runState !== 'running') return false;
-    }
-    if (stalled) this.stallMsTotal += performance.now() - stallStart;
-    this.throttledMsTotal += (1 - this.throttle) * unitMs;
-    const t0 = performance.now();
-    this.executeUnit(instructionCount, pageWriteCount, events, false);
-    const busyMs = performance.now() - t0;
-    if (this.options.instructionsPerMs === undefined && busyMs > 0.02 && instructionCount >= 100) {
-      // Exponentially weighted, so one slow unit (a GC pause) does not halve the next budget.
-      const measured = instructionCount / busyMs;
-      this.instructionsPerMs = Math.max(100, 0.8 * this.instructionsPerMs + 0.2 * measured);
-    }
-    return true;
-  }
-
-  /** Resolves when `event` does or `signal` aborts, leaving no listener behind. */
-  private waitFor(event: Promise<void>, signal: AbortSignal): Promise<void> {
-    if (signal.aborted) return Promise.resolve();
-    return new Promise<void>((resolve) => {
-      const onAbort = () => resolve();
-      signal.addEventListener('abort', onAbort, { once: true });
-      void event.then(() => {
-        signal.removeEventListener('abort', onAbort);
-        resolve();
-      });
-    });
-  }
-
-  /** Executes one unit on the machine and, while recording, seals it into the log. */
-  private header(instructionCount: number, pageWriteCount: number, final: boolean): UnitHeader {
-    const st = this.machine.state;
-    return { sequence: st.unitSequence, final, startPosition: st.position, instructionCount, pageWriteCount, guestNs: final ? 0 : this.config.unitMs * 1e6 };
-  }
-
-  private executeUnit(instructionCount: number, pageWriteCount: number, asyncEvents: AsyncEvent[], final: boolean): void {
-    const header = this.header(instructionCount, pageWriteCount, final);
-    const rec = this.rec.recording;
-    if (rec === null || rec.sealedFinal) {
-      this.machine.executeUnit(header, asyncEvents, (type, position) => this.environment.sync(type, position));
-      this.unitsRun++;
-      return;
-    }
-    const syncEvents: SyncEvent[] = [];
-    this.machine.executeUnit(header, asyncEvents, (type, position) => {
-      const event = this.environment.sync(type, position);
-      syncEvents.push(event);
-      return event;
-    });
-    this.unitsRun++;
-    const bytes = encodeUnit(header, mergeByPosition(asyncEvents, syncEvents));
-    rec.seal({ sequence: header.sequence, bytes, guestNs: header.guestNs, eventCount: asyncEvents.length + syncEvents.length, final });
-  }
-}
-
-function sleep(ms: number, signal: AbortSignal): Promise<void> {
-  return new Promise((resolve) => {
-    if (signal.aborted) return resolve();
-    const timer = setTimeout(done, ms);
-    function done() {
-      clearTimeout(timer);
-      signal.removeEventListener('abort', done);
-      resolve();
-    }
-    signal.addEventListener('abort', done, { once: true });
-  });
 }

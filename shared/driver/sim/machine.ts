@@ -77,8 +77,10 @@ export class SimMachine {
   constructor(
     memoryBytes: number,
     readonly rates: WorkloadRates,
+    /** Its memory, if it exists already (a vCPU thread's view of a guest's shared memory). */
+    memory?: GuestMemory,
   ) {
-    this.memory = new GuestMemory(memoryBytes);
+    this.memory = memory ?? new GuestMemory(memoryBytes);
     this.layout = memoryLayout(this.memory.pageCount, rates);
   }
 

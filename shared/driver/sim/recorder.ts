@@ -19,6 +19,12 @@ export interface RecorderHost {
   checkAlive(): void;
   /** Wall time the guest stalled on the log queue or the copy-on-write pool, in all. */
   stallMs(): number;
+  /** Runs `fn` with the vCPU stopped at a unit boundary (the instant of a checkpoint or a delta). */
+  atBoundary<T>(fn: () => T): T;
+  /** A recording began or ended: units are sealed into it from the next one on. */
+  recordingChanged(recording: Recording | null): void;
+  /** Units sealed on the vCPU's own thread left the log queue (taken, superseded or dropped). */
+  unitsLeft(units: number, bytes: number): void;
 }
 
 export class SimRecorder implements LogRecorder, DeltaSource {
@@ -28,8 +34,12 @@ export class SimRecorder implements LogRecorder, DeltaSource {
   constructor(private readonly host: RecorderHost) {}
 
   startRecording(): RecordingStart {
-    const { id, machine } = this.host;
     this.host.checkAlive();
+    return this.host.atBoundary(() => this.startRecordingNow());
+  }
+
+  private startRecordingNow(): RecordingStart {
+    const { id, machine } = this.host;
     if (machine.memory.missing !== null) {
       throw new InvalidStateError(`guest ${id} is still receiving ${machine.memory.missingCount} pages by post-copy`, { reason: 'GUEST_NOT_RUNNING', metadata: { guestId: id } });
     }
@@ -37,8 +47,9 @@ export class SimRecorder implements LogRecorder, DeltaSource {
     const st = machine.state;
     // The runner is between units whenever this code runs: the checkpoint's instant is the
     // recording's first unit boundary. Pages dirtied from here make the first delta.
-    this.recording = new Recording(st.unitSequence, beginCheckpoint(machine, this.host.options.cowBytesMax), this.host.options);
+    this.recording = new Recording(st.unitSequence, beginCheckpoint(machine, this.host.options.cowBytesMax), this.host.options, (units, bytes) => this.host.unitsLeft(units, bytes));
     machine.memory.clearDirty();
+    this.host.recordingChanged(this.recording);
     return { firstSequence: st.unitSequence, position: st.position };
   }
 
@@ -58,8 +69,12 @@ export class SimRecorder implements LogRecorder, DeltaSource {
   }
 
   rebase(): DeltaStart {
-    const { id, machine } = this.host;
     this.host.checkAlive();
+    return this.host.atBoundary(() => this.rebaseNow());
+  }
+
+  private rebaseNow(): DeltaStart {
+    const { id, machine } = this.host;
     const rec = this.recording;
     if (rec === null || rec.sealedFinal) throw new InvalidStateError(`guest ${id} is not recording: a delta checkpoint belongs to a recording`, { reason: 'GUEST_BUSY' });
     if (!rec.checkpointTaken || (rec.delta !== null && !rec.delta.taken)) {
@@ -80,6 +95,16 @@ export class SimRecorder implements LogRecorder, DeltaSource {
     return deltaChunks(this.host.machine, delta, chunkPages, options.reuseBuffer ?? false);
   }
 
+  /** A unit the vCPU sealed on its own thread, into the recording it names (which may have ended since). */
+  sealFromThread(unit: { recording: number; sequence: number; bytes: Uint8Array; guestNs: number; eventCount: number }): void {
+    const rec = this.recording;
+    if (rec === null || rec.id !== unit.recording || rec.sealedFinal) {
+      this.host.unitsLeft(1, unit.bytes.length);
+      return;
+    }
+    rec.seal({ sequence: unit.sequence, bytes: unit.bytes, guestNs: unit.guestNs, eventCount: unit.eventCount, final: false });
+  }
+
   async nextSealedUnit(signal?: AbortSignal): Promise<SealedUnit | null> {
     return this.recording === null ? null : this.recording.next(this.host.id, signal);
   }
@@ -96,6 +121,7 @@ export class SimRecorder implements LogRecorder, DeltaSource {
     if (rec.checkpoint !== null) endCheckpoint(machine, rec.checkpoint);
     if (rec.delta !== null) endCheckpoint(machine, rec.delta);
     this.recording = null;
+    this.host.recordingChanged(null);
     rec.stop();
   }
 }

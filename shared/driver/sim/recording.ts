@@ -14,7 +14,11 @@ export interface RecordingLimits {
   logQueueUnitsMax: number;
 }
 
+/** Recordings of this process, numbered (a unit sealed on a vCPU thread names its recording). */
+let recordingsBegun = 0;
+
 export class Recording {
+  readonly id = ++recordingsBegun;
   private readonly queue: SealedUnit[] = [];
   private queueBytes = 0;
   private unitsRecorded = 0;
@@ -37,6 +41,8 @@ export class Recording {
     /** The live checkpoint's instant: the recording's first unit boundary. */
     readonly checkpoint: CheckpointInstant | null,
     private readonly limits: RecordingLimits,
+    /** Units other than the final one left the queue (taken, dropped): how many, and their bytes. */
+    private readonly left: (units: number, bytes: number) => void = () => {},
   ) {}
 
   /** Queues a sealed unit for the agent. */
@@ -67,6 +73,7 @@ export class Recording {
       if (unit !== undefined) {
         this.queueBytes -= unit.bytes.length;
         if (unit.final) this.finished = true;
+        else this.left(1, unit.bytes.length);
         wake(this.roomWaiters.splice(0));
         return unit;
       }
@@ -85,11 +92,14 @@ export class Recording {
   /** Drops the queued units before `sequence` (a delta of that instant supersedes them). */
   dropBefore(sequence: number): void {
     let n = 0;
+    let bytes = 0;
     while (n < this.queue.length && this.queue[n].sequence < sequence) {
-      this.queueBytes -= this.queue[n].bytes.length;
+      bytes += this.queue[n].bytes.length;
       n++;
     }
     if (n === 0) return;
+    this.queueBytes -= bytes;
+    this.left(n, bytes);
     this.queue.splice(0, n);
     this.unitsDropped += n;
     wake(this.roomWaiters.splice(0));
@@ -102,6 +112,8 @@ export class Recording {
   /** Ends the recording: queued units are dropped, every waiter wakes. */
   stop(): void {
     this.stopped = true;
+    const kept = this.queue.filter((u) => !u.final);
+    this.left(kept.length, kept.reduce((sum, u) => sum + u.bytes.length, 0));
     this.queue.length = 0;
     this.queueBytes = 0;
     wake(this.unitWaiters.splice(0));
