@@ -17,9 +17,14 @@ export interface Agent {
 /**
  * An agent on 127.0.0.1:0 (plaintext: loopback) with its Control client, both closed when `t`
  * ends. `log` replaces its logger (JSON on stderr at the --log-level), to capture what it logs.
+ *
+ * Its guests run their vCPU inline (on the event loop) unless `extra` says `--vcpu thread`: two
+ * agents in one process share its event loop and this machine's cores, and a vCPU on a thread of
+ * its own would then compete with the target's replay on the same host, which no deployment does
+ * (a busy guest's log would outrun that replay; test/agent-vcpu-thread.test.ts covers the thread).
  */
 export async function startTestAgent(t: Test, extra: string[] = [], log?: Logger): Promise<Agent> {
-  const agent = await startAgent(agentOptionsFromArgs('source', ['--listen', '127.0.0.1:0', '--log-level', 'error', '--insecure-plaintext', ...extra]), log);
+  const agent = await startAgent(agentOptionsFromArgs('source', ['--listen', '127.0.0.1:0', '--log-level', 'error', '--insecure-plaintext', '--vcpu', 'inline', ...extra]), log);
   const ctl = makeClient(controlService, 'Control', agent.address, grpc.credentials.createInsecure());
   t.teardown(async () => {
     ctl.close();

@@ -301,6 +301,12 @@ export class SimSourceGuest implements SourceGuest, LogRecorder, DeltaSource {
 
   private runnerFailed(error: unknown): void {
     if (this.runState === 'running') this.runState = 'suspended';
+    // A thread that failed is gone: a later start begins a new one (from this thread's state).
+    if (this.vcpu !== null) {
+      this.core.unitsRun += this.vcpu.counter('unitsRun');
+      this.vcpu.exit();
+      this.vcpu = null;
+    }
     this.options.onRunnerFailure?.(this.id, error);
   }
 

@@ -125,8 +125,13 @@ export class VcpuLink {
     this.worker.postMessage(init, [messages.port2, commands.port2]);
     this.port.on('message', (message: VcpuMessage) => this.receive(message));
     this.port.unref();
-    this.worker.on('error', (error) => this.host.failed(error));
+    this.worker.on('error', (error) => {
+      this.host.failed(error);
+      this.stoppedNow();
+    });
+    // A suspend that waits for the thread does not outlive it.
     this.exited = new Promise((resolve) => this.worker.once('exit', () => resolve()));
+    void this.exited.then(() => this.stoppedNow());
     this.setRecording(start.recording);
     this.sendCow(start.cow);
   }
@@ -207,6 +212,11 @@ export class VcpuLink {
     void this.worker.terminate();
   }
 
+  private stoppedNow(): void {
+    this.stopped?.();
+    this.stopped = null;
+  }
+
   private command(command: number): void {
     Atomics.store(this.control, CONTROL.command, command);
     Atomics.notify(this.control, CONTROL.command);
@@ -255,14 +265,13 @@ export class VcpuLink {
         );
         break;
       case 'stopped':
-        this.stopped?.();
-        this.stopped = null;
+        this.stoppedNow();
         break;
       case 'failed': {
         const error = new Error(`the vCPU thread failed: ${message.message}`);
         error.stack = message.stack;
         this.host.failed(error);
-        this.stopped?.();
+        this.stoppedNow();
         break;
       }
     }
