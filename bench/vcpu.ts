@@ -9,6 +9,12 @@
 //                   its stalls on the copy-on-write pool, the event loop's delay.
 // With the vCPU inline (on the event loop), the unit's busy part holds the loop and every chunk
 // waits behind it; with the vCPU on its own thread, the two only share the machine's cores.
+//
+// And the target's side: what receiving a unit costs its event loop (decoding the message, lz4 and
+// xxh64, the unit's check) against what replaying it costs, for a log recorded here. Replay only
+// runs once the checkpoint is restored and never while a delta is applied (the target's design),
+// so unit receipt is all it shares its thread with; its share bounds what a replay thread could
+// gain.
 
 import { spawn } from 'node:child_process';
 import { once } from 'node:events';
@@ -17,7 +23,9 @@ import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { parseArgs } from 'node:util';
 import { PackPool } from '../shared/pack-pool.js';
-import { PROFILE_NAMES, type ProfileName, SimDriver, type SimSourceGuest, VCPU_MODES, type VcpuMode } from '../shared/driver/sim/index.js';
+import { packMessage, unpackPayload } from '../shared/protocol.js';
+import { pb } from '../shared/transport/grpc.js';
+import { PROFILE_NAMES, type ProfileName, SimDriver, type SimReplica, type SimSourceGuest, VCPU_MODES, type VcpuMode } from '../shared/driver/sim/index.js';
 import { CHUNK_PAGES } from '../source-agent/streams/checkpoint.js';
 import { fixed, MIB_BYTES, table } from './format.js';
 import { median } from './stats.js';
@@ -147,6 +155,8 @@ async function streamCheckpoint(guest: SimSourceGuest, packer: PackPool, socket:
 }
 
 interface ModeFigures {
+  /** How long suspend took with the guest running: a vCPU on its own thread finishes the unit in progress first. */
+  suspendMs: number;
   alone: Stretch;
   transfer: Stretch;
   both: Stretch;
@@ -162,19 +172,78 @@ async function measure(profile: ProfileName, mode: VcpuMode, options: Options, s
     let done = watch(guest);
     await sleep(options.seconds * 1000);
     const alone = done(0);
+    const suspendStart = performance.now();
     await guest.suspend();
+    const suspendMs = performance.now() - suspendStart;
     done = watch(guest);
     const transfer = done(await streamCheckpoint(guest, packer, sink.socket));
     guest.resume();
     await sleep(300);
     done = watch(guest);
     const both = done(await streamCheckpoint(guest, packer, sink.socket));
-    return { alone, transfer, both };
+    return { suspendMs, alone, transfer, both };
   } finally {
     sink.stop();
     await packer.close();
     driver.shutdown();
   }
+}
+
+/** Units recorded for the target's part. */
+const TARGET_UNITS = 200;
+
+interface TargetFigures {
+  receiveUsPerUnit: number;
+  replayUsPerUnit: number;
+  /** Guest seconds replayed per second of replay. */
+  replayRate: number;
+}
+
+/** Records TARGET_UNITS units of `profile`, then times their receipt and their replay on a replica. */
+async function measureTarget(profile: ProfileName, options: Options, seed: number): Promise<TargetFigures> {
+  const source = new SimDriver({ memoryBytesTotal: options.memoryBytes, guest: { pacing: 'manual' } });
+  const target = new SimDriver({ memoryBytesTotal: options.memoryBytes, guest: { pacing: 'manual' } });
+  try {
+    const guest = source.createGuest({ id: `vcpu-target-${profile}`, profile, memoryBytes: options.memoryBytes, environmentSeed: seed, contentSeed: seed });
+    await guest.step(50); // the instruction budget adapts to this host first
+    guest.startRecording();
+    const replica = target.reserve(guest.describe()) as SimReplica;
+    await replica.memoryReady;
+    for await (const chunk of guest.liveCheckpoint()) replica.restoreChunk(chunk);
+    await guest.step(TARGET_UNITS);
+    await guest.suspend();
+    const wire: Buffer[] = [];
+    let guestNs = 0;
+    for (let u = await guest.nextSealedUnit(); u !== null; u = await guest.nextSealedUnit()) {
+      wire.push(Buffer.from(packMessage({ kind: 'unit', sequence: u.sequence, final: u.final, guestNs: u.guestNs, eventCount: u.eventCount }, u.bytes, true).bytes));
+      guestNs += u.guestNs;
+    }
+    const t0 = performance.now();
+    const units = wire.map((bytes) => {
+      const message = pb.SourceMessage.decode(bytes);
+      const raw = unpackPayload(message.unit!.payload, `unit ${message.unit!.sequence}`);
+      replica.checkUnit(raw);
+      return raw;
+    });
+    const t1 = performance.now();
+    for (const unit of units) replica.applyUnit(unit);
+    const t2 = performance.now();
+    return { receiveUsPerUnit: ((t1 - t0) * 1000) / units.length, replayUsPerUnit: ((t2 - t1) * 1000) / units.length, replayRate: guestNs / 1e6 / (t2 - t1) };
+  } finally {
+    source.shutdown();
+    target.shutdown();
+  }
+}
+
+function targetTable(options: Options, figures: Array<{ profile: ProfileName; target: TargetFigures }>): string {
+  const rows = options.profiles.map((profile) => {
+    const mine = figures.filter((f) => f.profile === profile).map((f) => f.target);
+    const m = (pick: (x: TargetFigures) => number) => median(mine.map(pick));
+    const receive = m((x) => x.receiveUsPerUnit);
+    const replay = m((x) => x.replayUsPerUnit);
+    return [profile, f0(receive), f0(replay), fixed((100 * receive) / (receive + replay), 1), fixed(m((x) => x.replayRate), 2)];
+  });
+  return `vcpu target: ${TARGET_UNITS} units per profile, medians of ${options.repeats}\n` + table(['profile', 'receive us/unit', 'replay us/unit', 'receipt share %', 'replay rate'], rows);
 }
 
 const f1 = (x: number) => (Number.isFinite(x) ? fixed(x, 1) : '–');
@@ -193,9 +262,11 @@ export async function runVcpuBench(argv: string[]): Promise<number> {
     return 0;
   }
   const runs: Array<{ profile: ProfileName; mode: VcpuMode; figures: ModeFigures }> = [];
+  const targets: Array<{ profile: ProfileName; target: TargetFigures }> = [];
   for (let repeat = 0; repeat < options.repeats; repeat++) {
     for (const profile of options.profiles) {
       // Alternated, so that both modes see the same spell of the machine's load.
+      targets.push({ profile, target: await measureTarget(profile, options, 2000 + repeat) });
       const modes = repeat % 2 === 0 ? options.modes : [...options.modes].reverse();
       for (const mode of modes) {
         const figures = await measure(profile, mode, options, 1000 + repeat);
@@ -218,6 +289,7 @@ export async function runVcpuBench(argv: string[]): Promise<number> {
         mode,
         f1(m((x) => x.alone.latePercent)),
         f1(m((x) => x.alone.loopDelayP99Ms)),
+        f1(m((x) => x.suspendMs)),
         f0(m((x) => x.transfer.checkpointMBps)),
         f0(m((x) => x.both.checkpointMBps)),
         f1(m((x) => x.both.latePercent)),
@@ -229,7 +301,8 @@ export async function runVcpuBench(argv: string[]): Promise<number> {
   }
   console.log(
     `vcpu: ${fixed(options.memoryBytes / MIB_BYTES, 0)} MiB guests, medians of ${options.repeats}; "late": units due less units run, % of due\n` +
-      table(['profile', 'vcpu', 'alone late %', 'alone loop p99 ms', 'transfer alone MB/s', 'both MB/s', 'both late %', 'both stall ms', 'both loop p99 ms', 'both loop max ms'], rows),
+      table(['profile', 'vcpu', 'alone late %', 'alone loop p99 ms', 'suspend ms', 'transfer alone MB/s', 'both MB/s', 'both late %', 'both stall ms', 'both loop p99 ms', 'both loop max ms'], rows),
   );
+  console.log(`\n${targetTable(options, targets)}`);
   return 0;
 }

@@ -39,6 +39,13 @@ export interface GuestRunnerStats {
   readonly stallMs: number;
   /** Work given up to throttling, as time: (1 - throttle factor) x unitMs, summed over the units run. */
   readonly throttledMs: number;
+  /**
+   * Wall time the guest still ran after its last suspend() was called: a vCPU on a thread of its
+   * own finishes the unit in progress first. Its downtime starts when it stopped.
+   */
+  readonly suspendRanMs?: number;
+  /** Units it completed meanwhile (not the final unit the suspend sealed). */
+  readonly suspendRanUnits?: number;
 }
 
 export interface DisruptionInput {

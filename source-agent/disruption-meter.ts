@@ -46,6 +46,25 @@ export class DisruptionMeter {
     this.suspendedAtMs = this.clock.now();
   }
 
+  /**
+   * Suspends the guest, its share of the window here ending with it. A vCPU on a thread of its own
+   * finishes the unit in progress first (runnerStats' suspendRanMs): the share then ends when it
+   * stopped, with that unit. Returns how long after the call that was.
+   */
+  async suspend(): Promise<number> {
+    this.suspending();
+    const calledAtMs = this.clock.now();
+    await this.guest.suspend();
+    const runner = this.guest.runnerStats?.();
+    const ranMs = Math.max(0, Math.min(runner?.suspendRanMs ?? 0, this.clock.now() - calledAtMs));
+    const at = this.atSuspend;
+    if (ranMs > 0 && at !== null && this.suspendedAtMs !== null) {
+      this.atSuspend = { ...at, unitsRun: at.unitsRun === undefined ? undefined : at.unitsRun + (runner?.suspendRanUnits ?? 0) };
+      this.suspendedAtMs += ranMs;
+    }
+    return ranMs;
+  }
+
   /** The guest runs here again (a migration aborted after the suspend): its share runs on. */
   resumedHere(): void {
     this.atSuspend = null;

@@ -199,8 +199,8 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
     this.suspendedAtMs = this.clock.now();
     this.expectedAtSuspendMs = this.stats.expectedDowntimeMs;
     this.suspended = true;
-    this.disruption.suspending();
-    await this.guest.suspend();
+    // A vCPU on its own thread finishes its unit first: the downtime starts when it stopped.
+    this.suspendedAtMs += await this.disruption.suspend();
   }
 
   /**

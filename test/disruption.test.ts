@@ -90,6 +90,25 @@ t.test('meter: CR/TR or pre-copy: the window closes at the resume on the target'
   t.match(stats, { disruptionWindowMs: 525, unitsDue: 52, unitsRun: 45, lostScheduleMs: 35, disruptionMs: 25 + 10 + 12 + 35 }, 'resumed there: suspend + downtime, however late the refresh');
 });
 
+t.test('meter: a vCPU that finishes its unit after the suspend call: the downtime starts when it stopped', async (t) => {
+  const { clock, guest, stats, meter } = meterSetup();
+  await clock.advance(500);
+  guest.counters = { unitsRun: 48, stallMs: 0, throttledMs: 0 };
+  // The vCPU (on its own thread) runs 7 ms more, finishing one unit, then stops; its suspend
+  // returns 1 ms later; the final unit it seals counts as run.
+  guest.suspend = async () => {
+    await clock.advance(8);
+    guest.counters = { unitsRun: 50, stallMs: 0, throttledMs: 0, suspendRanMs: 7, suspendRanUnits: 1 };
+  };
+  t.equal(await meter.suspend(), 7, 'the guest ran 7 ms after the call');
+  stats.downtimeMs = 20;
+  meter.refresh(stats, null);
+  t.match(stats, { disruptionWindowMs: 527, unitsDue: 52, unitsRun: 49, disruptionMs: 20 + 10 }, 'the window runs to the stop, with the unit it finished (49 run of 52 due: 20 ms down, 10 ms late)');
+  const other = meterSetup();
+  other.guest.counters = { unitsRun: 0, stallMs: 0, throttledMs: 0, suspendRanMs: 0 };
+  t.equal(await other.meter.suspend(), 0, 'a vCPU stopped at once (inline, between units) changes nothing');
+});
+
 t.test('meter: post-copy: the guest on the target counts until its last page', async (t) => {
   const { clock, guest, stats, meter } = meterSetup();
   await clock.advance(20);

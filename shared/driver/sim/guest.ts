@@ -44,6 +44,8 @@ export class SimSourceGuest implements SourceGuest, LogRecorder, DeltaSource {
   /** The vCPU on its own thread (vcpu mode `thread`), from the first start on. */
   private vcpu: VcpuLink | null = null;
   private readonly inline: InlineRunner;
+  /** How long the vCPU ran on after the last suspend() was called, and the units it completed (on its own thread: the unit in progress). */
+  private suspendRan = { ms: 0, units: 0 };
   /** Post-copy: fetches missing pages before a unit touches them. */
   private pageFetcher: ((pages: Uint32Array) => Promise<void>) | null = null;
   readonly pages: PageAccess;
@@ -160,7 +162,7 @@ export class SimSourceGuest implements SourceGuest, LogRecorder, DeltaSource {
   }
 
   /** Runner counters: units executed, wall time stalled on bounds, work given up to throttling, schedule resets. */
-  runnerStats(): { unitsRun: number; stallMs: number; throttledMs: number; lagResets: number; instructionsPerMs: number; throttle: number; pagesFetched: number } {
+  runnerStats(): { unitsRun: number; stallMs: number; throttledMs: number; lagResets: number; instructionsPerMs: number; throttle: number; pagesFetched: number; suspendRanMs: number; suspendRanUnits: number } {
     const core = this.core;
     const thread = this.vcpu;
     // On a thread, its counters plus the final units sealed here at each suspend.
@@ -172,6 +174,8 @@ export class SimSourceGuest implements SourceGuest, LogRecorder, DeltaSource {
       instructionsPerMs: thread?.counter('instructionsPerMs') || core.instructionsPerMs,
       throttle: core.throttle,
       pagesFetched: this.inline.pagesFetched + (thread?.counter('pagesFetched') ?? 0),
+      suspendRanMs: this.suspendRan.ms,
+      suspendRanUnits: this.suspendRan.units,
     };
   }
 
@@ -211,7 +215,11 @@ export class SimSourceGuest implements SourceGuest, LogRecorder, DeltaSource {
         await loop.done;
       }
       // On its own thread, the vCPU stops between units; every unit it sealed was received by then.
-      if (this.vcpu !== null) this.machine.state = await this.vcpu.stop();
+      if (this.vcpu !== null) {
+        const { state, ranMs, ranUnits } = await this.vcpu.stop();
+        this.machine.state = state;
+        this.suspendRan = { ms: ranMs, units: ranUnits };
+      }
     }
     // Also for a guest recorded while already suspended: its log must still end.
     const rec = this.rec.recording;

@@ -137,7 +137,7 @@ export class VcpuLink {
   }
 
   /** The runner's counters, as the vCPU thread last wrote them. */
-  counter(slot: Exclude<keyof typeof STATS, 'throttle' | 'slots'>): number {
+  counter(slot: Exclude<keyof typeof STATS, 'throttle' | 'stoppedAtEpochMs' | 'slots'>): number {
     return this.stats[STATS[slot]];
   }
 
@@ -184,15 +184,24 @@ export class VcpuLink {
     this.command(COMMAND.run);
   }
 
-  /** Suspend: stops the vCPU at the next unit boundary; resolves with its state once it has stopped and every unit it sealed was handed over. */
-  stop(): Promise<MachineState> {
+  /**
+   * Suspend: stops the vCPU at the next unit boundary; resolves once it has stopped and every unit
+   * it sealed was handed over, with its state and how long it ran on after this call (the rest of
+   * the unit in progress).
+   */
+  stop(): Promise<{ state: MachineState; ranMs: number; ranUnits: number }> {
     const stopped = new Promise<void>((resolve) => (this.stopped = resolve));
+    const calledAtEpochMs = performance.timeOrigin + performance.now();
+    const unitsBefore = this.stats[STATS.unitsRun];
+    this.stats[STATS.stoppedAtEpochMs] = 0;
     // Until the vCPU says it stopped, its messages keep the process alive (the caller awaits them).
     this.port.ref();
     this.command(COMMAND.stop);
     return stopped.then(() => {
       this.port.unref();
-      return MachineState.deserialize(this.state.slice());
+      const stoppedAt = this.stats[STATS.stoppedAtEpochMs];
+      const ranMs = stoppedAt > 0 ? Math.max(0, stoppedAt - calledAtEpochMs) : 0;
+      return { state: MachineState.deserialize(this.state.slice()), ranMs, ranUnits: this.stats[STATS.unitsRun] - unitsBefore };
     });
   }
 

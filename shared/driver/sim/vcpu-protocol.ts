@@ -42,7 +42,9 @@ export const STATS = {
   instructionsPerMs: 4,
   pagesFetched: 5,
   throttle: 6,
-  slots: 7,
+  /** When the vCPU last stopped for a suspend: ms since the epoch (performance.timeOrigin + now(), comparable across threads). */
+  stoppedAtEpochMs: 7,
+  slots: 8,
 } as const;
 
 /** What the vCPU thread starts from (its first message). */

@@ -66,6 +66,7 @@ class VcpuThread {
     if (command === COMMAND.stop) {
       // A suspend drops the unit that waited: its events never arrived, as for a guest on this thread.
       this.pending = null;
+      this.stats[STATS.stoppedAtEpochMs] = performance.timeOrigin + performance.now();
       this.post({ kind: 'stopped' });
     }
     Atomics.store(this.control, CONTROL.state, command === COMMAND.park ? VCPU_STATE.parked : VCPU_STATE.stopped);
