@@ -59,25 +59,42 @@ export function spawnVcpuThread(name: string): Worker {
  */
 export class VcpuThreads {
   private spare: Worker | null = null;
+  private refill: NodeJS.Timeout | null = null;
 
   constructor(private readonly enabled: boolean) {
     if (enabled) this.spare = spawnVcpuThread('spare');
   }
 
-  /** A started thread for a new guest (undefined when guests run inline); another is started for the next. */
+  /**
+   * A started thread for a new guest (undefined when guests run inline). The next one is started a
+   * little later (SPARE_DELAY_MS), not while the migration that took this one begins: starting a
+   * thread costs a core for tens of milliseconds.
+   */
   take(): Worker | undefined {
     if (!this.enabled) return undefined;
     const thread = this.spare ?? spawnVcpuThread('spare');
-    this.spare = spawnVcpuThread('spare');
+    this.spare = null;
+    if (this.refill === null) {
+      this.refill = setTimeout(() => {
+        this.refill = null;
+        this.spare ??= spawnVcpuThread('spare');
+      }, SPARE_DELAY_MS);
+      this.refill.unref();
+    }
     return thread;
   }
 
   /** Ends the spare thread (the host shuts down). */
   close(): void {
+    if (this.refill !== null) clearTimeout(this.refill);
+    this.refill = null;
     void this.spare?.terminate();
     this.spare = null;
   }
 }
+
+/** How long after a thread was taken the next spare is started. */
+const SPARE_DELAY_MS = 10_000;
 
 export class VcpuLink {
   private readonly worker: Worker;
