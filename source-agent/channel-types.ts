@@ -31,7 +31,7 @@ export interface TransferChannel {
   /** The target's stop-and-copy requests go here (CR/TR); unanswered while null. */
   onStopRequest: ((request: StopRequest) => void) | null;
   /** The pages the target's running guest waits for go here (post-copy). */
-  onPageRequest: ((pages: number[]) => void) | null;
+  onPageRequest: ((pages: number[], resend: boolean) => void) | null;
   /** Sends a message without a payload. Nothing is sent once the channel is closed. */
   send(body: ControlBody): void;
   /** Serializes a payload message (lz4 unless compression is off). */

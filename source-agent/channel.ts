@@ -51,7 +51,7 @@ export class GrpcTransferChannel extends FailableWaits implements TransferChanne
   commitDigestSent = '';
   rttMs = 0;
   onStopRequest: ((request: StopRequest) => void) | null = null;
-  onPageRequest: ((pages: number[]) => void) | null = null;
+  onPageRequest: ((pages: number[], resend: boolean) => void) | null = null;
   private closed = false;
   /** A commit was sent, or post-copy's machine state: the target may activate from here on. */
   private pointOfNoReturnPassed = false;
@@ -301,7 +301,7 @@ export class GrpcTransferChannel extends FailableWaits implements TransferChanne
         break;
       }
       case 'pageRequest':
-        this.onPageRequest?.(message.pageRequest?.pages ?? []);
+        this.onPageRequest?.(message.pageRequest?.pages ?? [], message.pageRequest?.resend === true);
         break;
       case 'pong':
         this.rttMs = smoothRttMs(this.rttMs, this.clock.now() - (message.pong?.sentMs ?? 0));

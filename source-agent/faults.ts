@@ -112,10 +112,10 @@ export class FaultyChannel implements TransferChannel {
   set onStopRequest(handler: ((request: StopRequest) => void) | null) {
     this.inner.onStopRequest = handler;
   }
-  get onPageRequest(): ((pages: number[]) => void) | null {
+  get onPageRequest(): ((pages: number[], resend: boolean) => void) | null {
     return this.inner.onPageRequest;
   }
-  set onPageRequest(handler: ((pages: number[]) => void) | null) {
+  set onPageRequest(handler: ((pages: number[], resend: boolean) => void) | null) {
     this.inner.onPageRequest = handler;
   }
   write(message: PackedMessage, rateBytesPerSec: number): Promise<void> {

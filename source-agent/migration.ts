@@ -327,7 +327,7 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
       request: this.request,
       stats: this.stats,
       signal: this.cancelController.signal,
-      timings: { convergenceWindowMs: this.options.convergenceWindowMs, monitorIntervalMs: this.options.monitorIntervalMs, activationTimeoutMs: this.options.activationTimeoutMs },
+      timings: { convergenceWindowMs: this.options.convergenceWindowMs, monitorIntervalMs: this.options.monitorIntervalMs, activationTimeoutMs: this.options.activationTimeoutMs, resumeWindowMs: this.options.resumeWindowMs ?? 0 },
       throughputBytesPerSec: 0,
       get log() {
         return self.log;

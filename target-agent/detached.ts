@@ -6,7 +6,7 @@
 
 import type { Logger } from 'pino';
 import type { Clock, Timer } from '../shared/clock.js';
-import { echo, InvalidStateError, NotFoundError } from '../shared/errors.js';
+import { CorruptDataError, echo, InvalidStateError, LimitExceededError, NotFoundError } from '../shared/errors.js';
 import type { TransferPhase } from './receivers/context.js';
 import type { SessionHost, TransferStream } from './session-host.js';
 
@@ -16,6 +16,15 @@ export interface DetachedPort {
   missingPages(): number | null;
   /** The window passed: end the transfer with `reason`. */
   expired(reason: string): void;
+}
+
+/**
+ * Damage in transit: a payload that failed its check, a size past a limit. Post-copy drops such a
+ * stream (ABORTED) and waits for the source to resume the transfer on a new one, rather than end
+ * a transfer whose guest runs here.
+ */
+export function damagedInTransit(error: unknown): boolean {
+  return error instanceof CorruptDataError || error instanceof LimitExceededError;
 }
 
 export class Detached {

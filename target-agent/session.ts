@@ -12,7 +12,7 @@ import type { Logger } from 'pino';
 import { type Clock, systemClock } from '../shared/clock.js';
 import { SWITCHOVER_DEADLINE_SHARE } from '../shared/convergence.js';
 import { AbortedError, bounded, CorruptDataError, InvalidStateError, MESSAGE_CHARS_MAX, VmMigrateError } from '../shared/errors.js';
-import { Detached } from './detached.js';
+import { damagedInTransit, Detached } from './detached.js';
 import { pb, statusOf } from '../shared/transport/grpc.js';
 import { detailsOf } from '../shared/transport/status.js';
 import { Feedback, type ProgressCounters, type ProgressReport } from './feedback.js';
@@ -33,8 +33,7 @@ export type { SessionHost, TransferStream } from './session-host.js';
 
 export class TargetSession {
   private phase: TransferPhase = 'open';
-  /** Why it ended, once ended before the commit. */
-  reasonEnded = '';
+  reasonEnded = ''; // why it ended, once ended before the commit
   /** An early commit, held until the final unit is replayed (ReserveResponse.early_commit). */
   private heldCommit: InstanceType<typeof pb.Commit> | null = null;
   /** The source ended the transfer by cancelling the migration (not a failure). */
@@ -46,8 +45,7 @@ export class TargetSession {
   private bytesReceived = 0;
   /** Messages of the transfer received, on every stream of it (Progress.messages_received). */
   private messagesReceived = 0;
-  /** The last Resume taken (its attempt number). */
-  private resumeAttempt = 0;
+  private resumeAttempt = 0; // the last Resume taken (its attempt number)
   private readonly stream: SessionStream;
   /** The stream broke and the transfer waits for the source to resume it. */
   private readonly detached: Detached;
@@ -348,6 +346,10 @@ export class TargetSession {
       this.heldCommit = null;
       this.send({ commitResult: { matched: false, targetDigest: '', refusedReason: message } });
     }
+    if (this.phase === 'postcopy' && damagedInTransit(error) && this.detached.detach(message, this.messagesReceived)) {
+      this.stream.end(new AbortedError(`transfer stream dropped, resume it: ${message}`, { reason: 'PEER_UNAVAILABLE' }));
+      return void this.stream.release();
+    }
     // In band first, as sources that predate the status read it; then the stream's own status.
     this.send({ error: { code, message, reason: detailsOf(error).reason } });
     this.failure = error;
@@ -356,7 +358,8 @@ export class TargetSession {
 
   private onEnd(reason: string, resumable: boolean): void {
     if (this.phase === 'activated') return this.finish();
-    if (resumable && this.heldCommit === null && this.detached.detach(reason, this.messagesReceived)) {
+    // Post-copy's guest runs here: even a stream this agent could not decode is resumed, not ended.
+    if ((resumable || this.phase === 'postcopy') && this.heldCommit === null && this.detached.detach(reason, this.messagesReceived)) {
       // The stream is gone; the transfer waits for the source on a new one.
       this.stream.release();
       return;

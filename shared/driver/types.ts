@@ -316,6 +316,8 @@ export interface PostcopyTarget {
   receivePages(bytes: Uint8Array): number;
   /** Whether every one of `pages` is present. */
   present(pages: Uint32Array): boolean;
+  /** The pages not received yet, in order (to ask for again after a batch was lost). */
+  missingPageList(): Uint32Array;
   /**
    * Digest of the state as it was sent: the pages as they arrived and the machine state at
    * resume. Equal to the source's digest at suspend once nothing is missing.

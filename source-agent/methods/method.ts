@@ -53,6 +53,8 @@ export interface MethodTimings {
   monitorIntervalMs: number;
   /** Wait for the target's activation confirmation. */
   activationTimeoutMs: number;
+  /** A broken transfer stream is resumed within this (0: not resumed). */
+  resumeWindowMs: number;
 }
 
 /** What the lifecycle lends a method for one migration. */
