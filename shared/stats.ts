@@ -109,6 +109,9 @@ export interface MigrationStats {
   unitsRun: number;
   /** The schedule deficit the downtime and the stalls do not explain. */
   lostScheduleMs: number;
+  /** A protection: units recorded that the standby has not received, and not replayed, yet. */
+  lagUnitsReceived: number;
+  lagUnitsReplayed: number;
 }
 
 export function emptyStats(method: MigrationMethod, memoryBytes: number): MigrationStats {
@@ -170,5 +173,7 @@ export function emptyStats(method: MigrationMethod, memoryBytes: number): Migrat
     unitsDue: 0,
     unitsRun: 0,
     lostScheduleMs: 0,
+    lagUnitsReceived: 0,
+    lagUnitsReplayed: 0,
   };
 }

@@ -15,7 +15,7 @@ export type CommitResult = InstanceType<typeof pb.CommitResult>;
 export type Activated = InstanceType<typeof pb.Activated>;
 
 /** The SourceMessage bodies a method sends as they are (the payload bodies go through `pack`). */
-export type ControlBody = Partial<Pick<SourceMessage, 'open' | 'stopDecision' | 'commit' | 'abort' | 'rebase'>>;
+export type ControlBody = Partial<Pick<SourceMessage, 'open' | 'stopDecision' | 'commit' | 'abort' | 'rebase' | 'switchover'>>;
 
 export interface TransferChannel {
   /** The target's last progress report (all zero before the first). */

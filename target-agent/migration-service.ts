@@ -18,6 +18,8 @@ import { type Reservation, ReservationRegistry } from './reservation.js';
 import { IncomingJobs, type TransferView } from './incoming-jobs.js';
 import type { TransferPhase } from './receivers/context.js';
 import { type SessionHost, TargetSession } from './session.js';
+import type { FailoverResult } from './standby.js';
+import { type ProtectionTerms, RPO_MS_MAX_DEFAULT, RPO_MS_MAX_MAX, RPO_MS_MAX_MIN } from '../shared/rpo.js';
 import { failStream, unaryHandlers } from '../shared/transport/handlers.js';
 import { peerIdentity } from '../shared/transport/tls.js';
 import { ProbeReceiver } from './probe.js';
@@ -123,7 +125,7 @@ export class MigrationService implements SessionHost {
     const again = this.reservations.byMigration(request.migrationId).find((r) => !r.opened && r.replica.id === g.id);
     if (again !== undefined) {
       this.log.info({ jobId: request.migrationId, reservationId: again.id }, 'reservation asked again: answered with the one made');
-      return this.reserveResponse(again.id);
+      return this.reserveResponse(again.id, again.protection !== undefined);
     }
     this.decisions.checkUndecided(request.migrationId);
     const downtimeLimitMs = request.downtimeLimitMs;
@@ -151,6 +153,7 @@ export class MigrationService implements SessionHost {
       downtimeLimitMs,
       unitMs: g.unitMs ?? 0,
       maxDurationMs: request.maxDurationMs ?? 0,
+      protection: protectionTerms(request.protection),
     });
     this.incoming.reserved(reservation, description.memoryBytes);
     try {
@@ -169,12 +172,24 @@ export class MigrationService implements SessionHost {
     const memoryReadyMs = Math.round(this.clock.now() - startMs);
     if (this.reservations.get(id) === undefined) throw new UnavailableError(`the reservation for guest '${g.id}' was released while its memory was being made ready`);
     this.log.info({ jobId: request.migrationId, guestId: g.id, reservationId: id, memoryBytes: g.memoryBytes, memoryReady: ready, memoryReadyMs }, 'reserved room for an incoming guest');
-    return this.reserveResponse(id);
+    return this.reserveResponse(id, reservation.protection !== undefined);
   }
 
-  private reserveResponse(reservationId: string): InstanceType<typeof pb.ReserveResponse> {
+  private reserveResponse(reservationId: string, protection: boolean): InstanceType<typeof pb.ReserveResponse> {
     const { chunkWindow, unitWindow, unitWindowBytes, resumeWindowMs } = this.options;
-    return pb.ReserveResponse.create({ protocolVersion: PROTOCOL_VERSION, agentVersion: AGENT_VERSION, reservationId, chunkWindow, unitWindow, unitWindowBytes, earlyCommit: true, resumeWindowMs });
+    return pb.ReserveResponse.create({ protocolVersion: PROTOCOL_VERSION, agentVersion: AGENT_VERSION, reservationId, chunkWindow, unitWindow, unitWindowBytes, earlyCommit: true, resumeWindowMs, protection });
+  }
+
+  /**
+   * Resumes the standby of protected guest `guestId` here (a failover): NOT_FOUND
+   * (PROTECTION_NOT_FOUND) when no standby of it is kept here; see standby.ts for the rest.
+   */
+  failover(guestId: string, force: boolean): { jobId: string } & FailoverResult {
+    for (const s of this.sessions.keys()) {
+      const job = s.jobId;
+      if (job !== null && s.guestId === guestId && s.view().standby !== undefined && s.opened) return { jobId: job, ...s.failover(force) };
+    }
+    throw new NotFoundError(`no standby of guest '${echo(guestId)}' on this agent`, { reason: 'PROTECTION_NOT_FOUND', metadata: { guestId } });
   }
 
   /**
@@ -299,4 +314,12 @@ export class MigrationService implements SessionHost {
       probe: ((call, callback) => this.probes.handle(call, callback)) as grpc.handleClientStreamingCall<InstanceType<typeof pb.ProbeData>, InstanceType<typeof pb.ProbeResult>>,
     };
   }
+}
+
+/** A Reserve's protection terms (none: a migration). */
+function protectionTerms(p: { mode?: number | null; rpoMsMax?: number | null } | null | undefined): ProtectionTerms | undefined {
+  if (p === null || p === undefined) return undefined;
+  const rpoMsMax = (p.rpoMsMax ?? 0) || RPO_MS_MAX_DEFAULT;
+  if (!(rpoMsMax >= RPO_MS_MAX_MIN && rpoMsMax <= RPO_MS_MAX_MAX)) throw invalidField('protection.rpo_ms_max', `recovery point objective ${rpoMsMax} ms: expected ${RPO_MS_MAX_MIN} to ${RPO_MS_MAX_MAX}`);
+  return { mode: p.mode === pb.Protection.Mode.ASYNC ? 'async' : 'sync', rpoMsMax };
 }

@@ -13,7 +13,8 @@ import { type Clock, systemClock } from '../shared/clock.js';
 import { SWITCHOVER_DEADLINE_SHARE } from '../shared/convergence.js';
 import { AbortedError, bounded, CorruptDataError, InvalidStateError, MESSAGE_CHARS_MAX, VmMigrateError } from '../shared/errors.js';
 import { damagedInTransit, Detached } from './detached.js';
-import { pb, statusOf } from '../shared/transport/grpc.js';
+import { type FailoverResult, Standby, type StandbyPort } from './standby.js';
+import { pb, statusOf, toServiceError } from '../shared/transport/grpc.js';
 import { detailsOf } from '../shared/transport/status.js';
 import { Feedback, type ProgressCounters, type ProgressReport } from './feedback.js';
 import { guardedClock } from './guarded-clock.js';
@@ -42,6 +43,8 @@ export class TargetSession {
   /** Set at Open, once the replica proved it has what the method needs. */
   private transfer: OpenTransfer | null = null;
   private feedback: Feedback | null = null;
+  /** A protection's standby (standby.ts), set at Open. */
+  private standby: Standby | null = null;
   private bytesReceived = 0;
   /** Messages of the transfer received, on every stream of it (Progress.messages_received). */
   private messagesReceived = 0;
@@ -129,7 +132,49 @@ export class TargetSession {
 
   /** This transfer as the Control API shows it (an incoming job). */
   view(): TransferView {
-    return { phase: this.phase, method: this.transfer?.method.name ?? null, counters: this.counters(), cancelled: this.cancelledBySource };
+    const standby = this.standby === null ? undefined : { terms: this.standby.terms, switchoverAsked: this.standby.switchoverAsked, failedOver: this.standby.failedOver, sinceMs: this.standby.sinceMs, silentMs: this.idle.silentMs() };
+    return { phase: this.phase, method: this.transfer?.method.name ?? null, counters: this.counters(), cancelled: this.cancelledBySource, standby };
+  }
+
+  /** A protection's standby resumes here (standby.ts); FAILED_PRECONDITION when this transfer is not one that can. */
+  failover(force: boolean): FailoverResult {
+    const r = this.reservation;
+    if (this.standby === null || r === null) throw new InvalidStateError('this transfer is not a protection', { reason: 'PROTECTION_NOT_FOUND' });
+    return this.standby.failover(this.standbyPort(), r, force);
+  }
+
+  private standbyPort(): StandbyPort {
+    return {
+      clock: this.clock,
+      log: this.log,
+      host: this.host,
+      phase: () => this.phase,
+      streamAttached: () => this.stream.attached,
+      silentMs: () => this.idle.silentMs(),
+      drain: () => this.transfer?.receivers.drain?.() ?? 0,
+      dropStream: (error) => {
+        // In band, then the stream's status; the stream is no longer this session's to read.
+        this.send({ error: { code: statusOf(error), message: error.message, reason: error.reason } });
+        this.stream.release()?.emit('error', toServiceError(error));
+      },
+      setPhase: (phase) => this.setPhase(phase),
+      finish: (reason) => {
+        this.reasonEnded = reason;
+        this.finish();
+      },
+    };
+  }
+
+  private onSwitchover(reason: string): void {
+    if (this.standby === null) throw new InvalidStateError('Switchover in a transfer that is not a protection', { reason: 'PROTOCOL_VIOLATION' });
+    this.standby.switchoverAsked = true;
+    this.log.info({ reason }, 'protection: planned switchover asked: the standby asks to stop from here');
+    this.progress(true);
+  }
+
+  /** The guest the transfer brings, once the Open named the reservation. */
+  get guestId(): string | null {
+    return this.reservation?.replica.id ?? null;
   }
 
   /** The source's job id, once the Open named the reservation. */
@@ -179,6 +224,8 @@ export class TargetSession {
           return this.send({ pong: { sentMs: message.ping?.sentMs ?? 0 } });
         case 'resume':
           return this.onResume(message.resume as InstanceType<typeof pb.Resume>);
+        case 'switchover':
+          return this.onSwitchover(message.switchover?.reason ?? '');
         default:
           throw new CorruptDataError(`unknown message on the transfer stream (${String(message.body)})`);
       }
@@ -212,6 +259,7 @@ export class TargetSession {
       if (report.finalReplayed) this.releaseHeldCommit();
     };
     this.feedback = new Feedback(options, { reportable: () => this.reportable(), counters: () => this.counters(), send: (report) => this.send({ progress: report }), afterReport }, this.clock);
+    if (r.protection !== undefined) this.standby = new Standby(r.protection, this.clock);
     this.transfer = { reservation: r, method, receivers: method.start(r.replica, this.methodContext(r)) };
     this.setPhase('restoring');
     this.log.info({ firstSequence: open.firstSequence, method: method.name }, 'transfer opened');
@@ -226,7 +274,7 @@ export class TargetSession {
       clock: this.clock,
       defer: this.host.options.defer,
       log: this.log,
-      windows: { unitWindow, unitWindowBytes, switchoverDeadlineMs },
+      windows: { unitWindow, unitWindowBytes, switchoverDeadlineMs, stopsHeld: () => this.standby?.holdsStops === true },
       phase: () => this.phase,
       restored: () => this.setPhase('replaying'),
       resuming: () => this.host.decisions?.committed(r.migrationId, r.replica.id),

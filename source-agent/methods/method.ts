@@ -10,6 +10,7 @@
 //
 // A method is one module under methods/, registered by name in methods/registry.ts.
 
+import type { ProtectionTerms } from '../../shared/rpo.js';
 import type { Logger } from 'pino';
 import type { Clock } from '../../shared/clock.js';
 import type { NonConvergencePolicy } from '../../shared/convergence.js';
@@ -30,7 +31,14 @@ export interface MigrationRequest {
   disableCompression?: boolean;
   /** CR/TR: catch up by the log only, never by delta checkpoints. */
   logOnlyCatchUp?: boolean;
+  /**
+   * Not a migration but a protection (CR/TR only): the log streams without end to a standby
+   * until a planned switchover (then it is a migration), an unprotect, or a failover there.
+   */
+  protection?: ProtectionRequest;
 }
+
+export type ProtectionRequest = ProtectionTerms;
 
 /** The target's windows, from its ReserveResponse. */
 export interface TargetWindows {

@@ -1,0 +1,223 @@
+// The protection calls of Control v2 (proto/vmmigrate/v2/protection.proto). A protection is a
+// CR/TR job whose transfer does not end on its own (methods/crtr.ts, `request.protection`); the
+// DR agent keeps it as an incoming job with a standby (target-agent/standby.ts). Both agents
+// answer for the protections they hold, each with its role.
+
+import type { Logger } from 'pino';
+import type { IncomingJob } from '../../shared/incoming-job.js';
+import { checkGuestId } from '../../shared/ids.js';
+import { echo, invalidField, NotFoundError } from '../../shared/errors.js';
+import { RPO_MS_MAX_DEFAULT, RPO_MS_MAX_MAX, RPO_MS_MAX_MIN } from '../../shared/rpo.js';
+import { pb, pb2 } from '../../shared/transport/grpc.js';
+import type { ControlService } from '../control-service.js';
+import type { SourceMigration } from '../migration.js';
+import type { ProtectionRequest } from '../methods/method.js';
+
+type Req<K extends keyof typeof pb2> = (typeof pb2)[K] extends abstract new (...args: never) => infer T ? T : never;
+type ProtectionMessage = InstanceType<typeof pb2.Protection>;
+
+/** What the DR side offers: its incoming jobs (standbys among them) and the failover. */
+export interface StandbySide {
+  list(): IncomingJob[];
+  failover(guestId: string, force: boolean): { jobId: string; unitsReplayed: number; failoverMs: number };
+}
+
+/** A standby whose primary has been silent this long is shown DEGRADED. */
+const STANDBY_SILENCE_DEGRADED_MS = 3_000;
+
+export class ProtectionControl {
+  constructor(
+    private readonly control: ControlService,
+    private readonly standbys: StandbySide,
+    private readonly checkAddress: (address: string) => void,
+    private readonly log: Logger,
+  ) {}
+
+  protect(req: Req<'ProtectRequest'>): ProtectionMessage {
+    checkGuestId(req.guestId, 'guest_id');
+    if (!req.drAddress) throw invalidField('dr_address', 'dr_address is required (host:port of the DR agent)');
+    this.checkAddress(req.drAddress);
+    const protection = protectionRequest(req);
+    const job = this.control.startMigration(
+      pb.StartMigrationRequest.create({
+        guestId: req.guestId,
+        targetAddress: req.drAddress,
+        method: 'crtr',
+        downtimeLimitMs: req.downtimeLimitMs,
+        maxBandwidthBytesPerSec: Number(req.maxBandwidthBytesPerSec),
+        // The planned switchover, when it comes, converges or is forced.
+        nonConvergencePolicy: 'force',
+        logOnlyCatchUp: true,
+      }),
+      protection,
+    );
+    return primaryView(job);
+  }
+
+  unprotect(req: Req<'UnprotectRequest'>): ProtectionMessage {
+    const job = this.activePrimary(req.guestId);
+    job.cancel('unprotected by request');
+    this.log.info({ guestId: req.guestId, jobId: job.id }, 'protection ended by request: the standby is dropped, the guest runs on');
+    return primaryView(job);
+  }
+
+  switchover(req: Req<'SwitchoverRequest'>): ProtectionMessage {
+    const job = this.activePrimary(req.guestId);
+    job.switchover('planned switchover by request');
+    return primaryView(job);
+  }
+
+  failover(req: Req<'FailoverRequest'>): InstanceType<typeof pb2.FailoverResponse> {
+    checkGuestId(req.guestId, 'guest_id');
+    const result = this.standbys.failover(req.guestId, req.force === true);
+    const job = this.standbys.list().find((j) => j.jobId === result.jobId);
+    return pb2.FailoverResponse.create({ protection: job === undefined ? undefined : standbyView(job), unitsReplayedAtFailover: result.unitsReplayed, failoverMs: result.failoverMs });
+  }
+
+  /** The guest's protection here: an active one first (primary, then standby), else the latest ended one. */
+  get(guestId: string): ProtectionMessage {
+    checkGuestId(guestId, 'guest_id');
+    const all = this.list().filter((p) => p.guestId === guestId);
+    const found = all.find((p) => !ended(p)) ?? all.at(-1);
+    if (found === undefined) throw new NotFoundError(`no protection of guest '${echo(guestId)}' on this agent`, { reason: 'PROTECTION_NOT_FOUND', metadata: { guestId } });
+    return found;
+  }
+
+  list(): ProtectionMessage[] {
+    const primaries = this.control.listJobs().filter((j) => j.request.protection !== undefined).map(primaryView);
+    const standbys = this.standbys.list().filter((j) => j.standby !== undefined).map(standbyView);
+    return [...primaries, ...standbys];
+  }
+
+  private activePrimary(guestId: string): SourceMigration {
+    checkGuestId(guestId, 'guest_id');
+    const job = this.control.activeJobOf(guestId);
+    if (job === undefined || job.request.protection === undefined) {
+      throw new NotFoundError(`guest '${echo(guestId)}' is not protected from this agent`, { reason: 'PROTECTION_NOT_FOUND', metadata: { guestId } });
+    }
+    return job;
+  }
+}
+
+export function ended(p: ProtectionMessage): boolean {
+  const s = pb2.ProtectionState;
+  return p.state === s.PROTECTION_STATE_STOPPED || p.state === s.PROTECTION_STATE_FAILED_OVER;
+}
+
+/** The request's terms, checked (INVALID_ARGUMENT). */
+function protectionRequest(req: Req<'ProtectRequest'>): ProtectionRequest {
+  const rpoMsMax = req.rpoMsMax || RPO_MS_MAX_DEFAULT;
+  if (rpoMsMax < RPO_MS_MAX_MIN || rpoMsMax > RPO_MS_MAX_MAX) throw invalidField('rpo_ms_max', `recovery point objective ${rpoMsMax} ms: expected 0 (the default, ${RPO_MS_MAX_DEFAULT}) or ${RPO_MS_MAX_MIN} to ${RPO_MS_MAX_MAX}`);
+  const modes = pb2.ProtectionMode;
+  if (req.mode !== modes.PROTECTION_MODE_UNSPECIFIED && req.mode !== modes.PROTECTION_MODE_SYNC && req.mode !== modes.PROTECTION_MODE_ASYNC) throw invalidField('mode', `protection mode ${req.mode} is not one of SYNC, ASYNC`);
+  return { mode: req.mode === modes.PROTECTION_MODE_ASYNC ? 'async' : 'sync', rpoMsMax };
+}
+
+const MODE = { sync: pb2.ProtectionMode.PROTECTION_MODE_SYNC, async: pb2.ProtectionMode.PROTECTION_MODE_ASYNC } as const;
+
+/** A protection as its primary sees it: the job's state and the standby's lag from its reports. */
+export function primaryView(job: SourceMigration): ProtectionMessage {
+  const s = job.refreshStats();
+  const terms = job.request.protection!;
+  const st = pb2.ProtectionState;
+  let state: number;
+  let detail = '';
+  if (job.isOver()) {
+    if (s.errorReason === 'FAILED_OVER') [state, detail] = [st.PROTECTION_STATE_FAILED_OVER, `failed over to the standby: this copy is stopped (${s.error})`];
+    else if (s.status === 'completed') [state, detail] = [st.PROTECTION_STATE_STOPPED, 'switched over: the guest runs on the standby'];
+    else if (s.status === 'cancelled') [state, detail] = [st.PROTECTION_STATE_STOPPED, s.error || 'unprotected'];
+    else [state, detail] = [st.PROTECTION_STATE_STOPPED, `failed: ${s.error}`];
+  } else if (s.phase === 'pre-migration' || s.phase === 'reservation' || s.phase === 'checkpoint') {
+    state = st.PROTECTION_STATE_SYNCING;
+  } else if (s.phase !== 'log-transfer' || job.switchingOver) {
+    state = st.PROTECTION_STATE_SWITCHING_OVER;
+  } else {
+    const lagMs = s.lagUnitsReceived * s.unitMs;
+    state = lagMs > terms.rpoMsMax ? st.PROTECTION_STATE_DEGRADED : st.PROTECTION_STATE_PROTECTED;
+    if (state === st.PROTECTION_STATE_DEGRADED) detail = `the standby lags ${Math.round(lagMs)} ms, over the objective of ${terms.rpoMsMax} ms`;
+  }
+  return pb2.Protection.create({
+    guestId: job.request.guestId,
+    role: pb2.ProtectionRole.PROTECTION_ROLE_PRIMARY,
+    state,
+    jobId: job.id,
+    peer: job.request.targetAddress,
+    mode: MODE[terms.mode],
+    rpoMsMax: terms.rpoMsMax,
+    lagUnitsReceived: s.lagUnitsReceived,
+    lagUnitsReplayed: s.lagUnitsReplayed,
+    lagReceivedMs: s.lagUnitsReceived * s.unitMs,
+    lagReplayedMs: s.lagUnitsReplayed * s.unitMs,
+    logBytesPerSec: s.logRateBytesPerSec,
+    resumes: s.resumes,
+    ageMs: s.totalTimeMs,
+    throttle: s.throttle,
+    detail,
+  });
+}
+
+/** A protection as its DR agent sees it: the standby's phase and its replay backlog. */
+export function standbyView(job: IncomingJob): ProtectionMessage {
+  const standby = job.standby!;
+  const st = pb2.ProtectionState;
+  let state: number;
+  let detail = '';
+  if (standby.failedOver) [state, detail] = [st.PROTECTION_STATE_FAILED_OVER, 'failed over: the guest runs here'];
+  else if (job.state === 'succeeded') [state, detail] = [st.PROTECTION_STATE_STOPPED, 'switched over: the guest runs here'];
+  else if (job.state !== 'running') [state, detail] = [st.PROTECTION_STATE_STOPPED, job.error || job.state];
+  else if (job.phase === 'reservation' || job.phase === 'checkpoint') state = st.PROTECTION_STATE_SYNCING;
+  else if (standby.switchoverAsked || job.phase !== 'log-transfer') state = st.PROTECTION_STATE_SWITCHING_OVER;
+  else if (standby.silentMs > STANDBY_SILENCE_DEGRADED_MS) [state, detail] = [st.PROTECTION_STATE_DEGRADED, `nothing from the primary for ${Math.round(standby.silentMs)} ms`];
+  else state = st.PROTECTION_STATE_PROTECTED;
+  const backlog = job.counters.remainingUnits ?? 0;
+  return pb2.Protection.create({
+    guestId: job.guestId,
+    role: pb2.ProtectionRole.PROTECTION_ROLE_STANDBY,
+    state,
+    jobId: job.jobId,
+    peer: job.peer,
+    mode: MODE[standby.terms.mode],
+    rpoMsMax: standby.terms.rpoMsMax,
+    lagUnitsReplayed: backlog,
+    lagReplayedMs: backlog * job.unitMs,
+    ageMs: (job.endedAtMs || Date.now()) - job.startedAtMs,
+    detail,
+  });
+}
+
+
+type WatchCall = {
+  write(message: ProtectionMessage): boolean;
+  end(): void;
+  on(event: 'drain' | 'cancelled', listener: () => void): unknown;
+};
+
+/**
+ * WatchProtection: the protection now, then at every interval until it ends (a snapshot is
+ * skipped, never queued, for a slow reader), then the stream ends.
+ */
+export function watchProtection(call: WatchCall, read: () => ProtectionMessage, intervalMs: number): void {
+  let backlogged = false;
+  let over = false;
+  call.on('drain', () => (backlogged = false));
+  const stop = () => {
+    if (over) return;
+    over = true;
+    clearInterval(timer);
+    call.end();
+  };
+  const tick = () => {
+    if (over) return;
+    let p: ProtectionMessage;
+    try {
+      p = read();
+    } catch {
+      return stop(); // gone (pruned with its job)
+    }
+    if (!backlogged) backlogged = !call.write(p);
+    if (ended(p)) stop();
+  };
+  const timer = setInterval(tick, intervalMs);
+  call.on('cancelled', stop);
+  tick();
+}
