@@ -112,6 +112,10 @@ export interface MigrationStats {
   /** A protection: units recorded that the standby has not received, and not replayed, yet. */
   lagUnitsReceived: number;
   lagUnitsReplayed: number;
+  /** A protection: the guest's outputs held for the standby's receipt, released, and the gate's overflows (sync fell back to async). */
+  outputsHeld: number;
+  outputsReleased: number;
+  outputOverflows: number;
 }
 
 export function emptyStats(method: MigrationMethod, memoryBytes: number): MigrationStats {
@@ -175,5 +179,8 @@ export function emptyStats(method: MigrationMethod, memoryBytes: number): Migrat
     lostScheduleMs: 0,
     lagUnitsReceived: 0,
     lagUnitsReplayed: 0,
+    outputsHeld: 0,
+    outputsReleased: 0,
+    outputOverflows: 0,
   };
 }

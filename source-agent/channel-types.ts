@@ -30,6 +30,8 @@ export interface TransferChannel {
   readonly rttMs: number;
   /** The target's stop-and-copy requests go here (CR/TR); unanswered while null. */
   onStopRequest: ((request: StopRequest) => void) | null;
+  /** Called on every progress report, once `progress` holds it (a sync protection releases outputs). */
+  onProgress: (() => void) | null;
   /** The pages the target's running guest waits for go here (post-copy). */
   onPageRequest: ((pages: number[], resend: boolean) => void) | null;
   /** Sends a message without a payload. Nothing is sent once the channel is closed. */

@@ -52,6 +52,7 @@ export class GrpcTransferChannel extends FailableWaits implements TransferChanne
   rttMs = 0;
   onStopRequest: ((request: StopRequest) => void) | null = null;
   onPageRequest: ((pages: number[], resend: boolean) => void) | null = null;
+  onProgress: (() => void) | null = null;
   private closed = false;
   /** A commit was sent, or post-copy's machine state: the target may activate from here on. */
   private pointOfNoReturnPassed = false;
@@ -275,6 +276,7 @@ export class GrpcTransferChannel extends FailableWaits implements TransferChanne
         this.acknowledged = true;
         this.progress = message.progress as Progress;
         this.log.ack(Number(this.progress.messagesReceived ?? 0));
+        this.onProgress?.();
         break;
       case 'resumed':
         if (this.reconnecting) this.resumed = message.resumed as InstanceType<typeof pb.Resumed>;

@@ -112,6 +112,12 @@ export class FaultyChannel implements TransferChannel {
   set onStopRequest(handler: ((request: StopRequest) => void) | null) {
     this.inner.onStopRequest = handler;
   }
+  get onProgress(): (() => void) | null {
+    return this.inner.onProgress;
+  }
+  set onProgress(handler: (() => void) | null) {
+    this.inner.onProgress = handler;
+  }
   get onPageRequest(): ((pages: number[], resend: boolean) => void) | null {
     return this.inner.onPageRequest;
   }

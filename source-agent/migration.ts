@@ -243,6 +243,7 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
   /** The guest runs on the target, which committed: our copy goes. */
   private discardSource(): void {
     this.refreshStats();
+    this.guest.output?.openGate(); // a protection switched over: the standby had every unit
     this.guestDiscarded = true;
     this.guest.discard();
     this.decisions.handedOver();
@@ -284,6 +285,8 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
   }
 
   private fence(): void {
+    // Outputs the standby may not have: never released (the standby answers for the guest now).
+    this.guest.output?.dropHeld();
     this.method.cleanUp(this.ctx);
     if (this.guest.describe().state === 'running') void this.guest.suspend();
     this.decisions.handedOver();

@@ -52,6 +52,8 @@ export interface ReplayPipelineOptions {
   switchoverDeadlineMs: number;
   /** A protection's standby asks for no stop until a planned switchover (standby.ts). */
   stopsHeld?: () => boolean;
+  /** A sync protection's standby acknowledges each unit's receipt at once (the primary holds its outputs until then). */
+  ackReceipt?: () => boolean;
 }
 
 export interface ReplayPipelineDeps {
@@ -187,6 +189,7 @@ export class ReplayPipeline {
     this.queue.push(unit);
     this.queueBytes += unit.bytes.length;
     if (unit.final) this.finalUnitReceived = true;
+    if (this.options.ackReceipt?.() === true) this.deps.feedback.progress(true);
     this.kick();
   }
 

@@ -274,7 +274,7 @@ export class TargetSession {
       clock: this.clock,
       defer: this.host.options.defer,
       log: this.log,
-      windows: { unitWindow, unitWindowBytes, switchoverDeadlineMs, stopsHeld: () => this.standby?.holdsStops === true },
+      windows: { unitWindow, unitWindowBytes, switchoverDeadlineMs, stopsHeld: () => this.standby?.holdsStops === true, ackReceipt: () => this.standby?.terms.mode === 'sync' },
       phase: () => this.phase,
       restored: () => this.setPhase('replaying'),
       resuming: () => this.host.decisions?.committed(r.migrationId, r.replica.id),

@@ -79,6 +79,30 @@ t.test('failover: refused while the primary streams; forced, the standby runs an
   await t.rejects(unary(d, controlServiceV2.failover, pb2.FailoverRequest.create({ guestId: 'vm-p', force: true }), 10_000, 'again'), { code: 'NOT_FOUND' });
 });
 
+type Outputs = InstanceType<typeof pb2.GetOutputsResponse>;
+const outputs = (c: grpc.Client, guestId: string): Promise<Outputs> => unary(c, controlServiceV2.getOutputs, pb2.GetOutputsRequest.create({ guestId, afterSequence: -1, max: 65_536 }), 10_000, 'outputs');
+
+t.test('sync mode: every output the primary released is reproduced by the standby after a failover, in order, with equal payload', async (t) => {
+  const { primary, dr, p, d } = await protect(t);
+  await sleep(1_500);
+  const during = await get(p, 'vm-p');
+  t.ok(during.outputsReleased > 0, `${during.outputsReleased} outputs released while protected (${during.outputsHeld} held)`);
+  await unary(d, controlServiceV2.failover, pb2.FailoverRequest.create({ guestId: 'vm-p', force: true }), 10_000, 'failover');
+  await until(p, 'vm-p', (x) => x.state === State.PROTECTION_STATE_FAILED_OVER, 'the primary hears of it');
+  const released = (await outputs(v2(t, primary), 'vm-p')).packets;
+  const there = (await outputs(d, 'vm-p')).packets;
+  t.ok(there.length > 0, `the standby reproduced ${there.length} outputs`);
+  const firstUnit = Math.min(...there.map((o) => Number(o.unit)));
+  const protectedOnes = released.filter((o) => Number(o.unit) >= firstUnit);
+  t.ok(protectedOnes.length > 0, `${protectedOnes.length} outputs released by the primary from unit ${firstUnit} on`);
+  const bySequence = new Map(there.map((o) => [Number(o.sequence), o]));
+  const missing = protectedOnes.filter((o) => bySequence.get(Number(o.sequence))?.payload !== o.payload);
+  t.same(missing.map((o) => Number(o.sequence)), [], 'none missing, none different');
+  const order = there.map((o) => Number(o.sequence));
+  t.same(order, [...order].sort((a, b) => a - b), 'in order');
+  void dr;
+});
+
 t.test('a planned switchover moves the guest to its standby as a CR/TR migration', async (t) => {
   const { primary, dr, p, d } = await protect(t);
   await unary(p, controlServiceV2.switchover, pb2.SwitchoverRequest.create({ guestId: 'vm-p' }), 10_000, 'switchover');

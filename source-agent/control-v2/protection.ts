@@ -6,7 +6,8 @@
 import type { Logger } from 'pino';
 import type { IncomingJob } from '../../shared/incoming-job.js';
 import { checkGuestId } from '../../shared/ids.js';
-import { echo, invalidField, NotFoundError } from '../../shared/errors.js';
+import { echo, invalidField, NotFoundError, UnimplementedError } from '../../shared/errors.js';
+import type { SourceGuest } from '../../shared/driver/types.js';
 import { RPO_MS_MAX_DEFAULT, RPO_MS_MAX_MAX, RPO_MS_MAX_MIN } from '../../shared/rpo.js';
 import { pb, pb2 } from '../../shared/transport/grpc.js';
 import type { ControlService } from '../control-service.js';
@@ -135,6 +136,7 @@ export function primaryView(job: SourceMigration): ProtectionMessage {
     const lagMs = s.lagUnitsReceived * s.unitMs;
     state = lagMs > terms.rpoMsMax ? st.PROTECTION_STATE_DEGRADED : st.PROTECTION_STATE_PROTECTED;
     if (state === st.PROTECTION_STATE_DEGRADED) detail = `the standby lags ${Math.round(lagMs)} ms, over the objective of ${terms.rpoMsMax} ms`;
+    if (s.outputOverflows > 0) detail = [detail, `sync fell back to async ${s.outputOverflows} times (too many outputs held)`].filter((d) => d !== '').join('; ');
   }
   return pb2.Protection.create({
     guestId: job.request.guestId,
@@ -149,6 +151,8 @@ export function primaryView(job: SourceMigration): ProtectionMessage {
     lagReceivedMs: s.lagUnitsReceived * s.unitMs,
     lagReplayedMs: s.lagUnitsReplayed * s.unitMs,
     logBytesPerSec: s.logRateBytesPerSec,
+    outputsHeld: s.outputsHeld,
+    outputsReleased: s.outputsReleased,
     resumes: s.resumes,
     ageMs: s.totalTimeMs,
     throttle: s.throttle,
@@ -220,4 +224,26 @@ export function watchProtection(call: WatchCall, read: () => ProtectionMessage, 
   const timer = setInterval(tick, intervalMs);
   call.on('cancelled', stop);
   tick();
+}
+
+const OUTPUTS_MAX_DEFAULT = 4_096;
+const OUTPUTS_MAX = 65_536;
+
+/** GetOutputs: the guest's released outputs after a sequence. */
+export function outputsMessage(guest: SourceGuest, req: Req<'GetOutputsRequest'>): InstanceType<typeof pb2.GetOutputsResponse> {
+  const output = guest.output;
+  if (output === undefined) throw new UnimplementedError(`guest '${guest.id}' has no output device (its driver keeps none)`, { reason: 'NOT_SUPPORTED', metadata: { guestId: guest.id } });
+  const max = req.max || OUTPUTS_MAX_DEFAULT;
+  if (max > OUTPUTS_MAX) throw invalidField('max', `max ${max}: expected 0 (${OUTPUTS_MAX_DEFAULT}) or 1 to ${OUTPUTS_MAX}`);
+  const { packets, firstKept } = output.releasedAfter(Number(req.afterSequence), max);
+  const delays = output.delayPercentiles();
+  return pb2.GetOutputsResponse.create({
+    packets: packets.map((p) => ({ sequence: p.sequence, unit: p.unit, payload: p.payload, delayMs: p.releasedAtMs - p.producedAtMs })),
+    firstKept,
+    produced: output.produced,
+    released: output.released,
+    held: output.heldCount,
+    delayP50Ms: delays.p50,
+    delayP99Ms: delays.p99,
+  });
 }

@@ -19,7 +19,7 @@ import { watchIncomingJob, watchSourceJob } from './watch.js';
 import { failStream, unaryHandlers } from '../../shared/transport/handlers.js';
 import { parseEstimateRequest } from '../estimate/estimator.js';
 import { estimateMessage } from './estimate-view.js';
-import { ProtectionControl, type StandbySide, watchProtection } from './protection.js';
+import { outputsMessage, ProtectionControl, type StandbySide, watchProtection } from './protection.js';
 
 /** Memory of a StartGuest that asks for 0. */
 const GUEST_MEMORY_BYTES_DEFAULT = 512 * 2 ** 20;
@@ -211,6 +211,7 @@ export class ControlServiceV2 {
       failover: unary((req: Req<'FailoverRequest'>) => this.protections.failover(req)),
       getProtection: unary((req: Req<'GetProtectionRequest'>) => this.protections.get(req.guestId)),
       listProtections: unary(() => pb2.ListProtectionsResponse.create({ protections: this.protections.list() })),
+      getOutputs: unary((req: Req<'GetOutputsRequest'>) => outputsMessage(this.guest(req.guestId, 'guest_id'), req)),
       watchProtection: ((call: grpc.ServerWritableStream<Req<'WatchProtectionRequest'>, InstanceType<typeof pb2.Protection>>) => {
         try {
           const { guestId, intervalMs } = call.request;

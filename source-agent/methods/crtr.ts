@@ -5,7 +5,7 @@
 
 import type { Timer } from '../../shared/clock.js';
 import { decideStop, expectedDowntimeMs, stopUnitsFloor, SWITCHOVER_DEADLINE_SHARE } from '../../shared/convergence.js';
-import type { LogRecorder } from '../../shared/driver/types.js';
+import type { GuestOutput, LogRecorder } from '../../shared/driver/types.js';
 import type { MigrationPhase } from '../../shared/stats.js';
 import type { StopRequest } from '../channel.js';
 import { CheckpointStream } from '../streams/checkpoint.js';
@@ -50,6 +50,8 @@ export class CrtrMethod implements TransferMethod {
     const start = recorder.startRecording();
     ctx.open({ firstSequence: start.firstSequence });
     const channel = ctx.channel;
+    const output = ctx.request.protection?.mode === 'sync' ? ctx.guest.output : undefined;
+    if (output !== undefined) this.gateOutputs(ctx, output, start.firstSequence);
     channel.onStopRequest = (request) => this.onStopRequest(ctx, recorder, request);
     const protecting = ctx.request.protection !== undefined;
     // A protection's catch-up never ends on its own: its convergence is judged from a switchover on.
@@ -106,6 +108,23 @@ export class CrtrMethod implements TransferMethod {
     return this.switchoverAtMs !== null;
   }
 
+  /**
+   * A sync protection: each output of the guest waits for the standby's receipt of the unit that
+   * produced it (units arrive in order, so `unitsReceived` names the last one). Past the held
+   * bound the gate opens: the protection falls back to async, and says so.
+   */
+  private gateOutputs(ctx: MethodContext, output: GuestOutput, firstSequence: number): void {
+    output.hold();
+    output.onOverflow = (held) => {
+      ctx.log.error({ held }, 'sync protection: too many outputs held for the standby; released, and the protection goes on as async');
+      ctx.round(`${held} outputs held past the bound: released; the protection goes on as async`);
+    };
+    ctx.channel.onProgress = () => {
+      const received = ctx.channel.progress.unitsReceived;
+      if (received > 0 && output.holding) output.releaseThrough(firstSequence + received - 1);
+    };
+  }
+
   /** Units recorded that are to reach the target: superseded ones excluded. */
   private unitsRecordedToSend(ctx: MethodContext): number {
     const rec = recorderOf(ctx.guest).recordingStats();
@@ -155,6 +174,8 @@ export class CrtrMethod implements TransferMethod {
       s.unitsSuperseded = here + ctx.channel.progress.unitsSuperseded;
       s.remainingUnits = Math.max(0, s.unitsRecorded - s.unitsSuperseded - s.unitsReplayed);
     }
+    const output = ctx.guest.output;
+    if (ctx.request.protection !== undefined && output !== undefined) [s.outputsHeld, s.outputsReleased, s.outputOverflows] = [output.heldCount, output.released, output.overflowed];
     const unsent = (rec?.bytesQueued ?? 0) + (this.logStream?.heldUnitBytes ?? 0);
     s.remainingBytes = Math.max(0, s.memoryBytes - s.checkpointMemoryBytesCovered) + unsent;
     s.expectedDowntimeMs = expectedDowntimeMs({
@@ -169,6 +190,11 @@ export class CrtrMethod implements TransferMethod {
 
   cleanUp(ctx: MethodContext): void {
     this.dispose();
+    // The protection ends with the guest running here: what it held goes out now.
+    if (ctx.request.protection !== undefined && ctx.guest.output !== undefined) {
+      ctx.guest.output.onOverflow = null;
+      ctx.guest.output.openGate();
+    }
     ctx.guest.recorder?.stopRecording();
   }
 

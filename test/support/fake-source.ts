@@ -28,6 +28,7 @@ export class FakeChannel extends FailableWaits implements TransferChannel {
   rttMs = 0;
   onStopRequest: ((request: StopRequest) => void) | null = null;
   onPageRequest: ((pages: number[], resend: boolean) => void) | null = null;
+  onProgress: (() => void) | null = null;
   /** Control messages sent, in order. */
   readonly sent: ControlBody[] = [];
   /** Payload messages written, in order, with their raw sizes. */
@@ -46,6 +47,7 @@ export class FakeChannel extends FailableWaits implements TransferChannel {
   report(fields: Partial<Progress>): void {
     this.acknowledged = true;
     this.progress = pb.Progress.create({ ...this.progress, ...fields } as never);
+    this.onProgress?.();
     this.notify();
   }
 

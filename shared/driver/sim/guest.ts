@@ -13,7 +13,7 @@
 // stall time is reported.
 
 import { AbortedError, InvalidArgumentError, InvalidStateError } from '../../errors.js';
-import type { CheckpointChunk, DeltaSource, DeltaStart, GuestDescription, GuestState, LogRecorder, PageAccess, RecordingStart, RecordingStats, SealedUnit, SourceGuest } from '../types.js';
+import type { CheckpointChunk, DeltaSource, DeltaStart, GuestDescription, GuestOutput, GuestState, LogRecorder, PageAccess, RecordingStart, RecordingStats, SealedUnit, SourceGuest } from '../types.js';
 import { PAGE_BYTES } from '../types.js';
 import { COW_BYTES_MAX_DEFAULT } from './checkpoint.js';
 import { Environment } from './environment.js';
@@ -89,6 +89,11 @@ export class SimSourceGuest implements SourceGuest, LogRecorder, DeltaSource {
   /** Capability `delta-checkpoint`. */
   get deltas(): DeltaSource {
     return this.rec;
+  }
+
+  /** Its replies to the packets it receives (output.ts). */
+  get output(): GuestOutput {
+    return this.machine.output;
   }
 
   get pagesMissing(): number {

@@ -20,6 +20,7 @@ import { PAGE_BYTES } from '../types.js';
 import { MachineState } from './machine-state.js';
 import { GuestMemory, PAGE_WORDS, SEGMENT_MASK, SEGMENT_SHIFT } from './memory.js';
 import type { WorkloadRates } from './profiles.js';
+import { OutputDevice } from './output.js';
 import { type AsyncEvent, EventType, type SyncEvent, type UnitHeader } from './unit-codec.js';
 
 /** Where the guest's devices and workload live in its memory (all derived from size and rates). */
@@ -73,6 +74,8 @@ export class SimMachine {
   readonly memory: GuestMemory;
   readonly layout: MemoryLayout;
   state = new MachineState();
+  /** Replies to the packets it receives (output.ts); it goes with the machine to a replica made a guest. */
+  readonly output = new OutputDevice();
 
   constructor(
     memoryBytes: number,
@@ -102,6 +105,7 @@ export class SimMachine {
   executeUnit(header: UnitHeader, asyncEvents: readonly AsyncEvent[], sync: SyncSource): void {
     const st = this.state;
     assert(header.startPosition === st.position, () => `unit ${header.sequence} starts at ${header.startPosition}, machine is at ${st.position}`);
+    const rxBefore = st.rxPackets;
     const total = header.instructionCount;
     const writes = header.pageWriteCount;
     const threshold = this.syncThreshold(header);
@@ -140,6 +144,7 @@ export class SimMachine {
     st.position += total;
     st.unitSequence = header.sequence + 1;
     st.guestNs += header.guestNs;
+    this.output.afterUnit(header.sequence, rxBefore, st.rxPackets, st.acc);
   }
 
   /**
