@@ -195,7 +195,7 @@ export class GrpcTransferChannel extends FailableWaits implements TransferChanne
       this.resumed = null;
       const call = this.options.reopen!(stalled || attempts > 1);
       this.attach(call);
-      call.write(pb.SourceMessage.create({ resume: { reservationId: this.open!.reservationId, migrationId: this.open!.migrationId, attempt: ++this.resumeAttempts } }));
+      call.write(pb.SourceMessage.create({ resume: { reservationId: this.open!.reservationId, migrationId: this.open!.migrationId, attempt: ++this.resumeAttempts, open: this.open! } }));
       const timeoutMs = Math.max(1, Math.min(RESUME_ATTEMPT_MS, deadlineMs - this.clock.now()));
       if (attempts > 1 && attempts % 10 === 0) this.options.onResumeAttempt?.(attempts, last);
       await this.wakeups.until(() => this.resumed !== null || this.attemptError !== null || this.closed, () => {}, timeoutMs).catch(() => {});

@@ -236,6 +236,14 @@ export class TargetSession {
 
   /** A new stream for a transfer whose stream broke: handed to the session that waits for it (this one was only its first reader). */
   private onResume(resume: InstanceType<typeof pb.Resume>): void {
+    const open = resume.open;
+    if (open != null && this.phase === 'open' && !this.host.waitingForResume?.(resume.reservationId, resume.migrationId, resume.attempt ?? 0) && open.reservationId === resume.reservationId && open.migrationId === resume.migrationId) {
+      // The Open never arrived here (the link broke on its way): this stream opens the transfer
+      // (host.open refuses a reservation that is gone or taken), and nothing else was counted.
+      this.onOpen(open as InstanceType<typeof pb.Open>);
+      this.resumeAttempt = resume.attempt ?? 0;
+      return this.send({ resumed: { messagesReceived: 0 } });
+    }
     const waiting = Detached.waitingFor(this.phase, resume, this.host);
     const call = this.stream.release()!;
     [this.phase, this.reasonEnded, this.finished] = ['ended', 'handed over to the transfer it resumed', true];

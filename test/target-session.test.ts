@@ -429,6 +429,19 @@ t.test('post-copy: a page batch that fails its check is dropped and its pages as
   t.same(host.released, [], 'the guest runs here: nothing released');
 });
 
+t.test('a Resume whose Open never arrived opens the transfer with the Open it carries, nothing counted; one for another reservation is refused', async (t) => {
+  const { stream, host } = start(['replay'], { resumeWindowMs: 5_000 });
+  const open = { reservationId: 'r1', migrationId: 'job-1', method: 'crtr', firstSequence: 1 };
+  stream.receive({ resume: { reservationId: 'r1', migrationId: 'job-1', attempt: 1, open } });
+  t.same(host.opens, ['crtr'], 'the reservation is opened by it');
+  t.match(stream.last('resumed')?.resumed, { messagesReceived: 0 }, 'the source sends everything again');
+  t.notOk(stream.last('error'));
+  const other = start(['replay'], { resumeWindowMs: 5_000 });
+  other.stream.receive({ resume: { reservationId: 'r2', migrationId: 'job-1', attempt: 1, open: { ...open, reservationId: 'r2' } } });
+  await other.session.done;
+  t.match(other.stream.last('error')?.error, { code: grpc.status.NOT_FOUND }, 'no such reservation');
+});
+
 t.test('a CR/TR transfer with a delta: units before its instant dropped, none replayed until it is applied', async (t) => {
   const { stream, session, seen } = start(['replay', 'deltas']);
   stream.receive({ open: { reservationId: 'r1', method: 'crtr', firstSequence: 1 } });
