@@ -88,6 +88,8 @@ export interface TransferChannelOptions {
    * stream (the target's grant, ReserveResponse.resume_window_ms, and ours, the smaller); 0: never.
    */
   resumeWindowMs?: number;
+  /** A protection: a broken stream is resumed however long it takes (the guest runs on meanwhile). */
+  resumeForever?: boolean;
   /** Told when the stream broke (attempt 0) and every tenth attempt after, with the last error: for the log. */
   onResumeAttempt?: (attempt: number, error: VmMigrateError) => void;
 }

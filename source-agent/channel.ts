@@ -184,7 +184,7 @@ export class GrpcTransferChannel extends FailableWaits implements TransferChanne
     const startMs = this.clock.now();
     // Post-copy past its hand-over: the guest on the target waits for pages only we have; we try
     // for as long as we live, until the target says the transfer is gone.
-    const deadlineMs = this.pointOfNoReturnPassed ? Number.POSITIVE_INFINITY : startMs + (this.options.resumeWindowMs ?? 0);
+    const deadlineMs = this.pointOfNoReturnPassed || this.options.resumeForever === true ? Number.POSITIVE_INFINITY : startMs + (this.options.resumeWindowMs ?? 0);
     const stalled = cause.message.includes('stalled');
     let backoffMs = 100;
     let attempts = 0;

@@ -31,7 +31,8 @@ export function openTransfer(o: TransferOpening): TransferChannel {
     if (attempt === 0) o.announce(`the transfer stream broke (${error.message}); resuming it`);
   };
   const { options } = o;
-  const opened = o.peer.openTransfer(o.signal, { compress: !o.request.disableCompression, pingIntervalMs: options.pingIntervalMs, packer: options.packer, resumeWindowMs, onResumeAttempt });
+  const resumeForever = o.request.protection !== undefined;
+  const opened = o.peer.openTransfer(o.signal, { compress: !o.request.disableCompression, pingIntervalMs: options.pingIntervalMs, packer: options.packer, resumeWindowMs, resumeForever, onResumeAttempt });
   const channel = o.hooks.wrapChannel?.(opened) ?? opened;
   channel.send({ open: o.open });
   return channel;

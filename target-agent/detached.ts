@@ -14,6 +14,8 @@ export interface DetachedPort {
   phase(): TransferPhase;
   log(): Logger;
   missingPages(): number | null;
+  /** A protection's standby: it waits for its primary, or a failover, however long. */
+  standby(): boolean;
   /** The window passed: end the transfer with `reason`. */
   expired(reason: string): void;
 }
@@ -26,6 +28,9 @@ export interface DetachedPort {
 export function damagedInTransit(error: unknown): boolean {
   return error instanceof CorruptDataError || error instanceof LimitExceededError;
 }
+
+/** A standby whose primary is gone says so this often. */
+const STANDBY_REMINDER_MS = 60_000;
 
 export class Detached {
   private timer: Timer | null = null;
@@ -55,18 +60,25 @@ export class Detached {
   /** The stream broke for `reason`: waits for a resume if the transfer may wait; false if it may not (it ends now). */
   detach(reason: string, messagesReceived: number): boolean {
     const phase = this.port.phase();
-    if (this.windowMs <= 0 || (phase !== 'restoring' && phase !== 'replaying' && phase !== 'postcopy')) return false;
-    this.port.log().warn({ reason, resumeWindowMs: this.windowMs, messagesReceived }, 'transfer stream broke: waiting for the source to resume it');
+    const standby = this.port.standby() && (phase === 'restoring' || phase === 'replaying');
+    if ((this.windowMs <= 0 && !standby) || (phase !== 'restoring' && phase !== 'replaying' && phase !== 'postcopy')) return false;
+    this.port.log().warn({ reason, resumeWindowMs: this.windowMs, messagesReceived, standby }, 'transfer stream broke: waiting for the source to resume it');
+    const windowMs = this.windowMs > 0 ? this.windowMs : STANDBY_REMINDER_MS;
     const expire = () => {
       if (this.port.phase() === 'postcopy') {
         this.port.log().error({ reason, missingPages: this.port.missingPages() }, 'post-copy: the source has not resumed the transfer yet; the guest here waits for its pages');
-        this.timer = this.clock.timeout(this.windowMs, expire);
+        this.timer = this.clock.timeout(windowMs, expire);
+        return;
+      }
+      if (standby) {
+        this.port.log().warn({ reason }, 'standby: its primary has not come back; it waits for it, or for a failover or an unprotect here');
+        this.timer = this.clock.timeout(Math.max(windowMs, STANDBY_REMINDER_MS), expire);
         return;
       }
       this.timer = null;
-      this.port.expired(`${reason}; not resumed within ${this.windowMs} ms`);
+      this.port.expired(`${reason}; not resumed within ${windowMs} ms`);
     };
-    this.timer = this.clock.timeout(this.windowMs, expire);
+    this.timer = this.clock.timeout(windowMs, expire);
     return true;
   }
 

@@ -185,10 +185,19 @@ export class MigrationService implements SessionHost {
    * (PROTECTION_NOT_FOUND) when no standby of it is kept here; see standby.ts for the rest.
    */
   failover(guestId: string, force: boolean): { jobId: string } & FailoverResult {
-    for (const s of this.sessions.keys()) {
-      const job = s.jobId;
-      if (job !== null && s.guestId === guestId && s.view().standby !== undefined && s.opened) return { jobId: job, ...s.failover(force) };
-    }
+    const s = this.standbyOf(guestId);
+    return { jobId: s.jobId!, ...s.failover(force) };
+  }
+
+  /** Drops the standby of `guestId` (its primary is gone and will not unprotect it): the replica is discarded. */
+  dropStandby(guestId: string): string {
+    const s = this.standbyOf(guestId);
+    s.abort('standby dropped by request (unprotect at the DR agent)');
+    return s.jobId!;
+  }
+
+  private standbyOf(guestId: string): TargetSession {
+    for (const s of this.sessions.keys()) if (s.jobId !== null && s.guestId === guestId && s.view().standby !== undefined && s.opened) return s;
     throw new NotFoundError(`no standby of guest '${echo(guestId)}' on this agent`, { reason: 'PROTECTION_NOT_FOUND', metadata: { guestId } });
   }
 

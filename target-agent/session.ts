@@ -71,11 +71,12 @@ export class TargetSession {
     // Post-copy's guest runs here on pages only the source has: never ended for the source's silence.
     this.idle = new IdleWatchdog(this.clock, host.options.transferIdleTimeoutMs, {
       // Units queued while the checkpoint is still restoring wait for the source's chunks, not for us.
-      busy: () => this.phase === 'committed' || this.phase === 'activated' || this.phase === 'postcopy' || this.heldCommit !== null || (this.phase === 'replaying' && (this.transfer?.receivers.counters().remainingUnits ?? 0) > 0),
+      // Nor a standby: its primary's silence is what a failover is for.
+      busy: () => this.phase === 'committed' || this.phase === 'activated' || this.phase === 'postcopy' || this.standby !== null || this.heldCommit !== null || (this.phase === 'replaying' && (this.transfer?.receivers.counters().remainingUnits ?? 0) > 0),
       deadlineMs: () => transferDeadlineMs(this.reservation, this.phase),
       expired: (idleMs, pastDeadline) => this.fail(idleError(this.phase, idleMs, this.idle.timeoutMs, pastDeadline ? this.reservation : null)),
     });
-    const port = { phase: () => this.phase, log: () => this.log, missingPages: () => this.missingPages, expired: (reason: string) => this.end(reason) };
+    const port = { phase: () => this.phase, log: () => this.log, missingPages: () => this.missingPages, standby: () => this.standby !== null, expired: (reason: string) => this.end(reason) };
     this.detached = new Detached(this.clock, host.options.resumeWindowMs ?? 0, port);
     this.stream = new SessionStream(call, this.clock, {
       message: (message) => this.onMessage(message),

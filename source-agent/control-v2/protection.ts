@@ -21,6 +21,8 @@ type ProtectionMessage = InstanceType<typeof pb2.Protection>;
 export interface StandbySide {
   list(): IncomingJob[];
   failover(guestId: string, force: boolean): { jobId: string; unitsReplayed: number; failoverMs: number };
+  /** Drops the standby of a guest whose primary is gone; returns its job id. */
+  drop(guestId: string): string;
 }
 
 /** A standby whose primary has been silent this long is shown DEGRADED. */
@@ -55,7 +57,15 @@ export class ProtectionControl {
     return primaryView(job);
   }
 
+  /** On the primary: ends the protection (the guest runs on). On the DR agent: drops the standby of a primary that is gone. */
   unprotect(req: Req<'UnprotectRequest'>): ProtectionMessage {
+    checkGuestId(req.guestId, 'guest_id');
+    const primary = this.control.activeJobOf(req.guestId);
+    if (primary === undefined && this.standbys.list().some((j) => j.guestId === req.guestId && j.standby !== undefined && j.state === 'running')) {
+      const jobId = this.standbys.drop(req.guestId);
+      this.log.warn({ guestId: req.guestId, jobId }, 'standby dropped by request');
+      return this.get(req.guestId);
+    }
     const job = this.activePrimary(req.guestId);
     job.cancel('unprotected by request');
     this.log.info({ guestId: req.guestId, jobId: job.id }, 'protection ended by request: the standby is dropped, the guest runs on');

@@ -56,15 +56,13 @@ export class ControlServiceV2 {
     private readonly driver: HypervisorDriver,
     private readonly options: ControlV2Options,
     private readonly log: Logger,
-    /** The DR side's failover (none: this agent keeps no standbys). */
-    failover?: StandbySide['failover'],
+    /** The DR side's failover and drop (none: this agent keeps no standbys). */
+    dr?: Pick<StandbySide, 'failover' | 'drop'>,
   ) {
-    const standbys: StandbySide = {
-      list: () => incoming.list(),
-      failover: failover ?? ((guestId) => {
-        throw new NotFoundError(`no standby of guest '${echo(guestId)}' on this agent`, { reason: 'PROTECTION_NOT_FOUND', metadata: { guestId } });
-      }),
+    const none = (guestId: string): never => {
+      throw new NotFoundError(`no standby of guest '${echo(guestId)}' on this agent`, { reason: 'PROTECTION_NOT_FOUND', metadata: { guestId } });
     };
+    const standbys: StandbySide = { list: () => incoming.list(), failover: dr?.failover ?? none, drop: dr?.drop ?? none };
     this.protections = new ProtectionControl(control, standbys, (address) => this.checkTargetAddress(address, 'dr_address'), log);
   }
 
