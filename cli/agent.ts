@@ -110,6 +110,7 @@ export async function startAgent(options: AgentOptions, log: Logger = pino({ lev
   server.addService(controlService, control.handlers());
   let address = config.listen;
   const controlV2 = new ControlServiceV2(control, migration.incoming, driver, { agentInstanceId, listenAddress: () => address }, log, { failover: (guestId, force) => migration.failover(guestId, force), drop: (guestId) => migration.dropStandby(guestId) });
+  metrics.observeProtections(() => controlV2.protectionGauges());
   server.addService(controlServiceV2, controlV2.handlers());
   const health = addHealthService(server);
   addReflectionService(server);

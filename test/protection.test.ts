@@ -50,6 +50,11 @@ t.test('protect, follow, unprotect: the standby replays without end and never ru
   t.equal(before.peer, dr.address);
   t.ok(before.lagReceivedMs <= 500, `lag ${before.lagReceivedMs} ms within the 500 ms objective`);
   t.ok(before.logBytesPerSec > 0, `log ${Math.round(before.logBytesPerSec)} B/s`);
+  const scrape = await primary.agent.metrics.registry.metrics();
+  t.match(scrape, /vmmigrate_protections\{role="primary",state="(protected|degraded)"\} 1/, 'the protection counted by role and state');
+  t.match(scrape, /vmmigrate_protection_lag_seconds\{guest_id="vm-p",role="primary",kind="received"\} [0-9.e-]+/, 'its lag, per guest');
+  t.match(scrape, /vmmigrate_protection_outputs_held\{guest_id="vm-p"\} [0-9]+/);
+  t.match(await dr.agent.metrics.registry.metrics(), /vmmigrate_protections\{role="standby",state="(protected|degraded)"\} 1/, 'the DR agent counts its standby');
   const standby = await get(d, 'vm-p');
   t.equal(standby.role, Role.PROTECTION_ROLE_STANDBY);
   t.equal(standby.jobId, before.jobId, 'one job id on both agents');

@@ -13,6 +13,7 @@ import { pb, pb2 } from '../../shared/transport/grpc.js';
 import type { ControlService } from '../control-service.js';
 import type { SourceMigration } from '../migration.js';
 import type { ProtectionRequest } from '../methods/method.js';
+import type { ProtectionGaugeView } from '../../shared/protection-metrics.js';
 
 type Req<K extends keyof typeof pb2> = (typeof pb2)[K] extends abstract new (...args: never) => infer T ? T : never;
 type ProtectionMessage = InstanceType<typeof pb2.Protection>;
@@ -256,4 +257,26 @@ export function outputsMessage(guest: SourceGuest, req: Req<'GetOutputsRequest'>
     delayP50Ms: delays.p50,
     delayP99Ms: delays.p99,
   });
+}
+
+const STATE_NAMES: Record<number, string> = {
+  [pb2.ProtectionState.PROTECTION_STATE_SYNCING]: 'syncing',
+  [pb2.ProtectionState.PROTECTION_STATE_PROTECTED]: 'protected',
+  [pb2.ProtectionState.PROTECTION_STATE_DEGRADED]: 'degraded',
+  [pb2.ProtectionState.PROTECTION_STATE_SWITCHING_OVER]: 'switching-over',
+  [pb2.ProtectionState.PROTECTION_STATE_FAILED_OVER]: 'failed-over',
+  [pb2.ProtectionState.PROTECTION_STATE_STOPPED]: 'stopped',
+};
+
+/** A protection as the metrics show it. */
+export function gaugeView(p: ProtectionMessage): ProtectionGaugeView {
+  return {
+    guestId: p.guestId,
+    role: p.role === pb2.ProtectionRole.PROTECTION_ROLE_STANDBY ? 'standby' : 'primary',
+    state: STATE_NAMES[p.state] ?? 'unknown',
+    lagReceivedMs: p.lagReceivedMs,
+    lagReplayedMs: p.lagReplayedMs,
+    outputsHeld: Number(p.outputsHeld),
+    logBytesPerSec: p.logBytesPerSec,
+  };
 }

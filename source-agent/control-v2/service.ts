@@ -19,7 +19,8 @@ import { watchIncomingJob, watchSourceJob } from './watch.js';
 import { failStream, unaryHandlers } from '../../shared/transport/handlers.js';
 import { parseEstimateRequest } from '../estimate/estimator.js';
 import { estimateMessage } from './estimate-view.js';
-import { outputsMessage, ProtectionControl, type StandbySide, watchProtection } from './protection.js';
+import { gaugeView, outputsMessage, ProtectionControl, type StandbySide, watchProtection } from './protection.js';
+import type { ProtectionGaugeView } from '../../shared/protection-metrics.js';
 
 /** Memory of a StartGuest that asks for 0. */
 const GUEST_MEMORY_BYTES_DEFAULT = 512 * 2 ** 20;
@@ -64,6 +65,11 @@ export class ControlServiceV2 {
     };
     const standbys: StandbySide = { list: () => incoming.list(), failover: dr?.failover ?? none, drop: dr?.drop ?? none };
     this.protections = new ProtectionControl(control, standbys, (address) => this.checkTargetAddress(address, 'dr_address'), log);
+  }
+
+  /** The protections held here, as the metrics read them. */
+  protectionGauges(): ProtectionGaugeView[] {
+    return this.protections.list().map(gaugeView);
   }
 
   /** WatchJob streams open now. */
