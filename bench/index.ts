@@ -12,6 +12,7 @@
 
 import { runAgentMemoryBench } from './agent-memory.js';
 import { runDataplaneBench } from './dataplane.js';
+import { runDrBench } from './dr.js';
 import { runFaultsBench } from './faults/index.js';
 import { runHarness } from './harness.js';
 import { runProtocolSimBench } from './protocol-sim.js';
@@ -43,6 +44,10 @@ const BENCHMARKS: Readonly<Record<string, Benchmark>> = {
   faults: {
     summary: 'kill -9, SIGTERM, link cut, stall and corrupt byte at every phase of every method; invariants checked, a table of outcomes',
     run: runFaultsBench,
+  },
+  dr: {
+    summary: 'continuous protection per profile and link: log bandwidth, guest performance, lag, output delay; then kill -9 of the primary, failover, RTO and outputs lost',
+    run: runDrBench,
   },
   'protocol-sim': {
     summary: 'the migration protocol in one process over a simulated network (drops, delays, reordering, stalls, target crashes), seed by seed, against its invariants',

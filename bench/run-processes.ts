@@ -67,6 +67,11 @@ export class RunProcesses {
     return { source, target, targetAddress: this.link?.address ?? target.address, control: this.control };
   }
 
+  /** SIGKILLs one agent (a crash); stop() then finds it gone. */
+  kill(role: 'source' | 'target'): void {
+    this.agents[role === 'source' ? 0 : 1]?.child.kill('SIGKILL');
+  }
+
   /** Stops everything started; returns the link's statistics (null without a link, or if it failed to say). */
   async stop(): Promise<LinkStats | null> {
     this.control?.close();

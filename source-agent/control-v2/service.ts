@@ -77,7 +77,12 @@ export class ControlServiceV2 {
 
   listGuests(): InstanceType<typeof pb2.ListGuestsResponse> {
     const local = this.driver.listGuests();
-    const guests = local.map((d) => guestMessage(d, this.roleOf(d.id)));
+    const guests = local.map((d) => {
+      const message = guestMessage(d, this.roleOf(d.id));
+      const runner = this.driver.guest(d.id).runnerStats?.();
+      if (runner !== undefined) [message.unitsRun, message.stallMs, message.throttledMs] = [runner.unitsRun, runner.stallMs, runner.throttledMs];
+      return message;
+    });
     const here = new Set(local.map((d) => d.id));
     // Incoming guests not yet the driver's: their replicas, restoring or replaying.
     for (const job of this.incoming.list()) {
