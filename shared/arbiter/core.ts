@@ -232,6 +232,11 @@ export class LeaseArbiter implements Arbiter {
         if (this.terms.get(guestId) === ended) this.terms.delete(guestId);
       },
     });
+    if (this.closed) {
+      // The arbiter closed while the term was being won: let it go at once.
+      void this.revoke(lease.id).catch(() => undefined);
+      throw new AbortedError('the arbiter closed');
+    }
     this.terms.set(guestId, term);
     term.start();
     return term;

@@ -16,7 +16,7 @@ export interface TermTiming {
   fenceMarginMs: number;
   /** A renewal or a watch that failed is tried again after this. */
   retryMs: number;
-  /** Bound on one renewal (and on the local deadline, whichever comes first). */
+  /** Bound on one renewal (or the interval, or the time to the local deadline, whichever is shortest). */
   callTimeoutMs: number;
 }
 
@@ -188,7 +188,8 @@ export class HeldTerm implements PrimaryTerm {
       const remainingMs = this.deadlineAtMs - sentAtMs;
       let ttlMs: number;
       try {
-        ttlMs = await kv.leaseKeepAlive(lease.id, Math.max(1, Math.min(timing.callTimeoutMs, remainingMs)));
+        // Bounded by one interval too: a renewal that hangs gives way to a fresh one.
+        ttlMs = await kv.leaseKeepAlive(lease.id, Math.max(1, Math.min(timing.callTimeoutMs, timing.keepaliveIntervalMs, remainingMs)));
       } catch {
         nextAtMs = clock.now() + timing.retryMs; // the local deadline fences if this goes on
         continue;
