@@ -9,8 +9,10 @@
 //   npm run bench -- memory                      memory of the agents migrating a large guest
 //   npm run bench -- faults                      the fault matrix: every fault x phase x method, 3 seeds
 //   npm run bench -- protocol-sim --seeds N      the protocol under simulated faults, N seeds
+//   npm run bench -- arbiter                     the failover arbiter on a private etcd: go-live latency, fencing delays
 
 import { runAgentMemoryBench } from './agent-memory.js';
+import { runArbiterBench } from './arbiter.js';
 import { runDataplaneBench } from './dataplane.js';
 import { runDrBench } from './dr.js';
 import { runFaultsBench } from './faults/index.js';
@@ -52,6 +54,10 @@ const BENCHMARKS: Readonly<Record<string, Benchmark>> = {
   'protocol-sim': {
     summary: 'the migration protocol in one process over a simulated network (drops, delays, reordering, stalls, target crashes), seed by seed, against its invariants',
     run: runProtocolSimBench,
+  },
+  arbiter: {
+    summary: 'the failover arbiter against a private etcd: claim and go-live latency, and how long a primary cut off from etcd takes to fence itself and a standby to go live',
+    run: runArbiterBench,
   },
 };
 const DEFAULT_BENCHMARK = 'harness';
