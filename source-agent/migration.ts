@@ -20,7 +20,7 @@ import { EventEmitter } from 'node:events';
 import type { Logger } from 'pino';
 import { type Clock, systemClock } from '../shared/clock.js';
 import type { SourceGuest } from '../shared/driver/types.js';
-import { AbortedError, DeadlineExceededError, InvalidStateError, UnavailableError, VmMigrateError } from '../shared/errors.js';
+import { AbortedError, DeadlineExceededError, FailedOverError, InvalidStateError, UnavailableError, VmMigrateError } from '../shared/errors.js';
 import { openJournal } from '../shared/journal.js';
 import { switchoverDeadlines } from '../shared/switchover.js';
 import { WINDOW_DEFAULTS } from '../shared/protocol.js';
@@ -134,6 +134,14 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
   switchover(reason: string): void {
     if (!(this.method instanceof CrtrMethod) || this.request.protection === undefined || this.isOver()) throw new InvalidStateError(`job ${this.id} is not a running protection`, { reason: 'PROTOCOL_VIOLATION', metadata: { jobId: this.id } });
     this.method.requestSwitchover(this.ctx, reason);
+  }
+
+  /** A protection whose primary lost its term (the arbiter): the copy stops, as when failed over. */
+  fence(message: string): void {
+    if (this.isOver()) return;
+    const error = new FailedOverError(message, { reason: 'FAILED_OVER', metadata: { jobId: this.id } });
+    this.cancelController.abort(error);
+    this.channel?.fail(error);
   }
 
   /** A protection whose planned switchover was asked for. */
@@ -261,7 +269,7 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
     }
     this.refreshStats();
     // A protected guest failed over to its standby: this copy stops, and never runs again.
-    if (e.reason === 'FAILED_OVER') return this.fence();
+    if (e.reason === 'FAILED_OVER') return this.stopFenced();
     // Abort before the commit: the target drops its replica, the guest runs here.
     if (this.channel !== null) {
       const broken = this.channel.error !== null;
@@ -284,7 +292,7 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
     this.stats.errorReason = e.reason;
   }
 
-  private fence(): void {
+  private stopFenced(): void {
     // Outputs the standby may not have: never released (the standby answers for the guest now).
     this.guest.output?.dropHeld();
     this.method.cleanUp(this.ctx);

@@ -19,6 +19,8 @@ import { IncomingJobs, type TransferView } from './incoming-jobs.js';
 import type { TransferPhase } from './receivers/context.js';
 import { type SessionHost, TargetSession } from './session.js';
 import type { FailoverResult } from './standby.js';
+import { AutoFailover } from './auto-failover.js';
+import type { Arbiter } from '../shared/arbiter/index.js';
 import { type ProtectionTerms, RPO_MS_MAX_DEFAULT, RPO_MS_MAX_MAX, RPO_MS_MAX_MIN } from '../shared/rpo.js';
 import { failStream, unaryHandlers } from '../shared/transport/handlers.js';
 import { peerIdentity } from '../shared/transport/tls.js';
@@ -46,6 +48,7 @@ const DOWNTIME_LIMIT_MS_MAX = 600_000;
 export class MigrationService implements SessionHost {
   private readonly reservations: ReservationRegistry;
   /** Transfer streams open, with the peer of each. */
+  private readonly auto: AutoFailover | null;
   private readonly sessions = new Map<TargetSession, string>();
   /** Incoming migrations by job id, for the Control API. */
   readonly incoming: IncomingJobs;
@@ -61,7 +64,10 @@ export class MigrationService implements SessionHost {
     readonly metrics?: AgentMetrics,
     private readonly clock: Clock = systemClock,
     journal: DecisionJournal = openJournal(undefined),
+    /** With an arbiter, standbys fail over on their own when their primary's lease is gone. */
+    arbiter: Arbiter | null = null,
   ) {
+    this.auto = arbiter === null ? null : new AutoFailover(arbiter, log);
     this.incoming = new IncomingJobs(clock);
     this.probes = new ProbeReceiver(clock);
     this.decisions = new TargetDecisions(journal, options.agentInstanceId ?? '', clock, log);
@@ -184,8 +190,11 @@ export class MigrationService implements SessionHost {
    * Resumes the standby of protected guest `guestId` here (a failover): NOT_FOUND
    * (PROTECTION_NOT_FOUND) when no standby of it is kept here; see standby.ts for the rest.
    */
-  failover(guestId: string, force: boolean): { jobId: string } & FailoverResult {
+  async failover(guestId: string, force: boolean): Promise<{ jobId: string } & FailoverResult> {
     const s = this.standbyOf(guestId);
+    // With an arbiter, the arbiter decides: going live is refused while the primary's lease
+    // lives (unless forced: then its lease is revoked and its TTL waited out before the resume).
+    if (this.auto !== null) return { jobId: s.jobId!, ...(await this.auto.goLive(guestId, force, () => s.failover(true))) };
     return { jobId: s.jobId!, ...s.failover(force) };
   }
 
@@ -254,6 +263,12 @@ export class MigrationService implements SessionHost {
   phaseChanged(jobId: string, phase: TransferPhase, method: MigrationMethod | null, view: () => TransferView): void {
     this.incoming.opened(jobId, view);
     this.incoming.phaseChanged(jobId, phase, method);
+    if (this.auto !== null && phase === 'replaying' && view().standby !== undefined) {
+      const s = [...this.sessions.keys()].find((x) => x.jobId === jobId);
+      if (s !== undefined) {
+        this.auto.watch({ guestId: s.guestId!, jobId, usable: () => s.view().phase === 'replaying', failover: () => s.failover(true), drop: (reason) => s.abort(reason), ended: s.done });
+      }
+    }
   }
 
   /** Forgets a reservation whose replica was activated (the guest now belongs to the driver). */

@@ -13,6 +13,7 @@ import { pb, pb2 } from '../../shared/transport/grpc.js';
 import type { ControlService } from '../control-service.js';
 import type { SourceMigration } from '../migration.js';
 import type { ProtectionRequest } from '../methods/method.js';
+import type { Arbiter, PrimaryTerm } from '../../shared/arbiter/index.js';
 import type { ProtectionGaugeView } from '../../shared/protection-metrics.js';
 
 type Req<K extends keyof typeof pb2> = (typeof pb2)[K] extends abstract new (...args: never) => infer T ? T : never;
@@ -21,7 +22,7 @@ type ProtectionMessage = InstanceType<typeof pb2.Protection>;
 /** What the DR side offers: its incoming jobs (standbys among them) and the failover. */
 export interface StandbySide {
   list(): IncomingJob[];
-  failover(guestId: string, force: boolean): { jobId: string; unitsReplayed: number; failoverMs: number };
+  failover(guestId: string, force: boolean): Promise<{ jobId: string; unitsReplayed: number; failoverMs: number }>;
   /** Drops the standby of a guest whose primary is gone; returns its job id. */
   drop(guestId: string): string;
 }
@@ -35,14 +36,48 @@ export class ProtectionControl {
     private readonly standbys: StandbySide,
     private readonly checkAddress: (address: string) => void,
     private readonly log: Logger,
+    /** With an arbiter, the primary holds its guest's term while it protects it (automatic failover). */
+    private readonly arbiter: Arbiter | null = null,
   ) {}
 
-  protect(req: Req<'ProtectRequest'>): ProtectionMessage {
+  async protect(req: Req<'ProtectRequest'>): Promise<ProtectionMessage> {
     checkGuestId(req.guestId, 'guest_id');
     if (!req.drAddress) throw invalidField('dr_address', 'dr_address is required (host:port of the DR agent)');
     this.checkAddress(req.drAddress);
     const protection = protectionRequest(req);
-    const job = this.control.startMigration(
+    // The term first: a guest another agent holds is refused before anything moves.
+    const term = this.arbiter === null ? null : await this.arbiter.claim(req.guestId);
+    if (term !== null) protection.held = () => term.isHeld();
+    let job: SourceMigration;
+    try {
+      job = this.start(req, protection);
+    } catch (error) {
+      await term?.release().catch(() => {});
+      throw error;
+    }
+    if (term !== null) this.holdTerm(job, term);
+    return primaryView(job);
+  }
+
+  /**
+   * The term lives as long as the protection: fenced (another agent went live, or the lease can
+   * no longer be known alive), the primary stops its copy; ended otherwise, the records go (a
+   * standby that sees them gone drops itself rather than go live).
+   */
+  private holdTerm(job: SourceMigration, term: PrimaryTerm): void {
+    const unfence = term.onFenced((event) => {
+      this.log.error({ guestId: term.guestId, epoch: term.epoch, reason: event.reason }, `arbiter: ${event.message}; this copy stops`);
+      job.fence(`fenced by the arbiter (${event.reason}): ${event.message}`);
+    });
+    job.once('end', () => {
+      unfence();
+      if (job.stats.errorReason === 'FAILED_OVER' || term.state !== 'held') return;
+      term.retire().catch((error: unknown) => this.log.warn({ guestId: term.guestId, err: String(error) }, 'arbiter: could not retire the protection records (the lease expires by its TTL)'));
+    });
+  }
+
+  private start(req: Req<'ProtectRequest'>, protection: ProtectionRequest): SourceMigration {
+    return this.control.startMigration(
       pb.StartMigrationRequest.create({
         guestId: req.guestId,
         targetAddress: req.drAddress,
@@ -55,7 +90,6 @@ export class ProtectionControl {
       }),
       protection,
     );
-    return primaryView(job);
   }
 
   /** On the primary: ends the protection (the guest runs on). On the DR agent: drops the standby of a primary that is gone. */
@@ -79,9 +113,9 @@ export class ProtectionControl {
     return primaryView(job);
   }
 
-  failover(req: Req<'FailoverRequest'>): InstanceType<typeof pb2.FailoverResponse> {
+  async failover(req: Req<'FailoverRequest'>): Promise<InstanceType<typeof pb2.FailoverResponse>> {
     checkGuestId(req.guestId, 'guest_id');
-    const result = this.standbys.failover(req.guestId, req.force === true);
+    const result = await this.standbys.failover(req.guestId, req.force === true);
     const job = this.standbys.list().find((j) => j.jobId === result.jobId);
     return pb2.FailoverResponse.create({ protection: job === undefined ? undefined : standbyView(job), unitsReplayedAtFailover: result.unitsReplayed, failoverMs: result.failoverMs });
   }

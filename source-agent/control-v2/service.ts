@@ -21,6 +21,7 @@ import { parseEstimateRequest } from '../estimate/estimator.js';
 import { estimateMessage } from './estimate-view.js';
 import { gaugeView, outputsMessage, ProtectionControl, type StandbySide, watchProtection } from './protection.js';
 import type { ProtectionGaugeView } from '../../shared/protection-metrics.js';
+import type { Arbiter } from '../../shared/arbiter/index.js';
 
 /** Memory of a StartGuest that asks for 0. */
 const GUEST_MEMORY_BYTES_DEFAULT = 512 * 2 ** 20;
@@ -59,12 +60,13 @@ export class ControlServiceV2 {
     private readonly log: Logger,
     /** The DR side's failover and drop (none: this agent keeps no standbys). */
     dr?: Pick<StandbySide, 'failover' | 'drop'>,
+    arbiter: Arbiter | null = null,
   ) {
     const none = (guestId: string): never => {
       throw new NotFoundError(`no standby of guest '${echo(guestId)}' on this agent`, { reason: 'PROTECTION_NOT_FOUND', metadata: { guestId } });
     };
     const standbys: StandbySide = { list: () => incoming.list(), failover: dr?.failover ?? none, drop: dr?.drop ?? none };
-    this.protections = new ProtectionControl(control, standbys, (address) => this.checkTargetAddress(address, 'dr_address'), log);
+    this.protections = new ProtectionControl(control, standbys, (address) => this.checkTargetAddress(address, 'dr_address'), log, arbiter);
   }
 
   /** The protections held here, as the metrics read them. */
@@ -214,7 +216,7 @@ export class ControlServiceV2 {
       cancelJob: unary((req: Req<'CancelJobRequest'>) => this.cancelJob(req)),
       resolveJob: unary((req: Req<'ResolveJobRequest'>) => this.resolveJob(req)),
       estimateMigration: this.estimateHandler(),
-      protect: unary((req: Req<'ProtectRequest'>) => pb2.ProtectResponse.create({ protection: this.protections.protect(req) })),
+      protect: unary(async (req: Req<'ProtectRequest'>) => pb2.ProtectResponse.create({ protection: await this.protections.protect(req) })),
       unprotect: unary((req: Req<'UnprotectRequest'>) => pb2.UnprotectResponse.create({ protection: this.protections.unprotect(req) })),
       switchover: unary((req: Req<'SwitchoverRequest'>) => pb2.SwitchoverResponse.create({ protection: this.protections.switchover(req) })),
       failover: unary((req: Req<'FailoverRequest'>) => this.protections.failover(req)),

@@ -121,7 +121,8 @@ export class CrtrMethod implements TransferMethod {
     };
     ctx.channel.onProgress = () => {
       const received = ctx.channel.progress.unitsReceived;
-      if (received > 0 && output.holding) output.releaseThrough(firstSequence + received - 1);
+      // With an arbiter, nothing leaves once this primary's term is not known held.
+      if (received > 0 && output.holding && ctx.request.protection?.held?.() !== false) output.releaseThrough(firstSequence + received - 1);
     };
   }
 

@@ -38,7 +38,10 @@ export interface MigrationRequest {
   protection?: ProtectionRequest;
 }
 
-export type ProtectionRequest = ProtectionTerms;
+export interface ProtectionRequest extends ProtectionTerms {
+  /** With an arbiter: the primary's term is held now (checked before each output is released). */
+  held?: () => boolean;
+}
 
 /** The target's windows, from its ReserveResponse. */
 export interface TargetWindows {
