@@ -17,6 +17,11 @@ import type { LinkProfileName } from '../shared/transport/link.js';
 import { PROFILE_NAMES } from '../shared/driver/sim/profiles.js';
 import { RunProcesses } from './run-processes.js';
 import type { RunSpec } from './run-record.js';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { findExecutable } from '../test/support/debian.js';
+import { ETCD_EXECUTABLE, ETCD_PACKAGE, type EtcdServer, startEtcd } from '../test/support/etcd.js';
 
 interface Cell {
   profile: string;
@@ -54,10 +59,11 @@ async function unitsRun(ctl: grpc.Client, ids: string[]): Promise<number[]> {
   return ids.map((id) => Number(res.guests.find((g) => g.id === id)?.unitsRun ?? 0));
 }
 
-async function runCell(profile: string, link: LinkProfileName, seconds: number, memoryMib: number, next: () => number): Promise<Cell> {
+async function runCell(profile: string, link: LinkProfileName, seconds: number, memoryMib: number, next: () => number, config: string | null): Promise<Cell> {
   const run = new RunProcesses();
   try {
-    const { target, targetAddress, control: p } = await run.start({ link, linkMode: 'child' } as RunSpec);
+    const extra = config === null ? [] : ['--insecure-plaintext', '--config', config];
+    const { target, targetAddress, control: p } = await run.start({ link, linkMode: 'child' } as RunSpec, extra);
     const d = makeClient(controlServiceV2, 'Control', target.address, grpc.credentials.createInsecure());
     const [guest, twin] = [`p-${profile}`, `u-${profile}`];
     for (const id of [guest, twin]) await unary(p, controlServiceV2.startGuest, pb2.StartGuestRequest.create({ id, profile, memoryBytes: memoryMib * 2 ** 20 }), 60_000, 'start guest');
@@ -91,11 +97,15 @@ async function runCell(profile: string, link: LinkProfileName, seconds: number, 
     const killedAt = performance.now();
     run.kill('source');
     let rtoMs = Number.NaN;
-    for (let i = 0; i < 400 && Number.isNaN(rtoMs); i++) {
-      const ok = await unary(d, controlServiceV2.failover, pb2.FailoverRequest.create({ guestId: guest }), 10_000, 'failover').then(
-        () => true,
-        () => false,
-      );
+    for (let i = 0; i < 1_000 && Number.isNaN(rtoMs); i++) {
+      // With an arbiter the standby goes live on its own; without one, an operator's failover (asked at once).
+      const ok =
+        config !== null
+          ? (await unary(d, controlServiceV2.getProtection, pb2.GetProtectionRequest.create({ guestId: guest }), 5_000, 'get')).state === pb2.ProtectionState.PROTECTION_STATE_FAILED_OVER
+          : await unary(d, controlServiceV2.failover, pb2.FailoverRequest.create({ guestId: guest }), 10_000, 'failover').then(
+              () => true,
+              () => false,
+            );
       if (ok) rtoMs = performance.now() - killedAt;
       else await sleep(10);
     }
@@ -123,11 +133,12 @@ export async function runDrBench(argv: string[]): Promise<number> {
       seconds: { type: 'string', default: '10' },
       'memory-mib': { type: 'string', default: '256' },
       seed: { type: 'string', default: '20261130' },
+      arbiter: { type: 'string', default: 'etcd' },
       help: { type: 'boolean', default: false },
     },
   });
   if (values.help) {
-    console.log('usage: npm run bench -- dr [--profiles web,db,compile,mmuncher] [--links lan,wan] [--seconds 10] [--memory-mib 256] [--seed N]');
+    console.log('usage: npm run bench -- dr [--profiles web,db,compile,mmuncher] [--links lan,wan] [--seconds 10] [--memory-mib 256] [--seed N] [--arbiter etcd|none]');
     return 0;
   }
   const profiles = values.profiles!.split(',').filter((p) => p !== '');
@@ -135,12 +146,24 @@ export async function runDrBench(argv: string[]): Promise<number> {
   const links = values.links!.split(',') as LinkProfileName[];
   const next = random(Number(values.seed));
   const cells: Cell[] = [];
-  console.log(`dr: ${profiles.length} profiles x ${links.length} links, ${values.seconds} s protected each (sync), ${values['memory-mib']} MiB guests, seed ${values.seed}`);
+  // Automatic failover needs the arbiter: a private etcd on loopback (Debian's etcd-server), 1 s leases.
+  let etcd: EtcdServer | null = null;
+  let config: string | null = null;
+  if (values.arbiter === 'etcd' && findExecutable(ETCD_EXECUTABLE) !== null) {
+    etcd = await startEtcd();
+    const dir = mkdtempSync(join(tmpdir(), 'vmmigrate-dr-'));
+    config = join(dir, 'agent.yaml');
+    writeFileSync(config, `arbiter:\n  kind: etcd\n  endpoints: ["${etcd.endpoint}"]\n  leaseTtlMs: 1000\n`);
+  } else if (values.arbiter === 'etcd') {
+    console.log(`dr: no etcd here (Debian's ${ETCD_PACKAGE}): failover is manual, asked at once after the kill`);
+  }
+  const failover = config === null ? 'manual failover (asked at once)' : 'automatic failover (etcd arbiter, 1 s lease)';
+  console.log(`dr: ${profiles.length} profiles x ${links.length} links, ${values.seconds} s protected each (sync), ${values['memory-mib']} MiB guests, ${failover}, seed ${values.seed}`);
   console.log('| profile | link | log MB/s | perf | lag p50 / p99 ms | replay lag p99 ms | output delay p50 / p99 ms | RTO ms | outputs seen | lost |');
   console.log('|---|---|---:|---:|---:|---:|---:|---:|---:|---:|');
   for (const link of links) {
     for (const profile of profiles) {
-      const c = await runCell(profile, link, Number(values.seconds), Number(values['memory-mib']), next);
+      const c = await runCell(profile, link, Number(values.seconds), Number(values['memory-mib']), next, config);
       cells.push(c);
       console.log(`| ${c.profile} | ${c.link} | ${c.logMBps.toFixed(2)} | ${c.perf.toFixed(3)} | ${c.lagP50.toFixed(0)} / ${c.lagP99.toFixed(0)} | ${c.replayLagP99.toFixed(0)} | ${c.delayP50.toFixed(1)} / ${c.delayP99.toFixed(1)} | ${c.rtoMs.toFixed(0)} | ${c.seen} | ${c.lost} |`);
     }
@@ -148,6 +171,7 @@ export async function runDrBench(argv: string[]): Promise<number> {
   const min = Math.min(...cells.map((c) => c.perf));
   const max = (f: (c: Cell) => number) => Math.max(...cells.map(f));
   const lost = cells.reduce((n, c) => n + c.lost, 0);
+  await etcd?.stop();
   console.log(`dr: perf ${min.toFixed(3)} lag-p99 ${max((c) => c.lagP99).toFixed(0)} output-delay-p99 ${max((c) => c.delayP99).toFixed(1)} rto-max ${max((c) => c.rtoMs).toFixed(0)} lost-outputs ${lost} over ${cells.length} crashes`);
   return lost === 0 ? 0 : 1;
 }

@@ -57,8 +57,11 @@ export class RunProcesses {
   private control: Control | null = null;
 
   /** Starts both agents, the link for `spec` and the Control client; what started is stopped by stop(), even if this fails. */
-  async start(spec: RunSpec): Promise<StartedRun> {
-    const [source, target] = await Promise.all([startAgentProcess('source', agentArgs('source'), agentNodeArgs('source')), startAgentProcess('target', agentArgs('target'), agentNodeArgs('target'))]);
+  async start(spec: RunSpec, extraArgs: string[] = []): Promise<StartedRun> {
+    const [source, target] = await Promise.all([
+      startAgentProcess('source', [...agentArgs('source'), ...extraArgs], agentNodeArgs('source')),
+      startAgentProcess('target', [...agentArgs('target'), ...extraArgs], agentNodeArgs('target')),
+    ]);
     this.agents.push(source, target);
     liveChildren.add(source.child).add(target.child);
     this.link = spec.link === 'direct' ? null : spec.linkMode === 'child' ? await startLinkProcess(target.address, spec.link) : await startLinkInProcess(target.address, spec.link);
