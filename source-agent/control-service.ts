@@ -113,6 +113,11 @@ export class ControlService {
     return history;
   }
 
+  /** The state of guest `guestId` here (NOT_FOUND if there is none). */
+  guestState(guestId: string): string {
+    return this.driver.guest(guestId).describe().state;
+  }
+
   /** The job migrating `guestId` away now, if any. */
   activeJobOf(guestId: string): SourceMigration | undefined {
     for (const job of this.jobs.values()) if (job.request.guestId === guestId && !job.isOver()) return job;

@@ -120,6 +120,20 @@ t.test('a planned switchover moves the guest to its standby as a CR/TR migration
   t.match(there.detail, /switched over: the guest runs here/);
 });
 
+t.test('a standby lost at the DR agent is made again by a new checkpoint; the guest runs on', async (t) => {
+  const { primary, p, d } = await protect(t);
+  // The DR agent drops its standby (as an operator there would, or as a restart loses it).
+  await unary(d, controlServiceV2.unprotect, pb2.UnprotectRequest.create({ guestId: 'vm-p' }), 10_000, 'drop the standby');
+  const again = await until(p, 'vm-p', (x) => x.state === State.PROTECTION_STATE_PROTECTED && x.resyncs === 1, 'protected again, one resync');
+  t.equal(again.resyncs, 1);
+  t.equal(await guestState(primary, 'vm-p'), 'running', 'the guest ran on');
+  await until(d, 'vm-p', (x) => x.state === State.PROTECTION_STATE_PROTECTED, 'a new standby');
+  await unary(p, controlServiceV2.unprotect, pb2.UnprotectRequest.create({ guestId: 'vm-p' }), 10_000, 'unprotect');
+  await until(p, 'vm-p', (x) => x.state === State.PROTECTION_STATE_STOPPED, 'ended for good');
+  await sleep(1_500);
+  t.equal((await get(p, 'vm-p')).state, State.PROTECTION_STATE_STOPPED, 'not made again after an unprotect');
+});
+
 t.test('Protect refuses bad requests with the field named', async (t) => {
   const primary = await startTestAgent(t);
   const p = v2(t, primary);

@@ -27,6 +27,22 @@ export interface StandbySide {
   drop(guestId: string): string;
 }
 
+/** A protection whose standby was lost starts again after this, doubling up to the maximum. */
+const RESYNC_BACKOFF_MS = 1_000;
+const RESYNC_BACKOFF_MS_MAX = 30_000;
+
+/** A protection the primary keeps up: its current job, and how often its standby was made again. */
+interface Kept {
+  req: Req<'ProtectRequest'>;
+  protection: ProtectionRequest;
+  term: PrimaryTerm | null;
+  job: SourceMigration;
+  resyncs: number;
+  backoffMs: number;
+  /** Ended for good (unprotected, switched over, failed over, fenced). */
+  over: boolean;
+}
+
 /** A standby whose primary has been silent this long is shown DEGRADED. */
 const STANDBY_SILENCE_DEGRADED_MS = 3_000;
 
@@ -39,6 +55,8 @@ export class ProtectionControl {
     /** With an arbiter, the primary holds its guest's term while it protects it (automatic failover). */
     private readonly arbiter: Arbiter | null = null,
   ) {}
+
+  private readonly kept = new Map<string, Kept>();
 
   async protect(req: Req<'ProtectRequest'>): Promise<ProtectionMessage> {
     checkGuestId(req.guestId, 'guest_id');
@@ -55,8 +73,54 @@ export class ProtectionControl {
       await term?.release().catch(() => {});
       throw error;
     }
-    if (term !== null) this.holdTerm(job, term);
+    const kept: Kept = { req, protection, term, job, resyncs: 0, backoffMs: RESYNC_BACKOFF_MS, over: false };
+    this.kept.set(req.guestId, kept);
+    if (term !== null) this.holdTerm(kept, term);
+    this.follow(kept);
     return primaryView(job);
+  }
+
+  /**
+   * Keeps the protection up: a job that ends because its standby is gone (the DR agent dropped
+   * or lost it) is started again, a new checkpoint to a new standby, with backoff; the guest runs
+   * on meanwhile (a sync gate is open then). Unprotected, switched over or failed over, it ends.
+   */
+  private follow(kept: Kept): void {
+    kept.job.once('end', () => {
+      const s = kept.job.stats;
+      const byRequest = s.status === 'cancelled' || s.status === 'completed' || s.errorReason === 'FAILED_OVER';
+      const guestHere = this.control.activeJobOf(kept.req.guestId) === undefined && this.guestRuns(kept.req.guestId);
+      if (kept.over || byRequest || !guestHere) {
+        kept.over = true;
+        return;
+      }
+      this.log.warn({ guestId: kept.req.guestId, err: s.error, backoffMs: kept.backoffMs }, 'protection: the standby is lost; making it again by a new checkpoint');
+      const timer = setTimeout(() => this.resync(kept), kept.backoffMs);
+      timer.unref();
+      kept.backoffMs = Math.min(RESYNC_BACKOFF_MS_MAX, kept.backoffMs * 2);
+    });
+  }
+
+  private resync(kept: Kept): void {
+    if (kept.over) return;
+    try {
+      kept.job = this.start(kept.req, kept.protection);
+      kept.resyncs++;
+      this.follow(kept);
+      // A standby made again restores the backoff once it is usable.
+      kept.job.once('phase', () => (kept.backoffMs = RESYNC_BACKOFF_MS));
+    } catch (error) {
+      this.log.error({ guestId: kept.req.guestId, err: String(error) }, 'protection: could not start it again; it ends');
+      kept.over = true;
+    }
+  }
+
+  private guestRuns(guestId: string): boolean {
+    try {
+      return this.control.guestState(guestId) === 'running';
+    } catch {
+      return false;
+    }
   }
 
   /**
@@ -64,16 +128,20 @@ export class ProtectionControl {
    * no longer be known alive), the primary stops its copy; ended otherwise, the records go (a
    * standby that sees them gone drops itself rather than go live).
    */
-  private holdTerm(job: SourceMigration, term: PrimaryTerm): void {
-    const unfence = term.onFenced((event) => {
+  private holdTerm(kept: Kept, term: PrimaryTerm): void {
+    term.onFenced((event) => {
       this.log.error({ guestId: term.guestId, epoch: term.epoch, reason: event.reason }, `arbiter: ${event.message}; this copy stops`);
-      job.fence(`fenced by the arbiter (${event.reason}): ${event.message}`);
+      kept.over = true;
+      kept.job.fence(`fenced by the arbiter (${event.reason}): ${event.message}`);
     });
-    job.once('end', () => {
-      unfence();
-      if (job.stats.errorReason === 'FAILED_OVER' || term.state !== 'held') return;
+    // Retired once the protection ends for good (not between a lost standby and its resync).
+    const watch = () => {
+      if (!kept.job.isOver()) return void kept.job.once('end', () => setImmediate(watch));
+      if (!kept.over) return void setTimeout(watch, 100).unref();
+      if (kept.job.stats.errorReason === 'FAILED_OVER' || term.state !== 'held') return;
       term.retire().catch((error: unknown) => this.log.warn({ guestId: term.guestId, err: String(error) }, 'arbiter: could not retire the protection records (the lease expires by its TTL)'));
-    });
+    };
+    watch();
   }
 
   private start(req: Req<'ProtectRequest'>, protection: ProtectionRequest): SourceMigration {
@@ -95,6 +163,12 @@ export class ProtectionControl {
   /** On the primary: ends the protection (the guest runs on). On the DR agent: drops the standby of a primary that is gone. */
   unprotect(req: Req<'UnprotectRequest'>): ProtectionMessage {
     checkGuestId(req.guestId, 'guest_id');
+    const kept = this.kept.get(req.guestId);
+    if (kept !== undefined && !kept.over && kept.job.isOver()) {
+      // Between a lost standby and its resync: nothing runs to cancel; it just ends.
+      kept.over = true;
+      return this.withResyncs(primaryView(kept.job));
+    }
     const primary = this.control.activeJobOf(req.guestId);
     if (primary === undefined && this.standbys.list().some((j) => j.guestId === req.guestId && j.standby !== undefined && j.state === 'running')) {
       const jobId = this.standbys.drop(req.guestId);
@@ -102,6 +176,7 @@ export class ProtectionControl {
       return this.get(req.guestId);
     }
     const job = this.activePrimary(req.guestId);
+    if (kept !== undefined) kept.over = true;
     job.cancel('unprotected by request');
     this.log.info({ guestId: req.guestId, jobId: job.id }, 'protection ended by request: the standby is dropped, the guest runs on');
     return primaryView(job);
@@ -130,9 +205,18 @@ export class ProtectionControl {
   }
 
   list(): ProtectionMessage[] {
-    const primaries = this.control.listJobs().filter((j) => j.request.protection !== undefined).map(primaryView);
+    const primaries = this.control.listJobs().filter((j) => j.request.protection !== undefined).map((j) => this.withResyncs(primaryView(j), j));
     const standbys = this.standbys.list().filter((j) => j.standby !== undefined).map(standbyView);
     return [...primaries, ...standbys];
+  }
+
+  /** The view with its protection's resyncs; a job ended for a resync shows as syncing again. */
+  private withResyncs(view: ProtectionMessage, job?: SourceMigration): ProtectionMessage {
+    const kept = this.kept.get(view.guestId);
+    if (kept === undefined || (job !== undefined && job !== kept.job)) return view;
+    view.resyncs = kept.resyncs;
+    if (!kept.over && kept.job.isOver()) [view.state, view.detail] = [pb2.ProtectionState.PROTECTION_STATE_DEGRADED, `the standby was lost (${kept.job.stats.error}); making it again`];
+    return view;
   }
 
   private activePrimary(guestId: string): SourceMigration {
