@@ -46,9 +46,13 @@ async function until(c: grpc.Client, guestId: string, ok: (p: InstanceType<typeo
   }
 }
 
-/** Two in-process agents sharing the process's memory arbiter, the primary reaching the DR agent through a link emulator. */
+/**
+ * Two in-process agents sharing the process's memory arbiter, the primary reaching the DR agent
+ * through a link emulator. Leases of 3 s: both agents share one event loop here, and a busy
+ * machine can delay a renewal past a 1 s lease's margin (the primary then fences itself, rightly).
+ */
 async function memoryPair(t: Test) {
-  const config = configFile(t, { kind: 'memory', leaseTtlMs: 1000, keyPrefix: `/vmmigrate-test-${process.pid}-${Math.floor(Math.random() * 1e9)}` });
+  const config = configFile(t, { kind: 'memory', leaseTtlMs: 3000, keyPrefix: `/vmmigrate-test-${process.pid}-${Math.floor(Math.random() * 1e9)}` });
   const primary = await startTestAgent(t, ['--config', config]);
   const dr = await startTestAgent(t, ['--config', config]);
   const link = new LinkEmulator({ listen: '127.0.0.1:0', target: dr.address, profile: 'loopback' as never });
