@@ -11,6 +11,7 @@
 //
 // Its last line: `dr: perf <min ratio> lag-p99 <ms> output-delay-p99 <ms> rto-max <ms> lost-outputs <n> over <k> crashes`.
 
+import { Random } from '../shared/random.js';
 import { parseArgs } from 'node:util';
 import { controlServiceV2, grpc, makeClient, pb2, unary } from '../shared/transport/grpc.js';
 import type { LinkProfileName } from '../shared/transport/link.js';
@@ -43,16 +44,6 @@ const percentile = (xs: number[], q: number) => {
   const s = [...xs].sort((a, b) => a - b);
   return s.length === 0 ? 0 : s[Math.min(s.length - 1, Math.floor(q * s.length))];
 };
-
-function random(seed: number): () => number {
-  let s = seed >>> 0 || 1;
-  return () => {
-    s ^= s << 13;
-    s ^= s >>> 17;
-    s ^= s << 5;
-    return (s >>> 0) / 4294967296;
-  };
-}
 
 async function unitsRun(ctl: grpc.Client, ids: string[]): Promise<number[]> {
   const res = await unary(ctl, controlServiceV2.listGuests, pb2.ListGuestsRequest.create(), 10_000, 'guests');
@@ -144,7 +135,8 @@ export async function runDrBench(argv: string[]): Promise<number> {
   const profiles = values.profiles!.split(',').filter((p) => p !== '');
   for (const p of profiles) if (!PROFILE_NAMES.includes(p as never)) throw new Error(`unknown profile '${p}'`);
   const links = values.links!.split(',') as LinkProfileName[];
-  const next = random(Number(values.seed));
+  const rng = new Random(Number(values.seed));
+  const next = () => rng.nextFloat();
   const cells: Cell[] = [];
   // Automatic failover needs the arbiter: a private etcd on loopback (Debian's etcd-server), 1 s leases.
   let etcd: EtcdServer | null = null;

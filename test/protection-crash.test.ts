@@ -2,23 +2,13 @@
 // seeded moments; its DR agent fails the guest over (the primary is gone: no force needed once its
 // stream broke). Every output a client saw released by the primary, polled until the kill, is
 // reproduced by the guest on the DR agent, with equal payload.
+import { Random } from '../shared/random.js';
 import t, { type Test } from 'tap';
 import { type AgentProcess, startAgentProcess, stopAgentProcess } from '../cli/agent-process.js';
 import { controlServiceV2, grpc, makeClient, pb2, unary } from '../shared/transport/grpc.js';
 
 const KILLS = Number(process.env.PROTECTION_KILLS ?? 20);
 const SEED = Number(process.env.PROTECTION_SEED ?? 20261130);
-
-/** xorshift32: the kill moments, replayable from the seed. */
-function random(seed: number): () => number {
-  let s = seed >>> 0 || 1;
-  return () => {
-    s ^= s << 13;
-    s ^= s >>> 17;
-    s ^= s << 5;
-    return (s >>> 0) / 4294967296;
-  };
-}
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 type Packet = { sequence?: number | null; unit?: number | null; payload?: string | null };
@@ -35,7 +25,8 @@ async function agent(t: Test, role: 'source' | 'target'): Promise<{ proc: AgentP
 }
 
 t.test(`sync protection: ${KILLS} kills of the primary at seeded moments lose no released output`, async (t) => {
-  const next = random(SEED);
+  const rng = new Random(SEED);
+  const next = () => rng.nextFloat();
   let checked = 0;
   // One DR agent takes every guest; each kill has a primary of its own.
   const { proc: drProc, ctl: d } = await agent(t, 'target');
