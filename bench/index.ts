@@ -10,9 +10,12 @@
 //   npm run bench -- faults                      the fault matrix: every fault x phase x method, 3 seeds
 //   npm run bench -- vcpu                        the guest's vCPU against the transfer, inline or on a thread
 //   npm run bench -- protocol-sim --seeds N      the protocol under simulated faults, N seeds
+//   npm run bench -- arbiter                     the failover arbiter on a private etcd: go-live latency, fencing delays
 
 import { runAgentMemoryBench } from './agent-memory.js';
+import { runArbiterBench } from './arbiter.js';
 import { runDataplaneBench } from './dataplane.js';
+import { runDrBench } from './dr.js';
 import { runFaultsBench } from './faults/index.js';
 import { runHarness } from './harness.js';
 import { runProtocolSimBench } from './protocol-sim.js';
@@ -50,9 +53,17 @@ const BENCHMARKS: Readonly<Record<string, Benchmark>> = {
     summary: "the sim guest's vCPU and the checkpoint stream on one source: lateness, checkpoint rate, event-loop delay, vCPU inline or on its own thread",
     run: runVcpuBench,
   },
+  dr: {
+    summary: 'continuous protection per profile and link: log bandwidth, guest performance, lag, output delay; then kill -9 of the primary, failover, RTO and outputs lost',
+    run: runDrBench,
+  },
   'protocol-sim': {
     summary: 'the migration protocol in one process over a simulated network (drops, delays, reordering, stalls, target crashes), seed by seed, against its invariants',
     run: runProtocolSimBench,
+  },
+  arbiter: {
+    summary: 'the failover arbiter against a private etcd: claim and go-live latency, and how long a primary cut off from etcd takes to fence itself and a standby to go live',
+    run: runArbiterBench,
   },
 };
 const DEFAULT_BENCHMARK = 'harness';

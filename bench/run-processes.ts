@@ -57,14 +57,22 @@ export class RunProcesses {
   private control: Control | null = null;
 
   /** Starts both agents, the link for `spec` and the Control client; what started is stopped by stop(), even if this fails. */
-  async start(spec: RunSpec): Promise<StartedRun> {
-    const [source, target] = await Promise.all([startAgentProcess('source', agentArgs('source'), agentNodeArgs('source')), startAgentProcess('target', agentArgs('target'), agentNodeArgs('target'))]);
+  async start(spec: RunSpec, extraArgs: string[] = []): Promise<StartedRun> {
+    const [source, target] = await Promise.all([
+      startAgentProcess('source', [...agentArgs('source'), ...extraArgs], agentNodeArgs('source')),
+      startAgentProcess('target', [...agentArgs('target'), ...extraArgs], agentNodeArgs('target')),
+    ]);
     this.agents.push(source, target);
     liveChildren.add(source.child).add(target.child);
     this.link = spec.link === 'direct' ? null : spec.linkMode === 'child' ? await startLinkProcess(target.address, spec.link) : await startLinkInProcess(target.address, spec.link);
     if (this.link?.child) liveChildren.add(this.link.child);
     this.control = makeClient(controlServiceV2, 'Control', source.address, grpc.credentials.createInsecure());
     return { source, target, targetAddress: this.link?.address ?? target.address, control: this.control };
+  }
+
+  /** SIGKILLs one agent (a crash); stop() then finds it gone. */
+  kill(role: 'source' | 'target'): void {
+    this.agents[role === 'source' ? 0 : 1]?.child.kill('SIGKILL');
   }
 
   /** Stops everything started; returns the link's statistics (null without a link, or if it failed to say). */

@@ -6,6 +6,8 @@
 // Configuration: a YAML file (--config, or VMMIGRATE_CONFIG) with flags laid over it, validated
 // in shared/config.ts. The daemon refuses to start on any invalid field, naming it.
 
+import { hostname } from 'node:os';
+import { createArbiter } from '../shared/arbiter/factory.js';
 import { randomUUID } from 'node:crypto';
 import { Command, Option } from 'commander';
 import { pino, destination, type Logger } from 'pino';
@@ -85,7 +87,11 @@ export async function startAgent(options: AgentOptions, log: Logger = pino({ lev
   const agentInstanceId = randomUUID();
   const journal = openAgentJournal(config, log);
   recoverSourceRecords(journal, log);
-  const migration = new MigrationService(driver, targetOptions(config, agentInstanceId), log, metrics, undefined, journal);
+  // The failover arbiter (none by default: failover is manual). Its holder id names this agent in
+  // the records: stable across restarts when configured or when the listen port is fixed.
+  const holderId = config.listen.endsWith(':0') ? `${hostname()}/${agentInstanceId}` : `${hostname()}/${config.listen}`;
+  const arbiter = createArbiter(config.arbiter, { holderId });
+  const migration = new MigrationService(driver, targetOptions(config, agentInstanceId), log, metrics, undefined, journal, arbiter);
   // Outgoing checkpoint chunks are compressed in these workers, off the event loop.
   const packer = config.limits.compressionWorkers > 0 ? new PackPool(config.limits.compressionWorkers) : undefined;
   const control = new ControlService(
@@ -109,7 +115,8 @@ export async function startAgent(options: AgentOptions, log: Logger = pino({ lev
   server.addService(migrationService, migration.handlers());
   server.addService(controlService, control.handlers());
   let address = config.listen;
-  const controlV2 = new ControlServiceV2(control, migration.incoming, driver, { agentInstanceId, listenAddress: () => address }, log);
+  const controlV2 = new ControlServiceV2(control, migration.incoming, driver, { agentInstanceId, listenAddress: () => address }, log, { failover: (guestId, force) => migration.failover(guestId, force), drop: (guestId) => migration.dropStandby(guestId) }, arbiter);
+  metrics.observeProtections(() => controlV2.protectionGauges());
   server.addService(controlServiceV2, controlV2.handlers());
   const health = addHealthService(server);
   addReflectionService(server);
@@ -165,6 +172,7 @@ export async function startAgent(options: AgentOptions, log: Logger = pino({ lev
         driver.shutdown();
         await packer?.close();
         await metricsServer?.close();
+        await arbiter?.close().catch((error: unknown) => log.warn({ err: String(error) }, 'could not close the arbiter'));
         journal.close();
       })();
       return stopping;

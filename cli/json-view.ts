@@ -20,6 +20,7 @@ const ENUM_FIELDS = new Map<unknown, Readonly<Record<string, EnumNames>>>([
   [pb2.MethodEstimate, { method: pb2.Method }],
   [pb2.GuestMeasurements, { dirtySource: pb2.InputSource, busySource: pb2.InputSource, logSource: pb2.InputSource }],
   [pb2.LinkMeasurements, { bandwidthSource: pb2.InputSource }],
+  [pb2.Protection, { role: pb2.ProtectionRole, state: pb2.ProtectionState, mode: pb2.ProtectionMode }],
 ]);
 
 /**

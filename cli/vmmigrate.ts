@@ -14,6 +14,7 @@ import { AGENT_VERSION } from '../shared/protocol.js';
 import { controlServiceV2, grpc, pb2 } from '../shared/transport/grpc.js';
 import { agentCommand } from './agent.js';
 import { migrate, type MigrateOptions } from './migrate.js';
+import { addProtectionCommands } from './protect.js';
 import { clientAction, exitCodeOf, Session } from './session.js';
 import { CallError, EXIT } from './calls.js';
 import { AGENT_ADDRESS_DEFAULT, parseAddress } from './connect.js';
@@ -268,6 +269,7 @@ function buildProgram(): Command {
       .option('--force', 'act without the target\'s word: may leave the guest running twice (--resume-here) or nowhere (--discard-here)'),
   ).action(clientAction((s, jobId) => resolveJob(s, jobId, s.options as unknown as ResolveOptions)));
   withClientOptions(program.command('capacity').description('what the agent offers: memory and vCPUs, free and total; the methods it can carry out')).action(clientAction((s) => showCapacity(s)));
+  addProtectionCommands(program, { withClientOptions, clientAction, agentAddress, integer });
   return program;
 }
 

@@ -5,6 +5,7 @@
 import { readFileSync } from 'node:fs';
 import { parse as parseYaml } from 'yaml';
 import { z } from 'zod';
+import { arbiterConfigSchema } from './arbiter/schema.js';
 import { NON_CONVERGENCE_POLICIES } from './convergence.js';
 import { UNIT_MS_DEFAULT, UNIT_MS_MAX, UNIT_MS_MIN } from './driver/types.js';
 import { hostOf, isLoopbackHost } from './transport/tls.js';
@@ -132,6 +133,12 @@ export const agentConfigSchema = z.strictObject({
    * left (migrated away or stopped); drop: stop at once, destroying them (logged, guest by guest).
    */
   onStopWithGuests: z.enum(['refuse', 'drop']).default('refuse'),
+  /**
+   * Who may run a protected guest: a per-guest lease and epoch on etcd (kind: etcd), so that a
+   * standby goes live only once the primary's lease ended, and a primary cut off fences itself.
+   * Default kind: none (failover is manual). See shared/arbiter/index.ts and docs/deploy.md.
+   */
+  arbiter: arbiterConfigSchema,
   /** Honour fault injection in StartMigration requests (tests only). */
   allowFaultInjection: z.boolean().default(false),
 });

@@ -166,6 +166,12 @@ export class NotFoundError extends VmMigrateError {
   readonly code = 'NOT_FOUND' as const;
 }
 
+/** A protected guest was failed over to its standby: the primary's copy must stop and never run again. */
+export class FailedOverError extends VmMigrateError {
+  static override readonly defaultReason: ErrorReason = 'FAILED_OVER';
+  readonly code = 'FAILED_PRECONDITION' as const;
+}
+
 /** The operation was cancelled before it finished; what it had started was undone. */
 export class AbortedError extends VmMigrateError {
   static override readonly defaultReason: ErrorReason = 'CANCELLED';

@@ -18,6 +18,17 @@ export interface IncomingCounters {
   missingPages?: number;
 }
 
+/** A protection's standby, as the DR agent shows it (target-agent/standby.ts). */
+export interface StandbyView {
+  readonly terms: { readonly mode: 'sync' | 'async'; readonly rpoMsMax: number };
+  /** The primary asked for a planned switchover. */
+  readonly switchoverAsked: boolean;
+  readonly failedOver: boolean;
+  /** When the standby began (clock ms), and how long the primary has been silent. */
+  readonly sinceMs: number;
+  readonly silentMs: number;
+}
+
 /** An incoming migration on this agent, by the source's job id. */
 export interface IncomingJob {
   readonly jobId: string;
@@ -36,4 +47,10 @@ export interface IncomingJob {
   readonly committed: boolean;
   readonly activated: boolean;
   readonly counters: IncomingCounters;
+  /** Set for a protection's standby. */
+  readonly standby?: StandbyView;
+  /** Who reserved it (the primary, for a standby). */
+  readonly peer: string;
+  /** The guest's unit length (ms). */
+  readonly unitMs: number;
 }

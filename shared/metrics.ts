@@ -18,6 +18,7 @@
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
 import type { Logger } from 'pino';
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
+import { type ProtectionGaugeView, registerProtectionGauges } from './protection-metrics.js';
 import { assert } from './assert.js';
 import type { GuestState } from './driver/types.js';
 import { InvalidArgumentError } from './errors.js';
@@ -260,6 +261,11 @@ export class AgentMetrics {
   /** How many incoming migrations are in progress, read at scrape time (target role). */
   observeIncoming(active: () => number): void {
     this.incomingActive = active;
+  }
+
+  /** The protections this agent holds, read at scrape time (call once). */
+  observeProtections(read: () => ProtectionGaugeView[]): void {
+    registerProtectionGauges(this.registry, read);
   }
 
   /** The host's guests and memory, read at scrape time. */

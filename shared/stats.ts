@@ -109,6 +109,13 @@ export interface MigrationStats {
   unitsRun: number;
   /** The schedule deficit the downtime and the stalls do not explain. */
   lostScheduleMs: number;
+  /** A protection: units recorded that the standby has not received, and not replayed, yet. */
+  lagUnitsReceived: number;
+  lagUnitsReplayed: number;
+  /** A protection: the guest's outputs held for the standby's receipt, released, and the gate's overflows (sync fell back to async). */
+  outputsHeld: number;
+  outputsReleased: number;
+  outputOverflows: number;
 }
 
 export function emptyStats(method: MigrationMethod, memoryBytes: number): MigrationStats {
@@ -170,5 +177,10 @@ export function emptyStats(method: MigrationMethod, memoryBytes: number): Migrat
     unitsDue: 0,
     unitsRun: 0,
     lostScheduleMs: 0,
+    lagUnitsReceived: 0,
+    lagUnitsReplayed: 0,
+    outputsHeld: 0,
+    outputsReleased: 0,
+    outputOverflows: 0,
   };
 }

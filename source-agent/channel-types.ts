@@ -15,7 +15,7 @@ export type CommitResult = InstanceType<typeof pb.CommitResult>;
 export type Activated = InstanceType<typeof pb.Activated>;
 
 /** The SourceMessage bodies a method sends as they are (the payload bodies go through `pack`). */
-export type ControlBody = Partial<Pick<SourceMessage, 'open' | 'stopDecision' | 'commit' | 'abort' | 'rebase'>>;
+export type ControlBody = Partial<Pick<SourceMessage, 'open' | 'stopDecision' | 'commit' | 'abort' | 'rebase' | 'switchover'>>;
 
 export interface TransferChannel {
   /** The target's last progress report (all zero before the first). */
@@ -30,8 +30,10 @@ export interface TransferChannel {
   readonly rttMs: number;
   /** The target's stop-and-copy requests go here (CR/TR); unanswered while null. */
   onStopRequest: ((request: StopRequest) => void) | null;
+  /** Called on every progress report, once `progress` holds it (a sync protection releases outputs). */
+  onProgress: (() => void) | null;
   /** The pages the target's running guest waits for go here (post-copy). */
-  onPageRequest: ((pages: number[]) => void) | null;
+  onPageRequest: ((pages: number[], resend: boolean) => void) | null;
   /** Sends a message without a payload. Nothing is sent once the channel is closed. */
   send(body: ControlBody): void;
   /** Serializes a payload message (lz4 unless compression is off). */
@@ -86,6 +88,8 @@ export interface TransferChannelOptions {
    * stream (the target's grant, ReserveResponse.resume_window_ms, and ours, the smaller); 0: never.
    */
   resumeWindowMs?: number;
+  /** A protection: a broken stream is resumed however long it takes (the guest runs on meanwhile). */
+  resumeForever?: boolean;
   /** Told when the stream broke (attempt 0) and every tenth attempt after, with the last error: for the log. */
   onResumeAttempt?: (attempt: number, error: VmMigrateError) => void;
 }

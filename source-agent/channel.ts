@@ -51,7 +51,8 @@ export class GrpcTransferChannel extends FailableWaits implements TransferChanne
   commitDigestSent = '';
   rttMs = 0;
   onStopRequest: ((request: StopRequest) => void) | null = null;
-  onPageRequest: ((pages: number[]) => void) | null = null;
+  onPageRequest: ((pages: number[], resend: boolean) => void) | null = null;
+  onProgress: (() => void) | null = null;
   private closed = false;
   /** A commit was sent, or post-copy's machine state: the target may activate from here on. */
   private pointOfNoReturnPassed = false;
@@ -183,7 +184,7 @@ export class GrpcTransferChannel extends FailableWaits implements TransferChanne
     const startMs = this.clock.now();
     // Post-copy past its hand-over: the guest on the target waits for pages only we have; we try
     // for as long as we live, until the target says the transfer is gone.
-    const deadlineMs = this.pointOfNoReturnPassed ? Number.POSITIVE_INFINITY : startMs + (this.options.resumeWindowMs ?? 0);
+    const deadlineMs = this.pointOfNoReturnPassed || this.options.resumeForever === true ? Number.POSITIVE_INFINITY : startMs + (this.options.resumeWindowMs ?? 0);
     const stalled = cause.message.includes('stalled');
     let backoffMs = 100;
     let attempts = 0;
@@ -194,7 +195,7 @@ export class GrpcTransferChannel extends FailableWaits implements TransferChanne
       this.resumed = null;
       const call = this.options.reopen!(stalled || attempts > 1);
       this.attach(call);
-      call.write(pb.SourceMessage.create({ resume: { reservationId: this.open!.reservationId, migrationId: this.open!.migrationId, attempt: ++this.resumeAttempts } }));
+      call.write(pb.SourceMessage.create({ resume: { reservationId: this.open!.reservationId, migrationId: this.open!.migrationId, attempt: ++this.resumeAttempts, open: this.open! } }));
       const timeoutMs = Math.max(1, Math.min(RESUME_ATTEMPT_MS, deadlineMs - this.clock.now()));
       if (attempts > 1 && attempts % 10 === 0) this.options.onResumeAttempt?.(attempts, last);
       await this.wakeups.until(() => this.resumed !== null || this.attemptError !== null || this.closed, () => {}, timeoutMs).catch(() => {});
@@ -275,6 +276,7 @@ export class GrpcTransferChannel extends FailableWaits implements TransferChanne
         this.acknowledged = true;
         this.progress = message.progress as Progress;
         this.log.ack(Number(this.progress.messagesReceived ?? 0));
+        this.onProgress?.();
         break;
       case 'resumed':
         if (this.reconnecting) this.resumed = message.resumed as InstanceType<typeof pb.Resumed>;
@@ -301,7 +303,7 @@ export class GrpcTransferChannel extends FailableWaits implements TransferChanne
         break;
       }
       case 'pageRequest':
-        this.onPageRequest?.(message.pageRequest?.pages ?? []);
+        this.onPageRequest?.(message.pageRequest?.pages ?? [], message.pageRequest?.resend === true);
         break;
       case 'pong':
         this.rttMs = smoothRttMs(this.rttMs, this.clock.now() - (message.pong?.sentMs ?? 0));

@@ -16,6 +16,7 @@ import { createMethod } from './methods/registry.js';
 import { parseFaultInjection, parseStartRequest, type StartDefaults } from './start-request.js';
 import { jobMessage, watchJob } from './watch-job.js';
 import { type SourceOptions, SourceMigration } from './migration.js';
+import type { ProtectionRequest } from './methods/method.js';
 import { Estimator } from './estimate/estimator.js';
 import { failStream, unaryHandlers } from '../shared/transport/handlers.js';
 
@@ -57,13 +58,15 @@ export class ControlService {
     });
   }
 
-  startMigration(req: InstanceType<typeof pb.StartMigrationRequest>): SourceMigration {
+  /** Starts a migration of a running guest; with `protection`, a protection of it (a CR/TR transfer without end). */
+  startMigration(req: InstanceType<typeof pb.StartMigrationRequest>, protection?: ProtectionRequest): SourceMigration {
     checkGuestId(req.guestId, 'guest_id');
     const guest = this.driver.guest(req.guestId);
-    const request = parseStartRequest(req, this.options);
+    const request = { ...parseStartRequest(req, this.options), protection };
     for (const job of this.jobs.values()) {
       if (job.request.guestId === req.guestId && !job.isOver()) {
-        throw new InvalidStateError(`guest '${req.guestId}' is already being migrated by job ${job.id}`, { reason: 'GUEST_BUSY', metadata: { guestId: req.guestId, jobId: job.id } });
+        const what = job.request.protection !== undefined ? 'protected' : 'migrated';
+        throw new InvalidStateError(`guest '${req.guestId}' is already being ${what} by job ${job.id}`, { reason: 'GUEST_BUSY', metadata: { guestId: req.guestId, jobId: job.id } });
       }
     }
     // An estimate owns the guest's dirty tracking while it samples: pre-copy would share it.
@@ -86,7 +89,7 @@ export class ControlService {
     this.histories.set(job, new JobHistory(job, systemClock));
     this.metrics?.trackOutgoing(job);
     const { method, downtimeLimitMs, maxDurationMs, policy } = request;
-    this.log.info({ jobId: job.id, guestId: req.guestId, target: req.targetAddress, method, downtimeLimitMs, maxDurationMs, policy, faultInjection: faults !== undefined }, 'migration started');
+    this.log.info({ jobId: job.id, guestId: req.guestId, target: req.targetAddress, method, downtimeLimitMs, maxDurationMs, policy, protection, faultInjection: faults !== undefined }, protection === undefined ? 'migration started' : 'protection started');
     void job.run();
     return job;
   }
@@ -108,6 +111,11 @@ export class ControlService {
     const history = this.histories.get(job);
     if (history === undefined) throw new Error(`job ${job.id} has no history`);
     return history;
+  }
+
+  /** The state of guest `guestId` here (NOT_FOUND if there is none). */
+  guestState(guestId: string): string {
+    return this.driver.guest(guestId).describe().state;
   }
 
   /** The job migrating `guestId` away now, if any. */

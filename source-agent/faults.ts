@@ -112,10 +112,16 @@ export class FaultyChannel implements TransferChannel {
   set onStopRequest(handler: ((request: StopRequest) => void) | null) {
     this.inner.onStopRequest = handler;
   }
-  get onPageRequest(): ((pages: number[]) => void) | null {
+  get onProgress(): (() => void) | null {
+    return this.inner.onProgress;
+  }
+  set onProgress(handler: (() => void) | null) {
+    this.inner.onProgress = handler;
+  }
+  get onPageRequest(): ((pages: number[], resend: boolean) => void) | null {
     return this.inner.onPageRequest;
   }
-  set onPageRequest(handler: ((pages: number[]) => void) | null) {
+  set onPageRequest(handler: ((pages: number[], resend: boolean) => void) | null) {
     this.inner.onPageRequest = handler;
   }
   write(message: PackedMessage, rateBytesPerSec: number): Promise<void> {

@@ -20,7 +20,7 @@ import { EventEmitter } from 'node:events';
 import type { Logger } from 'pino';
 import { type Clock, systemClock } from '../shared/clock.js';
 import type { SourceGuest } from '../shared/driver/types.js';
-import { AbortedError, DeadlineExceededError, InvalidStateError, UnavailableError, VmMigrateError } from '../shared/errors.js';
+import { AbortedError, DeadlineExceededError, FailedOverError, InvalidStateError, UnavailableError, VmMigrateError } from '../shared/errors.js';
 import { openJournal } from '../shared/journal.js';
 import { switchoverDeadlines } from '../shared/switchover.js';
 import { WINDOW_DEFAULTS } from '../shared/protocol.js';
@@ -38,8 +38,11 @@ import { retryLostLink } from './retry.js';
 import type { MigrationHooks } from './faults.js';
 import type { MethodContext, MigrationRequest, TargetWindows, TransferMethod } from './methods/method.js';
 import { createMethod } from './methods/registry.js';
+import { CrtrMethod } from './methods/crtr.js';
 import { GrpcTargetPeer, type TargetPeer } from './peer.js';
 import { checkTarget, reserveOnTarget } from './prepare.js';
+import { openTransfer } from './open-transfer.js';
+import { methodContext } from './method-context.js';
 
 export type { MigrationRequest } from './methods/method.js';
 export { SOURCE_DEFAULTS, type SourceOptions } from './source-options.js';
@@ -78,8 +81,7 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
   private channel: TransferChannel | null = null;
   private reservationId = '';
   private windows: TargetWindows = { ...WINDOW_DEFAULTS };
-  /** Set when we discarded the source copy (completion): its counters are gone. */
-  private guestDiscarded = false;
+  private guestDiscarded = false; // the source copy was discarded (completion): its counters are gone
   private suspended = false;
   /** What the target's driver can do, as its Capacity said (empty: an agent that predates capabilities). */
   private targetCapabilities: readonly string[] = [];
@@ -87,8 +89,7 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
   /** The downtime expected when the guest was suspended: the switchover's deadlines follow from it. */
   private expectedAtSuspendMs = 0;
   private readonly decisions: SourceDecisions;
-  /** Phases 6 and 7, and a lost answer's resolution. */
-  private readonly commitment: Commitment;
+  private readonly commitment: Commitment; // phases 6 and 7, and a lost answer's resolution
 
   constructor(
     private readonly guest: SourceGuest,
@@ -127,6 +128,25 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
   /** The agent stops: an in-doubt job stops asking and ends with its guest left suspended here. */
   abandon(reason: string): void {
     this.commitment.abandon(reason);
+  }
+
+  /** A protection's planned switchover: the guest moves to the standby, as a CR/TR migration with no second checkpoint. */
+  switchover(reason: string): void {
+    if (!(this.method instanceof CrtrMethod) || this.request.protection === undefined || this.isOver()) throw new InvalidStateError(`job ${this.id} is not a running protection`, { reason: 'PROTOCOL_VIOLATION', metadata: { jobId: this.id } });
+    this.method.requestSwitchover(this.ctx, reason);
+  }
+
+  /** A protection whose primary lost its term (the arbiter): the copy stops, as when failed over. */
+  fence(message: string): void {
+    if (this.isOver()) return;
+    const error = new FailedOverError(message, { reason: 'FAILED_OVER', metadata: { jobId: this.id } });
+    this.cancelController.abort(error);
+    this.channel?.fail(error);
+  }
+
+  /** A protection whose planned switchover was asked for. */
+  get switchingOver(): boolean {
+    return this.method instanceof CrtrMethod && this.method.switchingOver;
   }
 
   /** Cancels the migration if it has not committed; the guest stays (or resumes) here. */
@@ -183,8 +203,11 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
     this.stats.reservationMs = this.clock.now() - reserveStartMs;
     this.stats.setupTimeMs = this.elapsedMs();
     this.stats.status = 'active';
-    // Backs each method's own bound on its catch-up (a wedged link stalls a pre-copy round), a tenth later.
-    await raceDeadline(this.clock, 1.1 * this.request.maxDurationMs + 5_000 - this.elapsedMs(), this.method.catchUp(this.ctx), () => this.failChannel(new DeadlineExceededError(`migration ran ${Math.round(this.elapsedMs())} ms before its switchover, its maximum is ${this.request.maxDurationMs} ms`, { reason: 'MAX_DURATION_EXCEEDED' })));
+    // Backs each method's own bound on its catch-up (a wedged link stalls a pre-copy round), a tenth
+    // later; a protection's has none (it streams until it ends).
+    const catchUp = this.method.catchUp(this.ctx);
+    if (this.request.protection !== undefined) await catchUp;
+    else await raceDeadline(this.clock, 1.1 * this.request.maxDurationMs + 5_000 - this.elapsedMs(), catchUp, () => this.failChannel(new DeadlineExceededError(`migration ran ${Math.round(this.elapsedMs())} ms before its switchover, its maximum is ${this.request.maxDurationMs} ms`, { reason: 'MAX_DURATION_EXCEEDED' })));
     await this.suspend();
     await this.withinStopAndCopyDeadline(this.method.finish(this.ctx));
     await this.commitment.commit();
@@ -228,6 +251,7 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
   /** The guest runs on the target, which committed: our copy goes. */
   private discardSource(): void {
     this.refreshStats();
+    this.guest.output?.openGate(); // a protection switched over: the standby had every unit
     this.guestDiscarded = true;
     this.guest.discard();
     this.decisions.handedOver();
@@ -243,8 +267,10 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
       this.channel?.close();
       return this.commitment.resolveInDoubt(e);
     }
-    // Abort before the commit: the target drops its replica, the guest runs here.
     this.refreshStats();
+    // A protected guest failed over to its standby: this copy stops, and never runs again.
+    if (e.reason === 'FAILED_OVER') return this.stopFenced();
+    // Abort before the commit: the target drops its replica, the guest runs here.
     if (this.channel !== null) {
       const broken = this.channel.error !== null;
       this.channel.abort(e.message, cancelled);
@@ -264,6 +290,16 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
     // A bug is INTERNAL, as toServiceError reports it to a caller.
     this.stats.errorCode = operating ? statusName(grpc.status[e.code]) : statusName(grpc.status.INTERNAL);
     this.stats.errorReason = e.reason;
+  }
+
+  private stopFenced(): void {
+    // Outputs the standby may not have: never released (the standby answers for the guest now).
+    this.guest.output?.dropHeld();
+    this.method.cleanUp(this.ctx);
+    if (this.guest.describe().state === 'running') void this.guest.suspend();
+    this.decisions.handedOver();
+    this.stats.status = 'failed';
+    this.log.error({ err: this.stats.error }, 'protection: the guest was failed over to its standby; this copy is stopped and does not run again');
   }
 
   /** The guest runs here again (a failure before the commit, or a commit the target never made). */
@@ -320,35 +356,21 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
   // --- what the lifecycle lends the method ---------------------------------------------
 
   private makeContext(): MethodContext {
-    const self = this;
-    return {
-      guest: this.guest,
-      clock: this.clock,
-      request: this.request,
-      stats: this.stats,
+    const { guest, clock, request, stats, options } = this;
+    return methodContext({
+      guest,
+      clock,
+      request,
+      stats,
       signal: this.cancelController.signal,
-      timings: { convergenceWindowMs: this.options.convergenceWindowMs, monitorIntervalMs: this.options.monitorIntervalMs, activationTimeoutMs: this.options.activationTimeoutMs },
-      throughputBytesPerSec: 0,
-      get log() {
-        return self.log;
-      },
-      get windows() {
-        return self.windows;
-      },
-      get channel() {
-        if (self.channel === null) throw new InvalidStateError('the transfer stream is not open yet');
-        return self.channel;
-      },
-      get suspended() {
-        return self.suspended;
-      },
-      get suspendedAtMs() {
-        return self.suspendedAtMs;
-      },
-      get targetCapabilities() {
-        return self.targetCapabilities;
-      },
-      open: (fields = {}) => this.openTransfer(fields.firstSequence ?? 0),
+      timings: { convergenceWindowMs: options.convergenceWindowMs, monitorIntervalMs: options.monitorIntervalMs, activationTimeoutMs: options.activationTimeoutMs, resumeWindowMs: options.resumeWindowMs ?? 0 },
+      log: () => this.log,
+      windows: () => this.windows,
+      channel: () => this.channel,
+      suspended: () => this.suspended,
+      suspendedAtMs: () => this.suspendedAtMs,
+      targetCapabilities: () => this.targetCapabilities,
+      open: (firstSequence) => this.openTransfer(firstSequence),
       setPhase: (phase) => this.setPhase(phase),
       round: (message) => this.emit('round', message),
       progress: () => {
@@ -361,22 +383,15 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
         this.commitment.markSent();
         this.ctx.channel.markPointOfNoReturn();
       },
-    };
+    });
   }
 
   /** Opens the transfer stream and sends Open: the target takes the reservation then. */
   private openTransfer(firstSequence: number): void {
     if (this.channel !== null) throw new InvalidStateError('the transfer stream is already open');
-    // A broken stream is resumed within the smaller of our window and the target's.
-    const resumeWindowMs = Math.min(this.options.resumeWindowMs ?? 0, this.windows.resumeWindowMs ?? 0);
-    const onResumeAttempt = (attempt: number, error: VmMigrateError) => {
-      if (attempt === 0) this.log.warn({ err: error.message, resumeWindowMs }, 'transfer stream broke: resuming it on a new stream');
-      else this.log.warn({ attempt, err: error.message }, 'still resuming the transfer');
-      if (attempt === 0) this.emit('round', `the transfer stream broke (${error.message}); resuming it`);
-    };
-    const channel = this.peer.openTransfer(this.cancelController.signal, { compress: !this.request.disableCompression, pingIntervalMs: this.options.pingIntervalMs, packer: this.options.packer, resumeWindowMs, onResumeAttempt });
-    this.channel = this.hooks.wrapChannel?.(channel) ?? channel;
-    this.channel.send({ open: { reservationId: this.reservationId, migrationId: this.id, firstSequence, method: this.method.name } });
+    const open = { reservationId: this.reservationId, migrationId: this.id, firstSequence, method: this.method.name };
+    const { peer, request, windows, hooks, log, options } = this;
+    this.channel = openTransfer({ peer, signal: this.cancelController.signal, options, request, windows, hooks, log, announce: (message) => this.emit('round', message), open });
   }
 
   private setPhase(phase: MigrationPhase): void {

@@ -3,7 +3,7 @@
 // handshake, which brings back the target's windows.
 
 import type { GuestDescription } from '../shared/driver/types.js';
-import { echo, InvalidArgumentError, InvalidStateError, ReservationRefusedError } from '../shared/errors.js';
+import { echo, InvalidArgumentError, InvalidStateError, ReservationRefusedError, UnimplementedError } from '../shared/errors.js';
 import { AGENT_VERSION, PROTOCOL_VERSION } from '../shared/protocol.js';
 import { pb } from '../shared/transport/grpc.js';
 import { checkCapabilities } from './methods/capabilities.js';
@@ -42,9 +42,15 @@ export async function reserveOnTarget(peer: TargetPeer, jobId: string, descripti
       migrationId: jobId,
       guest: { ...description, machineConfig: description.machineConfig },
       downtimeLimitMs: request.downtimeLimitMs,
-      maxDurationMs: request.maxDurationMs,
+      // A protection has no maximum duration: it streams until it ends.
+      maxDurationMs: request.protection === undefined ? request.maxDurationMs : 0,
+      protection: request.protection === undefined ? undefined : { mode: request.protection.mode === 'sync' ? pb.Protection.Mode.SYNC : pb.Protection.Mode.ASYNC, rpoMsMax: request.protection.rpoMsMax },
     }),
   );
+  if (request.protection !== undefined && reservation.protection !== true) {
+    await peer.release(reservation.reservationId, 'the target keeps no standby', jobId).catch(() => {});
+    throw new UnimplementedError(`target ${peer.address} does not keep standbys (an agent that predates protections)`, { reason: 'NOT_SUPPORTED', metadata: { target: peer.address } });
+  }
   if (reservation.protocolVersion !== PROTOCOL_VERSION) {
     throw new InvalidStateError(`target speaks protocol version ${reservation.protocolVersion}, this agent ${PROTOCOL_VERSION}`, {
       reason: 'PEER_VERSION_MISMATCH',

@@ -6,7 +6,14 @@
 import type { Clock } from '../shared/clock.js';
 import { VmMigrateError } from '../shared/errors.js';
 
-/** Calls `call` until it succeeds, fails otherwise than by a lost link, or `windowMs` passed; `redial` after a call that timed out. */
+/** Retries back off from 100 ms to this: the target releases an unopened reservation after its own timeout, often a few seconds. */
+const BACKOFF_MS_MAX = 500;
+
+/**
+ * Calls `call` until it succeeds, fails otherwise than by a lost link, or `windowMs` passed. Each
+ * retry goes on a new connection (`redial`): one that timed out may sit on a stalled link, and one
+ * refused would otherwise wait out gRPC's own reconnection backoff (1 s, growing).
+ */
 export async function retryLostLink<T>(call: () => Promise<T>, windowMs: number, clock: Clock, signal: AbortSignal, redial: () => void): Promise<T> {
   const deadlineMs = clock.now() + windowMs;
   let backoffMs = 100;
@@ -17,10 +24,9 @@ export async function retryLostLink<T>(call: () => Promise<T>, windowMs: number,
       const code = error instanceof VmMigrateError ? error.code : '';
       const lost = code === 'UNAVAILABLE' || code === 'DEADLINE_EXCEEDED';
       if (!lost || signal.aborted || clock.now() + backoffMs >= deadlineMs) throw error;
-      // A call that timed out may sit on a stalled connection: the next goes on a new one.
-      if (code === 'DEADLINE_EXCEEDED') redial();
+      redial();
       await clock.sleep(backoffMs);
-      backoffMs = Math.min(2_000, backoffMs * 2);
+      backoffMs = Math.min(BACKOFF_MS_MAX, backoffMs * 2);
     }
   }
 }

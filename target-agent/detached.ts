@@ -6,7 +6,7 @@
 
 import type { Logger } from 'pino';
 import type { Clock, Timer } from '../shared/clock.js';
-import { echo, InvalidStateError, NotFoundError } from '../shared/errors.js';
+import { CorruptDataError, echo, InvalidStateError, LimitExceededError, NotFoundError } from '../shared/errors.js';
 import type { TransferPhase } from './receivers/context.js';
 import type { SessionHost, TransferStream } from './session-host.js';
 
@@ -14,9 +14,23 @@ export interface DetachedPort {
   phase(): TransferPhase;
   log(): Logger;
   missingPages(): number | null;
+  /** A protection's standby: it waits for its primary, or a failover, however long. */
+  standby(): boolean;
   /** The window passed: end the transfer with `reason`. */
   expired(reason: string): void;
 }
+
+/**
+ * Damage in transit: a payload that failed its check, a size past a limit. Post-copy drops such a
+ * stream (ABORTED) and waits for the source to resume the transfer on a new one, rather than end
+ * a transfer whose guest runs here.
+ */
+export function damagedInTransit(error: unknown): boolean {
+  return error instanceof CorruptDataError || error instanceof LimitExceededError;
+}
+
+/** A standby whose primary is gone says so this often. */
+const STANDBY_REMINDER_MS = 60_000;
 
 export class Detached {
   private timer: Timer | null = null;
@@ -46,18 +60,25 @@ export class Detached {
   /** The stream broke for `reason`: waits for a resume if the transfer may wait; false if it may not (it ends now). */
   detach(reason: string, messagesReceived: number): boolean {
     const phase = this.port.phase();
-    if (this.windowMs <= 0 || (phase !== 'restoring' && phase !== 'replaying' && phase !== 'postcopy')) return false;
-    this.port.log().warn({ reason, resumeWindowMs: this.windowMs, messagesReceived }, 'transfer stream broke: waiting for the source to resume it');
+    const standby = this.port.standby() && (phase === 'restoring' || phase === 'replaying');
+    if ((this.windowMs <= 0 && !standby) || (phase !== 'restoring' && phase !== 'replaying' && phase !== 'postcopy')) return false;
+    this.port.log().warn({ reason, resumeWindowMs: this.windowMs, messagesReceived, standby }, 'transfer stream broke: waiting for the source to resume it');
+    const windowMs = this.windowMs > 0 ? this.windowMs : STANDBY_REMINDER_MS;
     const expire = () => {
       if (this.port.phase() === 'postcopy') {
         this.port.log().error({ reason, missingPages: this.port.missingPages() }, 'post-copy: the source has not resumed the transfer yet; the guest here waits for its pages');
-        this.timer = this.clock.timeout(this.windowMs, expire);
+        this.timer = this.clock.timeout(windowMs, expire);
+        return;
+      }
+      if (standby) {
+        this.port.log().warn({ reason }, 'standby: its primary has not come back; it waits for it, or for a failover or an unprotect here');
+        this.timer = this.clock.timeout(Math.max(windowMs, STANDBY_REMINDER_MS), expire);
         return;
       }
       this.timer = null;
-      this.port.expired(`${reason}; not resumed within ${this.windowMs} ms`);
+      this.port.expired(`${reason}; not resumed within ${windowMs} ms`);
     };
-    this.timer = this.clock.timeout(this.windowMs, expire);
+    this.timer = this.clock.timeout(windowMs, expire);
     return true;
   }
 

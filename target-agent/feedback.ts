@@ -24,6 +24,8 @@ export interface ProgressReport {
   /** The replica is complete: the final unit was replayed, or the machine state restored. */
   finalReplayed: boolean;
   pageBatchesApplied: number;
+  /** Post-copy: page batches that failed their check and were dropped (their pages asked for again). */
+  pageBatchesDropped: number;
   /** Post-copy: pages the running guest still lacks. */
   missingPages: number;
   /** CR/TR: units dropped because a delta superseded them (counted in unitsReplayed too). */
@@ -57,6 +59,7 @@ const NOTHING_COUNTED: Omit<ProgressReport, 'remainingUnitsAllowed'> = {
   bytesReceived: 0,
   finalReplayed: false,
   pageBatchesApplied: 0,
+  pageBatchesDropped: 0,
   missingPages: 0,
   unitsSuperseded: 0,
   deltaGenerationApplied: 0,

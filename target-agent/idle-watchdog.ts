@@ -26,8 +26,9 @@ const DEADLINE_GRACE_MS = 60_000;
 const MAX_DURATION_MS_UNSAID = 12 * 3600_000;
 
 /** When a transfer of `reservation` in `phase` ends however active (Infinity: not opened yet, or past the commit). */
-export function transferDeadlineMs(reservation: Pick<Reservation, 'reservedAtMs' | 'maxDurationMs'> | null, phase: TransferPhase): number {
-  if (reservation === null || phase === 'committed' || phase === 'activated' || phase === 'postcopy') return Number.POSITIVE_INFINITY;
+export function transferDeadlineMs(reservation: Pick<Reservation, 'reservedAtMs' | 'maxDurationMs' | 'protection'> | null, phase: TransferPhase): number {
+  // A protection streams until it ends: its standby's silence is bounded, its duration is not.
+  if (reservation === null || reservation.protection !== undefined || phase === 'committed' || phase === 'activated' || phase === 'postcopy') return Number.POSITIVE_INFINITY;
   return reservation.reservedAtMs + DEADLINE_MAX_DURATIONS * (reservation.maxDurationMs || MAX_DURATION_MS_UNSAID) + DEADLINE_GRACE_MS;
 }
 
@@ -56,6 +57,7 @@ export interface IdleWatchdogPort {
 
 export class IdleWatchdog {
   private lastActiveMs: number;
+  private lastHeardMs: number;
   private readonly timer: Timer;
 
   constructor(
@@ -64,6 +66,7 @@ export class IdleWatchdog {
     port: IdleWatchdogPort,
   ) {
     this.lastActiveMs = clock.now();
+    this.lastHeardMs = this.lastActiveMs;
     const checkMs = Math.min(CHECK_INTERVAL_MS_MAX, Math.max(CHECK_INTERVAL_MS_MIN, timeoutMs / CHECKS_PER_TIMEOUT));
     this.timer = clock.interval(checkMs, () => {
       const nowMs = clock.now();
@@ -73,8 +76,14 @@ export class IdleWatchdog {
     });
   }
 
+  /** How long nothing came from the source (its silence, however busy the target is). */
+  silentMs(): number {
+    return this.clock.now() - this.lastHeardMs;
+  }
+
   /** Something came from the source. */
   touch(): void {
+    this.lastHeardMs = this.clock.now();
     this.lastActiveMs = this.clock.now();
   }
 

@@ -3,7 +3,7 @@
 // is over. Each keeps the phases it passed, as the session reports them.
 
 import type { Clock } from '../shared/clock.js';
-import type { IncomingJob } from '../shared/incoming-job.js';
+import type { IncomingJob, StandbyView } from '../shared/incoming-job.js';
 
 export type { IncomingJob } from '../shared/incoming-job.js';
 import type { MigrationMethod, MigrationPhase } from '../shared/stats.js';
@@ -21,6 +21,8 @@ export interface TransferView {
   readonly counters: ProgressCounters;
   /** The source cancelled the migration. */
   readonly cancelled?: boolean;
+  /** A protection's standby. */
+  readonly standby?: StandbyView;
 }
 
 interface Entry {
@@ -146,6 +148,9 @@ export class IncomingJobs {
       committed: view.phase === 'committed' || view.phase === 'activated',
       activated: view.phase === 'activated' || view.phase === 'postcopy',
       counters: view.counters,
+      standby: view.standby,
+      peer: entry.reservation.peer,
+      unitMs: entry.reservation.unitMs,
     };
   }
 

@@ -55,6 +55,8 @@ export interface MethodTransfer {
   running?(): PostcopyTarget | null;
   /** The transfer was resumed on a new stream: ask again for what is still awaited (post-copy's pages). */
   resumed?(): void;
+  /** CR/TR: replays every unit received, at once (a standby's failover); returns how many. */
+  drain?(): number;
 }
 
 /** An opened transfer: its reservation, its method and the method's receivers. */
@@ -139,6 +141,7 @@ const crtr: TargetMethod = {
       afterReport: (nowMs, report) => pipeline.afterReport(nowMs, report.remainingUnitsAllowed),
       stopDecided: (granted) => pipeline.stopDecided(granted),
       finalReceived: () => pipeline.finalReceived,
+      drain: () => pipeline.drain(),
     };
   },
 };

@@ -18,6 +18,10 @@ import { type Reservation, ReservationRegistry } from './reservation.js';
 import { IncomingJobs, type TransferView } from './incoming-jobs.js';
 import type { TransferPhase } from './receivers/context.js';
 import { type SessionHost, TargetSession } from './session.js';
+import type { FailoverResult } from './standby.js';
+import { AutoFailover } from './auto-failover.js';
+import type { Arbiter } from '../shared/arbiter/index.js';
+import { type ProtectionTerms, RPO_MS_MAX_DEFAULT, RPO_MS_MAX_MAX, RPO_MS_MAX_MIN } from '../shared/rpo.js';
 import { failStream, unaryHandlers } from '../shared/transport/handlers.js';
 import { peerIdentity } from '../shared/transport/tls.js';
 import { ProbeReceiver } from './probe.js';
@@ -44,6 +48,7 @@ const DOWNTIME_LIMIT_MS_MAX = 600_000;
 export class MigrationService implements SessionHost {
   private readonly reservations: ReservationRegistry;
   /** Transfer streams open, with the peer of each. */
+  private readonly auto: AutoFailover | null;
   private readonly sessions = new Map<TargetSession, string>();
   /** Incoming migrations by job id, for the Control API. */
   readonly incoming: IncomingJobs;
@@ -59,7 +64,10 @@ export class MigrationService implements SessionHost {
     readonly metrics?: AgentMetrics,
     private readonly clock: Clock = systemClock,
     journal: DecisionJournal = openJournal(undefined),
+    /** With an arbiter, standbys fail over on their own when their primary's lease is gone. */
+    arbiter: Arbiter | null = null,
   ) {
+    this.auto = arbiter === null ? null : new AutoFailover(arbiter, log);
     this.incoming = new IncomingJobs(clock);
     this.probes = new ProbeReceiver(clock);
     this.decisions = new TargetDecisions(journal, options.agentInstanceId ?? '', clock, log);
@@ -123,7 +131,7 @@ export class MigrationService implements SessionHost {
     const again = this.reservations.byMigration(request.migrationId).find((r) => !r.opened && r.replica.id === g.id);
     if (again !== undefined) {
       this.log.info({ jobId: request.migrationId, reservationId: again.id }, 'reservation asked again: answered with the one made');
-      return this.reserveResponse(again.id);
+      return this.reserveResponse(again.id, again.protection !== undefined);
     }
     this.decisions.checkUndecided(request.migrationId);
     const downtimeLimitMs = request.downtimeLimitMs;
@@ -151,6 +159,7 @@ export class MigrationService implements SessionHost {
       downtimeLimitMs,
       unitMs: g.unitMs ?? 0,
       maxDurationMs: request.maxDurationMs ?? 0,
+      protection: protectionTerms(request.protection),
     });
     this.incoming.reserved(reservation, description.memoryBytes);
     try {
@@ -169,12 +178,36 @@ export class MigrationService implements SessionHost {
     const memoryReadyMs = Math.round(this.clock.now() - startMs);
     if (this.reservations.get(id) === undefined) throw new UnavailableError(`the reservation for guest '${g.id}' was released while its memory was being made ready`);
     this.log.info({ jobId: request.migrationId, guestId: g.id, reservationId: id, memoryBytes: g.memoryBytes, memoryReady: ready, memoryReadyMs }, 'reserved room for an incoming guest');
-    return this.reserveResponse(id);
+    return this.reserveResponse(id, reservation.protection !== undefined);
   }
 
-  private reserveResponse(reservationId: string): InstanceType<typeof pb.ReserveResponse> {
+  private reserveResponse(reservationId: string, protection: boolean): InstanceType<typeof pb.ReserveResponse> {
     const { chunkWindow, unitWindow, unitWindowBytes, resumeWindowMs } = this.options;
-    return pb.ReserveResponse.create({ protocolVersion: PROTOCOL_VERSION, agentVersion: AGENT_VERSION, reservationId, chunkWindow, unitWindow, unitWindowBytes, earlyCommit: true, resumeWindowMs });
+    return pb.ReserveResponse.create({ protocolVersion: PROTOCOL_VERSION, agentVersion: AGENT_VERSION, reservationId, chunkWindow, unitWindow, unitWindowBytes, earlyCommit: true, resumeWindowMs, protection });
+  }
+
+  /**
+   * Resumes the standby of protected guest `guestId` here (a failover): NOT_FOUND
+   * (PROTECTION_NOT_FOUND) when no standby of it is kept here; see standby.ts for the rest.
+   */
+  async failover(guestId: string, force: boolean): Promise<{ jobId: string } & FailoverResult> {
+    const s = this.standbyOf(guestId);
+    // With an arbiter, the arbiter decides: going live is refused while the primary's lease
+    // lives (unless forced: then its lease is revoked and its TTL waited out before the resume).
+    if (this.auto !== null) return { jobId: s.jobId!, ...(await this.auto.goLive(guestId, force, () => s.failover(true))) };
+    return { jobId: s.jobId!, ...s.failover(force) };
+  }
+
+  /** Drops the standby of `guestId` (its primary is gone and will not unprotect it): the replica is discarded. */
+  dropStandby(guestId: string): string {
+    const s = this.standbyOf(guestId);
+    s.abort('standby dropped by request (unprotect at the DR agent)');
+    return s.jobId!;
+  }
+
+  private standbyOf(guestId: string): TargetSession {
+    for (const s of this.sessions.keys()) if (s.jobId !== null && s.guestId === guestId && s.view().standby !== undefined && s.opened) return s;
+    throw new NotFoundError(`no standby of guest '${echo(guestId)}' on this agent`, { reason: 'PROTECTION_NOT_FOUND', metadata: { guestId } });
   }
 
   /**
@@ -230,6 +263,12 @@ export class MigrationService implements SessionHost {
   phaseChanged(jobId: string, phase: TransferPhase, method: MigrationMethod | null, view: () => TransferView): void {
     this.incoming.opened(jobId, view);
     this.incoming.phaseChanged(jobId, phase, method);
+    if (this.auto !== null && phase === 'replaying' && view().standby !== undefined) {
+      const s = [...this.sessions.keys()].find((x) => x.jobId === jobId);
+      if (s !== undefined) {
+        this.auto.watch({ guestId: s.guestId!, jobId, usable: () => s.view().phase === 'replaying', failover: () => s.failover(true), drop: (reason) => s.abort(reason), ended: s.done });
+      }
+    }
   }
 
   /** Forgets a reservation whose replica was activated (the guest now belongs to the driver). */
@@ -299,4 +338,12 @@ export class MigrationService implements SessionHost {
       probe: ((call, callback) => this.probes.handle(call, callback)) as grpc.handleClientStreamingCall<InstanceType<typeof pb.ProbeData>, InstanceType<typeof pb.ProbeResult>>,
     };
   }
+}
+
+/** A Reserve's protection terms (none: a migration). */
+function protectionTerms(p: { mode?: number | null; rpoMsMax?: number | null } | null | undefined): ProtectionTerms | undefined {
+  if (p === null || p === undefined) return undefined;
+  const rpoMsMax = (p.rpoMsMax ?? 0) || RPO_MS_MAX_DEFAULT;
+  if (!(rpoMsMax >= RPO_MS_MAX_MIN && rpoMsMax <= RPO_MS_MAX_MAX)) throw invalidField('protection.rpo_ms_max', `recovery point objective ${rpoMsMax} ms: expected ${RPO_MS_MAX_MIN} to ${RPO_MS_MAX_MAX}`);
+  return { mode: p.mode === pb.Protection.Mode.ASYNC ? 'async' : 'sync', rpoMsMax };
 }

@@ -50,6 +50,10 @@ export interface ReplayPipelineOptions {
   unitWindowBytes: number;
   /** Clock time from which the maximum duration nears and fitting the limit is enough (Infinity: never). */
   switchoverDeadlineMs: number;
+  /** A protection's standby asks for no stop until a planned switchover (standby.ts). */
+  stopsHeld?: () => boolean;
+  /** A sync protection's standby acknowledges each unit's receipt at once (the primary holds its outputs until then). */
+  ackReceipt?: () => boolean;
 }
 
 export interface ReplayPipelineDeps {
@@ -185,6 +189,7 @@ export class ReplayPipeline {
     this.queue.push(unit);
     this.queueBytes += unit.bytes.length;
     if (unit.final) this.finalUnitReceived = true;
+    if (this.options.ackReceipt?.() === true) this.deps.feedback.progress(true);
     this.kick();
   }
 
@@ -202,6 +207,14 @@ export class ReplayPipeline {
     throw new UnitOrderError(`unit ${sequence} out of order: unit ${last} came before it (${kind})`, kind, last + 1, sequence);
   }
 
+  /** Replays every unit queued now, at once (a standby's failover); returns how many. */
+  drain(): number {
+    const before = this.unitsReplayed;
+    while (this.deps.replaying() && this.queue.length > 0) this.replayNext();
+    this.deps.feedback.progress(true);
+    return this.unitsReplayed - before;
+  }
+
   /** Starts replaying what queued while the checkpoint was restored (call once replaying() holds). */
   start(): void {
     this.kick();
@@ -216,6 +229,7 @@ export class ReplayPipeline {
   /** After each progress report: sends the stop request if it is due (see shouldRequestStop). */
   afterReport(nowMs: number, remainingUnitsAllowed: number): void {
     this.sampleBacklog(nowMs);
+    if (this.options.stopsHeld?.() === true) return;
     const switchover = switchoverDue({
       remainingUnits: this.queue.length,
       remainingUnitsAllowed,

@@ -8,6 +8,7 @@ import type { TargetReplica } from '../shared/driver/types.js';
 import { echo, InvalidStateError, NotFoundError } from '../shared/errors.js';
 import type { AgentMetrics } from '../shared/metrics.js';
 import type { MigrationMethod } from '../shared/stats.js';
+import type { ProtectionTerms } from '../shared/rpo.js';
 
 export interface Reservation {
   readonly id: string;
@@ -26,10 +27,12 @@ export interface Reservation {
   readonly opened: boolean;
   /** Known once a transfer opened the reservation. */
   readonly method: MigrationMethod | null;
+  /** Set for a protection: the replica is a standby (standby.ts). */
+  readonly protection?: ProtectionTerms;
 }
 
 /** What a reservation is made of; the registry adds its id and state. */
-export type ReservationRequest = Pick<Reservation, 'migrationId' | 'replica' | 'peer' | 'memoryBytes' | 'downtimeLimitMs' | 'unitMs' | 'maxDurationMs'>;
+export type ReservationRequest = Pick<Reservation, 'migrationId' | 'replica' | 'peer' | 'memoryBytes' | 'downtimeLimitMs' | 'unitMs' | 'maxDurationMs' | 'protection'>;
 
 interface Entry extends Reservation {
   opened: boolean;

@@ -12,8 +12,9 @@ import type { Logger } from 'pino';
 import { type Clock, systemClock } from '../shared/clock.js';
 import { SWITCHOVER_DEADLINE_SHARE } from '../shared/convergence.js';
 import { AbortedError, bounded, CorruptDataError, InvalidStateError, MESSAGE_CHARS_MAX, VmMigrateError } from '../shared/errors.js';
-import { Detached } from './detached.js';
-import { pb, statusOf } from '../shared/transport/grpc.js';
+import { damagedInTransit, Detached } from './detached.js';
+import { type FailoverResult, Standby, type StandbyPort } from './standby.js';
+import { pb, statusOf, toServiceError } from '../shared/transport/grpc.js';
 import { detailsOf } from '../shared/transport/status.js';
 import { Feedback, type ProgressCounters, type ProgressReport } from './feedback.js';
 import { guardedClock } from './guarded-clock.js';
@@ -33,8 +34,7 @@ export type { SessionHost, TransferStream } from './session-host.js';
 
 export class TargetSession {
   private phase: TransferPhase = 'open';
-  /** Why it ended, once ended before the commit. */
-  reasonEnded = '';
+  reasonEnded = ''; // why it ended, once ended before the commit
   /** An early commit, held until the final unit is replayed (ReserveResponse.early_commit). */
   private heldCommit: InstanceType<typeof pb.Commit> | null = null;
   /** The source ended the transfer by cancelling the migration (not a failure). */
@@ -43,11 +43,12 @@ export class TargetSession {
   /** Set at Open, once the replica proved it has what the method needs. */
   private transfer: OpenTransfer | null = null;
   private feedback: Feedback | null = null;
+  /** A protection's standby (standby.ts), set at Open. */
+  private standby: Standby | null = null;
   private bytesReceived = 0;
   /** Messages of the transfer received, on every stream of it (Progress.messages_received). */
   private messagesReceived = 0;
-  /** The last Resume taken (its attempt number). */
-  private resumeAttempt = 0;
+  private resumeAttempt = 0; // the last Resume taken (its attempt number)
   private readonly stream: SessionStream;
   /** The stream broke and the transfer waits for the source to resume it. */
   private readonly detached: Detached;
@@ -70,11 +71,12 @@ export class TargetSession {
     // Post-copy's guest runs here on pages only the source has: never ended for the source's silence.
     this.idle = new IdleWatchdog(this.clock, host.options.transferIdleTimeoutMs, {
       // Units queued while the checkpoint is still restoring wait for the source's chunks, not for us.
-      busy: () => this.phase === 'committed' || this.phase === 'activated' || this.phase === 'postcopy' || this.heldCommit !== null || (this.phase === 'replaying' && (this.transfer?.receivers.counters().remainingUnits ?? 0) > 0),
+      // Nor a standby: its primary's silence is what a failover is for.
+      busy: () => this.phase === 'committed' || this.phase === 'activated' || this.phase === 'postcopy' || this.standby !== null || this.heldCommit !== null || (this.phase === 'replaying' && (this.transfer?.receivers.counters().remainingUnits ?? 0) > 0),
       deadlineMs: () => transferDeadlineMs(this.reservation, this.phase),
       expired: (idleMs, pastDeadline) => this.fail(idleError(this.phase, idleMs, this.idle.timeoutMs, pastDeadline ? this.reservation : null)),
     });
-    const port = { phase: () => this.phase, log: () => this.log, missingPages: () => this.missingPages, expired: (reason: string) => this.end(reason) };
+    const port = { phase: () => this.phase, log: () => this.log, missingPages: () => this.missingPages, standby: () => this.standby !== null, expired: (reason: string) => this.end(reason) };
     this.detached = new Detached(this.clock, host.options.resumeWindowMs ?? 0, port);
     this.stream = new SessionStream(call, this.clock, {
       message: (message) => this.onMessage(message),
@@ -131,7 +133,49 @@ export class TargetSession {
 
   /** This transfer as the Control API shows it (an incoming job). */
   view(): TransferView {
-    return { phase: this.phase, method: this.transfer?.method.name ?? null, counters: this.counters(), cancelled: this.cancelledBySource };
+    const standby = this.standby === null ? undefined : { terms: this.standby.terms, switchoverAsked: this.standby.switchoverAsked, failedOver: this.standby.failedOver, sinceMs: this.standby.sinceMs, silentMs: this.idle.silentMs() };
+    return { phase: this.phase, method: this.transfer?.method.name ?? null, counters: this.counters(), cancelled: this.cancelledBySource, standby };
+  }
+
+  /** A protection's standby resumes here (standby.ts); FAILED_PRECONDITION when this transfer is not one that can. */
+  failover(force: boolean): FailoverResult {
+    const r = this.reservation;
+    if (this.standby === null || r === null) throw new InvalidStateError('this transfer is not a protection', { reason: 'PROTECTION_NOT_FOUND' });
+    return this.standby.failover(this.standbyPort(), r, force);
+  }
+
+  private standbyPort(): StandbyPort {
+    return {
+      clock: this.clock,
+      log: this.log,
+      host: this.host,
+      phase: () => this.phase,
+      streamAttached: () => this.stream.attached,
+      silentMs: () => this.idle.silentMs(),
+      drain: () => this.transfer?.receivers.drain?.() ?? 0,
+      dropStream: (error) => {
+        // In band, then the stream's status; the stream is no longer this session's to read.
+        this.send({ error: { code: statusOf(error), message: error.message, reason: error.reason } });
+        this.stream.release()?.emit('error', toServiceError(error));
+      },
+      setPhase: (phase) => this.setPhase(phase),
+      finish: (reason) => {
+        this.reasonEnded = reason;
+        this.finish();
+      },
+    };
+  }
+
+  private onSwitchover(reason: string): void {
+    if (this.standby === null) throw new InvalidStateError('Switchover in a transfer that is not a protection', { reason: 'PROTOCOL_VIOLATION' });
+    this.standby.switchoverAsked = true;
+    this.log.info({ reason }, 'protection: planned switchover asked: the standby asks to stop from here');
+    this.progress(true);
+  }
+
+  /** The guest the transfer brings, once the Open named the reservation. */
+  get guestId(): string | null {
+    return this.reservation?.replica.id ?? null;
   }
 
   /** The source's job id, once the Open named the reservation. */
@@ -181,6 +225,8 @@ export class TargetSession {
           return this.send({ pong: { sentMs: message.ping?.sentMs ?? 0 } });
         case 'resume':
           return this.onResume(message.resume as InstanceType<typeof pb.Resume>);
+        case 'switchover':
+          return this.onSwitchover(message.switchover?.reason ?? '');
         default:
           throw new CorruptDataError(`unknown message on the transfer stream (${String(message.body)})`);
       }
@@ -191,6 +237,14 @@ export class TargetSession {
 
   /** A new stream for a transfer whose stream broke: handed to the session that waits for it (this one was only its first reader). */
   private onResume(resume: InstanceType<typeof pb.Resume>): void {
+    const open = resume.open;
+    if (open != null && this.phase === 'open' && !this.host.waitingForResume?.(resume.reservationId, resume.migrationId, resume.attempt ?? 0) && open.reservationId === resume.reservationId && open.migrationId === resume.migrationId) {
+      // The Open never arrived here (the link broke on its way): this stream opens the transfer
+      // (host.open refuses a reservation that is gone or taken), and nothing else was counted.
+      this.onOpen(open as InstanceType<typeof pb.Open>);
+      this.resumeAttempt = resume.attempt ?? 0;
+      return this.send({ resumed: { messagesReceived: 0 } });
+    }
     const waiting = Detached.waitingFor(this.phase, resume, this.host);
     const call = this.stream.release()!;
     [this.phase, this.reasonEnded, this.finished] = ['ended', 'handed over to the transfer it resumed', true];
@@ -214,6 +268,7 @@ export class TargetSession {
       if (report.finalReplayed) this.releaseHeldCommit();
     };
     this.feedback = new Feedback(options, { reportable: () => this.reportable(), counters: () => this.counters(), send: (report) => this.send({ progress: report }), afterReport }, this.clock);
+    if (r.protection !== undefined) this.standby = new Standby(r.protection, this.clock);
     this.transfer = { reservation: r, method, receivers: method.start(r.replica, this.methodContext(r)) };
     this.setPhase('restoring');
     this.log.info({ firstSequence: open.firstSequence, method: method.name }, 'transfer opened');
@@ -228,7 +283,7 @@ export class TargetSession {
       clock: this.clock,
       defer: this.host.options.defer,
       log: this.log,
-      windows: { unitWindow, unitWindowBytes, switchoverDeadlineMs },
+      windows: { unitWindow, unitWindowBytes, switchoverDeadlineMs, stopsHeld: () => this.standby?.holdsStops === true, ackReceipt: () => this.standby?.terms.mode === 'sync' },
       phase: () => this.phase,
       restored: () => this.setPhase('replaying'),
       resuming: () => this.host.decisions?.committed(r.migrationId, r.replica.id),
@@ -348,6 +403,10 @@ export class TargetSession {
       this.heldCommit = null;
       this.send({ commitResult: { matched: false, targetDigest: '', refusedReason: message } });
     }
+    if (this.phase === 'postcopy' && damagedInTransit(error) && this.detached.detach(message, this.messagesReceived)) {
+      this.stream.end(new AbortedError(`transfer stream dropped, resume it: ${message}`, { reason: 'PEER_UNAVAILABLE' }));
+      return void this.stream.release();
+    }
     // In band first, as sources that predate the status read it; then the stream's own status.
     this.send({ error: { code, message, reason: detailsOf(error).reason } });
     this.failure = error;
@@ -356,7 +415,8 @@ export class TargetSession {
 
   private onEnd(reason: string, resumable: boolean): void {
     if (this.phase === 'activated') return this.finish();
-    if (resumable && this.heldCommit === null && this.detached.detach(reason, this.messagesReceived)) {
+    // Post-copy's guest runs here: even a stream this agent could not decode is resumed, not ended.
+    if ((resumable || this.phase === 'postcopy') && this.heldCommit === null && this.detached.detach(reason, this.messagesReceived)) {
       // The stream is gone; the transfer waits for the source on a new one.
       this.stream.release();
       return;

@@ -135,6 +135,31 @@ t.test('post-copy: the guest on its own thread fetches its missing pages through
   t.same(failures, []);
 });
 
+t.test("a guest on its own thread: its replies go through the agent's output device, and a replica reproduces them", async (t) => {
+  const { source, target, failures } = drivers(t);
+  const guest = source.createGuest({ id: 'out', profile: 'web', memoryBytes: 64 * MiB, environmentSeed: 21 });
+  t.ok(await until(() => guest.output.produced > 0), `the guest replied to ${guest.output.produced} packets`);
+  guest.output.hold();
+  const start = guest.startRecording();
+  const replica = target.reserve(guest.describe()) as SimReplica;
+  await replica.memoryReady;
+  const units = collectUnits(guest);
+  for await (const c of guest.liveCheckpoint()) replica.restoreChunk({ ...c, bytes: c.bytes.slice() });
+  t.ok(await until(() => guest.output.heldCount > 0), `held while the gate is closed: ${guest.output.heldCount}`);
+  await guest.suspend();
+  for (const u of await units) replica.applyUnit(u.bytes);
+  guest.output.openGate();
+  const replies = (o: typeof guest.output) =>
+    o
+      .releasedAfter(-1, 100_000)
+      .packets.filter((p) => p.unit >= start.firstSequence)
+      .map((p) => `${p.sequence}:${p.unit}:${p.payload}`);
+  const mine = replies(guest.output);
+  t.ok(mine.length > 0, `${mine.length} replies since the recording began`);
+  t.same(replies(replica.machine.output), mine, 'the replica replied the same, unit for unit');
+  t.same(failures, []);
+});
+
 t.test("a discarded guest's thread ends, and only then do its segments go to the pool", async (t) => {
   const driver = new SimDriver({ guest: { vcpu: 'thread' } });
   t.teardown(() => driver.shutdown());

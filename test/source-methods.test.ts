@@ -266,7 +266,7 @@ t.test('postcopy: switch at once, the pages asked for first, every page once, th
   t.same(made.record.phases, ['stop-and-copy', 'activation']);
   await clock.advance(40);
   channel.activated = pb.Activated.create({ resumeToReplyMs: 10 });
-  channel.onPageRequest?.([599, 598, 599]);
+  channel.onPageRequest?.([599, 598, 599], false);
   channel.notify();
   await settle(clock);
   t.same(made.record.phases, ['stop-and-copy', 'activation', 'page-push']);
@@ -285,6 +285,38 @@ t.test('postcopy: switch at once, the pages asked for first, every page once, th
   t.equal(method.commitTimeoutMs(made.ctx), 60_000, 'the commit answer is bounded by the activation timeout');
 });
 
+t.test('postcopy: pages the target lost (a dropped batch) go again if they were sent; the push ends once the target has them all', async (t) => {
+  const clock = new ManualClock();
+  const channel = new FakeChannel(clock);
+  const guest = new FakeGuest('q3', undefined, new FakePages(600));
+  const made = methodContext('postcopy', guest, channel, clock, { windows: { chunks: 1 } });
+  const method = new PostcopyMethod();
+  const catchUp = method.catchUp(made.ctx);
+  await settle(clock);
+  channel.report({});
+  await catchUp;
+  await made.suspend();
+  const finish = method.finish(made.ctx);
+  await settle(clock);
+  channel.activated = pb.Activated.create({ resumeToReplyMs: 0 });
+  channel.notify();
+  await settle(clock);
+  t.equal(channel.writtenOf('pages').length, 1, 'the first batch; the window holds one');
+  // The first batch failed its check there: dropped, every page still missing asked for again.
+  channel.onPageRequest?.(Array.from({ length: 600 }, (_, p) => p), true);
+  channel.report({ pageBatchesDropped: 1, missingPages: 600 });
+  for (let i = 0; i < 20 && channel.writtenOf('pages').length < 4; i++) {
+    channel.report({ pageBatchesApplied: channel.writtenOf('pages').length - 1, pageBatchesDropped: 1, missingPages: 600 });
+    await settle(clock);
+  }
+  const batches = channel.writtenOf('pages').map((m) => (m.body as { pageCount: number }).pageCount);
+  t.same(batches, [PAGE_BATCH_PAGES, PAGE_BATCH_PAGES, PAGE_BATCH_PAGES, 600 - 2 * PAGE_BATCH_PAGES], 'the lost batch again, then the rest once: 600 pages and one batch again');
+  t.equal(await state(finish, clock), 'pending', 'waits until the target has every page');
+  channel.report({ pageBatchesApplied: 3, pageBatchesDropped: 1, missingPages: 0 });
+  await finish;
+  t.equal(made.stats.pagesSent, 600 + PAGE_BATCH_PAGES, 'what was lost, sent twice');
+});
+
 t.test('postcopy: a page request out of range fails the transfer with DATA_LOSS', async (t) => {
   const clock = new ManualClock();
   const channel = new FakeChannel(clock);
@@ -292,7 +324,7 @@ t.test('postcopy: a page request out of range fails the transfer with DATA_LOSS'
   const method = new PostcopyMethod();
   const catchUp = method.catchUp(made.ctx);
   await settle(clock);
-  channel.onPageRequest?.([3, 10]);
+  channel.onPageRequest?.([3, 10], false);
   await t.rejects(catchUp, { code: 'DATA_LOSS', message: 'the target asked for page 10 of a 10-page guest' });
 });
 

@@ -12,6 +12,7 @@ import { type PayloadBody, packMessage } from '../shared/protocol.js';
 import type { MigrationMethod } from '../shared/stats.js';
 import { grpc, pb, Preserialized } from '../shared/transport/grpc.js';
 import type { Reservation } from '../target-agent/reservation.js';
+import { POSTCOPY_DROPPED_BATCHES_MAX } from '../target-agent/receivers/postcopy.js';
 import { type SessionHost, TargetSession } from '../target-agent/session.js';
 
 type SourceMessage = InstanceType<typeof pb.SourceMessage>;
@@ -110,6 +111,7 @@ function fakeReplica(parts: Array<'replay' | 'pageRestore' | 'postcopy' | 'delta
           return bytes.length;
         },
         present: (pages: Uint32Array) => pages.every((page) => present.has(page)),
+        missingPageList: () => Uint32Array.from([0, 1, 2, 3].filter((page) => !present.has(page))),
         receivedDigest: () => DIGEST,
       };
       // The resumed guest's runner counts its units; the session measures its waits for pages.
@@ -158,7 +160,7 @@ function fakeReplica(parts: Array<'replay' | 'pageRestore' | 'postcopy' | 'delta
 
 /** Hands out one reservation; records what the session asks of it. */
 class FakeHost implements SessionHost {
-  readonly options = { unitWindow: 8, unitWindowBytes: 2 ** 20, progressIntervalMs: 20, activationHooks: [], hookTimeoutMs: 1_000, transferIdleTimeoutMs: 30_000 };
+  readonly options: SessionHost['options'] = { unitWindow: 8, unitWindowBytes: 2 ** 20, progressIntervalMs: 20, activationHooks: [], hookTimeoutMs: 1_000, transferIdleTimeoutMs: 30_000 };
   readonly opens: MigrationMethod[] = [];
   readonly released: string[] = [];
   readonly forgotten: string[] = [];
@@ -185,9 +187,10 @@ class FakeHost implements SessionHost {
   discardGuest(): void {}
 }
 
-function start(parts: Array<'replay' | 'pageRestore' | 'postcopy' | 'deltas'> = ['replay', 'pageRestore', 'postcopy']) {
+function start(parts: Array<'replay' | 'pageRestore' | 'postcopy' | 'deltas'> = ['replay', 'pageRestore', 'postcopy'], options: { resumeWindowMs?: number } = {}) {
   const { replica, seen } = fakeReplica(parts);
   const host = new FakeHost(replica);
+  Object.assign(host.options, options);
   const stream = new FakeStream();
   const clock = new ManualClock(1_000);
   const session = new TargetSession(stream, host, pino({ level: 'silent' }), clock);
@@ -393,6 +396,50 @@ t.test('a post-copy transfer: resumed here on the machine state, pages fetched o
   t.match(last.stream.last('commitResult')?.commitResult, { matched: true, targetDigest: DIGEST });
   t.equal(host.released.length, 1);
   t.equal(seen.activated, 0, 'post-copy never activates a replica: the guest already runs');
+});
+
+t.test('post-copy: a page batch that fails its check is dropped and its pages asked for again; past the limit the stream is dropped for a resume', async (t) => {
+  const { stream, session, clock, host } = start(['postcopy'], { resumeWindowMs: 5_000 });
+  stream.receive({ open: { reservationId: 'r1', method: 'postcopy' } });
+  stream.receivePayload({ kind: 'machineState' }, new Uint8Array(64));
+  stream.receivePayload({ kind: 'pages', round: 0, pageCount: 1 }, Uint8Array.of(0));
+  const damaged = () => {
+    const message = pb.SourceMessage.decode(packMessage({ kind: 'pages', round: 0, pageCount: 2 }, Uint8Array.of(1, 2)).bytes) as SourceMessage;
+    const payload = message.pages!.payload!;
+    payload.xxh64 = Uint8Array.from(payload.xxh64!, (b: number) => b ^ 0xff);
+    stream.emit('data', message);
+  };
+  damaged();
+  t.match(stream.last('pageRequest')?.pageRequest, { pages: [1, 2, 3], resend: true }, 'every missing page asked for again');
+  t.match(stream.last('progress')?.progress, { pageBatchesApplied: 1, pageBatchesDropped: 1, missingPages: 3 });
+  t.notOk(stream.last('error'), 'the transfer goes on');
+  stream.receivePayload({ kind: 'pages', round: 0, pageCount: 1 }, Uint8Array.of(1));
+  for (let i = 1; i < POSTCOPY_DROPPED_BATCHES_MAX; i++) damaged();
+  const requests = stream.written.filter((m) => m.body === 'pageRequest');
+  t.equal(requests.length, POSTCOPY_DROPPED_BATCHES_MAX, 'asked again for each batch dropped within the limit');
+  t.same(requests.at(-1)?.pageRequest?.pages, [2, 3], 'only the pages still missing');
+  t.equal(stream.status, null, 'the stream goes on');
+  damaged();
+  t.notOk(stream.last('error'), 'past the limit no error is sent: the source resumes the transfer');
+  t.match(stream.status, { code: grpc.status.ABORTED }, 'the stream is dropped (ABORTED): the source resumes it on a new connection');
+  let done = false;
+  void session.done.then(() => (done = true));
+  await clock.advance(20_000);
+  t.notOk(done, 'the transfer waits for the source to resume it, whatever the time');
+  t.same(host.released, [], 'the guest runs here: nothing released');
+});
+
+t.test('a Resume whose Open never arrived opens the transfer with the Open it carries, nothing counted; one for another reservation is refused', async (t) => {
+  const { stream, host } = start(['replay'], { resumeWindowMs: 5_000 });
+  const open = { reservationId: 'r1', migrationId: 'job-1', method: 'crtr', firstSequence: 1 };
+  stream.receive({ resume: { reservationId: 'r1', migrationId: 'job-1', attempt: 1, open } });
+  t.same(host.opens, ['crtr'], 'the reservation is opened by it');
+  t.match(stream.last('resumed')?.resumed, { messagesReceived: 0 }, 'the source sends everything again');
+  t.notOk(stream.last('error'));
+  const other = start(['replay'], { resumeWindowMs: 5_000 });
+  other.stream.receive({ resume: { reservationId: 'r2', migrationId: 'job-1', attempt: 1, open: { ...open, reservationId: 'r2' } } });
+  await other.session.done;
+  t.match(other.stream.last('error')?.error, { code: grpc.status.NOT_FOUND }, 'no such reservation');
 });
 
 t.test('a CR/TR transfer with a delta: units before its instant dropped, none replayed until it is applied', async (t) => {

@@ -197,6 +197,43 @@ export interface SourceGuest {
   readonly pages?: PageAccess;
   /** Capability `delta-checkpoint` (with `recorder`); absent when the driver makes no deltas. */
   readonly deltas?: DeltaSource;
+  /** The guest's externally visible output, gated for a sync protection; absent when the driver cannot hold it. */
+  readonly output?: GuestOutput;
+}
+
+/** One output of a guest (a packet it transmitted). */
+export interface OutputPacketView {
+  readonly sequence: number;
+  /** The unit that produced it. */
+  readonly unit: number;
+  readonly payload: string;
+  /** performance.now() when produced and released (0: not released). */
+  readonly producedAtMs: number;
+  readonly releasedAtMs: number;
+}
+
+/**
+ * A guest's output gate (a sync protection holds each output until the standby received the unit
+ * that produced it), and the outputs released so far, kept in a bounded ring.
+ */
+export interface GuestOutput {
+  hold(): void;
+  /** Releases the held outputs of units up to `unit`; returns how many. */
+  releaseThrough(unit: number): number;
+  /** Releases everything held and holds no more. */
+  openGate(): void;
+  /** Drops what is held, never to be released (the guest was failed over: its standby answers now), and holds no more. */
+  dropHeld(): number;
+  readonly holding: boolean;
+  readonly heldCount: number;
+  readonly produced: number;
+  readonly released: number;
+  /** Times the gate opened because too much was held. */
+  readonly overflowed: number;
+  releasedAfter(after: number, max: number): { packets: readonly OutputPacketView[]; firstKept: number };
+  delayPercentiles(): { p50: number; p99: number; samples: number };
+  /** Told when the gate opens because too much was held (sync falls back to async). */
+  onOverflow: ((held: number) => void) | null;
 }
 
 /** Restore from checkpoint chunks, then replay units: what CR/TR needs of a replica. */
@@ -316,6 +353,8 @@ export interface PostcopyTarget {
   receivePages(bytes: Uint8Array): number;
   /** Whether every one of `pages` is present. */
   present(pages: Uint32Array): boolean;
+  /** The pages not received yet, in order (to ask for again after a batch was lost). */
+  missingPageList(): Uint32Array;
   /**
    * Digest of the state as it was sent: the pages as they arrived and the machine state at
    * resume. Equal to the source's digest at suspend once nothing is missing.

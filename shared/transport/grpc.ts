@@ -228,6 +228,14 @@ export const controlServiceV2 = {
   cancelJob: v2<Msg<typeof pb2.CancelJobRequest>, Msg<typeof pb2.CancelJobResponse>>('CancelJob', pb2.CancelJobRequest, pb2.CancelJobResponse),
   resolveJob: v2<Msg<typeof pb2.ResolveJobRequest>, Msg<typeof pb2.ResolveJobResponse>>('ResolveJob', pb2.ResolveJobRequest, pb2.ResolveJobResponse),
   estimateMigration: v2<Msg<typeof pb2.EstimateMigrationRequest>, Msg<typeof pb2.EstimateMigrationResponse>>('EstimateMigration', pb2.EstimateMigrationRequest, pb2.EstimateMigrationResponse),
+  protect: v2<Msg<typeof pb2.ProtectRequest>, Msg<typeof pb2.ProtectResponse>>('Protect', pb2.ProtectRequest, pb2.ProtectResponse),
+  unprotect: v2<Msg<typeof pb2.UnprotectRequest>, Msg<typeof pb2.UnprotectResponse>>('Unprotect', pb2.UnprotectRequest, pb2.UnprotectResponse),
+  switchover: v2<Msg<typeof pb2.SwitchoverRequest>, Msg<typeof pb2.SwitchoverResponse>>('Switchover', pb2.SwitchoverRequest, pb2.SwitchoverResponse),
+  failover: v2<Msg<typeof pb2.FailoverRequest>, Msg<typeof pb2.FailoverResponse>>('Failover', pb2.FailoverRequest, pb2.FailoverResponse),
+  getProtection: v2<Msg<typeof pb2.GetProtectionRequest>, Msg<typeof pb2.Protection>>('GetProtection', pb2.GetProtectionRequest, pb2.Protection),
+  listProtections: v2<Msg<typeof pb2.ListProtectionsRequest>, Msg<typeof pb2.ListProtectionsResponse>>('ListProtections', pb2.ListProtectionsRequest, pb2.ListProtectionsResponse),
+  getOutputs: v2<Msg<typeof pb2.GetOutputsRequest>, Msg<typeof pb2.GetOutputsResponse>>('GetOutputs', pb2.GetOutputsRequest, pb2.GetOutputsResponse),
+  watchProtection: v2<Msg<typeof pb2.WatchProtectionRequest>, Msg<typeof pb2.Protection>>('WatchProtection', pb2.WatchProtectionRequest, pb2.Protection, true),
 } satisfies grpc.ServiceDefinition;
 
 /**

@@ -19,6 +19,9 @@ import { watchIncomingJob, watchSourceJob } from './watch.js';
 import { failStream, unaryHandlers } from '../../shared/transport/handlers.js';
 import { parseEstimateRequest } from '../estimate/estimator.js';
 import { estimateMessage } from './estimate-view.js';
+import { gaugeView, outputsMessage, ProtectionControl, type StandbySide, watchProtection } from './protection.js';
+import type { ProtectionGaugeView } from '../../shared/protection-metrics.js';
+import type { Arbiter } from '../../shared/arbiter/index.js';
 
 /** Memory of a StartGuest that asks for 0. */
 const GUEST_MEMORY_BYTES_DEFAULT = 512 * 2 ** 20;
@@ -47,20 +50,41 @@ type Handlers = { [K in keyof typeof controlServiceV2]: grpc.UntypedHandleCall }
 type Req<K extends keyof typeof pb2> = (typeof pb2)[K] extends abstract new (...args: never) => infer T ? T : never;
 
 export class ControlServiceV2 {
+  private readonly protections: ProtectionControl;
+
   constructor(
     private readonly control: ControlService,
     private readonly incoming: IncomingJobs,
     private readonly driver: HypervisorDriver,
     private readonly options: ControlV2Options,
     private readonly log: Logger,
-  ) {}
+    /** The DR side's failover and drop (none: this agent keeps no standbys). */
+    dr?: Pick<StandbySide, 'failover' | 'drop'>,
+    arbiter: Arbiter | null = null,
+  ) {
+    const none = (guestId: string): never => {
+      throw new NotFoundError(`no standby of guest '${echo(guestId)}' on this agent`, { reason: 'PROTECTION_NOT_FOUND', metadata: { guestId } });
+    };
+    const standbys: StandbySide = { list: () => incoming.list(), failover: dr?.failover ?? none, drop: dr?.drop ?? none };
+    this.protections = new ProtectionControl(control, standbys, (address) => this.checkTargetAddress(address, 'dr_address'), log, arbiter);
+  }
+
+  /** The protections held here, as the metrics read them. */
+  protectionGauges(): ProtectionGaugeView[] {
+    return this.protections.list().map(gaugeView);
+  }
 
   /** WatchJob streams open now. */
   private watches = 0;
 
   listGuests(): InstanceType<typeof pb2.ListGuestsResponse> {
     const local = this.driver.listGuests();
-    const guests = local.map((d) => guestMessage(d, this.roleOf(d.id)));
+    const guests = local.map((d) => {
+      const message = guestMessage(d, this.roleOf(d.id));
+      const runner = this.driver.guest(d.id).runnerStats?.();
+      if (runner !== undefined) [message.unitsRun, message.stallMs, message.throttledMs] = [runner.unitsRun, runner.stallMs, runner.throttledMs];
+      return message;
+    });
     const here = new Set(local.map((d) => d.id));
     // Incoming guests not yet the driver's: their replicas, restoring or replaying.
     for (const job of this.incoming.list()) {
@@ -192,6 +216,24 @@ export class ControlServiceV2 {
       cancelJob: unary((req: Req<'CancelJobRequest'>) => this.cancelJob(req)),
       resolveJob: unary((req: Req<'ResolveJobRequest'>) => this.resolveJob(req)),
       estimateMigration: this.estimateHandler(),
+      protect: unary(async (req: Req<'ProtectRequest'>) => pb2.ProtectResponse.create({ protection: await this.protections.protect(req) })),
+      unprotect: unary((req: Req<'UnprotectRequest'>) => pb2.UnprotectResponse.create({ protection: this.protections.unprotect(req) })),
+      switchover: unary((req: Req<'SwitchoverRequest'>) => pb2.SwitchoverResponse.create({ protection: this.protections.switchover(req) })),
+      failover: unary((req: Req<'FailoverRequest'>) => this.protections.failover(req)),
+      getProtection: unary((req: Req<'GetProtectionRequest'>) => this.protections.get(req.guestId)),
+      listProtections: unary(() => pb2.ListProtectionsResponse.create({ protections: this.protections.list() })),
+      getOutputs: unary((req: Req<'GetOutputsRequest'>) => outputsMessage(this.guest(req.guestId, 'guest_id'), req)),
+      watchProtection: ((call: grpc.ServerWritableStream<Req<'WatchProtectionRequest'>, InstanceType<typeof pb2.Protection>>) => {
+        try {
+          const { guestId, intervalMs } = call.request;
+          this.protections.get(guestId);
+          if (intervalMs !== 0 && (intervalMs < WATCH_INTERVAL_MS_MIN || intervalMs > WATCH_INTERVAL_MS_MAX)) throw invalidField('interval_ms', `interval_ms ${intervalMs}: expected 0 (1000) or ${WATCH_INTERVAL_MS_MIN} to ${WATCH_INTERVAL_MS_MAX}`);
+          this.countWatch(call);
+          watchProtection(call, () => this.protections.get(guestId), intervalMs || 1_000);
+        } catch (error) {
+          failStream(call, error);
+        }
+      }) as grpc.handleServerStreamingCall<Req<'WatchProtectionRequest'>, InstanceType<typeof pb2.Protection>>,
       watchJob: ((call: grpc.ServerWritableStream<Req<'WatchJobRequest'>, InstanceType<typeof pb2.JobEvent>>) => {
         try {
           this.watch(call);
@@ -211,9 +253,15 @@ export class ControlServiceV2 {
     const intervalMs = asked || WATCH_INTERVAL_MS_DEFAULT;
     const outgoing = this.outgoing(jobId);
     if (outgoing === undefined && this.incoming.get(jobId) === undefined) throw jobNotFound(jobId);
-    // Each watch holds a timer and builds a job message per event: a bounded number of them.
+    this.countWatch(call);
+    if (outgoing !== undefined) watchSourceJob(call, outgoing, this.control.historyOf(outgoing), intervalMs);
+    else watchIncomingJob(call, () => this.incoming.get(jobId), intervalMs);
+  }
+
+  /** Each watch holds a timer and builds a message per event: a bounded number of them (WatchJob and WatchProtection). */
+  private countWatch(call: { once(event: 'finish' | 'cancelled' | 'close', listener: () => void): unknown }): void {
     if (this.watches >= WATCHES_MAX) {
-      throw new LimitExceededError(`${this.watches} WatchJob streams open on this agent, the limit is ${WATCHES_MAX}; close one, or poll with GetJob`, { metadata: { limit: WATCHES_MAX } });
+      throw new LimitExceededError(`${this.watches} watch streams open on this agent, the limit is ${WATCHES_MAX}; close one, or poll`, { metadata: { limit: WATCHES_MAX } });
     }
     this.watches++;
     let open = true;
@@ -224,18 +272,16 @@ export class ControlServiceV2 {
     call.once('finish', closed);
     call.once('cancelled', closed);
     call.once('close', closed);
-    if (outgoing !== undefined) watchSourceJob(call, outgoing, this.control.historyOf(outgoing), intervalMs);
-    else watchIncomingJob(call, () => this.incoming.get(jobId), intervalMs);
   }
 
   /** Refuses a missing target address, or this agent's own. */
-  private checkTargetAddress(address: string): void {
-    if (!address) throw invalidField('target_address', 'target_address is required (host:port of the target agent)');
+  private checkTargetAddress(address: string, field = 'target_address'): void {
+    if (!address) throw invalidField(field, `${field} is required (host:port of the target agent)`);
     if (sameAddress(address, this.options.listenAddress())) {
-      throw new InvalidArgumentError(`target_address ${echo(address)} is this agent itself; migrate to another agent`, {
+      throw new InvalidArgumentError(`${field} ${echo(address)} is this agent itself; migrate to another agent`, {
         reason: 'TARGET_IS_SELF',
         metadata: { targetAddress: address },
-        fieldViolations: [{ field: 'target_address', description: 'this agent listens there' }],
+        fieldViolations: [{ field, description: 'this agent listens there' }],
       });
     }
   }

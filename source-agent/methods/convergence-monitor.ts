@@ -15,12 +15,18 @@ export class ConvergenceMonitor {
   /** The policy forced the stop-and-copy. */
   forced = false;
 
-  constructor(private readonly ctx: MethodContext) {}
+  constructor(
+    private readonly ctx: MethodContext,
+    /** When the judging starts (the migration's elapsed ms); null: not yet (a protection before its switchover). */
+    private readonly fromMs: () => number | null = () => 0,
+  ) {}
 
   /** One tick; `settled`: the stop-and-copy was already agreed or forced (nothing to judge). */
   tick(settled: boolean): void {
     const { ctx } = this;
-    const elapsedMs = ctx.elapsedMs();
+    const fromMs = this.fromMs();
+    if (fromMs === null) return;
+    const elapsedMs = ctx.elapsedMs() - fromMs;
     const phase = ctx.stats.phase;
     if (phase === 'checkpoint' && elapsedMs >= ctx.request.maxDurationMs) {
       ctx.channel.fail(

@@ -5,7 +5,7 @@
 
 import type { Timer } from '../../shared/clock.js';
 import { decideStop, expectedDowntimeMs, stopUnitsFloor, SWITCHOVER_DEADLINE_SHARE } from '../../shared/convergence.js';
-import type { LogRecorder } from '../../shared/driver/types.js';
+import type { GuestOutput, LogRecorder } from '../../shared/driver/types.js';
 import type { MigrationPhase } from '../../shared/stats.js';
 import type { StopRequest } from '../channel.js';
 import { CheckpointStream } from '../streams/checkpoint.js';
@@ -14,6 +14,7 @@ import { LogStream } from '../streams/log.js';
 import { recorderOf } from './capabilities.js';
 import { ConvergenceMonitor } from './convergence-monitor.js';
 import { HybridCatchUp } from './hybrid.js';
+import { RpoMonitor } from './rpo-monitor.js';
 import type { MethodContext, TransferMethod } from './method.js';
 import { startTicker } from './ticker.js';
 
@@ -37,6 +38,10 @@ export class CrtrMethod implements TransferMethod {
   private hybrid: HybridCatchUp | null = null;
   private checkpointStream: CheckpointStream | null = null;
   private unitPump: Promise<void> = Promise.resolve();
+  /** A protection: its lag and objective while the log streams without end. */
+  private rpo: RpoMonitor | null = null;
+  /** A protection's planned switchover was asked for: from here it is a migration. */
+  private switchoverAtMs: number | null = null;
 
   async catchUp(ctx: MethodContext): Promise<void> {
     const recorder = recorderOf(ctx.guest);
@@ -45,8 +50,13 @@ export class CrtrMethod implements TransferMethod {
     const start = recorder.startRecording();
     ctx.open({ firstSequence: start.firstSequence });
     const channel = ctx.channel;
+    const output = ctx.request.protection?.mode === 'sync' ? ctx.guest.output : undefined;
+    if (output !== undefined) this.gateOutputs(ctx, output, start.firstSequence);
     channel.onStopRequest = (request) => this.onStopRequest(ctx, recorder, request);
-    const monitor = (this.monitor = new ConvergenceMonitor(ctx));
+    const protecting = ctx.request.protection !== undefined;
+    // A protection's catch-up never ends on its own: its convergence is judged from a switchover on.
+    const monitor = (this.monitor = new ConvergenceMonitor(ctx, () => (protecting ? this.switchoverAtMs : 0)));
+    this.rpo = protecting ? new RpoMonitor(ctx, () => this.unitsRecordedToSend(ctx)) : null;
     const rate = ctx.request.maxBandwidthBytesPerSec;
     const logStream = (this.logStream = new LogStream(channel, ctx.stats, ctx.windows, rate, () => ctx.suspended));
     const checkpointStream = (this.checkpointStream = new CheckpointStream(channel, ctx.stats, ctx.clock, ctx.log, ctx.windows.chunks, rate));
@@ -57,6 +67,7 @@ export class CrtrMethod implements TransferMethod {
       // While one is sent and applied the target replays nothing: no trend to judge.
       hybrid?.tick(settled);
       monitor.tick(settled || hybrid?.busy === true);
+      if (this.switchoverAtMs === null) this.rpo?.tick();
     });
     this.unitPump = logStream.run(recorder, ctx.signal, () => ctx.stats.phase === 'stop-and-copy' || ctx.stats.phase === 'commitment');
     this.unitPump.catch(() => {}); // Observed in finish; failures also surface through the waits.
@@ -74,10 +85,51 @@ export class CrtrMethod implements TransferMethod {
   /** The hybrid catch-up, where both drivers make deltas and the request did not turn it off. */
   private makeHybrid(ctx: MethodContext, logStream: LogStream): HybridCatchUp | null {
     const deltas = ctx.guest.deltas;
-    const on = deltas !== undefined && ctx.targetCapabilities.includes('delta-checkpoint') && ctx.request.logOnlyCatchUp !== true;
+    // Not for a protection: a standby must replay every unit, for the outputs they produce.
+    const on = deltas !== undefined && ctx.targetCapabilities.includes('delta-checkpoint') && ctx.request.logOnlyCatchUp !== true && ctx.request.protection === undefined;
     ctx.stats.hybrid = on;
     if (!on) return null;
     return new HybridCatchUp(ctx, deltas, logStream, () => this.unitsNotReplayed(ctx), () => this.checkpointStream?.chunksSent ?? 0);
+  }
+
+  /**
+   * A protection's planned switchover: the target is told, and asks to stop as a migration's
+   * target does; the convergence policy and the maximum duration count from now.
+   */
+  requestSwitchover(ctx: MethodContext, reason: string): void {
+    if (this.switchoverAtMs !== null) return;
+    this.switchoverAtMs = ctx.elapsedMs();
+    ctx.channel.send({ switchover: { reason } });
+    ctx.round(`planned switchover: ${reason}`);
+    ctx.log.info({ reason }, 'protection: planned switchover to the standby');
+  }
+
+  get switchingOver(): boolean {
+    return this.switchoverAtMs !== null;
+  }
+
+  /**
+   * A sync protection: each output of the guest waits for the standby's receipt of the unit that
+   * produced it (units arrive in order, so `unitsReceived` names the last one). Past the held
+   * bound the gate opens: the protection falls back to async, and says so.
+   */
+  private gateOutputs(ctx: MethodContext, output: GuestOutput, firstSequence: number): void {
+    output.hold();
+    output.onOverflow = (held) => {
+      ctx.log.error({ held }, 'sync protection: too many outputs held for the standby; released, and the protection goes on as async');
+      ctx.round(`${held} outputs held past the bound: released; the protection goes on as async`);
+    };
+    ctx.channel.onProgress = () => {
+      const received = ctx.channel.progress.unitsReceived;
+      // With an arbiter, nothing leaves once this primary's term is not known held.
+      if (received > 0 && output.holding && ctx.request.protection?.held?.() !== false) output.releaseThrough(firstSequence + received - 1);
+    };
+  }
+
+  /** Units recorded that are to reach the target: superseded ones excluded. */
+  private unitsRecordedToSend(ctx: MethodContext): number {
+    const rec = recorderOf(ctx.guest).recordingStats();
+    return rec.unitsRecorded - this.unitsSupersededHere(rec.unitsDropped);
   }
 
   /** Units recorded and not yet replayed by the target, sent or not: superseded units excluded. */
@@ -123,6 +175,8 @@ export class CrtrMethod implements TransferMethod {
       s.unitsSuperseded = here + ctx.channel.progress.unitsSuperseded;
       s.remainingUnits = Math.max(0, s.unitsRecorded - s.unitsSuperseded - s.unitsReplayed);
     }
+    const output = ctx.guest.output;
+    if (ctx.request.protection !== undefined && output !== undefined) [s.outputsHeld, s.outputsReleased, s.outputOverflows] = [output.heldCount, output.released, output.overflowed];
     const unsent = (rec?.bytesQueued ?? 0) + (this.logStream?.heldUnitBytes ?? 0);
     s.remainingBytes = Math.max(0, s.memoryBytes - s.checkpointMemoryBytesCovered) + unsent;
     s.expectedDowntimeMs = expectedDowntimeMs({
@@ -137,6 +191,11 @@ export class CrtrMethod implements TransferMethod {
 
   cleanUp(ctx: MethodContext): void {
     this.dispose();
+    // The protection ends with the guest running here: what it held goes out now.
+    if (ctx.request.protection !== undefined && ctx.guest.output !== undefined) {
+      ctx.guest.output.onOverflow = null;
+      ctx.guest.output.openGate();
+    }
     ctx.guest.recorder?.stopRecording();
   }
 
@@ -150,8 +209,9 @@ export class CrtrMethod implements TransferMethod {
     if (this.stopGranted || this.monitor?.forced) return;
     const { stats, channel } = ctx;
     stats.rounds++;
-    if (!this.checkpointDone || stats.phase !== 'log-transfer' || this.hybrid?.busy === true) {
-      const why = this.hybrid?.busy === true ? 'a delta checkpoint is in flight' : `source is in phase ${stats.phase}`;
+    const protecting = ctx.request.protection !== undefined && this.switchoverAtMs === null;
+    if (!this.checkpointDone || stats.phase !== 'log-transfer' || this.hybrid?.busy === true || protecting) {
+      const why = protecting ? 'a protection switches over only when asked to' : this.hybrid?.busy === true ? 'a delta checkpoint is in flight' : `source is in phase ${stats.phase}`;
       channel.send({ stopDecision: { granted: false, reason: why } });
       stats.stopRequestsDenied++;
       ctx.round(`round ${stats.rounds}: stop request denied: ${why}`);

@@ -10,6 +10,7 @@
 //
 // A method is one module under methods/, registered by name in methods/registry.ts.
 
+import type { ProtectionTerms } from '../../shared/rpo.js';
 import type { Logger } from 'pino';
 import type { Clock } from '../../shared/clock.js';
 import type { NonConvergencePolicy } from '../../shared/convergence.js';
@@ -30,6 +31,16 @@ export interface MigrationRequest {
   disableCompression?: boolean;
   /** CR/TR: catch up by the log only, never by delta checkpoints. */
   logOnlyCatchUp?: boolean;
+  /**
+   * Not a migration but a protection (CR/TR only): the log streams without end to a standby
+   * until a planned switchover (then it is a migration), an unprotect, or a failover there.
+   */
+  protection?: ProtectionRequest;
+}
+
+export interface ProtectionRequest extends ProtectionTerms {
+  /** With an arbiter: the primary's term is held now (checked before each output is released). */
+  held?: () => boolean;
 }
 
 /** The target's windows, from its ReserveResponse. */
@@ -53,6 +64,8 @@ export interface MethodTimings {
   monitorIntervalMs: number;
   /** Wait for the target's activation confirmation. */
   activationTimeoutMs: number;
+  /** A broken transfer stream is resumed within this (0: not resumed). */
+  resumeWindowMs: number;
 }
 
 /** What the lifecycle lends a method for one migration. */

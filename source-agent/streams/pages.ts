@@ -29,12 +29,23 @@ export class PageStream {
     return bytes;
   }
 
+  /** Batches the target applied, or dropped for a failed check (post-copy: it asks for their pages again). */
+  batchesHandled(): number {
+    const progress = this.channel.progress;
+    return progress.pageBatchesApplied + (progress.pageBatchesDropped ?? 0);
+  }
+
+  /** Resolves once the target's window has room for one more batch. */
+  room(pastCommit = false): Promise<void> {
+    return this.channel.until(() => this.batchesSent - this.batchesHandled() < this.chunkWindow, { pastCommit });
+  }
+
   /**
    * Sends one batch once the target's window has room; round 0 counts as the checkpoint.
    * `pastCommit`: post-copy's push, which no cancellation stops. Returns the raw page bytes.
    */
   async sendBatch(batch: Uint32Array, round: number, rateBytesPerSec: number, pastCommit = false): Promise<number> {
-    await this.channel.until(() => this.batchesSent - this.channel.progress.pageBatchesApplied < this.chunkWindow, { pastCommit });
+    await this.room(pastCommit);
     const bytes = this.pages.encodePages(batch);
     const message = this.channel.pack({ kind: 'pages', round, pageCount: batch.length }, bytes);
     this.batchesSent++;

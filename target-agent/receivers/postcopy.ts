@@ -7,7 +7,7 @@
 // figures stay as they were). Progress reports carry them to the source.
 
 import type { PostcopyResumeTarget, PostcopyTarget, SourceGuest } from '../../shared/driver/types.js';
-import { InvalidStateError } from '../../shared/errors.js';
+import { CorruptDataError, InvalidStateError, LimitExceededError } from '../../shared/errors.js';
 import { unpackPayload } from '../../shared/protocol.js';
 import type { pb } from '../../shared/transport/grpc.js';
 import type { ProgressCounters } from '../feedback.js';
@@ -15,11 +15,18 @@ import type { ReceiverContext } from './context.js';
 
 /** Pages asked for in one PageRequest message. */
 const PAGE_REQUEST_PAGES_MAX = 4096;
+/**
+ * Page batches that fail their check (a byte changed on the way) are dropped and their pages asked
+ * for again, at most this many in a transfer: past it the link is too damaged to go on with, and
+ * the stream is dropped for the source to resume on a new connection.
+ */
+export const POSTCOPY_DROPPED_BATCHES_MAX = 16;
 
 export class PostcopyReceiver {
   /** Set once the guest runs here. */
   private target: PostcopyTarget | null = null;
   private batchesApplied = 0;
+  private batchesDropped = 0;
   /** Fetches waiting for pages, each resolved once all its pages are here. */
   private readonly pageWaiters: Array<{ pages: Uint32Array; resolve: () => void }> = [];
   /** The guest running here, and when it resumed (clock time). */
@@ -43,7 +50,7 @@ export class PostcopyReceiver {
   }
 
   counters(): ProgressCounters {
-    return { pageBatchesApplied: this.batchesApplied, missingPages: this.target?.missingPages ?? 0, ...(this.final ?? this.guestProgress()) };
+    return { pageBatchesApplied: this.batchesApplied, pageBatchesDropped: this.batchesDropped, missingPages: this.target?.missingPages ?? 0, ...(this.final ?? this.guestProgress()) };
   }
 
   /**
@@ -79,7 +86,13 @@ export class PostcopyReceiver {
   receivePages(batch: InstanceType<typeof pb.PageBatch>): void {
     const target = this.target;
     if (target === null) throw new InvalidStateError(`page batch received in a postcopy transfer that is ${this.context.phase()}`, { reason: 'PROTOCOL_VIOLATION' });
-    const bytes = unpackPayload(batch.payload, `page batch ${this.batchesApplied}`);
+    let bytes: Uint8Array;
+    try {
+      bytes = unpackPayload(batch.payload, `page batch ${this.batchesApplied + this.batchesDropped}`);
+    } catch (error) {
+      if (!(error instanceof CorruptDataError || error instanceof LimitExceededError)) throw error;
+      return this.dropBatch(target, error);
+    }
     target.receivePages(bytes);
     this.batchesApplied++;
     for (let i = this.pageWaiters.length - 1; i >= 0; i--) {
@@ -97,10 +110,31 @@ export class PostcopyReceiver {
     this.context.progress(target.missingPages === 0);
   }
 
-  /** The transfer was resumed on a new stream: the page requests the old one carried may be lost; ask again. */
+  /**
+   * The guest runs here: a batch that fails its check cannot end the transfer (the guest would
+   * wait for its pages forever). It is dropped, and every page still missing is asked for again;
+   * the source sends again those it had sent (the others come with its push), so what is sent
+   * twice is at most what was in flight. Past the limit, the error goes up: the stream is dropped
+   * and resumed on a new connection.
+   */
+  private dropBatch(target: PostcopyTarget, error: CorruptDataError | LimitExceededError): void {
+    this.batchesDropped++;
+    if (this.batchesDropped > POSTCOPY_DROPPED_BATCHES_MAX) throw error;
+    const missing = target.missingPageList();
+    this.context.log.warn({ err: error.message, dropped: this.batchesDropped, missingPages: missing.length }, 'post-copy: dropped a page batch that failed its check; asking for the missing pages again');
+    for (let i = 0; i < missing.length; i += PAGE_REQUEST_PAGES_MAX) this.context.send({ pageRequest: { pages: Array.from(missing.subarray(i, i + PAGE_REQUEST_PAGES_MAX)), resend: true } });
+    this.context.progress(true);
+  }
+
+  /**
+   * The transfer was resumed on a new stream: what the old one carried may be lost. The guest's
+   * resume is confirmed again (the source waits for it before its push), and the pages waited
+   * for are asked for again.
+   */
   askAgain(): void {
     const target = this.target;
     if (target === null) return;
+    this.context.send({ activated: { resumeToReplyMs: this.context.clock.now() - this.resumedAtMs, resumedAtMs: this.resumedAtMs, hooks: [] } });
     for (const waiter of this.pageWaiters) {
       const missing = Array.from(waiter.pages).filter((p) => !target.present(Uint32Array.of(p)));
       for (let i = 0; i < missing.length; i += PAGE_REQUEST_PAGES_MAX) this.context.send({ pageRequest: { pages: missing.slice(i, i + PAGE_REQUEST_PAGES_MAX) } });

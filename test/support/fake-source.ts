@@ -27,7 +27,8 @@ export class FakeChannel extends FailableWaits implements TransferChannel {
   commitDigestSent = '';
   rttMs = 0;
   onStopRequest: ((request: StopRequest) => void) | null = null;
-  onPageRequest: ((pages: number[]) => void) | null = null;
+  onPageRequest: ((pages: number[], resend: boolean) => void) | null = null;
+  onProgress: (() => void) | null = null;
   /** Control messages sent, in order. */
   readonly sent: ControlBody[] = [];
   /** Payload messages written, in order, with their raw sizes. */
@@ -46,6 +47,7 @@ export class FakeChannel extends FailableWaits implements TransferChannel {
   report(fields: Partial<Progress>): void {
     this.acknowledged = true;
     this.progress = pb.Progress.create({ ...this.progress, ...fields } as never);
+    this.onProgress?.();
     this.notify();
   }
 
@@ -268,7 +270,7 @@ export function methodContext(
     signal: overrides.signal ?? new AbortController().signal,
     request: { guestId: guest.id, targetAddress: 'fake:0', method, downtimeLimitMs: 300, maxBandwidthBytesPerSec: 0, policy: 'abort', maxDurationMs: 600_000, ...overrides.request },
     windows: { chunks: 16, units: 4096, unitBytes: 64 * 2 ** 20, ...overrides.windows },
-    timings: { convergenceWindowMs: 2_000, monitorIntervalMs: 250, activationTimeoutMs: 60_000 },
+    timings: { convergenceWindowMs: 2_000, monitorIntervalMs: 250, activationTimeoutMs: 60_000, resumeWindowMs: 0 },
     throughputBytesPerSec: 0,
     targetCapabilities: overrides.targetCapabilities ?? [],
     open: (fields = {}) => {

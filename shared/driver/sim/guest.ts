@@ -19,7 +19,7 @@
 // stall time is reported.
 
 import { AbortedError, InvalidArgumentError, InvalidStateError } from '../../errors.js';
-import type { CheckpointChunk, DeltaSource, DeltaStart, GuestDescription, GuestState, LogRecorder, PageAccess, RecordingStart, RecordingStats, SealedUnit, SourceGuest } from '../types.js';
+import type { CheckpointChunk, DeltaSource, DeltaStart, GuestDescription, GuestOutput, GuestState, LogRecorder, PageAccess, RecordingStart, RecordingStats, SealedUnit, SourceGuest } from '../types.js';
 import { PAGE_BYTES } from '../types.js';
 import type { SimGuestOptions } from './guest-options.js';
 import type { SimMachine } from './machine.js';
@@ -58,6 +58,11 @@ export class SimSourceGuest implements SourceGuest, LogRecorder, DeltaSource {
   /** Capability `delta-checkpoint`. */
   get deltas(): DeltaSource {
     return this.rec;
+  }
+
+  /** Its replies to the packets it receives (output.ts). */
+  get output(): GuestOutput {
+    return this.machine.output;
   }
 
   get pagesMissing(): number {
@@ -135,6 +140,7 @@ export class SimSourceGuest implements SourceGuest, LogRecorder, DeltaSource {
       },
       {
         sealed: (unit) => this.rec.sealFromThread(unit),
+        output: (o) => this.machine.output.afterUnit(o.unit, o.rxBefore, o.rxAfter, o.stateHash),
         fetchPages: (pages) => (this.pageFetcher === null ? Promise.reject(new InvalidStateError(`guest ${this.id} has pages missing and no way to fetch them`)) : this.pageFetcher(pages)),
         failed: (error) => this.runnerFailed(error),
       },

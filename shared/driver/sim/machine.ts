@@ -20,6 +20,7 @@ import { PAGE_BYTES } from '../types.js';
 import { MachineState } from './machine-state.js';
 import { GuestMemory, PAGE_WORDS, SEGMENT_MASK, SEGMENT_SHIFT } from './memory.js';
 import type { WorkloadRates } from './profiles.js';
+import { OutputDevice } from './output.js';
 import { type AsyncEvent, EventType, type SyncEvent, type UnitHeader } from './unit-codec.js';
 
 /** Where the guest's devices and workload live in its memory (all derived from size and rates). */
@@ -73,14 +74,19 @@ export class SimMachine {
   readonly memory: GuestMemory;
   readonly layout: MemoryLayout;
   state = new MachineState();
+  /** Replies to the packets it receives (output.ts); it goes with the machine to a replica made a guest. */
+  readonly output: OutputDevice;
 
   constructor(
     memoryBytes: number,
     readonly rates: WorkloadRates,
     /** Its memory, if it exists already (a vCPU thread's view of a guest's shared memory). */
     memory?: GuestMemory,
+    /** Where its replies go (a vCPU thread relays them to the guest's device on the agent's thread). */
+    output?: OutputDevice,
   ) {
     this.memory = memory ?? new GuestMemory(memoryBytes);
+    this.output = output ?? new OutputDevice();
     this.layout = memoryLayout(this.memory.pageCount, rates);
   }
 
@@ -104,6 +110,7 @@ export class SimMachine {
   executeUnit(header: UnitHeader, asyncEvents: readonly AsyncEvent[], sync: SyncSource): void {
     const st = this.state;
     assert(header.startPosition === st.position, () => `unit ${header.sequence} starts at ${header.startPosition}, machine is at ${st.position}`);
+    const rxBefore = st.rxPackets;
     const total = header.instructionCount;
     const writes = header.pageWriteCount;
     const threshold = this.syncThreshold(header);
@@ -142,6 +149,7 @@ export class SimMachine {
     st.position += total;
     st.unitSequence = header.sequence + 1;
     st.guestNs += header.guestNs;
+    this.output.afterUnit(header.sequence, rxBefore, st.rxPackets, st.acc);
   }
 
   /**

@@ -206,6 +206,11 @@ export class SimReplica implements TargetReplica, CheckpointReplayTarget, PageRe
         return stored;
       },
       present: (pages) => pages.every((p) => !memory.isMissing(p)),
+      missingPageList: () => {
+        const list = new Uint32Array(memory.missingCount);
+        for (let p = 0, n = 0; n < list.length && p < pageCount; p++) if (memory.isMissing(p)) list[n++] = p;
+        return list;
+      },
       receivedDigest: () => combineDigest(memory.receivedPagesDigest(), stateAtResume),
     };
     return { guest, postcopy };

@@ -21,6 +21,8 @@ export interface VcpuHost {
   sealed(message: Extract<VcpuMessage, { kind: 'unit' }>): void;
   /** Post-copy: gets pages that have not arrived yet. */
   fetchPages(pages: Uint32Array): Promise<void>;
+  /** A unit received packets: the guest's output device replies (OutputDevice.afterUnit). */
+  output(message: Extract<VcpuMessage, { kind: 'output' }>): void;
   /** The vCPU thread failed: the guest no longer runs. */
   failed(error: Error): void;
 }
@@ -278,6 +280,9 @@ export class VcpuLink {
     switch (message.kind) {
       case 'unit':
         this.host.sealed(message);
+        break;
+      case 'output':
+        this.host.output(message);
         break;
       case 'fetch':
         // A failed fetch is not retried here: the guest waits, as a vCPU on this thread does, until suspended.

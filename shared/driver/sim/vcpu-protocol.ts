@@ -72,6 +72,8 @@ export interface VcpuInit {
 export type VcpuMessage =
   | { kind: 'unit'; recording: number; sequence: number; bytes: Uint8Array; guestNs: number; eventCount: number }
   | { kind: 'fetch'; request: number; pages: Uint32Array }
+  /** A unit received packets: the guest's output device replies to them (OutputDevice.afterUnit's arguments), before the unit itself comes. */
+  | { kind: 'output'; unit: number; rxBefore: number; rxAfter: number; stateHash: number }
   | { kind: 'stopped' }
   | { kind: 'failed'; message: string; stack: string | undefined };
 

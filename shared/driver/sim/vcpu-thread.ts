@@ -9,8 +9,20 @@ import { parentPort, receiveMessageOnPort } from 'node:worker_threads';
 import { CopyOnWrite } from './cow.js';
 import { MachineState, SimMachine } from './machine.js';
 import { GuestMemory } from './memory.js';
+import { OutputDevice } from './output.js';
 import { type UnitPlan, VcpuCore } from './vcpu-core.js';
 import { COMMAND, CONTROL, STATS, type VcpuCommand, type VcpuInit, type VcpuMessage, VCPU_STATE } from './vcpu-protocol.js';
+
+/** The guest's output device is the agent's (it gates what leaves the host): a unit's replies are made there. */
+class RelayedOutput extends OutputDevice {
+  constructor(private readonly relay: (message: VcpuMessage) => void) {
+    super();
+  }
+
+  override afterUnit(unit: number, rxBefore: number, rxAfter: number, stateHash: number): void {
+    if (rxAfter !== rxBefore) this.relay({ kind: 'output', unit, rxBefore, rxAfter, stateHash });
+  }
+}
 
 /** Longest single wait: every wait checks the command again at least this often. */
 const WAIT_SLICE_MS = 50;
@@ -30,7 +42,8 @@ class VcpuThread {
     this.control = new Int32Array(init.control);
     this.stats = new Float64Array(init.stats);
     this.state = new Uint8Array(init.state);
-    this.machine = new SimMachine(init.config.memoryBytes, init.config.rates, GuestMemory.fromShared(init.memory));
+    const output = new RelayedOutput((message) => this.post(message));
+    this.machine = new SimMachine(init.config.memoryBytes, init.config.rates, GuestMemory.fromShared(init.memory), output);
     this.machine.state = MachineState.deserialize(this.state.slice());
     this.core = new VcpuCore(this.machine, init.config, init.environmentSeed, init.instructionsPerMs);
   }

@@ -1,0 +1,70 @@
+// The protections' gauges (Prometheus), read at scrape time from what the agent holds: one series
+// per protected guest and role, so that an alert can name the guest whose standby lags.
+
+import { Gauge, type Registry } from 'prom-client';
+
+export interface ProtectionGaugeView {
+  guestId: string;
+  role: 'primary' | 'standby';
+  /** syncing, protected, degraded, switching-over, failed-over, stopped. */
+  state: string;
+  lagReceivedMs: number;
+  lagReplayedMs: number;
+  outputsHeld: number;
+  logBytesPerSec: number;
+}
+
+const PREFIX = 'vmmigrate_';
+
+export function registerProtectionGauges(registry: Registry, read: () => ProtectionGaugeView[]): void {
+  const registers = [registry];
+  const active = () => read().filter((p) => p.state !== 'stopped' && p.state !== 'failed-over');
+  new Gauge({
+    name: `${PREFIX}protections`,
+    help: 'Protections this agent holds, by role and state (ended ones included, as long as their job is kept).',
+    labelNames: ['role', 'state'],
+    registers,
+    collect() {
+      this.reset();
+      const counts = new Map<string, number>();
+      for (const p of read()) counts.set(`${p.role}\u0000${p.state}`, (counts.get(`${p.role}\u0000${p.state}`) ?? 0) + 1);
+      for (const [key, n] of counts) {
+        const [role, state] = key.split('\u0000');
+        this.set({ role, state }, n);
+      }
+    },
+  });
+  new Gauge({
+    name: `${PREFIX}protection_lag_seconds`,
+    help: 'Guest time the standby lags behind its primary: `received` (not yet at the standby; the recovery point) and `replayed` (not yet replayed there).',
+    labelNames: ['guest_id', 'role', 'kind'],
+    registers,
+    collect() {
+      this.reset();
+      for (const p of active()) {
+        if (p.role === 'primary') this.set({ guest_id: p.guestId, role: p.role, kind: 'received' }, p.lagReceivedMs / 1000);
+        this.set({ guest_id: p.guestId, role: p.role, kind: 'replayed' }, p.lagReplayedMs / 1000);
+      }
+    },
+  });
+  new Gauge({
+    name: `${PREFIX}protection_outputs_held`,
+    help: 'Outputs of a protected guest held until the standby has the units that produced them (sync mode).',
+    labelNames: ['guest_id'],
+    registers,
+    collect() {
+      this.reset();
+      for (const p of active()) if (p.role === 'primary') this.set({ guest_id: p.guestId }, p.outputsHeld);
+    },
+  });
+  new Gauge({
+    name: `${PREFIX}protection_log_bytes_per_second`,
+    help: 'The log a protected guest streams to its standby, bytes per second.',
+    labelNames: ['guest_id'],
+    registers,
+    collect() {
+      this.reset();
+      for (const p of active()) if (p.role === 'primary') this.set({ guest_id: p.guestId }, p.logBytesPerSec);
+    },
+  });
+}
