@@ -220,7 +220,7 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
     if (this.stats.phase !== 'stop-and-copy') this.setPhase('stop-and-copy');
     this.stats.status = 'stop-and-copy';
     this.suspendedAtMs = this.clock.now();
-    this.expectedAtSuspendMs = this.stats.expectedDowntimeMs;
+    this.expectedAtSuspendMs = this.refreshStats().expectedDowntimeMs;
     this.suspended = true;
     // A vCPU on its own thread finishes its unit first: the downtime starts when it stopped.
     this.suspendedAtMs += await this.disruption.suspend();

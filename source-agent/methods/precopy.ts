@@ -75,8 +75,12 @@ export class PrecopyMethod implements TransferMethod {
     return undefined;
   }
 
-  refreshStats(): void {
-    // remainingBytes is the last dirty set, set at the end of each round.
+  refreshStats(ctx: MethodContext): void {
+    // remainingBytes is the last dirty set, set at the end of each round: the stop-and-copy sends
+    // it (and what the guest dirties meanwhile) at the checkpoint's throughput. A forced stop of a
+    // guest that dirties faster than the link expects seconds, and its deadline follows.
+    const s = ctx.stats;
+    if (ctx.throughputBytesPerSec > 0) s.expectedDowntimeMs = (s.remainingBytes / ctx.throughputBytesPerSec) * 1000 + s.rttMs;
   }
 
   cleanUp(ctx: MethodContext): void {

@@ -150,8 +150,12 @@ export class FakeRecorder implements LogRecorder {
       if (!this.recording || this.finalSealed) return null;
       if (signal?.aborted) throw signal.reason as Error;
       await new Promise<void>((resolve) => {
-        this.waiter = resolve;
-        signal?.addEventListener('abort', () => resolve(), { once: true });
+        const onAbort = () => resolve();
+        signal?.addEventListener('abort', onAbort, { once: true });
+        this.waiter = () => {
+          signal?.removeEventListener('abort', onAbort);
+          resolve();
+        };
       });
       this.waiter = null;
     }
