@@ -91,7 +91,7 @@ export class ControlServiceV2 {
       if (job.state !== 'running' || here.has(job.guestId)) continue;
       const state = job.phase === 'reservation' || job.phase === 'checkpoint' ? 'restoring' : 'replica';
       const description = { id: job.guestId, driver: this.driver.name, memoryBytes: job.reservedMemoryBytes, vcpus: 0, unitMs: 0, state, machineConfig: new Uint8Array(0), summary: '' } as const;
-      guests.push(guestMessage(description, { role: 'migrating-in', jobId: job.jobId }));
+      guests.push(guestMessage(description, { role: job.standby !== undefined && !job.standby.switchoverAsked ? 'standby' : 'migrating-in', jobId: job.jobId }));
     }
     return pb2.ListGuestsResponse.create({ guests });
   }
@@ -317,9 +317,9 @@ export class ControlServiceV2 {
 
   private roleOf(guestId: string): GuestRoleOf {
     const out = this.control.activeJobOf(guestId);
-    if (out !== undefined) return { role: 'migrating-out', jobId: out.id };
+    if (out !== undefined) return { role: out.request.protection !== undefined && !out.switchingOver ? 'protected' : 'migrating-out', jobId: out.id };
     const incoming = this.incoming.activeFor(guestId);
-    if (incoming !== undefined) return { role: 'migrating-in', jobId: incoming.jobId };
+    if (incoming !== undefined) return { role: incoming.standby !== undefined && !incoming.standby.switchoverAsked ? 'standby' : 'migrating-in', jobId: incoming.jobId };
     return { role: 'none', jobId: '' };
   }
 }

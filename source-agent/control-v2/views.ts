@@ -156,7 +156,7 @@ export function incomingJobMessage(job: IncomingJob): Job {
 
 /** A guest's role: what job, if any, moves it in or out. */
 export interface GuestRoleOf {
-  role: 'none' | 'migrating-out' | 'migrating-in';
+  role: 'none' | 'migrating-out' | 'migrating-in' | 'protected' | 'standby';
   jobId: string;
 }
 
@@ -164,6 +164,8 @@ const ROLES = {
   none: pb2.GuestRole.GUEST_ROLE_NONE,
   'migrating-out': pb2.GuestRole.GUEST_ROLE_MIGRATING_OUT,
   'migrating-in': pb2.GuestRole.GUEST_ROLE_MIGRATING_IN,
+  protected: pb2.GuestRole.GUEST_ROLE_PROTECTED,
+  standby: pb2.GuestRole.GUEST_ROLE_STANDBY,
 } as const;
 
 export function guestMessage(d: GuestDescription, role: GuestRoleOf): InstanceType<typeof pb2.Guest> {
