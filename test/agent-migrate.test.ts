@@ -97,7 +97,8 @@ for (const profile of PROFILE_NAMES) {
     // The hybrid catch-up's decisions are round events too: by replay, or a delta.
     const stops = rounds.filter((r) => /^round \d+:/.test(r));
     const catchUps = rounds.filter((r) => !/^round \d+:/.test(r));
-    t.ok(stops.length > 0 && stops.length <= s.rounds, `round events (${stops.length}) for the ${s.rounds} stop requests`);
+    // A stop forced by the policy may come before the target asked for one (a loaded machine, mmuncher).
+    t.ok((stops.length > 0 || s.forced) && stops.length <= s.rounds, `round events (${stops.length}) for the ${s.rounds} stop requests${s.forced ? ', forced' : ''}`);
     if (!s.forced) t.match(stops.at(-1) ?? '', /^round \d+: the target has \d+ units to replay; stop granted$/, 'the last round granted the stop');
     t.ok(
       catchUps.every((r) => /^(catch-up by replay: |delta \d+ of \d+ pages as of unit \d+: delta: )/.test(r)),
