@@ -4,6 +4,7 @@
 
 import { Option, type Command } from 'commander';
 import { controlServiceV2, pb2 } from '../shared/transport/grpc.js';
+import { PROTECTION_STATE_NAMES } from '../source-agent/control-v2/protection.js';
 import { EXIT, stream } from './calls.js';
 import { messageJson } from './json-view.js';
 import type { Session } from './session.js';
@@ -20,14 +21,6 @@ export interface CommandKit {
   integer(flag: string, min: number, max: number): (text: string) => number;
 }
 
-const STATE_WORDS: Record<number, string> = {
-  [pb2.ProtectionState.PROTECTION_STATE_SYNCING]: 'syncing',
-  [pb2.ProtectionState.PROTECTION_STATE_PROTECTED]: 'protected',
-  [pb2.ProtectionState.PROTECTION_STATE_DEGRADED]: 'degraded',
-  [pb2.ProtectionState.PROTECTION_STATE_FAILED_OVER]: 'failed-over',
-  [pb2.ProtectionState.PROTECTION_STATE_STOPPED]: 'stopped',
-  [pb2.ProtectionState.PROTECTION_STATE_SWITCHING_OVER]: 'switching-over',
-};
 const ROLE_WORDS: Record<number, string> = { [pb2.ProtectionRole.PROTECTION_ROLE_PRIMARY]: 'primary', [pb2.ProtectionRole.PROTECTION_ROLE_STANDBY]: 'standby' };
 const MODE_WORDS: Record<number, string> = { [pb2.ProtectionMode.PROTECTION_MODE_SYNC]: 'sync', [pb2.ProtectionMode.PROTECTION_MODE_ASYNC]: 'async' };
 
@@ -35,7 +28,7 @@ function protectionLine(p: Protection): string {
   const lag = p.role === pb2.ProtectionRole.PROTECTION_ROLE_PRIMARY ? `lag ${Math.round(p.lagReceivedMs)} ms received, ${Math.round(p.lagReplayedMs)} ms replayed` : `${Number(p.lagUnitsReplayed)} units to replay`;
   const outputs = p.role === pb2.ProtectionRole.PROTECTION_ROLE_PRIMARY ? `, outputs ${Number(p.outputsHeld)} held / ${Number(p.outputsReleased)} released, log ${(p.logBytesPerSec / 1e6).toFixed(2)} MB/s` : '';
   const detail = p.detail ? ` (${p.detail})` : '';
-  return `${p.guestId}  ${ROLE_WORDS[p.role] ?? p.role} ${STATE_WORDS[p.state] ?? p.state}  ${MODE_WORDS[p.mode] ?? p.mode}, rpo ${p.rpoMsMax} ms  peer ${p.peer}  ${lag}${outputs}${detail}`;
+  return `${p.guestId}  ${ROLE_WORDS[p.role] ?? p.role} ${PROTECTION_STATE_NAMES[p.state] ?? p.state}  ${MODE_WORDS[p.mode] ?? p.mode}, rpo ${p.rpoMsMax} ms  peer ${p.peer}  ${lag}${outputs}${detail}`;
 }
 
 function show(session: Session, p: Protection): void {

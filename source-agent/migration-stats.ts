@@ -1,7 +1,6 @@
 // A migration's statistics refreshed from what its parts know: the recorder's counters, the
 // target's last progress report, the bytes on the wire and the clock.
 
-import { expectedDowntimeMs } from '../shared/convergence.js';
 import type { RecordingStats } from '../shared/driver/types.js';
 import type { MigrationStats } from '../shared/stats.js';
 import type { StreamByteCounter } from '../shared/transport/grpc.js';
@@ -15,7 +14,6 @@ export interface StatsSources {
   elapsedMs: number;
   /** Committed: the total time stays as it was at the commit. */
   committed: boolean;
-  throughputBytesPerSec: number;
 }
 
 export function refreshMigrationStats(s: MigrationStats, from: StatsSources): void {
@@ -43,12 +41,5 @@ export function refreshMigrationStats(s: MigrationStats, from: StatsSources): vo
   s.mbps = (s.transferredBytes * 8) / 1e6 / Math.max(0.001, from.elapsedMs / 1000);
   const guestSeconds = (s.unitsRecorded * s.unitMs) / 1000;
   s.logRateBytesPerSec = guestSeconds > 0 ? s.logBytes / guestSeconds : 0;
-  s.expectedDowntimeMs = expectedDowntimeMs({
-    unsentLogBytes: 0,
-    unitsToReplay: s.remainingUnits,
-    unitMs: s.unitMs,
-    replayRate: s.replayRate,
-    throughputBytesPerSec: from.throughputBytesPerSec,
-    rttMs: s.rttMs,
-  });
+  // expectedDowntimeMs is each method's own (its refreshStats): what its stop-and-copy sends differs.
 }

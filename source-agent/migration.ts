@@ -317,7 +317,7 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
 
   refreshStats(): MigrationStats {
     const recording = this.guestDiscarded ? undefined : this.guest.recorder?.recordingStats();
-    refreshMigrationStats(this.stats, { recording, channel: this.channel, wire: this.peer.wireBytes, elapsedMs: this.elapsedMs(), committed: this.commitment.committed, throughputBytesPerSec: this.ctx.throughputBytesPerSec });
+    refreshMigrationStats(this.stats, { recording, channel: this.channel, wire: this.peer.wireBytes, elapsedMs: this.elapsedMs(), committed: this.commitment.committed });
     this.disruption.refresh(this.stats, this.channel?.progress ?? null);
     this.commitment.refreshDoubt(this.stats);
     // The method's own figures (remainingBytes, CR/TR's unsent log in the expected downtime).

@@ -41,6 +41,8 @@ interface Kept {
   backoffMs: number;
   /** Ended for good (unprotected, switched over, failed over, fenced). */
   over: boolean;
+  /** An unprotect asked for it to end (its job is being cancelled). */
+  unprotected: boolean;
 }
 
 /** A standby whose primary has been silent this long is shown DEGRADED. */
@@ -73,7 +75,7 @@ export class ProtectionControl {
       await term?.release().catch(() => {});
       throw error;
     }
-    const kept: Kept = { req, protection, term, job, resyncs: 0, backoffMs: RESYNC_BACKOFF_MS, over: false };
+    const kept: Kept = { req, protection, term, job, resyncs: 0, backoffMs: RESYNC_BACKOFF_MS, over: false, unprotected: false };
     this.kept.set(req.guestId, kept);
     if (term !== null) this.holdTerm(kept, term);
     this.follow(kept);
@@ -88,12 +90,9 @@ export class ProtectionControl {
   private follow(kept: Kept): void {
     kept.job.once('end', () => {
       const s = kept.job.stats;
-      const byRequest = s.status === 'cancelled' || s.status === 'completed' || s.errorReason === 'FAILED_OVER';
+      const byRequest = kept.unprotected || s.status === 'cancelled' || s.status === 'completed' || s.errorReason === 'FAILED_OVER';
       const guestHere = this.control.activeJobOf(kept.req.guestId) === undefined && this.guestRuns(kept.req.guestId);
-      if (kept.over || byRequest || !guestHere) {
-        kept.over = true;
-        return;
-      }
+      if (kept.over || byRequest || !guestHere) return this.end(kept);
       this.log.warn({ guestId: kept.req.guestId, err: s.error, backoffMs: kept.backoffMs }, 'protection: the standby is lost; making it again by a new checkpoint');
       const timer = setTimeout(() => this.resync(kept), kept.backoffMs);
       timer.unref();
@@ -111,7 +110,7 @@ export class ProtectionControl {
       kept.job.once('phase', () => (kept.backoffMs = RESYNC_BACKOFF_MS));
     } catch (error) {
       this.log.error({ guestId: kept.req.guestId, err: String(error) }, 'protection: could not start it again; it ends');
-      kept.over = true;
+      this.end(kept);
     }
   }
 
@@ -131,17 +130,22 @@ export class ProtectionControl {
   private holdTerm(kept: Kept, term: PrimaryTerm): void {
     term.onFenced((event) => {
       this.log.error({ guestId: term.guestId, epoch: term.epoch, reason: event.reason }, `arbiter: ${event.message}; this copy stops`);
-      kept.over = true;
+      this.end(kept);
       kept.job.fence(`fenced by the arbiter (${event.reason}): ${event.message}`);
     });
-    // Retired once the protection ends for good (not between a lost standby and its resync).
-    const watch = () => {
-      if (!kept.job.isOver()) return void kept.job.once('end', () => setImmediate(watch));
-      if (!kept.over) return void setTimeout(watch, 100).unref();
-      if (kept.job.stats.errorReason === 'FAILED_OVER' || term.state !== 'held') return;
-      term.retire().catch((error: unknown) => this.log.warn({ guestId: term.guestId, err: String(error) }, 'arbiter: could not retire the protection records (the lease expires by its TTL)'));
-    };
-    watch();
+  }
+
+  /**
+   * The protection ends for good (once; never between a lost standby and its resync). Its term's
+   * records are retired once its job ended (the standby heard the Abort first), unless the term
+   * was fenced or the guest failed over: then the records belong to the new primary.
+   */
+  private end(kept: Kept): void {
+    if (kept.over) return;
+    kept.over = true;
+    const term = kept.term;
+    if (term === null || term.state !== 'held' || kept.job.stats.errorReason === 'FAILED_OVER') return;
+    term.retire().catch((error: unknown) => this.log.warn({ guestId: term.guestId, err: String(error) }, 'arbiter: could not retire the protection records (the lease expires by its TTL)'));
   }
 
   private start(req: Req<'ProtectRequest'>, protection: ProtectionRequest): SourceMigration {
@@ -166,7 +170,7 @@ export class ProtectionControl {
     const kept = this.kept.get(req.guestId);
     if (kept !== undefined && !kept.over && kept.job.isOver()) {
       // Between a lost standby and its resync: nothing runs to cancel; it just ends.
-      kept.over = true;
+      this.end(kept);
       return this.withResyncs(primaryView(kept.job));
     }
     const primary = this.control.activeJobOf(req.guestId);
@@ -176,7 +180,7 @@ export class ProtectionControl {
       return this.get(req.guestId);
     }
     const job = this.activePrimary(req.guestId);
-    if (kept !== undefined) kept.over = true;
+    if (kept !== undefined) kept.unprotected = true;
     job.cancel('unprotected by request');
     this.log.info({ guestId: req.guestId, jobId: job.id }, 'protection ended by request: the standby is dropped, the guest runs on');
     return primaryView(job);
@@ -198,15 +202,17 @@ export class ProtectionControl {
   /** The guest's protection here: an active one first (primary, then standby), else the latest ended one. */
   get(guestId: string): ProtectionMessage {
     checkGuestId(guestId, 'guest_id');
-    const all = this.list().filter((p) => p.guestId === guestId);
+    const all = this.list(guestId);
     const found = all.find((p) => !ended(p)) ?? all.at(-1);
     if (found === undefined) throw new NotFoundError(`no protection of guest '${echo(guestId)}' on this agent`, { reason: 'PROTECTION_NOT_FOUND', metadata: { guestId } });
     return found;
   }
 
-  list(): ProtectionMessage[] {
-    const primaries = this.control.listJobs().filter((j) => j.request.protection !== undefined).map((j) => this.withResyncs(primaryView(j), j));
-    const standbys = this.standbys.list().filter((j) => j.standby !== undefined).map(standbyView);
+  /** Every protection held here, or those of `guestId`. */
+  list(guestId?: string): ProtectionMessage[] {
+    const of = (id: string) => guestId === undefined || id === guestId;
+    const primaries = this.control.listJobs().filter((j) => j.request.protection !== undefined && of(j.request.guestId)).map((j) => this.withResyncs(primaryView(j), j));
+    const standbys = this.standbys.list().filter((j) => j.standby !== undefined && of(j.guestId)).map(standbyView);
     return [...primaries, ...standbys];
   }
 
@@ -377,7 +383,8 @@ export function outputsMessage(guest: SourceGuest, req: Req<'GetOutputsRequest'>
   });
 }
 
-const STATE_NAMES: Record<number, string> = {
+/** A protection state's word (metrics, the CLI). */
+export const PROTECTION_STATE_NAMES: Readonly<Record<number, string>> = {
   [pb2.ProtectionState.PROTECTION_STATE_SYNCING]: 'syncing',
   [pb2.ProtectionState.PROTECTION_STATE_PROTECTED]: 'protected',
   [pb2.ProtectionState.PROTECTION_STATE_DEGRADED]: 'degraded',
@@ -391,7 +398,7 @@ export function gaugeView(p: ProtectionMessage): ProtectionGaugeView {
   return {
     guestId: p.guestId,
     role: p.role === pb2.ProtectionRole.PROTECTION_ROLE_STANDBY ? 'standby' : 'primary',
-    state: STATE_NAMES[p.state] ?? 'unknown',
+    state: PROTECTION_STATE_NAMES[p.state] ?? 'unknown',
     lagReceivedMs: p.lagReceivedMs,
     lagReplayedMs: p.lagReplayedMs,
     outputsHeld: Number(p.outputsHeld),

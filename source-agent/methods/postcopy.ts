@@ -121,6 +121,8 @@ export class PostcopyMethod implements TransferMethod {
   refreshStats(ctx: MethodContext): void {
     // remainingBytes is the pages not pushed yet, set as they go.
     if (this.opened) ctx.stats.missingPages = ctx.channel.progress.missingPages;
+    // The switch sends the machine state only; the guest resumes there a round trip later.
+    ctx.stats.expectedDowntimeMs = ctx.stats.rttMs;
   }
 
   cleanUp(): void {}

@@ -112,9 +112,16 @@ export class OutputDevice implements GuestOutput {
 
   /** Released outputs with a sequence after `after` (-1: from the oldest kept), at most `max`. */
   releasedAfter(after: number, max: number): { packets: OutputPacket[]; firstKept: number } {
-    const packets: OutputPacket[] = [];
-    for (let i = this.ringStart; i < this.ring.length && packets.length < max; i++) if (this.ring[i].sequence > after) packets.push(this.ring[i]);
-    return { packets, firstKept: this.ring[this.ringStart]?.sequence ?? -1 };
+    // Released in the order produced, so sequences ascend along the ring: the first one after
+    // `after` is found by bisection (clients poll this often; the ring holds 65,536).
+    let lo = this.ringStart;
+    let hi = this.ring.length;
+    while (lo < hi) {
+      const mid = (lo + hi) >>> 1;
+      if (this.ring[mid].sequence > after) hi = mid;
+      else lo = mid + 1;
+    }
+    return { packets: this.ring.slice(lo, lo + max), firstKept: this.ring[this.ringStart]?.sequence ?? -1 };
   }
 
   /** Release delay percentiles over the last outputs released (ms). */
