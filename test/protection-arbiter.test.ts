@@ -10,11 +10,12 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import t, { type Test } from 'tap';
 import { type AgentProcess, startAgentProcess, stopAgentProcess } from '../cli/agent-process.js';
-import { controlServiceV2, grpc, makeClient, pb2, unary } from '../shared/transport/grpc.js';
+import { controlServiceV2, pb2, unary } from '../shared/transport/grpc.js';
 import { LinkEmulator } from '../shared/transport/link.js';
-import { type Agent, guestState, sleep, startGuest, startTestAgent } from './support/agents.js';
+import { guestState, sleep, startGuest, startTestAgent } from './support/agents.js';
 import { skipUnlessDebianPackage } from './support/debian.js';
 import { ETCD_EXECUTABLE, ETCD_PACKAGE, startEtcdFor } from './support/etcd.js';
+import { getProtection, untilProtection, v2Client } from './support/protection.js';
 
 const State = pb2.ProtectionState;
 
@@ -26,25 +27,9 @@ function configFile(t: Test, arbiter: Record<string, unknown>): string {
   return file;
 }
 
-function v2(t: Test, address: string): grpc.Client {
-  const client = makeClient(controlServiceV2, 'Control', address, grpc.credentials.createInsecure());
-  t.teardown(() => client.close());
-  return client;
-}
-
-async function stateOf(c: grpc.Client, guestId: string): Promise<InstanceType<typeof pb2.Protection>> {
-  return unary(c, controlServiceV2.getProtection, pb2.GetProtectionRequest.create({ guestId }), 10_000, 'get protection');
-}
-
-async function until(c: grpc.Client, guestId: string, ok: (p: InstanceType<typeof pb2.Protection>) => boolean, what: string, timeoutMs = 60_000) {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const p = await stateOf(c, guestId).catch(() => null);
-    if (p !== null && ok(p)) return p;
-    if (Date.now() > deadline) throw new Error(`${what}: not after ${timeoutMs} ms (${p === null ? 'no protection' : State[p.state]})`);
-    await sleep(50);
-  }
-}
+const v2 = v2Client;
+const stateOf = getProtection;
+const until = untilProtection;
 
 /**
  * Two in-process agents sharing the process's memory arbiter, the primary reaching the DR agent
@@ -125,4 +110,3 @@ t.test('etcd: the primary agent killed, its standby goes live on its own; no rel
   t.same(lost, [], 'every released output is reproduced');
 });
 
-export type { Agent };

@@ -3,31 +3,16 @@
 // primary streams, unless forced; the primary's copy is then stopped for good); a planned
 // switchover moves the guest to the standby as a CR/TR migration.
 import t, { type Test } from 'tap';
-import { controlServiceV2, grpc, makeClient, pb2, unary } from '../shared/transport/grpc.js';
+import { controlServiceV2, grpc, pb2, unary } from '../shared/transport/grpc.js';
 import { type Agent, guestState, sleep, startGuest, startTestAgent } from './support/agents.js';
+import { getProtection, type Protection, untilProtection, v2Client } from './support/protection.js';
 
-type Protection = InstanceType<typeof pb2.Protection>;
 const State = pb2.ProtectionState;
 const Role = pb2.ProtectionRole;
 
-function v2(t: Test, a: Agent): grpc.Client {
-  const client = makeClient(controlServiceV2, 'Control', a.address, grpc.credentials.createInsecure());
-  t.teardown(() => client.close());
-  return client;
-}
-
-const get = (c: grpc.Client, guestId: string): Promise<Protection> => unary(c, controlServiceV2.getProtection, pb2.GetProtectionRequest.create({ guestId }), 10_000, 'get protection');
-
-/** Polls GetProtection until `ok` holds. */
-async function until(c: grpc.Client, guestId: string, ok: (p: Protection) => boolean, what: string, timeoutMs = 60_000): Promise<Protection> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const p = await get(c, guestId);
-    if (ok(p)) return p;
-    if (Date.now() > deadline) throw new Error(`${what}: still ${State[p.state]} (${p.detail}) after ${timeoutMs} ms`);
-    await sleep(50);
-  }
-}
+const v2 = (t: Test, a: Agent): grpc.Client => v2Client(t, a.address);
+const get = getProtection;
+const until = untilProtection;
 
 async function protect(t: Test, mode = pb2.ProtectionMode.PROTECTION_MODE_SYNC) {
   const primary = await startTestAgent(t);
