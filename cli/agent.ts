@@ -56,7 +56,7 @@ function hostDriver(config: AgentConfig, log: Logger): SimDriver {
     vcpusTotal: config.host.vcpus,
     unitMsDefault: config.host.unitMs,
     // A bug in one guest's runner stops that guest, not the agent and every other guest.
-    guest: { vcpu: config.host.vcpu, onRunnerFailure: (guestId, error) => log.error({ guestId, err: error }, 'the guest runner failed: the guest is suspended') },
+    guest: { vcpu: config.host.vcpu, logQueueUnitsMax: config.host.logBufferUnits, onRunnerFailure: (guestId, error) => log.error({ guestId, err: error }, 'the guest runner failed: the guest is suspended') },
   });
 }
 

@@ -28,7 +28,10 @@ function protectionLine(p: Protection): string {
   const lag = p.role === pb2.ProtectionRole.PROTECTION_ROLE_PRIMARY ? `lag ${Math.round(p.lagReceivedMs)} ms received, ${Math.round(p.lagReplayedMs)} ms replayed` : `${Number(p.lagUnitsReplayed)} units to replay`;
   const outputs = p.role === pb2.ProtectionRole.PROTECTION_ROLE_PRIMARY ? `, outputs ${Number(p.outputsHeld)} held / ${Number(p.outputsReleased)} released, log ${(p.logBytesPerSec / 1e6).toFixed(2)} MB/s` : '';
   const detail = p.detail ? ` (${p.detail})` : '';
-  return `${p.guestId}  ${ROLE_WORDS[p.role] ?? p.role} ${PROTECTION_STATE_NAMES[p.state] ?? p.state}  ${MODE_WORDS[p.mode] ?? p.mode}, rpo ${p.rpoMsMax} ms  peer ${p.peer}  ${lag}${outputs}${detail}`;
+  const mib = (bytes: number | Long) => (Number(bytes) / 2 ** 20).toFixed(1);
+  const base = p.baseKind ? `, checkpoint ${mib(p.checkpointBytes)} MiB over the ${p.baseKind} image (${mib(p.checkpointBytesSaved)} MiB saved)` : '';
+  const resyncs = p.resyncs > 0 ? `, ${p.resyncs} resyncs` : '';
+  return `${p.guestId}  ${ROLE_WORDS[p.role] ?? p.role} ${PROTECTION_STATE_NAMES[p.state] ?? p.state}  ${MODE_WORDS[p.mode] ?? p.mode}, rpo ${p.rpoMsMax} ms  peer ${p.peer}  ${lag}${outputs}${resyncs}${base}${detail}`;
 }
 
 function show(session: Session, p: Protection): void {

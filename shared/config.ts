@@ -65,8 +65,14 @@ export const agentConfigSchema = z.strictObject({
       unitMs: int(UNIT_MS_MIN, UNIT_MS_MAX).default(UNIT_MS_DEFAULT),
       /** Where a sim guest's vCPU executes: a thread of its own, or the agent's event loop (inline). */
       vcpu: z.enum(['thread', 'inline']).default('thread'),
+      /**
+       * A guest's log buffer: sealed units kept for the standby or target that has not taken them
+       * (a protection resumes within it after a link loss; past it, the guest would stall, and a
+       * protection resyncs instead by the pages that differ). Also bounded at 64 MiB.
+       */
+      logBufferUnits: int(16, 1_000_000).default(10_000),
     })
-    .default({ memoryMib: 16384, vcpus: 16, unitMs: UNIT_MS_DEFAULT, vcpu: 'thread' }),
+    .default({ memoryMib: 16384, vcpus: 16, unitMs: UNIT_MS_DEFAULT, vcpu: 'thread', logBufferUnits: 10_000 }),
   migration: z
     .strictObject({
       downtimeLimitMs: int(1, 600_000).default(300),

@@ -12,7 +12,7 @@
 import { assert } from './assert.js';
 import { CorruptDataError, LimitExceededError } from './errors.js';
 import { xxh64 } from './hash.js';
-import { compressBlockInto, decompressBlock } from './lz4.js';
+import { compressBlock, compressBlockInto, decompressBlock } from './lz4.js';
 
 export const PROTOCOL_VERSION = 1;
 export const AGENT_VERSION = '0.1.0';
@@ -45,6 +45,13 @@ function hashBytes(raw: Uint8Array): Uint8Array {
   const out = new Uint8Array(8);
   new DataView(out.buffer).setBigUint64(0, xxh64(raw), false);
   return out;
+}
+
+/** A payload of `raw` for a message built as an object (not a packed one): lz4-compressed when that makes it smaller. */
+export function payloadOf(raw: Uint8Array): WirePayload {
+  if (raw.length > PAYLOAD_RAW_BYTES_MAX) throw new LimitExceededError(`payload of ${raw.length} bytes is over the limit of ${PAYLOAD_RAW_BYTES_MAX}`);
+  const compressed = compressBlock(raw);
+  return { rawBytes: raw.length, compressed: compressed !== null, data: compressed ?? raw, xxh64: hashBytes(raw) };
 }
 
 /**

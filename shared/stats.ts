@@ -34,6 +34,13 @@ export interface MigrationStats {
   /** Times the transfer was resumed on a new stream after its stream broke, and what was sent again then. */
   resumes: number;
   resentBytes: number;
+  /**
+   * CR/TR over a base image the target held (a resync, a fail back): its kind ('' for a full
+   * checkpoint), pages left out as the same as the base, and raw bytes saved against a full checkpoint.
+   */
+  baseKind: string;
+  basePagesSkipped: number;
+  checkpointBytesSaved: number;
   /** Downtime if stop-and-copy began now, from measured rates. */
   expectedDowntimeMs: number;
   /** Every byte of every message between the agents for this migration (gRPC framing included). */
@@ -131,6 +138,9 @@ export function emptyStats(method: MigrationMethod, memoryBytes: number): Migrat
     outcomeQueries: 0,
     resumes: 0,
     resentBytes: 0,
+    baseKind: '',
+    basePagesSkipped: 0,
+    checkpointBytesSaved: 0,
     expectedDowntimeMs: 0,
     transferredBytes: 0,
     remainingBytes: 0,

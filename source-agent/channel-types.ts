@@ -55,6 +55,8 @@ export interface TransferChannel {
   notify(): void;
   /** The error the channel failed with, if any. */
   readonly error: VmMigrateError | null;
+  /** The stream broke and the transfer is being resumed on a new one (absent: never resumes). */
+  readonly linkDown?: boolean;
   /**
    * Post-copy: the machine state is about to go, and the target resumes the guest on receiving
    * it, before any commit: its activation is expected from here on.

@@ -89,6 +89,10 @@ export class GrpcTransferChannel extends FailableWaits implements TransferChanne
     this.pinger = this.startPings();
   }
 
+  get linkDown(): boolean {
+    return this.reconnecting;
+  }
+
   /** Listens to `call`, from now on the transfer's stream. */
   private attach(call: Call): void {
     const generation = ++this.callGeneration;

@@ -106,6 +106,10 @@ export class FaultyChannel implements TransferChannel {
   get error(): VmMigrateError | null {
     return this.inner.error;
   }
+
+  get linkDown(): boolean {
+    return this.inner.linkDown === true;
+  }
   get onStopRequest(): ((request: StopRequest) => void) | null {
     return this.inner.onStopRequest;
   }

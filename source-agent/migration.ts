@@ -199,7 +199,7 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
     this.targetCapabilities = await retried(() => checkTarget(this.peer, this.method, description, this.options.agentInstanceId));
     this.setPhase('reservation');
     const reserveStartMs = this.clock.now();
-    ({ reservationId: this.reservationId, windows: this.windows } = await retried(() => reserveOnTarget(this.peer, this.id, description, this.request)));
+    ({ reservationId: this.reservationId, windows: this.windows } = await retried(() => reserveOnTarget(this.peer, this.id, description, this.request, this.guest.recorder !== undefined)));
     this.stats.reservationMs = this.clock.now() - reserveStartMs;
     this.stats.setupTimeMs = this.elapsedMs();
     this.stats.status = 'active';
@@ -274,8 +274,11 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
     if (this.channel !== null) {
       const broken = this.channel.error !== null;
       this.channel.abort(e.message, cancelled);
+      // A protection's standby cut off from us is kept: it is what a failover resumes, and what
+      // the protection's resync sends only the pages that differ to (target-agent/base-image.ts).
+      if (broken && this.request.protection !== undefined && !cancelled) this.log.warn('protection: the standby is unreachable and kept as it is');
       // The Abort cannot go on a broken stream: the target hears it by a call of its own.
-      if (broken) await this.peer.release('', e.message, this.id).catch((releaseError: unknown) => this.log.warn({ err: String(releaseError) }, 'could not tell the target to drop its replica (it does on its own, at most its resume window later)'));
+      else if (broken) await this.peer.release('', e.message, this.id).catch((releaseError: unknown) => this.log.warn({ err: String(releaseError) }, 'could not tell the target to drop its replica (it does on its own, at most its resume window later)'));
     } else if (this.reservationId !== '' || this.stats.phase === 'reservation') {
       // A Reserve whose answer was lost may have reserved all the same: released by the migration's id.
       await this.peer.release(this.reservationId, e.message, this.id).catch((releaseError: unknown) => this.log.warn({ err: String(releaseError) }, 'could not release the reservation (it expires on its own)'));
@@ -296,7 +299,16 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
     // Outputs the standby may not have: never released (the standby answers for the guest now).
     this.guest.output?.dropHeld();
     this.method.cleanUp(this.ctx);
-    if (this.guest.describe().state === 'running') void this.guest.suspend();
+    // Retired: it never resumes, and stays only as a base image a fail back sends the differences to.
+    const retire = () => {
+      try {
+        this.guest.retire?.();
+      } catch (error) {
+        this.log.warn({ err: String(error) }, 'could not retire the stopped copy');
+      }
+    };
+    if (this.guest.describe().state === 'running') void this.guest.suspend().then(retire, () => {});
+    else retire();
     this.decisions.handedOver();
     this.stats.status = 'failed';
     this.log.error({ err: this.stats.error }, 'protection: the guest was failed over to its standby; this copy is stopped and does not run again');

@@ -3,8 +3,9 @@
 // handshake, which brings back the target's windows.
 
 import type { GuestDescription } from '../shared/driver/types.js';
-import { echo, InvalidArgumentError, InvalidStateError, ReservationRefusedError, UnimplementedError } from '../shared/errors.js';
-import { AGENT_VERSION, PROTOCOL_VERSION } from '../shared/protocol.js';
+import { PAGE_BYTES } from '../shared/driver/types.js';
+import { bounded, CorruptDataError, echo, InvalidArgumentError, InvalidStateError, ReservationRefusedError, UnimplementedError } from '../shared/errors.js';
+import { AGENT_VERSION, PROTOCOL_VERSION, unpackPayload } from '../shared/protocol.js';
 import { pb } from '../shared/transport/grpc.js';
 import { checkCapabilities } from './methods/capabilities.js';
 import type { MigrationRequest, TargetWindows, TransferMethod } from './methods/method.js';
@@ -34,7 +35,7 @@ export async function checkTarget(peer: TargetPeer, method: TransferMethod, desc
 }
 
 /** Phase 2: the reservation for job `jobId`; returns its id and the windows the target grants. */
-export async function reserveOnTarget(peer: TargetPeer, jobId: string, description: GuestDescription, request: MigrationRequest): Promise<{ reservationId: string; windows: TargetWindows }> {
+export async function reserveOnTarget(peer: TargetPeer, jobId: string, description: GuestDescription, request: MigrationRequest, canSendOverBase = false): Promise<{ reservationId: string; windows: TargetWindows }> {
   const reservation = await peer.reserve(
     pb.ReserveRequest.create({
       protocolVersion: PROTOCOL_VERSION,
@@ -45,6 +46,8 @@ export async function reserveOnTarget(peer: TargetPeer, jobId: string, descripti
       // A protection has no maximum duration: it streams until it ends.
       maxDurationMs: request.protection === undefined ? request.maxDurationMs : 0,
       protection: request.protection === undefined ? undefined : { mode: request.protection.mode === 'sync' ? pb.Protection.Mode.SYNC : pb.Protection.Mode.ASYNC, rpoMsMax: request.protection.rpoMsMax },
+      // CR/TR's checkpoint can go over an image of the guest the target holds (a resync, a fail back).
+      acceptBase: request.method === 'crtr' && canSendOverBase,
     }),
   );
   if (request.protection !== undefined && reservation.protection !== true) {
@@ -63,6 +66,19 @@ export async function reserveOnTarget(peer: TargetPeer, jobId: string, descripti
     unitBytes: Math.max(1, reservation.unitWindowBytes),
     earlyCommit: reservation.earlyCommit,
     resumeWindowMs: reservation.resumeWindowMs ?? 0,
+    base: canSendOverBase ? baseOf(reservation.base, description, peer.address) : null,
   };
   return { reservationId: reservation.reservationId, windows };
+}
+
+/** The target's base image, checked against the guest (a malformed one: CorruptDataError, nothing reserved is kept). */
+function baseOf(base: { kind?: string | null; pageCount?: number | null; pageHashes?: Parameters<typeof unpackPayload>[0] } | null | undefined, description: GuestDescription, address: string): TargetWindows['base'] {
+  if (base === null || base === undefined) return null;
+  const pageCount = description.memoryBytes / PAGE_BYTES;
+  const raw = unpackPayload(base.pageHashes, `the base image's page hashes from ${echo(address)}`);
+  if (base.pageCount !== pageCount || raw.length !== pageCount * 8) {
+    throw new CorruptDataError(`target ${echo(address)} offers a base image of ${base.pageCount} pages (${raw.length} bytes of hashes), the guest has ${pageCount}`);
+  }
+  // Copied: the hashes must be 8-byte aligned, and little-endian as on the wire.
+  return { kind: bounded(base.kind ?? '', 32), pageHashes: new BigUint64Array(raw.slice().buffer) };
 }

@@ -33,6 +33,8 @@ export class AutoFailover {
   constructor(
     private readonly arbiter: Arbiter,
     private readonly log: Logger,
+    /** Stops the guest failed over here for good (fenced: another agent went live for it). */
+    private readonly stopFenced: (guestId: string) => Promise<void> = async () => {},
   ) {}
 
   /** Starts watching `standby`'s primary (once per job). */
@@ -94,7 +96,10 @@ export class AutoFailover {
       const result = resume();
       this.terms.get(guestId)?.release().catch(() => {});
       this.terms.set(guestId, term);
-      term.onFenced((event) => this.log.error({ guestId, reason: event.reason, message: event.message }, 'the guest failed over here was fenced by the arbiter: another agent went live for it'));
+      term.onFenced((event) => {
+        this.log.error({ guestId, reason: event.reason, message: event.message }, 'the guest failed over here was fenced by the arbiter (another agent went live for it, or the lease can no longer be known alive): this copy stops');
+        this.stopFenced(guestId).catch((error: unknown) => this.log.error({ guestId, err: String(error) }, 'could not stop the fenced copy'));
+      });
       return result;
     } catch (error) {
       void term.release().catch(() => {});

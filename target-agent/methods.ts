@@ -3,7 +3,8 @@
 // it accepts, and the receivers it runs on one transfer. The session routes each stream message
 // to its method's receiver and knows nothing else of the method.
 
-import { type DriverCapability, type PostcopyTarget, replicaCapabilities, type TargetReplica } from '../shared/driver/types.js';
+import { replicaCapabilities } from '../shared/driver/capabilities.js';
+import type { DriverCapability, PostcopyTarget, TargetReplica } from '../shared/driver/types.js';
 import { assert } from '../shared/assert.js';
 import { echo, InvalidStateError, invalidField, UnimplementedError } from '../shared/errors.js';
 import type { MigrationMethod } from '../shared/stats.js';

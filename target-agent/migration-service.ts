@@ -5,7 +5,8 @@
 import { randomUUID } from 'node:crypto';
 import type { Logger } from 'pino';
 import { type Clock, systemClock, type Timer } from '../shared/clock.js';
-import type { GuestDescription, HypervisorDriver } from '../shared/driver/types.js';
+import type { GuestDescription, HypervisorDriver, TargetReplica } from '../shared/driver/types.js';
+import { baseImageMessage, baseSourceFor } from './base-image.js';
 import { echo, InvalidStateError, invalidField, LimitExceededError, NotFoundError, UnavailableError } from '../shared/errors.js';
 import { checkGuestId, checkJobId } from '../shared/ids.js';
 import type { AgentMetrics } from '../shared/metrics.js';
@@ -67,7 +68,7 @@ export class MigrationService implements SessionHost {
     /** With an arbiter, standbys fail over on their own when their primary's lease is gone. */
     arbiter: Arbiter | null = null,
   ) {
-    this.auto = arbiter === null ? null : new AutoFailover(arbiter, log);
+    this.auto = arbiter === null ? null : new AutoFailover(arbiter, log, (guestId) => this.stopFenced(guestId));
     this.incoming = new IncomingJobs(clock);
     this.probes = new ProbeReceiver(clock);
     this.decisions = new TargetDecisions(journal, options.agentInstanceId ?? '', clock, log);
@@ -131,7 +132,7 @@ export class MigrationService implements SessionHost {
     const again = this.reservations.byMigration(request.migrationId).find((r) => !r.opened && r.replica.id === g.id);
     if (again !== undefined) {
       this.log.info({ jobId: request.migrationId, reservationId: again.id }, 'reservation asked again: answered with the one made');
-      return this.reserveResponse(again.id, again.protection !== undefined);
+      return this.reserveResponse(again.id, again.protection !== undefined, again.replica);
     }
     this.decisions.checkUndecided(request.migrationId);
     const downtimeLimitMs = request.downtimeLimitMs;
@@ -149,7 +150,8 @@ export class MigrationService implements SessionHost {
       summary: g.summary ?? '',
     };
     this.checkPeerQuota(peer, description.memoryBytes);
-    const replica = this.driver.reserve(description);
+    const base = request.acceptBase === true ? baseSourceFor(g.id, peer, request.protection != null, this.sessions.entries(), this.driver) : undefined;
+    const replica = this.driver.reserve(description, base);
     const id = randomUUID();
     const reservation = this.reservations.reserve(id, {
       migrationId: request.migrationId,
@@ -177,13 +179,15 @@ export class MigrationService implements SessionHost {
     const ready = await this.memoryReady(reservation);
     const memoryReadyMs = Math.round(this.clock.now() - startMs);
     if (this.reservations.get(id) === undefined) throw new UnavailableError(`the reservation for guest '${g.id}' was released while its memory was being made ready`);
-    this.log.info({ jobId: request.migrationId, guestId: g.id, reservationId: id, memoryBytes: g.memoryBytes, memoryReady: ready, memoryReadyMs }, 'reserved room for an incoming guest');
-    return this.reserveResponse(id, reservation.protection !== undefined);
+    const baseKind = replica.base?.kind ?? '';
+    this.log.info({ jobId: request.migrationId, guestId: g.id, reservationId: id, memoryBytes: g.memoryBytes, memoryReady: ready, memoryReadyMs, baseKind }, 'reserved room for an incoming guest');
+    return this.reserveResponse(id, reservation.protection !== undefined, replica);
   }
 
-  private reserveResponse(reservationId: string, protection: boolean): InstanceType<typeof pb.ReserveResponse> {
+  private reserveResponse(reservationId: string, protection: boolean, replica: TargetReplica): InstanceType<typeof pb.ReserveResponse> {
     const { chunkWindow, unitWindow, unitWindowBytes, resumeWindowMs } = this.options;
-    return pb.ReserveResponse.create({ protocolVersion: PROTOCOL_VERSION, agentVersion: AGENT_VERSION, reservationId, chunkWindow, unitWindow, unitWindowBytes, earlyCommit: true, resumeWindowMs, protection });
+    const base = baseImageMessage(replica);
+    return pb.ReserveResponse.create({ protocolVersion: PROTOCOL_VERSION, agentVersion: AGENT_VERSION, reservationId, chunkWindow, unitWindow, unitWindowBytes, earlyCommit: true, resumeWindowMs, protection, base });
   }
 
   /**
@@ -244,9 +248,9 @@ export class MigrationService implements SessionHost {
     }
   }
 
-  /** Releases a reservation and discards its replica (unless it was activated). */
-  release(id: string, reason: string): void {
-    this.reservations.release(id, reason);
+  /** Releases a reservation and discards its replica (unless it was activated, or `keepReplica`: handed over as a base). */
+  release(id: string, reason: string, keepReplica = false): void {
+    this.reservations.release(id, reason, keepReplica);
   }
 
   /** The transfer of `reservationId` whose stream broke and waits for the source to resume it. */
@@ -274,6 +278,14 @@ export class MigrationService implements SessionHost {
   /** Forgets a reservation whose replica was activated (the guest now belongs to the driver). */
   forget(id: string): void {
     this.reservations.forget(id);
+  }
+
+  /** Stops a guest failed over here that was fenced: suspended and retired, it never runs again (a fail back may take it as a base). */
+  private async stopFenced(guestId: string): Promise<void> {
+    if (!this.driver.listGuests().some((g) => g.id === guestId)) return;
+    const guest = this.driver.guest(guestId);
+    if (guest.describe().state === 'running') await guest.suspend();
+    guest.retire?.();
   }
 
   /** Discards a guest that runs on this host (a post-copy whose commit failed). */

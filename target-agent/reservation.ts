@@ -114,15 +114,18 @@ export class ReservationRegistry {
     return r;
   }
 
-  /** Releases a reservation and discards its replica (unless it was activated). */
-  release(id: string, reason: string): void {
+  /**
+   * Releases a reservation and discards its replica (unless it was activated); with `keepReplica`
+   * the replica is left whole, for a new reservation that adopts it as its base (base-image.ts).
+   */
+  release(id: string, reason: string, keepReplica = false): void {
     const r = this.entries.get(id);
     if (r === undefined) return;
     r.timer.cancel();
     this.entries.delete(id);
-    r.replica.discard();
+    if (!keepReplica) r.replica.discard();
     this.metrics?.incomingEnded(r.method ?? 'unknown', 'discarded');
-    this.log.info({ jobId: r.migrationId, guestId: r.replica.id, reservationId: id, reason }, 'released reservation');
+    this.log.info({ jobId: r.migrationId, guestId: r.replica.id, reservationId: id, reason, keepReplica }, 'released reservation');
     this.onReleased(r, reason);
   }
 

@@ -19,8 +19,8 @@ export interface SessionHost {
   readonly metrics?: Pick<AgentMetrics, 'incomingEnded' | 'unitsReplayed'>;
   /** Takes reservation `reservationId` for this transfer (NotFoundError, InvalidStateError). */
   open(reservationId: string, method: MigrationMethod): Reservation;
-  /** Releases the reservation and discards its replica. */
-  release(reservationId: string, reason: string): void;
+  /** Releases the reservation and discards its replica (unless `keepReplica`: handed over as a base image). */
+  release(reservationId: string, reason: string, keepReplica?: boolean): void;
   /** Drops the reservation of a replica that became a guest here. */
   forget(reservationId: string): void;
   /** Discards a guest running here (a post-copy whose commit failed). */

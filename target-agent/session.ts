@@ -8,12 +8,13 @@
 // Anything that goes wrong before the commit discards the replica and its reservation: the guest
 // then only exists on the source, which resumes it.
 
+import type { TargetReplica } from '../shared/driver/types.js';
 import type { Logger } from 'pino';
 import { type Clock, systemClock } from '../shared/clock.js';
 import { SWITCHOVER_DEADLINE_SHARE } from '../shared/convergence.js';
 import { AbortedError, bounded, CorruptDataError, InvalidStateError, MESSAGE_CHARS_MAX, VmMigrateError } from '../shared/errors.js';
 import { damagedInTransit, Detached } from './detached.js';
-import { type FailoverResult, Standby, type StandbyPort } from './standby.js';
+import { type FailoverResult, PRIMARY_SILENCE_MS, Standby, type StandbyPort } from './standby.js';
 import { pb, statusOf, toServiceError } from '../shared/transport/grpc.js';
 import { detailsOf } from '../shared/transport/status.js';
 import { Feedback, type ProgressCounters, type ProgressReport } from './feedback.js';
@@ -57,6 +58,8 @@ export class TargetSession {
   /** Set by fail(): the stream ends with this error's status (after the in-band TargetError). */
   private failure: unknown = null;
   private finished = false;
+  /** Set by supersede(): the replica outlives the session, as a new reservation's base. */
+  private keepReplica = false;
   private resolveDone!: () => void;
   readonly done = new Promise<void>((resolve) => (this.resolveDone = resolve));
 
@@ -124,6 +127,20 @@ export class TargetSession {
   /** The source gave the migration up (Release by its id): a transfer not yet committed ends, its replica dropped. */
   giveUp(reason: string): void {
     if (this.phase === 'restoring' || this.phase === 'replaying' || this.phase === 'open') this.end(`given up by the source: ${reason}`);
+  }
+
+  /**
+   * A standby whose primary abandoned it (its stream broke, or the primary has been silent past
+   * PRIMARY_SILENCE_MS) ends, its replica handed over to the primary's new reservation as a base
+   * image (base-image.ts); null, and nothing changes, when this transfer is not such a standby.
+   */
+  supersede(reason: string): TargetReplica | null {
+    const r = this.reservation;
+    const abandoned = this.detached.waiting || this.idle.silentMs() >= PRIMARY_SILENCE_MS;
+    if (this.standby === null || this.standby.switchoverAsked || r === null || (this.phase !== 'restoring' && this.phase !== 'replaying') || !abandoned) return null;
+    this.keepReplica = true;
+    this.end(reason);
+    return r.replica;
   }
 
   /** Ends the session from outside (agent shutdown): before the commit, the replica is dropped. */
@@ -438,8 +455,8 @@ export class TargetSession {
     this.reasonEnded = reason;
     const before = this.phase;
     if (before !== 'committed' && before !== 'activated' && before !== 'postcopy' && this.reservation !== null) {
-      this.host.release(this.reservation.id, reason);
-      this.log.warn({ reason, phase: before }, 'incoming migration ended before commit: replica discarded');
+      this.host.release(this.reservation.id, reason, this.keepReplica);
+      this.log.warn({ reason, phase: before }, this.keepReplica ? 'standby superseded: its replica is the base of a new one' : 'incoming migration ended before commit: replica discarded');
     }
     this.setPhase('ended');
     this.finish();

@@ -4,15 +4,10 @@
 // refused and change nothing.
 import t, { type Test } from 'tap';
 import type { CheckpointChunk } from '../shared/driver/types.js';
+import { collectChunks as collect, drainUnits as drain } from './support/sim-log.js';
 import { SimDriver, type SimReplica, type SimSourceGuest } from '../shared/driver/sim/index.js';
 
 const MiB = 2 ** 20;
-
-async function collect(iterable: AsyncIterable<CheckpointChunk>): Promise<CheckpointChunk[]> {
-  const out: CheckpointChunk[] = [];
-  for await (const c of iterable) out.push({ ...c, bytes: c.bytes.slice() });
-  return out;
-}
 
 async function setUp(t: Test, profile = 'compile') {
   const source = new SimDriver({ guest: { pacing: 'manual' } });
@@ -26,16 +21,6 @@ async function setUp(t: Test, profile = 'compile') {
   const start = guest.startRecording();
   const replica = target.reserve(guest.describe()) as SimReplica;
   return { guest, replica, start };
-}
-
-async function drain(guest: SimSourceGuest): Promise<Uint8Array[]> {
-  const units: Uint8Array[] = [];
-  while (guest.recordingStats().unitsQueued > 0) {
-    const u = await guest.nextSealedUnit();
-    if (u === null) break;
-    units.push(u.bytes);
-  }
-  return units;
 }
 
 t.test('a delta brings a partly replayed replica to the new instant; the log goes on from it', async (t) => {

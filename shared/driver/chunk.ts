@@ -9,4 +9,8 @@ export interface CheckpointChunk {
   readonly bytes: Uint8Array;
   /** Guest memory bytes this chunk accounts for (sent or elided as zero), for progress. */
   readonly memoryBytesCovered: number;
+  /** A checkpoint over a base image: pages of this chunk left out as the same as the base's. */
+  readonly pagesSkipped?: number;
+  /** Of those, the bytes a checkpoint without the base would have carried (pages not zero). */
+  readonly bytesSaved?: number;
 }

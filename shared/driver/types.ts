@@ -16,6 +16,8 @@ import type { DeltaRestoreTarget, DeltaSource } from './delta-types.js';
 
 export type { CheckpointChunk } from './chunk.js';
 export type { DeltaRestoreTarget, DeltaSource, DeltaStart } from './delta-types.js';
+export type { BaseSource, ReplicaBase } from './base-types.js';
+import type { BaseSource, ReplicaBase } from './base-types.js';
 
 /** Bytes per guest page, for every driver. */
 export const PAGE_BYTES = 4096;
@@ -100,6 +102,8 @@ export interface RecordingStats {
   readonly stallMs: number;
   /** Units dropped unsent from the queue because a delta checkpoint superseded them (see DeltaSource). */
   readonly unitsDropped?: number;
+  /** The queue is at its bound: the guest stalls until a unit is taken (absent: the driver does not say). */
+  readonly queueFull?: boolean;
 }
 
 /** Page-level access, used by the pre-copy and post-copy baselines (not by CR/TR). */
@@ -152,9 +156,10 @@ export interface LogRecorder {
    * consumer's pace is the backpressure. With `reuseBuffer`, every chunk's `bytes` are lent only
    * until the consumer asks for the next chunk (the driver writes each chunk into one buffer): for
    * a consumer that copies or compresses each chunk at once, which spares an allocation of fresh
-   * memory per chunk.
+   * memory per chunk. With `base` (xxh64 of each page of an image the target holds), only the
+   * pages that differ from it go (base-types.ts).
    */
-  liveCheckpoint(options?: { chunkPages?: number; reuseBuffer?: boolean }): AsyncIterable<CheckpointChunk>;
+  liveCheckpoint(options?: { chunkPages?: number; reuseBuffer?: boolean; base?: BigUint64Array }): AsyncIterable<CheckpointChunk>;
   /**
    * The next sealed unit, waiting for it if none is queued; `null` once the final unit (sealed by
    * `suspend`) has been taken, or when the recording was stopped.
@@ -185,6 +190,8 @@ export interface SourceGuest {
   setThrottle(factor: number): void;
   /** Destroys the guest and frees its memory. */
   discard(): void;
+  /** Stops a suspended guest for good (failed over elsewhere): it never resumes; kept only as a base image. */
+  retire?(): void;
   /** xxh64 digest over all pages plus vCPU/device state, as 16 hex digits. */
   digest(): string;
   /** The vCPU's counters against its schedule; absent when the driver does not pace its guest itself. */
@@ -321,25 +328,8 @@ export interface TargetReplica {
   readonly postcopy?: PostcopyResumeTarget;
   /** Capability `delta-checkpoint`. */
   readonly deltaRestore?: DeltaRestoreTarget;
-}
-
-/** The capabilities `guest` has, by name (see DriverCapability). */
-export function sourceCapabilities(guest: SourceGuest): DriverCapability[] {
-  const out: DriverCapability[] = [];
-  if (guest.recorder !== undefined) out.push('log-recording');
-  if (guest.pages !== undefined) out.push('page-access');
-  if (guest.deltas !== undefined) out.push('delta-checkpoint');
-  return out;
-}
-
-/** The capabilities `replica` has, by name (see DriverCapability). */
-export function replicaCapabilities(replica: TargetReplica): DriverCapability[] {
-  const out: DriverCapability[] = [];
-  if (replica.replay !== undefined) out.push('checkpoint-replay');
-  if (replica.pageRestore !== undefined) out.push('page-restore');
-  if (replica.postcopy !== undefined) out.push('postcopy-resume');
-  if (replica.deltaRestore !== undefined) out.push('delta-checkpoint');
-  return out;
+  /** The base image this replica starts from (null: fresh memory). */
+  readonly base?: ReplicaBase | null;
 }
 
 /** The receiving end of a post-copy migration, while its guest already runs here. */
@@ -374,9 +364,10 @@ export interface HypervisorDriver {
   /**
    * Reserves room for a guest described by `description` and returns an empty replica ready to
    * receive checkpoint chunks. Throws ReservationRefusedError, with the reason, when the host
-   * lacks room or cannot run such a guest.
+   * lacks room or cannot run such a guest. With `base`, the replica adopts that image of the guest
+   * as its memory when the driver can (else starts fresh and the image is discarded).
    */
-  reserve(description: GuestDescription): TargetReplica;
+  reserve(description: GuestDescription, base?: BaseSource): TargetReplica;
   /**
    * Optional: boots a new guest from `spec` (the `sim` driver does; a driver whose guests are
    * made by their own tools, such as xl or QEMU, leaves it out and StartGuest is refused).

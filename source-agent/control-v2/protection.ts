@@ -208,12 +208,12 @@ export class ProtectionControl {
     return found;
   }
 
-  /** Every protection held here, or those of `guestId`. */
+  /** Every protection held here, or those of `guestId`, oldest first (a guest failed over and back has one of each role). */
   list(guestId?: string): ProtectionMessage[] {
     const of = (id: string) => guestId === undefined || id === guestId;
-    const primaries = this.control.listJobs().filter((j) => j.request.protection !== undefined && of(j.request.guestId)).map((j) => this.withResyncs(primaryView(j), j));
-    const standbys = this.standbys.list().filter((j) => j.standby !== undefined && of(j.guestId)).map(standbyView);
-    return [...primaries, ...standbys];
+    const primaries = this.control.listJobs().filter((j) => j.request.protection !== undefined && of(j.request.guestId)).map((j) => ({ at: j.startedAtMs, view: this.withResyncs(primaryView(j), j) }));
+    const standbys = this.standbys.list().filter((j) => j.standby !== undefined && of(j.guestId)).map((j) => ({ at: j.startedAtMs, view: standbyView(j) }));
+    return [...primaries, ...standbys].sort((x, y) => x.at - y.at).map((x) => x.view);
   }
 
   /** The view with its protection's resyncs; a job ended for a resync shows as syncing again. */
@@ -292,6 +292,9 @@ export function primaryView(job: SourceMigration): ProtectionMessage {
     ageMs: s.totalTimeMs,
     throttle: s.throttle,
     detail,
+    baseKind: s.baseKind,
+    checkpointBytes: s.checkpointBytes,
+    checkpointBytesSaved: s.checkpointBytesSaved,
   });
 }
 

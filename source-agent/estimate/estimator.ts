@@ -5,7 +5,8 @@
 // being migrated is not estimated. Bounded: one estimate per guest, ESTIMATES_MAX at once.
 
 import { type Clock, systemClock } from '../../shared/clock.js';
-import { sourceCapabilities, type HypervisorDriver, type SourceGuest } from '../../shared/driver/types.js';
+import { sourceCapabilities } from '../../shared/driver/capabilities.js';
+import type { HypervisorDriver, SourceGuest } from '../../shared/driver/types.js';
 import { echo, InvalidArgumentError, InvalidStateError, invalidField, LimitExceededError } from '../../shared/errors.js';
 import { checkGuestId } from '../../shared/ids.js';
 import { PROBE_BYTES_MAX } from '../../shared/protocol.js';

@@ -1,7 +1,8 @@
 // A method's capabilities, checked: the guest's at StartMigration, the target's at pre-migration.
 // A driver without one is refused by name, never met with a crash part-way.
 
-import { type DriverCapability, type LogRecorder, type PageAccess, type SourceGuest, sourceCapabilities } from '../../shared/driver/types.js';
+import { sourceCapabilities } from '../../shared/driver/capabilities.js';
+import type { DriverCapability, LogRecorder, PageAccess, SourceGuest } from '../../shared/driver/types.js';
 import { UnimplementedError } from '../../shared/errors.js';
 import type { TransferMethod } from './method.js';
 

@@ -72,7 +72,9 @@ export class CrtrMethod implements TransferMethod {
     this.unitPump = logStream.run(recorder, ctx.signal, () => ctx.stats.phase === 'stop-and-copy' || ctx.stats.phase === 'commitment');
     this.unitPump.catch(() => {}); // Observed in finish; failures also surface through the waits.
     const checkpointStartMs = ctx.clock.now();
-    await checkpointStream.run(recorder);
+    await checkpointStream.run(recorder, ctx.windows.base);
+    // The base's hashes are of no more use: a guest's size in memory, not kept.
+    ctx.windows.base = null;
     ctx.throughputBytesPerSec = checkpointThroughputBytesPerSec(ctx.stats, ctx.clock.now() - checkpointStartMs, rate);
     this.checkpointDone = true;
 

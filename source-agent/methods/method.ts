@@ -54,6 +54,12 @@ export interface TargetWindows {
   earlyCommit?: boolean;
   /** How long the target keeps a transfer whose stream broke, for a resume (0: never). */
   resumeWindowMs?: number;
+  /**
+   * CR/TR: the image of the guest the target adopted as the replica's memory (migration.proto
+   * BaseImage), its pages' xxh64: the checkpoint sends only the pages that differ. Dropped once
+   * the checkpoint went.
+   */
+  base?: { kind: string; pageHashes: BigUint64Array } | null;
 }
 
 /** Timings a method's loops use. */

@@ -11,6 +11,7 @@ import type { LogRecorder } from '../../shared/driver/types.js';
 import type { PackedMessage } from '../../shared/protocol.js';
 import type { MigrationStats } from '../../shared/stats.js';
 import type { TransferChannel } from '../channel.js';
+import type { TargetWindows } from '../methods/method.js';
 import { countCheckpoint } from './counters.js';
 
 /**
@@ -47,8 +48,11 @@ export class CheckpointStream {
     private readonly rateBytesPerSec: number,
   ) {}
 
-  /** Streams every chunk of `recorder`'s live checkpoint; resolves once the target restored it. */
-  async run(recorder: LogRecorder): Promise<void> {
+  /**
+   * Streams every chunk of `recorder`'s live checkpoint; resolves once the target restored it.
+   * Over `base` (the target's image of the guest), only the pages that differ go.
+   */
+  async run(recorder: LogRecorder, base: TargetWindows['base'] = null): Promise<void> {
     // Where the checkpoint's time goes (logged at debug level): making chunks, waiting for the
     // target's window, waiting for a chunk's packing to end, handing them to the stream, waiting
     // for the restore.
@@ -70,8 +74,11 @@ export class CheckpointStream {
     };
     const windowOpen = () => this.chunksSent - this.channel.progress.chunksApplied < this.chunkWindow;
     // The chunk's buffer is reused for the next one: packAsync copies it before it returns.
-    for await (const chunk of recorder.liveCheckpoint({ reuseBuffer: true, chunkPages: CHUNK_PAGES })) {
+    if (base) this.stats.baseKind = base.kind;
+    for await (const chunk of recorder.liveCheckpoint({ reuseBuffer: true, chunkPages: CHUNK_PAGES, base: base?.pageHashes })) {
       lap('chunk');
+      this.stats.basePagesSkipped += chunk.pagesSkipped ?? 0;
+      this.stats.checkpointBytesSaved += chunk.bytesSaved ?? 0;
       // Chunks packed meanwhile go out now; and a full window waits for the target, which can only
       // apply what was written: then everything packed goes out first.
       while (packing.length > 0 && (packing[0].settled || !windowOpen())) await writeOldest();

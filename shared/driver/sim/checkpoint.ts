@@ -6,7 +6,7 @@
 // Chunk encoding, little-endian:
 //   0   4  magic 'CRTC'
 //   4   1  version (1)
-//   5   1  kind: 0 memory pages, 1 machine state (the final chunk)
+//   5   1  kind: 0 memory pages, 1 machine state (the final chunk), 3 memory pages over a base
 //   6   2  memory chunk: its bitmap's check (bitmapCheck; 0 from sources that predate it); else 0
 //   8   4  chunk index
 //   memory chunk:                          state chunk:
@@ -16,7 +16,9 @@
 //   24  .. presence bitmap, 1 bit a page   24  .. machine state
 //      .. the present pages, in order
 //   end-8  8  xxh64 of every byte before it
-// Zero pages are elided: a checkpoint of mostly free memory is small before compression. The
+// Zero pages are elided: a checkpoint of mostly free memory is small before compression. Over a
+// base image the target holds (kind 3, same layout), a page left out of the bitmap is instead the
+// same as the base's (by xxh64), and a page sent may be zero: the target's memory is not fresh. The
 // bitmap's check, apart from the trailer's, catches a bitmap changed and the chunk resealed (its
 // pages would land on other pages, found only by the digests at the commit); both fit where
 // targets that predate the check look at nothing, so either side may predate it.
@@ -25,7 +27,7 @@ import { AbortedError, CorruptDataError, InvalidStateError, UnitOrderError } fro
 import { xxh64 } from '../../hash.js';
 import type { CheckpointChunk } from '../types.js';
 import { PAGE_BYTES } from '../types.js';
-import { CopyOnWrite } from './memory.js';
+import { CopyOnWrite, ZERO_PAGE, ZERO_PAGE_HASH } from './memory.js';
 import { MachineState, type SimMachine } from './machine.js';
 
 export const CHUNK_MAGIC = 0x43545243; // 'CRTC' little-endian
@@ -36,6 +38,9 @@ export const CHUNK_PAGES_DEFAULT = 256; // 1 MiB of guest memory per chunk
 export const CHUNK_PAGES_MAX = 4096; // 16 MiB
 /** Default bound of the copy-on-write pool (pages preserved, not yet sent). */
 export const COW_BYTES_MAX_DEFAULT = 64 * 1024 * 1024;
+const KIND_PAGES = 0;
+const KIND_STATE = 1;
+const KIND_BASED_PAGES = 3;
 
 /** A memory chunk's check of its presence bitmap: 1 to 65535 (0 stands for none). */
 export function bitmapCheck(bitmap: Uint8Array): number {
@@ -122,9 +127,10 @@ export function endCheckpoint(machine: SimMachine, instant: Pick<CheckpointInsta
  * The chunks of a begun checkpoint, made one at a time as the consumer pulls them. The
  * checkpoint ends (its pool released) when the stream ends or the consumer stops early. With
  * `reuseBuffer`, every chunk is written into one buffer of the largest chunk's size: a chunk's
- * bytes are valid until the next one is pulled.
+ * bytes are valid until the next one is pulled. With `base` (xxh64 of each page of an image the
+ * target holds), memory chunks are of kind 3: only the pages that differ from the base go.
  */
-export async function* checkpointChunks(machine: SimMachine, instant: CheckpointInstant, chunkPages: number, reuseBuffer = false): AsyncGenerator<CheckpointChunk> {
+export async function* checkpointChunks(machine: SimMachine, instant: CheckpointInstant, chunkPages: number, reuseBuffer = false, base: BigUint64Array | null = null): AsyncGenerator<CheckpointChunk> {
   const memory = machine.memory;
   const { cow, state } = instant;
   const chunkBytesMax = CHUNK_HEADER_BYTES + Math.ceil(chunkPages / 8) + chunkPages * PAGE_BYTES + CHUNK_TRAILER_BYTES;
@@ -140,8 +146,21 @@ export async function* checkpointChunks(machine: SimMachine, instant: Checkpoint
       const bitmapBytes = Math.ceil(count / 8);
       scratch.fill(0, 0, CHUNK_HEADER_BYTES + bitmapBytes);
       let at = CHUNK_HEADER_BYTES + bitmapBytes;
+      let skipped = 0;
+      let saved = 0;
       for (let i = 0; i < count; i++) {
-        if (!cow.copyOut(first + i, memory, scratch, at, true)) continue;
+        const page = first + i;
+        const nonZero = cow.copyOut(page, memory, scratch, at, true);
+        if (base !== null) {
+          // Over a base: a page goes only if it differs from the base's, a zero page too.
+          const same = nonZero ? xxh64(scratch.subarray(at, at + PAGE_BYTES)) === base[page] : base[page] === ZERO_PAGE_HASH;
+          if (same) {
+            skipped++;
+            if (nonZero) saved += PAGE_BYTES;
+            continue;
+          }
+          if (!nonZero) scratch.fill(0, at, at + PAGE_BYTES);
+        } else if (!nonZero) continue;
         scratch[CHUNK_HEADER_BYTES + (i >>> 3)] |= 1 << (i & 7);
         at += PAGE_BYTES;
       }
@@ -152,13 +171,13 @@ export async function* checkpointChunks(machine: SimMachine, instant: Checkpoint
       const view = new DataView(out.buffer, out.byteOffset, out.byteLength);
       view.setUint32(0, CHUNK_MAGIC, true);
       view.setUint8(4, CHUNK_VERSION);
-      view.setUint8(5, 0);
+      view.setUint8(5, base === null ? KIND_PAGES : KIND_BASED_PAGES);
       view.setUint16(6, bitmapCheck(out.subarray(CHUNK_HEADER_BYTES, CHUNK_HEADER_BYTES + bitmapBytes)), true);
       view.setUint32(8, index, true);
       view.setUint32(12, first, true);
       view.setUint32(16, count, true);
       view.setUint32(20, present, true);
-      yield { index: index++, final: false, bytes: sealChunk(out), memoryBytesCovered: count * PAGE_BYTES };
+      yield { index: index++, final: false, bytes: sealChunk(out), memoryBytesCovered: count * PAGE_BYTES, pagesSkipped: skipped, bytesSaved: saved };
     }
     yield { index, final: true, bytes: stateChunk(index, memory.pageCount, state), memoryBytesCovered: 0 };
   } finally {
@@ -169,7 +188,9 @@ export async function* checkpointChunks(machine: SimMachine, instant: Checkpoint
 /**
  * Restores a checkpoint into a fresh machine, chunk by chunk, in order. Each chunk is validated
  * completely before any page of it is written, so a rejected chunk changes nothing and the same
- * (or a repaired) chunk can be offered again.
+ * (or a repaired) chunk can be offered again. Over a base image (`based`: the machine's memory
+ * holds it), chunks of kind 3 leave the base's pages where they are not sent, and a full chunk
+ * (kind 0) writes its elided zero pages, as the memory is not fresh.
  */
 export class CheckpointRestorer {
   private nextIndex = 0;
@@ -180,7 +201,10 @@ export class CheckpointRestorer {
   }
   done = false;
 
-  constructor(private readonly machine: SimMachine) {}
+  constructor(
+    private readonly machine: SimMachine,
+    private readonly based = false,
+  ) {}
 
   apply(chunk: CheckpointChunk): void {
     const bytes = chunk.bytes;
@@ -188,7 +212,7 @@ export class CheckpointRestorer {
     const index = chunk.index;
     const kind = view.getUint8(5);
     const memory = this.machine.memory;
-    if (kind === 1) {
+    if (kind === KIND_STATE) {
       if (!chunk.final) throw new CorruptDataError(`checkpoint chunk ${index} holds the machine state but is not marked final`);
       const pageCount = view.getUint32(12, true);
       const stateBytes = view.getUint32(16, true);
@@ -205,7 +229,8 @@ export class CheckpointRestorer {
       this.nextIndex++;
       return;
     }
-    if (kind !== 0 || chunk.final) throw new CorruptDataError(`checkpoint chunk ${index} has kind ${kind}${chunk.final ? ' and is marked final' : ''}, expected memory pages`);
+    const kindOk = kind === KIND_PAGES || (kind === KIND_BASED_PAGES && this.based);
+    if (!kindOk || chunk.final) throw new CorruptDataError(`checkpoint chunk ${index} has kind ${kind}${chunk.final ? ' and is marked final' : ''}, expected memory pages${this.based ? '' : ' (this replica holds no base image)'}`);
     const first = view.getUint32(12, true);
     const count = view.getUint32(16, true);
     const present = view.getUint32(20, true);
@@ -225,12 +250,14 @@ export class CheckpointRestorer {
     if (counted !== present || bitmapEnd + present * PAGE_BYTES !== end) {
       throw new CorruptDataError(`checkpoint chunk ${index}: ${present} pages announced, ${counted} in its bitmap, ${end - bitmapEnd} bytes of page data`);
     }
-    // Valid: now write, a run of present pages at a time. The replica's memory is fresh, so elided
-    // zero pages need no write.
+    // Valid: now write, a run of present pages at a time. In fresh memory elided zero pages need
+    // no write; over a base they do (kind 0), or are the base's own (kind 3).
     const isPresent = (i: number) => (bytes[CHUNK_HEADER_BYTES + (i >>> 3)] & (1 << (i & 7))) !== 0;
+    const zeroElided = this.based && kind === KIND_PAGES;
     let at = bitmapEnd;
     for (let i = 0; i < count; ) {
       if (!isPresent(i)) {
+        if (zeroElided && memory.pageBytesOrNull(first + i) !== null) memory.writePage(first + i, ZERO_PAGE);
         i++;
         continue;
       }

@@ -5,14 +5,14 @@
 import { randomUUID } from 'node:crypto';
 import { AlreadyExistsError, echo, invalidField, NotFoundError, ReservationRefusedError } from '../../errors.js';
 import { Random } from '../../random.js';
-import { DRIVER_CAPABILITIES, type GuestDescription, type GuestSpec, type HostCapacity, type HypervisorDriver } from '../types.js';
+import { type BaseSource, DRIVER_CAPABILITIES, type GuestDescription, PAGE_BYTES, type GuestSpec, type HostCapacity, type HypervisorDriver } from '../types.js';
 import { checkMemoryBytes, checkUnitMs, decodeMachineConfig, type SimMachineConfig, UNIT_MS_DEFAULT } from './config.js';
 import { type ContentMix, DEFAULT_CONTENT_MIX, fillMemory } from './content.js';
 import { SIM_GUEST_DEFAULTS, type SimGuestOptions, SimSourceGuest } from './guest.js';
 import { SimMachine } from './machine.js';
 import { isProfileName, PROFILE_NAMES, PROFILES, type ProfileName, resolveRates, type WorkloadRates } from './profiles.js';
 import { SegmentPool } from './memory.js';
-import { type ReplicaMemoryMode, SimReplica } from './replica.js';
+import { type ReplicaMemoryMode, type SimBase, SimReplica } from './replica.js';
 import { VcpuThreads } from './vcpu-link.js';
 import type { Worker } from 'node:worker_threads';
 
@@ -130,7 +130,7 @@ export class SimDriver implements HypervisorDriver {
     return guest;
   }
 
-  reserve(description: GuestDescription): SimReplica {
+  reserve(description: GuestDescription, baseSource?: BaseSource): SimReplica {
     if (description.driver !== this.name) {
       throw new ReservationRefusedError(`guest '${echo(description.id)}' runs on driver '${echo(description.driver)}'; this host runs '${this.name}'`, {
         reason: 'CAPACITY_REFUSED',
@@ -142,7 +142,14 @@ export class SimDriver implements HypervisorDriver {
       throw invalidField('guest.memory_bytes', `guest '${echo(description.id)}': description says ${description.memoryBytes} bytes, its machine configuration ${config.memoryBytes}`);
     }
     if (!GUEST_ID.test(description.id)) throw invalidField('guest.id', `guest id '${echo(description.id)}': expected 1-64 letters, digits, '.', '_' or '-'`);
-    this.checkRoom(description.id, config.memoryBytes);
+    // The base leaves the host's books first: its room is the new replica's.
+    const base = baseSource === undefined ? undefined : this.takeBase(description.id, config, baseSource);
+    try {
+      this.checkRoom(description.id, config.memoryBytes);
+    } catch (error) {
+      base?.machine.memory.free();
+      throw error;
+    }
     // The incoming guest's vCPU thread is taken now, so that it runs as soon as it is activated.
     let thread = this.vcpuThreads.take();
     const replica = new SimReplica(description.id, config, {
@@ -158,9 +165,29 @@ export class SimDriver implements HypervisorDriver {
         guest.start();
         return guest;
       },
-    }, { mode: this.options.replicaMemory, pool: this.pool });
+    }, { mode: this.options.replicaMemory, pool: this.pool, base });
     this.replicas.set(description.id, replica);
     return replica;
+  }
+
+  /**
+   * The machine of a base image of guest `id` for a new replica of `config`, taken off this host's
+   * books: a standby's replica (given), or the guest's own retired copy (found here). An image of
+   * another size, or none, gives undefined (a standby's replica is then discarded: its transfer ended).
+   */
+  private takeBase(id: string, config: SimMachineConfig, source: BaseSource): SimBase | undefined {
+    if (source.kind === 'standby') {
+      const replica = source.replica;
+      if (!(replica instanceof SimReplica) || replica.id !== id || this.replicas.get(id) !== replica) return undefined;
+      this.replicas.delete(id);
+      const machine = replica.relinquish();
+      if (machine.memory.pageCount * PAGE_BYTES === config.memoryBytes) return { kind: 'standby', machine };
+      machine.memory.free();
+      return undefined;
+    }
+    const guest = this.guests.get(id);
+    if (guest === undefined || !guest.retired || guest.config.memoryBytes !== config.memoryBytes) return undefined;
+    return { kind: 'stopped', machine: guest.relinquish() };
   }
 
   /** Discards every guest and replica (agent shutdown, tests). */

@@ -189,7 +189,7 @@ export class SimSourceGuest implements SourceGuest, LogRecorder, DeltaSource {
   startRecording(): RecordingStart {
     return this.rec.startRecording();
   }
-  liveCheckpoint(options?: { chunkPages?: number; reuseBuffer?: boolean }): AsyncIterable<CheckpointChunk> {
+  liveCheckpoint(options?: { chunkPages?: number; reuseBuffer?: boolean; base?: BigUint64Array }): AsyncIterable<CheckpointChunk> {
     return this.rec.liveCheckpoint(options);
   }
   pagesDirtiedSinceInstant(): number {
@@ -238,6 +238,7 @@ export class SimSourceGuest implements SourceGuest, LogRecorder, DeltaSource {
 
   resume(): void {
     this.checkAlive();
+    if (this.retired) throw new InvalidStateError(`guest ${this.id} was failed over elsewhere: this copy never runs again`, { reason: 'FAILED_OVER', metadata: { guestId: this.id } });
     if (this.runState !== 'suspended') throw new InvalidStateError(`guest ${this.id} is ${this.runState}, not suspended`);
     // A migration that is aborted resumes the source: its recording ends with it.
     this.stopRecording();
@@ -255,6 +256,29 @@ export class SimSourceGuest implements SourceGuest, LogRecorder, DeltaSource {
     if (!(factor > 0 && factor <= 1)) throw new InvalidArgumentError(`throttle factor ${factor} is out of range (0, 1]`);
     this.core.throttle = factor;
     this.vcpu?.setThrottle(factor);
+  }
+
+  /** Set by retire(): a copy stopped for good, kept only as a base image for a fail back. */
+  retired = false;
+
+  retire(): void {
+    this.checkAlive();
+    if (this.runState !== 'suspended') throw new InvalidStateError(`guest ${this.id} is ${this.runState}: only a suspended guest is retired`);
+    this.stopRecording();
+    this.retired = true;
+  }
+
+  /**
+   * Hands a retired guest's machine over to a replica that adopts it as its base image: the guest
+   * leaves the host (its vCPU thread ends) and its memory is not freed.
+   */
+  relinquish(): SimMachine {
+    if (!this.retired || this.runState !== 'suspended') throw new InvalidStateError(`guest ${this.id} is not a retired copy`);
+    this.runState = 'discarded';
+    this.vcpu?.exit();
+    void this.vcpuThread?.terminate();
+    this.onDiscard(this);
+    return this.machine;
   }
 
   discard(): void {

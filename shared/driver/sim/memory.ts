@@ -284,6 +284,16 @@ export class GuestMemory {
     return xxh64(new Uint8Array(this.pageHashes.buffer, this.pageHashes.byteOffset, this.pageHashes.byteLength));
   }
 
+  /**
+   * xxh64 of every page, in page order (a copy of the table the digest keeps, pages written since
+   * the last digest hashed again first): what a source compares its pages with to send only those
+   * that differ from this memory's (a base image).
+   */
+  pageHashTable(): BigUint64Array {
+    this.pagesDigest();
+    return this.pageHashes.slice();
+  }
+
   /** Post-copy: marks every page missing (the memory is fresh: nothing was written yet). */
   markAllMissing(): void {
     this.missing = new Uint32Array(new SharedArrayBuffer(4 * this.dirty.length)).fill(0xffffffff);

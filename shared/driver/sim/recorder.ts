@@ -53,14 +53,17 @@ export class SimRecorder implements LogRecorder, DeltaSource {
     return { firstSequence: st.unitSequence, position: st.position };
   }
 
-  liveCheckpoint(options: { chunkPages?: number; reuseBuffer?: boolean } = {}): AsyncIterable<CheckpointChunk> {
+  liveCheckpoint(options: { chunkPages?: number; reuseBuffer?: boolean; base?: BigUint64Array } = {}): AsyncIterable<CheckpointChunk> {
     const rec = this.recording;
     const id = this.host.id;
     if (rec === null || rec.checkpoint === null) throw new InvalidStateError(`guest ${id}: a live checkpoint is taken at the start of a recording; start one first`);
     if (rec.checkpointTaken) throw new InvalidStateError(`guest ${id}: the checkpoint of this recording was already taken`);
     const chunkPages = checkChunkPages(options.chunkPages);
+    const base = options.base ?? null;
+    const pageCount = this.host.machine.memory.pageCount;
+    if (base !== null && base.length !== pageCount) throw new InvalidArgumentError(`guest ${id}: a base image of ${base.length} pages, the guest has ${pageCount}`);
     rec.checkpointTaken = true;
-    return checkpointChunks(this.host.machine, rec.checkpoint, chunkPages, options.reuseBuffer ?? false);
+    return checkpointChunks(this.host.machine, rec.checkpoint, chunkPages, options.reuseBuffer ?? false, base);
   }
 
   pagesDirtiedSinceInstant(): number {

@@ -106,7 +106,7 @@ export class Recording {
   }
 
   stats(stallMs: number): RecordingStats {
-    return { unitsRecorded: this.unitsRecorded, logBytes: this.logBytes, unitsQueued: this.queue.length, bytesQueued: this.queueBytes, stallMs, unitsDropped: this.unitsDropped };
+    return { unitsRecorded: this.unitsRecorded, logBytes: this.logBytes, unitsQueued: this.queue.length, bytesQueued: this.queueBytes, stallMs, unitsDropped: this.unitsDropped, queueFull: this.full };
   }
 
   /** Ends the recording: queued units are dropped, every waiter wakes. */

@@ -9,7 +9,7 @@
 
 import { setImmediate as nextTurn } from 'node:timers/promises';
 import { CorruptDataError, InvalidStateError, ReplayDivergenceError, ReservationRefusedError, UnitOrderError } from '../../errors.js';
-import type { CheckpointChunk, CheckpointReplayTarget, DeltaRestoreTarget, GuestDescription, GuestState, PageRestoreTarget, PostcopyResumeTarget, PostcopyTarget, SourceGuest, TargetReplica } from '../types.js';
+import type { BaseSource, CheckpointChunk, CheckpointReplayTarget, ReplicaBase, DeltaRestoreTarget, GuestDescription, GuestState, PageRestoreTarget, PostcopyResumeTarget, PostcopyTarget, SourceGuest, TargetReplica } from '../types.js';
 import { CheckpointRestorer } from './checkpoint.js';
 import { encodeMachineConfig, type SimMachineConfig, summarizeConfig } from './config.js';
 import { DeltaRestorer } from './delta.js';
@@ -18,6 +18,12 @@ import { MachineState, SimMachine } from './machine.js';
 import { type GuestMemory, type SegmentPool, ZERO_PAGE } from './memory.js';
 import { decodePages, pageAccessOf } from './page-codec.js';
 import { checkUnitBounds, decodeUnit, EventType, peekUnitHeader, type SyncEvent } from './unit-codec.js';
+
+/** A base image a replica adopts: the machine whose memory holds it (base-types.ts). */
+export interface SimBase {
+  kind: BaseSource['kind'];
+  machine: SimMachine;
+}
 
 type ReplicaState = Extract<GuestState, 'restoring' | 'replica' | 'discarded'> | 'diverged' | 'activated';
 
@@ -50,6 +56,8 @@ export class SimReplica implements TargetReplica, CheckpointReplayTarget, PageRe
   private restoredByPages = false;
   readonly pages: PageRestoreTarget['pages'];
   readonly memoryReady: Promise<void>;
+  /** The image this replica's memory starts from, if it adopted one (base-types.ts). */
+  readonly base: ReplicaBase | null = null;
   /** The delta being applied, or the last one applied. */
   private delta: DeltaRestorer | null = null;
 
@@ -102,14 +110,20 @@ export class SimReplica implements TargetReplica, CheckpointReplayTarget, PageRe
       /** Turns the replica into a guest running on this host (activate); post-copy passes its page fetcher. */
       activate: (replica: SimReplica, fetch?: (pages: Uint32Array) => Promise<void>) => SourceGuest;
     },
-    memory: { mode: ReplicaMemoryMode; pool: SegmentPool | null } = { mode: 'lazy', pool: null },
+    memory: { mode: ReplicaMemoryMode; pool: SegmentPool | null; base?: SimBase } = { mode: 'lazy', pool: null },
   ) {
-    this.machine = new SimMachine(config.memoryBytes, config.rates);
+    const base = memory.base;
+    // Over a base image its memory is the replica's, there already: only its state is replaced.
+    this.machine = new SimMachine(config.memoryBytes, config.rates, base?.machine.memory);
     this.machine.memory.pool = memory.pool;
-    this.memoryReady = memory.mode === 'ready' ? prepareMemory(this.machine.memory, () => this.replicaState === 'discarded') : Promise.resolve();
+    this.memoryReady = memory.mode === 'ready' && base === undefined ? prepareMemory(this.machine.memory, () => this.replicaState === 'discarded') : Promise.resolve();
     // Whoever reserved may never wait for it (a test, a reservation released at once).
     this.memoryReady.catch(() => {});
-    this.restorer = new CheckpointRestorer(this.machine);
+    this.restorer = new CheckpointRestorer(this.machine, base !== undefined);
+    if (base !== undefined) {
+      const machine = this.machine;
+      this.base = { kind: base.kind, unitSequence: base.machine.state.unitSequence, pageHashes: () => machine.memory.pageHashTable() };
+    }
     const guestMemory = this.machine.memory;
     const pages = pageAccessOf(guestMemory);
     this.pages = {
@@ -185,6 +199,8 @@ export class SimReplica implements TargetReplica, CheckpointReplayTarget, PageRe
 
   activatePostcopy(stateBytes: Uint8Array, fetch: (pages: Uint32Array) => Promise<void>): { guest: SourceGuest; postcopy: PostcopyTarget } {
     this.require('restoring');
+    // Post-copy takes every page as missing, which holds only for fresh memory.
+    if (this.base !== null) throw new InvalidStateError(`replica ${this.id} starts from a base image; post-copy needs fresh memory`, { reason: 'NOT_SUPPORTED' });
     if (this.restorer.chunksApplied > 0) throw new InvalidStateError(`replica ${this.id} is being restored from a checkpoint, not by post-copy`);
     if (stateBytes.length !== MachineState.BYTES) throw new CorruptDataError(`machine state of ${stateBytes.length} bytes, expected ${MachineState.BYTES}`);
     const memory = this.machine.memory;
@@ -287,6 +303,14 @@ export class SimReplica implements TargetReplica, CheckpointReplayTarget, PageRe
     this.require('replica');
     this.replicaState = 'activated';
     return this.hooks.activate(this);
+  }
+
+  /** Hands the machine over to a new replica that adopts its memory as a base image; this replica ends, its memory kept. */
+  relinquish(): SimMachine {
+    if (this.replicaState === 'discarded' || this.replicaState === 'activated') throw new InvalidStateError(`replica ${this.id} is ${this.replicaState}: its memory is no longer its own`);
+    this.replicaState = 'discarded';
+    this.hooks.release(this);
+    return this.machine;
   }
 
   discard(): void {
