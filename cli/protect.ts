@@ -4,7 +4,7 @@
 
 import { Option, type Command } from 'commander';
 import { controlServiceV2, pb2 } from '../shared/transport/grpc.js';
-import { PROTECTION_STATE_NAMES } from '../source-agent/control-v2/protection.js';
+import { PROTECTION_STATE_NAMES } from '../source-agent/control-v2/protection-reads.js';
 import { EXIT, stream } from './calls.js';
 import { messageJson } from './json-view.js';
 import type { Session } from './session.js';

@@ -19,7 +19,8 @@ import { watchIncomingJob, watchSourceJob } from './watch.js';
 import { failStream, unaryHandlers } from '../../shared/transport/handlers.js';
 import { parseEstimateRequest } from '../estimate/estimator.js';
 import { estimateMessage } from './estimate-view.js';
-import { gaugeView, outputsMessage, ProtectionControl, type StandbySide, watchProtection } from './protection.js';
+import { ProtectionControl, type StandbySide } from './protection.js';
+import { gaugeView, outputsMessage, watchProtection } from './protection-reads.js';
 import type { ProtectionGaugeView } from '../../shared/protection-metrics.js';
 import type { Arbiter } from '../../shared/arbiter/index.js';
 
