@@ -4,11 +4,14 @@
 //   standby the DR agent kept, sending only the pages that differ;
 // - a fail back: after a failover the old primary keeps its copy stopped for good; protecting the
 //   guest back there sends only the pages that differ from that copy, and a planned switchover
-//   moves the guest home (its commit compares the state digests of both ends).
+//   moves the guest home (its commit compares the state digests of both ends);
+// - a DR agent restarted (killed -9): its standby died with it (the sim driver's replicas live in
+//   the agent), so the protection resyncs by a full checkpoint once it is back; the guest runs on.
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import t, { type Test } from 'tap';
+import { startAgentProcess, stopAgentProcess } from '../cli/agent-process.js';
 import { controlServiceV2, pb2, unary } from '../shared/transport/grpc.js';
 import { LinkEmulator } from '../shared/transport/link.js';
 import { guestState, sleep, startGuest, startTestAgent } from './support/agents.js';
@@ -90,4 +93,26 @@ t.test('fail back: protecting the guest back to its old primary sends only the p
   await untilProtection(pb, 'vm-f', (x) => x.state === State.PROTECTION_STATE_STOPPED, 'switched over', 30_000);
   t.equal(await guestState(a, 'vm-f'), 'running', 'the guest runs at home again');
   t.equal(await guestState(b, 'vm-f'), 'absent');
+});
+
+t.test('a DR agent killed and restarted: the protection resyncs by a full checkpoint, the guest runs on throughout', async (t) => {
+  const primary = await startTestAgent(t);
+  const p = v2Client(t, primary.address);
+  let dr = await startAgentProcess('target', ['--log-level', 'error']);
+  t.teardown(() => stopAgentProcess(dr, 2_000));
+  const address = dr.address;
+  await startGuest(primary, 'vm-d', 'web');
+  await unary(p, controlServiceV2.protect, pb2.ProtectRequest.create({ guestId: 'vm-d', drAddress: address, mode: SYNC }), 10_000, 'protect');
+  await untilProtection(p, 'vm-d', (x) => x.state === State.PROTECTION_STATE_PROTECTED, 'protected');
+  dr.child.kill('SIGKILL');
+  await new Promise((resolve) => dr.child.once('exit', resolve));
+  await sleep(1_000);
+  t.equal(await guestState(primary, 'vm-d'), 'running', 'the guest runs on while the DR agent is down');
+  dr = await startAgentProcess('target', ['--log-level', 'error', '--listen', address]);
+  const again = await untilProtection(p, 'vm-d', (x) => x.state === State.PROTECTION_STATE_PROTECTED && x.resyncs >= 1, 'protected again', 30_000);
+  t.equal(again.baseKind, '', 'nothing survived at the DR agent: a full checkpoint');
+  const d = v2Client(t, address);
+  const standby = await untilProtection(d, 'vm-d', (x) => x.state === State.PROTECTION_STATE_PROTECTED, 'the restarted DR agent keeps the new standby');
+  t.equal(standby.jobId, again.jobId);
+  t.equal(await guestState(primary, 'vm-d'), 'running');
 });
