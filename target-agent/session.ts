@@ -21,8 +21,7 @@ import { Feedback, type ProgressCounters, type ProgressReport } from './feedback
 import { guardedClock } from './guarded-clock.js';
 import { IdleWatchdog, idleError, transferDeadlineMs } from './idle-watchdog.js';
 import { SessionStream } from './session-stream.js';
-import { type CommitPort, earlyCommitToHold, receiveCommit } from './commit-point.js';
-import { type HookResult, runActivationHooks } from './hooks.js';
+import { SessionCommit } from './session-commit.js';
 import { checkCapabilities, type MethodContext, type OpenTransfer, routeStreamMessage, type StreamMessages, targetMethod } from './methods.js';
 import type { TargetMessageBody, TransferPhase } from './receivers/context.js';
 import type { TransferView } from './incoming-jobs.js';
@@ -36,8 +35,8 @@ export type { SessionHost, TransferStream } from './session-host.js';
 export class TargetSession {
   private phase: TransferPhase = 'open';
   reasonEnded = ''; // why it ended, once ended before the commit
-  /** An early commit, held until the final unit is replayed (ReserveResponse.early_commit). */
-  private heldCommit: InstanceType<typeof pb.Commit> | null = null;
+  /** The commit and activation (session-commit.ts): an early commit is held there. */
+  private readonly commit: SessionCommit;
   /** The source ended the transfer by cancelling the migration (not a failure). */
   private cancelledBySource = false;
   private reservation: Reservation | null = null;
@@ -71,11 +70,31 @@ export class TargetSession {
   ) {
     // Whatever this session schedules fails this session if it throws, not the process.
     this.clock = guardedClock(clock, (error) => this.fail(error));
+    const session = this;
+    this.commit = new SessionCommit({
+      host,
+      clock: this.clock,
+      get log() {
+        return session.log;
+      },
+      transfer: () => this.transfer,
+      phase: () => this.phase,
+      fail: (error) => this.fail(error),
+      setPhase: (phase) => this.setPhase(phase),
+      send: (body) => this.send(body),
+      end: (reason) => this.end(reason),
+      endedAs: (reason) => {
+        this.reasonEnded = reason;
+        this.setPhase('ended');
+        this.finish();
+      },
+      finish: () => this.finish(),
+    });
     // Post-copy's guest runs here on pages only the source has: never ended for the source's silence.
     this.idle = new IdleWatchdog(this.clock, host.options.transferIdleTimeoutMs, {
       // Units queued while the checkpoint is still restoring wait for the source's chunks, not for us.
       // Nor a standby: its primary's silence is what a failover is for.
-      busy: () => this.phase === 'committed' || this.phase === 'activated' || this.phase === 'postcopy' || this.standby !== null || this.heldCommit !== null || (this.phase === 'replaying' && (this.transfer?.receivers.counters().remainingUnits ?? 0) > 0),
+      busy: () => this.phase === 'committed' || this.phase === 'activated' || this.phase === 'postcopy' || this.standby !== null || this.commit.holding || (this.phase === 'replaying' && (this.transfer?.receivers.counters().remainingUnits ?? 0) > 0),
       deadlineMs: () => transferDeadlineMs(this.reservation, this.phase),
       expired: (idleMs, pastDeadline) => this.fail(idleError(this.phase, idleMs, this.idle.timeoutMs, pastDeadline ? this.reservation : null)),
     });
@@ -101,7 +120,7 @@ export class TargetSession {
     if (attempt !== 0 && attempt <= this.resumeAttempt) return false;
     const phase = this.phase;
     const inTransfer = phase === 'restoring' || phase === 'replaying' || phase === 'postcopy';
-    return (this.detached.waiting || (inTransfer && this.heldCommit === null && !this.finished)) && r !== null && r.id === reservationId && r.migrationId === migrationId;
+    return (this.detached.waiting || (inTransfer && !this.commit.holding && !this.finished)) && r !== null && r.id === reservationId && r.migrationId === migrationId;
   }
 
   /** Continues the transfer on `call`, a new stream whose first message was Resume: tells the source where to go on from. */
@@ -234,7 +253,7 @@ export class TargetSession {
         case 'stopDecision':
           return this.onStopDecision(message.stopDecision as InstanceType<typeof pb.StopDecision>);
         case 'commit':
-          return this.onCommit(message.commit as InstanceType<typeof pb.Commit>);
+          return this.commit.receive(message.commit as InstanceType<typeof pb.Commit>);
         case 'abort':
           this.cancelledBySource = message.abort?.cancelled ?? false;
           return this.end(`${this.cancelledBySource ? 'cancelled' : 'aborted'} by the source: ${message.abort?.reason ?? ''}`);
@@ -282,7 +301,7 @@ export class TargetSession {
     const options = { progressIntervalMs: this.host.options.progressIntervalMs, downtimeLimitMs: r.downtimeLimitMs, unitMs: r.unitMs };
     const afterReport = (nowMs: number, report: ProgressReport) => {
       this.transfer?.receivers.afterReport?.(nowMs, report);
-      if (report.finalReplayed) this.releaseHeldCommit();
+      if (report.finalReplayed) this.commit.releaseHeld();
     };
     this.feedback = new Feedback(options, { reportable: () => this.reportable(), counters: () => this.counters(), send: (report) => this.send({ progress: report }), afterReport }, this.clock);
     if (r.protection !== undefined) this.standby = new Standby(r.protection, this.clock);
@@ -304,7 +323,7 @@ export class TargetSession {
       phase: () => this.phase,
       restored: () => this.setPhase('replaying'),
       resuming: () => this.host.decisions?.committed(r.migrationId, r.replica.id),
-      resumedHere: (resumedAtMs) => this.resumedHere(r, resumedAtMs),
+      resumedHere: (resumedAtMs) => this.commit.resumedHere(r, resumedAtMs),
       progress: (force) => this.progress(force),
       send: (body) => this.send(body),
       fail: (error) => this.fail(error),
@@ -318,66 +337,6 @@ export class TargetSession {
     this.progress(false);
     if (!decision.granted) this.log.debug({ reason: decision.reason }, 'stop-and-copy not granted yet');
     else this.log.info({ unsentLogBytes: decision.unsentLogBytes }, 'stop-and-copy granted');
-  }
-
-  private onCommit(commit: InstanceType<typeof pb.Commit>): void {
-    const transfer = this.transfer;
-    if (transfer === null) throw new InvalidStateError('commit before Open', { reason: 'PROTOCOL_VIOLATION' });
-    if (transfer.receivers.running?.() == null) {
-      if (this.heldCommit !== null) throw new InvalidStateError('commit received twice: the first one is held until the final unit is replayed');
-      // An early commit (ReserveResponse.early_commit): held until the final unit is replayed
-      // (releaseHeldCommit), answered matched=false if that fails.
-      if (earlyCommitToHold(this.phase, transfer.receivers)) {
-        this.heldCommit = commit;
-        return;
-      }
-    }
-    receiveCommit(this.commitPort, this.phase, transfer, commit);
-  }
-
-  /** The final unit was replayed: a commit held since it arrived early goes on now. */
-  private releaseHeldCommit(): void {
-    const commit = this.heldCommit;
-    if (commit === null) return;
-    this.heldCommit = null;
-    try {
-      this.onCommit(commit);
-    } catch (error) {
-      this.fail(error);
-    }
-  }
-
-  /** What the commit point (commit-point.ts) may do to this session. */
-  private get commitPort(): CommitPort {
-    return {
-      host: this.host,
-      clock: this.clock,
-      log: this.log,
-      setPhase: (phase) => this.setPhase(phase),
-      send: (body) => this.send(body),
-      end: (reason) => this.end(reason),
-      endedAs: (reason) => {
-        this.reasonEnded = reason;
-        this.setPhase('ended');
-        this.finish();
-      },
-      finish: () => this.finish(),
-      runHooks: (r) => this.runHooks(r),
-    };
-  }
-
-  /** Post-copy: the guest resumed here; confirmed at once, since the source must serve page requests while the hooks run. */
-  private resumedHere(r: Reservation, resumedAtMs: number): void {
-    this.host.decisions?.resumed(r.migrationId, resumedAtMs);
-    this.host.forget(r.id);
-    this.setPhase('postcopy');
-    this.send({ activated: { resumeToReplyMs: this.clock.now() - resumedAtMs, resumedAtMs, hooks: [] } });
-    void this.runHooks(r);
-  }
-
-  private runHooks(r: Reservation): Promise<HookResult[]> {
-    const { activationHooks, hookTimeoutMs } = this.host.options;
-    return runActivationHooks(activationHooks, hookTimeoutMs, { VMMIGRATE_GUEST_ID: r.replica.id, VMMIGRATE_MIGRATION_ID: r.migrationId }, this.clock, this.log);
   }
 
   /** Sends progress (at most every progressIntervalMs unless `force`), and a stop request when due. */
@@ -415,11 +374,8 @@ export class TargetSession {
     const code = statusOf(error);
     const message = bounded(error instanceof Error ? error.message : String(error), MESSAGE_CHARS_MAX);
     if (!(error instanceof VmMigrateError)) this.log.error({ err: error }, 'unexpected error in a transfer');
-    if (this.heldCommit !== null) {
-      // The source sent its commit early and waits for its answer: nothing was committed here.
-      this.heldCommit = null;
-      this.send({ commitResult: { matched: false, targetDigest: '', refusedReason: message } });
-    }
+    // The source sent its commit early and waits for its answer: nothing was committed here.
+    this.commit.refuseHeld(message);
     if (this.phase === 'postcopy' && damagedInTransit(error) && this.detached.detach(message, this.messagesReceived)) {
       this.stream.end(new AbortedError(`transfer stream dropped, resume it: ${message}`, { reason: 'PEER_UNAVAILABLE' }));
       return void this.stream.release();
@@ -433,7 +389,7 @@ export class TargetSession {
   private onEnd(reason: string, resumable: boolean): void {
     if (this.phase === 'activated') return this.finish();
     // Post-copy's guest runs here: even a stream this agent could not decode is resumed, not ended.
-    if ((resumable || this.phase === 'postcopy') && this.heldCommit === null && this.detached.detach(reason, this.messagesReceived)) {
+    if ((resumable || this.phase === 'postcopy') && !this.commit.holding && this.detached.detach(reason, this.messagesReceived)) {
       // The stream is gone; the transfer waits for the source on a new one.
       this.stream.release();
       return;
