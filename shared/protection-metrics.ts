@@ -12,6 +12,10 @@ export interface ProtectionGaugeView {
   lagReplayedMs: number;
   outputsHeld: number;
   logBytesPerSec: number;
+  /** Times the primary made its standby again (a lost standby, a link down past the log buffer). */
+  resyncs: number;
+  /** Raw bytes the current standby's checkpoint saved by going over a base image (a resync, a fail back). */
+  checkpointBytesSaved: number;
 }
 
 const PREFIX = 'vmmigrate_';
@@ -65,6 +69,26 @@ export function registerProtectionGauges(registry: Registry, read: () => Protect
     collect() {
       this.reset();
       for (const p of active()) if (p.role === 'primary') this.set({ guest_id: p.guestId }, p.logBytesPerSec);
+    },
+  });
+  new Gauge({
+    name: `${PREFIX}protection_resyncs`,
+    help: 'Times the primary made the standby of a protected guest again since it was protected (a standby lost, or a link down past the log buffer).',
+    labelNames: ['guest_id'],
+    registers,
+    collect() {
+      this.reset();
+      for (const p of active()) if (p.role === 'primary') this.set({ guest_id: p.guestId }, p.resyncs);
+    },
+  });
+  new Gauge({
+    name: `${PREFIX}protection_checkpoint_bytes_saved`,
+    help: "Raw bytes the current standby's checkpoint did not send because the DR agent held them already (a resync over the standby, a fail back over the stopped copy).",
+    labelNames: ['guest_id'],
+    registers,
+    collect() {
+      this.reset();
+      for (const p of active()) if (p.role === 'primary') this.set({ guest_id: p.guestId }, p.checkpointBytesSaved);
     },
   });
 }

@@ -61,6 +61,9 @@ t.test('a link loss past the log buffer: the guest runs on, and the protection r
   t.ok(saved > 0, `${saved} raw bytes saved against a full checkpoint`);
   t.ok(Number(again.checkpointBytes) < fullBytes, `resync: ${again.checkpointBytes} raw bytes against ${fullBytes} for the full checkpoint`);
   await untilProtection(d, 'vm-r', (x) => x.state === State.PROTECTION_STATE_PROTECTED && x.jobId === again.jobId, 'the new standby');
+  const scrape = await primary.agent.metrics.registry.metrics();
+  t.match(scrape, /vmmigrate_protection_resyncs\{guest_id="vm-r"\} [1-9]/, 'the resyncs, per guest');
+  t.match(scrape, /vmmigrate_protection_checkpoint_bytes_saved\{guest_id="vm-r"\} [1-9][0-9]*/, 'and what the last one saved');
 
   // The standby made this way is the guest: a planned switchover's commit compares the digests.
   await unary(p, controlServiceV2.switchover, pb2.SwitchoverRequest.create({ guestId: 'vm-r' }), 10_000, 'switchover');

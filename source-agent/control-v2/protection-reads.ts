@@ -89,5 +89,7 @@ export function gaugeView(p: ProtectionMessage): ProtectionGaugeView {
     lagReplayedMs: p.lagReplayedMs,
     outputsHeld: Number(p.outputsHeld),
     logBytesPerSec: p.logBytesPerSec,
+    resyncs: p.resyncs,
+    checkpointBytesSaved: Number(p.checkpointBytesSaved),
   };
 }
