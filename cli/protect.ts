@@ -47,12 +47,14 @@ export function addProtectionCommands(program: Command, kit: CommandKit): void {
       .description('keep a standby of a running guest at a DR agent: a checkpoint, then its log without end')
       .addOption(new Option('--to <host:port>', 'the DR agent, as this agent reaches it').argParser(agentAddress).makeOptionMandatory())
       .addOption(new Option('--mode <mode>', 'sync: an output leaves only once the standby has the unit that made it; async: at once, the lag bounded by --rpo-ms-max').choices(['sync', 'async']).default('sync'))
-      .option('--rpo-ms-max <n>', "the most guest time the standby may lag behind (default: the agent's, 1000)", integer('--rpo-ms-max', 10, 3_600_000)),
+      .option('--rpo-ms-max <n>', "the most guest time the standby may lag behind (default: the agent's, 1000)", integer('--rpo-ms-max', 10, 3_600_000))
+      .addOption(new Option('--on-link-loss <policy>', 'sync mode while the standby is unreachable: hold the outputs (bounded: past the bound, async) or release them at once until it is back').choices(['hold', 'release']).default('hold')),
   ).action(
     clientAction(async (s, guestId) => {
-      const o = s.options as unknown as { to: string; mode: 'sync' | 'async'; rpoMsMax?: number };
+      const o = s.options as unknown as { to: string; mode: 'sync' | 'async'; rpoMsMax?: number; onLinkLoss: 'hold' | 'release' };
       const mode = o.mode === 'async' ? pb2.ProtectionMode.PROTECTION_MODE_ASYNC : pb2.ProtectionMode.PROTECTION_MODE_SYNC;
-      const res = await s.call(controlServiceV2.protect, pb2.ProtectRequest.create({ guestId, drAddress: o.to, mode, rpoMsMax: o.rpoMsMax ?? 0 }), `protecting guest ${guestId}`);
+      const linkLoss = o.onLinkLoss === 'release' ? pb2.LinkLossPolicy.LINK_LOSS_POLICY_RELEASE : pb2.LinkLossPolicy.LINK_LOSS_POLICY_HOLD;
+      const res = await s.call(controlServiceV2.protect, pb2.ProtectRequest.create({ guestId, drAddress: o.to, mode, rpoMsMax: o.rpoMsMax ?? 0, linkLoss }), `protecting guest ${guestId}`);
       show(s, pb2.Protection.create(res.protection ?? {}));
       s.say(`Follow it with 'vmmigrate protection status ${guestId} --watch'.`);
       return EXIT.ok;

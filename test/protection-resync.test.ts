@@ -119,3 +119,28 @@ t.test('a DR agent killed and restarted: the protection resyncs by a full checkp
   t.equal(standby.jobId, again.jobId);
   t.equal(await guestState(primary, 'vm-d'), 'running');
 });
+
+t.test('sync with link loss policy release: outputs go at once while the standby is unreachable; within the log buffer the stream resumes', async (t) => {
+  const primary = await startTestAgent(t);
+  const dr = await startTestAgent(t);
+  const link = new LinkEmulator({ listen: '127.0.0.1:0', target: dr.address, profile: 'loopback' as never });
+  const linkAddress = await link.start();
+  t.teardown(() => link.close());
+  const p = v2Client(t, primary.address);
+  await startGuest(primary, 'vm-l', 'web');
+  const linkLoss = pb2.LinkLossPolicy.LINK_LOSS_POLICY_RELEASE;
+  await unary(p, controlServiceV2.protect, pb2.ProtectRequest.create({ guestId: 'vm-l', drAddress: linkAddress, mode: SYNC, linkLoss }), 10_000, 'protect');
+  await untilProtection(p, 'vm-l', (x) => x.state === State.PROTECTION_STATE_PROTECTED, 'protected');
+  link.cut({ block: true });
+  await sleep(1_500);
+  const during = await getProtection(p, 'vm-l');
+  await sleep(500);
+  const later = await getProtection(p, 'vm-l');
+  t.equal(Number(later.outputsHeld), 0, 'nothing held while the standby is unreachable');
+  t.ok(Number(later.outputsReleased) > Number(during.outputsReleased), `outputs released meanwhile (${during.outputsReleased} then ${later.outputsReleased})`);
+  link.restore();
+  const back = await untilProtection(p, 'vm-l', (x) => x.state === State.PROTECTION_STATE_PROTECTED && x.resumes >= 1, 'the stream resumed', 30_000);
+  t.equal(back.resyncs, 0, 'within the log buffer: no resync');
+  t.equal(back.jobId, during.jobId, 'the same protection job');
+  t.equal(await guestState(primary, 'vm-l'), 'running');
+});

@@ -244,7 +244,10 @@ function protectionRequest(req: Req<'ProtectRequest'>): ProtectionRequest {
   if (rpoMsMax < RPO_MS_MAX_MIN || rpoMsMax > RPO_MS_MAX_MAX) throw invalidField('rpo_ms_max', `recovery point objective ${rpoMsMax} ms: expected 0 (the default, ${RPO_MS_MAX_DEFAULT}) or ${RPO_MS_MAX_MIN} to ${RPO_MS_MAX_MAX}`);
   const modes = pb2.ProtectionMode;
   if (req.mode !== modes.PROTECTION_MODE_UNSPECIFIED && req.mode !== modes.PROTECTION_MODE_SYNC && req.mode !== modes.PROTECTION_MODE_ASYNC) throw invalidField('mode', `protection mode ${req.mode} is not one of SYNC, ASYNC`);
-  return { mode: req.mode === modes.PROTECTION_MODE_ASYNC ? 'async' : 'sync', rpoMsMax };
+  const policies = pb2.LinkLossPolicy;
+  const linkLoss = req.linkLoss ?? policies.LINK_LOSS_POLICY_UNSPECIFIED;
+  if (linkLoss !== policies.LINK_LOSS_POLICY_UNSPECIFIED && linkLoss !== policies.LINK_LOSS_POLICY_HOLD && linkLoss !== policies.LINK_LOSS_POLICY_RELEASE) throw invalidField('link_loss', `link loss policy ${linkLoss} is not one of HOLD, RELEASE`);
+  return { mode: req.mode === modes.PROTECTION_MODE_ASYNC ? 'async' : 'sync', rpoMsMax, onLinkLoss: linkLoss === policies.LINK_LOSS_POLICY_RELEASE ? 'release' : 'hold' };
 }
 
 const MODE = { sync: pb2.ProtectionMode.PROTECTION_MODE_SYNC, async: pb2.ProtectionMode.PROTECTION_MODE_ASYNC } as const;

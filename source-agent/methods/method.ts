@@ -41,6 +41,8 @@ export interface MigrationRequest {
 export interface ProtectionRequest extends ProtectionTerms {
   /** With an arbiter: the primary's term is held now (checked before each output is released). */
   held?: () => boolean;
+  /** Sync mode while the link is down: hold the outputs (bounded), or release them at once until it is back. */
+  onLinkLoss?: 'hold' | 'release';
 }
 
 /** The target's windows, from its ReserveResponse. */

@@ -15,6 +15,8 @@ import type { MethodContext } from './method.js';
 export class RpoMonitor {
   /** The guest's stall time when the link went down (null: the link is up). */
   private stallAtLinkDownMs: number | null = null;
+  /** The gate was opened for the link loss (policy `release`): held again once the link is back. */
+  private releasedForLinkLoss = false;
 
   constructor(
     private readonly ctx: MethodContext,
@@ -35,6 +37,7 @@ export class RpoMonitor {
     // Before the checkpoint is restored nothing replays: the lag then is the checkpoint's, not the log's.
     if (s.phase !== 'log-transfer') return;
     if (ctx.channel.linkDown === true) return this.whileLinkDown();
+    if (this.stallAtLinkDownMs !== null) this.linkBack();
     this.stallAtLinkDownMs = null;
     const decision = rpoThrottle(s.lagUnitsReceived * s.unitMs, protection.rpoMsMax, s.throttle);
     if (decision.throttle === s.throttle) return;
@@ -58,11 +61,35 @@ export class RpoMonitor {
       }
       ctx.log.warn({ lagUnits: s.lagUnitsReceived }, reason);
       ctx.round(reason);
+      this.releaseOnLinkLoss();
       return;
     }
     // The buffer is full: the guest stalls (or stalled since) on it.
     if (recording?.queueFull !== true && stallMs <= this.stallAtLinkDownMs) return;
     const message = `the standby has been unreachable longer than the guest's log buffer holds (${s.lagUnitsReceived} units): the protection resyncs when it is back, sending only the pages that differ`;
     ctx.channel.fail(new UnavailableError(message, { reason: 'PEER_UNAVAILABLE' }));
+  }
+
+  /** Sync mode, policy `release`: outputs go at once while the link is down (async), and are held again once it is back. */
+  private releaseOnLinkLoss(): void {
+    const { ctx } = this;
+    const output = ctx.guest.output;
+    const protection = ctx.request.protection;
+    if (protection?.mode !== 'sync' || protection.onLinkLoss !== 'release' || output === undefined || !output.holding) return;
+    const held = output.heldCount;
+    output.openGate();
+    this.releasedForLinkLoss = true;
+    const reason = `the standby is unreachable: sync falls back to async until it is back (${held} held outputs released)`;
+    ctx.log.error({ held }, reason);
+    ctx.round(reason);
+  }
+
+  private linkBack(): void {
+    const output = this.ctx.guest.output;
+    if (!this.releasedForLinkLoss || output === undefined) return;
+    this.releasedForLinkLoss = false;
+    output.hold();
+    this.ctx.log.warn('the standby is reachable again: outputs are held for it again (sync)');
+    this.ctx.round('the standby is reachable again: sync again');
   }
 }
