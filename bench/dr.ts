@@ -62,7 +62,8 @@ async function runCell(profile: string, link: LinkProfileName, seconds: number, 
     const extra = config === null ? [] : ['--insecure-plaintext', '--config', config];
     const { target, targetAddress, control: p } = await run.start({ link, linkMode: 'child' } as RunSpec, extra);
     const d = makeClient(controlServiceV2, 'Control', target.address, grpc.credentials.createInsecure());
-    const [guest, twin] = [`p-${profile}`, `u-${profile}`];
+    // Ids of their own per cell: the arbiter keeps a guest's records (its last primary) across cells.
+    const [guest, twin] = [`p-${profile}-${link}`, `u-${profile}-${link}`];
     for (const id of [guest, twin]) await unary(p, controlServiceV2.startGuest, pb2.StartGuestRequest.create({ id, profile, memoryBytes: memoryMib * 2 ** 20 }), 60_000, 'start guest');
     await unary(p, controlServiceV2.protect, pb2.ProtectRequest.create({ guestId: guest, drAddress: targetAddress, mode: pb2.ProtectionMode.PROTECTION_MODE_SYNC }), 10_000, 'protect');
     for (const deadline = Date.now() + PROTECT_WAIT_MS; ; ) {
