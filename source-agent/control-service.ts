@@ -2,7 +2,7 @@
 // host, capacity, and migration jobs (start, watch, get, list, cancel).
 
 import type { Logger } from 'pino';
-import type { HypervisorDriver } from '../shared/driver/types.js';
+import type { GuestOutput, HypervisorDriver } from '../shared/driver/types.js';
 import { capacityMessage, guestMessage } from '../shared/messages.js';
 import { echo, InvalidStateError, LimitExceededError, NotFoundError, UnimplementedError } from '../shared/errors.js';
 import { checkGuestId, checkJobId } from '../shared/ids.js';
@@ -111,6 +111,22 @@ export class ControlService {
     const history = this.histories.get(job);
     if (history === undefined) throw new Error(`job ${job.id} has no history`);
     return history;
+  }
+
+  /**
+   * Stops guest `guestId` for good, with no job of it running (a protection fenced between two of
+   * its jobs): what it holds is dropped, nothing more leaves, it is suspended and retired.
+   */
+  async stopFencedGuest(guestId: string): Promise<void> {
+    const guest = this.driver.guest(guestId);
+    guest.output?.dropHeld();
+    if (guest.describe().state === 'running') await guest.suspend();
+    guest.retire?.();
+  }
+
+  /** The output device of guest `guestId` here, if its driver has one (NOT_FOUND if there is no guest). */
+  outputOf(guestId: string): GuestOutput | undefined {
+    return this.driver.guest(guestId).output;
   }
 
   /** The state of guest `guestId` here (NOT_FOUND if there is none). */

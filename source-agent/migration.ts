@@ -82,6 +82,8 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
   private reservationId = '';
   private windows: TargetWindows = { ...WINDOW_DEFAULTS };
   private guestDiscarded = false; // the source copy was discarded (completion): its counters are gone
+  /** Set by fence(): the job ends fenced, whatever error its last call failed with. */
+  private fencedBy: FailedOverError | null = null;
   private suspended = false;
   /** What the target's driver can do, as its Capacity said (empty: an agent that predates capabilities). */
   private targetCapabilities: readonly string[] = [];
@@ -140,6 +142,8 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
   fence(message: string): void {
     if (this.isOver()) return;
     const error = new FailedOverError(message, { reason: 'FAILED_OVER', metadata: { jobId: this.id } });
+    // Whatever error the job then ends with (a call in progress failing its own way), it ends fenced.
+    this.fencedBy = error;
     this.cancelController.abort(error);
     this.channel?.fail(error);
   }
@@ -258,8 +262,8 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
   }
 
   private async onFailure(error: unknown): Promise<void> {
-    const cancelled = this.cancelController.signal.aborted && !(error instanceof VmMigrateError && !(error instanceof AbortedError));
-    const e = error instanceof VmMigrateError ? error : new UnavailableError(error instanceof Error ? error.message : String(error), { cause: error, reason: 'INTERNAL_ERROR' });
+    const cancelled = this.fencedBy === null && this.cancelController.signal.aborted && !(error instanceof VmMigrateError && !(error instanceof AbortedError));
+    const e = this.fencedBy ?? (error instanceof VmMigrateError ? error : new UnavailableError(error instanceof Error ? error.message : String(error), { cause: error, reason: 'INTERNAL_ERROR' }));
     if (!(error instanceof VmMigrateError)) this.log.error({ err: error }, 'unexpected error in a migration');
     this.setError(e, error instanceof VmMigrateError);
     if (this.commitment.sent) {

@@ -241,6 +241,8 @@ export interface GuestOutput {
   delayPercentiles(): { p50: number; p99: number; samples: number };
   /** Told when the gate opens because too much was held (sync falls back to async). */
   onOverflow: ((held: number) => void) | null;
+  /** Outputs leave only while this holds (null: always); the others wait, held. */
+  releaseWhile: (() => boolean) | null;
 }
 
 /** Restore from checkpoint chunks, then replay units: what CR/TR needs of a replica. */

@@ -75,7 +75,12 @@ export class ProtectionControl {
     }
     const kept: Kept = { req, protection, term, job, resyncs: 0, backoffMs: RESYNC_BACKOFF_MS, over: false, unprotected: false };
     this.kept.set(req.guestId, kept);
-    if (term !== null) this.holdTerm(kept, term);
+    if (term !== null) {
+      // Nothing leaves once the term is not known held, in sync or async mode, during a job or between two.
+      const output = this.control.outputOf(req.guestId);
+      if (output !== undefined) output.releaseWhile = () => term.isHeld();
+      this.holdTerm(kept, term);
+    }
     this.follow(kept);
     return primaryView(job);
   }
@@ -112,6 +117,15 @@ export class ProtectionControl {
     }
   }
 
+  /** The guest is still on this host (suspended, say), not migrated or stopped. */
+  private guestKept(guestId: string): boolean {
+    try {
+      return this.control.guestState(guestId) !== 'discarded';
+    } catch {
+      return false;
+    }
+  }
+
   private guestRuns(guestId: string): boolean {
     try {
       return this.control.guestState(guestId) === 'running';
@@ -129,7 +143,12 @@ export class ProtectionControl {
     term.onFenced((event) => {
       this.log.error({ guestId: term.guestId, epoch: term.epoch, reason: event.reason }, `arbiter: ${event.message}; this copy stops`);
       this.end(kept);
-      kept.job.fence(`fenced by the arbiter (${event.reason}): ${event.message}`);
+      if (!kept.job.isOver()) return kept.job.fence(`fenced by the arbiter (${event.reason}): ${event.message}`);
+      // Between two jobs (a resync waiting for its standby): no job stops the guest, this does.
+      this.control.stopFencedGuest(kept.req.guestId).then(
+        () => this.log.error({ guestId: term.guestId }, 'protection: fenced between two of its jobs; this copy is stopped and does not run again'),
+        (error: unknown) => this.log.error({ guestId: term.guestId, err: String(error) }, 'protection: fenced, and the copy could not be stopped'),
+      );
     });
   }
 
@@ -143,6 +162,12 @@ export class ProtectionControl {
     kept.over = true;
     const term = kept.term;
     if (term === null || term.state !== 'held' || kept.job.stats.errorReason === 'FAILED_OVER') return;
+    // The guest runs on unprotected here: its outputs no longer wait on the term.
+    const output = this.guestKept(kept.req.guestId) ? this.control.outputOf(kept.req.guestId) : undefined;
+    if (output !== undefined) {
+      output.releaseWhile = null;
+      output.openGate();
+    }
     term.retire().catch((error: unknown) => this.log.warn({ guestId: term.guestId, err: String(error) }, 'arbiter: could not retire the protection records (the lease expires by its TTL)'));
   }
 

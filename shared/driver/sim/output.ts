@@ -43,6 +43,13 @@ export class OutputDevice implements GuestOutput {
   overflowed = 0;
   private readonly delays: number[] = [];
   private delayCursor = 0;
+  /**
+   * Outputs leave only while this holds (a protection's primary term, with an arbiter): a primary
+   * frozen past its lease and continued lets nothing out in the moment before it is fenced.
+   */
+  releaseWhile: (() => boolean) | null = null;
+  /** Set by dropHeld: outputs are dropped as they are produced, and nothing opens the gate. */
+  private fenced = false;
   /** Told when the gate opens because too much was held. */
   onOverflow: ((held: number) => void) | null = null;
 
@@ -56,7 +63,8 @@ export class OutputDevice implements GuestOutput {
       const payload = hex64(xxh64(new Uint8Array(Uint32Array.of(sequence, stateHash >>> 0, unit >>> 0).buffer)));
       const packet: OutputPacket = { sequence, unit, payload, producedAtMs: now, releasedAtMs: 0 };
       this.produced++;
-      if (this.gated) this.held.push(packet);
+      if (this.fenced) continue;
+      if (this.gated || this.releaseWhile?.() === false) this.held.push(packet);
       else this.release(packet, now);
     }
     if (this.gated && this.heldCount > OUTPUTS_HELD_MAX) {
@@ -69,11 +77,13 @@ export class OutputDevice implements GuestOutput {
 
   /** From now on, outputs wait for releaseThrough (a sync protection). */
   hold(): void {
+    if (this.fenced) return;
     this.gated = true;
   }
 
   /** Releases the held outputs of units up to `unit` (inclusive); returns how many. */
   releaseThrough(unit: number): number {
+    if (this.releaseWhile?.() === false) return 0;
     const now = performance.now();
     let n = 0;
     while (this.heldRead < this.held.length && this.held[this.heldRead].unit <= unit) {
@@ -87,17 +97,23 @@ export class OutputDevice implements GuestOutput {
     return n;
   }
 
-  /** Drops what is held (never released), and holds nothing more; returns how many. */
+  /**
+   * Drops what is held (never released), and releases nothing from now on: a fenced copy, whose
+   * vCPU may finish a unit or two before it is suspended, lets none of their outputs out. Returns
+   * how many were dropped. (A guest is fenced for good: nothing opens the gate again.)
+   */
   dropHeld(): number {
     const n = this.heldCount;
     this.held = [];
     this.heldRead = 0;
-    this.gated = false;
+    this.gated = true;
+    this.fenced = true;
     return n;
   }
 
-  /** Releases everything held, and holds nothing more. */
+  /** Releases everything held, and holds nothing more (a fenced copy's gate stays shut). */
   openGate(): void {
+    if (this.fenced) return;
     this.gated = false;
     this.releaseThrough(Number.POSITIVE_INFINITY);
   }
