@@ -40,20 +40,27 @@ async function linkTo(t: Test, target: string): Promise<LinkEmulator> {
   return link;
 }
 
-function arbiterConfig(t: Test, endpoint: string, leaseTtlMs: number): string {
+/** An agent's configuration file: the arbiter at `endpoint`, then `more` (YAML sections), removed when `t` ends. */
+function agentConfig(t: Test, endpoint: string, leaseTtlMs: number, more: string): string {
   const dir = mkdtempSync(join(tmpdir(), 'vmmigrate-split-brain-'));
   t.teardown(() => rmSync(dir, { recursive: true, force: true }));
   const file = join(dir, 'agent.yaml');
-  writeFileSync(file, `arbiter:\n  kind: etcd\n  endpoints: [${JSON.stringify(endpoint)}]\n  leaseTtlMs: ${leaseTtlMs}\n`);
+  writeFileSync(file, `arbiter:\n  kind: etcd\n  endpoints: [${JSON.stringify(endpoint)}]\n  leaseTtlMs: ${leaseTtlMs}\n${more}`);
   return file;
 }
 
-async function partitionableAgent(t: Test, role: 'source' | 'target', etcd: EtcdServer, leaseTtlMs: number, procs: AgentProcess[]): Promise<PartitionableAgent> {
+async function partitionableAgent(t: Test, role: 'source' | 'target', etcd: EtcdServer, leaseTtlMs: number, procs: AgentProcess[], more = ''): Promise<PartitionableAgent> {
   const etcdLink = await linkTo(t, etcd.endpoint.replace(/^http:\/\//, ''));
-  const config = arbiterConfig(t, `http://${etcdLink.address}`, leaseTtlMs);
+  const config = agentConfig(t, `http://${etcdLink.address}`, leaseTtlMs, more);
   const proc = await startAgentProcess(role, ['--log-level', 'error', '--insecure-plaintext', '--config', config]);
   procs.push(proc);
   return { process: proc, client: v2Client(t, proc.address), etcdLink };
+}
+
+/** What a protected pair may vary. */
+export interface PairOptions {
+  /** More of the primary's configuration, YAML sections after `arbiter` (e.g. a `host` section). */
+  primaryConfig?: string;
 }
 
 /**
@@ -62,7 +69,7 @@ async function partitionableAgent(t: Test, role: 'source' | 'target', etcd: Etcd
  * third link; resolves once both sides say PROTECTED. The processes are stopped when `t` ends,
  * a stopped (SIGSTOP) one continued first.
  */
-export async function protectedPair(t: Test, etcd: EtcdServer, leaseTtlMs: number, guestId: string): Promise<ProtectedPair> {
+export async function protectedPair(t: Test, etcd: EtcdServer, leaseTtlMs: number, guestId: string, options: PairOptions = {}): Promise<ProtectedPair> {
   const procs: AgentProcess[] = [];
   t.teardown(async () => {
     for (const proc of procs) {
@@ -70,7 +77,7 @@ export async function protectedPair(t: Test, etcd: EtcdServer, leaseTtlMs: numbe
       await stopAgentProcess(proc, STOP_GRACE_MS);
     }
   });
-  const primary = await partitionableAgent(t, 'source', etcd, leaseTtlMs, procs);
+  const primary = await partitionableAgent(t, 'source', etcd, leaseTtlMs, procs, options.primaryConfig);
   const dr = await partitionableAgent(t, 'target', etcd, leaseTtlMs, procs);
   const standbyLink = await linkTo(t, dr.process.address);
   const State = pb2.ProtectionState;
