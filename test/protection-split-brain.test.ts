@@ -11,9 +11,6 @@
 // - Both partitioned, the standby's link first and for longer than the primary's log buffer holds
 //   (the protection gives its stream up and makes its standby again): the same expectations.
 // - The standby cut off from etcd only: nothing changes, it never goes live.
-// Some expectations fail today and are marked todo, each with its reason (CONTINUED_RUNS,
-// FENCED_OUTPUTS_LEAK, FENCE_DURING_RESYNC below): they are what the product is to hold, not what
-// it holds yet.
 import t, { type Test } from 'tap';
 import { sleep } from './support/agents.js';
 import { skipUnlessDebianPackage } from './support/debian.js';
@@ -29,30 +26,7 @@ const LEASE_TTL_MS = 2_000;
 const EPISODE_MS = 20_000;
 const skip = skipUnlessDebianPackage(ETCD_PACKAGE, ETCD_EXECUTABLE);
 
-/**
- * Fenced, a primary drops its held outputs and opens its output gate (stopFenced in
- * source-agent/migration.ts) before its vCPU thread has stopped: the thread completes the unit in
- * progress (after a freeze, the units it is behind schedule by) and those outputs leave at once,
- * though the standby never received their units; the new primary gives the same sequence numbers
- * other payloads.
- */
-const FENCED_OUTPUTS_LEAK = 'a fenced primary releases, ungated, the outputs of the units its vCPU thread completes after the fence (stopFenced in source-agent/migration.ts opens the output gate before the guest has stopped)';
-/**
- * Continued after a freeze longer than its lease, a primary runs its guest (its vCPU thread at
- * once) and answers ListGuests "running" until its fence timer fires: the event loop serves the
- * I/O that waited before that timer.
- */
-const CONTINUED_RUNS = 'continued after a freeze past its lease, the old primary runs its guest and says so until its local deadline timer fires (I/O is served first)';
 
-/**
- * A protection whose stream was given up (the standby unreachable past the log buffer) makes its
- * standby again by a new job, after a backoff. A fence then finds no job to stop (between two), or
- * a job still asking the unreachable standby for its capacity, which ends with that call's error
- * instead of the fence's (retryLostLink throws its last error once aborted), so that
- * SourceMigration.onFailure resumes the guest here rather than stopping it (stopFenced): the
- * primary's guest runs on while the standby goes live.
- */
-const FENCE_DURING_RESYNC = "a fence while the protection makes its standby again does not stop the primary's guest (ProtectionControl.holdTerm relies on the job's FAILED_OVER ending, which a job between resyncs or in its pre-migration never reaches)";
 /** The shortest log buffer an agent takes: 16 units, 160 ms of the guest's log. */
 const SHORT_LOG_BUFFER = 'host:\n  logBufferUnits: 16\n';
 
@@ -68,9 +42,9 @@ async function episode(t: Test, guestId: string, options: PairOptions = {}): Pro
 }
 
 /** No sample has both agents saying running. */
-function neverTwoRunning(t: Test, samples: Sample[], what: string, todo?: string): void {
+function neverTwoRunning(t: Test, samples: Sample[], what: string): void {
   const both = samples.filter((s) => s.primary === 'running' && s.dr === 'running');
-  t.same(both, [], `never two running copies ${what} (${both.length} samples with two; ${describeSamples(samples)})`, todo === undefined ? {} : { todo });
+  t.same(both, [], `never two running copies ${what} (${both.length} samples with two; ${describeSamples(samples)})`);
 }
 
 /** From sample `from` on, the old primary's guest never runs, and the new primary's always does. */
@@ -79,11 +53,11 @@ function settled(t: Test, samples: Sample[], from: number, liveAt: number): void
   t.same(samples.slice(liveAt).filter((s) => s.dr !== 'running' && s.dr !== 'no answer'), [], `from sample ${liveAt} on, the new primary runs on`);
 }
 
-/** Every output the old primary released is reproduced; `todo` marks the check a known failure. */
-function noOutputLost(t: Test, before: Map<number, ReleasedOutput>, after: Map<number, ReleasedOutput>, todo?: string): void {
+/** Every output the old primary released is reproduced. */
+function noOutputLost(t: Test, before: Map<number, ReleasedOutput>, after: Map<number, ReleasedOutput>): void {
   const { lost, compared } = lostOutputs(before, after);
   t.ok(compared > 0, `${compared} of the ${before.size} outputs the old primary released compared with the ${after.size} the new one keeps`);
-  t.same(lost.map(([sequence]) => sequence), [], `every output the old primary released is reproduced, with an equal payload (${describeLost(lost)})`, todo === undefined ? {} : { todo });
+  t.same(lost.map(([sequence]) => sequence), [], `every output the old primary released is reproduced, with an equal payload (${describeLost(lost)})`);
 }
 
 t.test('etcd: the primary cut off from its standby and from etcd stops its copy before the standby goes live on its own, and stays stopped when its links come back', { skip }, async (t) => {
@@ -112,7 +86,7 @@ t.test('etcd: the primary cut off from its standby and from etcd stops its copy 
   settled(t, samples, stoppedAt, liveAt);
   t.ok(restoredAt > stoppedAt && samples.length > restoredAt, `samples ${restoredAt} to ${samples.length - 1} came after the links were restored`);
   t.equal((await getProtection(primary.client, guestId)).state, State.PROTECTION_STATE_FAILED_OVER, "links restored, the old primary's protection stays failed over");
-  noOutputLost(t, before, after, FENCED_OUTPUTS_LEAK);
+  noOutputLost(t, before, after);
 });
 
 t.test('etcd: a primary frozen past its lease while its standby goes live finds, continued, that its term is gone; its guest never runs again', { skip }, async (t) => {
@@ -135,11 +109,11 @@ t.test('etcd: a primary frozen past its lease while its standby goes live finds,
   t.same(samples.slice(frozenAt + 1, continuedAt).filter((s) => s.primary !== 'no answer'), [], 'while frozen, the primary answered nothing');
   const liveAt = firstSample(samples, (s) => s.dr === 'running', frozenAt);
   t.ok(liveAt > frozenAt && liveAt < continuedAt, `the standby seen running (sample ${liveAt}) while the primary was frozen (samples ${frozenAt} to ${continuedAt})`);
-  neverTwoRunning(t, samples.slice(continuedAt), 'once the primary is continued', CONTINUED_RUNS);
+  neverTwoRunning(t, samples.slice(continuedAt), 'once the primary is continued');
   const stoppedAt = firstSample(samples, (s) => s.primary === 'suspended', continuedAt);
   t.ok(stoppedAt >= continuedAt, `continued, the old primary says its guest is suspended (sample ${stoppedAt})`);
   settled(t, samples, stoppedAt, liveAt);
-  noOutputLost(t, before, after, FENCED_OUTPUTS_LEAK);
+  noOutputLost(t, before, after);
 });
 
 t.test("etcd: the standby's link down past the primary's log buffer, then etcd's: the primary, making its standby again, stops its copy before the standby goes live", { skip }, async (t) => {
@@ -154,11 +128,11 @@ t.test("etcd: the standby's link down past the primary's log buffer, then etcd's
   await sleep(2_000);
   const samples = await sampler.stop();
   const old = await getProtection(primary.client, guestId);
-  neverTwoRunning(t, samples, 'through the whole episode', FENCE_DURING_RESYNC);
+  neverTwoRunning(t, samples, 'through the whole episode');
   const stoppedAt = firstSample(samples, (s) => s.primary === 'suspended', cutAt);
   const liveAt = firstSample(samples, (s) => s.dr === 'running', cutAt);
-  t.ok(stoppedAt >= 0 && stoppedAt < liveAt, `the old primary's guest seen suspended (sample ${stoppedAt}) before the standby's seen running (sample ${liveAt})`, { todo: FENCE_DURING_RESYNC });
-  t.equal(State[old.state], State[State.PROTECTION_STATE_FAILED_OVER], `the old primary's protection failed over (${old.detail})`, { todo: FENCE_DURING_RESYNC });
+  t.ok(stoppedAt >= 0 && stoppedAt < liveAt, `the old primary's guest seen suspended (sample ${stoppedAt}) before the standby's seen running (sample ${liveAt})`);
+  t.equal(State[old.state], State[State.PROTECTION_STATE_FAILED_OVER], `the old primary's protection failed over (${old.detail})`);
 });
 
 t.test('etcd: the standby cut off from etcd while its primary is fine: nothing changes, it never goes live', { skip }, async (t) => {

@@ -80,6 +80,10 @@ export class HeldTerm implements PrimaryTerm {
     void this.watchLoop();
   }
 
+  checkDeadline(): void {
+    if (this.currentState === 'held' && this.setup.clock.now() >= this.deadlineAtMs) this.onDeadline();
+  }
+
   isHeld(): boolean {
     return this.currentState === 'held' && this.setup.clock.now() < this.deadlineAtMs;
   }

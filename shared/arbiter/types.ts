@@ -53,6 +53,12 @@ export interface PrimaryTerm {
    * than the margin it is already false, before the fence callback had a chance to run.
    */
   isHeld(): boolean;
+  /**
+   * Fences the term now if its local deadline has passed (its timer may not have run yet: after a
+   * pause of the process, I/O that waited is served before timers). Call it before answering
+   * anything about the guest's state.
+   */
+  checkDeadline(): void;
   /** Resolves once, when the term is fenced; stays pending if the term is released instead. */
   readonly fenced: Promise<FenceEvent>;
   /**

@@ -117,6 +117,15 @@ export class ProtectionControl {
     }
   }
 
+  /**
+   * Fences now every term whose deadline passed (protection.ts's terms are otherwise fenced by a
+   * timer, which after a pause of the process runs after the I/O that waited): a guest's state is
+   * never answered "running" for a copy that already lost its term.
+   */
+  checkTerms(): void {
+    for (const kept of this.kept.values()) kept.term?.checkDeadline();
+  }
+
   /** The guest is still on this host (suspended, say), not migrated or stopped. */
   private guestKept(guestId: string): boolean {
     try {
@@ -143,12 +152,10 @@ export class ProtectionControl {
     term.onFenced((event) => {
       this.log.error({ guestId: term.guestId, epoch: term.epoch, reason: event.reason }, `arbiter: ${event.message}; this copy stops`);
       this.end(kept);
-      if (!kept.job.isOver()) return kept.job.fence(`fenced by the arbiter (${event.reason}): ${event.message}`);
-      // Between two jobs (a resync waiting for its standby): no job stops the guest, this does.
-      this.control.stopFencedGuest(kept.req.guestId).then(
-        () => this.log.error({ guestId: term.guestId }, 'protection: fenced between two of its jobs; this copy is stopped and does not run again'),
-        (error: unknown) => this.log.error({ guestId: term.guestId, err: String(error) }, 'protection: fenced, and the copy could not be stopped'),
-      );
+      // The copy stops here and now (its outputs shut in, its vCPU told to stop), whatever its job
+      // is doing: between two jobs (a resync waiting for its standby) there is none to do it.
+      this.control.stopFencedGuest(kept.req.guestId).catch((error: unknown) => this.log.error({ guestId: term.guestId, err: String(error) }, 'protection: fenced, and the copy could not be stopped'));
+      kept.job.fence(`fenced by the arbiter (${event.reason}): ${event.message}`);
     });
   }
 

@@ -79,6 +79,7 @@ export class ControlServiceV2 {
   private watches = 0;
 
   listGuests(): InstanceType<typeof pb2.ListGuestsResponse> {
+    this.protections.checkTerms();
     const local = this.driver.listGuests();
     const guests = local.map((d) => {
       const message = guestMessage(d, this.roleOf(d.id));
