@@ -174,9 +174,9 @@ export function parseTicks(serial: string): GuestTicks {
   let bad = 0;
   for (const line of serial.split(/\r?\n/)) {
     // The firmware clears the screen without a newline: the boot line may follow its escapes.
-    const boot = /\bboot ([0-9a-f-]{36}) pattern/.exec(line);
+    const boot = /boot ([0-9a-f-]{36}) pattern/.exec(line);
     if (boot !== null) boots.push(boot[1]!);
-    const tick = /\btick (\d+) pattern (ok|BAD)/.exec(line);
+    const tick = /tick (\d+) pattern (ok|BAD)/.exec(line);
     if (tick === null) continue;
     counters.push(Number(tick[1]));
     if (tick[2] === 'BAD') bad++;
