@@ -71,7 +71,7 @@ t.test('a QEMU that cannot boot leaves the list, and says why', { skip }, async 
     (e: unknown) => e,
   );
   t.type(error, VmMigrateError);
-  t.match((error as VmMigrateError).message, /QEMU of guest 'vm-broken' ended \(exit status 1\) before its QMP socket opened: .*no-such-kernel/, 'QEMU\'s own message');
+  t.match((error as VmMigrateError).message, /QEMU of guest 'vm-broken' ended \(exit status 1\) before its QMP connection was ready: .*no-such-kernel/, 'QEMU\'s own message');
   await guest.stopped();
   t.same(driver.listGuests(), [], 'the guest left the list');
 });
@@ -114,6 +114,9 @@ t.test('an agent with driver: qemu starts and lists a guest through Control, and
   const guest = a.agent.driver.guest('vm-agent') as import('../shared/driver/qemu/guest.js').QemuGuest;
   const ticks = await waitForTicks(guest.serial, (ticks) => ticks.counters.length >= 2);
   t.equal(ticks.bad, 0, 'the guest runs, its pattern intact');
+  const migrate = pb2.StartMigrationRequest.create({ guestId: 'vm-agent', targetAddress: '127.0.0.1:1' });
+  await t.rejects(unary(client, controlServiceV2.startMigration, migrate, 10_000, 'migrate'), { code: 'UNIMPLEMENTED', reason: 'CAPABILITY_MISSING' }, 'a migration is refused by the capability it lacks, before anything moves');
+  t.equal(guest.qemuStatus, 'running', 'and the guest runs on');
   const pid = guest.process.pid;
   t.ok(childQemuPids().includes(pid), 'its QEMU is a child of this process');
 

@@ -31,6 +31,9 @@ export interface QemuGuestDeps {
   readonly onGone: (guest: QemuGuest) => void;
 }
 
+/** How long a failed QMP connection waits for QEMU's exit, to report its status and message instead. */
+const EXIT_WAIT_MS = 1_000;
+
 /** QEMU events after which its run state may have changed. */
 const STATE_EVENTS = new Set(['STOP', 'RESUME', 'SHUTDOWN', 'RESET', 'SUSPEND', 'WAKEUP', 'GUEST_PANICKED', 'MIGRATION']);
 
@@ -146,7 +149,7 @@ export class QemuGuest implements SourceGuest {
 
   private async connect(): Promise<QmpClient> {
     const exited = this.process.exited.then((exit): never => {
-      throw new QmpError('UNAVAILABLE', `QEMU of guest '${this.id}' ended (${describeExit(exit)}) before its QMP socket opened: ${this.process.stderrTail.slice(-1000) || 'no message'}`, { metadata: { guestId: this.id, command: '(connect)' } });
+      throw this.endedEarly(exit);
     });
     try {
       const client = await Promise.race([QmpClient.connect(this.deps.qmpSocket, { ...this.deps.qmp, signal: this.abortConnect.signal }), exited]);
@@ -157,14 +160,23 @@ export class QemuGuest implements SourceGuest {
       if (this.discarded) client.close();
       else await this.refresh(client);
       return client;
-    } catch (error) {
-      this.abortConnect.abort(error);
+    } catch (caught) {
+      this.abortConnect.abort(caught);
+      // QEMU opens its socket before it loads what it boots: a bad kernel ends it just after the
+      // connection, which then breaks. Its exit and its own message say more than the reset.
+      const exit = await Promise.race([this.process.exited, new Promise<null>((resolve) => setTimeout(() => resolve(null), EXIT_WAIT_MS))]);
+      const error = exit === null ? caught : this.endedEarly(exit, caught);
       if (!this.discarded) {
         this.deps.log.error({ guestId: this.id, err: (error as Error).message }, 'no QMP connection to the guest\'s QEMU: the guest is stopped');
         this.discard();
       }
       throw error;
     }
+  }
+
+  private endedEarly(exit: QemuExit, cause?: unknown): QmpError {
+    const said = this.process.stderrTail.slice(-1000) || 'no message';
+    return new QmpError('UNAVAILABLE', `QEMU of guest '${this.id}' ended (${describeExit(exit)}) before its QMP connection was ready: ${said}`, { cause, metadata: { guestId: this.id, command: '(connect)' } });
   }
 
   private async refresh(client: QmpClient): Promise<void> {

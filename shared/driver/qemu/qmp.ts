@@ -111,8 +111,9 @@ export class QmpClient {
       client.onClose((error) => reject(error));
     });
     socket.on('data', (chunk: Buffer) => client.receive(chunk));
-    socket.on('error', (error) => client.close(client.fail('UNAVAILABLE', `the QMP connection to ${path} failed: ${error.message}`, '(connection)', error)));
-    socket.on('close', () => client.close(client.fail('UNAVAILABLE', `QEMU closed its QMP connection ${path} (it exited?)`, '(connection)')));
+    // A QEMU that exits ends the connection either way: a clean close, or a reset.
+    socket.on('error', (error) => client.close(client.fail('UNAVAILABLE', `QMP connection ${path} closed by QEMU (it exited?): ${error.message}`, '(connection)', error)));
+    socket.on('close', () => client.close(client.fail('UNAVAILABLE', `QMP connection ${path} closed by QEMU (it exited?)`, '(connection)')));
     const left = Math.max(1, deadline - Date.now());
     const timer = setTimeout(() => client.close(client.fail('DEADLINE_EXCEEDED', `QEMU sent no QMP greeting on ${path} within ${opts.connectTimeoutMs} ms`, '(greeting)')), left);
     try {
@@ -146,7 +147,8 @@ export class QmpClient {
    * QEMU; its late answer is dropped), the connection lost, or too many commands pending.
    */
   execute<T = unknown>(command: string, args?: Record<string, unknown>, timeoutMs = this.options.commandTimeoutMs): Promise<T> {
-    if (this.closedWith !== null) return Promise.reject(this.fail('UNAVAILABLE', `${this.closedWith.message}; '${command}' not sent`, command, this.closedWith));
+    const closed = this.closedWith;
+    if (closed !== null) return Promise.reject(new QmpError('UNAVAILABLE', `${closed.message}; '${command}' not sent`, { cause: closed, reason: closed.reason, metadata: { command, socket: this.path } }));
     if (this.pending.size >= this.options.pendingMax) {
       return Promise.reject(new QmpError('RESOURCE_EXHAUSTED', `${this.pending.size} QMP commands wait for QEMU's answers on ${this.path}, the limit is ${this.options.pendingMax}; '${command}' not sent`, { reason: 'LIMIT_EXCEEDED', metadata: { command, limit: this.options.pendingMax } }));
     }
@@ -211,7 +213,7 @@ export class QmpClient {
     for (const [id, p] of this.pending) {
       clearTimeout(p.timer);
       this.pending.delete(id);
-      p.reject(this.fail(error.code, `${error.message}; '${p.command}' got no answer`, p.command, error));
+      p.reject(new QmpError(error.code, `${error.message}; '${p.command}' got no answer`, { cause: error, reason: error.reason, metadata: { command: p.command, socket: this.path } }));
     }
     for (const listener of [...this.closeListeners]) listener(error);
     this.closeListeners.clear();
