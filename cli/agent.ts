@@ -1,7 +1,8 @@
 // An agent process: one gRPC server offering the Control service (guests, jobs) and the Migration
-// service (incoming guests), over one host of the configured driver (sim, or qemu: agent-driver.ts). Every agent can play both roles: a guest that
-// arrived here can later be migrated onward or back. `source-agent` and `target-agent` are the
-// same daemon under two names, with different default ports.
+// service (incoming guests), over one host of the configured driver (sim, or qemu; see
+// agent-driver.ts). Every agent can play both roles: a guest that arrived here can later be
+// migrated onward or back. `source-agent` and `target-agent` are the same daemon under two names,
+// with different default ports.
 //
 // Configuration: a YAML file (--config, or VMMIGRATE_CONFIG) with flags laid over it, validated
 // in shared/config.ts. The daemon refuses to start on any invalid field, naming it.
