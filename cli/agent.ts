@@ -1,7 +1,8 @@
 // An agent process: one gRPC server offering the Control service (guests, jobs) and the Migration
-// service (incoming guests), over one `sim` host. Every agent can play both roles: a guest that
-// arrived here can later be migrated onward or back. `source-agent` and `target-agent` are the
-// same daemon under two names, with different default ports.
+// service (incoming guests), over one host of the configured driver (sim, or qemu; see
+// agent-driver.ts). Every agent can play both roles: a guest that arrived here can later be
+// migrated onward or back. `source-agent` and `target-agent` are the same daemon under two names,
+// with different default ports.
 //
 // Configuration: a YAML file (--config, or VMMIGRATE_CONFIG) with flags laid over it, validated
 // in shared/config.ts. The daemon refuses to start on any invalid field, naming it.
@@ -16,7 +17,7 @@ import { ControlServiceV2 } from '../source-agent/control-v2/service.js';
 import { SOURCE_DEFAULTS } from '../source-agent/migration.js';
 import { recoverSourceRecords } from '../source-agent/decisions.js';
 import { MigrationService, TARGET_DEFAULTS, type TargetOptions } from '../target-agent/migration-service.js';
-import { SimDriver } from '../shared/driver/sim/driver.js';
+import { type AgentDriver, hostDriver } from './agent-driver.js';
 import { PackPool } from '../shared/pack-pool.js';
 import { type DecisionJournal, openJournal } from '../shared/journal.js';
 import { type AgentConfig, ConfigError, readConfigFile, setPath, validateConfig } from '../shared/config.js';
@@ -38,7 +39,7 @@ export interface AgentOptions {
 
 export interface RunningAgent {
   readonly address: string;
-  readonly driver: SimDriver;
+  readonly driver: AgentDriver;
   readonly control: ControlService;
   readonly migration: MigrationService;
   readonly log: Logger;
@@ -47,17 +48,6 @@ export interface RunningAgent {
   readonly metricsAddress: string | null;
   /** Cancels migrations not yet committed (guests stay here), drops incoming ones, stops serving. */
   shutdown(reason: string): Promise<void>;
-}
-
-/** The host's driver: the sim, with the host's memory, vCPUs and unit length. */
-function hostDriver(config: AgentConfig, log: Logger): SimDriver {
-  return new SimDriver({
-    memoryBytesTotal: config.host.memoryMib * 2 ** 20,
-    vcpusTotal: config.host.vcpus,
-    unitMsDefault: config.host.unitMs,
-    // A bug in one guest's runner stops that guest, not the agent and every other guest.
-    guest: { vcpu: config.host.vcpu, logQueueUnitsMax: config.host.logBufferUnits, onRunnerFailure: (guestId, error) => log.error({ guestId, err: error }, 'the guest runner failed: the guest is suspended') },
-  });
 }
 
 /** What the target side takes from the configuration. */
@@ -124,7 +114,7 @@ export async function startAgent(options: AgentOptions, log: Logger = pino({ lev
   try {
     port = await new Promise<number>((resolve, reject) => server.bindAsync(config.listen, serverCredentials(tls), (error, p) => (error ? reject(error) : resolve(p))));
   } catch (error) {
-    driver.shutdown();
+    await driver.shutdown();
     void packer?.close();
     journal.close();
     throw new ConfigError('listen', `cannot listen on ${config.listen}: ${(error as Error).message}`);
@@ -139,7 +129,7 @@ export async function startAgent(options: AgentOptions, log: Logger = pino({ lev
       metricsServer = await startMetricsServer(config.metricsListen, metrics, log);
     } catch (error) {
       server.forceShutdown();
-      driver.shutdown();
+      await driver.shutdown();
       void packer?.close();
       journal.close();
       throw new ConfigError('metricsListen', `cannot serve metrics on ${config.metricsListen}: ${(error as Error).message}`);
@@ -169,7 +159,7 @@ export async function startAgent(options: AgentOptions, log: Logger = pino({ lev
         await control.shutdown(reason);
         migration.shutdown(reason);
         await new Promise<void>((resolve) => server.tryShutdown(() => resolve()));
-        driver.shutdown();
+        await driver.shutdown();
         await packer?.close();
         await metricsServer?.close();
         await arbiter?.close().catch((error: unknown) => log.warn({ err: String(error) }, 'could not close the arbiter'));
@@ -197,6 +187,7 @@ function openAgentJournal(config: AgentConfig, log: Logger): DecisionJournal {
 /** Flag (commander's camelCase name) → configuration field, and how its text becomes a value. */
 const FLAGS: Array<{ option: string; flag: string; field: string; value?: (text: string) => unknown }> = [
   { option: 'listen', flag: '--listen', field: 'listen' },
+  { option: 'driver', flag: '--driver', field: 'driver' },
   { option: 'metricsListen', flag: '--metrics-listen', field: 'metricsListen' },
   { option: 'tlsCa', flag: '--tls-ca', field: 'tls.ca' },
   { option: 'tlsCert', flag: '--tls-cert', field: 'tls.cert' },
@@ -264,10 +255,11 @@ export function agentOptionsFrom(role: AgentRole, opts: Record<string, unknown>)
 function agentOptionsCommand(role: AgentRole): Command {
   const defaultPort = role === 'source' ? 7400 : 7401;
   return new Command(`${role}-agent`)
-    .description(`run the ${role} agent: the Control and Migration gRPC services over a sim host (flags override the configuration file)`)
+    .description(`run the ${role} agent: the Control and Migration gRPC services over a sim or qemu host (flags override the configuration file)`)
     .addOption(new Option('--config <file>', 'YAML configuration file (deploy/agent.example.yaml documents it)').env('VMMIGRATE_CONFIG'))
     .option('--check-config', 'check the configuration (and read the TLS files), print the verdict and exit: 0 valid, 2 not')
     .option('--listen <host:port>', `address to serve on (default 127.0.0.1:${defaultPort})`)
+    .addOption(new Option('--driver <name>', 'hypervisor driver: sim (the built-in guest, default) or qemu (QEMU processes; the qemu section of --config says what they boot)').choices(['sim', 'qemu']))
     .option('--metrics-listen <host:port>', 'serve Prometheus metrics over HTTP here (default: off)')
     .option('--tls-ca <file>', 'PEM CA certificate that issued every agent and client certificate')
     .option('--tls-cert <file>', "PEM certificate of this agent (server and client)")
@@ -278,7 +270,7 @@ function agentOptionsCommand(role: AgentRole): Command {
     .option('--state-dir <dir>', 'directory of the decision journal (default: none, decisions kept in memory only)')
     .option('--resume-window-ms <n>', 'a transfer whose stream broke before the commit: how long to resume it on a new stream, as source and as target (0: never; default 10000)')
     .option('--activation-timeout-ms <n>', "after a matched commit, how long to wait for the target's activation confirmation before asking it instead (default 60000)")
-    .option('--on-stop-with-guests <refuse|drop>', 'SIGTERM while guests live in this agent (sim: they die with it): refuse (default: keep running, stop once none is left) or drop (stop, destroying them)')
+    .option('--on-stop-with-guests <refuse|drop>', 'SIGTERM while guests live in this agent (sim and qemu: they die with it): refuse (default: keep running, stop once none is left) or drop (stop, destroying them)')
     .option('--memory-mib <n>', 'memory this host offers to guests, MiB (default 16384)')
     .option('--vcpus <n>', 'vCPUs this host offers (default 16)')
     .option('--unit-ms <n>', 'default log unit length, ms (1-100, default 10)')
@@ -345,7 +337,7 @@ export async function runAgent(role: AgentRole, opts: Record<string, unknown>): 
 const PENDING_STOP_POLL_MS = 1_000;
 
 /**
- * SIGTERM/SIGINT: stop, unless guests live in this process (sim: they would die with it) and the
+ * SIGTERM/SIGINT: stop, unless guests live in this agent (sim, qemu: they would die with it) and the
  * configuration says refuse: then a pending stop, carried out once none is left.
  */
 function onStopSignals(agent: RunningAgent, onStopWithGuests: 'refuse' | 'drop', log: Logger): void {
@@ -360,12 +352,12 @@ function onStopSignals(agent: RunningAgent, onStopWithGuests: 'refuse' | 'drop',
       const guests = living();
       if (guests.length === 0) return stop(signal);
       if (onStopWithGuests === 'drop') {
-        for (const id of guests) log.error({ signal, guestId: id }, 'stopping the agent destroys this guest (onStopWithGuests: drop; the sim driver runs guests inside the agent)');
+        for (const id of guests) log.error({ signal, guestId: id }, `stopping the agent destroys this guest (onStopWithGuests: drop; the ${agent.driver.name} driver ends its guests with the agent)`);
         return stop(signal);
       }
       log.error(
         { signal, guests },
-        `refusing to stop: ${guests.length} guest(s) live in this agent process and would be destroyed (the sim driver runs guests inside the agent). Migrate them away or stop them: the agent stops by itself once none is left. onStopWithGuests: drop stops at once and destroys them`,
+        `refusing to stop: ${guests.length} guest(s) live in this agent process and would be destroyed (the ${agent.driver.name} driver ends its guests with the agent). Migrate them away or stop them: the agent stops by itself once none is left. onStopWithGuests: drop stops at once and destroys them`,
       );
       pending ??= setInterval(() => {
         if (living().length === 0) {

@@ -2,12 +2,14 @@
 // command-line flags that override it. Everything is validated at start; an invalid value stops
 // the agent with a message naming the field (and the flag, when a flag set it).
 
-import { readFileSync } from 'node:fs';
+import { accessSync, constants, readFileSync } from 'node:fs';
 import { parse as parseYaml } from 'yaml';
 import { z } from 'zod';
 import { arbiterConfigSchema } from './arbiter/schema.js';
 import { NON_CONVERGENCE_POLICIES } from './convergence.js';
 import { UNIT_MS_DEFAULT, UNIT_MS_MAX, UNIT_MS_MIN } from './driver/types.js';
+import { findExecutable } from './driver/qemu/args.js';
+import { QEMU_DRIVER_DEFAULTS } from './driver/qemu/driver.js';
 import { hostOf, isLoopbackHost } from './transport/tls.js';
 import { defaultCompressionWorkers } from './pack-pool.js';
 import { WINDOW_DEFAULTS } from './protocol.js';
@@ -39,7 +41,40 @@ const rate = z.union([z.number().min(0), z.string()]).transform((v, ctx) => {
 
 const identities = z.array(z.string().min(1)).max(1000);
 
+/** The qemu driver's section (driver: qemu): what every guest boots, and how its QEMU runs. */
+const qemuSchema = z.strictObject({
+  /** The QEMU executable: a name looked up on PATH, or a path. */
+  binary: z.string().min(1).max(4096).default(QEMU_DRIVER_DEFAULTS.binary),
+  /** A kernel to boot (with initrd and append), or else a disk image (disk): exactly one. */
+  kernel: z.string().min(1).max(4096).optional(),
+  initrd: z.string().min(1).max(4096).optional(),
+  /** The kernel's command line; the driver reads the guest's console on the first serial port. */
+  append: z.string().max(4096).default('console=ttyS0'),
+  disk: z.string().min(1).max(4096).optional(),
+  diskFormat: z.enum(['raw', 'qcow2']).default('raw'),
+  /** vCPUs of each guest. */
+  vcpus: int(1, 256).default(QEMU_DRIVER_DEFAULTS.vcpusPerGuest),
+  /** auto: KVM where /dev/kvm is usable, TCG (emulation) elsewhere. */
+  accel: z.enum(['auto', 'kvm', 'tcg']).default(QEMU_DRIVER_DEFAULTS.accel),
+  /**
+   * Where the guests' QMP sockets are. Unset: a temporary directory, removed when the agent stops.
+   * Short, as a unix socket path holds at most 107 bytes (this directory, the guest id and .qmp).
+   */
+  stateDir: z.string().min(1).max(40).optional(),
+  /** Bytes of each guest's serial console the agent keeps. */
+  serialTailBytes: int(1024, 16 * 2 ** 20).default(QEMU_DRIVER_DEFAULTS.serialTailBytes),
+  /** How long a guest's QEMU has to exit after quit before it is killed. */
+  stopGraceMs: int(100, 600_000).default(QEMU_DRIVER_DEFAULTS.stopGraceMs),
+  /** Bound on each QMP command's answer, and on QEMU opening its QMP socket. */
+  qmpTimeoutMs: int(100, 600_000).default(10_000),
+});
+
+export type QemuConfig = z.output<typeof qemuSchema>;
+
 export const agentConfigSchema = z.strictObject({
+  /** The hypervisor driver: sim (the built-in deterministic guest) or qemu (QEMU processes, section qemu). */
+  driver: z.enum(['sim', 'qemu']).default('sim'),
+  qemu: qemuSchema.optional(),
   listen: hostPort.default('127.0.0.1:7400'),
   /** Prometheus metrics over HTTP (plain: keep it on loopback or a management network). */
   metricsListen: hostPort.optional(),
@@ -182,7 +217,31 @@ export function validateConfig(raw: unknown, source: string, flagOf: Record<stri
   }
   const config = result.data;
   checkTransportSecurity(config, source);
+  if (config.driver === 'qemu') checkQemu(config.qemu, source, flagOf);
   return config;
+}
+
+/**
+ * The qemu section, as far as it can be checked before a guest starts: a kernel or a disk (one of
+ * them), files that can be read, and a QEMU executable that can be run.
+ */
+function checkQemu(qemu: QemuConfig | undefined, source: string, flagOf: Record<string, string>): void {
+  const fail = (field: string, message: string): never => {
+    throw new ConfigError(field, `invalid configuration in ${source}: ${field}${flagOf[field] ? ` (set by ${flagOf[field]})` : ''}: ${message}`);
+  };
+  if (qemu === undefined) return fail('qemu', 'driver qemu needs a qemu section saying what guests boot (qemu.kernel, or qemu.disk; see deploy/agent.example.yaml)');
+  if ((qemu.kernel === undefined) === (qemu.disk === undefined)) fail('qemu.kernel', 'set exactly one of qemu.kernel (with qemu.initrd and qemu.append) and qemu.disk');
+  if (qemu.initrd !== undefined && qemu.kernel === undefined) fail('qemu.initrd', 'an initrd goes with qemu.kernel, and there is none');
+  for (const field of ['kernel', 'initrd', 'disk'] as const) {
+    const path = qemu[field];
+    if (path === undefined) continue;
+    try {
+      accessSync(path, constants.R_OK);
+    } catch (error) {
+      fail(`qemu.${field}`, `cannot read ${path}: ${(error as Error).message}`);
+    }
+  }
+  if (findExecutable(qemu.binary) === null) fail('qemu.binary', `no executable ${qemu.binary}${qemu.binary.includes('/') ? '' : ' on PATH'} (Debian: apt-get install --no-install-recommends qemu-system-x86)`);
 }
 
 /** TLS or explicit plaintext, and plaintext only on loopback. */

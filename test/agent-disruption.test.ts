@@ -3,7 +3,7 @@
 // guest that stalls on its copy-on-write pool during the checkpoint, both report more than their
 // downtime.
 import t from 'tap';
-import { MiB, sleep, startGuest, startTestAgent, type Agent } from './support/agents.js';
+import { MiB, simGuest, sleep, startGuest, startTestAgent, type Agent } from './support/agents.js';
 import { controlServiceV2, grpc, makeClient, pb2, unary } from '../shared/transport/grpc.js';
 
 type Job = InstanceType<typeof pb2.Job>;
@@ -48,7 +48,7 @@ t.test('a CR/TR migration whose copy-on-write pool fills: the stall is reported 
   await startGuest(source, 'vm-cow', 'mmuncher');
   // A pool of 256 pages, where one mmuncher unit writes hundreds: the guest stalls until the
   // checkpoint has sent the pages it preserved.
-  source.agent.driver.guest('vm-cow').options.cowBytesMax = 1 * MiB;
+  simGuest(source, 'vm-cow').options.cowBytesMax = 1 * MiB;
   await sleep(200);
   const job = await migrate(t, source, target, 'vm-cow', Method.METHOD_CRTR);
   t.equal(job.state, JobState.JOB_STATE_SUCCEEDED, job.errorMessage ?? '');

@@ -5,7 +5,7 @@
 // must still work.
 import { createServer } from 'node:net';
 import t, { type Test } from 'tap';
-import { type Agent, GUEST_BYTES, guestState, sleep, startGuest, startMigration, startTestAgent } from './support/agents.js';
+import { type Agent, GUEST_BYTES, guestState, simGuest, sleep, startGuest, startMigration, startTestAgent } from './support/agents.js';
 import type { SimSourceGuest } from '../shared/driver/sim/guest.js';
 import { VmMigrateError } from '../shared/errors.js';
 import { controlService, grpc, pb, unary } from '../shared/transport/grpc.js';
@@ -87,7 +87,7 @@ async function eventually<T>(read: () => Promise<T>, ok: (value: T) => boolean, 
 }
 
 function sourceGuest(a: Agent, id: string): SimSourceGuest {
-  return a.agent.driver.guest(id);
+  return simGuest(a, id);
 }
 
 /**

@@ -3,7 +3,7 @@
 // support/agents.ts): CR/TR with its checkpoint, deltas and log, and post-copy with its page faults,
 // both complete with the target's digest equal to the source's and the guest running on the target.
 import t from 'tap';
-import { guestState, sleep, startGuest, startTestAgent } from './support/agents.js';
+import { guestState, simGuest, sleep, startGuest, startTestAgent } from './support/agents.js';
 import { controlServiceV2, grpc, makeClient, pb2, unary } from '../shared/transport/grpc.js';
 
 const { JobState, Method, NonConvergencePolicy } = pb2;
@@ -16,7 +16,7 @@ for (const [name, method] of [
     const source = await startTestAgent(t, ['--vcpu', 'thread']);
     const target = await startTestAgent(t, ['--vcpu', 'thread']);
     await startGuest(source, 'vm-thread', 'web');
-    const guest = source.agent.driver.guest('vm-thread');
+    const guest = simGuest(source, 'vm-thread');
     t.ok(guest.threaded, 'the source guest runs on its own thread');
     for (let i = 0; i < 100 && guest.runnerStats().unitsRun < 20; i++) await sleep(20);
     const client = makeClient(controlServiceV2, 'Control', source.address, grpc.credentials.createInsecure());
@@ -34,7 +34,7 @@ for (const [name, method] of [
     t.equal(s.targetDigest, s.sourceDigest, 'digests equal');
     t.equal(await guestState(target, 'vm-thread'), 'running');
     t.equal(await guestState(source, 'vm-thread'), 'absent');
-    const moved = target.agent.driver.guest('vm-thread');
+    const moved = simGuest(target, 'vm-thread');
     t.ok(moved.threaded, 'it runs on its own thread on the target too');
     const run = moved.runnerStats().unitsRun;
     for (let i = 0; i < 100 && moved.runnerStats().unitsRun === run; i++) await sleep(20);

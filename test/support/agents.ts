@@ -4,6 +4,7 @@ import type { Logger } from 'pino';
 import type { Test } from 'tap';
 import { agentOptionsFromArgs, type RunningAgent, startAgent } from '../../cli/agent.js';
 import { controlService, grpc, makeClient, pb, unary } from '../../shared/transport/grpc.js';
+import { SimDriver, type SimSourceGuest } from '../../shared/driver/sim/index.js';
 
 export const MiB = 2 ** 20;
 export const GUEST_BYTES = 64 * MiB;
@@ -50,3 +51,10 @@ export async function startMigration(a: Agent, request: Partial<InstanceType<typ
 }
 
 export const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+
+/** Guest `id` of `a`, an agent of the sim driver (the default), with the sim's own controls. */
+export function simGuest(a: Agent, id: string): SimSourceGuest {
+  const driver = a.agent.driver;
+  if (!(driver instanceof SimDriver)) throw new Error(`agent ${a.address} runs driver '${driver.name}', not sim`);
+  return driver.guest(id);
+}

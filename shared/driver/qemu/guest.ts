@@ -1,0 +1,210 @@
+// A guest of the `qemu` driver: one QEMU process that this agent started and owns, and the QMP
+// connection to it. The guest's state is QEMU's own (query-status), refreshed whenever QEMU
+// announces a change (STOP, RESUME, SHUTDOWN, ...). Suspend and resume are QMP's stop and cont;
+// discard asks QEMU to quit and kills it after a grace period.
+//
+// It offers none of the migration capabilities yet (no event log, no page access): a method that
+// needs one is refused by name before anything moves, and the calls only a migration makes
+// (machineState, digest, setThrottle) fail with UNIMPLEMENTED.
+
+import { rmSync } from 'node:fs';
+import { UnimplementedError } from '../../errors.js';
+import type { GuestDescription, GuestState, SourceGuest } from '../types.js';
+import { encodeMachineConfig, type QemuMachineConfig } from './args.js';
+import { describeExit, type QemuExit, type QemuProcess, type SerialTail } from './process.js';
+import { QmpClient, QmpError, type QmpOptions } from './qmp.js';
+
+/** Where the driver's messages go (a pino logger fits). */
+export interface DriverLog {
+  info(object: object, message: string): void;
+  warn(object: object, message: string): void;
+  error(object: object, message: string): void;
+}
+
+export interface QemuGuestDeps {
+  readonly qmpSocket: string;
+  readonly qmp: Partial<QmpOptions>;
+  /** How long QEMU has to exit after quit (or SIGTERM) before it is killed. */
+  readonly stopGraceMs: number;
+  readonly log: DriverLog;
+  /** The guest is gone (discarded, or its QEMU exited): off the host's books. */
+  readonly onGone: (guest: QemuGuest) => void;
+}
+
+/** How long a failed QMP connection waits for QEMU's exit, to report its status and message instead. */
+const EXIT_WAIT_MS = 1_000;
+
+/** QEMU events after which its run state may have changed. */
+const STATE_EVENTS = new Set(['STOP', 'RESUME', 'SHUTDOWN', 'RESET', 'SUSPEND', 'WAKEUP', 'GUEST_PANICKED', 'MIGRATION']);
+
+/** QEMU's run state as a GuestState: running, or stopped with its state intact (paused and the like). */
+function guestStateOf(status: string): GuestState {
+  if (status === 'running' || status === 'starting') return 'running';
+  if (status === 'exited') return 'discarded';
+  return 'suspended';
+}
+
+export class QemuGuest implements SourceGuest {
+  readonly pagesMissing = 0;
+  /** QEMU's run state (query-status), 'starting' until QMP first answers, 'exited' once the process is gone. */
+  private status = 'starting';
+  private client: QmpClient | null = null;
+  private readonly connected: Promise<QmpClient>;
+  private readonly abortConnect = new AbortController();
+  private discarded = false;
+  private stopping: Promise<void> | null = null;
+
+  constructor(
+    readonly id: string,
+    readonly machine: QemuMachineConfig,
+    readonly unitMs: number,
+    readonly process: QemuProcess,
+    private readonly deps: QemuGuestDeps,
+  ) {
+    void process.exited.then((exit) => this.onExit(exit));
+    this.connected = this.connect();
+    // A QMP that never comes up is logged and ends the guest in connect(); callers see it on use.
+    this.connected.catch(() => undefined);
+  }
+
+  /** The guest's serial console: its last bytes, and a listener for what comes. */
+  get serial(): SerialTail {
+    return this.process.serial;
+  }
+
+  /** QEMU's run state as query-status last said it ('starting' before QMP answered, 'exited' after). */
+  get qemuStatus(): string {
+    return this.status;
+  }
+
+  /** The QMP connection, once open; rejects if it could not be opened or the guest is gone. */
+  async qmp(): Promise<QmpClient> {
+    const client = await this.connected;
+    if (client.closed) throw client.closedError!;
+    return client;
+  }
+
+  describe(): GuestDescription {
+    const { machine } = this;
+    return {
+      id: this.id,
+      driver: 'qemu',
+      memoryBytes: machine.memoryBytes,
+      vcpus: machine.vcpus,
+      unitMs: this.unitMs,
+      state: this.discarded ? 'discarded' : guestStateOf(this.status),
+      machineConfig: encodeMachineConfig(machine),
+      summary: `qemu pid ${this.process.pid} (${machine.accel}, ${machine.memoryBytes / 2 ** 20} MiB, ${machine.vcpus} vCPU): ${this.status}`,
+    };
+  }
+
+  /** Pauses the guest's vCPUs (QMP stop); its state stays intact for resume or discard. */
+  async suspend(): Promise<void> {
+    const client = await this.qmp();
+    await client.execute('stop');
+    await this.refresh(client);
+  }
+
+  /** Runs the suspended guest again (QMP cont); a failure is logged (see cont() to wait for it). */
+  resume(): void {
+    this.cont().catch((error: unknown) => this.deps.log.error({ guestId: this.id, err: String(error) }, 'could not resume the guest'));
+  }
+
+  /** QMP cont, then the state QEMU reports. */
+  async cont(): Promise<void> {
+    const client = await this.qmp();
+    await client.execute('cont');
+    await this.refresh(client);
+  }
+
+  machineState(): Uint8Array {
+    throw this.unsupported('its machine state (QEMU keeps it in its own migration stream)');
+  }
+
+  setThrottle(): void {
+    throw this.unsupported('throttling outside a migration');
+  }
+
+  digest(): string {
+    throw this.unsupported('a digest of its memory');
+  }
+
+  /** Ends the guest: QMP quit, then SIGKILL after the grace period. Off the host's books at once. */
+  discard(): void {
+    if (this.discarded) return;
+    this.discarded = true;
+    this.deps.onGone(this);
+    this.stopping = this.stopProcess();
+  }
+
+  /** Settles once the guest's QEMU has exited, after discard (or on its own). */
+  async stopped(): Promise<QemuExit> {
+    await this.stopping;
+    return this.process.exited;
+  }
+
+  private unsupported(what: string): UnimplementedError {
+    return new UnimplementedError(`the qemu driver does not give ${what} yet: guest '${this.id}' cannot be migrated by this agent`, { reason: 'NOT_SUPPORTED', metadata: { guestId: this.id, driver: 'qemu' } });
+  }
+
+  private async connect(): Promise<QmpClient> {
+    const exited = this.process.exited.then((exit): never => {
+      throw this.endedEarly(exit);
+    });
+    try {
+      const client = await Promise.race([QmpClient.connect(this.deps.qmpSocket, { ...this.deps.qmp, signal: this.abortConnect.signal }), exited]);
+      this.client = client;
+      client.onEvent((event) => {
+        if (STATE_EVENTS.has(event.event)) void this.refresh(client).catch(() => undefined);
+      });
+      if (this.discarded) client.close();
+      else await this.refresh(client);
+      return client;
+    } catch (caught) {
+      this.abortConnect.abort(caught);
+      // QEMU opens its socket before it loads what it boots: a bad kernel ends it just after the
+      // connection, which then breaks. Its exit and its own message say more than the reset.
+      const exit = await Promise.race([this.process.exited, new Promise<null>((resolve) => setTimeout(() => resolve(null), EXIT_WAIT_MS))]);
+      const error = exit === null ? caught : this.endedEarly(exit, caught);
+      if (!this.discarded) {
+        this.deps.log.error({ guestId: this.id, err: (error as Error).message }, 'no QMP connection to the guest\'s QEMU: the guest is stopped');
+        this.discard();
+      }
+      throw error;
+    }
+  }
+
+  private endedEarly(exit: QemuExit, cause?: unknown): QmpError {
+    const said = this.process.stderrTail.slice(-1000) || 'no message';
+    return new QmpError('UNAVAILABLE', `QEMU of guest '${this.id}' ended (${describeExit(exit)}) before its QMP connection was ready: ${said}`, { cause, metadata: { guestId: this.id, command: '(connect)' } });
+  }
+
+  private async refresh(client: QmpClient): Promise<void> {
+    const answer = await client.execute<{ status: string }>('query-status');
+    if (this.status !== 'exited') this.status = answer.status;
+  }
+
+  private async stopProcess(): Promise<void> {
+    const { stopGraceMs } = this.deps;
+    this.abortConnect.abort(new Error('the guest was discarded'));
+    const client = this.client;
+    if (client !== null && !client.closed) {
+      // QEMU answers quit and then exits; SIGTERM if it does not answer.
+      await client.execute('quit', undefined, stopGraceMs).catch(() => this.process.signal('SIGTERM'));
+    } else {
+      this.process.signal('SIGTERM');
+    }
+    await this.process.killAfter(stopGraceMs);
+    client?.close();
+  }
+
+  private onExit(exit: QemuExit): void {
+    this.status = 'exited';
+    this.client?.close();
+    rmSync(this.deps.qmpSocket, { force: true });
+    if (this.discarded) return;
+    this.discarded = true;
+    this.deps.onGone(this);
+    this.deps.log.warn({ guestId: this.id, pid: this.process.pid, exit: describeExit(exit), stderr: this.process.stderrTail.slice(-2000) }, 'the guest\'s QEMU exited on its own');
+  }
+}
