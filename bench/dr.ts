@@ -39,11 +39,13 @@ interface Cell {
   lost: number;
   /** Set when the primary stopped its copy before the kill (fenced: its lease not renewed in time on a loaded host). */
   fencedEarly: string;
-  /** From Protect until the standby had caught up (PROTECTED: the checkpoint restored, the log behind it received). */
+  /** From Protect until the standby had caught up (the checkpoint restored, the log behind it received and replayed). */
   syncMs: number;
 }
 
 const ENDED = new Set<number>([pb2.ProtectionState.PROTECTION_STATE_FAILED_OVER, pb2.ProtectionState.PROTECTION_STATE_STOPPED]);
+/** The standby's replay lag under which it has caught up with the backlog the checkpoint left. */
+const STEADY_REPLAY_LAG_MS = 250;
 /** How long the first checkpoint may take before the cell is given up. */
 const PROTECT_WAIT_MS = 120_000;
 
@@ -68,12 +70,13 @@ async function runCell(profile: string, link: LinkProfileName, seconds: number, 
     const [guest, twin] = [`p-${profile}-${link}`, `u-${profile}-${link}`];
     for (const id of [guest, twin]) await unary(p, controlServiceV2.startGuest, pb2.StartGuestRequest.create({ id, profile, memoryBytes: memoryMib * 2 ** 20 }), 60_000, 'start guest');
     await unary(p, controlServiceV2.protect, pb2.ProtectRequest.create({ guestId: guest, drAddress: targetAddress, mode: pb2.ProtectionMode.PROTECTION_MODE_SYNC }), 10_000, 'protect');
-    // Measured in the steady state: once the checkpoint is restored and the log that queued behind
-    // it has reached the standby (the lag within the objective: PROTECTED).
+    // Measured in the steady state: once the checkpoint is restored, the log that queued behind it
+    // has reached the standby (the lag within the objective: PROTECTED), and the standby has
+    // replayed it (its replay lag under STEADY_REPLAY_LAG_MS).
     const protectAt = Date.now();
     for (const deadline = Date.now() + PROTECT_WAIT_MS; ; ) {
       const pr = await unary(p, controlServiceV2.getProtection, pb2.GetProtectionRequest.create({ guestId: guest }), 5_000, 'get');
-      if (pr.state === pb2.ProtectionState.PROTECTION_STATE_PROTECTED) break;
+      if (pr.state === pb2.ProtectionState.PROTECTION_STATE_PROTECTED && pr.lagReplayedMs <= STEADY_REPLAY_LAG_MS) break;
       if (ENDED.has(pr.state) || Date.now() > deadline) throw new Error(`${profile}/${link}: the protection never became protected (${pr.detail || 'still syncing'})`);
       await sleep(50);
     }
