@@ -240,6 +240,7 @@ export class ProtectionControl {
 
   /** Every protection held here, or those of `guestId`, oldest first (a guest failed over and back has one of each role). */
   list(guestId?: string): ProtectionMessage[] {
+    this.checkTerms();
     const of = (id: string) => guestId === undefined || id === guestId;
     const primaries = this.control.listJobs().filter((j) => j.request.protection !== undefined && of(j.request.guestId)).map((j) => ({ at: j.startedAtMs, view: this.withResyncs(primaryView(j), j) }));
     const standbys = this.standbys.list().filter((j) => j.standby !== undefined && of(j.guestId)).map((j) => ({ at: j.startedAtMs, view: standbyView(j) }));
