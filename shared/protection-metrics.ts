@@ -51,44 +51,20 @@ export function registerProtectionGauges(registry: Registry, read: () => Protect
       }
     },
   });
-  new Gauge({
-    name: `${PREFIX}protection_outputs_held`,
-    help: 'Outputs of a protected guest held until the standby has the units that produced them (sync mode).',
-    labelNames: ['guest_id'],
-    registers,
-    collect() {
-      this.reset();
-      for (const p of active()) if (p.role === 'primary') this.set({ guest_id: p.guestId }, p.outputsHeld);
-    },
-  });
-  new Gauge({
-    name: `${PREFIX}protection_log_bytes_per_second`,
-    help: 'The log a protected guest streams to its standby, bytes per second.',
-    labelNames: ['guest_id'],
-    registers,
-    collect() {
-      this.reset();
-      for (const p of active()) if (p.role === 'primary') this.set({ guest_id: p.guestId }, p.logBytesPerSec);
-    },
-  });
-  new Gauge({
-    name: `${PREFIX}protection_resyncs`,
-    help: 'Times the primary made the standby of a protected guest again since it was protected (a standby lost, or a link down past the log buffer).',
-    labelNames: ['guest_id'],
-    registers,
-    collect() {
-      this.reset();
-      for (const p of active()) if (p.role === 'primary') this.set({ guest_id: p.guestId }, p.resyncs);
-    },
-  });
-  new Gauge({
-    name: `${PREFIX}protection_checkpoint_bytes_saved`,
-    help: "Raw bytes the current standby's checkpoint did not send because the DR agent held them already (a resync over the standby, a fail back over the stopped copy).",
-    labelNames: ['guest_id'],
-    registers,
-    collect() {
-      this.reset();
-      for (const p of active()) if (p.role === 'primary') this.set({ guest_id: p.guestId }, p.checkpointBytesSaved);
-    },
-  });
+  // One series per primary protection, named by its guest.
+  const perPrimary = (name: string, help: string, value: (p: ProtectionGaugeView) => number) =>
+    new Gauge({
+      name: `${PREFIX}${name}`,
+      help,
+      labelNames: ['guest_id'],
+      registers,
+      collect() {
+        this.reset();
+        for (const p of active()) if (p.role === 'primary') this.set({ guest_id: p.guestId }, value(p));
+      },
+    });
+  perPrimary('protection_outputs_held', 'Outputs of a protected guest held until the standby has the units that produced them (sync mode).', (p) => p.outputsHeld);
+  perPrimary('protection_log_bytes_per_second', 'The log a protected guest streams to its standby, bytes per second.', (p) => p.logBytesPerSec);
+  perPrimary('protection_resyncs', 'Times the primary made the standby of a protected guest again since it was protected (a standby lost, or a link down past the log buffer).', (p) => p.resyncs);
+  perPrimary('protection_checkpoint_bytes_saved', "Raw bytes the current standby's checkpoint did not send because the DR agent held them already (a resync over the standby, a fail back over the stopped copy).", (p) => p.checkpointBytesSaved);
 }
