@@ -2,6 +2,7 @@
 // host, capacity, and migration jobs (start, watch, get, list, cancel).
 
 import type { Logger } from 'pino';
+import { stopForGood } from './fence.js';
 import type { GuestOutput, HypervisorDriver } from '../shared/driver/types.js';
 import { capacityMessage, guestMessage } from '../shared/messages.js';
 import { echo, InvalidStateError, LimitExceededError, NotFoundError, UnimplementedError } from '../shared/errors.js';
@@ -118,10 +119,7 @@ export class ControlService {
    * its jobs): what it holds is dropped, nothing more leaves, it is suspended and retired.
    */
   async stopFencedGuest(guestId: string): Promise<void> {
-    const guest = this.driver.guest(guestId);
-    guest.output?.dropHeld();
-    if (guest.describe().state === 'running') await guest.suspend();
-    guest.retire?.();
+    return stopForGood(this.driver.guest(guestId));
   }
 
   /** The output device of guest `guestId` here, if its driver has one (NOT_FOUND if there is no guest). */

@@ -41,6 +41,7 @@ import { createMethod } from './methods/registry.js';
 import { CrtrMethod } from './methods/crtr.js';
 import { GrpcTargetPeer, type TargetPeer } from './peer.js';
 import { checkTarget, reserveOnTarget } from './prepare.js';
+import { stopForGood } from './fence.js';
 import { openTransfer } from './open-transfer.js';
 import { methodContext } from './method-context.js';
 
@@ -301,18 +302,9 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
 
   private stopFenced(): void {
     // Outputs the standby may not have: never released (the standby answers for the guest now).
-    this.guest.output?.dropHeld();
+    const stopped = stopForGood(this.guest);
     this.method.cleanUp(this.ctx);
-    // Retired: it never resumes, and stays only as a base image a fail back sends the differences to.
-    const retire = () => {
-      try {
-        this.guest.retire?.();
-      } catch (error) {
-        this.log.warn({ err: String(error) }, 'could not retire the stopped copy');
-      }
-    };
-    if (this.guest.describe().state === 'running') void this.guest.suspend().then(retire, () => {});
-    else retire();
+    stopped.catch((error: unknown) => this.log.warn({ err: String(error) }, 'could not stop the fenced copy for good'));
     this.decisions.handedOver();
     this.stats.status = 'failed';
     this.log.error({ err: this.stats.error }, 'protection: the guest was failed over to its standby; this copy is stopped and does not run again');
