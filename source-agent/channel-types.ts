@@ -58,6 +58,12 @@ export interface TransferChannel {
   /** The stream broke and the transfer is being resumed on a new one (absent: never resumes). */
   readonly linkDown?: boolean;
   /**
+   * Drops the current stream as damaged in transit (`cause`: an ABORTED error) and resumes the
+   * transfer on a new one, as a broken stream is; fails the channel with `cause` where it cannot be
+   * resumed. Absent: channels that never resume.
+   */
+  restart?(cause: VmMigrateError): void;
+  /**
    * Post-copy: the machine state is about to go, and the target resumes the guest on receiving
    * it, before any commit: its activation is expected from here on.
    */

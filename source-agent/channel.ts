@@ -93,6 +93,18 @@ export class GrpcTransferChannel extends FailableWaits implements TransferChanne
     return this.reconnecting;
   }
 
+  restart(cause: VmMigrateError): void {
+    // A resume under way replaces the stream already.
+    if (this.reconnecting) return;
+    const damaged = this.call;
+    this.broken(cause);
+    try {
+      damaged.cancel();
+    } catch {
+      // Gone already.
+    }
+  }
+
   /** Listens to `call`, from now on the transfer's stream. */
   private attach(call: Call): void {
     const generation = ++this.callGeneration;

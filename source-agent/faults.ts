@@ -110,6 +110,11 @@ export class FaultyChannel implements TransferChannel {
   get linkDown(): boolean {
     return this.inner.linkDown === true;
   }
+
+  restart(cause: VmMigrateError): void {
+    if (this.inner.restart !== undefined) this.inner.restart(cause);
+    else this.inner.fail(cause);
+  }
   get onStopRequest(): ((request: StopRequest) => void) | null {
     return this.inner.onStopRequest;
   }

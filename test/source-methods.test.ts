@@ -328,6 +328,23 @@ t.test('postcopy: a page request out of range fails the transfer with DATA_LOSS'
   await t.rejects(catchUp, { code: 'DATA_LOSS', message: 'the target asked for page 10 of a 10-page guest' });
 });
 
+t.test('postcopy: on a channel that resumes, a page request out of range drops the stream (at most 16 times), it does not end the transfer', async (t) => {
+  const clock = new ManualClock();
+  const channel = new FakeChannel(clock);
+  const restarts: string[] = [];
+  Object.assign(channel, { restart: (cause: Error) => restarts.push(cause.message) });
+  const made = methodContext('postcopy', new FakeGuest('q3', undefined, new FakePages(10)), channel, clock);
+  const catchUp = new PostcopyMethod().catchUp(made.ctx);
+  await settle(clock);
+  channel.onPageRequest?.([10], false);
+  t.same(restarts, ['the target asked for page 10 of a 10-page guest: the stream is dropped, resume it'], 'the stream dropped, to be resumed');
+  for (let i = 0; i < 15; i++) channel.onPageRequest?.([-1], false);
+  t.equal(restarts.length, 16);
+  t.equal(channel.error, null, 'the transfer goes on');
+  channel.onPageRequest?.([11], false);
+  await t.rejects(catchUp, { code: 'DATA_LOSS', message: 'the target asked for page 11 of a 10-page guest' }, 'past 16, it fails');
+});
+
 t.test('a method refuses a guest without the capability it needs, by name', async (t) => {
   const clock = new ManualClock();
   const channel = new FakeChannel(clock);

@@ -5,7 +5,7 @@
 // back: the guest runs on the target.
 
 import { PAGE_BYTES, type PageAccess } from '../../shared/driver/types.js';
-import { CorruptDataError, LimitExceededError } from '../../shared/errors.js';
+import { AbortedError, CorruptDataError, LimitExceededError } from '../../shared/errors.js';
 import type { MigrationPhase } from '../../shared/stats.js';
 import { PAGE_BATCH_PAGES, PageStream } from '../streams/pages.js';
 import { STALL_MS } from '../channel.js';
@@ -17,6 +17,8 @@ import type { MethodContext, TransferMethod } from './method.js';
  * transfer, as a share of the guest's pages; past it the target is failing the transfer.
  */
 const RESENT_PAGES_MAX_SHARE = 4;
+/** Malformed page requests a transfer survives (each drops the stream and resumes the transfer). */
+const BAD_REQUESTS_MAX = 16;
 /** Why a page is in the queue: the target's guest waits for it, or the target lost it. */
 const QUEUED_DEMAND = 1;
 const QUEUED_RESEND = 2;
@@ -37,6 +39,7 @@ export class PostcopyMethod implements TransferMethod {
   private sent: Uint8Array | null = null;
   /** Pages sent again because the target lost them, bounded (RESENT_PAGES_MAX_SHARE). */
   private resentPages = 0;
+  private badRequests = 0;
   /** The push's next page in order. */
   private cursor = 0;
   private opened = false;
@@ -138,10 +141,7 @@ export class PostcopyMethod implements TransferMethod {
     const pageCount = pages.pageCount;
     this.demandQueued ??= new Uint8Array(pageCount);
     for (const p of requested) {
-      if (!Number.isInteger(p) || p < 0 || p >= pageCount) {
-        ctx.channel.fail(new CorruptDataError(`the target asked for page ${p} of a ${pageCount}-page guest`, { reason: 'CORRUPT_DATA', metadata: { page: p, pageCount } }));
-        return;
-      }
+      if (!Number.isInteger(p) || p < 0 || p >= pageCount) return this.badRequest(ctx, new CorruptDataError(`the target asked for page ${p} of a ${pageCount}-page guest`, { reason: 'CORRUPT_DATA', metadata: { page: p, pageCount } }));
       if (resend) {
         if (this.sent === null || this.sent[p] === 0) continue;
         if (++this.resentPages > RESENT_PAGES_MAX_SHARE * pageCount) {
@@ -155,5 +155,17 @@ export class PostcopyMethod implements TransferMethod {
         this.demand.push(p);
       }
     }
+  }
+
+  /**
+   * A page request that names no page of the guest: damaged on the way (the reverse stream carries
+   * no checksum), or a hostile target. The guest runs there on pages only we have, so the stream is
+   * dropped and the transfer resumed (the target asks again for what it waits for), at most
+   * BAD_REQUESTS_MAX times; past that, the transfer fails.
+   */
+  private badRequest(ctx: MethodContext, error: CorruptDataError): void {
+    if (++this.badRequests > BAD_REQUESTS_MAX || ctx.channel.restart === undefined) return ctx.channel.fail(error);
+    ctx.log.warn({ err: error.message, badRequests: this.badRequests }, 'post-copy: a malformed page request; the stream is dropped and the transfer resumed');
+    ctx.channel.restart(new AbortedError(`${error.message}: the stream is dropped, resume it`, { reason: 'PEER_UNAVAILABLE' }));
   }
 }
