@@ -3,7 +3,8 @@
 
 import type { RecordingStats } from '../shared/driver/types.js';
 import type { MigrationStats } from '../shared/stats.js';
-import type { StreamByteCounter } from '../shared/transport/grpc.js';
+import { grpc, statusName, type StreamByteCounter } from '../shared/transport/grpc.js';
+import type { VmMigrateError } from '../shared/errors.js';
 import type { TransferChannel } from './channel.js';
 
 export interface StatsSources {
@@ -42,4 +43,11 @@ export function refreshMigrationStats(s: MigrationStats, from: StatsSources): vo
   const guestSeconds = (s.unitsRecorded * s.unitMs) / 1000;
   s.logRateBytesPerSec = guestSeconds > 0 ? s.logBytes / guestSeconds : 0;
   // expectedDowntimeMs is each method's own (its refreshStats): what its stop-and-copy sends differs.
+}
+
+/** A job's failure in its statistics: message, status name (a bug, not `operating`, is INTERNAL, as toServiceError reports it) and reason. */
+export function recordError(s: MigrationStats, e: VmMigrateError, operating: boolean): void {
+  s.error = e.message;
+  s.errorCode = operating ? statusName(grpc.status[e.code]) : statusName(grpc.status.INTERNAL);
+  s.errorReason = e.reason;
 }

@@ -25,14 +25,14 @@ import { openJournal } from '../shared/journal.js';
 import { switchoverDeadlines } from '../shared/switchover.js';
 import { WINDOW_DEFAULTS } from '../shared/protocol.js';
 import { emptyStats, type MigrationPhase, type MigrationStats } from '../shared/stats.js';
-import { grpc, statusName, type StreamByteCounter } from '../shared/transport/grpc.js';
+import type { StreamByteCounter } from '../shared/transport/grpc.js';
 import type { SourceOptions } from './source-options.js';
 import type { TransferChannel } from './channel.js';
 import { DisruptionMeter } from './disruption-meter.js';
 import { Commitment } from './commitment.js';
 import type { ResolveAction } from './in-doubt.js';
 import { SourceDecisions } from './decisions.js';
-import { refreshMigrationStats } from './migration-stats.js';
+import { recordError, refreshMigrationStats } from './migration-stats.js';
 import { raceDeadline } from './wait.js';
 import { retryLostLink } from './retry.js';
 import type { MigrationHooks } from './faults.js';
@@ -42,29 +42,15 @@ import { CrtrMethod } from './methods/crtr.js';
 import { GrpcTargetPeer, type TargetPeer } from './peer.js';
 import { checkTarget, reserveOnTarget } from './prepare.js';
 import { stopForGood } from './fence.js';
+import { abortAtTarget } from './abort-target.js';
 import { openTransfer } from './open-transfer.js';
+import type { MigrationDependencies, MigrationEvents } from './migration-types.js';
 import { methodContext } from './method-context.js';
 
 export type { MigrationRequest } from './methods/method.js';
 export { SOURCE_DEFAULTS, type SourceOptions } from './source-options.js';
 
-/** What a migration can be given instead of the real thing (tests, fault injection). */
-export interface MigrationDependencies {
-  peer?: TargetPeer;
-  clock?: Clock;
-  hooks?: MigrationHooks;
-}
-
-/**
- * Events a job emits: `phase` (a phase began), `round` (a pre-copy round ended, or CR/TR answered
- * a stop request: the message says what happened), `progress` (periodic), `end` (final status).
- */
-export interface MigrationEvents {
-  phase: [MigrationPhase];
-  round: [string];
-  progress: [];
-  end: [];
-}
+export type { MigrationDependencies, MigrationEvents } from './migration-types.js';
 
 export class SourceMigration extends EventEmitter<MigrationEvents> {
   readonly id = randomUUID();
@@ -266,7 +252,7 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
     const cancelled = this.fencedBy === null && this.cancelController.signal.aborted && !(error instanceof VmMigrateError && !(error instanceof AbortedError));
     const e = this.fencedBy ?? (error instanceof VmMigrateError ? error : new UnavailableError(error instanceof Error ? error.message : String(error), { cause: error, reason: 'INTERNAL_ERROR' }));
     if (!(error instanceof VmMigrateError)) this.log.error({ err: error }, 'unexpected error in a migration');
-    this.setError(e, error instanceof VmMigrateError);
+    recordError(this.stats, e, error instanceof VmMigrateError);
     if (this.commitment.sent) {
       // The stream is no longer relied on (nor pinged): the target's journal answers from here.
       this.channel?.close();
@@ -276,35 +262,17 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
     // A protected guest failed over to its standby: this copy stops, and never runs again.
     if (e.reason === 'FAILED_OVER') return this.stopFenced();
     // Abort before the commit: the target drops its replica, the guest runs here.
-    if (this.channel !== null) {
-      const broken = this.channel.error !== null;
-      this.channel.abort(e.message, cancelled);
-      // A protection's standby cut off from us is kept: it is what a failover resumes, and what
-      // the protection's resync sends only the pages that differ to (target-agent/base-image.ts).
-      if (broken && this.request.protection !== undefined && !cancelled) this.log.warn('protection: the standby is unreachable and kept as it is');
-      // The Abort cannot go on a broken stream: the target hears it by a call of its own.
-      else if (broken) await this.peer.release('', e.message, this.id).catch((releaseError: unknown) => this.log.warn({ err: String(releaseError) }, 'could not tell the target to drop its replica (it does on its own, at most its resume window later)'));
-    } else if (this.reservationId !== '' || this.stats.phase === 'reservation') {
-      // A Reserve whose answer was lost may have reserved all the same: released by the migration's id.
-      await this.peer.release(this.reservationId, e.message, this.id).catch((releaseError: unknown) => this.log.warn({ err: String(releaseError) }, 'could not release the reservation (it expires on its own)'));
-    }
+    const { channel, peer, reservationId, log } = this;
+    await abortAtTarget({ channel, peer, jobId: this.id, reservationId, inReservation: this.stats.phase === 'reservation', protection: this.request.protection !== undefined, cancelled, reason: e.message, log });
     this.resumeHere();
     this.stats.status = cancelled ? 'cancelled' : 'failed';
     this.log.warn({ err: e.message, code: this.stats.errorCode, reason: e.reason, phase: this.stats.phase }, cancelled ? 'migration cancelled: guest runs on the source' : 'migration failed: guest runs on the source');
   }
 
-  private setError(e: VmMigrateError, operating: boolean): void {
-    this.stats.error = e.message;
-    // A bug is INTERNAL, as toServiceError reports it to a caller.
-    this.stats.errorCode = operating ? statusName(grpc.status[e.code]) : statusName(grpc.status.INTERNAL);
-    this.stats.errorReason = e.reason;
-  }
-
   private stopFenced(): void {
-    // Outputs the standby may not have: never released (the standby answers for the guest now).
-    const stopped = stopForGood(this.guest);
+    // Outputs the standby may not have are never released (dropped at once): it answers for the guest now.
+    stopForGood(this.guest).catch((error: unknown) => this.log.warn({ err: String(error) }, 'could not stop the fenced copy for good'));
     this.method.cleanUp(this.ctx);
-    stopped.catch((error: unknown) => this.log.warn({ err: String(error) }, 'could not stop the fenced copy for good'));
     this.decisions.handedOver();
     this.stats.status = 'failed';
     this.log.error({ err: this.stats.error }, 'protection: the guest was failed over to its standby; this copy is stopped and does not run again');

@@ -11,18 +11,19 @@
 import type { TargetReplica } from '../shared/driver/types.js';
 import type { Logger } from 'pino';
 import { type Clock, systemClock } from '../shared/clock.js';
-import { SWITCHOVER_DEADLINE_SHARE } from '../shared/convergence.js';
 import { AbortedError, bounded, CorruptDataError, InvalidStateError, MESSAGE_CHARS_MAX, VmMigrateError } from '../shared/errors.js';
 import { damagedInTransit, Detached } from './detached.js';
-import { type FailoverResult, PRIMARY_SILENCE_MS, Standby, type StandbyPort } from './standby.js';
+import type { FailoverResult } from './standby.js';
+import { SessionStandby, type SessionStandbyPort } from './session-standby.js';
 import { pb, statusOf, toServiceError } from '../shared/transport/grpc.js';
 import { detailsOf } from '../shared/transport/status.js';
 import { Feedback, type ProgressCounters, type ProgressReport } from './feedback.js';
 import { guardedClock } from './guarded-clock.js';
 import { IdleWatchdog, idleError, transferDeadlineMs } from './idle-watchdog.js';
 import { SessionStream } from './session-stream.js';
-import { SessionCommit } from './session-commit.js';
-import { checkCapabilities, type MethodContext, type OpenTransfer, routeStreamMessage, type StreamMessages, targetMethod } from './methods.js';
+import { SessionCommit, type SessionCommitPort } from './session-commit.js';
+import { transferContext } from './transfer-context.js';
+import { checkCapabilities, type OpenTransfer, routeStreamMessage, type StreamMessages, targetMethod } from './methods.js';
 import type { TargetMessageBody, TransferPhase } from './receivers/context.js';
 import type { TransferView } from './incoming-jobs.js';
 import type { Reservation } from './reservation.js';
@@ -43,8 +44,10 @@ export class TargetSession {
   /** Set at Open, once the replica proved it has what the method needs. */
   private transfer: OpenTransfer | null = null;
   private feedback: Feedback | null = null;
-  /** A protection's standby (standby.ts), set at Open. */
-  private standby: Standby | null = null;
+  /** What the commit, the standby and the receivers may do to this session (port()). */
+  private readonly parts: SessionCommitPort & SessionStandbyPort;
+  /** A protection's standby, from its Open on (session-standby.ts). */
+  private readonly protection: SessionStandby;
   private bytesReceived = 0;
   /** Messages of the transfer received, on every stream of it (Progress.messages_received). */
   private messagesReceived = 0;
@@ -70,35 +73,18 @@ export class TargetSession {
   ) {
     // Whatever this session schedules fails this session if it throws, not the process.
     this.clock = guardedClock(clock, (error) => this.fail(error));
-    const session = this;
-    this.commit = new SessionCommit({
-      host,
-      clock: this.clock,
-      get log() {
-        return session.log;
-      },
-      transfer: () => this.transfer,
-      phase: () => this.phase,
-      fail: (error) => this.fail(error),
-      setPhase: (phase) => this.setPhase(phase),
-      send: (body) => this.send(body),
-      end: (reason) => this.end(reason),
-      endedAs: (reason) => {
-        this.reasonEnded = reason;
-        this.setPhase('ended');
-        this.finish();
-      },
-      finish: () => this.finish(),
-    });
+    this.parts = this.port();
+    this.commit = new SessionCommit(this.parts);
+    this.protection = new SessionStandby(this.parts);
     // Post-copy's guest runs here on pages only the source has: never ended for the source's silence.
     this.idle = new IdleWatchdog(this.clock, host.options.transferIdleTimeoutMs, {
       // Units queued while the checkpoint is still restoring wait for the source's chunks, not for us.
       // Nor a standby: its primary's silence is what a failover is for.
-      busy: () => this.phase === 'committed' || this.phase === 'activated' || this.phase === 'postcopy' || this.standby !== null || this.commit.holding || (this.phase === 'replaying' && (this.transfer?.receivers.counters().remainingUnits ?? 0) > 0),
+      busy: () => this.phase === 'committed' || this.phase === 'activated' || this.phase === 'postcopy' || this.protection.active || this.commit.holding || (this.phase === 'replaying' && (this.transfer?.receivers.counters().remainingUnits ?? 0) > 0),
       deadlineMs: () => transferDeadlineMs(this.reservation, this.phase),
       expired: (idleMs, pastDeadline) => this.fail(idleError(this.phase, idleMs, this.idle.timeoutMs, pastDeadline ? this.reservation : null)),
     });
-    const port = { phase: () => this.phase, log: () => this.log, missingPages: () => this.missingPages, standby: () => this.standby !== null, expired: (reason: string) => this.end(reason) };
+    const port = { phase: () => this.phase, log: () => this.log, missingPages: () => this.missingPages, standby: () => this.protection.active, expired: (reason: string) => this.end(reason) };
     this.detached = new Detached(this.clock, host.options.resumeWindowMs ?? 0, port);
     this.stream = new SessionStream(call, this.clock, {
       message: (message) => this.onMessage(message),
@@ -107,6 +93,48 @@ export class TargetSession {
       overflow: (error) => this.fail(error),
       drained: () => this.progress(true),
     });
+  }
+
+  /** What the commit (session-commit.ts) and the standby (session-standby.ts) may do to this session. */
+  private port(): SessionCommitPort & SessionStandbyPort {
+    const session = this;
+    return {
+      host: this.host,
+      clock: this.clock,
+      get log() {
+        return session.log;
+      },
+      phase: () => this.phase,
+      setPhase: (phase) => this.setPhase(phase),
+      transfer: () => this.transfer,
+      reservation: () => this.reservation,
+      send: (body) => this.send(body),
+      fail: (error) => this.fail(error),
+      end: (reason) => this.end(reason),
+      endedAs: (reason) => {
+        this.reasonEnded = reason;
+        this.setPhase('ended');
+        this.finish();
+      },
+      finish: (reason?: string) => {
+        if (reason !== undefined) this.reasonEnded = reason;
+        this.finish();
+      },
+      endKeepingReplica: (reason) => {
+        this.keepReplica = true;
+        this.end(reason);
+      },
+      detached: () => this.detached.waiting,
+      streamAttached: () => this.stream.attached,
+      silentMs: () => this.idle.silentMs(),
+      drain: () => this.transfer?.receivers.drain?.() ?? 0,
+      dropStream: (error) => {
+        // In band, then the stream's status; the stream is no longer this session's to read.
+        this.send({ error: { code: statusOf(error), message: error.message, reason: error.reason } });
+        this.stream.release()?.emit('error', toServiceError(error));
+      },
+      progress: () => this.progress(true),
+    };
   }
 
   /**
@@ -148,18 +176,9 @@ export class TargetSession {
     if (this.phase === 'restoring' || this.phase === 'replaying' || this.phase === 'open') this.end(`given up by the source: ${reason}`);
   }
 
-  /**
-   * A standby whose primary abandoned it (its stream broke, or the primary has been silent past
-   * PRIMARY_SILENCE_MS) ends, its replica handed over to the primary's new reservation as a base
-   * image (base-image.ts); null, and nothing changes, when this transfer is not such a standby.
-   */
+  /** A standby its primary abandoned ends, its replica the base of the primary's new reservation (session-standby.ts). */
   supersede(reason: string): TargetReplica | null {
-    const r = this.reservation;
-    const abandoned = this.detached.waiting || this.idle.silentMs() >= PRIMARY_SILENCE_MS;
-    if (this.standby === null || this.standby.switchoverAsked || r === null || (this.phase !== 'restoring' && this.phase !== 'replaying') || !abandoned) return null;
-    this.keepReplica = true;
-    this.end(reason);
-    return r.replica;
+    return this.protection.supersede(reason);
   }
 
   /** Ends the session from outside (agent shutdown): before the commit, the replica is dropped. */
@@ -169,44 +188,12 @@ export class TargetSession {
 
   /** This transfer as the Control API shows it (an incoming job). */
   view(): TransferView {
-    const standby = this.standby === null ? undefined : { terms: this.standby.terms, switchoverAsked: this.standby.switchoverAsked, failedOver: this.standby.failedOver, sinceMs: this.standby.sinceMs, silentMs: this.idle.silentMs() };
-    return { phase: this.phase, method: this.transfer?.method.name ?? null, counters: this.counters(), cancelled: this.cancelledBySource, standby };
+    return { phase: this.phase, method: this.transfer?.method.name ?? null, counters: this.counters(), cancelled: this.cancelledBySource, standby: this.protection.view() };
   }
 
-  /** A protection's standby resumes here (standby.ts); FAILED_PRECONDITION when this transfer is not one that can. */
+  /** A protection's standby resumes here (session-standby.ts, standby.ts). */
   failover(force: boolean): FailoverResult {
-    const r = this.reservation;
-    if (this.standby === null || r === null) throw new InvalidStateError('this transfer is not a protection', { reason: 'PROTECTION_NOT_FOUND' });
-    return this.standby.failover(this.standbyPort(), r, force);
-  }
-
-  private standbyPort(): StandbyPort {
-    return {
-      clock: this.clock,
-      log: this.log,
-      host: this.host,
-      phase: () => this.phase,
-      streamAttached: () => this.stream.attached,
-      silentMs: () => this.idle.silentMs(),
-      drain: () => this.transfer?.receivers.drain?.() ?? 0,
-      dropStream: (error) => {
-        // In band, then the stream's status; the stream is no longer this session's to read.
-        this.send({ error: { code: statusOf(error), message: error.message, reason: error.reason } });
-        this.stream.release()?.emit('error', toServiceError(error));
-      },
-      setPhase: (phase) => this.setPhase(phase),
-      finish: (reason) => {
-        this.reasonEnded = reason;
-        this.finish();
-      },
-    };
-  }
-
-  private onSwitchover(reason: string): void {
-    if (this.standby === null) throw new InvalidStateError('Switchover in a transfer that is not a protection', { reason: 'PROTOCOL_VIOLATION' });
-    this.standby.switchoverAsked = true;
-    this.log.info({ reason }, 'protection: planned switchover asked: the standby asks to stop from here');
-    this.progress(true);
+    return this.protection.failover(force);
   }
 
   /** The guest the transfer brings, once the Open named the reservation. */
@@ -262,7 +249,7 @@ export class TargetSession {
         case 'resume':
           return this.onResume(message.resume as InstanceType<typeof pb.Resume>);
         case 'switchover':
-          return this.onSwitchover(message.switchover?.reason ?? '');
+          return this.protection.switchover(message.switchover?.reason ?? '');
         default:
           throw new CorruptDataError(`unknown message on the transfer stream (${String(message.body)})`);
       }
@@ -304,31 +291,12 @@ export class TargetSession {
       if (report.finalReplayed) this.commit.releaseHeld();
     };
     this.feedback = new Feedback(options, { reportable: () => this.reportable(), counters: () => this.counters(), send: (report) => this.send({ progress: report }), afterReport }, this.clock);
-    if (r.protection !== undefined) this.standby = new Standby(r.protection, this.clock);
-    this.transfer = { reservation: r, method, receivers: method.start(r.replica, this.methodContext(r)) };
+    this.protection.open(r.protection);
+    this.transfer = { reservation: r, method, receivers: method.start(r.replica, transferContext(r, this.parts, { commit: this.commit, standby: this.protection, progress: (force) => this.progress(force) })) };
     this.setPhase('restoring');
     this.log.info({ firstSequence: open.firstSequence, method: method.name }, 'transfer opened');
     // The first progress report acknowledges the Open: post-copy waits for it before suspending.
     this.progress(true);
-  }
-
-  private methodContext(r: Reservation): MethodContext {
-    const { unitWindow, unitWindowBytes } = this.host.options;
-    const switchoverDeadlineMs = r.maxDurationMs > 0 ? r.reservedAtMs + SWITCHOVER_DEADLINE_SHARE * r.maxDurationMs : Number.POSITIVE_INFINITY;
-    return {
-      clock: this.clock,
-      defer: this.host.options.defer,
-      log: this.log,
-      windows: { unitWindow, unitWindowBytes, switchoverDeadlineMs, stopsHeld: () => this.standby?.holdsStops === true, ackReceipt: () => this.standby?.terms.mode === 'sync' },
-      phase: () => this.phase,
-      restored: () => this.setPhase('replaying'),
-      resuming: () => this.host.decisions?.committed(r.migrationId, r.replica.id),
-      resumedHere: (resumedAtMs) => this.commit.resumedHere(r, resumedAtMs),
-      progress: (force) => this.progress(force),
-      send: (body) => this.send(body),
-      fail: (error) => this.fail(error),
-      unitReplayed: () => this.host.metrics?.unitsReplayed(),
-    };
   }
 
   private onStopDecision(decision: InstanceType<typeof pb.StopDecision>): void {
