@@ -67,12 +67,18 @@ export class OutputDevice implements GuestOutput {
       if (this.gated || this.releaseWhile?.() === false) this.held.push(packet);
       else this.release(packet, now);
     }
-    if (this.gated && this.heldCount > OUTPUTS_HELD_MAX) {
-      this.overflowed++;
-      const held = this.heldCount;
-      this.openGate();
-      this.onOverflow?.(held);
+    if (this.heldCount <= OUTPUTS_HELD_MAX) return;
+    this.overflowed++;
+    if (!this.gated) {
+      // Held only for want of the primary's term (releaseWhile): they may never leave. Past the
+      // bound the oldest are dropped, not released (a copy without its term is about to be fenced).
+      this.held = this.held.slice(this.heldRead + this.heldCount - OUTPUTS_HELD_MAX);
+      this.heldRead = 0;
+      return;
     }
+    const held = this.heldCount;
+    this.openGate();
+    this.onOverflow?.(held);
   }
 
   /** From now on, outputs wait for releaseThrough (a sync protection). */
