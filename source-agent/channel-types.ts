@@ -98,6 +98,11 @@ export interface TransferChannelOptions {
   resumeWindowMs?: number;
   /** A protection: a broken stream is resumed however long it takes (the guest runs on meanwhile). */
   resumeForever?: boolean;
+  /**
+   * True while every millisecond counts (the guest is stopped for the switchover): resume attempts
+   * then follow each other at most URGENT_BACKOFF_MS apart instead of backing off to 2 s.
+   */
+  urgent?: () => boolean;
   /** Told when the stream broke (attempt 0) and every tenth attempt after, with the last error: for the log. */
   onResumeAttempt?: (attempt: number, error: VmMigrateError) => void;
 }

@@ -27,6 +27,8 @@ type TargetMessage = InstanceType<typeof pb.TargetMessage>;
 
 /** A resume attempt waits this long for the target's Resumed. */
 const RESUME_ATTEMPT_MS = 3_000;
+/** Between resume attempts while the guest is stopped: a link back sooner shortens the downtime. */
+const URGENT_BACKOFF_MS = 50;
 /** With sent messages not yet counted, no message from the target for this long is a stalled link: the stream is dropped and resumed. */
 export const STALL_MS = 5_000;
 /** The throughput the stall detector assumes until the target acknowledged some (bytes/s). */
@@ -185,8 +187,22 @@ export class GrpcTransferChannel extends FailableWaits implements TransferChanne
     if (!written) await this.drained(this.call);
   }
 
+  /**
+   * Waits for `call` to take more, or for a resume to replace it: a stream that broke never drains,
+   * and what it held is sent again on the new one from the log.
+   */
   private async drained(call: Call): Promise<void> {
-    await this.settled(new Promise<void>((resolve) => call.once('drain', () => resolve())));
+    let drained = false;
+    const onDrain = () => {
+      drained = true;
+      this.notify();
+    };
+    call.once('drain', onDrain);
+    try {
+      await this.until(() => drained || this.call !== call || this.closed);
+    } finally {
+      call.removeListener('drain', onDrain);
+    }
   }
 
   /**
@@ -232,8 +248,9 @@ export class GrpcTransferChannel extends FailableWaits implements TransferChanne
       }
       // The target no longer has the transfer (it ended, or the window passed there): no use trying again.
       if (last.code === 'NOT_FOUND' || this.targetEnded) break;
+      if (this.options.urgent?.() === true) backoffMs = Math.min(backoffMs, URGENT_BACKOFF_MS);
       await this.clock.sleep(Math.max(0, Math.min(backoffMs, deadlineMs - this.clock.now())));
-      backoffMs = Math.min(2_000, backoffMs * 2);
+      backoffMs = Math.min(this.options.urgent?.() === true ? URGENT_BACKOFF_MS : 2_000, backoffMs * 2);
     }
     this.resumes.reconnectingMs += this.clock.now() - startMs;
     this.reconnecting = false;

@@ -367,7 +367,7 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
     if (this.channel !== null) throw new InvalidStateError('the transfer stream is already open');
     const open = { reservationId: this.reservationId, migrationId: this.id, firstSequence, method: this.method.name };
     const { peer, request, windows, hooks, log, options } = this;
-    this.channel = openTransfer({ peer, signal: this.cancelController.signal, options, request, windows, hooks, log, announce: (message) => this.emit('round', message), open });
+    this.channel = openTransfer({ peer, signal: this.cancelController.signal, options, request, windows, hooks, log, announce: (message) => this.emit('round', message), urgent: () => this.suspended, open });
   }
 
   private setPhase(phase: MigrationPhase): void {

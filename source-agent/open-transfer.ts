@@ -20,6 +20,8 @@ export interface TransferOpening {
   log: Logger;
   /** A round event for the job's watchers. */
   announce(message: string): void;
+  /** The guest is stopped for the switchover: a broken stream is resumed without backing off. */
+  urgent(): boolean;
   open: { reservationId: string; migrationId: string; firstSequence: number; method: TransferMethod['name'] };
 }
 
@@ -32,7 +34,7 @@ export function openTransfer(o: TransferOpening): TransferChannel {
   };
   const { options } = o;
   const resumeForever = o.request.protection !== undefined;
-  const opened = o.peer.openTransfer(o.signal, { compress: !o.request.disableCompression, pingIntervalMs: options.pingIntervalMs, packer: options.packer, resumeWindowMs, resumeForever, onResumeAttempt });
+  const opened = o.peer.openTransfer(o.signal, { compress: !o.request.disableCompression, pingIntervalMs: options.pingIntervalMs, packer: options.packer, resumeWindowMs, resumeForever, onResumeAttempt, urgent: () => o.urgent() });
   const channel = o.hooks.wrapChannel?.(opened) ?? opened;
   channel.send({ open: o.open });
   return channel;
