@@ -143,6 +143,7 @@ export class ControlServiceV2 {
         maxDurationMs: req.maxDurationMs,
         disableCompression: req.disableCompression,
         logOnlyCatchUp: req.logOnlyCatchUp,
+        nativePostcopy: req.nativePostcopy,
       }),
     );
     return pb2.StartMigrationResponse.create({ jobId: job.id, job: sourceJobMessage(job, this.control.historyOf(job)) });
