@@ -113,6 +113,13 @@ async function stopGuest(session: Session, id: string): Promise<number> {
   return EXIT.ok;
 }
 
+async function showConsole(session: Session, id: string, opts: { bytes?: number }): Promise<number> {
+  const res = await session.call(controlServiceV2.getConsole, pb2.GetConsoleRequest.create({ guestId: id, maxBytes: opts.bytes ?? 0 }), `reading the console of guest '${id}'`);
+  session.document({ id, text: res.text, bytesTotal: Number(res.bytesTotal) });
+  session.say(res.text.replace(/\n$/, ''));
+  return EXIT.ok;
+}
+
 async function showCapacity(session: Session): Promise<number> {
   const capacity = await session.call(controlServiceV2.getCapacity, pb2.GetCapacityRequest.create(), 'getting the capacity');
   session.document(messageJson(capacity));
@@ -227,7 +234,7 @@ function buildProgram(): Command {
 
   withClientOptions(program.command('guests').description('list the guests on the agent: id, state, role (and the job behind it), memory, profile')).action(clientAction((s) => listGuests(s)));
 
-  const guest = program.command('guest').description('start or stop a built-in sim guest on the agent');
+  const guest = program.command('guest').description('start, stop or read a guest on the agent (sim: a profile; qemu: the configured image, --profile idle)');
   withClientOptions(
     guest
       .command('start')
@@ -238,6 +245,12 @@ function buildProgram(): Command {
       .option('--unit-ms <n>', "log unit length, ms (default: the agent's)", integer('--unit-ms', 1, 100)),
   ).action(clientAction((s) => startGuest(s, s.options as unknown as StartGuestOptions)));
   withClientOptions(guest.command('stop <id>').description('stop a guest and free its memory')).action(clientAction((s, id) => stopGuest(s, id)));
+  withClientOptions(
+    guest
+      .command('console <id>')
+      .description("the last bytes of a guest's console (qemu: its serial port) on this agent")
+      .option('--bytes <n>', 'how many of the last bytes (default 16384)', integer('--bytes', 1, 65_536)),
+  ).action(clientAction((s, id) => showConsole(s, id, s.options as { bytes?: number })));
 
   withClientOptions(
     program

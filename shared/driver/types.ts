@@ -71,7 +71,6 @@ export interface HostCapacity {
   readonly vcpusReserved: number;
 }
 
-
 /** One sealed log unit. `bytes` is the driver's own encoding, checked by the target's driver. */
 export interface SealedUnit {
   /** Consecutive from the recording's first unit; the target rejects gaps and duplicates. */
@@ -211,6 +210,8 @@ export interface SourceGuest {
   readonly output?: GuestOutput;
   /** Capability `native-stream`: the hypervisor's own outgoing migration. */
   readonly nativeStream?: NativeStreamSource;
+  /** The guest's console (its serial port's last bytes, and how many it wrote); absent when the driver keeps none. */
+  console?(): { text: string; bytesTotal: number };
 }
 
 /** One output of a guest (a packet it transmitted). */

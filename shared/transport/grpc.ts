@@ -239,6 +239,7 @@ export const controlServiceV2 = {
   getProtection: v2<Msg<typeof pb2.GetProtectionRequest>, Msg<typeof pb2.Protection>>('GetProtection', pb2.GetProtectionRequest, pb2.Protection),
   listProtections: v2<Msg<typeof pb2.ListProtectionsRequest>, Msg<typeof pb2.ListProtectionsResponse>>('ListProtections', pb2.ListProtectionsRequest, pb2.ListProtectionsResponse),
   getOutputs: v2<Msg<typeof pb2.GetOutputsRequest>, Msg<typeof pb2.GetOutputsResponse>>('GetOutputs', pb2.GetOutputsRequest, pb2.GetOutputsResponse),
+  getConsole: v2<Msg<typeof pb2.GetConsoleRequest>, Msg<typeof pb2.GetConsoleResponse>>('GetConsole', pb2.GetConsoleRequest, pb2.GetConsoleResponse),
   watchProtection: v2<Msg<typeof pb2.WatchProtectionRequest>, Msg<typeof pb2.Protection>>('WatchProtection', pb2.WatchProtectionRequest, pb2.Protection, true),
 } satisfies grpc.ServiceDefinition;
 

@@ -78,6 +78,10 @@ export class QemuGuest implements SourceGuest {
     return this.process.serial;
   }
 
+  console(): { text: string; bytesTotal: number } {
+    return { text: this.serial.text(), bytesTotal: this.serial.bytesTotal };
+  }
+
   /** QEMU's run state as query-status last said it ('starting' before QMP answered, 'exited' after). */
   get qemuStatus(): string {
     return this.status;
