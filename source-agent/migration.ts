@@ -214,8 +214,10 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
     this.suspendedAtMs = this.clock.now();
     this.expectedAtSuspendMs = this.refreshStats().expectedDowntimeMs;
     this.suspended = true;
-    // A vCPU on its own thread finishes its unit first: the downtime starts when it stopped.
-    this.suspendedAtMs += await this.disruption.suspend();
+    // A vCPU on its own thread finishes its unit first: the downtime starts when it stopped. A
+    // hypervisor that stops the guest itself at its switchover does it (qemu-native).
+    if (this.method.hypervisorStopsGuest === true) this.disruption.suspending();
+    else this.suspendedAtMs += await this.disruption.suspend();
   }
 
   /**

@@ -57,6 +57,8 @@ export interface NativeStreamSource {
   info(): Promise<NativeMigrationInfo>;
   /** Calls `listener` at each status change of the migration; returns the function that stops it. */
   onStatus(listener: (status: string) => void): () => void;
+  /** Calls `listener` when the hypervisor stops the guest (its switchover: the downtime starts); returns the function that stops it. */
+  onGuestStop(listener: () => void): () => void;
   /** Switches the running migration to post-copy: from here the guest's memory is split between the hosts. */
   startPostcopy(): Promise<void>;
   /** Makes the running migration switch over at its next chance, whatever the downtime (the force policy). */

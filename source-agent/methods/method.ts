@@ -138,6 +138,11 @@ export interface TransferMethod {
   readonly phases: readonly MigrationPhase[];
   /** The method resumes the guest on the target before the commit (post-copy). */
   readonly activatesBeforeCommit: boolean;
+  /**
+   * The hypervisor stops the guest itself at its switchover (qemu-native: QEMU's own stream), so
+   * the lifecycle's suspend only marks the downtime's start; the guest stops in `finish` or before.
+   */
+  readonly hypervisorStopsGuest?: boolean;
   /** Opens the transfer and, while the guest runs, brings the replica forward until the switchover is due. */
   catchUp(ctx: MethodContext): Promise<void>;
   /** After the lifecycle suspended the guest: sends what is left, until the replica is complete. */

@@ -10,10 +10,12 @@
 // guest, -S). The commit compares the hash of the stream as written here with the hash of what
 // the target's QEMU was given; the target then runs the guest (activation, hooks).
 //
-// Post-copy (nativePostcopy): catch-up lasts until the stream runs; after the lifecycle's suspend,
-// migrate-start-postcopy is the point of no return. The target runs the guest as soon as its QEMU
-// has the device state (activation), QEMU sends the rest (page push, pages on demand first), and
-// the commit comes once the stream completed on both ends.
+// Post-copy (nativePostcopy): catch-up lasts until the stream runs and then QEMU acted on
+// migrate-start-postcopy, the point of no return: it stopped the guest here and sent its device
+// state. The target
+// runs the guest as soon as its QEMU has it (activation), QEMU sends the rest (page push, pages on
+// demand first), and the commit comes once the stream completed on both ends. In both, QEMU stops
+// the guest itself: the lifecycle's suspend only marks the downtime's start.
 //
 // Any failure before the commitment point ends QEMU's migration (migrate_cancel; resumed if QEMU
 // had stopped the guest): the guest runs here only. QEMU's figures become the job's (qemu-native-stats.ts).
@@ -47,12 +49,16 @@ export class QemuNativeMethod implements TransferMethod {
   readonly needs = { source: ['native-stream'], target: ['native-stream'] } as const;
   readonly phases: readonly MigrationPhase[];
   readonly activatesBeforeCommit: boolean;
+  /** QEMU stops the guest for its switchover: pre-copy's last pass, or migrate-start-postcopy. */
+  readonly hypervisorStopsGuest = true;
   commitDigest: string | undefined = undefined;
   private relay: NativeRelay | null = null;
   /** QEMU's status, as its MIGRATION events say it. */
   private status = '';
   private info: NativeMigrationInfo | null = null;
   private stopListening: (() => void) | null = null;
+  /** QEMU stopped the guest for its switchover. */
+  private guestStopped = false;
   private ticker: Timer | null = null;
   private polling = false;
   private readonly passes: BacklogSample[] = [];
@@ -73,7 +79,15 @@ export class QemuNativeMethod implements TransferMethod {
     await ctx.channel.until(() => ctx.channel.acknowledged);
     const { request } = ctx;
     await this.settle(ctx, native.configure({ downtimeLimitMs: request.downtimeLimitMs, maxBandwidthBytesPerSec: request.maxBandwidthBytesPerSec, autoConverge: request.policy === 'throttle', postcopy: this.postcopy }));
-    this.stopListening = native.onStatus((status) => this.onStatus(ctx, native, status));
+    const stopStatus = native.onStatus((status) => this.onStatus(ctx, native, status));
+    const stopStop = native.onGuestStop(() => {
+      this.guestStopped = true;
+      ctx.channel.notify();
+    });
+    this.stopListening = () => {
+      stopStatus();
+      stopStop();
+    };
     const relay = (this.relay = ctx.openNativeRelay(this.postcopy));
     relay.onChange(() => {
       if (relay.error !== null) ctx.channel.fail(relay.error);
@@ -84,8 +98,9 @@ export class QemuNativeMethod implements TransferMethod {
     this.started = true;
     await this.settle(ctx, native.start(relay.endpoint));
     this.ticker = ctx.clock.interval(ctx.timings.monitorIntervalMs, () => this.tick(ctx, native));
-    if (this.postcopy) return this.untilStatus(ctx, (s) => s === 'active');
-    await this.untilStatus(ctx, (s) => SWITCHING.has(s));
+    if (this.postcopy) return this.switchToPostcopy(ctx, native);
+    // QEMU stops the guest, then sends what is left: the downtime starts at its STOP.
+    await this.untilStatus(ctx, (s) => this.guestStopped || SWITCHING.has(s));
     ctx.log.info({ status: this.status, rounds: ctx.stats.rounds, forced: this.forced }, 'qemu-native: QEMU stopped the guest for its switchover');
   }
 
@@ -99,11 +114,21 @@ export class QemuNativeMethod implements TransferMethod {
     this.refreshInfo(ctx, nativeOf(ctx));
   }
 
-  private async finishPostcopy(ctx: MethodContext, native: NativeStreamSource): Promise<void> {
-    const { channel, stats } = ctx;
-    await channel.until(() => true); // a cancellation or a failed stream still stops us here
+  /**
+   * Post-copy's switch, once the stream runs: QEMU stops the guest when it acts on
+   * migrate-start-postcopy (at the end of its current pass's slice, up to 50 ms later), so catch-up
+   * ends when it did, and the lifecycle's suspend marks the downtime's start there.
+   */
+  private async switchToPostcopy(ctx: MethodContext, native: NativeStreamSource): Promise<void> {
+    await this.untilStatus(ctx, (s) => s === 'active');
+    await ctx.channel.until(() => true); // a cancellation or a failed stream still stops us here
     ctx.markPointOfNoReturn(); // from here the guest's memory is split between the hosts
     await native.startPostcopy();
+    await this.untilStatus(ctx, (s) => this.guestStopped || s === 'postcopy-active' || s === 'completed', true);
+  }
+
+  private async finishPostcopy(ctx: MethodContext, native: NativeStreamSource): Promise<void> {
+    const { channel, stats } = ctx;
     ctx.setPhase('activation');
     await channel.until(() => channel.activated !== null, { pastCommit: true, timeoutMs: ctx.timings.activationTimeoutMs, what: 'activation' });
     const { resumeToReplyMs, resumedAtMs } = channel.activated!;

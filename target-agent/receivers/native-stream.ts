@@ -160,6 +160,8 @@ export class NativeStreamReceiver {
 
   private complete(): void {
     this.completed = true;
+    // Done with this hypervisor's migrations: the guest's own, later, are another transfer's.
+    this.stopListening();
     if (this.closedEarly !== null) {
       clearTimeout(this.closedEarly);
       this.call?.end();

@@ -160,11 +160,13 @@ export class QemuIncoming implements TargetReplica, NativeStreamTarget {
   }
 
   /**
-   * Post-copy: waits until QEMU loaded the device state (its run state leaves `inmigrate`; the
-   * source stopped the guest, so QEMU holds it paused), then makes it the host's guest and runs it.
+   * Post-copy: lets QEMU run the guest as soon as it has loaded the device state (a cont while it
+   * is still `inmigrate` does that), waits until it left `inmigrate`, and makes it the host's guest.
+   * A guest the source had paused arrives paused: it is run then.
    */
   async runWhenSwitched(): Promise<number> {
     const client = await this.guest.qmp();
+    await client.execute('cont');
     const deadline = Date.now() + SWITCH_TIMEOUT_MS;
     for (;;) {
       const { status } = await client.execute<{ status: string }>('query-status');
@@ -172,9 +174,10 @@ export class QemuIncoming implements TargetReplica, NativeStreamTarget {
       if (Date.now() > deadline) throw new QmpError('DEADLINE_EXCEEDED', `guest '${this.id}': QEMU did not load post-copy's device state within ${SWITCH_TIMEOUT_MS} ms`, { metadata: { guestId: this.id, command: 'query-status' } });
       await new Promise((resolve) => setTimeout(resolve, SWITCH_POLL_MS));
     }
+    const resumedAtMs = performance.now();
     const guest = this.takeGuest();
     await guest.cont();
-    return performance.now();
+    return resumedAtMs;
   }
 
   async blockedMs(): Promise<number> {

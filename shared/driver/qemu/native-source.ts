@@ -58,13 +58,24 @@ export class QemuNativeSource implements NativeStreamSource {
   }
 
   onStatus(listener: (status: string) => void): () => void {
+    return this.onEvent('MIGRATION', (data) => {
+      if (typeof data.status === 'string') listener(data.status);
+    });
+  }
+
+  /** QEMU's STOP event: nothing else stops the guest while it migrates (the agents leave that to QEMU). */
+  onGuestStop(listener: () => void): () => void {
+    return this.onEvent('STOP', () => listener());
+  }
+
+  private onEvent(name: string, listener: (data: Record<string, unknown>) => void): () => void {
     let stop: (() => void) | null = null;
     let stopped = false;
     void this.qmp().then(
       (client) => {
         if (stopped) return;
         stop = client.onEvent((event) => {
-          if (event.event === 'MIGRATION' && typeof event.data.status === 'string') listener(event.data.status);
+          if (event.event === name) listener(event.data);
         });
       },
       () => undefined,
