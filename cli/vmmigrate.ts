@@ -113,10 +113,22 @@ async function stopGuest(session: Session, id: string): Promise<number> {
   return EXIT.ok;
 }
 
-async function showConsole(session: Session, id: string, opts: { bytes?: number }): Promise<number> {
+/**
+ * A console's text as a terminal may show it: the guest's terminal escapes (a reset, colours, the
+ * cursor's moves) and carriage returns left out, other control characters as '?'.
+ */
+export function printableConsole(text: string): string {
+  return text
+    .replace(/\x1b\[[0-?]*[ -/]*[@-~]/g, '')
+    .replace(/\x1b[@-Z\\-_c]?/g, '')
+    .replace(/\r/g, '')
+    .replace(/[\x00-\x08\x0b-\x1f\x7f]/g, '?');
+}
+
+async function showConsole(session: Session, id: string, opts: { bytes?: number; raw?: boolean }): Promise<number> {
   const res = await session.call(controlServiceV2.getConsole, pb2.GetConsoleRequest.create({ guestId: id, maxBytes: opts.bytes ?? 0 }), `reading the console of guest '${id}'`);
   session.document({ id, text: res.text, bytesTotal: Number(res.bytesTotal) });
-  session.say(res.text.replace(/\n$/, ''));
+  session.say((opts.raw ? res.text : printableConsole(res.text)).replace(/\n$/, ''));
   return EXIT.ok;
 }
 
@@ -249,8 +261,9 @@ function buildProgram(): Command {
     guest
       .command('console <id>')
       .description("the last bytes of a guest's console (qemu: its serial port) on this agent")
-      .option('--bytes <n>', 'how many of the last bytes (default 16384)', integer('--bytes', 1, 65_536)),
-  ).action(clientAction((s, id) => showConsole(s, id, s.options as { bytes?: number })));
+      .option('--bytes <n>', 'how many of the last bytes (default 16384)', integer('--bytes', 1, 65_536))
+      .option('--raw', "print the bytes as the guest wrote them (its terminal escapes too); default: without them"),
+  ).action(clientAction((s, id) => showConsole(s, id, s.options as { bytes?: number; raw?: boolean })));
 
   withClientOptions(
     program

@@ -32,6 +32,7 @@ t.test("QEMU's query-migrate, read and written into the job's figures", async (t
   t.equal(active.dirtyPagesPerSec, 0, 'a number QEMU did not give as one reads as 0');
   t.same(migrationInfoOf({ status: 'failed', 'error-desc': 'Unable to write to socket' }).error, 'Unable to write to socket');
   t.same(migrationInfoOf(null).status, '', 'anything else reads as nothing');
+  t.equal(migrationInfoOf({ status: 'completed', 'total-time': 375, downtime: 47_772_000 }).downtimeMs, 0, 'a downtime beyond the total time is no measurement');
 
   const s = emptyStats('qemu-native', 128 * MiB);
   applyNativeInfo(s, active);
