@@ -141,6 +141,9 @@ export interface MigrationStats {
   dirtyPagesPerSec: number;
 }
 
+/** The hypervisor's own figures before it said any (qemu-native), or for the other methods. */
+const NATIVE_FIGURES_NONE = { nativeStatus: '', nativePostcopy: false, nativeSetupTimeMs: 0, nativeTotalTimeMs: 0, nativeDowntimeMs: 0, nativeTransferredBytes: 0, dirtyPagesPerSec: 0 } as const;
+
 export function emptyStats(method: MigrationMethod, memoryBytes: number): MigrationStats {
   return {
     status: 'setup',
@@ -208,12 +211,6 @@ export function emptyStats(method: MigrationMethod, memoryBytes: number): Migrat
     outputsHeld: 0,
     outputsReleased: 0,
     outputOverflows: 0,
-    nativeStatus: '',
-    nativePostcopy: false,
-    nativeSetupTimeMs: 0,
-    nativeTotalTimeMs: 0,
-    nativeDowntimeMs: 0,
-    nativeTransferredBytes: 0,
-    dirtyPagesPerSec: 0,
+    ...NATIVE_FIGURES_NONE,
   };
 }

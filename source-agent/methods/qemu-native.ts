@@ -123,7 +123,10 @@ export class QemuNativeMethod implements TransferMethod {
     await this.untilStatus(ctx, (s) => s === 'active');
     await ctx.channel.until(() => true); // a cancellation or a failed stream still stops us here
     ctx.markPointOfNoReturn(); // from here the guest's memory is split between the hosts
-    await native.startPostcopy();
+    // A stream that completed before the switch (a small, quiet guest) needs none: the target runs the guest all the same.
+    await native.startPostcopy().catch(async (error: unknown) => {
+      if ((await native.info()).status !== 'completed') throw error;
+    });
     await this.untilStatus(ctx, (s) => this.guestStopped || s === 'postcopy-active' || s === 'completed', true);
   }
 

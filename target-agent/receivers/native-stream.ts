@@ -153,6 +153,8 @@ export class NativeStreamReceiver {
 
   private onStatus(status: string): void {
     if (this.ended) return;
+    // A post-copy stream may complete before its switch (a small, quiet guest): the guest runs here all the same.
+    if (status === 'completed' && this.postcopy && this.resumedAtMs === null) this.switched();
     if (status === 'completed') return this.complete();
     if (status === 'postcopy-active' && this.resumedAtMs === null) return this.switched();
     if (status === 'failed') this.broken(new InvalidStateError('the target\'s hypervisor failed to load the migration stream', { reason: 'HYPERVISOR_FAILED' }));
