@@ -194,8 +194,12 @@ export class QemuNativeMethod implements TransferMethod {
 
   private onStatus(ctx: MethodContext, native: NativeStreamSource, status: string): void {
     this.status = status;
+    ctx.stats.nativeStatus = status;
+    // Completed: nothing is left, whatever the last figures said.
+    if (this.info !== null) this.info = { ...this.info, status, remainingBytes: status === 'completed' ? 0 : this.info.remainingBytes };
     ctx.channel.notify();
-    if (!GIVEN_UP.has(status)) return;
+    // The figures follow each change of status, not only the monitor's tick.
+    if (!GIVEN_UP.has(status)) return this.refreshInfo(ctx, native);
     // QEMU gave up: the relay's error says why when the stream broke; else QEMU's own words.
     void native.info().then(
       (info) => ctx.channel.fail(this.givenUp(status, info.error)),
