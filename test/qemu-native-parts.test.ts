@@ -75,7 +75,7 @@ t.test('the incoming machine is the source\'s, booting this agent\'s files', asy
   const machine = { memoryBytes: 128 * MiB, vcpus: 1, accel: 'tcg', boot: { ...own.boot, append: 'console=ttyS0 quiet' } };
   t.same(incomingMachine(description(machine), own), { memoryBytes: 128 * MiB, vcpus: 2, accel: 'tcg', boot: machine.boot }, "the description's memory and vCPUs, the source's command line");
   t.throws(() => incomingMachine(description({ ...machine, boot: { ...own.boot, initrd: '/tmp/other' } }), own), { code: 'FAILED_PRECONDITION', reason: 'HYPERVISOR_FAILED' });
-  t.throws(() => incomingMachine(description({ ...machine, boot: { kind: 'disk', disk: '/d', format: 'raw' } }), own), { code: 'FAILED_PRECONDITION' }, 'a disk where this agent boots a kernel');
+  t.throws(() => incomingMachine(description({ ...machine, boot: { kind: 'disk', disk: '/d', format: 'raw' } }), own), { code: 'FAILED_PRECONDITION', message: /boots a disk.*cannot migrate/ }, 'a disk guest: its overlay does not travel');
   t.throws(() => incomingMachine(description(machine, 100 * MiB), own), { code: 'INVALID_ARGUMENT' }, 'memory not in 2 MiB pages');
   t.throws(() => incomingMachine(description(machine, 128 * MiB, 0), own), { code: 'INVALID_ARGUMENT' }, 'no vCPU');
   t.throws(() => incomingMachine(description({ boot: 'x'.repeat(20_000) }), own), { code: 'INVALID_ARGUMENT' }, 'too long');

@@ -49,8 +49,11 @@ function guestStateOf(status: string): GuestState {
 
 export class QemuGuest implements SourceGuest {
   readonly pagesMissing = 0;
-  /** Capability native-stream: QEMU's own outgoing migration. */
-  readonly nativeStream: QemuNativeSource;
+  /**
+   * Capability native-stream: QEMU's own outgoing migration. Not for a guest that boots a disk:
+   * its writes go to an overlay of its own QEMU (snapshot=on), which QEMU's stream does not carry.
+   */
+  readonly nativeStream?: QemuNativeSource;
   /** QEMU's run state (query-status), 'starting' until QMP first answers, 'exited' once the process is gone. */
   private status = 'starting';
   private client: QmpClient | null = null;
@@ -67,7 +70,7 @@ export class QemuGuest implements SourceGuest {
     private readonly deps: QemuGuestDeps,
   ) {
     void process.exited.then((exit) => this.onExit(exit));
-    this.nativeStream = new QemuNativeSource(() => this.qmp(), id);
+    if (machine.boot.kind === 'kernel') this.nativeStream = new QemuNativeSource(() => this.qmp(), id);
     this.connected = this.connect();
     // A QMP that never comes up is logged and ends the guest in connect(); callers see it on use.
     this.connected.catch(() => undefined);
@@ -125,7 +128,7 @@ export class QemuGuest implements SourceGuest {
    * failure is logged (see cont() to wait for it).
    */
   resume(): void {
-    void this.nativeStream.settled
+    void (this.nativeStream?.settled ?? Promise.resolve())
       .then(() => this.cont())
       .catch((error: unknown) => this.deps.log.error({ guestId: this.id, err: String(error) }, 'could not resume the guest'));
   }

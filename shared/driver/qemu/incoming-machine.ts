@@ -65,6 +65,9 @@ export function incomingMachine(description: GuestDescription, own: { boot: Qemu
   }
   if (!(Number.isInteger(description.vcpus) && description.vcpus >= 1 && description.vcpus <= VCPUS_MAX)) throw invalidField('guest.vcpus', `${description.vcpus} vCPUs: expected 1 to ${VCPUS_MAX}`);
   const refuse = (message: string) => new InvalidStateError(message, { reason: 'HYPERVISOR_FAILED', metadata: { guestId: description.id } });
+  if (machine.boot.kind === 'disk') {
+    throw refuse(`guest '${echo(description.id)}' boots a disk, whose writes go to an overlay of its source's QEMU that QEMU's stream does not carry: it cannot migrate`);
+  }
   if (!sameBoot(machine.boot, own.boot)) {
     throw refuse(`guest '${echo(description.id)}' boots ${echo(bootWords(machine.boot))}, and this agent's QEMU boots ${bootWords(own.boot)}: configure both agents with the same qemu.kernel and qemu.initrd (or qemu.disk)`);
   }
