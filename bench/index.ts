@@ -11,6 +11,7 @@
 //   npm run bench -- vcpu                        the guest's vCPU against the transfer, inline or on a thread
 //   npm run bench -- protocol-sim --seeds N      the protocol under simulated faults, N seeds
 //   npm run bench -- arbiter                     the failover arbiter on a private etcd: go-live latency, fencing delays
+//   npm run bench -- qemu                        a real Linux guest moved by QEMU's own stream (qemu-native), next to the sim guest
 
 import { runAgentMemoryBench } from './agent-memory.js';
 import { runArbiterBench } from './arbiter.js';
@@ -19,6 +20,7 @@ import { runDrBench } from './dr.js';
 import { runFaultsBench } from './faults/index.js';
 import { runHarness } from './harness.js';
 import { runProtocolSimBench } from './protocol-sim.js';
+import { runQemuBench } from './qemu.js';
 import { runSimBench } from './sim/index.js';
 import { runVcpuBench } from './vcpu.js';
 
@@ -60,6 +62,10 @@ const BENCHMARKS: Readonly<Record<string, Benchmark>> = {
   'protocol-sim': {
     summary: 'the migration protocol in one process over a simulated network (drops, delays, reordering, stalls, target crashes), seed by seed, against its invariants',
     run: runProtocolSimBench,
+  },
+  qemu: {
+    summary: "a real Linux guest (TCG) moved back and forth between two qemu agents by QEMU's own stream, pre-copy and post-copy; next to the sim guest of the same size by pre-copy, post-copy and CR/TR",
+    run: runQemuBench,
   },
   arbiter: {
     summary: 'the failover arbiter against a private etcd: claim and go-live latency, and how long a primary cut off from etcd takes to fence itself and a standby to go live',

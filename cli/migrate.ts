@@ -18,6 +18,8 @@ export interface MigrateOptions {
   maxDuration?: number;
   /** commander's --no-hybrid: false when given. */
   hybrid?: boolean;
+  /** qemu-native: switch to post-copy. */
+  postcopy?: boolean;
   wait: boolean;
   /** Estimate each method's cost instead (EstimateMigration); nothing is migrated. */
   dryRun?: boolean;
@@ -78,6 +80,7 @@ export async function migrate(session: Session, guestId: string, opts: MigrateOp
     nonConvergencePolicy: policyValue(opts.policy),
     maxDurationMs: opts.maxDuration ?? 0,
     logOnlyCatchUp: opts.hybrid === false,
+    nativePostcopy: opts.postcopy === true,
   });
   const { jobId } = await session.call(controlServiceV2.startMigration, request, `starting the migration of guest '${guestId}' to ${opts.to}`);
   if (!opts.wait) {

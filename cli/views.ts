@@ -31,6 +31,7 @@ const METHOD_WORDS = new Map<number, MigrationMethod>([
   [Method.METHOD_CRTR, 'crtr'],
   [Method.METHOD_PRECOPY, 'precopy'],
   [Method.METHOD_POSTCOPY, 'postcopy'],
+  [Method.METHOD_QEMU_NATIVE, 'qemu-native'],
 ]);
 
 const PHASE_WORDS = new Map<number, MigrationPhase>([
@@ -238,6 +239,10 @@ export function progressView(j: JobMessage): ProgressView {
   } else if (j.method === Method.METHOD_POSTCOPY) {
     label = 'pages pushed';
     remaining = `${formatBytes(remainingBytes)} to push`;
+  } else if (j.method === Method.METHOD_QEMU_NATIVE) {
+    const q = s.qemuNative ?? {};
+    label = q.postcopy ? 'QEMU post-copy' : `QEMU pass ${Math.max(1, q.rounds ?? 0)}`;
+    remaining = `${formatBytes(remainingBytes)} left (QEMU ${q.status || 'starting'})`;
   } else {
     label = 'checkpoint';
     remaining = `${s.crtr?.remainingUnits ?? 0} units to replay`;
@@ -290,6 +295,7 @@ function dataLine(j: JobMessage, s: SourceStats): string {
   if (j.method === Method.METHOD_CRTR) {
     return `${total} (checkpoint ${formatBytes(Number(bytes.checkpoint?.wireBytes ?? 0))} on the wire for ${memory} of memory, log ${formatBytes(Number(s.crtr?.logBytes ?? 0))})`;
   }
+  if (j.method === Method.METHOD_QEMU_NATIVE) return `${total} (QEMU's stream ${formatBytes(Number(bytes.native?.rawBytes ?? 0))} relayed for ${memory} of memory)`;
   // Pre-copy's rounds and post-copy's pushed and fetched pages, with the machine state.
   return `${total} (pages ${formatBytes(Number(bytes.pages?.wireBytes ?? 0))} on the wire for ${memory} of memory)`;
 }
@@ -326,6 +332,10 @@ export function summaryLines(j: JobMessage): string[] {
     lines.push(`  rounds:            ${s.precopy.rounds ?? 0} pre-copy rounds, ${Number(s.precopy.stopPagesSent ?? 0)} pages sent during stop-and-copy`);
   } else if (s.postcopy) {
     lines.push(`  pages:             ${Number(s.postcopy.demandPages ?? 0)} fetched on demand by the running guest, the rest pushed`);
+  } else if (s.qemuNative) {
+    const q = s.qemuNative;
+    const how = q.postcopy ? `post-copy, ${Number(q.demandPages ?? 0)} pages asked for by the guest on the target` : `${q.rounds ?? 0} pre-copy passes`;
+    lines.push(`  QEMU:              ${q.status || '-'}, ${how}; its own downtime ${formatMs(q.qemuDowntimeMs ?? 0)}, total ${formatMs(q.qemuTotalTimeMs ?? 0)}`);
   } else {
     const c = s.crtr ?? {};
     const replayRate = c.replayRate ?? 0;
@@ -335,7 +345,7 @@ export function summaryLines(j: JobMessage): string[] {
     lines.push(`  units:             ${c.unitsRecorded ?? 0} recorded, ${c.unitsSent ?? 0} sent, ${c.unitsReplayed ?? 0} replayed${superseded}${replayRate > 0 ? ` (replay ${replayRate.toFixed(1)}x guest speed)` : ''}`);
   }
   lines.push(`  digests:           ${digestsLine(s)}`);
-  lines.push(`  forced:            ${s.crtr?.forced ? 'yes (the non-convergence policy forced stop-and-copy)' : 'no'}`);
+  lines.push(`  forced:            ${s.crtr?.forced || s.qemuNative?.forced ? 'yes (the non-convergence policy forced stop-and-copy)' : 'no'}`);
   if (j.state !== JobState.JOB_STATE_SUCCEEDED) lines.push(`  error:             ${errorText(j)}`);
   // A job can be cancelled only before its commit (CancelJob), so the guest runs on the source.
   if (j.state === JobState.JOB_STATE_CANCELLED) lines.push(`  The guest '${j.guestId}' stays on the source.`);

@@ -113,6 +113,25 @@ async function stopGuest(session: Session, id: string): Promise<number> {
   return EXIT.ok;
 }
 
+/**
+ * A console's text as a terminal may show it: the guest's terminal escapes (a reset, colours, the
+ * cursor's moves) and carriage returns left out, other control characters as '?'.
+ */
+export function printableConsole(text: string): string {
+  return text
+    .replace(/\x1b\[[0-?]*[ -/]*[@-~]/g, '')
+    .replace(/\x1b[@-Z\\-_c]?/g, '')
+    .replace(/\r/g, '')
+    .replace(/[\x00-\x08\x0b-\x1f\x7f]/g, '?');
+}
+
+async function showConsole(session: Session, id: string, opts: { bytes?: number; raw?: boolean }): Promise<number> {
+  const res = await session.call(controlServiceV2.getConsole, pb2.GetConsoleRequest.create({ guestId: id, maxBytes: opts.bytes ?? 0 }), `reading the console of guest '${id}'`);
+  session.document({ id, text: res.text, bytesTotal: Number(res.bytesTotal) });
+  session.say((opts.raw ? res.text : printableConsole(res.text)).replace(/\n$/, ''));
+  return EXIT.ok;
+}
+
 async function showCapacity(session: Session): Promise<number> {
   const capacity = await session.call(controlServiceV2.getCapacity, pb2.GetCapacityRequest.create(), 'getting the capacity');
   session.document(messageJson(capacity));
@@ -227,7 +246,7 @@ function buildProgram(): Command {
 
   withClientOptions(program.command('guests').description('list the guests on the agent: id, state, role (and the job behind it), memory, profile')).action(clientAction((s) => listGuests(s)));
 
-  const guest = program.command('guest').description('start or stop a built-in sim guest on the agent');
+  const guest = program.command('guest').description('start, stop or read a guest on the agent (sim: a profile; qemu: the configured image, --profile idle)');
   withClientOptions(
     guest
       .command('start')
@@ -238,18 +257,26 @@ function buildProgram(): Command {
       .option('--unit-ms <n>', "log unit length, ms (default: the agent's)", integer('--unit-ms', 1, 100)),
   ).action(clientAction((s) => startGuest(s, s.options as unknown as StartGuestOptions)));
   withClientOptions(guest.command('stop <id>').description('stop a guest and free its memory')).action(clientAction((s, id) => stopGuest(s, id)));
+  withClientOptions(
+    guest
+      .command('console <id>')
+      .description("the last bytes of a guest's console (qemu: its serial port) on this agent")
+      .option('--bytes <n>', 'how many of the last bytes (default 16384)', integer('--bytes', 1, 65_536))
+      .option('--raw', "print the bytes as the guest wrote them (its terminal escapes too); default: without them"),
+  ).action(clientAction((s, id) => showConsole(s, id, s.options as { bytes?: number; raw?: boolean })));
 
   withClientOptions(
     program
       .command('migrate <guest>')
       .description('live-migrate a guest from this agent (the source) to a target agent, and watch it to the end')
       .addOption(new Option('--to <host:port>', 'the target agent, as the source agent reaches it').argParser(agentAddress).makeOptionMandatory())
-      .addOption(new Option('--method <name>', 'migration method').choices(['crtr', 'precopy', 'postcopy']).default('crtr'))
+      .addOption(new Option('--method <name>', 'migration method').choices(['crtr', 'precopy', 'postcopy', 'qemu-native']).default('crtr'))
       .option('--downtime-limit-ms <n>', "downtime to aim for (default: the agent's, 300)", integer('--downtime-limit-ms', 1, 600_000))
       .option('--max-bandwidth <rate>', 'bandwidth cap between the agents: 1gbit, 100mbit, 125MB/s, 12MiB/s or bytes/s (default: none)', parsedBy(parseBandwidth))
       .addOption(new Option('--policy <name>', "what to do if it does not converge (default: the agent's, abort)").choices(NON_CONVERGENCE_POLICIES))
       .option('--max-duration <time>', "bound on the migration: seconds, or 1500ms, 90s, 10m (default: the agent's, 10 min)", parsedBy(parseDuration))
       .option('--no-hybrid', 'crtr: catch up by replaying the log only, never by delta checkpoints (for comparison)')
+      .option('--postcopy', 'qemu-native: switch to post-copy as soon as the hypervisor\'s stream runs')
       .option('--no-wait', 'print the job id and return at once instead of watching')
       .option('--dry-run', "migrate nothing: the agent samples the guest and the link and predicts each method's downtime, total time, data and disruption, and recommends one")
       .option('--sample-ms <n>', "with --dry-run: how long the agent samples the guest (default: the agent's, 2000)", integer('--sample-ms', 250, 30_000)),

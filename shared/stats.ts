@@ -14,7 +14,8 @@ export type MigrationStatus = 'setup' | 'active' | 'stop-and-copy' | 'committing
 export type MigrationPhase = 'pre-migration' | 'reservation' | 'checkpoint' | 'log-transfer' | 'stop-and-copy' | 'commitment' | 'activation' | 'page-push' | 'done';
 export const ABORTABLE_PHASES: readonly MigrationPhase[] = ['reservation', 'checkpoint', 'log-transfer', 'stop-and-copy', 'commitment'];
 
-export type MigrationMethod = 'crtr' | 'precopy' | 'postcopy';
+/** qemu-native: the hypervisor's own migration stream, relayed by the agents (pre-copy, or post-copy with nativePostcopy). */
+export type MigrationMethod = 'crtr' | 'precopy' | 'postcopy' | 'qemu-native';
 
 export interface MigrationStats {
   status: MigrationStatus;
@@ -123,7 +124,25 @@ export interface MigrationStats {
   outputsHeld: number;
   outputsReleased: number;
   outputOverflows: number;
+  /**
+   * qemu-native: what the hypervisor says of its own migration (QEMU's query-migrate) where its
+   * meaning differs from the figures above: its status, whether it switched to post-copy, its own
+   * setup, total and downtime (counted from its instants: the migrate command, the guest's stop
+   * here, the end of the stream), the stream bytes it sent, and the rate the guest dirtied pages.
+   * Its expected downtime, remaining bytes, passes (rounds), pages sent, post-copy page requests
+   * (demandPages) and throttle are in the fields of the same meaning above.
+   */
+  nativeStatus: string;
+  nativePostcopy: boolean;
+  nativeSetupTimeMs: number;
+  nativeTotalTimeMs: number;
+  nativeDowntimeMs: number;
+  nativeTransferredBytes: number;
+  dirtyPagesPerSec: number;
 }
+
+/** The hypervisor's own figures before it said any (qemu-native), or for the other methods. */
+const NATIVE_FIGURES_NONE = { nativeStatus: '', nativePostcopy: false, nativeSetupTimeMs: 0, nativeTotalTimeMs: 0, nativeDowntimeMs: 0, nativeTransferredBytes: 0, dirtyPagesPerSec: 0 } as const;
 
 export function emptyStats(method: MigrationMethod, memoryBytes: number): MigrationStats {
   return {
@@ -192,5 +211,6 @@ export function emptyStats(method: MigrationMethod, memoryBytes: number): Migrat
     outputsHeld: 0,
     outputsReleased: 0,
     outputOverflows: 0,
+    ...NATIVE_FIGURES_NONE,
   };
 }

@@ -9,6 +9,7 @@ import { InvalidStateError } from '../shared/errors.js';
 import type { MigrationPhase, MigrationStats } from '../shared/stats.js';
 import type { TransferChannel } from './channel.js';
 import type { MethodContext, MethodTimings, MigrationRequest, TargetWindows } from './methods/method.js';
+import type { NativeRelay } from './native-relay.js';
 
 export interface ContextSource {
   guest: SourceGuest;
@@ -31,6 +32,7 @@ export interface ContextSource {
   elapsedMs(): number;
   downtimeTo(resumedAtTargetMs: number, resumeToReplyMs: number): number;
   markPointOfNoReturn(): void;
+  openNativeRelay(postcopy: boolean): NativeRelay;
 }
 
 export function methodContext(src: ContextSource): MethodContext {
@@ -69,5 +71,6 @@ export function methodContext(src: ContextSource): MethodContext {
     elapsedMs: src.elapsedMs,
     downtimeTo: src.downtimeTo,
     markPointOfNoReturn: src.markPointOfNoReturn,
+    openNativeRelay: src.openNativeRelay,
   };
 }

@@ -46,6 +46,7 @@ import { abortAtTarget } from './abort-target.js';
 import { openTransfer } from './open-transfer.js';
 import type { MigrationDependencies, MigrationEvents } from './migration-types.js';
 import { methodContext } from './method-context.js';
+import { openNativeRelay } from './native-relay.js';
 
 export type { MigrationRequest } from './methods/method.js';
 export { SOURCE_DEFAULTS, type SourceOptions } from './source-options.js';
@@ -92,7 +93,7 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
     this.startMs = this.clock.now();
     this.startedAtMs = this.clock.epochMs();
     this.hooks = dependencies.hooks ?? {};
-    this.method = createMethod(request.method);
+    this.method = createMethod(request.method, request);
     const description = guest.describe();
     this.stats = emptyStats(request.method, description.memoryBytes);
     this.stats.unitMs = description.unitMs;
@@ -213,8 +214,10 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
     this.suspendedAtMs = this.clock.now();
     this.expectedAtSuspendMs = this.refreshStats().expectedDowntimeMs;
     this.suspended = true;
-    // A vCPU on its own thread finishes its unit first: the downtime starts when it stopped.
-    this.suspendedAtMs += await this.disruption.suspend();
+    // A vCPU on its own thread finishes its unit first: the downtime starts when it stopped. A
+    // hypervisor that stops the guest itself at its switchover does it (qemu-native).
+    if (this.method.hypervisorStopsGuest === true) this.disruption.suspending();
+    else this.suspendedAtMs += await this.disruption.suspend();
   }
 
   /**
@@ -359,6 +362,7 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
         this.commitment.markSent();
         this.ctx.channel.markPointOfNoReturn();
       },
+      openNativeRelay: (postcopy) => openNativeRelay(this.peer, { reservationId: this.reservationId, migrationId: this.id, postcopy }),
     });
   }
 

@@ -1,5 +1,6 @@
 // The target agent as the source sees it: its unary Migration calls (capacity, reservation,
-// release, a ping, the outcome of a migration in doubt) and the Transfer stream it opens, over
+// release, a ping, the outcome of a migration in doubt) and the Transfer stream it opens (and,
+// for qemu-native, the NativeStream that carries the hypervisor's own migration stream), over
 // one gRPC client that counts every byte each way (the migration's transferredBytes). The pings
 // also sample the target's clock (clock-offset.ts).
 
@@ -7,6 +8,7 @@ import { systemClock, type Clock } from '../shared/clock.js';
 import { countingService, grpc, makeClient, migrationService, pb, streamByteCounter, type StreamByteCounter, unary } from '../shared/transport/grpc.js';
 import { ClockOffset } from './clock-offset.js';
 import { GrpcTransferChannel, type TransferCall, type TransferChannel, type TransferChannelOptions } from './channel.js';
+import type { NativeStreamCall } from './native-relay.js';
 
 type Capacity = InstanceType<typeof pb.Capacity>;
 type ReserveRequest = InstanceType<typeof pb.ReserveRequest>;
@@ -24,6 +26,8 @@ export interface TargetPeer {
   release(reservationId: string, reason: string, migrationId?: string): Promise<void>;
   /** Opens the Transfer stream; `signal` is the migration's cancellation. */
   openTransfer(signal: AbortSignal, options: TransferChannelOptions): TransferChannel;
+  /** qemu-native: opens a NativeStream, the hypervisor's migration stream (absent: a peer that carries none). */
+  openNativeStream?(): NativeStreamCall;
   /** What the target decided about a migration (it fences one it had not committed). */
   queryOutcome(migrationId: string, startedAtUnixMs: number, timeoutMs?: number): Promise<OutcomeResponse>;
   /** The target's clock as seen from here, from the pings. */
@@ -89,6 +93,11 @@ export class GrpcTargetPeer implements TargetPeer {
       this.clockOffset.add(sentMs, this.clock.now(), answer.clockMs ?? 0, answer.agentInstanceId ?? '');
     };
     return new GrpcTransferChannel(call, { ...options, address: this.address, signal, ping, clock: this.clock, reopen });
+  }
+
+  openNativeStream(): NativeStreamCall {
+    const m = this.methods.nativeStream;
+    return this.client.makeBidiStreamRequest(m.path, m.requestSerialize, m.responseDeserialize) as NativeStreamCall;
   }
 
   /** Drops the connection and dials a new one: what a stalled link needs (calls already on the old one go on, or fail). */

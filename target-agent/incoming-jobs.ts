@@ -46,7 +46,7 @@ export function migrationPhaseOf(phase: TransferPhase, method: MigrationMethod |
       return method === 'postcopy' ? 'stop-and-copy' : 'checkpoint';
     case 'replaying':
       // Pre-copy's replica is complete once restored: the source is in its stop-and-copy.
-      return method === 'precopy' ? 'stop-and-copy' : 'log-transfer';
+      return method === 'precopy' || method === 'qemu-native' ? 'stop-and-copy' : 'log-transfer';
     case 'postcopy':
       return 'page-push';
     case 'committed':

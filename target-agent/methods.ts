@@ -17,6 +17,8 @@ import { LogUnitReceiver } from './receivers/log-units.js';
 import type { Reservation } from './reservation.js';
 import { PageBatchReceiver } from './receivers/page-batches.js';
 import { PostcopyReceiver } from './receivers/postcopy.js';
+import { NativeStreamReceiver } from './receivers/native-stream.js';
+import type { NativeStreamAcceptor } from './native-streams.js';
 import { ReplayPipeline, type ReplayPipelineDeps, type ReplayPipelineOptions } from './replay-pipeline.js';
 
 /** The stream messages that carry a method's data, by their SourceMessage field. */
@@ -38,6 +40,8 @@ export interface MethodContext extends ReceiverContext {
   fail(error: unknown): void;
   /** A unit was replayed (metrics). */
   unitReplayed(): void;
+  /** qemu-native: the transfer takes the NativeStream that names its reservation (absent: an agent that takes none). */
+  acceptNativeStream?(accept: NativeStreamAcceptor['accept']): void;
 }
 
 /** One method's receivers on one transfer. */
@@ -58,6 +62,8 @@ export interface MethodTransfer {
   resumed?(): void;
   /** CR/TR: replays every unit received, at once (a standby's failover); returns how many. */
   drain?(): number;
+  /** qemu-native: the hypervisor's stream flows on a stream of its own, so the Transfer stream's silence is no idleness. */
+  streaming?(): boolean;
 }
 
 /** An opened transfer: its reservation, its method and the method's receivers. */
@@ -175,6 +181,21 @@ const postcopy: TargetMethod = {
   },
 };
 
+const qemuNative: TargetMethod = {
+  name: 'qemu-native',
+  needs: ['native-stream'],
+  // Nothing of the guest comes on the Transfer stream: its hypervisor's stream has one of its own.
+  accepts: [],
+  start(replica, context) {
+    const native = replica.nativeStream;
+    if (native === undefined) throw lacking('qemu-native', 'native-stream', replica);
+    if (context.acceptNativeStream === undefined) throw new UnimplementedError('this agent takes no native stream', { reason: 'NOT_SUPPORTED' });
+    const receiver = new NativeStreamReceiver(context, native, () => replica.digest());
+    context.acceptNativeStream((call, open) => receiver.accept(call, open));
+    return { receive: {}, counters: () => receiver.counters(), running: () => receiver.running(), streaming: () => receiver.streaming };
+  },
+};
+
 /** How a stream message is named in errors. */
 const DESCRIBE: { [K in StreamMessageKind]: (message: StreamMessages[K]) => string } = {
   chunk: (chunk) => `checkpoint chunk ${chunk.index}`,
@@ -197,7 +218,7 @@ export function routeStreamMessage<K extends StreamMessageKind>(transfer: { meth
   receive(message);
 }
 
-const METHODS: ReadonlyMap<string, TargetMethod> = new Map([crtr, precopy, postcopy].map((m) => [m.name, m]));
+const METHODS: ReadonlyMap<string, TargetMethod> = new Map([crtr, precopy, postcopy, qemuNative].map((m) => [m.name, m]));
 
 /** The method an Open names ('' is crtr, the default), or InvalidArgumentError (field `method` of Open). */
 export function targetMethod(name: string): TargetMethod {

@@ -28,6 +28,7 @@ import { peerIdentity } from '../shared/transport/tls.js';
 import { ProbeReceiver } from './probe.js';
 import { type DecisionJournal, openJournal } from '../shared/journal.js';
 import { TargetDecisions } from './decisions.js';
+import { NativeStreamEndpoints, type NativeStreamServerCall } from './native-streams.js';
 
 export { TARGET_DEFAULTS, type TargetOptions } from './options.js';
 
@@ -57,6 +58,8 @@ export class MigrationService implements SessionHost {
   private readonly probes: ProbeReceiver;
   /** Commit decisions, in the agent's journal, and the outcome queries answered from them. */
   readonly decisions: TargetDecisions;
+  /** qemu-native transfers waiting for their hypervisor's stream. */
+  readonly nativeStreams: NativeStreamEndpoints;
 
   constructor(
     private readonly driver: HypervisorDriver,
@@ -73,7 +76,9 @@ export class MigrationService implements SessionHost {
     this.probes = new ProbeReceiver(clock);
     this.decisions = new TargetDecisions(journal, options.agentInstanceId ?? '', clock, log);
     this.decisions.recoverAtStart();
+    this.nativeStreams = new NativeStreamEndpoints(log);
     this.reservations = new ReservationRegistry(options, clock, log, metrics, (r, reason) => {
+      this.nativeStreams.drop(r.id);
       this.decisions.dropped(r.migrationId, r.replica.id, r.opened, reason);
       if (!r.opened) this.incoming.ended(r.migrationId, reason);
     });
@@ -348,6 +353,7 @@ export class MigrationService implements SessionHost {
       }) as grpc.handleBidiStreamingCall<InstanceType<typeof pb.SourceMessage>, InstanceType<typeof pb.TargetMessage>>,
       queryOutcome: unaryHandler((req: InstanceType<typeof pb.OutcomeRequest>) => this.queryOutcome(req)),
       probe: ((call, callback) => this.probes.handle(call, callback)) as grpc.handleClientStreamingCall<InstanceType<typeof pb.ProbeData>, InstanceType<typeof pb.ProbeResult>>,
+      nativeStream: ((call: NativeStreamServerCall) => this.nativeStreams.handle(call)) as grpc.handleBidiStreamingCall<InstanceType<typeof pb.NativeSourceMessage>, InstanceType<typeof pb.NativeTargetMessage>>,
     };
   }
 }

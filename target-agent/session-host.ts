@@ -9,6 +9,7 @@ import type { TargetOptions } from './options.js';
 import type { TransferPhase } from './receivers/context.js';
 import type { Reservation } from './reservation.js';
 import type { TargetDecisions } from './decisions.js';
+import type { NativeStreamEndpoints } from './native-streams.js';
 
 type SourceMessage = InstanceType<typeof pb.SourceMessage>;
 type TargetMessage = InstanceType<typeof pb.TargetMessage>;
@@ -29,6 +30,8 @@ export interface SessionHost {
   readonly decisions?: Pick<TargetDecisions, 'committed' | 'resumed' | 'dropped'>;
   /** A transfer of `reservationId` whose stream broke and waits to be resumed, if any. */
   waitingForResume?(reservationId: string, migrationId: string, attempt: number): { attach(call: TransferStream, attempt: number): void } | undefined;
+  /** qemu-native: where a transfer waits for its hypervisor's stream (absent: this agent takes none). */
+  readonly nativeStreams?: Pick<NativeStreamEndpoints, 'register'>;
   /** The transfer of job `jobId` entered `phase`; `view` tells its state (incoming jobs as Control shows them). */
   phaseChanged?(jobId: string, phase: TransferPhase, method: MigrationMethod | null, view: () => TransferView): void;
 }

@@ -80,7 +80,7 @@ export class TargetSession {
     this.idle = new IdleWatchdog(this.clock, host.options.transferIdleTimeoutMs, {
       // Units queued while the checkpoint is still restoring wait for the source's chunks, not for us.
       // Nor a standby: its primary's silence is what a failover is for.
-      busy: () => this.phase === 'committed' || this.phase === 'activated' || this.phase === 'postcopy' || this.protection.active || this.commit.holding || (this.phase === 'replaying' && (this.transfer?.receivers.counters().remainingUnits ?? 0) > 0),
+      busy: () => this.phase === 'committed' || this.phase === 'activated' || this.phase === 'postcopy' || this.protection.active || this.commit.holding || (this.phase === 'replaying' && (this.transfer?.receivers.counters().remainingUnits ?? 0) > 0) || this.transfer?.receivers.streaming?.() === true,
       deadlineMs: () => transferDeadlineMs(this.reservation, this.phase),
       expired: (idleMs, pastDeadline) => this.fail(idleError(this.phase, idleMs, this.idle.timeoutMs, pastDeadline ? this.reservation : null)),
     });

@@ -25,5 +25,6 @@ export function transferContext(r: Reservation, port: SessionCommitPort, parts: 
     send: (body) => port.send(body),
     fail: (error) => port.fail(error),
     unitReplayed: () => host.metrics?.unitsReplayed(),
+    acceptNativeStream: host.nativeStreams === undefined ? undefined : (accept) => host.nativeStreams!.register(r.id, { migrationId: r.migrationId, peer: r.peer, accept }),
   };
 }

@@ -348,7 +348,7 @@ t.test('bad migration requests are refused with INVALID_ARGUMENT or NOT_FOUND', 
   const cases: Array<[MigrationRequest, string, RegExp]> = [
     [{ guestId: 'no-such-guest', targetAddress: target.address }, 'NOT_FOUND', /no guest 'no-such-guest' on this host/],
     [{ guestId: id, targetAddress: '' }, 'INVALID_ARGUMENT', /targetAddress is required/],
-    [{ guestId: id, targetAddress: target.address, method: 'teleport' }, 'INVALID_ARGUMENT', /method 'teleport': expected crtr, precopy or postcopy/],
+    [{ guestId: id, targetAddress: target.address, method: 'teleport' }, 'INVALID_ARGUMENT', /method 'teleport': expected crtr, precopy, postcopy or qemu-native/],
     [{ guestId: id, targetAddress: target.address, nonConvergencePolicy: 'pray' }, 'INVALID_ARGUMENT', /nonConvergencePolicy 'pray': expected abort, force, throttle/],
     [{ guestId: id, targetAddress: target.address, downtimeLimitMs: 600_001 }, 'INVALID_ARGUMENT', /downtimeLimitMs 600001: expected 1 to 600000/],
     [{ guestId: id, targetAddress: target.address, maxDurationMs: 99 }, 'INVALID_ARGUMENT', /maxDurationMs 99: expected 100 ms to 24 h/],

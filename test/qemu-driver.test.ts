@@ -1,7 +1,8 @@
 // The qemu driver with a real Linux guest (Debian's kernel and a busybox initramfs, under TCG):
 // it boots and ticks on its serial console, suspends (the ticks stop), resumes (the counter goes
 // on, no reboot, its memory pattern intact) and is discarded (its QEMU is gone). Also: a QEMU
-// that cannot boot, StartGuest's fields a qemu guest refuses, and an agent with driver: qemu
+// that cannot boot, StartGuest's fields a qemu guest refuses, the reservation of an incoming guest
+// (its machine checked, then a QEMU waiting for the stream), and an agent with driver: qemu
 // starting and listing a guest through Control, whose stop leaves no QEMU behind.
 // Skipped, visibly, where qemu-system-x86, linux-image-amd64 or busybox-static is missing.
 
@@ -77,7 +78,8 @@ t.test('a QEMU that cannot boot leaves the list, and says why', { skip }, async 
 });
 
 t.test('StartGuest fields a qemu guest refuses, and reservations', { skip }, async (t) => {
-  const driver = qemuDriverFor(t, guestImageFor(t));
+  const image = guestImageFor(t);
+  const driver = qemuDriverFor(t, image);
   const refused = (spec: Parameters<typeof driver.createGuest>[0], field: string) =>
     t.throws(() => driver.createGuest(spec), { code: 'INVALID_ARGUMENT', fieldViolations: [{ field }] }, `refuses ${field}`);
   refused({ id: 'vm', profile: 'web', memoryBytes: QEMU_GUEST_BYTES }, 'profile');
@@ -87,9 +89,27 @@ t.test('StartGuest fields a qemu guest refuses, and reservations', { skip }, asy
   refused({ id: 'bad id', profile: '', memoryBytes: QEMU_GUEST_BYTES }, 'id');
   t.throws(() => driver.createGuest({ id: 'vm', profile: '', memoryBytes: 2 ** 40 }), { code: 'RESOURCE_EXHAUSTED', reason: 'CAPACITY_REFUSED' }, 'more memory than the host has');
   t.same(driver.listGuests(), [], 'no QEMU was started for any of them');
-  const description = { id: 'vm', driver: 'qemu', memoryBytes: QEMU_GUEST_BYTES, vcpus: 1, unitMs: 10, state: 'running' as const, machineConfig: new Uint8Array(0), summary: '' };
-  t.throws(() => driver.reserve(description), { code: 'UNIMPLEMENTED', reason: 'NOT_SUPPORTED', message: /migration of QEMU guests is not implemented/ }, 'no reservation: no migration yet');
-  t.same(driver.capacity().capabilities, [], 'no migration capability');
+  t.same(driver.capacity().capabilities, ['native-stream'], 'it migrates by QEMU\'s own stream');
+  // Reservations of incoming guests: the source's machine, checked before any QEMU starts.
+  const machine = (boot: object, memoryBytes = QEMU_GUEST_BYTES, accel = 'tcg') => new TextEncoder().encode(JSON.stringify({ memoryBytes, vcpus: 1, accel, boot }));
+  const own = { kind: 'kernel', kernel: image.kernel, initrd: image.initrd, append: image.append };
+  const description = { id: 'vm', driver: 'qemu', memoryBytes: QEMU_GUEST_BYTES, vcpus: 1, unitMs: 10, state: 'running' as const, machineConfig: machine(own), summary: '' };
+  t.throws(() => driver.reserve({ ...description, machineConfig: new Uint8Array(0) }), { code: 'INVALID_ARGUMENT', fieldViolations: [{ field: 'guest.machine_config' }] }, 'no machine description');
+  t.throws(() => driver.reserve({ ...description, machineConfig: machine({ ...own, kernel: '/etc/shadow' }) }), { code: 'FAILED_PRECONDITION', reason: 'HYPERVISOR_FAILED', message: /boots kernel \/etc\/shadow.*configure both agents with the same/ }, 'boot files other than this agent\'s');
+  t.throws(() => driver.reserve({ ...description, machineConfig: machine(own, 2 * QEMU_GUEST_BYTES) }), { code: 'INVALID_ARGUMENT', fieldViolations: [{ field: 'guest.memory_bytes' }] }, 'a machine of another size than the description\'s');
+  t.throws(() => driver.reserve({ ...description, machineConfig: machine(own, QEMU_GUEST_BYTES, 'kvm') }), { code: 'FAILED_PRECONDITION', message: /runs under kvm/ }, 'another accelerator');
+  t.throws(() => driver.reserve({ ...description, driver: 'sim' }), { code: 'INVALID_ARGUMENT', fieldViolations: [{ field: 'guest.driver' }] }, 'a guest of another driver');
+  t.same(driver.capacity().memoryBytesReserved, 0, 'no QEMU was started for any of them');
+  const replica = driver.reserve(description);
+  t.equal(driver.capacity().memoryBytesReserved, QEMU_GUEST_BYTES, 'a reservation is on the host\'s books');
+  t.same(driver.listGuests(), [], 'and not among its guests');
+  await replica.memoryReady;
+  t.equal(replica.guest.qemuStatus, 'inmigrate', 'its QEMU waits for the stream');
+  t.equal(replica.describe().state, 'restoring');
+  t.throws(() => driver.reserve(description), { code: 'ALREADY_EXISTS' }, 'one reservation a guest');
+  replica.discard();
+  await replica.guest.stopped();
+  t.equal(driver.capacity().memoryBytesReserved, 0, 'discarded: off the books, its QEMU gone');
 });
 
 t.test('an agent with driver: qemu starts and lists a guest through Control, and ends its QEMU when it stops', { skip }, async (t) => {
@@ -101,8 +121,8 @@ t.test('an agent with driver: qemu starts and lists a guest through Control, and
   t.teardown(() => client.close());
   const capacity = await unary(client, controlServiceV2.getCapacity, pb2.GetCapacityRequest.create(), 10_000, 'capacity');
   t.equal(capacity.driver, 'qemu');
-  t.same(capacity.capabilities, [], 'no migration capability yet');
-  t.same(capacity.methods, [], 'so no migration method');
+  t.same(capacity.capabilities, ['native-stream'], 'QEMU\'s own migration stream');
+  t.same(capacity.methods, [pb2.Method.METHOD_QEMU_NATIVE], 'so the one method is qemu-native');
 
   await t.rejects(unary(client, controlServiceV2.startGuest, pb2.StartGuestRequest.create({ id: 'vm-web', profile: 'web' }), 10_000, 'start'), { code: 'INVALID_ARGUMENT' }, 'a sim profile is refused');
   const started = await unary(client, controlServiceV2.startGuest, pb2.StartGuestRequest.create({ id: 'vm-agent', memoryBytes: QEMU_GUEST_BYTES }), 10_000, 'start');
@@ -115,7 +135,7 @@ t.test('an agent with driver: qemu starts and lists a guest through Control, and
   const ticks = await waitForTicks(guest.serial, (ticks) => ticks.counters.length >= 2);
   t.equal(ticks.bad, 0, 'the guest runs, its pattern intact');
   const migrate = pb2.StartMigrationRequest.create({ guestId: 'vm-agent', targetAddress: '127.0.0.1:1' });
-  await t.rejects(unary(client, controlServiceV2.startMigration, migrate, 10_000, 'migrate'), { code: 'UNIMPLEMENTED', reason: 'CAPABILITY_MISSING' }, 'a migration is refused by the capability it lacks, before anything moves');
+  await t.rejects(unary(client, controlServiceV2.startMigration, migrate, 10_000, 'migrate'), { code: 'UNIMPLEMENTED', reason: 'CAPABILITY_MISSING' }, 'a migration by crtr (the default) is refused by the capability it lacks, before anything moves');
   t.equal(guest.qemuStatus, 'running', 'and the guest runs on');
   const pid = guest.process.pid;
   t.ok(childQemuPids().includes(pid), 'its QEMU is a child of this process');

@@ -28,7 +28,7 @@ async function state(promise: Promise<unknown>, clock: ManualClock): Promise<'pe
 }
 
 t.test('registry: every method by name, each declaring its capabilities and phases', async (t) => {
-  t.same(METHOD_NAMES, ['crtr', 'precopy', 'postcopy']);
+  t.same(METHOD_NAMES, ['crtr', 'precopy', 'postcopy', 'qemu-native']);
   for (const name of METHOD_NAMES) {
     const m = createMethod(name);
     t.equal(m.name, name);
@@ -37,7 +37,10 @@ t.test('registry: every method by name, each declaring its capabilities and phas
   }
   t.same(createMethod('crtr').needs, { source: ['log-recording'], target: ['checkpoint-replay'] });
   t.same(createMethod('postcopy').phases, ['pre-migration', 'reservation', 'stop-and-copy', 'activation', 'page-push', 'commitment']);
-  t.throws(() => createMethod('teleport'), /method 'teleport': expected crtr, precopy or postcopy/);
+  t.same(createMethod('qemu-native').needs, { source: ['native-stream'], target: ['native-stream'] }, 'qemu-native: the hypervisor\'s own stream on both ends');
+  t.same(createMethod('qemu-native').phases, createMethod('precopy').phases, 'pre-copy\'s phases by default');
+  t.same(createMethod('qemu-native', { nativePostcopy: true } as Parameters<typeof createMethod>[1]).phases, createMethod('postcopy').phases, 'post-copy\'s when asked');
+  t.throws(() => createMethod('teleport'), /method 'teleport': expected crtr, precopy, postcopy or qemu-native/);
 });
 
 t.test('crtr: chunks within the window, units alongside, stop granted, the final unit after the suspend', async (t) => {

@@ -239,7 +239,7 @@ t.test('Open of an unknown method is refused with INVALID_ARGUMENT before the re
   const { host, stream, session } = start();
   stream.receive({ open: { reservationId: 'r1', method: 'teleport' } });
   await session.done;
-  t.match(stream.last('error')?.error, { code: grpc.status.INVALID_ARGUMENT, message: "transfer method 'teleport' is not supported by this agent (crtr, precopy, postcopy)", reason: 'INVALID_FIELD' });
+  t.match(stream.last('error')?.error, { code: grpc.status.INVALID_ARGUMENT, message: "transfer method 'teleport' is not supported by this agent (crtr, precopy, postcopy, qemu-native)", reason: 'INVALID_FIELD' });
   t.same(host.opens, []);
   t.same(host.released, []);
 });

@@ -25,6 +25,8 @@ export const METHOD_PHASES: Readonly<Record<MigrationMethod, readonly MigrationP
   crtr: ['pre-migration', 'reservation', 'checkpoint', 'log-transfer', 'stop-and-copy', 'commitment', 'activation'],
   precopy: ['pre-migration', 'reservation', 'checkpoint', 'stop-and-copy', 'commitment', 'activation'],
   postcopy: ['pre-migration', 'reservation', 'stop-and-copy', 'activation', 'page-push', 'commitment'],
+  // A real guest's method: the matrix runs on the sim guest, which has no hypervisor stream of its own.
+  'qemu-native': ['pre-migration', 'reservation', 'checkpoint', 'stop-and-copy', 'commitment', 'activation'],
 };
 
 /**

@@ -29,7 +29,7 @@ export const SLOW_CASE_MS = 15_000;
 const POLL_MS = 100;
 const CALL_TIMEOUT_MS = 5_000;
 
-const METHOD_ENUM = { crtr: pb2.Method.METHOD_CRTR, precopy: pb2.Method.METHOD_PRECOPY, postcopy: pb2.Method.METHOD_POSTCOPY } as const;
+const METHOD_ENUM = { crtr: pb2.Method.METHOD_CRTR, precopy: pb2.Method.METHOD_PRECOPY, postcopy: pb2.Method.METHOD_POSTCOPY, 'qemu-native': pb2.Method.METHOD_QEMU_NATIVE } as const;
 const ENDED = new Set(['succeeded', 'failed', 'cancelled']);
 
 export interface RunCaseOptions {

@@ -8,6 +8,7 @@ export function sourceCapabilities(guest: SourceGuest): DriverCapability[] {
   if (guest.recorder !== undefined) out.push('log-recording');
   if (guest.pages !== undefined) out.push('page-access');
   if (guest.deltas !== undefined) out.push('delta-checkpoint');
+  if (guest.nativeStream !== undefined) out.push('native-stream');
   return out;
 }
 
@@ -18,5 +19,6 @@ export function replicaCapabilities(replica: TargetReplica): DriverCapability[] 
   if (replica.pageRestore !== undefined) out.push('page-restore');
   if (replica.postcopy !== undefined) out.push('postcopy-resume');
   if (replica.deltaRestore !== undefined) out.push('delta-checkpoint');
+  if (replica.nativeStream !== undefined) out.push('native-stream');
   return out;
 }

@@ -13,6 +13,7 @@
 
 import type { CheckpointChunk } from './chunk.js';
 import type { DeltaRestoreTarget, DeltaSource } from './delta-types.js';
+import type { NativeStreamSource, NativeStreamTarget } from './native-types.js';
 
 export type { CheckpointChunk } from './chunk.js';
 export type { DeltaRestoreTarget, DeltaSource, DeltaStart } from './delta-types.js';
@@ -69,7 +70,6 @@ export interface HostCapacity {
   readonly vcpusTotal: number;
   readonly vcpusReserved: number;
 }
-
 
 /** One sealed log unit. `bytes` is the driver's own encoding, checked by the target's driver. */
 export interface SealedUnit {
@@ -137,10 +137,12 @@ export interface PageAccess {
  * - page-restore: a replica restores by page batches and a machine state (pre-copy);
  * - postcopy-resume: a replica resumes with its pages missing and fetches them (post-copy);
  * - delta-checkpoint: during a recording, the source sends the pages dirtied since the last
- *   checkpoint instant as of a new instant, and a replica restores them (CR/TR's hybrid catch-up).
+ *   checkpoint instant as of a new instant, and a replica restores them (CR/TR's hybrid catch-up);
+ * - native-stream: the hypervisor migrates the guest with its own stream, which the agents relay
+ *   (qemu-native; native-types.ts).
  */
-export type DriverCapability = 'log-recording' | 'page-access' | 'checkpoint-replay' | 'page-restore' | 'postcopy-resume' | 'delta-checkpoint';
-export const DRIVER_CAPABILITIES: readonly DriverCapability[] = ['log-recording', 'page-access', 'checkpoint-replay', 'page-restore', 'postcopy-resume', 'delta-checkpoint'];
+export type DriverCapability = 'log-recording' | 'page-access' | 'checkpoint-replay' | 'page-restore' | 'postcopy-resume' | 'delta-checkpoint' | 'native-stream';
+export const DRIVER_CAPABILITIES: readonly DriverCapability[] = ['log-recording', 'page-access', 'checkpoint-replay', 'page-restore', 'postcopy-resume', 'delta-checkpoint', 'native-stream'];
 
 /** A guest's execution log and live checkpoint: what CR/TR needs of a source guest. */
 export interface LogRecorder {
@@ -206,6 +208,10 @@ export interface SourceGuest {
   readonly deltas?: DeltaSource;
   /** The guest's externally visible output, gated for a sync protection; absent when the driver cannot hold it. */
   readonly output?: GuestOutput;
+  /** Capability `native-stream`: the hypervisor's own outgoing migration. */
+  readonly nativeStream?: NativeStreamSource;
+  /** The guest's console (its serial port's last bytes, and how many it wrote); absent when the driver keeps none. */
+  console?(): { text: string; bytesTotal: number };
 }
 
 /** One output of a guest (a packet it transmitted). */
@@ -332,6 +338,8 @@ export interface TargetReplica {
   readonly deltaRestore?: DeltaRestoreTarget;
   /** The base image this replica starts from (null: fresh memory). */
   readonly base?: ReplicaBase | null;
+  /** Capability `native-stream`: the hypervisor's incoming end. */
+  readonly nativeStream?: NativeStreamTarget;
 }
 
 /** The receiving end of a post-copy migration, while its guest already runs here. */

@@ -110,9 +110,12 @@ export function onTlsHandshakeFailure(server: grpc.Server, onFailure: (error: Er
   }
 }
 
-/** The streams of a migration, as its bytes are counted: payload messages by kind, everything else as control. */
-export type StreamName = 'checkpoint' | 'log' | 'pages' | 'control';
-export const STREAM_NAMES: readonly StreamName[] = ['checkpoint', 'log', 'pages', 'control'];
+/**
+ * The streams of a migration, as its bytes are counted: payload messages by kind, the
+ * hypervisor's own migration stream (qemu-native) as native, everything else as control.
+ */
+export type StreamName = 'checkpoint' | 'log' | 'pages' | 'native' | 'control';
+export const STREAM_NAMES: readonly StreamName[] = ['checkpoint', 'log', 'pages', 'native', 'control'];
 
 /** Bytes of one stream: before compression, and on the wire (serialized, with the 5-byte gRPC prefix). */
 export interface StreamBytes {
@@ -193,6 +196,7 @@ export const migrationService = {
   transfer: method<Msg<typeof pb.SourceMessage>, Msg<typeof pb.TargetMessage>>('Migration', 'Transfer', pb.SourceMessage, pb.TargetMessage, true, true),
   probe: method<Msg<typeof pb.ProbeData>, Msg<typeof pb.ProbeResult>>('Migration', 'Probe', pb.ProbeData, pb.ProbeResult, true, false),
   queryOutcome: method<Msg<typeof pb.OutcomeRequest>, Msg<typeof pb.OutcomeResponse>>('Migration', 'QueryOutcome', pb.OutcomeRequest, pb.OutcomeResponse, false, false),
+  nativeStream: method<Msg<typeof pb.NativeSourceMessage>, Msg<typeof pb.NativeTargetMessage>>('Migration', 'NativeStream', pb.NativeSourceMessage, pb.NativeTargetMessage, true, true),
 } satisfies grpc.ServiceDefinition;
 
 export const controlService = {
@@ -235,6 +239,7 @@ export const controlServiceV2 = {
   getProtection: v2<Msg<typeof pb2.GetProtectionRequest>, Msg<typeof pb2.Protection>>('GetProtection', pb2.GetProtectionRequest, pb2.Protection),
   listProtections: v2<Msg<typeof pb2.ListProtectionsRequest>, Msg<typeof pb2.ListProtectionsResponse>>('ListProtections', pb2.ListProtectionsRequest, pb2.ListProtectionsResponse),
   getOutputs: v2<Msg<typeof pb2.GetOutputsRequest>, Msg<typeof pb2.GetOutputsResponse>>('GetOutputs', pb2.GetOutputsRequest, pb2.GetOutputsResponse),
+  getConsole: v2<Msg<typeof pb2.GetConsoleRequest>, Msg<typeof pb2.GetConsoleResponse>>('GetConsole', pb2.GetConsoleRequest, pb2.GetConsoleResponse),
   watchProtection: v2<Msg<typeof pb2.WatchProtectionRequest>, Msg<typeof pb2.Protection>>('WatchProtection', pb2.WatchProtectionRequest, pb2.Protection, true),
 } satisfies grpc.ServiceDefinition;
 

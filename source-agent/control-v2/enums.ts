@@ -7,7 +7,7 @@ import { invalidField } from '../../shared/errors.js';
 import { pb2 } from '../../shared/transport/grpc.js';
 import type { ResolveAction } from '../in-doubt.js';
 
-const METHODS: Record<MigrationMethod, number> = { crtr: pb2.Method.METHOD_CRTR, precopy: pb2.Method.METHOD_PRECOPY, postcopy: pb2.Method.METHOD_POSTCOPY };
+const METHODS: Record<MigrationMethod, number> = { crtr: pb2.Method.METHOD_CRTR, precopy: pb2.Method.METHOD_PRECOPY, postcopy: pb2.Method.METHOD_POSTCOPY, 'qemu-native': pb2.Method.METHOD_QEMU_NATIVE };
 
 const PHASES: Record<MigrationPhase, number> = {
   'pre-migration': pb2.Phase.PHASE_PRE_MIGRATION,

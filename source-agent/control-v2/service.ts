@@ -21,6 +21,7 @@ import { parseEstimateRequest } from '../estimate/estimator.js';
 import { estimateMessage } from './estimate-view.js';
 import { ProtectionControl, type StandbySide } from './protection.js';
 import { gaugeView, outputsMessage, watchProtection } from './protection-reads.js';
+import { consoleMessage } from './console.js';
 import type { ProtectionGaugeView } from '../../shared/protection-metrics.js';
 import type { Arbiter } from '../../shared/arbiter/index.js';
 
@@ -143,6 +144,7 @@ export class ControlServiceV2 {
         maxDurationMs: req.maxDurationMs,
         disableCompression: req.disableCompression,
         logOnlyCatchUp: req.logOnlyCatchUp,
+        nativePostcopy: req.nativePostcopy,
       }),
     );
     return pb2.StartMigrationResponse.create({ jobId: job.id, job: sourceJobMessage(job, this.control.historyOf(job)) });
@@ -225,6 +227,7 @@ export class ControlServiceV2 {
       getProtection: unary((req: Req<'GetProtectionRequest'>) => this.protections.get(req.guestId)),
       listProtections: unary(() => pb2.ListProtectionsResponse.create({ protections: this.protections.list() })),
       getOutputs: unary((req: Req<'GetOutputsRequest'>) => outputsMessage(this.guest(req.guestId, 'guest_id'), req)),
+      getConsole: unary((req: Req<'GetConsoleRequest'>) => consoleMessage(this.guest(req.guestId, 'guest_id'), this.driver.name, req.maxBytes)),
       watchProtection: ((call: grpc.ServerWritableStream<Req<'WatchProtectionRequest'>, InstanceType<typeof pb2.Protection>>) => {
         try {
           const { guestId, intervalMs } = call.request;

@@ -64,6 +64,7 @@ function sourceStats(job: SourceMigration, s: MigrationStats): InstanceType<type
     resentBytes: s.resentBytes,
   });
   if (s.method === 'crtr') stats.crtr = crtrStats(s);
+  else if (s.method === 'qemu-native') stats.qemuNative = qemuNativeStats(s);
   else if (s.method === 'precopy') stats.precopy = pb2.PrecopyStats.create({ rounds: s.rounds, pagesSent: s.pagesSent, stopPagesSent: s.stopPagesSent, dirtyPages: Math.round(s.remainingBytes / PAGE_BYTES) });
   else stats.postcopy = pb2.PostcopyStats.create({ demandPages: s.demandPages, pushedPages: Math.max(0, s.pagesSent - s.demandPages), missingPages: s.missingPages });
   return stats;
@@ -92,6 +93,23 @@ function crtrStats(s: MigrationStats): InstanceType<typeof pb2.CrtrStats> {
     deltaWireBytes: s.deltaWireBytes,
     unitsSuperseded: s.unitsSuperseded,
     stopReplayRate: s.stopReplayRate,
+  });
+}
+
+function qemuNativeStats(s: MigrationStats): InstanceType<typeof pb2.QemuNativeStats> {
+  return pb2.QemuNativeStats.create({
+    status: s.nativeStatus,
+    postcopy: s.nativePostcopy,
+    qemuSetupTimeMs: s.nativeSetupTimeMs,
+    qemuTotalTimeMs: s.nativeTotalTimeMs,
+    qemuDowntimeMs: s.nativeDowntimeMs,
+    qemuTransferredBytes: s.nativeTransferredBytes,
+    dirtyPagesPerSec: s.dirtyPagesPerSec,
+    rounds: s.rounds,
+    pagesSent: s.pagesSent,
+    demandPages: s.demandPages,
+    throttle: s.throttle,
+    forced: s.forced,
   });
 }
 

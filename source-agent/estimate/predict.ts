@@ -82,7 +82,7 @@ export function predictMigration(inputs: PredictionInputs): Prediction {
   };
 }
 
-const LABEL: Record<MigrationMethod, string> = { crtr: 'CR/TR', precopy: 'pre-copy', postcopy: 'post-copy' };
+const LABEL: Record<MigrationMethod, string> = { crtr: 'CR/TR', precopy: 'pre-copy', postcopy: 'post-copy', 'qemu-native': 'QEMU native' };
 
 /** Least disruption, then least total time (see the head comment for post-copy's handicap). */
 function better(a: MethodPrediction, b: MethodPrediction): boolean {

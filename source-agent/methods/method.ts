@@ -17,6 +17,7 @@ import type { NonConvergencePolicy } from '../../shared/convergence.js';
 import type { DriverCapability, SourceGuest } from '../../shared/driver/types.js';
 import type { MigrationMethod, MigrationPhase, MigrationStats } from '../../shared/stats.js';
 import type { TransferChannel } from '../channel.js';
+import type { NativeRelay } from '../native-relay.js';
 
 export interface MigrationRequest {
   guestId: string;
@@ -31,6 +32,8 @@ export interface MigrationRequest {
   disableCompression?: boolean;
   /** CR/TR: catch up by the log only, never by delta checkpoints. */
   logOnlyCatchUp?: boolean;
+  /** qemu-native: switch to post-copy as soon as the hypervisor's stream runs. */
+  nativePostcopy?: boolean;
   /**
    * Not a migration but a protection (CR/TR only): the log streams without end to a standby
    * until a planned switchover (then it is a migration), an unprotect, or a failover there.
@@ -120,6 +123,11 @@ export interface MethodContext {
   downtimeTo(resumedAtTargetMs: number, resumeToReplyMs: number): number;
   /** The target driver's capabilities, as its Capacity said (pre-migration); optional ones decide extras such as CR/TR's deltas. */
   readonly targetCapabilities: readonly string[];
+  /**
+   * qemu-native: opens the hypervisor's migration stream to the target (a NativeStream named for
+   * this transfer) and its relay; the method closes it.
+   */
+  openNativeRelay(postcopy: boolean): NativeRelay;
 }
 
 export interface TransferMethod {
@@ -130,6 +138,11 @@ export interface TransferMethod {
   readonly phases: readonly MigrationPhase[];
   /** The method resumes the guest on the target before the commit (post-copy). */
   readonly activatesBeforeCommit: boolean;
+  /**
+   * The hypervisor stops the guest itself at its switchover (qemu-native: QEMU's own stream), so
+   * the lifecycle's suspend only marks the downtime's start; the guest stops in `finish` or before.
+   */
+  readonly hypervisorStopsGuest?: boolean;
   /** Opens the transfer and, while the guest runs, brings the replica forward until the switchover is due. */
   catchUp(ctx: MethodContext): Promise<void>;
   /** After the lifecycle suspended the guest: sends what is left, until the replica is complete. */

@@ -7,12 +7,15 @@ import { CrtrMethod } from './crtr.js';
 import type { TransferMethod } from './method.js';
 import { PostcopyMethod } from './postcopy.js';
 import { PrecopyMethod } from './precopy.js';
+import { QemuNativeMethod } from './qemu-native.js';
+import type { MigrationRequest } from './method.js';
 
-/** A fresh method for one migration (methods keep per-migration state). */
-const METHODS: Record<MigrationMethod, () => TransferMethod> = {
+/** A fresh method for one migration (methods keep per-migration state), with the request's options. */
+const METHODS: Record<MigrationMethod, (request?: MigrationRequest) => TransferMethod> = {
   crtr: () => new CrtrMethod(),
   precopy: () => new PrecopyMethod(),
   postcopy: () => new PostcopyMethod(),
+  'qemu-native': (request) => new QemuNativeMethod(request?.nativePostcopy === true),
 };
 
 export const METHOD_NAMES = Object.keys(METHODS) as MigrationMethod[];
@@ -21,8 +24,8 @@ export function isMethodName(name: string): name is MigrationMethod {
   return Object.hasOwn(METHODS, name);
 }
 
-/** A new instance of the method `name`, or InvalidArgumentError (field `method`) naming the known ones. */
-export function createMethod(name: string): TransferMethod {
+/** A new instance of the method `name` for `request`, or InvalidArgumentError (field `method`) naming the known ones. */
+export function createMethod(name: string, request?: MigrationRequest): TransferMethod {
   if (!isMethodName(name)) throw invalidField('method', `method '${echo(name)}': expected ${METHOD_NAMES.slice(0, -1).join(', ')} or ${METHOD_NAMES[METHOD_NAMES.length - 1]}`);
-  return METHODS[name]();
+  return METHODS[name](request);
 }

@@ -6,7 +6,7 @@ import { pino } from 'pino';
 import type { ManualClock } from '../../shared/clock.js';
 import type { CheckpointChunk, GuestDescription, GuestState, LogRecorder, PageAccess, RecordingStart, RecordingStats, SealedUnit, SourceGuest } from '../../shared/driver/types.js';
 import { PAGE_BYTES } from '../../shared/driver/types.js';
-import { AbortedError, UnavailableError } from '../../shared/errors.js';
+import { AbortedError, UnavailableError, UnimplementedError } from '../../shared/errors.js';
 import { ClockOffset } from '../../source-agent/clock-offset.js';
 import { type PackedMessage, packMessage, type PayloadBody, PROTOCOL_VERSION } from '../../shared/protocol.js';
 import { emptyStats, type MigrationMethod, type MigrationPhase, type MigrationStats } from '../../shared/stats.js';
@@ -277,6 +277,9 @@ export function methodContext(
     timings: { convergenceWindowMs: 2_000, monitorIntervalMs: 250, activationTimeoutMs: 60_000, resumeWindowMs: 0 },
     throughputBytesPerSec: 0,
     targetCapabilities: overrides.targetCapabilities ?? [],
+    openNativeRelay: () => {
+      throw new UnimplementedError('the fake context carries no hypervisor stream');
+    },
     open: (fields = {}) => {
       isOpen = true;
       record.opened.push(fields);

@@ -8,17 +8,22 @@
 // sim's workload fields do not apply: the profile must be empty or 'idle' (the API's default),
 // and rates and the environment seed must be unset.
 //
-// Migration is not carried yet: the driver reports no capability, and a reservation is refused
-// with UNIMPLEMENTED (NOT_SUPPORTED).
+// Migration goes by QEMU's own stream (capability native-stream, the qemu-native method): a
+// reservation starts a QEMU with the source guest's machine waiting for the stream (`-incoming
+// defer -S`, incoming.ts), counted on the host's books until it is activated or discarded. Its
+// boot files must be this agent's own (qemu.kernel, qemu.initrd, qemu.disk): a peer cannot make
+// this host read other files into a guest.
 
 import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
 import { availableParallelism, tmpdir, totalmem } from 'node:os';
 import { join } from 'node:path';
 import { randomUUID } from 'node:crypto';
-import { AlreadyExistsError, echo, invalidField, NotFoundError, ReservationRefusedError, UnimplementedError } from '../../errors.js';
+import { AlreadyExistsError, echo, invalidField, NotFoundError, ReservationRefusedError } from '../../errors.js';
 import { type GuestDescription, type GuestSpec, type HostCapacity, type HypervisorDriver, type DriverCapability, UNIT_MS_MAX, UNIT_MS_MIN } from '../types.js';
 import { type QemuAccel, type QemuAccelChoice, type QemuBoot, type QemuMachineConfig, qemuArgs, resolveAccel } from './args.js';
 import { type DriverLog, QemuGuest } from './guest.js';
+import { QemuIncoming } from './incoming.js';
+import { incomingMachine, memorySizeValid } from './incoming-machine.js';
 import { QemuProcess } from './process.js';
 import type { QmpOptions } from './qmp.js';
 
@@ -57,10 +62,6 @@ export const QEMU_DRIVER_DEFAULTS = {
 };
 
 const GUEST_ID = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/;
-/** A guest's memory: whole 2 MiB pages, from 32 MiB (a kernel and a small initramfs) to 1 TiB. */
-const MEMORY_BYTES_MIN = 32 * 2 ** 20;
-const MEMORY_BYTES_MAX = 2 ** 40;
-const MEMORY_ALIGN_BYTES = 2 * 2 ** 20;
 /** The longest path of a unix socket (sun_path is 108 bytes with its NUL). */
 const SOCKET_PATH_BYTES_MAX = 107;
 
@@ -68,9 +69,13 @@ const silentLog: DriverLog = { info: () => undefined, warn: () => undefined, err
 
 export class QemuDriver implements HypervisorDriver {
   readonly name = 'qemu';
-  /** None yet: no event log, no page access (see the file's header). */
-  readonly capabilities: readonly DriverCapability[] = [];
+  /** QEMU's own stream only: no event log, no page access (see the file's header). */
+  readonly capabilities: readonly DriverCapability[] = ['native-stream'];
   private readonly guests = new Map<string, QemuGuest>();
+  /** Reservations of incoming guests, by id, until activated or discarded. */
+  private readonly incoming = new Map<string, QemuIncoming>();
+  /** Numbers each QEMU's sockets: a QEMU still exiting never removes its successor's. */
+  private processCount = 0;
   /** Guests discarded whose QEMU may still be exiting: shutdown waits for them. */
   private readonly ending = new Set<QemuGuest>();
   private readonly options: QemuDriverOptions;
@@ -97,7 +102,7 @@ export class QemuDriver implements HypervisorDriver {
   capacity(): HostCapacity {
     let memory = 0;
     let vcpus = 0;
-    for (const g of this.guests.values()) {
+    for (const g of [...this.guests.values(), ...[...this.incoming.values()].map((r) => r.guest)]) {
       memory += g.machine.memoryBytes;
       vcpus += g.machine.vcpus;
     }
@@ -133,12 +138,47 @@ export class QemuDriver implements HypervisorDriver {
     const unitMs = spec.unitMs ?? this.options.unitMsDefault;
     const machine: QemuMachineConfig = { memoryBytes: spec.memoryBytes, vcpus: this.options.vcpusPerGuest, accel: this.accel, boot: this.options.boot };
     this.checkRoom(id, machine);
-    const qmpSocket = join(this.stateDir, `${id}.qmp`);
-    if (Buffer.byteLength(qmpSocket) > SOCKET_PATH_BYTES_MAX) {
-      throw invalidField('id', `guest '${echo(id)}': its QMP socket path ${qmpSocket} is ${Buffer.byteLength(qmpSocket)} bytes, unix sockets take at most ${SOCKET_PATH_BYTES_MAX}: use a shorter id or a shorter qemu.stateDir`);
-    }
+    const guest = this.startQemu(id, machine, unitMs, []);
+    this.guests.set(id, guest);
+    return guest;
+  }
+
+  /** The reservation of an incoming guest, or NotFoundError (tests and logs look at its QEMU). */
+  incomingGuest(id: string): QemuIncoming {
+    const r = this.incoming.get(id);
+    if (r === undefined) throw new NotFoundError(`no incoming guest '${echo(id)}' on this host`, { reason: 'GUEST_NOT_FOUND', metadata: { guestId: id } });
+    return r;
+  }
+
+  /**
+   * Reserves room for an incoming guest: a QEMU with the source's machine waiting for its stream
+   * (incoming.ts). Refused when the machine is not one this host runs (incoming-machine.ts), or
+   * does not fit; the reservation's memoryReady rejects if that QEMU does not come up.
+   */
+  reserve(description: GuestDescription): QemuIncoming {
+    const machine = incomingMachine(description, { boot: this.options.boot, accel: this.accel });
+    this.checkRoom(description.id, machine);
+    // Numbered as the QEMU about to start is.
+    const socketPath = this.socketPath(description.id, `${this.processCount + 1}.in`);
+    const guest = this.startQemu(description.id, machine, description.unitMs || this.options.unitMsDefault, ['-incoming', 'defer', '-S']);
+    const replica = new QemuIncoming(guest, {
+      socketPath,
+      activated: (g) => {
+        if (this.incoming.get(g.id)?.guest === g) this.incoming.delete(g.id);
+        this.guests.set(g.id, g);
+        this.options.log.info({ guestId: g.id, pid: g.process.pid }, 'the incoming guest is this host\'s now');
+      },
+      log: this.options.log,
+    });
+    this.incoming.set(description.id, replica);
+    return replica;
+  }
+
+  /** Starts a QEMU for guest `id` with `machine` (and `extra` arguments), its QMP socket numbered. */
+  private startQemu(id: string, machine: QemuMachineConfig, unitMs: number, extra: string[]): QemuGuest {
+    const qmpSocket = this.socketPath(id, `${++this.processCount}.qmp`);
     rmSync(qmpSocket, { force: true });
-    const qemu = QemuProcess.start(this.options.binary, qemuArgs(id, machine, qmpSocket), this.options.serialTailBytes);
+    const qemu = QemuProcess.start(this.options.binary, [...qemuArgs(id, machine, qmpSocket), ...extra], this.options.serialTailBytes);
     const guest = new QemuGuest(id, machine, unitMs, qemu, {
       qmpSocket,
       qmp: this.options.qmp,
@@ -146,25 +186,28 @@ export class QemuDriver implements HypervisorDriver {
       log: this.options.log,
       onGone: (g) => {
         if (this.guests.get(g.id) === g) this.guests.delete(g.id);
+        if (this.incoming.get(g.id)?.guest === g) this.incoming.delete(g.id);
         this.ending.add(g);
         void g.stopped().then(() => this.ending.delete(g));
       },
     });
-    this.guests.set(id, guest);
-    this.options.log.info({ guestId: id, pid: qemu.pid, accel: machine.accel, memoryBytes: machine.memoryBytes, qmpSocket }, 'started QEMU for the guest');
+    this.options.log.info({ guestId: id, pid: qemu.pid, accel: machine.accel, memoryBytes: machine.memoryBytes, qmpSocket, incoming: extra.length > 0 }, 'started QEMU for the guest');
     return guest;
   }
 
-  reserve(description: GuestDescription): never {
-    throw new UnimplementedError(
-      `this agent's qemu driver does not receive guests yet: migration of QEMU guests is not implemented, so guest '${echo(description.id)}' (driver '${echo(description.driver)}') cannot be reserved here`,
-      { reason: 'NOT_SUPPORTED', metadata: { guestId: description.id, driver: this.name, guestDriver: description.driver } },
-    );
+  /** A socket path in the state directory for guest `id`, checked against the unix socket bound. */
+  private socketPath(id: string, suffix: string): string {
+    const path = join(this.stateDir, `${id}.${suffix}`);
+    if (Buffer.byteLength(path) > SOCKET_PATH_BYTES_MAX) {
+      throw invalidField('id', `guest '${echo(id)}': its socket path ${path} is ${Buffer.byteLength(path)} bytes, unix sockets take at most ${SOCKET_PATH_BYTES_MAX}: use a shorter id or a shorter qemu.stateDir`);
+    }
+    return path;
   }
 
   /** Ends every guest's QEMU (quit, then SIGKILL after the grace) and waits until all have exited. */
   async shutdown(): Promise<void> {
     for (const guest of [...this.guests.values()]) guest.discard();
+    for (const replica of [...this.incoming.values()]) replica.discard();
     await Promise.all([...this.ending].map((g) => g.stopped()));
     if (this.ownsStateDir) rmSync(this.stateDir, { recursive: true, force: true });
   }
@@ -173,7 +216,7 @@ export class QemuDriver implements HypervisorDriver {
   private checkSpec(id: string, spec: GuestSpec): void {
     if (!GUEST_ID.test(id)) throw invalidField('id', `guest id '${echo(id)}': expected 1-64 letters, digits, '.', '_' or '-'`);
     const memory = spec.memoryBytes;
-    if (!Number.isInteger(memory) || memory < MEMORY_BYTES_MIN || memory > MEMORY_BYTES_MAX || memory % MEMORY_ALIGN_BYTES !== 0) {
+    if (!memorySizeValid(memory)) {
       throw invalidField('memory_bytes', `memory of ${memory} bytes: a qemu guest takes a multiple of 2 MiB from 32 MiB to 1 TiB`, { memoryBytes: memory });
     }
     if (spec.unitMs !== undefined && !(Number.isInteger(spec.unitMs) && spec.unitMs >= UNIT_MS_MIN && spec.unitMs <= UNIT_MS_MAX)) {
@@ -187,7 +230,7 @@ export class QemuDriver implements HypervisorDriver {
   }
 
   private checkRoom(id: string, machine: QemuMachineConfig): void {
-    if (this.guests.has(id)) throw new AlreadyExistsError(`guest '${id}' already runs on this host`, { reason: 'GUEST_EXISTS', metadata: { guestId: id } });
+    if (this.guests.has(id) || this.incoming.has(id)) throw new AlreadyExistsError(`guest '${id}' already runs on this host (or is arriving)`, { reason: 'GUEST_EXISTS', metadata: { guestId: id } });
     const cap = this.capacity();
     if (machine.memoryBytes > cap.memoryBytesFree) {
       throw new ReservationRefusedError(

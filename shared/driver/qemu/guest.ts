@@ -3,14 +3,17 @@
 // announces a change (STOP, RESUME, SHUTDOWN, ...). Suspend and resume are QMP's stop and cont;
 // discard asks QEMU to quit and kills it after a grace period.
 //
-// It offers none of the migration capabilities yet (no event log, no page access): a method that
-// needs one is refused by name before anything moves, and the calls only a migration makes
-// (machineState, digest, setThrottle) fail with UNIMPLEMENTED.
+// Its one migration capability is QEMU's own stream (native-stream, native-source.ts): it records
+// no event log and lends no page access, so a method that needs those is refused by name before
+// anything moves, and the calls only they make (machineState, digest, a throttle below 1) fail
+// with UNIMPLEMENTED. A suspend leaves a guest that QEMU stopped itself (its migration's
+// switchover) as it is, and a resume waits for a cancelled migration to end in QEMU first.
 
 import { rmSync } from 'node:fs';
 import { UnimplementedError } from '../../errors.js';
 import type { GuestDescription, GuestState, SourceGuest } from '../types.js';
 import { encodeMachineConfig, type QemuMachineConfig } from './args.js';
+import { QemuNativeSource } from './native-source.js';
 import { describeExit, type QemuExit, type QemuProcess, type SerialTail } from './process.js';
 import { QmpClient, QmpError, type QmpOptions } from './qmp.js';
 
@@ -46,6 +49,11 @@ function guestStateOf(status: string): GuestState {
 
 export class QemuGuest implements SourceGuest {
   readonly pagesMissing = 0;
+  /**
+   * Capability native-stream: QEMU's own outgoing migration. Not for a guest that boots a disk:
+   * its writes go to an overlay of its own QEMU (snapshot=on), which QEMU's stream does not carry.
+   */
+  readonly nativeStream?: QemuNativeSource;
   /** QEMU's run state (query-status), 'starting' until QMP first answers, 'exited' once the process is gone. */
   private status = 'starting';
   private client: QmpClient | null = null;
@@ -62,6 +70,7 @@ export class QemuGuest implements SourceGuest {
     private readonly deps: QemuGuestDeps,
   ) {
     void process.exited.then((exit) => this.onExit(exit));
+    if (machine.boot.kind === 'kernel') this.nativeStream = new QemuNativeSource(() => this.qmp(), id);
     this.connected = this.connect();
     // A QMP that never comes up is logged and ends the guest in connect(); callers see it on use.
     this.connected.catch(() => undefined);
@@ -70,6 +79,10 @@ export class QemuGuest implements SourceGuest {
   /** The guest's serial console: its last bytes, and a listener for what comes. */
   get serial(): SerialTail {
     return this.process.serial;
+  }
+
+  console(): { text: string; bytesTotal: number } {
+    return { text: this.serial.text(), bytesTotal: this.serial.bytesTotal };
   }
 
   /** QEMU's run state as query-status last said it ('starting' before QMP answered, 'exited' after). */
@@ -98,16 +111,26 @@ export class QemuGuest implements SourceGuest {
     };
   }
 
-  /** Pauses the guest's vCPUs (QMP stop); its state stays intact for resume or discard. */
+  /**
+   * Pauses the guest's vCPUs (QMP stop); its state stays intact for resume or discard. A guest
+   * that QEMU stopped itself (its migration's switchover: finish-migrate, postmigrate) is left so.
+   */
   async suspend(): Promise<void> {
     const client = await this.qmp();
+    await this.refresh(client);
+    if (this.status !== 'running') return;
     await client.execute('stop');
     await this.refresh(client);
   }
 
-  /** Runs the suspended guest again (QMP cont); a failure is logged (see cont() to wait for it). */
+  /**
+   * Runs the suspended guest again (QMP cont), once a cancelled migration has ended in QEMU; a
+   * failure is logged (see cont() to wait for it).
+   */
   resume(): void {
-    this.cont().catch((error: unknown) => this.deps.log.error({ guestId: this.id, err: String(error) }, 'could not resume the guest'));
+    void (this.nativeStream?.settled ?? Promise.resolve())
+      .then(() => this.cont())
+      .catch((error: unknown) => this.deps.log.error({ guestId: this.id, err: String(error) }, 'could not resume the guest'));
   }
 
   /** QMP cont, then the state QEMU reports. */
@@ -121,8 +144,9 @@ export class QemuGuest implements SourceGuest {
     throw this.unsupported('its machine state (QEMU keeps it in its own migration stream)');
   }
 
-  setThrottle(): void {
-    throw this.unsupported('throttling outside a migration');
+  /** Only the factor 1 (no throttle): QEMU throttles a guest only while it migrates it (auto-converge). */
+  setThrottle(factor: number): void {
+    if (factor !== 1) throw this.unsupported('throttling outside a migration');
   }
 
   digest(): string {

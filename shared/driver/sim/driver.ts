@@ -52,7 +52,8 @@ const GUEST_ID = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/;
 
 export class SimDriver implements HypervisorDriver {
   readonly name = 'sim';
-  readonly capabilities = DRIVER_CAPABILITIES;
+  /** Every capability but the hypervisor's own stream (the sim guest has no hypervisor of its own). */
+  readonly capabilities = DRIVER_CAPABILITIES.filter((c) => c !== 'native-stream');
   private readonly guests = new Map<string, SimSourceGuest>();
   private readonly replicas = new Map<string, SimReplica>();
   private readonly options: SimDriverOptions;

@@ -67,6 +67,7 @@ const MESSAGE_KINDS: Record<MigrationMethod, Weighted<[Direction, string]>> = {
     [['toSource', 'getCapacity'], 1], [['toSource', 'reserve'], 3], [['toSource', 'release'], 1], [['toSource', 'queryOutcome'], 3], [['toSource', 'ping'], 1],
   ],
   postcopy: [],
+  'qemu-native': [],
 };
 
 /** Kinds sent many times in a run: their trigger picks a later occurrence. */
@@ -76,6 +77,7 @@ const PHASES: Record<MigrationMethod, readonly MigrationPhase[]> = {
   crtr: ['pre-migration', 'reservation', 'checkpoint', 'log-transfer', 'stop-and-copy', 'commitment', 'activation'],
   precopy: ['pre-migration', 'reservation', 'checkpoint', 'stop-and-copy', 'commitment', 'activation'],
   postcopy: [],
+  'qemu-native': [],
 };
 
 export function pick<T>(random: Random, choices: Weighted<T>): T {
