@@ -122,7 +122,10 @@ export function hintFor(name: string | null, agent: string): string {
  * hint: the CLI's own errors (usage, configuration) already say what to pass.
  */
 export function errorLine(error: unknown, agent: string): string {
-  const hint = error instanceof CallError ? hintFor(statusNameOf(error), agent) : '';
+  // UNIMPLEMENTED from the agent itself (a method its driver cannot carry, a call its driver does
+  // not offer) says why in its details; only gRPC's own answer means the call is not there at all.
+  const unimplementedByAgent = error instanceof CallError && error.code === grpc.status.UNIMPLEMENTED && !/does not implement the method/i.test(error.details);
+  const hint = error instanceof CallError && !unimplementedByAgent ? hintFor(statusNameOf(error), agent) : '';
   const text = error instanceof CallError ? `${error.what}: ${statusName(error.code)}: ${oneLine(error.details)}` : oneLine(error instanceof Error ? error.message : String(error));
   return `vmmigrate: ${text}${hint ? ` (${hint})` : ''}`;
 }

@@ -13,7 +13,7 @@ import { fileURLToPath } from 'node:url';
 import t, { type Test } from 'tap';
 import { agentOptionsFromArgs, startAgent } from '../cli/agent.js';
 import { type AgentProcess, stopAgentProcess } from '../cli/agent-process.js';
-import { EXIT, exitCodeForStatus } from '../cli/calls.js';
+import { CallError, EXIT, errorLine, exitCodeForStatus } from '../cli/calls.js';
 import { credentialsFrom, isLoopback, parseAddress } from '../cli/connect.js';
 import { parseBandwidth, parseDuration } from '../cli/units.js';
 import { guestsTable, jobsTable, messageJson, progressView } from '../cli/views.js';
@@ -552,4 +552,13 @@ t.test('mutual TLS from flags or environment against a TLS agent; refusals exit 
   const refused = await runCli(['guests', '--agent', address, ...files(dir, 'agent-b')]);
   t.equal(refused.code, EXIT.refused, `exit 4 (stderr: ${refused.stderr})`);
   t.match(refused.stderr, /^vmmigrate: listing guests on 127\.0\.0\.1:\d+: PERMISSION_DENIED: client identities \[agent-b, localhost\] are not on this agent's allow\.control/);
+});
+
+t.test("errorLine: an agent's own UNIMPLEMENTED says why, without the hint that the call is missing", async (t) => {
+  const refused = new CallError('starting the migration', grpc.status.UNIMPLEMENTED, "method 'precopy' needs page-access on the source, which driver 'qemu' lacks");
+  const line = errorLine(refused, '127.0.0.1:7400');
+  t.match(line, /needs page-access/);
+  t.notMatch(line, /does not offer this call/, 'no hint of an older agent');
+  const missing = new CallError('reading the console', grpc.status.UNIMPLEMENTED, 'The server does not implement the method /vmmigrate.v2.Control/GetConsole');
+  t.match(errorLine(missing, '127.0.0.1:7400'), /does not offer this call; is it an older version\?/, "gRPC's own UNIMPLEMENTED keeps the hint");
 });

@@ -5,9 +5,12 @@
 // machine and no guest (-machine none -S): QMP is all it runs. The malformed peers are a fake
 // QMP server on a unix socket.
 
+import { spawn } from 'node:child_process';
 import { once } from 'node:events';
+import { readFileSync } from 'node:fs';
 import { createServer, type Server, type Socket } from 'node:net';
 import { join } from 'node:path';
+import { createInterface } from 'node:readline';
 import t, { type Test } from 'tap';
 import { QemuProcess } from '../shared/driver/qemu/process.js';
 import { QmpClient } from '../shared/driver/qemu/qmp.js';
@@ -119,3 +122,35 @@ t.test('a line past the bound, or one that is not JSON, closes the connection', 
   t.same(await qmp3.execute('query-status'), { status: 'paused' });
   t.match(await stop, { event: 'STOP', timestampUs: 1_000_005 });
 });
+
+t.test('a QEMU does not outlive its agent killed with -9 (its parent-death signal)', { skip }, async (t) => {
+  // An agent stand-in: a Node process that starts a QEMU through QemuProcess, prints its pid and waits.
+  const processModule = new URL('../shared/driver/qemu/process.js', import.meta.url).href;
+  const script = `const { QemuProcess } = await import(${JSON.stringify(processModule)});
+const q = QemuProcess.start(${JSON.stringify(QEMU_EXECUTABLE)}, ['-nodefaults', '-nographic', '-machine', 'none', '-S'], 4096);
+console.log(q.pid);
+setInterval(() => {}, 1000);`;
+  const agent = spawn(process.execPath, ['--input-type=module', '-e', script], { stdio: ['ignore', 'pipe', 'inherit'] });
+  t.teardown(() => agent.kill('SIGKILL'));
+  const [line] = (await once(createInterface({ input: agent.stdout! }), 'line')) as [string];
+  const pid = Number(line);
+  t.ok(pid > 0 && isRunning(pid), `QEMU ${pid} runs`);
+  agent.kill('SIGKILL');
+  await once(agent, 'exit');
+  let gone = false;
+  for (let i = 0; i < 100 && !gone; i++) {
+    gone = !isRunning(pid);
+    if (!gone) await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+  if (!gone) process.kill(pid, 'SIGKILL');
+  t.ok(gone, 'QEMU ended with its agent');
+});
+
+/** Whether process `pid` exists and has not exited (a zombie counts as ended). */
+function isRunning(pid: number): boolean {
+  try {
+    return !/^State:\s+Z/m.test(readFileSync(`/proc/${pid}/status`, 'utf8'));
+  } catch {
+    return false;
+  }
+}

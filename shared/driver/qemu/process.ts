@@ -1,9 +1,11 @@
 // One QEMU process, owned by the agent: started with its serial console on its standard output,
 // which is read into a bounded tail (the console's last bytes, for listings, logs and tests), and
 // its standard error kept, bounded, for the message when it fails. Every QEMU started here is
-// killed when the agent's process exits, even after a failure, so that none outlives it.
+// killed when the agent's process exits, even after a failure or a kill -9 (the parent-death
+// signal), so that none outlives it.
 
 import { type ChildProcess, spawn } from 'node:child_process';
+import { existsSync } from 'node:fs';
 
 /** Bytes of QEMU's standard error kept for an error message. */
 const STDERR_BYTES_MAX = 8192;
@@ -63,6 +65,18 @@ function killAllAtExit(): void {
   live.clear();
 }
 
+let setpriv: string | null | undefined;
+
+/**
+ * util-linux's setpriv (essential in Debian), which sets the parent-death signal and then runs
+ * QEMU in its place (same pid); null where it is missing: QEMU then dies with the agent only when
+ * the agent exits by itself.
+ */
+function deathSignalWrapper(): string | null {
+  if (setpriv === undefined) setpriv = ['/usr/bin/setpriv', '/bin/setpriv'].find((path) => existsSync(path)) ?? null;
+  return setpriv;
+}
+
 /** A running (or ended) QEMU. */
 export class QemuProcess {
   readonly serial: SerialTail;
@@ -103,7 +117,11 @@ export class QemuProcess {
       process.on('exit', killAllAtExit);
       exitHookSet = true;
     }
-    const child = spawn(binary, args, { stdio: ['pipe', 'pipe', 'pipe'] });
+    // Under setpriv --pdeathsig, the kernel kills QEMU when the agent dies, however it dies (kill -9
+    // runs no exit hook): an agent started again finds no guest of the old one still running,
+    // which it would not know of and might start a second copy of.
+    const wrapper = deathSignalWrapper();
+    const child = wrapper === null ? spawn(binary, args, { stdio: ['pipe', 'pipe', 'pipe'] }) : spawn(wrapper, ['--pdeathsig', 'KILL', '--', binary, ...args], { stdio: ['pipe', 'pipe', 'pipe'] });
     return new QemuProcess(child, serialTailBytes);
   }
 
