@@ -178,7 +178,7 @@ t.test('frames cross a stream cut anywhere; a corrupt or cut stream is refused',
 
 t.test('the target refuses what comes out of order or damaged, before any QEMU starts', async (t) => {
   const dir = tempDirFor(t, 'vmm-qemu-rr-target-');
-  const target = () => new RrTarget({ machine: rrMachineOf({ kernel: '/nonexistent', initrd: '/nonexistent', append: '', patternBytes: 0, patternMd5: '' }), dir, now: () => performance.now(), connectTimeoutMs: 1000, commandTimeoutMs: 1000, stopGraceMs: 1000, stepTimeoutMs: 1000, kickMs: 1 });
+  const target = () => new RrTarget({ machine: rrMachineOf({ kernel: '/nonexistent', initrd: '/nonexistent', append: '', patternBytes: 0, patternMd5: '' }), dir, now: () => performance.now(), connectTimeoutMs: 1000, commandTimeoutMs: 1000, stopGraceMs: 1000, stepTimeoutMs: 1000, kickMs: 1, liveKickMs: 50 });
   const streamOf = (...frames: Buffer[]) => {
     const s = new PassThrough();
     s.end(Buffer.concat(frames));

@@ -39,6 +39,11 @@ export interface RrMachine {
   /** qemu-system-x86_64, by name on PATH or by path. */
   readonly qemuBinary: string;
   readonly qemuImgBinary: string;
+  /**
+   * icount's shift: `auto` (the default) adapts the guest's clock to real time; a number fixes
+   * it at 2^N ns per instruction (the guest's idle time still follows real time).
+   */
+  readonly icountShift?: 'auto' | number;
 }
 
 /** How one QEMU of the migration runs. */
@@ -61,7 +66,7 @@ const optionValue = (path: string) => path.replaceAll(',', ',,');
 /** The command line: the driver's, plus icount with record/replay, the snapshot drive and the run's flags. */
 export function rrArgs(m: RrMachine, run: RrRun): string[] {
   if (m.machine.vcpus !== 1 || m.machine.accel !== 'tcg') throw new RrHypervisorError('FAILED_PRECONDITION', `record/replay needs one vCPU under TCG; guest '${m.id}' has ${m.machine.vcpus} vCPU(s) under ${m.machine.accel}`, { reason: 'NOT_SUPPORTED', metadata: { guestId: m.id } });
-  const icount = [`shift=auto`, `rr=${run.mode}`, `rrfile=${optionValue(run.logFile)}`];
+  const icount = [`shift=${m.icountShift ?? 'auto'}`, `rr=${run.mode}`, `rrfile=${optionValue(run.logFile)}`];
   if (run.rrSnapshot !== undefined) icount.push(`rrsnapshot=${run.rrSnapshot}`);
   const args = [
     ...qemuArgs(m.id, m.machine, run.qmpSocket),

@@ -53,8 +53,12 @@ export interface RrMigrationReport {
   /** The source's icount when it stopped, and the icount handed to the live QEMU. */
   readonly stopIcount: number;
   readonly lags: readonly Lag[];
+  /** The lags from the first step that ended within lagMsMax on (the backlog replayed). */
+  readonly lagsCaughtUp: readonly Lag[];
   /** Replay against recording: every step, the steps of instructions recorded before the migration started, those after. */
   readonly speed: { readonly all: ReplaySpeed; readonly backlog: ReplaySpeed; readonly following: ReplaySpeed };
+  /** Log bytes written before the migration started (the boot, mostly). */
+  readonly logBytesAtStart: number;
   /** Log bytes per second while the migration ran (wall time of the recorder, which shift=auto keeps near guest time). */
   readonly followLogBytesPerSec: number;
   /** The whole log's bytes per second of guest time (the live snapshot's virtual clock). */
@@ -113,6 +117,8 @@ function makeReport(options: RrMigrationOptions, parts: { startMs: number; stop:
   const sw = targetReport.switchover;
   const steps = targetReport.steps;
   const guestSec = (targetReport.liveSnapshot?.vmClockNs ?? 0) / 1e9;
+  const allLags = lags(source.samples, steps);
+  const caughtUp = allLags.findIndex((lag) => lag.ms <= options.lagMsMax);
   return {
     checkpoint: options.checkpoint,
     startMs: startMs - source.startedMs,
@@ -120,7 +126,9 @@ function makeReport(options: RrMigrationOptions, parts: { startMs: number; stop:
     target: targetReport,
     converged: parts.converged,
     stopIcount: stop.icount,
-    lags: lags(source.samples, steps),
+    lags: allLags,
+    lagsCaughtUp: caughtUp < 0 ? [] : allLags.slice(caughtUp),
+    logBytesAtStart: parts.logBytesAtStart,
     speed: {
       all: replaySpeed(source.samples, steps),
       backlog: replaySpeed(source.samples, steps, (_, recordedMs) => recordedMs < startMs),
@@ -145,7 +153,7 @@ export async function runRrMigration(options: RrMigrationOptions): Promise<RrMig
   mkdirSync(sourceDir, { recursive: true });
   mkdirSync(targetDir, { recursive: true });
   const source = await RrSource.start({ machine: options.machine, dir: sourceDir, now, sliceBytesMax: options.sliceBytesMax ?? RR_DEFAULTS.sliceBytesMax, pollMs: options.pollMs ?? RR_DEFAULTS.pollMs, sampleMs: options.sampleMs ?? RR_DEFAULTS.sampleMs, ...TIMINGS });
-  const target = new RrTarget({ machine: options.machine, dir: targetDir, now, kickMs: options.kickMs ?? RR_DEFAULTS.kickMs, ...TIMINGS });
+  const target = new RrTarget({ machine: options.machine, dir: targetDir, now, kickMs: options.kickMs ?? RR_DEFAULTS.kickMs, liveKickMs: options.sampleMs ?? RR_DEFAULTS.sampleMs, ...TIMINGS });
   try {
     await waitConsole(source.qemu.process.serial, options.startWhen, options.startTimeoutMs);
     const startMs = now();

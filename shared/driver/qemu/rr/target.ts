@@ -30,6 +30,8 @@ export interface RrTargetOptions {
   readonly stepTimeoutMs: number;
   /** Pause between the QMP commands that keep the replayer's main loop awake during a step (0: none). */
   readonly kickMs: number;
+  /** Pause between those that keep the live QEMU's guest at pace (see RrSource's samples; 0: none). */
+  readonly liveKickMs: number;
 }
 
 /** Tag of the snapshot the replayer saves at its last break, which the live QEMU loads. */
@@ -250,6 +252,7 @@ export class RrTarget {
     const status = await this.live.qmp.execute<{ status: string }>('query-status');
     if (status.status !== 'running') throw new RrHypervisorError('FAILED_PRECONDITION', `the live QEMU loaded snapshot '${LIVE_SNAPSHOT_TAG}' but is ${status.status}, not running`, { metadata: { status: status.status } });
     const liveMs = now();
+    void this.keepAwake(this.live);
     const snapshots = await listSnapshots(this.options.machine, this.snapshotFile);
     const cp = this.checkpoint!;
     return {
@@ -261,6 +264,14 @@ export class RrTarget {
       switchover: { lastSliceMs: this.lastSliceMs, replayedMs, savevmMs, replayerEndedMs, liveMs },
       liveSnapshot: snapshots.find((s) => s.name === LIVE_SNAPSHOT_TAG) ?? null,
     };
+  }
+
+  /** Queries the live QEMU every liveKickMs until it ends (a recorder left alone runs its idle guest slow). */
+  private async keepAwake(live: RrQemu): Promise<void> {
+    while (this.options.liveKickMs > 0 && !live.qmp.closed) {
+      await queryIcount(live).catch(() => undefined);
+      await new Promise((resolve) => setTimeout(resolve, this.options.liveKickMs));
+    }
   }
 
   /** Ends every QEMU of the target (after a failure, or when done). */
