@@ -114,7 +114,7 @@ async function awaitSwitchover(source: RrSource, target: RrTarget, options: RrMi
 
 function makeReport(options: RrMigrationOptions, parts: { startMs: number; stop: { ms: number; icount: number }; logBytesAtStart: number; converged: boolean; source: RrSource; sourceReport: SourceReport; targetReport: TargetReport }): RrMigrationReport {
   const { source, sourceReport, targetReport, stop, startMs } = parts;
-  const sw = targetReport.switchover;
+  const switchover = targetReport.switchover;
   const steps = targetReport.steps;
   const guestSec = (targetReport.liveSnapshot?.vmClockNs ?? 0) / 1e9;
   const allLags = lags(source.samples, steps);
@@ -136,9 +136,9 @@ function makeReport(options: RrMigrationOptions, parts: { startMs: number; stop:
     },
     followLogBytesPerSec: ((sourceReport.logBytes - parts.logBytesAtStart) * 1000) / Math.max(1, stop.ms - startMs),
     logBytesPerGuestSec: guestSec > 0 ? sourceReport.logBytes / guestSec : 0,
-    downtimeMs: sw.liveMs - stop.ms,
-    downtimeParts: { lastSlice: sw.lastSliceMs - stop.ms, replayed: sw.replayedMs - stop.ms, savevm: sw.savevmMs - stop.ms, replayerEnded: sw.replayerEndedMs - stop.ms, live: sw.liveMs - stop.ms },
-    totalMs: sw.liveMs - startMs,
+    downtimeMs: switchover.liveMs - stop.ms,
+    downtimeParts: { lastSlice: switchover.lastSliceMs - stop.ms, replayed: switchover.replayedMs - stop.ms, savevm: switchover.savevmMs - stop.ms, replayerEnded: switchover.replayerEndedMs - stop.ms, live: switchover.liveMs - stop.ms },
+    totalMs: switchover.liveMs - startMs,
   };
 }
 

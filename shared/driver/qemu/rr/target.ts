@@ -145,21 +145,21 @@ export class RrTarget {
       this.checkpoint = { tag: header.tag, icount: header.icount, bytes: header.bytes, written: 0, hash: createHash('sha256'), file: await open(this.snapshotFile, 'w'), receivedMs: 0 };
       return;
     }
-    const cp = this.checkpoint;
-    if (cp === null) throw order('before the checkpoint');
+    const checkpoint = this.checkpoint;
+    if (checkpoint === null) throw order('before the checkpoint');
     if (header.type === 'checkpoint-data') {
       if (this.checkpointDone) throw order('after the checkpoint ended');
-      if (cp.written + payload.length > cp.bytes) throw new CorruptDataError(`the checkpoint grows past its announced ${cp.bytes} bytes`, { metadata: { bytes: cp.bytes } });
-      await cp.file!.write(payload, 0, payload.length, cp.written);
-      cp.written += payload.length;
-      cp.hash.update(payload);
+      if (checkpoint.written + payload.length > checkpoint.bytes) throw new CorruptDataError(`the checkpoint grows past its announced ${checkpoint.bytes} bytes`, { metadata: { bytes: checkpoint.bytes } });
+      await checkpoint.file!.write(payload, 0, payload.length, checkpoint.written);
+      checkpoint.written += payload.length;
+      checkpoint.hash.update(payload);
     } else if (header.type === 'checkpoint-end') {
       if (this.checkpointDone) throw order('after the checkpoint ended');
-      const sha256 = cp.hash.digest('hex');
-      if (cp.written !== cp.bytes || sha256 !== header.sha256) throw new CorruptDataError(`the checkpoint arrived as ${cp.written} bytes of sha256 ${sha256}; the source sent ${cp.bytes} bytes of sha256 ${header.sha256}`, { metadata: { bytes: cp.bytes, received: cp.written } });
-      await cp.file!.close();
-      cp.file = null;
-      cp.receivedMs = this.options.now();
+      const sha256 = checkpoint.hash.digest('hex');
+      if (checkpoint.written !== checkpoint.bytes || sha256 !== header.sha256) throw new CorruptDataError(`the checkpoint arrived as ${checkpoint.written} bytes of sha256 ${sha256}; the source sent ${checkpoint.bytes} bytes of sha256 ${header.sha256}`, { metadata: { bytes: checkpoint.bytes, received: checkpoint.written } });
+      await checkpoint.file!.close();
+      checkpoint.file = null;
+      checkpoint.receivedMs = this.options.now();
       this.checkpointDone = true;
       this.log = await open(this.logFile, 'w');
       await this.log.write(replayLogHeader(), 0, REPLAY_LOG_HEADER_BYTES, 0);
@@ -168,7 +168,7 @@ export class RrTarget {
       if (this.finalReceived) throw order('after the last slice');
       if (header.seq !== this.nextSeq) throw new UnitOrderError(`slice ${header.seq} arrived where slice ${this.nextSeq} was due`, header.seq < this.nextSeq ? 'duplicate' : 'gap', this.nextSeq, header.seq);
       if (this.nextOffset >= 0 && header.offset !== this.nextOffset) throw new UnitOrderError(`slice ${header.seq} starts at log offset ${header.offset}, the slice before ended at ${this.nextOffset}`, 'position', this.nextSeq, header.seq);
-      if (header.icountEnd < Math.max(this.availableIcount, cp.icount)) throw new CorruptDataError(`slice ${header.seq} reaches icount ${header.icountEnd}, behind ${Math.max(this.availableIcount, cp.icount)}`, { metadata: { seq: header.seq } });
+      if (header.icountEnd < Math.max(this.availableIcount, checkpoint.icount)) throw new CorruptDataError(`slice ${header.seq} reaches icount ${header.icountEnd}, behind ${Math.max(this.availableIcount, checkpoint.icount)}`, { metadata: { seq: header.seq } });
       await this.log!.write(payload, 0, payload.length, header.offset);
       this.nextSeq++;
       this.nextOffset = header.offset + payload.length;
@@ -206,11 +206,11 @@ export class RrTarget {
 
   /** Starts QEMU replaying from the checkpoint's snapshot, paused (-S) until its first break. */
   private async startReplay(): Promise<void> {
-    const cp = this.checkpoint!;
+    const checkpoint = this.checkpoint!;
     this.replayStartedMs = this.options.now();
-    this.replay = await startRrQemu(this.options.machine, { mode: 'replay', logFile: this.logFile, snapshotFile: this.snapshotFile, qmpSocket: join(this.options.dir, 'replay.qmp'), rrSnapshot: cp.tag, paused: true }, this.options.connectTimeoutMs);
+    this.replay = await startRrQemu(this.options.machine, { mode: 'replay', logFile: this.logFile, snapshotFile: this.snapshotFile, qmpSocket: join(this.options.dir, 'replay.qmp'), rrSnapshot: checkpoint.tag, paused: true }, this.options.connectTimeoutMs);
     this.icount = await queryIcount(this.replay);
-    if (this.icount !== cp.icount) throw new ReplayDivergenceError(`the replayer starts at icount ${this.icount}, the checkpoint '${cp.tag}' was taken at ${cp.icount}`, { metadata: { icount: this.icount, checkpointIcount: cp.icount } });
+    if (this.icount !== checkpoint.icount) throw new ReplayDivergenceError(`the replayer starts at icount ${this.icount}, the checkpoint '${checkpoint.tag}' was taken at ${checkpoint.icount}`, { metadata: { icount: this.icount, checkpointIcount: checkpoint.icount } });
   }
 
   /**
@@ -254,9 +254,9 @@ export class RrTarget {
     const liveMs = now();
     void this.keepAwake(this.live);
     const snapshots = await listSnapshots(this.options.machine, this.snapshotFile);
-    const cp = this.checkpoint!;
+    const checkpoint = this.checkpoint!;
     return {
-      checkpoint: { tag: cp.tag, icount: cp.icount, bytes: cp.bytes, receivedMs: cp.receivedMs },
+      checkpoint: { tag: checkpoint.tag, icount: checkpoint.icount, bytes: checkpoint.bytes, receivedMs: checkpoint.receivedMs },
       replayStartedMs: this.replayStartedMs,
       steps: this.steps,
       finalIcount: this.icount,
