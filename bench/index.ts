@@ -12,6 +12,7 @@
 //   npm run bench -- protocol-sim --seeds N      the protocol under simulated faults, N seeds
 //   npm run bench -- arbiter                     the failover arbiter on a private etcd: go-live latency, fencing delays
 //   npm run bench -- qemu                        a real Linux guest moved by QEMU's own stream (qemu-native), next to the sim guest
+//   npm run bench -- qemu-rr                     the real guest moved by QEMU's record/replay between two QEMUs (CR/TR's prototype)
 
 import { runAgentMemoryBench } from './agent-memory.js';
 import { runArbiterBench } from './arbiter.js';
@@ -21,6 +22,7 @@ import { runFaultsBench } from './faults/index.js';
 import { runHarness } from './harness.js';
 import { runProtocolSimBench } from './protocol-sim.js';
 import { runQemuBench } from './qemu.js';
+import { runQemuRrBench } from './qemu-rr.js';
 import { runSimBench } from './sim/index.js';
 import { runVcpuBench } from './vcpu.js';
 
@@ -66,6 +68,10 @@ const BENCHMARKS: Readonly<Record<string, Benchmark>> = {
   qemu: {
     summary: "a real Linux guest (TCG) moved back and forth between two qemu agents by QEMU's own stream, pre-copy and post-copy; next to the sim guest of the same size by pre-copy, post-copy and CR/TR",
     run: runQemuBench,
+  },
+  'qemu-rr': {
+    summary: 'record/replay migration of the real test guest between two QEMUs, checkpoint init and savevm: checkpoint, log rate, replay speed, lag, downtime, total',
+    run: runQemuRrBench,
   },
   arbiter: {
     summary: 'the failover arbiter against a private etcd: claim and go-live latency, and how long a primary cut off from etcd takes to fence itself and a standby to go live',
