@@ -335,7 +335,9 @@ export function summaryLines(j: JobMessage): string[] {
   } else if (s.qemuNative) {
     const q = s.qemuNative;
     const how = q.postcopy ? `post-copy, ${Number(q.demandPages ?? 0)} pages asked for by the guest on the target` : `${q.rounds ?? 0} pre-copy passes`;
-    lines.push(`  QEMU:              ${q.status || '-'}, ${how}; its own downtime ${formatMs(q.qemuDowntimeMs ?? 0)}, total ${formatMs(q.qemuTotalTimeMs ?? 0)}`);
+    // A job that failed before QEMU's migration began has no figures of QEMU to show.
+    if (q.status) lines.push(`  QEMU:              ${q.status}, ${how}; its own downtime ${formatMs(q.qemuDowntimeMs ?? 0)}, total ${formatMs(q.qemuTotalTimeMs ?? 0)}`);
+    else lines.push('  QEMU:              its migration never began');
   } else {
     const c = s.crtr ?? {};
     const replayRate = c.replayRate ?? 0;
