@@ -135,79 +135,8 @@ export class AgentMetrics {
     });
     this.replayed = new Counter({ name: `${PREFIX}units_replayed_total`, help: 'Log units replayed by incoming migrations on this agent (target role).', registers });
 
-    // Gauges read at scrape time. prom-client calls `collect` with the gauge as `this`.
-    const outgoing = this.outgoing;
-    const incomingActive = () => this.incomingActive();
-    const host = () => this.host;
-    new Gauge({
-      name: `${PREFIX}migrations_active`,
-      help: 'Migrations in progress: role source (outgoing jobs not ended) or target (incoming, reserved and not yet ended).',
-      labelNames: ['role'],
-      registers,
-      collect() {
-        this.set({ role: 'source' }, outgoing.size);
-        this.set({ role: 'target' }, incomingActive());
-      },
-    });
-    new Gauge({
-      name: `${PREFIX}migrations_in_doubt`,
-      help: 'Outgoing migrations in doubt: the commit was sent and its answer lost; the guest is kept suspended here until the target says what it decided (alert on it: an operator may have to resolve).',
-      registers,
-      collect() {
-        let n = 0;
-        for (const job of outgoing.keys()) if (job.stats.status === 'in-doubt') n++;
-        this.set(n);
-      },
-    });
-    // The maximum over outgoing migrations rather than one series per guest: a fixed number of
-    // series whatever the guests, and an alert on it fires for whichever migration lags.
-    new Gauge({
-      name: `${PREFIX}replay_lag_units`,
-      help: 'Log units recorded and not yet replayed on the target: the maximum over outgoing migrations in progress (0 if none).',
-      registers,
-      collect() {
-        let max = 0;
-        for (const job of outgoing.keys()) max = Math.max(max, job.stats.remainingUnits);
-        this.set(max);
-      },
-    });
-    new Gauge({
-      name: `${PREFIX}replay_lag_seconds`,
-      help: 'Guest time recorded and not yet replayed on the target (remaining units x unit length): the maximum over outgoing migrations in progress (0 if none).',
-      registers,
-      collect() {
-        let max = 0;
-        for (const job of outgoing.keys()) max = Math.max(max, (job.stats.remainingUnits * job.stats.unitMs) / 1000);
-        this.set(max);
-      },
-    });
-    new Gauge({
-      name: `${PREFIX}guests`,
-      help: 'Guests on this host by state (replicas of incoming migrations are not guests until activated).',
-      labelNames: ['state'],
-      registers,
-      collect() {
-        const counts = new Map<GuestState, number>(GUEST_STATES.map((s) => [s, 0]));
-        for (const state of host()?.guestStates() ?? []) counts.set(state, (counts.get(state) ?? 0) + 1);
-        for (const [state, n] of counts) this.set({ state }, n);
-      },
-    });
-    new Gauge({
-      name: `${PREFIX}memory_reserved_bytes`,
-      help: 'Guest memory this host holds: its guests and the replicas of incoming migrations.',
-      registers,
-      collect() {
-        this.set(host()?.memory().memoryBytesReserved ?? 0);
-      },
-    });
-    new Gauge({
-      name: `${PREFIX}memory_capacity_bytes`,
-      help: 'Guest memory this host offers to guests (the agent\'s --memory-mib).',
-      registers,
-      collect() {
-        this.set(host()?.memory().memoryBytesTotal ?? 0);
-      },
-    });
+    // Gauges read at scrape time, from the live objects.
+    registerScrapeGauges(registers, { outgoing: this.outgoing, incomingActive: () => this.incomingActive(), host: () => this.host });
 
     // Every fixed series starts at 0, so that rate() and increase() see the first event.
     for (const method of METHODS) {
@@ -382,4 +311,89 @@ export async function startMetricsServer(listen: string, metrics: AgentMetrics, 
       return closing;
     },
   };
+}
+
+/**
+ * The gauges read at scrape time: migrations in progress and in doubt, the replay lag, guests by
+ * state, memory. prom-client calls `collect` with the gauge as `this`.
+ */
+function registerScrapeGauges(
+  registers: Registry[],
+  live: { outgoing: ReadonlyMap<OutgoingMigration, unknown>; incomingActive: () => number; host: () => HostView | null },
+): void {
+  const { outgoing, incomingActive, host } = live;
+  new Gauge({
+    name: `${PREFIX}migrations_active`,
+    help: 'Migrations in progress: role source (outgoing jobs not ended) or target (incoming, reserved and not yet ended).',
+    labelNames: ['role'],
+    registers,
+    collect() {
+      this.set({ role: 'source' }, outgoing.size);
+      this.set({ role: 'target' }, incomingActive());
+    },
+  });
+  new Gauge({
+    name: `${PREFIX}migrations_in_doubt`,
+    help: 'Outgoing migrations in doubt: the commit was sent and its answer lost; the guest is kept suspended here until the target says what it decided (alert on it: an operator may have to resolve).',
+    registers,
+    collect() {
+      let n = 0;
+      for (const job of outgoing.keys()) if (job.stats.status === 'in-doubt') n++;
+      this.set(n);
+    },
+  });
+  // The maximum over outgoing migrations rather than one series per guest: a fixed number of
+  // series whatever the guests, and an alert on it fires for whichever migration lags.
+  new Gauge({
+    name: `${PREFIX}replay_lag_units`,
+    help: 'Log units recorded and not yet replayed on the target: the maximum over outgoing migrations in progress (0 if none).',
+    registers,
+    collect() {
+      let max = 0;
+      for (const job of outgoing.keys()) max = Math.max(max, job.stats.remainingUnits);
+      this.set(max);
+    },
+  });
+  new Gauge({
+    name: `${PREFIX}replay_lag_seconds`,
+    help: 'Guest time recorded and not yet replayed on the target (remaining units x unit length): the maximum over outgoing migrations in progress (0 if none).',
+    registers,
+    collect() {
+      let max = 0;
+      for (const job of outgoing.keys()) max = Math.max(max, (job.stats.remainingUnits * job.stats.unitMs) / 1000);
+      this.set(max);
+    },
+  });
+  registerHostGauges(registers, host);
+}
+
+/** The host's gauges read at scrape time: guests by state, guest memory reserved and offered. */
+function registerHostGauges(registers: Registry[], host: () => HostView | null): void {
+  new Gauge({
+    name: `${PREFIX}guests`,
+    help: 'Guests on this host by state (replicas of incoming migrations are not guests until activated).',
+    labelNames: ['state'],
+    registers,
+    collect() {
+      const counts = new Map<GuestState, number>(GUEST_STATES.map((s) => [s, 0]));
+      for (const state of host()?.guestStates() ?? []) counts.set(state, (counts.get(state) ?? 0) + 1);
+      for (const [state, n] of counts) this.set({ state }, n);
+    },
+  });
+  new Gauge({
+    name: `${PREFIX}memory_reserved_bytes`,
+    help: 'Guest memory this host holds: its guests and the replicas of incoming migrations.',
+    registers,
+    collect() {
+      this.set(host()?.memory().memoryBytesReserved ?? 0);
+    },
+  });
+  new Gauge({
+    name: `${PREFIX}memory_capacity_bytes`,
+    help: 'Guest memory this host offers to guests (the agent\'s --memory-mib).',
+    registers,
+    collect() {
+      this.set(host()?.memory().memoryBytesTotal ?? 0);
+    },
+  });
 }
