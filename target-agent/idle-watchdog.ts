@@ -29,7 +29,8 @@ const MAX_DURATION_MS_UNSAID = 12 * 3600_000;
 export function transferDeadlineMs(reservation: Pick<Reservation, 'reservedAtMs' | 'maxDurationMs' | 'protection'> | null, phase: TransferPhase): number {
   // A protection streams until it ends: its standby's silence is bounded, its duration is not.
   if (reservation === null || reservation.protection !== undefined || phase === 'committed' || phase === 'activated' || phase === 'postcopy') return Number.POSITIVE_INFINITY;
-  return reservation.reservedAtMs + DEADLINE_MAX_DURATIONS * (reservation.maxDurationMs || MAX_DURATION_MS_UNSAID) + DEADLINE_GRACE_MS;
+  // The source says its maximum duration; this host bounds it all the same, at what it assumes of a source that says none.
+  return reservation.reservedAtMs + DEADLINE_MAX_DURATIONS * Math.min(reservation.maxDurationMs || MAX_DURATION_MS_UNSAID, MAX_DURATION_MS_UNSAID) + DEADLINE_GRACE_MS;
 }
 
 /**

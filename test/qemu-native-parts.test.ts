@@ -72,8 +72,9 @@ t.test("the stream's hash: the bytes, however they were cut", async (t) => {
 t.test('the incoming machine is the source\'s, booting this agent\'s files', async (t) => {
   const own = { boot: { kind: 'kernel' as const, kernel: '/boot/k', initrd: '/boot/i', append: 'console=ttyS0' }, accel: 'tcg' as const };
   const description = (machine: object, memoryBytes = 128 * MiB, vcpus = 2) => ({ id: 'vm', driver: 'qemu', memoryBytes, vcpus, unitMs: 10, state: 'running' as const, summary: '', machineConfig: new TextEncoder().encode(JSON.stringify(machine)) });
-  const machine = { memoryBytes: 128 * MiB, vcpus: 1, accel: 'tcg', boot: { ...own.boot, append: 'console=ttyS0 quiet' } };
-  t.same(incomingMachine(description(machine), own), { memoryBytes: 128 * MiB, vcpus: 2, accel: 'tcg', boot: machine.boot }, "the description's memory and vCPUs, the source's command line");
+  const machine = { memoryBytes: 128 * MiB, vcpus: 1, accel: 'tcg', boot: own.boot };
+  t.same(incomingMachine(description(machine), own), { memoryBytes: 128 * MiB, vcpus: 2, accel: 'tcg', boot: own.boot }, "the description's memory and vCPUs, this agent's own boot files and command line");
+  t.throws(() => incomingMachine(description({ ...machine, boot: { ...own.boot, append: 'console=ttyS0 rdinit=/bin/sh' } }), own), { code: 'FAILED_PRECONDITION', reason: 'HYPERVISOR_FAILED', message: /qemu\.append/ }, 'a command line other than this agent\'s: the peer does not choose it');
   t.throws(() => incomingMachine(description({ ...machine, boot: { ...own.boot, initrd: '/tmp/other' } }), own), { code: 'FAILED_PRECONDITION', reason: 'HYPERVISOR_FAILED' });
   t.throws(() => incomingMachine(description({ ...machine, boot: { kind: 'disk', disk: '/d', format: 'raw' } }), own), { code: 'FAILED_PRECONDITION', message: /boots a disk.*cannot migrate/ }, 'a disk guest: its overlay does not travel');
   t.throws(() => incomingMachine(description(machine, 100 * MiB), own), { code: 'INVALID_ARGUMENT' }, 'memory not in 2 MiB pages');

@@ -49,6 +49,10 @@ export class NativeStreamReceiver {
   private completedAtMs: number | null = null;
   private blockedMs = 0;
   private ended = false;
+  /** Stream bytes written to the hypervisor when `streaming` was last asked. */
+  private bytesAtLastAsk = 0;
+  /** The hypervisor has not taken the last message yet: no more is read until it has. */
+  private waitingForDrain = false;
   private closedEarly: ReturnType<typeof setTimeout> | null = null;
   private readonly stopListening: () => void;
 
@@ -60,9 +64,18 @@ export class NativeStreamReceiver {
     this.stopListening = native.onStatus((status) => this.onStatus(status));
   }
 
-  /** The hypervisor's stream is attached and flowing: the source is not silent. */
+  /**
+   * The hypervisor's stream is attached and bytes came on it since the last time this was asked
+   * (the idle watchdog asks a few times per timeout), or the hypervisor is still taking what came:
+   * the source is not silent. A stream attached and left silent is not activity, or a peer could
+   * hold the reservation and its hypervisor without sending anything.
+   */
   get streaming(): boolean {
-    return this.call !== null && !this.ended;
+    if (this.call === null || this.ended) return false;
+    const bytes = this.connection?.bytesWritten ?? 0;
+    const flowed = bytes !== this.bytesAtLastAsk;
+    this.bytesAtLastAsk = bytes;
+    return flowed || this.waitingForDrain;
   }
 
   /** The stream for this transfer arrived: the hypervisor listens, then the bytes flow. */
@@ -138,7 +151,11 @@ export class NativeStreamReceiver {
     if (connection.write(data)) return;
     // The hypervisor takes the stream slower than it comes: read no more until its socket drains.
     call.pause();
-    connection.socket.once('drain', () => call.resume());
+    this.waitingForDrain = true;
+    connection.socket.once('drain', () => {
+      this.waitingForDrain = false;
+      call.resume();
+    });
   }
 
   private toSource(call: NativeStreamServerCall, socket: NativeConnection['socket'], chunk: Buffer): void {

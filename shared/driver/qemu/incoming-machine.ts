@@ -22,13 +22,15 @@ export function memorySizeValid(memoryBytes: number): boolean {
 }
 
 function sameBoot(a: QemuBoot, b: QemuBoot): boolean {
-  if (a.kind === 'kernel' && b.kind === 'kernel') return a.kernel === b.kernel && (a.initrd ?? '') === (b.initrd ?? '');
+  // The command line too: the target's QEMU is started from this agent's own configuration, never
+  // from words a peer sent, and a guest booted with other words is not this host's to take.
+  if (a.kind === 'kernel' && b.kind === 'kernel') return a.kernel === b.kernel && (a.initrd ?? '') === (b.initrd ?? '') && a.append === b.append;
   if (a.kind === 'disk' && b.kind === 'disk') return a.disk === b.disk && a.format === b.format;
   return false;
 }
 
 function bootWords(boot: QemuBoot): string {
-  return boot.kind === 'kernel' ? `kernel ${boot.kernel}${boot.initrd === undefined ? '' : ` with initrd ${boot.initrd}`}` : `disk ${boot.disk} (${boot.format})`;
+  return boot.kind === 'kernel' ? `kernel ${boot.kernel}${boot.initrd === undefined ? '' : ` with initrd ${boot.initrd}`} and command line '${boot.append}'` : `disk ${boot.disk} (${boot.format})`;
 }
 
 /** The machine config of `description` (driver qemu), parsed; INVALID_ARGUMENT when it is not one. */
@@ -69,9 +71,8 @@ export function incomingMachine(description: GuestDescription, own: { boot: Qemu
     throw refuse(`guest '${echo(description.id)}' boots a disk, whose writes go to an overlay of its source's QEMU that QEMU's stream does not carry: it cannot migrate`);
   }
   if (!sameBoot(machine.boot, own.boot)) {
-    throw refuse(`guest '${echo(description.id)}' boots ${echo(bootWords(machine.boot))}, and this agent's QEMU boots ${bootWords(own.boot)}: configure both agents with the same qemu.kernel and qemu.initrd (or qemu.disk)`);
+    throw refuse(`guest '${echo(description.id)}' boots ${echo(bootWords(machine.boot))}, and this agent's QEMU boots ${bootWords(own.boot)}: configure both agents with the same qemu.kernel, qemu.initrd and qemu.append (or qemu.disk)`);
   }
   if (machine.accel !== own.accel) throw refuse(`guest '${echo(description.id)}' runs under ${machine.accel}, this host's QEMU under ${own.accel}: QEMU migrates between the same accelerators only`);
-  const boot: QemuBoot = machine.boot.kind === 'kernel' ? { kind: 'kernel', kernel: machine.boot.kernel, initrd: machine.boot.initrd, append: machine.boot.append } : machine.boot;
-  return { memoryBytes: description.memoryBytes, vcpus: description.vcpus, accel: own.accel, boot };
+  return { memoryBytes: description.memoryBytes, vcpus: description.vcpus, accel: own.accel, boot: own.boot };
 }

@@ -44,6 +44,8 @@ export class QemuNativeSource implements NativeStreamSource {
     await client.execute('migrate-set-parameters', {
       'downtime-limit': Math.min(QEMU_DOWNTIME_LIMIT_MS_MAX, Math.max(1, Math.round(p.downtimeLimitMs))),
       'max-bandwidth': p.maxBandwidthBytesPerSec > 0 ? Math.round(p.maxBandwidthBytesPerSec) : QEMU_BANDWIDTH_UNLIMITED,
+      // After the switch QEMU sends at this rate instead (0: no limit), so the job's bandwidth holds in post-copy too.
+      'max-postcopy-bandwidth': p.maxBandwidthBytesPerSec > 0 ? Math.round(p.maxBandwidthBytesPerSec) : 0,
     });
   }
 
