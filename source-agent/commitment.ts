@@ -180,14 +180,15 @@ export class Commitment {
     host.stats.status = 'in-doubt';
     host.stats.error = `commit outcome unknown (${e.message}): the guest is kept suspended here while the target is asked what it decided`;
     host.log.error({ err: e.message, code: host.stats.errorCode, reason: e.reason }, 'migration in doubt: asking the target for its outcome');
-    const inDoubt = (this.inDoubt = new InDoubt(host.peer, host.id, host.startedAtMs, host.clock, host.log));
+    const inDoubt = (this.inDoubt = new InDoubt(host.peer, host.id, host.startedAtMs, host.clock, host.log, host.method.noResumeAfterCommit));
     host.announce('in doubt: the commit was sent and its answer lost; asking the target what it decided');
     this.inDoubtSinceMs = host.clock.now();
     inDoubt.onAnswer = (operatorNeeded) => {
       if (operatorNeeded === null) return;
       // Said in the job, so that an operator sees what to decide (vmmigrate resolve).
       host.stats.errorReason = 'MIGRATION_IN_DOUBT';
-      host.stats.error = `${operatorNeeded}; an operator decides: vmmigrate resolve ${host.id} --resume-here --force, or --discard-here`;
+      const choices = host.method.noResumeAfterCommit === undefined ? `vmmigrate resolve ${host.id} --resume-here --force, or --discard-here` : `vmmigrate resolve ${host.id} --discard-here (the copy here cannot run again: ${host.method.noResumeAfterCommit})`;
+      host.stats.error = `${operatorNeeded}; an operator decides: ${choices}`;
     };
     const resolution = await inDoubt.resolve();
     this.refreshDoubt(host.stats);
@@ -218,7 +219,13 @@ export class Commitment {
   private apply(resolution: Resolution, e: VmMigrateError): void {
     const { host } = this;
     const { stats } = host;
-    const verdict = verdictOf(resolution, e.message);
+    let verdict = verdictOf(resolution, e.message);
+    const noResume = host.method.noResumeAfterCommit;
+    if (verdict.action === 'resume' && noResume !== undefined) {
+      // The target did not commit, and the copy here cannot run again: say so, never "resumed".
+      const error = `the commit's answer was lost (${e.message}), and the target says it did not commit (${resolution.kind === 'not-committed' ? resolution.detail : ''}); the guest cannot resume here either (${noResume}): it runs nowhere`;
+      verdict = { action: 'keep', status: 'failed', error, errorReason: 'MIGRATION_IN_DOUBT', summary: 'not committed, and the copy here cannot run: the guest is lost' };
+    }
     if (verdict.action === 'discard') {
       if (resolution.kind === 'committed') stats.downtimeMs = this.downtimeTo(resolution.resumedAtMs, 0, resolution.agentInstanceId);
       host.discardSource();

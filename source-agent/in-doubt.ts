@@ -49,6 +49,8 @@ export class InDoubt {
     private readonly startedAtUnixMs: number,
     private readonly clock: Clock,
     private readonly log: Logger,
+    /** Why the copy here cannot run again (the method's noResumeAfterCommit): resume-here is refused, forced or not. */
+    private readonly noResume?: string,
   ) {}
 
   /** Until the target answers for certain, an operator decides, or the agent stops. */
@@ -65,6 +67,12 @@ export class InDoubt {
     if (action === 'query') {
       this.wake?.();
       return;
+    }
+    if (action === 'resume-here' && this.noResume !== undefined) {
+      throw new InvalidStateError(`migration ${this.migrationId} is in doubt, and the guest cannot resume here: ${this.noResume}. Ask again (action query), or discard the copy here`, {
+        reason: 'MIGRATION_IN_DOUBT',
+        metadata: { jobId: this.migrationId, action },
+      });
     }
     const answer = this.lastAnswer;
     const lost = answer?.outcome === Outcome.COMMITTED;

@@ -143,6 +143,11 @@ export interface TransferMethod {
    * the lifecycle's suspend only marks the downtime's start; the guest stops in `finish` or before.
    */
   readonly hypervisorStopsGuest?: boolean;
+  /**
+   * Why the copy here can no longer run once the commit went (the hypervisor's own point of no
+   * return: QEMU's post-copy switch), so that an in-doubt job is never resumed here; absent: it can.
+   */
+  readonly noResumeAfterCommit?: string;
   /** Opens the transfer and, while the guest runs, brings the replica forward until the switchover is due. */
   catchUp(ctx: MethodContext): Promise<void>;
   /** After the lifecycle suspended the guest: sends what is left, until the replica is complete. */

@@ -65,10 +65,12 @@ export class QemuNativeMethod implements TransferMethod {
   private forced = false;
   /** QEMU was told to migrate: a failure must end its migration. */
   private started = false;
+  readonly noResumeAfterCommit?: string;
 
   constructor(readonly postcopy: boolean) {
     this.phases = postcopy ? POSTCOPY_PHASES : PRECOPY_PHASES;
     this.activatesBeforeCommit = postcopy;
+    if (postcopy) this.noResumeAfterCommit = "QEMU's post-copy has switched: the source QEMU sent its devices and cannot run the guest again (it refuses 'cont' and cannot cancel), so the guest runs on the target or nowhere";
   }
 
   async catchUp(ctx: MethodContext): Promise<void> {
