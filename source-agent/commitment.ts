@@ -219,13 +219,7 @@ export class Commitment {
   private apply(resolution: Resolution, e: VmMigrateError): void {
     const { host } = this;
     const { stats } = host;
-    let verdict = verdictOf(resolution, e.message);
-    const noResume = host.method.noResumeAfterCommit;
-    if (verdict.action === 'resume' && noResume !== undefined) {
-      // The target did not commit, and the copy here cannot run again: say so, never "resumed".
-      const error = `the commit's answer was lost (${e.message}), and the target says it did not commit (${resolution.kind === 'not-committed' ? resolution.detail : ''}); the guest cannot resume here either (${noResume}): it runs nowhere`;
-      verdict = { action: 'keep', status: 'failed', error, errorReason: 'MIGRATION_IN_DOUBT', summary: 'not committed, and the copy here cannot run: the guest is lost' };
-    }
+    const verdict = verdictOf(resolution, e.message, host.method.noResumeAfterCommit);
     if (verdict.action === 'discard') {
       if (resolution.kind === 'committed') stats.downtimeMs = this.downtimeTo(resolution.resumedAtMs, 0, resolution.agentInstanceId);
       host.discardSource();

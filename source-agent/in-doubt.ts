@@ -159,13 +159,21 @@ export interface Verdict {
   summary: string;
 }
 
-/** The job's end after `resolution` of a doubt that `cause` (the lost answer's error) began. */
-export function verdictOf(resolution: Resolution, cause: string): Verdict {
+/**
+ * The job's end after `resolution` of a doubt that `cause` (the lost answer's error) began;
+ * `noResume` says why the copy here cannot run again, if it cannot (the method's noResumeAfterCommit).
+ */
+export function verdictOf(resolution: Resolution, cause: string, noResume?: string): Verdict {
   if (resolution.kind === 'abandoned') {
     const error = `still in doubt when the agent stopped (${resolution.detail}): the guest was left suspended here; the target's outcome decides (${cause})`;
     return { action: 'keep', status: 'failed', error, errorReason: 'MIGRATION_IN_DOUBT', summary: 'abandoned' };
   }
   const by = resolution.by === 'operator' ? 'an operator (forced)' : 'the target';
+  if (resolution.kind === 'not-committed' && noResume !== undefined) {
+    // The target did not commit, and the copy here cannot run again: say so, never "resumed".
+    const error = `the commit's answer was lost (${cause}), and ${by} says the target did not commit (${resolution.detail}); the guest cannot resume here either (${noResume}): it runs nowhere`;
+    return { action: 'keep', status: 'failed', error, errorReason: 'MIGRATION_IN_DOUBT', summary: 'not committed, and the copy here cannot run: the guest is lost' };
+  }
   if (resolution.kind === 'not-committed') {
     const error = `the commit's answer was lost (${cause}), and ${by} says the target did not commit (${resolution.detail}): the guest resumed on the source`;
     return { action: 'resume', status: 'failed', error, errorReason: undefined, summary: 'not committed; the guest resumed here' };

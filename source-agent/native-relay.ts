@@ -16,7 +16,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { createServer, type Server, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { StreamHasher } from '../shared/driver/native-types.js';
+import { NATIVE_MESSAGE_BYTES_MAX, StreamHasher, UNIX_SOCKET_PATH_BYTES_MAX } from '../shared/driver/native-types.js';
 import { DeadlineExceededError, InvalidStateError, UnavailableError, UnimplementedError, type VmMigrateError } from '../shared/errors.js';
 import { fromStatus, type grpc, pb, Preserialized } from '../shared/transport/grpc.js';
 import { detailsFromMetadata } from '../shared/transport/status.js';
@@ -24,10 +24,6 @@ import { detailsFromMetadata } from '../shared/transport/status.js';
 type NativeTargetMessage = InstanceType<typeof pb.NativeTargetMessage>;
 export type NativeStreamCall = grpc.ClientDuplexStream<InstanceType<typeof pb.NativeSourceMessage> | Preserialized, NativeTargetMessage>;
 
-/** A return-path message larger than this is not the hypervisor's (QEMU's are a few dozen bytes). */
-const RETURN_MESSAGE_BYTES_MAX = 1024 * 1024;
-/** The longest path of a unix socket (sun_path is 108 bytes with its NUL). */
-const SOCKET_PATH_BYTES_MAX = 107;
 
 export interface RelayOpen {
   reservationId: string;
@@ -61,9 +57,9 @@ export class NativeRelay {
   ) {
     this.dir = mkdtempSync(join(tmpdir(), 'vmm-native-'));
     this.endpoint = join(this.dir, 'stream.sock');
-    if (Buffer.byteLength(this.endpoint) > SOCKET_PATH_BYTES_MAX) {
+    if (Buffer.byteLength(this.endpoint) > UNIX_SOCKET_PATH_BYTES_MAX) {
       rmSync(this.dir, { recursive: true, force: true });
-      throw new InvalidStateError(`the relay's socket path ${this.endpoint} is longer than ${SOCKET_PATH_BYTES_MAX} bytes: set TMPDIR to a shorter directory`, { reason: 'HYPERVISOR_FAILED' });
+      throw new InvalidStateError(`the relay's socket path ${this.endpoint} is longer than ${UNIX_SOCKET_PATH_BYTES_MAX} bytes: set TMPDIR to a shorter directory`, { reason: 'HYPERVISOR_FAILED' });
     }
     this.server = createServer((socket) => this.accept(socket));
     this.server.on('error', (error) => this.fail(new UnavailableError(`the relay's socket ${this.endpoint}: ${error.message}`, { reason: 'HYPERVISOR_FAILED' })));
@@ -171,8 +167,8 @@ export class NativeRelay {
     const data = message.data;
     if (message.body !== 'data' || data === null || data === undefined) return;
     const socket = this.socket;
-    if (!this.ready || socket === null || data.length > RETURN_MESSAGE_BYTES_MAX) {
-      const why = !this.ready ? 'before it said ready' : socket === null ? 'before the hypervisor connected' : `${data.length} bytes in one message (at most ${RETURN_MESSAGE_BYTES_MAX})`;
+    if (!this.ready || socket === null || data.length > NATIVE_MESSAGE_BYTES_MAX) {
+      const why = !this.ready ? 'before it said ready' : socket === null ? 'before the hypervisor connected' : `${data.length} bytes in one message (at most ${NATIVE_MESSAGE_BYTES_MAX})`;
       return this.fail(new InvalidStateError(`the target ${this.address} sent return-path data ${why}`, { reason: 'PROTOCOL_VIOLATION' }));
     }
     this.returnedBytes += data.length;

@@ -62,7 +62,10 @@ export interface MethodTransfer {
   resumed?(): void;
   /** CR/TR: replays every unit received, at once (a standby's failover); returns how many. */
   drain?(): number;
-  /** qemu-native: the hypervisor's stream flows on a stream of its own, so the Transfer stream's silence is no idleness. */
+  /**
+   * qemu-native: the hypervisor's stream flows on a stream of its own, so the Transfer stream's
+   * silence is no idleness while bytes came on it since the idle watchdog last asked.
+   */
   streaming?(): boolean;
 }
 
@@ -192,7 +195,7 @@ const qemuNative: TargetMethod = {
     if (context.acceptNativeStream === undefined) throw new UnimplementedError('this agent takes no native stream', { reason: 'NOT_SUPPORTED' });
     const receiver = new NativeStreamReceiver(context, native, () => replica.digest());
     context.acceptNativeStream((call, open) => receiver.accept(call, open));
-    return { receive: {}, counters: () => receiver.counters(), running: () => receiver.running(), streaming: () => receiver.streaming };
+    return { receive: {}, counters: () => receiver.counters(), running: () => receiver.running(), streaming: () => receiver.streamedSinceAsked() };
   },
 };
 

@@ -6,7 +6,7 @@ import { pino } from 'pino';
 import t from 'tap';
 import { ManualClock } from '../shared/clock.js';
 import type { TargetPeer } from '../source-agent/peer.js';
-import { InDoubt } from '../source-agent/in-doubt.js';
+import { InDoubt, verdictOf } from '../source-agent/in-doubt.js';
 
 /** A target that never answers the outcome query. */
 const silentPeer = { queryOutcome: () => new Promise(() => {}), redial: () => {} } as unknown as TargetPeer;
@@ -26,4 +26,10 @@ t.test('a copy that can run again: a forced resume-here is taken', async (t) => 
   t.throws(() => doubt.act('resume-here', false), { code: 'FAILED_PRECONDITION', reason: 'MIGRATION_IN_DOUBT' }, 'not without force');
   doubt.act('resume-here', true);
   t.match(await resolved, { kind: 'not-committed', by: 'operator' });
+});
+
+t.test('verdictOf: a target that did not commit resumes the copy here, unless that copy cannot run again', async (t) => {
+  const notCommitted = { kind: 'not-committed', by: 'target', detail: 'no commit recorded' } as const;
+  t.match(verdictOf(notCommitted, 'answer lost'), { action: 'resume', status: 'failed' });
+  t.match(verdictOf(notCommitted, 'answer lost', "QEMU's post-copy has switched"), { action: 'keep', status: 'failed', errorReason: 'MIGRATION_IN_DOUBT', error: /cannot resume here either.*runs nowhere/ });
 });

@@ -8,6 +8,11 @@
 import type { Duplex } from 'node:stream';
 import { createXxh64, hex64 } from '../hash.js';
 
+/** Bound on the bytes of one NativeStream message, either way: each side refuses a larger one. */
+export const NATIVE_MESSAGE_BYTES_MAX = 1024 * 1024;
+/** The longest path of a unix socket (sun_path is 108 bytes with its NUL): the stream's ends and QEMU's control socket are unix sockets. */
+export const UNIX_SOCKET_PATH_BYTES_MAX = 107;
+
 /** What the hypervisor says of its outgoing migration (QEMU's query-migrate), in the agents' units. */
 export interface NativeMigrationInfo {
   /** The hypervisor's status: setup, active, device, postcopy-active, completed, failed, cancelling, cancelled, ... */

@@ -16,7 +16,7 @@
 // Any failure (the hypervisor refused or died, the stream broke) fails the transfer: before the
 // commitment point the session then discards the replica and its reservation.
 
-import type { NativeConnection, NativeStreamTarget } from '../../shared/driver/native-types.js';
+import { NATIVE_MESSAGE_BYTES_MAX, type NativeConnection, type NativeStreamTarget } from '../../shared/driver/native-types.js';
 import type { PostcopyTarget } from '../../shared/driver/types.js';
 import { InvalidStateError, UnavailableError, UnimplementedError, VmMigrateError } from '../../shared/errors.js';
 import { pb, toServiceError } from '../../shared/transport/grpc.js';
@@ -24,10 +24,8 @@ import type { ProgressCounters } from '../feedback.js';
 import type { NativeStreamOpen, NativeStreamServerCall } from '../native-streams.js';
 import type { ReceiverContext } from './context.js';
 
-/** A stream message larger than this is not a hypervisor's (the source sends one socket read, at most 64 KiB). */
-const STREAM_MESSAGE_BYTES_MAX = 1024 * 1024;
-/** Return-path bytes sent in one message. */
-const RETURN_MESSAGE_BYTES_MAX = 64 * 1024;
+/** Return-path bytes sent in one message (well under NATIVE_MESSAGE_BYTES_MAX, which the source enforces). */
+const RETURN_CHUNK_BYTES = 64 * 1024;
 /**
  * The hypervisor closes its socket once it has the whole stream, and says `completed` on its
  * own connection, which may come a little later: a close not followed by it within this long is
@@ -70,7 +68,7 @@ export class NativeStreamReceiver {
    * the source is not silent. A stream attached and left silent is not activity, or a peer could
    * hold the reservation and its hypervisor without sending anything.
    */
-  get streaming(): boolean {
+  streamedSinceAsked(): boolean {
     if (this.call === null || this.ended) return false;
     const bytes = this.connection?.bytesWritten ?? 0;
     const flowed = bytes !== this.bytesAtLastAsk;
@@ -143,8 +141,8 @@ export class NativeStreamReceiver {
   private fromSource(call: NativeStreamServerCall, connection: NativeConnection, message: InstanceType<typeof pb.NativeSourceMessage>): void {
     if (this.ended) return;
     const data = message.data;
-    if (message.body !== 'data' || data === null || data === undefined || data.length > STREAM_MESSAGE_BYTES_MAX) {
-      return this.broken(new InvalidStateError(message.body === 'data' ? `a native stream message of ${data?.length} bytes, at most ${STREAM_MESSAGE_BYTES_MAX}` : `${message.body} on a native stream already open`, { reason: 'PROTOCOL_VIOLATION' }));
+    if (message.body !== 'data' || data === null || data === undefined || data.length > NATIVE_MESSAGE_BYTES_MAX) {
+      return this.broken(new InvalidStateError(message.body === 'data' ? `a native stream message of ${data?.length} bytes, at most ${NATIVE_MESSAGE_BYTES_MAX}` : `${message.body} on a native stream already open`, { reason: 'PROTOCOL_VIOLATION' }));
     }
     // The hypervisor sends its end after the stream's last byte: more bytes for a closed socket mean it refused the stream, or exited.
     if (connection.socket.destroyed) return this.broken(new InvalidStateError('the target\'s hypervisor closed its migration stream before the end (it refused the stream, or exited)', { reason: 'HYPERVISOR_FAILED' }));
@@ -160,8 +158,8 @@ export class NativeStreamReceiver {
 
   private toSource(call: NativeStreamServerCall, socket: NativeConnection['socket'], chunk: Buffer): void {
     if (this.ended) return;
-    for (let at = 0; at < chunk.length; at += RETURN_MESSAGE_BYTES_MAX) {
-      if (!call.write(pb.NativeTargetMessage.create({ data: chunk.subarray(at, at + RETURN_MESSAGE_BYTES_MAX) }))) {
+    for (let at = 0; at < chunk.length; at += RETURN_CHUNK_BYTES) {
+      if (!call.write(pb.NativeTargetMessage.create({ data: chunk.subarray(at, at + RETURN_CHUNK_BYTES) }))) {
         socket.pause();
         call.once('drain', () => socket.resume());
       }

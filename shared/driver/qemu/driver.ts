@@ -20,6 +20,7 @@ import { join } from 'node:path';
 import { randomUUID } from 'node:crypto';
 import { AlreadyExistsError, echo, invalidField, NotFoundError, ReservationRefusedError } from '../../errors.js';
 import { type GuestDescription, type GuestSpec, type HostCapacity, type HypervisorDriver, type DriverCapability, UNIT_MS_MAX, UNIT_MS_MIN } from '../types.js';
+import { UNIX_SOCKET_PATH_BYTES_MAX } from '../native-types.js';
 import { type QemuAccel, type QemuAccelChoice, type QemuBoot, type QemuMachineConfig, qemuArgs, resolveAccel } from './args.js';
 import { type DriverLog, QemuGuest } from './guest.js';
 import { QemuIncoming } from './incoming.js';
@@ -62,8 +63,6 @@ export const QEMU_DRIVER_DEFAULTS = {
 };
 
 const GUEST_ID = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/;
-/** The longest path of a unix socket (sun_path is 108 bytes with its NUL). */
-const SOCKET_PATH_BYTES_MAX = 107;
 
 const silentLog: DriverLog = { info: () => undefined, warn: () => undefined, error: () => undefined };
 
@@ -198,8 +197,8 @@ export class QemuDriver implements HypervisorDriver {
   /** A socket path in the state directory for guest `id`, checked against the unix socket bound. */
   private socketPath(id: string, suffix: string): string {
     const path = join(this.stateDir, `${id}.${suffix}`);
-    if (Buffer.byteLength(path) > SOCKET_PATH_BYTES_MAX) {
-      throw invalidField('id', `guest '${echo(id)}': its socket path ${path} is ${Buffer.byteLength(path)} bytes, unix sockets take at most ${SOCKET_PATH_BYTES_MAX}: use a shorter id or a shorter qemu.stateDir`);
+    if (Buffer.byteLength(path) > UNIX_SOCKET_PATH_BYTES_MAX) {
+      throw invalidField('id', `guest '${echo(id)}': its socket path ${path} is ${Buffer.byteLength(path)} bytes, unix sockets take at most ${UNIX_SOCKET_PATH_BYTES_MAX}: use a shorter id or a shorter qemu.stateDir`);
     }
     return path;
   }

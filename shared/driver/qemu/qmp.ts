@@ -52,7 +52,10 @@ export interface QmpGreeting {
   readonly capabilities: readonly string[];
 }
 
-/** A failure talking to QEMU; `code` by what happened (see the file's header). */
+/**
+ * A failure of QEMU or its tools (over QMP, or as a process: qemu-img, a QEMU that exited); `code`
+ * by what happened (see the file's header), reason HYPERVISOR_FAILED unless said otherwise.
+ */
 export class QmpError extends VmMigrateError {
   static override readonly defaultReason: ErrorReason = 'HYPERVISOR_FAILED';
   constructor(

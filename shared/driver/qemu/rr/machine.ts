@@ -5,10 +5,9 @@
 // list it; and QMP with the human monitor for savevm, which 7.2 has no plain QMP command for.
 
 import { spawn } from 'node:child_process';
-import { type ErrorCode, type ErrorReason, VmMigrateError, type VmMigrateErrorOptions } from '../../../errors.js';
 import { qemuArgs, type QemuMachineConfig } from '../args.js';
 import { describeExit, QemuProcess } from '../process.js';
-import { QmpClient } from '../qmp.js';
+import { QmpClient, QmpError } from '../qmp.js';
 
 export const QEMU_IMG_PACKAGE = 'qemu-utils';
 export const QEMU_IMG_EXECUTABLE = 'qemu-img';
@@ -19,18 +18,6 @@ const SERIAL_TAIL_BYTES = 256 * 1024;
 /** Bound on a qemu-img run and on what it prints. */
 const QEMU_IMG_TIMEOUT_MS = 30_000;
 const QEMU_IMG_OUTPUT_BYTES_MAX = 1 << 20;
-
-/** A failure of QEMU or qemu-img in a record/replay migration; `code` by what happened. */
-export class RrHypervisorError extends VmMigrateError {
-  static override readonly defaultReason: ErrorReason = 'HYPERVISOR_FAILED';
-  constructor(
-    readonly code: ErrorCode,
-    message: string,
-    options: VmMigrateErrorOptions = {},
-  ) {
-    super(message, options);
-  }
-}
 
 /** The guest's machine and the programs that run it. */
 export interface RrMachine {
@@ -65,7 +52,7 @@ const optionValue = (path: string) => path.replaceAll(',', ',,');
 
 /** The command line: the driver's, plus icount with record/replay, the snapshot drive and the run's flags. */
 export function rrArgs(m: RrMachine, run: RrRun): string[] {
-  if (m.machine.vcpus !== 1 || m.machine.accel !== 'tcg') throw new RrHypervisorError('FAILED_PRECONDITION', `record/replay needs one vCPU under TCG; guest '${m.id}' has ${m.machine.vcpus} vCPU(s) under ${m.machine.accel}`, { reason: 'NOT_SUPPORTED', metadata: { guestId: m.id } });
+  if (m.machine.vcpus !== 1 || m.machine.accel !== 'tcg') throw new QmpError('FAILED_PRECONDITION', `record/replay needs one vCPU under TCG; guest '${m.id}' has ${m.machine.vcpus} vCPU(s) under ${m.machine.accel}`, { reason: 'NOT_SUPPORTED', metadata: { guestId: m.id } });
   const icount = [`shift=${m.icountShift ?? 'auto'}`, `rr=${run.mode}`, `rrfile=${optionValue(run.logFile)}`];
   if (run.rrSnapshot !== undefined) icount.push(`rrsnapshot=${run.rrSnapshot}`);
   const args = [
@@ -89,12 +76,12 @@ export function runQemuImg(m: RrMachine, args: readonly string[]): Promise<strin
     child.stderr.setEncoding('utf8').on('data', (text: string) => (err = (err + text).slice(-4096)));
     child.once('error', (error) => {
       clearTimeout(timer);
-      reject(new RrHypervisorError('UNAVAILABLE', `cannot run ${m.qemuImgBinary} (Debian ${QEMU_IMG_PACKAGE}): ${error.message}`, { cause: error }));
+      reject(new QmpError('UNAVAILABLE', `cannot run ${m.qemuImgBinary} (Debian ${QEMU_IMG_PACKAGE}): ${error.message}`, { cause: error }));
     });
     child.once('close', (code, signal) => {
       clearTimeout(timer);
       if (code === 0) resolve(out);
-      else reject(new RrHypervisorError('FAILED_PRECONDITION', `${m.qemuImgBinary} ${args.join(' ')} ended (${describeExit({ code, signal })}): ${err.trim() || 'no message'}`));
+      else reject(new QmpError('FAILED_PRECONDITION', `${m.qemuImgBinary} ${args.join(' ')} ended (${describeExit({ code, signal })}): ${err.trim() || 'no message'}`));
     });
   });
 }
@@ -135,7 +122,7 @@ export async function startRrQemu(m: RrMachine, run: RrRun, connectTimeoutMs: nu
   const qemu = QemuProcess.start(m.qemuBinary, rrArgs(m, run), SERIAL_TAIL_BYTES);
   const abort = new AbortController();
   const exited = qemu.exited.then((exit): never => {
-    throw new RrHypervisorError('UNAVAILABLE', `the ${run.mode === 'record' ? 'recording' : 'replaying'} QEMU of guest '${m.id}' ended (${describeExit(exit)}) before QMP was ready: ${qemu.stderrTail.slice(-1000) || 'no message'}`, { metadata: { guestId: m.id } });
+    throw new QmpError('UNAVAILABLE', `the ${run.mode === 'record' ? 'recording' : 'replaying'} QEMU of guest '${m.id}' ended (${describeExit(exit)}) before QMP was ready: ${qemu.stderrTail.slice(-1000) || 'no message'}`, { metadata: { guestId: m.id } });
   });
   try {
     const qmp = await Promise.race([QmpClient.connect(run.qmpSocket, { connectTimeoutMs, signal: abort.signal }), exited]);
@@ -153,7 +140,7 @@ export async function startRrQemu(m: RrMachine, run: RrRun, connectTimeoutMs: nu
 /** Runs a human monitor command; QEMU answers an error as text, so any answer not accepted is one. */
 export async function hmp(qemu: RrQemu, commandLine: string, timeoutMs: number, accept: (answer: string) => boolean = (a) => a.trim() === ''): Promise<string> {
   const answer = await qemu.qmp.execute<string>('human-monitor-command', { 'command-line': commandLine }, timeoutMs);
-  if (!accept(answer)) throw new RrHypervisorError('FAILED_PRECONDITION', `QEMU refused '${commandLine}': ${answer.trim().slice(0, 500)}`, { metadata: { command: commandLine } });
+  if (!accept(answer)) throw new QmpError('FAILED_PRECONDITION', `QEMU refused '${commandLine}': ${answer.trim().slice(0, 500)}`, { metadata: { command: commandLine } });
   return answer;
 }
 

@@ -16,7 +16,8 @@ import { join } from 'node:path';
 import type { Writable } from 'node:stream';
 import { REPLAY_LOG_HEADER_BYTES } from './log-format.js';
 import { LogTail } from './log-tail.js';
-import { createSnapshotFile, hmp, queryIcount, RrHypervisorError, type RrMachine, type RrQemu, startRrQemu, stopRrQemu } from './machine.js';
+import { createSnapshotFile, hmp, queryIcount, type RrMachine, type RrQemu, startRrQemu, stopRrQemu } from './machine.js';
+import { QmpError } from '../qmp.js';
 import { type IcountSample, type Lag, msAtIcount } from './measure.js';
 import { LogSlicer } from './slicer.js';
 import { FrameWriter } from './wire.js';
@@ -166,7 +167,7 @@ export class RrSource {
           // Once the tail has caught up with the file (a read short of its bound).
           if (chunk.length < this.options.sliceBytesMax) this.noteDiskLag(slice.icountEnd, diskLag);
         }
-        if (chunk.length === 0 && exitedBefore && !slicer.ended) throw new RrHypervisorError('DATA_LOSS', `the recorder exited and its log ${this.logFile} ends at offset ${tail.offset} without its END event (QEMU killed?)`, { metadata: { offset: tail.offset } });
+        if (chunk.length === 0 && exitedBefore && !slicer.ended) throw new QmpError('DATA_LOSS', `the recorder exited and its log ${this.logFile} ends at offset ${tail.offset} without its END event (QEMU killed?)`, { metadata: { offset: tail.offset } });
         if (chunk.length < this.options.sliceBytesMax && !slicer.ended) await new Promise((resolve) => setTimeout(resolve, this.options.pollMs));
       }
     } finally {

@@ -14,7 +14,8 @@ import { join } from 'node:path';
 import type { Readable } from 'node:stream';
 import { CorruptDataError, InvalidStateError, LimitExceededError, ReplayDivergenceError, UnavailableError, UnitOrderError } from '../../../errors.js';
 import { REPLAY_LOG_HEADER_BYTES, replayLogHeader } from './log-format.js';
-import { hmp, listSnapshots, queryIcount, RrHypervisorError, type RrMachine, type RrQemu, type SnapshotInfo, startRrQemu, stopRrQemu } from './machine.js';
+import { hmp, listSnapshots, queryIcount, type RrMachine, type RrQemu, type SnapshotInfo, startRrQemu, stopRrQemu } from './machine.js';
+import { QmpError } from '../qmp.js';
 import type { ReplayStep } from './measure.js';
 import { type Frame, readFrames } from './wire.js';
 
@@ -250,7 +251,7 @@ export class RrTarget {
     const replayerEndedMs = now();
     this.live = await startRrQemu(this.options.machine, { mode: 'record', logFile: join(this.options.dir, 'live.log'), snapshotFile: this.snapshotFile, qmpSocket: join(this.options.dir, 'live.qmp'), loadvm: LIVE_SNAPSHOT_TAG }, this.options.connectTimeoutMs);
     const status = await this.live.qmp.execute<{ status: string }>('query-status');
-    if (status.status !== 'running') throw new RrHypervisorError('FAILED_PRECONDITION', `the live QEMU loaded snapshot '${LIVE_SNAPSHOT_TAG}' but is ${status.status}, not running`, { metadata: { status: status.status } });
+    if (status.status !== 'running') throw new QmpError('FAILED_PRECONDITION', `the live QEMU loaded snapshot '${LIVE_SNAPSHOT_TAG}' but is ${status.status}, not running`, { metadata: { status: status.status } });
     const liveMs = now();
     void this.keepAwake(this.live);
     const snapshots = await listSnapshots(this.options.machine, this.snapshotFile);
