@@ -64,6 +64,7 @@ export function fullMatrixEstimate(runs: RunRecord[], methods: Method[], datapla
     sampleMs: 100,
     linkMode: 'in-process',
     predict: true,
+    noFinalApproach: false,
   };
   const specs = matrixSpecs(full, methods);
   let seconds = specs.reduce((sum, s) => sum + estimateRunSeconds(s, measured), 0);

@@ -33,6 +33,8 @@ export interface HarnessOptions {
   linkMode: LinkMode;
   /** One EstimateMigration per cell before its runs, reported against what they measured. */
   predict: boolean;
+  /** CR/TR runs stop without the final approach. */
+  noFinalApproach: boolean;
 }
 
 export const QUICK_PROFILES = ['web', 'compile', 'mmuncher', 'db'];
@@ -63,6 +65,8 @@ and writes results.json, report.md and SVG plots.
   --no-predict            leave out the estimate of each cell (default: one EstimateMigration
                           before each profile/link/size cell, reported against its runs)
   --downtime-limit-ms N   (default 300)       --max-duration-ms N   (default 300000)
+  --no-final-approach     CR/TR stops without its final approach (the guest slowed for a bounded
+                          time so that the replica drains its backlog first), for comparison
   --policy P              non-convergence policy: force (default: every run ends in a migration),
                           abort or throttle
   --warmup-ms N           guest run time before the migration (default 1000)
@@ -108,6 +112,7 @@ export function parseOptions(argv: string[]): HarnessOptions | 'help' {
       'link-check': { type: 'boolean' },
       'link-process': { type: 'string', default: 'in-process' },
       'no-predict': { type: 'boolean' },
+      'no-final-approach': { type: 'boolean' },
       'downtime-limit-ms': { type: 'string', default: '300' },
       policy: { type: 'string', default: 'force' },
       'max-duration-ms': { type: 'string', default: '300000' },
@@ -155,6 +160,7 @@ export function parseOptions(argv: string[]): HarnessOptions | 'help' {
     sampleMs: one(values['sample-ms'], 100, '--sample-ms'),
     linkMode,
     predict: !values['no-predict'],
+    noFinalApproach: values['no-final-approach'] === true,
   };
 }
 
@@ -167,7 +173,7 @@ export function parseOptions(argv: string[]): HarnessOptions | 'help' {
 /** Every run of the matrix and the scaling runs, methods innermost. */
 export function matrixSpecs(o: HarnessOptions, methods: Method[]): RunSpec[] {
   const specs: RunSpec[] = [];
-  const common = { downtimeLimitMs: o.downtimeLimitMs, policy: o.policy, maxDurationMs: o.maxDurationMs, warmupMs: o.warmupMs, sampleMs: o.sampleMs, disableCompression: false, linkMode: o.linkMode };
+  const common = { downtimeLimitMs: o.downtimeLimitMs, policy: o.policy, maxDurationMs: o.maxDurationMs, warmupMs: o.warmupMs, sampleMs: o.sampleMs, disableCompression: false, linkMode: o.linkMode, noFinalApproach: o.noFinalApproach };
   // Methods innermost: the runs a ratio compares are close in time (same load on the host).
   for (let repeat = 0; repeat < o.repeats; repeat++) {
     for (const link of o.links) {

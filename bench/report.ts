@@ -210,7 +210,7 @@ export function buildReport(meta: ReportMeta, runs: RunRecord[], dataplane: Data
   out.push(`- host: ${h.cpus} × ${h.cpuModel}, ${h.memoryGiB.toFixed(0)} GiB, Node ${h.node}; load average (1, 5, 15 min) at start ${fmtLoad(h.loadavgStart)}, at end ${fmtLoad(h.loadavgEnd)}${h.cpuPressureStart ? `; CPU pressure (/proc/pressure/cpu, some) at start ${h.cpuPressureStart}, at end ${h.cpuPressureEnd}` : ''}. The bench itself keeps both cores busy (source and target agents), so a load near 2-3 during it is its own; more means other work shared the machine.`);
   const o = meta.options;
   out.push(
-    `- matrix: profiles ${String(o.profiles)}; methods ${String(o.methods)}; links ${String(o.links)}; memory ${String(o.memoryMiB)} MiB; ${String(o.repeats)} repeat(s); downtime limit ${String(o.downtimeLimitMs)} ms, policy ${String(o.policy ?? 'force')}, max duration ${Number(o.maxDurationMs) / 1000} s; warm-up ${String(o.warmupMs)} ms; GetJob every ${String(o.sampleMs)} ms; link emulator ${String(o.linkMode)}`,
+    `- matrix: profiles ${String(o.profiles)}; methods ${String(o.methods)}; links ${String(o.links)}; memory ${String(o.memoryMiB)} MiB; ${String(o.repeats)} repeat(s); downtime limit ${String(o.downtimeLimitMs)} ms, policy ${String(o.policy ?? 'force')}, max duration ${Number(o.maxDurationMs) / 1000} s; warm-up ${String(o.warmupMs)} ms; GetJob every ${String(o.sampleMs)} ms; link emulator ${String(o.linkMode)}${o.noFinalApproach === true ? '; CR/TR without its final approach (--no-final-approach)' : ''}`,
   );
   for (const s of meta.methodsSkipped) out.push(`- **skipped method ${s.method}**: ${s.reason}`);
   const e = meta.fullMatrixEstimate;

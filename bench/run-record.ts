@@ -32,6 +32,8 @@ export interface RunSpec {
   sampleMs: number;
   disableCompression: boolean;
   linkMode: LinkMode;
+  /** CR/TR without its final approach (harness --no-final-approach). */
+  noFinalApproach?: boolean;
 }
 
 /** One GetJob sample. `tMs` is harness time since StartMigration was sent. */

@@ -18,6 +18,8 @@ export interface MigrateOptions {
   maxDuration?: number;
   /** commander's --no-hybrid: false when given. */
   hybrid?: boolean;
+  /** commander's --no-final-approach: false when given. */
+  finalApproach?: boolean;
   /** qemu-native: switch to post-copy. */
   postcopy?: boolean;
   wait: boolean;
@@ -80,6 +82,7 @@ export async function migrate(session: Session, guestId: string, opts: MigrateOp
     nonConvergencePolicy: policyValue(opts.policy),
     maxDurationMs: opts.maxDuration ?? 0,
     logOnlyCatchUp: opts.hybrid === false,
+    noFinalApproach: opts.finalApproach === false,
     nativePostcopy: opts.postcopy === true,
   });
   const { jobId } = await session.call(controlServiceV2.startMigration, request, `starting the migration of guest '${guestId}' to ${opts.to}`);

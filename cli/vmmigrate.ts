@@ -276,6 +276,7 @@ function buildProgram(): Command {
       .addOption(new Option('--policy <name>', "what to do if it does not converge (default: the agent's, abort)").choices(NON_CONVERGENCE_POLICIES))
       .option('--max-duration <time>', "bound on the migration: seconds, or 1500ms, 90s, 10m (default: the agent's, 10 min)", parsedBy(parseDuration))
       .option('--no-hybrid', 'crtr: catch up by replaying the log only, never by delta checkpoints (for comparison)')
+      .option('--no-final-approach', 'crtr: stop without first slowing the guest so that the replica drains its backlog (lower disruption on a guest that replays barely faster than it runs, higher downtime)')
       .option('--postcopy', 'qemu-native: switch to post-copy as soon as the hypervisor\'s stream runs')
       .option('--no-wait', 'print the job id and return at once instead of watching')
       .option('--dry-run', "migrate nothing: the agent samples the guest and the link and predicts each method's downtime, total time, data and disruption, and recommends one")

@@ -56,7 +56,7 @@ export function parseStartRequest(req: StartMigrationRequest, defaults: StartDef
     throw invalidField('max_bandwidth_bytes_per_sec', `maxBandwidthBytesPerSec ${bandwidth}: expected 0 (unlimited) or 125000 (1 Mbit/s) to 1e12`);
   }
   if (req.nativePostcopy && method !== 'qemu-native') throw invalidField('native_postcopy', `nativePostcopy switches qemu-native to post-copy; method '${method}' has no such switch (use the postcopy method)`);
-  return { guestId: req.guestId, targetAddress: req.targetAddress, method, downtimeLimitMs, maxBandwidthBytesPerSec: bandwidth, policy, maxDurationMs, disableCompression: req.disableCompression, logOnlyCatchUp: req.logOnlyCatchUp, nativePostcopy: req.nativePostcopy === true };
+  return { guestId: req.guestId, targetAddress: req.targetAddress, method, downtimeLimitMs, maxBandwidthBytesPerSec: bandwidth, policy, maxDurationMs, disableCompression: req.disableCompression, logOnlyCatchUp: req.logOnlyCatchUp, noFinalApproach: req.noFinalApproach === true, nativePostcopy: req.nativePostcopy === true };
 }
 
 /** The request's fault injection (undefined: none asked for); refused unless allowed. */

@@ -228,10 +228,19 @@ t.test('CR/TR: a replay barely faster than the guest drains past the maximum dur
   const nearlyBound: PredictionInputs = { ...web, busyFraction: 0.99, hybridCatchUp: false, dirtyWindows: [{ windowMs: 500, pages: 30_000 }, { windowMs: 2000, pages: 120_000 }] };
   const within = byMethod(predictMigration(nearlyBound).methods, 'crtr');
   t.match(within.reason, /drains the .* backlog in/, 'within the default maximum (600 s): it drains');
-  const p = byMethod(predictMigration({ ...nearlyBound, maxDurationMs: 60_000 }).methods, 'crtr');
+  const plain = { ...nearlyBound, finalApproach: false };
+  const p = byMethod(predictMigration({ ...plain, maxDurationMs: 60_000 }).methods, 'crtr');
   t.match(p.reason, /past the maximum duration/);
   t.ok(p.totalTimeMs <= 60_000 + p.downtimeMs + 1_000, `total ${p.totalTimeMs} ms: within the maximum duration`);
   t.ok(p.downtimeMs > within.downtimeMs, 'the forced stop replays what is left');
-  const shorter = byMethod(predictMigration({ ...nearlyBound, maxDurationMs: 10_000 }).methods, 'crtr');
+  const shorter = byMethod(predictMigration({ ...plain, maxDurationMs: 10_000 }).methods, 'crtr');
   t.ok(shorter.downtimeMs > p.downtimeMs, 'a shorter maximum leaves more to replay at the forced stop');
+  // With the final approach (the default), what is left drains with the guest slowed: the
+  // switchover comes with one unit left, and the work the guest gave up counts in its disruption.
+  const approached = byMethod(predictMigration({ ...nearlyBound, maxDurationMs: 10_000 }).methods, 'crtr');
+  t.match(approached.reason, /the final approach slows the guest to [0-9.]+ for/);
+  t.equal(approached.downtimeMs, within.downtimeMs, 'one unit left, as when it drains');
+  t.ok(approached.disruptionMs - approached.downtimeMs > shorter.disruptionMs - shorter.downtimeMs, 'the approach moves the backlog from the downtime into the throttled work');
+  // At 1.01x the heaviest throttle gives up about the downtime it saves: (1 - f) / (r - f) = 0.99 of it.
+  t.ok(approached.disruptionMs <= shorter.disruptionMs * 1.02, `disruption ${approached.disruptionMs} ms against ${shorter.disruptionMs} ms: about the same`);
 });

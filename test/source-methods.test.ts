@@ -1,11 +1,12 @@
 // The source's methods (source-agent/methods/) driven through a fake transfer channel and a manual
 // clock: no gRPC, no second process. The test plays the target (progress reports, stop requests,
 // page requests, activation) and checks what each method sends, waits for and decides.
-import t from 'tap';
+import t, { type Test } from 'tap';
 import { ManualClock } from '../shared/clock.js';
 import { PAGE_BYTES } from '../shared/driver/types.js';
 import { pb } from '../shared/transport/grpc.js';
 import { CrtrMethod } from '../source-agent/methods/crtr.js';
+import type { MigrationRequest } from '../source-agent/methods/method.js';
 import { PostcopyMethod } from '../source-agent/methods/postcopy.js';
 import { mergeSorted, PrecopyMethod } from '../source-agent/methods/precopy.js';
 import { PRECOPY_DIRTY_PAGES_MIN } from '../source-agent/methods/precopy-rules.js';
@@ -157,25 +158,40 @@ t.test('crtr: a backlog that grows for a window aborts under the abort policy (D
   await t.rejects(catchUp, { code: 'DEADLINE_EXCEEDED', reason: 'NON_CONVERGENCE', message: /^did not converge: backlog grew from \d+ to \d+ units in \d+ ms \(allowed 5\)/ });
 });
 
-t.test('crtr: the force policy forces the stop-and-copy; throttle slows the guest', async (t) => {
-  for (const policy of ['force', 'throttle'] as const) {
+t.test('crtr: the force policy forces the stop-and-copy (after the final approach); throttle slows the guest', async (t) => {
+  for (const policy of ['force', 'force-plain', 'throttle'] as const) {
     const clock = new ManualClock();
     const recorder = new FakeRecorder(1);
     const guest = new FakeGuest('g5', recorder);
     const channel = new FakeChannel(clock);
-    const made = methodContext('crtr', guest, channel, clock, { request: { policy } });
+    const request = policy === 'force-plain' ? { policy: 'force' as const, noFinalApproach: true } : { policy };
+    const made = methodContext('crtr', guest, channel, clock, { request });
     const method = new CrtrMethod();
     const catchUp = method.catchUp(made.ctx);
     catchUp.catch(() => {});
     await settle(clock);
     channel.report({ chunksApplied: 1, checkpointRestored: true, unitsReplayed: 1, remainingUnitsAllowed: 5 });
-    for (let i = 0; i < 12 && made.stats.throttle === 1; i++) {
+    for (let i = 0; i < 12 && made.stats.throttle === 1 && !made.stats.forced; i++) {
       recorder.seal(10);
       await clock.advance(250);
     }
-    if (policy === 'force') {
-      t.equal(await state(catchUp, clock), 'resolved', 'force: the catch-up ends');
+    if (policy === 'force-plain') {
+      t.equal(await state(catchUp, clock), 'resolved', 'force without the approach: the catch-up ends');
       t.equal(made.stats.forced, true);
+      t.equal(guest.throttle, 1, 'never slowed');
+    } else if (policy === 'force') {
+      // The approach comes first: the guest is slowed and the catch-up goes on.
+      t.equal(await state(catchUp, clock), 'pending', 'force: the final approach first');
+      t.ok(guest.throttle < 1 && guest.throttle >= 0.1, `the guest is slowed to ${guest.throttle}`);
+      t.match(made.record.rounds.at(-1), /^final approach \(non-convergence\): \d+ units not replayed/);
+      // The replica drains nothing: a window later (or when the approach runs out) the stop is forced.
+      for (let i = 0; i < 80 && !made.stats.forced; i++) {
+        recorder.seal(1);
+        await clock.advance(250);
+      }
+      t.equal(await state(catchUp, clock), 'resolved', 'force: the catch-up ends when the approach ran out');
+      t.equal(made.stats.forced, true);
+      t.ok(made.record.rounds.some((r) => r.startsWith('final approach (non-convergence)')), 'after the approach');
     } else {
       t.equal(await state(catchUp, clock), 'pending', 'throttle: the catch-up goes on');
       t.equal(guest.throttle, 0.7, 'the guest runs at 70%');
@@ -183,6 +199,67 @@ t.test('crtr: the force policy forces the stop-and-copy; throttle slows the gues
     }
     method.dispose();
   }
+});
+
+/** A CR/TR catch-up in its log-transfer phase with `backlog` units recorded and not replayed. */
+async function withBacklog(t: Test, backlog: number, request: Partial<MigrationRequest> = {}) {
+  const clock = new ManualClock();
+  const recorder = new FakeRecorder(1);
+  const guest = new FakeGuest('g7', recorder);
+  const channel = new FakeChannel(clock);
+  const made = methodContext('crtr', guest, channel, clock, { request });
+  const method = new CrtrMethod();
+  t.teardown(() => method.dispose());
+  const catchUp = method.catchUp(made.ctx);
+  catchUp.catch(() => {});
+  await settle(clock);
+  recorder.seal(1 + backlog);
+  channel.report({ chunksApplied: 1, checkpointRestored: true, unitsReplayed: 1 });
+  await settle(clock);
+  // A steady backlog: the floor waits (a burst in flight) are used up first.
+  for (let i = 0; i < 3; i++) t.match(channel.requestStop(backlog, 18)?.reason, /waiting for fewer$/);
+  return { clock, recorder, guest, channel, made, catchUp };
+}
+
+t.test('crtr: the final approach slows the guest before a stop with a backlog, and stops once it drained', async (t) => {
+  const { clock, guest, channel, made, catchUp } = await withBacklog(t, 12);
+  const decision = channel.requestStop(12, 18);
+  t.equal(decision?.granted, false, 'the stop waits for the approach');
+  t.equal(decision?.reason, 'the final approach drains the backlog first');
+  // 10 units over the floor of 2 at 1x: f = 1 - 100/250 = 0.6.
+  t.equal(guest.throttle, 0.6);
+  t.equal(made.stats.throttle, 0.6);
+  t.match(made.record.rounds.at(-2), /^final approach \(stop request\): 12 units not replayed \(a steady log has 2\) at a replay of 1\.00x: guest slowed to 0\.6 for about 250 ms/);
+  t.equal(await state(catchUp, clock), 'pending');
+  channel.report({ unitsReplayed: 8 });
+  t.equal(await state(catchUp, clock), 'pending', '5 units not replayed: over the floor');
+  // Drained to the floor: the source stops at once, without another request.
+  channel.report({ unitsReplayed: 11 });
+  t.equal(await state(catchUp, clock), 'resolved');
+  t.match(made.record.rounds.at(-1), /^final approach: 2 units not replayed \(a steady log has 2\): stop-and-copy$/);
+  t.equal(guest.throttle, 0.6, 'the guest stops slowed (its speed is the target\'s business from here)');
+});
+
+t.test('crtr: without the final approach, a stop with a backlog is granted at once', async (t) => {
+  const { clock, guest, channel, catchUp } = await withBacklog(t, 12, { noFinalApproach: true });
+  t.equal(channel.requestStop(12, 18)?.granted, true);
+  t.equal(await state(catchUp, clock), 'resolved');
+  t.equal(guest.throttle, 1);
+});
+
+t.test('crtr: a final approach that runs out gives the guest its speed back; the next request is granted', async (t) => {
+  const { clock, guest, channel, made, catchUp } = await withBacklog(t, 12);
+  t.equal(channel.requestStop(12, 18)?.granted, false);
+  t.equal(guest.throttle, 0.6);
+  // Bound: three times the predicted 250 ms. The replica replays nothing meanwhile.
+  await clock.advance(1_000);
+  t.equal(guest.throttle, 1, 'ran out: the speed is back');
+  t.equal(made.stats.throttle, 1);
+  t.match(made.record.rounds.at(-1), /^final approach ran out after 750 ms with 12 units not replayed$/);
+  t.equal(await state(catchUp, clock), 'pending');
+  t.equal(channel.requestStop(12, 18)?.granted, true, 'once per migration: the next request is granted');
+  t.equal(await state(catchUp, clock), 'resolved');
+  t.equal(guest.throttle, 1);
 });
 
 t.test('crtr: the maximum duration ends a checkpoint that does not finish', async (t) => {

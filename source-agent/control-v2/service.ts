@@ -144,6 +144,7 @@ export class ControlServiceV2 {
         maxDurationMs: req.maxDurationMs,
         disableCompression: req.disableCompression,
         logOnlyCatchUp: req.logOnlyCatchUp,
+        noFinalApproach: req.noFinalApproach,
         nativePostcopy: req.nativePostcopy,
       }),
     );

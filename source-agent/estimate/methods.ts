@@ -4,7 +4,8 @@
 // (shared/convergence.ts), pre-copy's stop rules and round rates (methods/precopy-rules.ts).
 
 import { chooseCatchUp } from '../../shared/catch-up.js';
-import { expectedDowntimeMs, SWITCHOVER_UNITS_FLOOR, SWITCHOVER_WINDOW_MS } from '../../shared/convergence.js';
+import { planApproach } from '../../shared/approach.js';
+import { expectedDowntimeMs, stopUnitsFloor, SWITCHOVER_UNITS_FLOOR, SWITCHOVER_WINDOW_MS } from '../../shared/convergence.js';
 import { PAGE_BYTES } from '../../shared/driver/types.js';
 import { precopyRoundRate, precopyShouldStop } from '../methods/precopy-rules.js';
 import { type Derived, fmtMiB, fmtMs, linkSeconds, MACHINE_STATE_BYTES, MAX_DURATION_MS_DEFAULT, type MethodPrediction, PAGE_BATCH_BYTES_PER_PAGE, pageSeconds, type PredictionInputs, SETUP_ROUND_TRIPS } from './model.js';
@@ -101,31 +102,9 @@ export function predictCrtr(inputs: PredictionInputs, d: Derived, hybrid: boolea
   const link = d.linkBytesPerSec === Infinity ? 0 : d.linkBytesPerSec;
   const downtimeFor = (unitsToReplay: number) =>
     expectedDowntimeMs({ unsentLogBytes: d.unitLogBytes, unitsToReplay, unitMs: inputs.unitMs, replayRate: r, throughputBytesPerSec: link, rttMs: inputs.rttMs });
-  let replayMs: number;
-  let downtimeMs: number;
-  let how: string;
   // What is left of the maximum duration once the checkpoint and the deltas are done.
   const drainBudgetMs = Math.max(0, (inputs.maxDurationMs ?? MAX_DURATION_MS_DEFAULT) - checkpointMs - catchUp.deltaMs);
-  const drainMs = r > 1 ? Math.max(0, catchUp.backlogMs - SWITCHOVER_UNITS_FLOOR * inputs.unitMs) / (r - 1) : Infinity;
-  if (r > 1 && drainMs <= drainBudgetMs) {
-    // The backlog drains at r - 1 until only the unit in progress is left.
-    replayMs = drainMs;
-    downtimeMs = downtimeFor(SWITCHOVER_UNITS_FLOOR);
-    how = `replay at ${r.toFixed(1)}x drains the ${fmtMs(catchUp.backlogMs)} backlog in ${fmtMs(replayMs)}; switchover with one unit left`;
-  } else if (r > 1) {
-    // It would drain, but not before the maximum duration: the stop is forced then, with what is left.
-    replayMs = drainBudgetMs;
-    const backlogMs = Math.max(SWITCHOVER_UNITS_FLOOR * inputs.unitMs, catchUp.backlogMs - (r - 1) * drainBudgetMs);
-    downtimeMs = downtimeFor(backlogMs / inputs.unitMs);
-    how = `replay at ${r.toFixed(2)}x would drain the backlog in ${fmtMs(drainMs)}, past the maximum duration: ${fmtMs(backlogMs)} of it is replayed within the downtime`;
-  } else {
-    // Replay no faster than the guest: the switchover waits one window for the backlog to stop
-    // shrinking, then replays what is left within the downtime.
-    replayMs = SWITCHOVER_WINDOW_MS;
-    const backlogMs = catchUp.backlogMs + (1 - r) * SWITCHOVER_WINDOW_MS;
-    downtimeMs = downtimeFor(backlogMs / inputs.unitMs);
-    how = `replay at ${r.toFixed(2)}x never drains the backlog: ${fmtMs(backlogMs)} of it is replayed within the downtime`;
-  }
+  const { replayMs, downtimeMs, throttledMs, how } = crtrSwitchover(inputs, r, catchUp.backlogMs, drainBudgetMs, downtimeFor);
   const { converges, verdict } = withinLimit(downtimeMs, inputs);
   const runMs = checkpointMs + catchUp.deltaMs + replayMs;
   const setupMs = SETUP_ROUND_TRIPS * inputs.rttMs;
@@ -138,10 +117,51 @@ export function predictCrtr(inputs: PredictionInputs, d: Derived, hybrid: boolea
     downtimeMs,
     totalTimeMs: setupMs + runMs + downtimeMs,
     bytes,
-    disruptionMs: downtimeMs + stallMs,
+    disruptionMs: downtimeMs + stallMs + throttledMs,
     rounds: catchUp.rounds,
     reason: `checkpoint of ${fmtMiB(d.nonZeroPages * d.pageWireBytes)} in ${fmtMs(checkpointMs)}, ${deltas}${how}${stall}${verdict}`,
   };
+}
+
+interface CrtrSwitchover {
+  /** From the end of the catch-up's deltas to the stop. */
+  replayMs: number;
+  downtimeMs: number;
+  /** The guest's work given up to the final approach. */
+  throttledMs: number;
+  how: string;
+}
+
+/**
+ * CR/TR's switchover: the backlog the catch-up leaves drains (replay faster than the guest) until
+ * only the unit in progress is left, or the stop comes with what is left: at the maximum duration,
+ * or one window after the backlog stopped shrinking. Then the final approach (shared/approach.ts)
+ * slows the guest until the replica drained to what a steady log has, if that pays. `r`: the
+ * replay rate, a multiple of the guest's speed.
+ */
+function crtrSwitchover(inputs: PredictionInputs, r: number, backlogMs: number, drainBudgetMs: number, downtimeFor: (units: number) => number): CrtrSwitchover {
+  const unitMs = inputs.unitMs;
+  const drainMs = r > 1 ? Math.max(0, backlogMs - SWITCHOVER_UNITS_FLOOR * unitMs) / (r - 1) : Infinity;
+  if (r > 1 && drainMs <= drainBudgetMs) {
+    // The backlog drains at r - 1 until only the unit in progress is left.
+    return { replayMs: drainMs, downtimeMs: downtimeFor(SWITCHOVER_UNITS_FLOOR), throttledMs: 0, how: `replay at ${r.toFixed(1)}x drains the ${fmtMs(backlogMs)} backlog in ${fmtMs(drainMs)}; switchover with one unit left` };
+  }
+  // It would drain, but not before the maximum duration; or replay is no faster than the guest and
+  // the switchover comes one window after the backlog stopped shrinking.
+  const replayMs = r > 1 ? drainBudgetMs : SWITCHOVER_WINDOW_MS;
+  const leftMs = r > 1 ? Math.max(SWITCHOVER_UNITS_FLOOR * unitMs, backlogMs - (r - 1) * drainBudgetMs) : backlogMs + (1 - r) * SWITCHOVER_WINDOW_MS;
+  const floorUnits = stopUnitsFloor(inputs.rttMs, unitMs);
+  const approach = planApproach({ backlogUnits: leftMs / unitMs + floorUnits, floorUnits, unitMs, replayRate: r, throttle: 1 });
+  if (approach.approach && inputs.finalApproach !== false) {
+    return {
+      replayMs: replayMs + approach.predictedMs,
+      downtimeMs: downtimeFor(SWITCHOVER_UNITS_FLOOR),
+      throttledMs: approach.costMs,
+      how: `replay at ${r.toFixed(2)}x leaves ${fmtMs(leftMs)} of backlog; the final approach slows the guest to ${approach.throttle} for ${fmtMs(approach.predictedMs)} (${fmtMs(approach.costMs)} of its work) and the switchover comes with one unit left`,
+    };
+  }
+  const how = r > 1 ? `replay at ${r.toFixed(2)}x would drain the backlog in ${fmtMs(drainMs)}, past the maximum duration: ${fmtMs(leftMs)} of it is replayed within the downtime` : `replay at ${r.toFixed(2)}x never drains the backlog: ${fmtMs(leftMs)} of it is replayed within the downtime`;
+  return { replayMs, downtimeMs: downtimeFor(leftMs / unitMs), throttledMs: 0, how };
 }
 
 /** Pre-copy: rounds of dirty pages under Xen's stop rules and rate limits, then the last set. */

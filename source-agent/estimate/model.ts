@@ -38,6 +38,8 @@ export interface PredictionInputs {
   available: readonly MigrationMethod[];
   /** Both agents make delta checkpoints: CR/TR catches up the hybrid way (shared/catch-up.ts). */
   hybridCatchUp: boolean;
+  /** CR/TR stops after its final approach (shared/approach.ts) where one pays; the default, as a migration's. */
+  finalApproach?: boolean;
   /** The migration's maximum duration (default: the agents' own default, MAX_DURATION_MS_DEFAULT). */
   maxDurationMs?: number;
 }

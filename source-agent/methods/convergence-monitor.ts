@@ -1,10 +1,12 @@
 // CR/TR's non-convergence policy while the log streams: samples the target's backlog at every
 // monitor tick, judges whether it shrinks over the convergence window (shared/convergence.ts),
 // and applies the policy: abort, force the stop-and-copy, or throttle the guest. The maximum
-// duration applies here too, including while the checkpoint still streams.
+// duration applies here too, including while the checkpoint still streams. Under `force`, CR/TR's
+// final approach (final-approach.ts) comes first: the stop is forced when it runs out.
 
 import { type BacklogSample, judgeConvergence, nextThrottle, nonConvergenceAction } from '../../shared/convergence.js';
 import { DeadlineExceededError } from '../../shared/errors.js';
+import type { FinalApproach } from './final-approach.js';
 import type { MethodContext } from './method.js';
 
 /** Backlog samples kept: at the default 250 ms tick, 50 s of history. */
@@ -19,6 +21,7 @@ export class ConvergenceMonitor {
     private readonly ctx: MethodContext,
     /** When the judging starts (the migration's elapsed ms); null: not yet (a protection before its switchover). */
     private readonly fromMs: () => number | null = () => 0,
+    private readonly approach: FinalApproach | null = null,
   ) {}
 
   /** One tick; `settled`: the stop-and-copy was already agreed or forced (nothing to judge). */
@@ -38,6 +41,15 @@ export class ConvergenceMonitor {
       return;
     }
     if (phase !== 'log-transfer' || settled) return;
+    if (this.approach?.expired === true) {
+      if (this.approach.trigger === 'non-convergence') {
+        const why = `the final approach ran out with ${ctx.stats.remainingUnits} units to replay`;
+        ctx.round(`stop-and-copy forced: ${why}`);
+        this.force(why);
+        return;
+      }
+      this.approach.endIfExpired();
+    }
     // The backlog's trend means something only once the target replays: before its first
     // replayed unit the backlog grows by construction.
     if (ctx.channel.progress.unitsReplayed === 0 && elapsedMs < ctx.request.maxDurationMs) return;
@@ -62,9 +74,9 @@ export class ConvergenceMonitor {
         );
         break;
       case 'force':
-        this.forced = true;
-        ctx.stats.forced = true;
-        ctx.log.warn({ reason: decision.reason }, 'forcing stop-and-copy');
+        // The approach's drain is a trend of its own: judged afresh from its start.
+        if (this.approach?.begin('non-convergence') === true) this.backlog.length = 0;
+        else this.force(decision.reason);
         break;
       case 'throttle': {
         const next = nextThrottle(throttle);
@@ -77,5 +89,11 @@ export class ConvergenceMonitor {
       case 'continue':
         break;
     }
+  }
+
+  private force(reason: string): void {
+    this.forced = true;
+    this.ctx.stats.forced = true;
+    this.ctx.log.warn({ reason }, 'forcing stop-and-copy');
   }
 }

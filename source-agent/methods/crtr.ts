@@ -13,6 +13,7 @@ import { checkpointThroughputBytesPerSec } from '../streams/counters.js';
 import { LogStream } from '../streams/log.js';
 import { recorderOf } from './capabilities.js';
 import { ConvergenceMonitor } from './convergence-monitor.js';
+import { FinalApproach } from './final-approach.js';
 import { HybridCatchUp } from './hybrid.js';
 import { RpoMonitor } from './rpo-monitor.js';
 import type { MethodContext, TransferMethod } from './method.js';
@@ -33,6 +34,7 @@ export class CrtrMethod implements TransferMethod {
   private floorWaits = 0;
   private checkpointDone = false;
   private monitor: ConvergenceMonitor | null = null;
+  private approach: FinalApproach | null = null;
   private ticker: Timer | null = null;
   private logStream: LogStream | null = null;
   private hybrid: HybridCatchUp | null = null;
@@ -55,7 +57,8 @@ export class CrtrMethod implements TransferMethod {
     channel.onStopRequest = (request) => this.onStopRequest(ctx, recorder, request);
     const protecting = ctx.request.protection !== undefined;
     // A protection's catch-up never ends on its own: its convergence is judged from a switchover on.
-    const monitor = (this.monitor = new ConvergenceMonitor(ctx, () => (protecting ? this.switchoverAtMs : 0)));
+    const approach = (this.approach = new FinalApproach(ctx, () => this.unitsNotReplayed(ctx)));
+    const monitor = (this.monitor = new ConvergenceMonitor(ctx, () => (protecting ? this.switchoverAtMs : 0), approach));
     this.rpo = protecting ? new RpoMonitor(ctx, () => this.unitsRecordedToSend(ctx)) : null;
     const rate = ctx.request.maxBandwidthBytesPerSec;
     const logStream = (this.logStream = new LogStream(channel, ctx.stats, ctx.windows, rate, () => ctx.suspended));
@@ -81,7 +84,24 @@ export class CrtrMethod implements TransferMethod {
     // Phase 4 goes on until the target asks to stop and we agree (or the policy forces it).
     ctx.setPhase('log-transfer');
     // A delta in flight when the policy forces the stop is finished first: its instant is where the log goes on from.
-    await channel.until(() => (this.stopGranted || monitor.forced) && hybrid?.busy !== true);
+    await channel.until(() => (this.stopGranted || monitor.forced || this.approachReached(ctx)) && hybrid?.busy !== true);
+  }
+
+  /**
+   * The final approach drained the backlog to what a steady log has: the source stops the guest
+   * now, without waiting for the target's next request (which its window would delay), as when
+   * it grants one. Checked at each of the target's progress reports.
+   */
+  private approachReached(ctx: MethodContext): boolean {
+    if (this.approach?.active !== true || this.stopGranted || this.hybrid?.busy === true || ctx.stats.phase !== 'log-transfer') return false;
+    const backlog = this.unitsNotReplayed(ctx);
+    const floor = stopUnitsFloor(ctx.channel.rttMs, ctx.stats.unitMs);
+    if (backlog > floor) return false;
+    ctx.guest.digest();
+    this.stopGranted = true;
+    ctx.round(`final approach: ${backlog} units not replayed (a steady log has ${floor}): stop-and-copy`);
+    ctx.log.info({ remainingUnits: backlog }, 'stop-and-copy after the final approach');
+    return true;
   }
 
   /** The hybrid catch-up, where both drivers make deltas and the request did not turn it off. */
@@ -230,11 +250,20 @@ export class CrtrMethod implements TransferMethod {
       downtimeLimitMs: ctx.request.downtimeLimitMs,
       throughputBytesPerSec: ctx.throughputBytesPerSec,
       rttMs: channel.rttMs,
-      // A burst in flight: a few requests later the guest stops with fewer units to replay.
+      // A burst in flight: a few requests later the guest stops with fewer units to replay. During
+      // the final approach the backlog drains: the stop waits for the floor until it runs out.
       unitsFloor: stopUnitsFloor(channel.rttMs, stats.unitMs),
-      mayWaitForFloor: this.floorWaits < FLOOR_WAITS_MAX && ctx.elapsedMs() < SWITCHOVER_DEADLINE_SHARE * ctx.request.maxDurationMs,
+      mayWaitForFloor: (this.floorWaits < FLOOR_WAITS_MAX || this.approach?.active === true) && ctx.elapsedMs() < SWITCHOVER_DEADLINE_SHARE * ctx.request.maxDurationMs,
     });
     if (decision.waitForFloor === true) this.floorWaits++;
+    // A stop that would replay a backlog no waiting shrinks: the final approach first.
+    if (decision.granted && this.approach?.begin('stop request') === true) {
+      const why = 'the final approach drains the backlog first';
+      channel.send({ stopDecision: { granted: false, reason: why, unsentLogBytes: unsent, unsentLogBytesAllowed: decision.allowedBytes } });
+      stats.stopRequestsDenied++;
+      ctx.round(`round ${stats.rounds}: the target has ${request.remainingUnits} units to replay; stop denied: ${why}`);
+      return;
+    }
     channel.send({ stopDecision: { granted: decision.granted, reason: decision.reason, unsentLogBytes: unsent, unsentLogBytesAllowed: decision.allowedBytes } });
     if (decision.granted) {
       // The digest at commitment is inside the downtime: bring the incremental one up to date now.

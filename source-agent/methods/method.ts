@@ -32,6 +32,8 @@ export interface MigrationRequest {
   disableCompression?: boolean;
   /** CR/TR: catch up by the log only, never by delta checkpoints. */
   logOnlyCatchUp?: boolean;
+  /** CR/TR: stop without the final approach (shared/approach.ts), whatever the backlog. */
+  noFinalApproach?: boolean;
   /** qemu-native: switch to post-copy as soon as the hypervisor's stream runs. */
   nativePostcopy?: boolean;
   /**
