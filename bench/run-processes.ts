@@ -4,7 +4,7 @@
 
 import type { ChildProcess } from 'node:child_process';
 import { type AgentProcess, startAgentProcess, stopAgentProcess } from '../cli/agent-process.js';
-import { controlServiceV2, grpc, makeClient } from '../shared/transport/grpc.js';
+import { controlServiceV2, grpc, makeClient, pb2, unary } from '../shared/transport/grpc.js';
 import type { LinkStats } from '../shared/transport/link.js';
 import { type LinkHandle, startLinkInProcess, startLinkProcess } from './link-process.js';
 import type { RunSpec } from './run-record.js';
@@ -80,9 +80,25 @@ export class RunProcesses {
     this.control?.close();
     const link = this.link;
     const linkStats = link === null ? null : await link.close().catch(() => null);
+    // The guests first: an agent stopped with a guest running says so at level error, by design.
+    await Promise.all(this.agents.map((a) => stopGuests(a)));
     await Promise.all(this.agents.map((a) => stopAgentProcess(a)));
     for (const a of this.agents) liveChildren.delete(a.child);
     if (link?.child) liveChildren.delete(link.child);
     return linkStats;
+  }
+}
+
+/** Stops every guest of a live agent, best effort (a crashed agent, or a guest gone meanwhile, is no error here). */
+async function stopGuests(agent: AgentProcess): Promise<void> {
+  if (agent.child.exitCode !== null || agent.child.signalCode !== null) return;
+  const client = makeClient(controlServiceV2, 'Control', agent.address, grpc.credentials.createInsecure());
+  try {
+    const { guests } = await unary(client, controlServiceV2.listGuests, pb2.ListGuestsRequest.create(), 5_000, 'listing the guests');
+    await Promise.all((guests ?? []).map((g) => unary(client, controlServiceV2.stopGuest, pb2.StopGuestRequest.create({ id: g.id }), 10_000, `stopping guest ${g.id}`).catch(() => {})));
+  } catch {
+    // The agent stops anyway.
+  } finally {
+    client.close();
   }
 }

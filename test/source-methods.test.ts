@@ -226,18 +226,21 @@ t.test('crtr: the final approach slows the guest before a stop with a backlog, a
   const decision = channel.requestStop(12, 18);
   t.equal(decision?.granted, false, 'the stop waits for the approach');
   t.equal(decision?.reason, 'the final approach drains the backlog first');
-  // 10 units over the floor of 2 at 1x: f = 1 - 100/250 = 0.6.
-  t.equal(guest.throttle, 0.6);
-  t.equal(made.stats.throttle, 0.6);
-  t.match(made.record.rounds.at(-2), /^final approach \(stop request\): 12 units not replayed \(a steady log has 2\) at a replay of 1\.00x: guest slowed to 0\.6 for about 250 ms/);
+  // 10 units over the floor of 2 at 1x: for the drain f = 1 - 100/250 = 0.6, for the floor 8 / 20 = 0.4.
+  t.equal(guest.throttle, 0.4);
+  t.equal(made.stats.throttle, 0.4);
+  t.match(made.record.rounds.at(-2), /^final approach \(stop request\): 12 units not replayed \(a steady log has 2\) at a replay of 1\.00x: guest slowed to 0\.4 for about 167 ms/);
   t.equal(await state(catchUp, clock), 'pending');
   channel.report({ unitsReplayed: 8 });
   t.equal(await state(catchUp, clock), 'pending', '5 units not replayed: over the floor');
-  // Drained to the floor: the source stops at once, without another request.
+  channel.report({ unitsReplayed: 11 });
+  t.equal(await state(catchUp, clock), 'pending', 'at the floor, but the units in flight are not yet throttled ones');
+  // Drained to the floor, two units later: the source stops at once, without another request.
+  await clock.advance(20);
   channel.report({ unitsReplayed: 11 });
   t.equal(await state(catchUp, clock), 'resolved');
   t.match(made.record.rounds.at(-1), /^final approach: 2 units not replayed \(a steady log has 2\): stop-and-copy$/);
-  t.equal(guest.throttle, 0.6, 'the guest stops slowed (its speed is the target\'s business from here)');
+  t.equal(guest.throttle, 0.4, 'the guest stops slowed (its speed is the target\'s business from here)');
 });
 
 t.test('crtr: without the final approach, a stop with a backlog is granted at once', async (t) => {
@@ -250,12 +253,12 @@ t.test('crtr: without the final approach, a stop with a backlog is granted at on
 t.test('crtr: a final approach that runs out gives the guest its speed back; the next request is granted', async (t) => {
   const { clock, guest, channel, made, catchUp } = await withBacklog(t, 12);
   t.equal(channel.requestStop(12, 18)?.granted, false);
-  t.equal(guest.throttle, 0.6);
-  // Bound: three times the predicted 250 ms. The replica replays nothing meanwhile.
+  t.equal(guest.throttle, 0.4);
+  // Bound: three times the predicted 167 ms. The replica replays nothing meanwhile.
   await clock.advance(1_000);
   t.equal(guest.throttle, 1, 'ran out: the speed is back');
   t.equal(made.stats.throttle, 1);
-  t.match(made.record.rounds.at(-1), /^final approach ran out after 750 ms with 12 units not replayed$/);
+  t.match(made.record.rounds.at(-1), /^final approach ran out after 500 ms with 12 units not replayed$/);
   t.equal(await state(catchUp, clock), 'pending');
   t.equal(channel.requestStop(12, 18)?.granted, true, 'once per migration: the next request is granted');
   t.equal(await state(catchUp, clock), 'resolved');

@@ -141,15 +141,18 @@ interface CrtrSwitchover {
  */
 function crtrSwitchover(inputs: PredictionInputs, r: number, backlogMs: number, drainBudgetMs: number, downtimeFor: (units: number) => number): CrtrSwitchover {
   const unitMs = inputs.unitMs;
-  const drainMs = r > 1 ? Math.max(0, backlogMs - SWITCHOVER_UNITS_FLOOR * unitMs) / (r - 1) : Infinity;
-  if (r > 1 && drainMs <= drainBudgetMs) {
+  // A backlog that shrinks by less than a unit over the convergence window does not shrink for the
+  // source's monitor either: under `force` that is the final approach's cue, as for r <= 1.
+  const shrinks = r > 1 && ((r - 1) * SWITCHOVER_WINDOW_MS) / unitMs >= 1;
+  const drainMs = shrinks ? Math.max(0, backlogMs - SWITCHOVER_UNITS_FLOOR * unitMs) / (r - 1) : Infinity;
+  if (shrinks && drainMs <= drainBudgetMs) {
     // The backlog drains at r - 1 until only the unit in progress is left.
     return { replayMs: drainMs, downtimeMs: downtimeFor(SWITCHOVER_UNITS_FLOOR), throttledMs: 0, how: `replay at ${r.toFixed(1)}x drains the ${fmtMs(backlogMs)} backlog in ${fmtMs(drainMs)}; switchover with one unit left` };
   }
   // It would drain, but not before the maximum duration; or replay is no faster than the guest and
   // the switchover comes one window after the backlog stopped shrinking.
-  const replayMs = r > 1 ? drainBudgetMs : SWITCHOVER_WINDOW_MS;
-  const leftMs = r > 1 ? Math.max(SWITCHOVER_UNITS_FLOOR * unitMs, backlogMs - (r - 1) * drainBudgetMs) : backlogMs + (1 - r) * SWITCHOVER_WINDOW_MS;
+  const replayMs = shrinks ? drainBudgetMs : SWITCHOVER_WINDOW_MS;
+  const leftMs = shrinks ? Math.max(SWITCHOVER_UNITS_FLOOR * unitMs, backlogMs - (r - 1) * drainBudgetMs) : backlogMs + (1 - r) * SWITCHOVER_WINDOW_MS;
   const floorUnits = stopUnitsFloor(inputs.rttMs, unitMs);
   const approach = planApproach({ backlogUnits: leftMs / unitMs + floorUnits, floorUnits, unitMs, replayRate: r, throttle: 1 });
   if (approach.approach && inputs.finalApproach !== false) {
@@ -160,7 +163,7 @@ function crtrSwitchover(inputs: PredictionInputs, r: number, backlogMs: number, 
       how: `replay at ${r.toFixed(2)}x leaves ${fmtMs(leftMs)} of backlog; the final approach slows the guest to ${approach.throttle} for ${fmtMs(approach.predictedMs)} (${fmtMs(approach.costMs)} of its work) and the switchover comes with one unit left`,
     };
   }
-  const how = r > 1 ? `replay at ${r.toFixed(2)}x would drain the backlog in ${fmtMs(drainMs)}, past the maximum duration: ${fmtMs(leftMs)} of it is replayed within the downtime` : `replay at ${r.toFixed(2)}x never drains the backlog: ${fmtMs(leftMs)} of it is replayed within the downtime`;
+  const how = shrinks ? `replay at ${r.toFixed(2)}x would drain the backlog in ${fmtMs(drainMs)}, past the maximum duration: ${fmtMs(leftMs)} of it is replayed within the downtime` : `replay at ${r.toFixed(2)}x never drains the backlog: ${fmtMs(leftMs)} of it is replayed within the downtime`;
   return { replayMs, downtimeMs: downtimeFor(leftMs / unitMs), throttledMs: 0, how };
 }
 

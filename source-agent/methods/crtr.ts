@@ -88,12 +88,13 @@ export class CrtrMethod implements TransferMethod {
   }
 
   /**
-   * The final approach drained the backlog to what a steady log has: the source stops the guest
-   * now, without waiting for the target's next request (which its window would delay), as when
-   * it grants one. Checked at each of the target's progress reports.
+   * The final approach drained the backlog to what a steady log has, and ran long enough for those
+   * units to be throttled ones: the source stops the guest now, without waiting for the target's
+   * next request (which its window would delay), as when it grants one. Checked at each of the
+   * target's progress reports.
    */
   private approachReached(ctx: MethodContext): boolean {
-    if (this.approach?.active !== true || this.stopGranted || this.hybrid?.busy === true || ctx.stats.phase !== 'log-transfer') return false;
+    if (this.approach?.active !== true || !this.approach.settled || this.stopGranted || this.hybrid?.busy === true || ctx.stats.phase !== 'log-transfer') return false;
     const backlog = this.unitsNotReplayed(ctx);
     const floor = stopUnitsFloor(ctx.channel.rttMs, ctx.stats.unitMs);
     if (backlog > floor) return false;

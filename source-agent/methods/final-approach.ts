@@ -17,6 +17,7 @@ export type ApproachTrigger = 'stop request' | 'non-convergence';
 export class FinalApproach {
   private startedAtMs: number | null = null;
   private boundMs = 0;
+  private settleMs = 0;
   private throttleBefore = 1;
   /** What started it (null: not started). */
   trigger: ApproachTrigger | null = null;
@@ -34,6 +35,11 @@ export class FinalApproach {
   /** The approach runs now (started, not run out). */
   get active(): boolean {
     return this.startedAtMs !== null && !this.ended && !this.expired;
+  }
+
+  /** It ran long enough for the units in flight to be throttled ones. */
+  get settled(): boolean {
+    return this.startedAtMs !== null && this.ctx.clock.now() - this.startedAtMs >= this.settleMs;
   }
 
   /** It started and ran past its bound. */
@@ -67,6 +73,7 @@ export class FinalApproach {
     ctx.stats.throttle = plan.throttle;
     this.startedAtMs = ctx.clock.now();
     this.boundMs = plan.boundMs;
+    this.settleMs = plan.settleMs;
     this.trigger = trigger;
     ctx.round(`final approach (${trigger}): ${plan.reason}`);
     ctx.log.info({ trigger, throttle: plan.throttle, predictedMs: Math.round(plan.predictedMs), boundMs: Math.round(plan.boundMs) }, 'final approach: guest slowed before the stop');
