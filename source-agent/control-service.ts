@@ -168,7 +168,7 @@ export class ControlService {
     const unaryHandler = unaryHandlers(this.log, 'Control');
     return {
       listGuests: unaryHandler(() => pb.ListGuestsResponse.create({ guests: this.driver.listGuests().map(guestMessage) })),
-      startGuest: unaryHandler((req: InstanceType<typeof pb.StartGuestRequest>) => {
+      startGuest: unaryHandler(async (req: InstanceType<typeof pb.StartGuestRequest>) => {
         if (this.driver.createGuest === undefined) {
           throw new UnimplementedError(`driver '${this.driver.name}' does not start guests; start them with the hypervisor's own tools`, { reason: 'NOT_SUPPORTED', metadata: { driver: this.driver.name } });
         }
@@ -180,6 +180,8 @@ export class ControlService {
           rates: Object.keys(req.rates ?? {}).length > 0 ? (req.rates as Record<string, number>) : undefined,
           environmentSeed: req.environmentSeed || undefined,
         });
+        // A guest whose hypervisor fails at once is answered with why, and leaves nothing behind.
+        await guest.started;
         this.log.info({ guestId: guest.id, profile: req.profile, memoryBytes: req.memoryBytes }, 'guest started');
         return pb.StartGuestResponse.create({ guest: guestMessage(guest.describe()) });
       }),

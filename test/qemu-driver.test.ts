@@ -6,7 +6,7 @@
 // starting and listing a guest through Control, whose stop leaves no QEMU behind.
 // Skipped, visibly, where qemu-system-x86, linux-image-amd64 or busybox-static is missing.
 
-import { writeFileSync } from 'node:fs';
+import { readdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import t from 'tap';
 import { VmMigrateError } from '../shared/errors.js';
@@ -65,7 +65,8 @@ t.test('a guest boots, ticks, suspends, resumes where it was and is discarded', 
 
 t.test('a QEMU that cannot boot leaves the list, and says why', { skip }, async (t) => {
   const image = guestImageFor(t);
-  const driver = qemuDriverFor(t, { ...image, kernel: join(tempDirFor(t), 'no-such-kernel') });
+  const stateDir = tempDirFor(t);
+  const driver = qemuDriverFor(t, { ...image, kernel: join(tempDirFor(t), 'no-such-kernel') }, { stateDir });
   const guest = driver.createGuest({ id: 'vm-broken', profile: '', memoryBytes: QEMU_GUEST_BYTES });
   const error = await guest.qmp().then(
     () => null,
@@ -75,6 +76,16 @@ t.test('a QEMU that cannot boot leaves the list, and says why', { skip }, async 
   t.match((error as VmMigrateError).message, /QEMU of guest 'vm-broken' ended \(exit status 1\) before its QMP connection was ready: .*no-such-kernel/, 'QEMU\'s own message');
   await guest.stopped();
   t.same(driver.listGuests(), [], 'the guest left the list');
+
+  // A kernel path that is a directory: QEMU exits at once; the start says so and leaves nothing.
+  const dirKernel = qemuDriverFor(t, { ...image, kernel: tempDirFor(t) }, { stateDir });
+  const broken = dirKernel.createGuest({ id: 'vm-dir', profile: '', memoryBytes: QEMU_GUEST_BYTES });
+  t.ok(readdirSync(stateDir).length === 1, 'its QEMU got a runtime directory of its own');
+  await t.rejects(broken.started, { code: 'FAILED_PRECONDITION', reason: 'HYPERVISOR_FAILED', message: /guest 'vm-dir' did not start: its QEMU ended \(exit status 1\) before it ran the guest; QEMU said: .*Is a directory/ });
+  t.notOk(alive(broken.process.pid), 'once the start failed, its process is gone');
+  t.same(dirKernel.listGuests(), [], 'off the list');
+  t.equal(dirKernel.capacity().memoryBytesReserved, 0, 'off the books');
+  t.same(readdirSync(stateDir), [], 'and its runtime directory removed');
 });
 
 t.test('StartGuest fields a qemu guest refuses, and reservations', { skip }, async (t) => {

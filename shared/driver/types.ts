@@ -192,6 +192,12 @@ export interface SourceGuest {
   setThrottle(factor: number): void;
   /** Destroys the guest and frees its memory. */
   discard(): void;
+  /**
+   * Drivers whose guest runs in a process of its own (qemu): settles once that process came up and
+   * runs the guest; rejects with why it did not, once nothing of the guest is left (its process
+   * gone, off the host's books). Absent: the guest runs once created.
+   */
+  readonly started?: Promise<void>;
   /** Stops a suspended guest for good (failed over elsewhere): it never resumes; kept only as a base image. */
   retire?(): void;
   /** xxh64 digest over all pages plus vCPU/device state, as 16 hex digits. */

@@ -99,7 +99,8 @@ export class ControlServiceV2 {
     return pb2.ListGuestsResponse.create({ guests });
   }
 
-  startGuest(req: Req<'StartGuestRequest'>): InstanceType<typeof pb2.StartGuestResponse> {
+  /** Boots a guest and answers once it runs (a QEMU that fails at once is answered with why, leaving nothing). */
+  async startGuest(req: Req<'StartGuestRequest'>): Promise<InstanceType<typeof pb2.StartGuestResponse>> {
     if (this.driver.createGuest === undefined) throw new UnimplementedError(`driver '${this.driver.name}' does not start guests; start them with the hypervisor's own tools`);
     const guest = this.driver.createGuest({
       id: req.id || undefined,
@@ -109,6 +110,7 @@ export class ControlServiceV2 {
       rates: Object.keys(req.rates ?? {}).length > 0 ? (req.rates as Record<string, number>) : undefined,
       environmentSeed: req.environmentSeed || undefined,
     });
+    await guest.started;
     this.log.info({ guestId: guest.id, profile: req.profile || GUEST_PROFILE_DEFAULT }, 'guest started');
     return pb2.StartGuestResponse.create({ guest: guestMessage(guest.describe(), this.roleOf(guest.id)) });
   }

@@ -2,7 +2,7 @@
 // accelerator. Every guest gets the same shape: no default devices, no display, its serial
 // console on standard output (the driver reads it), QMP on a unix socket in the state directory.
 
-import { accessSync, closeSync, constants, openSync, readFileSync } from 'node:fs';
+import { accessSync, closeSync, constants, openSync, readFileSync, statSync } from 'node:fs';
 import { delimiter, join } from 'node:path';
 
 export type QemuAccel = 'kvm' | 'tcg';
@@ -83,7 +83,8 @@ export function findExecutable(binary: string): string | null {
   for (const path of candidates) {
     try {
       accessSync(path, constants.X_OK);
-      return path;
+      // A directory is "executable" too (searchable): only a regular file runs.
+      if (statSync(path).isFile()) return path;
     } catch {
       // not here
     }

@@ -13,6 +13,11 @@
 // defer -S`, incoming.ts), counted on the host's books until it is activated or discarded. Its
 // boot files must be this agent's own (qemu.kernel, qemu.initrd, qemu.disk): a peer cannot make
 // this host read other files into a guest.
+//
+// Each QEMU gets a private runtime directory of its own (mode 0700, `vmm-qemu-XXXXXX` under
+// qemu.stateDir, else the system's temporary directory) holding its QMP socket and, for an
+// incoming guest, the socket its migration stream arrives on. The directory is removed as soon as
+// that QEMU has exited, however it ended: no agent leaves one behind for a guest that is gone.
 
 import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
 import { availableParallelism, tmpdir, totalmem } from 'node:os';
@@ -36,7 +41,7 @@ export interface QemuDriverOptions {
   accel: QemuAccelChoice;
   /** vCPUs of each guest. */
   vcpusPerGuest: number;
-  /** Where the QMP sockets are (null: a temporary directory, removed at shutdown). */
+  /** Where each QEMU's private runtime directory goes (null: the system's temporary directory). */
   stateDir: string | null;
   /** Unit length a guest reports when StartGuest names none (no log is recorded yet). */
   unitMsDefault: number;
@@ -63,6 +68,11 @@ export const QEMU_DRIVER_DEFAULTS = {
 };
 
 const GUEST_ID = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/;
+/** A QEMU's private runtime directory is this prefix and six random characters (mkdtemp's). */
+const RUNTIME_DIR_PREFIX = 'vmm-qemu-';
+/** The sockets in it: QMP, and the incoming migration stream's. */
+const QMP_SOCKET = 'qmp.sock';
+const INCOMING_SOCKET = 'incoming.sock';
 
 const silentLog: DriverLog = { info: () => undefined, warn: () => undefined, error: () => undefined };
 
@@ -73,13 +83,11 @@ export class QemuDriver implements HypervisorDriver {
   private readonly guests = new Map<string, QemuGuest>();
   /** Reservations of incoming guests, by id, until activated or discarded. */
   private readonly incoming = new Map<string, QemuIncoming>();
-  /** Numbers each QEMU's sockets: a QEMU still exiting never removes its successor's. */
-  private processCount = 0;
   /** Guests discarded whose QEMU may still be exiting: shutdown waits for them. */
   private readonly ending = new Set<QemuGuest>();
   private readonly options: QemuDriverOptions;
-  private readonly stateDir: string;
-  private readonly ownsStateDir: boolean;
+  /** Where the QEMUs' runtime directories go. */
+  private readonly runtimeBase: string;
   /** The accelerator guests get: the configured one, or for auto what this host can run. */
   readonly accel: QemuAccel;
 
@@ -91,9 +99,13 @@ export class QemuDriver implements HypervisorDriver {
       log: silentLog,
       ...options,
     };
-    this.ownsStateDir = this.options.stateDir === null;
-    this.stateDir = this.options.stateDir ?? mkdtempSync(join(tmpdir(), 'vmm-qemu-'));
-    mkdirSync(this.stateDir, { recursive: true, mode: 0o700 });
+    this.runtimeBase = this.options.stateDir ?? tmpdir();
+    if (this.options.stateDir !== null) mkdirSync(this.runtimeBase, { recursive: true, mode: 0o700 });
+    // The longest socket path a QEMU gets, checked once: every runtime directory's name has the same length.
+    const longest = join(this.runtimeBase, `${RUNTIME_DIR_PREFIX}XXXXXX`, INCOMING_SOCKET);
+    if (Buffer.byteLength(longest) > UNIX_SOCKET_PATH_BYTES_MAX) {
+      throw new RangeError(`QEMU's sockets would be at paths like ${longest}, ${Buffer.byteLength(longest)} bytes, and unix sockets take at most ${UNIX_SOCKET_PATH_BYTES_MAX}: set a shorter qemu.stateDir (or TMPDIR)`);
+    }
     this.accel = resolveAccel(this.options.accel);
   }
 
@@ -157,11 +169,9 @@ export class QemuDriver implements HypervisorDriver {
   reserve(description: GuestDescription): QemuIncoming {
     const machine = incomingMachine(description, { boot: this.options.boot, accel: this.accel });
     this.checkRoom(description.id, machine);
-    // Numbered as the QEMU about to start is.
-    const socketPath = this.socketPath(description.id, `${this.processCount + 1}.in`);
     const guest = this.startQemu(description.id, machine, description.unitMs || this.options.unitMsDefault, ['-incoming', 'defer', '-S']);
     const replica = new QemuIncoming(guest, {
-      socketPath,
+      socketPath: join(guest.runtimeDir, INCOMING_SOCKET),
       activated: (g) => {
         if (this.incoming.get(g.id)?.guest === g) this.incoming.delete(g.id);
         this.guests.set(g.id, g);
@@ -173,12 +183,19 @@ export class QemuDriver implements HypervisorDriver {
     return replica;
   }
 
-  /** Starts a QEMU for guest `id` with `machine` (and `extra` arguments), its QMP socket numbered. */
+  /** Starts a QEMU for guest `id` with `machine` (and `extra` arguments), in a runtime directory of its own. */
   private startQemu(id: string, machine: QemuMachineConfig, unitMs: number, extra: string[]): QemuGuest {
-    const qmpSocket = this.socketPath(id, `${++this.processCount}.qmp`);
-    rmSync(qmpSocket, { force: true });
-    const qemu = QemuProcess.start(this.options.binary, [...qemuArgs(id, machine, qmpSocket), ...extra], this.options.serialTailBytes);
+    const runtimeDir = mkdtempSync(join(this.runtimeBase, RUNTIME_DIR_PREFIX));
+    const qmpSocket = join(runtimeDir, QMP_SOCKET);
+    let qemu: QemuProcess;
+    try {
+      qemu = QemuProcess.start(this.options.binary, [...qemuArgs(id, machine, qmpSocket), ...extra], this.options.serialTailBytes);
+    } catch (error) {
+      rmSync(runtimeDir, { recursive: true, force: true });
+      throw error;
+    }
     const guest = new QemuGuest(id, machine, unitMs, qemu, {
+      runtimeDir,
       qmpSocket,
       qmp: this.options.qmp,
       stopGraceMs: this.options.stopGraceMs,
@@ -194,21 +211,12 @@ export class QemuDriver implements HypervisorDriver {
     return guest;
   }
 
-  /** A socket path in the state directory for guest `id`, checked against the unix socket bound. */
-  private socketPath(id: string, suffix: string): string {
-    const path = join(this.stateDir, `${id}.${suffix}`);
-    if (Buffer.byteLength(path) > UNIX_SOCKET_PATH_BYTES_MAX) {
-      throw invalidField('id', `guest '${echo(id)}': its socket path ${path} is ${Buffer.byteLength(path)} bytes, unix sockets take at most ${UNIX_SOCKET_PATH_BYTES_MAX}: use a shorter id or a shorter qemu.stateDir`);
-    }
-    return path;
-  }
-
   /** Ends every guest's QEMU (quit, then SIGKILL after the grace) and waits until all have exited. */
   async shutdown(): Promise<void> {
     for (const guest of [...this.guests.values()]) guest.discard();
     for (const replica of [...this.incoming.values()]) replica.discard();
+    // Each QEMU's runtime directory goes with it.
     await Promise.all([...this.ending].map((g) => g.stopped()));
-    if (this.ownsStateDir) rmSync(this.stateDir, { recursive: true, force: true });
   }
 
   /** StartGuest's fields as a qemu guest takes them; a bad one is refused naming the request's field. */

@@ -25,6 +25,8 @@ export interface DriverLog {
 }
 
 export interface QemuGuestDeps {
+  /** The QEMU's private runtime directory (its sockets): removed once the process has exited. */
+  readonly runtimeDir: string;
   readonly qmpSocket: string;
   readonly qmp: Partial<QmpOptions>;
   /** How long QEMU has to exit after quit (or SIGTERM) before it is killed. */
@@ -36,6 +38,16 @@ export interface QemuGuestDeps {
 
 /** How long a failed QMP connection waits for QEMU's exit, to report its status and message instead. */
 const EXIT_WAIT_MS = 1_000;
+/** Lines of QEMU's standard error a failure quotes (its last ones), and their bound in characters. */
+const STDERR_LINES_QUOTED = 5;
+const STDERR_CHARS_QUOTED = 1000;
+
+/** The last lines QEMU wrote to its standard error, bounded, or 'no message'. */
+export function lastLines(stderr: string): string {
+  const lines = stderr.split('\n').map((line) => line.trim()).filter((line) => line !== '');
+  const text = lines.slice(-STDERR_LINES_QUOTED).join(' | ');
+  return text === '' ? 'no message' : text.slice(-STDERR_CHARS_QUOTED);
+}
 
 /** QEMU events after which its run state may have changed. */
 const STATE_EVENTS = new Set(['STOP', 'RESUME', 'SHUTDOWN', 'RESET', 'SUSPEND', 'WAKEUP', 'GUEST_PANICKED', 'MIGRATION']);
@@ -58,8 +70,15 @@ export class QemuGuest implements SourceGuest {
   private status = 'starting';
   private client: QmpClient | null = null;
   private readonly connected: Promise<QmpClient>;
+  /**
+   * Settles once QEMU came up (its QMP answered, which it does only after it built the machine and
+   * loaded the boot files); rejects with why not once its process is gone and nothing of it is left.
+   */
+  readonly started: Promise<void>;
   private readonly abortConnect = new AbortController();
   private discarded = false;
+  /** QEMU exited before anyone asked it to (a failed boot, a crash, a kill from outside). */
+  private endedOnItsOwn = false;
   private stopping: Promise<void> | null = null;
 
   constructor(
@@ -74,6 +93,19 @@ export class QemuGuest implements SourceGuest {
     this.connected = this.connect();
     // A QMP that never comes up is logged and ends the guest in connect(); callers see it on use.
     this.connected.catch(() => undefined);
+    this.started = this.connected.then(
+      () => undefined,
+      async (error: unknown) => {
+        const exit = await this.stopped();
+        throw this.startFailure(exit, error);
+      },
+    );
+    this.started.catch(() => undefined);
+  }
+
+  /** The QEMU's private runtime directory (its sockets), removed once it has exited. */
+  get runtimeDir(): string {
+    return this.deps.runtimeDir;
   }
 
   /** The guest's serial console: its last bytes, and a listener for what comes. */
@@ -199,8 +231,19 @@ export class QemuGuest implements SourceGuest {
   }
 
   private endedEarly(exit: QemuExit, cause?: unknown): QmpError {
-    const said = this.process.stderrTail.slice(-1000) || 'no message';
-    return new QmpError('UNAVAILABLE', `QEMU of guest '${this.id}' ended (${describeExit(exit)}) before its QMP connection was ready: ${said}`, { cause, metadata: { guestId: this.id, command: '(connect)' } });
+    return new QmpError('UNAVAILABLE', `QEMU of guest '${this.id}' ended (${describeExit(exit)}) before its QMP connection was ready: ${lastLines(this.process.stderrTail)}`, { cause, metadata: { guestId: this.id, command: '(connect)' } });
+  }
+
+  /**
+   * Why the guest did not start, once its QEMU is gone: how QEMU ended and its last words (a boot
+   * file it could not load, an option it refused), or why its QMP never answered.
+   */
+  private startFailure(exit: QemuExit, cause: unknown): QmpError {
+    const metadata = { guestId: this.id, command: '(start)', exit: describeExit(exit) };
+    const message = this.endedOnItsOwn
+      ? `guest '${this.id}' did not start: its QEMU ended (${describeExit(exit)}) before it ran the guest; QEMU said: ${lastLines(this.process.stderrTail)}`
+      : `guest '${this.id}' did not start, and its QEMU was ended: ${(cause as Error).message}`;
+    return new QmpError('FAILED_PRECONDITION', message, { cause, metadata });
   }
 
   private async refresh(client: QmpClient): Promise<void> {
@@ -225,9 +268,11 @@ export class QemuGuest implements SourceGuest {
   private onExit(exit: QemuExit): void {
     this.status = 'exited';
     this.client?.close();
-    rmSync(this.deps.qmpSocket, { force: true });
+    // Nothing uses its sockets any more: the directory goes with the process.
+    rmSync(this.deps.runtimeDir, { recursive: true, force: true });
     if (this.discarded) return;
     this.discarded = true;
+    this.endedOnItsOwn = true;
     this.deps.onGone(this);
     this.deps.log.warn({ guestId: this.id, pid: this.process.pid, exit: describeExit(exit), stderr: this.process.stderrTail.slice(-2000) }, 'the guest\'s QEMU exited on its own');
   }
