@@ -14,7 +14,9 @@ import type { ControlService } from '../control-service.js';
 import { METHOD_NAMES, createMethod } from '../methods/registry.js';
 import { methodName, policyName, resolveActionName } from './enums.js';
 import { capacityMessage, guestMessage, type GuestRoleOf, incomingJobMessage, sourceJobMessage } from './views.js';
-import type { IncomingJob } from '../../shared/incoming-job.js';
+import type { IncomingJobs } from '../../shared/incoming-job.js';
+
+export type { IncomingJobs } from '../../shared/incoming-job.js';
 import { watchIncomingJob, watchSourceJob } from './watch.js';
 import { failStream, unaryHandlers } from '../../shared/transport/handlers.js';
 import { parseEstimateRequest } from '../estimate/estimator.js';
@@ -34,12 +36,6 @@ const WATCH_INTERVAL_MS_MAX = 60_000;
 /** WatchJob streams open at once on one agent. */
 const WATCHES_MAX = 256;
 
-/** The incoming migrations the target side keeps (target-agent/incoming-jobs.ts). */
-export interface IncomingJobs {
-  get(jobId: string): IncomingJob | undefined;
-  list(): IncomingJob[];
-  activeFor(guestId: string): IncomingJob | undefined;
-}
 
 export interface ControlV2Options {
   /** Random at every start of the agent (Capacity.agent_instance_id). */
@@ -116,6 +112,8 @@ export class ControlServiceV2 {
   }
 
   stopGuest(req: Req<'StopGuestRequest'>): InstanceType<typeof pb2.StopGuestResponse> {
+    checkGuestId(req.id, 'id');
+    this.control.checkNotArriving(req.id, 'stop');
     const guest = this.guest(req.id, 'id');
     const role = this.roleOf(guest.id);
     if (role.role !== 'none') {
