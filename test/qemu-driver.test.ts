@@ -122,6 +122,26 @@ t.test('StartGuest fields a qemu guest refuses, and reservations', { skip }, asy
   replica.discard();
   await replica.guest.stopped();
   t.equal(driver.capacity().memoryBytesReserved, 0, 'discarded: off the books, its QEMU gone');
+
+  // Bytes that are no migration stream: QEMU rejects them (and exits), which it tells apart from a failure of its own.
+  const rejecting = driver.reserve(description);
+  await rejecting.memoryReady;
+  const connection = await rejecting.open({ postcopy: false });
+  connection.write(Buffer.from('this is not a QEMU migration stream, only bytes from a peer'.repeat(100)));
+  connection.socket.end();
+  const exit = await rejecting.guest.process.exited;
+  const reason = await rejecting.stopReason();
+  t.same([exit.code, reason.exit, reason.rejectedStream], [1, 'exit status 1', true], `QEMU rejected the stream and exited 1 (${reason.said})`);
+  t.match(reason.said, /load of migration failed/, 'in its own words');
+  rejecting.discard();
+  await rejecting.guest.stopped();
+
+  const killed = driver.reserve(description);
+  await killed.memoryReady;
+  killed.guest.process.signal('SIGKILL');
+  const killedReason = await killed.stopReason();
+  t.same([killedReason.exit, killedReason.rejectedStream], ['killed by SIGKILL', false], 'a QEMU killed failed by itself: it rejected nothing');
+  killed.discard();
 });
 
 t.test('an agent with driver: qemu starts and lists a guest through Control, and ends its QEMU when it stops', { skip }, async (t) => {
