@@ -106,8 +106,11 @@ async function startGuest(session: Session, opts: StartGuestOptions): Promise<nu
   return EXIT.ok;
 }
 
+/** The agent answers a stop once the guest's hypervisor process exited (a QEMU has qemu.stopGraceMs, 5 s by default): give it that long. */
+const STOP_GUEST_TIMEOUT_MS_MIN = 30_000;
+
 async function stopGuest(session: Session, id: string): Promise<number> {
-  await session.call(controlServiceV2.stopGuest, pb2.StopGuestRequest.create({ id }), `stopping guest '${id}'`);
+  await session.call(controlServiceV2.stopGuest, pb2.StopGuestRequest.create({ id }), `stopping guest '${id}'`, Math.max(session.options.timeoutMs, STOP_GUEST_TIMEOUT_MS_MIN));
   session.document({ id, stopped: true });
   session.say(`Stopped guest '${id}' on ${session.options.agent}; its memory is freed.`);
   return EXIT.ok;

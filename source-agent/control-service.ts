@@ -207,7 +207,8 @@ export class ControlService {
         this.log.info({ guestId: guest.id, profile: req.profile, memoryBytes: req.memoryBytes }, 'guest started');
         return pb.StartGuestResponse.create({ guest: guestMessage(guest.describe()) });
       }),
-      stopGuest: unaryHandler((req: InstanceType<typeof pb.StopGuestRequest>) => {
+      // Answered once the guest is gone (a QEMU has exited, killed after its grace period at worst).
+      stopGuest: unaryHandler(async (req: InstanceType<typeof pb.StopGuestRequest>) => {
         checkGuestId(req.id, 'id');
         this.checkNotArriving(req.id, 'stop');
         const guest = this.driver.guest(req.id);
@@ -217,6 +218,7 @@ export class ControlService {
           }
         }
         guest.discard();
+        await guest.stopped?.();
         this.log.info({ guestId: req.id }, 'guest stopped');
         return pb.StopGuestResponse.create();
       }),

@@ -1,12 +1,14 @@
 // The qemu driver with a real Linux guest (Debian's kernel and a busybox initramfs, under TCG):
 // it boots and ticks on its serial console, suspends (the ticks stop), resumes (the counter goes
-// on, no reboot, its memory pattern intact) and is discarded (its QEMU is gone). Also: a QEMU
-// that cannot boot, StartGuest's fields a qemu guest refuses, the reservation of an incoming guest
-// (its machine checked, then a QEMU waiting for the stream), and an agent with driver: qemu
-// starting and listing a guest through Control, whose stop leaves no QEMU behind.
+// on, no reboot, its memory pattern intact) and is discarded (its QEMU is gone, with its runtime
+// directory; its memory counts until then). Also: a QEMU that cannot boot (its start fails saying
+// why, leaving nothing), StartGuest's fields a qemu guest refuses, the reservation of an incoming
+// guest (its machine checked, then a QEMU waiting for the stream; a stream it rejects told from a
+// QEMU killed), and an agent with driver: qemu starting, listing and stopping guests through
+// Control (a stop answers once the QEMU exited), whose stop leaves no QEMU behind.
 // Skipped, visibly, where qemu-system-x86, linux-image-amd64 or busybox-static is missing.
 
-import { readdirSync, writeFileSync } from 'node:fs';
+import { existsSync, readdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import t from 'tap';
 import { VmMigrateError } from '../shared/errors.js';
@@ -54,12 +56,16 @@ t.test('a guest boots, ticks, suspends, resumes where it was and is discarded', 
   t.equal(resumed.bad, 0, 'the memory pattern is intact');
 
   const pid = guest.process.pid;
+  const runtimeDir = guest.runtimeDir;
+  t.ok(existsSync(join(runtimeDir, 'qmp.sock')), 'its QMP socket is in a runtime directory of its own');
   guest.discard();
   t.same(driver.listGuests(), [], 'off the list at once');
-  t.equal(driver.capacity().memoryBytesReserved, 0, 'and off the books');
+  t.equal(driver.capacity().memoryBytesReserved, QEMU_GUEST_BYTES, 'its memory still counts while its QEMU exits');
   const exit = await guest.stopped();
   t.equal(exit.code, 0, 'QEMU quit');
   t.notOk(alive(pid), 'its process is gone');
+  t.equal(driver.capacity().memoryBytesReserved, 0, 'and then its memory is free');
+  t.notOk(existsSync(runtimeDir), 'its runtime directory is removed with it');
   await t.rejects(guest.suspend(), { code: 'UNAVAILABLE', reason: 'HYPERVISOR_FAILED' }, 'a discarded guest answers nothing');
 });
 
@@ -171,6 +177,15 @@ t.test('an agent with driver: qemu starts and lists a guest through Control, and
   t.equal(guest.qemuStatus, 'running', 'and the guest runs on');
   const pid = guest.process.pid;
   t.ok(childQemuPids().includes(pid), 'its QEMU is a child of this process');
+
+  // A stop answers once the guest's QEMU has exited: then, and only then, its memory is free.
+  await unary(client, controlServiceV2.startGuest, pb2.StartGuestRequest.create({ id: 'vm-stop', memoryBytes: QEMU_GUEST_BYTES }), 60_000, 'start');
+  const stopping = a.agent.driver.guest('vm-stop') as import('../shared/driver/qemu/guest.js').QemuGuest;
+  await unary(client, controlServiceV2.stopGuest, pb2.StopGuestRequest.create({ id: 'vm-stop' }), 30_000, 'stop');
+  t.notOk(alive(stopping.process.pid), 'StopGuest answered: its QEMU had exited');
+  t.notOk(existsSync(stopping.runtimeDir), 'its runtime directory is gone');
+  const afterStop = await unary(client, controlServiceV2.getCapacity, pb2.GetCapacityRequest.create(), 10_000, 'capacity');
+  t.equal(Number(afterStop.memoryBytesReserved), QEMU_GUEST_BYTES, 'only the other guest\'s memory is in use');
 
   await a.agent.shutdown('test: the agent stops with a guest running');
   t.notOk(alive(pid), 'the guest\'s QEMU is gone');

@@ -14,7 +14,7 @@ import { controlServiceV2, pb2, unary } from '../shared/transport/grpc.js';
 import { findExecutable } from './support/debian.js';
 import { type GuestTicks, parseTicks, QEMU_EXECUTABLE, skipUnlessGuestPackages } from './support/initramfs.js';
 import { childQemuPids, guestImageFor, QEMU_GUEST_BYTES, tempDirFor, waitForTicks } from './support/qemu.js';
-import { getJob, type Job, jobRunning, qemuGuest, type QemuAgent, reservedBytes, startNativeMigration, startQemuAgent, waitJob } from './support/qemu-agents.js';
+import { getJob, type Job, jobRunning, qemuGuest, type QemuAgent, reservedBytes, runtimeDirsSettle, startNativeMigration, startQemuAgent, waitJob } from './support/qemu-agents.js';
 
 const skip = skipUnlessGuestPackages();
 const { JobState, Phase, ErrorReason } = pb2;
@@ -56,6 +56,7 @@ t.test('qemu-native: a real guest moved by QEMU\'s own stream, its failures, and
     t.equal(first.qemuStatus, 'running', 'QEMU runs it');
     t.equal(await reservedBytes(target), 0, 'the target holds no reservation');
     t.same(target.driver.listGuests(), [], 'nor any guest');
+    t.same(await runtimeDirsSettle(target, 0), [], 'nor the runtime directory of its QEMU');
   };
 
   await t.test('a target whose QEMU refuses to start: refused at the reservation', async (t) => {
@@ -120,6 +121,8 @@ t.test('qemu-native: a real guest moved by QEMU\'s own stream, its failures, and
     t.ok(Number(s.bytes?.native?.rawBytes) > 8 * 2 ** 20, `the stream went through the agents (${Number(s.bytes?.native?.rawBytes)} bytes)`);
     t.ok((s.downtimeMs ?? 0) > 0, `downtime ${s.downtimeMs?.toFixed(1)} ms (QEMU's own: ${s.qemuNative?.qemuDowntimeMs} ms)`);
     t.same(a.driver.listGuests(), [], 'the source holds the guest no more');
+    await first.stopped();
+    t.same(await runtimeDirsSettle(a, 0), [], 'its QEMU there ended, and its runtime directory with it');
     const moved = qemuGuest(b, GUEST);
     consoles.push(moved.serial);
     await waitForTicks(moved.serial, (ticks) => ticks.counters.length >= 2);

@@ -198,6 +198,11 @@ export interface SourceGuest {
    * gone, off the host's books). Absent: the guest runs once created.
    */
   readonly started?: Promise<void>;
+  /**
+   * Drivers whose guest runs in a process of its own: settles once that process has exited after
+   * `discard` (its memory is free then, not before). Absent: discard frees it at once.
+   */
+  stopped?(): Promise<unknown>;
   /** Stops a suspended guest for good (failed over elsewhere): it never resumes; kept only as a base image. */
   retire?(): void;
   /** xxh64 digest over all pages plus vCPU/device state, as 16 hex digits. */

@@ -111,7 +111,8 @@ export class ControlServiceV2 {
     return pb2.StartGuestResponse.create({ guest: guestMessage(guest.describe(), this.roleOf(guest.id)) });
   }
 
-  stopGuest(req: Req<'StopGuestRequest'>): InstanceType<typeof pb2.StopGuestResponse> {
+  /** Stops a guest and answers once it is gone: its hypervisor's process exited, its memory free. */
+  async stopGuest(req: Req<'StopGuestRequest'>): Promise<InstanceType<typeof pb2.StopGuestResponse>> {
     checkGuestId(req.id, 'id');
     this.control.checkNotArriving(req.id, 'stop');
     const guest = this.guest(req.id, 'id');
@@ -120,6 +121,7 @@ export class ControlServiceV2 {
       throw new InvalidStateError(`guest '${guest.id}' is ${role.role.replace('-', ' ')} (job ${role.jobId}); cancel the job first`, { reason: 'GUEST_BUSY', metadata: { guestId: guest.id, jobId: role.jobId } });
     }
     guest.discard();
+    await guest.stopped?.();
     this.log.info({ guestId: guest.id }, 'guest stopped');
     return pb2.StopGuestResponse.create();
   }

@@ -83,7 +83,7 @@ export class QemuDriver implements HypervisorDriver {
   private readonly guests = new Map<string, QemuGuest>();
   /** Reservations of incoming guests, by id, until activated or discarded. */
   private readonly incoming = new Map<string, QemuIncoming>();
-  /** Guests discarded whose QEMU may still be exiting: shutdown waits for them. */
+  /** Guests discarded whose QEMU may still be exiting: their memory is still used, and shutdown waits for them. */
   private readonly ending = new Set<QemuGuest>();
   private readonly options: QemuDriverOptions;
   /** Where the QEMUs' runtime directories go. */
@@ -110,10 +110,11 @@ export class QemuDriver implements HypervisorDriver {
   }
 
 
+  /** A guest's memory counts from its QEMU's start until that QEMU has exited (a stopping guest's too). */
   capacity(): HostCapacity {
     let memory = 0;
     let vcpus = 0;
-    for (const g of [...this.guests.values(), ...[...this.incoming.values()].map((r) => r.guest)]) {
+    for (const g of [...this.guests.values(), ...[...this.incoming.values()].map((r) => r.guest), ...this.ending]) {
       memory += g.machine.memoryBytes;
       vcpus += g.machine.vcpus;
     }

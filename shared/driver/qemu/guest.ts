@@ -185,7 +185,10 @@ export class QemuGuest implements SourceGuest {
     throw this.unsupported('a digest of its memory');
   }
 
-  /** Ends the guest: QMP quit, then SIGKILL after the grace period. Off the host's books at once. */
+  /**
+   * Ends the guest: QMP quit, then SIGKILL once the grace period has passed. Off the host's list
+   * at once; its memory stays on the books until its QEMU has exited (stopped()).
+   */
   discard(): void {
     if (this.discarded) return;
     this.discarded = true;
@@ -251,8 +254,10 @@ export class QemuGuest implements SourceGuest {
     if (this.status !== 'exited') this.status = answer.status;
   }
 
+  /** Quit (SIGTERM if QMP does not answer), and SIGKILL once `stopGraceMs` has passed since the discard: one bound in all. */
   private async stopProcess(): Promise<void> {
     const { stopGraceMs } = this.deps;
+    const deadline = performance.now() + stopGraceMs;
     this.abortConnect.abort(new Error('the guest was discarded'));
     const client = this.client;
     if (client !== null && !client.closed) {
@@ -261,7 +266,7 @@ export class QemuGuest implements SourceGuest {
     } else {
       this.process.signal('SIGTERM');
     }
-    await this.process.killAfter(stopGraceMs);
+    await this.process.killAfter(Math.max(0, deadline - performance.now()));
     client?.close();
   }
 
