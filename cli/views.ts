@@ -63,6 +63,7 @@ const JOB_ROLE_WORDS = new Map<number, string>([
 
 const GUEST_STATE_WORDS = new Map<number, string>([
   [GuestState.GUEST_STATE_RUNNING, 'running'],
+  [GuestState.GUEST_STATE_BLOCKED, 'blocked'],
   [GuestState.GUEST_STATE_SUSPENDED, 'suspended'],
   [GuestState.GUEST_STATE_RESTORING, 'restoring'],
   [GuestState.GUEST_STATE_REPLICA, 'replica'],

@@ -4,7 +4,9 @@
 // each of which it must still run on its source (its counter going on, no reboot, its memory
 // pattern intact) with nothing left on the target; then pre-copy to the target and post-copy back,
 // after each of which its console, read across the hosts it ran on, shows the counter going on
-// from where it was, with no second boot and the pattern intact.
+// from where it was, with no second boot and the pattern intact; last, a post-copy whose source
+// QEMU dies after the switch, which leaves the guest listed blocked on the target (QEMU's own
+// migration status), not running.
 // Skipped, visibly, where qemu-system-x86, linux-image-amd64 or busybox-static is missing.
 
 import { chmodSync, writeFileSync } from 'node:fs';
@@ -14,6 +16,7 @@ import { controlServiceV2, pb2, unary } from '../shared/transport/grpc.js';
 import { findExecutable } from './support/debian.js';
 import { type GuestTicks, parseTicks, QEMU_EXECUTABLE, skipUnlessGuestPackages } from './support/initramfs.js';
 import { childQemuPids, guestImageFor, QEMU_GUEST_BYTES, tempDirFor, waitForTicks } from './support/qemu.js';
+import { sleep } from './support/agents.js';
 import { getJob, type Job, jobRunning, qemuGuest, type QemuAgent, reservedBytes, runtimeDirsSettle, startNativeMigration, startQemuAgent, waitJob } from './support/qemu-agents.js';
 
 const skip = skipUnlessGuestPackages();
@@ -150,7 +153,29 @@ t.test('qemu-native: a real guest moved by QEMU\'s own stream, its failures, and
     const last = checkConsole(t, consoleOf(consoles), 'across the three QEMUs');
     t.ok(last >= before + 2, `ticks ${before} before, ${last} now`);
   });
-  t.same(childQemuPids().length, 1, 'one QEMU is left: the guest\'s');
+
+  // Last, as it leaves the guest stuck: its memory split between a dead source and the target.
+  await t.test('post-copy whose source QEMU dies after the switch: the target lists the guest blocked, in QEMU\'s words', async (t) => {
+    const source = qemuGuest(a, GUEST);
+    const jobId = await startNativeMigration(a, b, GUEST, { nativePostcopy: true, maxBandwidthBytesPerSec: SLOW_BYTES_PER_SEC });
+    const switched = await waitJob(a, jobId, (job) => job.source?.qemuNative?.status === 'postcopy-active' && Number(job.source?.bytes?.native?.rawBytes ?? 0) > 4 * 2 ** 20);
+    t.ok(jobRunning(switched), `switched to post-copy, its pages still coming (${Number(switched.source?.bytes?.native?.rawBytes)} bytes so far)`);
+    const arrived = await waitJob(b, jobId, (job) => job.target?.activated === true);
+    t.ok(arrived.target?.activated, 'the guest runs on the target');
+    source.process.signal('SIGKILL');
+    const deadline = Date.now() + 60_000;
+    let listed: { state?: number | null; hypervisorStatus?: string | null } | undefined;
+    for (;;) {
+      const { guests } = await unary(b.control, controlServiceV2.listGuests, pb2.ListGuestsRequest.create(), 10_000, 'list');
+      listed = guests.find((g) => g.id === GUEST);
+      if (listed?.state === pb2.GuestState.GUEST_STATE_BLOCKED || Date.now() > deadline) break;
+      await sleep(100);
+    }
+    t.equal(listed?.state, pb2.GuestState.GUEST_STATE_BLOCKED, `listed blocked, not running (${listed?.hypervisorStatus})`);
+    t.match(listed?.hypervisorStatus, /migration postcopy-(paused|recover)/, 'with QEMU\'s own migration status');
+    t.match(b.driver.guest(GUEST).describe().summary, /postcopy-(paused|recover)/, 'and in the summary v1 lists');
+  });
+  t.same(childQemuPids().length, 1, 'one QEMU is left: the guest\'s, stuck on the target');
 });
 
 t.test('no QEMU process outlives the agents that started them', { skip }, async (t) => {

@@ -31,12 +31,14 @@ export const UNIT_MS_DEFAULT = 10;
 /**
  * A guest's lifecycle, as its host sees it.
  * - running: executing in real time (on the source, or on the target after activation);
+ * - blocked: meant to run, but cannot go on: its memory is incomplete and the post-copy migration
+ *   that brings it broke (QEMU's `postcopy-paused`), so its vCPUs wait for pages that do not come;
  * - suspended: stopped at a unit boundary, state intact; `resume` runs it again;
  * - restoring: a reservation receiving checkpoint chunks;
  * - replica: restored and paused, advanced only by applying units;
  * - discarded: gone; every operation but `describe` fails.
  */
-export type GuestState = 'running' | 'suspended' | 'restoring' | 'replica' | 'discarded';
+export type GuestState = 'running' | 'blocked' | 'suspended' | 'restoring' | 'replica' | 'discarded';
 
 /** What a guest is, enough for a target to reserve room for it and build a compatible replica. */
 export interface GuestDescription {
@@ -56,6 +58,12 @@ export interface GuestDescription {
   readonly machineConfig: Uint8Array;
   /** Human-readable summary of `machineConfig`, for logs and listings. */
   readonly summary: string;
+  /**
+   * Drivers of a real hypervisor: its own word for the guest's state, and for the migration that
+   * holds the guest if any (qemu: QEMU's run state, then its migration status: `running`,
+   * `running, migration postcopy-paused`).
+   */
+  readonly hypervisorStatus?: string;
   /** Drivers that run a workload of their own (`sim`): its profile and rates, as the guest runs. */
   readonly workload?: { readonly profile: string; readonly rates: Readonly<Record<string, number>> };
 }

@@ -52,11 +52,17 @@ export function lastLines(stderr: string): string {
 /** QEMU events after which its run state may have changed. */
 const STATE_EVENTS = new Set(['STOP', 'RESUME', 'SHUTDOWN', 'RESET', 'SUSPEND', 'WAKEUP', 'GUEST_PANICKED', 'MIGRATION']);
 
-/** QEMU's run state as a GuestState: running, or stopped with its state intact (paused and the like). */
-function guestStateOf(status: string): GuestState {
-  if (status === 'running' || status === 'starting') return 'running';
+/** Migration statuses in which a post-copy broke: the guest's memory is split, and the half here waits. */
+const POSTCOPY_BROKEN = new Set(['postcopy-paused', 'postcopy-recover']);
+
+/**
+ * QEMU's run state as a GuestState: running, or stopped with its state intact (paused and the
+ * like); a guest whose vCPUs run while its post-copy is broken is blocked (they wait for pages).
+ */
+function guestStateOf(status: string, migrationStatus: string): GuestState {
   if (status === 'exited') return 'discarded';
-  return 'suspended';
+  if (status !== 'running' && status !== 'starting') return 'suspended';
+  return POSTCOPY_BROKEN.has(migrationStatus) ? 'blocked' : 'running';
 }
 
 export class QemuGuest implements SourceGuest {
@@ -68,6 +74,8 @@ export class QemuGuest implements SourceGuest {
   readonly nativeStream?: QemuNativeSource;
   /** QEMU's run state (query-status), 'starting' until QMP first answers, 'exited' once the process is gone. */
   private status = 'starting';
+  /** The status of QEMU's last migration of this guest, either way, as its MIGRATION events say ('' for none). */
+  private migrationStatus = '';
   private client: QmpClient | null = null;
   private readonly connected: Promise<QmpClient>;
   /**
@@ -131,15 +139,19 @@ export class QemuGuest implements SourceGuest {
 
   describe(): GuestDescription {
     const { machine } = this;
+    // A migration's status is QEMU's word for the guest while one holds it (an ended one is history).
+    const migrating = this.migrationStatus !== '' && this.migrationStatus !== 'completed' && this.migrationStatus !== 'cancelled' && this.migrationStatus !== 'failed';
+    const hypervisorStatus = migrating ? `${this.status}, migration ${this.migrationStatus}` : this.status;
     return {
       id: this.id,
       driver: 'qemu',
       memoryBytes: machine.memoryBytes,
       vcpus: machine.vcpus,
       unitMs: this.unitMs,
-      state: this.discarded ? 'discarded' : guestStateOf(this.status),
+      state: this.discarded ? 'discarded' : guestStateOf(this.status, this.migrationStatus),
       machineConfig: encodeMachineConfig(machine),
-      summary: `qemu pid ${this.process.pid} (${machine.accel}, ${machine.memoryBytes / 2 ** 20} MiB, ${machine.vcpus} vCPU): ${this.status}`,
+      summary: `qemu pid ${this.process.pid} (${machine.accel}, ${machine.memoryBytes / 2 ** 20} MiB, ${machine.vcpus} vCPU): ${hypervisorStatus}`,
+      hypervisorStatus,
     };
   }
 
@@ -214,6 +226,7 @@ export class QemuGuest implements SourceGuest {
       const client = await Promise.race([QmpClient.connect(this.deps.qmpSocket, { ...this.deps.qmp, signal: this.abortConnect.signal }), exited]);
       this.client = client;
       client.onEvent((event) => {
+        if (event.event === 'MIGRATION' && typeof event.data.status === 'string') this.migrationStatus = event.data.status;
         if (STATE_EVENTS.has(event.event)) void this.refresh(client).catch(() => undefined);
       });
       if (this.discarded) client.close();
