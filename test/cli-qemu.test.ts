@@ -1,8 +1,10 @@
-// What the operator CLI says of a job in doubt while it watches it, as a child process against a
-// stand-in Control v2 service: the in-doubt state and how to resolve it, said once, and the wait
-// going on to the job's end.
+// The operator CLI with guests that are not the built-in sim's, and with jobs that wait: as a child
+// process against a stand-in Control v2 service. A guest is summed up in its driver's terms (a
+// qemu guest has no workload, log units or pages), `guest start` needs no profile for it; a job
+// in doubt is said once, with how to resolve it, and waited for to its end.
 
 import t from 'tap';
+import { guestSummary, guestsTable } from '../cli/views.js';
 import { controlServiceV2, grpc, pb2 } from '../shared/transport/grpc.js';
 import { runCli, startServer } from './support/cli-run.js';
 
@@ -48,4 +50,28 @@ t.test('migrate says once what a job in doubt waits for, and how to resolve it, 
   t.equal(said(/waiting for that/), 1, 'what it waits for, once');
   t.equal(said(/'vmmigrate resolve job-doubt' asks the target again; 'vmmigrate resolve job-doubt --resume-here' or '--discard-here' decides by hand/), 1, 'how an operator resolves it, once');
   t.equal(said(/job job-doubt needs an operator: .*--discard-here; still waiting/), 1, 'the agent\'s call for an operator, once');
+});
+
+t.test('a guest in its driver\'s terms; guest start without --profile', async (t) => {
+  const { GuestState, GuestRole } = pb2;
+  const qemu = { id: 'vm1', driver: 'qemu', memoryBytes: 128 * MiB, vcpus: 1, unitMs: 10, state: GuestState.GUEST_STATE_RUNNING, role: GuestRole.GUEST_ROLE_NONE, hypervisorStatus: 'running' };
+  t.equal(guestSummary(qemu), 'qemu, 128 MiB, 1 vCPU', 'no profile, log units or pages for a qemu guest; QEMU\'s word left out when it is the state\'s');
+  t.equal(guestSummary({ ...qemu, state: GuestState.GUEST_STATE_BLOCKED, hypervisorStatus: 'running, migration postcopy-paused' }), 'qemu, 128 MiB, 1 vCPU, QEMU: running, migration postcopy-paused');
+  t.match(guestsTable([{ ...qemu, state: GuestState.GUEST_STATE_BLOCKED, hypervisorStatus: 'running, migration postcopy-paused' }]), /vm1 +blocked +- +128\.0 MiB +qemu, 128 MiB, 1 vCPU, QEMU: running, migration postcopy-paused/);
+  t.equal(guestSummary({ id: 'g1', driver: 'sim', memoryBytes: 64 * MiB, unitMs: 10, sim: { profile: 'web' } }), 'sim web, 64 MiB, 10 ms units, 16384 pages', 'a sim guest as before');
+
+  const asked: Array<InstanceType<typeof pb2.StartGuestRequest>> = [];
+  const address = await startServer(t, (server) =>
+    server.addService(controlServiceV2, {
+      startGuest: (call: grpc.ServerUnaryCall<InstanceType<typeof pb2.StartGuestRequest>, unknown>, callback: grpc.sendUnaryData<unknown>) => {
+        asked.push(call.request);
+        callback(null, pb2.StartGuestResponse.create({ guest: { ...qemu, id: call.request.id, memoryBytes: call.request.memoryBytes } }));
+      },
+    }),
+  );
+  const run = await runCli(t, ['guest', 'start', '--memory-mib', '128', '--id', 'vm1', '--agent', address, '--plaintext']);
+  t.equal(run.code, 0, `no --profile needed (stderr: ${run.stderr})`);
+  t.equal(asked[0]?.profile, '', 'and none sent');
+  t.match(run.stdout, /^Started guest 'vm1' on 127\.0\.0\.1:\d+: qemu, 128 MiB, 1 vCPU \(running\)\.$/m, 'the summary in the qemu guest\'s terms');
+  t.notMatch(run.stdout, /ms units|pages/);
 });

@@ -100,6 +100,7 @@ t.test('StartGuest fields a qemu guest refuses, and reservations', { skip }, asy
   const refused = (spec: Parameters<typeof driver.createGuest>[0], field: string) =>
     t.throws(() => driver.createGuest(spec), { code: 'INVALID_ARGUMENT', fieldViolations: [{ field }] }, `refuses ${field}`);
   refused({ id: 'vm', profile: 'web', memoryBytes: QEMU_GUEST_BYTES }, 'profile');
+  t.throws(() => driver.createGuest({ id: 'vm', profile: 'idle', memoryBytes: QEMU_GUEST_BYTES }), { code: 'INVALID_ARGUMENT', fieldViolations: [{ field: 'profile' }], message: /leave the profile out \(vmmigrate guest start without --profile\)/ }, 'even idle: a profile means nothing to a qemu guest');
   refused({ id: 'vm', profile: '', memoryBytes: QEMU_GUEST_BYTES, rates: { busyFraction: 0.5 } }, 'rates');
   refused({ id: 'vm', profile: '', memoryBytes: QEMU_GUEST_BYTES, environmentSeed: 7 }, 'environment_seed');
   refused({ id: 'vm', profile: '', memoryBytes: QEMU_GUEST_BYTES + 4096 }, 'memory_bytes');

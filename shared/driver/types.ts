@@ -398,6 +398,11 @@ export interface HypervisorDriver {
    */
   reserve(description: GuestDescription, base?: BaseSource): TargetReplica;
   /**
+   * Whether StartGuest's workload fields (profile, rates, environment seed) apply to this driver's
+   * guests: false for one whose guests run their own operating system (qemu). Absent: they do (sim).
+   */
+  readonly runsWorkloads?: boolean;
+  /**
    * Optional: boots a new guest from `spec` (the `sim` driver does; a driver whose guests are
    * made by their own tools, such as xl or QEMU, leaves it out and StartGuest is refused).
    */

@@ -98,16 +98,18 @@ export class ControlServiceV2 {
   /** Boots a guest and answers once it runs (a QEMU that fails at once is answered with why, leaving nothing). */
   async startGuest(req: Req<'StartGuestRequest'>): Promise<InstanceType<typeof pb2.StartGuestResponse>> {
     if (this.driver.createGuest === undefined) throw new UnimplementedError(`driver '${this.driver.name}' does not start guests; start them with the hypervisor's own tools`);
+    // A driver without workloads (qemu) gets no profile unless the caller named one (which it refuses).
+    const profile = req.profile || (this.driver.runsWorkloads === false ? '' : GUEST_PROFILE_DEFAULT);
     const guest = this.driver.createGuest({
       id: req.id || undefined,
-      profile: req.profile || GUEST_PROFILE_DEFAULT,
+      profile,
       memoryBytes: Number(req.memoryBytes) || GUEST_MEMORY_BYTES_DEFAULT,
       unitMs: req.unitMs || undefined,
       rates: Object.keys(req.rates ?? {}).length > 0 ? (req.rates as Record<string, number>) : undefined,
       environmentSeed: req.environmentSeed || undefined,
     });
     await guest.started;
-    this.log.info({ guestId: guest.id, profile: req.profile || GUEST_PROFILE_DEFAULT }, 'guest started');
+    this.log.info({ guestId: guest.id, profile: profile || undefined }, 'guest started');
     return pb2.StartGuestResponse.create({ guest: guestMessage(guest.describe(), this.roleOf(guest.id)) });
   }
 

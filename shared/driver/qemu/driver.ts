@@ -5,8 +5,8 @@
 //
 // StartGuest boots the configured image (a kernel with its initramfs and command line, or a disk
 // image) with the memory the request asks for. A real guest runs its own operating system, so the
-// sim's workload fields do not apply: the profile must be empty or 'idle' (the API's default),
-// and rates and the environment seed must be unset.
+// sim's workload fields do not apply: the profile must be empty (any profile is refused, 'idle'
+// too), and rates and the environment seed must be unset.
 //
 // Migration goes by QEMU's own stream (capability native-stream, the qemu-native method): a
 // reservation starts a QEMU with the source guest's machine waiting for the stream (`-incoming
@@ -80,6 +80,8 @@ export class QemuDriver implements HypervisorDriver {
   readonly name = 'qemu';
   /** QEMU's own stream only: no event log, no page access (see the file's header). */
   readonly capabilities: readonly DriverCapability[] = ['native-stream'];
+  /** StartGuest's workload fields (profile, rates, environment seed) are the sim's: none applies here. */
+  readonly runsWorkloads = false;
   private readonly guests = new Map<string, QemuGuest>();
   /** Reservations of incoming guests, by id, until activated or discarded. */
   private readonly incoming = new Map<string, QemuIncoming>();
@@ -230,8 +232,9 @@ export class QemuDriver implements HypervisorDriver {
     if (spec.unitMs !== undefined && !(Number.isInteger(spec.unitMs) && spec.unitMs >= UNIT_MS_MIN && spec.unitMs <= UNIT_MS_MAX)) {
       throw invalidField('unit_ms', `unit of ${spec.unitMs} ms: expected ${UNIT_MS_MIN} to ${UNIT_MS_MAX}`);
     }
-    if (spec.profile !== '' && spec.profile !== 'idle') {
-      throw invalidField('profile', `profile '${echo(spec.profile)}': profiles are workloads of the built-in sim guest; a qemu guest runs the operating system it boots (qemu.kernel or qemu.disk), so leave profile empty`);
+    // Even 'idle': a profile means nothing here, and taking one would let a caller think it did.
+    if (spec.profile !== '') {
+      throw invalidField('profile', `profile '${echo(spec.profile)}': profiles are workloads of the built-in sim guest; a qemu guest runs the operating system it boots (qemu.kernel or qemu.disk), so leave the profile out (vmmigrate guest start without --profile)`);
     }
     if (spec.rates !== undefined && Object.keys(spec.rates).length > 0) throw invalidField('rates', 'rates tune the sim guest\'s workload; a qemu guest has none');
     if (spec.environmentSeed !== undefined) throw invalidField('environment_seed', 'the environment seed drives the sim guest\'s outside world; a qemu guest has none');
