@@ -14,11 +14,23 @@ import t from 'tap';
 import { VmMigrateError } from '../shared/errors.js';
 import { controlServiceV2, grpc, makeClient, pb2, unary } from '../shared/transport/grpc.js';
 import { startTestAgent } from './support/agents.js';
-import { parseTicks, skipUnlessGuestPackages } from './support/initramfs.js';
+import { buildGuestImage, parseTicks, skipUnlessGuestPackages } from './support/initramfs.js';
+import { bootFileDigests, fileDigest } from '../shared/driver/qemu/boot-files.js';
+import type { QemuBoot } from '../shared/driver/qemu/args.js';
+import type { QemuDriver } from '../shared/driver/qemu/driver.js';
 import { alive, childQemuPids, guestImageFor, QEMU_GUEST_BYTES, qemuDriverFor, tempDirFor, waitForTicks } from './support/qemu.js';
 
 const skip = skipUnlessGuestPackages();
 const { GuestState } = pb2;
+
+/** The machine a guest started on `driver` describes (its QEMU is ended at once). */
+async function createGuestMachine(driver: QemuDriver): Promise<{ bootFiles?: unknown }> {
+  const guest = driver.createGuest({ id: 'vm-described', profile: '', memoryBytes: QEMU_GUEST_BYTES });
+  const machine = JSON.parse(new TextDecoder().decode(guest.describe().machineConfig)) as { bootFiles?: unknown };
+  guest.discard();
+  await guest.stopped();
+  return machine;
+}
 
 /** A span of several tick periods (500 ms and the pattern's check): long enough that a running guest would tick. */
 const QUIET_SPAN_MS = 2_000;
@@ -69,29 +81,29 @@ t.test('a guest boots, ticks, suspends, resumes where it was and is discarded', 
   await t.rejects(guest.suspend(), { code: 'UNAVAILABLE', reason: 'HYPERVISOR_FAILED' }, 'a discarded guest answers nothing');
 });
 
-t.test('a QEMU that cannot boot leaves the list, and says why', { skip }, async (t) => {
+t.test('a QEMU that cannot boot: its start fails saying why, and leaves nothing', { skip }, async (t) => {
   const image = guestImageFor(t);
   const stateDir = tempDirFor(t);
-  const driver = qemuDriverFor(t, { ...image, kernel: join(tempDirFor(t), 'no-such-kernel') }, { stateDir });
-  const guest = driver.createGuest({ id: 'vm-broken', profile: '', memoryBytes: QEMU_GUEST_BYTES });
-  const error = await guest.qmp().then(
-    () => null,
-    (e: unknown) => e,
-  );
-  t.type(error, VmMigrateError);
-  t.match((error as VmMigrateError).message, /QEMU of guest 'vm-broken' ended \(exit status 1\) before its QMP connection was ready: .*no-such-kernel/, 'QEMU\'s own message');
-  await guest.stopped();
-  t.same(driver.listGuests(), [], 'the guest left the list');
+  // Boot files that cannot be read: refused before any QEMU starts, naming the file.
+  const missing = qemuDriverFor(t, { ...image, kernel: join(tempDirFor(t), 'no-such-kernel') }, { stateDir });
+  t.throws(() => missing.createGuest({ id: 'vm-broken', profile: '', memoryBytes: QEMU_GUEST_BYTES }), { code: 'FAILED_PRECONDITION', message: /guest 'vm-broken' did not start: a boot file cannot be read: ENOENT.*no-such-kernel/ });
+  const directory = qemuDriverFor(t, { ...image, kernel: tempDirFor(t) }, { stateDir });
+  t.throws(() => directory.createGuest({ id: 'vm-dir', profile: '', memoryBytes: QEMU_GUEST_BYTES }), { code: 'FAILED_PRECONDITION', message: /is not a regular file/ });
+  t.same([...missing.listGuests(), ...directory.listGuests(), ...readdirSync(stateDir)], [], 'no guest, no QEMU, no runtime directory');
 
-  // A kernel path that is a directory: QEMU exits at once; the start says so and leaves nothing.
-  const dirKernel = qemuDriverFor(t, { ...image, kernel: tempDirFor(t) }, { stateDir });
-  const broken = dirKernel.createGuest({ id: 'vm-dir', profile: '', memoryBytes: QEMU_GUEST_BYTES });
-  t.ok(readdirSync(stateDir).length === 1, 'its QEMU got a runtime directory of its own');
-  await t.rejects(broken.started, { code: 'FAILED_PRECONDITION', reason: 'HYPERVISOR_FAILED', message: /guest 'vm-dir' did not start: its QEMU ended \(exit status 1\) before it ran the guest; QEMU said: .*Is a directory/ });
+  // A kernel QEMU reads and cannot load: it exits at once; the start says so and leaves nothing.
+  const notKernel = join(tempDirFor(t), 'vmlinuz');
+  writeFileSync(notKernel, 'not a kernel at all'.repeat(100));
+  const driver = qemuDriverFor(t, { ...image, kernel: notKernel }, { stateDir });
+  const broken = driver.createGuest({ id: 'vm-bad-kernel', profile: '', memoryBytes: QEMU_GUEST_BYTES });
+  t.equal(readdirSync(stateDir).length, 1, 'its QEMU got a runtime directory of its own');
+  await t.rejects(broken.started, { code: 'FAILED_PRECONDITION', reason: 'HYPERVISOR_FAILED', message: /guest 'vm-bad-kernel' did not start: its QEMU ended \(exit status 1\) before it ran the guest; QEMU said: ./ });
   t.notOk(alive(broken.process.pid), 'once the start failed, its process is gone');
-  t.same(dirKernel.listGuests(), [], 'off the list');
-  t.equal(dirKernel.capacity().memoryBytesReserved, 0, 'off the books');
+  t.same(driver.listGuests(), [], 'off the list');
+  t.equal(driver.capacity().memoryBytesReserved, 0, 'off the books');
   t.same(readdirSync(stateDir), [], 'and its runtime directory removed');
+  const said = await broken.qmp().then(() => '', (e: unknown) => (e as VmMigrateError).message);
+  t.match(said, /QEMU of guest 'vm-bad-kernel' ended \(exit status 1\) before its QMP connection was ready/, 'its QMP says the same');
 });
 
 t.test('StartGuest fields a qemu guest refuses, and reservations', { skip }, async (t) => {
@@ -109,11 +121,15 @@ t.test('StartGuest fields a qemu guest refuses, and reservations', { skip }, asy
   t.same(driver.listGuests(), [], 'no QEMU was started for any of them');
   t.same(driver.capacity().capabilities, ['native-stream'], 'it migrates by QEMU\'s own stream');
   // Reservations of incoming guests: the source's machine, checked before any QEMU starts.
-  const machine = (boot: object, memoryBytes = QEMU_GUEST_BYTES, accel = 'tcg') => new TextEncoder().encode(JSON.stringify({ memoryBytes, vcpus: 1, accel, boot }));
   const own = { kind: 'kernel', kernel: image.kernel, initrd: image.initrd, append: image.append };
+  const ownFiles = bootFileDigests(own as QemuBoot)!;
+  const machine = (boot: object, memoryBytes = QEMU_GUEST_BYTES, accel = 'tcg', bootFiles: object = ownFiles) => new TextEncoder().encode(JSON.stringify({ memoryBytes, vcpus: 1, accel, boot, bootFiles }));
   const description = { id: 'vm', driver: 'qemu', memoryBytes: QEMU_GUEST_BYTES, vcpus: 1, unitMs: 10, state: 'running' as const, machineConfig: machine(own), summary: '' };
   t.throws(() => driver.reserve({ ...description, machineConfig: new Uint8Array(0) }), { code: 'INVALID_ARGUMENT', fieldViolations: [{ field: 'guest.machine_config' }] }, 'no machine description');
-  t.throws(() => driver.reserve({ ...description, machineConfig: machine({ ...own, kernel: '/etc/shadow' }) }), { code: 'FAILED_PRECONDITION', reason: 'HYPERVISOR_FAILED', message: /boots kernel \/etc\/shadow.*configure both agents with the same/ }, 'boot files other than this agent\'s');
+  // The source's guest booted an initramfs of other contents (its description says what it held).
+  const other = buildGuestImage(tempDirFor(t, 'vmm-initramfs-'), { patternBytes: 8000 });
+  t.throws(() => driver.reserve({ ...description, machineConfig: machine(own, QEMU_GUEST_BYTES, 'tcg', { ...ownFiles, initrd: fileDigest(other.initrd) }) }), { code: 'FAILED_PRECONDITION', reason: 'HYPERVISOR_FAILED', message: new RegExp(`booted an initrd of \\d+ bytes, sha256 [0-9a-f]{16}…, and this agent's qemu\\.initrd ${image.initrd} is`) }, 'an initrd with other contents: refused by content, naming it');
+  t.same((await createGuestMachine(driver)).bootFiles, ownFiles, 'a guest started here says what its boot files held');
   t.throws(() => driver.reserve({ ...description, machineConfig: machine({ ...own, append: 'console=ttyS0 rdinit=/bin/sh' }) }), { code: 'FAILED_PRECONDITION', reason: 'HYPERVISOR_FAILED', message: /command line 'console=ttyS0 rdinit=\/bin\/sh'.*qemu.append/ }, 'a kernel command line other than this agent\'s: a peer does not choose it');
   t.throws(() => driver.reserve({ ...description, machineConfig: machine(own, 2 * QEMU_GUEST_BYTES) }), { code: 'INVALID_ARGUMENT', fieldViolations: [{ field: 'guest.memory_bytes' }] }, 'a machine of another size than the description\'s');
   t.throws(() => driver.reserve({ ...description, machineConfig: machine(own, QEMU_GUEST_BYTES, 'kvm') }), { code: 'FAILED_PRECONDITION', message: /runs under kvm/ }, 'another accelerator');

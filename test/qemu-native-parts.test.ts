@@ -1,5 +1,6 @@
 // qemu-native's parts that need no QEMU: QEMU's query-migrate read into the job's figures and the
-// non-convergence policy's verdict on its passes, the stream's hash, the incoming machine's checks,
+// non-convergence policy's verdict on its passes, the stream's hash, the incoming machine's checks
+// (its boot files' contents against this agent's, whatever their paths),
 // the source's relay (one connection, Open first, backpressure from the gRPC side, the return path
 // refused before the target is ready) against a fake gRPC call, and the target's endpoints
 // refusing a stream that names no waiting transfer, another migration, or does not begin with Open;
@@ -7,7 +8,8 @@
 // bytes its hypervisor rejects, a cut stream) or on its hypervisor, against a stand-in hypervisor.
 
 import { EventEmitter } from 'node:events';
-import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { createHash } from 'node:crypto';
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { connect, createServer, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -16,6 +18,7 @@ import { pino } from 'pino';
 import { systemClock } from '../shared/clock.js';
 import { type NativeConnection, type NativeStopReason, type NativeStreamTarget, StreamHasher } from '../shared/driver/native-types.js';
 import type { VmMigrateError } from '../shared/errors.js';
+import { fileDigest } from '../shared/driver/qemu/boot-files.js';
 import { incomingMachine } from '../shared/driver/qemu/incoming-machine.js';
 import { migrationInfoOf } from '../shared/driver/qemu/migration-info.js';
 import { emptyStats } from '../shared/stats.js';
@@ -76,17 +79,35 @@ t.test("the stream's hash: the bytes, however they were cut", async (t) => {
   t.not(other.digest(), whole.digest(), 'one byte changed: another hash');
 });
 
-t.test('the incoming machine is the source\'s, booting this agent\'s files', async (t) => {
-  const own = { boot: { kind: 'kernel' as const, kernel: '/boot/k', initrd: '/boot/i', append: 'console=ttyS0' }, accel: 'tcg' as const };
+t.test('the incoming machine is the source\'s, booting this agent\'s files, which must hold what the source booted', async (t) => {
+  const digest = (c: string) => ({ bytes: 1000, sha256: c.repeat(64) });
+  const files = { kernel: digest('a'), initrd: digest('b') };
+  const own = { boot: { kind: 'kernel' as const, kernel: '/boot/k', initrd: '/boot/i', append: 'console=ttyS0' }, accel: 'tcg' as const, bootFiles: () => files };
   const description = (machine: object, memoryBytes = 128 * MiB, vcpus = 2) => ({ id: 'vm', driver: 'qemu', memoryBytes, vcpus, unitMs: 10, state: 'running' as const, summary: '', machineConfig: new TextEncoder().encode(JSON.stringify(machine)) });
-  const machine = { memoryBytes: 128 * MiB, vcpus: 1, accel: 'tcg', boot: own.boot };
-  t.same(incomingMachine(description(machine), own), { memoryBytes: 128 * MiB, vcpus: 2, accel: 'tcg', boot: own.boot }, "the description's memory and vCPUs, this agent's own boot files and command line");
+  const machine = { memoryBytes: 128 * MiB, vcpus: 1, accel: 'tcg', boot: own.boot, bootFiles: files };
+  t.same(incomingMachine(description(machine), own), { memoryBytes: 128 * MiB, vcpus: 2, accel: 'tcg', boot: own.boot, bootFiles: files }, "the description's memory and vCPUs, this agent's own boot files and command line");
+  t.same(incomingMachine(description({ ...machine, boot: { ...own.boot, kernel: '/srv/elsewhere/vmlinuz', initrd: '/etc/shadow' } }), own).boot, own.boot, 'files at other paths on the source, with the same contents: this agent boots its own');
+  t.throws(() => incomingMachine(description({ ...machine, bootFiles: { ...files, initrd: digest('c') } }), own), { code: 'FAILED_PRECONDITION', reason: 'HYPERVISOR_FAILED', message: /guest 'vm' booted an initrd of 1000 bytes, sha256 cccccccccccccccc…, and this agent's qemu\.initrd \/boot\/i is 1000 bytes, sha256 bbbbbbbbbbbbbbbb…/ }, 'an initrd of other contents at the same path: refused, naming it');
+  t.throws(() => incomingMachine(description({ ...machine, bootFiles: { ...files, kernel: { bytes: 999, sha256: 'a'.repeat(64) } } }), own), { code: 'FAILED_PRECONDITION', message: /booted a kernel of 999 bytes.*qemu\.kernel \/boot\/k is 1000 bytes/ }, 'a kernel of another size');
+  t.throws(() => incomingMachine(description({ ...machine, bootFiles: undefined }), own), { code: 'FAILED_PRECONDITION', message: /did not say what its boot files hold/ }, 'no contents to check: refused');
+  t.throws(() => incomingMachine(description({ ...machine, bootFiles: { kernel: { bytes: -1, sha256: 'x' } } }), own), { code: 'INVALID_ARGUMENT', fieldViolations: [{ field: 'guest.machine_config' }] }, 'malformed contents');
+  t.throws(() => incomingMachine(description(machine), { ...own, bootFiles: () => { throw new Error('ENOENT'); } }), { code: 'FAILED_PRECONDITION', message: /this agent's own boot files cannot be read: ENOENT/ });
   t.throws(() => incomingMachine(description({ ...machine, boot: { ...own.boot, append: 'console=ttyS0 rdinit=/bin/sh' } }), own), { code: 'FAILED_PRECONDITION', reason: 'HYPERVISOR_FAILED', message: /qemu\.append/ }, 'a command line other than this agent\'s: the peer does not choose it');
-  t.throws(() => incomingMachine(description({ ...machine, boot: { ...own.boot, initrd: '/tmp/other' } }), own), { code: 'FAILED_PRECONDITION', reason: 'HYPERVISOR_FAILED' });
+  t.throws(() => incomingMachine(description({ ...machine, boot: { kind: 'kernel', kernel: '/boot/k', append: 'console=ttyS0' } }), own), { code: 'FAILED_PRECONDITION', reason: 'HYPERVISOR_FAILED' }, 'no initrd where this agent boots one');
   t.throws(() => incomingMachine(description({ ...machine, boot: { kind: 'disk', disk: '/d', format: 'raw' } }), own), { code: 'FAILED_PRECONDITION', message: /boots a disk.*cannot migrate/ }, 'a disk guest: its overlay does not travel');
   t.throws(() => incomingMachine(description(machine, 100 * MiB), own), { code: 'INVALID_ARGUMENT' }, 'memory not in 2 MiB pages');
   t.throws(() => incomingMachine(description(machine, 128 * MiB, 0), own), { code: 'INVALID_ARGUMENT' }, 'no vCPU');
   t.throws(() => incomingMachine(description({ boot: 'x'.repeat(20_000) }), own), { code: 'INVALID_ARGUMENT' }, 'too long');
+});
+
+t.test("a boot file's digest: its size and SHA-256, again once it changed", async (t) => {
+  const dir = tempDir(t);
+  const path = join(dir, 'vmlinuz');
+  writeFileSync(path, 'kernel bytes');
+  t.same(fileDigest(path), { bytes: 12, sha256: createHash('sha256').update('kernel bytes').digest('hex') });
+  writeFileSync(path, 'other kernel bytes');
+  t.equal(fileDigest(path).bytes, 18, 'a changed file is hashed again');
+  t.throws(() => fileDigest(dir), /not a regular file/);
 });
 
 /** A client NativeStream call: records what is written; write() says true while `room`. */

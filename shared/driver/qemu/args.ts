@@ -13,12 +13,26 @@ export type QemuBoot =
   | { readonly kind: 'kernel'; readonly kernel: string; readonly initrd?: string; readonly append: string }
   | { readonly kind: 'disk'; readonly disk: string; readonly format: 'raw' | 'qcow2' };
 
+/** One boot file's content: its size and SHA-256 (hex). */
+export interface FileDigest {
+  readonly bytes: number;
+  readonly sha256: string;
+}
+
+/** What a kernel boot's files held when the guest's QEMU read them (boot-files.ts). */
+export interface BootFileDigests {
+  readonly kernel: FileDigest;
+  readonly initrd?: FileDigest;
+}
+
 /** A QEMU guest's machine: what a target needs to build the same one. */
 export interface QemuMachineConfig {
   readonly memoryBytes: number;
   readonly vcpus: number;
   readonly accel: QemuAccel;
   readonly boot: QemuBoot;
+  /** A kernel boot: what its files held at the guest's start (a target checks its own against them). */
+  readonly bootFiles?: BootFileDigests;
 }
 
 /** The arguments of `qemu-system-x86_64` for `machine`, with its QMP socket at `qmpSocket`. */

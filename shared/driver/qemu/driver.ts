@@ -26,12 +26,13 @@ import { randomUUID } from 'node:crypto';
 import { AlreadyExistsError, echo, invalidField, NotFoundError, ReservationRefusedError } from '../../errors.js';
 import { type GuestDescription, type GuestSpec, type HostCapacity, type HypervisorDriver, type DriverCapability, UNIT_MS_MAX, UNIT_MS_MIN } from '../types.js';
 import { UNIX_SOCKET_PATH_BYTES_MAX } from '../native-types.js';
-import { type QemuAccel, type QemuAccelChoice, type QemuBoot, type QemuMachineConfig, qemuArgs, resolveAccel } from './args.js';
+import { type BootFileDigests, type QemuAccel, type QemuAccelChoice, type QemuBoot, type QemuMachineConfig, qemuArgs, resolveAccel } from './args.js';
+import { bootFileDigests } from './boot-files.js';
 import { type DriverLog, QemuGuest } from './guest.js';
 import { QemuIncoming } from './incoming.js';
 import { incomingMachine, memorySizeValid } from './incoming-machine.js';
 import { QemuProcess } from './process.js';
-import type { QmpOptions } from './qmp.js';
+import { QmpError, type QmpOptions } from './qmp.js';
 
 export interface QemuDriverOptions {
   /** The QEMU executable (default qemu-system-x86_64, found on PATH). */
@@ -150,7 +151,7 @@ export class QemuDriver implements HypervisorDriver {
     const id = spec.id ?? `qemu-${randomUUID().slice(0, 8)}`;
     this.checkSpec(id, spec);
     const unitMs = spec.unitMs ?? this.options.unitMsDefault;
-    const machine: QemuMachineConfig = { memoryBytes: spec.memoryBytes, vcpus: this.options.vcpusPerGuest, accel: this.accel, boot: this.options.boot };
+    const machine: QemuMachineConfig = { memoryBytes: spec.memoryBytes, vcpus: this.options.vcpusPerGuest, accel: this.accel, boot: this.options.boot, bootFiles: this.bootFiles(id) };
     this.checkRoom(id, machine);
     const guest = this.startQemu(id, machine, unitMs, []);
     this.guests.set(id, guest);
@@ -170,7 +171,7 @@ export class QemuDriver implements HypervisorDriver {
    * does not fit; the reservation's memoryReady rejects if that QEMU does not come up.
    */
   reserve(description: GuestDescription): QemuIncoming {
-    const machine = incomingMachine(description, { boot: this.options.boot, accel: this.accel });
+    const machine = incomingMachine(description, { boot: this.options.boot, accel: this.accel, bootFiles: () => bootFileDigests(this.options.boot) });
     this.checkRoom(description.id, machine);
     const guest = this.startQemu(description.id, machine, description.unitMs || this.options.unitMsDefault, ['-incoming', 'defer', '-S']);
     const replica = new QemuIncoming(guest, {
@@ -184,6 +185,19 @@ export class QemuDriver implements HypervisorDriver {
     });
     this.incoming.set(description.id, replica);
     return replica;
+  }
+
+  /**
+   * What this agent's boot files hold now, as the guest's QEMU is about to read them: its
+   * description carries it, for a target to check its own files against. A file that cannot be
+   * read fails the start (FAILED_PRECONDITION), as QEMU would.
+   */
+  private bootFiles(guestId: string): BootFileDigests | undefined {
+    try {
+      return bootFileDigests(this.options.boot);
+    } catch (error) {
+      throw new QmpError('FAILED_PRECONDITION', `guest '${guestId}' did not start: a boot file cannot be read: ${(error as Error).message}`, { metadata: { guestId, command: '(start)' } });
+    }
   }
 
   /** Starts a QEMU for guest `id` with `machine` (and `extra` arguments), in a runtime directory of its own. */
