@@ -6,14 +6,15 @@
 import cliProgress from 'cli-progress';
 import { controlServiceV2, grpc, pb2 } from '../shared/transport/grpc.js';
 import { CallError, errorLine, EXIT, stream } from './calls.js';
-import { failureLine, jobEnded, type JobMessage, messageJson, methodValue, phaseWord, policyValue, progressLine, progressView, summaryLines } from './views.js';
+import { failureLine, jobEnded, type JobMessage, messageJson, methodValue, methodWord, phaseWord, policyValue, progressLine, progressView, summaryLines } from './views.js';
 import type { Session } from './session.js';
 import { dryRun } from './estimate.js';
 import { InDoubtNotes } from './in-doubt.js';
 
 export interface MigrateOptions {
   to: string;
-  method: string;
+  /** Left out: the agent takes one the guest's driver can carry out. */
+  method?: string;
   downtimeLimitMs?: number;
   maxBandwidth?: number;
   policy?: string;
@@ -84,13 +85,16 @@ export async function migrate(session: Session, guestId: string, opts: MigrateOp
     logOnlyCatchUp: opts.hybrid === false,
     nativePostcopy: opts.postcopy === true,
   });
-  const { jobId } = await session.call(controlServiceV2.startMigration, request, `starting the migration of guest '${guestId}' to ${opts.to}`);
+  const started = await session.call(controlServiceV2.startMigration, request, `starting the migration of guest '${guestId}' to ${opts.to}`);
+  const jobId = started.jobId;
+  // The method the agent took (its default for the guest's driver when none was named).
+  const method = started.job?.method ? methodWord(started.job.method) : (opts.method ?? 'the agent\'s default');
   if (!opts.wait) {
     session.document({ jobId });
     session.say(`Migration job ${jobId} started (guest '${guestId}' to ${opts.to}); follow it with 'vmmigrate status ${jobId}'.`);
     return EXIT.ok;
   }
-  session.say(`Migration job ${jobId} started: guest '${guestId}' from ${session.options.agent} to ${opts.to} (${opts.method}). Ctrl-C cancels it.`);
+  session.say(`Migration job ${jobId} started: guest '${guestId}' from ${session.options.agent} to ${opts.to} (${method}). Ctrl-C cancels it.`);
   const display = new ProgressDisplay(session.options.json ? 'quiet' : process.stdout.isTTY ? 'bar' : 'lines');
   let watchCall: grpc.ClientReadableStream<unknown> | null = null;
   let interrupts = 0;

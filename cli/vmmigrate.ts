@@ -274,7 +274,7 @@ function buildProgram(): Command {
       .command('migrate <guest>')
       .description('live-migrate a guest from this agent (the source) to a target agent, and watch it to the end')
       .addOption(new Option('--to <host:port>', 'the target agent, as the source agent reaches it').argParser(agentAddress).makeOptionMandatory())
-      .addOption(new Option('--method <name>', 'migration method').choices(['crtr', 'precopy', 'postcopy', 'qemu-native']).default('crtr'))
+      .addOption(new Option('--method <name>', "migration method (default: the agent's choice for the guest's driver: crtr for sim, qemu-native for qemu)").choices(['crtr', 'precopy', 'postcopy', 'qemu-native']))
       .option('--downtime-limit-ms <n>', "downtime to aim for (default: the agent's, 300)", integer('--downtime-limit-ms', 1, 600_000))
       .option('--max-bandwidth <rate>', 'bandwidth cap between the agents: 1gbit, 100mbit, 125MB/s, 12MiB/s or bytes/s (default: none)', parsedBy(parseBandwidth))
       .addOption(new Option('--policy <name>', "what to do if it does not converge (default: the agent's, abort)").choices(NON_CONVERGENCE_POLICIES))

@@ -13,8 +13,8 @@ import { type controlService, type grpc, pb } from '../shared/transport/grpc.js'
 import { systemClock } from '../shared/clock.js';
 import { faultHooks } from './faults.js';
 import { JobHistory } from './job-history.js';
-import { checkGuestCapabilities } from './methods/capabilities.js';
-import { createMethod } from './methods/registry.js';
+import { checkGuestCapabilities, defaultMethodFor } from './methods/capabilities.js';
+import { createMethod, METHOD_NAMES } from './methods/registry.js';
 import { parseFaultInjection, parseStartRequest, type StartDefaults } from './start-request.js';
 import { jobMessage, watchJob } from './watch-job.js';
 import { type SourceOptions, SourceMigration } from './migration.js';
@@ -67,7 +67,8 @@ export class ControlService {
     checkGuestId(req.guestId, 'guest_id');
     this.checkNotArriving(req.guestId, 'migrate');
     const guest = this.driver.guest(req.guestId);
-    const request = { ...parseStartRequest(req, this.options), protection };
+    // No method named: one the guest's driver can carry out (crtr for sim, qemu-native for qemu).
+    const request = { ...parseStartRequest(req, this.options, defaultMethodFor(guest, METHOD_NAMES, (name) => createMethod(name))), protection };
     for (const job of this.jobs.values()) {
       if (job.request.guestId === req.guestId && !job.isOver()) {
         const what = job.request.protection !== undefined ? 'protected' : 'migrated';

@@ -189,8 +189,16 @@ t.test('an agent with driver: qemu starts and lists a guest through Control, and
   const guest = a.agent.driver.guest('vm-agent') as import('../shared/driver/qemu/guest.js').QemuGuest;
   const ticks = await waitForTicks(guest.serial, (ticks) => ticks.counters.length >= 2);
   t.equal(ticks.bad, 0, 'the guest runs, its pattern intact');
-  const migrate = pb2.StartMigrationRequest.create({ guestId: 'vm-agent', targetAddress: '127.0.0.1:1' });
-  await t.rejects(unary(client, controlServiceV2.startMigration, migrate, 10_000, 'migrate'), { code: 'UNIMPLEMENTED', reason: 'CAPABILITY_MISSING' }, 'a migration by crtr (the default) is refused by the capability it lacks, before anything moves');
+  const migrate = pb2.StartMigrationRequest.create({ guestId: 'vm-agent', targetAddress: '127.0.0.1:1', method: pb2.Method.METHOD_CRTR });
+  await t.rejects(unary(client, controlServiceV2.startMigration, migrate, 10_000, 'migrate'), { code: 'UNIMPLEMENTED', reason: 'CAPABILITY_MISSING' }, 'a migration by crtr is refused by the capability it lacks, before anything moves');
+  // No method named: the agent takes the one the guest's driver carries out (to no agent here: it fails, the guest stays).
+  const unnamed = await unary(client, controlServiceV2.startMigration, pb2.StartMigrationRequest.create({ guestId: 'vm-agent', targetAddress: '127.0.0.1:1', maxDurationMs: 5_000 }), 10_000, 'migrate');
+  t.equal(unnamed.job?.method, pb2.Method.METHOD_QEMU_NATIVE, 'the default method of a qemu guest is qemu-native');
+  for (let i = 0; i < 200; i++) {
+    const job = await unary(client, controlServiceV2.getJob, pb2.GetJobRequest.create({ jobId: unnamed.jobId }), 10_000, 'job');
+    if (job.state !== pb2.JobState.JOB_STATE_RUNNING) break;
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
   t.equal(guest.qemuStatus, 'running', 'and the guest runs on');
   const pid = guest.process.pid;
   t.ok(childQemuPids().includes(pid), 'its QEMU is a child of this process');

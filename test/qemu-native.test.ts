@@ -2,7 +2,9 @@
 // two agents of the qemu driver in this process, over loopback: QEMU's own migration stream,
 // relayed by the agents. One guest boots once and serves every case: first the failures, after
 // each of which it must still run on its source (its counter going on, no reboot, its memory
-// pattern intact) with nothing left on the target; then pre-copy to the target and post-copy back,
+// pattern intact) with nothing left on the target; an estimate (QEMU's pre-copy predicted from its
+// own dirty rate, through the API and the CLI's dry run); then pre-copy to the target (the method
+// left to the agent, which takes qemu-native) and post-copy back,
 // after each of which its console, read across the hosts it ran on, shows the counter going on
 // from where it was, with no second boot and the pattern intact; last, a post-copy whose source
 // QEMU dies after the switch, which leaves the guest listed blocked on the target (QEMU's own
@@ -17,6 +19,7 @@ import { findExecutable } from './support/debian.js';
 import { type GuestTicks, parseTicks, QEMU_EXECUTABLE, skipUnlessGuestPackages } from './support/initramfs.js';
 import { childQemuPids, guestImageFor, QEMU_GUEST_BYTES, tempDirFor, waitForTicks } from './support/qemu.js';
 import { sleep } from './support/agents.js';
+import { runCli } from './support/cli-run.js';
 import { getJob, type Job, jobRunning, qemuGuest, type QemuAgent, reservedBytes, runtimeDirsSettle, startNativeMigration, startQemuAgent, waitJob } from './support/qemu-agents.js';
 
 const skip = skipUnlessGuestPackages();
@@ -112,10 +115,27 @@ t.test('qemu-native: a real guest moved by QEMU\'s own stream, its failures, and
     t.equal(target.state, JobState.JOB_STATE_CANCELLED, 'the target saw it cancelled');
   });
 
-  await t.test('pre-copy to the target: the counter goes on there, the pattern intact', async (t) => {
+  await t.test('an estimate before the move: QEMU\'s pre-copy predicted from its own dirty rate, recommended', async (t) => {
+    const request = pb2.EstimateMigrationRequest.create({ guestId: GUEST, targetAddress: b.address, sampleMs: 1000 });
+    const estimate = await unary(a.control, controlServiceV2.estimateMigration, request, 60_000, 'estimate');
+    t.same(estimate.methods.map((m) => m.method), [pb2.Method.METHOD_QEMU_NATIVE], 'the methods a qemu guest\'s driver carries out: qemu-native');
+    const m = estimate.methods[0]!;
+    t.ok(m.available && m.converges, `available, and converges: ${m.reason}`);
+    t.equal(estimate.guest?.dirtySource, pb2.InputSource.INPUT_SOURCE_MEASURED, `its dirtying measured by QEMU (${(estimate.guest?.dirtyWindows ?? []).map((w) => `${w.pages} pages in ${w.windowMs} ms`).join(', ')})`);
+    t.equal(estimate.recommendedMethod, pb2.Method.METHOD_QEMU_NATIVE, `recommended: ${estimate.recommendationReason}`);
+    const run = await runCli(t, ['migrate', GUEST, '--to', b.address, '--dry-run', '--sample-ms', '1000', '--agent', a.address, '--plaintext']);
+    t.equal(run.code, 0, `the CLI's dry run (stderr: ${run.stderr})`);
+    t.match(run.stdout, /^qemu-native +yes /m, 'its table has the qemu-native row');
+    t.match(run.stdout, /recommended: qemu-native/);
+    t.match(run.stdout, /with --method qemu-native/);
+    t.notMatch(run.stdout, /^cpu:/m, 'no replay figures for a guest no method replays');
+  });
+
+  await t.test('pre-copy to the target, the method left to the agent: the counter goes on there, the pattern intact', async (t) => {
     const before = consoleOf(consoles).counters.at(-1)!;
-    const jobId = await startNativeMigration(a, b, GUEST);
+    const jobId = await startNativeMigration(a, b, GUEST, { method: pb2.Method.METHOD_UNSPECIFIED });
     const job = await waitJob(a, jobId);
+    t.equal(job.method, pb2.Method.METHOD_QEMU_NATIVE, 'no method named: the agent took qemu-native, its driver\'s');
     t.equal(job.state, JobState.JOB_STATE_SUCCEEDED, `succeeded (${job.errorMessage})`);
     t.same(job.phasesPassed, [Phase.PHASE_PRE_MIGRATION, Phase.PHASE_RESERVATION, Phase.PHASE_CHECKPOINT, Phase.PHASE_STOP_AND_COPY, Phase.PHASE_COMMITMENT, Phase.PHASE_ACTIVATION, Phase.PHASE_DONE], 'the pre-copy phases, in order');
     const s = job.source!;

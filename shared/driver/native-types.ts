@@ -73,6 +73,18 @@ export interface NativeStreamSource {
    * (resumed if the hypervisor had stopped it for its switchover). Settles once it runs again.
    */
   cancel(): Promise<void>;
+  /**
+   * The hypervisor's own measure of how fast the guest dirties its memory, over about `periodMs`
+   * (nothing migrates): for a prediction before start. Absent: the hypervisor has none.
+   */
+  measureDirtying?(periodMs: number, signal?: AbortSignal): Promise<NativeDirtyRate>;
+}
+
+/** How fast a guest dirties its memory, as its hypervisor measured it. */
+export interface NativeDirtyRate {
+  readonly dirtyBytesPerSec: number;
+  /** The span it measured over. */
+  readonly periodMs: number;
 }
 
 /** The target end: the replica's hypervisor, started for an incoming stream. */
