@@ -18,6 +18,8 @@ import type { NativeStreamSource, NativeStreamTarget } from './native-types.js';
 export type { CheckpointChunk } from './chunk.js';
 export type { DeltaRestoreTarget, DeltaSource, DeltaStart } from './delta-types.js';
 export type { BaseSource, ReplicaBase } from './base-types.js';
+export type { GuestOutput, OutputPacketView } from './output-types.js';
+import type { GuestOutput } from './output-types.js';
 import type { BaseSource, ReplicaBase } from './base-types.js';
 
 /** Bytes per guest page, for every driver. */
@@ -231,43 +233,6 @@ export interface SourceGuest {
   readonly nativeStream?: NativeStreamSource;
   /** The guest's console (its serial port's last bytes, and how many it wrote); absent when the driver keeps none. */
   console?(): { text: string; bytesTotal: number };
-}
-
-/** One output of a guest (a packet it transmitted). */
-export interface OutputPacketView {
-  readonly sequence: number;
-  /** The unit that produced it. */
-  readonly unit: number;
-  readonly payload: string;
-  /** performance.now() when produced and released (0: not released). */
-  readonly producedAtMs: number;
-  readonly releasedAtMs: number;
-}
-
-/**
- * A guest's output gate (a sync protection holds each output until the standby received the unit
- * that produced it), and the outputs released so far, kept in a bounded ring.
- */
-export interface GuestOutput {
-  hold(): void;
-  /** Releases the held outputs of units up to `unit`; returns how many. */
-  releaseThrough(unit: number): number;
-  /** Releases everything held and holds no more. */
-  openGate(): void;
-  /** Drops what is held, never to be released (the guest was failed over: its standby answers now), and holds no more. */
-  dropHeld(): number;
-  readonly holding: boolean;
-  readonly heldCount: number;
-  readonly produced: number;
-  readonly released: number;
-  /** Times the gate opened because too much was held. */
-  readonly overflowed: number;
-  releasedAfter(after: number, max: number): { packets: readonly OutputPacketView[]; firstKept: number };
-  delayPercentiles(): { p50: number; p99: number; samples: number };
-  /** Told when the gate opens because too much was held (sync falls back to async). */
-  onOverflow: ((held: number) => void) | null;
-  /** Outputs leave only while this holds (null: always); the others wait, held. */
-  releaseWhile: (() => boolean) | null;
 }
 
 /** Restore from checkpoint chunks, then replay units: what CR/TR needs of a replica. */
