@@ -107,6 +107,10 @@ t.test('qemu-native: a real guest moved by QEMU\'s own stream, its failures, and
   await t.test('cancelled mid-stream', async (t) => {
     const jobId = await startNativeMigration(a, b, GUEST, { maxBandwidthBytesPerSec: SLOW_BYTES_PER_SEC });
     await waitJob(a, jobId, (job) => Number(job.source?.bytes?.native?.rawBytes ?? 0) > 4 * 2 ** 20);
+    // On the target the guest exists, arriving, but is not that agent's to stop or move yet.
+    const busy = { code: 'FAILED_PRECONDITION', reason: 'GUEST_BUSY', metadata: { guestId: GUEST, jobId } };
+    await t.rejects(unary(b.control, controlServiceV2.stopGuest, pb2.StopGuestRequest.create({ id: GUEST }), 10_000, 'stop'), busy, 'the target answers a stop of the arriving guest naming its incoming job');
+    await t.rejects(unary(b.control, controlServiceV2.startMigration, pb2.StartMigrationRequest.create({ guestId: GUEST, targetAddress: a.address }), 10_000, 'migrate'), busy, 'and a migration of it likewise');
     await unary(a.control, controlServiceV2.cancelJob, pb2.CancelJobRequest.create({ jobId }), 10_000, 'cancel');
     const job = await waitJob(a, jobId);
     t.equal(job.state, JobState.JOB_STATE_CANCELLED, `cancelled (${job.errorMessage})`);
