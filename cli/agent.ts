@@ -100,6 +100,7 @@ export async function startAgent(options: AgentOptions, log: Logger = pino({ lev
     },
     log,
     metrics,
+    migration.incoming,
   );
   const server = createServer(tls === null ? [] : [allowlistInterceptor(config.allow, log)]);
   server.addService(migrationService, migration.handlers());

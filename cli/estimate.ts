@@ -44,10 +44,14 @@ export function measuredLines(e: Estimate): string[] {
     (l.bandwidthBytesPerSec ?? 0) > 0
       ? `${rate(l.bandwidthBytesPerSec ?? 0)} (${sourceWord(l.bandwidthSource)}${(l.measuredBandwidthBytesPerSec ?? 0) > 0 ? `: ${formatBytes(Number(l.probeBytes ?? 0))} in ${time(l.probeMs)}, ${rate(l.measuredBandwidthBytesPerSec ?? 0)}` : ''})`
       : 'not known, taken as not limiting';
+  // A guest whose pages the agent cannot read (qemu): its content is not sampled, and no method
+  // predicted for it replays a log.
+  const content = (g.sampledPages ?? 0) > 0 ? `${(100 * (g.nonZeroFraction ?? 0)).toFixed(0)}% of pages not zero (${g.sampledPages} sampled), lz4 to ${(g.pageWireRatio ?? 1).toFixed(2)} of their size` : 'its pages not sampled (its driver lends none): every page counted as sent whole';
+  const replays = (e.methods ?? []).some((m) => m.method === pb2.Method.METHOD_CRTR);
   return [
-    `guest:    ${formatBytes(Number(g.memoryBytes ?? 0))}, ${(100 * (g.nonZeroFraction ?? 0)).toFixed(0)}% of pages not zero (${g.sampledPages ?? 0} sampled), lz4 to ${(g.pageWireRatio ?? 1).toFixed(2)} of their size`,
+    `guest:    ${formatBytes(Number(g.memoryBytes ?? 0))}, ${content}`,
     `dirtying: ${windows || 'not measured'} (${sourceWord(g.dirtySource)}): ${pages(g.dirtyPagesPerSec)} pages/s over a working set of ${pages(g.workingSetPages)} pages`,
-    `cpu:      busy ${(100 * (g.busyFraction ?? 0)).toFixed(0)}% (${sourceWord(g.busySource)}), so replay at about ${(g.replayRate ?? 0).toFixed(1)}x; log ${rate(g.logBytesPerSec ?? 0)} (${sourceWord(g.logSource)})`,
+    ...(replays ? [`cpu:      busy ${(100 * (g.busyFraction ?? 0)).toFixed(0)}% (${sourceWord(g.busySource)}), so replay at about ${(g.replayRate ?? 0).toFixed(1)}x; log ${rate(g.logBytesPerSec ?? 0)} (${sourceWord(g.logSource)})`] : []),
     `link:     round trip ${time(l.rttMs)} (median of ${l.rttSamples ?? 0}), bandwidth ${bandwidth}${l.note ? `; ${l.note}` : ''}`,
   ];
 }

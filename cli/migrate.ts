@@ -1,17 +1,20 @@
 // `vmmigrate migrate`: starts a migration on the source agent and watches it to its end (a live
-// bar on a terminal, a line per phase otherwise); Ctrl-C cancels the job and keeps watching, a
-// second Ctrl-C stops waiting.
+// bar on a terminal, a line per phase otherwise); a job in doubt is said once, with how to
+// resolve it, and waited for; Ctrl-C cancels the job and keeps watching, a second Ctrl-C stops
+// waiting.
 
 import cliProgress from 'cli-progress';
 import { controlServiceV2, grpc, pb2 } from '../shared/transport/grpc.js';
 import { CallError, errorLine, EXIT, stream } from './calls.js';
-import { failureLine, jobEnded, type JobMessage, messageJson, methodValue, phaseWord, policyValue, progressLine, progressView, summaryLines } from './views.js';
+import { failureLine, jobEnded, type JobMessage, messageJson, methodValue, methodWord, phaseWord, policyValue, progressLine, progressView, summaryLines } from './views.js';
 import type { Session } from './session.js';
 import { dryRun } from './estimate.js';
+import { InDoubtNotes } from './in-doubt.js';
 
 export interface MigrateOptions {
   to: string;
-  method: string;
+  /** Left out: the agent takes one the guest's driver can carry out. */
+  method?: string;
   downtimeLimitMs?: number;
   maxBandwidth?: number;
   policy?: string;
@@ -85,13 +88,16 @@ export async function migrate(session: Session, guestId: string, opts: MigrateOp
     noFinalApproach: opts.finalApproach === false,
     nativePostcopy: opts.postcopy === true,
   });
-  const { jobId } = await session.call(controlServiceV2.startMigration, request, `starting the migration of guest '${guestId}' to ${opts.to}`);
+  const started = await session.call(controlServiceV2.startMigration, request, `starting the migration of guest '${guestId}' to ${opts.to}`);
+  const jobId = started.jobId;
+  // The method the agent took (its default for the guest's driver when none was named).
+  const method = started.job?.method ? methodWord(started.job.method) : (opts.method ?? 'the agent\'s default');
   if (!opts.wait) {
     session.document({ jobId });
     session.say(`Migration job ${jobId} started (guest '${guestId}' to ${opts.to}); follow it with 'vmmigrate status ${jobId}'.`);
     return EXIT.ok;
   }
-  session.say(`Migration job ${jobId} started: guest '${guestId}' from ${session.options.agent} to ${opts.to} (${opts.method}). Ctrl-C cancels it.`);
+  session.say(`Migration job ${jobId} started: guest '${guestId}' from ${session.options.agent} to ${opts.to} (${method}). Ctrl-C cancels it.`);
   const display = new ProgressDisplay(session.options.json ? 'quiet' : process.stdout.isTTY ? 'bar' : 'lines');
   let watchCall: grpc.ClientReadableStream<unknown> | null = null;
   let interrupts = 0;
@@ -111,12 +117,16 @@ export async function migrate(session: Session, guestId: string, opts: MigrateOp
   };
   process.on('SIGINT', onInterrupt);
   let last: JobMessage | null = null;
+  const inDoubt = new InDoubtNotes(jobId);
   try {
     // A snapshot first (the job as it is), then phase, round and progress events, then the end.
     const events = stream(session.control(), controlServiceV2.watchJob, pb2.WatchJobRequest.create({ jobId, intervalMs: 250 }), `watching job ${jobId} on ${session.options.agent}`, (c) => (watchCall = c));
     for await (const event of events) {
       if (event.job) last = event.job;
-      if (last) display.update(last);
+      if (last === null) continue;
+      display.update(last);
+      // In doubt, the job waits for the target's decision: say so (once), and wait with it.
+      for (const line of inDoubt.next(last)) display.note(line);
     }
   } catch (error) {
     display.stop();

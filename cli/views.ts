@@ -63,6 +63,7 @@ const JOB_ROLE_WORDS = new Map<number, string>([
 
 const GUEST_STATE_WORDS = new Map<number, string>([
   [GuestState.GUEST_STATE_RUNNING, 'running'],
+  [GuestState.GUEST_STATE_BLOCKED, 'blocked'],
   [GuestState.GUEST_STATE_SUSPENDED, 'suspended'],
   [GuestState.GUEST_STATE_RESTORING, 'restoring'],
   [GuestState.GUEST_STATE_REPLICA, 'replica'],
@@ -114,12 +115,23 @@ export function jobEnded(job: JobMessage): boolean {
 
 // --- guests and capacity ---------------------------------------------------------------------
 
-/** What the guest is, in one phrase: `sim web, 256 MiB, 10 ms units, 65536 pages`. */
+/**
+ * What the guest is, in one phrase, in its driver's terms: a `sim` guest's workload, log units and
+ * pages (`sim web, 256 MiB, 10 ms units, 65536 pages`); a real hypervisor's guest, which has
+ * neither, its vCPUs and the hypervisor's own word when it says more than the state
+ * (`qemu, 128 MiB, 1 vCPU, QEMU: running, migration postcopy-paused`).
+ */
 export function guestSummary(g: GuestMessage): string {
   const memoryBytes = Number(g.memoryBytes ?? 0);
-  const what = g.sim ? `${g.driver ?? ''} ${g.sim.profile ?? ''}` : (g.driver ?? '');
-  const units = g.unitMs ? `, ${g.unitMs} ms units` : '';
-  return `${what}, ${memoryBytes / 2 ** 20} MiB${units}, ${memoryBytes / PAGE_BYTES} pages`;
+  const driver = g.driver ?? '';
+  if (g.sim || driver === 'sim') {
+    const what = g.sim ? `${driver} ${g.sim.profile ?? ''}` : driver;
+    const units = g.unitMs ? `, ${g.unitMs} ms units` : '';
+    return `${what}, ${memoryBytes / 2 ** 20} MiB${units}, ${memoryBytes / PAGE_BYTES} pages`;
+  }
+  const vcpus = g.vcpus ? `, ${g.vcpus} vCPU${g.vcpus === 1 ? '' : 's'}` : '';
+  const said = g.hypervisorStatus && g.hypervisorStatus !== guestStateWord(g.state) ? `, ${driver === 'qemu' ? 'QEMU' : 'hypervisor'}: ${g.hypervisorStatus}` : '';
+  return `${driver}, ${memoryBytes / 2 ** 20} MiB${vcpus}${said}`;
 }
 
 /** The guest's role and the job behind it: `migrating-out 05a11cf8-...`, or '-'. */

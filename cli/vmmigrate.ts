@@ -88,7 +88,8 @@ async function listGuests(session: Session): Promise<number> {
 }
 
 interface StartGuestOptions {
-  profile: string;
+  /** A sim guest's workload (the agent's default, idle, when left out); a qemu guest takes none. */
+  profile?: string;
   memoryMib: number;
   id?: string;
   unitMs?: number;
@@ -98,7 +99,7 @@ interface StartGuestOptions {
 const START_GUEST_TIMEOUT_MS_MIN = 60_000;
 
 async function startGuest(session: Session, opts: StartGuestOptions): Promise<number> {
-  const request = pb2.StartGuestRequest.create({ id: opts.id ?? '', profile: opts.profile, memoryBytes: opts.memoryMib * 2 ** 20, unitMs: opts.unitMs ?? 0 });
+  const request = pb2.StartGuestRequest.create({ id: opts.id ?? '', profile: opts.profile ?? '', memoryBytes: opts.memoryMib * 2 ** 20, unitMs: opts.unitMs ?? 0 });
   const res = await session.call(controlServiceV2.startGuest, request, 'starting a guest', Math.max(session.options.timeoutMs, START_GUEST_TIMEOUT_MS_MIN));
   const guest = res.guest ?? pb2.Guest.create();
   session.document(messageJson(guest));
@@ -106,8 +107,11 @@ async function startGuest(session: Session, opts: StartGuestOptions): Promise<nu
   return EXIT.ok;
 }
 
+/** The agent answers a stop once the guest's hypervisor process exited (a QEMU has qemu.stopGraceMs, 5 s by default): give it that long. */
+const STOP_GUEST_TIMEOUT_MS_MIN = 30_000;
+
 async function stopGuest(session: Session, id: string): Promise<number> {
-  await session.call(controlServiceV2.stopGuest, pb2.StopGuestRequest.create({ id }), `stopping guest '${id}'`);
+  await session.call(controlServiceV2.stopGuest, pb2.StopGuestRequest.create({ id }), `stopping guest '${id}'`, Math.max(session.options.timeoutMs, STOP_GUEST_TIMEOUT_MS_MIN));
   session.document({ id, stopped: true });
   session.say(`Stopped guest '${id}' on ${session.options.agent}; its memory is freed.`);
   return EXIT.ok;
@@ -246,12 +250,12 @@ function buildProgram(): Command {
 
   withClientOptions(program.command('guests').description('list the guests on the agent: id, state, role (and the job behind it), memory, profile')).action(clientAction((s) => listGuests(s)));
 
-  const guest = program.command('guest').description('start, stop or read a guest on the agent (sim: a profile; qemu: the configured image, --profile idle)');
+  const guest = program.command('guest').description('start, stop or read a guest on the agent (sim: a workload profile; qemu: the image its agent is configured with)');
   withClientOptions(
     guest
       .command('start')
-      .description('boot a sim guest (it runs in real time from then on)')
-      .addOption(new Option('--profile <name>', 'workload profile').choices(PROFILE_NAMES).makeOptionMandatory())
+      .description('boot a guest: sim, a workload profile that runs in real time; qemu, the image its agent is configured with')
+      .addOption(new Option('--profile <name>', "sim: the workload (default: the agent's, idle); qemu: none, a profile is refused (the guest runs the operating system it boots)").choices(PROFILE_NAMES))
       .addOption(new Option('--memory-mib <n>', 'guest memory, MiB (64 to 65536, even)').argParser(integer('--memory-mib', 64, 65536)).makeOptionMandatory())
       .option('--id <id>', 'guest id (default: the agent picks one)')
       .option('--unit-ms <n>', "log unit length, ms (default: the agent's)", integer('--unit-ms', 1, 100)),
@@ -270,7 +274,7 @@ function buildProgram(): Command {
       .command('migrate <guest>')
       .description('live-migrate a guest from this agent (the source) to a target agent, and watch it to the end')
       .addOption(new Option('--to <host:port>', 'the target agent, as the source agent reaches it').argParser(agentAddress).makeOptionMandatory())
-      .addOption(new Option('--method <name>', 'migration method').choices(['crtr', 'precopy', 'postcopy', 'qemu-native']).default('crtr'))
+      .addOption(new Option('--method <name>', "migration method (default: the agent's choice for the guest's driver: crtr for sim, qemu-native for qemu)").choices(['crtr', 'precopy', 'postcopy', 'qemu-native']))
       .option('--downtime-limit-ms <n>', "downtime to aim for (default: the agent's, 300)", integer('--downtime-limit-ms', 1, 600_000))
       .option('--max-bandwidth <rate>', 'bandwidth cap between the agents: 1gbit, 100mbit, 125MB/s, 12MiB/s or bytes/s (default: none)', parsedBy(parseBandwidth))
       .addOption(new Option('--policy <name>', "what to do if it does not converge (default: the agent's, abort)").choices(NON_CONVERGENCE_POLICIES))

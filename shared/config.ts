@@ -2,7 +2,7 @@
 // command-line flags that override it. Everything is validated at start; an invalid value stops
 // the agent with a message naming the field (and the flag, when a flag set it).
 
-import { accessSync, constants, readFileSync } from 'node:fs';
+import { accessSync, constants, readFileSync, statSync } from 'node:fs';
 import { parse as parseYaml } from 'yaml';
 import { z } from 'zod';
 import { arbiterConfigSchema } from './arbiter/schema.js';
@@ -232,16 +232,29 @@ function checkQemu(qemu: QemuConfig | undefined, source: string, flagOf: Record<
   if (qemu === undefined) return fail('qemu', 'driver qemu needs a qemu section saying what guests boot (qemu.kernel, or qemu.disk; see deploy/agent.example.yaml)');
   if ((qemu.kernel === undefined) === (qemu.disk === undefined)) fail('qemu.kernel', 'set exactly one of qemu.kernel (with qemu.initrd and qemu.append) and qemu.disk');
   if (qemu.initrd !== undefined && qemu.kernel === undefined) fail('qemu.initrd', 'an initrd goes with qemu.kernel, and there is none');
+  // QEMU reads these when a guest boots: each must be a regular file this agent can read (a
+  // directory passes a plain access check, and QEMU then exits at once on it).
   for (const field of ['kernel', 'initrd', 'disk'] as const) {
     const path = qemu[field];
     if (path === undefined) continue;
-    try {
-      accessSync(path, constants.R_OK);
-    } catch (error) {
-      fail(`qemu.${field}`, `cannot read ${path}: ${(error as Error).message}`);
-    }
+    const fault = unreadableFile(path);
+    if (fault !== null) fail(`qemu.${field}`, `${path} ${fault}: qemu.${field} names the file QEMU boots`);
   }
   if (findExecutable(qemu.binary) === null) fail('qemu.binary', `no executable ${qemu.binary}${qemu.binary.includes('/') ? '' : ' on PATH'} (Debian: apt-get install --no-install-recommends qemu-system-x86)`);
+}
+
+/** Why `path` is not a regular file this process can read ('is a directory', ...), or null when it is one. */
+export function unreadableFile(path: string): string | null {
+  let stats;
+  try {
+    stats = statSync(path);
+    accessSync(path, constants.R_OK);
+  } catch (error) {
+    return `cannot be read (${(error as NodeJS.ErrnoException).code ?? (error as Error).message})`;
+  }
+  if (stats.isDirectory()) return 'is a directory, not a file';
+  if (!stats.isFile()) return 'is not a regular file';
+  return null;
 }
 
 /** TLS or explicit plaintext, and plaintext only on loopback. */

@@ -15,6 +15,7 @@ export type ErrorCode =
   | 'RESOURCE_EXHAUSTED' // a limit: no room for a reservation, an oversized message
   | 'DATA_LOSS' // corrupt or truncated data, or a replica that diverged
   | 'ABORTED' // the operation was cancelled or aborted part-way
+  | 'CANCELLED' // the peer ended a stream before it was whole
   | 'UNAVAILABLE' // a peer that cannot be reached
   | 'ALREADY_EXISTS' // the guest, job or reservation is already there
   | 'PERMISSION_DENIED' // a peer not allowed to do this
@@ -176,6 +177,12 @@ export class FailedOverError extends VmMigrateError {
 export class AbortedError extends VmMigrateError {
   static override readonly defaultReason: ErrorReason = 'CANCELLED';
   readonly code = 'ABORTED' as const;
+}
+
+/** The peer ended a stream (its half-close) before what it carries was whole. */
+export class StreamEndedError extends VmMigrateError {
+  static override readonly defaultReason: ErrorReason = 'PEER_ENDED_STREAM';
+  readonly code = 'CANCELLED' as const;
 }
 
 /** The guest (or reservation) already exists where it was to be created. */

@@ -54,3 +54,11 @@ export interface IncomingJob {
   /** The guest's unit length (ms). */
   readonly unitMs: number;
 }
+
+/** The incoming migrations a target keeps, as the Control services ask them (target-agent/incoming-jobs.ts). */
+export interface IncomingJobs {
+  get(jobId: string): IncomingJob | undefined;
+  list(): IncomingJob[];
+  /** The incoming job bringing `guestId` here now (not ended), if any. */
+  activeFor(guestId: string): IncomingJob | undefined;
+}

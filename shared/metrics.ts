@@ -26,7 +26,7 @@ import type { MigrationMethod, MigrationStats } from './stats.js';
 
 const PREFIX = 'vmmigrate_';
 const METHODS: readonly MigrationMethod[] = ['crtr', 'precopy', 'postcopy', 'qemu-native'];
-const GUEST_STATES = ['running', 'suspended', 'restoring', 'replica', 'discarded'] as const satisfies readonly GuestState[];
+const GUEST_STATES = ['running', 'blocked', 'suspended', 'restoring', 'replica', 'discarded'] as const satisfies readonly GuestState[];
 // Fails to compile when GuestState gains a state that GUEST_STATES does not list.
 const GUEST_STATES_COMPLETE: [Exclude<GuestState, (typeof GUEST_STATES)[number]>] extends [never] ? true : never = true;
 void GUEST_STATES_COMPLETE;

@@ -4,6 +4,7 @@
 import type { Logger } from 'pino';
 import { stopForGood } from './fence.js';
 import type { GuestOutput, HypervisorDriver } from '../shared/driver/types.js';
+import type { IncomingJobs } from '../shared/incoming-job.js';
 import { capacityMessage, guestMessage } from '../shared/messages.js';
 import { echo, InvalidStateError, LimitExceededError, NotFoundError, UnimplementedError } from '../shared/errors.js';
 import { checkGuestId, checkJobId } from '../shared/ids.js';
@@ -12,8 +13,8 @@ import { type controlService, type grpc, pb } from '../shared/transport/grpc.js'
 import { systemClock } from '../shared/clock.js';
 import { faultHooks } from './faults.js';
 import { JobHistory } from './job-history.js';
-import { checkGuestCapabilities } from './methods/capabilities.js';
-import { createMethod } from './methods/registry.js';
+import { checkGuestCapabilities, defaultMethodFor } from './methods/capabilities.js';
+import { createMethod, METHOD_NAMES } from './methods/registry.js';
 import { parseFaultInjection, parseStartRequest, type StartDefaults } from './start-request.js';
 import { jobMessage, watchJob } from './watch-job.js';
 import { type SourceOptions, SourceMigration } from './migration.js';
@@ -51,6 +52,8 @@ export class ControlService {
     readonly options: ControlOptions,
     private readonly log: Logger,
     private readonly metrics?: AgentMetrics,
+    /** The migrations arriving here (the target side): a guest among them is not this agent's yet. */
+    private readonly arrivals?: Pick<IncomingJobs, 'activeFor'>,
   ) {
     this.estimator = new Estimator(driver, sourceOptions, (guestId) => this.activeJobOf(guestId));
     metrics?.observeHost({
@@ -62,8 +65,10 @@ export class ControlService {
   /** Starts a migration of a running guest; with `protection`, a protection of it (a CR/TR transfer without end). */
   startMigration(req: InstanceType<typeof pb.StartMigrationRequest>, protection?: ProtectionRequest): SourceMigration {
     checkGuestId(req.guestId, 'guest_id');
+    this.checkNotArriving(req.guestId, 'migrate');
     const guest = this.driver.guest(req.guestId);
-    const request = { ...parseStartRequest(req, this.options), protection };
+    // No method named: one the guest's driver can carry out (crtr for sim, qemu-native for qemu).
+    const request = { ...parseStartRequest(req, this.options, defaultMethodFor(guest, METHOD_NAMES, (name) => createMethod(name))), protection };
     for (const job of this.jobs.values()) {
       if (job.request.guestId === req.guestId && !job.isOver()) {
         const what = job.request.protection !== undefined ? 'protected' : 'migrated';
@@ -75,7 +80,7 @@ export class ControlService {
       throw new InvalidStateError(`guest '${req.guestId}' is being sampled by an estimate (EstimateMigration); migrate it when the estimate ends`, { reason: 'GUEST_BUSY', metadata: { guestId: req.guestId } });
     }
     if (guest.pagesMissing > 0) {
-      throw new InvalidStateError(`guest '${req.guestId}' is still receiving ${guest.pagesMissing} pages of its own post-copy migration; try again when it has them`, {
+      throw new InvalidStateError(`guest '${req.guestId}' is still receiving pages of its own post-copy migration (${guest.pagesMissing} missing); try again when it has them`, {
         reason: 'GUEST_NOT_RUNNING',
         metadata: { guestId: req.guestId, missingPages: guest.pagesMissing },
       });
@@ -93,6 +98,24 @@ export class ControlService {
     this.log.info({ jobId: job.id, guestId: req.guestId, target: req.targetAddress, method, downtimeLimitMs, maxDurationMs, policy, protection, faultInjection: faults !== undefined }, protection === undefined ? 'migration started' : 'protection started');
     void job.run();
     return job;
+  }
+
+  /**
+   * Refuses `operation` on guest `guestId` while it arrives here (an incoming migration not yet
+   * activated, or a standby): it exists on this host, but is not this agent's to stop or move
+   * until that job hands it over. A guest that runs here while its post-copy still brings its last
+   * pages is not stopped either (its move checks the pages it misses). FAILED_PRECONDITION
+   * (GUEST_BUSY) naming the job, for every driver.
+   */
+  checkNotArriving(guestId: string, operation: 'stop' | 'migrate'): void {
+    const job = this.arrivals?.activeFor(guestId);
+    if (job === undefined || (job.activated && operation === 'migrate')) return;
+    const what = job.standby !== undefined
+      ? `is the standby of a protection here (job ${job.jobId}): it is not this agent's to ${operation} until it fails over or the protection ends`
+      : job.activated
+        ? `runs here while its migration job ${job.jobId} still brings it (${job.phase}); ${operation} it once the job ended`
+        : `is arriving here by migration job ${job.jobId} (${job.phase}), and is not this agent's to ${operation} until that job activates it here; cancel the job on its source agent, or ${operation} it once it arrived`;
+    throw new InvalidStateError(`guest '${echo(guestId)}' ${what}`, { reason: 'GUEST_BUSY', metadata: { guestId, jobId: job.jobId } });
   }
 
   job(id: string): SourceMigration {
@@ -168,7 +191,7 @@ export class ControlService {
     const unaryHandler = unaryHandlers(this.log, 'Control');
     return {
       listGuests: unaryHandler(() => pb.ListGuestsResponse.create({ guests: this.driver.listGuests().map(guestMessage) })),
-      startGuest: unaryHandler((req: InstanceType<typeof pb.StartGuestRequest>) => {
+      startGuest: unaryHandler(async (req: InstanceType<typeof pb.StartGuestRequest>) => {
         if (this.driver.createGuest === undefined) {
           throw new UnimplementedError(`driver '${this.driver.name}' does not start guests; start them with the hypervisor's own tools`, { reason: 'NOT_SUPPORTED', metadata: { driver: this.driver.name } });
         }
@@ -180,11 +203,15 @@ export class ControlService {
           rates: Object.keys(req.rates ?? {}).length > 0 ? (req.rates as Record<string, number>) : undefined,
           environmentSeed: req.environmentSeed || undefined,
         });
+        // A guest whose hypervisor fails at once is answered with why, and leaves nothing behind.
+        await guest.started;
         this.log.info({ guestId: guest.id, profile: req.profile, memoryBytes: req.memoryBytes }, 'guest started');
         return pb.StartGuestResponse.create({ guest: guestMessage(guest.describe()) });
       }),
-      stopGuest: unaryHandler((req: InstanceType<typeof pb.StopGuestRequest>) => {
+      // Answered once the guest is gone (a QEMU has exited, killed after its grace period at worst).
+      stopGuest: unaryHandler(async (req: InstanceType<typeof pb.StopGuestRequest>) => {
         checkGuestId(req.id, 'id');
+        this.checkNotArriving(req.id, 'stop');
         const guest = this.driver.guest(req.id);
         for (const job of this.jobs.values()) {
           if (job.request.guestId === req.id && !job.isOver()) {
@@ -192,6 +219,7 @@ export class ControlService {
           }
         }
         guest.discard();
+        await guest.stopped?.();
         this.log.info({ guestId: req.id }, 'guest stopped');
         return pb.StopGuestResponse.create();
       }),

@@ -5,7 +5,7 @@
 
 import { NON_CONVERGENCE_POLICIES, type NonConvergencePolicy } from '../shared/convergence.js';
 import { echo, invalidField } from '../shared/errors.js';
-import { ABORTABLE_PHASES, type MigrationPhase } from '../shared/stats.js';
+import { ABORTABLE_PHASES, type MigrationMethod, type MigrationPhase } from '../shared/stats.js';
 import type { pb } from '../shared/transport/grpc.js';
 import { hostOf, isLoopbackHost } from '../shared/transport/tls.js';
 import type { FaultInjection } from './faults.js';
@@ -33,7 +33,8 @@ const BANDWIDTH_BYTES_PER_SEC_MAX = 1e12;
 
 type StartMigrationRequest = InstanceType<typeof pb.StartMigrationRequest>;
 
-export function parseStartRequest(req: StartMigrationRequest, defaults: StartDefaults): MigrationRequest {
+/** The request checked; `defaultMethod` is the method when it names none (the guest's driver's, StartMigration). */
+export function parseStartRequest(req: StartMigrationRequest, defaults: StartDefaults, defaultMethod: MigrationMethod = 'crtr'): MigrationRequest {
   if (!req.targetAddress) throw invalidField('target_address', 'targetAddress is required (host:port of the target agent)');
   if (defaults.plaintext && !isLoopbackHost(hostOf(req.targetAddress))) {
     throw invalidField(
@@ -42,7 +43,7 @@ export function parseStartRequest(req: StartMigrationRequest, defaults: StartDef
       { targetAddress: req.targetAddress },
     );
   }
-  const method = createMethod(req.method || 'crtr').name;
+  const method = createMethod(req.method || defaultMethod).name;
   const policy = (req.nonConvergencePolicy || defaults.nonConvergencePolicyDefault) as NonConvergencePolicy;
   if (!NON_CONVERGENCE_POLICIES.includes(policy)) {
     throw invalidField('non_convergence_policy', `nonConvergencePolicy '${echo(req.nonConvergencePolicy)}': expected ${NON_CONVERGENCE_POLICIES.join(', ')}`);

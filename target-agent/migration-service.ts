@@ -110,7 +110,8 @@ export class MigrationService implements SessionHost {
           const guest = this.driver.listGuests().some((g) => g.id === guestId) ? this.driver.guest(guestId) : null;
           return guest !== null && guest.pagesMissing > 0 ? { missingPages: guest.pagesMissing } : null;
         },
-        present: (guestId) => this.driver.listGuests().some((g) => g.id === guestId && g.state === 'running'),
+        // A guest blocked on its broken post-copy is here all the same (it lacks pages, reported above).
+        present: (guestId) => this.driver.listGuests().some((g) => g.id === guestId && (g.state === 'running' || g.state === 'blocked')),
       },
       (reason) => {
         for (const s of sessions()) s.abort(reason);

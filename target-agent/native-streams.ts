@@ -3,11 +3,12 @@
 // Open, under its reservation; the stream that names that reservation (and its migration, and
 // comes from the peer that reserved it) is handed to that transfer's receiver. Anything else is
 // refused at its first message: no such transfer (NOT_FOUND), the wrong migration or peer
-// (PERMISSION_DENIED), a stream that does not begin with its Open (FAILED_PRECONDITION), or no
-// first message in time (DEADLINE_EXCEEDED).
+// (PERMISSION_DENIED), a stream that does not begin with its Open (FAILED_PRECONDITION), a peer
+// that ends the stream before its Open (CANCELLED, at once), or no first message in time
+// (DEADLINE_EXCEEDED).
 
 import type { Logger } from 'pino';
-import { DeadlineExceededError, echo, InvalidStateError, LimitExceededError, NotFoundError, PermissionDeniedError } from '../shared/errors.js';
+import { DeadlineExceededError, echo, InvalidStateError, LimitExceededError, NotFoundError, PermissionDeniedError, StreamEndedError } from '../shared/errors.js';
 import { checkJobId } from '../shared/ids.js';
 import type { grpc, pb } from '../shared/transport/grpc.js';
 import { failStream } from '../shared/transport/handlers.js';
@@ -61,6 +62,8 @@ export class NativeStreamEndpoints {
       settled = true;
       clearTimeout(timer);
     });
+    // A half-close before the Open: nothing can follow, so there is nothing to wait for.
+    call.once('end', () => refuse(new StreamEndedError('the peer ended the native stream before its Open', { metadata: { peer } })));
     call.once('data', (message: InstanceType<typeof pb.NativeSourceMessage>) => {
       if (settled) return;
       try {

@@ -1,10 +1,11 @@
 // Errors as a client of a real agent sees them: the status code, and the google.rpc.Status in
 // the grpc-status-details-bin trailer (error.metadata), decoded with the generated google.rpc
-// types as any client would. And the reason a failed job gives in its statistics.
+// types as any client would. And the reason a failed job gives in its statistics, and a guest that
+// is arriving by migration answered as busy (not missing) on its target.
 import { randomUUID } from 'node:crypto';
 import t, { type Test } from 'tap';
 import { type Agent, GUEST_BYTES, startGuest, startMigration, startTestAgent, sleep } from './support/agents.js';
-import { controlService, grpc, pb, rpc, unary } from '../shared/transport/grpc.js';
+import { controlService, controlServiceV2, grpc, makeClient, pb, pb2, rpc, unary } from '../shared/transport/grpc.js';
 
 type Method = (typeof controlService)[keyof typeof controlService];
 
@@ -175,4 +176,32 @@ t.test("a failed job's statistics give its reason: CAPACITY_REFUSED, MAX_DURATIO
   const s = await jobWhenOver(source, jobId);
   t.equal(s.status, 'cancelled');
   t.equal(s.errorReason, 'CANCELLED');
+});
+
+t.test('a guest arriving here exists but is not this agent\'s yet: stop and migrate answer FAILED_PRECONDITION naming the incoming job, in v1 and v2', async (t) => {
+  const source = await startTestAgent(t);
+  const target = await startTestAgent(t);
+  const onward = await startTestAgent(t);
+  const v2 = makeClient(controlServiceV2, 'Control', target.address, grpc.credentials.createInsecure());
+  t.teardown(() => v2.close());
+  await startGuest(source, 'vm-arriving', 'idle');
+  // 64 MiB at 1 Mbit/s: the checkpoint lasts long enough to ask.
+  const jobId = await startMigration(source, { guestId: 'vm-arriving', targetAddress: target.address, maxDurationMs: 60_000, maxBandwidthBytesPerSec: 125_000 });
+  for (let i = 0; i < 200; i++) {
+    const { jobs } = await unary(v2, controlServiceV2.listJobs, pb2.ListJobsRequest.create(), 10_000, 'jobs');
+    if (jobs.some((j) => j.jobId === jobId)) break;
+    await sleep(25);
+  }
+  const busy = { code: 'FAILED_PRECONDITION', reason: 'GUEST_BUSY', metadata: { guestId: 'vm-arriving', jobId }, message: new RegExp(`guest 'vm-arriving' is arriving here by migration job ${jobId}`) };
+  const v1Stop = await failedCall(target, controlService.stopGuest, pb.StopGuestRequest.create({ id: 'vm-arriving' }));
+  t.equal(v1Stop.code, grpc.status.FAILED_PRECONDITION, `v1 StopGuest: FAILED_PRECONDITION (${v1Stop.details})`);
+  t.match(details(v1Stop).info, { reason: 'GUEST_BUSY', metadata: { guestId: 'vm-arriving', jobId } }, 'naming the incoming job');
+  const v1Migrate = await failedCall(target, controlService.startMigration, pb.StartMigrationRequest.create({ guestId: 'vm-arriving', targetAddress: onward.address }));
+  t.equal(v1Migrate.code, grpc.status.FAILED_PRECONDITION, `v1 StartMigration: FAILED_PRECONDITION (${v1Migrate.details})`);
+  t.match(details(v1Migrate).info, { reason: 'GUEST_BUSY', metadata: { jobId } });
+  await t.rejects(unary(v2, controlServiceV2.stopGuest, pb2.StopGuestRequest.create({ id: 'vm-arriving' }), 10_000, 'stop'), busy, 'v2 StopGuest');
+  await t.rejects(unary(v2, controlServiceV2.startMigration, pb2.StartMigrationRequest.create({ guestId: 'vm-arriving', targetAddress: onward.address }), 10_000, 'migrate'), busy, 'v2 StartMigration');
+  await t.rejects(unary(v2, controlServiceV2.stopGuest, pb2.StopGuestRequest.create({ id: 'vm-nowhere' }), 10_000, 'stop'), { code: 'NOT_FOUND' }, 'a guest neither here nor arriving is still NOT_FOUND');
+  await unary(source.ctl, controlService.cancelJob, pb.CancelJobRequest.create({ jobId }), 10_000, 'cancel');
+  t.equal((await jobWhenOver(source, jobId)).status, 'cancelled');
 });

@@ -1,11 +1,12 @@
 // Prediction before start (source-agent/estimate/): the working-set fit, each method's model, and
-// the recommendation, as pure functions of measured inputs.
+// the recommendation, as pure functions of measured inputs; QEMU's pre-copy for a qemu guest.
 import t from 'tap';
 import { DELTA_ROUNDS_MAX } from '../shared/catch-up.js';
 import { cowStallSeconds, postcopyFaults } from '../source-agent/estimate/methods.js';
 import { derive, MACHINE_STATE_BYTES, type MethodPrediction, PAGE_BATCH_BYTES_PER_PAGE, type PredictionInputs } from '../source-agent/estimate/model.js';
 import { predictMigration, recommend } from '../source-agent/estimate/predict.js';
 import { fitWorkingSet } from '../source-agent/estimate/working-set.js';
+import { QEMU_DEVICE_STATE_BYTES, QEMU_PAGE_HEADER_BYTES } from '../source-agent/estimate/qemu-native.js';
 
 const MIB = 2 ** 20;
 const PAGES_512_MIB = (512 * MIB) / 4096;
@@ -243,4 +244,31 @@ t.test('CR/TR: a replay barely faster than the guest drains past the maximum dur
   t.ok(approached.disruptionMs - approached.downtimeMs > shorter.disruptionMs - shorter.downtimeMs, 'the approach moves the backlog from the downtime into the throttled work');
   // At 1.01x the heaviest throttle gives up about the downtime it saves: (1 - f) / (r - f) = 0.99 of it.
   t.ok(approached.disruptionMs <= shorter.disruptionMs * 1.02, `disruption ${approached.disruptionMs} ms against ${shorter.disruptionMs} ms: about the same`);
+});
+
+t.test("qemu-native: QEMU's own pre-copy passes, predicted for a qemu guest only", async (t) => {
+  // A 128 MiB qemu guest: its pages not sampled (all counted whole), its dirty rate QEMU's own (one window).
+  const qemu: PredictionInputs = { ...web, memoryBytes: 128 * MIB, nonZeroFraction: 1, pageWireRatio: 1, dirtyWindows: [{ windowMs: 1000, pages: 256 }], available: ['qemu-native'], methods: ['qemu-native'], hybridCatchUp: false, cowPoolBytes: 0 };
+  const p = predictMigration(qemu);
+  t.same(p.methods.map((m) => m.method), ['qemu-native'], 'the methods the guest\'s driver can carry out, and no other');
+  const m = p.methods[0]!;
+  const header = QEMU_PAGE_HEADER_BYTES;
+  t.ok(m.available && m.converges, `converges: ${m.reason}`);
+  t.equal(m.rounds, 1, 'one pass over every page; what it dirtied meanwhile fits the limit, and goes at the switchover');
+  t.match(m.reason, /the last 1\.1 MiB and the device state go in/, 'the 256 pages dirtied in the pass\'s second or so, whole with their headers');
+  t.ok(m.bytes >= 32768 * (4096 + header) + QEMU_DEVICE_STATE_BYTES, 'every page at least once, whole, with its header, and the device state');
+  t.ok(m.downtimeMs <= qemu.downtimeLimitMs && m.downtimeMs >= 2 * qemu.rttMs, `downtime ${m.downtimeMs.toFixed(1)} ms within the limit`);
+  t.equal(m.disruptionMs, m.downtimeMs);
+  t.equal(p.recommended, 'qemu-native');
+  t.match(p.reason, /QEMU native converges/);
+
+  // A guest that dirties its memory faster than the link drains it: QEMU's passes stop shrinking.
+  const busy = predictMigration({ ...qemu, dirtyWindows: [{ windowMs: 1000, pages: 32768 }], linkBytesPerSec: 50e6 });
+  const b = busy.methods[0]!;
+  t.notOk(b.converges, `does not converge: ${b.reason}`);
+  t.match(b.reason, /stopped shrinking/);
+  t.ok(Number.isFinite(b.downtimeMs), 'forced, its downtime is what was left then');
+  t.match(busy.reason, /no method converges/);
+
+  t.same(predictMigration(web).methods.map((m) => m.method), ['crtr', 'crtr', 'precopy', 'postcopy'], 'a sim guest: its driver\'s methods, as before');
 });

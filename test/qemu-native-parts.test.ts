@@ -1,22 +1,32 @@
 // qemu-native's parts that need no QEMU: QEMU's query-migrate read into the job's figures and the
-// non-convergence policy's verdict on its passes, the stream's hash, the incoming machine's checks,
+// non-convergence policy's verdict on its passes, the stream's hash, the incoming machine's checks
+// (its boot files' contents against this agent's, whatever their paths),
 // the source's relay (one connection, Open first, backpressure from the gRPC side, the return path
 // refused before the target is ready) against a fake gRPC call, and the target's endpoints
-// refusing a stream that names no waiting transfer, another migration, or does not begin with Open.
+// refusing a stream that names no waiting transfer, another migration, or does not begin with Open;
+// and the target's receiver blaming a stream's failure on the peer (a half-close before the end,
+// bytes its hypervisor rejects, a cut stream) or on its hypervisor, against a stand-in hypervisor.
 
 import { EventEmitter } from 'node:events';
-import { existsSync } from 'node:fs';
-import { connect, type Socket } from 'node:net';
-import t from 'tap';
+import { createHash } from 'node:crypto';
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { connect, createServer, type Socket } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import t, { type Test } from 'tap';
 import { pino } from 'pino';
-import { StreamHasher } from '../shared/driver/native-types.js';
+import { systemClock } from '../shared/clock.js';
+import { type NativeConnection, type NativeStopReason, type NativeStreamTarget, StreamHasher } from '../shared/driver/native-types.js';
+import type { VmMigrateError } from '../shared/errors.js';
+import { fileDigest } from '../shared/driver/qemu/boot-files.js';
 import { incomingMachine } from '../shared/driver/qemu/incoming-machine.js';
 import { migrationInfoOf } from '../shared/driver/qemu/migration-info.js';
 import { emptyStats } from '../shared/stats.js';
-import { pb } from '../shared/transport/grpc.js';
+import { grpc, pb } from '../shared/transport/grpc.js';
 import { applyNativeInfo, nativeConvergence } from '../source-agent/methods/qemu-native-stats.js';
 import { NativeRelay, type NativeStreamCall } from '../source-agent/native-relay.js';
 import { NativeStreamEndpoints, type NativeStreamServerCall } from '../target-agent/native-streams.js';
+import { NativeStreamReceiver } from '../target-agent/receivers/native-stream.js';
 
 const MiB = 2 ** 20;
 /** query-migrate on QEMU 7.2 at the end of a pre-copy of a 128 MiB guest (docs/qemu.md). */
@@ -69,17 +79,35 @@ t.test("the stream's hash: the bytes, however they were cut", async (t) => {
   t.not(other.digest(), whole.digest(), 'one byte changed: another hash');
 });
 
-t.test('the incoming machine is the source\'s, booting this agent\'s files', async (t) => {
-  const own = { boot: { kind: 'kernel' as const, kernel: '/boot/k', initrd: '/boot/i', append: 'console=ttyS0' }, accel: 'tcg' as const };
+t.test('the incoming machine is the source\'s, booting this agent\'s files, which must hold what the source booted', async (t) => {
+  const digest = (c: string) => ({ bytes: 1000, sha256: c.repeat(64) });
+  const files = { kernel: digest('a'), initrd: digest('b') };
+  const own = { boot: { kind: 'kernel' as const, kernel: '/boot/k', initrd: '/boot/i', append: 'console=ttyS0' }, accel: 'tcg' as const, bootFiles: () => files };
   const description = (machine: object, memoryBytes = 128 * MiB, vcpus = 2) => ({ id: 'vm', driver: 'qemu', memoryBytes, vcpus, unitMs: 10, state: 'running' as const, summary: '', machineConfig: new TextEncoder().encode(JSON.stringify(machine)) });
-  const machine = { memoryBytes: 128 * MiB, vcpus: 1, accel: 'tcg', boot: own.boot };
-  t.same(incomingMachine(description(machine), own), { memoryBytes: 128 * MiB, vcpus: 2, accel: 'tcg', boot: own.boot }, "the description's memory and vCPUs, this agent's own boot files and command line");
+  const machine = { memoryBytes: 128 * MiB, vcpus: 1, accel: 'tcg', boot: own.boot, bootFiles: files };
+  t.same(incomingMachine(description(machine), own), { memoryBytes: 128 * MiB, vcpus: 2, accel: 'tcg', boot: own.boot, bootFiles: files }, "the description's memory and vCPUs, this agent's own boot files and command line");
+  t.same(incomingMachine(description({ ...machine, boot: { ...own.boot, kernel: '/srv/elsewhere/vmlinuz', initrd: '/etc/shadow' } }), own).boot, own.boot, 'files at other paths on the source, with the same contents: this agent boots its own');
+  t.throws(() => incomingMachine(description({ ...machine, bootFiles: { ...files, initrd: digest('c') } }), own), { code: 'FAILED_PRECONDITION', reason: 'HYPERVISOR_FAILED', message: /guest 'vm' booted an initrd of 1000 bytes, sha256 cccccccccccccccc…, and this agent's qemu\.initrd \/boot\/i is 1000 bytes, sha256 bbbbbbbbbbbbbbbb…/ }, 'an initrd of other contents at the same path: refused, naming it');
+  t.throws(() => incomingMachine(description({ ...machine, bootFiles: { ...files, kernel: { bytes: 999, sha256: 'a'.repeat(64) } } }), own), { code: 'FAILED_PRECONDITION', message: /booted a kernel of 999 bytes.*qemu\.kernel \/boot\/k is 1000 bytes/ }, 'a kernel of another size');
+  t.throws(() => incomingMachine(description({ ...machine, bootFiles: undefined }), own), { code: 'FAILED_PRECONDITION', message: /did not say what its boot files hold/ }, 'no contents to check: refused');
+  t.throws(() => incomingMachine(description({ ...machine, bootFiles: { kernel: { bytes: -1, sha256: 'x' } } }), own), { code: 'INVALID_ARGUMENT', fieldViolations: [{ field: 'guest.machine_config' }] }, 'malformed contents');
+  t.throws(() => incomingMachine(description(machine), { ...own, bootFiles: () => { throw new Error('ENOENT'); } }), { code: 'FAILED_PRECONDITION', message: /this agent's own boot files cannot be read: ENOENT/ });
   t.throws(() => incomingMachine(description({ ...machine, boot: { ...own.boot, append: 'console=ttyS0 rdinit=/bin/sh' } }), own), { code: 'FAILED_PRECONDITION', reason: 'HYPERVISOR_FAILED', message: /qemu\.append/ }, 'a command line other than this agent\'s: the peer does not choose it');
-  t.throws(() => incomingMachine(description({ ...machine, boot: { ...own.boot, initrd: '/tmp/other' } }), own), { code: 'FAILED_PRECONDITION', reason: 'HYPERVISOR_FAILED' });
+  t.throws(() => incomingMachine(description({ ...machine, boot: { kind: 'kernel', kernel: '/boot/k', append: 'console=ttyS0' } }), own), { code: 'FAILED_PRECONDITION', reason: 'HYPERVISOR_FAILED' }, 'no initrd where this agent boots one');
   t.throws(() => incomingMachine(description({ ...machine, boot: { kind: 'disk', disk: '/d', format: 'raw' } }), own), { code: 'FAILED_PRECONDITION', message: /boots a disk.*cannot migrate/ }, 'a disk guest: its overlay does not travel');
   t.throws(() => incomingMachine(description(machine, 100 * MiB), own), { code: 'INVALID_ARGUMENT' }, 'memory not in 2 MiB pages');
   t.throws(() => incomingMachine(description(machine, 128 * MiB, 0), own), { code: 'INVALID_ARGUMENT' }, 'no vCPU');
   t.throws(() => incomingMachine(description({ boot: 'x'.repeat(20_000) }), own), { code: 'INVALID_ARGUMENT' }, 'too long');
+});
+
+t.test("a boot file's digest: its size and SHA-256, again once it changed", async (t) => {
+  const dir = tempDir(t);
+  const path = join(dir, 'vmlinuz');
+  writeFileSync(path, 'kernel bytes');
+  t.same(fileDigest(path), { bytes: 12, sha256: createHash('sha256').update('kernel bytes').digest('hex') });
+  writeFileSync(path, 'other kernel bytes');
+  t.equal(fileDigest(path).bytes, 18, 'a changed file is hashed again');
+  t.throws(() => fileDigest(dir), /not a regular file/);
 });
 
 /** A client NativeStream call: records what is written; write() says true while `room`. */
@@ -109,6 +137,12 @@ class FakeCall extends EventEmitter {
 }
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+/** A short temporary directory (unix socket paths are bounded), removed when `t` ends. */
+function tempDir(t: Test): string {
+  const dir = mkdtempSync(join(tmpdir(), 'vmm-nt-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  return dir;
+}
 function connectTo(path: string): Promise<Socket> {
   return new Promise((resolve, reject) => {
     const socket = connect(path, () => resolve(socket));
@@ -195,4 +229,166 @@ t.test("the target's endpoints hand a stream to the transfer it names, and refus
   t.equal(await attempt(open('r1', 'm1')), undefined, 'its own: taken');
   t.same(accepted, ['r1']);
   t.equal(await attempt(open('r1', 'm1')), 5, 'once only');
+});
+
+/**
+ * A stand-in for the target's hypervisor: a unix socket the receiver writes the stream into, the
+ * statuses it says, and its account once it stopped taking the stream (set by each case).
+ */
+class FakeHypervisor implements NativeStreamTarget {
+  status = '';
+  reason: NativeStopReason = { exit: null, rejectedStream: false, said: '' };
+  /** Its end of the stream's socket, once the receiver connected. */
+  socket: Socket | null = null;
+  received = 0;
+  private readonly listeners = new Set<(status: string) => void>();
+  private readonly path: string;
+  private readonly server;
+
+  constructor(dir: string) {
+    this.path = join(dir, 'hypervisor.sock');
+    this.server = createServer((socket) => {
+      this.socket = socket;
+      socket.on('data', (chunk: Buffer) => (this.received += chunk.length));
+      socket.on('error', () => undefined);
+    });
+  }
+
+  async open(): Promise<NativeConnection> {
+    await new Promise<void>((resolve) => this.server.listen(this.path, resolve));
+    const socket = await connectTo(this.path);
+    const hasher = new StreamHasher();
+    return { socket, write: (bytes) => (hasher.update(bytes), socket.write(bytes)), digest: () => hasher.digest(), get bytesWritten() { return hasher.bytes; } };
+  }
+
+  onStatus(listener: (status: string) => void): () => void {
+    this.listeners.add(listener);
+    return () => this.listeners.delete(listener);
+  }
+
+  say(status: string): void {
+    this.status = status;
+    for (const listener of [...this.listeners]) listener(status);
+  }
+
+  // Post-copy is not in these cases.
+  runWhenSwitched = () => Promise.resolve(performance.now());
+  blockedMs = () => Promise.resolve(0);
+  stopReason = () => Promise.resolve(this.reason);
+
+  close(): void {
+    this.socket?.destroy();
+    this.server.close();
+  }
+}
+
+/** A server NativeStream call as the receiver holds it: what it wrote, and the status it failed with. */
+class FakeStreamCall extends FakeServerCall {
+  written: Array<InstanceType<typeof pb.NativeTargetMessage>> = [];
+  ended = false;
+  write(message: InstanceType<typeof pb.NativeTargetMessage>): boolean {
+    this.written.push(message);
+    return true;
+  }
+  end(): void {
+    this.ended = true;
+  }
+  pause(): void {}
+  resume(): void {}
+}
+
+/** A receiver attached to `hypervisor` by `call`, its transfer's failure and restore recorded. */
+async function attached(t: Test, hypervisor: FakeHypervisor) {
+  const outcome = { failed: null as VmMigrateError | null, restored: false };
+  const context = {
+    clock: systemClock,
+    log: pino({ level: 'silent' }),
+    phase: () => 'restoring' as const,
+    restored: () => void (outcome.restored = true),
+    resuming: () => undefined,
+    resumedHere: () => undefined,
+    progress: () => undefined,
+    send: () => undefined,
+    fail: (error: unknown) => void (outcome.failed = error as VmMigrateError),
+  };
+  const receiver = new NativeStreamReceiver(context, hypervisor, () => '');
+  const call = new FakeStreamCall('127.0.0.1:5000');
+  receiver.accept(call as unknown as NativeStreamServerCall, pb.NativeStreamOpen.create({ reservationId: 'r1', migrationId: 'm1' }));
+  t.teardown(() => hypervisor.close());
+  for (let i = 0; i < 200 && (call.written.length === 0 || hypervisor.socket === null); i++) await sleep(10);
+  t.equal(call.written[0]?.body, 'ready', 'the hypervisor listens: ready');
+  const send = (bytes: Buffer) => call.emit('data', pb.NativeSourceMessage.create({ data: bytes }));
+  /** Waits until the transfer failed (or `done` holds), bounded. */
+  const settled = async (done = () => outcome.failed !== null) => {
+    for (let i = 0; i < 500 && !done(); i++) await sleep(10);
+    return outcome;
+  };
+  return { call, send, settled, outcome };
+}
+
+t.test("the target blames a native stream's failure on whoever caused it", async (t) => {
+  await t.test('the source half-closes before the hypervisor had all of it: CANCELLED, PEER_ENDED_STREAM', async (t) => {
+    const hypervisor = new FakeHypervisor(tempDir(t));
+    const { call, send, settled } = await attached(t, hypervisor);
+    send(Buffer.alloc(1000, 1));
+    call.emit('end');
+    // QEMU, finding the end of its input before the end of the migration, rejects what it got and exits.
+    hypervisor.reason = { exit: 'exit status 1', rejectedStream: true, said: 'load of migration failed: Input/output error' };
+    for (let i = 0; i < 200 && hypervisor.received < 1000; i++) await sleep(10);
+    hypervisor.socket?.destroy();
+    const { failed } = await settled();
+    t.match(failed, { code: 'CANCELLED', reason: 'PEER_ENDED_STREAM', message: /the source ended its native stream after 1000 bytes, before the target's hypervisor had all of the migration .*load of migration failed/ });
+    t.equal(call.failedWith?.code, grpc.status.CANCELLED, 'the stream ends CANCELLED');
+  });
+
+  await t.test('the source sends bytes the hypervisor cannot load: INVALID_ARGUMENT, MALFORMED_STREAM', async (t) => {
+    const hypervisor = new FakeHypervisor(tempDir(t));
+    const { call, send, settled } = await attached(t, hypervisor);
+    send(Buffer.from('not a migration stream'));
+    hypervisor.reason = { exit: 'exit status 1', rejectedStream: true, said: 'load of migration failed: Invalid argument' };
+    hypervisor.say('failed');
+    const { failed } = await settled();
+    t.match(failed, { code: 'INVALID_ARGUMENT', reason: 'MALFORMED_STREAM', message: /the source sent a migration stream the target's hypervisor could not load .*Invalid argument/ });
+    t.equal(call.failedWith?.code, grpc.status.INVALID_ARGUMENT);
+  });
+
+  await t.test('the stream from the source is cut: UNAVAILABLE, PEER_UNAVAILABLE', async (t) => {
+    const hypervisor = new FakeHypervisor(tempDir(t));
+    const { call, send, settled } = await attached(t, hypervisor);
+    send(Buffer.alloc(10, 1));
+    call.emit('error', new Error('Connection dropped'));
+    const { failed } = await settled();
+    t.match(failed, { code: 'UNAVAILABLE', reason: 'PEER_UNAVAILABLE', message: /the native stream from the source was cut after \d+ bytes: Connection dropped/ });
+  });
+
+  await t.test('the hypervisor dies by itself: FAILED_PRECONDITION, HYPERVISOR_FAILED', async (t) => {
+    const hypervisor = new FakeHypervisor(tempDir(t));
+    const { call, send, settled } = await attached(t, hypervisor);
+    send(Buffer.alloc(10, 1));
+    hypervisor.reason = { exit: 'killed by SIGKILL', rejectedStream: false, said: '' };
+    hypervisor.socket?.destroy();
+    const { failed } = await settled();
+    t.match(failed, { code: 'FAILED_PRECONDITION', reason: 'HYPERVISOR_FAILED', message: /the target's hypervisor exited \(killed by SIGKILL\)/ });
+    t.equal(call.failedWith?.code, grpc.status.FAILED_PRECONDITION);
+  });
+
+  await t.test('a half-close after the whole stream is the normal end', async (t) => {
+    const hypervisor = new FakeHypervisor(tempDir(t));
+    const { call, send, settled, outcome } = await attached(t, hypervisor);
+    send(Buffer.alloc(100, 1));
+    call.emit('end');
+    hypervisor.say('completed');
+    await settled(() => outcome.restored);
+    t.ok(outcome.restored, 'the replica is complete');
+    t.equal(outcome.failed, null, 'and nothing failed');
+  });
+
+  await t.test('a half-close before the Open fails the stream at once: CANCELLED', async (t) => {
+    const endpoints = new NativeStreamEndpoints(pino({ level: 'silent' }));
+    const call = new FakeServerCall('127.0.0.1:5000');
+    endpoints.handle(call as unknown as NativeStreamServerCall);
+    call.emit('end');
+    t.equal(call.failedWith?.code, grpc.status.CANCELLED, 'refused as it ended, with no wait for an Open');
+    t.match(call.failedWith?.details, /ended the native stream before its Open/);
+  });
 });

@@ -2,9 +2,13 @@
 // two agents of the qemu driver in this process, over loopback: QEMU's own migration stream,
 // relayed by the agents. One guest boots once and serves every case: first the failures, after
 // each of which it must still run on its source (its counter going on, no reboot, its memory
-// pattern intact) with nothing left on the target; then pre-copy to the target and post-copy back,
+// pattern intact) with nothing left on the target; an estimate (QEMU's pre-copy predicted from its
+// own dirty rate, through the API and the CLI's dry run); then pre-copy to the target (the method
+// left to the agent, which takes qemu-native) and post-copy back,
 // after each of which its console, read across the hosts it ran on, shows the counter going on
-// from where it was, with no second boot and the pattern intact.
+// from where it was, with no second boot and the pattern intact; last, a post-copy whose source
+// QEMU dies after the switch, which leaves the guest listed blocked on the target (QEMU's own
+// migration status), not running.
 // Skipped, visibly, where qemu-system-x86, linux-image-amd64 or busybox-static is missing.
 
 import { chmodSync, writeFileSync } from 'node:fs';
@@ -14,7 +18,9 @@ import { controlServiceV2, pb2, unary } from '../shared/transport/grpc.js';
 import { findExecutable } from './support/debian.js';
 import { type GuestTicks, parseTicks, QEMU_EXECUTABLE, skipUnlessGuestPackages } from './support/initramfs.js';
 import { childQemuPids, guestImageFor, QEMU_GUEST_BYTES, tempDirFor, waitForTicks } from './support/qemu.js';
-import { getJob, type Job, jobRunning, qemuGuest, type QemuAgent, reservedBytes, startNativeMigration, startQemuAgent, waitJob } from './support/qemu-agents.js';
+import { sleep } from './support/agents.js';
+import { runCli } from './support/cli-run.js';
+import { getJob, type Job, jobRunning, qemuGuest, type QemuAgent, reservedBytes, runtimeDirsSettle, startNativeMigration, startQemuAgent, waitJob } from './support/qemu-agents.js';
 
 const skip = skipUnlessGuestPackages();
 const { JobState, Phase, ErrorReason } = pb2;
@@ -56,6 +62,7 @@ t.test('qemu-native: a real guest moved by QEMU\'s own stream, its failures, and
     t.equal(first.qemuStatus, 'running', 'QEMU runs it');
     t.equal(await reservedBytes(target), 0, 'the target holds no reservation');
     t.same(target.driver.listGuests(), [], 'nor any guest');
+    t.same(await runtimeDirsSettle(target, 0), [], 'nor the runtime directory of its QEMU');
   };
 
   await t.test('a target whose QEMU refuses to start: refused at the reservation', async (t) => {
@@ -100,6 +107,10 @@ t.test('qemu-native: a real guest moved by QEMU\'s own stream, its failures, and
   await t.test('cancelled mid-stream', async (t) => {
     const jobId = await startNativeMigration(a, b, GUEST, { maxBandwidthBytesPerSec: SLOW_BYTES_PER_SEC });
     await waitJob(a, jobId, (job) => Number(job.source?.bytes?.native?.rawBytes ?? 0) > 4 * 2 ** 20);
+    // On the target the guest exists, arriving, but is not that agent's to stop or move yet.
+    const busy = { code: 'FAILED_PRECONDITION', reason: 'GUEST_BUSY', metadata: { guestId: GUEST, jobId } };
+    await t.rejects(unary(b.control, controlServiceV2.stopGuest, pb2.StopGuestRequest.create({ id: GUEST }), 10_000, 'stop'), busy, 'the target answers a stop of the arriving guest naming its incoming job');
+    await t.rejects(unary(b.control, controlServiceV2.startMigration, pb2.StartMigrationRequest.create({ guestId: GUEST, targetAddress: a.address }), 10_000, 'migrate'), busy, 'and a migration of it likewise');
     await unary(a.control, controlServiceV2.cancelJob, pb2.CancelJobRequest.create({ jobId }), 10_000, 'cancel');
     const job = await waitJob(a, jobId);
     t.equal(job.state, JobState.JOB_STATE_CANCELLED, `cancelled (${job.errorMessage})`);
@@ -108,10 +119,27 @@ t.test('qemu-native: a real guest moved by QEMU\'s own stream, its failures, and
     t.equal(target.state, JobState.JOB_STATE_CANCELLED, 'the target saw it cancelled');
   });
 
-  await t.test('pre-copy to the target: the counter goes on there, the pattern intact', async (t) => {
+  await t.test('an estimate before the move: QEMU\'s pre-copy predicted from its own dirty rate, recommended', async (t) => {
+    const request = pb2.EstimateMigrationRequest.create({ guestId: GUEST, targetAddress: b.address, sampleMs: 1000 });
+    const estimate = await unary(a.control, controlServiceV2.estimateMigration, request, 60_000, 'estimate');
+    t.same(estimate.methods.map((m) => m.method), [pb2.Method.METHOD_QEMU_NATIVE], 'the methods a qemu guest\'s driver carries out: qemu-native');
+    const m = estimate.methods[0]!;
+    t.ok(m.available && m.converges, `available, and converges: ${m.reason}`);
+    t.equal(estimate.guest?.dirtySource, pb2.InputSource.INPUT_SOURCE_MEASURED, `its dirtying measured by QEMU (${(estimate.guest?.dirtyWindows ?? []).map((w) => `${w.pages} pages in ${w.windowMs} ms`).join(', ')})`);
+    t.equal(estimate.recommendedMethod, pb2.Method.METHOD_QEMU_NATIVE, `recommended: ${estimate.recommendationReason}`);
+    const run = await runCli(t, ['migrate', GUEST, '--to', b.address, '--dry-run', '--sample-ms', '1000', '--agent', a.address, '--plaintext']);
+    t.equal(run.code, 0, `the CLI's dry run (stderr: ${run.stderr})`);
+    t.match(run.stdout, /^qemu-native +yes /m, 'its table has the qemu-native row');
+    t.match(run.stdout, /recommended: qemu-native/);
+    t.match(run.stdout, /with --method qemu-native/);
+    t.notMatch(run.stdout, /^cpu:/m, 'no replay figures for a guest no method replays');
+  });
+
+  await t.test('pre-copy to the target, the method left to the agent: the counter goes on there, the pattern intact', async (t) => {
     const before = consoleOf(consoles).counters.at(-1)!;
-    const jobId = await startNativeMigration(a, b, GUEST);
+    const jobId = await startNativeMigration(a, b, GUEST, { method: pb2.Method.METHOD_UNSPECIFIED });
     const job = await waitJob(a, jobId);
+    t.equal(job.method, pb2.Method.METHOD_QEMU_NATIVE, 'no method named: the agent took qemu-native, its driver\'s');
     t.equal(job.state, JobState.JOB_STATE_SUCCEEDED, `succeeded (${job.errorMessage})`);
     t.same(job.phasesPassed, [Phase.PHASE_PRE_MIGRATION, Phase.PHASE_RESERVATION, Phase.PHASE_CHECKPOINT, Phase.PHASE_STOP_AND_COPY, Phase.PHASE_COMMITMENT, Phase.PHASE_ACTIVATION, Phase.PHASE_DONE], 'the pre-copy phases, in order');
     const s = job.source!;
@@ -120,6 +148,8 @@ t.test('qemu-native: a real guest moved by QEMU\'s own stream, its failures, and
     t.ok(Number(s.bytes?.native?.rawBytes) > 8 * 2 ** 20, `the stream went through the agents (${Number(s.bytes?.native?.rawBytes)} bytes)`);
     t.ok((s.downtimeMs ?? 0) > 0, `downtime ${s.downtimeMs?.toFixed(1)} ms (QEMU's own: ${s.qemuNative?.qemuDowntimeMs} ms)`);
     t.same(a.driver.listGuests(), [], 'the source holds the guest no more');
+    await first.stopped();
+    t.same(await runtimeDirsSettle(a, 0), [], 'its QEMU there ended, and its runtime directory with it');
     const moved = qemuGuest(b, GUEST);
     consoles.push(moved.serial);
     await waitForTicks(moved.serial, (ticks) => ticks.counters.length >= 2);
@@ -147,7 +177,29 @@ t.test('qemu-native: a real guest moved by QEMU\'s own stream, its failures, and
     const last = checkConsole(t, consoleOf(consoles), 'across the three QEMUs');
     t.ok(last >= before + 2, `ticks ${before} before, ${last} now`);
   });
-  t.same(childQemuPids().length, 1, 'one QEMU is left: the guest\'s');
+
+  // Last, as it leaves the guest stuck: its memory split between a dead source and the target.
+  await t.test('post-copy whose source QEMU dies after the switch: the target lists the guest blocked, in QEMU\'s words', async (t) => {
+    const source = qemuGuest(a, GUEST);
+    const jobId = await startNativeMigration(a, b, GUEST, { nativePostcopy: true, maxBandwidthBytesPerSec: SLOW_BYTES_PER_SEC });
+    const switched = await waitJob(a, jobId, (job) => job.source?.qemuNative?.status === 'postcopy-active' && Number(job.source?.bytes?.native?.rawBytes ?? 0) > 4 * 2 ** 20);
+    t.ok(jobRunning(switched), `switched to post-copy, its pages still coming (${Number(switched.source?.bytes?.native?.rawBytes)} bytes so far)`);
+    const arrived = await waitJob(b, jobId, (job) => job.target?.activated === true);
+    t.ok(arrived.target?.activated, 'the guest runs on the target');
+    source.process.signal('SIGKILL');
+    const deadline = Date.now() + 60_000;
+    let listed: { state?: number | null; hypervisorStatus?: string | null } | undefined;
+    for (;;) {
+      const { guests } = await unary(b.control, controlServiceV2.listGuests, pb2.ListGuestsRequest.create(), 10_000, 'list');
+      listed = guests.find((g) => g.id === GUEST);
+      if (listed?.state === pb2.GuestState.GUEST_STATE_BLOCKED || Date.now() > deadline) break;
+      await sleep(100);
+    }
+    t.equal(listed?.state, pb2.GuestState.GUEST_STATE_BLOCKED, `listed blocked, not running (${listed?.hypervisorStatus})`);
+    t.match(listed?.hypervisorStatus, /migration postcopy-(paused|recover)/, 'with QEMU\'s own migration status');
+    t.match(b.driver.guest(GUEST).describe().summary, /postcopy-(paused|recover)/, 'and in the summary v1 lists');
+  });
+  t.same(childQemuPids().length, 1, 'one QEMU is left: the guest\'s, stuck on the target');
 });
 
 t.test('no QEMU process outlives the agents that started them', { skip }, async (t) => {

@@ -1,9 +1,10 @@
 // The qemu driver's parts that need no QEMU: its command line, the choice of accelerator, the
 // serial console's bounded tail, the configuration's qemu section (checked at start, each fault
-// named), and the test guest's initramfs (a newc cpio that busybox's own cpio lists back).
+// named), a StartGuest whose QEMU exits at once (a stand-in binary), and the test guest's
+// initramfs (a newc cpio that busybox's own cpio lists back).
 
 import { execFileSync } from 'node:child_process';
-import { readFileSync, writeFileSync } from 'node:fs';
+import { readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { gunzipSync } from 'node:zlib';
 import t from 'tap';
@@ -11,6 +12,8 @@ import { agentOptionsFromArgs } from '../cli/agent.js';
 import { ConfigError } from '../shared/config.js';
 import { kvmUsable, qemuArgs, resolveAccel } from '../shared/driver/qemu/args.js';
 import { SerialTail } from '../shared/driver/qemu/process.js';
+import { controlServiceV2, grpc, makeClient, pb2, unary } from '../shared/transport/grpc.js';
+import { startTestAgent } from './support/agents.js';
 import { cpioNewc } from './support/cpio.js';
 import { skipUnlessDebianPackage } from './support/debian.js';
 import { buildGuestImage, BUSYBOX_PACKAGE, BUSYBOX_PATH, parseTicks, patternBytesOf, skipUnlessGuestPackages } from './support/initramfs.js';
@@ -86,7 +89,12 @@ t.test('the qemu section is checked at start, each fault named', async (t) => {
   };
   t.match(refusal('driver: qemu\n'), { field: 'qemu', message: /needs a qemu section/ });
   t.match(refusal(`driver: qemu\nqemu:\n  kernel: ${kernel}\n  disk: ${kernel}\n  binary: /bin/true\n`), { field: 'qemu.kernel', message: /exactly one/ });
-  t.match(refusal(`driver: qemu\nqemu:\n  kernel: ${join(dir, 'absent')}\n  binary: /bin/true\n`), { field: 'qemu.kernel', message: /cannot read/ });
+  t.match(refusal(`driver: qemu\nqemu:\n  kernel: ${join(dir, 'absent')}\n  binary: /bin/true\n`), { field: 'qemu.kernel', message: /absent cannot be read \(ENOENT\)/ });
+  // QEMU exits at once on a boot file that is a directory: refused here, naming which.
+  t.match(refusal(`driver: qemu\nqemu:\n  kernel: ${dir}\n  binary: /bin/true\n`), { field: 'qemu.kernel', message: /is a directory, not a file/ });
+  t.match(refusal(`driver: qemu\nqemu:\n  kernel: ${kernel}\n  initrd: ${dir}\n  binary: /bin/true\n`), { field: 'qemu.initrd', message: new RegExp(`qemu.initrd: ${dir} is a directory`) });
+  t.match(refusal(`driver: qemu\nqemu:\n  disk: /dev/null\n  binary: /bin/true\n`), { field: 'qemu.disk', message: /is not a regular file/ });
+  t.match(refusal(`driver: qemu\nqemu:\n  kernel: ${kernel}\n  binary: ${dir}\n`), { field: 'qemu.binary', message: /no executable/ }, 'a directory is no QEMU binary');
   t.match(refusal(`driver: qemu\nqemu:\n  disk: ${kernel}\n  initrd: ${kernel}\n  binary: /bin/true\n`), { field: 'qemu.initrd', message: /goes with qemu.kernel/ });
   t.match(refusal(`driver: qemu\nqemu:\n  kernel: ${kernel}\n  binary: no-such-qemu-here\n`), { field: 'qemu.binary', message: /no executable no-such-qemu-here on PATH/ });
   t.match(refusal(`driver: qemu\nqemu:\n  kernel: ${kernel}\n  accel: hvf\n`), { field: 'qemu.accel' });
@@ -96,6 +104,28 @@ t.test('the qemu section is checked at start, each fault named', async (t) => {
   t.equal(refusal(`qemu:\n  kernel: ${join(dir, 'absent')}\n`), null, 'the section is not checked while the driver is sim');
   const options = agentOptionsFromArgs('source', ['--insecure-plaintext']);
   t.equal(options.config.driver, 'sim', 'sim by default');
+});
+
+t.test('StartGuest whose QEMU exits at once: refused with its exit status and last words, leaving nothing', async (t) => {
+  const dir = tempDirFor(t);
+  const kernel = join(dir, 'vmlinuz');
+  writeFileSync(kernel, 'not really a kernel');
+  // A stand-in for QEMU that fails as QEMU does on a kernel it cannot load.
+  const binary = join(dir, 'qemu-fails');
+  writeFileSync(binary, "#!/bin/sh\necho 'qemu-system-x86_64: warming up' >&2\necho \"qemu: could not load kernel '/boot': Is a directory\" >&2\nexit 1\n", { mode: 0o755 });
+  const stateDir = join(dir, 'run');
+  const config = join(dir, 'agent.yaml');
+  writeFileSync(config, `driver: qemu\nqemu:\n  binary: ${binary}\n  kernel: ${kernel}\n  stateDir: ${stateDir}\n  accel: tcg\n`);
+  const a = await startTestAgent(t, ['--config', config]);
+  const control = makeClient(controlServiceV2, 'Control', a.address, grpc.credentials.createInsecure());
+  t.teardown(() => control.close());
+  const start = unary(control, controlServiceV2.startGuest, pb2.StartGuestRequest.create({ id: 'vm-fails', memoryBytes: 128 * 2 ** 20 }), 30_000, 'start');
+  await t.rejects(start, { code: 'FAILED_PRECONDITION', reason: 'HYPERVISOR_FAILED', message: /guest 'vm-fails' did not start: its QEMU ended \(exit status 1\) before it ran the guest; QEMU said: qemu-system-x86_64: warming up \| qemu: could not load kernel '\/boot': Is a directory/ }, 'the start answers with the cause: QEMU\'s exit status and its last lines');
+  const { guests } = await unary(control, controlServiceV2.listGuests, pb2.ListGuestsRequest.create(), 10_000, 'list');
+  t.same(guests, [], 'no guest is listed');
+  const capacity = await unary(control, controlServiceV2.getCapacity, pb2.GetCapacityRequest.create(), 10_000, 'capacity');
+  t.equal(Number(capacity.memoryBytesReserved), 0, 'no memory is held for it');
+  t.same(readdirSync(stateDir), [], 'its runtime directory is gone');
 });
 
 t.test('cpio newc: what busybox cpio lists back', { skip: skipUnlessDebianPackage(BUSYBOX_PACKAGE, 'busybox') }, async (t) => {

@@ -73,6 +73,18 @@ export interface NativeStreamSource {
    * (resumed if the hypervisor had stopped it for its switchover). Settles once it runs again.
    */
   cancel(): Promise<void>;
+  /**
+   * The hypervisor's own measure of how fast the guest dirties its memory, over about `periodMs`
+   * (nothing migrates): for a prediction before start. Absent: the hypervisor has none.
+   */
+  measureDirtying?(periodMs: number, signal?: AbortSignal): Promise<NativeDirtyRate>;
+}
+
+/** How fast a guest dirties its memory, as its hypervisor measured it. */
+export interface NativeDirtyRate {
+  readonly dirtyBytesPerSec: number;
+  /** The span it measured over. */
+  readonly periodMs: number;
 }
 
 /** The target end: the replica's hypervisor, started for an incoming stream. */
@@ -95,6 +107,22 @@ export interface NativeStreamTarget {
   runWhenSwitched(): Promise<number>;
   /** Post-copy: wall time the guest's vCPUs waited here for pages, as the hypervisor measures it (0: not measured). */
   blockedMs(): Promise<number>;
+  /**
+   * Why the hypervisor stopped taking the stream before it completed, as it tells (waiting a
+   * little for its exit): so that a stream the hypervisor rejected is told from a hypervisor that
+   * failed on its own.
+   */
+  stopReason(): Promise<NativeStopReason>;
+}
+
+/** How the target's hypervisor stopped taking an incoming stream. */
+export interface NativeStopReason {
+  /** How its process ended ('exit status 1', 'killed by SIGKILL'), or null while it runs. */
+  readonly exit: string | null;
+  /** It said it could not load the stream (the bytes it was given), rather than failing by itself. */
+  readonly rejectedStream: boolean;
+  /** Its own last words on it ('' for none). */
+  readonly said: string;
 }
 
 /** The connection to the target hypervisor's incoming end: a byte stream both ways, and the hash of what was written. */

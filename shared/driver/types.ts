@@ -18,6 +18,8 @@ import type { NativeStreamSource, NativeStreamTarget } from './native-types.js';
 export type { CheckpointChunk } from './chunk.js';
 export type { DeltaRestoreTarget, DeltaSource, DeltaStart } from './delta-types.js';
 export type { BaseSource, ReplicaBase } from './base-types.js';
+export type { GuestOutput, OutputPacketView } from './output-types.js';
+import type { GuestOutput } from './output-types.js';
 import type { BaseSource, ReplicaBase } from './base-types.js';
 
 /** Bytes per guest page, for every driver. */
@@ -31,12 +33,14 @@ export const UNIT_MS_DEFAULT = 10;
 /**
  * A guest's lifecycle, as its host sees it.
  * - running: executing in real time (on the source, or on the target after activation);
+ * - blocked: meant to run, but cannot go on: its memory is incomplete and the post-copy migration
+ *   that brings it broke (QEMU's `postcopy-paused`), so its vCPUs wait for pages that do not come;
  * - suspended: stopped at a unit boundary, state intact; `resume` runs it again;
  * - restoring: a reservation receiving checkpoint chunks;
  * - replica: restored and paused, advanced only by applying units;
  * - discarded: gone; every operation but `describe` fails.
  */
-export type GuestState = 'running' | 'suspended' | 'restoring' | 'replica' | 'discarded';
+export type GuestState = 'running' | 'blocked' | 'suspended' | 'restoring' | 'replica' | 'discarded';
 
 /** What a guest is, enough for a target to reserve room for it and build a compatible replica. */
 export interface GuestDescription {
@@ -56,6 +60,12 @@ export interface GuestDescription {
   readonly machineConfig: Uint8Array;
   /** Human-readable summary of `machineConfig`, for logs and listings. */
   readonly summary: string;
+  /**
+   * Drivers of a real hypervisor: its own word for the guest's state, and for the migration that
+   * holds the guest if any (qemu: QEMU's run state, then its migration status: `running`,
+   * `running, migration postcopy-paused`).
+   */
+  readonly hypervisorStatus?: string;
   /** Drivers that run a workload of their own (`sim`): its profile and rates, as the guest runs. */
   readonly workload?: { readonly profile: string; readonly rates: Readonly<Record<string, number>> };
 }
@@ -192,6 +202,17 @@ export interface SourceGuest {
   setThrottle(factor: number): void;
   /** Destroys the guest and frees its memory. */
   discard(): void;
+  /**
+   * Drivers whose guest runs in a process of its own (qemu): settles once that process came up and
+   * runs the guest; rejects with why it did not, once nothing of the guest is left (its process
+   * gone, off the host's books). Absent: the guest runs once created.
+   */
+  readonly started?: Promise<void>;
+  /**
+   * Drivers whose guest runs in a process of its own: settles once that process has exited after
+   * `discard` (its memory is free then, not before). Absent: discard frees it at once.
+   */
+  stopped?(): Promise<unknown>;
   /** Stops a suspended guest for good (failed over elsewhere): it never resumes; kept only as a base image. */
   retire?(): void;
   /** xxh64 digest over all pages plus vCPU/device state, as 16 hex digits. */
@@ -212,43 +233,6 @@ export interface SourceGuest {
   readonly nativeStream?: NativeStreamSource;
   /** The guest's console (its serial port's last bytes, and how many it wrote); absent when the driver keeps none. */
   console?(): { text: string; bytesTotal: number };
-}
-
-/** One output of a guest (a packet it transmitted). */
-export interface OutputPacketView {
-  readonly sequence: number;
-  /** The unit that produced it. */
-  readonly unit: number;
-  readonly payload: string;
-  /** performance.now() when produced and released (0: not released). */
-  readonly producedAtMs: number;
-  readonly releasedAtMs: number;
-}
-
-/**
- * A guest's output gate (a sync protection holds each output until the standby received the unit
- * that produced it), and the outputs released so far, kept in a bounded ring.
- */
-export interface GuestOutput {
-  hold(): void;
-  /** Releases the held outputs of units up to `unit`; returns how many. */
-  releaseThrough(unit: number): number;
-  /** Releases everything held and holds no more. */
-  openGate(): void;
-  /** Drops what is held, never to be released (the guest was failed over: its standby answers now), and holds no more. */
-  dropHeld(): number;
-  readonly holding: boolean;
-  readonly heldCount: number;
-  readonly produced: number;
-  readonly released: number;
-  /** Times the gate opened because too much was held. */
-  readonly overflowed: number;
-  releasedAfter(after: number, max: number): { packets: readonly OutputPacketView[]; firstKept: number };
-  delayPercentiles(): { p50: number; p99: number; samples: number };
-  /** Told when the gate opens because too much was held (sync falls back to async). */
-  onOverflow: ((held: number) => void) | null;
-  /** Outputs leave only while this holds (null: always); the others wait, held. */
-  releaseWhile: (() => boolean) | null;
 }
 
 /** Restore from checkpoint chunks, then replay units: what CR/TR needs of a replica. */
@@ -378,6 +362,11 @@ export interface HypervisorDriver {
    * as its memory when the driver can (else starts fresh and the image is discarded).
    */
   reserve(description: GuestDescription, base?: BaseSource): TargetReplica;
+  /**
+   * Whether StartGuest's workload fields (profile, rates, environment seed) apply to this driver's
+   * guests: false for one whose guests run their own operating system (qemu). Absent: they do (sim).
+   */
+  readonly runsWorkloads?: boolean;
   /**
    * Optional: boots a new guest from `spec` (the `sim` driver does; a driver whose guests are
    * made by their own tools, such as xl or QEMU, leaves it out and StartGuest is refused).

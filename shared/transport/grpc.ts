@@ -288,6 +288,7 @@ const STATUS_OF: Record<ErrorCode, grpc.status> = {
   RESOURCE_EXHAUSTED: grpc.status.RESOURCE_EXHAUSTED,
   DATA_LOSS: grpc.status.DATA_LOSS,
   ABORTED: grpc.status.ABORTED,
+  CANCELLED: grpc.status.CANCELLED,
   UNAVAILABLE: grpc.status.UNAVAILABLE,
   UNIMPLEMENTED: grpc.status.UNIMPLEMENTED,
   PERMISSION_DENIED: grpc.status.PERMISSION_DENIED,

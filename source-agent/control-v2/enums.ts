@@ -23,6 +23,7 @@ const PHASES: Record<MigrationPhase, number> = {
 
 const GUEST_STATES: Record<GuestState, number> = {
   running: pb2.GuestState.GUEST_STATE_RUNNING,
+  blocked: pb2.GuestState.GUEST_STATE_BLOCKED,
   suspended: pb2.GuestState.GUEST_STATE_SUSPENDED,
   restoring: pb2.GuestState.GUEST_STATE_RESTORING,
   replica: pb2.GuestState.GUEST_STATE_REPLICA,

@@ -14,7 +14,9 @@ import type { ControlService } from '../control-service.js';
 import { METHOD_NAMES, createMethod } from '../methods/registry.js';
 import { methodName, policyName, resolveActionName } from './enums.js';
 import { capacityMessage, guestMessage, type GuestRoleOf, incomingJobMessage, sourceJobMessage } from './views.js';
-import type { IncomingJob } from '../../shared/incoming-job.js';
+import type { IncomingJobs } from '../../shared/incoming-job.js';
+
+export type { IncomingJobs } from '../../shared/incoming-job.js';
 import { watchIncomingJob, watchSourceJob } from './watch.js';
 import { failStream, unaryHandlers } from '../../shared/transport/handlers.js';
 import { parseEstimateRequest } from '../estimate/estimator.js';
@@ -34,12 +36,6 @@ const WATCH_INTERVAL_MS_MAX = 60_000;
 /** WatchJob streams open at once on one agent. */
 const WATCHES_MAX = 256;
 
-/** The incoming migrations the target side keeps (target-agent/incoming-jobs.ts). */
-export interface IncomingJobs {
-  get(jobId: string): IncomingJob | undefined;
-  list(): IncomingJob[];
-  activeFor(guestId: string): IncomingJob | undefined;
-}
 
 export interface ControlV2Options {
   /** Random at every start of the agent (Capacity.agent_instance_id). */
@@ -99,27 +95,35 @@ export class ControlServiceV2 {
     return pb2.ListGuestsResponse.create({ guests });
   }
 
-  startGuest(req: Req<'StartGuestRequest'>): InstanceType<typeof pb2.StartGuestResponse> {
+  /** Boots a guest and answers once it runs (a QEMU that fails at once is answered with why, leaving nothing). */
+  async startGuest(req: Req<'StartGuestRequest'>): Promise<InstanceType<typeof pb2.StartGuestResponse>> {
     if (this.driver.createGuest === undefined) throw new UnimplementedError(`driver '${this.driver.name}' does not start guests; start them with the hypervisor's own tools`);
+    // A driver without workloads (qemu) gets no profile unless the caller named one (which it refuses).
+    const profile = req.profile || (this.driver.runsWorkloads === false ? '' : GUEST_PROFILE_DEFAULT);
     const guest = this.driver.createGuest({
       id: req.id || undefined,
-      profile: req.profile || GUEST_PROFILE_DEFAULT,
+      profile,
       memoryBytes: Number(req.memoryBytes) || GUEST_MEMORY_BYTES_DEFAULT,
       unitMs: req.unitMs || undefined,
       rates: Object.keys(req.rates ?? {}).length > 0 ? (req.rates as Record<string, number>) : undefined,
       environmentSeed: req.environmentSeed || undefined,
     });
-    this.log.info({ guestId: guest.id, profile: req.profile || GUEST_PROFILE_DEFAULT }, 'guest started');
+    await guest.started;
+    this.log.info({ guestId: guest.id, profile: profile || undefined }, 'guest started');
     return pb2.StartGuestResponse.create({ guest: guestMessage(guest.describe(), this.roleOf(guest.id)) });
   }
 
-  stopGuest(req: Req<'StopGuestRequest'>): InstanceType<typeof pb2.StopGuestResponse> {
+  /** Stops a guest and answers once it is gone: its hypervisor's process exited, its memory free. */
+  async stopGuest(req: Req<'StopGuestRequest'>): Promise<InstanceType<typeof pb2.StopGuestResponse>> {
+    checkGuestId(req.id, 'id');
+    this.control.checkNotArriving(req.id, 'stop');
     const guest = this.guest(req.id, 'id');
     const role = this.roleOf(guest.id);
     if (role.role !== 'none') {
       throw new InvalidStateError(`guest '${guest.id}' is ${role.role.replace('-', ' ')} (job ${role.jobId}); cancel the job first`, { reason: 'GUEST_BUSY', metadata: { guestId: guest.id, jobId: role.jobId } });
     }
     guest.discard();
+    await guest.stopped?.();
     this.log.info({ guestId: guest.id }, 'guest stopped');
     return pb2.StopGuestResponse.create();
   }

@@ -196,6 +196,7 @@ export function guestMessage(d: GuestDescription, role: GuestRoleOf): InstanceTy
     state: guestStateEnum(d.state),
     role: ROLES[role.role],
     jobId: role.jobId,
+    hypervisorStatus: d.hypervisorStatus ?? '',
   });
   if (d.workload !== undefined) guest.sim = pb2.SimWorkload.create({ profile: d.workload.profile, rates: { ...d.workload.rates } });
   return guest;

@@ -135,6 +135,9 @@ export class Estimator {
     const configured = request.maxBandwidthBytesPerSec;
     const bandwidthSource: InputSource = link.measuredBytesPerSec > 0 ? 'measured' : configured > 0 ? 'configured' : 'unknown';
     const { available, refusal, hybridCatchUp } = this.availability(guest, link);
+    // What the guest's driver can do is predicted, whatever the target can (the rest is said not available).
+    const source = sourceCapabilities(guest);
+    const methods = METHOD_NAMES.filter((name) => createMethod(name).needs.source.every((c) => source.includes(c)));
     const prediction = predictMigration({
       memoryBytes: sample.memoryBytes,
       nonZeroFraction: sample.nonZeroFraction,
@@ -151,6 +154,7 @@ export class Estimator {
       downtimeLimitMs: request.downtimeLimitMs,
       cowPoolBytes: sample.cowPoolBytes,
       available,
+      methods,
       hybridCatchUp,
     });
     if (refusal !== '') prediction.reason = `${refusal}; ${prediction.reason}`;

@@ -36,6 +36,11 @@ export interface PredictionInputs {
   cowPoolBytes: number;
   /** Methods both agents can carry out; the others are predicted, never recommended. */
   available: readonly MigrationMethod[];
+  /**
+   * The methods the source guest's driver can carry out, which are the ones predicted (default:
+   * crtr, precopy and postcopy, the sim's; a qemu guest's is qemu-native).
+   */
+  methods?: readonly MigrationMethod[];
   /** Both agents make delta checkpoints: CR/TR catches up the hybrid way (shared/catch-up.ts). */
   hybridCatchUp: boolean;
   /** CR/TR stops after its final approach (shared/approach.ts) where one pays; the default, as a migration's. */

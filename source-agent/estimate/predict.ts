@@ -42,6 +42,9 @@
 //               probability 1 - t / push time (written pages only: reads are not measured);
 //   disruption  downtime + one R per unit that faults (a unit's pages are fetched together) +
 //               one page's transfer per fault, at most the push time (then every page is there).
+// QEMU native (qemu-native.ts, for a guest of the qemu driver, whose only method it is): QEMU's
+//   own pre-copy passes over its relayed stream, switching once what is left fits the limit.
+// Only the methods the source guest's driver can carry out are predicted (PredictionInputs.methods).
 // Every total time adds 2R of setup (capacity, reservation).
 //
 // Recommendation: among the methods both agents can carry out and that converge, the least
@@ -55,12 +58,19 @@
 
 import type { MigrationMethod } from '../../shared/stats.js';
 import { predictCrtr, predictPostcopy, predictPrecopy } from './methods.js';
+import { predictQemuNative } from './qemu-native.js';
 import { type Derived, derive, fmtMs, type MethodPrediction, POSTCOPY_PREFERENCE, type PredictionInputs } from './model.js';
 
 export type { DirtyWindow, MethodPrediction, PredictionInputs } from './model.js';
 
+/** The methods predicted when the inputs do not name the source driver's: the sim's. */
+const SIM_METHODS: readonly MigrationMethod[] = ['crtr', 'precopy', 'postcopy'];
+
 export interface Prediction {
-  /** crtr, then crtr with the log-only catch-up when the hybrid one is possible, precopy, postcopy. */
+  /**
+   * The source driver's methods: crtr, then crtr with the log-only catch-up when the hybrid one is
+   * possible, precopy, postcopy; qemu-native (its model is qemu-native.ts).
+   */
   methods: MethodPrediction[];
   /** null when no method is available. */
   recommended: MigrationMethod | null;
@@ -71,8 +81,12 @@ export interface Prediction {
 
 export function predictMigration(inputs: PredictionInputs): Prediction {
   const d: Derived = derive(inputs);
-  const crtr = inputs.hybridCatchUp ? [predictCrtr(inputs, d, true), predictCrtr(inputs, d, false)] : [predictCrtr(inputs, d, false)];
-  const methods = [...crtr, predictPrecopy(inputs, d), predictPostcopy(inputs, d)];
+  const wanted = inputs.methods ?? SIM_METHODS;
+  const methods: MethodPrediction[] = [];
+  if (wanted.includes('crtr')) methods.push(...(inputs.hybridCatchUp ? [predictCrtr(inputs, d, true), predictCrtr(inputs, d, false)] : [predictCrtr(inputs, d, false)]));
+  if (wanted.includes('precopy')) methods.push(predictPrecopy(inputs, d));
+  if (wanted.includes('postcopy')) methods.push(predictPostcopy(inputs, d));
+  if (wanted.includes('qemu-native')) methods.push(predictQemuNative(inputs, d));
   const { recommended, reason } = recommend(methods);
   return {
     methods,

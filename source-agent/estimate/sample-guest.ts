@@ -2,7 +2,9 @@
 // - its memory's content: a sample of pages read through its page-access capability, how many are
 //   zero, and how small lz4 makes the others (and how fast, on this host's core);
 // - its dirtying: distinct pages dirtied over windows of 250 ms, 500 ms, 1 s, 2 s, ... of one
-//   sampling period (the page-access capability's dirty tracking);
+//   sampling period (the page-access capability's dirty tracking); a guest without page access
+//   whose hypervisor measures its dirty rate itself (qemu: calc-dirty-rate) gives one window, the
+//   period, and its content is not sampled (every page counted as sent whole: an upper bound);
 // - its busy share: CPU time of this process over the period (a `sim` guest's vCPU runs in the
 //   agent's process; other work of the agent counts too, which makes replay look slower); for a
 //   guest of another driver this process's CPU says nothing, so the share is not known and taken
@@ -145,6 +147,12 @@ async function sampleDirtying(pages: PageAccess, o: GuestSampleOptions): Promise
   return windows;
 }
 
+/** The hypervisor's dirty rate as one window: the pages it dirtied over the span, at most all of them. */
+function hypervisorWindow(rate: { dirtyBytesPerSec: number; periodMs: number }, memoryBytes: number): DirtyWindow {
+  const pages = Math.min(memoryBytes / PAGE_BYTES, (rate.dirtyBytesPerSec * rate.periodMs) / 1000 / PAGE_BYTES);
+  return { windowMs: rate.periodMs, pages: Math.round(pages) };
+}
+
 /** Samples `guest` for one period (see the head comment). */
 export async function sampleGuest(guest: SourceGuest, o: GuestSampleOptions): Promise<GuestSample> {
   const description = guest.describe();
@@ -154,7 +162,9 @@ export async function sampleGuest(guest: SourceGuest, o: GuestSampleOptions): Pr
   const cpuStart = cpuUsage();
   const start = o.clock.now();
   let dirtyWindows: DirtyWindow[] = [];
+  const measure = guest.nativeStream?.measureDirtying?.bind(guest.nativeStream);
   if (pages) dirtyWindows = await sampleDirtying(pages, o);
+  else if (measure !== undefined) dirtyWindows = [hypervisorWindow(await measure(o.periodMs, o.signal), description.memoryBytes)];
   else await o.clock.sleep(o.periodMs, o.signal);
   const periodMs = o.clock.now() - start;
   const cpuEnd = cpuUsage();
@@ -166,7 +176,7 @@ export async function sampleGuest(guest: SourceGuest, o: GuestSampleOptions): Pr
     unitMs: description.unitMs,
     periodMs,
     dirtyWindows,
-    dirtySource: pages ? 'measured' : 'unknown',
+    dirtySource: pages || measure !== undefined ? 'measured' : 'unknown',
     busyFraction: hints !== null && periodMs > 0 ? Math.min(1, cpuMs / periodMs) : 1,
     busySource: hints !== null ? 'measured' : 'unknown',
     logBytesPerSec: hints?.logBytesPerSec ?? 0,

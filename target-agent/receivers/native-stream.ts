@@ -13,12 +13,17 @@
 // from its resume to the stream's end, and the time its vCPUs waited for pages, as the hypervisor
 // measures it.
 //
-// Any failure (the hypervisor refused or died, the stream broke) fails the transfer: before the
-// commitment point the session then discards the replica and its reservation.
+// Any failure fails the transfer (before the commitment point the session then discards the
+// replica and its reservation), blamed on whoever caused it: the peer ended the stream before the
+// hypervisor had all of it (CANCELLED, PEER_ENDED_STREAM), the hypervisor rejected the bytes the
+// peer sent (INVALID_ARGUMENT, MALFORMED_STREAM), the stream from the peer was cut (UNAVAILABLE,
+// PEER_UNAVAILABLE), or the hypervisor failed by itself (FAILED_PRECONDITION, HYPERVISOR_FAILED).
+// The hypervisor's end of the stream says little by itself (it closes its socket in every case,
+// and QEMU exits on a stream it cannot load), so its own account decides (NativeStreamTarget.stopReason).
 
 import { NATIVE_MESSAGE_BYTES_MAX, type NativeConnection, type NativeStreamTarget } from '../../shared/driver/native-types.js';
 import type { PostcopyTarget } from '../../shared/driver/types.js';
-import { InvalidStateError, UnavailableError, UnimplementedError, VmMigrateError } from '../../shared/errors.js';
+import { InvalidArgumentError, InvalidStateError, LimitExceededError, StreamEndedError, UnavailableError, UnimplementedError, VmMigrateError } from '../../shared/errors.js';
 import { pb, toServiceError } from '../../shared/transport/grpc.js';
 import type { ProgressCounters } from '../feedback.js';
 import type { NativeStreamOpen, NativeStreamServerCall } from '../native-streams.js';
@@ -52,6 +57,10 @@ export class NativeStreamReceiver {
   /** The hypervisor has not taken the last message yet: no more is read until it has. */
   private waitingForDrain = false;
   private closedEarly: ReturnType<typeof setTimeout> | null = null;
+  /** The peer ended its side of the stream (half-close), after this many bytes; null while it streams. */
+  private peerEndedAtBytes: number | null = null;
+  /** The hypervisor stopped taking the stream: its account is being read (once). */
+  private judging = false;
   private readonly stopListening: () => void;
 
   constructor(
@@ -84,9 +93,9 @@ export class NativeStreamReceiver {
     // transfer's own stream, which ends the transfer; a source that says nothing fails it here.
     call.on('cancelled', () => {
       if (this.completed || this.ended) return;
-      setTimeout(() => this.broken(new UnavailableError('the source cancelled the native stream, and said nothing on the transfer', { reason: 'PEER_UNAVAILABLE' })), CLOSE_GRACE_MS).unref();
+      setTimeout(() => this.broken(this.cut('it was cancelled, or its connection lost, and the source said nothing on the transfer')), CLOSE_GRACE_MS).unref();
     });
-    call.on('error', (error: Error) => this.broken(new UnavailableError(`the native stream broke: ${error.message}`, { reason: 'PEER_UNAVAILABLE' })));
+    call.on('error', (error: Error) => this.broken(this.cut(error.message)));
     this.native.open({ postcopy: this.postcopy }).then(
       (connection) => this.connected(call, connection),
       (error: unknown) => this.broken(error),
@@ -125,13 +134,20 @@ export class NativeStreamReceiver {
     this.connection = connection;
     const socket = connection.socket;
     call.on('data', (message: InstanceType<typeof pb.NativeSourceMessage>) => this.fromSource(call, connection, message));
-    call.on('end', () => socket.end());
+    call.on('end', () => {
+      // The source's hypervisor ended its stream: normal once it sent all of it, which only the
+      // target's hypervisor can tell (it completes, or rejects what it got).
+      this.peerEndedAtBytes = connection.bytesWritten;
+      socket.end();
+    });
     socket.on('data', (chunk: Buffer) => this.toSource(call, socket, chunk));
-    socket.on('error', (error) => this.broken(new InvalidStateError(`the target's hypervisor stream broke: ${error.message}`, { reason: 'HYPERVISOR_FAILED' })));
+    // An error on the hypervisor's socket is followed by its close.
+    socket.on('error', (error) => this.context.log.debug({ err: error.message }, 'the target hypervisor\'s stream socket failed'));
     socket.on('close', () => {
-      // The hypervisor closes its end once it has the whole stream (completed); before that, it died or refused it.
+      // The hypervisor closes its end once it has the whole stream (completed, said on its own
+      // connection, maybe a little later); before that, it rejected the stream or failed.
       if (this.completed) return void call.end();
-      this.closedEarly = setTimeout(() => this.broken(new InvalidStateError(`the target's hypervisor closed its migration stream, and did not say it completed within ${CLOSE_GRACE_MS} ms (it refused the stream, or exited)`, { reason: 'HYPERVISOR_FAILED' })), CLOSE_GRACE_MS);
+      this.closedEarly = setTimeout(() => this.hypervisorStopped(), CLOSE_GRACE_MS);
     });
     call.write(pb.NativeTargetMessage.create({ ready: {} }));
     this.context.log.info({ postcopy: this.postcopy }, 'native stream attached: the hypervisor listens');
@@ -141,11 +157,13 @@ export class NativeStreamReceiver {
   private fromSource(call: NativeStreamServerCall, connection: NativeConnection, message: InstanceType<typeof pb.NativeSourceMessage>): void {
     if (this.ended) return;
     const data = message.data;
-    if (message.body !== 'data' || data === null || data === undefined || data.length > NATIVE_MESSAGE_BYTES_MAX) {
-      return this.broken(new InvalidStateError(message.body === 'data' ? `a native stream message of ${data?.length} bytes, at most ${NATIVE_MESSAGE_BYTES_MAX}` : `${message.body} on a native stream already open`, { reason: 'PROTOCOL_VIOLATION' }));
+    if (message.body !== 'data' || data === null || data === undefined) {
+      return this.broken(new InvalidStateError(`the source sent ${message.body ?? 'an empty message'} on a native stream already open`, { reason: 'PROTOCOL_VIOLATION' }));
     }
-    // The hypervisor sends its end after the stream's last byte: more bytes for a closed socket mean it refused the stream, or exited.
-    if (connection.socket.destroyed) return this.broken(new InvalidStateError('the target\'s hypervisor closed its migration stream before the end (it refused the stream, or exited)', { reason: 'HYPERVISOR_FAILED' }));
+    if (data.length > NATIVE_MESSAGE_BYTES_MAX) return this.broken(new LimitExceededError(`the source sent a native stream message of ${data.length} bytes, at most ${NATIVE_MESSAGE_BYTES_MAX}`, { metadata: { bytes: data.length, limit: NATIVE_MESSAGE_BYTES_MAX } }));
+    // The hypervisor closed its end before the stream's last byte (it rejected the stream, or
+    // failed): read no more; its account, once in, says which.
+    if (connection.socket.destroyed) return void call.pause();
     if (connection.write(data)) return;
     // The hypervisor takes the stream slower than it comes: read no more until its socket drains.
     call.pause();
@@ -172,7 +190,41 @@ export class NativeStreamReceiver {
     if (status === 'completed' && this.postcopy && this.resumedAtMs === null) this.switched();
     if (status === 'completed') return this.complete();
     if (status === 'postcopy-active' && this.resumedAtMs === null) return this.switched();
-    if (status === 'failed') this.broken(new InvalidStateError('the target\'s hypervisor failed to load the migration stream', { reason: 'HYPERVISOR_FAILED' }));
+    if (status === 'failed') this.hypervisorStopped();
+  }
+
+  /** The stream from the source was cut (its call failed or was cancelled): UNAVAILABLE. */
+  private cut(why: string): UnavailableError {
+    const bytes = this.connection?.bytesWritten ?? 0;
+    return new UnavailableError(`the native stream from the source was cut after ${bytes} bytes: ${why}`, { reason: 'PEER_UNAVAILABLE', metadata: { bytes } });
+  }
+
+  /**
+   * The hypervisor stopped taking the stream before it completed (it said failed, or closed its
+   * socket): its own account says whether it rejected what the peer sent, or failed by itself.
+   */
+  private hypervisorStopped(): void {
+    if (this.judging || this.ended || this.completed) return;
+    this.judging = true;
+    this.native.stopReason().then(
+      (reason) => this.broken(this.blame(reason)),
+      (error: unknown) => this.broken(error),
+    );
+  }
+
+  /** The error for a hypervisor that stopped taking the stream, blamed on the peer or on itself. */
+  private blame(reason: { exit: string | null; rejectedStream: boolean; said: string }): VmMigrateError {
+    const bytes = this.connection?.bytesWritten ?? 0;
+    const said = reason.said === '' ? '' : `; it said: ${reason.said}`;
+    const metadata = { bytes };
+    if (reason.rejectedStream && this.peerEndedAtBytes !== null) {
+      return new StreamEndedError(`the source ended its native stream after ${this.peerEndedAtBytes} bytes, before the target's hypervisor had all of the migration (it could not load what came${said})`, { metadata });
+    }
+    if (reason.rejectedStream) {
+      return new InvalidArgumentError(`the source sent a migration stream the target's hypervisor could not load (rejected after ${bytes} bytes${said})`, { reason: 'MALFORMED_STREAM', metadata });
+    }
+    const how = reason.exit === null ? 'closed its migration stream without completing it' : `exited (${reason.exit})`;
+    return new InvalidStateError(`the target's hypervisor ${how} ${bytes} bytes into the migration stream${said}`, { reason: 'HYPERVISOR_FAILED', metadata });
   }
 
   private complete(): void {

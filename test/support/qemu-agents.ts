@@ -3,7 +3,7 @@
 // ends), and the calls those tests make: start a migration, wait for its end, read a guest's
 // serial console across the hosts it ran on.
 
-import { writeFileSync } from 'node:fs';
+import { readdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Test } from 'tap';
 import type { QemuDriver } from '../../shared/driver/qemu/driver.js';
@@ -19,6 +19,8 @@ type StartRequest = Partial<InstanceType<typeof pb2.StartMigrationRequest>>;
 export interface QemuAgent extends Agent {
   control: ReturnType<typeof makeClient<typeof controlServiceV2>>;
   driver: QemuDriver;
+  /** Where its QEMUs' runtime directories are (qemu.stateDir): one per QEMU alive. */
+  stateDir: string;
 }
 
 /** What a qemu agent's configuration may change: the QEMU binary (a wrapper, to make QEMU fail). */
@@ -28,13 +30,25 @@ export interface QemuAgentOptions {
 
 /** A qemu agent booting `image` under TCG; stopped (its QEMUs ended) when `t` ends. */
 export async function startQemuAgent(t: Test, image: GuestImage, options: QemuAgentOptions = {}): Promise<QemuAgent> {
-  const config = join(tempDirFor(t), 'agent.yaml');
+  const dir = tempDirFor(t);
+  const config = join(dir, 'agent.yaml');
+  const stateDir = join(dir, 'run');
   const binary = options.binary === undefined ? '' : `  binary: ${options.binary}\n`;
-  writeFileSync(config, `driver: qemu\nqemu:\n${binary}  kernel: ${image.kernel}\n  initrd: ${image.initrd}\n  append: "${image.append}"\n  accel: tcg\n`);
+  writeFileSync(config, `driver: qemu\nqemu:\n${binary}  kernel: ${image.kernel}\n  initrd: ${image.initrd}\n  append: "${image.append}"\n  accel: tcg\n  stateDir: ${stateDir}\n`);
   const agent = await startTestAgent(t, ['--config', config]);
   const control = makeClient(controlServiceV2, 'Control', agent.address, grpc.credentials.createInsecure());
   t.teardown(() => control.close());
-  return { ...agent, control, driver: agent.agent.driver as QemuDriver };
+  return { ...agent, control, driver: agent.agent.driver as QemuDriver, stateDir };
+}
+
+/** The runtime directories of the agent's QEMUs, once as many as `count` are left (bounded wait: a QEMU ends shortly after its guest). */
+export async function runtimeDirsSettle(agent: QemuAgent, count: number, timeoutMs = 30_000): Promise<string[]> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const dirs = readdirSync(agent.stateDir);
+    if (dirs.length <= count || Date.now() > deadline) return dirs;
+    await sleep(50);
+  }
 }
 
 /** Starts a qemu-native migration of `guestId` from `source` to `target`; returns its job id. */

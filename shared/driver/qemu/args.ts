@@ -2,7 +2,7 @@
 // accelerator. Every guest gets the same shape: no default devices, no display, its serial
 // console on standard output (the driver reads it), QMP on a unix socket in the state directory.
 
-import { accessSync, closeSync, constants, openSync, readFileSync } from 'node:fs';
+import { accessSync, closeSync, constants, openSync, readFileSync, statSync } from 'node:fs';
 import { delimiter, join } from 'node:path';
 
 export type QemuAccel = 'kvm' | 'tcg';
@@ -13,12 +13,26 @@ export type QemuBoot =
   | { readonly kind: 'kernel'; readonly kernel: string; readonly initrd?: string; readonly append: string }
   | { readonly kind: 'disk'; readonly disk: string; readonly format: 'raw' | 'qcow2' };
 
+/** One boot file's content: its size and SHA-256 (hex). */
+export interface FileDigest {
+  readonly bytes: number;
+  readonly sha256: string;
+}
+
+/** What a kernel boot's files held when the guest's QEMU read them (boot-files.ts). */
+export interface BootFileDigests {
+  readonly kernel: FileDigest;
+  readonly initrd?: FileDigest;
+}
+
 /** A QEMU guest's machine: what a target needs to build the same one. */
 export interface QemuMachineConfig {
   readonly memoryBytes: number;
   readonly vcpus: number;
   readonly accel: QemuAccel;
   readonly boot: QemuBoot;
+  /** A kernel boot: what its files held at the guest's start (a target checks its own against them). */
+  readonly bootFiles?: BootFileDigests;
 }
 
 /** The arguments of `qemu-system-x86_64` for `machine`, with its QMP socket at `qmpSocket`. */
@@ -83,7 +97,8 @@ export function findExecutable(binary: string): string | null {
   for (const path of candidates) {
     try {
       accessSync(path, constants.X_OK);
-      return path;
+      // A directory is "executable" too (searchable): only a regular file runs.
+      if (statSync(path).isFile()) return path;
     } catch {
       // not here
     }

@@ -5,14 +5,19 @@
 //
 // StartGuest boots the configured image (a kernel with its initramfs and command line, or a disk
 // image) with the memory the request asks for. A real guest runs its own operating system, so the
-// sim's workload fields do not apply: the profile must be empty or 'idle' (the API's default),
-// and rates and the environment seed must be unset.
+// sim's workload fields do not apply: the profile must be empty (any profile is refused, 'idle'
+// too), and rates and the environment seed must be unset.
 //
 // Migration goes by QEMU's own stream (capability native-stream, the qemu-native method): a
 // reservation starts a QEMU with the source guest's machine waiting for the stream (`-incoming
 // defer -S`, incoming.ts), counted on the host's books until it is activated or discarded. Its
 // boot files must be this agent's own (qemu.kernel, qemu.initrd, qemu.disk): a peer cannot make
 // this host read other files into a guest.
+//
+// Each QEMU gets a private runtime directory of its own (mode 0700, `vmm-qemu-XXXXXX` under
+// qemu.stateDir, else the system's temporary directory) holding its QMP socket and, for an
+// incoming guest, the socket its migration stream arrives on. The directory is removed as soon as
+// that QEMU has exited, however it ended: no agent leaves one behind for a guest that is gone.
 
 import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
 import { availableParallelism, tmpdir, totalmem } from 'node:os';
@@ -21,12 +26,13 @@ import { randomUUID } from 'node:crypto';
 import { AlreadyExistsError, echo, invalidField, NotFoundError, ReservationRefusedError } from '../../errors.js';
 import { type GuestDescription, type GuestSpec, type HostCapacity, type HypervisorDriver, type DriverCapability, UNIT_MS_MAX, UNIT_MS_MIN } from '../types.js';
 import { UNIX_SOCKET_PATH_BYTES_MAX } from '../native-types.js';
-import { type QemuAccel, type QemuAccelChoice, type QemuBoot, type QemuMachineConfig, qemuArgs, resolveAccel } from './args.js';
+import { type BootFileDigests, type QemuAccel, type QemuAccelChoice, type QemuBoot, type QemuMachineConfig, qemuArgs, resolveAccel } from './args.js';
+import { bootFileDigests } from './boot-files.js';
 import { type DriverLog, QemuGuest } from './guest.js';
 import { QemuIncoming } from './incoming.js';
 import { incomingMachine, memorySizeValid } from './incoming-machine.js';
 import { QemuProcess } from './process.js';
-import type { QmpOptions } from './qmp.js';
+import { QmpError, type QmpOptions } from './qmp.js';
 
 export interface QemuDriverOptions {
   /** The QEMU executable (default qemu-system-x86_64, found on PATH). */
@@ -36,7 +42,7 @@ export interface QemuDriverOptions {
   accel: QemuAccelChoice;
   /** vCPUs of each guest. */
   vcpusPerGuest: number;
-  /** Where the QMP sockets are (null: a temporary directory, removed at shutdown). */
+  /** Where each QEMU's private runtime directory goes (null: the system's temporary directory). */
   stateDir: string | null;
   /** Unit length a guest reports when StartGuest names none (no log is recorded yet). */
   unitMsDefault: number;
@@ -63,6 +69,11 @@ export const QEMU_DRIVER_DEFAULTS = {
 };
 
 const GUEST_ID = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/;
+/** A QEMU's private runtime directory is this prefix and six random characters (mkdtemp's). */
+const RUNTIME_DIR_PREFIX = 'vmm-qemu-';
+/** The sockets in it: QMP, and the incoming migration stream's. */
+const QMP_SOCKET = 'qmp.sock';
+const INCOMING_SOCKET = 'incoming.sock';
 
 const silentLog: DriverLog = { info: () => undefined, warn: () => undefined, error: () => undefined };
 
@@ -70,16 +81,16 @@ export class QemuDriver implements HypervisorDriver {
   readonly name = 'qemu';
   /** QEMU's own stream only: no event log, no page access (see the file's header). */
   readonly capabilities: readonly DriverCapability[] = ['native-stream'];
+  /** StartGuest's workload fields (profile, rates, environment seed) are the sim's: none applies here. */
+  readonly runsWorkloads = false;
   private readonly guests = new Map<string, QemuGuest>();
   /** Reservations of incoming guests, by id, until activated or discarded. */
   private readonly incoming = new Map<string, QemuIncoming>();
-  /** Numbers each QEMU's sockets: a QEMU still exiting never removes its successor's. */
-  private processCount = 0;
-  /** Guests discarded whose QEMU may still be exiting: shutdown waits for them. */
+  /** Guests discarded whose QEMU may still be exiting: their memory is still used, and shutdown waits for them. */
   private readonly ending = new Set<QemuGuest>();
   private readonly options: QemuDriverOptions;
-  private readonly stateDir: string;
-  private readonly ownsStateDir: boolean;
+  /** Where the QEMUs' runtime directories go. */
+  private readonly runtimeBase: string;
   /** The accelerator guests get: the configured one, or for auto what this host can run. */
   readonly accel: QemuAccel;
 
@@ -91,17 +102,22 @@ export class QemuDriver implements HypervisorDriver {
       log: silentLog,
       ...options,
     };
-    this.ownsStateDir = this.options.stateDir === null;
-    this.stateDir = this.options.stateDir ?? mkdtempSync(join(tmpdir(), 'vmm-qemu-'));
-    mkdirSync(this.stateDir, { recursive: true, mode: 0o700 });
+    this.runtimeBase = this.options.stateDir ?? tmpdir();
+    if (this.options.stateDir !== null) mkdirSync(this.runtimeBase, { recursive: true, mode: 0o700 });
+    // The longest socket path a QEMU gets, checked once: every runtime directory's name has the same length.
+    const longest = join(this.runtimeBase, `${RUNTIME_DIR_PREFIX}XXXXXX`, INCOMING_SOCKET);
+    if (Buffer.byteLength(longest) > UNIX_SOCKET_PATH_BYTES_MAX) {
+      throw new RangeError(`QEMU's sockets would be at paths like ${longest}, ${Buffer.byteLength(longest)} bytes, and unix sockets take at most ${UNIX_SOCKET_PATH_BYTES_MAX}: set a shorter qemu.stateDir (or TMPDIR)`);
+    }
     this.accel = resolveAccel(this.options.accel);
   }
 
 
+  /** A guest's memory counts from its QEMU's start until that QEMU has exited (a stopping guest's too). */
   capacity(): HostCapacity {
     let memory = 0;
     let vcpus = 0;
-    for (const g of [...this.guests.values(), ...[...this.incoming.values()].map((r) => r.guest)]) {
+    for (const g of [...this.guests.values(), ...[...this.incoming.values()].map((r) => r.guest), ...this.ending]) {
       memory += g.machine.memoryBytes;
       vcpus += g.machine.vcpus;
     }
@@ -135,7 +151,7 @@ export class QemuDriver implements HypervisorDriver {
     const id = spec.id ?? `qemu-${randomUUID().slice(0, 8)}`;
     this.checkSpec(id, spec);
     const unitMs = spec.unitMs ?? this.options.unitMsDefault;
-    const machine: QemuMachineConfig = { memoryBytes: spec.memoryBytes, vcpus: this.options.vcpusPerGuest, accel: this.accel, boot: this.options.boot };
+    const machine: QemuMachineConfig = { memoryBytes: spec.memoryBytes, vcpus: this.options.vcpusPerGuest, accel: this.accel, boot: this.options.boot, bootFiles: this.bootFiles(id) };
     this.checkRoom(id, machine);
     const guest = this.startQemu(id, machine, unitMs, []);
     this.guests.set(id, guest);
@@ -155,13 +171,11 @@ export class QemuDriver implements HypervisorDriver {
    * does not fit; the reservation's memoryReady rejects if that QEMU does not come up.
    */
   reserve(description: GuestDescription): QemuIncoming {
-    const machine = incomingMachine(description, { boot: this.options.boot, accel: this.accel });
+    const machine = incomingMachine(description, { boot: this.options.boot, accel: this.accel, bootFiles: () => bootFileDigests(this.options.boot) });
     this.checkRoom(description.id, machine);
-    // Numbered as the QEMU about to start is.
-    const socketPath = this.socketPath(description.id, `${this.processCount + 1}.in`);
     const guest = this.startQemu(description.id, machine, description.unitMs || this.options.unitMsDefault, ['-incoming', 'defer', '-S']);
     const replica = new QemuIncoming(guest, {
-      socketPath,
+      socketPath: join(guest.runtimeDir, INCOMING_SOCKET),
       activated: (g) => {
         if (this.incoming.get(g.id)?.guest === g) this.incoming.delete(g.id);
         this.guests.set(g.id, g);
@@ -173,12 +187,32 @@ export class QemuDriver implements HypervisorDriver {
     return replica;
   }
 
-  /** Starts a QEMU for guest `id` with `machine` (and `extra` arguments), its QMP socket numbered. */
+  /**
+   * What this agent's boot files hold now, as the guest's QEMU is about to read them: its
+   * description carries it, for a target to check its own files against. A file that cannot be
+   * read fails the start (FAILED_PRECONDITION), as QEMU would.
+   */
+  private bootFiles(guestId: string): BootFileDigests | undefined {
+    try {
+      return bootFileDigests(this.options.boot);
+    } catch (error) {
+      throw new QmpError('FAILED_PRECONDITION', `guest '${guestId}' did not start: a boot file cannot be read: ${(error as Error).message}`, { metadata: { guestId, command: '(start)' } });
+    }
+  }
+
+  /** Starts a QEMU for guest `id` with `machine` (and `extra` arguments), in a runtime directory of its own. */
   private startQemu(id: string, machine: QemuMachineConfig, unitMs: number, extra: string[]): QemuGuest {
-    const qmpSocket = this.socketPath(id, `${++this.processCount}.qmp`);
-    rmSync(qmpSocket, { force: true });
-    const qemu = QemuProcess.start(this.options.binary, [...qemuArgs(id, machine, qmpSocket), ...extra], this.options.serialTailBytes);
+    const runtimeDir = mkdtempSync(join(this.runtimeBase, RUNTIME_DIR_PREFIX));
+    const qmpSocket = join(runtimeDir, QMP_SOCKET);
+    let qemu: QemuProcess;
+    try {
+      qemu = QemuProcess.start(this.options.binary, [...qemuArgs(id, machine, qmpSocket), ...extra], this.options.serialTailBytes);
+    } catch (error) {
+      rmSync(runtimeDir, { recursive: true, force: true });
+      throw error;
+    }
     const guest = new QemuGuest(id, machine, unitMs, qemu, {
+      runtimeDir,
       qmpSocket,
       qmp: this.options.qmp,
       stopGraceMs: this.options.stopGraceMs,
@@ -194,21 +228,12 @@ export class QemuDriver implements HypervisorDriver {
     return guest;
   }
 
-  /** A socket path in the state directory for guest `id`, checked against the unix socket bound. */
-  private socketPath(id: string, suffix: string): string {
-    const path = join(this.stateDir, `${id}.${suffix}`);
-    if (Buffer.byteLength(path) > UNIX_SOCKET_PATH_BYTES_MAX) {
-      throw invalidField('id', `guest '${echo(id)}': its socket path ${path} is ${Buffer.byteLength(path)} bytes, unix sockets take at most ${UNIX_SOCKET_PATH_BYTES_MAX}: use a shorter id or a shorter qemu.stateDir`);
-    }
-    return path;
-  }
-
   /** Ends every guest's QEMU (quit, then SIGKILL after the grace) and waits until all have exited. */
   async shutdown(): Promise<void> {
     for (const guest of [...this.guests.values()]) guest.discard();
     for (const replica of [...this.incoming.values()]) replica.discard();
+    // Each QEMU's runtime directory goes with it.
     await Promise.all([...this.ending].map((g) => g.stopped()));
-    if (this.ownsStateDir) rmSync(this.stateDir, { recursive: true, force: true });
   }
 
   /** StartGuest's fields as a qemu guest takes them; a bad one is refused naming the request's field. */
@@ -221,8 +246,9 @@ export class QemuDriver implements HypervisorDriver {
     if (spec.unitMs !== undefined && !(Number.isInteger(spec.unitMs) && spec.unitMs >= UNIT_MS_MIN && spec.unitMs <= UNIT_MS_MAX)) {
       throw invalidField('unit_ms', `unit of ${spec.unitMs} ms: expected ${UNIT_MS_MIN} to ${UNIT_MS_MAX}`);
     }
-    if (spec.profile !== '' && spec.profile !== 'idle') {
-      throw invalidField('profile', `profile '${echo(spec.profile)}': profiles are workloads of the built-in sim guest; a qemu guest runs the operating system it boots (qemu.kernel or qemu.disk), so leave profile empty`);
+    // Even 'idle': a profile means nothing here, and taking one would let a caller think it did.
+    if (spec.profile !== '') {
+      throw invalidField('profile', `profile '${echo(spec.profile)}': profiles are workloads of the built-in sim guest; a qemu guest runs the operating system it boots (qemu.kernel or qemu.disk), so leave the profile out (vmmigrate guest start without --profile)`);
     }
     if (spec.rates !== undefined && Object.keys(spec.rates).length > 0) throw invalidField('rates', 'rates tune the sim guest\'s workload; a qemu guest has none');
     if (spec.environmentSeed !== undefined) throw invalidField('environment_seed', 'the environment seed drives the sim guest\'s outside world; a qemu guest has none');

@@ -25,6 +25,8 @@ export interface DriverLog {
 }
 
 export interface QemuGuestDeps {
+  /** The QEMU's private runtime directory (its sockets): removed once the process has exited. */
+  readonly runtimeDir: string;
   readonly qmpSocket: string;
   readonly qmp: Partial<QmpOptions>;
   /** How long QEMU has to exit after quit (or SIGTERM) before it is killed. */
@@ -36,15 +38,31 @@ export interface QemuGuestDeps {
 
 /** How long a failed QMP connection waits for QEMU's exit, to report its status and message instead. */
 const EXIT_WAIT_MS = 1_000;
+/** Lines of QEMU's standard error a failure quotes (its last ones), and their bound in characters. */
+const STDERR_LINES_QUOTED = 5;
+const STDERR_CHARS_QUOTED = 1000;
+
+/** The last lines QEMU wrote to its standard error, bounded, or 'no message'. */
+export function lastLines(stderr: string): string {
+  const lines = stderr.split('\n').map((line) => line.trim()).filter((line) => line !== '');
+  const text = lines.slice(-STDERR_LINES_QUOTED).join(' | ');
+  return text === '' ? 'no message' : text.slice(-STDERR_CHARS_QUOTED);
+}
 
 /** QEMU events after which its run state may have changed. */
 const STATE_EVENTS = new Set(['STOP', 'RESUME', 'SHUTDOWN', 'RESET', 'SUSPEND', 'WAKEUP', 'GUEST_PANICKED', 'MIGRATION']);
 
-/** QEMU's run state as a GuestState: running, or stopped with its state intact (paused and the like). */
-function guestStateOf(status: string): GuestState {
-  if (status === 'running' || status === 'starting') return 'running';
+/** Migration statuses in which a post-copy broke: the guest's memory is split, and the half here waits. */
+const POSTCOPY_BROKEN = new Set(['postcopy-paused', 'postcopy-recover']);
+
+/**
+ * QEMU's run state as a GuestState: running, or stopped with its state intact (paused and the
+ * like); a guest whose vCPUs run while its post-copy is broken is blocked (they wait for pages).
+ */
+function guestStateOf(status: string, migrationStatus: string): GuestState {
   if (status === 'exited') return 'discarded';
-  return 'suspended';
+  if (status !== 'running' && status !== 'starting') return 'suspended';
+  return POSTCOPY_BROKEN.has(migrationStatus) ? 'blocked' : 'running';
 }
 
 export class QemuGuest implements SourceGuest {
@@ -56,10 +74,19 @@ export class QemuGuest implements SourceGuest {
   readonly nativeStream?: QemuNativeSource;
   /** QEMU's run state (query-status), 'starting' until QMP first answers, 'exited' once the process is gone. */
   private status = 'starting';
+  /** The status of QEMU's last migration of this guest, either way, as its MIGRATION events say ('' for none). */
+  private migrationStatus = '';
   private client: QmpClient | null = null;
   private readonly connected: Promise<QmpClient>;
+  /**
+   * Settles once QEMU came up (its QMP answered, which it does only after it built the machine and
+   * loaded the boot files); rejects with why not once its process is gone and nothing of it is left.
+   */
+  readonly started: Promise<void>;
   private readonly abortConnect = new AbortController();
   private discarded = false;
+  /** QEMU exited before anyone asked it to (a failed boot, a crash, a kill from outside). */
+  private endedOnItsOwn = false;
   private stopping: Promise<void> | null = null;
 
   constructor(
@@ -74,6 +101,19 @@ export class QemuGuest implements SourceGuest {
     this.connected = this.connect();
     // A QMP that never comes up is logged and ends the guest in connect(); callers see it on use.
     this.connected.catch(() => undefined);
+    this.started = this.connected.then(
+      () => undefined,
+      async (error: unknown) => {
+        const exit = await this.stopped();
+        throw this.startFailure(exit, error);
+      },
+    );
+    this.started.catch(() => undefined);
+  }
+
+  /** The QEMU's private runtime directory (its sockets), removed once it has exited. */
+  get runtimeDir(): string {
+    return this.deps.runtimeDir;
   }
 
   /** The guest's serial console: its last bytes, and a listener for what comes. */
@@ -99,15 +139,19 @@ export class QemuGuest implements SourceGuest {
 
   describe(): GuestDescription {
     const { machine } = this;
+    // A migration's status is QEMU's word for the guest while one holds it (an ended one is history).
+    const migrating = this.migrationStatus !== '' && this.migrationStatus !== 'completed' && this.migrationStatus !== 'cancelled' && this.migrationStatus !== 'failed';
+    const hypervisorStatus = migrating ? `${this.status}, migration ${this.migrationStatus}` : this.status;
     return {
       id: this.id,
       driver: 'qemu',
       memoryBytes: machine.memoryBytes,
       vcpus: machine.vcpus,
       unitMs: this.unitMs,
-      state: this.discarded ? 'discarded' : guestStateOf(this.status),
+      state: this.discarded ? 'discarded' : guestStateOf(this.status, this.migrationStatus),
       machineConfig: encodeMachineConfig(machine),
-      summary: `qemu pid ${this.process.pid} (${machine.accel}, ${machine.memoryBytes / 2 ** 20} MiB, ${machine.vcpus} vCPU): ${this.status}`,
+      summary: `qemu pid ${this.process.pid} (${machine.accel}, ${machine.memoryBytes / 2 ** 20} MiB, ${machine.vcpus} vCPU): ${hypervisorStatus}`,
+      hypervisorStatus,
     };
   }
 
@@ -153,7 +197,10 @@ export class QemuGuest implements SourceGuest {
     throw this.unsupported('a digest of its memory');
   }
 
-  /** Ends the guest: QMP quit, then SIGKILL after the grace period. Off the host's books at once. */
+  /**
+   * Ends the guest: QMP quit, then SIGKILL once the grace period has passed. Off the host's list
+   * at once; its memory stays on the books until its QEMU has exited (stopped()).
+   */
   discard(): void {
     if (this.discarded) return;
     this.discarded = true;
@@ -179,6 +226,7 @@ export class QemuGuest implements SourceGuest {
       const client = await Promise.race([QmpClient.connect(this.deps.qmpSocket, { ...this.deps.qmp, signal: this.abortConnect.signal }), exited]);
       this.client = client;
       client.onEvent((event) => {
+        if (event.event === 'MIGRATION' && typeof event.data.status === 'string') this.migrationStatus = event.data.status;
         if (STATE_EVENTS.has(event.event)) void this.refresh(client).catch(() => undefined);
       });
       if (this.discarded) client.close();
@@ -199,8 +247,19 @@ export class QemuGuest implements SourceGuest {
   }
 
   private endedEarly(exit: QemuExit, cause?: unknown): QmpError {
-    const said = this.process.stderrTail.slice(-1000) || 'no message';
-    return new QmpError('UNAVAILABLE', `QEMU of guest '${this.id}' ended (${describeExit(exit)}) before its QMP connection was ready: ${said}`, { cause, metadata: { guestId: this.id, command: '(connect)' } });
+    return new QmpError('UNAVAILABLE', `QEMU of guest '${this.id}' ended (${describeExit(exit)}) before its QMP connection was ready: ${lastLines(this.process.stderrTail)}`, { cause, metadata: { guestId: this.id, command: '(connect)' } });
+  }
+
+  /**
+   * Why the guest did not start, once its QEMU is gone: how QEMU ended and its last words (a boot
+   * file it could not load, an option it refused), or why its QMP never answered.
+   */
+  private startFailure(exit: QemuExit, cause: unknown): QmpError {
+    const metadata = { guestId: this.id, command: '(start)', exit: describeExit(exit) };
+    const message = this.endedOnItsOwn
+      ? `guest '${this.id}' did not start: its QEMU ended (${describeExit(exit)}) before it ran the guest; QEMU said: ${lastLines(this.process.stderrTail)}`
+      : `guest '${this.id}' did not start, and its QEMU was ended: ${(cause as Error).message}`;
+    return new QmpError('FAILED_PRECONDITION', message, { cause, metadata });
   }
 
   private async refresh(client: QmpClient): Promise<void> {
@@ -208,8 +267,10 @@ export class QemuGuest implements SourceGuest {
     if (this.status !== 'exited') this.status = answer.status;
   }
 
+  /** Quit (SIGTERM if QMP does not answer), and SIGKILL once `stopGraceMs` has passed since the discard: one bound in all. */
   private async stopProcess(): Promise<void> {
     const { stopGraceMs } = this.deps;
+    const deadline = performance.now() + stopGraceMs;
     this.abortConnect.abort(new Error('the guest was discarded'));
     const client = this.client;
     if (client !== null && !client.closed) {
@@ -218,16 +279,18 @@ export class QemuGuest implements SourceGuest {
     } else {
       this.process.signal('SIGTERM');
     }
-    await this.process.killAfter(stopGraceMs);
+    await this.process.killAfter(Math.max(0, deadline - performance.now()));
     client?.close();
   }
 
   private onExit(exit: QemuExit): void {
     this.status = 'exited';
     this.client?.close();
-    rmSync(this.deps.qmpSocket, { force: true });
+    // Nothing uses its sockets any more: the directory goes with the process.
+    rmSync(this.deps.runtimeDir, { recursive: true, force: true });
     if (this.discarded) return;
     this.discarded = true;
+    this.endedOnItsOwn = true;
     this.deps.onGone(this);
     this.deps.log.warn({ guestId: this.id, pid: this.process.pid, exit: describeExit(exit), stderr: this.process.stderrTail.slice(-2000) }, 'the guest\'s QEMU exited on its own');
   }

@@ -1,11 +1,13 @@
 // The machine of an incoming guest, read from the source's description and checked: QEMU's
 // migration stream loads only into the same machine (memory, vCPUs, the ROMs its boot files
-// make), so the target starts one with the source's figures, and boots the same files, which
-// must be the ones this agent is configured with (a peer names no file of this host).
+// make), so the target starts one with the source's figures, and boots the same files: this
+// agent's own configured ones (a peer names no file of this host), whose contents (size and
+// SHA-256, boot-files.ts) must be those the source's guest booted, and with the same command line.
 
 import { echo, InvalidStateError, invalidField } from '../../errors.js';
 import type { GuestDescription } from '../types.js';
-import type { QemuAccel, QemuBoot, QemuMachineConfig } from './args.js';
+import type { BootFileDigests, QemuAccel, QemuBoot, QemuMachineConfig } from './args.js';
+import { checkSameBootFiles, isBootFileDigests } from './boot-files.js';
 
 /** A guest's memory: whole 2 MiB pages, from 32 MiB (a kernel and a small initramfs) to 1 TiB. */
 export const MEMORY_BYTES_MIN = 32 * 2 ** 20;
@@ -21,10 +23,13 @@ export function memorySizeValid(memoryBytes: number): boolean {
   return Number.isInteger(memoryBytes) && memoryBytes >= MEMORY_BYTES_MIN && memoryBytes <= MEMORY_BYTES_MAX && memoryBytes % MEMORY_ALIGN_BYTES === 0;
 }
 
+/**
+ * The same kind of boot with the same command line (the files' contents are checked apart, paths
+ * may differ): the target's QEMU is started from this agent's own configuration, never from words
+ * a peer sent, and a guest booted with other words is not this host's to take.
+ */
 function sameBoot(a: QemuBoot, b: QemuBoot): boolean {
-  // The command line too: the target's QEMU is started from this agent's own configuration, never
-  // from words a peer sent, and a guest booted with other words is not this host's to take.
-  if (a.kind === 'kernel' && b.kind === 'kernel') return a.kernel === b.kernel && (a.initrd ?? '') === (b.initrd ?? '') && a.append === b.append;
+  if (a.kind === 'kernel' && b.kind === 'kernel') return (a.initrd === undefined) === (b.initrd === undefined) && a.append === b.append;
   if (a.kind === 'disk' && b.kind === 'disk') return a.disk === b.disk && a.format === b.format;
   return false;
 }
@@ -47,7 +52,7 @@ function parseMachine(description: GuestDescription): QemuMachineConfig {
   const boot = m?.boot as Partial<Record<string, unknown>> | undefined;
   const text = (v: unknown) => typeof v === 'string' && v.length > 0 && v.length <= 4096;
   const bootValid = boot !== undefined && ((boot.kind === 'kernel' && text(boot.kernel) && typeof boot.append === 'string' && boot.append.length <= 4096 && (boot.initrd === undefined || text(boot.initrd))) || (boot.kind === 'disk' && text(boot.disk) && (boot.format === 'raw' || boot.format === 'qcow2')));
-  if (m === null || typeof m !== 'object' || !bootValid || (m.accel !== 'kvm' && m.accel !== 'tcg')) {
+  if (m === null || typeof m !== 'object' || !bootValid || (m.accel !== 'kvm' && m.accel !== 'tcg') || (m.bootFiles !== undefined && !isBootFileDigests(m.bootFiles))) {
     throw invalidField('guest.machine_config', `not a qemu machine description: ${echo(JSON.stringify(parsed))}`);
   }
   return m as QemuMachineConfig;
@@ -59,7 +64,7 @@ function parseMachine(description: GuestDescription): QemuMachineConfig {
  * INVALID_ARGUMENT when the description is malformed, FAILED_PRECONDITION (HYPERVISOR_FAILED)
  * when this host cannot run that machine.
  */
-export function incomingMachine(description: GuestDescription, own: { boot: QemuBoot; accel: QemuAccel }): QemuMachineConfig {
+export function incomingMachine(description: GuestDescription, own: { boot: QemuBoot; accel: QemuAccel; bootFiles: () => BootFileDigests | undefined }): QemuMachineConfig {
   if (description.driver !== 'qemu') throw invalidField('guest.driver', `guest '${echo(description.id)}' is of driver '${echo(description.driver)}', this host runs qemu`);
   const machine = parseMachine(description);
   if (!memorySizeValid(description.memoryBytes) || description.memoryBytes !== machine.memoryBytes) {
@@ -74,5 +79,17 @@ export function incomingMachine(description: GuestDescription, own: { boot: Qemu
     throw refuse(`guest '${echo(description.id)}' boots ${echo(bootWords(machine.boot))}, and this agent's QEMU boots ${bootWords(own.boot)}: configure both agents with the same qemu.kernel, qemu.initrd and qemu.append (or qemu.disk)`);
   }
   if (machine.accel !== own.accel) throw refuse(`guest '${echo(description.id)}' runs under ${machine.accel}, this host's QEMU under ${own.accel}: QEMU migrates between the same accelerators only`);
-  return { memoryBytes: description.memoryBytes, vcpus: description.vcpus, accel: own.accel, boot: own.boot };
+  // Read last: hashing this agent's files (once, then only when they change) is the costliest check.
+  const bootFiles = ownBootFiles(description.id, own.bootFiles);
+  if (bootFiles !== undefined) checkSameBootFiles(description.id, machine.bootFiles, { boot: own.boot, digests: bootFiles });
+  return { memoryBytes: description.memoryBytes, vcpus: description.vcpus, accel: own.accel, boot: own.boot, bootFiles };
+}
+
+/** This agent's boot files' digests, or FAILED_PRECONDITION when they cannot be read now. */
+function ownBootFiles(guestId: string, read: () => BootFileDigests | undefined): BootFileDigests | undefined {
+  try {
+    return read();
+  } catch (error) {
+    throw new InvalidStateError(`guest '${echo(guestId)}': this agent's own boot files cannot be read: ${(error as Error).message}`, { reason: 'HYPERVISOR_FAILED', metadata: { guestId } });
+  }
 }

@@ -12,8 +12,8 @@
 import { connect, type Socket } from 'node:net';
 import { rmSync } from 'node:fs';
 import type { GuestDescription, SourceGuest, TargetReplica } from '../types.js';
-import { type NativeConnection, type NativeStreamTarget, StreamHasher } from '../native-types.js';
-import type { QemuGuest } from './guest.js';
+import { type NativeConnection, type NativeStopReason, type NativeStreamTarget, StreamHasher } from '../native-types.js';
+import { lastLines, type QemuGuest } from './guest.js';
 import { describeExit } from './process.js';
 import { QmpError } from './qmp.js';
 
@@ -24,6 +24,8 @@ const SWITCH_TIMEOUT_MS = 60_000;
 const SWITCH_POLL_MS = 2;
 /** How long a failed QMP call waits for QEMU's exit, to say that instead. */
 const EXIT_WAIT_MS = 1_000;
+/** What QEMU writes to its standard error when an incoming stream does not load (migration/migration.c). */
+const LOAD_FAILED = /load of migration failed/;
 
 export interface QemuIncomingDeps {
   /** Where the incoming socket goes. */
@@ -185,6 +187,19 @@ export class QemuIncoming implements TargetReplica, NativeStreamTarget {
     const answer = await client.execute<Record<string, unknown>>('query-migrate');
     const blocked = answer['postcopy-blocktime'];
     return typeof blocked === 'number' && Number.isFinite(blocked) ? blocked : 0;
+  }
+
+  /**
+   * QEMU 7.2 ends its process when an incoming stream does not load ("load of migration failed",
+   * exit status 1) and says `failed` first: that is a stream it rejected. Killed by a signal, or
+   * exited without saying so, it failed by itself.
+   */
+  async stopReason(): Promise<NativeStopReason> {
+    const { process } = this.guest;
+    const exit = await Promise.race([process.exited, new Promise<null>((resolve) => setTimeout(() => resolve(null), EXIT_WAIT_MS))]);
+    const said = process.stderrTail;
+    const loadFailed = exit !== null && exit.signal === null && exit.code !== 0 && LOAD_FAILED.test(said);
+    return { exit: exit === null ? null : describeExit(exit), rejectedStream: this.status === 'failed' || loadFailed, said: said === '' ? '' : lastLines(said) };
   }
 
   /** The replica becomes the host's guest (once). */

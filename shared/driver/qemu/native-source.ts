@@ -10,13 +10,18 @@
 // had stopped for its switchover by itself when the migration fails or is cancelled then.
 
 import { QmpError, type QmpClient } from './qmp.js';
-import type { NativeMigrationInfo, NativeMigrationParameters, NativeStreamSource } from '../native-types.js';
+import type { NativeDirtyRate, NativeMigrationInfo, NativeMigrationParameters, NativeStreamSource } from '../native-types.js';
 import { MIGRATION_RUNNING_STATUSES, migrationInfoOf, QEMU_BANDWIDTH_UNLIMITED, QEMU_DOWNTIME_LIMIT_MS_MAX } from './migration-info.js';
 
 /** How long a cancelled migration may take to end in QEMU before the cancel fails. */
 const CANCEL_SETTLE_MS_MAX = 10_000;
 /** Pause between two looks at a migration that is ending. */
 const SETTLE_POLL_MS = 10;
+/** calc-dirty-rate measures over whole seconds: at least one, at most this many. */
+const DIRTY_RATE_SECONDS_MAX = 60;
+/** Pause between two looks at a dirty-rate measurement, and how long past its span it may take. */
+const DIRTY_RATE_POLL_MS = 100;
+const DIRTY_RATE_GRACE_MS = 5_000;
 
 export class QemuNativeSource implements NativeStreamSource {
   /** The last cancel, which a resume of the guest waits for (its QEMU must have ended the migration first). */
@@ -102,6 +107,27 @@ export class QemuNativeSource implements NativeStreamSource {
   cancel(): Promise<void> {
     this.settling = this.cancelAndSettle();
     return this.settling;
+  }
+
+  /**
+   * QEMU's calc-dirty-rate in its page-sampling mode (the default: it hashes 512 sampled pages per
+   * GiB at the start and the end of the span; its dirty-bitmap mode made QEMU 7.2 exit under TCG),
+   * read back with query-dirty-rate, which gives MiB per second.
+   */
+  async measureDirtying(periodMs: number, signal?: AbortSignal): Promise<NativeDirtyRate> {
+    const client = await this.qmp();
+    const seconds = Math.min(DIRTY_RATE_SECONDS_MAX, Math.max(1, Math.round(periodMs / 1000)));
+    await client.execute('calc-dirty-rate', { 'calc-time': seconds });
+    const deadline = Date.now() + seconds * 1000 + DIRTY_RATE_GRACE_MS;
+    for (;;) {
+      await new Promise((resolve) => setTimeout(resolve, DIRTY_RATE_POLL_MS));
+      signal?.throwIfAborted();
+      const answer = await client.execute<{ status?: string; 'dirty-rate'?: number }>('query-dirty-rate');
+      if (answer.status === 'measured') return { dirtyBytesPerSec: Math.max(0, answer['dirty-rate'] ?? 0) * 2 ** 20, periodMs: seconds * 1000 };
+      if (Date.now() > deadline) {
+        throw new QmpError('DEADLINE_EXCEEDED', `guest '${this.guestId}': QEMU's dirty-rate measurement was still '${answer.status}' ${seconds * 1000 + DIRTY_RATE_GRACE_MS} ms after it began`, { metadata: { guestId: this.guestId, command: 'query-dirty-rate' } });
+      }
+    }
   }
 
   private async cancelAndSettle(): Promise<void> {
