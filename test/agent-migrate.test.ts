@@ -93,13 +93,20 @@ for (const profile of PROFILE_NAMES) {
     t.same(phases, ALL_PHASES.slice(first), 'the phases in order, each once');
     checkCompleted(t, s, profile);
     t.equal(s.method, 'crtr');
-    // Each stop request the target made is a round event; the last one agreed (unless forced).
-    // The hybrid catch-up's decisions are round events too: by replay, or a delta.
+    // Each stop request the target made is a round event; the last one agreed (unless forced, or
+    // the final approach stopped the guest once the replica drained). The hybrid catch-up's
+    // decisions are round events too: by replay, or a delta; and the final approach's steps.
     const stops = rounds.filter((r) => /^round \d+:/.test(r));
-    const catchUps = rounds.filter((r) => !/^round \d+:/.test(r));
+    const approach = rounds.filter((r) => /^(final approach|stop-and-copy forced)/.test(r));
+    const catchUps = rounds.filter((r) => !/^round \d+:/.test(r) && !approach.includes(r));
     // A stop forced by the policy may come before the target asked for one (a loaded machine, mmuncher).
     t.ok((stops.length > 0 || s.forced) && stops.length <= s.rounds, `round events (${stops.length}) for the ${s.rounds} stop requests${s.forced ? ', forced' : ''}`);
-    if (!s.forced) t.match(stops.at(-1) ?? '', /^round \d+: the target has \d+ units to replay; stop granted$/, 'the last round granted the stop');
+    const byApproach = /^final approach: \d+ units not replayed \(a steady log has \d+\): stop-and-copy$/.test(approach.at(-1) ?? '');
+    if (!s.forced && !byApproach) t.match(stops.at(-1) ?? '', /^round \d+: the target has \d+ units to replay; stop granted$/, 'the last round granted the stop');
+    t.ok(
+      approach.every((r) => /^(final approach \((stop request|non-convergence)\): \d+ units not replayed|final approach: \d+ units not replayed|final approach ran out after|stop-and-copy forced: )/.test(r)),
+      `final approach events say what they did (${approach.join(' | ')})`,
+    );
     t.ok(
       catchUps.every((r) => /^(catch-up by replay: |delta \d+ of \d+ pages as of unit \d+: delta: )/.test(r)),
       `catch-up events name their way and reason (${catchUps.length}: ${catchUps.slice(0, 3).join(' | ')})`,
