@@ -71,7 +71,7 @@ export class CrtrMethod implements TransferMethod {
       hybrid?.tick(settled);
       monitor.tick(settled || hybrid?.busy === true);
       if (this.switchoverAtMs === null) this.rpo?.tick();
-    });
+    }, () => !protecting || this.switchoverAtMs !== null);
     this.unitPump = logStream.run(recorder, ctx.signal, () => ctx.stats.phase === 'stop-and-copy' || ctx.stats.phase === 'commitment');
     this.unitPump.catch(() => {}); // Observed in finish; failures also surface through the waits.
     const checkpointStartMs = ctx.clock.now();
