@@ -1,39 +1,11 @@
 // `vmmigrate migrate GUEST --to TARGET --dry-run` as a person or a script runs it: the CLI as a
 // child process against two agents started in this process on loopback. It prints the table of
 // predictions and the recommendation, migrates nothing, and fails with the CLI's exit codes.
-import { spawn } from 'node:child_process';
-import { fileURLToPath } from 'node:url';
 import t from 'tap';
 import { EXIT } from '../cli/calls.js';
 import { controlServiceV2, grpc, makeClient, pb2, unary } from '../shared/transport/grpc.js';
 import { GUEST_BYTES, startTestAgent } from './support/agents.js';
-
-const CLI = fileURLToPath(new URL('../cli/vmmigrate.js', import.meta.url));
-/** Bound on one CLI run; none of them should come near it. */
-const RUN_TIMEOUT_MS = 60_000;
-
-interface Run {
-  code: number | null;
-  stdout: string;
-  stderr: string;
-}
-
-function runCli(args: string[]): Promise<Run> {
-  const env: NodeJS.ProcessEnv = {};
-  for (const [k, v] of Object.entries(process.env)) if (!k.startsWith('VMMIGRATE_')) env[k] = v;
-  const child = spawn(process.execPath, ['--enable-source-maps', CLI, ...args], { stdio: ['ignore', 'pipe', 'pipe'], env });
-  let stdout = '';
-  let stderr = '';
-  child.stdout.setEncoding('utf8').on('data', (d: string) => (stdout += d));
-  child.stderr.setEncoding('utf8').on('data', (d: string) => (stderr += d));
-  const timer = setTimeout(() => child.kill('SIGKILL'), RUN_TIMEOUT_MS);
-  return new Promise((resolve) =>
-    child.once('close', (code) => {
-      clearTimeout(timer);
-      resolve({ code, stdout, stderr });
-    }),
-  );
-}
+import { runCli } from './support/cli-run.js';
 
 t.test('migrate --dry-run predicts and migrates nothing', async (t) => {
   const source = await startTestAgent(t);
@@ -41,7 +13,7 @@ t.test('migrate --dry-run predicts and migrates nothing', async (t) => {
   const control = makeClient(controlServiceV2, 'Control', source.address, grpc.credentials.createInsecure());
   t.teardown(() => control.close());
   await unary(control, controlServiceV2.startGuest, pb2.StartGuestRequest.create({ id: 'vm-dry', profile: 'web', memoryBytes: GUEST_BYTES }), 30_000, 'start guest');
-  const dry = (...extra: string[]) => runCli(['migrate', 'vm-dry', '--to', target.address, '--dry-run', '--sample-ms', '500', '--agent', source.address, '--plaintext', ...extra]);
+  const dry = (...extra: string[]) => runCli(t, ['migrate', 'vm-dry', '--to', target.address, '--dry-run', '--sample-ms', '500', '--agent', source.address, '--plaintext', ...extra]);
 
   const human = await dry();
   t.equal(human.code, EXIT.ok, `exit 0 (stderr: ${human.stderr})`);
@@ -74,7 +46,7 @@ t.test('migrate --dry-run predicts and migrates nothing', async (t) => {
     'the guest runs on here',
   );
 
-  const unknown = await runCli(['migrate', 'nope', '--to', target.address, '--dry-run', '--agent', source.address, '--plaintext']);
+  const unknown = await runCli(t, ['migrate', 'nope', '--to', target.address, '--dry-run', '--agent', source.address, '--plaintext']);
   t.equal(unknown.code, EXIT.failed, 'an unknown guest fails');
   t.match(unknown.stderr, /NOT_FOUND: .*no guest 'nope'/);
   const usage = await dry('--sample-ms', '10');
