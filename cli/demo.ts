@@ -123,6 +123,8 @@ try {
   say('');
   say(`Migration ${status}${job.errorMessage ? `: ${job.errorMessage}` : ''}.`);
   say(`  downtime:                ${figures.downtimeMs.toFixed(1)} ms (source suspend to target resume; limit ${opts.downtimeLimitMs} ms${crtr.forced ? ', forced' : ''})`);
+  const disruption = s.disruption;
+  if (disruption) say(`  disruption:              ${(disruption.disruptionMs ?? 0).toFixed(1)} ms of the guest's work lost (downtime, stalls ${((disruption.sourceStallMs ?? 0) + (disruption.targetStallMs ?? 0)).toFixed(1)} ms, throttled ${(disruption.throttledMs ?? 0).toFixed(1)} ms, lost schedule ${(disruption.lostScheduleMs ?? 0).toFixed(1)} ms)`);
   say(`  total migration time:    ${(figures.totalTimeMs / 1000).toFixed(2)} s (start to commit)`);
   say(`  data transmitted:        ${mib(figures.transferredBytes)} between the agents (checkpoint ${mib(figures.checkpointWireBytes)} on the wire of ${mib(figures.memoryBytes)} guest memory, log ${mib(figures.logBytes)})`);
   if (opts.method === 'crtr') say(`  units:                   ${crtr.unitsRecorded ?? 0} recorded, ${crtr.unitsReplayed ?? 0} replayed at ${(crtr.replayRate ?? 0).toFixed(1)}x guest speed; ${figures.rounds} wait-and-ack rounds`);
@@ -140,6 +142,8 @@ try {
         downtimeLimitMs: Number(opts.downtimeLimitMs),
         downtimeMs: figures.downtimeMs,
         totalTimeMs: figures.totalTimeMs,
+        disruptionMs: s.disruption?.disruptionMs ?? 0,
+        throttledMs: s.disruption?.throttledMs ?? 0,
         setupTimeMs: s.setupTimeMs ?? 0,
         transferredBytes: figures.transferredBytes,
         checkpointBytes: figures.checkpointBytes,
@@ -158,6 +162,11 @@ try {
         error: job.errorMessage ?? '',
       }),
     );
+  }
+  // The guest ends with the demo: stopped where it runs before its agent stops (an agent stopped
+  // with a guest says so as an error).
+  for (const control of [targetControl, sourceControl]) {
+    await unary(control, controlServiceV2.stopGuest, pb2.StopGuestRequest.create({ id: 'demo-guest' }), 10_000, 'stopping the demo guest').catch(() => {});
   }
   sourceControl.close();
   targetControl.close();

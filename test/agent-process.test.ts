@@ -71,5 +71,8 @@ t.test('the demo migrates a 64 MiB guest between two agent processes', async (t)
   t.ok(Number(summary.totalTimeMs) > 0, 'total time > 0');
   t.ok(Number(summary.transferredBytes) > Number(summary.checkpointWireBytes), 'transferred more than the checkpoint');
   t.ok(Number(summary.checkpointWireBytes) > 0, 'checkpoint sent');
+  t.ok(Number(summary.disruptionMs) >= Number(summary.downtimeMs), `the disruption (${summary.disruptionMs} ms) counts the downtime`);
+  t.ok(Number(summary.throttledMs) >= 0 && Number(summary.throttledMs) <= Number(summary.disruptionMs), 'and the throttled work within it');
+  t.notMatch(stderr, /stopping the agent destroys this guest/, 'the demo stops its guest before its agents');
   t.equal(summary.error, '');
 });
