@@ -182,7 +182,7 @@ export async function runOne(spec: RunSpec): Promise<RunRecord> {
           targetAddress,
           method: methodValue(isCrtr(spec.method) ? 'crtr' : spec.method),
           logOnlyCatchUp: spec.method === 'crtr-log',
-          noFinalApproach: spec.noFinalApproach === true,
+          noFinalApproach: isCrtr(spec.method) && spec.noFinalApproach === true,
           downtimeLimitMs: spec.downtimeLimitMs,
           nonConvergencePolicy: policyValue(spec.policy),
           maxDurationMs: spec.maxDurationMs,

@@ -56,6 +56,9 @@ export function parseStartRequest(req: StartMigrationRequest, defaults: StartDef
   if (bandwidth !== 0 && (bandwidth < BANDWIDTH_BYTES_PER_SEC_MIN || bandwidth > BANDWIDTH_BYTES_PER_SEC_MAX)) {
     throw invalidField('max_bandwidth_bytes_per_sec', `maxBandwidthBytesPerSec ${bandwidth}: expected 0 (unlimited) or 125000 (1 Mbit/s) to 1e12`);
   }
+  // CR/TR's own switches, refused with another method rather than ignored.
+  if (req.logOnlyCatchUp && method !== 'crtr') throw invalidField('log_only_catch_up', `logOnlyCatchUp chooses how CR/TR catches up; method '${method}' has no catch-up of that kind`);
+  if (req.noFinalApproach && method !== 'crtr') throw invalidField('no_final_approach', `noFinalApproach turns off CR/TR's final approach; method '${method}' has none`);
   if (req.nativePostcopy && method !== 'qemu-native') throw invalidField('native_postcopy', `nativePostcopy switches qemu-native to post-copy; method '${method}' has no such switch (use the postcopy method)`);
   return { guestId: req.guestId, targetAddress: req.targetAddress, method, downtimeLimitMs, maxBandwidthBytesPerSec: bandwidth, policy, maxDurationMs, disableCompression: req.disableCompression, logOnlyCatchUp: req.logOnlyCatchUp, noFinalApproach: req.noFinalApproach === true, nativePostcopy: req.nativePostcopy === true };
 }

@@ -131,6 +131,8 @@ t.test('request checks name their field: StartMigration, StartGuest, WatchJob', 
   expectInvalidField(t, await start({ maxDurationMs: 99 }), 'max_duration_ms', 'maximum duration');
   expectInvalidField(t, await start({ maxBandwidthBytesPerSec: 10 }), 'max_bandwidth_bytes_per_sec', 'bandwidth');
   expectInvalidField(t, await start({ faultInjection: { abortAtPhase: 'checkpoint' } }), 'fault_injection', 'fault injection not allowed');
+  expectInvalidField(t, await start({ method: 'precopy', noFinalApproach: true }), 'no_final_approach', "CR/TR's switch with pre-copy");
+  expectInvalidField(t, await start({ method: 'postcopy', logOnlyCatchUp: true }), 'log_only_catch_up', "CR/TR's switch with post-copy");
   const startGuestWith = (request: Partial<InstanceType<typeof pb.StartGuestRequest>>) => failedCall(a, controlService.startGuest, pb.StartGuestRequest.create({ profile: 'idle', memoryBytes: GUEST_BYTES, ...request }));
   expectInvalidField(t, await startGuestWith({ profile: 'nope' }), 'profile', 'StartGuest profile');
   expectInvalidField(t, await startGuestWith({ memoryBytes: 1 }), 'memory_bytes', 'StartGuest memory');
