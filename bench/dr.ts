@@ -18,7 +18,7 @@ import type { LinkProfileName } from '../shared/transport/link.js';
 import { PROFILE_NAMES } from '../shared/driver/sim/profiles.js';
 import { RunProcesses } from './run-processes.js';
 import type { RunSpec } from './run-record.js';
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { findExecutable } from '../test/support/debian.js';
@@ -165,9 +165,10 @@ export async function runDrBench(argv: string[]): Promise<number> {
   // Automatic failover needs the arbiter: a private etcd on loopback (Debian's etcd-server), 1 s leases.
   let etcd: EtcdServer | null = null;
   let config: string | null = null;
+  let dir: string | null = null;
   if (values.arbiter === 'etcd' && findExecutable(ETCD_EXECUTABLE) !== null) {
     etcd = await startEtcd();
-    const dir = mkdtempSync(join(tmpdir(), 'vmmigrate-dr-'));
+    dir = mkdtempSync(join(tmpdir(), 'vmmigrate-dr-'));
     config = join(dir, 'agent.yaml');
     writeFileSync(config, `arbiter:\n  kind: etcd\n  endpoints: ["${etcd.endpoint}"]\n  leaseTtlMs: 1000\n`);
   } else if (values.arbiter === 'etcd') {
@@ -202,6 +203,7 @@ export async function runDrBench(argv: string[]): Promise<number> {
   const max = (f: (c: Cell) => number, of = cells) => Math.max(...of.map(f));
   const lost = cells.reduce((n, c) => n + c.lost, 0);
   await etcd?.stop();
+  if (dir !== null) rmSync(dir, { recursive: true, force: true });
   console.log(`dr: perf ${min.toFixed(3)} lag-p99 ${max((c) => c.lagP99).toFixed(0)} output-delay-p99 ${max((c) => c.delayP99).toFixed(1)} rto-max ${max((c) => c.rtoMs, killed).toFixed(0)} lost-outputs ${lost} over ${killed.length} crashes`);
   return lost === 0 && failed.length === 0 ? 0 : 1;
 }

@@ -2,7 +2,7 @@
 // transaction whose answer is lost, the in-memory store's etcd rules, and the configuration
 // section with its factory.
 
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import t from 'tap';
@@ -146,6 +146,7 @@ t.test('configuration: arbiter defaults to none; etcd and memory sections; the f
   await Promise.all([one!.close(), two!.close()]);
 
   const dir = mkdtempSync(join(tmpdir(), 'vmm-arbiter-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
   writeFileSync(join(dir, 'ca.pem'), 'not really a certificate');
   const missing = { kind: 'etcd' as const, endpoints: ['https://a:2379'], leaseTtlMs: 2000, keyPrefix: '/v', dialTimeoutMs: 100, callTimeoutMs: 100, tls: { ca: join(dir, 'nope.pem') } };
   t.throws(() => createArbiter(missing, { holderId: 'a' }), ConfigError);
