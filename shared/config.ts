@@ -57,8 +57,9 @@ const qemuSchema = z.strictObject({
   /** auto: KVM where /dev/kvm is usable, TCG (emulation) elsewhere. */
   accel: z.enum(['auto', 'kvm', 'tcg']).default(QEMU_DRIVER_DEFAULTS.accel),
   /**
-   * Where the guests' QMP sockets are. Unset: a temporary directory, removed when the agent stops.
-   * Short, as a unix socket path holds at most 107 bytes (this directory, the guest id and .qmp).
+   * Where each QEMU's private runtime directory (vmm-qemu-XXXXXX: its QMP and incoming sockets) is
+   * made, and removed once that QEMU exited. Unset: the system's temporary directory. Short, as a
+   * unix socket path holds at most 107 bytes (this directory, the runtime directory and the socket).
    */
   stateDir: z.string().min(1).max(40).optional(),
   /** Bytes of each guest's serial console the agent keeps. */

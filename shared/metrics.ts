@@ -322,6 +322,11 @@ function registerScrapeGauges(
   live: { outgoing: ReadonlyMap<OutgoingMigration, unknown>; incomingActive: () => number; host: () => HostView | null },
 ): void {
   const { outgoing, incomingActive, host } = live;
+  const maxOverOutgoing = (of: (stats: OutgoingMigration['stats']) => number) => {
+    let max = 0;
+    for (const job of outgoing.keys()) max = Math.max(max, of(job.stats));
+    return max;
+  };
   new Gauge({
     name: `${PREFIX}migrations_active`,
     help: 'Migrations in progress: role source (outgoing jobs not ended) or target (incoming, reserved and not yet ended).',
@@ -349,9 +354,7 @@ function registerScrapeGauges(
     help: 'Log units recorded and not yet replayed on the target: the maximum over outgoing migrations in progress (0 if none).',
     registers,
     collect() {
-      let max = 0;
-      for (const job of outgoing.keys()) max = Math.max(max, job.stats.remainingUnits);
-      this.set(max);
+      this.set(maxOverOutgoing((s) => s.remainingUnits));
     },
   });
   new Gauge({
@@ -359,9 +362,7 @@ function registerScrapeGauges(
     help: 'Guest time recorded and not yet replayed on the target (remaining units x unit length): the maximum over outgoing migrations in progress (0 if none).',
     registers,
     collect() {
-      let max = 0;
-      for (const job of outgoing.keys()) max = Math.max(max, (job.stats.remainingUnits * job.stats.unitMs) / 1000);
-      this.set(max);
+      this.set(maxOverOutgoing((s) => (s.remainingUnits * s.unitMs) / 1000));
     },
   });
   registerHostGauges(registers, host);

@@ -15,8 +15,6 @@ import { METHOD_NAMES, createMethod } from '../methods/registry.js';
 import { methodName, policyName, resolveActionName } from './enums.js';
 import { capacityMessage, guestMessage, type GuestRoleOf, incomingJobMessage, sourceJobMessage } from './views.js';
 import type { IncomingJobs } from '../../shared/incoming-job.js';
-
-export type { IncomingJobs } from '../../shared/incoming-job.js';
 import { watchIncomingJob, watchSourceJob } from './watch.js';
 import { failStream, unaryHandlers } from '../../shared/transport/handlers.js';
 import { parseEstimateRequest } from '../estimate/estimator.js';

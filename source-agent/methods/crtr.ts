@@ -98,10 +98,8 @@ export class CrtrMethod implements TransferMethod {
     const backlog = this.unitsNotReplayed(ctx);
     const floor = stopUnitsFloor(ctx.channel.rttMs, ctx.stats.unitMs);
     if (backlog > floor) return false;
-    ctx.guest.digest();
-    this.stopGranted = true;
     ctx.round(`final approach: ${backlog} units not replayed (a steady log has ${floor}): stop-and-copy`);
-    ctx.log.info({ remainingUnits: backlog }, 'stop-and-copy after the final approach');
+    this.agreeToStop(ctx, { remainingUnits: backlog });
     return true;
   }
 
@@ -258,23 +256,19 @@ export class CrtrMethod implements TransferMethod {
     });
     if (decision.waitForFloor === true) this.floorWaits++;
     // A stop that would replay a backlog no waiting shrinks: the final approach first.
-    if (decision.granted && this.approach?.begin('stop request') === true) {
-      const why = 'the final approach drains the backlog first';
-      channel.send({ stopDecision: { granted: false, reason: why, unsentLogBytes: unsent, unsentLogBytesAllowed: decision.allowedBytes } });
-      stats.stopRequestsDenied++;
-      ctx.round(`round ${stats.rounds}: the target has ${request.remainingUnits} units to replay; stop denied: ${why}`);
-      return;
-    }
-    channel.send({ stopDecision: { granted: decision.granted, reason: decision.reason, unsentLogBytes: unsent, unsentLogBytesAllowed: decision.allowedBytes } });
-    if (decision.granted) {
-      // The digest at commitment is inside the downtime: bring the incremental one up to date now.
-      ctx.guest.digest();
-      this.stopGranted = true;
-      channel.notify();
-      ctx.log.info({ remainingUnits: request.remainingUnits, unsentLogBytes: unsent, rounds: stats.rounds }, 'stop-and-copy agreed');
-    } else {
-      stats.stopRequestsDenied++;
-    }
-    ctx.round(`round ${stats.rounds}: the target has ${request.remainingUnits} units to replay; stop ${decision.granted ? 'granted' : `denied: ${decision.reason}`}`);
+    const { granted, reason } = decision.granted && this.approach?.begin('stop request') === true ? { granted: false, reason: 'the final approach drains the backlog first' } : decision;
+    channel.send({ stopDecision: { granted, reason, unsentLogBytes: unsent, unsentLogBytesAllowed: decision.allowedBytes } });
+    if (granted) this.agreeToStop(ctx, { remainingUnits: request.remainingUnits, unsentLogBytes: unsent, rounds: stats.rounds });
+    else stats.stopRequestsDenied++;
+    ctx.round(`round ${stats.rounds}: the target has ${request.remainingUnits} units to replay; stop ${granted ? 'granted' : `denied: ${reason}`}`);
+  }
+
+  /** The stop-and-copy is agreed (a request granted, or the final approach's end): the catch-up ends. */
+  private agreeToStop(ctx: MethodContext, fields: Record<string, number>): void {
+    // The digest at commitment is inside the downtime: bring the incremental one up to date now.
+    ctx.guest.digest();
+    this.stopGranted = true;
+    ctx.channel.notify();
+    ctx.log.info(fields, 'stop-and-copy agreed');
   }
 }

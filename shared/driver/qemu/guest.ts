@@ -14,7 +14,8 @@ import { UnimplementedError } from '../../errors.js';
 import type { GuestDescription, GuestState, SourceGuest } from '../types.js';
 import { encodeMachineConfig, type QemuMachineConfig } from './args.js';
 import { QemuNativeSource } from './native-source.js';
-import { describeExit, type QemuExit, type QemuProcess, type SerialTail } from './process.js';
+import { MIGRATION_RUNNING_STATUSES } from './migration-info.js';
+import { describeExit, EXIT_WAIT_MS, lastLines, type QemuExit, type QemuProcess, type SerialTail } from './process.js';
 import { QmpClient, QmpError, type QmpOptions } from './qmp.js';
 
 /** Where the driver's messages go (a pino logger fits). */
@@ -36,18 +37,6 @@ export interface QemuGuestDeps {
   readonly onGone: (guest: QemuGuest) => void;
 }
 
-/** How long a failed QMP connection waits for QEMU's exit, to report its status and message instead. */
-const EXIT_WAIT_MS = 1_000;
-/** Lines of QEMU's standard error a failure quotes (its last ones), and their bound in characters. */
-const STDERR_LINES_QUOTED = 5;
-const STDERR_CHARS_QUOTED = 1000;
-
-/** The last lines QEMU wrote to its standard error, bounded, or 'no message'. */
-export function lastLines(stderr: string): string {
-  const lines = stderr.split('\n').map((line) => line.trim()).filter((line) => line !== '');
-  const text = lines.slice(-STDERR_LINES_QUOTED).join(' | ');
-  return text === '' ? 'no message' : text.slice(-STDERR_CHARS_QUOTED);
-}
 
 /** QEMU events after which its run state may have changed. */
 const STATE_EVENTS = new Set(['STOP', 'RESUME', 'SHUTDOWN', 'RESET', 'SUSPEND', 'WAKEUP', 'GUEST_PANICKED', 'MIGRATION']);
@@ -140,7 +129,7 @@ export class QemuGuest implements SourceGuest {
   describe(): GuestDescription {
     const { machine } = this;
     // A migration's status is QEMU's word for the guest while one holds it (an ended one is history).
-    const migrating = this.migrationStatus !== '' && this.migrationStatus !== 'completed' && this.migrationStatus !== 'cancelled' && this.migrationStatus !== 'failed';
+    const migrating = MIGRATION_RUNNING_STATUSES.has(this.migrationStatus);
     const hypervisorStatus = migrating ? `${this.status}, migration ${this.migrationStatus}` : this.status;
     return {
       id: this.id,
@@ -236,7 +225,7 @@ export class QemuGuest implements SourceGuest {
       this.abortConnect.abort(caught);
       // QEMU opens its socket before it loads what it boots: a bad kernel ends it just after the
       // connection, which then breaks. Its exit and its own message say more than the reset.
-      const exit = await Promise.race([this.process.exited, new Promise<null>((resolve) => setTimeout(() => resolve(null), EXIT_WAIT_MS))]);
+      const exit = await this.process.exitedWithin(EXIT_WAIT_MS);
       const error = exit === null ? caught : this.endedEarly(exit, caught);
       if (!this.discarded) {
         this.deps.log.error({ guestId: this.id, err: (error as Error).message }, 'no QMP connection to the guest\'s QEMU: the guest is stopped');

@@ -13,8 +13,8 @@ import { connect, type Socket } from 'node:net';
 import { rmSync } from 'node:fs';
 import type { GuestDescription, SourceGuest, TargetReplica } from '../types.js';
 import { type NativeConnection, type NativeStopReason, type NativeStreamTarget, StreamHasher } from '../native-types.js';
-import { lastLines, type QemuGuest } from './guest.js';
-import { describeExit } from './process.js';
+import type { QemuGuest } from './guest.js';
+import { describeExit, EXIT_WAIT_MS, lastLines } from './process.js';
 import { QmpError } from './qmp.js';
 
 /** How long a connection to QEMU's incoming socket, and the wait for post-copy's device state, may take. */
@@ -22,8 +22,6 @@ const CONNECT_TIMEOUT_MS = 10_000;
 const SWITCH_TIMEOUT_MS = 60_000;
 /** Pause between two looks at the run state while post-copy's device state loads. */
 const SWITCH_POLL_MS = 2;
-/** How long a failed QMP call waits for QEMU's exit, to say that instead. */
-const EXIT_WAIT_MS = 1_000;
 /** What QEMU writes to its standard error when an incoming stream does not load (migration/migration.c). */
 const LOAD_FAILED = /load of migration failed/;
 
@@ -120,7 +118,7 @@ export class QemuIncoming implements TargetReplica, NativeStreamTarget {
       return await this.listen(options);
     } catch (error) {
       // A QEMU gone says more than its broken connection: how it ended.
-      const exit = await Promise.race([this.guest.process.exited, new Promise<null>((resolve) => setTimeout(() => resolve(null), EXIT_WAIT_MS))]);
+      const exit = await this.guest.process.exitedWithin(EXIT_WAIT_MS);
       if (exit === null) throw error;
       throw new QmpError('FAILED_PRECONDITION', `the target's QEMU for guest '${this.id}' exited (${describeExit(exit)}) before the migration stream`, { cause: error, metadata: { guestId: this.id, command: 'migrate-incoming' } });
     }
@@ -196,7 +194,7 @@ export class QemuIncoming implements TargetReplica, NativeStreamTarget {
    */
   async stopReason(): Promise<NativeStopReason> {
     const { process } = this.guest;
-    const exit = await Promise.race([process.exited, new Promise<null>((resolve) => setTimeout(() => resolve(null), EXIT_WAIT_MS))]);
+    const exit = await process.exitedWithin(EXIT_WAIT_MS);
     const said = process.stderrTail;
     const loadFailed = exit !== null && exit.signal === null && exit.code !== 0 && LOAD_FAILED.test(said);
     return { exit: exit === null ? null : describeExit(exit), rejectedStream: this.status === 'failed' || loadFailed, said: said === '' ? '' : lastLines(said) };

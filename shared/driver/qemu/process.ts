@@ -150,6 +150,15 @@ export class QemuProcess {
     return this.killAfter(graceMs);
   }
 
+  /** Its exit, if it exits within `ms`; null otherwise (the process is left alone). */
+  async exitedWithin(ms: number): Promise<QemuExit | null> {
+    if (this.exit !== null) return this.exit;
+    let timer: NodeJS.Timeout | undefined;
+    const exit = await Promise.race([this.exited, new Promise<null>((resolve) => (timer = setTimeout(() => resolve(null), ms)))]);
+    clearTimeout(timer);
+    return exit;
+  }
+
   /** SIGKILL if it has not exited within `graceMs`; settles once it has exited. */
   async killAfter(graceMs: number): Promise<QemuExit> {
     if (this.exit !== null) return this.exit;
@@ -158,6 +167,19 @@ export class QemuProcess {
     clearTimeout(timer);
     return exit;
   }
+}
+
+/** How long a failed QMP call or connection waits for QEMU's exit, to report how it ended instead. */
+export const EXIT_WAIT_MS = 1_000;
+/** Lines of QEMU's standard error a failure quotes (its last ones), and their bound in characters. */
+const STDERR_LINES_QUOTED = 5;
+const STDERR_CHARS_QUOTED = 1000;
+
+/** The last lines QEMU wrote to its standard error, bounded, or 'no message'. */
+export function lastLines(stderr: string): string {
+  const lines = stderr.split('\n').map((line) => line.trim()).filter((line) => line !== '');
+  const text = lines.slice(-STDERR_LINES_QUOTED).join(' | ');
+  return text === '' ? 'no message' : text.slice(-STDERR_CHARS_QUOTED);
 }
 
 /** "exit status 1" or "killed by SIGKILL", for messages. */

@@ -9,8 +9,6 @@ import { type FileHandle, open } from 'node:fs/promises';
 export class LogTail {
   private handle: FileHandle | null = null;
   private position: number;
-  /** Bytes read so far. */
-  bytesRead = 0;
 
   constructor(
     readonly path: string,
@@ -35,7 +33,6 @@ export class LogTail {
     const buffer = Buffer.allocUnsafe(want);
     const { bytesRead } = await this.handle.read(buffer, 0, want, this.position);
     this.position += bytesRead;
-    this.bytesRead += bytesRead;
     return buffer.subarray(0, bytesRead);
   }
 

@@ -6,7 +6,7 @@
 
 import { spawn } from 'node:child_process';
 import { qemuArgs, type QemuMachineConfig } from '../args.js';
-import { describeExit, QemuProcess } from '../process.js';
+import { describeExit, lastLines, QemuProcess } from '../process.js';
 import { QmpClient, QmpError } from '../qmp.js';
 
 export const QEMU_IMG_PACKAGE = 'qemu-utils';
@@ -122,7 +122,7 @@ export async function startRrQemu(m: RrMachine, run: RrRun, connectTimeoutMs: nu
   const qemu = QemuProcess.start(m.qemuBinary, rrArgs(m, run), SERIAL_TAIL_BYTES);
   const abort = new AbortController();
   const exited = qemu.exited.then((exit): never => {
-    throw new QmpError('UNAVAILABLE', `the ${run.mode === 'record' ? 'recording' : 'replaying'} QEMU of guest '${m.id}' ended (${describeExit(exit)}) before QMP was ready: ${qemu.stderrTail.slice(-1000) || 'no message'}`, { metadata: { guestId: m.id } });
+    throw new QmpError('UNAVAILABLE', `the ${run.mode === 'record' ? 'recording' : 'replaying'} QEMU of guest '${m.id}' ended (${describeExit(exit)}) before QMP was ready: ${lastLines(qemu.stderrTail)}`, { metadata: { guestId: m.id } });
   });
   try {
     const qmp = await Promise.race([QmpClient.connect(run.qmpSocket, { connectTimeoutMs, signal: abort.signal }), exited]);

@@ -15,6 +15,7 @@ import type { Readable } from 'node:stream';
 import { CorruptDataError, InvalidStateError, LimitExceededError, ReplayDivergenceError, UnavailableError, UnitOrderError } from '../../../errors.js';
 import { REPLAY_LOG_HEADER_BYTES, replayLogHeader } from './log-format.js';
 import { hmp, listSnapshots, queryIcount, type RrMachine, type RrQemu, type SnapshotInfo, startRrQemu, stopRrQemu } from './machine.js';
+import { lastLines } from '../process.js';
 import { QmpError } from '../qmp.js';
 import type { ReplayStep } from './measure.js';
 import { type Frame, readFrames } from './wire.js';
@@ -39,6 +40,10 @@ export interface RrTargetOptions {
 export const LIVE_SNAPSHOT_TAG = 'rrlive';
 /** Bound on the checkpoint's size (the snapshot file of a guest of up to 16 GiB and its disk state). */
 const CHECKPOINT_BYTES_MAX = 32 * 2 ** 30;
+/** Bound on the replay log the target writes: where a slice's bytes may end in it (the file is sparse past its end). */
+const LOG_BYTES_MAX = 16 * 2 ** 30;
+/** Replay steps kept for the report (the replay goes on past them). */
+const STEPS_MAX = 50_000;
 
 /** The switchover on the target, ms on the migration's clock. */
 export interface TargetSwitchover {
@@ -85,14 +90,14 @@ export class RrTarget {
   private log: FileHandle | null = null;
   private nextSeq = 0;
   private nextOffset = -1;
+  /** When the last replay step ended (the steps kept for the report are bounded). */
+  private lastStepEndMs: number | undefined;
   /** icount at the last instruction event received, and whether the last slice is in. */
   private availableIcount = -1;
   private finalReceived = false;
   private lastSliceMs = 0;
   private logBytes = 0;
   private icount = 0;
-  /** The replayer's icount as last queried during a step. */
-  replayingIcount = 0;
   private replayStartedMs = 0;
   private failure: unknown = null;
   private wake: (() => void) | null = null;
@@ -169,6 +174,7 @@ export class RrTarget {
       if (this.finalReceived) throw order('after the last slice');
       if (header.seq !== this.nextSeq) throw new UnitOrderError(`slice ${header.seq} arrived where slice ${this.nextSeq} was due`, header.seq < this.nextSeq ? 'duplicate' : 'gap', this.nextSeq, header.seq);
       if (this.nextOffset >= 0 && header.offset !== this.nextOffset) throw new UnitOrderError(`slice ${header.seq} starts at log offset ${header.offset}, the slice before ended at ${this.nextOffset}`, 'position', this.nextSeq, header.seq);
+      if (header.offset + payload.length > LOG_BYTES_MAX) throw new LimitExceededError(`slice ${header.seq} would end at log offset ${header.offset + payload.length}, the limit is ${LOG_BYTES_MAX}`, { metadata: { seq: header.seq, limit: LOG_BYTES_MAX } });
       if (header.icountEnd < Math.max(this.availableIcount, checkpoint.icount)) throw new CorruptDataError(`slice ${header.seq} reaches icount ${header.icountEnd}, behind ${Math.max(this.availableIcount, checkpoint.icount)}`, { metadata: { seq: header.seq } });
       await this.log!.write(payload, 0, payload.length, header.offset);
       this.nextSeq++;
@@ -228,14 +234,16 @@ export class RrTarget {
     const startMs = this.options.now();
     await replay.qmp.execute('cont');
     while (running && this.options.kickMs > 0) {
-      this.replayingIcount = await queryIcount(replay).catch(() => this.replayingIcount);
+      // The query itself wakes a replayer that waits out the guest's idle time (docs/qemu.md).
+      await queryIcount(replay).catch(() => undefined);
       await Promise.race([stopped, new Promise((resolve) => setTimeout(resolve, this.options.kickMs))]).catch(() => undefined);
     }
     await stopped;
     const endMs = this.options.now();
     const icount = await queryIcount(replay);
-    if (icount !== goal) throw new ReplayDivergenceError(`the replayer stopped at icount ${icount}, its break was at ${goal}: ${replay.process.stderrTail.slice(-500)}`, { metadata: { icount, goal } });
-    this.steps.push({ fromIcount: this.icount, toIcount: goal, startMs, endMs });
+    if (icount !== goal) throw new ReplayDivergenceError(`the replayer stopped at icount ${icount}, its break was at ${goal}: ${lastLines(replay.process.stderrTail)}`, { metadata: { icount, goal } });
+    if (this.steps.length < STEPS_MAX) this.steps.push({ fromIcount: this.icount, toIcount: goal, startMs, endMs });
+    this.lastStepEndMs = endMs;
     this.icount = goal;
   }
 
@@ -243,7 +251,7 @@ export class RrTarget {
   private async switchover(): Promise<TargetReport> {
     const replay = this.replay!;
     const { now, commandTimeoutMs, stopGraceMs } = this.options;
-    const replayedMs = this.steps.at(-1)?.endMs ?? now();
+    const replayedMs = this.lastStepEndMs ?? now();
     await hmp(replay, `savevm ${LIVE_SNAPSHOT_TAG}`, commandTimeoutMs * 6);
     const savevmMs = now();
     this.replayConsole = replay.process.serial.text();

@@ -91,12 +91,25 @@ function checkHeader(value: unknown): FrameHeader {
   }
 }
 
-/** Reads frames from `stream` until it ends; a stream that ends inside a frame is corrupt data. */
+/**
+ * Reads frames from `stream` until it ends; a stream that ends inside a frame is corrupt data.
+ * Chunks are kept as they come and joined once there are enough bytes for the next step (the
+ * prefix, or the whole frame it announces), so a large frame is copied once, not per chunk.
+ */
 export async function* readFrames(stream: Readable): AsyncGenerator<Frame> {
   let buffered: Buffer = Buffer.alloc(0);
+  const pending: Buffer[] = [];
+  let pendingBytes = 0;
+  let need = PREFIX_BYTES;
   for await (const chunk of stream as AsyncIterable<Buffer>) {
-    buffered = buffered.length === 0 ? chunk : Buffer.concat([buffered, chunk]);
+    pending.push(chunk);
+    pendingBytes += chunk.length;
+    if (buffered.length + pendingBytes < need) continue;
+    buffered = Buffer.concat([buffered, ...pending]);
+    pending.length = 0;
+    pendingBytes = 0;
     for (;;) {
+      need = PREFIX_BYTES;
       if (buffered.length < PREFIX_BYTES) break;
       const headerBytes = buffered.readUInt32BE(0);
       const payloadBytes = buffered.readUInt32BE(4);
@@ -104,6 +117,7 @@ export async function* readFrames(stream: Readable): AsyncGenerator<Frame> {
         throw new CorruptDataError(`a frame announces a ${headerBytes}-byte header and a ${payloadBytes}-byte payload, the limits are ${FRAME_HEADER_BYTES_MAX} and ${FRAME_PAYLOAD_BYTES_MAX}`, { metadata: { headerBytes, payloadBytes } });
       }
       const total = PREFIX_BYTES + headerBytes + payloadBytes;
+      need = total;
       if (buffered.length < total) break;
       let parsed: unknown;
       try {
@@ -117,7 +131,8 @@ export async function* readFrames(stream: Readable): AsyncGenerator<Frame> {
       yield { header, payload };
     }
   }
-  if (buffered.length > 0) throw new CorruptDataError(`the stream ended inside a frame, ${buffered.length} bytes into it`, { metadata: { bytes: buffered.length } });
+  const left = buffered.length + pendingBytes;
+  if (left > 0) throw new CorruptDataError(`the stream ended inside a frame, ${left} bytes into it`, { metadata: { bytes: left } });
 }
 
 /** Writes frames to `stream`, waiting for it to drain when its buffer is full (backpressure). */
