@@ -3,7 +3,8 @@
 // unprotected twin on the same primary (the same run's baseline); then the primary agent is killed
 // (-9) at a seeded moment and the guest failed over at the DR agent.
 //
-// Per cell: the log's bandwidth; the guest's performance (units run protected / its twin's);
+// Per cell: the log's bandwidth; the guest's performance (its work, in units run less the share
+// of them its throttle took, protected / its twin's);
 // the standby's lag (received, replayed) p50/p99 sampled every 50 ms; the output delay
 // (production to release) p50/p99; the RTO (kill to the standby running: detection included, here
 // the DR agent seeing the stream break and the failover call, with no arbiter); the outputs a
@@ -55,9 +56,17 @@ const percentile = (xs: number[], q: number) => {
   return s.length === 0 ? 0 : s[Math.min(s.length - 1, Math.floor(q * s.length))];
 };
 
+/**
+ * The work each guest did so far, in units: the units it ran, less the share a throttle took from
+ * them (a protection slows its guest past its objective or its replay lag bound; a slowed unit
+ * still counts as run, with less of its work done).
+ */
 async function unitsRun(ctl: grpc.Client, ids: string[]): Promise<number[]> {
   const res = await unary(ctl, controlServiceV2.listGuests, pb2.ListGuestsRequest.create(), 10_000, 'guests');
-  return ids.map((id) => Number(res.guests.find((g) => g.id === id)?.unitsRun ?? 0));
+  return ids.map((id) => {
+    const g = res.guests.find((x) => x.id === id);
+    return g === undefined ? 0 : Number(g.unitsRun) - (g.throttledMs ?? 0) / Math.max(1, g.unitMs ?? 0);
+  });
 }
 
 async function runCell(profile: string, link: LinkProfileName, seconds: number, memoryMib: number, next: () => number, config: string | null): Promise<Cell> {

@@ -31,7 +31,7 @@ function protectionLine(p: Protection): string {
   const mib = (bytes: number | Long) => (Number(bytes) / 2 ** 20).toFixed(1);
   const base = p.baseKind ? `, checkpoint ${mib(p.checkpointBytes)} MiB over the ${p.baseKind} image (${mib(p.checkpointBytesSaved)} MiB saved)` : '';
   const resyncs = p.resyncs > 0 ? `, ${p.resyncs} resyncs` : '';
-  return `${p.guestId}  ${ROLE_WORDS[p.role] ?? p.role} ${PROTECTION_STATE_NAMES[p.state] ?? p.state}  ${MODE_WORDS[p.mode] ?? p.mode}, rpo ${p.rpoMsMax} ms  peer ${p.peer}  ${lag}${outputs}${resyncs}${base}${detail}`;
+  return `${p.guestId}  ${ROLE_WORDS[p.role] ?? p.role} ${PROTECTION_STATE_NAMES[p.state] ?? p.state}  ${MODE_WORDS[p.mode] ?? p.mode}, rpo ${p.rpoMsMax} ms${p.replayLagMsMax > 0 ? `, replay lag ${p.replayLagMsMax} ms` : ''}${p.logBatchMs > 0 ? `, log batch ${p.logBatchMs} ms` : ''}  peer ${p.peer}  ${lag}${outputs}${resyncs}${base}${detail}`;
 }
 
 function show(session: Session, p: Protection): void {
@@ -48,13 +48,15 @@ export function addProtectionCommands(program: Command, kit: CommandKit): void {
       .addOption(new Option('--to <host:port>', 'the DR agent, as this agent reaches it').argParser(agentAddress).makeOptionMandatory())
       .addOption(new Option('--mode <mode>', 'sync: an output leaves only once the standby has the unit that made it; async: at once, the lag bounded by --rpo-ms-max').choices(['sync', 'async']).default('sync'))
       .option('--rpo-ms-max <n>', "the most guest time the standby may lag behind (default: the agent's, 1000)", integer('--rpo-ms-max', 10, 3_600_000))
+      .option('--replay-lag-ms-max <n>', "the most guest time the standby's replay may trail before the guest is slowed: a failover replays that much first (default: 1000)", integer('--replay-lag-ms-max', 100, 3_600_000))
+      .option('--log-batch-ms <n>', 'how long sealed units may wait here to go to the standby together: fewer wake-ups of the agent, at that much more lag; a unit with output goes at once (default: 20, at most a quarter of --rpo-ms-max; under the unit length: each at once)', integer('--log-batch-ms', 1, 1000))
       .addOption(new Option('--on-link-loss <policy>', 'sync mode while the standby is unreachable: hold the outputs (bounded: past the bound, async) or release them at once until it is back').choices(['hold', 'release']).default('hold')),
   ).action(
     clientAction(async (s, guestId) => {
-      const o = s.options as unknown as { to: string; mode: 'sync' | 'async'; rpoMsMax?: number; onLinkLoss: 'hold' | 'release' };
+      const o = s.options as unknown as { to: string; mode: 'sync' | 'async'; rpoMsMax?: number; replayLagMsMax?: number; logBatchMs?: number; onLinkLoss: 'hold' | 'release' };
       const mode = o.mode === 'async' ? pb2.ProtectionMode.PROTECTION_MODE_ASYNC : pb2.ProtectionMode.PROTECTION_MODE_SYNC;
       const linkLoss = o.onLinkLoss === 'release' ? pb2.LinkLossPolicy.LINK_LOSS_POLICY_RELEASE : pb2.LinkLossPolicy.LINK_LOSS_POLICY_HOLD;
-      const res = await s.call(controlServiceV2.protect, pb2.ProtectRequest.create({ guestId, drAddress: o.to, mode, rpoMsMax: o.rpoMsMax ?? 0, linkLoss }), `protecting guest ${guestId}`);
+      const res = await s.call(controlServiceV2.protect, pb2.ProtectRequest.create({ guestId, drAddress: o.to, mode, rpoMsMax: o.rpoMsMax ?? 0, logBatchMs: o.logBatchMs ?? 0, replayLagMsMax: o.replayLagMsMax ?? 0, linkLoss }), `protecting guest ${guestId}`);
       show(s, pb2.Protection.create(res.protection ?? {}));
       s.say(`Follow it with 'vmmigrate protection status ${guestId} --watch'.`);
       return EXIT.ok;

@@ -32,6 +32,8 @@ t.test('protect, follow, unprotect: the standby replays without end and never ru
   const before = await get(p, 'vm-p');
   t.equal(before.state, State.PROTECTION_STATE_PROTECTED, 'still protected after the checkpoint, past any migration-like switchover');
   t.equal(before.mode, pb2.ProtectionMode.PROTECTION_MODE_SYNC);
+  t.equal(before.logBatchMs, 20, "the log goes in batches of the default 20 ms (under a quarter of the 500 ms objective)");
+  t.equal(before.replayLagMsMax, 1000, "the replay lag bound, the default 1000 ms");
   t.equal(before.peer, dr.address);
   t.ok(before.lagReceivedMs <= 500, `lag ${before.lagReceivedMs} ms within the 500 ms objective`);
   t.ok(before.logBytesPerSec > 0, `log ${Math.round(before.logBytesPerSec)} B/s`);
@@ -129,6 +131,10 @@ t.test('Protect refuses bad requests with the field named', async (t) => {
   await t.rejects(unary(p, controlServiceV2.protect, pb2.ProtectRequest.create({ guestId: 'vm-q' }), 10_000, 'no address'), { code: 'INVALID_ARGUMENT', message: /dr_address is required/ });
   await t.rejects(unary(p, controlServiceV2.protect, pb2.ProtectRequest.create({ guestId: 'vm-q', drAddress: primary.address }), 10_000, 'self'), { code: 'INVALID_ARGUMENT', message: /is this agent itself/ });
   await t.rejects(unary(p, controlServiceV2.protect, pb2.ProtectRequest.create({ guestId: 'vm-q', drAddress: '127.0.0.1:1', rpoMsMax: 5 }), 10_000, 'rpo'), { code: 'INVALID_ARGUMENT', message: /recovery point objective 5 ms/ });
+  const batch = pb2.ProtectRequest.create({ guestId: 'vm-q', drAddress: '127.0.0.1:1', rpoMsMax: 500, logBatchMs: 300 });
+  const replayLag = pb2.ProtectRequest.create({ guestId: 'vm-q', drAddress: '127.0.0.1:1', replayLagMsMax: 50 });
+  await t.rejects(unary(p, controlServiceV2.protect, replayLag, 10_000, 'replay lag'), { code: 'INVALID_ARGUMENT', message: /replay lag bound 50 ms: expected 0 \(the default, 1000\) or 100 to 3600000/ });
+  await t.rejects(unary(p, controlServiceV2.protect, batch, 10_000, 'batch'), { code: 'INVALID_ARGUMENT', message: /a log batch of 300 ms: expected 0 \(the default, 20\) or 1 to 250/ });
   await t.rejects(get(p, 'vm-q'), { code: 'NOT_FOUND', message: /no protection of guest 'vm-q'/ });
   await t.rejects(unary(p, controlServiceV2.unprotect, pb2.UnprotectRequest.create({ guestId: 'vm-q' }), 10_000, 'unprotect'), { code: 'NOT_FOUND' });
 });

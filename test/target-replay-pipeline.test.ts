@@ -169,16 +169,20 @@ t.test('a unit over the window is refused with LimitExceededError (RESOURCE_EXHA
 
 t.test(`replay runs in slices of at most ${REPLAY_PIPELINE.replaySliceMs} ms, yielding between them`, async (t) => {
   const h = harness();
-  h.replay.costMs = 4;
-  for (const s of [1, 2, 3, 4, 5]) h.pipeline.enqueue(unit(s));
+  const slice = REPLAY_PIPELINE.replaySliceMs;
+  h.replay.costMs = 1;
+  for (let s = 1; s <= 2 * slice + 1; s++) h.pipeline.enqueue(unit(s));
   h.restored();
   t.ok(h.runSlice());
-  t.same(h.replay.applied, [1, 2, 3], 'units started at 0, 4 and 8 ms into the slice');
+  const first = Array.from({ length: slice }, (_, i) => i + 1);
+  t.same(h.replay.applied, first, `the units started within the first ${slice} ms of the slice, 1 ms each`);
   t.equal(h.deferred.length, 1, 'the rest comes back after pending I/O');
-  h.pipeline.enqueue(unit(6));
+  h.pipeline.enqueue(unit(2 * slice + 2));
   t.equal(h.deferred.length, 1, 'a unit arriving between slices does not schedule another');
   t.ok(h.runSlice());
-  t.same(h.replay.applied, [1, 2, 3, 4, 5, 6]);
+  t.same(h.replay.applied.length, 2 * slice, 'the next slice as long');
+  t.ok(h.runSlice());
+  t.same(h.replay.applied, Array.from({ length: 2 * slice + 2 }, (_, i) => i + 1), 'all of them, in order');
   t.notOk(h.runSlice(), 'nothing left: no slice scheduled');
 });
 

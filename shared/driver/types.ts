@@ -114,6 +114,8 @@ export interface RecordingStats {
   readonly unitsDropped?: number;
   /** The queue is at its bound: the guest stalls until a unit is taken (absent: the driver does not say). */
   readonly queueFull?: boolean;
+  /** Units sealed and not yet in the queue: waiting where the guest runs to go together (setLogBatch); not in unitsRecorded. */
+  readonly unitsUnsent?: number;
 }
 
 /** Page-level access, used by the pre-copy and post-copy baselines (not by CR/TR). */
@@ -154,6 +156,9 @@ export interface PageAccess {
 export type DriverCapability = 'log-recording' | 'page-access' | 'checkpoint-replay' | 'page-restore' | 'postcopy-resume' | 'delta-checkpoint' | 'native-stream';
 export const DRIVER_CAPABILITIES: readonly DriverCapability[] = ['log-recording', 'page-access', 'checkpoint-replay', 'page-restore', 'postcopy-resume', 'delta-checkpoint', 'native-stream'];
 
+/** The longest LogRecorder.setLogBatch takes (ms). */
+export const LOG_BATCH_MS_MAX = 1_000;
+
 /** A guest's execution log and live checkpoint: what CR/TR needs of a source guest. */
 export interface LogRecorder {
   /**
@@ -178,6 +183,13 @@ export interface LogRecorder {
    */
   nextSealedUnit(signal?: AbortSignal): Promise<SealedUnit | null>;
   recordingStats(): RecordingStats;
+  /**
+   * Lets sealed units wait up to `ms` where they are sealed to reach the agent together: fewer
+   * wake-ups of the agent, at up to `ms` more lag (0, the default: each at once). A unit that
+   * produced output goes at once. For the recording in progress; optional (a driver whose units do
+   * not wake the agent one by one has none).
+   */
+  setLogBatch?(ms: number): void;
   /** Stops recording and drops queued units; the guest keeps running. */
   stopRecording(): void;
 }

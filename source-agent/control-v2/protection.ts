@@ -7,7 +7,7 @@ import type { Logger } from 'pino';
 import type { IncomingJob } from '../../shared/incoming-job.js';
 import { checkGuestId } from '../../shared/ids.js';
 import { echo, invalidField, NotFoundError } from '../../shared/errors.js';
-import { RPO_MS_MAX_DEFAULT, RPO_MS_MAX_MAX, RPO_MS_MAX_MIN } from '../../shared/rpo.js';
+import { protectionLogBatchMs, REPLAY_LAG_MS_MAX_DEFAULT, REPLAY_LAG_MS_MAX_MAX, REPLAY_LAG_MS_MAX_MIN, RPO_MS_MAX_DEFAULT, RPO_MS_MAX_MAX, RPO_MS_MAX_MIN } from '../../shared/rpo.js';
 import { pb, pb2 } from '../../shared/transport/grpc.js';
 import type { ControlService } from '../control-service.js';
 import type { SourceMigration } from '../migration.js';
@@ -280,7 +280,13 @@ function protectionRequest(req: Req<'ProtectRequest'>): ProtectionRequest {
   const policies = pb2.LinkLossPolicy;
   const linkLoss = req.linkLoss ?? policies.LINK_LOSS_POLICY_UNSPECIFIED;
   if (linkLoss !== policies.LINK_LOSS_POLICY_UNSPECIFIED && linkLoss !== policies.LINK_LOSS_POLICY_HOLD && linkLoss !== policies.LINK_LOSS_POLICY_RELEASE) throw invalidField('link_loss', `link loss policy ${linkLoss} is not one of HOLD, RELEASE`);
-  return { mode: req.mode === modes.PROTECTION_MODE_ASYNC ? 'async' : 'sync', rpoMsMax, onLinkLoss: linkLoss === policies.LINK_LOSS_POLICY_RELEASE ? 'release' : 'hold' };
+  const logBatchMs = protectionLogBatchMs(req.logBatchMs ?? 0, rpoMsMax);
+  if (typeof logBatchMs === 'string') throw invalidField('log_batch_ms', logBatchMs);
+  const replayLagMsMax = req.replayLagMsMax || REPLAY_LAG_MS_MAX_DEFAULT;
+  if (replayLagMsMax < REPLAY_LAG_MS_MAX_MIN || replayLagMsMax > REPLAY_LAG_MS_MAX_MAX) {
+    throw invalidField('replay_lag_ms_max', `replay lag bound ${replayLagMsMax} ms: expected 0 (the default, ${REPLAY_LAG_MS_MAX_DEFAULT}) or ${REPLAY_LAG_MS_MAX_MIN} to ${REPLAY_LAG_MS_MAX_MAX}`);
+  }
+  return { mode: req.mode === modes.PROTECTION_MODE_ASYNC ? 'async' : 'sync', rpoMsMax, onLinkLoss: linkLoss === policies.LINK_LOSS_POLICY_RELEASE ? 'release' : 'hold', logBatchMs, replayLagMsMax };
 }
 
 const MODE = { sync: pb2.ProtectionMode.PROTECTION_MODE_SYNC, async: pb2.ProtectionMode.PROTECTION_MODE_ASYNC } as const;
@@ -315,6 +321,8 @@ export function primaryView(job: SourceMigration): ProtectionMessage {
     peer: job.request.targetAddress,
     mode: MODE[terms.mode],
     rpoMsMax: terms.rpoMsMax,
+    logBatchMs: terms.logBatchMs ?? 0,
+    replayLagMsMax: terms.replayLagMsMax ?? REPLAY_LAG_MS_MAX_DEFAULT,
     lagUnitsReceived: s.lagUnitsReceived,
     lagUnitsReplayed: s.lagUnitsReplayed,
     lagReceivedMs: s.lagUnitsReceived * s.unitMs,

@@ -50,6 +50,9 @@ export class CrtrMethod implements TransferMethod {
     // Phase 3: checkpoint, with units streaming alongside (phase 4 overlaps it).
     ctx.setPhase('checkpoint');
     const start = recorder.startRecording();
+    // A protection's units go to the standby in batches (fewer wake-ups of this agent per guest second).
+    const batchMs = ctx.request.protection?.logBatchMs ?? 0;
+    if (batchMs > 0) recorder.setLogBatch?.(batchMs);
     ctx.open({ firstSequence: start.firstSequence });
     const channel = ctx.channel;
     const output = ctx.request.protection?.mode === 'sync' ? ctx.guest.output : undefined;
@@ -120,6 +123,8 @@ export class CrtrMethod implements TransferMethod {
   requestSwitchover(ctx: MethodContext, reason: string): void {
     if (this.switchoverAtMs !== null) return;
     this.switchoverAtMs = ctx.elapsedMs();
+    // From here a migration: its last units go one by one, as the stop waits for them.
+    recorderOf(ctx.guest).setLogBatch?.(0);
     ctx.channel.send({ switchover: { reason } });
     ctx.round(`planned switchover: ${reason}`);
     ctx.log.info({ reason }, 'protection: planned switchover to the standby');
@@ -150,7 +155,7 @@ export class CrtrMethod implements TransferMethod {
   /** Units recorded that are to reach the target: superseded ones excluded. */
   private unitsRecordedToSend(ctx: MethodContext): number {
     const rec = recorderOf(ctx.guest).recordingStats();
-    return rec.unitsRecorded - this.unitsSupersededHere(rec.unitsDropped);
+    return rec.unitsRecorded + (rec.unitsUnsent ?? 0) - this.unitsSupersededHere(rec.unitsDropped);
   }
 
   /** Units recorded and not yet replayed by the target, sent or not: superseded units excluded. */

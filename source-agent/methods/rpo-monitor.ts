@@ -1,6 +1,7 @@
 // A protection's lag while the log streams without end: the units the guest recorded that the
 // standby has not received (or replayed) yet, in units and in guest time, sampled at every
-// monitor tick; past the recovery point objective the guest is slowed (shared/rpo.ts).
+// monitor tick; past the recovery point objective, or past the bound on the replay lag, the guest
+// is slowed (shared/rpo.ts).
 //
 // While the link to the standby is down (the channel resumes its stream), slowing the guest would
 // not bring the standby closer: the guest runs at full speed and its log is kept, within the
@@ -9,7 +10,7 @@
 // sending only the pages that differ from the standby's (target-agent/base-image.ts).
 
 import { UnavailableError } from '../../shared/errors.js';
-import { rpoThrottle } from '../../shared/rpo.js';
+import { REPLAY_LAG_MS_MAX_DEFAULT, rpoThrottle } from '../../shared/rpo.js';
 import type { MethodContext } from './method.js';
 
 export class RpoMonitor {
@@ -39,7 +40,9 @@ export class RpoMonitor {
     if (ctx.channel.linkDown === true) return this.whileLinkDown();
     if (this.stallAtLinkDownMs !== null) this.linkBack();
     this.stallAtLinkDownMs = null;
-    const decision = rpoThrottle(s.lagUnitsReceived * s.unitMs, protection.rpoMsMax, s.throttle);
+    const lag = { receivedMs: s.lagUnitsReceived * s.unitMs, replayedMs: s.lagUnitsReplayed * s.unitMs };
+    const bounds = { rpoMsMax: protection.rpoMsMax, replayLagMsMax: protection.replayLagMsMax ?? REPLAY_LAG_MS_MAX_DEFAULT };
+    const decision = rpoThrottle(lag, bounds, s.throttle);
     if (decision.throttle === s.throttle) return;
     ctx.guest.setThrottle(decision.throttle);
     s.throttle = decision.throttle;

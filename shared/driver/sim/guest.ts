@@ -108,8 +108,10 @@ export class SimSourceGuest implements SourceGuest, LogRecorder, DeltaSource {
       options,
       checkAlive: () => this.checkAlive(),
       stallMs: () => this.runnerStats().stallMs,
+      unitsUnsent: () => this.vcpu?.counter('unitsUnsent') ?? 0,
       atBoundary: (fn) => this.atBoundary(fn),
       recordingChanged: (recording) => this.vcpu?.setRecording(recording?.id ?? 0),
+      logBatchChanged: (ms) => this.vcpu?.setLogBatchMs(ms),
       unitsLeft: (units, bytes) => this.vcpu?.unitsTaken(units, bytes),
     });
   }
@@ -137,6 +139,7 @@ export class SimSourceGuest implements SourceGuest, LogRecorder, DeltaSource {
         throttle: this.core.throttle,
         cow: this.machine.memory.cow,
         recording: this.rec.recording?.id ?? 0,
+        logBatchMs: this.rec.logBatchMs,
       },
       {
         sealed: (unit) => this.rec.sealFromThread(unit),
@@ -206,6 +209,9 @@ export class SimSourceGuest implements SourceGuest, LogRecorder, DeltaSource {
   }
   recordingStats(): RecordingStats {
     return this.rec.recordingStats();
+  }
+  setLogBatch(ms: number): void {
+    this.rec.setLogBatch(ms);
   }
   stopRecording(): void {
     this.rec.stopRecording();

@@ -4,7 +4,7 @@
 // recording (SimSourceGuest.executeUnit); everything the agent asks of the log goes through here.
 
 import { InvalidArgumentError, InvalidStateError } from '../../errors.js';
-import type { CheckpointChunk, DeltaSource, DeltaStart, LogRecorder, RecordingStart, RecordingStats, SealedUnit } from '../types.js';
+import { type CheckpointChunk, type DeltaSource, type DeltaStart, LOG_BATCH_MS_MAX, type LogRecorder, type RecordingStart, type RecordingStats, type SealedUnit } from '../types.js';
 import { beginCheckpoint, checkpointChunks, CHUNK_PAGES_DEFAULT, CHUNK_PAGES_MAX, endCheckpoint } from './checkpoint.js';
 import { beginDelta, deltaChunks } from './delta.js';
 import type { SimMachine } from './machine.js';
@@ -19,10 +19,14 @@ export interface RecorderHost {
   checkAlive(): void;
   /** Wall time the guest stalled on the log queue or the copy-on-write pool, in all. */
   stallMs(): number;
+  /** Units the vCPU sealed that wait on its thread to go together (a log batch). */
+  unitsUnsent(): number;
   /** Runs `fn` with the vCPU stopped at a unit boundary (the instant of a checkpoint or a delta). */
   atBoundary<T>(fn: () => T): T;
   /** A recording began or ended: units are sealed into it from the next one on. */
   recordingChanged(recording: Recording | null): void;
+  /** How long sealed units may wait on the vCPU's side to go together changed (ms; 0: each at once). */
+  logBatchChanged(ms: number): void;
   /** Units sealed on the vCPU's own thread left the log queue (taken, superseded or dropped). */
   unitsLeft(units: number, bytes: number): void;
 }
@@ -30,6 +34,8 @@ export interface RecorderHost {
 export class SimRecorder implements LogRecorder, DeltaSource {
   /** The recording in progress (between startRecording and stopRecording), if any. */
   recording: Recording | null = null;
+  /** setLogBatch's, for the recording in progress (0 outside one). */
+  logBatchMs = 0;
 
   constructor(private readonly host: RecorderHost) {}
 
@@ -112,9 +118,18 @@ export class SimRecorder implements LogRecorder, DeltaSource {
     return this.recording === null ? null : this.recording.next(this.host.id, signal);
   }
 
+  setLogBatch(ms: number): void {
+    if (!Number.isInteger(ms) || ms < 0 || ms > LOG_BATCH_MS_MAX) throw new InvalidArgumentError(`log batch of ${ms} ms: expected 0 to ${LOG_BATCH_MS_MAX}`);
+    const batch = this.recording === null ? 0 : ms;
+    if (batch === this.logBatchMs) return;
+    this.logBatchMs = batch;
+    this.host.logBatchChanged(batch);
+  }
+
   recordingStats(): RecordingStats {
     const stallMs = this.host.stallMs();
-    return this.recording?.stats(stallMs) ?? { unitsRecorded: 0, logBytes: 0, unitsQueued: 0, bytesQueued: 0, stallMs };
+    const rec = this.recording;
+    return rec === null ? { unitsRecorded: 0, logBytes: 0, unitsQueued: 0, bytesQueued: 0, stallMs } : { ...rec.stats(stallMs), unitsUnsent: this.host.unitsUnsent() };
   }
 
   stopRecording(): void {
@@ -125,6 +140,7 @@ export class SimRecorder implements LogRecorder, DeltaSource {
     if (rec.delta !== null) endCheckpoint(machine, rec.delta);
     this.recording = null;
     this.host.recordingChanged(null);
+    this.setLogBatch(0);
     rec.stop();
   }
 }

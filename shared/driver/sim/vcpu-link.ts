@@ -37,6 +37,8 @@ export interface VcpuStart {
   /** The checkpoint in progress, if any, and the recording units are sealed into (0: none). */
   cow: CopyOnWrite | null;
   recording: number;
+  /** How long sealed units may wait on the vCPU's side to go together (ms; 0: each at once). */
+  logBatchMs: number;
 }
 
 /**
@@ -152,6 +154,7 @@ export class VcpuLink {
     this.exited = new Promise((resolve) => this.worker.once('exit', () => resolve()));
     void this.exited.then(() => this.stoppedNow());
     this.setRecording(start.recording);
+    this.setLogBatchMs(start.logBatchMs);
     this.sendCow(start.cow);
   }
 
@@ -167,6 +170,11 @@ export class VcpuLink {
   /** Starts sealing units into `recording` (0: stops). Takes effect at the next unit. */
   setRecording(recording: number): void {
     Atomics.store(this.control, CONTROL.recording, recording);
+  }
+
+  /** Lets sealed units wait up to `ms` on the vCPU's side to go together (0: each at once; vcpu-outbox.ts). */
+  setLogBatchMs(ms: number): void {
+    Atomics.store(this.control, CONTROL.logBatchMs, ms);
   }
 
   /** Units sealed and not yet taken by the agent's log stream went: `units` of them, `bytes` in all. */

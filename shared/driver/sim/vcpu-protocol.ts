@@ -27,7 +27,12 @@ export const CONTROL = {
   logBytes: 5,
   /** The last page fetch (post-copy) that the agent completed. */
   fetchDone: 6,
-  words: 7,
+  /**
+   * Wall time (ms) the sealed units and outputs may wait on the vCPU's side to go to the agent
+   * together (vcpu-outbox.ts); 0: each at once. Set by the agent any time.
+   */
+  logBatchMs: 7,
+  words: 8,
 } as const;
 
 export const COMMAND = { run: 0, park: 1, stop: 2, exit: 3 } as const;
@@ -44,7 +49,9 @@ export const STATS = {
   throttle: 6,
   /** When the vCPU last stopped for a suspend: ms since the epoch (performance.timeOrigin + now(), comparable across threads). */
   stoppedAtEpochMs: 7,
-  slots: 8,
+  /** Units sealed and waiting in the vCPU's outbox (a log batch), not yet sent to the agent. */
+  unitsUnsent: 8,
+  slots: 9,
 } as const;
 
 /** What the vCPU thread starts from (its first message). */

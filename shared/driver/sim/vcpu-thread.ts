@@ -3,7 +3,8 @@
 // This thread runs units in real time and nothing else: it has no event loop of its own to serve
 // (it sleeps and waits with Atomics.wait), it writes guest memory in shared buffers (memory.ts,
 // cow.ts), sends each unit it seals while recording to the agent, and stops between two units when
-// the agent asks (vcpu-protocol.ts).
+// the agent asks (vcpu-protocol.ts). What it sends goes through its outbox, in batches while the
+// agent asks for them (vcpu-outbox.ts).
 
 import { parentPort, receiveMessageOnPort } from 'node:worker_threads';
 import { CopyOnWrite } from './cow.js';
@@ -11,6 +12,7 @@ import { MachineState, SimMachine } from './machine.js';
 import { GuestMemory } from './memory.js';
 import { OutputDevice } from './output.js';
 import { type UnitPlan, VcpuCore } from './vcpu-core.js';
+import { VcpuOutbox } from './vcpu-outbox.js';
 import { COMMAND, CONTROL, STATS, type VcpuCommand, type VcpuInit, type VcpuMessage, VCPU_STATE } from './vcpu-protocol.js';
 
 /** The guest's output device is the agent's (it gates what leaves the host): a unit's replies are made there. */
@@ -37,11 +39,16 @@ class VcpuThread {
   private pending: UnitPlan | null = null;
   private fetchRequest = 0;
   private readonly unitWrites: number[] = [];
+  private readonly outbox: VcpuOutbox;
 
   constructor(private readonly init: VcpuInit) {
     this.control = new Int32Array(init.control);
     this.stats = new Float64Array(init.stats);
     this.state = new Uint8Array(init.state);
+    this.outbox = new VcpuOutbox(
+      (message, transfer) => init.port.postMessage(message, transfer),
+      (units) => (this.stats[STATS.unitsUnsent] = units),
+    );
     const output = new RelayedOutput((message) => this.post(message));
     this.machine = new SimMachine(init.config.memoryBytes, init.config.rates, GuestMemory.fromShared(init.memory), output);
     this.machine.state = MachineState.deserialize(this.state.slice());
@@ -61,6 +68,7 @@ class VcpuThread {
         continue;
       }
       if (!this.runUnit()) continue;
+      this.outbox.flushIfDue(performance.now(), this.batchMs());
       if (this.init.pacing === 'asap') continue;
       next += unitMs;
       const now = performance.now();
@@ -68,13 +76,22 @@ class VcpuThread {
         next = now;
         this.stats[STATS.lagResets]++;
       }
+      // A batch that falls due while the vCPU idles goes then, not with the next unit.
+      const due = this.outbox.dueAt(this.batchMs());
+      if (due < next) {
+        this.sleepUntil(due);
+        this.outbox.flush();
+      }
       this.sleepUntil(next);
     }
+    this.outbox.flush();
     Atomics.store(this.control, CONTROL.state, VCPU_STATE.exited);
   }
 
   /** Parked or stopped between units: publishes the state, waits for the next command, takes the agent's commands. */
   private hold(command: number): void {
+    // Everything sealed so far reaches the agent before the vCPU says it parked or stopped.
+    this.outbox.flush();
     this.state.set(this.machine.state.serialize());
     if (command === COMMAND.stop) {
       // A suspend drops the unit that waited: its events never arrived, as for a guest on this thread.
@@ -127,9 +144,12 @@ class VcpuThread {
       }
       if (recording && this.logFull()) {
         stalled = true;
+        // The agent can only make room by taking what waits here.
+        this.outbox.flush();
         this.waitForDoorbell(WAIT_SLICE_MS);
       } else if (cow !== null && !cow.released && cow.preservedBytes > 0 && !cow.hasRoomFor(plan.pageWritesBound)) {
         stalled = true;
+        this.outbox.flush();
         cow.waitForRoomSync(cow.roomSeen, 1);
       } else {
         const missing = this.core.missingPages(plan);
@@ -185,7 +205,17 @@ class VcpuThread {
     }
   }
 
+  private batchMs(): number {
+    return Atomics.load(this.control, CONTROL.logBatchMs);
+  }
+
+  /** Units and outputs through the outbox (an output due at once); anything else at once, after them. */
   private post(message: VcpuMessage, transfer: ArrayBuffer[] = []): void {
+    if (message.kind === 'unit' || message.kind === 'output') {
+      this.outbox.add(message, transfer, message.kind === 'output', performance.now());
+      return;
+    }
+    this.outbox.flush();
     this.init.port.postMessage(message, transfer);
   }
 }
