@@ -2,7 +2,7 @@
 // agent processes, the link emulator between them (none for 'direct'), a Control v2 client of the
 // source; all stopped together, and SIGKILLed on an interrupt (killLiveChildren).
 
-import type { ChildProcess } from 'node:child_process';
+import { type ChildProcess, execFileSync } from 'node:child_process';
 import { type AgentProcess, startAgentProcess, stopAgentProcess } from '../cli/agent-process.js';
 import { controlServiceV2, grpc, makeClient, pb2, unary } from '../shared/transport/grpc.js';
 import type { LinkStats } from '../shared/transport/link.js';
@@ -43,6 +43,9 @@ export function killLiveChildren(): void {
 
 export type Control = ReturnType<typeof makeClient<typeof controlServiceV2>>;
 
+/** util-linux's taskset, which pin() runs (present on every Debian). */
+export const TASKSET = '/usr/bin/taskset';
+
 /** What a started run talks to: its source agent, the target's address as the source dials it, the source's Control client. */
 export interface StartedRun {
   source: AgentProcess;
@@ -68,6 +71,21 @@ export class RunProcesses {
     if (this.link?.child) liveChildren.add(this.link.child);
     this.control = makeClient(controlServiceV2, 'Control', source.address, grpc.credentials.createInsecure());
     return { source, target, targetAddress: this.link?.address ?? target.address, control: this.control };
+  }
+
+  /**
+   * Keeps a process of the run, every thread of it and the threads it makes later, on `cpus` (a
+   * taskset list such as '0' or '1-3'): two agents on cores of their own stand for two hosts.
+   */
+  pin(which: 'source' | 'target' | 'link', cpus: string): void {
+    const pid = which === 'link' ? this.link?.child?.pid : this.agents[which === 'source' ? 0 : 1]?.child.pid;
+    if (pid === undefined) throw new Error(`no ${which} process to pin`);
+    execFileSync(TASKSET, ['-a', '-p', '-c', cpus, String(pid)], { stdio: 'ignore' });
+  }
+
+  /** Keeps this process (the harness, which asks the agents) on `cpus`. */
+  pinHarness(cpus: string): void {
+    execFileSync(TASKSET, ['-a', '-p', '-c', cpus, String(process.pid)], { stdio: 'ignore' });
   }
 
   /** SIGKILLs one agent (a crash); stop() then finds it gone. */

@@ -33,6 +33,11 @@ export interface GuestRunnerStats {
   /** Units executed. */
   readonly unitsRun: number;
   /**
+   * Instructions those units executed (sim): the guest's work. A unit's budget follows the
+   * host's speed, so a guest given less of a core keeps its schedule of units with less work done.
+   */
+  readonly instructionsRun?: number;
+  /**
    * Wall time the vCPU was blocked when it should have run: a full log queue or copy-on-write
    * pool, pages that post-copy has not brought yet.
    */

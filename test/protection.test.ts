@@ -50,6 +50,8 @@ t.test('protect, follow, unprotect: the standby replays without end and never ru
   const roleOf = async (c: grpc.Client) => (await unary(c, controlServiceV2.listGuests, pb2.ListGuestsRequest.create(), 10_000, 'guests')).guests.find((g) => g.id === 'vm-p');
   t.match(await roleOf(p), { role: pb2.GuestRole.GUEST_ROLE_PROTECTED, jobId: before.jobId }, 'Control v2: the guest is protected');
   t.match(await roleOf(d), { role: pb2.GuestRole.GUEST_ROLE_STANDBY, state: pb2.GuestState.GUEST_STATE_REPLICA }, 'the DR agent lists its standby');
+  const ran = (await roleOf(p))?.instructionsRun ?? 0;
+  t.ok(ran > 0, `ListGuests counts the instructions the guest ran (${ran})`);
   const refused = unary(p, controlServiceV2.protect, pb2.ProtectRequest.create({ guestId: 'vm-p', drAddress: dr.address }), 10_000, 'protect again');
   await t.rejects(refused, { code: 'FAILED_PRECONDITION', message: /already being protected/ });
   const ended = await unary(p, controlServiceV2.unprotect, pb2.UnprotectRequest.create({ guestId: 'vm-p' }), 10_000, 'unprotect');

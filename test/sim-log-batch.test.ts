@@ -90,6 +90,8 @@ t.test('units sealed on the vCPU thread come in batches, in order, all of them, 
   const cut = batches(list.slice(0, -1));
   const perBatch = (list.length - 1) / cut.length;
   t.ok(perBatch >= 3, `${cut.length} batches of ${perBatch.toFixed(1)} units on average (100 ms of 10 ms units)`);
+  const stats = guest.runnerStats();
+  t.ok(stats.instructionsRun > stats.unitsRun, `the vCPU counts the instructions its units ran (${stats.instructionsRun} in ${stats.unitsRun} units)`);
   t.same(failures, []);
 });
 

@@ -79,7 +79,7 @@ export class ControlServiceV2 {
     const guests = local.map((d) => {
       const message = guestMessage(d, this.roleOf(d.id));
       const runner = this.driver.guest(d.id).runnerStats?.();
-      if (runner !== undefined) [message.unitsRun, message.stallMs, message.throttledMs] = [runner.unitsRun, runner.stallMs, runner.throttledMs];
+      if (runner !== undefined) [message.unitsRun, message.stallMs, message.throttledMs, message.instructionsRun] = [runner.unitsRun, runner.stallMs, runner.throttledMs, runner.instructionsRun ?? 0];
       return message;
     });
     const here = new Set(local.map((d) => d.id));

@@ -143,7 +143,8 @@ export class SimSourceGuest implements SourceGuest, LogRecorder, DeltaSource {
       },
       {
         sealed: (unit) => this.rec.sealFromThread(unit),
-        output: (o) => this.machine.output.afterUnit(o.unit, o.rxBefore, o.rxAfter, o.stateHash),
+        // Produced on the vCPU's thread: the delay counts from there, the hop to this thread included.
+        output: (o) => this.machine.output.afterUnit(o.unit, o.rxBefore, o.rxAfter, o.stateHash, o.producedAtEpochMs - performance.timeOrigin),
         fetchPages: (pages) => (this.pageFetcher === null ? Promise.reject(new InvalidStateError(`guest ${this.id} has pages missing and no way to fetch them`)) : this.pageFetcher(pages)),
         failed: (error) => this.runnerFailed(error),
       },
@@ -171,12 +172,13 @@ export class SimSourceGuest implements SourceGuest, LogRecorder, DeltaSource {
   }
 
   /** Runner counters: units executed, wall time stalled on bounds, work given up to throttling, schedule resets. */
-  runnerStats(): { unitsRun: number; stallMs: number; throttledMs: number; lagResets: number; instructionsPerMs: number; throttle: number; pagesFetched: number; suspendRanMs: number; suspendRanUnits: number } {
+  runnerStats(): { unitsRun: number; instructionsRun: number; stallMs: number; throttledMs: number; lagResets: number; instructionsPerMs: number; throttle: number; pagesFetched: number; suspendRanMs: number; suspendRanUnits: number } {
     const core = this.core;
     const thread = this.vcpu;
     // On a thread, its counters plus the final units sealed here at each suspend.
     return {
       unitsRun: core.unitsRun + (thread?.counter('unitsRun') ?? 0),
+      instructionsRun: core.instructionsRun + (thread?.counter('instructionsRun') ?? 0),
       stallMs: this.inline.stallMs + (thread?.counter('stallMs') ?? 0),
       throttledMs: core.throttledMs + (thread?.counter('throttledMs') ?? 0),
       lagResets: this.inline.lagResets + (thread?.counter('lagResets') ?? 0),
@@ -348,6 +350,7 @@ export class SimSourceGuest implements SourceGuest, LogRecorder, DeltaSource {
     // A thread that failed is gone: a later start begins a new one (from this thread's state).
     if (this.vcpu !== null) {
       this.core.unitsRun += this.vcpu.counter('unitsRun');
+      this.core.instructionsRun += this.vcpu.counter('instructionsRun');
       this.vcpu.exit();
       this.vcpu = null;
     }

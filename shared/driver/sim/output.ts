@@ -53,15 +53,16 @@ export class OutputDevice implements GuestOutput {
   /** Told when the gate opens because too much was held. */
   onOverflow: ((held: number) => void) | null = null;
 
-  /** The unit `unit` received requests up to `rxAfter` (exclusive) from `rxBefore`: one reply each. */
-  afterUnit(unit: number, rxBefore: number, rxAfter: number, stateHash: number): void {
+  /** The unit `unit` received requests up to `rxAfter` (exclusive) from `rxBefore`: one reply each, produced at `producedAtMs` (performance.now() of this thread). */
+  afterUnit(unit: number, rxBefore: number, rxAfter: number, stateHash: number, producedAtMs = performance.now()): void {
     const count = (rxAfter - rxBefore) >>> 0;
     if (count === 0) return;
     const now = performance.now();
+    const produced = Math.min(producedAtMs, now);
     for (let i = 0; i < count; i++) {
       const sequence = (rxBefore + i) >>> 0;
       const payload = hex64(xxh64(new Uint8Array(Uint32Array.of(sequence, stateHash >>> 0, unit >>> 0).buffer)));
-      const packet: OutputPacket = { sequence, unit, payload, producedAtMs: now, releasedAtMs: 0 };
+      const packet: OutputPacket = { sequence, unit, payload, producedAtMs: produced, releasedAtMs: 0 };
       this.produced++;
       if (this.fenced) continue;
       if (this.gated || this.releaseWhile?.() === false) this.held.push(packet);

@@ -37,6 +37,7 @@ export class VcpuCore {
   instructionsPerMs: number;
   private pageWriteCarry = 0;
   unitsRun = 0;
+  instructionsRun = 0;
   throttledMs = 0;
 
   constructor(
@@ -99,6 +100,7 @@ export class VcpuCore {
 
   private execute(instructionCount: number, pageWriteCount: number, asyncEvents: AsyncEvent[], final: boolean, recording: boolean): RecordedUnit | null {
     const header = this.header(instructionCount, pageWriteCount, final);
+    this.instructionsRun += instructionCount;
     if (!recording) {
       this.machine.executeUnit(header, asyncEvents, (type, position) => this.environment.sync(type, position));
       this.unitsRun++;

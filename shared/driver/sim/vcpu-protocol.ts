@@ -51,7 +51,8 @@ export const STATS = {
   stoppedAtEpochMs: 7,
   /** Units sealed and waiting in the vCPU's outbox (a log batch), not yet sent to the agent. */
   unitsUnsent: 8,
-  slots: 9,
+  instructionsRun: 9,
+  slots: 10,
 } as const;
 
 /** What the vCPU thread starts from (its first message). */
@@ -80,7 +81,8 @@ export type VcpuMessage =
   | { kind: 'unit'; recording: number; sequence: number; bytes: Uint8Array; guestNs: number; eventCount: number }
   | { kind: 'fetch'; request: number; pages: Uint32Array }
   /** A unit received packets: the guest's output device replies to them (OutputDevice.afterUnit's arguments), before the unit itself comes. */
-  | { kind: 'output'; unit: number; rxBefore: number; rxAfter: number; stateHash: number }
+  /** …and when (ms since the epoch: performance.timeOrigin + now(), comparable across threads), for the outputs' delay. */
+  | { kind: 'output'; unit: number; rxBefore: number; rxAfter: number; stateHash: number; producedAtEpochMs: number }
   | { kind: 'stopped' }
   | { kind: 'failed'; message: string; stack: string | undefined };
 

@@ -22,7 +22,7 @@ class RelayedOutput extends OutputDevice {
   }
 
   override afterUnit(unit: number, rxBefore: number, rxAfter: number, stateHash: number): void {
-    if (rxAfter !== rxBefore) this.relay({ kind: 'output', unit, rxBefore, rxAfter, stateHash });
+    if (rxAfter !== rxBefore) this.relay({ kind: 'output', unit, rxBefore, rxAfter, stateHash, producedAtEpochMs: performance.timeOrigin + performance.now() });
   }
 }
 
@@ -172,6 +172,7 @@ class VcpuThread {
       this.post({ kind: 'unit', recording, sequence: unit.sequence, bytes: unit.bytes, guestNs: unit.guestNs, eventCount: unit.eventCount }, [unit.bytes.buffer as ArrayBuffer]);
     }
     this.stats[STATS.unitsRun] = this.core.unitsRun;
+    this.stats[STATS.instructionsRun] = this.core.instructionsRun;
     this.stats[STATS.throttledMs] = this.core.throttledMs;
     this.stats[STATS.instructionsPerMs] = this.core.instructionsPerMs;
     return true;
