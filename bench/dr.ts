@@ -65,18 +65,18 @@ const percentile = (xs: number[], q: number) => {
   return s.length === 0 ? 0 : s[Math.min(s.length - 1, Math.floor(q * s.length))];
 };
 
-/**
- * The work each guest did so far, in units: the units it ran, less the share a throttle took from
- * them (a protection slows its guest past its objective or its replay lag bound; a slowed unit
- * still counts as run, with less of its work done).
- */
 interface Work {
+  /**
+   * The units it ran, less the share a throttle took from them (a protection slows its guest past
+   * its objective or its replay lag bound; a slowed unit still counts as run, with less work done).
+   */
   units: number;
   /** The instructions its units ran: what a slower share of a core takes away even when the units keep their schedule. */
   instructions: number;
   atMs: number;
 }
 
+/** The work the guest did so far. */
 async function work(ctl: grpc.Client, id: string): Promise<Work> {
   const res = await unary(ctl, controlServiceV2.listGuests, pb2.ListGuestsRequest.create(), 10_000, 'guests');
   const g = res.guests.find((x) => x.id === id);
@@ -115,7 +115,7 @@ async function runCell(profile: string, link: LinkProfileName, seconds: number, 
       run.pin('source', '0');
       run.pin('target', '1');
       run.pin('link', '1');
-      run.pinHarness('1');
+      run.pin('harness', '1');
     }
     const d = makeClient(controlServiceV2, 'Control', target.address, grpc.credentials.createInsecure());
     // Ids of their own per cell: the arbiter keeps a guest's records (its last primary) across cells.

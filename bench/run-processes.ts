@@ -75,17 +75,14 @@ export class RunProcesses {
 
   /**
    * Keeps a process of the run, every thread of it and the threads it makes later, on `cpus` (a
-   * taskset list such as '0' or '1-3'): two agents on cores of their own stand for two hosts.
+   * taskset list such as '0' or '1-3'): two agents on cores of their own stand for two hosts. The
+   * harness is this process, which asks the agents.
    */
-  pin(which: 'source' | 'target' | 'link', cpus: string): void {
-    const pid = which === 'link' ? this.link?.child?.pid : this.agents[which === 'source' ? 0 : 1]?.child.pid;
+  pin(which: 'source' | 'target' | 'link' | 'harness', cpus: string): void {
+    const pids = { source: this.agents[0]?.child.pid, target: this.agents[1]?.child.pid, link: this.link?.child?.pid, harness: process.pid };
+    const pid = pids[which];
     if (pid === undefined) throw new Error(`no ${which} process to pin`);
     execFileSync(TASKSET, ['-a', '-p', '-c', cpus, String(pid)], { stdio: 'ignore' });
-  }
-
-  /** Keeps this process (the harness, which asks the agents) on `cpus`. */
-  pinHarness(cpus: string): void {
-    execFileSync(TASKSET, ['-a', '-p', '-c', cpus, String(process.pid)], { stdio: 'ignore' });
   }
 
   /** SIGKILLs one agent (a crash); stop() then finds it gone. */

@@ -342,7 +342,8 @@ const PENDING_STOP_POLL_MS = 1_000;
  * configuration says refuse: then a pending stop, carried out once none is left.
  */
 function onStopSignals(agent: RunningAgent, onStopWithGuests: 'refuse' | 'drop', log: Logger): void {
-  const living = () => agent.driver.listGuests().filter((g) => g.state === 'running' || g.state === 'suspended').map((g) => g.id);
+  // Blocked too: a post-copy guest whose source died, of which this host holds the only live half.
+  const living = () => agent.driver.listGuests().filter((g) => g.state === 'running' || g.state === 'blocked' || g.state === 'suspended').map((g) => g.id);
   let pending: ReturnType<typeof setInterval> | null = null;
   const stop = (signal: string) => {
     if (pending !== null) clearInterval(pending);

@@ -3,6 +3,8 @@
 // protections (live with --watch), and a guest's released outputs.
 
 import { Option, type Command } from 'commander';
+import { LOG_BATCH_MS_MAX } from '../shared/driver/types.js';
+import { REPLAY_LAG_MS_MAX_MAX, REPLAY_LAG_MS_MAX_MIN, RPO_MS_MAX_MAX, RPO_MS_MAX_MIN } from '../shared/rpo.js';
 import { controlServiceV2, pb2 } from '../shared/transport/grpc.js';
 import { PROTECTION_STATE_NAMES } from '../source-agent/control-v2/protection-reads.js';
 import { EXIT, stream } from './calls.js';
@@ -47,9 +49,9 @@ export function addProtectionCommands(program: Command, kit: CommandKit): void {
       .description('keep a standby of a running guest at a DR agent: a checkpoint, then its log without end')
       .addOption(new Option('--to <host:port>', 'the DR agent, as this agent reaches it').argParser(agentAddress).makeOptionMandatory())
       .addOption(new Option('--mode <mode>', 'sync: an output leaves only once the standby has the unit that made it; async: at once, the lag bounded by --rpo-ms-max').choices(['sync', 'async']).default('sync'))
-      .option('--rpo-ms-max <n>', "the most guest time the standby may lag behind (default: the agent's, 1000)", integer('--rpo-ms-max', 10, 3_600_000))
-      .option('--replay-lag-ms-max <n>', "the most guest time the standby's replay may trail before the guest is slowed: a failover replays that much first (default: 1000)", integer('--replay-lag-ms-max', 100, 3_600_000))
-      .option('--log-batch-ms <n>', 'how long sealed units may wait here to go to the standby together: fewer wake-ups of the agent, at that much more lag; a unit with output goes at once (default: 20, at most a quarter of --rpo-ms-max; under the unit length: each at once)', integer('--log-batch-ms', 1, 1000))
+      .option('--rpo-ms-max <n>', "the most guest time the standby may lag behind (default: the agent's, 1000)", integer('--rpo-ms-max', RPO_MS_MAX_MIN, RPO_MS_MAX_MAX))
+      .option('--replay-lag-ms-max <n>', "the most guest time the standby's replay may trail before the guest is slowed: a failover replays that much first (default: 1000)", integer('--replay-lag-ms-max', REPLAY_LAG_MS_MAX_MIN, REPLAY_LAG_MS_MAX_MAX))
+      .option('--log-batch-ms <n>', 'how long sealed units may wait here to go to the standby together: fewer wake-ups of the agent, at that much more lag; a unit with output goes at once (default: 20, at most a quarter of --rpo-ms-max; under the unit length: each at once)', integer('--log-batch-ms', 1, LOG_BATCH_MS_MAX))
       .addOption(new Option('--on-link-loss <policy>', 'sync mode while the standby is unreachable: hold the outputs (bounded: past the bound, async) or release them at once until it is back').choices(['hold', 'release']).default('hold')),
   ).action(
     clientAction(async (s, guestId) => {

@@ -3,7 +3,7 @@
 
 import type { Logger } from 'pino';
 import { stopForGood } from './fence.js';
-import type { GuestOutput, HypervisorDriver } from '../shared/driver/types.js';
+import type { GuestOutput, HypervisorDriver, SourceGuest } from '../shared/driver/types.js';
 import type { IncomingJobs } from '../shared/incoming-job.js';
 import { capacityMessage, guestMessage } from '../shared/messages.js';
 import { echo, InvalidStateError, LimitExceededError, NotFoundError, UnimplementedError } from '../shared/errors.js';
@@ -13,8 +13,8 @@ import { type controlService, type grpc, pb } from '../shared/transport/grpc.js'
 import { systemClock } from '../shared/clock.js';
 import { faultHooks } from './faults.js';
 import { JobHistory } from './job-history.js';
-import { checkGuestCapabilities, defaultMethodFor } from './methods/capabilities.js';
-import { createMethod, METHOD_NAMES } from './methods/registry.js';
+import { checkGuestCapabilities } from './methods/capabilities.js';
+import { createMethod, defaultMethodFor } from './methods/registry.js';
 import { parseFaultInjection, parseStartRequest, type StartDefaults } from './start-request.js';
 import { jobMessage, watchJob } from './watch-job.js';
 import { type SourceOptions, SourceMigration } from './migration.js';
@@ -68,7 +68,7 @@ export class ControlService {
     this.checkNotArriving(req.guestId, 'migrate');
     const guest = this.driver.guest(req.guestId);
     // No method named: one the guest's driver can carry out (crtr for sim, qemu-native for qemu).
-    const request = { ...parseStartRequest(req, this.options, defaultMethodFor(guest, METHOD_NAMES, (name) => createMethod(name))), protection };
+    const request = { ...parseStartRequest(req, this.options, defaultMethodFor(guest)), protection };
     for (const job of this.jobs.values()) {
       if (job.request.guestId === req.guestId && !job.isOver()) {
         const what = job.request.protection !== undefined ? 'protected' : 'migrated';
@@ -98,6 +98,13 @@ export class ControlService {
     this.log.info({ jobId: job.id, guestId: req.guestId, target: req.targetAddress, method, downtimeLimitMs, maxDurationMs, policy, protection, faultInjection: faults !== undefined }, protection === undefined ? 'migration started' : 'protection started');
     void job.run();
     return job;
+  }
+
+  /** StopGuest (v1 and v2), once it was allowed: discards `guest` and settles once it is gone (its hypervisor's process exited, its memory free). */
+  async stopGuestNow(guest: SourceGuest): Promise<void> {
+    guest.discard();
+    await guest.stopped?.();
+    this.log.info({ guestId: guest.id }, 'guest stopped');
   }
 
   /**
@@ -218,9 +225,7 @@ export class ControlService {
             throw new InvalidStateError(`guest '${req.id}' is being migrated by job ${job.id}; cancel it first`, { reason: 'GUEST_BUSY', metadata: { guestId: req.id, jobId: job.id } });
           }
         }
-        guest.discard();
-        await guest.stopped?.();
-        this.log.info({ guestId: req.id }, 'guest stopped');
+        await this.stopGuestNow(guest);
         return pb.StopGuestResponse.create();
       }),
       getCapacity: unaryHandler(() => capacityMessage(this.driver.capacity())),

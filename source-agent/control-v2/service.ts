@@ -120,9 +120,7 @@ export class ControlServiceV2 {
     if (role.role !== 'none') {
       throw new InvalidStateError(`guest '${guest.id}' is ${role.role.replace('-', ' ')} (job ${role.jobId}); cancel the job first`, { reason: 'GUEST_BUSY', metadata: { guestId: guest.id, jobId: role.jobId } });
     }
-    guest.discard();
-    await guest.stopped?.();
-    this.log.info({ guestId: guest.id }, 'guest stopped');
+    await this.control.stopGuestNow(guest);
     return pb2.StopGuestResponse.create();
   }
 

@@ -12,7 +12,7 @@ import { checkGuestId } from '../../shared/ids.js';
 import { PROBE_BYTES_MAX } from '../../shared/protocol.js';
 import type { MigrationMethod } from '../../shared/stats.js';
 import { type grpc, pb } from '../../shared/transport/grpc.js';
-import { METHOD_NAMES, createMethod } from '../methods/registry.js';
+import { createMethod, guestMethods } from '../methods/registry.js';
 import { parseStartRequest, type StartDefaults } from '../start-request.js';
 import { type Prediction, predictMigration } from './predict.js';
 import { type GuestSample, type InputSource, sampleGuest } from './sample-guest.js';
@@ -136,8 +136,7 @@ export class Estimator {
     const bandwidthSource: InputSource = link.measuredBytesPerSec > 0 ? 'measured' : configured > 0 ? 'configured' : 'unknown';
     const { available, refusal, hybridCatchUp } = this.availability(guest, link);
     // What the guest's driver can do is predicted, whatever the target can (the rest is said not available).
-    const source = sourceCapabilities(guest);
-    const methods = METHOD_NAMES.filter((name) => createMethod(name).needs.source.every((c) => source.includes(c)));
+    const methods = guestMethods(guest);
     const prediction = predictMigration({
       memoryBytes: sample.memoryBytes,
       nonZeroFraction: sample.nonZeroFraction,
@@ -177,10 +176,7 @@ export class Estimator {
     const source = sourceCapabilities(guest);
     // A target that reports no capabilities predates them: its Open refuses what it cannot do.
     const target = capacity.capabilities.length > 0 ? capacity.capabilities : null;
-    const available = METHOD_NAMES.filter((name) => {
-      const needs = createMethod(name).needs;
-      return needs.source.every((c) => source.includes(c)) && (target === null || needs.target.every((c) => target.includes(c)));
-    });
+    const available = guestMethods(guest).filter((name) => target === null || createMethod(name).needs.target.every((c) => target.includes(c)));
     const hybridCatchUp = source.includes('delta-checkpoint') && target !== null && target.includes('delta-checkpoint');
     return { available, refusal: '', hybridCatchUp };
   }

@@ -39,6 +39,8 @@ export function predictQemuNative(inputs: PredictionInputs, d: Derived): MethodP
   let left = passBytes;
   let passes = 0;
   let stop = '';
+  /** The last pass left what fits the downtime limit (the other stops give up on that). */
+  let fits = false;
   while (stop === '') {
     const passMs = linkSeconds(d, passBytes) * 1000;
     elapsedMs += passMs;
@@ -46,14 +48,15 @@ export function predictQemuNative(inputs: PredictionInputs, d: Derived): MethodP
     passes++;
     const before = passes === 1 ? Infinity : left;
     left = Math.round(d.workingSet.dirtied(passMs)) * pageBytes;
-    if (linkSeconds(d, left) * 1000 <= inputs.downtimeLimitMs) stop = 'what was left fit the downtime limit';
+    fits = linkSeconds(d, left) * 1000 <= inputs.downtimeLimitMs;
+    if (fits) stop = 'what was left fit the downtime limit';
     else if (left >= before) stop = 'the passes stopped shrinking (the guest dirties its memory as fast as the link drains it)';
     else if (elapsedMs >= maxDurationMs || passes >= PASSES_MAX) stop = `the passes outlasted the maximum duration of ${fmtMs(maxDurationMs)}`;
     passBytes = left;
   }
   const lastMs = linkSeconds(d, left + QEMU_DEVICE_STATE_BYTES) * 1000;
   const downtimeMs = lastMs + 2 * inputs.rttMs;
-  const converges = downtimeMs <= inputs.downtimeLimitMs && stop.startsWith('what was left');
+  const converges = downtimeMs <= inputs.downtimeLimitMs && fits;
   const verdict = converges ? '' : `: it does not converge within the ${inputs.downtimeLimitMs} ms limit; forced, the downtime would be ${fmtMs(downtimeMs)}`;
   return {
     ...base,

@@ -4,7 +4,6 @@
 import { sourceCapabilities } from '../../shared/driver/capabilities.js';
 import type { DriverCapability, LogRecorder, PageAccess, SourceGuest } from '../../shared/driver/types.js';
 import { UnimplementedError } from '../../shared/errors.js';
-import type { MigrationMethod } from '../../shared/stats.js';
 import type { TransferMethod } from './method.js';
 
 /** Throws UnimplementedError naming what `have` lacks of `method`'s needs on `side`. */
@@ -16,16 +15,6 @@ export function checkCapabilities(method: TransferMethod, side: 'source' | 'targ
       metadata: { capability: missing.join(','), side, method: method.name },
     });
   }
-}
-
-/**
- * The method a migration of `guest` takes when its request names none: the first of the
- * registered methods (crtr first) whose guest-side capabilities the guest has; crtr when none
- * has them all (its check then says what is missing).
- */
-export function defaultMethodFor(guest: SourceGuest, names: readonly MigrationMethod[], create: (name: MigrationMethod) => TransferMethod): MigrationMethod {
-  const have = sourceCapabilities(guest);
-  return names.find((name) => create(name).needs.source.every((c) => have.includes(c))) ?? 'crtr';
 }
 
 /** Checks the guest side of `method` for `guest` (driver `driver`). */

@@ -51,7 +51,7 @@ export class CrtrMethod implements TransferMethod {
     ctx.setPhase('checkpoint');
     const start = recorder.startRecording();
     // A protection's units go to the standby in batches (fewer wake-ups of this agent per guest second).
-    const batchMs = ctx.request.protection?.logBatchMs ?? 0;
+    const batchMs = ctx.request.protection?.logBatchMs ?? 0; // a migration: none
     if (batchMs > 0) recorder.setLogBatch?.(batchMs);
     ctx.open({ firstSequence: start.firstSequence });
     const channel = ctx.channel;

@@ -48,10 +48,10 @@ export interface ProtectionRequest extends ProtectionTerms {
   held?: () => boolean;
   /** Sync mode while the link is down: hold the outputs (bounded), or release them at once until it is back. */
   onLinkLoss?: 'hold' | 'release';
-  /** How long sealed units may wait at the primary to go together (LogRecorder.setLogBatch; ms; 0 or absent: each at once). */
-  logBatchMs?: number;
-  /** The most guest time the standby's replay may trail before the guest is slowed (ms; absent: REPLAY_LAG_MS_MAX_DEFAULT). */
-  replayLagMsMax?: number;
+  /** How long sealed units may wait at the primary to go together (LogRecorder.setLogBatch; ms; 0: each at once). */
+  logBatchMs: number;
+  /** The most guest time the standby's replay may trail before the guest is slowed (ms). */
+  replayLagMsMax: number;
 }
 
 /** The target's windows, from its ReserveResponse. */

@@ -3,6 +3,8 @@
 
 import { echo, invalidField } from '../../shared/errors.js';
 import type { MigrationMethod } from '../../shared/stats.js';
+import type { SourceGuest } from '../../shared/driver/types.js';
+import { sourceCapabilities } from '../../shared/driver/capabilities.js';
 import { CrtrMethod } from './crtr.js';
 import type { TransferMethod } from './method.js';
 import { PostcopyMethod } from './postcopy.js';
@@ -28,4 +30,18 @@ export function isMethodName(name: string): name is MigrationMethod {
 export function createMethod(name: string, request?: MigrationRequest): TransferMethod {
   if (!isMethodName(name)) throw invalidField('method', `method '${echo(name)}': expected ${METHOD_NAMES.slice(0, -1).join(', ')} or ${METHOD_NAMES[METHOD_NAMES.length - 1]}`);
   return METHODS[name](request);
+}
+
+/** The methods whose guest-side capabilities `guest` has, in registration order (crtr first). */
+export function guestMethods(guest: SourceGuest): MigrationMethod[] {
+  const have = sourceCapabilities(guest);
+  return METHOD_NAMES.filter((name) => METHODS[name]().needs.source.every((c) => have.includes(c)));
+}
+
+/**
+ * The method a migration of `guest` takes when its request names none: the first of guestMethods;
+ * crtr when none fits (its check then says what is missing).
+ */
+export function defaultMethodFor(guest: SourceGuest): MigrationMethod {
+  return guestMethods(guest)[0] ?? 'crtr';
 }

@@ -10,7 +10,7 @@
 // sending only the pages that differ from the standby's (target-agent/base-image.ts).
 
 import { UnavailableError } from '../../shared/errors.js';
-import { REPLAY_LAG_MS_MAX_DEFAULT, rpoThrottle } from '../../shared/rpo.js';
+import { rpoThrottle } from '../../shared/rpo.js';
 import type { MethodContext } from './method.js';
 
 export class RpoMonitor {
@@ -41,8 +41,7 @@ export class RpoMonitor {
     if (this.stallAtLinkDownMs !== null) this.linkBack();
     this.stallAtLinkDownMs = null;
     const lag = { receivedMs: s.lagUnitsReceived * s.unitMs, replayedMs: s.lagUnitsReplayed * s.unitMs };
-    const bounds = { rpoMsMax: protection.rpoMsMax, replayLagMsMax: protection.replayLagMsMax ?? REPLAY_LAG_MS_MAX_DEFAULT };
-    const decision = rpoThrottle(lag, bounds, s.throttle);
+    const decision = rpoThrottle(lag, protection, s.throttle);
     if (decision.throttle === s.throttle) return;
     ctx.guest.setThrottle(decision.throttle);
     s.throttle = decision.throttle;

@@ -151,8 +151,10 @@ export class QemuDriver implements HypervisorDriver {
     const id = spec.id ?? `qemu-${randomUUID().slice(0, 8)}`;
     this.checkSpec(id, spec);
     const unitMs = spec.unitMs ?? this.options.unitMsDefault;
-    const machine: QemuMachineConfig = { memoryBytes: spec.memoryBytes, vcpus: this.options.vcpusPerGuest, accel: this.accel, boot: this.options.boot, bootFiles: this.bootFiles(id) };
-    this.checkRoom(id, machine);
+    const room: QemuMachineConfig = { memoryBytes: spec.memoryBytes, vcpus: this.options.vcpusPerGuest, accel: this.accel, boot: this.options.boot };
+    this.checkRoom(id, room);
+    // After the cheap checks: hashing the boot files (once, then only when they change) is the costliest.
+    const machine: QemuMachineConfig = { ...room, bootFiles: this.bootFiles(id) };
     const guest = this.startQemu(id, machine, unitMs, []);
     this.guests.set(id, guest);
     return guest;

@@ -64,7 +64,12 @@ export class QemuGuest implements SourceGuest {
   /** QEMU's run state (query-status), 'starting' until QMP first answers, 'exited' once the process is gone. */
   private status = 'starting';
   /** The status of QEMU's last migration of this guest, either way, as its MIGRATION events say ('' for none). */
-  private migrationStatus = '';
+  private lastMigrationStatus = '';
+
+  /** The status of QEMU's last migration of this guest, either way ('' for none). */
+  get migrationStatus(): string {
+    return this.lastMigrationStatus;
+  }
   private client: QmpClient | null = null;
   private readonly connected: Promise<QmpClient>;
   /**
@@ -129,15 +134,15 @@ export class QemuGuest implements SourceGuest {
   describe(): GuestDescription {
     const { machine } = this;
     // A migration's status is QEMU's word for the guest while one holds it (an ended one is history).
-    const migrating = MIGRATION_RUNNING_STATUSES.has(this.migrationStatus);
-    const hypervisorStatus = migrating ? `${this.status}, migration ${this.migrationStatus}` : this.status;
+    const migrating = MIGRATION_RUNNING_STATUSES.has(this.lastMigrationStatus);
+    const hypervisorStatus = migrating ? `${this.status}, migration ${this.lastMigrationStatus}` : this.status;
     return {
       id: this.id,
       driver: 'qemu',
       memoryBytes: machine.memoryBytes,
       vcpus: machine.vcpus,
       unitMs: this.unitMs,
-      state: this.discarded ? 'discarded' : guestStateOf(this.status, this.migrationStatus),
+      state: this.discarded ? 'discarded' : guestStateOf(this.status, this.lastMigrationStatus),
       machineConfig: encodeMachineConfig(machine),
       summary: `qemu pid ${this.process.pid} (${machine.accel}, ${machine.memoryBytes / 2 ** 20} MiB, ${machine.vcpus} vCPU): ${hypervisorStatus}`,
       hypervisorStatus,
@@ -215,7 +220,7 @@ export class QemuGuest implements SourceGuest {
       const client = await Promise.race([QmpClient.connect(this.deps.qmpSocket, { ...this.deps.qmp, signal: this.abortConnect.signal }), exited]);
       this.client = client;
       client.onEvent((event) => {
-        if (event.event === 'MIGRATION' && typeof event.data.status === 'string') this.migrationStatus = event.data.status;
+        if (event.event === 'MIGRATION' && typeof event.data.status === 'string') this.lastMigrationStatus = event.data.status;
         if (STATE_EVENTS.has(event.event)) void this.refresh(client).catch(() => undefined);
       });
       if (this.discarded) client.close();

@@ -55,8 +55,12 @@ class HashedConnection implements NativeConnection {
 
 export class QemuIncoming implements TargetReplica, NativeStreamTarget {
   readonly memoryReady: Promise<void>;
-  status = '';
   private connection: HashedConnection | null = null;
+
+  /** The status of the incoming migration, as QEMU's MIGRATION events say ('' before the first). */
+  get status(): string {
+    return this.guest.migrationStatus;
+  }
   private activatedGuest: QemuGuest | null = null;
 
   constructor(
@@ -65,11 +69,7 @@ export class QemuIncoming implements TargetReplica, NativeStreamTarget {
   ) {
     // The reservation answers once QEMU is up (its QMP answers), or is refused with why it is not.
     this.memoryReady = guest.qmp().then(
-      (client) => {
-        client.onEvent((event) => {
-          if (event.event === 'MIGRATION' && typeof event.data.status === 'string') this.status = event.data.status;
-        });
-      },
+      () => undefined,
       (error: unknown) => {
         throw new QmpError('FAILED_PRECONDITION', `the target's QEMU for guest '${guest.id}' did not start: ${(error as Error).message}`, { cause: error, metadata: { guestId: guest.id, command: '(start)' } });
       },

@@ -10,7 +10,7 @@ import type { CopyOnWrite } from './cow.js';
 import type { SimGuestOptions } from './guest-options.js';
 import type { GuestMemory } from './memory.js';
 import { MachineState } from './machine-state.js';
-import { COMMAND, CONTROL, STATS, type VcpuCommand, type VcpuInit, type VcpuMessage, VCPU_STATE } from './vcpu-protocol.js';
+import { COMMAND, CONTROL, epochNowMs, STATS, type VcpuCommand, type VcpuInit, type VcpuMessage, VCPU_STATE } from './vcpu-protocol.js';
 
 /** How long park waits for the vCPU to reach a unit boundary before it gives up (a unit lasts milliseconds). */
 const PARK_TIMEOUT_MS = 10_000;
@@ -218,7 +218,7 @@ export class VcpuLink {
    */
   stop(): Promise<{ state: MachineState; ranMs: number; ranUnits: number }> {
     const stopped = new Promise<void>((resolve) => (this.stopped = resolve));
-    const calledAtEpochMs = performance.timeOrigin + performance.now();
+    const calledAtEpochMs = epochNowMs();
     const unitsBefore = this.stats[STATS.unitsRun];
     this.stats[STATS.stoppedAtEpochMs] = 0;
     // Until the vCPU says it stopped, its messages keep the process alive (the caller awaits them).

@@ -12,6 +12,11 @@ import type { Pacing } from './guest-options.js';
 import type { GuestMemoryShared } from './memory.js';
 import type { MessagePort } from 'node:worker_threads';
 
+/** Now, in ms since the epoch (performance.timeOrigin + now()): comparable across threads, whose performance.now() are not. */
+export function epochNowMs(): number {
+  return performance.timeOrigin + performance.now();
+}
+
 /** Words of the control array (Int32Array). */
 export const CONTROL = {
   /** What the agent asks of the vCPU (COMMAND). */
@@ -47,7 +52,7 @@ export const STATS = {
   instructionsPerMs: 4,
   pagesFetched: 5,
   throttle: 6,
-  /** When the vCPU last stopped for a suspend: ms since the epoch (performance.timeOrigin + now(), comparable across threads). */
+  /** When the vCPU last stopped for a suspend (epochNowMs). */
   stoppedAtEpochMs: 7,
   /** Units sealed and waiting in the vCPU's outbox (a log batch), not yet sent to the agent. */
   unitsUnsent: 8,
@@ -80,8 +85,7 @@ export interface VcpuInit {
 export type VcpuMessage =
   | { kind: 'unit'; recording: number; sequence: number; bytes: Uint8Array; guestNs: number; eventCount: number }
   | { kind: 'fetch'; request: number; pages: Uint32Array }
-  /** A unit received packets: the guest's output device replies to them (OutputDevice.afterUnit's arguments), before the unit itself comes. */
-  /** …and when (ms since the epoch: performance.timeOrigin + now(), comparable across threads), for the outputs' delay. */
+  /** A unit received packets: the guest's output device replies to them (OutputDevice.afterUnit's arguments), before the unit itself comes; and when (epochNowMs), for the outputs' delay. */
   | { kind: 'output'; unit: number; rxBefore: number; rxAfter: number; stateHash: number; producedAtEpochMs: number }
   | { kind: 'stopped' }
   | { kind: 'failed'; message: string; stack: string | undefined };

@@ -13,7 +13,7 @@ import { GuestMemory } from './memory.js';
 import { OutputDevice } from './output.js';
 import { type UnitPlan, VcpuCore } from './vcpu-core.js';
 import { VcpuOutbox } from './vcpu-outbox.js';
-import { COMMAND, CONTROL, STATS, type VcpuCommand, type VcpuInit, type VcpuMessage, VCPU_STATE } from './vcpu-protocol.js';
+import { COMMAND, CONTROL, epochNowMs, STATS, type VcpuCommand, type VcpuInit, type VcpuMessage, VCPU_STATE } from './vcpu-protocol.js';
 
 /** The guest's output device is the agent's (it gates what leaves the host): a unit's replies are made there. */
 class RelayedOutput extends OutputDevice {
@@ -22,7 +22,7 @@ class RelayedOutput extends OutputDevice {
   }
 
   override afterUnit(unit: number, rxBefore: number, rxAfter: number, stateHash: number): void {
-    if (rxAfter !== rxBefore) this.relay({ kind: 'output', unit, rxBefore, rxAfter, stateHash, producedAtEpochMs: performance.timeOrigin + performance.now() });
+    if (rxAfter !== rxBefore) this.relay({ kind: 'output', unit, rxBefore, rxAfter, stateHash, producedAtEpochMs: epochNowMs() });
   }
 }
 
@@ -96,7 +96,7 @@ class VcpuThread {
     if (command === COMMAND.stop) {
       // A suspend drops the unit that waited: its events never arrived, as for a guest on this thread.
       this.pending = null;
-      this.stats[STATS.stoppedAtEpochMs] = performance.timeOrigin + performance.now();
+      this.stats[STATS.stoppedAtEpochMs] = epochNowMs();
       this.post({ kind: 'stopped' });
     }
     Atomics.store(this.control, CONTROL.state, command === COMMAND.park ? VCPU_STATE.parked : VCPU_STATE.stopped);
